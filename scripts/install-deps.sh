@@ -1,0 +1,70 @@
+#!/usr/bin/env bash
+# Install the Debian packages lgnet needs on a fresh Debian 12 (bookworm) machine.
+# Idempotent: packages already present are skipped, and apt-get update runs at most once.
+# Usage: bash scripts/install-deps.sh   (as root, or with sudo available)
+set -euo pipefail
+
+# What each package is for:
+#   qemu-system-x86   boots the test guest (scripts/qemu.ts)
+#   qemu-utils        not needed at run time; left out on purpose
+#   busybox-static    the guest's userland (scripts/guest-image.sh)
+#   iperf3            throughput on both the host side and in the guest image
+#   cpio, gzip        pack the guest initramfs
+#   iproute2          ip netns / ip tuntap in tests
+#   kmod              lsmod/modinfo when inspecting the guest kernel's modules
+#   zstd, xz-utils    the Debian kernel's modules are xz- or zstd-compressed
+#   build-essential, python3, make, g++  node-gyp builds the native addon
+#   iputils-ping      host-side ping in tests
+#   procps            ps/pgrep-free process inspection helpers used by humans
+PKGS=(
+  qemu-system-x86
+  busybox-static
+  iperf3
+  cpio
+  gzip
+  xz-utils
+  zstd
+  iproute2
+  kmod
+  iputils-ping
+  procps
+  build-essential
+  python3
+  ca-certificates
+)
+
+SUDO=""
+if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
+export DEBIAN_FRONTEND=noninteractive
+
+missing=()
+for p in "${PKGS[@]}"; do
+  if ! dpkg-query -W -f='${Status}\n' "$p" 2>/dev/null | grep -q '^install ok installed$'; then
+    missing+=("$p")
+  fi
+done
+
+if [ "${#missing[@]}" -eq 0 ]; then
+  echo "[install-deps] all ${#PKGS[@]} packages already installed"
+else
+  echo "[install-deps] apt-get update"
+  $SUDO apt-get update -qq >/dev/null
+  echo "[install-deps] installing ${#missing[@]} package(s): ${missing[*]}"
+  $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/tmp/lgnet-install-deps.log 2>&1 || {
+    echo "[install-deps] apt-get install failed; last lines of /tmp/lgnet-install-deps.log:" >&2
+    tail -n 30 /tmp/lgnet-install-deps.log >&2
+    exit 1
+  }
+  echo "[install-deps] done"
+fi
+
+# The guest image fetches its kernel with `apt-get download`, which needs the package lists.
+if ! apt-cache show linux-image-cloud-amd64 >/dev/null 2>&1; then
+  echo "[install-deps] apt-get update (package lists missing for linux-image-cloud-amd64)"
+  $SUDO apt-get update -qq >/dev/null
+fi
+
+for tool in qemu-system-x86_64 busybox iperf3 cpio ip; do
+  command -v "$tool" >/dev/null || { echo "[install-deps] missing after install: $tool" >&2; exit 1; }
+done
+echo "[install-deps] ok: $(qemu-system-x86_64 --version | head -n1)"
