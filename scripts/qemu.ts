@@ -28,7 +28,7 @@
  * vhost-user needs and tap accepts.
  */
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
-import { accessSync, constants, createWriteStream, existsSync, readFileSync, type WriteStream } from 'node:fs';
+import { accessSync, constants, createWriteStream, existsSync, readFileSync, rmSync, type WriteStream } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { dirname, join } from 'node:path';
 
@@ -523,6 +523,8 @@ export function bootGuest(opts: BootOptions): GuestHandle {
     });
     child.on('close', (code, signal) => {
       exited = true;
+      // QEMU killed while waiting in server mode leaves its listening socket behind.
+      if (opts.netdev.type === 'vhost-user' && opts.netdev.server) rmSync(opts.netdev.socket, { force: true });
       clearTimeout(timer);
       live.delete(child);
       if (partial) onLine(partial.replace(/\r$/, ''));
