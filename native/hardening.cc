@@ -1,0 +1,133 @@
+// hardening.cc: privilege-shedding primitives for sandbox/jail.ts, which applies them in order
+// (DESIGN.md, "Sandbox"): chroot, setgroups/setresgid/setresuid, rlimits, no_new_privs, seccomp.
+// glibc applies the set*id calls to every thread of the process; seccomp uses TSYNC for the same.
+#include "common.h"
+
+#include <grp.h>
+#include <linux/filter.h>
+#include <linux/seccomp.h>
+#include <sys/prctl.h>
+#include <sys/resource.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include <cstring>
+#include <vector>
+
+namespace lgnet {
+namespace {
+
+Napi::Value SetNoNewPrivs(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0) return NativeFail(env, errno, "prctl", "PR_SET_NO_NEW_PRIVS");
+  return env.Undefined();
+}
+
+// seccompInstall(filter: Uint8Array of struct sock_filter, tsync)
+Napi::Value SeccompInstall(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  REQUIRE_ARGUMENT_BYTES(0, filter, "filter")
+  REQUIRE_ARGUMENT_BOOLEAN(1, tsync, "tsync")
+  size_t len = filter.ByteLength();
+  if (len == 0 || len % sizeof(struct sock_filter) != 0 || len / sizeof(struct sock_filter) > BPF_MAXINSNS)
+    LGNET_THROW_RANGE("filter must be 1..4096 instructions of 8 bytes");
+  // Copy to aligned memory: the Uint8Array may start at any byte offset.
+  std::vector<struct sock_filter> insns(len / sizeof(struct sock_filter));
+  std::memcpy(insns.data(), filter.Data(), len);
+  struct sock_fprog prog = {(unsigned short)insns.size(), insns.data()};
+  long r = syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER, tsync ? SECCOMP_FILTER_FLAG_TSYNC : 0, &prog);
+  if (r < 0) return NativeFail(env, errno, "seccomp", std::to_string(insns.size()) + " instructions");
+  if (r > 0) {
+    // TSYNC failed: r is the id of a thread that could not take the filter; nothing was installed.
+    ThrowNativeError(env, EBUSY, "seccomp",
+                     "thread " + std::to_string(r) +
+                         " cannot synchronize to the filter (it runs a different filter); nothing was installed");
+    if (env.IsExceptionPending()) {
+      Napi::Error e = env.GetAndClearPendingException();
+      e.Set("tid", Napi::Number::New(env, (double)r));
+      e.ThrowAsJavaScriptException();
+    }
+    return env.Undefined();
+  }
+  return env.Undefined();
+}
+
+Napi::Value SetResUid(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  REQUIRE_ARGUMENT_INTEGER(0, r, "ruid", -1, UINT32_MAX - 1)
+  REQUIRE_ARGUMENT_INTEGER(1, e, "euid", -1, UINT32_MAX - 1)
+  REQUIRE_ARGUMENT_INTEGER(2, s, "suid", -1, UINT32_MAX - 1)
+  if (setresuid((uid_t)r, (uid_t)e, (uid_t)s) < 0) return NativeFail(env, errno, "setresuid", std::to_string(r) + "," + std::to_string(e) + "," + std::to_string(s));
+  return env.Undefined();
+}
+
+Napi::Value SetResGid(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  REQUIRE_ARGUMENT_INTEGER(0, r, "rgid", -1, UINT32_MAX - 1)
+  REQUIRE_ARGUMENT_INTEGER(1, e, "egid", -1, UINT32_MAX - 1)
+  REQUIRE_ARGUMENT_INTEGER(2, s, "sgid", -1, UINT32_MAX - 1)
+  if (setresgid((gid_t)r, (gid_t)e, (gid_t)s) < 0) return NativeFail(env, errno, "setresgid", std::to_string(r) + "," + std::to_string(e) + "," + std::to_string(s));
+  return env.Undefined();
+}
+
+// setgroups(gids: Uint32Array)
+Napi::Value SetGroups(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  REQUIRE_ARGUMENT_TYPED(0, gids, uint32_t, napi_uint32_array, "gids")
+  if (gids.ElementLength() > 65536) LGNET_THROW_RANGE("at most 65536 groups");
+  std::vector<gid_t> list(gids.Data(), gids.Data() + gids.ElementLength());
+  if (setgroups(list.size(), list.data()) < 0) return NativeFail(env, errno, "setgroups", std::to_string(list.size()) + " groups");
+  return env.Undefined();
+}
+
+// Resource numbers are passed from TS (RLIMIT_* values are the same on every Linux arch we build).
+Napi::Value SetRlimit(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  REQUIRE_ARGUMENT_INTEGER(0, resource, "resource", 0, RLIM_NLIMITS - 1)
+  REQUIRE_ARGUMENT_NUMBER(1, soft, "soft")
+  REQUIRE_ARGUMENT_NUMBER(2, hard, "hard")
+  auto conv = [](double v, rlim_t* out) {
+    if (v == INFINITY) { *out = RLIM_INFINITY; return true; }
+    if (!IsInteger(v) || v < 0 || v > kMaxSafeInteger) return false;
+    *out = (rlim_t)v;
+    return true;
+  };
+  struct rlimit rl;
+  if (!conv(soft, &rl.rlim_cur) || !conv(hard, &rl.rlim_max)) LGNET_THROW_RANGE("limits must be non-negative integers or Infinity");
+  if (setrlimit((int)resource, &rl) < 0) return NativeFail(env, errno, "setrlimit", "resource " + std::to_string(resource));
+  return env.Undefined();
+}
+
+Napi::Value GetRlimit(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  REQUIRE_ARGUMENT_INTEGER(0, resource, "resource", 0, RLIM_NLIMITS - 1)
+  struct rlimit rl;
+  if (getrlimit((int)resource, &rl) < 0) return NativeFail(env, errno, "getrlimit", "resource " + std::to_string(resource));
+  Napi::Object o = Napi::Object::New(env);
+  o.Set("soft", Napi::Number::New(env, rl.rlim_cur == RLIM_INFINITY ? INFINITY : (double)rl.rlim_cur));
+  o.Set("hard", Napi::Number::New(env, rl.rlim_max == RLIM_INFINITY ? INFINITY : (double)rl.rlim_max));
+  return o;
+}
+
+Napi::Value Chroot(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  REQUIRE_ARGUMENT_STRING(0, path, "path")
+  if (chroot(path.c_str()) < 0) return NativeFail(env, errno, "chroot", "'" + path + "'");
+  if (chdir("/") < 0) return NativeFail(env, errno, "chdir", "/ after chroot");
+  return env.Undefined();
+}
+
+}  // namespace
+
+void RegisterHardening(Napi::Env env, Napi::Object exports) {
+  exports.Set("setNoNewPrivs", Napi::Function::New(env, SetNoNewPrivs, "setNoNewPrivs"));
+  exports.Set("seccompInstall", Napi::Function::New(env, SeccompInstall, "seccompInstall"));
+  exports.Set("setresuid", Napi::Function::New(env, SetResUid, "setresuid"));
+  exports.Set("setresgid", Napi::Function::New(env, SetResGid, "setresgid"));
+  exports.Set("setgroups", Napi::Function::New(env, SetGroups, "setgroups"));
+  exports.Set("setrlimit", Napi::Function::New(env, SetRlimit, "setrlimit"));
+  exports.Set("getrlimit", Napi::Function::New(env, GetRlimit, "getrlimit"));
+  exports.Set("chroot", Napi::Function::New(env, Chroot, "chroot"));
+}
+
+}  // namespace lgnet

@@ -1,0 +1,79 @@
+// tap.cc: the tap backend's fd: open /dev/net/tun as IFF_TAP|IFF_NO_PI (optionally IFF_VNET_HDR and
+// IFF_MULTI_QUEUE), and the ioctls that match the tap to what the guest negotiated: the
+// virtio_net_hdr size (10 or 12 bytes) and the offloads (TUN_F_*). Frames then move with batch.cc.
+#include "common.h"
+
+#include <fcntl.h>
+#include <linux/if_tun.h>
+#include <net/if.h>
+#include <sys/ioctl.h>
+#include <unistd.h>
+
+#include <cstring>
+
+namespace lgnet {
+namespace {
+
+// tapOpen(name, vnetHdr, multiQueue, nonblocking) -> { fd, name }
+Napi::Value TapOpen(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  REQUIRE_ARGUMENT_STRING(0, name, "name")
+  REQUIRE_ARGUMENT_BOOLEAN(1, vnetHdr, "vnetHdr")
+  REQUIRE_ARGUMENT_BOOLEAN(2, multiQueue, "multiQueue")
+  REQUIRE_ARGUMENT_BOOLEAN(3, nonblocking, "nonblocking")
+  if (name.size() >= IFNAMSIZ) LGNET_THROW_RANGE("tap name must be at most 15 bytes");
+  int fd = open("/dev/net/tun", O_RDWR | O_CLOEXEC | (nonblocking ? O_NONBLOCK : 0));
+  if (fd < 0) return NativeFail(env, errno, "open", "/dev/net/tun");
+  struct ifreq ifr;
+  std::memset(&ifr, 0, sizeof ifr);
+  ifr.ifr_flags = IFF_TAP | IFF_NO_PI | (vnetHdr ? IFF_VNET_HDR : 0) | (multiQueue ? IFF_MULTI_QUEUE : 0);
+  std::memcpy(ifr.ifr_name, name.data(), name.size());
+  if (ioctl(fd, TUNSETIFF, &ifr) < 0) {
+    int err = errno;
+    close(fd);
+    return NativeFail(env, err, "ioctl(TUNSETIFF)", "tap '" + name + "'");
+  }
+  Napi::Object result = Napi::Object::New(env);
+  result.Set("fd", Napi::Number::New(env, fd));
+  result.Set("name", Napi::String::New(env, std::string(ifr.ifr_name, strnlen(ifr.ifr_name, IFNAMSIZ))));
+  return result;
+}
+
+Napi::Value TapSetVnetHdrSize(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  REQUIRE_ARGUMENT_FD(0, fd)
+  REQUIRE_ARGUMENT_INTEGER(1, size, "size", 0, INT32_MAX)
+  int sz = (int)size;
+  if (ioctl(fd, TUNSETVNETHDRSZ, &sz) < 0)
+    return NativeFail(env, errno, "ioctl(TUNSETVNETHDRSZ)", "fd " + std::to_string(fd) + " size " + std::to_string(sz));
+  return env.Undefined();
+}
+
+Napi::Value TapSetOffload(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  REQUIRE_ARGUMENT_FD(0, fd)
+  REQUIRE_ARGUMENT_INTEGER(1, flags, "flags", 0, UINT32_MAX)
+  if (ioctl(fd, TUNSETOFFLOAD, (unsigned long)flags) < 0)
+    return NativeFail(env, errno, "ioctl(TUNSETOFFLOAD)", "fd " + std::to_string(fd) + " flags 0x" + std::to_string(flags));
+  return env.Undefined();
+}
+
+Napi::Value TapGetFeatures(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  REQUIRE_ARGUMENT_FD(0, fd)
+  unsigned int features = 0;
+  if (ioctl(fd, TUNGETFEATURES, &features) < 0)
+    return NativeFail(env, errno, "ioctl(TUNGETFEATURES)", "fd " + std::to_string(fd));
+  return Napi::Number::New(env, features);
+}
+
+}  // namespace
+
+void RegisterTap(Napi::Env env, Napi::Object exports) {
+  exports.Set("tapOpen", Napi::Function::New(env, TapOpen, "tapOpen"));
+  exports.Set("tapSetVnetHdrSize", Napi::Function::New(env, TapSetVnetHdrSize, "tapSetVnetHdrSize"));
+  exports.Set("tapSetOffload", Napi::Function::New(env, TapSetOffload, "tapSetOffload"));
+  exports.Set("tapGetFeatures", Napi::Function::New(env, TapGetFeatures, "tapGetFeatures"));
+}
+
+}  // namespace lgnet

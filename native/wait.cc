@@ -1,0 +1,159 @@
+// wait.cc: where a worker sleeps. poll() over a few fds, and waitKick(), which closes the
+// "re-enable notifications, then re-check avail.idx" race in one call (DESIGN.md, "Kick suppression
+// while busy"):
+//
+//   signal pending interrupt ─▶ seq_cst fence ─▶ avail.idx != lastSeen? ──yes──▶ WAKE.AVAIL (no sleep)
+//                                                        │ no
+//                                                        ▼
+//                                      poll(kick, extras…, timeout) ─▶ drain kick ─▶ WAKE bits
+#include "common.h"
+#include "registry.h"
+
+#include <poll.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <cstring>
+
+namespace lgnet {
+namespace {
+
+constexpr uint32_t kWakeAvail = 1, kWakeKick = 2, kWakeExtra0 = 4;
+constexpr size_t kMaxPollFds = 31;
+constexpr size_t kMaxExtraFds = 29;  // bits 2..30 of the result
+
+int64_t NowMs() {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+// poll() with EINTR retried against the original deadline; timeoutMs < 0 waits forever.
+// Returns the poll() result or -1 with errno set.
+int PollFor(struct pollfd* pfds, size_t n, int64_t timeoutMs) {
+  int64_t deadline = timeoutMs < 0 ? -1 : NowMs() + timeoutMs;
+  for (;;) {
+    int wait = -1;
+    if (deadline >= 0) {
+      int64_t left = deadline - NowMs();
+      wait = left < 0 ? 0 : (int)left;
+    }
+    int r = poll(pfds, (nfds_t)n, wait);
+    if (r >= 0 || errno != EINTR) return r;
+  }
+}
+
+// Throws EBADF if poll reported a closed fd.
+bool CheckNval(Napi::Env env, const struct pollfd* pfds, size_t n) {
+  for (size_t i = 0; i < n; i++)
+    if (pfds[i].revents & POLLNVAL) {
+      ThrowNativeError(env, EBADF, "poll", "fd " + std::to_string(pfds[i].fd) + " is not open");
+      return false;
+    }
+  return true;
+}
+
+constexpr short kReadyMask = POLLIN | POLLERR | POLLHUP;
+
+// poll(fds: Int32Array, timeoutMs) -> bit i set when fds[i] is readable, errored or hung up.
+// Negative fds are ignored.
+Napi::Value Poll(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  REQUIRE_ARGUMENT_TYPED(0, fdsArr, int32_t, napi_int32_array, "fds")
+  REQUIRE_ARGUMENT_INTEGER(1, timeoutMs, "timeoutMs", -1, INT32_MAX)
+  size_t n = fdsArr.ElementLength();
+  if (n > kMaxPollFds) LGNET_THROW_RANGE("poll takes at most 31 fds");
+  struct pollfd pfds[kMaxPollFds];
+  for (size_t i = 0; i < n; i++) pfds[i] = {fdsArr[i], POLLIN, 0};
+  int r = PollFor(pfds, n, timeoutMs);
+  if (r < 0) return NativeFail(env, errno, "poll", std::to_string(n) + " fds");
+  if (!CheckNval(env, pfds, n)) return env.Undefined();
+  uint32_t mask = 0;
+  for (size_t i = 0; i < n; i++)
+    if (pfds[i].revents & kReadyMask) mask |= 1u << i;
+  return Napi::Number::New(env, mask);
+}
+
+// waitKick(kickFd, mappingId, offset, lastSeen, timeoutMs, extraFds: Int32Array | undefined, signalFd)
+Napi::Value WaitKick(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  REQUIRE_ARGUMENT_INTEGER(0, kickFd, "kickFd", -1, INT32_MAX)
+  REQUIRE_ARGUMENT_INTEGER(1, id, "mapping id", 0, UINT32_MAX)
+  REQUIRE_ARGUMENT_INTEGER(2, offset, "offset", 0, (int64_t)kMaxSafeInteger)
+  REQUIRE_ARGUMENT_INTEGER(3, lastSeen, "lastSeen", 0, UINT16_MAX)
+  REQUIRE_ARGUMENT_INTEGER(4, timeoutMs, "timeoutMs", -1, INT32_MAX)
+  struct pollfd pfds[1 + kMaxExtraFds];
+  size_t nExtra = 0;
+  if (info.Length() > 5 && !info[5].IsUndefined() && !info[5].IsNull()) {
+    REQUIRE_ARGUMENT_TYPED(5, extraArr, int32_t, napi_int32_array, "extraFds")
+    nExtra = extraArr.ElementLength();
+    if (nExtra > kMaxExtraFds) LGNET_THROW_RANGE("waitKick takes at most 29 extra fds");
+    for (size_t i = 0; i < nExtra; i++) pfds[1 + i] = {extraArr[i], POLLIN, 0};
+  }
+  REQUIRE_ARGUMENT_INTEGER(6, signalFd, "signalFd", -1, INT32_MAX)
+
+  Mapping* m;
+  {
+    std::lock_guard<std::mutex> lock(RegistryMutex());
+    m = FindMappingLocked((uint32_t)id);
+    if (m == nullptr) return NativeFail(env, EBADF, "mapping", "mapping id " + std::to_string(id));
+    if (m->size < 2 || (uint64_t)offset > m->size - 2)
+      return NativeFail(env, EFAULT, "mapping",
+                        "u16 at offset " + std::to_string(offset) + " lies outside mapping " + std::to_string(id) +
+                            " of " + std::to_string(m->size) + " bytes");
+    MappingRef(m);
+  }
+
+  // 1. The pending-interrupt signal, just before sleeping.
+  if (signalFd >= 0) {
+    uint64_t one = 1;
+    ssize_t n;
+    do n = write((int)signalFd, &one, sizeof one);
+    while (n < 0 && errno == EINTR);
+    if (n < 0 && errno != EAGAIN) {
+      int err = errno;
+      MappingUnref(m);
+      return NativeFail(env, err, "write", "signal eventfd " + std::to_string(signalFd));
+    }
+  }
+  // 2. Full fence: the caller's notification re-enable is visible before the re-read below.
+  std::atomic_thread_fence(std::memory_order_seq_cst);
+  // 3. Re-read avail.idx (little-endian u16).
+  const uint8_t* p = m->addr + offset;
+  uint16_t idx;
+  if (((uintptr_t)p & 1) == 0) {
+    idx = __atomic_load_n(reinterpret_cast<const uint16_t*>(p), __ATOMIC_SEQ_CST);
+  } else {
+    std::memcpy(&idx, p, sizeof idx);
+  }
+  MappingUnref(m);
+  if (idx != (uint16_t)lastSeen) return Napi::Number::New(env, kWakeAvail);
+
+  // 4. Sleep.
+  pfds[0] = {(int)kickFd, POLLIN, 0};  // a negative fd is ignored by poll
+  int r = PollFor(pfds, 1 + nExtra, timeoutMs);
+  if (r < 0) return NativeFail(env, errno, "poll", "kick fd " + std::to_string(kickFd));
+  if (!CheckNval(env, pfds, 1 + nExtra)) return env.Undefined();
+  uint32_t wake = 0;
+  if (kickFd >= 0 && (pfds[0].revents & kReadyMask)) {
+    uint64_t value;
+    ssize_t n;
+    do n = read((int)kickFd, &value, sizeof value);
+    while (n < 0 && errno == EINTR);
+    if (n < 0 && errno != EAGAIN) return NativeFail(env, errno, "read", "kick eventfd " + std::to_string(kickFd));
+    wake |= kWakeKick;
+  }
+  for (size_t i = 0; i < nExtra; i++)
+    if (pfds[1 + i].revents & kReadyMask) wake |= kWakeExtra0 << i;
+  return Napi::Number::New(env, wake);
+}
+
+}  // namespace
+
+void RegisterWait(Napi::Env env, Napi::Object exports) {
+  exports.Set("poll", Napi::Function::New(env, Poll, "poll"));
+  exports.Set("waitKick", Napi::Function::New(env, WaitKick, "waitKick"));
+}
+
+}  // namespace lgnet
