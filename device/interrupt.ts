@@ -1,0 +1,46 @@
+/**
+ * Pending-used interrupt coalescing (lguest's `pending_used`).
+ *
+ * Completions are published once per burst (SplitQueue.flush) and counted here as pending. The call
+ * eventfd is written at most once for all of them, at the last moment: just before the worker
+ * sleeps, or when so many are pending that the driver would starve for buffers. Whether a signal is
+ * due at all is the ring's decision (EVENT_IDX used_event, or VRING_AVAIL_F_NO_INTERRUPT).
+ */
+import * as native from '../native/index.ts';
+import type { SplitQueue } from '../vring/index.ts';
+import { M } from './metrics.ts';
+
+export class PendingUsed {
+  /** Completions published since the last signal decision. */
+  pending = 0;
+  private readonly queue: SplitQueue;
+  private readonly callFd: number;
+  private readonly c: Float64Array;
+
+  constructor(queue: SplitQueue, callFd: number, counters: Float64Array) {
+    this.queue = queue;
+    this.callFd = callFd;
+    this.c = counters;
+  }
+
+  /**
+   * Decides whether the pending completions need an interrupt, and consumes them. Returns the fd to
+   * signal (so the caller can fold the write into its blocking call), or -1.
+   */
+  take(): number {
+    if (this.pending === 0) return -1;
+    this.pending = 0;
+    if (this.callFd >= 0 && this.queue.needsNotification()) {
+      this.c[M.interrupts]! += 1;
+      return this.callFd;
+    }
+    this.c[M.interruptsSuppressed]! += 1;
+    return -1;
+  }
+
+  /** Signals now if due. */
+  signal(): void {
+    const fd = this.take();
+    if (fd >= 0) native.eventfdWrite(fd, 1);
+  }
+}

@@ -1,0 +1,86 @@
+/**
+ * Per-queue counters.
+ *
+ * Design: each queue's counters live in one Float64Array over a SharedArrayBuffer. The queue's worker
+ * is the only writer (plain `c[M.X] += n`, no atomics on the hot path); the main thread reads a
+ * snapshot at any time for metrics() or the metrics endpoint. A reader may see a burst half-counted;
+ * it never sees a torn number (aligned 8-byte stores are atomic on the hosts lgnet supports), and
+ * doubles count exactly up to 2^53.
+ *
+ * Every drop path increments one reason counter, so that `frames + sum(drops)` accounts for every
+ * chain the device consumed. Tests assert deltas.
+ */
+
+/** Counter indices. */
+export const M = {
+  /** Frames moved (TX: sent to the backend; RX: delivered to the guest). */
+  frames: 0,
+  /** Bytes moved, frame bytes only (no virtio_net_hdr). */
+  bytes: 1,
+  /** Service iterations that moved at least one chain. */
+  bursts: 2,
+  /** Kick eventfd wake-ups. */
+  kicks: 3,
+  /** Call eventfd writes (interrupts raised). */
+  interrupts: 4,
+  /** Completions published without an interrupt because the driver did not ask for one. */
+  interruptsSuppressed: 5,
+  /** Times the worker went to sleep. */
+  sleeps: 6,
+  /** Nanoseconds spent blocked. */
+  blockedNs: 7,
+  /** Busy-poll rounds that found work before sleeping. */
+  busyPollHits: 8,
+  // TX drops: chain completed with 0 and not sent.
+  txDropShort: 9,
+  txDropTooBig: 10,
+  txDropGsoNotNegotiated: 11,
+  txDropCsumOutOfRange: 12,
+  txDropCsumNotNegotiated: 13,
+  txDropWritable: 14,
+  txDropGsoWithoutCsum: 15,
+  /** The backend refused the frame (e.g. the kernel rejected its vnet header). */
+  txDropBackend: 16,
+  /** Filter hook said deny. */
+  txDropFiltered: 17,
+  // RX.
+  /** Times RX stopped because the guest had no buffers (frames wait in the backend). */
+  rxNoBuffers: 18,
+  /** RX chain shorter than the virtio_net_hdr: completed with 0. */
+  rxDropShortBuffer: 19,
+  /** Frame larger than the buffers offered: consumed from the backend and counted, not delivered. */
+  rxDropTooBig: 20,
+  /** Frame dropped by the RX filter (control-queue rx mode, MAC table, VLAN). */
+  rxDropFiltered: 21,
+  /** The backend read failed. */
+  rxDropBackend: 22,
+  /** The ring was found broken (a VringError): the queue stopped. */
+  queueBroken: 23,
+  /** Count of counters. */
+  COUNT: 24,
+} as const;
+
+export type MetricName = Exclude<keyof typeof M, 'COUNT'>;
+
+const NAMES = Object.keys(M).filter((k) => k !== 'COUNT') as MetricName[];
+
+/** TX_DROP code (header.ts) → counter index. */
+export const TX_DROP_COUNTER: readonly number[] = [
+  -1, M.txDropShort, M.txDropTooBig, M.txDropGsoNotNegotiated, M.txDropCsumOutOfRange,
+  M.txDropCsumNotNegotiated, M.txDropWritable, M.txDropGsoWithoutCsum,
+];
+
+/** Allocates the shared storage for one queue's counters. */
+export function createCounters(): Float64Array {
+  return new Float64Array(new SharedArrayBuffer(M.COUNT * 8));
+}
+
+/** A plain-object snapshot, for logs, tests and the metrics endpoint. */
+export type QueueMetrics = Record<MetricName, number>;
+
+/** Copies the counters into a plain object. */
+export function snapshot(c: Float64Array): QueueMetrics {
+  const out = {} as QueueMetrics;
+  for (const n of NAMES) out[n] = c[M[n]]!;
+  return out;
+}

@@ -1,0 +1,111 @@
+/**
+ * The tap backend: frames between guest memory and a Linux tap fd, with virtio_net_hdr passed through
+ * (IFF_VNET_HDR), so that checksum and segmentation offloads cross without the device touching frame
+ * bytes. One fd per queue pair (IFF_MULTI_QUEUE when there are several).
+ *
+ * The tap's header size is set to the device's (10 or 12, TUNSETVNETHDRSZ): the kernel then reads the
+ * guest's header as written and, on RX, writes the first 10 bytes and skips the rest, so the device only
+ * has to fill num_buffers. Receive offloads (TUNSETOFFLOAD) follow what the guest accepted: a guest
+ * without GUEST_CSUM gets frames with checksums completed by the kernel.
+ */
+import * as native from '../native/index.ts';
+import type { IovecTable } from '../native/iovec.ts';
+import type { Backend, PortSpec, RxPort, TxPort } from './backend.ts';
+import { mask, type NegotiatedFeatures } from './features.ts';
+
+/** Options of {@link TapBackend}. */
+export interface TapOptions {
+  /** Interface name; an existing tap is attached to, otherwise one is created. Empty: the kernel picks. */
+  name?: string;
+  /** Queue pairs: one fd each (IFF_MULTI_QUEUE when > 1). */
+  queuePairs?: number;
+}
+
+/** A tap device opened with IFF_VNET_HDR, one fd per queue pair. */
+export class TapBackend implements Backend {
+  readonly kind = 'tap';
+  readonly queuePairs: number;
+  /** The interface name the kernel chose or attached to. */
+  readonly name: string;
+  /** One nonblocking fd per queue pair. */
+  readonly fds: number[] = [];
+  private vnetHdrLen = 12;
+
+  constructor(opts: TapOptions = {}) {
+    this.queuePairs = opts.queuePairs ?? 1;
+    const multiQueue = this.queuePairs > 1;
+    let name = opts.name ?? '';
+    try {
+      for (let i = 0; i < this.queuePairs; i++) {
+        const t = native.tapOpen({ name, vnetHdr: true, multiQueue, nonblocking: true });
+        name = t.name;
+        this.fds.push(t.fd);
+        native.tapSetVnetHdrSize(t.fd, this.vnetHdrLen);
+      }
+    } catch (e) {
+      this.close();
+      throw e;
+    }
+    this.name = name;
+  }
+
+  supportedOffloads(): bigint {
+    // A vnet-header tap accepts every TX offload, and the kernel can produce every RX one.
+    return mask('CSUM', 'GUEST_CSUM', 'GUEST_TSO4', 'GUEST_TSO6', 'GUEST_ECN', 'GUEST_UFO',
+      'HOST_TSO4', 'HOST_TSO6', 'HOST_ECN', 'HOST_UFO', 'CTRL_GUEST_OFFLOADS');
+  }
+
+  configure(f: NegotiatedFeatures): void {
+    this.vnetHdrLen = f.hdrLen;
+    const flags = tunOffloadFlags(f);
+    for (const fd of this.fds) {
+      native.tapSetVnetHdrSize(fd, f.hdrLen);
+      native.tapSetOffload(fd, flags);
+    }
+  }
+
+  port(pair: number): PortSpec {
+    const fd = this.fds[pair];
+    if (fd === undefined) throw new RangeError(`tap ${this.name} has ${this.fds.length} queue pairs; no pair ${pair}`);
+    return { kind: 'tap', fd, vnetHdrLen: this.vnetHdrLen };
+  }
+
+  close(): void {
+    for (const fd of this.fds.splice(0)) {
+      try { native.close(fd); } catch { /* already closed */ }
+    }
+  }
+}
+
+/** TUNSETOFFLOAD flags for what the guest accepts on receive (§5.1.3.1: TSO needs GUEST_CSUM). */
+export function tunOffloadFlags(f: { guestCsum: boolean; guestTso4: boolean; guestTso6: boolean; guestEcn: boolean; guestUfo: boolean }): number {
+  if (!f.guestCsum) return 0;
+  let flags = native.TUN_F.CSUM;
+  if (f.guestTso4) flags |= native.TUN_F.TSO4;
+  if (f.guestTso6) flags |= native.TUN_F.TSO6;
+  if ((f.guestTso4 || f.guestTso6) && f.guestEcn) flags |= native.TUN_F.TSO_ECN;
+  if (f.guestUfo) flags |= native.TUN_F.UFO;
+  return flags;
+}
+
+class TapTxPort implements TxPort {
+  private readonly fd: number;
+  constructor(fd: number) { this.fd = fd; }
+  send(table: IovecTable, first: number): number {
+    return native.writevBatch(this.fd, table, table.frames, first) - first;
+  }
+}
+
+class TapRxPort implements RxPort {
+  readonly fd: number;
+  readonly vnetHdrLen: number;
+  constructor(fd: number, vnetHdrLen: number) { this.fd = fd; this.vnetHdrLen = vnetHdrLen; }
+  recv(table: IovecTable, frames: number): number {
+    return native.readvBatch(this.fd, table, frames);
+  }
+}
+
+/** Worker side: turns a PortSpec into ports. */
+export function openTapPorts(spec: Extract<PortSpec, { kind: 'tap' }>): { tx: TxPort; rx: RxPort } {
+  return { tx: new TapTxPort(spec.fd), rx: new TapRxPort(spec.fd, spec.vnetHdrLen) };
+}
