@@ -1,0 +1,87 @@
+/**
+ * The raw exports of build/Release/lgnet.node, exactly as C++ registers them (native/*.cc). Only
+ * native/index.ts uses this shape; everything else imports the typed facade from there. Arguments are
+ * positional and fully specified (the facade fills defaults); C++ re-checks every one.
+ */
+import type { NativeError } from './errors.ts';
+
+export interface RawFdPoller {
+  start(events: number): void;
+  stop(): void;
+  close(): void;
+  ref(): void;
+  unref(): void;
+}
+
+export interface RawBinding {
+  initialize(errorClass: typeof NativeError): void;
+  nop(): void;
+
+  // fd.cc
+  close(fd: number): void;
+  setNonblocking(fd: number, on: boolean): void;
+  fdRead(fd: number, buf: Uint8Array): number;
+  fdWrite(fd: number, buf: Uint8Array): number;
+
+  // eventfd.cc
+  eventfdCreate(initval: number, nonblocking: boolean, semaphore: boolean): number;
+  eventfdRead(fd: number): number;
+  eventfdWrite(fd: number, value: number): void;
+
+  // memory.cc
+  memfdCreate(name: string, size: number): number;
+  mmap(fd: number, offset: number, length: number): number;
+  mmapAnonymous(length: number): number;
+  mappingBuffer(id: number): ArrayBuffer;
+  mappingSize(id: number): number;
+  munmap(id: number): void;
+
+  // tap.cc
+  tapOpen(name: string, vnetHdr: boolean, multiQueue: boolean, nonblocking: boolean): { fd: number; name: string };
+  tapSetVnetHdrSize(fd: number, size: number): void;
+  tapSetOffload(fd: number, flags: number): void;
+  tapGetFeatures(fd: number): number;
+
+  // batch.cc
+  writevBatch(fd: number, entries: Uint32Array, frameEnd: Uint32Array, bytes: Int32Array, frames: number): number;
+  readvBatch(fd: number, entries: Uint32Array, frameEnd: Uint32Array, bytes: Int32Array, frames: number): number;
+
+  // wait.cc
+  poll(fds: Int32Array, timeoutMs: number): number;
+  waitKick(
+    kickFd: number,
+    mappingId: number,
+    offset: number,
+    lastSeen: number,
+    timeoutMs: number,
+    extraFds: Int32Array | undefined,
+    signalFd: number,
+  ): number;
+
+  // poller.cc
+  FdPoller: new (fd: number, callback: (events: number, errno: number) => void) => RawFdPoller;
+
+  // unix-socket.cc
+  unixListen(path: string, backlog: number): number;
+  unixAccept(fd: number): number;
+  unixConnect(path: string): number;
+  unixSocketpair(): [number, number];
+  shutdown(fd: number): void;
+  sendMsg(fd: number, data: Uint8Array, fds: Int32Array): number;
+  recvMsg(fd: number, buf: Uint8Array, maxFds: number): { bytes: number; fds: number[]; ctrunc: boolean };
+
+  // netns.cc
+  netnsEnter(path: string): number;
+  netnsLeave(prevFd: number): void;
+  packetOpen(ifname: string): number;
+
+  // hardening.cc
+  setNoNewPrivs(): void;
+  seccompInstall(filter: Uint8Array, tsync: boolean): void;
+  setresuid(r: number, e: number, s: number): void;
+  setresgid(r: number, e: number, s: number): void;
+  setgroups(gids: Uint32Array): void;
+  setrlimit(resource: number, soft: number, hard: number): void;
+  getrlimit(resource: number): { soft: number; hard: number };
+  chroot(path: string): void;
+}
