@@ -1,0 +1,500 @@
+// vring/queue.ts — SplitQueue: the device side of a split virtqueue (virtio 1.2 §2.7).
+//
+// Where it sits: one per virtqueue, driven by that queue's worker. The worker pops chains the guest
+// made available, moves frames between them and the backend, completes them with addUsed(), publishes
+// with flush() once per burst and asks needsNotification() whether to signal the call eventfd.
+//
+//            driver (guest)                               device (this class)
+//   avail ring:  idx ──────────▶ written by driver       lastAvail: next slot to pop
+//   ┌─┬─┬─┬─┬─┬─┬─┬─┐                                    pop/popBurst: ring[lastAvail & mask]
+//   │ │ │h│h│h│ │ │ │   slots lastAvail … avail.idx−1     → head → defended walk → DescriptorChain
+//   └─┴─┴─┴─┴─┴─┴─┴─┘   hold heads not yet popped
+//   used ring:   idx ◀────────── written by device       usedIdx: next slot to fill (staged)
+//   ┌──┬──┬──┬──┬──┐                                     addUsed(head,len) stages {id,len};
+//   │  │  │el│el│  │                                     flush() publishes used.idx (Atomics.store)
+//   └──┴──┴──┴──┴──┘
+//
+// State lives here (indices, size, flags, addresses); bytes live in the GuestMemory given to attach().
+// Every guest-provided value is validated (DESIGN "Untrusted input"): a violation throws a typed
+// VringError and marks the queue broken; a broken queue never touches memory again and rethrows the
+// same error on every call until reset().
+//
+// The consume loop (lguest's wait_for_vq_desc, vm-virtio's README):
+//   q.disableNotification();
+//   do { while ((n = q.popBurst(32, chains)) > 0) { …; q.addUsed(head, len); } q.flush();
+//        if (q.needsNotification()) signal(); } while (q.enableNotification());
+// enableNotification() re-reads avail.idx after publishing avail_event / clearing NO_NOTIFY; both are
+// Atomics (seq_cst), which closes the race with a driver that adds a buffer just as we go to sleep.
+
+import { DescriptorChain } from './chain.ts';
+import { DescriptorWalker } from './descriptor.ts';
+import { DescriptorError, MemoryError, RingLayoutError, RingStateError, VringError, VringErrorCode } from './errors.ts';
+import {
+  AVAIL_ALIGN,
+  AVAIL_IDX,
+  AVAIL_RING,
+  DESC_ALIGN,
+  MAX_QUEUE_SIZE,
+  USED_ALIGN,
+  USED_RING,
+  VRING_AVAIL_F_NO_INTERRUPT,
+  VRING_USED_F_NO_NOTIFY,
+  availAreaSize,
+  descAreaSize,
+  usedAreaSize,
+} from './layout.ts';
+import type { GuestMemory, RangeLocation } from './memory.ts';
+
+/** Default cap on memory pieces per direction of one chain (Linux UIO_MAXIOV). */
+export const DEFAULT_MAX_PIECES = 1024;
+
+/** Configuration of one split virtqueue, as set by the driver (§4.1.4.3 / vhost-user SET_VRING_*). */
+export interface SplitQueueOptions {
+  /** Queue size: power of 2, 1…32768, ≤ maxSize. */
+  size: number;
+  /** Guest physical address of the descriptor table. */
+  desc: number;
+  /** Guest physical address of the available ring. */
+  avail: number;
+  /** Guest physical address of the used ring. */
+  used: number;
+  /** VIRTIO_F_EVENT_IDX negotiated. */
+  eventIdx?: boolean;
+  /** VIRTIO_F_INDIRECT_DESC negotiated. */
+  indirect?: boolean;
+  /** Largest size the device offered (QueueNumMax); default 32768. */
+  maxSize?: number;
+  /** Cap on memory pieces per direction of one chain; default 1024. */
+  maxPieces?: number;
+}
+
+/** Where avail.idx lives, so native code can wait on it (waitKick) without knowing the layout. */
+export interface AvailIdxLocation {
+  /** Region index in the GuestMemory. */
+  region: number;
+  /** Byte offset of avail.idx in that region. */
+  offset: number;
+  /** Native mapping id of the region (-1 if none). */
+  mappingId: number;
+  /** Byte offset in that native mapping where the region starts (as Region.mappingOffset): avail.idx is
+   *  at mappingOffset + offset in the mapping. */
+  mappingOffset: number;
+}
+
+/** vring_need_event() of §2.7.10: has the index crossed `event` going from `old` to `now`? */
+export function needEvent(event: number, now: number, old: number): boolean {
+  return ((now - event - 1) & 0xffff) < ((now - old) & 0xffff);
+}
+
+/** Host locations of the three areas of a ring. */
+export interface RingLocations {
+  desc: RangeLocation;
+  avail: RangeLocation;
+  used: RangeLocation;
+}
+
+function layoutError(code: (typeof VringErrorCode)[keyof typeof VringErrorCode], msg: string): never {
+  throw new RingLayoutError(code, `${msg}; the queue cannot be used until the driver reconfigures it`);
+}
+
+/**
+ * Validate a ring's shape and placement (§2.6, §2.7 alignment table) and locate its areas: size a
+ * power of 2 in 1…min(32768, maxSize); desc/avail/used aligned 16/2/4; each area, event fields
+ * included, inside one region and aligned in the host mapping too. Throws RingLayoutError.
+ */
+export function mapRing(mem: GuestMemory, size: number, desc: number, avail: number, used: number, maxSize: number = MAX_QUEUE_SIZE): RingLocations {
+  if (!Number.isInteger(size) || size <= 0) layoutError(VringErrorCode.BAD_SIZE, `queue size ${size} is zero or not an integer`);
+  if ((size & (size - 1)) !== 0) layoutError(VringErrorCode.BAD_SIZE, `queue size ${size} is not a power of 2`);
+  if (size > MAX_QUEUE_SIZE) layoutError(VringErrorCode.BAD_SIZE, `queue size ${size} exceeds the split-ring maximum ${MAX_QUEUE_SIZE}`);
+  if (size > maxSize) layoutError(VringErrorCode.BAD_SIZE, `queue size ${size} exceeds the device maximum ${maxSize}`);
+  const areas = [
+    ['descriptor table', desc, DESC_ALIGN, descAreaSize(size)],
+    ['available ring', avail, AVAIL_ALIGN, availAreaSize(size)],
+    ['used ring', used, USED_ALIGN, usedAreaSize(size)],
+  ] as const;
+  const locs: RangeLocation[] = [];
+  for (const [name, gpa, align, len] of areas) {
+    if (!Number.isSafeInteger(gpa) || gpa < 0 || gpa % align !== 0) {
+      layoutError(VringErrorCode.MISALIGNED, `${name} address 0x${Number(gpa).toString(16)} is not ${align}-byte aligned`);
+    }
+    let loc: RangeLocation;
+    try {
+      loc = mem.contiguous(gpa, len);
+    } catch (e) {
+      if (!(e instanceof MemoryError)) throw e;
+      layoutError(VringErrorCode.RING_UNMAPPED, `${name} [0x${gpa.toString(16)}, +${len}) is not inside one guest memory region`);
+    }
+    // Typed arrays need the host address aligned too; true for page-aligned mappings.
+    if (loc.byteOffset % align !== 0) {
+      layoutError(VringErrorCode.MISALIGNED, `${name} is ${align}-aligned in the guest but not in the host mapping (region offset)`);
+    }
+    locs.push(loc);
+  }
+  return { desc: locs[0]!, avail: locs[1]!, used: locs[2]! };
+}
+
+/** Device side of a split virtqueue. See the file header for the data path and the consume loop. */
+export class SplitQueue {
+  readonly size: number;
+  readonly desc: number;
+  readonly avail: number;
+  readonly used: number;
+  readonly eventIdx: boolean;
+  readonly indirect: boolean;
+  readonly maxSize: number;
+  readonly maxPieces: number;
+
+  /** Free-running index of the next available-ring slot to pop. */
+  lastAvail = 0;
+  /** Free-running index of the next used-ring slot to fill (staged, published by flush()). */
+  usedIdx = 0;
+  /** used.idx value at the last notification this queue asked for (EVENT_IDX "old"). */
+  signalledUsed = 0;
+  /** Chains popped and not yet completed or rewound. */
+  inFlight = 0;
+  /** The error that broke this queue, or null. Once set, every call throws it. */
+  broken: VringError | null = null;
+
+  private mem: GuestMemory | null = null;
+  private mask = 0;
+  /** avail area as u16: [0] flags, [1] idx, [2 + slot] ring, [2 + size] used_event. */
+  private availU16: Uint16Array = new Uint16Array(0);
+  /** used area as u16: [0] flags, [1] idx, [usedAvailEvent] avail_event. */
+  private usedU16: Uint16Array = new Uint16Array(0);
+  /** used area as u32 from byte 4: [2·slot] id, [2·slot + 1] len. */
+  private usedElems: Uint32Array = new Uint32Array(0);
+  private usedEventIdx = 0;
+  private availEventIdx = 0;
+  private availIdxLoc: RangeLocation | null = null;
+
+  /** Last avail.idx read from the ring. */
+  private shadowAvail = 0;
+  /** Last used.idx published by flush(). */
+  private publishedUsed = 0;
+  private signalledValid = false;
+  private notifyEnabled = true;
+  /** Read used.idx from the ring on the next attach (fresh queue, or after setBase). */
+  private syncUsedOnAttach = true;
+
+  /** Per head: avail index it was popped at, or -1 when not in flight. */
+  private inFlightPos: Int32Array = new Int32Array(0);
+  /** Per avail slot: the head popped from it (rewind reads this, never the guest's ring). */
+  private poppedHeads: Uint16Array = new Uint16Array(0);
+  /** Per head: its reusable chain object, created on first use. */
+  private chains: (DescriptorChain | undefined)[] = [];
+  private readonly walker = new DescriptorWalker();
+
+  constructor(opts: SplitQueueOptions) {
+    this.size = opts.size;
+    this.desc = opts.desc;
+    this.avail = opts.avail;
+    this.used = opts.used;
+    this.eventIdx = opts.eventIdx ?? false;
+    this.indirect = opts.indirect ?? false;
+    this.maxSize = opts.maxSize ?? MAX_QUEUE_SIZE;
+    this.maxPieces = opts.maxPieces ?? DEFAULT_MAX_PIECES;
+    if (!(Number.isInteger(this.maxPieces) && this.maxPieces >= 1)) throw new RangeError('maxPieces must be an integer ≥ 1');
+  }
+
+  /** Mark broken with `e` (if it is ours) and return it for throwing. */
+  private fail(e: unknown): unknown {
+    if (e instanceof VringError && this.broken === null) this.broken = e;
+    return e;
+  }
+
+  /**
+   * Bind to guest memory: validate size, alignment and placement, and cache typed-array views over the
+   * three ring areas. Call again after every memory table change (with the workers quiesced). Throws
+   * RingLayoutError and marks the queue broken if the layout is invalid.
+   */
+  attach(mem: GuestMemory): void {
+    if (this.broken) throw this.broken;
+    const size = this.size;
+    let locs: RingLocations;
+    try {
+      locs = mapRing(mem, size, this.desc, this.avail, this.used, this.maxSize);
+    } catch (e) {
+      throw this.fail(e);
+    }
+    const { desc: d, avail: a, used: u } = locs;
+    this.mem = mem;
+    this.mask = size - 1;
+    this.availU16 = new Uint16Array(a.buffer, a.byteOffset, availAreaSize(size) / 2);
+    this.usedU16 = new Uint16Array(u.buffer, u.byteOffset, usedAreaSize(size) / 2);
+    this.usedElems = new Uint32Array(u.buffer, u.byteOffset + USED_RING, 2 * size);
+    this.usedEventIdx = (AVAIL_RING >> 1) + size;
+    this.availEventIdx = (USED_RING + 8 * size) >> 1;
+    this.availIdxLoc = mem.contiguous(this.avail + AVAIL_IDX, 2);
+    this.walker.bind(mem, new Uint32Array(d.buffer, d.byteOffset, 4 * size), size, this.indirect);
+    if (this.inFlightPos.length !== size) {
+      this.inFlightPos = new Int32Array(size).fill(-1);
+      this.poppedHeads = new Uint16Array(size);
+      this.chains = new Array<DescriptorChain | undefined>(size);
+    }
+    for (const c of this.chains) if (c !== undefined) c.mem = mem;
+    if (this.syncUsedOnAttach) {
+      this.syncUsedOnAttach = false;
+      this.usedIdx = this.publishedUsed = this.signalledUsed = Atomics.load(this.usedU16, 1);
+      this.signalledValid = false;
+    }
+  }
+
+  private checkUsable(): void {
+    if (this.broken) throw this.broken;
+    if (this.mem === null) {
+      throw new RingLayoutError(VringErrorCode.NOT_ATTACHED, 'queue used before attach(mem): no guest memory bound');
+    }
+  }
+
+  /**
+   * vhost-user SET_VRING_BASE: continue from available index `availIdx`. The used index is taken from
+   * the ring (now if attached, else at the next attach), as libvhost-user does.
+   */
+  setBase(availIdx: number): void {
+    if (this.broken) throw this.broken;
+    if (!Number.isInteger(availIdx) || availIdx < 0 || availIdx > 0xffff) throw new RangeError(`bad vring base ${availIdx}`);
+    this.lastAvail = this.shadowAvail = availIdx;
+    this.inFlight = 0;
+    this.inFlightPos.fill(-1);
+    if (this.mem !== null) {
+      this.usedIdx = this.publishedUsed = this.signalledUsed = Atomics.load(this.usedU16, 1);
+      this.signalledValid = false;
+    } else {
+      this.syncUsedOnAttach = true;
+    }
+  }
+
+  /** Where avail.idx lives (for native waitKick / busy-poll). */
+  availIdxLocation(): AvailIdxLocation {
+    this.checkUsable();
+    const l = this.availIdxLoc!;
+    return { region: l.region, offset: l.offset, mappingId: l.mappingId, mappingOffset: l.mappingOffset - l.offset };
+  }
+
+  /** Read avail.idx and validate it against lastAvail (§2.7.6: at most `size` ahead). */
+  private refreshAvail(): number {
+    const idx = Atomics.load(this.availU16, 1);
+    const pending = (idx - this.lastAvail) & 0xffff;
+    if (pending > this.size) {
+      throw new RingStateError(
+        VringErrorCode.AVAIL_IDX_JUMP,
+        `avail.idx ${idx} is ${pending} entries ahead of the last consumed index ${this.lastAvail}, more than the ` +
+          `queue size ${this.size} (CVE-2020-10723 class); the queue is marked broken`,
+      );
+    }
+    this.shadowAvail = idx;
+    return pending;
+  }
+
+  /** Read avail.idx now (validated against lastAvail): the "seen" value for sleeping on a kick. */
+  availIdx(): number {
+    this.checkUsable();
+    try {
+      this.refreshAvail();
+    } catch (e) {
+      throw this.fail(e);
+    }
+    return this.shadowAvail;
+  }
+
+  /** Chains the driver has made available and we have not popped (reads avail.idx; validated). */
+  availPending(): number {
+    this.checkUsable();
+    try {
+      return this.refreshAvail();
+    } catch (e) {
+      throw this.fail(e);
+    }
+  }
+
+  /** Pop one chain, or null when the ring is empty. Throws VringError (and breaks) on bad input. */
+  pop(): DescriptorChain | null {
+    this.checkUsable();
+    try {
+      if (this.lastAvail === this.shadowAvail && this.refreshAvail() === 0) return null;
+      const c = this.popOne();
+      if (this.eventIdx && this.notifyEnabled) Atomics.store(this.usedU16, this.availEventIdx, this.lastAvail);
+      return c;
+    } catch (e) {
+      throw this.fail(e);
+    }
+  }
+
+  /**
+   * Pop up to `max` chains into out[at…at+n−1] (reused chain objects) and return n. Reads avail.idx
+   * once. Throws VringError (and breaks) on bad input; chains popped before the bad one stay in flight.
+   */
+  popBurst(max: number, out: DescriptorChain[], at: number = 0): number {
+    this.checkUsable();
+    try {
+      this.refreshAvail();
+      let n = 0;
+      while (n < max && this.lastAvail !== this.shadowAvail) out[at + n++] = this.popOne();
+      if (n > 0 && this.eventIdx && this.notifyEnabled) Atomics.store(this.usedU16, this.availEventIdx, this.lastAvail);
+      return n;
+    } catch (e) {
+      throw this.fail(e);
+    }
+  }
+
+  private popOne(): DescriptorChain {
+    const pos = this.lastAvail;
+    const slot = pos & this.mask;
+    const head = this.availU16[2 + slot]!; // read once
+    const size = this.size;
+    if (head >= size) {
+      throw new DescriptorError(VringErrorCode.HEAD_OUT_OF_RANGE, `available ring slot ${slot} holds head ${head} ≥ queue size ${size}; the queue is marked broken`);
+    }
+    if (this.inFlightPos[head]! >= 0) {
+      throw new RingStateError(VringErrorCode.HEAD_IN_FLIGHT, `head ${head} was made available again while the device still holds it; the queue is marked broken`);
+    }
+    if (this.inFlight >= size) {
+      throw new RingStateError(VringErrorCode.TOO_MANY_IN_FLIGHT, `more than ${size} chains in flight; the queue is marked broken`);
+    }
+    let c = this.chains[head];
+    if (c === undefined) {
+      c = this.chains[head] = new DescriptorChain(this.maxPieces);
+      c.mem = this.mem;
+    }
+    this.walker.walk(head, c);
+    this.inFlightPos[head] = pos;
+    this.poppedHeads[slot] = head;
+    this.inFlight++;
+    this.lastAvail = (pos + 1) & 0xffff;
+    return c;
+  }
+
+  /**
+   * Un-pop the last `n` popped chains (vu_queue_rewind): they will be popped again, re-read and
+   * re-validated. They must all still be in flight, i.e. not completed.
+   */
+  rewind(n: number): void {
+    this.checkUsable();
+    try {
+      if (!(Number.isInteger(n) && n >= 0 && n <= this.inFlight)) {
+        throw new RingStateError(VringErrorCode.BAD_REWIND, `rewind(${n}) with ${this.inFlight} chains in flight`);
+      }
+      for (let k = 1; k <= n; k++) {
+        const pos = (this.lastAvail - k) & 0xffff;
+        const h = this.poppedHeads[pos & this.mask]!;
+        if (this.inFlightPos[h] !== pos) {
+          throw new RingStateError(VringErrorCode.BAD_REWIND, `rewind(${n}): the chain popped ${k} back (head ${h}) was already completed`);
+        }
+      }
+      for (let k = 1; k <= n; k++) {
+        const pos = (this.lastAvail - k) & 0xffff;
+        this.inFlightPos[this.poppedHeads[pos & this.mask]!] = -1;
+      }
+      this.inFlight -= n;
+      this.lastAvail = (this.lastAvail - n) & 0xffff;
+    } catch (e) {
+      throw this.fail(e);
+    }
+  }
+
+  /**
+   * Stage a completion in the used ring: chain `head` is done and the device wrote `len` bytes into its
+   * writable part. Not visible to the driver until flush(). A head not in flight (completed twice, or
+   * never popped) throws RingStateError and breaks the queue; `len` beyond the writable length is a
+   * device bug and throws RangeError.
+   */
+  addUsed(head: number, len: number): void {
+    this.checkUsable();
+    if (!(head >= 0 && head < this.size && this.inFlightPos[head]! >= 0)) {
+      throw this.fail(
+        new RingStateError(VringErrorCode.NOT_IN_FLIGHT, `addUsed(${head}): that head is not in flight (completed twice or never popped); the queue is marked broken`),
+      );
+    }
+    const c = this.chains[head]!;
+    if (!(len >= 0 && len <= c.writableLen && (len >>> 0) === len)) {
+      throw new RangeError(`addUsed(${head}, ${len}): length exceeds the chain's ${c.writableLen} writable bytes`);
+    }
+    const e = (this.usedIdx & this.mask) << 1;
+    this.usedElems[e] = head;
+    this.usedElems[e + 1] = len;
+    this.inFlightPos[head] = -1;
+    this.inFlight--;
+    this.usedIdx = (this.usedIdx + 1) & 0xffff;
+    if (c.readable.capacity > 64 || c.writable.capacity > 64) c.trim();
+  }
+
+  /** Publish every staged completion: one used.idx store with release semantics (Atomics, seq_cst). */
+  flush(): void {
+    this.checkUsable();
+    if (this.publishedUsed === this.usedIdx) return;
+    Atomics.store(this.usedU16, 1, this.usedIdx);
+    this.publishedUsed = this.usedIdx;
+  }
+
+  /**
+   * Should the device signal the driver for what flush() published? (§2.7.7.2, §2.7.10.) With
+   * EVENT_IDX: vring_need_event(used_event, published, signalledUsed), or true if nothing was signalled
+   * since setBase/attach. Without: something new was published and avail.flags lacks NO_INTERRUPT.
+   * When it returns true, signalledUsed moves to the published index.
+   */
+  needsNotification(): boolean {
+    this.checkUsable();
+    const now = this.publishedUsed;
+    let need: boolean;
+    // The Atomics.load below orders after flush()'s Atomics.store: the spec's "memory barrier".
+    if (this.eventIdx) {
+      const ev = Atomics.load(this.availU16, this.usedEventIdx);
+      need = !this.signalledValid || needEvent(ev, now, this.signalledUsed);
+    } else {
+      need = (!this.signalledValid || now !== this.signalledUsed) && (Atomics.load(this.availU16, 0) & VRING_AVAIL_F_NO_INTERRUPT) === 0;
+    }
+    if (need) {
+      this.signalledUsed = now;
+      this.signalledValid = true;
+    }
+    return need;
+  }
+
+  /** Ask the driver not to notify (kick) us: used.flags NO_NOTIFY, or stop advancing avail_event. */
+  disableNotification(): void {
+    this.checkUsable();
+    this.notifyEnabled = false;
+    if (!this.eventIdx) Atomics.store(this.usedU16, 0, Atomics.load(this.usedU16, 0) | VRING_USED_F_NO_NOTIFY);
+  }
+
+  /**
+   * Ask the driver to notify us again (clear NO_NOTIFY, or avail_event = `seen`), then re-check
+   * avail.idx: true means avail.idx moved past `seen` meanwhile and the caller must drain again instead
+   * of sleeping. `seen` defaults to lastAvail; pass availIdx() to wait for buffers newer than those
+   * already in the ring (RX with too little room). The store and the load are both Atomics (seq_cst),
+   * so the re-check cannot be ordered before the store: no kick is lost between check and sleep.
+   */
+  enableNotification(seen: number = this.lastAvail): boolean {
+    this.checkUsable();
+    this.notifyEnabled = true;
+    seen &= 0xffff;
+    if (this.eventIdx) Atomics.store(this.usedU16, this.availEventIdx, seen);
+    else Atomics.store(this.usedU16, 0, Atomics.load(this.usedU16, 0) & ~VRING_USED_F_NO_NOTIFY & 0xffff);
+    try {
+      this.refreshAvail();
+    } catch (e) {
+      throw this.fail(e);
+    }
+    return this.shadowAvail !== seen;
+  }
+
+  /** Is `head` popped and not yet completed? */
+  isInFlight(head: number): boolean {
+    return head >= 0 && head < this.inFlightPos.length && this.inFlightPos[head]! >= 0;
+  }
+
+  /**
+   * Back to the just-configured state: indices 0, nothing in flight, notifications on, not broken.
+   * Keeps size, addresses and the memory binding; re-attach if memory changed. Touches no guest memory.
+   */
+  reset(): void {
+    this.broken = null;
+    this.lastAvail = this.shadowAvail = 0;
+    this.usedIdx = this.publishedUsed = this.signalledUsed = 0;
+    this.signalledValid = false;
+    this.inFlight = 0;
+    this.inFlightPos.fill(-1);
+    this.notifyEnabled = true;
+    this.syncUsedOnAttach = false;
+  }
+}
