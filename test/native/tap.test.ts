@@ -1,0 +1,263 @@
+/**
+ * Tap frames through batched readv/writev, against the real kernel: a tap inside a fresh network
+ * namespace, and an AF_PACKET socket bound to the same interface as the other end of the wire.
+ *
+ *   memfd mapping ──writevBatch──▶ tap fd ──▶ [tap interface in ns] ──▶ AF_PACKET socket
+ *   memfd mapping ◀──readvBatch─── tap fd ◀── [tap interface in ns] ◀── AF_PACKET socket
+ *
+ * The tap has no address and the namespace has IPv6 off, so the kernel sends nothing of its own.
+ */
+import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+
+import {
+  close,
+  fdRead,
+  fdWrite,
+  IFF,
+  IovecTable,
+  mappingBuffer,
+  memfdCreate,
+  mmap,
+  munmap,
+  NativeError,
+  poll,
+  readvBatch,
+  tapGetFeatures,
+  tapOpen,
+  tapSetOffload,
+  tapSetVnetHdrSize,
+  TUN_F,
+  withNetns,
+  writevBatch,
+} from '../../native/index.ts';
+import { createNetns, destroyAllNetns, netnsPrerequisites, openPacketIn, openTapIn, type Netns } from '../helpers/netns.ts';
+
+const pre = netnsPrerequisites();
+if (!pre.ok) console.warn(`tap tests skipped: ${pre.why}`);
+
+const ETHERTYPE = 0x88b5; // IEEE local experimental
+const REGION = 1 << 20;
+
+let ns: Netns;
+let memfd: number;
+let region: number;
+let mem: Uint8Array;
+
+beforeAll(() => {
+  if (!pre.ok) return;
+  memfd = memfdCreate('lgnet-tap-test', REGION);
+  region = mmap(memfd, 0, REGION);
+  mem = new Uint8Array(mappingBuffer(region));
+});
+afterEach(() => {
+  destroyAllNetns();
+});
+afterAll(() => {
+  destroyAllNetns();
+  if (pre.ok) {
+    munmap(region);
+    close(memfd);
+  }
+});
+
+function frame(len: number, seq: number): Uint8Array {
+  const f = new Uint8Array(len);
+  f.set([0x02, 0, 0, 0, 0, 0x02, 0x02, 0, 0, 0, 0, 0x01], 0); // dst, src: locally administered
+  f[12] = ETHERTYPE >> 8;
+  f[13] = ETHERTYPE & 0xff;
+  for (let i = 14; i < len; i++) f[i] = (seq * 31 + i) & 0xff;
+  return f;
+}
+
+/** Frames of our ethertype that arrive on a nonblocking fd within ms (bounded count and time). */
+function collect(fd: number, want: number, ms: number): Uint8Array[] {
+  const got: Uint8Array[] = [];
+  const buf = new Uint8Array(65536);
+  const deadline = performance.now() + ms;
+  for (let spins = 0; spins < 10_000 && got.length < want; spins++) {
+    const left = Math.ceil(deadline - performance.now());
+    if (left <= 0) break;
+    if (poll([fd], left) === 0) break;
+    const n = fdRead(fd, buf);
+    if (n <= 0) continue;
+    if (n >= 14 && ((buf[12]! << 8) | buf[13]!) === ETHERTYPE) got.push(buf.slice(0, n));
+  }
+  return got;
+}
+
+function setupTap(vnetHdr: boolean): { tap: number; name: string; pkt: number } {
+  ns = createNetns();
+  const t = openTapIn(ns, { vnetHdr, nonblocking: true, address: false });
+  const pkt = openPacketIn(ns, t.name);
+  return { tap: t.fd, name: t.name, pkt };
+}
+
+function nativeErrorOf(fn: () => unknown): NativeError {
+  try {
+    fn();
+  } catch (e) {
+    if (e instanceof NativeError) return e;
+    throw e;
+  }
+  throw new Error('expected a NativeError');
+}
+
+const HDR_AT = 0; // virtio_net_hdr slots: 64 bytes apart
+const FRAME_AT = 64 * 1024; // frames: 2 KiB apart
+
+for (const variant of [
+  { name: 'without IFF_VNET_HDR', vnetHdr: false, hdrLen: 0 },
+  { name: 'with IFF_VNET_HDR (10-byte header)', vnetHdr: true, hdrLen: 10 },
+  { name: 'with IFF_VNET_HDR and TUNSETVNETHDRSZ 12', vnetHdr: true, hdrLen: 12 },
+]) {
+  describe.runIf(pre.ok)(`tap ${variant.name}`, () => {
+    function open() {
+      const s = setupTap(variant.vnetHdr);
+      if (variant.hdrLen === 12) tapSetVnetHdrSize(s.tap, 12);
+      return s;
+    }
+
+    it('writevBatch: frames split over several iovecs arrive byte for byte at the AF_PACKET socket', () => {
+      const { tap, pkt } = open();
+      const sizes = [64, 1514, 60, 300, 1000];
+      const table = new IovecTable(64, 8);
+      const sent: Uint8Array[] = [];
+      sizes.forEach((len, i) => {
+        const f = frame(len, i);
+        sent.push(f);
+        const at = FRAME_AT + i * 2048;
+        mem.set(f, at);
+        if (variant.hdrLen > 0) {
+          mem.fill(0, HDR_AT + i * 64, HDR_AT + i * 64 + variant.hdrLen); // no offloads, GSO_NONE
+          table.push(region, HDR_AT + i * 64, variant.hdrLen);
+        }
+        table.push(region, at, 14); // Ethernet header
+        table.push(region, at + 14, len - 14); // the rest
+        table.endFrame();
+      });
+      const done = writevBatch(tap, table);
+      expect(done).toBe(sizes.length);
+      for (let i = 0; i < sizes.length; i++) expect(table.bytes[i]).toBe(variant.hdrLen + sizes[i]!);
+      const got = collect(pkt, sizes.length, 2000);
+      expect(got.length).toBe(sizes.length);
+      got.forEach((g, i) => expect(Buffer.from(g).equals(Buffer.from(sent[i]!))).toBe(true));
+    });
+
+    it('readvBatch: frames sent by the AF_PACKET socket land in the mapping; EAGAIN ends the batch', () => {
+      const { tap, pkt } = open();
+      const table = new IovecTable(64, 8);
+      const slots = 8;
+      for (let i = 0; i < slots; i++) {
+        if (variant.hdrLen > 0) table.push(region, HDR_AT + i * 64, variant.hdrLen);
+        table.push(region, FRAME_AT + i * 2048, 100); // split the buffer: 100 + 1948 bytes
+        table.push(region, FRAME_AT + i * 2048 + 100, 1948);
+        table.endFrame();
+      }
+      // Nothing pending: EAGAIN on the first frame is not an error.
+      expect(readvBatch(tap, table)).toBe(0);
+
+      const sizes = [64, 1514, 200];
+      const sent = sizes.map((len, i) => frame(len, 100 + i));
+      for (const f of sent) expect(fdWrite(pkt, f)).toBe(f.length);
+      expect(poll([tap], 2000)).toBe(1);
+      const done = readvBatch(tap, table);
+      expect(done).toBe(sizes.length); // the 4th readv hit EAGAIN
+      for (let i = 0; i < done; i++) {
+        expect(table.bytes[i]).toBe(variant.hdrLen + sizes[i]!);
+        const at = FRAME_AT + i * 2048;
+        expect(Buffer.from(mem.subarray(at, at + sizes[i]!)).equals(Buffer.from(sent[i]!))).toBe(true);
+        if (variant.hdrLen > 0) {
+          const hdr = mem.subarray(HDR_AT + i * 64, HDR_AT + i * 64 + variant.hdrLen);
+          expect(hdr[1]).toBe(0); // gso_type NONE
+        }
+      }
+    });
+  });
+}
+
+describe.runIf(pre.ok)('tap: bounds checks and errors', () => {
+  it('an out-of-bounds entry anywhere in the batch refuses the whole batch before any syscall', () => {
+    const { tap, pkt } = setupTap(false);
+    const good = frame(64, 1);
+    mem.set(good, FRAME_AT);
+    const bad: Array<[string, (t: IovecTable) => void, string]> = [
+      ['unknown mapping id', (t) => t.push(region + 1, 0, 10), 'EFAULT'],
+      ['offset + length past the mapping', (t) => t.push(region, REGION - 10, 11), 'EFAULT'],
+      ['offset past the mapping', (t) => t.push(region, REGION + 1, 0), 'EFAULT'],
+      [
+        'offset near 2^64 (overflow)',
+        (t) => {
+          t.push(region, 0, 64);
+          const w = (t.count - 1) * 4;
+          t.entries[w + 1] = 0xffffffff;
+          t.entries[w + 2] = 0xffffffff;
+        },
+        'EFAULT',
+      ],
+    ];
+    for (const [what, addBad, code] of bad) {
+      const t = new IovecTable(8, 4);
+      t.push(region, FRAME_AT, 64); // a good frame first
+      t.endFrame();
+      addBad(t);
+      t.endFrame();
+      const e = nativeErrorOf(() => writevBatch(tap, t));
+      expect(e.code, what).toBe(code);
+      expect(e.syscall, what).toBe('iovec');
+    }
+    // Frame-shape mistakes: EINVAL.
+    const t = new IovecTable(8, 4);
+    t.push(region, FRAME_AT, 64);
+    t.endFrame();
+    t.frameEnd[1] = 0; // goes backwards
+    expect(nativeErrorOf(() => writevBatch(tap, t, 2)).code).toBe('EINVAL');
+    t.frameEnd[1] = 9; // past the table
+    expect(nativeErrorOf(() => writevBatch(tap, t, 2)).code).toBe('EINVAL');
+    const wide = new IovecTable(1100, 1);
+    for (let i = 0; i < 1025; i++) wide.push(region, FRAME_AT, 0);
+    wide.endFrame();
+    expect(nativeErrorOf(() => writevBatch(tap, wide)).code).toBe('EINVAL'); // > IOV_MAX
+    expect(() => writevBatch(tap, t, 5)).toThrow(RangeError); // more frames than the table has
+
+    // The good first frames were never written.
+    expect(collect(pkt, 1, 300)).toEqual([]);
+    // And the same good frame on its own goes through.
+    const ok = new IovecTable(1, 1);
+    ok.push(region, FRAME_AT, 64);
+    ok.endFrame();
+    expect(writevBatch(tap, ok)).toBe(1);
+    expect(collect(pkt, 1, 2000).length).toBe(1);
+  });
+
+  it('a bad fd fails with EBADF and the syscall name', () => {
+    const t = new IovecTable(1, 1);
+    t.push(region, 0, 10);
+    t.endFrame();
+    const fd = memfdCreate('x', 0);
+    close(fd);
+    const w = nativeErrorOf(() => writevBatch(fd, t));
+    expect([w.code, w.syscall]).toEqual(['EBADF', 'writev']);
+    const r = nativeErrorOf(() => readvBatch(fd, t));
+    expect([r.code, r.syscall]).toEqual(['EBADF', 'readv']);
+    expect(nativeErrorOf(() => tapSetVnetHdrSize(fd, 12)).syscall).toBe('ioctl(TUNSETVNETHDRSZ)');
+  });
+
+  it('multi-queue taps attach by name; features and offloads', () => {
+    ns = createNetns();
+    const first = openTapIn(ns, { vnetHdr: true, multiQueue: true, nonblocking: true, address: false });
+    const second = withNetns(ns.path, () => tapOpen({ name: first.name, vnetHdr: true, multiQueue: true }));
+    ns.track(second.fd);
+    expect(second.name).toBe(first.name);
+    const features = tapGetFeatures(first.fd);
+    expect(features & IFF.TAP).toBe(IFF.TAP);
+    expect(features & IFF.VNET_HDR).toBe(IFF.VNET_HDR);
+    expect(features & IFF.MULTI_QUEUE).toBe(IFF.MULTI_QUEUE);
+    tapSetOffload(first.fd, TUN_F.CSUM | TUN_F.TSO4 | TUN_F.TSO6 | TUN_F.TSO_ECN);
+    tapSetOffload(first.fd, 0);
+    // A single-queue tap cannot be attached twice.
+    const single = openTapIn(ns, { vnetHdr: false, address: false });
+    const e = nativeErrorOf(() => withNetns(ns.path, () => tapOpen({ name: single.name, vnetHdr: false })));
+    expect(e.syscall).toBe('ioctl(TUNSETIFF)');
+    expect(e.code).toBe('EBUSY');
+  });
+});
