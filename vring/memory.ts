@@ -35,8 +35,8 @@ export interface RegionSpec {
   gpa: number;
   /** Length in bytes, > 0. */
   size: number;
-  /** The bytes: an mmap'd external ArrayBuffer in production, a plain one in tests. */
-  buffer: ArrayBuffer;
+  /** The bytes: an mmap'd external ArrayBuffer in production, a plain (or shared) one in tests. */
+  buffer: ArrayBufferLike;
   /** Where the region starts inside `buffer` (default 0). */
   bufferOffset?: number;
   /** Native mapping id (for the batched readv/writev table); -1 or absent if none. */
@@ -57,7 +57,7 @@ export interface Region {
   readonly u8: Uint8Array;
   /** DataView over the same bytes. */
   readonly dv: DataView;
-  readonly buffer: ArrayBuffer;
+  readonly buffer: ArrayBufferLike;
   /** Offset of the region's first byte in `buffer`. */
   readonly bufferOffset: number;
   readonly mappingId: number;
@@ -74,7 +74,7 @@ export interface RangeLocation {
   region: number;
   /** Offset of the first byte in that region. */
   offset: number;
-  buffer: ArrayBuffer;
+  buffer: ArrayBufferLike;
   /** Offset of the first byte in `buffer`. */
   byteOffset: number;
   mappingId: number;
@@ -183,14 +183,16 @@ export class GuestMemory {
       const mappingOffset = s.mappingOffset ?? bufferOffset;
       const uaddr = s.uaddr ?? -1;
       if (!isAddr(s.gpa) || !isAddr(s.size) || s.size === 0) throw badRegion(`region ${source}: gpa/size must be integers, size > 0`);
-      if (s.gpa + s.size > ADDR_LIMIT) throw badRegion(`region ${source}: gpa ${hex(s.gpa)} + size ${hex(s.size)} overflows`);
-      if (!(s.buffer instanceof ArrayBuffer)) throw badRegion(`region ${source}: buffer is not an ArrayBuffer`);
+      if (s.gpa > ADDR_LIMIT - s.size) throw badRegion(`region ${source}: gpa ${hex(s.gpa)} + size ${hex(s.size)} overflows`);
+      if (!(s.buffer instanceof ArrayBuffer || s.buffer instanceof SharedArrayBuffer)) {
+        throw badRegion(`region ${source}: buffer is not an ArrayBuffer`);
+      }
       if (!isAddr(bufferOffset) || bufferOffset + s.size > s.buffer.byteLength) {
         throw badRegion(`region ${source}: [${bufferOffset}, +${s.size}) is outside its ${s.buffer.byteLength}-byte buffer`);
       }
       if (!Number.isSafeInteger(mappingId) || mappingId < -1) throw badRegion(`region ${source}: bad mappingId`);
-      if (!isAddr(mappingOffset) || mappingOffset + s.size > ADDR_LIMIT) throw badRegion(`region ${source}: bad mappingOffset`);
-      if (uaddr !== -1 && (!isAddr(uaddr) || uaddr + s.size > ADDR_LIMIT)) throw badRegion(`region ${source}: bad uaddr`);
+      if (!isAddr(mappingOffset) || mappingOffset > ADDR_LIMIT - s.size) throw badRegion(`region ${source}: bad mappingOffset`);
+      if (uaddr !== -1 && (!isAddr(uaddr) || uaddr > ADDR_LIMIT - s.size)) throw badRegion(`region ${source}: bad uaddr`);
       for (let off = 0; off < s.size; off += REGION_CHUNK) {
         const size = Math.min(REGION_CHUNK, s.size - off);
         const bo = bufferOffset + off;
@@ -261,7 +263,7 @@ export class GuestMemory {
   private translateSlow(gpa: number, len: number, out: PieceList): void {
     if (!isAddr(len)) throw new RangeError(`bad length ${len}`);
     if (len === 0) return;
-    if (!isAddr(gpa) || gpa + len > ADDR_LIMIT) {
+    if (!isAddr(gpa) || gpa > ADDR_LIMIT - len) {
       throw new MemoryError(
         VringErrorCode.ADDR_WRAP,
         `guest address ${typeof gpa === 'number' ? hex(gpa) : String(gpa)} + length ${len} is beyond the addressable range; the access is refused`,
@@ -295,7 +297,7 @@ export class GuestMemory {
   isMapped(gpa: number, len: number): boolean {
     if (!isAddr(gpa) || !isAddr(len)) return false;
     if (len === 0) return true;
-    if (gpa + len > ADDR_LIMIT) return false;
+    if (gpa > ADDR_LIMIT - len) return false;
     let cur = gpa;
     const end = gpa + len;
     while (cur < end) {
@@ -311,7 +313,7 @@ export class GuestMemory {
    * ring areas do. Throws MemoryError (VRING_UNMAPPED) otherwise.
    */
   contiguous(gpa: number, len: number): RangeLocation {
-    if (!isAddr(gpa) || !isAddr(len) || gpa + len > ADDR_LIMIT) {
+    if (!isAddr(gpa) || !isAddr(len) || gpa > ADDR_LIMIT - len) {
       throw new MemoryError(VringErrorCode.ADDR_WRAP, `guest range [${gpa}, +${len}) is not addressable; refused`);
     }
     const idx = this.findRegion(gpa);
