@@ -5,17 +5,17 @@
 set -euo pipefail
 
 # What each package is for:
-#   qemu-system-x86   boots the test guest (scripts/qemu.ts)
-#   qemu-utils        not needed at run time; left out on purpose
-#   busybox-static    the guest's userland (scripts/guest-image.sh)
-#   iperf3            throughput on both the host side and in the guest image
-#   cpio, gzip        pack the guest initramfs
-#   iproute2          ip netns / ip tuntap in tests
-#   kmod              lsmod/modinfo when inspecting the guest kernel's modules
-#   zstd, xz-utils    the Debian kernel's modules are xz- or zstd-compressed
-#   build-essential, python3, make, g++  node-gyp builds the native addon
-#   iputils-ping      host-side ping in tests
-#   procps            ps/pgrep-free process inspection helpers used by humans
+#   qemu-system-x86    boots the test guest (scripts/qemu.ts)
+#   busybox-static     the guest's userland (scripts/guest-image.sh)
+#   iperf3             throughput, on the host side and inside the guest image
+#   cpio, gzip         pack the guest initramfs
+#   xz-utils, zstd     decompress kernel modules if a kernel ships them compressed
+#   kmod               modinfo: the guest kernel's module dependencies
+#   iproute2           ip netns / ip tuntap in tests
+#   iputils-ping       host-side ping in tests
+#   procps             ps/pgrep for people inspecting a run
+#   build-essential, python3   node-gyp builds the native addon
+#   ca-certificates    npm over TLS
 PKGS=(
   qemu-system-x86
   busybox-static

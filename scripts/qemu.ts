@@ -146,7 +146,7 @@ export interface IperfSummary {
   bytes: number;
   seconds: number;
   retransmits?: number;
-  /** UDP only. */
+  /** UDP only: loss seen by the receiver, and packets that arrived. */
   lostPercent?: number;
   packets?: number;
 }
@@ -341,6 +341,24 @@ export function qemuArgs(opts: BootOptions, accel: 'kvm' | 'tcg', image: { kerne
 export function iperfSummary(json: any): IperfSummary | undefined {
   const end = json?.end;
   if (!end) return undefined;
+  const udp = end.streams?.[0]?.udp !== undefined || (end.sum !== undefined && end.sum_sent?.retransmits === undefined);
+  if (udp) {
+    // UDP: the receiver's view (sum_received, or sum with its loss) is the figure that counts.
+    const rcv = end.sum_received ?? end.sum;
+    const snt = end.sum_sent ?? end.sum;
+    if (!rcv || !snt) return undefined;
+    const lost = rcv.lost_percent ?? 0;
+    const received = rcv.packets - (rcv.lost_packets ?? 0);
+    return {
+      bitsPerSecond: rcv.bits_per_second * (end.sum_received ? 1 : 1 - lost / 100),
+      senderBitsPerSecond: snt.bits_per_second,
+      receiverBitsPerSecond: rcv.bits_per_second * (end.sum_received ? 1 : 1 - lost / 100),
+      bytes: rcv.bytes,
+      seconds: rcv.seconds,
+      lostPercent: lost,
+      packets: received,
+    };
+  }
   if (end.sum_sent && end.sum_received) {
     // TCP. The receiver's figure is the one that counts.
     return {
@@ -350,18 +368,6 @@ export function iperfSummary(json: any): IperfSummary | undefined {
       bytes: end.sum_received.bytes,
       seconds: end.sum_received.seconds,
       retransmits: end.sum_sent.retransmits,
-    };
-  }
-  if (end.sum) {
-    // UDP: one sum; lost_percent is the receiver's view (sent back to the client at the end).
-    return {
-      bitsPerSecond: end.sum.bits_per_second * (1 - (end.sum.lost_percent ?? 0) / 100),
-      senderBitsPerSecond: end.sum.bits_per_second,
-      receiverBitsPerSecond: end.sum.bits_per_second * (1 - (end.sum.lost_percent ?? 0) / 100),
-      bytes: end.sum.bytes,
-      seconds: end.sum.seconds,
-      lostPercent: end.sum.lost_percent,
-      packets: end.sum.packets,
     };
   }
   return undefined;
