@@ -14,13 +14,27 @@
 
 #include <uv.h>
 
+#include <mutex>
+#include <set>
+#include <utility>
+
 namespace lgnet {
 namespace {
 
 class FdPoller;
 
+// (loop, fd) pairs with a live poller: libuv keeps one watcher per fd per loop, so a second poller on
+// the same fd would silently never fire, and closing either would unhook the other.
+std::mutex gWatchedMutex;
+std::set<std::pair<uv_loop_t*, int>>& Watched() {
+  static auto* watched = new std::set<std::pair<uv_loop_t*, int>>();
+  return *watched;
+}
+
 struct PollState {
   uv_poll_t handle;
+  uv_loop_t* loop;
+  int fd;
   napi_env env;
   FdPoller* owner;
   napi_async_cleanup_hook_handle hook = nullptr;
@@ -32,6 +46,10 @@ void OnClosed(uv_handle_t* h);
 void CloseState(PollState* s) {
   if (s->closing) return;
   s->closing = true;
+  {
+    std::lock_guard<std::mutex> lock(gWatchedMutex);
+    Watched().erase({s->loop, s->fd});
+  }
   uv_close(reinterpret_cast<uv_handle_t*>(&s->handle), OnClosed);
 }
 
@@ -64,12 +82,25 @@ class FdPoller : public Napi::ObjectWrap<FdPoller> {
       Napi::Error::New(env, "FdPoller: no event loop on this thread").ThrowAsJavaScriptException();
       return;
     }
+    {
+      std::lock_guard<std::mutex> lock(gWatchedMutex);
+      if (!Watched().insert({loop, fd_}).second) {
+        ThrowNativeError(env, EEXIST, "uv_poll_init", "fd " + std::to_string(fd_) + " already has an FdPoller on this thread");
+        return;
+      }
+    }
     PollState* s = new PollState();
+    s->loop = loop;
+    s->fd = fd_;
     s->env = env;
     s->owner = this;
     int r = uv_poll_init(loop, &s->handle, fd_);  // note: libuv sets O_NONBLOCK on the fd
     if (r < 0) {
       delete s;
+      {
+        std::lock_guard<std::mutex> lock(gWatchedMutex);
+        Watched().erase({loop, fd_});
+      }
       ThrowNativeError(env, -r, "uv_poll_init", "fd " + std::to_string(fd_));
       return;
     }
