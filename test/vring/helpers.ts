@@ -111,15 +111,3 @@ export function expectBreaks(q: SplitQueue, fn: () => unknown, cls: new (...a: n
   expect(() => q.availPending()).toThrow(err as Error);
   return err as VringError;
 }
-
-/** Deterministic PRNG (mulberry32) for tests that want reproducible randomness without fast-check. */
-export function rng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
