@@ -183,7 +183,8 @@ export class DriverQueue {
   add(readable: readonly GuestBuffer[], writable: readonly GuestBuffer[], opts?: { indirectAt?: number }): number {
     const n = readable.length + writable.length;
     if (n === 0) throw new RangeError('add: a chain needs at least one buffer');
-    for (const b of readable.concat(writable)) {
+    for (let i = 0; i < n; i++) {
+      const b = i < readable.length ? readable[i]! : writable[i - readable.length]!;
       if (!Number.isSafeInteger(b.addr) || b.addr < 0 || (b.len >>> 0) !== b.len) throw new RangeError(`add: bad buffer ${b.addr}/${b.len}`);
     }
     let head: number;
