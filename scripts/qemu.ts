@@ -281,6 +281,9 @@ function guestCmdline(g: GuestArgs = {}): string[] {
   if (g.iperfArgs?.length) put('iperf_args64', Buffer.from(g.iperfArgs.join(' ')).toString('base64'));
   if (g.cmd !== undefined) put('cmd64', Buffer.from(g.cmd).toString('base64'));
   if (g.keep) put('keep', 1);
+  // x86 keeps 2048 bytes of command line; the rest would be cut off silently.
+  const len = words.join(' ').length;
+  if (len > 1800) throw new Error(`guest arguments too long for the kernel command line (${len} bytes; keep cmd short)`);
   return words;
 }
 
