@@ -43,8 +43,9 @@ export interface RawBinding {
   tapGetFeatures(fd: number): number;
 
   // batch.cc
-  writevBatch(fd: number, entries: Uint32Array, frameEnd: Uint32Array, bytes: Int32Array, frames: number): number;
-  readvBatch(fd: number, entries: Uint32Array, frameEnd: Uint32Array, bytes: Int32Array, frames: number): number;
+  // words = IovecTable.words: entries (maxEntries × 4 u32), frameEnd (maxFrames u32), bytes (maxFrames i32).
+  writevBatch(fd: number, words: Uint32Array, maxEntries: number, maxFrames: number, frames: number): number;
+  readvBatch(fd: number, words: Uint32Array, maxEntries: number, maxFrames: number, frames: number): number;
 
   // wait.cc
   poll(fds: Int32Array, timeoutMs: number): number;

@@ -279,13 +279,13 @@ function checkBatch(fd: number, table: IovecTable, frames: number): void {
  */
 export function writevBatch(fd: number, table: IovecTable, frames: number = table.frames): number {
   checkBatch(fd, table, frames);
-  return b.writevBatch(fd, table.entries, table.frameEnd, table.bytes, frames);
+  return b.writevBatch(fd, table.words, table.maxEntries, table.maxFrames, frames);
 }
 
 /** One readv per frame (each frame's iovecs receive one tap frame); as writevBatch otherwise. */
 export function readvBatch(fd: number, table: IovecTable, frames: number = table.frames): number {
   checkBatch(fd, table, frames);
-  return b.readvBatch(fd, table.entries, table.frameEnd, table.bytes, frames);
+  return b.readvBatch(fd, table.words, table.maxEntries, table.maxFrames, frames);
 }
 
 // ---- waiting ----------------------------------------------------------------------------------------

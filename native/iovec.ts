@@ -7,6 +7,9 @@
  *   frameEnd  [ 2, 3, ... ]    frameEnd[i] = index of the first entry after frame i
  *   bytes     [ n0, n1, ... ]  written by writevBatch/readvBatch: bytes moved for frame i
  *
+ * All three arrays are views of one buffer, `words` (entries, then frameEnd, then bytes), which is what
+ * crosses into native: one typed-array query per call instead of three.
+ *
  * `offset` is a byte offset within the mapping named by `id` (a registry id from mmap()/
  * mmapAnonymous()), split into 32-bit halves so no BigInt is needed. Native code bounds-checks every
  * entry against its mapping before any syscall. Device code may fill `entries`/`frameEnd` directly and
@@ -21,6 +24,8 @@ const TWO_32 = 0x1_0000_0000;
 export class IovecTable {
   readonly maxEntries: number;
   readonly maxFrames: number;
+  /** The one buffer behind entries, frameEnd and bytes, in that order. */
+  readonly words: Uint32Array;
   readonly entries: Uint32Array;
   readonly frameEnd: Uint32Array;
   readonly bytes: Int32Array;
@@ -38,9 +43,11 @@ export class IovecTable {
     }
     this.maxEntries = maxEntries;
     this.maxFrames = maxFrames;
-    this.entries = new Uint32Array(maxEntries * IOVEC_WORDS);
-    this.frameEnd = new Uint32Array(maxFrames);
-    this.bytes = new Int32Array(maxFrames);
+    const entryWords = maxEntries * IOVEC_WORDS;
+    this.words = new Uint32Array(entryWords + 2 * maxFrames);
+    this.entries = this.words.subarray(0, entryWords);
+    this.frameEnd = this.words.subarray(entryWords, entryWords + maxFrames);
+    this.bytes = new Int32Array(this.words.buffer, (entryWords + maxFrames) * 4, maxFrames);
   }
 
   reset(): void {
