@@ -54,9 +54,12 @@ export class NativeError extends Error {
 
 function codeOf(errno: number): string {
   if (!Number.isInteger(errno) || errno <= 0) return `UNKNOWN_ERRNO_${errno}`;
+  let name: string;
   try {
-    return getSystemErrorName(-errno);
+    name = getSystemErrorName(-errno);
   } catch {
     return `UNKNOWN_ERRNO_${errno}`;
   }
+  // libuv names errnos it does not know "Unknown system error -N": keep codes identifier-like.
+  return name.startsWith('Unknown') ? `UNKNOWN_ERRNO_${errno}` : name;
 }
