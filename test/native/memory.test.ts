@@ -2,6 +2,8 @@
  * The mapping registry: one memfd mapped once, seen by the main thread and two worker_threads through
  * their own ArrayBuffers; munmap invalidates the id everywhere at once, and stale views read zeros.
  */
+import { readFileSync } from 'node:fs';
+
 import { afterAll, afterEach, describe, expect, it } from 'vitest';
 
 import {
@@ -74,9 +76,12 @@ describe('mapping registry', () => {
   });
 
   it('munmap: the id dies everywhere at once; stale views read zeros and do not crash', async () => {
-    const fd = memfdCreate('lgnet-test', 8192);
+    const name = `lgnet-detach-${process.pid}`;
+    const fd = memfdCreate(name, 8192);
     fds.push(fd);
     const id = mmap(fd, 0, 8192);
+    const mapped = (): boolean => readFileSync('/proc/self/maps', 'utf8').includes(`memfd:${name}`);
+    expect(mapped()).toBe(true);
     const view = new Uint8Array(mappingBuffer(id));
     view.fill(0x5a);
     const w = spawnNativeWorker();
@@ -84,6 +89,8 @@ describe('mapping registry', () => {
     expect(await w.call('peek', id, 10, 2)).toEqual([0x5a, 0x5a]);
 
     munmap(id);
+    // The guest pages are detached at once, although views over the range are still alive.
+    expect(mapped()).toBe(false);
 
     // Every native call naming the id fails.
     for (const call of [() => mappingSize(id), () => mappingBuffer(id), () => munmap(id)]) {
@@ -115,6 +122,7 @@ describe('mapping registry', () => {
     // The memfd itself still holds the data: the pages were detached, not zeroed.
     const id2 = mmap(fd, 0, 8192);
     ids.push(id2);
+    expect(mapped()).toBe(true);
     expect(id2).not.toBe(id);
     expect(new Uint8Array(mappingBuffer(id2))[10]).toBe(0x5a);
     // A worker can drop its stale buffer and exit cleanly (its finalizer drops the last reference).
