@@ -10,7 +10,7 @@
  * swap the mappings, so no worker ever reads a region that is being replaced.
  */
 import { EventEmitter } from 'node:events';
-import { MessageChannel, Worker, type MessagePort } from 'node:worker_threads';
+import { MessageChannel, type MessagePort, type Worker } from 'node:worker_threads';
 import * as native from '../native/index.ts';
 import { SplitQueue, type DescriptorChain, type GuestMemory } from '../vring/index.ts';
 import type { Backend } from './backend.ts';
@@ -21,6 +21,7 @@ import { decode, DEFAULT_OFFERED, GUEST_OFFLOAD_FEATURES, mask, names, OFFLOAD_F
 import { PendingUsed } from './interrupt.ts';
 import { createCounters, snapshot, type QueueMetrics } from './metrics.ts';
 import { RxFilter } from './rx-filter.ts';
+import { startWorker } from './thread.ts';
 import { memoryFromMappings, type FilterState, type WorkerCommand, type WorkerEvent, type WorkerInit, type WorkerRegion } from './worker.ts';
 
 /** Options of {@link NetDevice}. */
@@ -258,12 +259,7 @@ export class NetDevice extends EventEmitter {
       mtu: this.config.mtu,
       filter: this.filterState(),
     };
-    const w = new Worker(WORKER_URL, {
-      workerData: init,
-      transferList: [port2],
-      execArgv: WORKER_URL.pathname.endsWith('.ts') ? ['--import', 'tsx'] : [],
-      name: `lgnet-q${index}`,
-    });
+    const w = startWorker(WORKER_URL, { workerData: init, transferList: [port2], name: `lgnet-q${index}` });
     s.worker = w;
     port1.on('message', (e: WorkerEvent) => this.onWorkerEvent(s, e));
     w.on('error', (e) => this.onWorkerEvent(s, { ev: 'broken', code: 'LGNET_WORKER_CRASH', message: e.message }));

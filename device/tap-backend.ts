@@ -9,7 +9,7 @@
  * without GUEST_CSUM gets frames with checksums completed by the kernel.
  */
 import * as native from '../native/index.ts';
-import type { IovecTable } from '../native/iovec.ts';
+import { IOVEC_WORDS, IovecTable } from '../native/iovec.ts';
 import type { Backend, PortSpec, RxPort, TxPort } from './backend.ts';
 import { mask, type NegotiatedFeatures } from './features.ts';
 
@@ -90,9 +90,18 @@ export function tunOffloadFlags(f: { guestCsum: boolean; guestTso4: boolean; gue
 
 class TapTxPort implements TxPort {
   private readonly fd: number;
+  private rest: IovecTable | null = null;
   constructor(fd: number) { this.fd = fd; }
   send(table: IovecTable, first: number): number {
-    return native.writevBatch(this.fd, table, table.frames, first) - first;
+    if (first === 0) return native.writevBatch(this.fd, table);
+    // Resuming after a frame the kernel refused (rare): send the remaining frames from a copy.
+    const rest = (this.rest ??= new IovecTable(table.maxEntries, table.maxFrames));
+    rest.reset();
+    const from = table.frameEnd[first - 1]!;
+    rest.entries.set(table.entries.subarray(from * IOVEC_WORDS, table.count * IOVEC_WORDS));
+    rest.count = table.count - from;
+    for (let i = first; i < table.frames; i++) rest.frameEnd[rest.frames++] = table.frameEnd[i]! - from;
+    return native.writevBatch(this.fd, rest);
   }
 }
 

@@ -1,0 +1,360 @@
+/**
+ * The harness's virtio-net guest driver: what a guest kernel's virtio_net driver does, in TypeScript,
+ * over a GuestRam. It lays out the rings, posts RX buffers, sends frames (optionally split across
+ * descriptors or through an indirect table), collects completions, merges MRG_RXBUF frames, and
+ * waits on the call eventfds. Like QEMU's libqos driver, it can drive lgnet embedded (attach) or any
+ * backend reached over vhost-user (queueSetups + the frontend).
+ */
+import * as native from '../../native/index.ts';
+import { DriverQueue, splitRingLayout, type GuestBuffer } from '../../vring/index.ts';
+import type { NetDevice, QueueSetup } from '../../device/net.ts';
+import { hdrLenFor, has } from '../../device/features.ts';
+import type { GuestRam } from './guest-ram.ts';
+
+/** virtio_net_hdr fields, for sending. */
+export interface TxHeader {
+  flags?: number;
+  gsoType?: number;
+  hdrLen?: number;
+  gsoSize?: number;
+  csumStart?: number;
+  csumOffset?: number;
+}
+
+/** A received frame. */
+export interface RxFrame {
+  /** The virtio_net_hdr as received. */
+  hdr: Uint8Array;
+  /** The frame after the header. */
+  frame: Uint8Array;
+  /** num_buffers from the header (1 without MRG_RXBUF unless legacy). */
+  numBuffers: number;
+}
+
+export interface NetDriverOptions {
+  /** Features the driver accepts (a subset of what the device offered). */
+  features: bigint;
+  /** Entries per queue. Default 256. */
+  queueSize?: number;
+  /** Queue pairs to set up. Default 1. */
+  pairs?: number;
+  /** Bytes per RX buffer, header included. Default: 2048 with MRG_RXBUF, else room for a full frame. */
+  rxBufferSize?: number;
+  /** Set up the control queue (index 2·maxPairs). */
+  ctrl?: { maxPairs: number };
+}
+
+/** Largest TX frame plus header the driver can send. */
+const TX_SLOT = 65_536 + 128;
+
+/** One queue as the driver sees it. */
+export class DriverRing {
+  readonly q: DriverQueue;
+  readonly index: number;
+  readonly kickFd: number;
+  readonly callFd: number;
+  readonly setup: QueueSetup;
+  /** Buffer slot of each head in flight. */
+  readonly slotOf: Int32Array;
+  readonly slots: number[];
+  private readonly freeSlots: number[] = [];
+
+  constructor(ram: GuestRam, index: number, size: number, eventIdx: boolean, slotSize: number) {
+    const base = ram.alloc(splitRingLayout(size, 0).end + 4096, 4096);
+    const l = splitRingLayout(size, base);
+    this.q = new DriverQueue(ram.mem, { size, desc: l.desc, avail: l.avail, used: l.used, eventIdx });
+    this.q.init();
+    this.index = index;
+    this.kickFd = native.eventfdCreate({ nonblocking: true });
+    this.callFd = native.eventfdCreate({ nonblocking: true });
+    this.setup = { size, desc: l.desc, avail: l.avail, used: l.used, kickFd: this.kickFd, callFd: this.callFd };
+    this.slotOf = new Int32Array(size).fill(-1);
+    this.slots = [];
+    for (let i = 0; i < size; i++) {
+      this.slots.push(slotSize > 0 ? ram.alloc(slotSize, 64) : 0);
+      this.freeSlots.push(size - 1 - i);
+    }
+  }
+
+  takeSlot(): number {
+    return this.freeSlots.length ? this.freeSlots.pop()! : -1;
+  }
+
+  giveSlot(slot: number): void {
+    this.freeSlots.push(slot);
+  }
+
+  /** Publishes what was added and kicks if the device asked for it. */
+  publishAndKick(): void {
+    this.q.publish();
+    if (this.q.needsKick()) native.eventfdWrite(this.kickFd, 1);
+  }
+
+  /** Waits until the call eventfd fires or `timeoutMs` passes; true if it fired. */
+  waitCall(timeoutMs: number): Promise<boolean> {
+    return waitReadable(this.callFd, timeoutMs).then((ok) => {
+      if (ok) native.eventfdRead(this.callFd);
+      return ok;
+    });
+  }
+
+  close(): void {
+    native.close(this.kickFd);
+    native.close(this.callFd);
+  }
+}
+
+/** Resolves true when `fd` polls readable, false after `timeoutMs`. */
+export function waitReadable(fd: number, timeoutMs: number): Promise<boolean> {
+  if (native.poll([fd], 0)) return Promise.resolve(true);
+  return new Promise((resolve) => {
+    const p = new native.FdPoller(fd, () => done(true));
+    const timer = setTimeout(() => done(false), timeoutMs);
+    let settled = false;
+    function done(v: boolean): void {
+      if (settled) return;
+      settled = true;
+      clearTimeout(timer);
+      p.close();
+      resolve(v);
+    }
+    p.start(native.POLL.READABLE);
+  });
+}
+
+export class VirtioNetDriver {
+  readonly ram: GuestRam;
+  readonly features: bigint;
+  readonly hdrLen: number;
+  readonly mrg: boolean;
+  readonly rxBufferSize: number;
+  readonly rx: DriverRing[] = [];
+  readonly tx: DriverRing[] = [];
+  readonly ctrlRing: DriverRing | null = null;
+  private readonly hdrScratch: Uint8Array;
+
+  constructor(ram: GuestRam, opts: NetDriverOptions) {
+    this.ram = ram;
+    this.features = opts.features;
+    this.hdrLen = hdrLenFor(opts.features);
+    this.mrg = has(opts.features, 'MRG_RXBUF');
+    const eventIdx = has(opts.features, 'RING_EVENT_IDX');
+    const bigRx = has(opts.features, 'GUEST_TSO4') || has(opts.features, 'GUEST_TSO6') || has(opts.features, 'GUEST_UFO');
+    this.rxBufferSize = opts.rxBufferSize ?? (this.mrg ? 2048 : this.hdrLen + (bigRx ? 65_562 : 9_018));
+    const size = opts.queueSize ?? 256;
+    for (let p = 0; p < (opts.pairs ?? 1); p++) {
+      this.rx.push(new DriverRing(ram, 2 * p, size, eventIdx, this.rxBufferSize));
+      this.tx.push(new DriverRing(ram, 2 * p + 1, size, eventIdx, TX_SLOT));
+    }
+    if (opts.ctrl) this.ctrlRing = new DriverRing(ram, 2 * opts.ctrl.maxPairs, 64, eventIdx, 1024);
+    this.hdrScratch = new Uint8Array(12);
+  }
+
+  /** Every queue's setup, for NetDevice.setupQueue or a vhost-user frontend. */
+  queueSetups(): Array<{ index: number; setup: QueueSetup }> {
+    const out: Array<{ index: number; setup: QueueSetup }> = [];
+    for (let p = 0; p < this.rx.length; p++) {
+      out.push({ index: this.rx[p]!.index, setup: this.rx[p]!.setup });
+      out.push({ index: this.tx[p]!.index, setup: this.tx[p]!.setup });
+    }
+    if (this.ctrlRing) out.push({ index: this.ctrlRing.index, setup: this.ctrlRing.setup });
+    return out;
+  }
+
+  /** Drives an embedded NetDevice: features, memory, queues, start; then posts RX buffers. */
+  async attach(dev: NetDevice): Promise<void> {
+    dev.setFeatures(this.features);
+    await dev.setMemory([this.ram.region()]);
+    for (const { index, setup } of this.queueSetups()) dev.setupQueue(index, setup);
+    for (let p = 0; p < this.rx.length; p++) this.fillRx(p);
+    await dev.start();
+  }
+
+  /** Posts RX buffers until the ring is full. Returns how many were posted. */
+  fillRx(pair = 0): number {
+    const r = this.rx[pair]!;
+    let n = 0;
+    for (;;) {
+      const slot = r.takeSlot();
+      if (slot < 0) break;
+      const head = r.q.add([], [{ addr: r.slots[slot]!, len: this.rxBufferSize }]);
+      if (head < 0) {
+        r.giveSlot(slot);
+        break;
+      }
+      r.slotOf[head] = slot;
+      n++;
+    }
+    if (n) r.publishAndKick();
+    return n;
+  }
+
+  /**
+   * Queues one frame for TX: header + frame laid out contiguously in a buffer, then described as one
+   * descriptor, or split at the byte offsets in `split` (ANY_LAYOUT), optionally via an indirect table.
+   * Returns false when the ring is full. Call flushTx() (or pass kick: true) to publish.
+   */
+  send(frame: Uint8Array, opts: { pair?: number; hdr?: TxHeader; split?: number[]; indirect?: boolean; kick?: boolean } = {}): boolean {
+    const r = this.tx[opts.pair ?? 0]!;
+    this.reclaimTx(opts.pair ?? 0);
+    const slot = r.takeSlot();
+    if (slot < 0) return false;
+    const at = r.slots[slot]!;
+    const h = this.hdrScratch;
+    const dv = new DataView(h.buffer);
+    h.fill(0);
+    const hdr = opts.hdr ?? {};
+    h[0] = hdr.flags ?? 0;
+    h[1] = hdr.gsoType ?? 0;
+    dv.setUint16(2, hdr.hdrLen ?? 0, true);
+    dv.setUint16(4, hdr.gsoSize ?? 0, true);
+    dv.setUint16(6, hdr.csumStart ?? 0, true);
+    dv.setUint16(8, hdr.csumOffset ?? 0, true);
+    this.ram.write(at, h.subarray(0, this.hdrLen));
+    this.ram.write(at + this.hdrLen, frame);
+    const total = this.hdrLen + frame.length;
+    const bufs: GuestBuffer[] = [];
+    let prev = 0;
+    for (const cut of [...(opts.split ?? []), total]) {
+      if (cut > prev) bufs.push({ addr: at + prev, len: cut - prev });
+      prev = cut;
+    }
+    const head = r.q.add(bufs, [], opts.indirect ? { indirectAt: this.indirectTable(bufs.length) } : undefined);
+    if (head < 0) {
+      r.giveSlot(slot);
+      return false;
+    }
+    r.slotOf[head] = slot;
+    if (opts.kick !== false) r.publishAndKick();
+    return true;
+  }
+
+  private indirectTables: number[] = [];
+  private indirectTable(n: number): number {
+    // One table per call is fine for tests; recycle a small pool to bound RAM use.
+    if (this.indirectTables.length < 64) {
+      const t = this.ram.alloc(16 * 64, 16);
+      this.indirectTables.push(t);
+      return t;
+    }
+    const t = this.indirectTables.shift()!;
+    this.indirectTables.push(t);
+    if (n > 64) throw new RangeError('indirect table too large for the harness pool');
+    return t;
+  }
+
+  /** Publishes queued TX frames and kicks if needed. */
+  flushTx(pair = 0): void {
+    this.tx[pair]!.publishAndKick();
+  }
+
+  /** Takes TX completions; returns how many. */
+  reclaimTx(pair = 0): number {
+    const r = this.tx[pair]!;
+    let n = 0;
+    for (;;) {
+      const head = r.q.popUsed();
+      if (head < 0) break;
+      r.giveSlot(r.slotOf[head]!);
+      r.slotOf[head] = -1;
+      n++;
+    }
+    return n;
+  }
+
+  /** Waits until every TX frame has been completed, or the timeout. Returns the number still in flight. */
+  async drainTx(pair = 0, timeoutMs = 5000): Promise<number> {
+    const r = this.tx[pair]!;
+    const deadline = Date.now() + timeoutMs;
+    this.reclaimTx(pair);
+    while (r.q.inFlight > 0 && Date.now() < deadline) {
+      await r.waitCall(Math.min(100, deadline - Date.now()));
+      this.reclaimTx(pair);
+    }
+    return r.q.inFlight;
+  }
+
+  /** Collects received frames without waiting, and reposts their buffers. */
+  receive(pair = 0): RxFrame[] {
+    const r = this.rx[pair]!;
+    const out: RxFrame[] = [];
+    for (;;) {
+      const head = r.q.popUsed();
+      if (head < 0) break;
+      const len = r.q.lastUsedLen;
+      const slot = r.slotOf[head]!;
+      r.slotOf[head] = -1;
+      const first = this.ram.read(r.slots[slot]!, len);
+      r.giveSlot(slot);
+      if (len < this.hdrLen) {
+        out.push({ hdr: first, frame: new Uint8Array(0), numBuffers: 0 });
+        continue;
+      }
+      const hdr = first.slice(0, this.hdrLen);
+      const numBuffers = this.hdrLen === 12 ? hdr[10]! | (hdr[11]! << 8) : 1;
+      const parts = [first.subarray(this.hdrLen)];
+      for (let i = 1; this.mrg && i < numBuffers; i++) {
+        const h = r.q.popUsed();
+        if (h < 0) throw new Error(`MRG_RXBUF frame announced ${numBuffers} buffers but only ${i} were used`);
+        const s = r.slotOf[h]!;
+        r.slotOf[h] = -1;
+        parts.push(this.ram.read(r.slots[s]!, r.q.lastUsedLen));
+        r.giveSlot(s);
+      }
+      const frame = new Uint8Array(parts.reduce((a, p) => a + p.length, 0));
+      let o = 0;
+      for (const p of parts) {
+        frame.set(p, o);
+        o += p.length;
+      }
+      out.push({ hdr, frame, numBuffers });
+    }
+    if (out.length) this.fillRx(pair);
+    return out;
+  }
+
+  /** Receives until `count` frames arrived or the timeout passed. */
+  async waitRx(count: number, opts: { pair?: number; timeoutMs?: number } = {}): Promise<RxFrame[]> {
+    const pair = opts.pair ?? 0;
+    const deadline = Date.now() + (opts.timeoutMs ?? 5000);
+    const out = this.receive(pair);
+    while (out.length < count && Date.now() < deadline) {
+      await this.rx[pair]!.waitCall(Math.min(100, deadline - Date.now()));
+      out.push(...this.receive(pair));
+    }
+    return out;
+  }
+
+  /** Sends a control command and waits for its ack (0 OK, 1 ERR). */
+  async ctrl(cls: number, cmd: number, data: Uint8Array, timeoutMs = 2000): Promise<number> {
+    const r = this.ctrlRing;
+    if (!r) throw new Error('the driver was created without a control queue');
+    const slot = r.takeSlot();
+    const at = r.slots[slot]!;
+    const cmdBytes = new Uint8Array(2 + data.length);
+    cmdBytes[0] = cls;
+    cmdBytes[1] = cmd;
+    cmdBytes.set(data, 2);
+    this.ram.write(at, cmdBytes);
+    this.ram.write(at + 1000, new Uint8Array([0xee]));
+    const head = r.q.add([{ addr: at, len: cmdBytes.length }], [{ addr: at + 1000, len: 1 }]);
+    r.slotOf[head] = slot;
+    r.publishAndKick();
+    const deadline = Date.now() + timeoutMs;
+    for (;;) {
+      const h = r.q.popUsed();
+      if (h >= 0) {
+        r.giveSlot(r.slotOf[h]!);
+        return this.ram.read(at + 1000, 1)[0]!;
+      }
+      if (Date.now() > deadline) throw new Error('control command got no answer');
+      await r.waitCall(50);
+    }
+  }
+
+  /** Closes the eventfds (the RAM is the caller's). */
+  close(): void {
+    for (const r of [...this.rx, ...this.tx]) r.close();
+    this.ctrlRing?.close();
+  }
+}
