@@ -1,0 +1,69 @@
+/**
+ * The control queue (embedded mode): rx mode and MAC table change what RX delivers; malformed
+ * commands answer VIRTIO_NET_ERR and change nothing.
+ */
+import { afterAll, afterEach, expect, it } from 'vitest';
+import { ACK, CTRL } from '../../device/ctrl.ts';
+import { destroyAllNetns } from '../helpers/netns.ts';
+import { createBed, udpSend, type Bed } from './helpers.ts';
+
+afterAll(() => destroyAllNetns());
+let bed: Bed | undefined;
+afterEach(async () => {
+  await bed?.close();
+  bed = undefined;
+});
+
+const OTHER_MAC = '52:54:00:aa:bb:cc';
+
+async function deliveredTo(b: Bed, port: number): Promise<number> {
+  const before = b.dev.metrics().queues[0]!.frames;
+  const s = udpSend(b, port, 64, 3, 5);
+  await new Promise((r) => s.once('exit', r));
+  const frames = await b.drv.waitRx(3, { timeoutMs: 700 });
+  expect(b.dev.metrics().queues[0]!.frames - before).toBe(frames.length);
+  return frames.length;
+}
+
+it('promisc off filters other unicast; the MAC table lets it in again', async () => {
+  bed = await createBed({
+    accept: ['VERSION_1', 'MAC', 'CTRL_VQ', 'CTRL_RX', 'CTRL_RX_EXTRA', 'CTRL_MAC_ADDR'],
+    driver: { ctrl: { maxPairs: 1 } },
+  });
+  // The namespace now sends the guest's IP to another MAC.
+  bed.ns.exec('ip', 'neigh', 'replace', bed.guestIp, 'lladdr', OTHER_MAC, 'dev', 'lgtap0');
+  expect(await deliveredTo(bed, 6400)).toBe(3); // promiscuous by default
+  expect(await bed.drv.ctrl(CTRL.RX, CTRL.RX_PROMISC, new Uint8Array([0]))).toBe(ACK.OK);
+  expect(await deliveredTo(bed, 6400)).toBe(0);
+  expect(bed.dev.metrics().queues[0]!.rxDropFiltered).toBe(3);
+  // MAC table: one unicast entry (the other MAC), no multicast.
+  const table = new Uint8Array(4 + 6 + 4);
+  const dv = new DataView(table.buffer);
+  dv.setUint32(0, 1, true);
+  table.set(OTHER_MAC.split(':').map((h) => parseInt(h, 16)), 4);
+  dv.setUint32(10, 0, true);
+  expect(await bed.drv.ctrl(CTRL.MAC, CTRL.MAC_TABLE_SET, table)).toBe(ACK.OK);
+  expect(await deliveredTo(bed, 6400)).toBe(3);
+  // Back to the guest's own MAC: delivered with promisc off and an empty table.
+  expect(await bed.drv.ctrl(CTRL.MAC, CTRL.MAC_TABLE_SET, new Uint8Array(8))).toBe(ACK.OK);
+  bed.ns.exec('ip', 'neigh', 'replace', bed.guestIp, 'lladdr', '52:54:00:12:34:56', 'dev', 'lgtap0');
+  expect(await deliveredTo(bed, 6400)).toBe(3);
+});
+
+it('malformed control commands answer ERR and change nothing', async () => {
+  bed = await createBed({
+    accept: ['VERSION_1', 'MAC', 'CTRL_VQ', 'CTRL_RX', 'CTRL_VLAN'],
+    driver: { ctrl: { maxPairs: 1 } },
+  });
+  const ERR = ACK.ERR;
+  expect(await bed.drv.ctrl(CTRL.RX, CTRL.RX_PROMISC, new Uint8Array([0, 0]))).toBe(ERR); // size
+  expect(await bed.drv.ctrl(CTRL.RX, CTRL.RX_NOBCAST, new Uint8Array([1]))).toBe(ERR); // needs RX_EXTRA
+  const huge = new Uint8Array(8);
+  new DataView(huge.buffer).setUint32(0, 0xffff_ffff, true); // entries overflow
+  expect(await bed.drv.ctrl(CTRL.MAC, CTRL.MAC_TABLE_SET, huge)).toBe(ERR);
+  expect(await bed.drv.ctrl(CTRL.VLAN, CTRL.VLAN_ADD, new Uint8Array([0x00, 0x10]))).toBe(ERR); // vid 4096
+  expect(await bed.drv.ctrl(CTRL.MQ, CTRL.MQ_VQ_PAIRS_SET, new Uint8Array([1, 0]))).toBe(ERR); // MQ not negotiated
+  expect(await bed.drv.ctrl(99, 0, new Uint8Array(0))).toBe(ERR);
+  expect(bed.dev.metrics().ctrl).toEqual({ commands: 6, errors: 6 });
+  expect(await deliveredTo(bed, 6500)).toBe(3); // still promiscuous
+});
