@@ -1,0 +1,300 @@
+/**
+ * The connection's vrings: what SET_VRING_NUM/BASE/ADDR/KICK/CALL/ERR/ENABLE said about each queue,
+ * the eventfds they carried, and the ring state machine of the spec that turns that into device calls
+ * (setupQueue, startQueue, stopQueue).
+ *
+ *                     SET_VRING_KICK                          SET_VRING_ENABLE 1
+ *   stopped ──────────────────────────────▶ started ◀──────────────────────────▶ started
+ *      ▲          (fd or NOFD = polling)    disabled        SET_VRING_ENABLE 0    enabled ══▶ worker runs
+ *      └──────────── GET_VRING_BASE (returns last_avail; kick and call fds are dropped) ───────┘
+ *
+ * Rings start disabled when VHOST_USER_F_PROTOCOL_FEATURES was negotiated, enabled otherwise (spec,
+ * "Ring states"). lgnet runs a queue's worker only while its ring is started and enabled, and only when
+ * size, addresses and a memory table are known: a started-but-disabled ring is parked (its TX is not
+ * consumed, which the peer sees as back-pressure rather than a drop). Changing a running ring's
+ * size, addresses, base or fds stops its worker, applies the change and starts it again.
+ *
+ * Ring addresses arrive as front-end virtual addresses; they are translated to guest physical through
+ * the memory table (GuestMemory.uaddrToGpa) when the worker starts, and again after a memory change.
+ * Spec: vhost-user.rst, "Ring states", SET_VRING_*; virtio 1.2 §2.7 (ring sizes and alignment).
+ */
+import * as native from '../../native/index.ts';
+import type { QueueSetup } from '../../device/net.ts';
+import type { GuestMemory } from '../../vring/index.ts';
+import { VhostUserError, VU } from './errors.ts';
+import { addrOf, type VringAddr } from './messages.ts';
+
+/** What the vrings need from the device. */
+export interface QueueTarget {
+  readonly queueCount: number;
+  readonly memory: GuestMemory | null;
+  setupQueue(index: number, setup: QueueSetup): void;
+  startQueue(index: number): Promise<void>;
+  stopQueue(index: number): Promise<number>;
+}
+
+/** Largest split ring (virtio 1.2 §2.7). */
+export const MAX_QUEUE_SIZE = 32768;
+
+interface Vring {
+  index: number;
+  num: number;
+  base: number;
+  addr: { desc: number; used: number; avail: number; flags: number } | null;
+  /** A SET_VRING_KICK arrived since the last stop (with an fd, or NOFD for polling). */
+  kicked: boolean;
+  kickFd: number;
+  callFd: number;
+  errFd: number;
+  enabled: boolean;
+  /** The device's worker for this queue runs. */
+  running: boolean;
+  /** The guest physical addresses the running worker was started with. */
+  gpas: { desc: number; avail: number; used: number } | null;
+}
+
+function closeQuietly(fd: number): void {
+  if (fd < 0) return;
+  try {
+    native.close(fd);
+  } catch {
+    /* already closed */
+  }
+}
+
+function deviceError(e: unknown, what: string): VhostUserError {
+  if (e instanceof VhostUserError) return e;
+  return new VhostUserError(VU.DEVICE, `${what}: ${(e as Error).message}`, { cause: e });
+}
+
+export class Vrings {
+  private readonly rings: Vring[] = [];
+
+  /**
+   * @param target the device
+   * @param memoryReady whether a memory table was installed on this connection
+   */
+  private readonly target: QueueTarget;
+  private readonly memoryReady: () => boolean;
+
+  constructor(target: QueueTarget, memoryReady: () => boolean) {
+    this.target = target;
+    this.memoryReady = memoryReady;
+    for (let i = 0; i < target.queueCount; i++) {
+      this.rings.push({ index: i, num: 0, base: 0, addr: null, kicked: false, kickFd: -1, callFd: -1, errFd: -1, enabled: false, running: false, gpas: null });
+    }
+  }
+
+  get count(): number {
+    return this.rings.length;
+  }
+
+  /** Throws VU_BAD_QUEUE_INDEX unless index names a queue of this device. */
+  ring(index: number): Vring {
+    const r = Number.isInteger(index) ? this.rings[index] : undefined;
+    if (!r) throw new VhostUserError(VU.BAD_QUEUE_INDEX, `vring index ${index} is out of range; this device has ${this.rings.length} queues`);
+    return r;
+  }
+
+  /** Read-only view of one ring's state, for tests and logs. */
+  state(index: number): { num: number; base: number; enabled: boolean; running: boolean; kicked: boolean; kickFd: number; callFd: number; errFd: number } {
+    const r = this.ring(index);
+    return { num: r.num, base: r.base, enabled: r.enabled, running: r.running, kicked: r.kicked, kickFd: r.kickFd, callFd: r.callFd, errFd: r.errFd };
+  }
+
+  async setNum(index: number, num: number): Promise<void> {
+    const r = this.ring(index);
+    if (!(num > 0 && num <= MAX_QUEUE_SIZE && (num & (num - 1)) === 0)) {
+      throw new VhostUserError(VU.BAD_QUEUE_SIZE, `vring ${index}: size ${num} must be a power of 2 in [1, ${MAX_QUEUE_SIZE}]`);
+    }
+    await this.park(r);
+    r.num = num;
+    await this.sync(r);
+  }
+
+  async setBase(index: number, base: number): Promise<void> {
+    const r = this.ring(index);
+    if (base > 0xffff) throw new VhostUserError(VU.BAD_VRING_STATE, `vring ${index}: base ${base} does not fit a split ring's 16-bit index`);
+    await this.park(r);
+    r.base = base;
+    await this.sync(r);
+  }
+
+  async setAddr(a: VringAddr): Promise<void> {
+    const r = this.ring(a.index);
+    const addr = { desc: addrOf(a.desc, 'descriptor table address'), used: addrOf(a.used, 'used ring address'), avail: addrOf(a.avail, 'available ring address'), flags: a.flags };
+    await this.park(r);
+    r.addr = addr;
+    await this.sync(r);
+  }
+
+  /** SET_VRING_KICK: fd (owned from now on) or -1 with NOFD (the worker polls). Starts the ring. */
+  async setKick(index: number, fd: number): Promise<void> {
+    const r = this.ring(index);
+    await this.park(r);
+    closeQuietly(r.kickFd);
+    r.kickFd = fd;
+    r.kicked = true;
+    await this.sync(r);
+  }
+
+  /** SET_VRING_CALL: fd (owned from now on) or -1 with NOFD (the front-end polls the used ring). */
+  async setCall(index: number, fd: number): Promise<void> {
+    const r = this.ring(index);
+    const wasRunning = r.running;
+    if (wasRunning) await this.park(r);
+    closeQuietly(r.callFd);
+    r.callFd = fd;
+    if (wasRunning) await this.sync(r);
+  }
+
+  /** SET_VRING_ERR: fd (owned from now on) or -1; written when the device marks the queue broken. */
+  setErr(index: number, fd: number): void {
+    const r = this.ring(index);
+    closeQuietly(r.errFd);
+    r.errFd = fd;
+  }
+
+  async setEnable(index: number, enabled: boolean): Promise<void> {
+    const r = this.ring(index);
+    r.enabled = enabled;
+    await this.sync(r);
+  }
+
+  /** Without protocol features every ring is enabled (spec, "Ring states"). */
+  async enableAll(): Promise<void> {
+    for (const r of this.rings) {
+      r.enabled = true;
+      await this.sync(r);
+    }
+  }
+
+  /** RESET_OWNER: every ring disabled (and so stopped); the front-end sets them up again. */
+  async disableAll(): Promise<void> {
+    for (const r of this.rings) {
+      r.enabled = false;
+      await this.sync(r);
+    }
+  }
+
+  /** GET_VRING_BASE: stops the ring, drops its kick and call fds, and returns the next avail index. */
+  async getBase(index: number): Promise<number> {
+    const r = this.ring(index);
+    await this.park(r);
+    r.kicked = false;
+    closeQuietly(r.kickFd);
+    closeQuietly(r.callFd);
+    r.kickFd = -1;
+    r.callFd = -1;
+    return r.base;
+  }
+
+  /** Signals the error eventfd of a queue the device marked broken. */
+  signalError(index: number): void {
+    const r = this.rings[index];
+    if (r && r.errFd >= 0) {
+      try {
+        native.eventfdWrite(r.errFd, 1);
+      } catch {
+        /* the front-end's problem */
+      }
+    }
+  }
+
+  /**
+   * After a memory table change: a running ring whose addresses now translate elsewhere restarts, and
+   * a ring that only waited for memory starts.
+   */
+  async memoryChanged(): Promise<void> {
+    for (const r of this.rings) {
+      if (!r.running) {
+        await this.sync(r);
+        continue;
+      }
+      const g = this.translate(r);
+      if (g.desc !== r.gpas!.desc || g.avail !== r.gpas!.avail || g.used !== r.gpas!.used) {
+        await this.park(r);
+        await this.sync(r);
+      }
+    }
+  }
+
+  /** Stops every running worker (keeping each ring's base). */
+  async stopAll(): Promise<void> {
+    for (const r of this.rings) await this.park(r);
+  }
+
+  /** Stops everything, closes every fd, forgets all state. */
+  async close(): Promise<void> {
+    let first: unknown;
+    for (const r of this.rings) {
+      try {
+        await this.park(r);
+      } catch (e) {
+        first ??= e;
+      }
+      closeQuietly(r.kickFd);
+      closeQuietly(r.callFd);
+      closeQuietly(r.errFd);
+      Object.assign(r, { num: 0, base: 0, addr: null, kicked: false, kickFd: -1, callFd: -1, errFd: -1, enabled: false, running: false, gpas: null });
+    }
+    if (first) throw first;
+  }
+
+  /** Number of fds the rings hold (for leak checks). */
+  fdCount(): number {
+    let n = 0;
+    for (const r of this.rings) n += (r.kickFd >= 0 ? 1 : 0) + (r.callFd >= 0 ? 1 : 0) + (r.errFd >= 0 ? 1 : 0);
+    return n;
+  }
+
+  // ---- the state machine
+
+  private translate(r: Vring): { desc: number; avail: number; used: number } {
+    const mem = this.target.memory;
+    if (!mem || !this.memoryReady()) throw new VhostUserError(VU.NO_MEMORY, `vring ${r.index} cannot start before a memory table`);
+    const a = r.addr!;
+    const n = r.num;
+    try {
+      // Sizes per virtio 1.2 §2.7: descriptors 16·n; avail flags+idx+ring+used_event; used flags+idx+ring+avail_event.
+      const g = { desc: mem.uaddrToGpa(a.desc, 16 * n), avail: mem.uaddrToGpa(a.avail, 6 + 2 * n), used: mem.uaddrToGpa(a.used, 6 + 8 * n) };
+      if (g.desc % 16 !== 0 || g.avail % 2 !== 0 || g.used % 4 !== 0) {
+        throw new VhostUserError(VU.BAD_RING_ADDR, `vring ${r.index}: rings are misaligned (desc 16, avail 2, used 4 bytes)`);
+      }
+      return g;
+    } catch (e) {
+      if (e instanceof VhostUserError) throw e;
+      throw new VhostUserError(VU.BAD_RING_ADDR, `vring ${r.index}: ${(e as Error).message}`, { cause: e });
+    }
+  }
+
+  /** Starts the worker when the ring is started, enabled and fully described. */
+  private async sync(r: Vring): Promise<void> {
+    const should = r.kicked && r.enabled && r.num > 0 && r.addr !== null && this.memoryReady() && this.target.memory !== null;
+    if (should && !r.running) {
+      const g = this.translate(r);
+      try {
+        this.target.setupQueue(r.index, { size: r.num, desc: g.desc, avail: g.avail, used: g.used, kickFd: r.kickFd, callFd: r.callFd, lastAvail: r.base });
+        await this.target.startQueue(r.index);
+      } catch (e) {
+        throw deviceError(e, `vring ${r.index} could not start`);
+      }
+      r.running = true;
+      r.gpas = g;
+    } else if (!should && r.running) {
+      await this.park(r);
+    }
+  }
+
+  /** Stops the worker (if any) and records where it stopped. */
+  private async park(r: Vring): Promise<void> {
+    if (!r.running) return;
+    r.running = false;
+    r.gpas = null;
+    try {
+      r.base = await this.target.stopQueue(r.index);
+    } catch (e) {
+      throw deviceError(e, `vring ${r.index} could not stop`);
+    }
+  }
+}
