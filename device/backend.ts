@@ -8,10 +8,12 @@
  */
 import type { IovecTable } from '../native/iovec.ts';
 import type { NegotiatedFeatures } from './features.ts';
+import type { FilterRef, FrameRingSpec } from './pair-backend.ts';
 
 /** What a worker needs to reach its backend; must survive structured clone. */
 export type PortSpec =
-  | { kind: 'tap'; fd: number; vnetHdrLen: number };
+  | { kind: 'tap'; fd: number; vnetHdrLen: number }
+  | { kind: 'pair'; out: FrameRingSpec; in: FrameRingSpec; dir: number; hdrLen: number; hostFd: number; filter?: FilterRef };
 
 /** TX side of a backend: sends the frames of a burst. */
 export interface TxPort {

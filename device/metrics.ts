@@ -56,8 +56,10 @@ export const M = {
   rxDropBackend: 22,
   /** The ring was found broken (a VringError): the queue stopped. */
   queueBroken: 23,
+  /** Frames the filter hook handed to the host instead of the peer. */
+  txHost: 24,
   /** Count of counters. */
-  COUNT: 24,
+  COUNT: 25,
 } as const;
 
 export type MetricName = Exclude<keyof typeof M, 'COUNT'>;

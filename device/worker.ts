@@ -24,6 +24,7 @@ import { PendingUsed } from './interrupt.ts';
 import { M } from './metrics.ts';
 import { RX, RxService } from './rx.ts';
 import { RxFilter } from './rx-filter.ts';
+import { loadFilter, openPairPorts, type FrameFilter } from './pair-backend.ts';
 import { openTapPorts } from './tap-backend.ts';
 import { TxService } from './tx.ts';
 
@@ -117,14 +118,16 @@ export class QueueWorker {
   private rx: RxService | undefined;
   private availMapping = -1;
   private availOffset = 0;
+  private readonly frameFilter: FrameFilter | undefined;
 
-  constructor(init: WorkerInit) {
+  constructor(init: WorkerInit, frameFilter?: FrameFilter) {
+    this.frameFilter = frameFilter;
     this.init = init;
     this.c = init.counters;
     this.port = init.control;
     if (init.filter) applyFilter(this.filter, init.filter);
     this.ctlOnly = Int32Array.of(init.ctlFd);
-    const ports = openTapPorts(init.port);
+    const ports = this.openPorts();
     this.waitFds = init.role === 'rx' ? Int32Array.of(init.ctlFd, ports.rx.fd) : Int32Array.of(init.ctlFd);
     const r = init.ring;
     const f = decode(init.features);
@@ -134,10 +137,15 @@ export class QueueWorker {
     this.pending = new PendingUsed(this.queue, init.callFd, this.c);
     const opts = { burst: init.burst };
     if (init.role === 'tx') {
-      this.tx = new TxService(this.queue, this.mem, f, ports.tx, this.pending, this.c, { ...opts, backendHdrLen: init.port.vnetHdrLen });
+      this.tx = new TxService(this.queue, this.mem, f, ports.tx, this.pending, this.c, { ...opts, backendHdrLen: f.hdrLen });
     } else {
       this.rx = new RxService(this.queue, this.mem, f, ports.rx, this.pending, this.c, this.filter, { ...opts, mtu: init.mtu });
     }
+  }
+
+  private openPorts() {
+    const spec = this.init.port;
+    return spec.kind === 'tap' ? openTapPorts(spec) : openPairPorts(spec, this.frameFilter, this.c);
   }
 
   /** (Re)binds the queue to memory; a ring that no longer fits breaks the queue. */
@@ -150,9 +158,9 @@ export class QueueWorker {
     if (this.tx || this.rx) {
       // Services hold the memory they were built with; rebuild them over the new one.
       const f = decode(this.init.features);
-      const ports = openTapPorts(this.init.port);
+      const ports = this.openPorts();
       const opts = { burst: this.init.burst };
-      if (this.tx) this.tx = new TxService(this.queue, this.mem, f, ports.tx, this.pending, this.c, { ...opts, backendHdrLen: this.init.port.vnetHdrLen });
+      if (this.tx) this.tx = new TxService(this.queue, this.mem, f, ports.tx, this.pending, this.c, { ...opts, backendHdrLen: f.hdrLen });
       if (this.rx) this.rx = new RxService(this.queue, this.mem, f, ports.rx, this.pending, this.c, this.filter, { ...opts, mtu: this.init.mtu });
     }
   }
@@ -302,5 +310,11 @@ export class QueueWorker {
 }
 
 if (!isMainThread && (workerData as { lgnetQueueWorker?: boolean } | null)?.lgnetQueueWorker) {
-  new QueueWorker(workerData as WorkerInit).run();
+  const init = workerData as WorkerInit;
+  // The filter hook is a module the worker loads itself (functions cannot cross threads).
+  const ref = init.port.kind === 'pair' && init.role === 'tx' ? init.port.filter : undefined;
+  void loadFilter(ref).then(
+    (filter) => new QueueWorker(init, filter).run(),
+    (e: Error) => init.control.postMessage({ ev: 'broken', code: 'LGNET_FILTER_LOAD', message: e.message } satisfies WorkerEvent),
+  );
 }
