@@ -1,0 +1,201 @@
+/**
+ * npm run bench:device — frames/s through a NetDevice, side by side with the C tap loop in the same run
+ * (DESIGN.md, "Targets": ≥ 0.7× the C loop).
+ *
+ *   tx 64 / 1514   the harness keeps the TX ring full (frames laid out once, descriptors recycled);
+ *                  lgnet's TX worker drains it into a tap with one writevBatch per burst.
+ *                  Reference: tap-loop.c writev(header, frame) per frame on the same tap.
+ *   rx 64 / 1514   a C AF_PACKET sender feeds the tap; lgnet's RX worker reads into guest buffers with
+ *                  one readvBatch per burst while the harness recycles them.
+ *                  Reference: tap-loop.c readv loop on the same tap with the same sender.
+ *
+ * The harness (the "guest") runs on the main thread, lgnet's worker on another: on a 2-vCPU machine
+ * that is one core each. Frames go to a MAC nothing owns, so the namespace's kernel drops them early.
+ * Results print and go to bench/results/device.json. Options: LGNET_BENCH_SECONDS (per measurement),
+ * LGNET_BENCH_BUSYPOLL (device busy-poll rounds, default 0), LGNET_BENCH_JAIL=1 is reserved for the jail
+ * comparison.
+ */
+import { spawn, spawnSync } from 'node:child_process';
+import { mkdirSync, writeFileSync } from 'node:fs';
+import { cpus, loadavg } from 'node:os';
+import { dirname, join, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import * as native from '../../native/index.ts';
+import { mask } from '../../device/features.ts';
+import { NetDevice } from '../../device/net.ts';
+import { TapBackend } from '../../device/tap-backend.ts';
+import { ethernet } from '../../test/driver/frames.ts';
+import { GuestRam } from '../../test/driver/guest-ram.ts';
+import { VirtioNetDriver } from '../../test/driver/virtio-net.ts';
+import { createNetns, openPacketIn, type Netns } from '../../test/helpers/netns.ts';
+
+const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '../..');
+const SECONDS = Number(process.env['LGNET_BENCH_SECONDS'] ?? 2);
+const BUSY_POLL = Number(process.env['LGNET_BENCH_BUSYPOLL'] ?? 0);
+const HDR = 12;
+const QSIZE = 256;
+
+interface Rate { frames: number; seconds: number; fps: number }
+
+function buildC(): string {
+  const out = join(ROOT, '.cache', 'tap-loop');
+  mkdirSync(dirname(out), { recursive: true });
+  const r = spawnSync('cc', ['-O2', '-Wall', '-o', out, join(ROOT, 'scripts/bench/tap-loop.c')], { encoding: 'utf8' });
+  if (r.status !== 0) throw new Error(`cc failed: ${r.error?.message ?? r.stderr}`);
+  return out;
+}
+
+function runC(bin: string, fd: number, args: string[]): Rate {
+  const r = spawnSync(bin, [args[0]!, '3', ...args.slice(1)], { stdio: ['ignore', 'pipe', 'pipe', fd], encoding: 'utf8', timeout: (SECONDS + 10) * 1000 });
+  if (r.status !== 0) throw new Error(`tap-loop ${args.join(' ')} failed (${r.status}): ${r.stderr}`);
+  return JSON.parse(r.stdout) as Rate;
+}
+
+/** A device on a tap in `ns`, with the harness attached. */
+async function setup(ns: Netns) {
+  const backend = native.withNetns(ns.path, () => new TapBackend({ name: 'lgbench0' }));
+  ns.exec('ip', 'link', 'set', 'lgbench0', 'up');
+  const dev = new NetDevice({ backend, mac: '52:54:00:00:00:01', busyPoll: BUSY_POLL, maxQueueSize: QSIZE });
+  const ram = new GuestRam(64 << 20);
+  const drv = new VirtioNetDriver(ram, { features: mask('VERSION_1', 'RING_EVENT_IDX', 'MAC'), queueSize: QSIZE, rxBufferSize: 2048 });
+  await drv.attach(dev);
+  return { backend, dev, ram, drv };
+}
+
+/** Keeps the TX ring full for `seconds`; returns the device's TX rate. */
+async function harnessTx(s: Awaited<ReturnType<typeof setup>>, len: number, seconds: number): Promise<Rate> {
+  const r = s.drv.tx[0]!;
+  const q = r.q;
+  const payload = new Uint8Array(len - 14);
+  const frame = ethernet(new Uint8Array([2, 0, 0, 0, 0, 2]), new Uint8Array([2, 0, 0, 0, 0, 1]), 0x88b5, payload);
+  // Lay out every slot once: header + frame, one descriptor each.
+  const bufs: Array<[{ addr: number; len: number }]> = [];
+  for (let i = 0; i < QSIZE; i++) {
+    s.ram.write(r.slots[i]! + HDR, frame);
+    s.ram.write(r.slots[i]!, new Uint8Array(HDR));
+    bufs.push([{ addr: r.slots[i]!, len: HDR + len }]);
+  }
+  const slotOf = new Int32Array(QSIZE);
+  const none: [] = [];
+  for (let i = 0; i < QSIZE; i++) slotOf[q.add(bufs[i]!, none)] = i;
+  const callFds = Int32Array.of(r.callFd);
+  const m0 = s.dev.metrics().queues[1]!.frames;
+  const t0 = performance.now();
+  let t = t0;
+  r.publishAndKick();
+  while (t - t0 < seconds * 1000) {
+    let n = 0;
+    for (let h = q.popUsed(); h >= 0; h = q.popUsed()) {
+      const slot = slotOf[h]!;
+      slotOf[q.add(bufs[slot]!, none)] = slot;
+      n++;
+    }
+    if (n) r.publishAndKick();
+    else if (native.poll(callFds, 5)) native.eventfdRead(r.callFd);
+    t = performance.now();
+  }
+  const frames = s.dev.metrics().queues[1]!.frames - m0;
+  // Let the ring drain before the next measurement.
+  const end = Date.now() + 2000;
+  while (q.inFlight > 0 && Date.now() < end) {
+    while (q.popUsed() >= 0) { /* drop */ }
+    await new Promise((res) => setTimeout(res, 1));
+  }
+  for (let h = q.popUsed(); h >= 0; h = q.popUsed()) { /* drop */ }
+  return { frames, seconds: (t - t0) / 1000, fps: frames / ((t - t0) / 1000) };
+}
+
+/** Recycles RX buffers for `seconds` while a sender feeds the tap; returns the device's RX rate. */
+function harnessRx(s: Awaited<ReturnType<typeof setup>>, seconds: number): Rate {
+  const r = s.drv.rx[0]!;
+  const callFds = Int32Array.of(r.callFd);
+  const m0 = s.dev.metrics().queues[0]!.frames;
+  const t0 = performance.now();
+  let t = t0;
+  while (t - t0 < seconds * 1000) {
+    // Re-post the same buffer for every completion (the bytes are not looked at).
+    const q = r.q;
+    let n = 0;
+    for (let h = q.popUsed(); h >= 0; h = q.popUsed()) {
+      const slot = r.slotOf[h]!;
+      r.slotOf[h] = -1;
+      r.slotOf[q.add([], [{ addr: r.slots[slot]!, len: 2048 }])] = slot;
+      n++;
+    }
+    if (n) r.publishAndKick();
+    else if (native.poll(callFds, 5)) native.eventfdRead(r.callFd);
+    t = performance.now();
+  }
+  const frames = s.dev.metrics().queues[0]!.frames - m0;
+  return { frames, seconds: (t - t0) / 1000, fps: frames / ((t - t0) / 1000) };
+}
+
+/** Runs `measure` while tap-loop sends `len`-byte frames into the tap from an AF_PACKET socket. */
+async function withSender<T>(bin: string, pkt: number, len: number, measure: () => T | Promise<T>): Promise<{ result: T; offered: number }> {
+  const child = spawn(bin, ['send', '3', String(len), String(SECONDS + 1)], { stdio: ['ignore', 'pipe', 'pipe', pkt] });
+  let out = '';
+  child.stdout!.on('data', (d: Buffer) => (out += d.toString()));
+  const exited = new Promise<void>((res) => child.on('close', () => res()));
+  await new Promise((res) => setTimeout(res, 200));
+  try {
+    const result = await measure();
+    await Promise.race([exited, new Promise((res) => setTimeout(res, (SECONDS + 5) * 1000))]);
+    return { result, offered: out ? (JSON.parse(out) as Rate).fps : 0 };
+  } finally {
+    if (child.exitCode === null && child.pid !== undefined) process.kill(child.pid, 'SIGKILL');
+  }
+}
+
+const fmt = (fps: number): string => `${(fps / 1e6).toFixed(3)} M/s`;
+
+/** Runs the device benchmark; returns the results object (also used by the full bench suite). */
+export async function benchDevice(opts: { seconds?: number } = {}): Promise<Record<string, unknown>> {
+  const seconds = opts.seconds ?? SECONDS;
+  const bin = buildC();
+  const results: Record<string, unknown> = {
+    date: new Date().toISOString(), node: process.version, cpus: cpus().length, cpu: cpus()[0]?.model,
+    seconds, busyPoll: BUSY_POLL, queueSize: QSIZE, loadavg: loadavg(),
+  };
+  const ns = createNetns('lgnet-bdev');
+  let s: Awaited<ReturnType<typeof setup>> | undefined;
+  try {
+    s = await setup(ns);
+    const tapFd = s.backend.fds[0]!;
+    for (const len of [64, 1514]) {
+      await harnessTx(s, len, 0.3); // warm up
+      const lg = await harnessTx(s, len, seconds);
+      const c = runC(bin, tapFd, ['write', String(HDR), String(len), String(seconds)]);
+      const m = s.dev.metrics().queues[1]!;
+      results[`tx${len}`] = { lgnet: lg.fps, c: c.fps, ratio: lg.fps / c.fps, interruptsPerFrame: m.interrupts / m.frames };
+      console.log(`tx ${String(len).padStart(4)} B: lgnet ${fmt(lg.fps)}  C writev ${fmt(c.fps)}  ratio ${(lg.fps / c.fps).toFixed(3)}`);
+    }
+    const pkt = openPacketIn(ns, 'lgbench0');
+    for (const len of [64, 1514]) {
+      const lg = await withSender(bin, pkt, len, () => harnessRx(s!, seconds));
+      await s.dev.stopQueue(0); // the C reader takes the tap alone
+      const c = await withSender(bin, pkt, len, () => runC(bin, tapFd, ['read', String(HDR), String(seconds)]));
+      await s.dev.startQueue(0);
+      const ratio = lg.result.fps / c.result.fps;
+      results[`rx${len}`] = { lgnet: lg.result.fps, c: c.result.fps, ratio, offeredDuringLgnet: lg.offered, offeredDuringC: c.offered };
+      console.log(`rx ${String(len).padStart(4)} B: lgnet ${fmt(lg.result.fps)}  C readv ${fmt(c.result.fps)}  ratio ${ratio.toFixed(3)}  (sender offered ${fmt(lg.offered)} / ${fmt(c.offered)})`);
+    }
+    const q = s.dev.metrics().queues;
+    results['metrics'] = { rx: q[0], tx: q[1] };
+  } finally {
+    if (s) {
+      await s.dev.close();
+      s.drv.close();
+      s.ram.close();
+    }
+    ns.destroy();
+  }
+  return results;
+}
+
+if (import.meta.url === `file://${process.argv[1]}`) {
+  const results = await benchDevice();
+  const outDir = join(ROOT, 'bench/results');
+  mkdirSync(outDir, { recursive: true });
+  writeFileSync(join(outDir, 'device.json'), JSON.stringify(results, null, 2) + '\n');
+  console.log(`wrote ${join(outDir, 'device.json')}`);
+}
