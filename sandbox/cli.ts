@@ -1,0 +1,104 @@
+/**
+ * Command-line parsing of `lgnet` (commander). It only parses and validates: what a command does lives
+ * in main.ts. Every flag is checked here, before anything is opened, so that a typo fails fast with a
+ * message and exit status 2 (the vhost-user back-end conventions: fail early, exit non-zero).
+ *
+ *   lgnet serve --socket PATH [--client] [--tap NAME] [--queues N] [--mac MAC] [--mtu N]
+ *               [--log-level LEVEL] [--reconnect-ms MS] [--jail [--chroot DIR] [--user U] [--group G]]
+ */
+import { Command, InvalidArgumentError, Option } from 'commander';
+import { LOG_LEVELS, type LogLevel } from './log.ts';
+
+/** What `lgnet serve` was asked to do. */
+export interface ServeOptions {
+  /** The vhost-user socket path. */
+  socket: string;
+  /** Connect to the socket (the VMM listens) instead of listening on it. */
+  client: boolean;
+  /** Client mode: delay between connection attempts. */
+  reconnectMs: number;
+  /** Tap to create or attach to; '' lets the kernel pick a name. */
+  tap: string;
+  /** Queue pairs. */
+  queues: number;
+  mac: string | undefined;
+  mtu: number;
+  logLevel: LogLevel;
+  /** Enter the jail (sandbox/jail.ts) once everything is open. */
+  jail: boolean;
+  chroot: string | undefined;
+  user: string | undefined;
+  group: string | undefined;
+}
+
+function int(name: string, lo: number, hi: number): (v: string) => number {
+  return (v) => {
+    const n = Number(v);
+    if (!/^\d+$/.test(v) || !Number.isSafeInteger(n) || n < lo || n > hi) {
+      throw new InvalidArgumentError(`${name} must be an integer in [${lo}, ${hi}]`);
+    }
+    return n;
+  };
+}
+
+function macAddress(v: string): string {
+  if (!/^([0-9a-fA-F]{2}:){5}[0-9a-fA-F]{2}$/.test(v)) throw new InvalidArgumentError('expected six hex bytes like 52:54:00:12:34:56');
+  if (parseInt(v.slice(0, 2), 16) & 1) throw new InvalidArgumentError('a multicast MAC cannot be a device address');
+  return v.toLowerCase();
+}
+
+function tapName(v: string): string {
+  if (Buffer.byteLength(v) > 15 || /[\s/:]/.test(v)) throw new InvalidArgumentError('an interface name is at most 15 bytes, without spaces, "/" or ":"');
+  return v;
+}
+
+/**
+ * Builds the program. `serve` is called with validated options; the caller runs `parseAsync`.
+ * Errors in arguments exit with status 2 (commander's exitOverride is left to the caller).
+ */
+export function buildCli(actions: { serve: (opts: ServeOptions) => Promise<void> }): Command {
+  const program = new Command('lgnet')
+    .description('lgnet: a virtio-net device in TypeScript (vhost-user back-end)')
+    .showHelpAfterError()
+    .configureOutput({ writeErr: (s) => process.stderr.write(s) })
+    // Help exits 0; usage errors exit 2. Set before the subcommands so that they inherit it.
+    .exitOverride((err) => process.exit(err.exitCode === 0 ? 0 : 2));
+
+  program
+    .command('serve')
+    .description('serve a tap to a VMM over a vhost-user socket')
+    .requiredOption('--socket <path>', 'vhost-user unix socket path')
+    .option('--client', 'connect to the socket (the VMM listens) instead of listening', false)
+    .addOption(new Option('--reconnect-ms <ms>', 'client mode: delay between connection attempts').argParser(int('--reconnect-ms', 10, 60_000)).default(1000))
+    .addOption(new Option('--tap <name>', 'tap interface to create or attach to (default: the kernel picks)').argParser(tapName).default(''))
+    .addOption(new Option('--queues <n>', 'queue pairs').argParser(int('--queues', 1, 64)).default(1))
+    .addOption(new Option('--mac <mac>', 'MAC address in the device config (default: random, locally administered)').argParser(macAddress))
+    .addOption(new Option('--mtu <n>', 'MTU in the device config').argParser(int('--mtu', 68, 65535)).default(1500))
+    .addOption(new Option('--log-level <level>', 'log level (JSON logs on stderr)').choices(LOG_LEVELS as string[]).default('info'))
+    .option('--jail', 'enter the sandbox (chroot, uid drop, rlimits, no_new_privs, seccomp) once everything is open', false)
+    .option('--chroot <dir>', 'with --jail: change root to this empty directory')
+    .option('--user <user>', 'with --jail: drop to this user (name or uid)')
+    .option('--group <group>', 'with --jail: drop to this group (name or gid)')
+    .action(async (o: Record<string, unknown>) => {
+      const opts: ServeOptions = {
+        socket: o['socket'] as string,
+        client: o['client'] === true,
+        reconnectMs: o['reconnectMs'] as number,
+        tap: o['tap'] as string,
+        queues: o['queues'] as number,
+        mac: o['mac'] as string | undefined,
+        mtu: o['mtu'] as number,
+        logLevel: o['logLevel'] as LogLevel,
+        jail: o['jail'] === true,
+        chroot: o['chroot'] as string | undefined,
+        user: o['user'] as string | undefined,
+        group: o['group'] as string | undefined,
+      };
+      if (!opts.jail && (opts.chroot || opts.user || opts.group)) {
+        program.error('--chroot, --user and --group need --jail', { exitCode: 2 });
+      }
+      await actions.serve(opts);
+    });
+
+  return program;
+}

@@ -1,0 +1,153 @@
+/**
+ * `lgnet serve`: the process around the vhost-user server. Startup order (DESIGN.md, STYLE.md §13):
+ *
+ *   1. parse flags (cli.ts)                        nothing opened yet; bad flags exit 2
+ *   2. open resources: tap (create or attach), NetDevice, vhost-user socket (listen, or connect loop)
+ *   3. ── JAIL HOOK ── (--jail) enterJail(): chroot, uid drop, rlimits, no_new_privs, seccomp
+ *   4. print exactly one line on stdout: `lgnet ready socket=… tap=… queues=… mode=…`
+ *   5. serve until SIGINT/SIGTERM: drop the connection (workers stop and flush their used rings),
+ *      close the device and the tap, remove the socket file, exit 0
+ *
+ * Logs are JSON lines on stderr (log.ts). A start-up failure logs the reason and exits 1.
+ */
+import { realpathSync } from 'node:fs';
+import { fileURLToPath } from 'node:url';
+import { mask } from '../device/features.ts';
+import { NetDevice } from '../device/net.ts';
+import { TapBackend } from '../device/tap-backend.ts';
+import { buildCli, type ServeOptions } from './cli.ts';
+import { createLogger, type Logger } from './log.ts';
+import { netDeviceHooks, VhostUserServer } from './vhost-user/server.ts';
+
+/**
+ * Device features offered over vhost-user. QEMU keeps the control queue (and with it the RX filter,
+ * VLANs, announce and MQ steering) on its side and passes only ring, offload, MRG_RXBUF and MTU bits to
+ * the back-end (hw/net/vhost_net.c, user_feature_bits), so none of the CTRL_* family is offered.
+ */
+export const VHOST_USER_NET_FEATURES: bigint = mask(
+  'CSUM', 'GUEST_CSUM', 'MAC', 'MTU', 'STATUS',
+  'GUEST_TSO4', 'GUEST_TSO6', 'GUEST_ECN', 'GUEST_UFO', 'HOST_TSO4', 'HOST_TSO6', 'HOST_ECN', 'HOST_UFO',
+  'MRG_RXBUF', 'MQ', 'NOTIFY_ON_EMPTY', 'ANY_LAYOUT', 'RING_INDIRECT_DESC', 'RING_EVENT_IDX', 'VERSION_1',
+);
+
+/** A running `lgnet serve`, for embedding and tests. */
+export interface Serving {
+  server: VhostUserServer;
+  device: NetDevice;
+  tap: string;
+  /** Stops serving and releases everything (idempotent). */
+  stop(): Promise<void>;
+}
+
+/** Steps 2–3: opens the tap, the device and the socket; enters the jail when asked. */
+export async function startServing(opts: ServeOptions, log: Logger): Promise<Serving> {
+  const backend = new TapBackend({ name: opts.tap, queuePairs: opts.queues });
+  let device: NetDevice;
+  try {
+    device = new NetDevice({ backend, mtu: opts.mtu, queuePairs: opts.queues, features: VHOST_USER_NET_FEATURES, ...(opts.mac ? { mac: opts.mac } : {}) });
+  } catch (e) {
+    backend.close();
+    throw e;
+  }
+  device.on('log', (e: { level?: string; msg?: string }) => {
+    const level = e.level === 'error' || e.level === 'warn' || e.level === 'debug' ? e.level : 'info';
+    log[level]({ ...e, component: 'device' }, e.msg ?? 'device');
+  });
+  const server = new VhostUserServer({ device: netDeviceHooks(device), path: opts.socket, client: opts.client, reconnectMs: opts.reconnectMs, logger: log });
+  try {
+    server.start();
+  } catch (e) {
+    await device.close();
+    throw e;
+  }
+
+  // ── JAIL HOOK ─────────────────────────────────────────────────────────────────────────────────────
+  // Everything is open here: tap fds, the socket, the device. sandbox/jail.ts applies the rest of the
+  // order (chroot → uid/gid → rlimits → no_new_privs → seccomp). Off by default for now: the device
+  // starts its queue workers only when a front-end enables the rings, i.e. after this point, and a
+  // jailed process cannot load the worker's module (see jail.ts's header).
+  if (opts.jail) {
+    const { enterJail } = await import('./jail.ts');
+    const report = enterJail({
+      ...(opts.chroot ? { chroot: opts.chroot } : {}),
+      ...(opts.user ? { user: opts.user } : {}),
+      ...(opts.group ? { group: opts.group } : {}),
+      unixConnect: opts.client,
+      onWarning: (message, code) => log.warn({ code }, message),
+    });
+    log.info({ jail: report }, 'jailed');
+  }
+  // ───────────────────────────────────────────────────────────────────────────────────────────────────
+
+  let stopping: Promise<void> | null = null;
+  return {
+    server,
+    device,
+    tap: backend.name,
+    stop() {
+      stopping ??= (async () => {
+        await server.close(); // drops the connection: rings stop, used rings flushed, fds closed
+        await device.close(); // workers gone, memory unmapped, tap closed
+      })();
+      return stopping;
+    },
+  };
+}
+
+/** `lgnet serve`: steps 2–5. */
+export async function serve(opts: ServeOptions): Promise<void> {
+  const log = createLogger({ level: opts.logLevel });
+  let s: Serving;
+  try {
+    s = await startServing(opts, log);
+  } catch (e) {
+    log.error({ err: (e as Error).message, code: (e as { code?: string }).code }, 'lgnet serve could not start');
+    process.exit(1);
+  }
+  process.stdout.write(`lgnet ready socket=${opts.socket} tap=${s.tap} queues=${opts.queues} mode=${opts.client ? 'client' : 'server'}\n`);
+  log.info({ socket: opts.socket, tap: s.tap, queues: opts.queues, client: opts.client }, 'ready');
+
+  let signalled = false;
+  const onSignal = (sig: NodeJS.Signals) => {
+    if (signalled) {
+      log.warn({ signal: sig }, 'second signal: exiting at once');
+      process.exit(1);
+    }
+    signalled = true;
+    log.info({ signal: sig }, 'stopping');
+    s.stop().then(
+      () => {
+        log.info({}, 'stopped');
+        process.exit(0);
+      },
+      (e: unknown) => {
+        log.error({ err: (e as Error).message }, 'error while stopping');
+        process.exit(1);
+      },
+    );
+  };
+  process.on('SIGINT', onSignal);
+  process.on('SIGTERM', onSignal);
+}
+
+/** Runs the CLI on argv (node, script, ...args). */
+export async function main(argv: string[] = process.argv): Promise<void> {
+  await buildCli({ serve }).parseAsync(argv);
+}
+
+function isEntry(): boolean {
+  const arg = process.argv[1];
+  if (!arg) return false;
+  try {
+    return realpathSync(arg) === realpathSync(fileURLToPath(import.meta.url));
+  } catch {
+    return false;
+  }
+}
+
+if (isEntry()) {
+  main().catch((e: unknown) => {
+    process.stderr.write(`lgnet: ${(e as Error).stack ?? String(e)}\n`);
+    process.exit(1);
+  });
+}
