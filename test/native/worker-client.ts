@@ -2,26 +2,8 @@
  * Test-side handle on native.worker.ts: call(op, ...args) runs a native call in the worker thread.
  * Every spawned worker is registered; terminateAllWorkers() (afterEach/afterAll) ends them.
  */
-import { createRequire } from 'node:module';
-import { dirname, join } from 'node:path';
-import { pathToFileURL } from 'node:url';
-import { Worker, type WorkerOptions } from 'node:worker_threads';
-
-// Node 20 ignores `--import` in a Worker's execArgv (checked on 20.20: the preload never runs, so
-// `new Worker(url_of_ts, { execArgv: ['--import', 'tsx'] })` fails with "Unknown file extension
-// .ts"). What works, under vitest forks too: an eval'd bootstrap that loads the TypeScript file through
-// tsx's tsImport() inside the worker.
-const TSX_API = pathToFileURL(
-  join(dirname(createRequire(import.meta.url).resolve('tsx/package.json')), 'dist/esm/api/index.mjs'),
-).href;
-
-/** new Worker for a TypeScript file (workerData and other options pass through). */
-export function tsWorker(file: URL, opts: WorkerOptions = {}): Worker {
-  const code =
-    `import(${JSON.stringify(TSX_API)}).then((api) => ` +
-    `api.tsImport(${JSON.stringify(file.href)}, ${JSON.stringify(file.href)}));`;
-  return new Worker(code, { ...opts, eval: true });
-}
+import type { Worker } from 'node:worker_threads';
+import { startWorker } from '../../device/thread.ts';
 
 export interface WorkerError {
   name: string;
@@ -49,7 +31,7 @@ export interface NativeWorker {
 const live = new Set<NativeWorker>();
 
 export function spawnNativeWorker(): NativeWorker {
-  const worker = tsWorker(new URL('./native.worker.ts', import.meta.url));
+  const worker = startWorker(new URL('./native.worker.ts', import.meta.url));
   let next = 1;
   const pending = new Map<number, { resolve: (v: unknown) => void; reject: (e: Error) => void; op: string }>();
   const failAll = (e: Error) => {
