@@ -158,11 +158,6 @@ function u64Reply(v: bigint | number): Reply {
   return { payload: encodeU64(v) };
 }
 
-/** The u32 at the start of a payload (0 when too short: the size check has refused it already). */
-function u32At(b: Uint8Array, at: number): number {
-  return b.length >= at + 4 ? new DataView(b.buffer, b.byteOffset, b.byteLength).getUint32(at, true) : 0;
-}
-
 function align(n: number, a: number): number {
   return Math.ceil(n / a) * a;
 }
@@ -227,7 +222,7 @@ const HANDLERS: Partial<Record<number, Entry>> = {
   },
 
   [REQ.SET_MEM_TABLE]: {
-    fds: (m) => u32At(m.payload, 0),
+    fds: (m) => decodeMemTable(m.payload).length, // validates the count and the size first
     async handle(c, m) {
       const wire = decodeMemTable(m.payload);
       await c.mem.replace(wire, m.fds);
