@@ -1,0 +1,165 @@
+/**
+ * `lgnet serve` as a process (bin/lgnet, run inside a test namespace with ip netns exec, so the pid is
+ * lgnet's own): exactly one ready line on stdout, JSON logs on stderr, frames served through the tap it
+ * created, no fd growth under repeated messages, and on SIGTERM the socket file is removed and the exit
+ * status is 0. Bad flags exit 2 before anything is opened.
+ */
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { existsSync, mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import * as native from '../../native/index.ts';
+import { REQ, encodeVringFile } from '../../sandbox/vhost-user/messages.ts';
+import { REPO_ROOT } from '../../scripts/qemu.ts';
+import { ip4, mac, udpFrame } from '../driver/frames.ts';
+import { GuestRam } from '../driver/guest-ram.ts';
+import { VirtioNetDriver } from '../driver/virtio-net.ts';
+import { VhostUserFrontend } from '../driver/vhost-user-frontend.ts';
+import { createNetns, destroyAllNetns, netnsPrerequisites, type Netns } from '../helpers/netns.ts';
+import { expectedPayload, fdCount, udpSink } from './vhost-user-helpers.ts';
+
+const LGNET = join(REPO_ROOT, 'bin/lgnet');
+const pre = netnsPrerequisites();
+
+interface Lgnet {
+  child: ChildProcess;
+  stdout: () => string;
+  stderr: () => string;
+  exited: Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
+}
+
+function startLgnet(ns: Netns, args: string[]): Promise<Lgnet> {
+  const child = spawn('ip', ['netns', 'exec', ns.name, LGNET, 'serve', ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
+  let out = '';
+  let err = '';
+  child.stdout!.setEncoding('utf8').on('data', (d: string) => (out += d));
+  child.stderr!.setEncoding('utf8').on('data', (d: string) => (err += d));
+  const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) => child.on('exit', (code, signal) => resolve({ code, signal })));
+  const l: Lgnet = { child, stdout: () => out, stderr: () => err, exited };
+  return new Promise((resolve, reject) => {
+    const t = setTimeout(() => reject(new Error(`no ready line: ${out}\n${err}`)), 20_000);
+    const check = () => {
+      if (out.includes('\n')) {
+        clearTimeout(t);
+        resolve(l);
+      }
+    };
+    child.stdout!.on('data', check);
+    void exited.then((e) => {
+      clearTimeout(t);
+      reject(new Error(`lgnet exited early (${e.code}/${e.signal}): ${err}`));
+    });
+  });
+}
+
+function kill(l: Lgnet | undefined, sig: NodeJS.Signals = 'SIGKILL'): void {
+  if (l?.child.pid !== undefined && l.child.exitCode === null && l.child.signalCode === null) {
+    try {
+      process.kill(l.child.pid, sig);
+    } catch {
+      /* gone */
+    }
+  }
+}
+
+describe('lgnet serve (CLI)', () => {
+  it('refuses bad flags with exit status 2 and a message, opening nothing', () => {
+    const r = spawnSync(LGNET, ['serve', '--socket', '/tmp/never.sock', '--queues', '0'], { encoding: 'utf8', timeout: 20_000 });
+    expect(r.status).toBe(2);
+    expect(r.stderr).toContain('--queues');
+    expect(existsSync('/tmp/never.sock')).toBe(false);
+    const m = spawnSync(LGNET, ['serve'], { encoding: 'utf8', timeout: 20_000 });
+    expect(m.status).toBe(2);
+    expect(m.stderr).toContain('--socket');
+  });
+});
+
+describe.skipIf(!pre.ok)('lgnet serve (CLI) in a namespace', () => {
+  let ns: Netns;
+  let dir: string;
+  let lg: Lgnet | undefined;
+
+  beforeAll(() => {
+    ns = createNetns('lgcli');
+    dir = mkdtempSync(join(tmpdir(), 'lgnet-cli-'));
+  });
+  afterAll(() => {
+    kill(lg);
+    destroyAllNetns();
+    rmSync(dir, { recursive: true, force: true });
+  });
+
+  it('prints one ready line, serves frames, leaks no fds, and exits 0 on SIGTERM removing its socket', async () => {
+    const socket = join(dir, 'lgnet.sock');
+    lg = await startLgnet(ns, ['--socket', socket, '--tap', 'lgtapc', '--mac', '52:54:00:aa:bb:cc', '--log-level', 'info']);
+    expect(lg.stdout()).toBe(`lgnet ready socket=${socket} tap=lgtapc queues=1 mode=server\n`);
+    expect(existsSync(socket)).toBe(true);
+    const pid = lg.child.pid!;
+    ns.exec('ip', 'addr', 'add', '10.77.0.1/24', 'dev', 'lgtapc');
+    ns.exec('ip', 'link', 'set', 'lgtapc', 'up');
+    const tapMac = mac(ns.exec('cat', '/sys/class/net/lgtapc/address').trim());
+
+    const ram = new GuestRam(16 << 20);
+    const fe = await VhostUserFrontend.connect(socket);
+    try {
+      const neg = await fe.negotiate({ features: (offered) => offered });
+      const drvFull = new VirtioNetDriver(ram, { features: neg.features & ~(1n << 30n), queueSize: 64 });
+      try {
+        await fe.attachDriver(drvFull, ram, { negotiate: false });
+        expect(Buffer.from(await fe.getConfig(0, 6)).toString('hex')).toBe('525400aabbcc');
+        // A frame from the harness guest reaches a UDP socket in the namespace.
+        const sink = await udpSink(ns, '10.77.0.1', 6000, 1, 5000);
+        const payload = expectedPayload(64, 1);
+        drvFull.send(udpFrame({ srcMac: mac('52:54:00:aa:bb:cc'), dstMac: tapMac, srcIp: ip4('10.77.0.2'), dstIp: ip4('10.77.0.1'), srcPort: 1234, dstPort: 6000, payload }));
+        expect(await drvFull.drainTx(0, 5000)).toBe(0);
+        const got = await sink.datagrams();
+        expect(got.map((d) => d.hex)).toEqual([Buffer.from(payload).toString('hex')]);
+
+        // Repeated SET_VRING_CALL on a stopped ring: the server's fd count does not grow.
+        await fe.getVringBase(1);
+        const before = fdCount(pid);
+        for (let i = 0; i < 1000; i++) {
+          const call = native.eventfdCreate();
+          fe.sendRequest(REQ.SET_VRING_CALL, encodeVringFile(1, false), { fds: [call] });
+          native.close(call);
+          if (i % 100 === 99) await fe.barrier();
+        }
+        await fe.barrier();
+        expect(fdCount(pid) - before).toBeLessThanOrEqual(1);
+        // Back to running, then SIGTERM while the front-end is still attached.
+        await fe.startRing(ram, 1, drvFull.tx[0]!.setup, 1);
+      } finally {
+        drvFull.close();
+      }
+      process.kill(pid, 'SIGTERM');
+      const e = await lg.exited;
+      expect(e).toEqual({ code: 0, signal: null });
+      expect(existsSync(socket)).toBe(false);
+      expect(await fe.waitClosed(2000)).toBe(true);
+      expect(lg.stdout().split('\n').filter(Boolean)).toHaveLength(1);
+      const logs = lg.stderr().split('\n').filter(Boolean).map((l) => JSON.parse(l) as { msg: string });
+      expect(logs.map((l) => l.msg)).toContain('stopped');
+    } finally {
+      fe.close();
+      ram.close();
+    }
+  }, 60_000);
+
+  it('client mode: ready at once, connects when the VMM listens, exits 0 on SIGINT', async () => {
+    const socket = join(dir, 'vmm.sock');
+    lg = await startLgnet(ns, ['--socket', socket, '--client', '--reconnect-ms', '100', '--tap', 'lgtapd', '--log-level', 'warn']);
+    expect(lg.stdout()).toBe(`lgnet ready socket=${socket} tap=lgtapd queues=1 mode=client\n`);
+    const listener = VhostUserFrontend.listen(socket);
+    try {
+      const fe = await listener.accept(5000);
+      const neg = await fe.negotiate();
+      expect(neg.offered & (1n << 30n)).not.toBe(0n);
+      fe.close();
+    } finally {
+      listener.close();
+    }
+    process.kill(lg.child.pid!, 'SIGINT');
+    expect(await lg.exited).toEqual({ code: 0, signal: null });
+  }, 60_000);
+});
