@@ -75,7 +75,7 @@ export async function createVuBed(opts: { pairs?: number } = {}): Promise<VuBed>
   return {
     ns, dev, server, dir, path, hostIp, guestIp, guestMac,
     async guest(g = {}) {
-      const ram = new GuestRam(32 << 20);
+      const ram = new GuestRam((24 + 24 * pairs) << 20);
       const accept = g.accept ? mask(...g.accept) : dev.offered;
       const drv = new VirtioNetDriver(ram, { features: accept & dev.offered, pairs, queueSize: 256 });
       const fe = await VhostUserFrontend.connect(path);

@@ -211,3 +211,33 @@ describe.skipIf(!pre.ok)('vhost-user server: client mode', () => {
     }
   });
 });
+
+describe.skipIf(!pre.ok)('vhost-user server: two queue pairs', () => {
+  let bed: VuBed;
+  beforeAll(async () => {
+    bed = await createVuBed({ pairs: 2 });
+  });
+  afterAll(async () => {
+    await bed?.close();
+    destroyAllNetns();
+  });
+
+  it('GET_QUEUE_NUM says 2; all four rings run; TX on the second pair reaches the namespace', async () => {
+    const g = await bed.guest();
+    try {
+      expect(await g.fe.getQueueNum()).toBe(2);
+      expect(bed.dev.metrics().queues.filter((q) => q.running).map((q) => q.index)).toEqual([0, 1, 2, 3]);
+      const tapMac = mac(bed.ns.exec('cat', '/sys/class/net/lgtap0/address').trim());
+      const sink = await udpSink(bed.ns, bed.hostIp, 5700, 1, 5000);
+      const payload = expectedPayload(300, 7);
+      g.drv.send(udpFrame({ srcMac: mac(bed.guestMac), dstMac: tapMac, srcIp: ip4(bed.guestIp), dstIp: ip4(bed.hostIp), srcPort: 40001, dstPort: 5700, payload }), { pair: 1 });
+      expect(await g.drv.drainTx(1, 5000)).toBe(0);
+      expect((await sink.datagrams()).map((d) => d.hex)).toEqual([Buffer.from(payload).toString('hex')]);
+      const bases = await g.fe.stopDriver(g.drv);
+      expect(bases.get(3)).toBe(1);
+      expect(bases.get(1)).toBe(0);
+    } finally {
+      g.close();
+    }
+  });
+});
