@@ -21,6 +21,11 @@ export interface MemRegion {
   uaddr: number;
   mmapOffset: number;
   fd: number;
+  /**
+   * How many ADD_MEM_REG messages named this exact region. QEMU's multiqueue net has one vhost device
+   * per queue pair on the same connection, and each adds (and later removes) the same regions.
+   */
+  refs: number;
 }
 
 /** What the table needs from the device. */
@@ -32,7 +37,7 @@ const LIMIT = 2n ** 53n;
 const PAGE = 4096n;
 
 /** Checks one region's own rules and converts it; does not look at the others. */
-export function validateRegion(r: WireMemRegion, what: string): Omit<MemRegion, 'fd'> {
+export function validateRegion(r: WireMemRegion, what: string): Omit<MemRegion, 'fd' | 'refs'> {
   if (r.size === 0n) throw new VhostUserError(VU.MEM_ZERO_SIZE, `${what}: size is 0`);
   for (const [name, base] of [['guest address', r.gpa], ['user address', r.uaddr], ['mmap offset', r.mmapOffset]] as const) {
     if (base + r.size > LIMIT) {
@@ -46,7 +51,7 @@ export function validateRegion(r: WireMemRegion, what: string): Omit<MemRegion, 
 }
 
 /** Throws VU_MEM_OVERLAP when two regions share a guest physical or a user address. */
-export function checkOverlaps(regions: ReadonlyArray<Omit<MemRegion, 'fd'>>): void {
+export function checkOverlaps(regions: ReadonlyArray<Omit<MemRegion, 'fd' | 'refs'>>): void {
   for (let i = 0; i < regions.length; i++) {
     for (let j = i + 1; j < regions.length; j++) {
       const a = regions[i]!;
@@ -96,7 +101,7 @@ export class MemTable {
    * success; on failure the caller still owns them.
    */
   async replace(wire: WireMemRegion[], fds: number[]): Promise<void> {
-    const next = wire.map((r, i) => ({ ...validateRegion(r, `region ${i}`), fd: fds[i]! }));
+    const next = wire.map((r, i) => ({ ...validateRegion(r, `region ${i}`), fd: fds[i]!, refs: 1 }));
     checkOverlaps(next);
     await this.install(next);
     const old = this.regions;
@@ -104,16 +109,27 @@ export class MemTable {
     for (const r of old) closeQuietly(r.fd);
   }
 
-  /** ADD_MEM_REG: one more region; `fd` becomes the table's on success. */
-  async add(wire: WireMemRegion, fd: number): Promise<void> {
+  /**
+   * ADD_MEM_REG: one more region; returns true when `fd` became the table's. The same region added
+   * again (same guest address, size, user address and offset) only counts one more reference, and the
+   * caller closes `fd`.
+   */
+  async add(wire: WireMemRegion, fd: number): Promise<boolean> {
+    const v = validateRegion(wire, 'added region');
+    const same = this.regions.find((r) => r.gpa === v.gpa && r.size === v.size && r.uaddr === v.uaddr && r.mmapOffset === v.mmapOffset);
+    if (same) {
+      same.refs++;
+      return false;
+    }
     if (this.regions.length >= this.maxSlots) {
       throw new VhostUserError(VU.MEM_TOO_MANY_REGIONS, `the table already holds ${this.regions.length} regions, the most this back-end offers (GET_MAX_MEM_SLOTS)`);
     }
-    const r = { ...validateRegion(wire, 'added region'), fd };
+    const r = { ...v, fd, refs: 1 };
     const next = [...this.regions, r];
     checkOverlaps(next);
     await this.install(next);
     this.regions = next;
+    return true;
   }
 
   /** REM_MEM_REG: the region with this gpa, uaddr and size (mmap_offset is ignored, as the spec says). */
@@ -122,11 +138,16 @@ export class MemTable {
     if (i < 0) {
       throw new VhostUserError(VU.MEM_NOT_FOUND, `no region at guest address 0x${wire.gpa.toString(16)} (user 0x${wire.uaddr.toString(16)}, size 0x${wire.size.toString(16)})`);
     }
+    const found = this.regions[i]!;
+    if (found.refs > 1) {
+      found.refs--;
+      return;
+    }
     const next = this.regions.filter((_, j) => j !== i);
     if (next.length > 0) await this.install(next);
-    const gone = this.regions[i]!;
+    else this.installed = false;
     this.regions = next;
-    closeQuietly(gone.fd);
+    closeQuietly(found.fd);
   }
 
   private async install(regions: MemRegion[]): Promise<void> {

@@ -237,8 +237,7 @@ const HANDLERS: Partial<Record<number, Entry>> = {
   [REQ.ADD_MEM_REG]: {
     fds: () => 1,
     async handle(c, m) {
-      await c.mem.add(decodeSingleMemRegion(m.payload), m.fds[0]!);
-      take(m, 0);
+      if (await c.mem.add(decodeSingleMemRegion(m.payload), m.fds[0]!)) take(m, 0); // else a duplicate: its fd is closed
       await c.vrings.memoryChanged();
       return undefined;
     },

@@ -202,20 +202,24 @@ export class Vrings {
   }
 
   /**
-   * After a memory table change: a running ring whose addresses now translate elsewhere restarts, and
-   * a ring that only waited for memory starts.
+   * After a memory table change (or new features): a running ring whose addresses now translate
+   * elsewhere restarts, one whose addresses left the table stops (QEMU removes a region before it adds
+   * its replacement), and a ring that only waited for memory starts. Rings whose addresses are not
+   * (yet) in the table stay stopped rather than failing the connection: a front-end may update the table
+   * in several messages.
    */
   async memoryChanged(): Promise<void> {
     for (const r of this.rings) {
-      if (!r.running) {
-        await this.sync(r);
-        continue;
+      let g: { desc: number; avail: number; used: number } | null = null;
+      if (r.addr !== null && r.num > 0) {
+        try {
+          g = this.translate(r);
+        } catch (e) {
+          if (!(e instanceof VhostUserError)) throw e;
+        }
       }
-      const g = this.translate(r);
-      if (g.desc !== r.gpas!.desc || g.avail !== r.gpas!.avail || g.used !== r.gpas!.used) {
-        await this.park(r);
-        await this.sync(r);
-      }
+      if (r.running && (g === null || g.desc !== r.gpas!.desc || g.avail !== r.gpas!.avail || g.used !== r.gpas!.used)) await this.park(r);
+      if (g !== null) await this.sync(r);
     }
   }
 

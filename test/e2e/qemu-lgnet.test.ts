@@ -16,8 +16,8 @@ const HOST = '10.0.2.1';
 const GUEST = '10.0.2.2';
 
 /** Starts `lgnet serve` in the namespace; resolves once it printed its ready line. */
-function startLgnet(ns: string, socket: string, tap: string, log: string[]): Promise<ChildProcess> {
-  const child = spawn('ip', ['netns', 'exec', ns, join(REPO_ROOT, 'bin/lgnet'), 'serve', '--socket', socket, '--tap', tap, '--log-level', 'debug'], {
+function startLgnet(ns: string, socket: string, tap: string, log: string[], extra: string[] = []): Promise<ChildProcess> {
+  const child = spawn('ip', ['netns', 'exec', ns, join(REPO_ROOT, 'bin/lgnet'), 'serve', '--socket', socket, '--tap', tap, '--log-level', 'debug', ...extra], {
     stdio: ['ignore', 'pipe', 'pipe'],
   });
   child.stderr!.setEncoding('utf8');
@@ -155,5 +155,48 @@ describe('QEMU guest on lgnet: the back-end restarts under a running guest', () 
     // ~10 pings go through the first lgnet; the restart costs a few seconds; the rest go through the second.
     expect(ping!.received).toBeGreaterThanOrEqual(35);
     expect(log.join('').match(/front-end connected/g)?.length).toBe(2);
+  });
+});
+
+describe('QEMU guest on lgnet: two queue pairs', () => {
+  let net: TapNamespace | undefined;
+  let guest: GuestHandle | undefined;
+  let lgnet: ChildProcess | undefined;
+  let dir: string | undefined;
+  let outcome: GuestOutcome;
+  const log: string[] = [];
+
+  beforeAll(async () => {
+    ensureGuestImage();
+    net = createTapNamespace({ hostCidr: `${HOST}/24`, multiQueue: true });
+    dir = mkdtempSync(join(tmpdir(), 'lgnet-e2e-'));
+    const socket = join(dir, 'lgnet.sock');
+    lgnet = await startLgnet(net.ns, socket, net.tap, log, ['--queues', '2']);
+    guest = bootGuest({
+      netns: net.ns,
+      netdev: { type: 'vhost-user', socket, reconnect: 1, queues: 2 },
+      vcpus: 2,
+      guest: { ip: `${GUEST}/24`, peer: HOST, jobs: ['ping'], pingCount: 20, pingInterval: 0.2 },
+      timeoutMs: 120_000,
+    });
+    outcome = await guest.done;
+    if (!outcome.ok) {
+      console.error(`guest failed: ${JSON.stringify({ ...outcome, serial: undefined })}\n${outcome.serial}\n${outcome.stderr}\n--- lgnet ---\n${log.join('').slice(-20_000)}`);
+    }
+  }, 200_000);
+
+  afterAll(async () => {
+    await guest?.kill();
+    await stop(lgnet);
+    await net?.destroy();
+    if (dir) rmSync(dir, { recursive: true, force: true });
+  }, 30_000);
+
+  it('boots with mq and pings the host 20 times with 0% loss', () => {
+    expect(outcome.ready?.carrier).toBe(1);
+    const ping = outcome.results.find((r) => r.job === 'ping');
+    expect(ping, 'ping result').toBeDefined();
+    expect(ping!.received).toBe(20);
+    expect(log.join('')).not.toContain('message refused');
   });
 });

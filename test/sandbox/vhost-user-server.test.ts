@@ -153,6 +153,31 @@ describe.skipIf(!pre.ok)('vhost-user server: harness front-end ↔ lgnet ↔ tap
     }
   });
 
+  it('ADD_MEM_REG of the same region twice (QEMU multiqueue: one vhost device per pair) counts references', async () => {
+    const g = await bed.guest({ attach: false });
+    try {
+      await g.fe.negotiate({ features: g.drv.features });
+      const region = VhostUserFrontend.regionOf(g.ram);
+      await g.fe.addMemReg(region);
+      await g.fe.addMemReg(region); // the second vhost device of the same connection
+      for (const { index, setup } of g.drv.queueSetups()) await g.fe.startRing(g.ram, index, setup);
+      g.drv.fillRx();
+      const running = () => bed.dev.metrics().queues.filter((q) => q.running).length;
+      expect(running()).toBe(2);
+      expect(bed.server.connection!.mem.count).toBe(1);
+      await g.fe.remMemReg(region); // one reference left: rings keep running
+      expect(running()).toBe(2);
+      await expectTraffic(bed, g, 5650);
+      await g.fe.remMemReg(region); // gone: the rings stop instead of reading unmapped memory
+      expect(running()).toBe(0);
+      await g.fe.addMemReg(region); // back: they start again where they stopped
+      expect(running()).toBe(2);
+      await expectTraffic(bed, g, 5660);
+    } finally {
+      g.close();
+    }
+  });
+
   it('SET_VRING_CALL on a running ring swaps the fd without losing traffic', async () => {
     const g = await bed.guest();
     try {
