@@ -25,7 +25,7 @@ import {
   checkPayloadSize, decodeConfig, decodeHeader, decodeInflight, decodeMemTable, decodeSingleMemRegion, decodeU64,
   decodeVringAddr, decodeVringFile, decodeVringState, encodeConfig, encodeInflight, encodeMessage, encodeU64,
   encodeVringState, F_PROTOCOL_FEATURES, FLAGS, HEADER_SIZE, isKnownRequest, MAX_FDS, MAX_PAYLOAD, protocolMask,
-  protocolNames, REQ, requestName, VRING_STATE_SIZE,
+  protocolNames, REQ, requestName,
 } from './messages.ts';
 import { Vrings, type QueueTarget } from './vrings.ts';
 
@@ -852,6 +852,3 @@ function removeStaleSocket(path: string): void {
   closeQuietly(fd);
   throw new Error(`${path} is a live socket (another back-end serves it)`);
 }
-
-/** For tests: the request payload of GET_VRING_BASE and the like. */
-export const _internals = { VRING_STATE_SIZE, HANDLERS };

@@ -178,6 +178,27 @@ describe.skipIf(!pre.ok)('vhost-user server: harness front-end ↔ lgnet ↔ tap
     }
   });
 
+  it('a queue the guest breaks signals SET_VRING_ERR\'s eventfd and GET_STATUS shows NEEDS_RESET', async () => {
+    const g = await bed.guest();
+    const err = native.eventfdCreate({ nonblocking: true });
+    try {
+      await g.fe.setVringErr(1, err);
+      // The guest claims far more TX buffers than the ring holds (DESIGN.md: reject idx - last_avail > size).
+      const tx = g.drv.tx[0]!.setup;
+      g.ram.write(tx.avail + 2, new Uint8Array([0x00, 0x10])); // avail.idx = 4096 on a 256-entry ring
+      native.eventfdWrite(tx.kickFd, 1);
+      expect(await until(() => native.poll([err], 0) !== 0, 5000)).toBe(true);
+      expect(native.eventfdRead(err)).toBe(1);
+      expect((await g.fe.getStatus()) & 0x40).toBe(0x40);
+      expect(bed.dev.metrics().queues[1]!.broken).not.toBeNull();
+    } finally {
+      native.close(err);
+      g.close();
+    }
+    expect(await until(() => bed.server.connection === null)).toBe(true);
+    expect(bed.dev.metrics().queues[1]!.broken).toBeNull(); // the reset on disconnect clears it
+  });
+
   it('SET_VRING_CALL on a running ring swaps the fd without losing traffic', async () => {
     const g = await bed.guest();
     try {
