@@ -209,6 +209,8 @@ const CONTROL: readonly SyscallRule[] = [
 
 /** The worker's own list: the data path and a V8 isolate, nothing of the control plane. */
 const WORKER_EXTRA: readonly SyscallRule[] = [
+  { name: 'fcntl', reason: "fd flag queries; Node CHECK-fails (aborts) if fcntl(F_GETFL) on stdio fails in its teardown", when: [[{ arg: 1, oneOf: FCNTL }]] },
+  { name: 'rt_sigaction', reason: "Node's teardown resets signal handlers and CHECK-fails (aborts) if it cannot" },
   { name: 'fstat', reason: 'glibc/V8 on an fd (rare)' },
   { name: 'newfstatat', reason: 'glibc fstat() as fstatat(fd, "", AT_EMPTY_PATH)', when: [[{ arg: 3, allOf: { AT_EMPTY_PATH } }]] },
 ];
