@@ -824,8 +824,8 @@ export class VhostUserServer extends EventEmitter {
       this.listenFd = -1;
       try {
         unlinkSync(this.path);
-      } catch {
-        /* gone already */
+      } catch (e) {
+        if ((e as NodeJS.ErrnoException).code !== 'ENOENT') this.log.warn({ err: (e as Error).message }, 'could not remove the socket file');
       }
     }
     this.unsubscribeBroken?.();
