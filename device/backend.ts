@@ -13,7 +13,7 @@ import type { FilterRef, FrameRingSpec } from './pair-backend.ts';
 /** What a worker needs to reach its backend; must survive structured clone. */
 export type PortSpec =
   | { kind: 'tap'; fd: number; vnetHdrLen: number }
-  | { kind: 'pair'; out: FrameRingSpec; in: FrameRingSpec; dir: number; hdrLen: number; hostFd: number; filter?: FilterRef };
+  | { kind: 'pair'; out: FrameRingSpec; in: FrameRingSpec; dir: number; hdrLen: number; hostFd: number };
 
 /** TX side of a backend: sends the frames of a burst. */
 export interface TxPort {
@@ -46,6 +46,8 @@ export interface Backend {
   configure(f: NegotiatedFeatures): void;
   /** The spec of the port serving queue pair `pair`. */
   port(pair: number): PortSpec;
+  /** A per-frame filter hook the TX workers must load when they start (pair backend). */
+  frameFilter?(): FilterRef | undefined;
   /** Releases fds. */
   close(): void;
 }

@@ -22,7 +22,7 @@ import { PendingUsed } from './interrupt.ts';
 import { createCounters, snapshot, type QueueMetrics } from './metrics.ts';
 import { RxFilter } from './rx-filter.ts';
 import { startWorker } from './thread.ts';
-import { memoryFromMappings, type FilterState, type WorkerCommand, type WorkerEvent, type WorkerInit, type WorkerRegion } from './worker.ts';
+import { memoryFromMappings, type FilterState, type QueueConfig, type WorkerBoot, type WorkerCommand, type WorkerEvent, type WorkerRegion } from './worker.ts';
 
 /** Options of {@link NetDevice}. */
 export interface NetDeviceOptions {
@@ -82,10 +82,14 @@ interface Slot {
   index: number;
   setup?: QueueSetup;
   counters: Float64Array;
+  /** The queue's worker thread, started once and reused; idle while the queue is stopped. */
   worker?: Worker;
+  spawning?: Promise<void>;
   control?: MessagePort;
   ctlFd: number;
-  waiters: Array<{ ev: WorkerEvent['ev']; resolve: (e: WorkerEvent) => void }>;
+  /** A queue is configured on the worker. */
+  running: boolean;
+  waiters: Array<{ evs: ReadonlyArray<WorkerEvent['ev']>; resolve: (e: WorkerEvent) => void }>;
   broken: string | null;
 }
 
@@ -147,7 +151,7 @@ export class NetDevice extends EventEmitter {
     this.busyPoll = opts.busyPoll ?? 0;
     this.maxQueueSize = opts.maxQueueSize ?? 1024;
     for (let i = 0; i < this.queueCount; i++) {
-      this.slots.push({ index: i, counters: createCounters(), ctlFd: -1, waiters: [], broken: null });
+      this.slots.push({ index: i, counters: createCounters(), ctlFd: -1, running: false, waiters: [], broken: null });
     }
     this.filter.reset(mac, false);
   }
@@ -176,7 +180,7 @@ export class NetDevice extends EventEmitter {
     if (extra !== 0n) {
       throw new NetConfigError('NET_FEATURES_NOT_OFFERED', `driver accepted features that were not offered: ${names(extra).join(', ')}`);
     }
-    if (this.slots.some((s) => s.worker)) {
+    if (this.slots.some((s) => s.running) || this.ctrl) {
       throw new NetStateError('NET_FEATURES_WHILE_RUNNING', 'features cannot change while queues run; stop or reset the device first');
     }
     this.accepted = bits;
@@ -204,11 +208,24 @@ export class NetDevice extends EventEmitter {
     }
     const old = this.regions;
     this.regions = regions;
-    const running = this.slots.filter((s) => s.worker);
-    await Promise.all(running.map((s) => this.command(s, { cmd: 'pause' }, 'paused')));
+    const running = this.slots.filter((s) => s.running);
+    await Promise.all(running.map((s) => this.command(s, { cmd: 'pause' }, ['paused'])));
     for (const s of running) this.send(s, { cmd: 'resume', regions });
     if (this.ctrl) this.ctrl.queue.attach(this.mem);
     for (const r of old) native.munmap(r.mappingId);
+  }
+
+  /**
+   * Forgets guest memory (a VMM went away). Every queue must be stopped first; the mappings are
+   * released at once.
+   */
+  async releaseMemory(): Promise<void> {
+    if (this.slots.some((s) => s.running) || this.ctrl) {
+      throw new NetStateError('NET_QUEUE_RUNNING', 'stop every queue before releasing guest memory');
+    }
+    for (const r of this.regions) native.munmap(r.mappingId);
+    this.regions = [];
+    this.mem = null;
   }
 
   /** The guest memory as the main thread sees it (null before setMemory). */
@@ -219,7 +236,7 @@ export class NetDevice extends EventEmitter {
   /** Records where queue `index` lives. Takes effect at startQueue. */
   setupQueue(index: number, setup: QueueSetup): void {
     const s = this.slot(index);
-    if (s.worker || (index === this.ctrlIndex && this.ctrl)) {
+    if (s.running || (index === this.ctrlIndex && this.ctrl)) {
       throw new NetStateError('NET_QUEUE_RUNNING', `queue ${index} is running; stop it before changing its setup`);
     }
     const size = setup.size;
@@ -229,60 +246,56 @@ export class NetDevice extends EventEmitter {
     s.setup = { ...setup };
   }
 
-  /** Starts serving queue `index`: a worker thread for a data queue, the event loop for control. */
+  /**
+   * Starts a worker thread for every data queue, idle until its queue starts. startQueue does this on
+   * demand; call it up front when no code may be loaded later (before entering a jail).
+   */
+  async startWorkers(): Promise<void> {
+    await Promise.all(this.slots.filter((s) => s.index !== this.ctrlIndex).map((s) => this.ensureWorker(s)));
+  }
+
+  /**
+   * Starts serving queue `index`: its worker for a data queue, the event loop for control. A ring that
+   * does not fit guest memory breaks the queue (event `broken`, NEEDS_RESET) rather than throwing.
+   */
   async startQueue(index: number): Promise<void> {
     const s = this.slot(index);
     if (!s.setup) throw new NetStateError('NET_QUEUE_NOT_SET_UP', `queue ${index} has no setup; call setupQueue first`);
     if (!this.mem) throw new NetStateError('NET_NO_MEMORY', `queue ${index} cannot start before setMemory`);
     if (index === this.ctrlIndex) return this.startCtrl(s);
-    if (s.worker) return;
+    if (s.running) return;
+    await this.ensureWorker(s);
     s.broken = null;
-    const pair = index >>> 1;
-    const { port1, port2 } = new MessageChannel();
-    s.ctlFd = native.eventfdCreate({ nonblocking: true });
-    s.control = port1;
-    const init: WorkerInit & { lgnetQueueWorker: true } = {
-      lgnetQueueWorker: true,
-      role: index & 1 ? 'tx' : 'rx',
-      queueIndex: index,
+    const config: QueueConfig = {
       ring: { size: s.setup.size, desc: s.setup.desc, avail: s.setup.avail, used: s.setup.used, lastAvail: s.setup.lastAvail ?? 0 },
       features: this.accepted,
       regions: this.regions,
       kickFd: s.setup.kickFd,
       callFd: s.setup.callFd,
-      ctlFd: s.ctlFd,
-      port: this.backend.port(pair),
-      counters: s.counters,
-      control: port2,
+      port: this.backend.port(index >>> 1),
       burst: this.burst,
       busyPoll: this.busyPoll,
       mtu: this.config.mtu,
       filter: this.filterState(),
     };
-    const w = startWorker(WORKER_URL, { workerData: init, transferList: [port2], name: `lgnet-q${index}` });
-    s.worker = w;
-    port1.on('message', (e: WorkerEvent) => this.onWorkerEvent(s, e));
-    w.on('error', (e) => this.onWorkerEvent(s, { ev: 'broken', code: 'LGNET_WORKER_CRASH', message: e.message }));
-    w.on('exit', () => this.onWorkerExit(s));
-    try {
-      await this.waitFor(s, 'running');
-    } catch (e) {
-      await this.killWorker(s);
-      throw e;
-    }
+    s.running = true;
+    await this.command(s, { cmd: 'configure', config }, ['running', 'broken']);
   }
 
   /** Stops queue `index` and returns the next avail index it would have processed. */
   async stopQueue(index: number): Promise<number> {
     const s = this.slot(index);
     if (index === this.ctrlIndex) return this.stopCtrl();
-    if (!s.worker) return s.setup?.lastAvail ?? 0;
+    if (!s.running) return s.setup?.lastAvail ?? 0;
     let lastAvail = s.setup?.lastAvail ?? 0;
     try {
-      const e = await this.command(s, { cmd: 'stop' }, 'stopped');
+      const e = await this.command(s, { cmd: 'stop' }, ['stopped']);
       if (e.ev === 'stopped') lastAvail = e.lastAvail;
+    } catch (e) {
+      await this.killWorker(s); // it did not answer: replace it next time
+      throw e;
     } finally {
-      await this.killWorker(s);
+      s.running = false;
     }
     if (s.setup) s.setup.lastAvail = lastAvail;
     return lastAvail;
@@ -290,7 +303,7 @@ export class NetDevice extends EventEmitter {
 
   /** Starts every queue that has a setup. */
   async start(): Promise<void> {
-    for (const s of this.slots) if (s.setup && !s.worker) await this.startQueue(s.index);
+    for (const s of this.slots) if (s.setup && !s.running) await this.startQueue(s.index);
   }
 
   /** Stops every queue. */
@@ -313,9 +326,10 @@ export class NetDevice extends EventEmitter {
     this.filter.reset(this.config.mac, false);
   }
 
-  /** Stops everything, releases memory and the backend. */
+  /** Stops everything, ends the workers, releases memory and the backend. */
   async close(): Promise<void> {
     await this.stop();
+    await Promise.all(this.slots.map((s) => this.killWorker(s)));
     for (const r of this.regions) native.munmap(r.mappingId);
     this.regions = [];
     this.mem = null;
@@ -352,7 +366,7 @@ export class NetDevice extends EventEmitter {
       queues: this.slots.map((s) => ({
         index: s.index,
         role: s.index === this.ctrlIndex ? 'ctrl' as const : s.index & 1 ? 'tx' as const : 'rx' as const,
-        running: s.index === this.ctrlIndex ? this.ctrl !== null : s.worker !== undefined,
+        running: s.index === this.ctrlIndex ? this.ctrl !== null : s.running,
         broken: s.broken,
         ...snapshot(s.counters),
       })),
@@ -370,24 +384,64 @@ export class NetDevice extends EventEmitter {
     return s;
   }
 
+  private ensureWorker(s: Slot): Promise<void> {
+    if (s.worker) return Promise.resolve();
+    if (s.spawning) return s.spawning;
+    const { port1, port2 } = new MessageChannel();
+    s.ctlFd = native.eventfdCreate({ nonblocking: true });
+    s.control = port1;
+    const ref = this.backend.frameFilter?.();
+    const boot: WorkerBoot = {
+      lgnetQueueWorker: true,
+      role: s.index & 1 ? 'tx' : 'rx',
+      queueIndex: s.index,
+      ctlFd: s.ctlFd,
+      counters: s.counters,
+      control: port2,
+      ...(ref && s.index & 1 ? { frameFilter: ref } : {}),
+    };
+    const idle = this.waitFor(s, ['idle', 'broken']);
+    const w = startWorker(WORKER_URL, { workerData: boot, transferList: [port2], name: `lgnet-q${s.index}` });
+    s.worker = w;
+    port1.on('message', (e: WorkerEvent) => this.onWorkerEvent(s, e));
+    port1.unref();
+    w.on('error', (e) => this.onWorkerEvent(s, { ev: 'broken', code: 'LGNET_WORKER_CRASH', message: e.message }));
+    w.on('exit', () => {
+      if (s.worker === w) this.forgetWorker(s);
+    });
+    w.unref();
+    s.spawning = idle.then(
+      (e) => {
+        delete s.spawning;
+        if (e.ev === 'broken') throw new WorkerError('NET_WORKER_START', `queue ${s.index}'s worker could not start: ${e.message}`);
+      },
+      async (e) => {
+        delete s.spawning;
+        await this.killWorker(s);
+        throw e;
+      },
+    );
+    return s.spawning;
+  }
+
   private send(s: Slot, m: WorkerCommand): void {
     s.control!.postMessage(m);
     native.eventfdWrite(s.ctlFd, 1);
   }
 
-  private command(s: Slot, m: WorkerCommand, ev: WorkerEvent['ev']): Promise<WorkerEvent> {
-    const p = this.waitFor(s, ev);
+  private command(s: Slot, m: WorkerCommand, evs: ReadonlyArray<WorkerEvent['ev']>): Promise<WorkerEvent> {
+    const p = this.waitFor(s, evs);
     this.send(s, m);
     return p;
   }
 
-  private waitFor(s: Slot, ev: WorkerEvent['ev']): Promise<WorkerEvent> {
+  private waitFor(s: Slot, evs: ReadonlyArray<WorkerEvent['ev']>): Promise<WorkerEvent> {
     return new Promise((resolve, reject) => {
       const timer = setTimeout(() => {
         s.waiters = s.waiters.filter((w) => w !== waiter);
-        reject(new WorkerError('NET_WORKER_TIMEOUT', `queue ${s.index}'s worker did not report "${ev}" within ${WORKER_TIMEOUT_MS} ms`));
+        reject(new WorkerError('NET_WORKER_TIMEOUT', `queue ${s.index}'s worker did not report "${evs.join('" or "')}" within ${WORKER_TIMEOUT_MS} ms`));
       }, WORKER_TIMEOUT_MS);
-      const waiter = { ev, resolve: (e: WorkerEvent) => { clearTimeout(timer); resolve(e); } };
+      const waiter = { evs, resolve: (e: WorkerEvent) => { clearTimeout(timer); resolve(e); } };
       s.waiters.push(waiter);
     });
   }
@@ -401,30 +455,32 @@ export class NetDevice extends EventEmitter {
         this.emit('broken', { queue: s.index, code: e.code, message: e.message });
       }
     }
-    const ready = s.waiters.filter((w) => w.ev === e.ev);
-    s.waiters = s.waiters.filter((w) => w.ev !== e.ev);
+    const ready = s.waiters.filter((w) => w.evs.includes(e.ev));
+    s.waiters = s.waiters.filter((w) => !w.evs.includes(e.ev));
     for (const w of ready) w.resolve(e);
   }
 
-  private onWorkerExit(s: Slot): void {
-    s.worker = undefined as unknown as Worker;
+  private forgetWorker(s: Slot): void {
     delete s.worker;
-  }
-
-  private async killWorker(s: Slot): Promise<void> {
-    const w = s.worker;
-    if (w) {
-      await Promise.race([
-        new Promise((r) => w.once('exit', r)),
-        new Promise((r) => setTimeout(r, WORKER_TIMEOUT_MS)),
-      ]);
-      if (s.worker) await w.terminate();
-    }
-    delete s.worker;
+    s.running = false;
     s.control?.close();
     delete s.control;
     if (s.ctlFd >= 0) native.close(s.ctlFd);
     s.ctlFd = -1;
+  }
+
+  private async killWorker(s: Slot): Promise<void> {
+    const w = s.worker;
+    if (!w) return;
+    const exited = new Promise((r) => w.once('exit', r));
+    try {
+      this.send(s, { cmd: 'exit' });
+    } catch { /* the port or fd is already gone */ }
+    await Promise.race([exited, new Promise((r) => setTimeout(r, WORKER_TIMEOUT_MS))]);
+    if (s.worker === w) {
+      await w.terminate();
+      this.forgetWorker(s);
+    }
   }
 
   // ---- control queue (main thread)
@@ -441,7 +497,7 @@ export class NetDevice extends EventEmitter {
     const filter = this.filterState();
     for (let i = 0; i < 2 * this.maxQueuePairs; i += 2) {
       const s = this.slots[i]!;
-      if (s.worker) this.send(s, { cmd: 'filter', filter });
+      if (s.running) this.send(s, { cmd: 'filter', filter });
     }
   }
 

@@ -78,6 +78,10 @@ class PairSide implements Backend {
     return 0n;
   }
 
+  frameFilter(): FilterRef | undefined {
+    return this.owner.filter;
+  }
+
   configure(f: NegotiatedFeatures): void {
     this.hdrLen = f.hdrLen;
   }
@@ -85,8 +89,7 @@ class PairSide implements Backend {
   port(pair: number): PortSpec {
     if (pair !== 0) throw new RangeError('a pair backend has one queue pair');
     return {
-      kind: 'pair', out: this.out, in: this.inp, dir: this.dir, hdrLen: this.hdrLen,
-      hostFd: this.owner.hostFd, ...(this.owner.filter ? { filter: this.owner.filter } : {}),
+      kind: 'pair', out: this.out, in: this.inp, dir: this.dir, hdrLen: this.hdrLen, hostFd: this.owner.hostFd,
     };
   }
 

@@ -8,9 +8,10 @@
  *                                                                  (one native call: fence, re-read, sleep)
  *
  * It blocks in native code on its kick eventfd, its control eventfd, and for RX the backend's fd.
- * The main thread drives it by posting a message on `control` and writing the control eventfd; the
- * worker reads messages synchronously (receiveMessageOnPort), since it is never in the JS event loop
- * while serving.
+ * Workers are started when the device is created (before a jail forbids loading code) and sit idle
+ * until a queue is configured on them; stopping a queue returns its worker to idle. The main thread
+ * drives a worker by posting a message on `control` and writing the control eventfd; the worker reads
+ * messages synchronously (receiveMessageOnPort), since it is never in the JS event loop while serving.
  *
  * A ring the guest broke (VringError) is reported once and the worker stops touching that queue; it
  * stays alive waiting for stop or reset, so a hostile guest cannot crash or spin the process.
@@ -24,7 +25,7 @@ import { PendingUsed } from './interrupt.ts';
 import { M } from './metrics.ts';
 import { RX, RxService } from './rx.ts';
 import { RxFilter } from './rx-filter.ts';
-import { loadFilter, openPairPorts, type FrameFilter } from './pair-backend.ts';
+import { loadFilter, openPairPorts, type FilterRef, type FrameFilter } from './pair-backend.ts';
 import { openTapPorts } from './tap-backend.ts';
 import { TxService } from './tx.ts';
 
@@ -43,34 +44,44 @@ export interface FilterState {
   vlanFiltering: boolean; mac: Uint8Array; uni: Uint8Array; multi: Uint8Array; vlans: Uint32Array;
 }
 
-/** Everything a worker starts with (structured-cloned; `control` is transferred). */
-export interface WorkerInit {
+/** What a worker starts with (structured-cloned; `control` is transferred). */
+export interface WorkerBoot {
+  lgnetQueueWorker: true;
   role: 'rx' | 'tx';
   queueIndex: number;
-  ring: { size: number; desc: number; avail: number; used: number; lastAvail: number; usedIdx?: number };
+  ctlFd: number;
+  counters: Float64Array;
+  control: MessagePort;
+  /** The pair backend's filter hook, loaded at start (a jailed worker cannot load code later). */
+  frameFilter?: FilterRef;
+}
+
+/** One queue's configuration, sent when the queue starts. */
+export interface QueueConfig {
+  ring: { size: number; desc: number; avail: number; used: number; lastAvail: number };
   features: bigint;
   regions: WorkerRegion[];
   kickFd: number;
   callFd: number;
-  ctlFd: number;
   port: PortSpec;
-  counters: Float64Array;
-  control: MessagePort;
   burst: number;
   busyPoll: number;
   mtu: number;
-  filter?: FilterState;
+  filter: FilterState;
 }
 
 /** Main thread → worker. */
 export type WorkerCommand =
+  | { cmd: 'configure'; config: QueueConfig }
   | { cmd: 'pause' }
   | { cmd: 'resume'; regions?: WorkerRegion[] }
   | { cmd: 'stop' }
-  | { cmd: 'filter'; filter: FilterState };
+  | { cmd: 'filter'; filter: FilterState }
+  | { cmd: 'exit' };
 
 /** Worker → main thread. */
 export type WorkerEvent =
+  | { ev: 'idle' }
   | { ev: 'running' }
   | { ev: 'paused'; lastAvail: number }
   | { ev: 'stopped'; lastAvail: number }
@@ -79,7 +90,7 @@ export type WorkerEvent =
 /** How long one sleep lasts at most; the loop re-checks after it, so a lost wake-up costs this, not a hang. */
 const SLEEP_MS = 1000;
 
-const State = { RUNNING: 0, PAUSED: 1, BROKEN: 2, STOPPED: 3 } as const;
+const State = { IDLE: 0, RUNNING: 1, PAUSED: 2, BROKEN: 3, EXIT: 4 } as const;
 
 /** Builds a GuestMemory over the native mappings, with views owned by this thread. */
 export function memoryFromMappings(regions: WorkerRegion[]): GuestMemory {
@@ -102,80 +113,88 @@ export function applyFilter(f: RxFilter, s: FilterState): void {
   f.mac.set(s.mac); f.uni = s.uni; f.multi = s.multi; f.vlans.set(s.vlans);
 }
 
-/** The worker's loop; exported so that it can be read and driven as a unit. */
-export class QueueWorker {
-  private readonly init: WorkerInit;
+/** A configured queue: the ring, its memory and the service that moves frames. */
+class ActiveQueue {
+  readonly cfg: QueueConfig;
+  readonly queue: SplitQueue;
+  readonly pending: PendingUsed;
+  /** Fds to sleep on while waiting for the backend: ctl first, then the backend's fd (RX). */
+  readonly waitFds: Int32Array;
+  tx: TxService | undefined;
+  rx: RxService | undefined;
+  availMapping = -1;
+  availOffset = 0;
+  private readonly role: 'rx' | 'tx';
   private readonly c: Float64Array;
-  private readonly port: MessagePort;
-  private readonly filter = new RxFilter();
-  private readonly waitFds: Int32Array;
-  private readonly ctlOnly: Int32Array;
-  private state: number = State.RUNNING;
-  private mem!: GuestMemory;
-  private queue!: SplitQueue;
-  private pending!: PendingUsed;
-  private tx: TxService | undefined;
-  private rx: RxService | undefined;
-  private availMapping = -1;
-  private availOffset = 0;
+  private readonly rxFilter: RxFilter;
   private readonly frameFilter: FrameFilter | undefined;
 
-  constructor(init: WorkerInit, frameFilter?: FrameFilter) {
+  constructor(role: 'rx' | 'tx', cfg: QueueConfig, ctlFd: number, c: Float64Array, rxFilter: RxFilter, frameFilter: FrameFilter | undefined) {
+    this.role = role;
+    this.cfg = cfg;
+    this.c = c;
+    this.rxFilter = rxFilter;
     this.frameFilter = frameFilter;
-    this.init = init;
-    this.c = init.counters;
-    this.port = init.control;
-    if (init.filter) applyFilter(this.filter, init.filter);
-    this.ctlOnly = Int32Array.of(init.ctlFd);
-    const ports = this.openPorts();
-    this.waitFds = init.role === 'rx' ? Int32Array.of(init.ctlFd, ports.rx.fd) : Int32Array.of(init.ctlFd);
-    const r = init.ring;
-    const f = decode(init.features);
+    const f = decode(cfg.features);
+    const r = cfg.ring;
     this.queue = new SplitQueue({ size: r.size, desc: r.desc, avail: r.avail, used: r.used, eventIdx: f.eventIdx, indirect: f.indirect });
-    this.bind(init.regions);
+    this.pending = new PendingUsed(this.queue, cfg.callFd, c);
+    const ports = this.openPorts();
+    this.waitFds = role === 'rx' ? Int32Array.of(ctlFd, ports.rx.fd) : Int32Array.of(ctlFd);
+    this.bind(cfg.regions);
     this.queue.setBase(r.lastAvail);
-    this.pending = new PendingUsed(this.queue, init.callFd, this.c);
-    const opts = { burst: init.burst };
-    if (init.role === 'tx') {
-      this.tx = new TxService(this.queue, this.mem, f, ports.tx, this.pending, this.c, { ...opts, backendHdrLen: f.hdrLen });
-    } else {
-      this.rx = new RxService(this.queue, this.mem, f, ports.rx, this.pending, this.c, this.filter, { ...opts, mtu: init.mtu });
-    }
   }
 
   private openPorts() {
-    const spec = this.init.port;
+    const spec = this.cfg.port;
     return spec.kind === 'tap' ? openTapPorts(spec) : openPairPorts(spec, this.frameFilter, this.c);
   }
 
-  /** (Re)binds the queue to memory; a ring that no longer fits breaks the queue. */
-  private bind(regions: WorkerRegion[]): void {
-    this.mem = memoryFromMappings(regions);
-    this.queue.attach(this.mem);
+  /** (Re)binds the ring and the services to memory; a ring that no longer fits throws. */
+  bind(regions: WorkerRegion[]): void {
+    const mem = memoryFromMappings(regions);
+    this.queue.attach(mem);
     const loc = this.queue.availIdxLocation();
     this.availMapping = loc.mappingId;
     this.availOffset = loc.mappingOffset + loc.offset;
-    if (this.tx || this.rx) {
-      // Services hold the memory they were built with; rebuild them over the new one.
-      const f = decode(this.init.features);
-      const ports = this.openPorts();
-      const opts = { burst: this.init.burst };
-      if (this.tx) this.tx = new TxService(this.queue, this.mem, f, ports.tx, this.pending, this.c, { ...opts, backendHdrLen: f.hdrLen });
-      if (this.rx) this.rx = new RxService(this.queue, this.mem, f, ports.rx, this.pending, this.c, this.filter, { ...opts, mtu: this.init.mtu });
-    }
+    const f = decode(this.cfg.features);
+    const ports = this.openPorts();
+    const opts = { burst: this.cfg.burst };
+    if (this.role === 'tx') this.tx = new TxService(this.queue, mem, f, ports.tx, this.pending, this.c, { ...opts, backendHdrLen: f.hdrLen });
+    else this.rx = new RxService(this.queue, mem, f, ports.rx, this.pending, this.c, this.rxFilter, { ...opts, mtu: this.cfg.mtu });
+  }
+}
+
+/** The worker's loop and state machine; exported so that it can be read and driven as a unit. */
+export class QueueWorker {
+  private readonly boot: WorkerBoot;
+  private readonly c: Float64Array;
+  private readonly port: MessagePort;
+  private readonly rxFilter = new RxFilter();
+  private readonly ctlOnly: Int32Array;
+  private readonly frameFilter: FrameFilter | undefined;
+  private state: number = State.IDLE;
+  private q: ActiveQueue | null = null;
+
+  constructor(boot: WorkerBoot, frameFilter?: FrameFilter) {
+    this.boot = boot;
+    this.c = boot.counters;
+    this.port = boot.control;
+    this.frameFilter = frameFilter;
+    this.ctlOnly = Int32Array.of(boot.ctlFd);
   }
 
-  /** Runs until stopped. */
+  /** Runs until told to exit. */
   run(): void {
-    this.post({ ev: 'running' });
-    while (this.state !== State.STOPPED) {
+    this.post({ ev: 'idle' });
+    while (this.state !== State.EXIT) {
       if (this.state !== State.RUNNING) {
         native.poll(this.ctlOnly, SLEEP_MS);
         this.control();
         continue;
       }
       try {
-        this.serve();
+        this.serve(this.q!);
       } catch (e) {
         this.fail(e);
       }
@@ -183,34 +202,34 @@ export class QueueWorker {
   }
 
   /** One pass: a burst, and a sleep if there was nothing to do. */
-  private serve(): void {
-    const q = this.queue;
-    if (this.tx) {
-      if (this.tx.processTx() > 0) {
-        if (this.pending.pending >= q.size >>> 2) this.pending.signal();
+  private serve(a: ActiveQueue): void {
+    const q = a.queue;
+    if (a.tx) {
+      if (a.tx.processTx() > 0) {
+        if (a.pending.pending >= q.size >>> 2) a.pending.signal();
         return;
       }
-      if (this.busyPoll(() => q.availPending() > 0)) return;
-      this.sleepOnKick(q.lastAvail);
+      if (this.busyPoll(a, () => q.availPending() > 0)) return;
+      this.sleepOnKick(a, q.lastAvail);
       return;
     }
-    const r = this.rx!.processRx();
+    const r = a.rx!.processRx();
     if (r === RX.MORE) {
-      if (this.pending.pending >= q.size >>> 2) this.pending.signal();
+      if (a.pending.pending >= q.size >>> 2) a.pending.signal();
       return;
     }
     if (r === RX.BACKEND_EMPTY) {
       // lguest's rule: completions go to the guest before the backend read would block.
-      this.pending.signal();
-      this.sleep(this.waitFds);
+      a.pending.signal();
+      this.sleep(a.waitFds);
       return;
     }
     // No room: wait for buffers newer than what is in the ring now.
-    this.sleepOnKick(q.availIdx());
+    this.sleepOnKick(a, q.availIdx());
   }
 
-  private busyPoll(ready: () => boolean): boolean {
-    for (let i = 0; i < this.init.busyPoll; i++) {
+  private busyPoll(a: ActiveQueue, ready: () => boolean): boolean {
+    for (let i = 0; i < a.cfg.busyPoll; i++) {
       if (ready()) {
         this.c[M.busyPollHits]! += 1;
         return true;
@@ -223,9 +242,9 @@ export class QueueWorker {
    * Sleeps until the driver adds buffers past `seen`: signal pending used, re-enable notifications,
    * and let native fence, re-read avail.idx and block, so no kick can fall between check and sleep.
    */
-  private sleepOnKick(seen: number): void {
-    const q = this.queue;
-    const signalFd = this.pending.take();
+  private sleepOnKick(a: ActiveQueue, seen: number): void {
+    const q = a.queue;
+    const signalFd = a.pending.take();
     if (q.enableNotification(seen)) {
       q.disableNotification();
       if (signalFd >= 0) native.eventfdWrite(signalFd, 1);
@@ -233,7 +252,7 @@ export class QueueWorker {
     }
     const t0 = performance.now();
     this.c[M.sleeps]! += 1;
-    const woke = native.waitKick(this.init.kickFd, this.availMapping, this.availOffset, seen & 0xffff, SLEEP_MS, this.ctlOnly, signalFd);
+    const woke = native.waitKick(a.cfg.kickFd, a.availMapping, a.availOffset, seen & 0xffff, SLEEP_MS, this.ctlOnly, signalFd);
     this.c[M.blockedNs]! += (performance.now() - t0) * 1e6;
     q.disableNotification();
     if (woke & native.WAKE.KICK) this.c[M.kicks]! += 1;
@@ -251,7 +270,7 @@ export class QueueWorker {
 
   /** Drains the control eventfd and handles every queued command. */
   private control(): void {
-    native.eventfdRead(this.init.ctlFd);
+    native.eventfdRead(this.boot.ctlFd);
     for (;;) {
       const m = receiveMessageOnPort(this.port);
       if (!m) return;
@@ -261,27 +280,46 @@ export class QueueWorker {
 
   private command(m: WorkerCommand): void {
     switch (m.cmd) {
+      case 'configure':
+        this.q = null;
+        applyFilter(this.rxFilter, m.config.filter);
+        try {
+          this.q = new ActiveQueue(this.boot.role, m.config, this.boot.ctlFd, this.c, this.rxFilter, this.frameFilter);
+          this.state = State.RUNNING;
+          this.post({ ev: 'running' });
+        } catch (e) {
+          this.state = State.RUNNING; // so that fail() reports it
+          this.fail(e);
+        }
+        return;
       case 'pause':
         if (this.state === State.RUNNING) this.quiesce();
-        if (this.state !== State.BROKEN) this.state = State.PAUSED;
-        this.post({ ev: 'paused', lastAvail: this.queue.lastAvail });
+        if (this.state === State.RUNNING) this.state = State.PAUSED;
+        this.post({ ev: 'paused', lastAvail: this.q?.queue.lastAvail ?? 0 });
         return;
       case 'resume':
-        if (this.state === State.BROKEN) return;
+        if (this.state !== State.PAUSED || !this.q) return;
         try {
-          if (m.regions) this.bind(m.regions);
+          if (m.regions) this.q.bind(m.regions);
           this.state = State.RUNNING;
         } catch (e) {
+          this.state = State.RUNNING;
           this.fail(e);
         }
         return;
       case 'stop':
         if (this.state === State.RUNNING) this.quiesce();
-        this.state = State.STOPPED;
-        this.post({ ev: 'stopped', lastAvail: this.queue.lastAvail });
+        this.post({ ev: 'stopped', lastAvail: this.q?.queue.lastAvail ?? 0 });
+        this.q = null;
+        this.state = State.IDLE;
         return;
       case 'filter':
-        applyFilter(this.filter, m.filter);
+        applyFilter(this.rxFilter, m.filter);
+        return;
+      case 'exit':
+        if (this.state === State.RUNNING) this.quiesce();
+        this.q = null;
+        this.state = State.EXIT;
         return;
     }
   }
@@ -289,7 +327,7 @@ export class QueueWorker {
   /** Publishes what is done and raises the pending interrupt, so nothing is left half-signalled. */
   private quiesce(): void {
     try {
-      this.pending.signal();
+      this.q?.pending.signal();
     } catch (e) {
       this.fail(e);
     }
@@ -299,7 +337,7 @@ export class QueueWorker {
     if (this.state === State.BROKEN) return;
     this.state = State.BROKEN;
     this.c[M.queueBroken]! += 1;
-    const code = e instanceof VringError ? e.code : (e as { code?: string }).code ?? 'LGNET_WORKER_ERROR';
+    const code = e instanceof VringError ? e.code : ((e as { code?: string }).code ?? 'LGNET_WORKER_ERROR');
     const message = e instanceof Error ? e.message : String(e);
     this.post({ ev: 'broken', code, message });
   }
@@ -310,11 +348,10 @@ export class QueueWorker {
 }
 
 if (!isMainThread && (workerData as { lgnetQueueWorker?: boolean } | null)?.lgnetQueueWorker) {
-  const init = workerData as WorkerInit;
+  const boot = workerData as WorkerBoot;
   // The filter hook is a module the worker loads itself (functions cannot cross threads).
-  const ref = init.port.kind === 'pair' && init.role === 'tx' ? init.port.filter : undefined;
-  void loadFilter(ref).then(
-    (filter) => new QueueWorker(init, filter).run(),
-    (e: Error) => init.control.postMessage({ ev: 'broken', code: 'LGNET_FILTER_LOAD', message: e.message } satisfies WorkerEvent),
+  void loadFilter(boot.frameFilter).then(
+    (filter) => new QueueWorker(boot, filter).run(),
+    (e: Error) => boot.control.postMessage({ ev: 'broken', code: 'LGNET_FILTER_LOAD', message: e.message } satisfies WorkerEvent),
   );
 }

@@ -55,6 +55,9 @@ export async function startServing(opts: ServeOptions, log: Logger): Promise<Ser
   });
   const server = new VhostUserServer({ device: netDeviceHooks(device), path: opts.socket, client: opts.client, reconnectMs: opts.reconnectMs, logger: log });
   try {
+    // Queue workers start now and idle until a front-end starts their rings: after the jail no code
+    // can be loaded.
+    await device.startWorkers();
     server.start();
   } catch (e) {
     await device.close();
@@ -63,9 +66,7 @@ export async function startServing(opts: ServeOptions, log: Logger): Promise<Ser
 
   // ── JAIL HOOK ─────────────────────────────────────────────────────────────────────────────────────
   // Everything is open here: tap fds, the socket, the device. sandbox/jail.ts applies the rest of the
-  // order (chroot → uid/gid → rlimits → no_new_privs → seccomp). Off by default for now: the device
-  // starts its queue workers only when a front-end enables the rings, i.e. after this point, and a
-  // jailed process cannot load the worker's module (see jail.ts's header).
+  // order (chroot → uid/gid → rlimits → no_new_privs → seccomp).
   if (opts.jail) {
     const { enterJail } = await import('./jail.ts');
     const report = enterJail({

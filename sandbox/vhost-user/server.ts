@@ -72,16 +72,7 @@ export function netDeviceHooks(dev: NetDevice): DeviceHooks {
     readConfig: (o, n) => dev.readConfig(o, n),
     writeConfig: (o, d) => dev.writeConfig(o, d),
     reset: () => dev.reset(),
-    async releaseMemory() {
-      // NetDevice has no "forget memory" call: swap in one private page, which unmaps the old regions.
-      if (!dev.memory) return;
-      const fd = native.memfdCreate('lgnet-no-guest', 4096);
-      try {
-        await dev.setMemory([{ gpa: 0, size: 4096, fd }]);
-      } finally {
-        native.close(fd);
-      }
-    },
+    releaseMemory: () => dev.releaseMemory(),
     onBroken(cb) {
       const h = (e: { queue: number; code: string; message: string }) => cb(e.queue, e.code, e.message);
       dev.on('broken', h);
