@@ -1,0 +1,40 @@
+/**
+ * lgnet's public surface.
+ *
+ * - The device, for a VMM that embeds it: NetDevice and its backends (tap, pair).
+ * - The vhost-user backend, for a VMM that talks to a separate device process.
+ * - The rings, both sides (vring), for anyone building devices or drivers.
+ * - The harness: a guest-side virtio-net driver and a vhost-user frontend that drive lgnet or any other
+ *   vhost-user net backend without a VM (like QEMU's libqos).
+ * - The jail that `lgnet serve` enters.
+ */
+
+// The device (embedding API).
+export { NetDevice, type NetDeviceOptions, type MemoryRegionSpec, type QueueSetup, type DeviceMetrics } from './device/net.ts';
+export { TapBackend, type TapOptions } from './device/tap-backend.ts';
+export { PairBackend, VERDICT, type PairOptions, type FrameFilter, type FilterRef } from './device/pair-backend.ts';
+export type { Backend, PortSpec, TxPort, RxPort } from './device/backend.ts';
+export { F as FEATURES, DEFAULT_OFFERED, mask as featureMask, has as hasFeature, names as featureNames, decode as decodeFeatures, type NegotiatedFeatures } from './device/features.ts';
+export { NetConfig, CFG, STATUS, parseMac, formatMac } from './device/config.ts';
+export { HDR, HDR_F, GSO, MAX_FRAME_LEN } from './device/header.ts';
+export { M as METRIC, type QueueMetrics, type MetricName } from './device/metrics.ts';
+export { CTRL, ACK } from './device/ctrl.ts';
+export { LgnetError, NetConfigError, NetStateError, WorkerError } from './device/errors.ts';
+
+// The vhost-user backend and the process around it.
+export { VhostUserServer, netDeviceHooks, type VhostUserServerOptions, type DeviceHooks } from './sandbox/vhost-user/server.ts';
+export { VhostUserError, VU } from './sandbox/vhost-user/errors.ts';
+export { enterJail, enterWorkerJail, formatPolicy, JailError, type JailOptions, type JailReport } from './sandbox/jail.ts';
+
+// Rings.
+export * as vring from './vring/index.ts';
+
+// Syscalls (the addon), for embedders that need eventfds or memfds of their own.
+export { NativeError } from './native/errors.ts';
+export * as native from './native/index.ts';
+
+// The harness.
+export { GuestRam } from './test/driver/guest-ram.ts';
+export { VirtioNetDriver, DriverRing, type NetDriverOptions, type RxFrame, type TxHeader } from './test/driver/virtio-net.ts';
+export { VhostUserFrontend, FrontendListener, FrontendError } from './test/driver/vhost-user-frontend.ts';
+export * as frames from './test/driver/frames.ts';
