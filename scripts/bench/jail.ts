@@ -1,0 +1,109 @@
+/**
+ * npx tsx scripts/bench/jail.ts — what the jail costs: TX frames/s (harness → NetDevice → tap) with
+ * the jail on and off, in the same run (DESIGN.md target: on/off ≥ 0.97).
+ *
+ * A jail cannot be left, so each measurement is its own child process (this file with --child on|off),
+ * alternating off, on, off, on … ROUNDS times on the same namespace; the ratio is of the medians.
+ * TX is the worst case for seccomp: one writev per frame (one per 64-byte frame), plus eventfd
+ * kicks and calls. The harness runs in the child's main thread and is filtered too, so the cost is,
+ * if anything, overstated. Options: LGNET_BENCH_SECONDS (per measurement, default 2),
+ * LGNET_BENCH_ROUNDS (default 3).
+ */
+import { spawnSync } from 'node:child_process';
+import { fileURLToPath } from 'node:url';
+
+import { mask } from '../../device/features.ts';
+import { NetDevice } from '../../device/net.ts';
+import { TapBackend } from '../../device/tap-backend.ts';
+import * as native from '../../native/index.ts';
+import { enterJail } from '../../sandbox/jail.ts';
+import { ethernet } from '../../test/driver/frames.ts';
+import { GuestRam } from '../../test/driver/guest-ram.ts';
+import { VirtioNetDriver } from '../../test/driver/virtio-net.ts';
+import { createNetns, destroyAllNetns } from '../../test/helpers/netns.ts';
+
+const SECONDS = Number(process.env['LGNET_BENCH_SECONDS'] ?? 2);
+const ROUNDS = Number(process.env['LGNET_BENCH_ROUNDS'] ?? 3);
+const HDR = 12;
+const QSIZE = 256;
+
+async function child(jail: boolean, nsPath: string, nsName: string, len: number): Promise<void> {
+  const tap = `lgbj${process.pid.toString(16)}`.slice(0, 15);
+  const backend = native.withNetns(nsPath, () => new TapBackend({ name: tap }));
+  const up = spawnSync('ip', ['-n', nsName, 'link', 'set', tap, 'up']);
+  if (up.status !== 0) throw new Error('ip link set up failed');
+  const dev = new NetDevice({ backend, mac: '52:54:00:00:00:01', maxQueueSize: QSIZE });
+  const ram = new GuestRam(64 << 20);
+  const drv = new VirtioNetDriver(ram, { features: mask('VERSION_1', 'RING_EVENT_IDX', 'MAC'), queueSize: QSIZE, rxBufferSize: 2048 });
+  await drv.attach(dev);
+  if (jail) enterJail({ user: 'nobody', group: 'nogroup' });
+
+  const r = drv.tx[0]!;
+  const q = r.q;
+  const frame = ethernet(new Uint8Array([2, 0, 0, 0, 0, 2]), new Uint8Array([2, 0, 0, 0, 0, 1]), 0x88b5, new Uint8Array(len - 14));
+  const bufs: Array<[{ addr: number; len: number }]> = [];
+  for (let i = 0; i < QSIZE; i++) {
+    ram.write(r.slots[i]! + HDR, frame);
+    ram.write(r.slots[i]!, new Uint8Array(HDR));
+    bufs.push([{ addr: r.slots[i]!, len: HDR + len }]);
+  }
+  const slotOf = new Int32Array(QSIZE);
+  const none: [] = [];
+  for (let i = 0; i < QSIZE; i++) slotOf[q.add(bufs[i]!, none)] = i;
+  const callFds = Int32Array.of(r.callFd);
+  const run = (seconds: number): number => {
+    const m0 = dev.metrics().queues[1]!.frames;
+    const t0 = performance.now();
+    let t = t0;
+    r.publishAndKick();
+    while (t - t0 < seconds * 1000) {
+      let n = 0;
+      for (let h = q.popUsed(); h >= 0; h = q.popUsed()) {
+        const slot = slotOf[h]!;
+        slotOf[q.add(bufs[slot]!, none)] = slot;
+        n++;
+      }
+      if (n) r.publishAndKick();
+      else if (native.poll(callFds, 5)) native.eventfdRead(r.callFd);
+      t = performance.now();
+    }
+    return (dev.metrics().queues[1]!.frames - m0) / ((t - t0) / 1000);
+  };
+  run(0.3); // warm up
+  const fps = run(SECONDS);
+  process.stdout.write(JSON.stringify({ jail, fps, seccomp: jail ? 2 : 0 }));
+  await dev.close();
+  drv.close();
+  ram.close();
+}
+
+const median = (xs: number[]): number => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!;
+
+async function main(): Promise<void> {
+  const ns = createNetns('lgbjail');
+  const self = fileURLToPath(import.meta.url);
+  const results: Record<string, unknown> = { seconds: SECONDS, rounds: ROUNDS };
+  try {
+    for (const len of [64, 1514]) {
+      const fps: Record<'on' | 'off', number[]> = { on: [], off: [] };
+      for (let i = 0; i < ROUNDS; i++) {
+        for (const mode of ['off', 'on'] as const) {
+          const c = spawnSync(process.execPath, ['--import', 'tsx', self, '--child', mode, ns.path, ns.name, String(len)], { encoding: 'utf8', timeout: (SECONDS + 60) * 1000 });
+          if (c.status !== 0) throw new Error(`child ${mode} failed (${c.status}): ${c.stderr}`);
+          fps[mode].push((JSON.parse(c.stdout) as { fps: number }).fps);
+        }
+      }
+      const on = median(fps.on);
+      const off = median(fps.off);
+      results[`tx${len}`] = { off: fps.off, on: fps.on, ratio: on / off };
+      console.log(`tx ${String(len).padStart(4)} B: jail off ${(off / 1e6).toFixed(3)} M/s, on ${(on / 1e6).toFixed(3)} M/s, on/off ${(on / off).toFixed(3)}  (runs off ${fps.off.map((x) => (x / 1e6).toFixed(3)).join(' ')}; on ${fps.on.map((x) => (x / 1e6).toFixed(3)).join(' ')})`);
+    }
+  } finally {
+    destroyAllNetns();
+  }
+  console.log(JSON.stringify(results));
+}
+
+const i = process.argv.indexOf('--child');
+if (i > 0) await child(process.argv[i + 1] === 'on', process.argv[i + 2]!, process.argv[i + 3]!, Number(process.argv[i + 4]));
+else await main();
