@@ -4,7 +4,8 @@
  * message and exit status 2 (the vhost-user back-end conventions: fail early, exit non-zero).
  *
  *   lgnet serve --socket PATH [--client] [--tap NAME] [--queues N] [--mac MAC] [--mtu N]
- *               [--log-level LEVEL] [--reconnect-ms MS] [--jail [--chroot DIR] [--user U] [--group G]]
+ *               [--log-level LEVEL] [--reconnect-ms MS] [--metrics-socket PATH]
+ *               [--jail [--chroot DIR] [--user U] [--group G]]
  */
 import { Command, InvalidArgumentError, Option } from 'commander';
 import { LOG_LEVELS, type LogLevel } from './log.ts';
@@ -24,6 +25,8 @@ export interface ServeOptions {
   mac: string | undefined;
   mtu: number;
   logLevel: LogLevel;
+  /** Unix socket that answers each connection with the device metrics as JSON (metrics-endpoint.ts). */
+  metricsSocket: string | undefined;
   /** Enter the jail (sandbox/jail.ts) once everything is open. */
   jail: boolean;
   chroot: string | undefined;
@@ -75,6 +78,7 @@ export function buildCli(actions: { serve: (opts: ServeOptions) => Promise<void>
     .addOption(new Option('--mac <mac>', 'MAC address in the device config (default: random, locally administered)').argParser(macAddress))
     .addOption(new Option('--mtu <n>', 'MTU in the device config').argParser(int('--mtu', 68, 65535)).default(1500))
     .addOption(new Option('--log-level <level>', 'log level (JSON logs on stderr)').choices(LOG_LEVELS as string[]).default('info'))
+    .option('--metrics-socket <path>', 'unix socket that answers every connection with one JSON line of live per-queue counters (frames, bytes, interrupts, drops) and closes; read it with `socat - UNIX-CONNECT:PATH`')
     .option('--jail', 'enter the sandbox (chroot, uid drop, rlimits, no_new_privs, seccomp) once everything is open', false)
     .option('--chroot <dir>', 'with --jail: change root to this empty directory')
     .option('--user <user>', 'with --jail: drop to this user (name or uid)')
@@ -89,6 +93,7 @@ export function buildCli(actions: { serve: (opts: ServeOptions) => Promise<void>
         mac: o['mac'] as string | undefined,
         mtu: o['mtu'] as number,
         logLevel: o['logLevel'] as LogLevel,
+        metricsSocket: o['metricsSocket'] as string | undefined,
         jail: o['jail'] === true,
         chroot: o['chroot'] as string | undefined,
         user: o['user'] as string | undefined,

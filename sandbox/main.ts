@@ -2,7 +2,8 @@
  * `lgnet serve`: the process around the vhost-user server. Startup order (DESIGN.md, STYLE.md §13):
  *
  *   1. parse flags (cli.ts)                        nothing opened yet; bad flags exit 2
- *   2. open resources: tap (create or attach), NetDevice, vhost-user socket (listen, or connect loop)
+ *   2. open resources: tap (create or attach), NetDevice, vhost-user socket (listen, or connect loop),
+ *      the metrics socket (--metrics-socket)
  *   3. ── JAIL HOOK ── (--jail) enterJail(): chroot, uid drop, rlimits, no_new_privs, seccomp
  *   4. print exactly one line on stdout: `lgnet ready socket=… tap=… queues=… mode=…`
  *   5. serve until SIGINT/SIGTERM: drop the connection (workers stop and flush their used rings),
@@ -17,6 +18,7 @@ import { NetDevice } from '../device/net.ts';
 import { TapBackend } from '../device/tap-backend.ts';
 import { buildCli, type ServeOptions } from './cli.ts';
 import { createLogger, type Logger } from './log.ts';
+import { openMetricsEndpoint, type MetricsEndpoint } from './metrics-endpoint.ts';
 import { netDeviceHooks, VhostUserServer } from './vhost-user/server.ts';
 
 /**
@@ -63,6 +65,17 @@ export async function startServing(opts: ServeOptions, log: Logger): Promise<Ser
     await device.close();
     throw e;
   }
+  // Read-only metrics socket (--metrics-socket): bound before the jail, like the vhost-user socket.
+  let metrics: MetricsEndpoint | undefined;
+  if (opts.metricsSocket) {
+    try {
+      metrics = await openMetricsEndpoint(opts.metricsSocket, () => device.metrics());
+    } catch (e) {
+      await server.close();
+      await device.close();
+      throw e;
+    }
+  }
 
   // ── JAIL HOOK ─────────────────────────────────────────────────────────────────────────────────────
   // Everything is open here: tap fds, the socket, the device. sandbox/jail.ts applies the rest of the
@@ -87,6 +100,7 @@ export async function startServing(opts: ServeOptions, log: Logger): Promise<Ser
     tap: backend.name,
     stop() {
       stopping ??= (async () => {
+        await metrics?.close();
         await server.close(); // drops the connection: rings stop, used rings flushed, fds closed
         await device.close(); // workers gone, memory unmapped, tap closed
       })();
