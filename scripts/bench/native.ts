@@ -36,9 +36,9 @@ import {
 import { createNetns, openPacketIn, openTapIn } from '../../test/helpers/netns.ts';
 
 const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '../..');
-const SECONDS = Number(process.env['LGNET_BENCH_SECONDS'] ?? 2.5);
+let SECONDS = Number(process.env['LGNET_BENCH_SECONDS'] ?? 2.5);
 const BURST = 32;
-const ROUNDS = 5;
+let ROUNDS = 5;
 const HDR = 12;
 
 interface CResult {
@@ -146,7 +146,13 @@ function median(xs: number[]): number {
 
 const fmt = (fps: number): string => `${(fps / 1e6).toFixed(3)} M/s`;
 
-async function main(): Promise<void> {
+/**
+ * Runs the native benchmark (also used by the full suite, scripts/bench/suite.ts). `seconds` is the
+ * time per side, `rounds` the interleaved JS/C rounds; results go to `outDir`/native.json.
+ */
+export async function benchNative(opts: { seconds?: number; rounds?: number; outDir?: string } = {}): Promise<Record<string, unknown>> {
+  if (opts.seconds !== undefined) SECONDS = opts.seconds;
+  if (opts.rounds !== undefined) ROUNDS = opts.rounds;
   const bin = buildC();
   const results: Record<string, unknown> = {
     date: new Date().toISOString(),
@@ -207,10 +213,11 @@ async function main(): Promise<void> {
     munmap(region);
     close(memfd);
   }
-  const outDir = join(ROOT, 'bench/results');
+  const outDir = opts.outDir ?? join(ROOT, 'bench/results');
   mkdirSync(outDir, { recursive: true });
   writeFileSync(join(outDir, 'native.json'), JSON.stringify(results, null, 2) + '\n');
   console.log(`wrote ${join(outDir, 'native.json')}`);
+  return results;
 }
 
-await main();
+if (process.argv[1] && resolve(process.argv[1]) === fileURLToPath(import.meta.url)) await benchNative();

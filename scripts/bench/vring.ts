@@ -7,7 +7,7 @@
 // Prints a table and writes bench/results/vring.json. Target: < 100 ns per 2-descriptor chain.
 
 import { mkdirSync, writeFileSync } from 'node:fs';
-import { dirname, join } from 'node:path';
+import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { DescriptorChain, DriverQueue, GuestMemory, SplitQueue, splitRingLayout, type GuestBuffer } from '../../vring/index.ts';
 
@@ -87,19 +87,23 @@ function bench(descs: number, chainsTarget: number): Result {
   return { descs, chains: done, nsPerChain, chainsPerSec: 1e9 / nsPerChain, refillNsPerChain: refNs / done };
 }
 
-const N = Number(process.argv[2] ?? 3_000_000);
-const results = [1, 2, 4].map((k) => bench(k, N));
-console.log(`vring device hot path: popBurst(${BURST}) → locate+read ${HDR}-byte header → addUsed → flush per burst; ring ${SIZE}`);
-console.log('descs/chain   ns/chain   Mchains/s   (driver refill ns/chain)');
-for (const r of results) {
-  console.log(`${String(r.descs).padStart(11)}   ${r.nsPerChain.toFixed(1).padStart(8)}   ${(r.chainsPerSec / 1e6).toFixed(2).padStart(9)}   (${r.refillNsPerChain.toFixed(1)})`);
+/** Runs the vring benchmark with `chains` chains per shape; writes `outDir`/vring.json (suite entry). */
+export function benchVring(opts: { chains?: number; outDir?: string } = {}): Record<string, unknown> {
+  const N = opts.chains ?? 3_000_000;
+  const results = [1, 2, 4].map((k) => bench(k, N));
+  console.log(`vring device hot path: popBurst(${BURST}) → locate+read ${HDR}-byte header → addUsed → flush per burst; ring ${SIZE}`);
+  console.log('descs/chain   ns/chain   Mchains/s   (driver refill ns/chain)');
+  for (const r of results) {
+    console.log(`${String(r.descs).padStart(11)}   ${r.nsPerChain.toFixed(1).padStart(8)}   ${(r.chainsPerSec / 1e6).toFixed(2).padStart(9)}   (${r.refillNsPerChain.toFixed(1)})`);
+  }
+  const two = results.find((r) => r.descs === 2)!;
+  console.log(`target < 100 ns per 2-descriptor chain: ${two.nsPerChain < 100 ? 'met' : 'NOT met'} (${two.nsPerChain.toFixed(1)} ns)`);
+  const out = join(opts.outDir ?? join(dirname(fileURLToPath(import.meta.url)), '..', '..', 'bench', 'results'), 'vring.json');
+  mkdirSync(dirname(out), { recursive: true });
+  const data = { bench: 'vring', node: process.version, date: new Date().toISOString(), ringSize: SIZE, burst: BURST, headerBytes: HDR, results };
+  writeFileSync(out, JSON.stringify(data, null, 2) + '\n');
+  console.log(`wrote ${out}`);
+  return data;
 }
-const two = results.find((r) => r.descs === 2)!;
-console.log(`target < 100 ns per 2-descriptor chain: ${two.nsPerChain < 100 ? 'met' : 'NOT met'} (${two.nsPerChain.toFixed(1)} ns)`);
-const out = join(dirname(fileURLToPath(import.meta.url)), '..', '..', 'bench', 'results', 'vring.json');
-mkdirSync(dirname(out), { recursive: true });
-writeFileSync(
-  out,
-  JSON.stringify({ bench: 'vring', node: process.version, date: new Date().toISOString(), ringSize: SIZE, burst: BURST, headerBytes: HDR, results }, null, 2) + '\n',
-);
-console.log(`wrote ${out}`);
+
+if (process.argv[1] && resolve(process.argv[1]) === fileURLToPath(import.meta.url)) benchVring({ chains: Number(process.argv[2] ?? 3_000_000) });

@@ -1,0 +1,128 @@
+/**
+ * Starts `bin/lgnet serve --metrics-socket PATH` inside a network namespace, for the guest and DPDK
+ * benchmarks, and reads its counters from the metrics socket (a filesystem unix socket, reachable from
+ * outside the namespace). Killed by pid; registered with the cleanup registry so that Ctrl-C does not
+ * leave it behind. Profiling: nodeOptions (NODE_OPTIONS), e.g. '--cpu-prof --cpu-prof-dir=DIR'.
+ */
+import { spawn, type ChildProcess } from 'node:child_process';
+import { rmSync } from 'node:fs';
+import { join } from 'node:path';
+import { killPid, onCleanup, ROOT } from './common.ts';
+import type { QueueMetrics } from '../../device/metrics.ts';
+import { readMetrics } from '../../sandbox/metrics-endpoint.ts';
+
+export interface LgnetSnapshot {
+  ts_ms: number;
+  queues: Array<QueueMetrics & { index: number; role: string }>;
+}
+
+export interface LgnetProcess {
+  pid: number;
+  argv: string[];
+  child: ChildProcess;
+  /** Reads the metrics socket (undefined when it does not answer). */
+  metrics(): Promise<LgnetSnapshot | undefined>;
+  /** SIGTERM, then SIGKILL; resolves with the exit code. */
+  stop(): Promise<number | null>;
+  log(): string;
+}
+
+export async function startLgnet(o: {
+  ns: string;
+  socket: string;
+  tap: string;
+  queues?: number;
+  /** NODE_OPTIONS for lgnet's node, e.g. '--cpu-prof --cpu-prof-dir=DIR'. */
+  nodeOptions?: string;
+  /** Path of the metrics socket. */
+  metricsPath: string;
+  /** Run under another program first, e.g. ['taskset', '-c', '1']. */
+  wrap?: string[];
+}): Promise<LgnetProcess> {
+  const argv = [
+    ...(o.wrap ?? []),
+    join(ROOT, 'bin/lgnet'), 'serve', '--socket', o.socket, '--tap', o.tap, '--queues', String(o.queues ?? 1),
+    '--metrics-socket', o.metricsPath, '--log-level', 'warn',
+  ];
+  rmSync(o.metricsPath, { force: true });
+  // `ip netns exec` execs in place: the pid is node's own (or the wrapper's, which execs too).
+  const child = spawn('ip', ['netns', 'exec', o.ns, ...argv], {
+    stdio: ['ignore', 'pipe', 'pipe'],
+    env: { ...process.env, ...(o.nodeOptions ? { NODE_OPTIONS: o.nodeOptions } : {}) },
+  });
+  let log = '';
+  child.stderr!.setEncoding('utf8');
+  child.stderr!.on('data', (d: string) => {
+    if (log.length < 200_000) log += d;
+  });
+  const pid = child.pid!;
+  const exited = new Promise<number | null>((res) => child.on('exit', (code) => res(code)));
+  const unregister = onCleanup(`lgnet ${pid}`, () => killPid(pid, 'SIGKILL'));
+  await new Promise<void>((resolve, reject) => {
+    let out = '';
+    const t = setTimeout(() => reject(new Error(`lgnet did not get ready: ${out}\n${log}`)), 30_000);
+    child.stdout!.setEncoding('utf8');
+    child.stdout!.on('data', (d: string) => {
+      out += d;
+      if (out.includes('lgnet ready')) {
+        clearTimeout(t);
+        resolve();
+      }
+    });
+    void exited.then((code) => {
+      clearTimeout(t);
+      reject(new Error(`lgnet exited (${code}) before ready: ${log}`));
+    });
+  }).catch(async (e) => {
+    killPid(pid, 'SIGKILL');
+    await unregister();
+    throw e;
+  });
+  return {
+    pid,
+    argv,
+    child,
+    async metrics() {
+      try {
+        return (await readMetrics(o.metricsPath, 2000)) as unknown as LgnetSnapshot;
+      } catch {
+        return undefined;
+      }
+    },
+    async stop() {
+      if (child.exitCode !== null || child.signalCode !== null) {
+        await unregister();
+        return child.exitCode;
+      }
+      killPid(pid, 'SIGTERM');
+      const k = setTimeout(() => killPid(pid, 'SIGKILL'), 10_000);
+      const code = await exited;
+      clearTimeout(k);
+      await unregister();
+      return code;
+    },
+    log: () => log,
+  };
+}
+
+/** Frames, interrupts and kicks summed over queues by role, between two snapshots. */
+export function metricsDelta(a: LgnetSnapshot | undefined, b: LgnetSnapshot | undefined): {
+  rxFrames: number; txFrames: number; rxInterrupts: number; txInterrupts: number; txKicks: number; rxKicks: number;
+  interruptsPerFrame: number; kicksPerTxFrame: number; rxNoBuffers: number;
+} {
+  const sum = (s: LgnetSnapshot | undefined, role: string, k: keyof QueueMetrics) =>
+    (s?.queues ?? []).filter((q) => q.role === role).reduce((acc, q) => acc + (q[k] ?? 0), 0);
+  const d = (role: string, k: keyof QueueMetrics) => sum(b, role, k) - sum(a, role, k);
+  const rxFrames = d('rx', 'frames');
+  const txFrames = d('tx', 'frames');
+  const rxInterrupts = d('rx', 'interrupts');
+  const txInterrupts = d('tx', 'interrupts');
+  const txKicks = d('tx', 'kicks');
+  const rxKicks = d('rx', 'kicks');
+  return {
+    rxFrames, txFrames, rxInterrupts, txInterrupts, txKicks, rxKicks,
+    interruptsPerFrame: (rxInterrupts + txInterrupts) / Math.max(1, rxFrames + txFrames),
+    kicksPerTxFrame: txKicks / Math.max(1, txFrames),
+    rxNoBuffers: d('rx', 'rxNoBuffers'),
+  };
+}
