@@ -28,7 +28,7 @@
  * vhost-user needs and tap accepts.
  */
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
-import { accessSync, constants, createWriteStream, existsSync, readFileSync, rmSync, type WriteStream } from 'node:fs';
+import { accessSync, constants, createWriteStream, existsSync, readFileSync, rmSync, statSync, type WriteStream } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { dirname, join } from 'node:path';
 
@@ -61,9 +61,11 @@ export interface VhostUserNetdev {
 export type GuestJob =
   | 'none'
   | 'ping'
+  | 'ping-live' // ping with each reply line on the console as it happens (onLine sees it live)
   | 'iperf3-client-tx' // guest sends to an iperf3 server at `peer` (guest→host)
   | 'iperf3-client-rx' // same with -R: the host side sends (host→guest)
   | 'iperf3-server' // guest runs `iperf3 -s -1`; prints LGNET-LISTENING when it accepts
+  | 'integrity' // GET http://peer:xferPort/blob into /tmp, sha256sum it, send it back with nc to xferPort + 1
   | 'cmd' // `sh -c <cmd>`
   | 'shell'; // interactive shell on the serial console (write() to it)
 
@@ -84,6 +86,8 @@ export interface GuestArgs {
   pingSize?: number; // default 56
   iperfTime?: number; // seconds, default 3
   iperfPort?: number; // default 5201
+  /** Port of the peer's HTTP server for job 'integrity' (default 8080). */
+  xferPort?: number;
   /** Extra iperf3 client arguments, e.g. ['-u', '-b', '0', '-l', '64']. No spaces inside one. */
   iperfArgs?: string[];
   /** Command string for job 'cmd'. */
@@ -227,7 +231,7 @@ export function guestImage(): GuestImage | undefined {
  */
 export function ensureGuestImage(opts: { rebuild?: boolean } = {}): GuestImage {
   const have = guestImage();
-  if (have && !opts.rebuild) return have;
+  if (have && !opts.rebuild && !imageOlderThanSources(have)) return have;
   const r = spawnSync('bash', [join(REPO_ROOT, 'scripts', 'guest-image.sh')], {
     cwd: REPO_ROOT,
     encoding: 'utf8',
@@ -241,6 +245,19 @@ export function ensureGuestImage(opts: { rebuild?: boolean } = {}): GuestImage {
     );
   }
   return img;
+}
+
+/**
+ * The image's manifest (rewritten by every run of guest-image.sh) predates an edit of the init script or
+ * of the build script: the script then runs again and rebuilds the initramfs if its inputs changed.
+ */
+function imageOlderThanSources(_img: GuestImage): boolean {
+  try {
+    const built = statSync(join(GUEST_CACHE, 'image.json')).mtimeMs;
+    return ['scripts/guest/init', 'scripts/guest-image.sh'].some((f) => statSync(join(REPO_ROOT, f)).mtimeMs > built);
+  } catch {
+    return true;
+  }
 }
 
 /** 'kvm' when the CPU has vmx/svm and /dev/kvm can be opened, else 'tcg'. Env LGNET_QEMU_ACCEL overrides. */
@@ -278,6 +295,7 @@ function guestCmdline(g: GuestArgs = {}): string[] {
   put('ping_size', g.pingSize);
   put('iperf_time', g.iperfTime);
   put('iperf_port', g.iperfPort);
+  put('xfer_port', g.xferPort);
   if (g.iperfArgs?.length) put('iperf_args64', Buffer.from(g.iperfArgs.join(' ')).toString('base64'));
   if (g.cmd !== undefined) put('cmd64', Buffer.from(g.cmd).toString('base64'));
   if (g.keep) put('keep', 1);
