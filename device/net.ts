@@ -255,6 +255,20 @@ export class NetDevice extends EventEmitter {
   }
 
   /**
+   * Installs a seccomp program on every worker thread, stacked on whatever the process has (the
+   * sandbox's per-role filter). Workers must be started (startWorkers) and idle or running.
+   */
+  async restrictWorkers(program: Uint8Array): Promise<void> {
+    const workers = this.slots.filter((s) => s.worker);
+    const answers = await Promise.all(workers.map((s) => this.command(s, { cmd: 'seccomp', program: program.slice() }, ['sealed'])));
+    for (const [i, a] of answers.entries()) {
+      if (a.ev === 'sealed' && a.error) {
+        throw new WorkerError('NET_WORKER_SECCOMP', `queue ${workers[i]!.index}'s worker could not install its seccomp filter (${a.error.code}): ${a.error.message}`);
+      }
+    }
+  }
+
+  /**
    * Starts serving queue `index`: its worker for a data queue, the event loop for control. A ring that
    * does not fit guest memory breaks the queue (event `broken`, NEEDS_RESET) rather than throwing.
    */

@@ -77,6 +77,7 @@ export type WorkerCommand =
   | { cmd: 'resume'; regions?: WorkerRegion[] }
   | { cmd: 'stop' }
   | { cmd: 'filter'; filter: FilterState }
+  | { cmd: 'seccomp'; program: Uint8Array }
   | { cmd: 'exit' };
 
 /** Worker → main thread. */
@@ -85,7 +86,8 @@ export type WorkerEvent =
   | { ev: 'running' }
   | { ev: 'paused'; lastAvail: number }
   | { ev: 'stopped'; lastAvail: number }
-  | { ev: 'broken'; code: string; message: string };
+  | { ev: 'broken'; code: string; message: string }
+  | { ev: 'sealed'; error?: { code: string; message: string } };
 
 /** How long one sleep lasts at most; the loop re-checks after it, so a lost wake-up costs this, not a hang. */
 const SLEEP_MS = 1000;
@@ -315,6 +317,15 @@ export class QueueWorker {
         return;
       case 'filter':
         applyFilter(this.rxFilter, m.filter);
+        return;
+      case 'seccomp':
+        // The sandbox's narrower filter for this thread alone (stacked on the process-wide one).
+        try {
+          native.seccompInstall(m.program, { tsync: false });
+          this.post({ ev: 'sealed' });
+        } catch (e) {
+          this.post({ ev: 'sealed', error: { code: (e as { code?: string }).code ?? 'ERROR', message: (e as Error).message } });
+        }
         return;
       case 'exit':
         if (this.state === State.RUNNING) this.quiesce();
