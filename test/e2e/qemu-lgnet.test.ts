@@ -1,202 +1,265 @@
 /**
  * The big one: a real Linux guest under QEMU 7.2, its kernel virtio-net driver talking to lgnet over
- * vhost-user. `lgnet serve --tap lgtap0` runs inside the test namespace (ip netns exec) and attaches
- * to the tap createTapNamespace made; QEMU connects to lgnet's socket (client, with reconnect); the
- * guest pings the host side of the tap 20 times. Everything is killed by pid and removed afterwards.
+ * vhost-user. `lgnet serve --tap lgtap0` runs inside a test namespace (ip netns exec) and attaches to
+ * the tap createTapNamespace made; QEMU connects to lgnet's socket (client, with reconnect). The host
+ * side of the tap (10.0.2.1) runs iperf3 and the integrity blob server. lgnet's own counters are read
+ * from its --metrics-socket. Everything is killed by pid and removed afterwards (lib/run.ts).
+ *
+ *   1. link, ping, throughput, integrity: link up, 20 pings with 0% loss, iperf3 TCP 5 s each way,
+ *      a 64 MiB blob with a known sha256 host→guest and back guest→host
+ *   2. the back-end is SIGKILLed under a running guest and started again on the same socket: the
+ *      guest's pings resume within 5 s, then 8 MiB cross both ways intact, and no queue is stalled
+ *   3. two queue pairs, two vCPUs: lgnet's metrics show frames on both RX and both TX queues
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { spawn, type ChildProcess } from 'node:child_process';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { bootGuest, ensureGuestImage, REPO_ROOT, type GuestHandle, type GuestOutcome } from '../../scripts/qemu.ts';
+import { readMetrics, type MetricsDocument } from '../../sandbox/metrics-endpoint.ts';
+import { bootGuest, ensureGuestImage, type GuestHandle, type GuestOutcome } from '../../scripts/qemu.ts';
 import { createTapNamespace, type TapNamespace } from '../../scripts/netns.ts';
+import { blobSha256, startBlobServer, type BlobServer } from './lib/blob.ts';
+import { killLgnet, startLgnet, stopLgnet, type Lgnet } from './lib/lgnet.ts';
+import { expectIntegrity, queue } from './lib/expect.ts';
+import { GUEST, HOST, XFER_PORT, jobResult, runOnLgnet, type RunResult } from './lib/run.ts';
 
-const HOST = '10.0.2.1';
-const GUEST = '10.0.2.2';
+const MiB = 1 << 20;
 
-/** Starts `lgnet serve` in the namespace; resolves once it printed its ready line. */
-function startLgnet(ns: string, socket: string, tap: string, log: string[], extra: string[] = []): Promise<ChildProcess> {
-  const child = spawn('ip', ['netns', 'exec', ns, join(REPO_ROOT, 'bin/lgnet'), 'serve', '--socket', socket, '--tap', tap, '--log-level', 'debug', ...extra], {
-    stdio: ['ignore', 'pipe', 'pipe'],
-  });
-  child.stderr!.setEncoding('utf8');
-  child.stderr!.on('data', (d: string) => log.push(d));
-  return new Promise((resolve, reject) => {
-    let out = '';
-    const t = setTimeout(() => reject(new Error(`lgnet did not get ready: ${out}\n${log.join('')}`)), 20_000);
-    child.stdout!.setEncoding('utf8');
-    child.stdout!.on('data', (d: string) => {
-      out += d;
-      if (out.includes('lgnet ready')) {
-        clearTimeout(t);
-        resolve(child);
-      }
-    });
-    child.on('exit', (code) => {
-      clearTimeout(t);
-      reject(new Error(`lgnet exited (${code}) before ready: ${log.join('')}`));
-    });
-  });
-}
-
-function stop(child: ChildProcess | undefined): Promise<number | null> {
-  if (!child || child.exitCode !== null || child.signalCode !== null || child.pid === undefined) return Promise.resolve(child?.exitCode ?? null);
-  return new Promise((resolve) => {
-    const k = setTimeout(() => child.pid !== undefined && process.kill(child.pid, 'SIGKILL'), 10_000);
-    child.once('exit', (code) => {
-      clearTimeout(k);
-      resolve(code);
-    });
-    process.kill(child.pid!, 'SIGTERM');
-  });
-}
-
-describe('QEMU guest on lgnet (vhost-user)', () => {
-  let net: TapNamespace | undefined;
-  let guest: GuestHandle | undefined;
-  let lgnet: ChildProcess | undefined;
-  let dir: string | undefined;
-  let outcome: GuestOutcome;
-  const lgnetLog: string[] = [];
-  let lgnetExit: number | null = null;
+describe('QEMU guest on lgnet (vhost-user): link, ping, throughput, 64 MiB integrity', () => {
+  const SIZE = 64 * MiB;
+  let r: RunResult;
 
   beforeAll(async () => {
-    ensureGuestImage();
-    net = createTapNamespace({ hostCidr: `${HOST}/24` });
-    dir = mkdtempSync(join(tmpdir(), 'lgnet-e2e-'));
-    const socket = join(dir, 'lgnet.sock');
-    lgnet = await startLgnet(net.ns, socket, net.tap, lgnetLog);
-    guest = bootGuest({
-      netns: net.ns,
-      netdev: { type: 'vhost-user', socket, reconnect: 1 },
-      guest: { ip: `${GUEST}/24`, peer: HOST, jobs: ['ping'], pingCount: 20, pingInterval: 0.2 },
-      timeoutMs: 120_000,
+    r = await runOnLgnet({
+      memMiB: 384, // 64 MiB of blob in the guest's tmpfs
+      iperf: true,
+      blob: { seed: 'e2e-64', size: SIZE },
+      guest: { jobs: ['ping', 'iperf3-client-tx', 'iperf3-client-rx', 'integrity'], pingCount: 20, pingInterval: 0.2, iperfTime: 5 },
+      timeoutMs: 150_000,
     });
-    outcome = await guest.done;
-    if (!outcome.ok) {
-      console.error(`guest failed: ${JSON.stringify({ ...outcome, serial: undefined, results: outcome.results })}\n${outcome.serial}\n${outcome.stderr}\n--- lgnet ---\n${lgnetLog.join('').slice(-20_000)}`);
-    }
-    lgnetExit = await stop(lgnet);
+    const tx = jobResult(r.outcome, 'iperf3-client-tx')?.iperf;
+    const rx = jobResult(r.outcome, 'iperf3-client-rx')?.iperf;
+    const integ = jobResult(r.outcome, 'integrity');
+    console.info(
+      `[e2e] ${Math.round(r.wallMs)} ms: ping avg ${jobResult(r.outcome, 'ping')?.rtt_avg_ms} ms, ` +
+        `tcp guest→host ${((tx?.bitsPerSecond ?? 0) / 1e9).toFixed(2)} Gbit/s, host→guest ${((rx?.bitsPerSecond ?? 0) / 1e9).toFixed(2)} Gbit/s, ` +
+        `64 MiB in ${integ?.rx_s} s, back in ${integ?.tx_s} s`,
+    );
   }, 200_000);
 
-  afterAll(async () => {
-    await guest?.kill();
-    await stop(lgnet);
-    await net?.destroy();
-    if (dir) rmSync(dir, { recursive: true, force: true });
-  }, 30_000);
-
   it('boots with the link up on lgnet and powers off cleanly', () => {
-    expect(outcome.timedOut).toBe(false);
-    expect(outcome.ready?.carrier).toBe(1);
-    expect(outcome.ready?.ip).toBe(`${GUEST}/24`);
-    expect(outcome.ok).toBe(true);
+    expect(r.outcome.timedOut).toBe(false);
+    expect(r.outcome.ready?.carrier).toBe(1);
+    expect(r.outcome.ready?.ip).toBe(`${GUEST}/24`);
+    expect(r.outcome.errors).toEqual([]);
+    expect(r.outcome.ok).toBe(true);
   });
 
   it('pings the host 20 times with 0% loss', () => {
-    const ping = outcome.results.find((r) => r.job === 'ping');
+    const ping = jobResult(r.outcome, 'ping');
     expect(ping, 'ping result').toBeDefined();
     expect(ping!.rc).toBe(0);
     expect(ping!.transmitted).toBe(20);
     expect(ping!.received).toBe(20);
   });
 
+  it('moves TCP data for 5 s guest→host and host→guest (iperf3) with non-zero throughput', () => {
+    for (const job of ['iperf3-client-tx', 'iperf3-client-rx']) {
+      const res = jobResult(r.outcome, job);
+      expect(res?.rc, job).toBe(0);
+      expect(res!.iperf, `${job}: ${res!.output?.slice(0, 500)}`).toBeDefined();
+      expect(res!.iperf!.seconds).toBeGreaterThanOrEqual(4.5);
+      expect(res!.iperf!.bytes).toBeGreaterThan(0);
+      expect(res!.iperf!.bitsPerSecond).toBeGreaterThan(0);
+    }
+  });
+
+  it('a 64 MiB blob crosses host→guest and guest→host with the known sha256', () => {
+    expectIntegrity(r, SIZE);
+  });
+
+  it("lgnet's own counters saw the traffic, without drops or broken queues", () => {
+    const rx = queue(r.metrics, 0);
+    const tx = queue(r.metrics, 1);
+    // ≥ the blob one way, ≥ the blob back the other way (plus iperf3 in both)
+    expect(rx.bytes).toBeGreaterThan(SIZE);
+    expect(tx.bytes).toBeGreaterThan(SIZE);
+    expect(rx.interrupts).toBeGreaterThan(0);
+    for (const q of [rx, tx]) {
+      expect(q.broken).toBeNull();
+      expect(q.queueBroken).toBe(0);
+      expect(q.rxDropShortBuffer + q.rxDropTooBig + q.rxDropBackend).toBe(0);
+      expect(q.txDropShort + q.txDropTooBig + q.txDropBackend + q.txDropGsoNotNegotiated + q.txDropCsumNotNegotiated).toBe(0);
+    }
+  });
+
   it('lgnet served the connection without refusing a message, and exited 0 on SIGTERM', () => {
-    const text = lgnetLog.join('');
-    expect(text).toContain('front-end connected');
-    expect(text).not.toContain('message refused');
-    expect(lgnetExit).toBe(0);
+    expect(r.lgnetLog).toContain('front-end connected');
+    expect(r.lgnetLog).not.toContain('message refused');
+    expect(r.lgnetExit).toBe(0);
   });
 });
 
-describe('QEMU guest on lgnet: the back-end restarts under a running guest', () => {
+describe('QEMU guest on lgnet: the back-end is SIGKILLed and restarted under a running guest', () => {
+  const SIZE = 8 * MiB;
+  const PINGS = 60;
+  const INTERVAL = 0.2;
   let net: TapNamespace | undefined;
   let guest: GuestHandle | undefined;
-  const lgnets: ChildProcess[] = [];
+  const lgnets: Lgnet[] = [];
   let dir: string | undefined;
   let outcome: GuestOutcome;
+  let blob: BlobServer;
+  let sha: string;
   const log: string[] = [];
+  /** performance.now() of every ping reply line, with its seq. */
+  const replies: { seq: number; at: number }[] = [];
+  let killedAt = 0;
+  let killSignal: NodeJS.Signals | null = null;
+  let metricsAfter: MetricsDocument | undefined;
+  let metricsError = '';
 
   beforeAll(async () => {
     ensureGuestImage();
     net = createTapNamespace({ hostCidr: `${HOST}/24` });
     dir = mkdtempSync(join(tmpdir(), 'lgnet-e2e-'));
     const socket = join(dir, 'lgnet.sock');
-    lgnets.push(await startLgnet(net.ns, socket, net.tap, log));
+    const metricsSocket = join(dir, 'lgnet.metrics');
+    sha = blobSha256('e2e-reconnect', SIZE);
+    blob = await startBlobServer(net, { host: HOST, port: XFER_PORT, seed: 'e2e-reconnect', size: SIZE });
+    lgnets.push(await startLgnet(net.ns, socket, net.tap, log, ['--metrics-socket', metricsSocket]));
+    let afterIntegrity: Promise<void> | undefined;
     guest = bootGuest({
       netns: net.ns,
       netdev: { type: 'vhost-user', socket, reconnect: 1 },
-      guest: { ip: `${GUEST}/24`, peer: HOST, jobs: ['ping'], pingCount: 60, pingInterval: 0.2 },
+      // ping-live prints each reply as it arrives; after it, 8 MiB each way through the new lgnet; then
+      // the guest waits 3 s so that the queues can be inspected while the driver still owns them.
+      guest: { ip: `${GUEST}/24`, peer: HOST, xferPort: XFER_PORT, jobs: ['ping-live', 'integrity', 'cmd'], cmd: 'sleep 3', pingCount: PINGS, pingInterval: INTERVAL },
       timeoutMs: 120_000,
+      onLine: (line) => {
+        const m = /bytes from .* seq=(\d+)/.exec(line);
+        if (m) replies.push({ seq: Number(m[1]), at: performance.now() });
+        if (line.startsWith('LGNET-RESULT {"job":"integrity"')) {
+          afterIntegrity = readMetrics(metricsSocket).then(
+            (m2) => void (metricsAfter = m2),
+            (e: Error) => void (metricsError = e.message),
+          );
+        }
+      },
     });
     await guest.ready;
-    await new Promise((r) => setTimeout(r, 2000)); // pings are flowing through the first lgnet
-    expect(await stop(lgnets[0])).toBe(0);
-    lgnets.push(await startLgnet(net.ns, socket, net.tap, log)); // QEMU reconnects within ~1 s
+    // Pings are flowing through the first lgnet: wait for 5 replies, then SIGKILL it (no cleanup at all).
+    await guest.waitForLine(/seq=4 /, 20_000);
+    killedAt = performance.now();
+    killSignal = await killLgnet(lgnets[0]!.child);
+    // Same socket path: the stale socket file is left by the killed process; QEMU reconnects within ~1 s.
+    lgnets.push(await startLgnet(net.ns, socket, net.tap, log, ['--metrics-socket', metricsSocket]));
     outcome = await guest.done;
-    if (!outcome.results.some((r) => r.job === 'ping')) {
-      console.error(`guest: ${JSON.stringify({ ...outcome, serial: undefined })}\n${outcome.serial}\n--- lgnet ---\n${log.join('').slice(-20_000)}`);
+    await afterIntegrity;
+    if (!outcome.ok) {
+      console.error(`guest: ${JSON.stringify({ ...outcome, serial: undefined })}\n${outcome.serial.slice(-6000)}\n--- lgnet ---\n${log.join('').slice(-20_000)}`);
     }
   }, 200_000);
 
   afterAll(async () => {
     await guest?.kill();
-    for (const l of lgnets) await stop(l);
+    for (const l of lgnets) await stopLgnet(l.child);
     await net?.destroy();
     if (dir) rmSync(dir, { recursive: true, force: true });
   }, 30_000);
 
-  it('QEMU reconnects to the new lgnet and the guest keeps pinging through it', () => {
-    const ping = outcome.results.find((r) => r.job === 'ping');
-    expect(ping, 'ping result').toBeDefined();
-    expect(ping!.transmitted).toBe(60);
-    console.info(`ping across the lgnet restart: ${ping!.received}/60 replies`);
-    // ~10 pings go through the first lgnet; the restart costs a few seconds; the rest go through the second.
-    expect(ping!.received).toBeGreaterThanOrEqual(35);
+  it('the first lgnet died of SIGKILL while pings were flowing through it', () => {
+    expect(killSignal).toBe('SIGKILL');
+    expect(replies.filter((p) => p.at < killedAt).length).toBeGreaterThanOrEqual(5);
+  });
+
+  it("QEMU reconnects to the new lgnet and the guest's ping resumes within 5 s of its start", () => {
+    const readyAt = lgnets[1]!.readyAt;
+    const first = replies.find((p) => p.at > readyAt);
+    const lastBefore = [...replies].reverse().find((p) => p.at < killedAt);
+    console.info(
+      `[e2e] restart: lgnet ready ${Math.round(readyAt - killedAt)} ms after SIGKILL; first reply ${first ? Math.round(first.at - readyAt) : '-'} ms after ready ` +
+        `(seq ${lastBefore?.seq} → ${first?.seq}); ${replies.length}/${PINGS} replies`,
+    );
+    expect(first, 'a ping reply after the restart').toBeDefined();
+    expect(first!.at - readyAt).toBeLessThan(5000);
     expect(log.join('').match(/front-end connected/g)?.length).toBe(2);
+    expect(log.join('')).not.toContain('message refused');
+    // Once resumed, every later ping is answered: no stall after the first replies.
+    const after = replies.filter((p) => p.seq >= first!.seq).map((p) => p.seq);
+    expect(after.length).toBe(PINGS - first!.seq);
+  });
+
+  it('after the reconnect 8 MiB cross both ways intact', () => {
+    const res = jobResult(outcome, 'integrity');
+    expect(res?.rx_sha256).toBe(sha);
+    expect(res?.rx_bytes).toBe(SIZE);
+    const got = blob.events.filter((e) => e.event === 'received');
+    expect(got).toHaveLength(1);
+    expect(got[0]!.bytes).toBe(SIZE);
+    expect(got[0]!.sha256).toBe(sha);
+    expect(outcome.ok).toBe(true);
+  });
+
+  it('no queue of the new lgnet is stalled: both run, unbroken, and moved the transfer', () => {
+    expect(metricsError).toBe('');
+    expect(metricsAfter?.pid).toBe(lgnets[1]!.pid);
+    const rx = queue(metricsAfter, 0);
+    const tx = queue(metricsAfter, 1);
+    for (const q of [rx, tx]) {
+      expect(q.running, `queue ${q.index}`).toBe(true);
+      expect(q.broken).toBeNull();
+      expect(q.queueBroken).toBe(0);
+    }
+    // The new process's counters start at zero: this is all traffic after the reconnect.
+    expect(rx.bytes).toBeGreaterThanOrEqual(SIZE);
+    expect(tx.bytes).toBeGreaterThanOrEqual(SIZE);
+    expect(rx.interrupts).toBeGreaterThan(0);
+    expect(tx.kicks + tx.busyPollHits).toBeGreaterThan(0);
   });
 });
 
-describe('QEMU guest on lgnet: two queue pairs', () => {
-  let net: TapNamespace | undefined;
-  let guest: GuestHandle | undefined;
-  let lgnet: ChildProcess | undefined;
-  let dir: string | undefined;
-  let outcome: GuestOutcome;
-  const log: string[] = [];
+describe('QEMU guest on lgnet: two queue pairs, two vCPUs', () => {
+  let r: RunResult;
 
   beforeAll(async () => {
-    ensureGuestImage();
-    net = createTapNamespace({ hostCidr: `${HOST}/24`, multiQueue: true });
-    dir = mkdtempSync(join(tmpdir(), 'lgnet-e2e-'));
-    const socket = join(dir, 'lgnet.sock');
-    lgnet = await startLgnet(net.ns, socket, net.tap, log, ['--queues', '2']);
-    guest = bootGuest({
-      netns: net.ns,
-      netdev: { type: 'vhost-user', socket, reconnect: 1, queues: 2 },
+    r = await runOnLgnet({
+      queues: 2,
       vcpus: 2,
-      guest: { ip: `${GUEST}/24`, peer: HOST, jobs: ['ping'], pingCount: 20, pingInterval: 0.2 },
-      timeoutMs: 120_000,
+      iperf: true,
+      guest: {
+        // ping on each vCPU (the guest picks the TX queue of the sending CPU), then four TCP flows
+        // host→guest, which the multiqueue tap spreads over its queues by flow hash.
+        jobs: ['ping', 'cmd', 'iperf3-client-rx'],
+        pingCount: 20,
+        pingInterval: 0.2,
+        cmd: `taskset 1 ping -c 10 -i 0.1 ${HOST} > /tmp/p0 & taskset 2 ping -c 10 -i 0.1 ${HOST} > /tmp/p1; wait; cat /tmp/p0 /tmp/p1`,
+        iperfTime: 2,
+        iperfArgs: ['-P', '4'],
+      },
     });
-    outcome = await guest.done;
-    if (!outcome.ok) {
-      console.error(`guest failed: ${JSON.stringify({ ...outcome, serial: undefined })}\n${outcome.serial}\n${outcome.stderr}\n--- lgnet ---\n${log.join('').slice(-20_000)}`);
-    }
+    console.info(`[e2e] two queue pairs: ${JSON.stringify(r.metrics?.queues.map((q) => ({ q: q.index, role: q.role, frames: q.frames })))}`);
   }, 200_000);
 
-  afterAll(async () => {
-    await guest?.kill();
-    await stop(lgnet);
-    await net?.destroy();
-    if (dir) rmSync(dir, { recursive: true, force: true });
-  }, 30_000);
-
   it('boots with mq and pings the host 20 times with 0% loss', () => {
-    expect(outcome.ready?.carrier).toBe(1);
-    const ping = outcome.results.find((r) => r.job === 'ping');
+    expect(r.outcome.ready?.carrier).toBe(1);
+    const ping = jobResult(r.outcome, 'ping');
     expect(ping, 'ping result').toBeDefined();
     expect(ping!.received).toBe(20);
-    expect(log.join('')).not.toContain('message refused');
+    expect(r.lgnetLog).not.toContain('message refused');
+    expect(r.outcome.ok).toBe(true);
+  });
+
+  it("lgnet's metrics show traffic on both queue pairs (RX and TX of each)", () => {
+    expect(r.metrics?.queues.filter((q) => q.role !== 'ctrl').length).toBe(4);
+    for (const pair of [0, 1]) {
+      const rx = queue(r.metrics, 2 * pair);
+      const tx = queue(r.metrics, 2 * pair + 1);
+      expect(rx.role).toBe('rx');
+      expect(tx.role).toBe('tx');
+      expect(rx.frames, `pair ${pair} rx`).toBeGreaterThan(0);
+      expect(tx.frames, `pair ${pair} tx`).toBeGreaterThan(0);
+      expect(rx.broken ?? tx.broken).toBeNull();
+    }
   });
 });

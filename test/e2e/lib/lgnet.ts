@@ -14,11 +14,31 @@ export interface Lgnet {
   readyAt: number;
 }
 
+const live = new Set<ChildProcess>();
+let hooked = false;
+/** Last resort: a test process that dies must not leave lgnet running (by pid, like everything here). */
+function track(child: ChildProcess): void {
+  live.add(child);
+  child.once('exit', () => live.delete(child));
+  if (hooked) return;
+  hooked = true;
+  process.on('exit', () => {
+    for (const c of live) {
+      try {
+        if (c.pid !== undefined) process.kill(c.pid, 'SIGKILL');
+      } catch {
+        /* gone */
+      }
+    }
+  });
+}
+
 /** Starts `lgnet serve` in the namespace; resolves once it printed its ready line. stderr (JSON logs) goes to log. */
 export function startLgnet(ns: string, socket: string, tap: string, log: string[], extra: string[] = []): Promise<Lgnet> {
   const child = spawn('ip', ['netns', 'exec', ns, join(REPO_ROOT, 'bin/lgnet'), 'serve', '--socket', socket, '--tap', tap, '--log-level', 'debug', ...extra], {
     stdio: ['ignore', 'pipe', 'pipe'],
   });
+  track(child);
   child.stderr!.setEncoding('utf8');
   child.stderr!.on('data', (d: string) => log.push(d));
   return new Promise((resolve, reject) => {

@@ -1,0 +1,135 @@
+/**
+ * One guest run on lgnet, set up and torn down completely: a namespace with a tap, `lgnet serve` on it
+ * (inside the namespace, with a metrics socket), optional host-side servers (iperf3, the integrity
+ * blob server), QEMU booting the test guest on lgnet's socket. Whatever happens, QEMU, lgnet and the
+ * servers are killed by pid and the tap and the namespace removed before runOnLgnet returns or throws.
+ */
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { readMetrics, type MetricsDocument } from '../../../sandbox/metrics-endpoint.ts';
+import { createTapNamespace, type TapNamespace } from '../../../scripts/netns.ts';
+import { bootGuest, ensureGuestImage, type BootOptions, type GuestArgs, type GuestHandle, type GuestOutcome } from '../../../scripts/qemu.ts';
+import { blobSha256, startBlobServer, type BlobEvent } from './blob.ts';
+import { startLgnet, stopLgnet, type Lgnet } from './lgnet.ts';
+
+export const HOST = '10.0.2.1';
+export const GUEST = '10.0.2.2';
+export const XFER_PORT = 8080;
+
+export interface RunOptions {
+  /** Queue pairs of lgnet, the tap (multi_queue) and QEMU. Default 1. */
+  queues?: number;
+  /** lgnet --mtu and QEMU host_mtu (the guest sets it too unless guest.mtu says otherwise). */
+  mtu?: number;
+  /** MTU of the tap in the namespace (default: mtu). */
+  tapMtu?: number;
+  vcpus?: number;
+  memMiB?: number;
+  deviceFlags?: BootOptions['deviceFlags'];
+  /** Guest arguments; ip and peer default to GUEST/24 and HOST. */
+  guest: GuestArgs;
+  /** Start the integrity blob server (job 'integrity'). */
+  blob?: { seed: string; size: number };
+  /** Start an iperf3 server on HOST (jobs iperf3-client-*). */
+  iperf?: boolean;
+  timeoutMs?: number;
+  /** Runs once the guest is ready (link up), while it does its jobs. */
+  during?: (ctx: RunContext) => Promise<void>;
+  onLine?: (line: string) => void;
+}
+
+export interface RunContext {
+  net: TapNamespace;
+  guest: GuestHandle;
+  lgnet: Lgnet;
+  metricsSocket: string;
+}
+
+export interface RunResult {
+  outcome: GuestOutcome;
+  /** lgnet's JSON log lines (stderr). */
+  lgnetLog: string;
+  /** lgnet's exit code after SIGTERM (0 = clean stop). */
+  lgnetExit: number | null;
+  /** lgnet's metrics after the guest powered off. */
+  metrics?: MetricsDocument;
+  blobEvents: BlobEvent[];
+  /** sha256 of the blob (computed here from the seed). */
+  blobSha256?: string;
+  wallMs: number;
+}
+
+export async function runOnLgnet(o: RunOptions): Promise<RunResult> {
+  const t0 = performance.now();
+  ensureGuestImage();
+  const queues = o.queues ?? 1;
+  const tapMtu = o.tapMtu ?? o.mtu;
+  const net = createTapNamespace({ hostCidr: `${HOST}/24`, multiQueue: queues > 1, ...(tapMtu ? { mtu: tapMtu } : {}) });
+  const dir = mkdtempSync(join(tmpdir(), 'lgnet-e2e-'));
+  const socket = join(dir, 'lgnet.sock');
+  const metricsSocket = join(dir, 'lgnet.metrics');
+  const log: string[] = [];
+  let lgnet: Lgnet | undefined;
+  let guest: GuestHandle | undefined;
+  try {
+    const blobSha = o.blob ? blobSha256(o.blob.seed, o.blob.size) : undefined;
+    const blob = o.blob ? await startBlobServer(net, { host: HOST, port: XFER_PORT, ...o.blob }) : undefined;
+    if (o.iperf) await net.startIperf3Server();
+    lgnet = await startLgnet(net.ns, socket, net.tap, log, [
+      '--metrics-socket', metricsSocket,
+      ...(queues > 1 ? ['--queues', String(queues)] : []),
+      ...(o.mtu ? ['--mtu', String(o.mtu)] : []),
+    ]);
+    guest = bootGuest({
+      netns: net.ns,
+      netdev: { type: 'vhost-user', socket, reconnect: 1, queues },
+      ...(o.vcpus ? { vcpus: o.vcpus } : {}),
+      ...(o.memMiB ? { memMiB: o.memMiB } : {}),
+      ...(o.mtu ? { mtu: o.mtu } : {}),
+      ...(o.deviceFlags ? { deviceFlags: o.deviceFlags } : {}),
+      guest: { ip: `${GUEST}/24`, peer: HOST, xferPort: XFER_PORT, ...(o.mtu ? { mtu: o.mtu } : {}), ...o.guest },
+      timeoutMs: o.timeoutMs ?? 120_000,
+      ...(o.onLine ? { onLine: o.onLine } : {}),
+    });
+    if (o.during) {
+      await guest.ready;
+      await o.during({ net, guest, lgnet, metricsSocket });
+    }
+    const outcome = await guest.done;
+    let metrics: MetricsDocument | undefined;
+    try {
+      metrics = await readMetrics(metricsSocket);
+    } catch (e) {
+      log.push(`(test) metrics not readable: ${(e as Error).message}\n`);
+    }
+    const lgnetExit = await stopLgnet(lgnet.child);
+    const r: RunResult = {
+      outcome,
+      lgnetLog: log.join(''),
+      lgnetExit,
+      ...(metrics ? { metrics } : {}),
+      blobEvents: blob?.events ?? [],
+      ...(blobSha ? { blobSha256: blobSha } : {}),
+      wallMs: 0,
+    };
+    if (!outcome.ok) {
+      console.error(
+        `guest failed: ${JSON.stringify({ ...outcome, serial: undefined, stderr: undefined })}\n${outcome.serial.slice(-6000)}\n${outcome.stderr}\n` +
+          `--- lgnet ---\n${r.lgnetLog.slice(-10_000)}`,
+      );
+    }
+    r.wallMs = performance.now() - t0;
+    return r;
+  } finally {
+    await guest?.kill();
+    await stopLgnet(lgnet?.child);
+    await net.destroy();
+    rmSync(dir, { recursive: true, force: true });
+  }
+}
+
+/** The guest's result of one job (first of that name). */
+export function jobResult(out: GuestOutcome, job: string) {
+  return out.results.find((r) => r.job === job);
+}
