@@ -13,7 +13,7 @@
  * belongs to one job. Scaling: lgnet with 1 and 2 queue pairs, a 2-vCPU guest, iperf3 -P 2 both ways.
  *
  * Everything runs in two namespaces this bench creates (host side 10.0.2.1, guest 10.0.2.2) and removes.
- * Env knobs: LGNET_BENCH_ROUNDS (3), LGNET_BENCH_GUEST_SECONDS (10), LGNET_BENCH_UDP_SECONDS (5),
+ * Env knobs: LGNET_BENCH_ROUNDS (5), LGNET_BENCH_GUEST_SECONDS (10), LGNET_BENCH_UDP_SECONDS (5),
  * LGNET_BENCH_PING_COUNT (100), LGNET_BENCH_PING_INTERVAL (0.01), LGNET_BENCH_SCALING_ROUNDS (1; 0 skips),
  * LGNET_BENCH_SOAK_SECONDS (0: off; else one extra lgnet boot under iperf3 load for that long, RSS
  * sampled every 5 s), LGNET_BENCH_CPU_PROF=DIR (lgnet under node --cpu-prof, profiles into DIR).
@@ -211,7 +211,7 @@ export interface GuestResults {
 export const GUEST_METRICS: Array<{ key: keyof BootRow; label: string; unit: string; better: 'higher' | 'lower'; both: boolean }> = [
   { key: 'tcpTxGbps', label: 'TCP guest→host', unit: 'Gbit/s', better: 'higher', both: true },
   { key: 'tcpRxGbps', label: 'TCP host→guest', unit: 'Gbit/s', better: 'higher', both: true },
-  { key: 'udp64Kpps', label: 'UDP 64 B guest→host (received)', unit: 'kpps', better: 'higher', both: true },
+  { key: 'udp64Kpps', label: 'UDP 64 B guest→host, received', unit: 'kpps', better: 'higher', both: true },
   { key: 'udp64LossPct', label: 'UDP 64 B loss', unit: '%', better: 'lower', both: true },
   { key: 'pingMinMs', label: 'ping RTT min', unit: 'ms', better: 'lower', both: true },
   { key: 'pingAvgMs', label: 'ping RTT avg', unit: 'ms', better: 'lower', both: true },
@@ -232,7 +232,7 @@ export const GUEST_METRICS: Array<{ key: keyof BootRow; label: string; unit: str
 
 export async function benchGuest(opts: GuestBenchOptions = {}): Promise<GuestResults> {
   const o = {
-    rounds: opts.rounds ?? envNum('LGNET_BENCH_ROUNDS', 3),
+    rounds: opts.rounds ?? envNum('LGNET_BENCH_ROUNDS', 5),
     seconds: opts.seconds ?? envNum('LGNET_BENCH_GUEST_SECONDS', 10),
     udpSeconds: opts.udpSeconds ?? envNum('LGNET_BENCH_UDP_SECONDS', 5),
     pingCount: opts.pingCount ?? envNum('LGNET_BENCH_PING_COUNT', 100),
@@ -267,7 +267,7 @@ export async function benchGuest(opts: GuestBenchOptions = {}): Promise<GuestRes
     const socket = join(dir, 'lgnet.sock');
     const lg = await startLgnet({
       ns: netA.ns, socket, tap: netA.tap, metricsPath: join(dir, 'metrics-a.sock'),
-      ...(cpuProfDir ? { nodeOptions: `--cpu-prof --cpu-prof-dir=${cpuProfDir}` } : {}),
+      ...(cpuProfDir ? { nodeArgs: ['--cpu-prof', `--cpu-prof-dir=${cpuProfDir}`] } : {}),
     });
     lgnets.push(lg);
     commands.lgnet = ['ip', 'netns', 'exec', netA.ns, ...lg.argv];

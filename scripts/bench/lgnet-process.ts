@@ -32,16 +32,24 @@ export async function startLgnet(o: {
   socket: string;
   tap: string;
   queues?: number;
-  /** NODE_OPTIONS for lgnet's node, e.g. '--cpu-prof --cpu-prof-dir=DIR'. */
+  /** NODE_OPTIONS for lgnet's node, e.g. '--perf-basic-prof'. */
   nodeOptions?: string;
+  /**
+   * Node flags NODE_OPTIONS refuses (e.g. ['--cpu-prof', '--cpu-prof-dir=DIR']): node is then started
+   * directly the way bin/lgnet starts it (tsx loader + sandbox/main.ts).
+   */
+  nodeArgs?: string[];
   /** Path of the metrics socket. */
   metricsPath: string;
   /** Run under another program first, e.g. ['taskset', '-c', '1']. */
   wrap?: string[];
 }): Promise<LgnetProcess> {
+  const launcher = o.nodeArgs
+    ? [process.execPath, ...o.nodeArgs, '--import', `file://${join(ROOT, 'node_modules/tsx/dist/loader.mjs')}`, join(ROOT, 'sandbox/main.ts')]
+    : [join(ROOT, 'bin/lgnet')];
   const argv = [
     ...(o.wrap ?? []),
-    join(ROOT, 'bin/lgnet'), 'serve', '--socket', o.socket, '--tap', o.tap, '--queues', String(o.queues ?? 1),
+    ...launcher, 'serve', '--socket', o.socket, '--tap', o.tap, '--queues', String(o.queues ?? 1),
     '--metrics-socket', o.metricsPath, '--log-level', 'warn',
   ];
   rmSync(o.metricsPath, { force: true });

@@ -89,8 +89,10 @@ async function runMode(mode: string, variant: 'lgnet' | 'qemu'): Promise<Record<
     const socket = join(dir, 'lgnet.sock');
     if (variant === 'lgnet') {
       if (mode === 'cpuprof') mkdirSync(profDir, { recursive: true });
-      const nodeOptions = mode === 'cpuprof' ? `--cpu-prof --cpu-prof-dir=${profDir}` : mode === 'perf' ? '--perf-basic-prof' : undefined;
-      lg = await startLgnet({ ns: net.ns, socket, tap: net.tap, metricsPath: join(dir, 'm.sock'), ...(nodeOptions ? { nodeOptions } : {}) });
+      lg = await startLgnet({
+        ns: net.ns, socket, tap: net.tap, metricsPath: join(dir, 'm.sock'),
+        ...(mode === 'cpuprof' ? { nodeArgs: ['--cpu-prof', `--cpu-prof-dir=${profDir}`] } : mode === 'perf' ? { nodeArgs: ['--perf-basic-prof'] } : {}),
+      });
     }
     let qemuPid = 0;
     const begin = new Map<string, { lg: ThreadSnap; q: ThreadSnap; m: Promise<LgnetSnapshot | undefined>; tool?: ChildProcess; t: number }>();
@@ -151,7 +153,7 @@ async function runMode(mode: string, variant: 'lgnet' | 'qemu'): Promise<Record<
       ok: o.ok,
       tcpTxGbps: (r('iperf3-client-tx')?.iperf?.bitsPerSecond ?? NaN) / 1e9,
       tcpRxGbps: (r('iperf3-client-rx')?.iperf?.bitsPerSecond ?? NaN) / 1e9,
-      ping: r('ping'),
+      ping: { ...r('ping'), output: undefined },
     };
     if (lg) await lg.stop();
     lg = undefined;
