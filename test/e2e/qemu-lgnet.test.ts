@@ -120,6 +120,7 @@ describe('QEMU guest on lgnet: the back-end is SIGKILLed and restarted under a r
   let metricsError = '';
 
   beforeAll(async () => {
+    const t0 = performance.now();
     ensureGuestImage();
     net = createTapNamespace({ hostCidr: `${HOST}/24` });
     dir = mkdtempSync(join(tmpdir(), 'lgnet-e2e-'));
@@ -156,6 +157,7 @@ describe('QEMU guest on lgnet: the back-end is SIGKILLed and restarted under a r
     lgnets.push(await startLgnet(net.ns, socket, net.tap, log, ['--metrics-socket', metricsSocket]));
     outcome = await guest.done;
     await afterIntegrity;
+    console.info(`[e2e] SIGKILL/restart run: ${Math.round(performance.now() - t0)} ms`);
     if (!outcome.ok) {
       console.error(`guest: ${JSON.stringify({ ...outcome, serial: undefined })}\n${outcome.serial.slice(-6000)}\n--- lgnet ---\n${log.join('').slice(-20_000)}`);
     }
@@ -238,7 +240,7 @@ describe('QEMU guest on lgnet: two queue pairs, two vCPUs', () => {
         iperfArgs: ['-P', '4'],
       },
     });
-    console.info(`[e2e] two queue pairs: ${JSON.stringify(r.metrics?.queues.map((q) => ({ q: q.index, role: q.role, frames: q.frames })))}`);
+    console.info(`[e2e] two queue pairs, ${Math.round(r.wallMs)} ms: ${JSON.stringify(r.metrics?.queues.map((q) => ({ q: q.index, role: q.role, frames: q.frames })))}`);
   }, 200_000);
 
   it('boots with mq and pings the host 20 times with 0% loss', () => {
