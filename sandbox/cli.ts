@@ -27,8 +27,10 @@ export interface ServeOptions {
   logLevel: LogLevel;
   /** Unix socket that answers each connection with the device metrics as JSON (metrics-endpoint.ts). */
   metricsSocket: string | undefined;
-  /** Enter the jail (sandbox/jail.ts) once everything is open. */
+  /** Enter the jail (sandbox/jail.ts) once everything is open; on unless --no-sandbox. */
   jail: boolean;
+  /** --print-policy: print the seccomp policy and exit. */
+  printPolicy: boolean;
   chroot: string | undefined;
   user: string | undefined;
   group: string | undefined;
@@ -70,7 +72,7 @@ export function buildCli(actions: { serve: (opts: ServeOptions) => Promise<void>
   program
     .command('serve')
     .description('serve a tap to a VMM over a vhost-user socket')
-    .requiredOption('--socket <path>', 'vhost-user unix socket path')
+    .option('--socket <path>', 'vhost-user unix socket path (required)')
     .option('--client', 'connect to the socket (the VMM listens) instead of listening', false)
     .addOption(new Option('--reconnect-ms <ms>', 'client mode: delay between connection attempts').argParser(int('--reconnect-ms', 10, 60_000)).default(1000))
     .addOption(new Option('--tap <name>', 'tap interface to create or attach to (default: the kernel picks)').argParser(tapName).default(''))
@@ -79,10 +81,11 @@ export function buildCli(actions: { serve: (opts: ServeOptions) => Promise<void>
     .addOption(new Option('--mtu <n>', 'MTU in the device config').argParser(int('--mtu', 68, 65535)).default(1500))
     .addOption(new Option('--log-level <level>', 'log level (JSON logs on stderr)').choices(LOG_LEVELS as string[]).default('info'))
     .option('--metrics-socket <path>', 'unix socket that answers every connection with one JSON line of live per-queue counters (frames, bytes, interrupts, drops) and closes; read it with `socat - UNIX-CONNECT:PATH`')
-    .option('--jail', 'enter the sandbox (chroot, uid drop, rlimits, no_new_privs, seccomp) once everything is open', false)
-    .option('--chroot <dir>', 'with --jail: change root to this empty directory')
-    .option('--user <user>', 'with --jail: drop to this user (name or uid)')
-    .option('--group <group>', 'with --jail: drop to this group (name or gid)')
+    .option('--no-sandbox', 'do NOT enter the jail (chroot, uid drop, rlimits, no_new_privs, seccomp); for debugging only')
+    .option('--chroot <dir>', 'jail: change root to this empty directory')
+    .option('--user <user>', 'jail: drop to this user (name or uid)')
+    .option('--group <group>', 'jail: drop to this group (name or gid)')
+    .option('--print-policy', 'print the seccomp policy (every allowed syscall with its reason) and exit')
     .action(async (o: Record<string, unknown>) => {
       const opts: ServeOptions = {
         socket: o['socket'] as string,
@@ -94,13 +97,15 @@ export function buildCli(actions: { serve: (opts: ServeOptions) => Promise<void>
         mtu: o['mtu'] as number,
         logLevel: o['logLevel'] as LogLevel,
         metricsSocket: o['metricsSocket'] as string | undefined,
-        jail: o['jail'] === true,
+        jail: o['sandbox'] !== false,
+        printPolicy: o['printPolicy'] === true,
         chroot: o['chroot'] as string | undefined,
         user: o['user'] as string | undefined,
         group: o['group'] as string | undefined,
       };
+      if (!opts.printPolicy && !opts.socket) program.error("error: required option '--socket <path>' not specified", { exitCode: 2 });
       if (!opts.jail && (opts.chroot || opts.user || opts.group)) {
-        program.error('--chroot, --user and --group need --jail', { exitCode: 2 });
+        program.error('--chroot, --user and --group belong to the jail; drop --no-sandbox to use them', { exitCode: 2 });
       }
       await actions.serve(opts);
     });

@@ -4,7 +4,8 @@
  *   1. parse flags (cli.ts)                        nothing opened yet; bad flags exit 2
  *   2. open resources: tap (create or attach), NetDevice, vhost-user socket (listen, or connect loop),
  *      the metrics socket (--metrics-socket)
- *   3. ── JAIL HOOK ── (--jail) enterJail(): chroot, uid drop, rlimits, no_new_privs, seccomp
+ *   3. the jail (unless --no-sandbox, which warns loudly): chroot, uid drop, rlimits, no_new_privs,
+ *      seccomp on every thread, then each queue worker's narrower filter
  *   4. print exactly one line on stdout: `lgnet ready socket=… tap=… queues=… mode=…`
  *   5. serve until SIGINT/SIGTERM: drop the connection (workers stop and flush their used rings),
  *      close the device and the tap, remove the socket file, exit 0
@@ -17,7 +18,9 @@ import { mask } from '../device/features.ts';
 import { NetDevice } from '../device/net.ts';
 import { TapBackend } from '../device/tap-backend.ts';
 import { buildCli, type ServeOptions } from './cli.ts';
+import { compilePolicy, enterJail, formatPolicy } from './jail.ts';
 import { createLogger, type Logger } from './log.ts';
+import { startSocketReaper } from './socket-reaper.ts';
 import { openMetricsEndpoint, type MetricsEndpoint } from './metrics-endpoint.ts';
 import { netDeviceHooks, VhostUserServer } from './vhost-user/server.ts';
 
@@ -77,21 +80,31 @@ export async function startServing(opts: ServeOptions, log: Logger): Promise<Ser
     }
   }
 
-  // ── JAIL HOOK ─────────────────────────────────────────────────────────────────────────────────────
-  // Everything is open here: tap fds, the socket, the device. sandbox/jail.ts applies the rest of the
-  // order (chroot → uid/gid → rlimits → no_new_privs → seccomp).
-  if (opts.jail) {
-    const { enterJail } = await import('./jail.ts');
+  // ── THE JAIL ──────────────────────────────────────────────────────────────────────────────────────
+  // Everything is open here: tap fds, the sockets, the device and its workers. sandbox/jail.ts applies
+  // the rest of the order (chroot → uid/gid → rlimits → no_new_privs → seccomp on every thread), then
+  // each queue worker stacks the narrower worker filter on itself. A jailed process may not unlink, so
+  // a helper process started first removes the socket file when lgnet exits (socket-reaper.ts).
+  try {
+    if (!opts.client) startSocketReaper(opts.socket);
+    if (opts.metricsSocket) startSocketReaper(opts.metricsSocket);
     const report = enterJail({
+      noSandbox: !opts.jail,
       ...(opts.chroot ? { chroot: opts.chroot } : {}),
       ...(opts.user ? { user: opts.user } : {}),
       ...(opts.group ? { group: opts.group } : {}),
       unixConnect: opts.client,
       onWarning: (message, code) => log.warn({ code }, message),
     });
-    log.info({ jail: report }, 'jailed');
+    if (report.sandboxed) await device.restrictWorkers(compilePolicy('worker').program);
+    log.info({ jail: report }, report.sandboxed ? 'jailed' : 'not jailed (--no-sandbox)');
+  } catch (e) {
+    await metrics?.close();
+    await server.close();
+    await device.close();
+    throw e;
   }
-  // ───────────────────────────────────────────────────────────────────────────────────────────────────
+  // ─────────────────────────────────────────────────────────────────────────────────────────────────
 
   let stopping: Promise<void> | null = null;
   return {
@@ -111,6 +124,10 @@ export async function startServing(opts: ServeOptions, log: Logger): Promise<Ser
 
 /** `lgnet serve`: steps 2–5. */
 export async function serve(opts: ServeOptions): Promise<void> {
+  if (opts.printPolicy) {
+    process.stdout.write(formatPolicy() + '\n');
+    return;
+  }
   const log = createLogger({ level: opts.logLevel });
   let s: Serving;
   try {

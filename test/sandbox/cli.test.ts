@@ -135,10 +135,13 @@ describe.skipIf(!pre.ok)('lgnet serve (CLI) in a namespace', () => {
       process.kill(pid, 'SIGTERM');
       const e = await lg.exited;
       expect(e).toEqual({ code: 0, signal: null });
+      // The jailed process may not unlink; its reaper removes the socket right after it exits.
+      for (let i = 0; i < 100 && existsSync(socket); i++) await new Promise((r) => setTimeout(r, 20));
       expect(existsSync(socket)).toBe(false);
       expect(await fe.waitClosed(2000)).toBe(true);
       expect(lg.stdout().split('\n').filter(Boolean)).toHaveLength(1);
       const logs = lg.stderr().split('\n').filter(Boolean).map((l) => JSON.parse(l) as { msg: string });
+      expect(logs.map((l) => l.msg)).toContain('jailed'); // the sandbox is on by default
       expect(logs.map((l) => l.msg)).toContain('stopped');
     } finally {
       fe.close();
@@ -162,4 +165,36 @@ describe.skipIf(!pre.ok)('lgnet serve (CLI) in a namespace', () => {
     process.kill(lg.child.pid!, 'SIGINT');
     expect(await lg.exited).toEqual({ code: 0, signal: null });
   }, 60_000);
+  it('is jailed by default (NoNewPrivs, seccomp on every thread); --no-sandbox says so loudly and is not', async () => {
+    const status = (pid: number) => {
+      const tasks = spawnSync('ls', [`/proc/${pid}/task`], { encoding: 'utf8' }).stdout.split('\n').filter(Boolean);
+      return tasks.map((t) => spawnSync('cat', [`/proc/${pid}/task/${t}/status`], { encoding: 'utf8' }).stdout);
+    };
+    lg = await startLgnet(ns, ['--socket', join(dir, 'jailed.sock'), '--tap', 'lgtapj', '--log-level', 'info']);
+    const jailed = status(lg.child.pid!);
+    expect(jailed.length).toBeGreaterThan(3); // main, queue workers, libuv and V8 threads
+    for (const st of jailed) {
+      expect(st).toMatch(/NoNewPrivs:\s+1/);
+      expect(st).toMatch(/Seccomp:\s+2/);
+    }
+    // Queue workers carry a second, narrower filter.
+    expect(jailed.filter((st) => /Seccomp_filters:\s+2/.test(st)).length).toBe(2);
+    process.kill(lg.child.pid!, 'SIGTERM');
+    expect(await lg.exited).toEqual({ code: 0, signal: null });
+
+    lg = await startLgnet(ns, ['--socket', join(dir, 'free.sock'), '--tap', 'lgtapf', '--no-sandbox', '--log-level', 'info']);
+    expect(status(lg.child.pid!).every((st) => /Seccomp:\s+0/.test(st))).toBe(true);
+    expect(lg.stderr()).toContain('LGNET_NO_SANDBOX');
+    process.kill(lg.child.pid!, 'SIGTERM');
+    expect(await lg.exited).toEqual({ code: 0, signal: null });
+  }, 60_000);
+
+  it('--print-policy prints every allowed syscall with its reason and exits 0', () => {
+    const r = spawnSync(LGNET, ['serve', '--print-policy'], { encoding: 'utf8', timeout: 20_000 });
+    expect(r.status).toBe(0);
+    expect(r.stdout).toMatch(/\[main\] \d+ syscalls/);
+    expect(r.stdout).toMatch(/\[worker\] \d+ syscalls/);
+    expect(r.stdout).toMatch(/writev\s+\S/);
+    expect(r.stdout).not.toMatch(/^\s+\d+ execve /m);
+  });
 });
