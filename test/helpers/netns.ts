@@ -188,8 +188,22 @@ export function destroyAllNetns(): void {
   for (const ns of [...live]) ns.destroy();
 }
 
-/** Whether this process can create namespaces and taps (root, /dev/net/tun, ip). */
+/**
+ * Whether this process can create namespaces and taps (root, /dev/net/tun, ip). When it cannot, the
+ * reason is printed once, so that a suite skipped for it says why.
+ */
 export function netnsPrerequisites(): { ok: boolean; why: string } {
+  const r = checkPrerequisites();
+  if (!r.ok && !warned) {
+    warned = true;
+    console.warn(`lgnet tests: skipping suites that need network namespaces and taps: ${r.why}`);
+  }
+  return r;
+}
+
+let warned = false;
+
+function checkPrerequisites(): { ok: boolean; why: string } {
   if (process.getuid?.() !== 0) return { ok: false, why: 'not root' };
   if (!existsSync('/dev/net/tun')) return { ok: false, why: '/dev/net/tun missing' };
   const r = spawnSync('ip', ['netns', 'list'], { encoding: 'utf8' });

@@ -211,7 +211,3 @@ describe.runIf(pre.ok && x64)('jail failures are typed errors, not exits', () =>
     expect(bad.stderr.join('')).toMatch(/JailError.*no user 'no-such-user-lgnet'|LGNET_JAIL_USER/s);
   }, 60_000);
 });
-
-describe.runIf(!pre.ok)('jail (skipped)', () => {
-  it.skip(`needs root, /dev/net/tun and ip netns: ${pre.why}`, () => {});
-});
