@@ -147,7 +147,7 @@ async function runMode(mode: string, variant: 'lgnet' | 'qemu'): Promise<Record<
     const o = await g.done;
     await unq();
     await Promise.all(pending);
-    for (const t of tools) await new Promise<void>((r) => (t.exitCode !== null ? r() : t.on('exit', () => r())));
+    for (const t of tools) await new Promise<void>((r) => (t.exitCode !== null || t.signalCode !== null ? r() : t.on('exit', () => r())));
     const r = (job: string) => o.results.find((x) => x.job === job);
     summary['figures'] = {
       ok: o.ok,
@@ -183,6 +183,7 @@ for (const mode of MODES) {
     progress('profile', `${mode} (${variant}), jobs ${JOBS.join(', ')}, ${SECONDS} s each`);
     all[`${mode}-${variant}`] = await runMode(mode, variant);
     progress('profile', `${mode} (${variant}) done: ${JSON.stringify((all[`${mode}-${variant}`] as Record<string, unknown>)['figures'])}`);
+    writeFileSync(join(OUT, 'summary.json'), JSON.stringify(all, null, 2) + '\n');
   }
 }
 writeFileSync(join(OUT, 'summary.json'), JSON.stringify(all, null, 2) + '\n');

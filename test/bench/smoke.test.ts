@@ -1,0 +1,75 @@
+/**
+ * Smoke test of `npm run bench`: every step runs once with tiny durations, into a temporary results
+ * directory, so that the benchmarks cannot rot. Figures are not checked, only that each step produces
+ * its results (and that frames moved). docs/ is never touched here. DPDK: testpmd is used when it is
+ * installed (the bench itself would apt-get it; the smoke test does not), else the DPDK half reports
+ * "unavailable" and the lgnet half still runs.
+ */
+import { afterAll, describe, expect, it } from 'vitest';
+import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { benchDevice } from '../../scripts/bench/device.ts';
+import { benchDpdk } from '../../scripts/bench/dpdk.ts';
+import { benchGuest } from '../../scripts/bench/guest.ts';
+import { benchNative } from '../../scripts/bench/native.ts';
+import { benchVring } from '../../scripts/bench/vring.ts';
+import { writeReport } from '../../scripts/bench/report.ts';
+import { writeResult } from '../../scripts/bench/common.ts';
+
+const dir = mkdtempSync(join(tmpdir(), 'lgnet-bench-smoke-'));
+const quiet = <T>(f: () => Promise<T>): Promise<T> => {
+  const log = console.log;
+  console.log = () => {};
+  return f().finally(() => (console.log = log));
+};
+
+describe.skipIf(process.getuid?.() !== 0)('bench smoke (tiny durations)', () => {
+  afterAll(() => rmSync(dir, { recursive: true, force: true }));
+
+  it('native and vring', async () => {
+    const n = await quiet(() => benchNative({ seconds: 0.1, rounds: 1, outDir: dir }));
+    expect(n['nopNs']).toBeGreaterThan(0);
+    const v = await quiet(async () => benchVring({ chains: 20_000, outDir: dir }));
+    expect((v['results'] as unknown[]).length).toBe(3);
+    expect(existsSync(join(dir, 'native.json')) && existsSync(join(dir, 'vring.json'))).toBe(true);
+  }, 30_000);
+
+  it('device beside the C loop', async () => {
+    const d = await quiet(() => benchDevice({ seconds: 0.2 }));
+    writeResult('device', d, dir);
+    expect((d['tx64'] as { lgnet: number }).lgnet).toBeGreaterThan(0);
+    expect((d['rx64'] as { lgnet: number }).lgnet).toBeGreaterThan(0);
+  }, 30_000);
+
+  it('dpdk: lgnet serve (and testpmd when installed) behind the vhost-user harness', async () => {
+    const nr = '/sys/kernel/mm/hugepages/hugepages-2048kB/nr_hugepages';
+    const before = existsSync(nr) ? readFileSync(nr, 'utf8').trim() : '';
+    const r = await quiet(() => benchDpdk({ seconds: 0.2, outDir: dir, install: false }));
+    expect(r.lgnet?.tx64.fps).toBeGreaterThan(0);
+    expect(r.lgnet?.rx64.fps).toBeGreaterThan(0);
+    expect(['ran', 'unavailable']).toContain(r.dpdk.status);
+    if (r.dpdk.status === 'ran') expect(r.testpmd?.tx64.fps).toBeGreaterThan(0);
+    if (before) expect(readFileSync(nr, 'utf8').trim(), 'hugepages restored').toBe(before);
+  }, 40_000);
+
+  it('guest A/B and scaling, then the report and the chart', async () => {
+    const g = await benchGuest({ rounds: 1, seconds: 1, udpSeconds: 1, pingCount: 5, pingInterval: 0.01, scalingRounds: 1, soakSeconds: 0, outDir: dir });
+    expect(g.rows.map((r) => r.variant)).toEqual(['lgnet', 'qemu']);
+    for (const r of g.rows) {
+      expect(r.ok, r.errors.join('; ')).toBe(true);
+      expect(r.tcpTxGbps).toBeGreaterThan(0);
+      expect(r.pingAvgMs).toBeGreaterThan(0);
+    }
+    expect(g.rows[0]!.lgnetCpuTcpTx).toBeGreaterThan(0);
+    expect(Number.isFinite(g.rows[0]!.irqPerFrameTcpTx)).toBe(true);
+    expect(g.scaling.map((s) => s.queues)).toEqual([1, 2]);
+    expect(g.scaling[1]!.perQueueTxFrames.length).toBe(2);
+    const md = writeReport({ dir, docs: false });
+    expect(md).toContain('lgnet/QEMU');
+    expect(md).toContain('lgnet/C');
+    const svg = readFileSync(join(dir, 'chart.svg'), 'utf8');
+    expect(svg.startsWith('<svg')).toBe(true);
+    expect(svg).toContain('TCP guest→host');
+  }, 90_000);
+});
