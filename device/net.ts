@@ -87,6 +87,7 @@ interface Slot {
   spawning?: Promise<void>;
   control?: MessagePort;
   ctlFd: number;
+  ctlFlag: Int32Array;
   /** A queue is configured on the worker. */
   running: boolean;
   waiters: Array<{ evs: ReadonlyArray<WorkerEvent['ev']>; resolve: (e: WorkerEvent) => void }>;
@@ -151,7 +152,7 @@ export class NetDevice extends EventEmitter {
     this.busyPoll = opts.busyPoll ?? 0;
     this.maxQueueSize = opts.maxQueueSize ?? 1024;
     for (let i = 0; i < this.queueCount; i++) {
-      this.slots.push({ index: i, counters: createCounters(), ctlFd: -1, running: false, waiters: [], broken: null });
+      this.slots.push({ index: i, counters: createCounters(), ctlFd: -1, ctlFlag: new Int32Array(new SharedArrayBuffer(4)), running: false, waiters: [], broken: null });
     }
     this.filter.reset(mac, false);
   }
@@ -410,6 +411,7 @@ export class NetDevice extends EventEmitter {
       role: s.index & 1 ? 'tx' : 'rx',
       queueIndex: s.index,
       ctlFd: s.ctlFd,
+      ctlFlag: s.ctlFlag,
       counters: s.counters,
       control: port2,
       ...(ref && s.index & 1 ? { frameFilter: ref } : {}),
@@ -440,7 +442,8 @@ export class NetDevice extends EventEmitter {
 
   private send(s: Slot, m: WorkerCommand): void {
     s.control!.postMessage(m);
-    native.eventfdWrite(s.ctlFd, 1);
+    Atomics.store(s.ctlFlag, 0, 1); // seen by a busy worker
+    native.eventfdWrite(s.ctlFd, 1); // wakes a sleeping one
   }
 
   private command(s: Slot, m: WorkerCommand, evs: ReadonlyArray<WorkerEvent['ev']>): Promise<WorkerEvent> {

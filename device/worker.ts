@@ -50,6 +50,8 @@ export interface WorkerBoot {
   role: 'rx' | 'tx';
   queueIndex: number;
   ctlFd: number;
+  /** Set by the main thread with each command, so a worker that never sleeps still sees it. */
+  ctlFlag: Int32Array;
   counters: Float64Array;
   control: MessagePort;
   /** The pair backend's filter hook, loaded at start (a jailed worker cannot load code later). */
@@ -189,7 +191,10 @@ export class QueueWorker {
   /** Runs until told to exit. */
   run(): void {
     this.post({ ev: 'idle' });
+    const flag = this.boot.ctlFlag;
     while (this.state !== State.EXIT) {
+      // A busy worker never sleeps on its control fd: look at the flag on every pass (no syscall).
+      if (Atomics.load(flag, 0) !== 0) this.control();
       if (this.state !== State.RUNNING) {
         native.poll(this.ctlOnly, SLEEP_MS);
         this.control();
@@ -223,11 +228,14 @@ export class QueueWorker {
     if (r === RX.BACKEND_EMPTY) {
       // lguest's rule: completions go to the guest before the backend read would block.
       a.pending.signal();
+      if (this.busyPoll(a, () => native.poll(a.waitFds, 0) !== 0 || Atomics.load(this.boot.ctlFlag, 0) !== 0)) return;
       this.sleep(a.waitFds);
       return;
     }
     // No room: wait for buffers newer than what is in the ring now.
-    this.sleepOnKick(a, q.availIdx());
+    const seen = q.availIdx();
+    if (this.busyPoll(a, () => q.availIdx() !== seen)) return;
+    this.sleepOnKick(a, seen);
   }
 
   private busyPoll(a: ActiveQueue, ready: () => boolean): boolean {
@@ -272,6 +280,7 @@ export class QueueWorker {
 
   /** Drains the control eventfd and handles every queued command. */
   private control(): void {
+    Atomics.store(this.boot.ctlFlag, 0, 0);
     native.eventfdRead(this.boot.ctlFd);
     for (;;) {
       const m = receiveMessageOnPort(this.port);

@@ -86,3 +86,38 @@ it('RX under a flood with a slow, irregular guest: every frame the device took i
   expect(m.frames).toBe(got);
   expect(m.rxNoBuffers).toBeGreaterThan(0); // the guest fell behind and the device waited for it
 });
+
+it('a queue under sustained load still stops promptly (the worker never sleeps, yet sees the command)', async () => {
+  // Big frames and a long busy-poll keep the TX worker from ever reaching its sleep.
+  bed = await createBed({ accept: ['VERSION_1', 'RING_EVENT_IDX', 'MAC'], mtu: 9000, device: { busyPoll: 1_000_000 } });
+  const b = bed;
+  const r = b.drv.tx[0]!;
+  const q = r.q;
+  const frame = junkFrame(b, 0, 9000);
+  const bufs: Array<[{ addr: number; len: number }]> = r.slots.map((addr) => {
+    b.ram.write(addr, new Uint8Array(b.drv.hdrLen));
+    b.ram.write(addr + b.drv.hdrLen, frame);
+    return [{ addr, len: b.drv.hdrLen + frame.length }];
+  });
+  const slotOf = new Int32Array(q.size);
+  for (let i = 0; i < q.size; i++) slotOf[q.add(bufs[i]!, [])] = i;
+  r.publishAndKick();
+  let running = true;
+  const feeder = (async () => {
+    while (running) {
+      for (let h = q.popUsed(); h >= 0; h = q.popUsed()) slotOf[q.add(bufs[slotOf[h]!]!, [])] = slotOf[h]!;
+      r.publishAndKick();
+      await new Promise((res) => setImmediate(res));
+    }
+  })();
+  await new Promise((res) => setTimeout(res, 300));
+  const before = b.dev.metrics().queues[1]!;
+  expect(before.frames).toBeGreaterThan(1000);
+  const t0 = Date.now();
+  await b.dev.stopQueue(1);
+  const took = Date.now() - t0;
+  running = false;
+  await feeder;
+  expect(took).toBeLessThan(500);
+  expect(b.dev.metrics().queues[1]!.running).toBe(false);
+});
