@@ -38,7 +38,10 @@ export interface NetDeviceOptions {
   features?: bigint;
   /** Chains per burst. Default 32. */
   burst?: number;
-  /** Ring re-checks before a worker sleeps; 0 turns busy polling off. Default 0. */
+  /**
+   * Microseconds a worker keeps re-checking its ring (and backend) before it signals and sleeps; work
+   * that arrives meanwhile joins the same burst and interrupt. 0 turns busy polling off. Default 0.
+   */
   busyPoll?: number;
   /** Largest queue size the device accepts. Default 1024. */
   maxQueueSize?: number;

@@ -226,25 +226,36 @@ export class QueueWorker {
       return;
     }
     if (r === RX.BACKEND_EMPTY) {
-      // lguest's rule: completions go to the guest before the backend read would block.
-      a.pending.signal();
+      // Frames arriving within the busy-poll window join this burst's interrupt; then lguest's rule:
+      // completions go to the guest before the backend read would block.
       if (this.busyPoll(a, () => native.poll(a.waitFds, 0) !== 0 || Atomics.load(this.boot.ctlFlag, 0) !== 0)) return;
+      a.pending.signal();
       this.sleep(a.waitFds);
       return;
     }
-    // No room: wait for buffers newer than what is in the ring now.
+    // No room: the guest refills only once it hears about what it got, so signal first; then wait
+    // for buffers newer than what is in the ring now.
+    a.pending.signal();
     const seen = q.availIdx();
     if (this.busyPoll(a, () => q.availIdx() !== seen)) return;
     this.sleepOnKick(a, seen);
   }
 
+  /**
+   * Re-checks `ready` for up to the configured number of microseconds before the worker sleeps. The
+   * pending interrupt is held meanwhile, so work that arrives in the window shares it, and the driver
+   * does not kick (notifications stay off).
+   */
   private busyPoll(a: ActiveQueue, ready: () => boolean): boolean {
-    for (let i = 0; i < a.cfg.busyPoll; i++) {
+    const us = a.cfg.busyPoll;
+    if (us <= 0) return false;
+    const end = performance.now() + us / 1000;
+    do {
       if (ready()) {
         this.c[M.busyPollHits]! += 1;
         return true;
       }
-    }
+    } while (performance.now() < end);
     return false;
   }
 

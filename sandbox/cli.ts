@@ -24,6 +24,8 @@ export interface ServeOptions {
   queues: number;
   mac: string | undefined;
   mtu: number;
+  /** Busy-poll window of the queue workers, in microseconds. */
+  busyPoll: number;
   logLevel: LogLevel;
   /** Unix socket that answers each connection with the device metrics as JSON (metrics-endpoint.ts). */
   metricsSocket: string | undefined;
@@ -79,6 +81,7 @@ export function buildCli(actions: { serve: (opts: ServeOptions) => Promise<void>
     .addOption(new Option('--queues <n>', 'queue pairs').argParser(int('--queues', 1, 64)).default(1))
     .addOption(new Option('--mac <mac>', 'MAC address in the device config (default: random, locally administered)').argParser(macAddress))
     .addOption(new Option('--mtu <n>', 'MTU in the device config').argParser(int('--mtu', 68, 65535)).default(1500))
+    .addOption(new Option('--busy-poll <us>', 'microseconds a queue worker re-checks its ring before it sleeps (fewer kicks and interrupts, more host CPU); 0 = off').argParser(int('--busy-poll', 0, 1_000_000)).default(0))
     .addOption(new Option('--log-level <level>', 'log level (JSON logs on stderr)').choices(LOG_LEVELS as string[]).default('info'))
     .option('--metrics-socket <path>', 'unix socket that answers every connection with one JSON line of live per-queue counters (frames, bytes, interrupts, drops) and closes; read it with `socat - UNIX-CONNECT:PATH`')
     .option('--no-sandbox', 'do NOT enter the jail (chroot, uid drop, rlimits, no_new_privs, seccomp); for debugging only')
@@ -95,6 +98,7 @@ export function buildCli(actions: { serve: (opts: ServeOptions) => Promise<void>
         queues: o['queues'] as number,
         mac: o['mac'] as string | undefined,
         mtu: o['mtu'] as number,
+        busyPoll: o['busyPoll'] as number,
         logLevel: o['logLevel'] as LogLevel,
         metricsSocket: o['metricsSocket'] as string | undefined,
         jail: o['sandbox'] !== false,

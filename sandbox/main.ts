@@ -49,7 +49,7 @@ export async function startServing(opts: ServeOptions, log: Logger): Promise<Ser
   const backend = new TapBackend({ name: opts.tap, queuePairs: opts.queues });
   let device: NetDevice;
   try {
-    device = new NetDevice({ backend, mtu: opts.mtu, queuePairs: opts.queues, features: VHOST_USER_NET_FEATURES, ...(opts.mac ? { mac: opts.mac } : {}) });
+    device = new NetDevice({ backend, mtu: opts.mtu, queuePairs: opts.queues, busyPoll: opts.busyPoll, features: VHOST_USER_NET_FEATURES, ...(opts.mac ? { mac: opts.mac } : {}) });
   } catch (e) {
     backend.close();
     throw e;
