@@ -89,7 +89,7 @@ it('RX under a flood with a slow, irregular guest: every frame the device took i
 
 it('a queue under sustained load still stops promptly (the worker never sleeps, yet sees the command)', async () => {
   // Big frames and a long busy-poll keep the TX worker from ever reaching its sleep.
-  bed = await createBed({ accept: ['VERSION_1', 'RING_EVENT_IDX', 'MAC'], mtu: 9000, device: { busyPoll: 1_000_000 } });
+  bed = await createBed({ accept: ['VERSION_1', 'RING_EVENT_IDX', 'MAC'], mtu: 9000, device: { busyPoll: 2000 } });
   const b = bed;
   const r = b.drv.tx[0]!;
   const q = r.q;
