@@ -110,14 +110,17 @@ it('a queue under sustained load still stops promptly (the worker never sleeps, 
       await new Promise((res) => setImmediate(res));
     }
   })();
-  await new Promise((res) => setTimeout(res, 300));
-  const before = b.dev.metrics().queues[1]!;
-  expect(before.frames).toBeGreaterThan(1000);
-  const t0 = Date.now();
-  await b.dev.stopQueue(1);
-  const took = Date.now() - t0;
-  running = false;
-  await feeder;
+  let took = Infinity;
+  try {
+    await new Promise((res) => setTimeout(res, 300));
+    expect(b.dev.metrics().queues[1]!.frames).toBeGreaterThan(1000);
+    const t0 = Date.now();
+    await b.dev.stopQueue(1);
+    took = Date.now() - t0;
+  } finally {
+    running = false;
+    await feeder;
+  }
   expect(took).toBeLessThan(500);
   expect(b.dev.metrics().queues[1]!.running).toBe(false);
 });
