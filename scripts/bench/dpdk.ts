@@ -31,7 +31,6 @@ import { mask } from '../../device/features.ts';
 import { ethernet } from '../../test/driver/frames.ts';
 import { GuestRam } from '../../test/driver/guest-ram.ts';
 import { VhostUserFrontend } from '../../test/driver/vhost-user-frontend.ts';
-import { PROTOCOL_F } from '../../sandbox/vhost-user/messages.ts';
 import { VirtioNetDriver } from '../../test/driver/virtio-net.ts';
 import { createNetns, openPacketIn, type Netns } from '../../test/helpers/netns.ts';
 import { cpuSeconds, envNum, isMain, killPid, machine, onCleanup, progress, ROOT, sleep, waitGone, writeResult } from './common.ts';
@@ -201,9 +200,6 @@ async function attach(socket: string): Promise<Attached> {
   const ram = new GuestRam(64 << 20, { name: 'lgnet-bench-dpdk' });
   const drv = new VirtioNetDriver(ram, { features: mask('VERSION_1', 'RING_EVENT_IDX'), queueSize: QSIZE, rxBufferSize: 2048 });
   await fe.attachDriver(drv, ram);
-  // QEMU ends its start-up with SET_STATUS(DRIVER_OK) when STATUS was negotiated; attachDriver() does
-  // not, and DPDK's vhost library does not call the device ready (no forwarding at all) until it sees it.
-  if (fe.protocolFeatures & (1n << BigInt(PROTOCOL_F.STATUS))) await fe.setStatus(1 | 2 | 8 | 4);
   drv.fillRx();
   drv.rx[0]!.publishAndKick();
   return { fe, ram, drv };

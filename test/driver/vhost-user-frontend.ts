@@ -440,7 +440,8 @@ export class VhostUserFrontend {
 
   /**
    * Sets up a driver's queues on the back-end, as QEMU's vhost_dev_start does: negotiation (unless
-   * already done), the memory table, and for every queue NUM, BASE, ADDR, KICK, CALL, then ENABLE.
+   * already done), the memory table, for every queue NUM, BASE, ADDR, KICK, CALL, then ENABLE, and
+   * SET_STATUS(DRIVER_OK) when STATUS was negotiated.
    * Returns the negotiation. Afterwards post RX buffers with drv.fillRx().
    */
   async attachDriver(drv: VirtioNetDriver, ram: GuestRam, opts: { negotiate?: boolean; enable?: boolean; base?: (index: number) => number; protocolFeatures?: bigint } = {}): Promise<Negotiated | undefined> {
@@ -450,6 +451,9 @@ export class VhostUserFrontend {
     }
     await this.setMemTable([VhostUserFrontend.regionOf(ram)]);
     for (const { index, setup } of drv.queueSetups()) await this.startRing(ram, index, setup, opts.base?.(index) ?? 0, opts.enable !== false);
+    // Like QEMU: the driver is up (ACKNOWLEDGE | DRIVER | FEATURES_OK | DRIVER_OK). Some back-ends
+    // (DPDK's vhost library) do not start forwarding before they see it.
+    if (this.protocolFeatures & (1n << BigInt(PROTOCOL_F.STATUS))) await this.setStatus(1 | 2 | 8 | 4);
     if (!this.replyAck) await this.barrier();
     return neg;
   }
