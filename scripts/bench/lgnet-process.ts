@@ -51,6 +51,8 @@ export async function startLgnet(o: {
     ...(o.wrap ?? []),
     ...launcher, 'serve', '--socket', o.socket, '--tap', o.tap, '--queues', String(o.queues ?? 1),
     '--metrics-socket', o.metricsPath, '--log-level', 'warn',
+    // LGNET_BENCH_SERVE_ARGS adds flags to every lgnet serve the benches start, e.g. '--busy-poll 50'.
+    ...(process.env['LGNET_BENCH_SERVE_ARGS'] ?? '').split(/\s+/).filter(Boolean),
   ];
   rmSync(o.metricsPath, { force: true });
   // `ip netns exec` execs in place: the pid is node's own (or the wrapper's, which execs too).
