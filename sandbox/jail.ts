@@ -30,7 +30,7 @@ import { threadId, isMainThread } from 'node:worker_threads';
 
 import * as native from '../native/index.ts';
 import { NativeError } from '../native/index.ts';
-import { compileFilter, type ArgPin, type CompiledRule, type SeccompArch } from './seccomp-bpf.ts';
+import { compileFilter, type Action, type ArgPin, type CompiledRule, type SeccompArch } from './seccomp-bpf.ts';
 import { OWN_PID, POLICY, ROLES, rulesFor, type PolicyOptions, type Role, type SyscallRule } from './seccomp-policy.ts';
 import { SYSCALLS_AARCH64 } from './syscalls-aarch64.ts';
 import { SYSCALLS_X86_64 } from './syscalls-x86_64.ts';
@@ -49,6 +49,11 @@ export interface JailOptions {
   maxFds?: number;
   /** --no-sandbox: do none of it, and say so loudly (through onWarning). */
   noSandbox?: boolean;
+  /**
+   * For diagnosing the policy only: what an unlisted syscall gets instead of EPERM, e.g.
+   * `{ kind: 'log' }` (allowed and logged to the kernel log as audit type 1326).
+   */
+  seccompDefault?: Action;
   /** vhost-user client mode: allow socket(AF_UNIX, SOCK_STREAM) + connect to reconnect (seccomp-policy.ts). */
   unixConnect?: boolean;
   /** Where warnings go. Default: process.emitWarning with code LGNET_NO_SANDBOX / LGNET_JAIL_ROOT. */
@@ -126,6 +131,11 @@ export interface CompileContext extends PolicyOptions {
   arch?: SeccompArch;
   /** Replaces OWN_PID pins. Default process.pid. */
   pid?: number;
+  /**
+   * What a syscall off the list gets. Default EPERM; `{ kind: 'log' }` allows and logs it to the kernel
+   * log (audit type 1326), to find what a policy lacks without breaking the process.
+   */
+  defaultAction?: Action;
 }
 
 export interface CompiledPolicy {
@@ -167,7 +177,7 @@ export function compilePolicy(role: Role, ctx: CompileContext = {}): CompiledPol
     if (r.errno !== undefined) c.errno = r.errno;
     rules.push(c);
   }
-  return { role, arch, program: compileFilter(rules, { arch }), syscalls, skipped };
+  return { role, arch, program: compileFilter(rules, { arch, ...(ctx.defaultAction ? { defaultAction: ctx.defaultAction } : {}) }), syscalls, skipped };
 }
 
 // ---- printing the policy -------------------------------------------------------------------------------
@@ -325,7 +335,7 @@ export function enterJail(opts: JailOptions = {}): JailReport {
   // Compile before changing anything: a policy bug must not leave a half-jailed process.
   let policy: CompiledPolicy;
   try {
-    policy = compilePolicy('main', { arch, unixConnect: opts.unixConnect === true });
+    policy = compilePolicy('main', { arch, unixConnect: opts.unixConnect === true, ...(opts.seccompDefault ? { defaultAction: opts.seccompDefault } : {}) });
   } catch (e) {
     if (e instanceof JailError) throw e;
     return fail(JAIL_ERROR.SECCOMP, 'compile', 'the seccomp policy does not compile', 'This is a bug in sandbox/seccomp-policy.ts; report it.', e);

@@ -55,7 +55,7 @@ describe.runIf(supported)('a stacked worker filter', () => {
   });
 
   it('stops cleanly inside the jail', async () => {
-    expect(await child.cmd('quit')).toEqual({ ev: 'bye' });
-    expect(await child.exit).toEqual({ code: 0, signal: null });
+    expect(await child.cmd('quit'), child.stderr.join('')).toEqual({ ev: 'bye' });
+    expect(await child.exit, child.stderr.join('')).toEqual({ code: 0, signal: null });
   });
 });
