@@ -23,6 +23,13 @@ Napi::Value SetNoNewPrivs(const Napi::CallbackInfo& info) {
   return env.Undefined();
 }
 
+// prctl(PR_SET_DUMPABLE, 0): no core dump, and /proc/<pid>/mem and ptrace only for CAP_SYS_PTRACE.
+Napi::Value SetNotDumpable(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) < 0) return NativeFail(env, errno, "prctl", "PR_SET_DUMPABLE");
+  return env.Undefined();
+}
+
 // seccompInstall(filter: Uint8Array of struct sock_filter, tsync)
 Napi::Value SeccompInstall(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
@@ -121,6 +128,7 @@ Napi::Value Chroot(const Napi::CallbackInfo& info) {
 
 void RegisterHardening(Napi::Env env, Napi::Object exports) {
   exports.Set("setNoNewPrivs", Napi::Function::New(env, SetNoNewPrivs, "setNoNewPrivs"));
+  exports.Set("setNotDumpable", Napi::Function::New(env, SetNotDumpable, "setNotDumpable"));
   exports.Set("seccompInstall", Napi::Function::New(env, SeccompInstall, "seccompInstall"));
   exports.Set("setresuid", Napi::Function::New(env, SetResUid, "setresuid"));
   exports.Set("setresgid", Napi::Function::New(env, SetResGid, "setresgid"));

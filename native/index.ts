@@ -484,6 +484,14 @@ export function setNoNewPrivs(): void {
   b.setNoNewPrivs();
 }
 
+/**
+ * prctl(PR_SET_DUMPABLE, 0): the process leaves no core dump, and other processes of the same uid can
+ * neither ptrace it nor read /proc/<pid>/mem (where guest memory is mapped).
+ */
+export function setNotDumpable(): void {
+  b.setNotDumpable();
+}
+
 /** Bytes per classic BPF instruction (struct sock_filter). */
 export const SOCK_FILTER_BYTES = 8;
 

@@ -409,6 +409,14 @@ export function enterJail(opts: JailOptions = {}): JailReport {
   }
   report.rlimits = { core: 0, nofile: maxFds };
   report.steps.push(`rlimit core 0, nofile ${maxFds}`);
+  // Not dumpable: same-uid processes cannot ptrace lgnet or read guest memory through /proc/<pid>/mem
+  // (a uid change does this too, but not running as root without --user).
+  try {
+    native.setNotDumpable();
+  } catch (e) {
+    fail(JAIL_ERROR.RLIMIT, 'prctl', 'cannot set PR_SET_DUMPABLE 0', 'This needs no privilege; report it.', e);
+  }
+  report.steps.push('not dumpable');
 
   // e. no_new_privs: required for an unprivileged seccomp filter; TSYNC copies it to every thread.
   try {

@@ -25,6 +25,13 @@ function run(...args: string[]): Record<string, any> {
 }
 
 describe('hardening (in child processes)', () => {
+  it.runIf(process.getuid?.() === 0)('setNotDumpable hands /proc/<pid> to root (no same-uid ptrace or /proc/<pid>/mem)', () => {
+    // The child runs as nobody, so that the owner of its /proc files shows the change.
+    const r = spawnSync(process.execPath, ['--import', 'tsx', child, 'dumpable'], { encoding: 'utf8', timeout: 20_000, uid: 65534, gid: 65534 });
+    expect(r.status, r.stderr).toBe(0);
+    expect(JSON.parse(r.stdout)).toEqual({ before: 65534, after: 0 });
+  });
+
   it('setNoNewPrivs shows NoNewPrivs: 1', () => {
     expect(run('nnp')).toEqual({ before: '0', after: '1' });
   });

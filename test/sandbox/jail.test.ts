@@ -58,7 +58,7 @@ describe.runIf(pre.ok && x64)('a jailed device process (nobody/nogroup, maxFds 2
 
   it('reports the steps in order', () => {
     expect(ready.jail.sandboxed).toBe(true);
-    expect(ready.jail.steps.map((s: string) => s.split(' ')[0])).toEqual(['setgroups', 'setresgid', 'setresuid', 'rlimit', 'no_new_privs', 'seccomp']);
+    expect(ready.jail.steps.map((s: string) => s.split(' ')[0])).toEqual(['setgroups', 'setresgid', 'setresuid', 'rlimit', 'not', 'no_new_privs', 'seccomp']);
     expect(ready.jail.uid).toBe(65534);
     expect(ready.jail.gid).toBe(65534);
   });

@@ -2,7 +2,7 @@
  * Child process for hardening.test.ts: applies one hardening primitive to itself (never to the test
  * runner) and prints a JSON report on stdout.
  */
-import { existsSync, readdirSync, readFileSync } from 'node:fs';
+import { existsSync, readdirSync, readFileSync, statSync } from 'node:fs';
 import { hostname } from 'node:os';
 
 import {
@@ -12,6 +12,7 @@ import {
   seccompInstall,
   setgroups,
   setNoNewPrivs,
+  setNotDumpable,
   setresgid,
   setresuid,
   setrlimit,
@@ -60,6 +61,12 @@ function denyUname(): Uint8Array {
 
 const report: Record<string, unknown> = {};
 switch (process.argv[2]) {
+  case 'dumpable':
+    // /proc/<pid>/* belong to the process's uid while it is dumpable, to root once it is not.
+    report.before = statSync('/proc/self/status').uid;
+    setNotDumpable();
+    report.after = statSync('/proc/self/status').uid;
+    break;
   case 'nnp':
     report.before = statusField('NoNewPrivs');
     setNoNewPrivs();
