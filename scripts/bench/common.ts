@@ -266,3 +266,30 @@ export function isMain(metaUrl: string): boolean {
   if (!arg) return false;
   return resolve(arg) === fileURLToPath(metaUrl);
 }
+
+/** What a tap-loop run printed: frames moved in `seconds`. */
+export interface TapLoopResult {
+  mode: string;
+  frames: number;
+  seconds: number;
+  fps: number;
+}
+
+/** Compiles the C baseline (scripts/bench/tap-loop.c) into .cache/ and returns the binary's path. */
+export function buildTapLoop(): string {
+  const out = join(ROOT, '.cache', 'tap-loop');
+  mkdirSync(dirname(out), { recursive: true });
+  const r = spawnSync('cc', ['-O2', '-Wall', '-o', out, join(ROOT, 'scripts/bench/tap-loop.c')], { encoding: 'utf8' });
+  if (r.status !== 0) throw new Error(`cc failed: ${r.error?.message ?? r.stderr}`);
+  return out;
+}
+
+/**
+ * Runs tap-loop synchronously with `fd` as its fd 3: `args` is the mode and its arguments after the
+ * fd (e.g. ['write', '12', '64', '2']). `seconds` bounds the wait.
+ */
+export function runTapLoop(bin: string, fd: number, args: string[], seconds: number): TapLoopResult {
+  const r = spawnSync(bin, [args[0]!, '3', ...args.slice(1)], { stdio: ['ignore', 'pipe', 'pipe', fd], encoding: 'utf8', timeout: (seconds + 10) * 1000 });
+  if (r.status !== 0) throw new Error(`tap-loop ${args.join(' ')} failed (${r.status}): ${r.stderr}`);
+  return JSON.parse(r.stdout) as TapLoopResult;
+}

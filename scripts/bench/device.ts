@@ -15,11 +15,10 @@
  * LGNET_BENCH_BUSYPOLL (device busy-poll rounds, default 0), LGNET_BENCH_JAIL=1 is reserved for the jail
  * comparison.
  */
-import { spawn, spawnSync } from 'node:child_process';
+import { spawn } from 'node:child_process';
 import { mkdirSync, writeFileSync } from 'node:fs';
 import { cpus, loadavg } from 'node:os';
-import { dirname, join, resolve } from 'node:path';
-import { fileURLToPath } from 'node:url';
+import { join } from 'node:path';
 import * as native from '../../native/index.ts';
 import { mask } from '../../device/features.ts';
 import { NetDevice } from '../../device/net.ts';
@@ -28,28 +27,14 @@ import { ethernet } from '../../test/driver/frames.ts';
 import { GuestRam } from '../../test/driver/guest-ram.ts';
 import { VirtioNetDriver } from '../../test/driver/virtio-net.ts';
 import { createNetns, openPacketIn, type Netns } from '../../test/helpers/netns.ts';
+import { buildTapLoop, ROOT, runTapLoop } from './common.ts';
 
-const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '../..');
 const SECONDS = Number(process.env['LGNET_BENCH_SECONDS'] ?? 2);
 const BUSY_POLL = Number(process.env['LGNET_BENCH_BUSYPOLL'] ?? 0);
 const HDR = 12;
 const QSIZE = 256;
 
 interface Rate { frames: number; seconds: number; fps: number }
-
-function buildC(): string {
-  const out = join(ROOT, '.cache', 'tap-loop');
-  mkdirSync(dirname(out), { recursive: true });
-  const r = spawnSync('cc', ['-O2', '-Wall', '-o', out, join(ROOT, 'scripts/bench/tap-loop.c')], { encoding: 'utf8' });
-  if (r.status !== 0) throw new Error(`cc failed: ${r.error?.message ?? r.stderr}`);
-  return out;
-}
-
-function runC(bin: string, fd: number, args: string[]): Rate {
-  const r = spawnSync(bin, [args[0]!, '3', ...args.slice(1)], { stdio: ['ignore', 'pipe', 'pipe', fd], encoding: 'utf8', timeout: (SECONDS + 10) * 1000 });
-  if (r.status !== 0) throw new Error(`tap-loop ${args.join(' ')} failed (${r.status}): ${r.stderr}`);
-  return JSON.parse(r.stdout) as Rate;
-}
 
 /** A device on a tap in `ns`, with the harness attached. */
 async function setup(ns: Netns) {
@@ -115,7 +100,7 @@ const fmt = (fps: number): string => `${(fps / 1e6).toFixed(3)} M/s`;
 /** Runs the device benchmark; returns the results object (also used by the full bench suite). */
 export async function benchDevice(opts: { seconds?: number } = {}): Promise<Record<string, unknown>> {
   const seconds = opts.seconds ?? SECONDS;
-  const bin = buildC();
+  const bin = buildTapLoop();
   const results: Record<string, unknown> = {
     date: new Date().toISOString(), node: process.version, cpus: cpus().length, cpu: cpus()[0]?.model,
     seconds, busyPoll: BUSY_POLL, queueSize: QSIZE, loadavg: loadavg(),
@@ -128,7 +113,7 @@ export async function benchDevice(opts: { seconds?: number } = {}): Promise<Reco
     for (const len of [64, 1514]) {
       harnessTx(s, len, 0.3); // warm up
       const lg = harnessTx(s, len, seconds);
-      const c = runC(bin, tapFd, ['write', String(HDR), String(len), String(seconds)]);
+      const c = runTapLoop(bin, tapFd, ['write', String(HDR), String(len), String(seconds)], seconds);
       const m = s.dev.metrics().queues[1]!;
       results[`tx${len}`] = { lgnet: lg.fps, c: c.fps, ratio: lg.fps / c.fps, interruptsPerFrame: m.interrupts / m.frames };
       console.log(`tx ${String(len).padStart(4)} B: lgnet ${fmt(lg.fps)}  C writev ${fmt(c.fps)}  ratio ${(lg.fps / c.fps).toFixed(3)}`);
@@ -137,7 +122,7 @@ export async function benchDevice(opts: { seconds?: number } = {}): Promise<Reco
     for (const len of [64, 1514]) {
       const lg = await withSender(bin, pkt, len, () => harnessRx(s!, seconds));
       await s.dev.stopQueue(0); // the C reader takes the tap alone
-      const c = await withSender(bin, pkt, len, () => runC(bin, tapFd, ['read', String(HDR), String(seconds)]));
+      const c = await withSender(bin, pkt, len, () => runTapLoop(bin, tapFd, ['read', String(HDR), String(seconds)], seconds));
       await s.dev.startQueue(0);
       const ratio = lg.result.fps / c.result.fps;
       results[`rx${len}`] = { lgnet: lg.result.fps, c: c.result.fps, ratio, offeredDuringLgnet: lg.offered, offeredDuringC: c.offered };

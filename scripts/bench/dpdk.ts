@@ -23,7 +23,7 @@
  * Env: LGNET_BENCH_DPDK_SECONDS (2 per measurement), LGNET_BENCH_DPDK_INSTALL=0 (do not apt-get).
  */
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
-import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import * as native from '../../native/index.ts';
@@ -33,7 +33,7 @@ import { GuestRam } from '../../test/driver/guest-ram.ts';
 import { VhostUserFrontend } from '../../test/driver/vhost-user-frontend.ts';
 import { VirtioNetDriver } from '../../test/driver/virtio-net.ts';
 import { createNetns, openPacketIn, type Netns } from '../../test/helpers/netns.ts';
-import { cpuSeconds, envNum, isMain, killPid, machine, onCleanup, progress, ROOT, sleep, waitGone, writeResult } from './common.ts';
+import { buildTapLoop, cpuSeconds, envNum, isMain, killPid, machine, onCleanup, progress, sleep, waitGone, writeResult } from './common.ts';
 import { startLgnet, type LgnetProcess } from './lgnet-process.ts';
 
 const QSIZE = 256;
@@ -184,14 +184,6 @@ function tapRxPackets(ns: Netns, tap: string): number {
   }
 }
 
-function buildC(): string {
-  const out = join(ROOT, '.cache', 'tap-loop');
-  mkdirSync(dirname(out), { recursive: true });
-  const r = spawnSync('cc', ['-O2', '-Wall', '-o', out, join(ROOT, 'scripts/bench/tap-loop.c')], { encoding: 'utf8' });
-  if (r.status !== 0) throw new Error(`cc failed: ${r.error?.message ?? r.stderr}`);
-  return out;
-}
-
 type Attached = { fe: VhostUserFrontend; ram: GuestRam; drv: VirtioNetDriver };
 
 async function attach(socket: string): Promise<Attached> {
@@ -303,7 +295,7 @@ async function measureBackend(kind: 'lgnet' | 'testpmd', seconds: number, huge: 
 /** Runs lgnet and testpmd behind the same harness; writes `outDir`/dpdk.json. */
 export async function benchDpdk(opts: { seconds?: number; outDir?: string; install?: boolean } = {}): Promise<DpdkResults> {
   const seconds = opts.seconds ?? envNum('LGNET_BENCH_DPDK_SECONDS', 2);
-  const bin = buildC();
+  const bin = buildTapLoop();
   const results: DpdkResults = { machine: machine(), seconds, dpdk: { status: 'unavailable' } };
   const log: string[] = [];
   progress('dpdk', 'lgnet serve behind the vhost-user harness');

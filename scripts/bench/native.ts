@@ -14,11 +14,10 @@
  * medians and the median of the per-round ratios). Results print and go to bench/results/native.json.
  * Needs root and a C compiler (cc). LGNET_BENCH_SECONDS changes the time per side.
  */
-import { spawn, spawnSync } from 'node:child_process';
+import { spawn } from 'node:child_process';
 import { mkdirSync, writeFileSync } from 'node:fs';
 import { cpus, loadavg } from 'node:os';
-import { dirname, join, resolve } from 'node:path';
-import { fileURLToPath } from 'node:url';
+import { join } from 'node:path';
 
 import {
   close,
@@ -34,38 +33,14 @@ import {
   writevBatch,
 } from '../../native/index.ts';
 import { createNetns, openPacketIn, openTapIn } from '../../test/helpers/netns.ts';
+import { buildTapLoop, isMain, ROOT, runTapLoop, type TapLoopResult } from './common.ts';
 
-const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '../..');
 let SECONDS = Number(process.env['LGNET_BENCH_SECONDS'] ?? 2.5);
 const BURST = 32;
 let ROUNDS = 5;
 const HDR = 12;
 
-interface CResult {
-  mode: string;
-  frames: number;
-  seconds: number;
-  fps: number;
-}
-
-function buildC(): string {
-  const out = join(ROOT, '.cache', 'tap-loop');
-  mkdirSync(dirname(out), { recursive: true });
-  const r = spawnSync('cc', ['-O2', '-Wall', '-o', out, join(ROOT, 'scripts/bench/tap-loop.c')], { encoding: 'utf8' });
-  if (r.status !== 0) throw new Error(`cc failed: ${r.error?.message ?? r.stderr}`);
-  return out;
-}
-
-/** Runs tap-loop with `fd` as its fd 3, synchronously. */
-function runC(bin: string, fd: number, args: string[]): CResult {
-  const r = spawnSync(bin, [args[0]!, '3', ...args.slice(1)], {
-    stdio: ['ignore', 'pipe', 'pipe', fd],
-    encoding: 'utf8',
-    timeout: (SECONDS + 10) * 1000,
-  });
-  if (r.status !== 0) throw new Error(`tap-loop ${args.join(' ')} failed (${r.status}): ${r.stderr}`);
-  return JSON.parse(r.stdout) as CResult;
-}
+type CResult = TapLoopResult;
 
 function nsPerNop(): number {
   const n = 5_000_000;
@@ -153,7 +128,7 @@ const fmt = (fps: number): string => `${(fps / 1e6).toFixed(3)} M/s`;
 export async function benchNative(opts: { seconds?: number; rounds?: number; outDir?: string } = {}): Promise<Record<string, unknown>> {
   if (opts.seconds !== undefined) SECONDS = opts.seconds;
   if (opts.rounds !== undefined) ROUNDS = opts.rounds;
-  const bin = buildC();
+  const bin = buildTapLoop();
   const results: Record<string, unknown> = {
     date: new Date().toISOString(),
     node: process.version,
@@ -182,7 +157,7 @@ export async function benchNative(opts: { seconds?: number; rounds?: number; out
       const cRounds: number[] = [];
       for (let r = 0; r < ROUNDS; r++) {
         jsRounds.push(jsWrite(tap.fd, region, mem, len, SECONDS / ROUNDS).fps);
-        cRounds.push(runC(bin, tap.fd, ['write', String(HDR), String(len), String(SECONDS / ROUNDS)]).fps);
+        cRounds.push(runTapLoop(bin, tap.fd, ['write', String(HDR), String(len), String(SECONDS / ROUNDS)], SECONDS).fps);
       }
       const js = median(jsRounds);
       const c = median(cRounds);
@@ -195,7 +170,7 @@ export async function benchNative(opts: { seconds?: number; rounds?: number; out
     const len = 64;
     jsRead(tap.fd, region, 0.1);
     const js = await withSender(bin, pkt, len, () => jsRead(tap.fd, region, SECONDS));
-    const c = await withSender(bin, pkt, len, () => runC(bin, tap.fd, ['read', String(HDR), String(SECONDS)]));
+    const c = await withSender(bin, pkt, len, () => runTapLoop(bin, tap.fd, ['read', String(HDR), String(SECONDS)], SECONDS));
     const ratio = js.reader.fps / c.reader.fps;
     results[`rx${len}`] = {
       readvBatch: js.reader.fps,
@@ -220,4 +195,4 @@ export async function benchNative(opts: { seconds?: number; rounds?: number; out
   return results;
 }
 
-if (process.argv[1] && resolve(process.argv[1]) === fileURLToPath(import.meta.url)) await benchNative();
+if (isMain(import.meta.url)) await benchNative();

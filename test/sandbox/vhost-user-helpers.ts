@@ -12,6 +12,9 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import * as native from '../../native/index.ts';
 import { mask, type FeatureName } from '../../device/features.ts';
+// The features `lgnet serve` offers over vhost-user; the test beds offer the same.
+import { VHOST_USER_NET_FEATURES } from '../../sandbox/main.ts';
+export { VHOST_USER_NET_FEATURES };
 import { NetDevice } from '../../device/net.ts';
 import { TapBackend } from '../../device/tap-backend.ts';
 import { netDeviceHooks, VhostUserServer } from '../../sandbox/vhost-user/server.ts';
@@ -21,16 +24,6 @@ import { VhostUserFrontend } from '../driver/vhost-user-frontend.ts';
 import { createNetns, type Netns } from '../helpers/netns.ts';
 
 export const UDP_FIXTURE = fileURLToPath(new URL('../device/fixtures/udp.mjs', import.meta.url));
-
-/**
- * Device features for vhost-user: QEMU keeps the control queue (and with it MAC filtering, VLANs,
- * announce and MQ steering) to itself, so none of the CTRL_* family is offered.
- */
-export const VHOST_USER_NET_FEATURES: bigint = mask(
-  'CSUM', 'GUEST_CSUM', 'MAC', 'MTU', 'STATUS',
-  'GUEST_TSO4', 'GUEST_TSO6', 'GUEST_ECN', 'GUEST_UFO', 'HOST_TSO4', 'HOST_TSO6', 'HOST_ECN', 'HOST_UFO',
-  'MRG_RXBUF', 'MQ', 'NOTIFY_ON_EMPTY', 'ANY_LAYOUT', 'RING_INDIRECT_DESC', 'RING_EVENT_IDX', 'VERSION_1',
-);
 
 export interface VuBed {
   ns: Netns;
