@@ -5,6 +5,8 @@
  *     1. open everything: the vhost-user socket, the tap(s), metrics endpoint, logs
  *     2. import every module and start the queue workers        ← nothing below may open a file
  *     3. enterJail(opts)
+ *          0. end the transpiler service child (tsx's esbuild) and refuse if any other child lives:
+ *             a child runs outside the jail, with our uid, and shares fds the jail could write to
  *          a. resolve --user/--group names (reads /etc/passwd and /etc/group: before the chroot)
  *          b. chroot(--chroot DIR), chdir("/")                        optional
  *          c. setgroups([]), setresgid(g,g,g), setresuid(u,u,u)      optional; capabilities go with uid 0
@@ -26,6 +28,7 @@
  *   before the jail so Node sets them up while it still may.
  */
 import { readFileSync, readdirSync } from 'node:fs';
+import { basename } from 'node:path';
 import { threadId, isMainThread } from 'node:worker_threads';
 
 import * as native from '../native/index.ts';
@@ -56,6 +59,12 @@ export interface JailOptions {
   seccompDefault?: Action;
   /** vhost-user client mode: allow socket(AF_UNIX, SOCK_STREAM) + connect to reconnect (seccomp-policy.ts). */
   unixConnect?: boolean;
+  /**
+   * Child processes the caller started on purpose and vouches for: they keep running outside the jail
+   * (lgnet serve's socket reapers, which only wait for a pipe to close). Any other live child makes
+   * enterJail refuse.
+   */
+  keepChildren?: readonly number[];
   /** Where warnings go. Default: process.emitWarning with code LGNET_NO_SANDBOX / LGNET_JAIL_ROOT. */
   onWarning?: (message: string, code: string) => void;
 }
@@ -70,6 +79,8 @@ export interface JailReport {
   gid: number;
   rlimits: { core: number; nofile: number };
   seccomp: { role: Role; arch: SeccompArch; instructions: number; syscalls: number } | null;
+  /** Child processes enterJail ended (the transpiler service), by pid. */
+  endedChildren: number[];
 }
 
 /** Stable codes of JailError, one per step that can fail. */
@@ -87,6 +98,7 @@ export const JAIL_ERROR = {
   NO_NEW_PRIVS: 'LGNET_JAIL_NO_NEW_PRIVS',
   SECCOMP: 'LGNET_JAIL_SECCOMP',
   ALREADY: 'LGNET_JAIL_ALREADY',
+  CHILDREN: 'LGNET_JAIL_CHILDREN',
 } as const;
 export type JailErrorCode = (typeof JAIL_ERROR)[keyof typeof JAIL_ERROR];
 
@@ -283,6 +295,91 @@ export function resolveIds(user?: string | number, group?: string | number): { u
   return { ...(uid !== undefined ? { uid } : {}), ...(gid !== undefined ? { gid } : {}) };
 }
 
+// ---- child processes -------------------------------------------------------------------------------------
+
+/** A child process of this process, as /proc shows it. */
+export interface ChildProcessInfo {
+  pid: number;
+  /** The state letter of /proc/<pid>/stat (R, S, D, Z, ...). */
+  state: string;
+  argv: string[];
+}
+
+/**
+ * The child processes of this process that still run (zombies run nothing and are left out), from
+ * every thread's /proc/self/task/<tid>/children. Empty when /proc is not mounted.
+ */
+export function liveChildren(): ChildProcessInfo[] {
+  const out: ChildProcessInfo[] = [];
+  let tasks: string[];
+  try {
+    tasks = readdirSync('/proc/self/task');
+  } catch {
+    return out;
+  }
+  for (const tid of tasks) {
+    let pids: number[];
+    try {
+      pids = readFileSync(`/proc/self/task/${tid}/children`, 'utf8').split(' ').filter(Boolean).map(Number);
+    } catch {
+      continue; // the thread ended
+    }
+    for (const pid of pids) {
+      const c = childInfo(pid);
+      if (c && c.state !== 'Z' && c.state !== 'X') out.push(c);
+    }
+  }
+  return out;
+}
+
+function childInfo(pid: number): ChildProcessInfo | null {
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+    const state = stat.slice(stat.lastIndexOf(')') + 2, stat.lastIndexOf(')') + 3);
+    const argv = readFileSync(`/proc/${pid}/cmdline`, 'utf8').split('\0').filter(Boolean);
+    return { pid, state, argv };
+  } catch {
+    return null; // it ended and was reaped
+  }
+}
+
+/**
+ * tsx's loader keeps esbuild's transform service (`esbuild --service=VERSION --ping`) as a child while
+ * lgnet runs from TypeScript sources and a module missed the transform cache. Once everything is
+ * imported it has no more work, and left alive it would hold pipes a jailed process could ask to build
+ * and write files with, as the old uid.
+ */
+function isTranspilerService(c: ChildProcessInfo): boolean {
+  return c.argv.length > 0 && basename(c.argv[0]!).startsWith('esbuild') && c.argv.some((a) => a.startsWith('--service='));
+}
+
+const sleepCell = new Int32Array(new SharedArrayBuffer(4));
+
+/**
+ * Ends the transpiler service (SIGKILL, then waits up to 2 s for it to stop running; libuv reaps it,
+ * now or after the jail) and refuses to go on while any other child process runs.
+ */
+function endChildren(report: JailReport, keep: readonly number[]): void {
+  for (const c of liveChildren().filter(isTranspilerService)) {
+    try {
+      process.kill(c.pid, 'SIGKILL');
+    } catch { /* it ended by itself */ }
+    for (let waited = 0; waited < 2000; waited += 5) {
+      const now = childInfo(c.pid);
+      if (!now || now.state === 'Z' || now.state === 'X') break;
+      Atomics.wait(sleepCell, 0, 0, 5);
+    }
+    report.endedChildren.push(c.pid);
+    report.steps.push(`ended transpiler service pid ${c.pid}`);
+  }
+  const left = liveChildren().filter((c) => !keep.includes(c.pid));
+  if (left.length > 0) {
+    const list = left.map((c) => `${c.pid} (${c.argv.join(' ').slice(0, 80)})`).join(', ');
+    fail(JAIL_ERROR.CHILDREN, 'children', `child process ${list} still runs`,
+      'A child runs outside the jail, with this process\'s uid and no seccomp filter, and shares fds with it: end it (or wait for it) before enterJail, or vouch for it with keepChildren.');
+  }
+}
+
 // ---- entering the jail ---------------------------------------------------------------------------------
 
 let jailed = false;
@@ -317,7 +414,7 @@ function highestOpenFd(): number {
  * JailError; never exits. With noSandbox it does nothing but warn.
  */
 export function enterJail(opts: JailOptions = {}): JailReport {
-  const report: JailReport = { sandboxed: false, steps: [], chroot: null, uid: process.getuid?.() ?? -1, gid: process.getgid?.() ?? -1, rlimits: { core: -1, nofile: -1 }, seccomp: null };
+  const report: JailReport = { sandboxed: false, steps: [], chroot: null, uid: process.getuid?.() ?? -1, gid: process.getgid?.() ?? -1, rlimits: { core: -1, nofile: -1 }, seccomp: null, endedChildren: [] };
   if (opts.noSandbox) {
     warn(opts, NO_SANDBOX_WARNING, 'LGNET_NO_SANDBOX');
     return report;
@@ -340,6 +437,9 @@ export function enterJail(opts: JailOptions = {}): JailReport {
     if (e instanceof JailError) throw e;
     return fail(JAIL_ERROR.SECCOMP, 'compile', 'the seccomp policy does not compile', 'This is a bug in sandbox/seccomp-policy.ts; report it.', e);
   }
+
+  // 0. no process of ours may run outside the jail (needs /proc: before the chroot).
+  endChildren(report, opts.keepChildren ?? []);
 
   // a. names → ids, while /etc is still visible.
   const ids = resolveIds(opts.user, opts.group);

@@ -86,9 +86,12 @@ export async function startServing(opts: ServeOptions, log: Logger): Promise<Ser
   // each queue worker stacks the narrower worker filter on itself. A jailed process may not unlink, so
   // a helper process started first removes the socket file when lgnet exits (socket-reaper.ts).
   try {
-    if (!opts.client) startSocketReaper(opts.socket);
-    if (opts.metricsSocket) startSocketReaper(opts.metricsSocket);
+    const reapers = [
+      ...(opts.client ? [] : [startSocketReaper(opts.socket)]),
+      ...(opts.metricsSocket ? [startSocketReaper(opts.metricsSocket)] : []),
+    ];
     const report = enterJail({
+      keepChildren: reapers.map((r) => r.pid).filter((pid): pid is number => pid !== undefined),
       noSandbox: !opts.jail,
       ...(opts.chroot ? { chroot: opts.chroot } : {}),
       ...(opts.user ? { user: opts.user } : {}),

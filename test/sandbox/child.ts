@@ -24,8 +24,9 @@ export class JailChild {
   private exited: { code: number | null; signal: string | null } | null = null;
   readonly exit: Promise<{ code: number | null; signal: string | null }>;
 
-  constructor(script: string, args: string[]) {
-    this.proc = spawn(process.execPath, ['--import', 'tsx', script, ...args], { stdio: ['pipe', 'pipe', 'pipe'] });
+  /** env: extra variables for the child, on top of this process's environment. */
+  constructor(script: string, args: string[], env: Record<string, string> = {}) {
+    this.proc = spawn(process.execPath, ['--import', 'tsx', script, ...args], { stdio: ['pipe', 'pipe', 'pipe'], env: { ...process.env, ...env } });
     createInterface({ input: this.proc.stdout }).on('line', (line) => {
       let m: Msg;
       try {
@@ -38,8 +39,10 @@ export class JailChild {
       else this.queue.push(m);
     });
     this.proc.stderr.on('data', (d: Buffer) => this.stderr.push(d.toString()));
+    // 'close', not 'exit': it comes after stdout and stderr are drained, so a crash's last words (a
+    // CHECK message, an abort backtrace) are in this.stderr when the exit is reported.
     this.exit = new Promise((resolve) => {
-      this.proc.on('exit', (code, signal) => {
+      this.proc.on('close', (code, signal) => {
         this.exited = { code, signal };
         for (const w of this.waiters.splice(0)) w({ ev: 'exited', code, signal });
         resolve(this.exited);

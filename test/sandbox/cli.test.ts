@@ -29,8 +29,8 @@ interface Lgnet {
   exited: Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
 }
 
-function startLgnet(ns: Netns, args: string[]): Promise<Lgnet> {
-  const child = spawn('ip', ['netns', 'exec', ns.name, LGNET, 'serve', ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
+function startLgnet(ns: Netns, args: string[], env: Record<string, string> = {}): Promise<Lgnet> {
+  const child = spawn('ip', ['netns', 'exec', ns.name, LGNET, 'serve', ...args], { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, ...env } });
   let out = '';
   let err = '';
   child.stdout!.setEncoding('utf8').on('data', (d: string) => (out += d));
@@ -170,8 +170,15 @@ describe.skipIf(!pre.ok)('lgnet serve (CLI) in a namespace', () => {
       const tasks = spawnSync('ls', [`/proc/${pid}/task`], { encoding: 'utf8' }).stdout.split('\n').filter(Boolean);
       return tasks.map((t) => spawnSync('cat', [`/proc/${pid}/task/${t}/status`], { encoding: 'utf8' }).stdout);
     };
-    lg = await startLgnet(ns, ['--socket', join(dir, 'jailed.sock'), '--tap', 'lgtapj', '--log-level', 'info']);
+    // A cold transform cache: tsx starts esbuild's service, which the jail must end (a child outside the
+    // jail); the socket reaper is the one child lgnet vouches for.
+    lg = await startLgnet(ns, ['--socket', join(dir, 'jailed.sock'), '--tap', 'lgtapj', '--log-level', 'info'], { TSX_DISABLE_CACHE: '1' });
     const jailed = status(lg.child.pid!);
+    const jailLog = lg.stderr().split('\n').filter(Boolean).map((l) => JSON.parse(l) as { msg: string; jail?: { endedChildren: number[] } }).find((l) => l.msg === 'jailed');
+    expect(jailLog?.jail?.endedChildren.length, lg.stderr()).toBeGreaterThan(0);
+    const kids = spawnSync('sh', ['-c', `cat /proc/${lg.child.pid}/task/*/children`], { encoding: 'utf8' }).stdout.split(/\s+/).filter(Boolean);
+    const running = kids.filter((k) => !/\) [ZX] /.test(spawnSync('cat', [`/proc/${k}/stat`], { encoding: 'utf8' }).stdout));
+    expect(running.map((k) => spawnSync('cat', [`/proc/${k}/cmdline`], { encoding: 'utf8' }).stdout.split('\0')[1])).toEqual(['-e']);
     expect(jailed.length).toBeGreaterThan(3); // main, queue workers, libuv and V8 threads
     for (const st of jailed) {
       expect(st).toMatch(/NoNewPrivs:\s+1/);
