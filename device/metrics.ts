@@ -58,8 +58,10 @@ export const M = {
   queueBroken: 23,
   /** Frames the filter hook handed to the host instead of the peer. */
   txHost: 24,
+  /** TX chains consumed and discarded because the ring is started but disabled (vhost-user "Ring states"). */
+  txDropDisabled: 25,
   /** Count of counters. */
-  COUNT: 25,
+  COUNT: 26,
 } as const;
 
 export type MetricName = Exclude<keyof typeof M, 'COUNT'>;

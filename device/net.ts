@@ -73,6 +73,12 @@ export interface QueueSetup {
   callFd: number;
   /** Next avail index to process (vhost-user SET_VRING_BASE). Default 0. */
   lastAvail?: number;
+  /**
+   * A TX ring that is started but disabled (vhost-user "Ring states"): its chains are consumed and
+   * discarded, counted as txDropDisabled, never sent. Not allowed on an RX queue (a disabled RX ring
+   * supplies nothing, so it is simply not started).
+   */
+  discard?: boolean;
 }
 
 /** Per-queue and device metrics. */
@@ -247,6 +253,9 @@ export class NetDevice extends EventEmitter {
     if (!(Number.isInteger(size) && size > 0 && (size & (size - 1)) === 0 && size <= this.maxQueueSize)) {
       throw new NetConfigError('NET_BAD_QUEUE_SIZE', `queue ${index}: size ${size} must be a power of 2 in [1, ${this.maxQueueSize}]`);
     }
+    if (setup.discard && (index & 1) === 0) {
+      throw new NetConfigError('NET_BAD_QUEUE_SETUP', `queue ${index} is an RX queue; only TX queues can run in discard mode`);
+    }
     s.setup = { ...setup };
   }
 
@@ -286,6 +295,7 @@ export class NetDevice extends EventEmitter {
     s.broken = null;
     const config: QueueConfig = {
       ring: { size: s.setup.size, desc: s.setup.desc, avail: s.setup.avail, used: s.setup.used, lastAvail: s.setup.lastAvail ?? 0 },
+      discard: s.setup.discard === true,
       features: this.accepted,
       regions: this.regions,
       kickFd: s.setup.kickFd,

@@ -34,9 +34,10 @@ export class TxService {
   private readonly lens: Uint32Array;
   /** Header bytes to skip when the backend does not take a virtio_net_hdr. */
   private readonly skip: number;
+  private readonly discard: boolean;
 
   constructor(queue: SplitQueue, mem: GuestMemory, f: NegotiatedFeatures, port: TxPort, pending: PendingUsed,
-    counters: Float64Array, opts: { burst: number; backendHdrLen: number }) {
+    counters: Float64Array, opts: { burst: number; backendHdrLen: number; discard?: boolean }) {
     this.queue = queue;
     this.mem = mem;
     this.f = f;
@@ -44,6 +45,7 @@ export class TxService {
     this.pending = pending;
     this.c = counters;
     this.burst = opts.burst;
+    this.discard = opts.discard === true;
     this.skip = opts.backendHdrLen === 0 ? f.hdrLen : 0;
     this.table = new IovecTable(opts.burst * MAX_IOV_PER_FRAME, opts.burst);
     this.heads = new Uint16Array(opts.burst);
@@ -55,6 +57,22 @@ export class TxService {
     const q = this.queue;
     const n = q.popBurst(this.burst, this.chains);
     if (n === 0) return 0;
+    const c = this.c;
+    if (this.discard) {
+      for (let i = 0; i < n; i++) q.addUsed(this.chains[i]!.head, 0);
+      c[M.txDropDisabled]! += n;
+    } else {
+      this.send(n);
+    }
+    q.flush();
+    this.pending.pending += n;
+    c[M.bursts]! += 1;
+    return n;
+  }
+
+  /** Checks and sends the n chains just popped, completing each (none is left in flight). */
+  private send(n: number): void {
+    const q = this.queue;
     const c = this.c;
     const hdrLen = this.f.hdrLen;
     const t = this.table;
@@ -105,9 +123,5 @@ export class TxService {
       c[M.frames]! += sent;
       first += sent;
     }
-    q.flush();
-    this.pending.pending += n;
-    c[M.bursts]! += 1;
-    return n;
   }
 }

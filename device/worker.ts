@@ -61,6 +61,8 @@ export interface WorkerBoot {
 /** One queue's configuration, sent when the queue starts. */
 export interface QueueConfig {
   ring: { size: number; desc: number; avail: number; used: number; lastAvail: number };
+  /** TX only: consume and discard (a started-but-disabled vhost-user ring). */
+  discard: boolean;
   features: bigint;
   regions: WorkerRegion[];
   kickFd: number;
@@ -164,7 +166,7 @@ class ActiveQueue {
     const f = decode(this.cfg.features);
     const ports = this.openPorts();
     const opts = { burst: this.cfg.burst };
-    if (this.role === 'tx') this.tx = new TxService(this.queue, mem, f, ports.tx, this.pending, this.c, { ...opts, backendHdrLen: f.hdrLen });
+    if (this.role === 'tx') this.tx = new TxService(this.queue, mem, f, ports.tx, this.pending, this.c, { ...opts, backendHdrLen: f.hdrLen, discard: this.cfg.discard });
     else this.rx = new RxService(this.queue, mem, f, ports.rx, this.pending, this.c, this.rxFilter, { ...opts, mtu: this.cfg.mtu });
   }
 }

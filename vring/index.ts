@@ -32,4 +32,5 @@ export {
   type AvailIdxLocation,
   type RingLocations,
 } from './queue.ts';
+export { InflightLog, INFLIGHT, inflightQueueRegionSize, type InflightRecovery } from './inflight.ts';
 export { DriverQueue, type DriverQueueOptions, type GuestBuffer, type UsedElement } from './driver.ts';

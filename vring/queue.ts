@@ -43,7 +43,11 @@ import {
   descAreaSize,
   usedAreaSize,
 } from './layout.ts';
+import type { InflightLog, InflightRecovery } from './inflight.ts';
 import type { GuestMemory, RangeLocation } from './memory.ts';
+
+/** inFlightPos of a chain taken up again from the inflight record (not from an avail slot). */
+const RESUBMITTED = 0x10000;
 
 /** Default cap on memory pieces per direction of one chain (Linux UIO_MAXIOV). */
 export const DEFAULT_MAX_PIECES = 1024;
@@ -184,6 +188,17 @@ export class SplitQueue {
   private chains: (DescriptorChain | undefined)[] = [];
   private readonly walker = new DescriptorWalker();
 
+  /** vhost-user inflight record, when the front-end shared one (vring/inflight.ts). */
+  private inflight: InflightLog | null = null;
+  /** Heads completed since the last flush (the batch the inflight record links and clears). */
+  private batchHeads: Uint16Array = new Uint16Array(0);
+  private batchLen = 0;
+  /** Chains to take up again before the avail ring, in their first pop order, after recovery. */
+  private resubmit: number[] = [];
+  private resubmitPos = 0;
+  /** lastAvail when the resubmitted chains were recovered (ring pops since then follow them). */
+  private resubmitBase = 0;
+
   constructor(opts: SplitQueueOptions) {
     this.size = opts.size;
     this.desc = opts.desc;
@@ -256,6 +271,8 @@ export class SplitQueue {
     this.lastAvail = this.shadowAvail = availIdx;
     this.inFlight = 0;
     this.inFlightPos.fill(-1);
+    this.resubmit = [];
+    this.resubmitPos = this.batchLen = 0;
     if (this.mem !== null) {
       this.usedIdx = this.publishedUsed = this.signalledUsed = Atomics.load(this.usedU16, 1);
       this.signalledValid = false;
@@ -301,7 +318,7 @@ export class SplitQueue {
   availPending(): number {
     this.checkUsable();
     try {
-      return this.refreshAvail();
+      return this.refreshAvail() + (this.resubmit.length - this.resubmitPos);
     } catch (e) {
       throw this.fail(e);
     }
@@ -311,6 +328,7 @@ export class SplitQueue {
   pop(): DescriptorChain | null {
     this.checkUsable();
     try {
+      if (this.resubmitPos < this.resubmit.length) return this.popResubmitted();
       if (this.lastAvail === this.shadowAvail && this.refreshAvail() === 0) return null;
       const c = this.popOne();
       if (this.eventIdx && this.notifyEnabled) Atomics.store(this.usedU16, this.availEventIdx, this.lastAvail);
@@ -329,6 +347,7 @@ export class SplitQueue {
     try {
       this.refreshAvail();
       let n = 0;
+      while (n < max && this.resubmitPos < this.resubmit.length) out[at + n++] = this.popResubmitted();
       while (n < max && this.lastAvail !== this.shadowAvail) out[at + n++] = this.popOne();
       if (n > 0 && this.eventIdx && this.notifyEnabled) Atomics.store(this.usedU16, this.availEventIdx, this.lastAvail);
       return n;
@@ -361,7 +380,62 @@ export class SplitQueue {
     this.poppedHeads[slot] = head;
     this.inFlight++;
     this.lastAvail = (pos + 1) & 0xffff;
+    if (this.inflight !== null) this.inflight.begin(head);
     return c;
+  }
+
+  /** Pops the next chain of the resubmit list (heads from the inflight record, checked < size). */
+  private popResubmitted(): DescriptorChain {
+    const head = this.resubmit[this.resubmitPos]!;
+    if (this.inFlightPos[head]! >= 0) {
+      throw new RingStateError(VringErrorCode.HEAD_IN_FLIGHT, `inflight record lists head ${head} twice; the queue is marked broken`);
+    }
+    let c = this.chains[head];
+    if (c === undefined) {
+      c = this.chains[head] = new DescriptorChain(this.maxPieces);
+      c.mem = this.mem;
+    }
+    this.walker.walk(head, c);
+    this.resubmitPos++;
+    this.inFlightPos[head] = RESUBMITTED;
+    this.inFlight++;
+    this.inflight?.begin(head);
+    return c;
+  }
+
+  /**
+   * Attaches the vhost-user inflight record (or detaches it with null). From now on every pop is
+   * recorded in it and every flush clears what it completed. Call recoverInflight() next when the
+   * record may hold chains of a back-end that went away.
+   */
+  setInflight(log: InflightLog | null): void {
+    if (log !== null && log.size !== this.size) throw new RangeError(`inflight record is for ${log.size} entries; the queue has ${this.size}`);
+    this.inflight = log;
+    if (this.batchHeads.length !== this.size) this.batchHeads = new Uint16Array(this.size);
+    this.batchLen = 0;
+  }
+
+  /**
+   * After a reconnect (attached, base set): reconcile the inflight record with the used ring and take
+   * up the chains it lists as popped and not completed, before anything new from the avail ring. As
+   * every chain popped was either completed or is listed, the next avail slot is used.idx plus their
+   * number. A fresh record is initialised instead and the base stays. Throws if no record is attached.
+   */
+  recoverInflight(): InflightRecovery {
+    this.checkUsable();
+    const log = this.inflight;
+    if (log === null) throw new RingStateError(VringErrorCode.NOT_ATTACHED, 'recoverInflight() without an inflight record (setInflight)');
+    const used = Atomics.load(this.usedU16, 1);
+    const rec = log.recover(used);
+    if (rec.initialised) return rec;
+    this.usedIdx = this.publishedUsed = this.signalledUsed = used;
+    this.signalledValid = false;
+    this.inFlight = 0;
+    this.inFlightPos.fill(-1);
+    this.lastAvail = this.shadowAvail = this.resubmitBase = (used + rec.heads.length) & 0xffff;
+    this.resubmit = rec.heads;
+    this.resubmitPos = 0;
+    return rec;
   }
 
   /**
@@ -374,6 +448,26 @@ export class SplitQueue {
       if (!(Number.isInteger(n) && n >= 0 && n <= this.inFlight)) {
         throw new RingStateError(VringErrorCode.BAD_REWIND, `rewind(${n}) with ${this.inFlight} chains in flight`);
       }
+      // Resubmitted chains were popped before any ring slot since recovery: they are rewound last.
+      const fromRing = this.resubmit.length > 0 ? Math.min(n, (this.lastAvail - this.resubmitBase) & 0xffff) : n;
+      const fromList = n - fromRing;
+      if (fromList > this.resubmitPos) {
+        throw new RingStateError(VringErrorCode.BAD_REWIND, `rewind(${n}) reaches back past the chains popped since recovery`);
+      }
+      for (let j = 1; j <= fromList; j++) {
+        const h = this.resubmit[this.resubmitPos - j]!;
+        if (this.inFlightPos[h] !== RESUBMITTED) {
+          throw new RingStateError(VringErrorCode.BAD_REWIND, `rewind(${n}): resubmitted head ${h} was already completed`);
+        }
+      }
+      for (let j = 1; j <= fromList; j++) {
+        const h = this.resubmit[this.resubmitPos - j]!;
+        this.inFlightPos[h] = -1;
+        this.inflight?.cancel(h);
+      }
+      this.resubmitPos -= fromList;
+      this.inFlight -= fromList;
+      n = fromRing;
       for (let k = 1; k <= n; k++) {
         const pos = (this.lastAvail - k) & 0xffff;
         const h = this.poppedHeads[pos & this.mask]!;
@@ -383,7 +477,9 @@ export class SplitQueue {
       }
       for (let k = 1; k <= n; k++) {
         const pos = (this.lastAvail - k) & 0xffff;
-        this.inFlightPos[this.poppedHeads[pos & this.mask]!] = -1;
+        const h = this.poppedHeads[pos & this.mask]!;
+        this.inFlightPos[h] = -1;
+        this.inflight?.cancel(h);
       }
       this.inFlight -= n;
       this.lastAvail = (this.lastAvail - n) & 0xffff;
@@ -413,6 +509,7 @@ export class SplitQueue {
     this.usedElems[e] = head;
     this.usedElems[e + 1] = len;
     this.inFlightPos[head] = -1;
+    if (this.inflight !== null && this.batchLen < this.batchHeads.length) this.batchHeads[this.batchLen++] = head;
     this.inFlight--;
     this.usedIdx = (this.usedIdx + 1) & 0xffff;
     if (c.readable.capacity > 64 || c.writable.capacity > 64) c.trim();
@@ -422,8 +519,19 @@ export class SplitQueue {
   flush(): void {
     this.checkUsable();
     if (this.publishedUsed === this.usedIdx) return;
+    const log = this.inflight;
+    if (log !== null) log.prepareBatch(this.batchHeads, this.batchLen);
     Atomics.store(this.usedU16, 1, this.usedIdx);
     this.publishedUsed = this.usedIdx;
+    if (log !== null) {
+      log.commitBatch(this.batchHeads, this.batchLen, this.usedIdx);
+      this.batchLen = 0;
+    }
+    // Every resubmitted chain is out: rewinds never reach back past a flush.
+    if (this.resubmit.length > 0 && this.resubmitPos === this.resubmit.length) {
+      this.resubmit = [];
+      this.resubmitPos = 0;
+    }
   }
 
   /**
@@ -494,6 +602,8 @@ export class SplitQueue {
     this.signalledValid = false;
     this.inFlight = 0;
     this.inFlightPos.fill(-1);
+    this.resubmit = [];
+    this.resubmitPos = this.batchLen = 0;
     this.notifyEnabled = true;
     this.syncUsedOnAttach = false;
   }

@@ -69,6 +69,7 @@ export function netDeviceHooks(dev: NetDevice): DeviceHooks {
     setupQueue: (i, s) => dev.setupQueue(i, s),
     startQueue: (i) => dev.startQueue(i),
     stopQueue: (i) => dev.stopQueue(i),
+    isTx: (i) => i < 2 * dev.maxQueuePairs && (i & 1) === 1,
     readConfig: (o, n) => dev.readConfig(o, n),
     writeConfig: (o, d) => dev.writeConfig(o, d),
     reset: () => dev.reset(),

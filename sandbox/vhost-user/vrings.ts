@@ -9,10 +9,11 @@
  *      └──────────── GET_VRING_BASE (returns last_avail; kick and call fds are dropped) ───────┘
  *
  * Rings start disabled when VHOST_USER_F_PROTOCOL_FEATURES was negotiated, enabled otherwise (spec,
- * "Ring states"). lgnet runs a queue's worker only while its ring is started and enabled, and only when
- * size, addresses and a memory table are known: a started-but-disabled ring is parked (its TX is not
- * consumed, which the peer sees as back-pressure rather than a drop). Changing a running ring's
- * size, addresses, base or fds stops its worker, applies the change and starts it again.
+ * "Ring states"). lgnet runs a queue's worker while its ring is started and size, addresses and a
+ * memory table are known. Enabled, it serves the ring. Started but disabled, the spec asks for no side
+ * effects: a TX ring is consumed and its frames discarded (counted as txDropDisabled, never sent); an
+ * RX ring supplies nothing, so its worker is not started. Changing a running ring's size, addresses,
+ * base, fds or enable state stops its worker, applies the change and starts it again.
  *
  * Ring addresses arrive as front-end virtual addresses; they are translated to guest physical through
  * the memory table (GuestMemory.uaddrToGpa) when the worker starts, and again after a memory change.
@@ -31,6 +32,9 @@ export interface QueueTarget {
   setupQueue(index: number, setup: QueueSetup): void;
   startQueue(index: number): Promise<void>;
   stopQueue(index: number): Promise<number>;
+  /** Whether the queue carries the driver's output (virtio-net: odd indices), which a started but
+   *  disabled ring must still consume and discard. Absent: no queue is drained while disabled. */
+  isTx?(index: number): boolean;
 }
 
 /** Largest split ring (virtio 1.2 §2.7). */
@@ -49,6 +53,8 @@ interface Vring {
   enabled: boolean;
   /** The device's worker for this queue runs. */
   running: boolean;
+  /** It runs in discard mode (started, disabled, TX). */
+  discarding: boolean;
   /** The guest physical addresses the running worker was started with. */
   gpas: { desc: number; avail: number; used: number } | null;
 }
@@ -81,7 +87,7 @@ export class Vrings {
     this.target = target;
     this.memoryReady = memoryReady;
     for (let i = 0; i < target.queueCount; i++) {
-      this.rings.push({ index: i, num: 0, base: 0, addr: null, kicked: false, kickFd: -1, callFd: -1, errFd: -1, enabled: false, running: false, gpas: null });
+      this.rings.push({ index: i, num: 0, base: 0, addr: null, kicked: false, kickFd: -1, callFd: -1, errFd: -1, enabled: false, running: false, discarding: false, gpas: null });
     }
   }
 
@@ -240,7 +246,7 @@ export class Vrings {
       closeQuietly(r.kickFd);
       closeQuietly(r.callFd);
       closeQuietly(r.errFd);
-      Object.assign(r, { num: 0, base: 0, addr: null, kicked: false, kickFd: -1, callFd: -1, errFd: -1, enabled: false, running: false, gpas: null });
+      Object.assign(r, { num: 0, base: 0, addr: null, kicked: false, kickFd: -1, callFd: -1, errFd: -1, enabled: false, running: false, discarding: false, gpas: null });
     }
     if (first) throw first;
   }
@@ -272,21 +278,24 @@ export class Vrings {
     }
   }
 
-  /** Starts the worker when the ring is started, enabled and fully described. */
+  /** Starts the worker when the ring is started and fully described: serving if enabled, discarding
+   *  if disabled and TX. */
   private async sync(r: Vring): Promise<void> {
-    const should = r.kicked && r.enabled && r.num > 0 && r.addr !== null && this.memoryReady() && this.target.memory !== null;
+    const described = r.kicked && r.num > 0 && r.addr !== null && this.memoryReady() && this.target.memory !== null;
+    const discard = !r.enabled && this.target.isTx?.(r.index) === true;
+    const should = described && (r.enabled || discard);
+    if (r.running && (!should || r.discarding !== discard)) await this.park(r);
     if (should && !r.running) {
       const g = this.translate(r);
       try {
-        this.target.setupQueue(r.index, { size: r.num, desc: g.desc, avail: g.avail, used: g.used, kickFd: r.kickFd, callFd: r.callFd, lastAvail: r.base });
+        this.target.setupQueue(r.index, { size: r.num, desc: g.desc, avail: g.avail, used: g.used, kickFd: r.kickFd, callFd: r.callFd, lastAvail: r.base, ...(discard ? { discard } : {}) });
         await this.target.startQueue(r.index);
       } catch (e) {
         throw deviceError(e, `vring ${r.index} could not start`);
       }
       r.running = true;
+      r.discarding = discard;
       r.gpas = g;
-    } else if (!should && r.running) {
-      await this.park(r);
     }
   }
 

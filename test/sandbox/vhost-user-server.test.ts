@@ -134,18 +134,26 @@ describe.skipIf(!pre.ok)('vhost-user server: harness front-end ↔ lgnet ↔ tap
     }
   });
 
-  it('a queue started disabled runs only after SET_VRING_ENABLE 1, and stops on 0', async () => {
+  it('started but disabled: RX supplies nothing, TX is consumed and discarded (counted, never sent); SET_VRING_ENABLE 1 serves both', async () => {
     const g = await bed.guest({ attach: false });
     try {
       await g.fe.attachDriver(g.drv, g.ram, { enable: false });
-      const running = () => bed.dev.metrics().queues.filter((q) => q.running).length;
-      expect(running()).toBe(0);
+      const q = (i: number) => bed.dev.metrics().queues[i]!;
+      expect(q(0).running).toBe(false);
+      expect(q(1).running).toBe(true);
+      // A frame sent on the disabled TX ring is completed (the guest gets its buffer back) but the
+      // namespace never sees it.
+      const sink = await udpSink(bed.ns, bed.hostIp, 5540, 1, 1500);
+      const before = q(1).txDropDisabled;
+      await sendUdp(bed, g, 5540, expectedPayload(100, 1));
+      expect(q(1).txDropDisabled - before).toBe(1);
+      expect(await sink.datagrams()).toEqual([]);
       await g.fe.setVringEnable(0, true);
       await g.fe.setVringEnable(1, true);
-      expect(running()).toBe(2);
-      await g.fe.setVringEnable(1, false);
-      expect(running()).toBe(1);
-      await g.fe.setVringEnable(1, true);
+      expect(q(0).running && q(1).running).toBe(true);
+      await g.fe.setVringEnable(0, false);
+      expect(q(0).running).toBe(false);
+      await g.fe.setVringEnable(0, true);
       g.drv.fillRx();
       await expectTraffic(bed, g, 5500);
     } finally {
