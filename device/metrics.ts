@@ -60,8 +60,10 @@ export const M = {
   txHost: 24,
   /** TX chains consumed and discarded because the ring is started but disabled (vhost-user "Ring states"). */
   txDropDisabled: 25,
+  /** Chains taken up again from the vhost-user inflight record when the queue started. */
+  inflightResubmitted: 26,
   /** Count of counters. */
-  COUNT: 26,
+  COUNT: 27,
 } as const;
 
 export type MetricName = Exclude<keyof typeof M, 'COUNT'>;

@@ -79,6 +79,12 @@ export interface QueueSetup {
    * supplies nothing, so it is simply not started).
    */
   discard?: boolean;
+  /**
+   * vhost-user inflight tracking: this queue's region of the shared inflight buffer, in a native
+   * mapping (inflightQueueRegionSize(size) bytes at `offset`). Pops and completions are recorded
+   * there, and chains a previous back-end left in flight are taken up first when the queue starts.
+   */
+  inflight?: { mappingId: number; offset: number };
 }
 
 /** Per-queue and device metrics. */
@@ -296,6 +302,7 @@ export class NetDevice extends EventEmitter {
     const config: QueueConfig = {
       ring: { size: s.setup.size, desc: s.setup.desc, avail: s.setup.avail, used: s.setup.used, lastAvail: s.setup.lastAvail ?? 0 },
       discard: s.setup.discard === true,
+      inflight: s.setup.inflight ?? null,
       features: this.accepted,
       regions: this.regions,
       kickFd: s.setup.kickFd,

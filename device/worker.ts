@@ -18,7 +18,7 @@
  */
 import { isMainThread, receiveMessageOnPort, workerData, type MessagePort } from 'node:worker_threads';
 import * as native from '../native/index.ts';
-import { GuestMemory, SplitQueue, VringError } from '../vring/index.ts';
+import { GuestMemory, InflightLog, SplitQueue, VringError, inflightQueueRegionSize } from '../vring/index.ts';
 import type { PortSpec } from './backend.ts';
 import { decode } from './features.ts';
 import { PendingUsed } from './interrupt.ts';
@@ -63,6 +63,8 @@ export interface QueueConfig {
   ring: { size: number; desc: number; avail: number; used: number; lastAvail: number };
   /** TX only: consume and discard (a started-but-disabled vhost-user ring). */
   discard: boolean;
+  /** The queue's vhost-user inflight region (QueueSetup.inflight), or null. */
+  inflight: { mappingId: number; offset: number } | null;
   features: bigint;
   regions: WorkerRegion[];
   kickFd: number;
@@ -149,6 +151,11 @@ class ActiveQueue {
     this.waitFds = role === 'rx' ? Int32Array.of(ctlFd, ports.rx.fd) : Int32Array.of(ctlFd);
     this.bind(cfg.regions);
     this.queue.setBase(r.lastAvail);
+    if (cfg.inflight) {
+      const bytes = new Uint8Array(native.mappingBuffer(cfg.inflight.mappingId), cfg.inflight.offset, inflightQueueRegionSize(r.size));
+      this.queue.setInflight(new InflightLog(bytes, r.size));
+      c[M.inflightResubmitted]! += this.queue.recoverInflight().heads.length;
+    }
   }
 
   private openPorts() {

@@ -419,7 +419,8 @@ export class SplitQueue {
    * After a reconnect (attached, base set): reconcile the inflight record with the used ring and take
    * up the chains it lists as popped and not completed, before anything new from the avail ring. As
    * every chain popped was either completed or is listed, the next avail slot is used.idx plus their
-   * number. A fresh record is initialised instead and the base stays. Throws if no record is attached.
+   * number. With nothing to take up (a fresh record, or a clean stop) the base given by setBase stays.
+   * Throws if no record is attached.
    */
   recoverInflight(): InflightRecovery {
     this.checkUsable();
@@ -427,7 +428,7 @@ export class SplitQueue {
     if (log === null) throw new RingStateError(VringErrorCode.NOT_ATTACHED, 'recoverInflight() without an inflight record (setInflight)');
     const used = Atomics.load(this.usedU16, 1);
     const rec = log.recover(used);
-    if (rec.initialised) return rec;
+    if (rec.initialised || rec.heads.length === 0) return rec;
     this.usedIdx = this.publishedUsed = this.signalledUsed = used;
     this.signalledValid = false;
     this.inFlight = 0;

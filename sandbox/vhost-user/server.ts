@@ -23,11 +23,12 @@ import { VhostUserError, VU, type VhostUserErrorCode } from './errors.ts';
 import { MemTable, type MemoryTarget } from './mem-table.ts';
 import {
   checkPayloadSize, decodeConfig, decodeHeader, decodeInflight, decodeMemTable, decodeSingleMemRegion, decodeU64,
-  decodeVringAddr, decodeVringFile, decodeVringState, encodeConfig, encodeInflight, encodeMessage, encodeU64,
+  decodeVringAddr, decodeVringFile, decodeVringState, encodeConfig, encodeInflight, encodeMessage, encodeU64, type InflightPayload,
   encodeVringState, F_PROTOCOL_FEATURES, FLAGS, HEADER_SIZE, isKnownRequest, MAX_FDS, MAX_PAYLOAD, protocolMask,
   protocolNames, REQ, requestName,
 } from './messages.ts';
 import { Vrings, type QueueTarget } from './vrings.ts';
+import { inflightQueueRegionSize } from '../../vring/index.ts';
 
 // ---- the device seam -------------------------------------------------------------------------------
 
@@ -148,15 +149,6 @@ function take(m: Message, i: number): number {
 
 function u64Reply(v: bigint | number): Reply {
   return { payload: encodeU64(v) };
-}
-
-function align(n: number, a: number): number {
-  return Math.ceil(n / a) * a;
-}
-
-/** Bytes of one split queue's inflight region: a 16-byte QueueRegionSplit header + 16 per descriptor. */
-export function inflightQueueRegionSize(queueSize: number): number {
-  return align(16 + 16 * queueSize, 64);
 }
 
 /** The dispatch table: one small handler per request, as libvhost-user does. */
@@ -367,39 +359,29 @@ const HANDLERS: Partial<Record<number, Entry>> = {
 
   [REQ.GET_INFLIGHT_FD]: {
     replies: true,
-    handle(c, m) {
+    async handle(c, m) {
       const req = decodeInflight(m.payload);
       c.checkInflightShape(req.numQueues, req.queueSize);
-      const per = inflightQueueRegionSize(req.queueSize);
-      const size = per * req.numQueues;
-      const fd = native.memfdCreate('lgnet-inflight', size);
+      const size = inflightQueueRegionSize(req.queueSize) * req.numQueues;
+      let fd: number;
       try {
-        // Each QueueRegionSplit starts with features u64 = 0, version u16 = 1, desc_num u16 = queue size.
-        const init = new Uint8Array(size);
-        const dv = new DataView(init.buffer);
-        for (let q = 0; q < req.numQueues; q++) {
-          dv.setUint16(q * per + 8, 1, true);
-          dv.setUint16(q * per + 10, req.queueSize, true);
-        }
-        if (native.fdWrite(fd, init) !== size) throw new Error('short write to the inflight memfd');
+        fd = native.memfdCreate('lgnet-inflight', size);
       } catch (e) {
-        native.close(fd);
-        throw new VhostUserError(VU.BAD_INFLIGHT, `could not prepare the inflight buffer: ${(e as Error).message}`, { cause: e });
+        throw new VhostUserError(VU.BAD_INFLIGHT, `could not create the inflight buffer: ${(e as Error).message}`, { cause: e });
       }
-      c.setInflight(fd);
+      // Zero-filled by ftruncate: every queue's record starts empty (version 0) and is laid out when the
+      // queue first starts. The connection keeps this fd (and closes it); the reply sends a copy.
+      await c.setInflight(fd, { mmapSize: BigInt(size), mmapOffset: 0n, numQueues: req.numQueues, queueSize: req.queueSize });
       return { payload: encodeInflight({ mmapSize: size, mmapOffset: 0, numQueues: req.numQueues, queueSize: req.queueSize }, m.payload.length), fds: [fd] };
     },
   },
 
   [REQ.SET_INFLIGHT_FD]: {
     fds: () => 1,
-    handle(c, m) {
+    async handle(c, m) {
       const p = decodeInflight(m.payload);
       c.checkInflightShape(p.numQueues, p.queueSize);
-      if (p.mmapSize === 0n || p.mmapOffset + p.mmapSize > 2n ** 53n) {
-        throw new VhostUserError(VU.BAD_INFLIGHT, `inflight area of 0x${p.mmapSize.toString(16)} bytes at 0x${p.mmapOffset.toString(16)} is empty or overflows`);
-      }
-      c.setInflight(take(m, 0));
+      await c.setInflight(take(m, 0), p);
       return undefined;
     },
   },
@@ -422,7 +404,8 @@ export class Connection {
   protocolFeatures = 0n;
   owner = false;
   mtu = 0;
-  private inflightFd = -1;
+  /** The shared inflight buffer (GET/SET_INFLIGHT_FD): its fd, its mapping and its shape. */
+  private inflight: { fd: number; mappingId: number; numQueues: number; queueSize: number } | null = null;
   private readonly poller: native.FdPoller;
   private readonly queue: Message[] = [];
   private pumping = false;
@@ -444,7 +427,7 @@ export class Connection {
     this.fd = fd;
     this.log = server.log.child({ conn: this.id });
     this.mem = new MemTable(dev, server.maxMemSlots);
-    this.vrings = new Vrings(dev, () => this.mem.installed);
+    this.vrings = new Vrings(dev, () => this.mem.installed, (index, num) => this.inflightRegion(index, num));
     this.closed = new Promise((r) => (this.resolveClosed = r));
     this.poller = new native.FdPoller(fd, () => this.onReadable());
     this.poller.start(native.POLL.READABLE);
@@ -460,7 +443,7 @@ export class Connection {
 
   /** Fds this connection holds (rings, memory table, inflight): for leak checks. */
   fdCount(): number {
-    return this.vrings.fdCount() + this.mem.count + (this.inflightFd >= 0 ? 1 : 0);
+    return this.vrings.fdCount() + this.mem.count + (this.inflight ? 1 : 0);
   }
 
   checkConfigRange(offset: number, size: number): void {
@@ -478,9 +461,47 @@ export class Connection {
     }
   }
 
-  setInflight(fd: number): void {
-    if (this.inflightFd >= 0) closeQuietly(this.inflightFd);
-    this.inflightFd = fd;
+  /**
+   * Takes the inflight buffer `fd` (owned from now on, closed on failure): maps it, then restarts the
+   * rings that run so that they record into it (and take up what it lists). Replaces an earlier one.
+   */
+  async setInflight(fd: number, p: InflightPayload): Promise<void> {
+    let mappingId: number;
+    try {
+      const need = BigInt(inflightQueueRegionSize(p.queueSize) * p.numQueues);
+      if (p.mmapSize < need || p.mmapOffset + p.mmapSize > 2n ** 53n) {
+        throw new VhostUserError(VU.BAD_INFLIGHT, `inflight area of 0x${p.mmapSize.toString(16)} bytes at 0x${p.mmapOffset.toString(16)} cannot hold ${p.numQueues} queues of ${p.queueSize} (0x${need.toString(16)} bytes)`);
+      }
+      try {
+        mappingId = native.mmap(fd, Number(p.mmapOffset), Number(p.mmapSize));
+      } catch (e) {
+        throw new VhostUserError(VU.BAD_INFLIGHT, `cannot map the inflight buffer: ${(e as Error).message}`, { cause: e });
+      }
+    } catch (e) {
+      closeQuietly(fd);
+      throw e;
+    }
+    await this.vrings.stopAll();
+    this.dropInflight();
+    this.inflight = { fd, mappingId, numQueues: p.numQueues, queueSize: p.queueSize };
+    await this.vrings.memoryChanged(); // restarts what was running, now recording
+  }
+
+  private dropInflight(): void {
+    if (!this.inflight) return;
+    native.munmap(this.inflight.mappingId);
+    closeQuietly(this.inflight.fd);
+    this.inflight = null;
+  }
+
+  /** Ring `index` (of `num` entries) records into the inflight buffer if the buffer covers it. */
+  private inflightRegion(index: number, num: number): { mappingId: number; offset: number } | null {
+    const f = this.inflight;
+    if (!f || index >= f.numQueues) return null;
+    if (num !== f.queueSize) {
+      throw new VhostUserError(VU.BAD_INFLIGHT, `vring ${index} has ${num} entries; the inflight buffer was laid out for ${f.queueSize}`);
+    }
+    return { mappingId: f.mappingId, offset: index * inflightQueueRegionSize(f.queueSize) };
   }
 
   // ---- reading
@@ -661,8 +682,7 @@ export class Connection {
     await step('device reset', () => this.dev.reset());
     await step('memory', () => this.dev.releaseMemory());
     this.mem.close();
-    if (this.inflightFd >= 0) closeQuietly(this.inflightFd);
-    this.inflightFd = -1;
+    await step('inflight', () => this.dropInflight());
     closeQuietly(this.fd);
     this.resolveClosed();
     this.server.connectionClosed(this, this.teardownError);

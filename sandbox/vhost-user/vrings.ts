@@ -11,9 +11,14 @@
  * Rings start disabled when VHOST_USER_F_PROTOCOL_FEATURES was negotiated, enabled otherwise (spec,
  * "Ring states"). lgnet runs a queue's worker while its ring is started and size, addresses and a
  * memory table are known. Enabled, it serves the ring. Started but disabled, the spec asks for no side
- * effects: a TX ring is consumed and its frames discarded (counted as txDropDisabled, never sent); an
- * RX ring supplies nothing, so its worker is not started. Changing a running ring's size, addresses,
- * base, fds or enable state stops its worker, applies the change and starts it again.
+ * effects, and for a network device: no new RX, TX consumed and discarded. An RX ring's worker is
+ * not started. A TX ring that was enabled and is disabled again (QEMU does this when the guest uses
+ * fewer queue pairs) is consumed and its frames discarded, counted as txDropDisabled, never sent, so
+ * that a driver still posting there does not stall. A TX ring that has not been enabled since it was
+ * started is parked instead, like DPDK's vhost library does: QEMU enables rings right after kicking
+ * them, and frames the guest queued meanwhile (say, across a back-end restart, or chains taken up from
+ * the inflight record) are sent in a moment rather than dropped. Changing a running ring's size,
+ * addresses, base, fds or enable state stops its worker, applies the change and starts it again.
  *
  * Ring addresses arrive as front-end virtual addresses; they are translated to guest physical through
  * the memory table (GuestMemory.uaddrToGpa) when the worker starts, and again after a memory change.
@@ -37,6 +42,9 @@ export interface QueueTarget {
   isTx?(index: number): boolean;
 }
 
+/** A ring's region of the inflight buffer, or null when it has none. May throw VhostUserError. */
+export type InflightLookup = (index: number, num: number) => { mappingId: number; offset: number } | null;
+
 /** Largest split ring (virtio 1.2 §2.7). */
 export const MAX_QUEUE_SIZE = 32768;
 
@@ -53,8 +61,10 @@ interface Vring {
   enabled: boolean;
   /** The device's worker for this queue runs. */
   running: boolean;
-  /** It runs in discard mode (started, disabled, TX). */
+  /** It runs in discard mode (started, disabled again, TX). */
   discarding: boolean;
+  /** It was enabled at some point since it was started (SET_VRING_KICK). */
+  servedSinceStart: boolean;
   /** The guest physical addresses the running worker was started with. */
   gpas: { desc: number; avail: number; used: number } | null;
 }
@@ -82,12 +92,15 @@ export class Vrings {
    */
   private readonly target: QueueTarget;
   private readonly memoryReady: () => boolean;
+  private readonly inflightFor: InflightLookup;
 
-  constructor(target: QueueTarget, memoryReady: () => boolean) {
+  /** @param inflightFor where ring `index` of `num` entries is recorded (vhost-user inflight), or null */
+  constructor(target: QueueTarget, memoryReady: () => boolean, inflightFor: InflightLookup = () => null) {
     this.target = target;
     this.memoryReady = memoryReady;
+    this.inflightFor = inflightFor;
     for (let i = 0; i < target.queueCount; i++) {
-      this.rings.push({ index: i, num: 0, base: 0, addr: null, kicked: false, kickFd: -1, callFd: -1, errFd: -1, enabled: false, running: false, discarding: false, gpas: null });
+      this.rings.push({ index: i, num: 0, base: 0, addr: null, kicked: false, kickFd: -1, callFd: -1, errFd: -1, enabled: false, running: false, discarding: false, servedSinceStart: false, gpas: null });
     }
   }
 
@@ -188,6 +201,7 @@ export class Vrings {
     const r = this.ring(index);
     await this.park(r);
     r.kicked = false;
+    r.servedSinceStart = false;
     closeQuietly(r.kickFd);
     closeQuietly(r.callFd);
     r.kickFd = -1;
@@ -246,7 +260,7 @@ export class Vrings {
       closeQuietly(r.kickFd);
       closeQuietly(r.callFd);
       closeQuietly(r.errFd);
-      Object.assign(r, { num: 0, base: 0, addr: null, kicked: false, kickFd: -1, callFd: -1, errFd: -1, enabled: false, running: false, discarding: false, gpas: null });
+      Object.assign(r, { num: 0, base: 0, addr: null, kicked: false, kickFd: -1, callFd: -1, errFd: -1, enabled: false, running: false, discarding: false, servedSinceStart: false, gpas: null });
     }
     if (first) throw first;
   }
@@ -282,13 +296,18 @@ export class Vrings {
    *  if disabled and TX. */
   private async sync(r: Vring): Promise<void> {
     const described = r.kicked && r.num > 0 && r.addr !== null && this.memoryReady() && this.target.memory !== null;
-    const discard = !r.enabled && this.target.isTx?.(r.index) === true;
+    if (r.kicked && r.enabled) r.servedSinceStart = true;
+    const discard = !r.enabled && r.servedSinceStart && this.target.isTx?.(r.index) === true;
     const should = described && (r.enabled || discard);
     if (r.running && (!should || r.discarding !== discard)) await this.park(r);
     if (should && !r.running) {
       const g = this.translate(r);
+      const inflight = this.inflightFor(r.index, r.num);
       try {
-        this.target.setupQueue(r.index, { size: r.num, desc: g.desc, avail: g.avail, used: g.used, kickFd: r.kickFd, callFd: r.callFd, lastAvail: r.base, ...(discard ? { discard } : {}) });
+        this.target.setupQueue(r.index, {
+          size: r.num, desc: g.desc, avail: g.avail, used: g.used, kickFd: r.kickFd, callFd: r.callFd, lastAvail: r.base,
+          ...(discard ? { discard } : {}), ...(inflight ? { inflight } : {}),
+        });
         await this.target.startQueue(r.index);
       } catch (e) {
         throw deviceError(e, `vring ${r.index} could not start`);

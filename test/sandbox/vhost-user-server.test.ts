@@ -16,6 +16,7 @@ import { ip4, mac, udpFrame, UDP_OFFSET } from '../driver/frames.ts';
 import { GuestRam } from '../driver/guest-ram.ts';
 import { VirtioNetDriver } from '../driver/virtio-net.ts';
 import { VhostUserFrontend } from '../driver/vhost-user-frontend.ts';
+import { INFLIGHT, inflightQueueRegionSize } from '../../vring/index.ts';
 import { destroyAllNetns, netnsPrerequisites } from '../helpers/netns.ts';
 import { createVuBed, expectedPayload, udpSend, udpSink, until, VHOST_USER_NET_FEATURES, type Guest, type VuBed } from './vhost-user-helpers.ts';
 
@@ -134,20 +135,28 @@ describe.skipIf(!pre.ok)('vhost-user server: harness front-end ↔ lgnet ↔ tap
     }
   });
 
-  it('started but disabled: RX supplies nothing, TX is consumed and discarded (counted, never sent); SET_VRING_ENABLE 1 serves both', async () => {
+  it('started but disabled: nothing runs until enabled; a TX ring disabled again is consumed and discarded (counted, never sent), RX supplies nothing', async () => {
     const g = await bed.guest({ attach: false });
     try {
       await g.fe.attachDriver(g.drv, g.ram, { enable: false });
       const q = (i: number) => bed.dev.metrics().queues[i]!;
+      // Kicked but never enabled: parked (QEMU enables right after; queued TX waits for that).
+      expect(q(0).running || q(1).running).toBe(false);
+      await g.fe.setVringEnable(0, true);
+      await g.fe.setVringEnable(1, true);
+      expect(q(0).running && q(1).running).toBe(true);
+      await g.fe.setVringEnable(0, false);
+      await g.fe.setVringEnable(1, false);
       expect(q(0).running).toBe(false);
       expect(q(1).running).toBe(true);
-      // A frame sent on the disabled TX ring is completed (the guest gets its buffer back) but the
+      // A frame sent on the disabled TX ring is completed (the driver gets its buffer back) but the
       // namespace never sees it.
       const sink = await udpSink(bed.ns, bed.hostIp, 5540, 1, 1500);
       const before = q(1).txDropDisabled;
       await sendUdp(bed, g, 5540, expectedPayload(100, 1));
       expect(q(1).txDropDisabled - before).toBe(1);
       expect(await sink.datagrams()).toEqual([]);
+      await g.fe.setVringEnable(1, true);
       await g.fe.setVringEnable(0, true);
       await g.fe.setVringEnable(1, true);
       expect(q(0).running && q(1).running).toBe(true);
@@ -157,6 +166,62 @@ describe.skipIf(!pre.ok)('vhost-user server: harness front-end ↔ lgnet ↔ tap
       g.drv.fillRx();
       await expectTraffic(bed, g, 5500);
     } finally {
+      g.close();
+    }
+  });
+
+  it('inflight: a ring started on a record that lists a chain the last back-end left takes up that chain, not the next slot', async () => {
+    const g = await bed.guest({ attach: false });
+    let region = -1;
+    try {
+      await g.fe.negotiate({ features: g.drv.features });
+      const tx = g.drv.tx[0]!.setup;
+      const inflight = await g.fe.getInflightFd(2, tx.size);
+      region = native.mmap(inflight.fd, 0, inflight.mmapSize);
+      const txRecord = new DataView(native.mappingBuffer(region), inflightQueueRegionSize(tx.size), inflightQueueRegionSize(tx.size));
+      // Three frames A, B, C in avail slots 0..2. As a back-end with out-of-order completion would have
+      // left them: A and C completed (used.idx 2), B popped and in flight when it died.
+      const tapMac = mac(bed.ns.exec('cat', '/sys/class/net/lgtap0/address').trim());
+      const payloads = [0, 1, 2].map((i) => expectedPayload(80, 0x40 + i));
+      for (const payload of payloads) {
+        const f = udpFrame({ srcMac: mac(bed.guestMac), dstMac: tapMac, srcIp: ip4(bed.guestIp), dstIp: ip4(bed.hostIp), srcPort: 40000, dstPort: 5570, payload });
+        expect(g.drv.send(f, { kick: false })).toBe(true);
+      }
+      g.drv.tx[0]!.publishAndKick();
+      const avail = g.ram.read(tx.avail + 4, 6);
+      const [a, b, c] = [0, 1, 2].map((i) => avail[2 * i]! | (avail[2 * i + 1]! << 8));
+      const used = new DataView(g.ram.u8.buffer, g.ram.u8.byteOffset + tx.used - g.ram.gpa);
+      used.setUint32(4, a!, true);
+      used.setUint32(12, c!, true);
+      used.setUint16(2, 2, true);
+      txRecord.setUint16(INFLIGHT.VERSION, 1, true);
+      txRecord.setUint16(INFLIGHT.DESC_NUM, tx.size, true);
+      txRecord.setUint16(INFLIGHT.USED_IDX, 2, true);
+      txRecord.setUint8(INFLIGHT.DESC + b! * INFLIGHT.DESC_SIZE + INFLIGHT.D_INFLIGHT, 1);
+      txRecord.setUint32(INFLIGHT.DESC + b! * INFLIGHT.DESC_SIZE + INFLIGHT.D_COUNTER, 2, true);
+      await g.fe.setInflightFd(inflight.fd, inflight);
+      native.close(inflight.fd);
+
+      // The front-end restores last_avail from used.idx (2), as QEMU does after a back-end crash:
+      // without the record, slot 2 (C) would go out again and B never.
+      const sink = await udpSink(bed.ns, bed.hostIp, 5570, 2, 1500);
+      await g.fe.attachDriver(g.drv, g.ram, { negotiate: false, base: (i) => (i === 1 ? 2 : 0) });
+      g.drv.fillRx(); // so that nothing the namespace sends waits in the tap for the next test
+      const got = await sink.datagrams();
+      expect(got.map((d) => d.hex)).toEqual([Buffer.from(payloads[1]!).toString('hex')]);
+      expect(bed.dev.metrics().queues[1]!.inflightResubmitted).toBe(1);
+      expect(used.getUint16(2, true)).toBe(3);
+      expect(used.getUint32(4 + 2 * 8, true)).toBe(b);
+      // From then on lgnet records into the same buffer: two more frames, completed and cleared.
+      expect(txRecord.getUint16(INFLIGHT.USED_IDX, true)).toBe(3);
+      await sendUdp(bed, g, 5571, expectedPayload(60, 1));
+      await sendUdp(bed, g, 5571, expectedPayload(60, 2));
+      expect(await until(() => txRecord.getUint16(INFLIGHT.USED_IDX, true) === 5)).toBe(true);
+      for (let h = 0; h < tx.size; h++) expect(txRecord.getUint8(INFLIGHT.DESC + h * INFLIGHT.DESC_SIZE), `head ${h}`).toBe(0);
+      const last = txRecord.getUint16(INFLIGHT.LAST_BATCH_HEAD, true);
+      expect(txRecord.getUint32(INFLIGHT.DESC + last * INFLIGHT.DESC_SIZE + INFLIGHT.D_COUNTER, true)).toBeGreaterThan(2);
+    } finally {
+      if (region >= 0) native.munmap(region);
       g.close();
     }
   });
