@@ -17,7 +17,8 @@ import { GuestRam } from '../driver/guest-ram.ts';
 import { VirtioNetDriver } from '../driver/virtio-net.ts';
 import { VhostUserFrontend } from '../driver/vhost-user-frontend.ts';
 import { createNetns, destroyAllNetns, netnsPrerequisites, type Netns } from '../helpers/netns.ts';
-import { expectedPayload, fdCount, udpSink } from './vhost-user-helpers.ts';
+import { INFLIGHT, inflightQueueRegionSize } from '../../vring/index.ts';
+import { expectedPayload, fdCount, udpSink, until } from './vhost-user-helpers.ts';
 
 const LGNET = join(REPO_ROOT, 'bin/lgnet');
 const pre = netnsPrerequisites();
@@ -115,6 +116,24 @@ describe.skipIf(!pre.ok)('lgnet serve (CLI) in a namespace', () => {
         expect(await drvFull.drainTx(0, 5000)).toBe(0);
         const got = await sink.datagrams();
         expect(got.map((d) => d.hex)).toEqual([Buffer.from(payload).toString('hex')]);
+
+        // Inflight tracking inside the jail: GET_INFLIGHT_FD makes the buffer (memfd_create), SET maps
+        // it (mmap), and the TX ring records into it from then on.
+        const inflight = await fe.getInflightFd(2, 64);
+        await fe.setInflightFd(inflight.fd, inflight);
+        const record = native.mmap(inflight.fd, 0, inflight.mmapSize);
+        native.close(inflight.fd);
+        try {
+          const txRecord = new DataView(native.mappingBuffer(record), inflightQueueRegionSize(64), inflightQueueRegionSize(64));
+          const sink2 = await udpSink(ns, '10.77.0.1', 6001, 1, 5000);
+          drvFull.send(udpFrame({ srcMac: mac('52:54:00:aa:bb:cc'), dstMac: tapMac, srcIp: ip4('10.77.0.2'), dstIp: ip4('10.77.0.1'), srcPort: 1234, dstPort: 6001, payload }));
+          expect(await drvFull.drainTx(0, 5000)).toBe(0);
+          expect((await sink2.datagrams()).length).toBe(1);
+          expect(await until(() => txRecord.getUint16(INFLIGHT.USED_IDX, true) === 2)).toBe(true);
+          expect(txRecord.getUint16(INFLIGHT.VERSION, true)).toBe(1);
+        } finally {
+          native.munmap(record);
+        }
 
         // Repeated SET_VRING_CALL on a stopped ring: the server's fd count does not grow.
         await fe.getVringBase(1);
