@@ -64,6 +64,7 @@ export const TX_DROP = {
   CSUM_NOT_NEGOTIATED: 5, // NEEDS_CSUM without VIRTIO_NET_F_CSUM
   WRITABLE: 6, // TX chain carries device-writable buffers
   GSO_WITHOUT_CSUM: 7, // gso_type set but NEEDS_CSUM clear: segments could not get checksums
+  TOO_MANY_PIECES: 8, // the frame lies in more memory pieces than one writev of a TX burst takes
 } as const;
 
 /**

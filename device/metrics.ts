@@ -62,8 +62,16 @@ export const M = {
   txDropDisabled: 25,
   /** Chains taken up again from the vhost-user inflight record when the queue started. */
   inflightResubmitted: 26,
+  /** TX chain in more memory pieces than one frame's writev takes (64): completed with 0, not sent. */
+  txDropTooManyPieces: 27,
+  /** RX chain in more memory pieces than one frame's readv takes (256): completed with 0, unused. */
+  rxDropTooManyPieces: 28,
+  /** Frames written to the pcap capture. */
+  captured: 29,
+  /** Captured frames whose write to the pcap file failed (disk full, a closed fd). */
+  captureFailed: 30,
   /** Count of counters. */
-  COUNT: 27,
+  COUNT: 31,
 } as const;
 
 export type MetricName = Exclude<keyof typeof M, 'COUNT'>;
@@ -73,7 +81,7 @@ const NAMES = Object.keys(M).filter((k) => k !== 'COUNT') as MetricName[];
 /** TX_DROP code (header.ts) → counter index. */
 export const TX_DROP_COUNTER: readonly number[] = [
   -1, M.txDropShort, M.txDropTooBig, M.txDropGsoNotNegotiated, M.txDropCsumOutOfRange,
-  M.txDropCsumNotNegotiated, M.txDropWritable, M.txDropGsoWithoutCsum,
+  M.txDropCsumNotNegotiated, M.txDropWritable, M.txDropGsoWithoutCsum, M.txDropTooManyPieces,
 ];
 
 /** Allocates the shared storage for one queue's counters. */

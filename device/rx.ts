@@ -18,10 +18,11 @@
  * delivered. Without buffers the device stops reading the backend, so frames wait in the kernel.
  */
 import { IovecTable } from '../native/iovec.ts';
-import type { DescriptorChain, GuestMemory, SplitQueue } from '../vring/index.ts';
+import { DescriptorError, VringErrorCode, type DescriptorChain, type GuestMemory, type SplitQueue } from '../vring/index.ts';
 import type { RxPort } from './backend.ts';
 import type { NegotiatedFeatures } from './features.ts';
 import { ETH_HLEN, HDR, MAX_FRAME_LEN } from './header.ts';
+import type { PcapWriter } from './capture.ts';
 import type { PendingUsed } from './interrupt.ts';
 import { M } from './metrics.ts';
 import type { RxFilter } from './rx-filter.ts';
@@ -36,8 +37,10 @@ export const RX = {
   BACKEND_EMPTY: 3,
 } as const;
 
-/** Most iovecs one RX frame may use. */
-const MAX_IOV_PER_FRAME = 256;
+/** Most iovecs one RX chain may bring; a chain in more pieces is completed with 0 and counted. */
+export const MAX_IOV_PER_CHAIN = 256;
+/** Most iovecs one RX frame may span with MRG_RXBUF (one readv: Linux's UIO_MAXIOV). */
+const MAX_IOV_PER_FRAME = 1024;
 /** Bytes of a frame the filter looks at: two MACs, TPID, TCI. */
 const FILTER_BYTES = 16;
 /** Room for a VLAN tag on top of the MTU. */
@@ -63,9 +66,10 @@ export class RxService {
   private readonly zeroHdr = new Uint8Array(HDR.LEN_V1);
   private readonly peek = new Uint8Array(FILTER_BYTES);
   private readonly included: number[] = [];
+  private readonly capture: PcapWriter | undefined;
 
   constructor(queue: SplitQueue, mem: GuestMemory, f: NegotiatedFeatures, port: RxPort, pending: PendingUsed,
-    counters: Float64Array, filter: RxFilter, opts: { burst: number; mtu: number }) {
+    counters: Float64Array, filter: RxFilter, opts: { burst: number; mtu: number; capture?: PcapWriter }) {
     this.queue = queue;
     this.mem = mem;
     this.f = f;
@@ -74,20 +78,24 @@ export class RxService {
     this.c = counters;
     this.filter = filter;
     this.burst = opts.burst;
+    this.capture = opts.capture;
     this.skip = port.vnetHdrLen === 0 ? f.hdrLen : 0;
     const gso = f.guestTso4 || f.guestTso6 || f.guestUfo;
     this.maxRx = f.hdrLen + (gso ? MAX_FRAME_LEN : opts.mtu + ETH_HLEN + VLAN_HLEN);
-    this.table = new IovecTable(opts.burst * MAX_IOV_PER_FRAME, opts.burst);
+    this.table = new IovecTable(Math.max(opts.burst * MAX_IOV_PER_CHAIN, MAX_IOV_PER_FRAME), opts.burst);
     this.slotChain = new Uint16Array(opts.burst);
   }
 
   /** One burst. Returns an {@link RX} outcome. */
   processRx(): number {
+    this.capture?.begin();
     return !this.f.mrgRxbuf && this.filter.passAll ? this.batched() : this.perFrame();
   }
 
-  private isShort(ch: DescriptorChain): boolean {
-    return ch.readableLen !== 0 || ch.writableLen < this.f.hdrLen + ETH_HLEN - this.skip;
+  /** 0 when the chain can take a frame, else the counter of why not (it is completed with 0). */
+  private unusable(ch: DescriptorChain): number {
+    if (ch.readableLen !== 0 || ch.writableLen < this.f.hdrLen + ETH_HLEN - this.skip) return M.rxDropShortBuffer;
+    return ch.writable.count > MAX_IOV_PER_CHAIN ? M.rxDropTooManyPieces : 0;
   }
 
   private batched(): number {
@@ -103,7 +111,7 @@ export class RxService {
     let slots = 0;
     for (let i = 0; i < n; i++) {
       const ch = this.chains[i]!;
-      if (this.isShort(ch)) continue;
+      if (this.unusable(ch)) continue;
       t.count = ch.appendIovecs(t.entries, t.count, 'writable', this.skip, ch.writableLen - this.skip, this.mem);
       t.endFrame();
       this.slotChain[slots++] = i;
@@ -128,12 +136,13 @@ export class RxService {
         slot++;
       } else {
         q.addUsed(ch.head, 0);
-        c[M.rxDropShortBuffer]! += 1;
+        c[this.unusable(ch)]! += 1;
       }
       completed++;
     }
     if (settled < n) q.rewind(n - settled);
     if (completed > 0) {
+      this.capture?.flush(); // before used.idx: the guest may reuse its buffers right after
       q.flush();
       this.pending.pending += completed;
       c[M.bursts]! += 1;
@@ -152,6 +161,12 @@ export class RxService {
     }
     if (this.skip) ch.writeBytes(0, this.zeroHdr, 0, this.skip);
     if (this.f.hdrLen === HDR.LEN_V1) ch.setU16(HDR.NUM_BUFFERS, 1);
+    const cap = this.capture;
+    if (cap) {
+      cap.openRecord(total - this.f.hdrLen);
+      cap.add(ch, 'writable', this.f.hdrLen);
+      cap.closeRecord();
+    }
     this.queue.addUsed(ch.head, total);
     c[M.frames]! += 1;
     c[M.bytes]! += total - this.f.hdrLen;
@@ -183,15 +198,20 @@ export class RxService {
           popped += got;
         }
         const ch = chains[k]!;
-        if (this.isShort(ch)) {
+        const bad = this.unusable(ch);
+        if (bad) {
           if (k === next) {
             q.addUsed(ch.head, 0);
-            c[M.rxDropShortBuffer]! += 1;
+            c[bad]! += 1;
             completed++;
             next++;
           }
           k++; // a short chain inside the gathered range is completed with 0 when settled
           continue;
+        }
+        if (t.count + ch.writable.count > MAX_IOV_PER_FRAME) {
+          throw new DescriptorError(VringErrorCode.TOO_MANY_PIECES,
+            `an RX frame would span more than ${MAX_IOV_PER_FRAME} buffer pieces (MRG_RXBUF with tiny buffers); the queue is marked broken`);
         }
         const skip = included.length === 0 ? this.skip : 0;
         t.count = ch.appendIovecs(t.entries, t.count, 'writable', skip, ch.writableLen - skip, this.mem);
@@ -238,6 +258,13 @@ export class RxService {
       const last = included[used - 1]!;
       if (this.skip) first.writeBytes(0, this.zeroHdr, 0, this.skip);
       if (hdrLen === HDR.LEN_V1) first.setU16(HDR.NUM_BUFFERS, used);
+      const cap = this.capture;
+      if (cap) {
+        cap.openRecord(total - hdrLen);
+        cap.add(first, 'writable', hdrLen);
+        for (let u = 1; u < used; u++) cap.add(chains[included[u]!]!, 'writable', 0);
+        cap.closeRecord();
+      }
       remaining = total;
       let u = 0;
       for (let i = next; i <= last; i++) {
@@ -249,7 +276,7 @@ export class RxService {
           u++;
         } else {
           q.addUsed(ch.head, 0);
-          c[M.rxDropShortBuffer]! += 1;
+          c[this.unusable(ch) || M.rxDropShortBuffer]! += 1;
         }
         completed++;
       }
@@ -260,6 +287,7 @@ export class RxService {
     }
     if (popped > next) q.rewind(popped - next);
     if (completed > 0) {
+      this.capture?.flush();
       q.flush();
       this.pending.pending += completed;
       c[M.bursts]! += 1;

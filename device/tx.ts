@@ -14,11 +14,13 @@ import type { DescriptorChain, GuestMemory, SplitQueue } from '../vring/index.ts
 import type { TxPort } from './backend.ts';
 import type { NegotiatedFeatures } from './features.ts';
 import { checkTxHeader, ETH_HLEN, TX_DROP } from './header.ts';
+import type { PcapWriter } from './capture.ts';
 import type { PendingUsed } from './interrupt.ts';
 import { M, TX_DROP_COUNTER } from './metrics.ts';
 
-/** Most iovecs one TX frame may use (a 64 KiB GSO frame in 4 KiB pages, plus header pieces). */
-const MAX_IOV_PER_FRAME = 64;
+/** Most iovecs one TX frame may use (a 64 KiB GSO frame in 4 KiB pages, plus header pieces). A chain
+ *  in more pieces is legal but not worth a table that size: it is completed and counted. */
+export const MAX_IOV_PER_FRAME = 64;
 
 export class TxService {
   private readonly queue: SplitQueue;
@@ -35,9 +37,10 @@ export class TxService {
   /** Header bytes to skip when the backend does not take a virtio_net_hdr. */
   private readonly skip: number;
   private readonly discard: boolean;
+  private readonly capture: PcapWriter | undefined;
 
   constructor(queue: SplitQueue, mem: GuestMemory, f: NegotiatedFeatures, port: TxPort, pending: PendingUsed,
-    counters: Float64Array, opts: { burst: number; backendHdrLen: number; discard?: boolean }) {
+    counters: Float64Array, opts: { burst: number; backendHdrLen: number; discard?: boolean; capture?: PcapWriter }) {
     this.queue = queue;
     this.mem = mem;
     this.f = f;
@@ -46,6 +49,7 @@ export class TxService {
     this.c = counters;
     this.burst = opts.burst;
     this.discard = opts.discard === true;
+    this.capture = opts.capture;
     this.skip = opts.backendHdrLen === 0 ? f.hdrLen : 0;
     this.table = new IovecTable(opts.burst * MAX_IOV_PER_FRAME, opts.burst);
     this.heads = new Uint16Array(opts.burst);
@@ -62,7 +66,9 @@ export class TxService {
       for (let i = 0; i < n; i++) q.addUsed(this.chains[i]!.head, 0);
       c[M.txDropDisabled]! += n;
     } else {
+      this.capture?.begin();
       this.send(n);
+      this.capture?.flush();
     }
     q.flush();
     this.pending.pending += n;
@@ -82,6 +88,7 @@ export class TxService {
       const ch = this.chains[i]!;
       let code: number = TX_DROP.OK;
       if (ch.writableLen !== 0) code = TX_DROP.WRITABLE;
+      else if (ch.readable.count > MAX_IOV_PER_FRAME) code = TX_DROP.TOO_MANY_PIECES;
       else if (ch.readableLen < hdrLen + ETH_HLEN) code = TX_DROP.SHORT;
       else if (!ch.locate(0, hdrLen)) code = TX_DROP.SHORT;
       else code = checkTxHeader(ch.dv, ch.pos, ch.readableLen - hdrLen, this.f);
@@ -92,6 +99,12 @@ export class TxService {
       }
       t.count = ch.appendIovecs(t.entries, t.count, 'readable', this.skip, ch.readableLen - this.skip, this.mem);
       t.endFrame();
+      const cap = this.capture;
+      if (cap) {
+        cap.openRecord(ch.readableLen - hdrLen);
+        cap.add(ch, 'readable', hdrLen);
+        cap.closeRecord();
+      }
       this.heads[frames] = ch.head;
       this.lens[frames] = ch.readableLen - hdrLen;
       frames++;

@@ -25,7 +25,7 @@ function good(b: Bed, seq: number, port: number): Uint8Array {
 
 it('each malformed TX chain is counted and skipped; good frames around it are delivered', async () => {
   bed = await createBed({ accept: ['VERSION_1', 'CSUM', 'MAC'] }); // no HOST_TSO*
-  const sink = await udpSink(bed, 7200, 6, 5000);
+  const sink = await udpSink(bed, 7200, 7, 5000);
   const drv = bed.drv;
   let seq = 0;
   const cases: Array<[string, () => void]> = [
@@ -33,6 +33,7 @@ it('each malformed TX chain is counted and skipped; good frames around it are de
     ['txDropTooBig', () => drv.send(new Uint8Array(65_600))],
     ['txDropGsoNotNegotiated', () => drv.send(good(bed!, 99, 7200), { hdr: { flags: 1, gsoType: 1, gsoSize: 1400, csumStart: 34, csumOffset: 6 } })],
     ['txDropCsumOutOfRange', () => drv.send(good(bed!, 99, 7200), { hdr: { flags: 1, csumStart: 140, csumOffset: 6 } })],
+    ['txDropTooManyPieces', () => drv.send(good(bed!, 99, 7200), { split: Array.from({ length: 99 }, (_, i) => 20 + i) })],
     ['txDropWritable', () => {
       const r = drv.tx[0]!;
       const buf = drv.ram.alloc(256);
@@ -47,11 +48,45 @@ it('each malformed TX chain is counted and skipped; good frames around it are de
   expect(drv.send(good(bed, seq++, 7200))).toBe(true);
   expect(await drv.drainTx(0, 5000)).toBe(0);
   const got = await sink.datagrams();
-  expect(got.map((d) => d.hex)).toEqual([0, 1, 2, 3, 4, 5].map((s) => Buffer.from(expectedPayload(100, s)).toString('hex')));
+  expect(got.map((d) => d.hex)).toEqual([0, 1, 2, 3, 4, 5, 6].map((s) => Buffer.from(expectedPayload(100, s)).toString('hex')));
   const m = bed.dev.metrics().queues[1]!;
   for (const [name] of cases) expect(m[name as keyof typeof m], name).toBe(1);
-  expect(m.frames).toBe(6);
+  expect(m.frames).toBe(7);
   expect(bed.dev.metrics().queues[1]!.broken).toBeNull();
+});
+
+it('an RX chain in more pieces than a readv takes is completed with 0 and counted; the next chain gets the frame', async () => {
+  bed = await createBed({ accept: ['VERSION_1', 'MAC', 'RING_INDIRECT_DESC'] });
+  const rx = bed.drv.rx[0]!;
+  const mem = bed.ram.mem;
+  // Stop RX, and turn the next chain the device would pop into an indirect table of 300 writable
+  // 8-byte pieces (2400 bytes: room enough, but more pieces than one readv takes).
+  const base = await bed.dev.stopQueue(0);
+  const head = mem.readU16(rx.setup.avail + 4 + 2 * (base % rx.setup.size));
+  const table = bed.ram.alloc(300 * 16);
+  const bufs = bed.ram.alloc(300 * 8);
+  for (let i = 0; i < 300; i++) {
+    mem.writeU64(table + 16 * i, bufs + 8 * i);
+    mem.writeU32(table + 16 * i + 8, 8);
+    mem.writeU16(table + 16 * i + 12, 2 | (i < 299 ? 1 : 0)); // WRITE, NEXT
+    mem.writeU16(table + 16 * i + 14, i + 1);
+  }
+  const d = rx.setup.desc + 16 * head;
+  mem.writeU64(d, table);
+  mem.writeU32(d + 8, 300 * 16);
+  mem.writeU16(d + 12, 4); // INDIRECT
+  bed.dev.setupQueue(0, { ...rx.setup, lastAvail: base });
+  await bed.dev.startQueue(0);
+  const sender = udpSend(bed, 6310, 100, 3, 10);
+  const isOurs = (f: { frame: Uint8Array }) => f.frame[23] === 17 && ((f.frame[36]! << 8) | f.frame[37]!) === 6310;
+  const frames: Array<{ frame: Uint8Array }> = [];
+  for (let i = 0; i < 50 && frames.filter(isOurs).length < 3; i++) frames.push(...(await bed.drv.waitRx(1, { timeoutMs: 100 })));
+  sender.kill();
+  expect(frames.filter(isOurs).length).toBe(3);
+  expect(frames.filter((f) => f.frame.length === 0).length).toBe(1); // the unusable chain, completed with 0
+  const m = bed.dev.metrics().queues[0]!;
+  expect(m.rxDropTooManyPieces).toBe(1);
+  expect(m.broken).toBeNull();
 });
 
 it('a descriptor loop breaks the TX queue only; RX keeps delivering', async () => {
