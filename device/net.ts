@@ -23,6 +23,7 @@ import { createCounters, snapshot, type QueueMetrics } from './metrics.ts';
 import { RxFilter } from './rx-filter.ts';
 import { startWorker } from './thread.ts';
 import { memoryFromMappings, type FilterState, type QueueConfig, type WorkerBoot, type WorkerCommand, type WorkerEvent, type WorkerRegion } from './worker.ts';
+import { DEFAULT_SNAPLEN } from './capture.ts';
 
 /** Options of {@link NetDevice}. */
 export interface NetDeviceOptions {
@@ -45,6 +46,11 @@ export interface NetDeviceOptions {
   busyPoll?: number;
   /** Largest queue size the device accepts. Default 1024. */
   maxQueueSize?: number;
+  /**
+   * pcap capture (device/capture.ts): the fd of a file openPcap() prepared, and which data queues
+   * to capture (default all). The embedder closes the fd after close().
+   */
+  capture?: { fd: number; snaplen?: number; queues?: readonly number[] };
 }
 
 /** A guest memory region handed to the device as an fd (memfd, or what the VMM sent). */
@@ -137,6 +143,7 @@ export class NetDevice extends EventEmitter {
   status = 0;
   private readonly burst: number;
   private readonly busyPoll: number;
+  private readonly capture: NetDeviceOptions['capture'];
   private readonly maxQueueSize: number;
   private readonly filter = new RxFilter();
   private readonly slots: Slot[] = [];
@@ -165,6 +172,7 @@ export class NetDevice extends EventEmitter {
     this.offered = offered;
     this.burst = opts.burst ?? 32;
     this.busyPoll = opts.busyPoll ?? 0;
+    this.capture = opts.capture;
     this.maxQueueSize = opts.maxQueueSize ?? 1024;
     for (let i = 0; i < this.queueCount; i++) {
       this.slots.push({ index: i, counters: createCounters(), ctlFd: -1, ctlFlag: new Int32Array(new SharedArrayBuffer(4)), running: false, waiters: [], broken: null });
@@ -303,6 +311,7 @@ export class NetDevice extends EventEmitter {
       ring: { size: s.setup.size, desc: s.setup.desc, avail: s.setup.avail, used: s.setup.used, lastAvail: s.setup.lastAvail ?? 0 },
       discard: s.setup.discard === true,
       inflight: s.setup.inflight ?? null,
+      capture: this.capture && (this.capture.queues?.includes(s.index) ?? true) ? { fd: this.capture.fd, snaplen: this.capture.snaplen ?? DEFAULT_SNAPLEN } : null,
       features: this.accepted,
       regions: this.regions,
       kickFd: s.setup.kickFd,

@@ -21,6 +21,7 @@ import * as native from '../native/index.ts';
 import { GuestMemory, InflightLog, SplitQueue, VringError, inflightQueueRegionSize } from '../vring/index.ts';
 import type { PortSpec } from './backend.ts';
 import { decode } from './features.ts';
+import { PcapWriter, type CaptureSpec } from './capture.ts';
 import { PendingUsed } from './interrupt.ts';
 import { M } from './metrics.ts';
 import { RX, RxService } from './rx.ts';
@@ -65,6 +66,8 @@ export interface QueueConfig {
   discard: boolean;
   /** The queue's vhost-user inflight region (QueueSetup.inflight), or null. */
   inflight: { mappingId: number; offset: number } | null;
+  /** pcap capture of this queue's frames, or null. */
+  capture: CaptureSpec | null;
   features: bigint;
   regions: WorkerRegion[];
   kickFd: number;
@@ -136,6 +139,7 @@ class ActiveQueue {
   private readonly c: Float64Array;
   private readonly rxFilter: RxFilter;
   private readonly frameFilter: FrameFilter | undefined;
+  private capture: PcapWriter | undefined;
 
   constructor(role: 'rx' | 'tx', cfg: QueueConfig, ctlFd: number, c: Float64Array, rxFilter: RxFilter, frameFilter: FrameFilter | undefined) {
     this.role = role;
@@ -172,9 +176,19 @@ class ActiveQueue {
     this.availOffset = loc.mappingOffset + loc.offset;
     const f = decode(this.cfg.features);
     const ports = this.openPorts();
-    const opts = { burst: this.cfg.burst };
+    if (this.cfg.capture) {
+      this.capture ??= new PcapWriter(this.cfg.capture, mem, this.c, this.cfg.burst);
+      this.capture.mem = mem;
+    }
+    const opts = { burst: this.cfg.burst, ...(this.capture ? { capture: this.capture } : {}) };
     if (this.role === 'tx') this.tx = new TxService(this.queue, mem, f, ports.tx, this.pending, this.c, { ...opts, backendHdrLen: f.hdrLen, discard: this.cfg.discard });
     else this.rx = new RxService(this.queue, mem, f, ports.rx, this.pending, this.c, this.rxFilter, { ...opts, mtu: this.cfg.mtu });
+  }
+
+  /** Releases what the queue holds beyond its ring (the capture's header mapping). */
+  dispose(): void {
+    this.capture?.close();
+    this.capture = undefined;
   }
 }
 
@@ -312,6 +326,7 @@ export class QueueWorker {
   private command(m: WorkerCommand): void {
     switch (m.cmd) {
       case 'configure':
+        this.q?.dispose();
         this.q = null;
         applyFilter(this.rxFilter, m.config.filter);
         try {
@@ -341,6 +356,7 @@ export class QueueWorker {
       case 'stop':
         if (this.state === State.RUNNING) this.quiesce();
         this.post({ ev: 'stopped', lastAvail: this.q?.queue.lastAvail ?? 0 });
+        this.q?.dispose();
         this.q = null;
         this.state = State.IDLE;
         return;
@@ -358,6 +374,7 @@ export class QueueWorker {
         return;
       case 'exit':
         if (this.state === State.RUNNING) this.quiesce();
+        this.q?.dispose();
         this.q = null;
         this.state = State.EXIT;
         return;

@@ -29,6 +29,8 @@ export interface ServeOptions {
   logLevel: LogLevel;
   /** Unix socket that answers each connection with the device metrics as JSON (metrics-endpoint.ts). */
   metricsSocket: string | undefined;
+  /** pcap file every data queue's frames are captured to (device/capture.ts). */
+  pcap?: string | undefined;
   /** Enter the jail (sandbox/jail.ts) once everything is open; on unless --no-sandbox. */
   jail: boolean;
   /** --print-policy: print the seccomp policy and exit. */
@@ -84,6 +86,7 @@ export function buildCli(actions: { serve: (opts: ServeOptions) => Promise<void>
     .addOption(new Option('--busy-poll <us>', 'microseconds a queue worker re-checks its ring before it sleeps (fewer kicks and interrupts, more host CPU); 0 = off').argParser(int('--busy-poll', 0, 1_000_000)).default(0))
     .addOption(new Option('--log-level <level>', 'log level (JSON logs on stderr)').choices(LOG_LEVELS as string[]).default('info'))
     .option('--metrics-socket <path>', 'unix socket that answers every connection with one JSON line of live per-queue counters (frames, bytes, interrupts, drops) and closes; read it with `socat - UNIX-CONNECT:PATH`')
+    .option('--pcap <file>', 'capture every frame of every data queue to this pcap file (tcpdump -r FILE); created before the jail, appended to by the queue workers')
     .option('--no-sandbox', 'do NOT enter the jail (chroot, uid drop, rlimits, no_new_privs, seccomp); for debugging only')
     .option('--chroot <dir>', 'jail: change root to this empty directory')
     .option('--user <user>', 'jail: drop to this user (name or uid)')
@@ -101,6 +104,7 @@ export function buildCli(actions: { serve: (opts: ServeOptions) => Promise<void>
         busyPoll: o['busyPoll'] as number,
         logLevel: o['logLevel'] as LogLevel,
         metricsSocket: o['metricsSocket'] as string | undefined,
+        pcap: o['pcap'] as string | undefined,
         jail: o['sandbox'] !== false,
         printPolicy: o['printPolicy'] === true,
         chroot: o['chroot'] as string | undefined,

@@ -23,6 +23,7 @@ import { createLogger, type Logger } from './log.ts';
 import { startSocketReaper } from './socket-reaper.ts';
 import { openMetricsEndpoint, type MetricsEndpoint } from './metrics-endpoint.ts';
 import { netDeviceHooks, VhostUserServer } from './vhost-user/server.ts';
+import { closePcap, openPcap } from '../device/capture.ts';
 
 /**
  * Device features offered over vhost-user. QEMU keeps the control queue (and with it the RX filter,
@@ -48,12 +49,24 @@ export interface Serving {
 export async function startServing(opts: ServeOptions, log: Logger): Promise<Serving> {
   const backend = new TapBackend({ name: opts.tap, queuePairs: opts.queues });
   let device: NetDevice;
+  let pcapFd = -1;
   try {
-    device = new NetDevice({ backend, mtu: opts.mtu, queuePairs: opts.queues, busyPoll: opts.busyPoll, features: VHOST_USER_NET_FEATURES, ...(opts.mac ? { mac: opts.mac } : {}) });
+    // --pcap: the file is created now; the jail forbids opening it later. Workers append to it.
+    if (opts.pcap) pcapFd = openPcap(opts.pcap);
+    device = new NetDevice({
+      backend, mtu: opts.mtu, queuePairs: opts.queues, busyPoll: opts.busyPoll, features: VHOST_USER_NET_FEATURES,
+      ...(opts.mac ? { mac: opts.mac } : {}), ...(pcapFd >= 0 ? { capture: { fd: pcapFd } } : {}),
+    });
   } catch (e) {
     backend.close();
+    if (pcapFd >= 0) closePcap(pcapFd);
     throw e;
   }
+  const closeDevice = async (): Promise<void> => {
+    await device.close();
+    if (pcapFd >= 0) closePcap(pcapFd);
+    pcapFd = -1;
+  };
   device.on('log', (e: { level?: string; msg?: string }) => {
     const level = e.level === 'error' || e.level === 'warn' || e.level === 'debug' ? e.level : 'info';
     log[level]({ ...e, component: 'device' }, e.msg ?? 'device');
@@ -65,7 +78,7 @@ export async function startServing(opts: ServeOptions, log: Logger): Promise<Ser
     await device.startWorkers();
     server.start();
   } catch (e) {
-    await device.close();
+    await closeDevice();
     throw e;
   }
   // Read-only metrics socket (--metrics-socket): bound before the jail, like the vhost-user socket.
@@ -75,7 +88,7 @@ export async function startServing(opts: ServeOptions, log: Logger): Promise<Ser
       metrics = await openMetricsEndpoint(opts.metricsSocket, () => device.metrics());
     } catch (e) {
       await server.close();
-      await device.close();
+      await closeDevice();
       throw e;
     }
   }
@@ -104,7 +117,7 @@ export async function startServing(opts: ServeOptions, log: Logger): Promise<Ser
   } catch (e) {
     await metrics?.close();
     await server.close();
-    await device.close();
+    await closeDevice();
     throw e;
   }
   // ─────────────────────────────────────────────────────────────────────────────────────────────────
@@ -118,7 +131,7 @@ export async function startServing(opts: ServeOptions, log: Logger): Promise<Ser
       stopping ??= (async () => {
         await metrics?.close();
         await server.close(); // drops the connection: rings stop, used rings flushed, fds closed
-        await device.close(); // workers gone, memory unmapped, tap closed
+        await closeDevice(); // workers gone, memory unmapped, tap closed
       })();
       return stopping;
     },

@@ -14,6 +14,7 @@ set -euo pipefail
 #   iproute2           ip netns / ip tuntap in tests
 #   iputils-ping       host-side ping in tests
 #   procps             ps/pgrep for people inspecting a run
+#   tcpdump            reads lgnet's pcap captures in tests (and for people debugging traffic)
 #   build-essential, python3   node-gyp builds the native addon
 #   ca-certificates    npm over TLS
 PKGS=(
@@ -28,6 +29,7 @@ PKGS=(
   kmod
   iputils-ping
   procps
+  tcpdump
   build-essential
   python3
   ca-certificates

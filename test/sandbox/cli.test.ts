@@ -93,7 +93,8 @@ describe.skipIf(!pre.ok)('lgnet serve (CLI) in a namespace', () => {
 
   it('prints one ready line, serves frames, leaks no fds, and exits 0 on SIGTERM removing its socket', async () => {
     const socket = join(dir, 'lgnet.sock');
-    lg = await startLgnet(ns, ['--socket', socket, '--tap', 'lgtapc', '--mac', '52:54:00:aa:bb:cc', '--log-level', 'info']);
+    const pcap = join(dir, 'serve.pcap');
+    lg = await startLgnet(ns, ['--socket', socket, '--tap', 'lgtapc', '--mac', '52:54:00:aa:bb:cc', '--log-level', 'info', '--pcap', pcap]);
     expect(lg.stdout()).toBe(`lgnet ready socket=${socket} tap=lgtapc queues=1 mode=server\n`);
     expect(existsSync(socket)).toBe(true);
     const pid = lg.child.pid!;
@@ -162,6 +163,11 @@ describe.skipIf(!pre.ok)('lgnet serve (CLI) in a namespace', () => {
       const logs = lg.stderr().split('\n').filter(Boolean).map((l) => JSON.parse(l) as { msg: string });
       expect(logs.map((l) => l.msg)).toContain('jailed'); // the sandbox is on by default
       expect(logs.map((l) => l.msg)).toContain('stopped');
+      // --pcap: the jailed workers appended every frame; tcpdump reads the file.
+      const dump = spawnSync('tcpdump', ['-r', pcap, '-nn', 'udp'], { encoding: 'utf8' });
+      expect(dump.status, dump.stderr).toBe(0);
+      expect(dump.stdout).toMatch(/10\.77\.0\.2\.1234 > 10\.77\.0\.1\.6000: UDP, length 64/);
+      expect(dump.stdout).toMatch(/10\.77\.0\.2\.1234 > 10\.77\.0\.1\.6001: UDP, length 64/);
     } finally {
       fe.close();
       ram.close();
