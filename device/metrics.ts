@@ -70,8 +70,10 @@ export const M = {
   captured: 29,
   /** Captured frames whose write to the pcap file failed (disk full, a closed fd). */
   captureFailed: 30,
+  /** Times the queue stopped a burst for its rate limit and slept until the buckets refilled. */
+  throttled: 31,
   /** Count of counters. */
-  COUNT: 31,
+  COUNT: 32,
 } as const;
 
 export type MetricName = Exclude<keyof typeof M, 'COUNT'>;

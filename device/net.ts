@@ -24,6 +24,7 @@ import { RxFilter } from './rx-filter.ts';
 import { startWorker } from './thread.ts';
 import { memoryFromMappings, type FilterState, type QueueConfig, type WorkerBoot, type WorkerCommand, type WorkerEvent, type WorkerRegion } from './worker.ts';
 import { DEFAULT_SNAPLEN } from './capture.ts';
+import { checkRateLimit, type RateLimit } from './rate-limit.ts';
 
 /** Options of {@link NetDevice}. */
 export interface NetDeviceOptions {
@@ -51,6 +52,11 @@ export interface NetDeviceOptions {
    * to capture (default all). The embedder closes the fd after close().
    */
   capture?: { fd: number; snaplen?: number; queues?: readonly number[] };
+  /**
+   * Rate limits (device/rate-limit.ts): token buckets for bytes and frames, each RX and each TX
+   * queue with buckets of its own. Default none.
+   */
+  rateLimit?: { rx?: RateLimit; tx?: RateLimit };
 }
 
 /** A guest memory region handed to the device as an fd (memfd, or what the VMM sent). */
@@ -144,6 +150,7 @@ export class NetDevice extends EventEmitter {
   private readonly burst: number;
   private readonly busyPoll: number;
   private readonly capture: NetDeviceOptions['capture'];
+  private readonly rateLimit: NetDeviceOptions['rateLimit'];
   private readonly maxQueueSize: number;
   private readonly filter = new RxFilter();
   private readonly slots: Slot[] = [];
@@ -173,6 +180,13 @@ export class NetDevice extends EventEmitter {
     this.burst = opts.burst ?? 32;
     this.busyPoll = opts.busyPoll ?? 0;
     this.capture = opts.capture;
+    try {
+      if (opts.rateLimit?.rx) checkRateLimit(opts.rateLimit.rx);
+      if (opts.rateLimit?.tx) checkRateLimit(opts.rateLimit.tx);
+    } catch (e) {
+      throw new NetConfigError('NET_BAD_RATE_LIMIT', `rateLimit: ${(e as Error).message}`);
+    }
+    this.rateLimit = opts.rateLimit;
     this.maxQueueSize = opts.maxQueueSize ?? 1024;
     for (let i = 0; i < this.queueCount; i++) {
       this.slots.push({ index: i, counters: createCounters(), ctlFd: -1, ctlFlag: new Int32Array(new SharedArrayBuffer(4)), running: false, waiters: [], broken: null });
@@ -311,6 +325,7 @@ export class NetDevice extends EventEmitter {
       ring: { size: s.setup.size, desc: s.setup.desc, avail: s.setup.avail, used: s.setup.used, lastAvail: s.setup.lastAvail ?? 0 },
       discard: s.setup.discard === true,
       inflight: s.setup.inflight ?? null,
+      rateLimit: (s.index & 1 ? this.rateLimit?.tx : this.rateLimit?.rx) ?? null,
       capture: this.capture && (this.capture.queues?.includes(s.index) ?? true) ? { fd: this.capture.fd, snaplen: this.capture.snaplen ?? DEFAULT_SNAPLEN } : null,
       features: this.accepted,
       regions: this.regions,

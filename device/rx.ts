@@ -24,6 +24,7 @@ import type { NegotiatedFeatures } from './features.ts';
 import { ETH_HLEN, HDR, MAX_FRAME_LEN } from './header.ts';
 import type { PcapWriter } from './capture.ts';
 import type { PendingUsed } from './interrupt.ts';
+import type { RateLimiter } from './rate-limit.ts';
 import { M } from './metrics.ts';
 import type { RxFilter } from './rx-filter.ts';
 
@@ -35,6 +36,8 @@ export const RX = {
   NO_BUFFERS: 2,
   /** The backend has nothing to read: wait for it. */
   BACKEND_EMPTY: 3,
+  /** The rate limit stopped the burst: wait `throttledMs`. */
+  THROTTLED: 4,
 } as const;
 
 /** Most iovecs one RX chain may bring; a chain in more pieces is completed with 0 and counted. */
@@ -67,9 +70,14 @@ export class RxService {
   private readonly peek = new Uint8Array(FILTER_BYTES);
   private readonly included: number[] = [];
   private readonly capture: PcapWriter | undefined;
+  private readonly limiter: RateLimiter | undefined;
+  /** Set with RX.THROTTLED: milliseconds until frames may be read again. */
+  throttledMs = 0;
+  /** A full-size frame (MTU + Ethernet header): what the rate limit assumes before a read. */
+  private readonly frameHint: number;
 
   constructor(queue: SplitQueue, mem: GuestMemory, f: NegotiatedFeatures, port: RxPort, pending: PendingUsed,
-    counters: Float64Array, filter: RxFilter, opts: { burst: number; mtu: number; capture?: PcapWriter }) {
+    counters: Float64Array, filter: RxFilter, opts: { burst: number; mtu: number; capture?: PcapWriter; limiter?: RateLimiter }) {
     this.queue = queue;
     this.mem = mem;
     this.f = f;
@@ -79,6 +87,8 @@ export class RxService {
     this.filter = filter;
     this.burst = opts.burst;
     this.capture = opts.capture;
+    this.limiter = opts.limiter;
+    this.frameHint = opts.mtu + ETH_HLEN;
     this.skip = port.vnetHdrLen === 0 ? f.hdrLen : 0;
     const gso = f.guestTso4 || f.guestTso6 || f.guestUfo;
     this.maxRx = f.hdrLen + (gso ? MAX_FRAME_LEN : opts.mtu + ETH_HLEN + VLAN_HLEN);
@@ -89,7 +99,15 @@ export class RxService {
   /** One burst. Returns an {@link RX} outcome. */
   processRx(): number {
     this.capture?.begin();
-    return !this.f.mrgRxbuf && this.filter.passAll ? this.batched() : this.perFrame();
+    let max = this.burst;
+    if (this.limiter) {
+      max = this.limiter.allowance(max, this.frameHint);
+      if (max === 0) {
+        this.throttledMs = Math.max(1, this.limiter.waitMs());
+        return RX.THROTTLED; // frames wait in the backend
+      }
+    }
+    return !this.f.mrgRxbuf && this.filter.passAll ? this.batched(max) : this.perFrame(max);
   }
 
   /** 0 when the chain can take a frame, else the counter of why not (it is completed with 0). */
@@ -98,10 +116,10 @@ export class RxService {
     return ch.writable.count > MAX_IOV_PER_CHAIN ? M.rxDropTooManyPieces : 0;
   }
 
-  private batched(): number {
+  private batched(max: number): number {
     const q = this.queue;
     const c = this.c;
-    const n = q.popBurst(this.burst, this.chains);
+    const n = q.popBurst(max, this.chains);
     if (n === 0) {
       c[M.rxNoBuffers]! += 1;
       return RX.NO_BUFFERS;
@@ -168,11 +186,12 @@ export class RxService {
       cap.closeRecord();
     }
     this.queue.addUsed(ch.head, total);
+    this.limiter?.charge(total - this.f.hdrLen);
     c[M.frames]! += 1;
     c[M.bytes]! += total - this.f.hdrLen;
   }
 
-  private perFrame(): number {
+  private perFrame(max: number): number {
     const q = this.queue;
     const c = this.c;
     const t = this.table;
@@ -185,7 +204,7 @@ export class RxService {
     let frames = 0;
     let completed = 0;
     let outcome: number = RX.MORE;
-    while (frames < this.burst) {
+    while (frames < max) {
       // Gather chains from `next` until they hold `need` bytes (one chain without MRG_RXBUF).
       t.reset();
       included.length = 0;
@@ -282,6 +301,7 @@ export class RxService {
       }
       next = last + 1;
       frames++;
+      this.limiter?.charge(total - hdrLen);
       c[M.frames]! += 1;
       c[M.bytes]! += total - hdrLen;
     }

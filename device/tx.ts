@@ -16,6 +16,7 @@ import type { NegotiatedFeatures } from './features.ts';
 import { checkTxHeader, ETH_HLEN, TX_DROP } from './header.ts';
 import type { PcapWriter } from './capture.ts';
 import type { PendingUsed } from './interrupt.ts';
+import type { RateLimiter } from './rate-limit.ts';
 import { M, TX_DROP_COUNTER } from './metrics.ts';
 
 /** Most iovecs one TX frame may use (a 64 KiB GSO frame in 4 KiB pages, plus header pieces). A chain
@@ -38,9 +39,12 @@ export class TxService {
   private readonly skip: number;
   private readonly discard: boolean;
   private readonly capture: PcapWriter | undefined;
+  private readonly limiter: RateLimiter | undefined;
+  /** Set when the last burst stopped for the rate limit: milliseconds until frames may go again. */
+  throttledMs = 0;
 
   constructor(queue: SplitQueue, mem: GuestMemory, f: NegotiatedFeatures, port: TxPort, pending: PendingUsed,
-    counters: Float64Array, opts: { burst: number; backendHdrLen: number; discard?: boolean; capture?: PcapWriter }) {
+    counters: Float64Array, opts: { burst: number; backendHdrLen: number; discard?: boolean; capture?: PcapWriter; limiter?: RateLimiter }) {
     this.queue = queue;
     this.mem = mem;
     this.f = f;
@@ -50,6 +54,7 @@ export class TxService {
     this.burst = opts.burst;
     this.discard = opts.discard === true;
     this.capture = opts.capture;
+    this.limiter = opts.limiter;
     this.skip = opts.backendHdrLen === 0 ? f.hdrLen : 0;
     this.table = new IovecTable(opts.burst * MAX_IOV_PER_FRAME, opts.burst);
     this.heads = new Uint16Array(opts.burst);
@@ -59,7 +64,17 @@ export class TxService {
   /** One burst. Returns the number of chains consumed (0: the ring was empty). */
   processTx(): number {
     const q = this.queue;
-    const n = q.popBurst(this.burst, this.chains);
+    let max = this.burst;
+    this.throttledMs = 0;
+    if (this.limiter && !this.discard) {
+      max = this.limiter.allowance(max);
+      if (max === 0) {
+        // Leave the frames in the ring; the worker sleeps until the buckets refill.
+        if (q.availPending() > 0) this.throttledMs = Math.max(1, this.limiter.waitMs());
+        return 0;
+      }
+    }
+    const n = q.popBurst(max, this.chains);
     if (n === 0) return 0;
     const c = this.c;
     if (this.discard) {
@@ -107,6 +122,7 @@ export class TxService {
       }
       this.heads[frames] = ch.head;
       this.lens[frames] = ch.readableLen - hdrLen;
+      this.limiter?.charge(ch.readableLen - hdrLen);
       frames++;
     }
     let first = 0;

@@ -23,6 +23,7 @@ import type { PortSpec } from './backend.ts';
 import { decode } from './features.ts';
 import { PcapWriter, type CaptureSpec } from './capture.ts';
 import { PendingUsed } from './interrupt.ts';
+import { RateLimiter, type RateLimit } from './rate-limit.ts';
 import { M } from './metrics.ts';
 import { RX, RxService } from './rx.ts';
 import { RxFilter } from './rx-filter.ts';
@@ -68,6 +69,8 @@ export interface QueueConfig {
   inflight: { mappingId: number; offset: number } | null;
   /** pcap capture of this queue's frames, or null. */
   capture: CaptureSpec | null;
+  /** This queue's rate limit, or null. */
+  rateLimit: RateLimit | null;
   features: bigint;
   regions: WorkerRegion[];
   kickFd: number;
@@ -140,6 +143,7 @@ class ActiveQueue {
   private readonly rxFilter: RxFilter;
   private readonly frameFilter: FrameFilter | undefined;
   private capture: PcapWriter | undefined;
+  private readonly limiter: RateLimiter | undefined;
 
   constructor(role: 'rx' | 'tx', cfg: QueueConfig, ctlFd: number, c: Float64Array, rxFilter: RxFilter, frameFilter: FrameFilter | undefined) {
     this.role = role;
@@ -153,6 +157,7 @@ class ActiveQueue {
     this.pending = new PendingUsed(this.queue, cfg.callFd, c);
     const ports = this.openPorts();
     this.waitFds = role === 'rx' ? Int32Array.of(ctlFd, ports.rx.fd) : Int32Array.of(ctlFd);
+    if (cfg.rateLimit) this.limiter = new RateLimiter(cfg.rateLimit);
     this.bind(cfg.regions);
     this.queue.setBase(r.lastAvail);
     if (cfg.inflight) {
@@ -180,7 +185,7 @@ class ActiveQueue {
       this.capture ??= new PcapWriter(this.cfg.capture, mem, this.c, this.cfg.burst);
       this.capture.mem = mem;
     }
-    const opts = { burst: this.cfg.burst, ...(this.capture ? { capture: this.capture } : {}) };
+    const opts = { burst: this.cfg.burst, ...(this.capture ? { capture: this.capture } : {}), ...(this.limiter ? { limiter: this.limiter } : {}) };
     if (this.role === 'tx') this.tx = new TxService(this.queue, mem, f, ports.tx, this.pending, this.c, { ...opts, backendHdrLen: f.hdrLen, discard: this.cfg.discard });
     else this.rx = new RxService(this.queue, mem, f, ports.rx, this.pending, this.c, this.rxFilter, { ...opts, mtu: this.cfg.mtu });
   }
@@ -239,11 +244,19 @@ export class QueueWorker {
         if (a.pending.pending >= q.size >>> 2) a.pending.signal();
         return;
       }
+      if (a.tx.throttledMs > 0) {
+        this.throttle(a, a.tx.throttledMs);
+        return;
+      }
       if (this.busyPoll(a, () => q.availPending() > 0)) return;
       this.sleepOnKick(a, q.lastAvail);
       return;
     }
     const r = a.rx!.processRx();
+    if (r === RX.THROTTLED) {
+      this.throttle(a, a.rx!.throttledMs);
+      return;
+    }
     if (r === RX.MORE) {
       if (a.pending.pending >= q.size >>> 2) a.pending.signal();
       return;
@@ -262,6 +275,18 @@ export class QueueWorker {
     const seen = q.availIdx();
     if (this.busyPoll(a, () => q.availIdx() !== seen)) return;
     this.sleepOnKick(a, seen);
+  }
+
+  /**
+   * The rate limit stopped the burst: what was done goes to the guest, then the worker sleeps until
+   * the buckets refill (a command on the control fd still wakes it). Work stays in the ring or tap.
+   */
+  private throttle(a: ActiveQueue, ms: number): void {
+    a.pending.signal();
+    this.c[M.throttled]! += 1;
+    const t0 = performance.now();
+    native.poll(this.ctlOnly, Math.min(Math.ceil(ms), SLEEP_MS));
+    this.c[M.blockedNs]! += (performance.now() - t0) * 1e6;
   }
 
   /**

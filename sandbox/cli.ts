@@ -9,6 +9,7 @@
  */
 import { Command, InvalidArgumentError, Option } from 'commander';
 import { LOG_LEVELS, type LogLevel } from './log.ts';
+import { parseBucket, type BucketSpec, type RateLimit } from '../device/rate-limit.ts';
 
 /** What `lgnet serve` was asked to do. */
 export interface ServeOptions {
@@ -31,6 +32,8 @@ export interface ServeOptions {
   metricsSocket: string | undefined;
   /** pcap file every data queue's frames are captured to (device/capture.ts). */
   pcap?: string | undefined;
+  /** Rate limits per queue (device/rate-limit.ts). */
+  rateLimit?: { rx?: RateLimit; tx?: RateLimit };
   /** Enter the jail (sandbox/jail.ts) once everything is open; on unless --no-sandbox. */
   jail: boolean;
   /** --print-policy: print the seccomp policy and exit. */
@@ -56,9 +59,27 @@ function macAddress(v: string): string {
   return v.toLowerCase();
 }
 
+function bucket(name: string): (v: string) => BucketSpec {
+  return (v) => {
+    try {
+      return parseBucket(v);
+    } catch (e) {
+      throw new InvalidArgumentError(`${name}: ${(e as Error).message}`);
+    }
+  };
+}
+
 function tapName(v: string): string {
   if (Buffer.byteLength(v) > 15 || /[\s/:]/.test(v)) throw new InvalidArgumentError('an interface name is at most 15 bytes, without spaces, "/" or ":"');
   return v;
+}
+
+function rateLimitOf(o: Record<string, unknown>): { rx?: RateLimit; tx?: RateLimit } | undefined {
+  const one = (bytes: unknown, ops: unknown): RateLimit | undefined =>
+    bytes || ops ? { ...(bytes ? { bytes: bytes as BucketSpec } : {}), ...(ops ? { ops: ops as BucketSpec } : {}) } : undefined;
+  const rx = one(o['rxRateBytes'], o['rxRateOps']);
+  const tx = one(o['txRateBytes'], o['txRateOps']);
+  return rx || tx ? { ...(rx ? { rx } : {}), ...(tx ? { tx } : {}) } : undefined;
 }
 
 /**
@@ -87,6 +108,10 @@ export function buildCli(actions: { serve: (opts: ServeOptions) => Promise<void>
     .addOption(new Option('--log-level <level>', 'log level (JSON logs on stderr)').choices(LOG_LEVELS as string[]).default('info'))
     .option('--metrics-socket <path>', 'unix socket that answers every connection with one JSON line of live per-queue counters (frames, bytes, interrupts, drops) and closes; read it with `socat - UNIX-CONNECT:PATH`')
     .option('--pcap <file>', 'capture every frame of every data queue to this pcap file (tcpdump -r FILE); created before the jail, appended to by the queue workers')
+    .addOption(new Option('--tx-rate-bytes <size/ms>', 'limit each TX queue (guest to tap) to SIZE bytes per MS milliseconds, a token bucket (e.g. 125000000/1000 = 1 Gbit/s)').argParser(bucket('--tx-rate-bytes')))
+    .addOption(new Option('--tx-rate-ops <size/ms>', 'limit each TX queue to SIZE frames per MS milliseconds').argParser(bucket('--tx-rate-ops')))
+    .addOption(new Option('--rx-rate-bytes <size/ms>', 'limit each RX queue (tap to guest) to SIZE bytes per MS milliseconds').argParser(bucket('--rx-rate-bytes')))
+    .addOption(new Option('--rx-rate-ops <size/ms>', 'limit each RX queue to SIZE frames per MS milliseconds').argParser(bucket('--rx-rate-ops')))
     .option('--no-sandbox', 'do NOT enter the jail (chroot, uid drop, rlimits, no_new_privs, seccomp); for debugging only')
     .option('--chroot <dir>', 'jail: change root to this empty directory')
     .option('--user <user>', 'jail: drop to this user (name or uid)')
@@ -105,6 +130,7 @@ export function buildCli(actions: { serve: (opts: ServeOptions) => Promise<void>
         logLevel: o['logLevel'] as LogLevel,
         metricsSocket: o['metricsSocket'] as string | undefined,
         pcap: o['pcap'] as string | undefined,
+        rateLimit: rateLimitOf(o),
         jail: o['sandbox'] !== false,
         printPolicy: o['printPolicy'] === true,
         chroot: o['chroot'] as string | undefined,

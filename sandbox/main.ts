@@ -56,6 +56,7 @@ export async function startServing(opts: ServeOptions, log: Logger): Promise<Ser
     device = new NetDevice({
       backend, mtu: opts.mtu, queuePairs: opts.queues, busyPoll: opts.busyPoll, features: VHOST_USER_NET_FEATURES,
       ...(opts.mac ? { mac: opts.mac } : {}), ...(pcapFd >= 0 ? { capture: { fd: pcapFd } } : {}),
+      ...(opts.rateLimit ? { rateLimit: opts.rateLimit } : {}),
     });
   } catch (e) {
     backend.close();

@@ -73,6 +73,10 @@ describe('lgnet serve (CLI)', () => {
     const m = spawnSync(LGNET, ['serve'], { encoding: 'utf8', timeout: 20_000 });
     expect(m.status).toBe(2);
     expect(m.stderr).toContain('--socket');
+    const r2 = spawnSync(LGNET, ['serve', '--socket', '/tmp/never.sock', '--tx-rate-bytes', '1000'], { encoding: 'utf8', timeout: 20_000 });
+    expect(r2.status).toBe(2);
+    expect(r2.stderr).toContain('--tx-rate-bytes');
+    expect(r2.stderr).toContain('SIZE/MS');
   });
 });
 
@@ -197,7 +201,7 @@ describe.skipIf(!pre.ok)('lgnet serve (CLI) in a namespace', () => {
     };
     // A cold transform cache: tsx starts esbuild's service, which the jail must end (a child outside the
     // jail); the socket reaper is the one child lgnet vouches for.
-    lg = await startLgnet(ns, ['--socket', join(dir, 'jailed.sock'), '--tap', 'lgtapj', '--log-level', 'info'], { TSX_DISABLE_CACHE: '1' });
+    lg = await startLgnet(ns, ['--socket', join(dir, 'jailed.sock'), '--tap', 'lgtapj', '--log-level', 'info', '--rx-rate-bytes', '125000000/1000', '--tx-rate-ops', '100000/1000'], { TSX_DISABLE_CACHE: '1' });
     const jailed = status(lg.child.pid!);
     const jailLog = lg.stderr().split('\n').filter(Boolean).map((l) => JSON.parse(l) as { msg: string; jail?: { endedChildren: number[] } }).find((l) => l.msg === 'jailed');
     expect(jailLog?.jail?.endedChildren.length, lg.stderr()).toBeGreaterThan(0);
