@@ -155,8 +155,11 @@ export class PcapWriter {
     const t = this.table;
     if (this.records > 0) {
       t.endFrame();
+      let total = 0;
+      for (let e = 0; e < t.count; e++) total += t.entries[e * 4 + 3]!;
       try {
-        if (native.writevBatch(this.fd, t, 1) !== 1) this.c[M.captureFailed]! += this.records;
+        // A short write (a full disk) leaves a torn record behind: count the burst as failed.
+        if (native.writevBatch(this.fd, t, 1) !== 1 || t.bytes[0] !== total) this.c[M.captureFailed]! += this.records;
       } catch {
         this.c[M.captureFailed]! += this.records;
       }

@@ -68,7 +68,7 @@ export const M = {
   rxDropTooManyPieces: 28,
   /** Frames written to the pcap capture. */
   captured: 29,
-  /** Captured frames whose write to the pcap file failed (disk full, a closed fd). */
+  /** Of the captured frames, those whose write to the pcap file failed or was cut short (disk full, a bad fd). */
   captureFailed: 30,
   /** Times the queue stopped a burst for its rate limit and slept until the buckets refilled. */
   throttled: 31,
