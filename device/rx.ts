@@ -154,7 +154,7 @@ export class RxService {
         slot++;
       } else {
         q.addUsed(ch.head, 0);
-        c[this.unusable(ch)]! += 1;
+        c[this.unusable(ch) || M.rxDropShortBuffer]! += 1;
       }
       completed++;
     }
