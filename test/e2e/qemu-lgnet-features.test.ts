@@ -7,10 +7,14 @@
  *     8 MiB blob crosses host→guest and back with the known sha256.
  *   MTU 9000: lgnet --mtu 9000, tap MTU 9000, host_mtu=9000 and guest MTU 9000. 8972-byte ICMP payloads
  *     (9000-byte IP packets) both ways: the host pings with DF set (ping -M do), the guest pings too, and
- *     neither side's IP stack fragmented or reassembled anything (/proc/net/snmp on both sides).
+ *     neither side's IP stack fragmented or reassembled anything (/proc/net/snmp on both sides). lgnet
+ *     serve runs with --pcap: tcpdump finds every jumbo echo, whole, in the capture.
  */
 import { describe, expect, it } from 'vitest';
-import { spawn } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { expectIntegrity, queue } from './lib/expect.ts';
 import { GUEST, HOST, jobResult, runOnLgnet, type RunResult } from './lib/run.ts';
 
@@ -94,8 +98,12 @@ describe('QEMU guest on lgnet with MTU 9000', () => {
     // echo requests (at most 15 s) and prints its counters.
     const waitEchos =
       "i=0; while [ \"$(awk '/^Icmp:/ { n++; if (n == 1) { for (k = 1; k <= NF; k++) if ($k == \"InEchos\") c = k } else print $c }' /proc/net/snmp)\" -lt 5 ] && [ $i -lt 150 ]; do i=$((i + 1)); sleep 0.1; done; cat /proc/net/snmp";
+    // lgnet serve also captures (--pcap) every frame, read back with tcpdump below.
+    const pcapDir = mkdtempSync(join(tmpdir(), 'lgnet-e2e-pcap-'));
+    const pcap = join(pcapDir, 'mtu9000.pcap');
     const r = await runOnLgnet({
       mtu: 9000,
+      serveArgs: ['--pcap', pcap],
       guest: { jobs: ['ping', 'cmd'], pingCount: 5, pingInterval: 0.2, pingSize: 8972, cmd: waitEchos },
       during: async ({ net }) => {
         hostPing = await run(['ip', 'netns', 'exec', net.ns, 'ping', '-M', 'do', '-s', '8972', '-c', '5', '-i', '0.2', '-W', '3', GUEST], 20_000);
@@ -124,5 +132,14 @@ describe('QEMU guest on lgnet with MTU 9000', () => {
     }
     expect(r.outcome.ok).toBe(true);
     expect(queue(r.metrics, 0).rxDropTooBig).toBe(0);
+    // The capture holds the jumbo echoes of both pings, each whole, as the guest sent and got them.
+    const dump = spawnSync('tcpdump', ['-r', pcap, '-nn', 'icmp'], { encoding: 'utf8' });
+    rmSync(pcapDir, { recursive: true, force: true });
+    expect(dump.status, dump.stderr).toBe(0);
+    for (const [src, dst, kind] of [[HOST, GUEST, 'request'], [GUEST, HOST, 'reply'], [GUEST, HOST, 'request'], [HOST, GUEST, 'reply']]) {
+      const n = dump.stdout.split('\n').filter((l) => l.includes(`${src} > ${dst}: ICMP echo ${kind}`) && l.includes('length 8980')).length;
+      expect(n, `${src} > ${dst} echo ${kind}`).toBeGreaterThanOrEqual(5);
+    }
+    expect(queue(r.metrics, 0).captured + queue(r.metrics, 1).captured).toBeGreaterThanOrEqual(20);
   }, 120_000);
 });

@@ -34,6 +34,8 @@ export interface RunOptions {
   /** Start an iperf3 server on HOST (jobs iperf3-client-*). */
   iperf?: boolean;
   timeoutMs?: number;
+  /** More `lgnet serve` flags (e.g. --pcap FILE). */
+  serveArgs?: string[];
   /** Runs once the guest is ready (link up), while it does its jobs. */
   during?: (ctx: RunContext) => Promise<void>;
   onLine?: (line: string) => void;
@@ -80,6 +82,7 @@ export async function runOnLgnet(o: RunOptions): Promise<RunResult> {
       '--metrics-socket', metricsSocket,
       ...(queues > 1 ? ['--queues', String(queues)] : []),
       ...(o.mtu ? ['--mtu', String(o.mtu)] : []),
+      ...(o.serveArgs ?? []),
     ]);
     guest = bootGuest({
       netns: net.ns,
