@@ -4,9 +4,10 @@
  * - The device, for a VMM that embeds it: NetDevice and its backends (tap, pair).
  * - The vhost-user backend, for a VMM that talks to a separate device process.
  * - The rings, both sides (vring), for anyone building devices or drivers.
- * - The harness: a guest-side virtio-net driver and a vhost-user frontend that drive lgnet or any other
- *   vhost-user net backend without a VM (like QEMU's libqos).
  * - The jail that `lgnet serve` enters.
+ *
+ * The harness (the driver side, for tests) is its own entry point, `lgnet/harness`; the rings are also
+ * `lgnet/vring`.
  */
 
 // The device (embedding API).
@@ -34,9 +35,3 @@ export * as vring from './vring/index.ts';
 // Syscalls (the addon), for embedders that need eventfds or memfds of their own.
 export { NativeError } from './native/errors.ts';
 export * as native from './native/index.ts';
-
-// The harness.
-export { GuestRam } from './test/driver/guest-ram.ts';
-export { VirtioNetDriver, DriverRing, type NetDriverOptions, type RxFrame, type TxHeader } from './test/driver/virtio-net.ts';
-export { VhostUserFrontend, FrontendListener, FrontendError } from './test/driver/vhost-user-frontend.ts';
-export * as frames from './test/driver/frames.ts';

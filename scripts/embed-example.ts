@@ -11,7 +11,8 @@ import { mkdtempSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 
-import { closePcap, featureMask, frames, GuestRam, NetDevice, openPcap, PairBackend, VirtioNetDriver } from '../index.ts';
+import { closePcap, featureMask, NetDevice, openPcap, PairBackend } from '../index.ts';
+import { frames, GuestRam, VirtioNetDriver } from '../harness/index.ts';
 
 const MAC_A = '52:54:00:00:00:0a';
 const MAC_B = '52:54:00:00:00:0b';

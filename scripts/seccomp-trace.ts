@@ -25,7 +25,7 @@ import { fileURLToPath } from 'node:url';
 import { compilePolicy, currentArch, syscallTable } from '../sandbox/jail.ts';
 import { AUDIT_ARCH, evaluate, SECCOMP_RET } from '../sandbox/seccomp-bpf.ts';
 import type { Role } from '../sandbox/seccomp-policy.ts';
-import { createNetns, destroyAllNetns } from '../test/helpers/netns.ts';
+import { createNetns, destroyAllNetns } from '../harness/netns.ts';
 
 function arg(name: string): string | undefined {
   const i = process.argv.indexOf(`--${name}`);

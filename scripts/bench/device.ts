@@ -23,10 +23,10 @@ import * as native from '../../native/index.ts';
 import { mask } from '../../device/features.ts';
 import { NetDevice } from '../../device/net.ts';
 import { TapBackend } from '../../device/tap-backend.ts';
-import { ethernet } from '../../test/driver/frames.ts';
-import { GuestRam } from '../../test/driver/guest-ram.ts';
-import { VirtioNetDriver } from '../../test/driver/virtio-net.ts';
-import { createNetns, openPacketIn, type Netns } from '../../test/helpers/netns.ts';
+import { ethernet } from '../../harness/frames.ts';
+import { GuestRam } from '../../harness/guest-ram.ts';
+import { VirtioNetDriver } from '../../harness/virtio-net.ts';
+import { createNetns, openPacketIn, type Netns } from '../../harness/netns.ts';
 import { buildTapLoop, ROOT, runTapLoop } from './common.ts';
 
 const SECONDS = Number(process.env['LGNET_BENCH_SECONDS'] ?? 2);

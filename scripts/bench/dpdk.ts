@@ -1,5 +1,5 @@
 /**
- * npm run bench:dpdk — the harness as a vhost-user front-end (test/driver/VhostUserFrontend, the part
+ * npm run bench:dpdk — the harness as a vhost-user front-end (harness/ VhostUserFrontend, the part
  * that plays QEMU) drives two back-ends one after the other in the same run, each bridging to a tap in
  * a namespace of its own:
  *
@@ -28,11 +28,11 @@ import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import * as native from '../../native/index.ts';
 import { mask } from '../../device/features.ts';
-import { ethernet } from '../../test/driver/frames.ts';
-import { GuestRam } from '../../test/driver/guest-ram.ts';
-import { VhostUserFrontend } from '../../test/driver/vhost-user-frontend.ts';
-import { VirtioNetDriver } from '../../test/driver/virtio-net.ts';
-import { createNetns, openPacketIn, type Netns } from '../../test/helpers/netns.ts';
+import { ethernet } from '../../harness/frames.ts';
+import { GuestRam } from '../../harness/guest-ram.ts';
+import { VhostUserFrontend } from '../../harness/vhost-user-frontend.ts';
+import { VirtioNetDriver } from '../../harness/virtio-net.ts';
+import { createNetns, openPacketIn, type Netns } from '../../harness/netns.ts';
 import { buildTapLoop, cpuSeconds, envNum, isMain, killPid, machine, onCleanup, progress, sleep, waitGone, writeResult } from './common.ts';
 import { startLgnet, type LgnetProcess } from './lgnet-process.ts';
 

@@ -17,10 +17,10 @@ import { NetDevice } from '../../device/net.ts';
 import { TapBackend } from '../../device/tap-backend.ts';
 import * as native from '../../native/index.ts';
 import { compilePolicy, enterJail } from '../../sandbox/jail.ts';
-import { ethernet } from '../../test/driver/frames.ts';
-import { GuestRam } from '../../test/driver/guest-ram.ts';
-import { VirtioNetDriver } from '../../test/driver/virtio-net.ts';
-import { createNetns, destroyAllNetns } from '../../test/helpers/netns.ts';
+import { ethernet } from '../../harness/frames.ts';
+import { GuestRam } from '../../harness/guest-ram.ts';
+import { VirtioNetDriver } from '../../harness/virtio-net.ts';
+import { createNetns, destroyAllNetns } from '../../harness/netns.ts';
 
 const SECONDS = Number(process.env['LGNET_BENCH_SECONDS'] ?? 2);
 const ROUNDS = Number(process.env['LGNET_BENCH_ROUNDS'] ?? 3);

@@ -32,7 +32,7 @@ import {
   tapSetVnetHdrSize,
   writevBatch,
 } from '../../native/index.ts';
-import { createNetns, openPacketIn, openTapIn } from '../../test/helpers/netns.ts';
+import { createNetns, openPacketIn, openTapIn } from '../../harness/netns.ts';
 import { buildTapLoop, isMain, ROOT, runTapLoop, type TapLoopResult } from './common.ts';
 
 let SECONDS = Number(process.env['LGNET_BENCH_SECONDS'] ?? 2.5);

@@ -11,8 +11,8 @@ import { join } from 'node:path';
 import { afterAll, afterEach, expect, it } from 'vitest';
 
 import { closePcap, openPcap, PCAP_MAGIC } from '../../device/capture.ts';
-import { ip4, udpFrame } from '../driver/frames.ts';
-import { destroyAllNetns } from '../helpers/netns.ts';
+import { ip4, udpFrame } from '../../harness/frames.ts';
+import { destroyAllNetns } from '../../harness/netns.ts';
 import { createBed, expectedPayload, udpSend, udpSink, type Bed } from './helpers.ts';
 
 const dir = mkdtempSync(join(tmpdir(), 'lgnet-pcap-'));

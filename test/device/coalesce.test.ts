@@ -3,8 +3,8 @@
  * drops early, so the device (not the host stack) is what is measured.
  */
 import { afterAll, afterEach, expect, it } from 'vitest';
-import { ethernet } from '../driver/frames.ts';
-import { destroyAllNetns } from '../helpers/netns.ts';
+import { ethernet } from '../../harness/frames.ts';
+import { destroyAllNetns } from '../../harness/netns.ts';
 import { createBed, udpSend, type Bed } from './helpers.ts';
 
 afterAll(() => destroyAllNetns());

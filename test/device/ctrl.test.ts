@@ -4,7 +4,7 @@
  */
 import { afterAll, afterEach, expect, it } from 'vitest';
 import { ACK, CTRL } from '../../device/ctrl.ts';
-import { destroyAllNetns } from '../helpers/netns.ts';
+import { destroyAllNetns } from '../../harness/netns.ts';
 import { createBed, udpSend, type Bed } from './helpers.ts';
 
 afterAll(() => destroyAllNetns());

@@ -11,10 +11,10 @@ import * as native from '../../native/index.ts';
 import { mask, type FeatureName } from '../../device/features.ts';
 import { NetDevice, type NetDeviceOptions } from '../../device/net.ts';
 import { TapBackend } from '../../device/tap-backend.ts';
-import { GuestRam } from '../driver/guest-ram.ts';
-import { VirtioNetDriver, type NetDriverOptions } from '../driver/virtio-net.ts';
-import { ip4, mac } from '../driver/frames.ts';
-import { createNetns, type Netns } from '../helpers/netns.ts';
+import { GuestRam } from '../../harness/guest-ram.ts';
+import { VirtioNetDriver, type NetDriverOptions } from '../../harness/virtio-net.ts';
+import { ip4, mac } from '../../harness/frames.ts';
+import { createNetns, type Netns } from '../../harness/netns.ts';
 
 export const UDP_FIXTURE = fileURLToPath(new URL('./fixtures/udp.mjs', import.meta.url));
 

@@ -5,8 +5,8 @@
  */
 import { afterAll, afterEach, expect, it } from 'vitest';
 import * as native from '../../native/index.ts';
-import { ip4, udpFrame } from '../driver/frames.ts';
-import { destroyAllNetns } from '../helpers/netns.ts';
+import { ip4, udpFrame } from '../../harness/frames.ts';
+import { destroyAllNetns } from '../../harness/netns.ts';
 import { createBed, expectedPayload, udpSend, udpSink, type Bed } from './helpers.ts';
 
 afterAll(() => destroyAllNetns());

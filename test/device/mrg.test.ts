@@ -3,7 +3,7 @@
  * need given back to the ring (rewound), and the next frame landing in them.
  */
 import { afterAll, afterEach, expect, it } from 'vitest';
-import { destroyAllNetns } from '../helpers/netns.ts';
+import { destroyAllNetns } from '../../harness/netns.ts';
 import { createBed, expectedPayload, udpSend, type Bed } from './helpers.ts';
 
 afterAll(() => destroyAllNetns());

@@ -1,7 +1,7 @@
 /** Two queue pairs on a multiqueue tap, one worker per queue: traffic on both pairs. */
 import { afterAll, afterEach, expect, it } from 'vitest';
-import { ip4, udpFrame } from '../driver/frames.ts';
-import { destroyAllNetns } from '../helpers/netns.ts';
+import { ip4, udpFrame } from '../../harness/frames.ts';
+import { destroyAllNetns } from '../../harness/netns.ts';
 import { createBed, expectedPayload, udpSend, udpSink, type Bed } from './helpers.ts';
 
 afterAll(() => destroyAllNetns());

@@ -7,10 +7,10 @@ import * as native from '../../native/index.ts';
 import { mask } from '../../device/features.ts';
 import { NetDevice } from '../../device/net.ts';
 import { PairBackend } from '../../device/pair-backend.ts';
-import { ethernet } from '../driver/frames.ts';
-import { GuestRam } from '../driver/guest-ram.ts';
-import { VirtioNetDriver } from '../driver/virtio-net.ts';
-import { createNetns, destroyAllNetns, openPacketIn, openTapIn } from '../helpers/netns.ts';
+import { ethernet } from '../../harness/frames.ts';
+import { GuestRam } from '../../harness/guest-ram.ts';
+import { VirtioNetDriver } from '../../harness/virtio-net.ts';
+import { createNetns, destroyAllNetns, openPacketIn, openTapIn } from '../../harness/netns.ts';
 
 afterAll(() => destroyAllNetns());
 const cleanups: Array<() => Promise<void> | void> = [];

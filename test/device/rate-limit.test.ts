@@ -6,8 +6,8 @@
 import { afterAll, afterEach, describe, expect, it } from 'vitest';
 
 import { parseBucket, RateLimiter, TokenBucket } from '../../device/rate-limit.ts';
-import { ip4, udpFrame } from '../driver/frames.ts';
-import { destroyAllNetns } from '../helpers/netns.ts';
+import { ip4, udpFrame } from '../../harness/frames.ts';
+import { destroyAllNetns } from '../../harness/netns.ts';
 import { createBed, expectedPayload, udpSend, udpSink, type Bed } from './helpers.ts';
 
 describe('token buckets', () => {

@@ -5,8 +5,8 @@
  */
 import { once } from 'node:events';
 import { afterAll, afterEach, expect, it } from 'vitest';
-import { answer, ip4, UDP_OFFSET, udpFrame } from '../driver/frames.ts';
-import { destroyAllNetns } from '../helpers/netns.ts';
+import { answer, ip4, UDP_OFFSET, udpFrame } from '../../harness/frames.ts';
+import { destroyAllNetns } from '../../harness/netns.ts';
 import { createBed, expectedPayload, udpSink, type Bed } from './helpers.ts';
 
 afterAll(() => destroyAllNetns());

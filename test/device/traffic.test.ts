@@ -3,8 +3,8 @@
  * driver as the guest: byte-for-byte at 60, 1514 and 9000 bytes, with and without MRG_RXBUF.
  */
 import { afterAll, afterEach, describe, expect, it } from 'vitest';
-import { udpFrame } from '../driver/frames.ts';
-import { destroyAllNetns } from '../helpers/netns.ts';
+import { udpFrame } from '../../harness/frames.ts';
+import { destroyAllNetns } from '../../harness/netns.ts';
 import { createBed, expectedPayload, ip4, udpSend, udpSink, type Bed } from './helpers.ts';
 import type { FeatureName } from '../../device/features.ts';
 

@@ -30,7 +30,7 @@ import {
   withNetns,
   writevBatch,
 } from '../../native/index.ts';
-import { createNetns, destroyAllNetns, netnsPrerequisites, openPacketIn, openTapIn, type Netns } from '../helpers/netns.ts';
+import { createNetns, destroyAllNetns, netnsPrerequisites, openPacketIn, openTapIn, type Netns } from '../../harness/netns.ts';
 
 const pre = netnsPrerequisites();
 if (!pre.ok) console.warn(`tap tests skipped: ${pre.why}`);

@@ -14,11 +14,11 @@ import fc from 'fast-check';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 
 import { REPO_ROOT } from '../../scripts/qemu.ts';
-import { ip4, mac, udpFrame } from '../driver/frames.ts';
-import { GuestRam } from '../driver/guest-ram.ts';
-import { VhostUserFrontend } from '../driver/vhost-user-frontend.ts';
-import { VirtioNetDriver } from '../driver/virtio-net.ts';
-import { createNetns, destroyAllNetns, netnsPrerequisites, type Netns } from '../helpers/netns.ts';
+import { ip4, mac, udpFrame } from '../../harness/frames.ts';
+import { GuestRam } from '../../harness/guest-ram.ts';
+import { VhostUserFrontend } from '../../harness/vhost-user-frontend.ts';
+import { VirtioNetDriver } from '../../harness/virtio-net.ts';
+import { createNetns, destroyAllNetns, netnsPrerequisites, type Netns } from '../../harness/netns.ts';
 import { FuzzRam, message, playSequence, start } from './vhost-user-fuzz-helpers.ts';
 import { expectedPayload, udpSink, until } from './vhost-user-helpers.ts';
 

@@ -12,11 +12,11 @@ import { join } from 'node:path';
 import * as native from '../../native/index.ts';
 import { REQ, encodeVringFile } from '../../sandbox/vhost-user/messages.ts';
 import { REPO_ROOT } from '../../scripts/qemu.ts';
-import { ip4, mac, udpFrame } from '../driver/frames.ts';
-import { GuestRam } from '../driver/guest-ram.ts';
-import { VirtioNetDriver } from '../driver/virtio-net.ts';
-import { VhostUserFrontend } from '../driver/vhost-user-frontend.ts';
-import { createNetns, destroyAllNetns, netnsPrerequisites, type Netns } from '../helpers/netns.ts';
+import { ip4, mac, udpFrame } from '../../harness/frames.ts';
+import { GuestRam } from '../../harness/guest-ram.ts';
+import { VirtioNetDriver } from '../../harness/virtio-net.ts';
+import { VhostUserFrontend } from '../../harness/vhost-user-frontend.ts';
+import { createNetns, destroyAllNetns, netnsPrerequisites, type Netns } from '../../harness/netns.ts';
 import { INFLIGHT, inflightQueueRegionSize } from '../../vring/index.ts';
 import { expectedPayload, fdCount, udpSink, until } from './vhost-user-helpers.ts';
 

@@ -10,7 +10,7 @@ import { join } from 'node:path';
 
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 
-import { createNetns, destroyAllNetns, netnsPrerequisites, type Netns } from '../helpers/netns.ts';
+import { createNetns, destroyAllNetns, netnsPrerequisites, type Netns } from '../../harness/netns.ts';
 import { buildRawsys, fixture, JailChild } from './child.ts';
 
 const pre = netnsPrerequisites();

@@ -7,7 +7,7 @@ import fc from 'fast-check';
 
 import * as native from '../../native/index.ts';
 import { FLAGS, REQ } from '../../sandbox/vhost-user/messages.ts';
-import { VhostUserFrontend } from '../driver/vhost-user-frontend.ts';
+import { VhostUserFrontend } from '../../harness/vhost-user-frontend.ts';
 
 const V = FLAGS.VERSION;
 

@@ -11,8 +11,8 @@ import { readFileSync } from 'node:fs';
 import fc from 'fast-check';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 
-import { ip4, mac, udpFrame } from '../driver/frames.ts';
-import { destroyAllNetns, netnsPrerequisites } from '../helpers/netns.ts';
+import { ip4, mac, udpFrame } from '../../harness/frames.ts';
+import { destroyAllNetns, netnsPrerequisites } from '../../harness/netns.ts';
 import { FuzzRam, message, playSequence, start } from './vhost-user-fuzz-helpers.ts';
 import { createVuBed, expectedPayload, fdCount, udpSink, until, type VuBed } from './vhost-user-helpers.ts';
 

@@ -18,10 +18,10 @@ export { VHOST_USER_NET_FEATURES };
 import { NetDevice } from '../../device/net.ts';
 import { TapBackend } from '../../device/tap-backend.ts';
 import { netDeviceHooks, VhostUserServer } from '../../sandbox/vhost-user/server.ts';
-import { GuestRam } from '../driver/guest-ram.ts';
-import { VirtioNetDriver } from '../driver/virtio-net.ts';
-import { VhostUserFrontend } from '../driver/vhost-user-frontend.ts';
-import { createNetns, type Netns } from '../helpers/netns.ts';
+import { GuestRam } from '../../harness/guest-ram.ts';
+import { VirtioNetDriver } from '../../harness/virtio-net.ts';
+import { VhostUserFrontend } from '../../harness/vhost-user-frontend.ts';
+import { createNetns, type Netns } from '../../harness/netns.ts';
 
 export const UDP_FIXTURE = fileURLToPath(new URL('../device/fixtures/udp.mjs', import.meta.url));
 

@@ -11,8 +11,8 @@ import { VU, type VhostUserErrorCode } from '../../sandbox/vhost-user/errors.ts'
 import {
   encodeConfig, encodeHeader, encodeMemTable, encodeMessage, encodeU64, encodeVringFile, encodeVringState, FLAGS, REQ,
 } from '../../sandbox/vhost-user/messages.ts';
-import { VhostUserFrontend } from '../driver/vhost-user-frontend.ts';
-import { destroyAllNetns, netnsPrerequisites } from '../helpers/netns.ts';
+import { VhostUserFrontend } from '../../harness/vhost-user-frontend.ts';
+import { destroyAllNetns, netnsPrerequisites } from '../../harness/netns.ts';
 import { createVuBed, fdCount, mapCount, until, type VuBed } from './vhost-user-helpers.ts';
 
 const pre = netnsPrerequisites();

@@ -12,12 +12,12 @@ import { TapBackend } from '../../device/tap-backend.ts';
 import * as native from '../../native/index.ts';
 import { PROTOCOL_F, REQ } from '../../sandbox/vhost-user/messages.ts';
 import { netDeviceHooks, OFFERED_PROTOCOL_FEATURES, VhostUserServer } from '../../sandbox/vhost-user/server.ts';
-import { ip4, mac, udpFrame, UDP_OFFSET } from '../driver/frames.ts';
-import { GuestRam } from '../driver/guest-ram.ts';
-import { VirtioNetDriver } from '../driver/virtio-net.ts';
-import { VhostUserFrontend } from '../driver/vhost-user-frontend.ts';
+import { ip4, mac, udpFrame, UDP_OFFSET } from '../../harness/frames.ts';
+import { GuestRam } from '../../harness/guest-ram.ts';
+import { VirtioNetDriver } from '../../harness/virtio-net.ts';
+import { VhostUserFrontend } from '../../harness/vhost-user-frontend.ts';
 import { INFLIGHT, inflightQueueRegionSize } from '../../vring/index.ts';
-import { destroyAllNetns, netnsPrerequisites } from '../helpers/netns.ts';
+import { destroyAllNetns, netnsPrerequisites } from '../../harness/netns.ts';
 import { createVuBed, expectedPayload, udpSend, udpSink, until, VHOST_USER_NET_FEATURES, type Guest, type VuBed } from './vhost-user-helpers.ts';
 
 const pre = netnsPrerequisites();
@@ -286,14 +286,14 @@ describe.skipIf(!pre.ok)('vhost-user server: harness front-end ↔ lgnet ↔ tap
 });
 
 describe.skipIf(!pre.ok)('vhost-user server: client mode', () => {
-  let ns: ReturnType<typeof import('../helpers/netns.ts').createNetns> | undefined;
+  let ns: ReturnType<typeof import('../../harness/netns.ts').createNetns> | undefined;
   afterEach(() => {
     destroyAllNetns();
     ns = undefined;
   });
 
   it('connects to a listening front-end, and reconnects after it restarts', async () => {
-    const { createNetns } = await import('../helpers/netns.ts');
+    const { createNetns } = await import('../../harness/netns.ts');
     ns = createNetns('lgvuc');
     const backend = native.withNetns(ns.path, () => new TapBackend({ name: 'lgtap0' }));
     const dev = new NetDevice({ backend, mac: '52:54:00:12:34:57', features: VHOST_USER_NET_FEATURES });

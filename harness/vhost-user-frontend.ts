@@ -16,14 +16,14 @@
  * Spec: QEMU docs/interop/vhost-user.rst (the front-end side of every message used here).
  */
 import { existsSync, unlinkSync } from 'node:fs';
-import * as native from '../../native/index.ts';
+import * as native from '../native/index.ts';
 import type { GuestRam } from './guest-ram.ts';
 import type { VirtioNetDriver } from './virtio-net.ts';
 import {
   decodeConfig, decodeHeader, decodeInflight, decodeU64, decodeVringState, encodeConfig, encodeInflight, encodeMemTable,
   encodeMessage, encodeSingleMemRegion, encodeU64, encodeVringAddr, encodeVringFile, encodeVringState, F_PROTOCOL_FEATURES,
   FLAGS, HEADER_SIZE, PROTOCOL_F, protocolMask, REQ, requestName,
-} from '../../sandbox/vhost-user/messages.ts';
+} from '../sandbox/vhost-user/messages.ts';
 
 /** A region as the front-end describes it, with the fd to share. */
 export interface FrontendRegion {

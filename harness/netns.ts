@@ -17,7 +17,7 @@ import { spawn as spawnChild, spawnSync, type ChildProcess, type SpawnOptions } 
 import { randomBytes } from 'node:crypto';
 import { existsSync } from 'node:fs';
 
-import { close, netnsEnter, netnsLeave, packetOpen, tapOpen, type TapOptions } from '../../native/index.ts';
+import { close, netnsEnter, netnsLeave, packetOpen, tapOpen, type TapOptions } from '../native/index.ts';
 
 export interface Netns {
   readonly name: string;
@@ -59,6 +59,8 @@ function runQuiet(argv: string[]): void {
   spawnSync(argv[0]!, argv.slice(1), { encoding: 'utf8', timeout: 10_000 });
 }
 
+let exitHookSet = false;
+
 /** Creates a fresh namespace lgnet-<random>, with lo up and IPv6 disabled. */
 export function createNetns(prefix = 'lgnet'): Netns {
   const name = `${prefix}-${randomBytes(4).toString('hex')}`;
@@ -67,6 +69,12 @@ export function createNetns(prefix = 'lgnet'): Netns {
   const fds = new Set<number>();
   let destroyed = false;
 
+  // Last resort for a process that ends without destroying what it made; registered on first use, so
+  // importing the harness has no side effect.
+  if (!exitHookSet) {
+    exitHookSet = true;
+    process.once('exit', destroyAllNetns);
+  }
   run(['ip', 'netns', 'add', name]);
   const ns: Netns = {
     name,
@@ -211,4 +219,3 @@ function checkPrerequisites(): { ok: boolean; why: string } {
   return { ok: true, why: '' };
 }
 
-process.once('exit', destroyAllNetns);

@@ -5,10 +5,10 @@
  * waits on the call eventfds. Like QEMU's libqos driver, it can drive lgnet embedded (attach) or any
  * backend reached over vhost-user (queueSetups + the frontend).
  */
-import * as native from '../../native/index.ts';
-import { DriverQueue, splitRingLayout, type GuestBuffer } from '../../vring/index.ts';
-import type { NetDevice, QueueSetup } from '../../device/net.ts';
-import { hdrLenFor, has } from '../../device/features.ts';
+import * as native from '../native/index.ts';
+import { DriverQueue, splitRingLayout, type GuestBuffer } from '../vring/index.ts';
+import type { NetDevice, QueueSetup } from '../device/net.ts';
+import { hdrLenFor, has } from '../device/features.ts';
 import type { GuestRam } from './guest-ram.ts';
 
 /** virtio_net_hdr fields, for sending. */

@@ -3,8 +3,8 @@
  * with a bump allocator. It plays the part of a VMM's guest memory: the device maps the same fd
  * (setMemory or vhost-user SET_MEM_TABLE) and both sides see the same bytes.
  */
-import * as native from '../../native/index.ts';
-import { GuestMemory } from '../../vring/index.ts';
+import * as native from '../native/index.ts';
+import { GuestMemory } from '../vring/index.ts';
 
 /** A memfd-backed guest RAM region with a bump allocator. */
 export class GuestRam {

@@ -1,0 +1,26 @@
+/**
+ * lgnet/harness: the driver side of virtio-net, for tests that drive a device without a VM (the way
+ * QEMU's libqos does). It plays the guest and, where needed, the VMM:
+ *
+ *   GuestRam            guest RAM as a shared memfd, with a bump allocator for rings and buffers
+ *   VirtioNetDriver     the guest's virtio-net driver: rings, RX buffers, TX frames, interrupts
+ *   VhostUserFrontend   the VMM's side of vhost-user (what QEMU does), to drive any vhost-user net
+ *                       back-end: `lgnet serve`, DPDK's net_vhost, libvhost-user's bridge
+ *   rings               builders for hostile rings: raw descriptors, indirect tables, loops, bad indices
+ *   frames              Ethernet/IPv4/UDP/ARP frame builders and a tiny responder
+ *   netns               throw-away network namespaces with taps inside (root), cleaned up at exit
+ *
+ * It uses vring/ (the driver half of the rings) and native/ (memfd, eventfd, sockets). docs/HARNESS.md
+ * has a walk-through.
+ */
+export { GuestRam } from './guest-ram.ts';
+export { VirtioNetDriver, DriverRing, waitReadable, type NetDriverOptions, type RxFrame, type TxHeader } from './virtio-net.ts';
+export {
+  VhostUserFrontend, FrontendListener, FrontendError, FRONTEND_PROTOCOL_FEATURES,
+  type FrontendRegion, type ReceivedMessage, type NegotiateOptions, type Negotiated,
+} from './vhost-user-frontend.ts';
+export * as frames from './frames.ts';
+export {
+  createNetns, openTapIn, openPacketIn, destroyAllNetns, netnsPrerequisites,
+  type Netns, type TapInNs, type OpenTapOptions,
+} from './netns.ts';
