@@ -5,8 +5,11 @@
  *
  *   lgnet serve --socket PATH [--client] [--tap NAME] [--queues N] [--mac MAC] [--mtu N]
  *               [--log-level LEVEL] [--reconnect-ms MS] [--metrics-socket PATH]
- *               [--jail [--chroot DIR] [--user U] [--group G]]
+ *               [--pcap FILE] [--{tx,rx}-rate-{bytes,ops} SIZE/MS] [--busy-poll US]
+ *               [--no-sandbox | [--chroot DIR] [--user U] [--group G]]
+ *   lgnet --version
  */
+import { readFileSync } from 'node:fs';
 import { Command, InvalidArgumentError, Option } from 'commander';
 import { LOG_LEVELS, type LogLevel } from './log.ts';
 import { parseBucket, type BucketSpec, type RateLimit } from '../device/rate-limit.ts';
@@ -86,9 +89,24 @@ function rateLimitOf(o: Record<string, unknown>): { rx?: RateLimit; tx?: RateLim
  * Builds the program. `serve` is called with validated options; the caller runs `parseAsync`.
  * Errors in arguments exit with status 2 (commander's exitOverride is left to the caller).
  */
+/**
+ * The version in lgnet's package.json. The file sits at the package root, one level above sandbox/ in
+ * a clone and two above dist/sandbox/ in what ships; read once, before any jail.
+ */
+export function packageVersion(): string {
+  for (const rel of ['../package.json', '../../package.json']) {
+    try {
+      const pkg = JSON.parse(readFileSync(new URL(rel, import.meta.url), 'utf8')) as { name?: string; version?: string };
+      if (pkg.name === 'lgnet' && pkg.version) return pkg.version;
+    } catch { /* not at this level */ }
+  }
+  return 'unknown';
+}
+
 export function buildCli(actions: { serve: (opts: ServeOptions) => Promise<void> }): Command {
   const program = new Command('lgnet')
     .description('lgnet: a virtio-net device in TypeScript (vhost-user back-end)')
+    .version(packageVersion(), '-V, --version', 'print the version and exit')
     .showHelpAfterError()
     .configureOutput({ writeErr: (s) => process.stderr.write(s) })
     // Help exits 0; usage errors exit 2. Set before the subcommands so that they inherit it.
