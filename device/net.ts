@@ -21,7 +21,7 @@ import { decode, DEFAULT_OFFERED, GUEST_OFFLOAD_FEATURES, mask, names, OFFLOAD_F
 import { PendingUsed } from './interrupt.ts';
 import { createCounters, snapshot, type QueueMetrics } from './metrics.ts';
 import { RxFilter } from './rx-filter.ts';
-import { startWorker } from './thread.ts';
+import { siblingModule, startWorker } from './thread.ts';
 import { memoryFromMappings, type FilterState, type QueueConfig, type WorkerBoot, type WorkerCommand, type WorkerEvent, type WorkerRegion } from './worker.ts';
 import { DEFAULT_SNAPLEN } from './capture.ts';
 import { checkRateLimit, type RateLimit } from './rate-limit.ts';
@@ -121,7 +121,7 @@ interface Slot {
   broken: string | null;
 }
 
-const WORKER_URL = new URL('./worker.ts', import.meta.url);
+const WORKER_URL = siblingModule('worker', import.meta.url);
 /** How long the device waits for a worker to answer a command. */
 const WORKER_TIMEOUT_MS = 5000;
 

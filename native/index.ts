@@ -11,12 +11,14 @@
  *   control        unix sockets with SCM_RIGHTS (vhost-user)
  *   sandbox/tests  netnsEnter/Leave, packetOpen, fdRead/Write, no_new_privs, seccomp, set*id, rlimits
  *
- * Loading: $LGNET_NATIVE if set (and then only that), else build/Release/lgnet.node, then
- * build/Debug/lgnet.node, relative to the package root. Each thread that imports this module loads
- * the addon into its own environment; the mapping registry is shared by all of them.
+ * Loading: $LGNET_NATIVE if set (and then only that), else what node-gyp-build finds under the package
+ * root: build/Release or build/Debug (a clone, or an install that compiled), then
+ * prebuilds/<platform>-<arch>/ (a tarball that carries a prebuild: no compiler needed). Each thread
+ * that imports this module loads the addon into its own environment; the mapping registry is shared by
+ * all of them.
  */
 import { createRequire } from 'node:module';
-import { dirname, resolve } from 'node:path';
+import { resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
 import type { RawBinding, RawFdPoller } from './binding.d.ts';
@@ -28,13 +30,21 @@ export { IOVEC_WORDS, IovecTable } from './iovec.ts';
 
 // ---- loading ---------------------------------------------------------------------------------------
 
-const PACKAGE_ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..');
+/** The package root: one level above native/ in a clone, two above dist/native/ in what ships. */
+const PACKAGE_ROOT = fileURLToPath(new URL(new URL(import.meta.url).pathname.endsWith('.ts') ? '..' : '../..', import.meta.url));
 
 /** The paths the loader tries, in order. */
 export function candidatePaths(): string[] {
   const explicit = process.env['LGNET_NATIVE'];
   if (explicit) return [resolve(explicit)];
-  return [resolve(PACKAGE_ROOT, 'build/Release/lgnet.node'), resolve(PACKAGE_ROOT, 'build/Debug/lgnet.node')];
+  const require = createRequire(import.meta.url);
+  const gypBuild = require('node-gyp-build') as { path(dir: string): string };
+  try {
+    return [gypBuild.path(PACKAGE_ROOT)];
+  } catch {
+    // Nothing built and no prebuild for this platform: report where node-gyp-build looked.
+    return [resolve(PACKAGE_ROOT, 'build/Release/lgnet.node'), resolve(PACKAGE_ROOT, `prebuilds/${process.platform}-${process.arch}/lgnet.node`)];
+  }
 }
 
 function load(): { binding: RawBinding; path: string } {
@@ -52,7 +62,9 @@ function load(): { binding: RawBinding; path: string } {
   }
   throw new Error(
     `lgnet: cannot load the native addon. Tried:\n${failures.join('\n')}\n` +
-      `Build it with \`npm install\` (runs node-gyp rebuild), or point LGNET_NATIVE at a built lgnet.node.`,
+      `In a clone, \`npm ci\` builds it (node-gyp). A package without a prebuild for this platform builds it at install when ` +
+      `its install script may run: \`npm install --allow-scripts=lgnet\`, or \`npm install-scripts approve lgnet\` then ` +
+      `\`npm rebuild lgnet\`. Or point LGNET_NATIVE at a built lgnet.node.`,
   );
 }
 

@@ -5,8 +5,8 @@
  *     1. open everything: the vhost-user socket, the tap(s), metrics endpoint, logs
  *     2. import every module and start the queue workers        ← nothing below may open a file
  *     3. enterJail(opts)
- *          0. end the transpiler service child (tsx's esbuild) and refuse if any other child lives:
- *             a child runs outside the jail, with our uid, and shares fds the jail could write to
+ *          0. refuse while a child process lives (unless vouched for, like the socket reaper): a child
+ *             runs outside the jail, with our uid, and shares fds the jail could write to
  *          a. resolve --user/--group names (reads /etc/passwd and /etc/group: before the chroot)
  *          b. chroot(--chroot DIR), chdir("/")                        optional
  *          c. setgroups([]), setresgid(g,g,g), setresuid(u,u,u)      optional; capabilities go with uid 0
@@ -28,7 +28,6 @@
  *   before the jail so Node sets them up while it still may.
  */
 import { readFileSync, readdirSync } from 'node:fs';
-import { basename } from 'node:path';
 import { threadId, isMainThread } from 'node:worker_threads';
 
 import * as native from '../native/index.ts';
@@ -79,8 +78,6 @@ export interface JailReport {
   gid: number;
   rlimits: { core: number; nofile: number };
   seccomp: { role: Role; arch: SeccompArch; instructions: number; syscalls: number } | null;
-  /** Child processes enterJail ended (the transpiler service), by pid. */
-  endedChildren: number[];
 }
 
 /** Stable codes of JailError, one per step that can fail. */
@@ -343,35 +340,8 @@ function childInfo(pid: number): ChildProcessInfo | null {
   }
 }
 
-/**
- * tsx's loader keeps esbuild's transform service (`esbuild --service=VERSION --ping`) as a child while
- * lgnet runs from TypeScript sources and a module missed the transform cache. Once everything is
- * imported it has no more work, and left alive it would hold pipes a jailed process could ask to build
- * and write files with, as the old uid.
- */
-function isTranspilerService(c: ChildProcessInfo): boolean {
-  return c.argv.length > 0 && basename(c.argv[0]!).startsWith('esbuild') && c.argv.some((a) => a.startsWith('--service='));
-}
-
-const sleepCell = new Int32Array(new SharedArrayBuffer(4));
-
-/**
- * Ends the transpiler service (SIGKILL, then waits up to 2 s for it to stop running; libuv reaps it,
- * now or after the jail) and refuses to go on while any other child process runs.
- */
-function endChildren(report: JailReport, keep: readonly number[]): void {
-  for (const c of liveChildren().filter(isTranspilerService)) {
-    try {
-      process.kill(c.pid, 'SIGKILL');
-    } catch { /* it ended by itself */ }
-    for (let waited = 0; waited < 2000; waited += 5) {
-      const now = childInfo(c.pid);
-      if (!now || now.state === 'Z' || now.state === 'X') break;
-      Atomics.wait(sleepCell, 0, 0, 5);
-    }
-    report.endedChildren.push(c.pid);
-    report.steps.push(`ended transpiler service pid ${c.pid}`);
-  }
+/** Refuses to go on while a child process that nobody vouched for runs. */
+function refuseChildren(keep: readonly number[]): void {
   const left = liveChildren().filter((c) => !keep.includes(c.pid));
   if (left.length > 0) {
     const list = left.map((c) => `${c.pid} (${c.argv.join(' ').slice(0, 80)})`).join(', ');
@@ -414,7 +384,7 @@ function highestOpenFd(): number {
  * JailError; never exits. With noSandbox it does nothing but warn.
  */
 export function enterJail(opts: JailOptions = {}): JailReport {
-  const report: JailReport = { sandboxed: false, steps: [], chroot: null, uid: process.getuid?.() ?? -1, gid: process.getgid?.() ?? -1, rlimits: { core: -1, nofile: -1 }, seccomp: null, endedChildren: [] };
+  const report: JailReport = { sandboxed: false, steps: [], chroot: null, uid: process.getuid?.() ?? -1, gid: process.getgid?.() ?? -1, rlimits: { core: -1, nofile: -1 }, seccomp: null };
   if (opts.noSandbox) {
     warn(opts, NO_SANDBOX_WARNING, 'LGNET_NO_SANDBOX');
     return report;
@@ -439,7 +409,7 @@ export function enterJail(opts: JailOptions = {}): JailReport {
   }
 
   // 0. no process of ours may run outside the jail (needs /proc: before the chroot).
-  endChildren(report, opts.keepChildren ?? []);
+  refuseChildren(opts.keepChildren ?? []);
 
   // a. names → ids, while /etc is still visible.
   const ids = resolveIds(opts.user, opts.group);

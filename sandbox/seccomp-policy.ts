@@ -188,7 +188,7 @@ const CONTROL: readonly SyscallRule[] = [
   { name: 'rseq', reason: 'glibc: every new thread registers restartable sequences' },
   { name: 'sched_getaffinity', reason: 'libuv/V8: CPU count when a worker isolate starts' },
   { name: 'rt_sigaction', reason: 'Node/libuv signal handlers (SIGINT/SIGTERM for a clean stop, SIGPIPE ignored)' },
-  { name: 'wait4', reason: "libuv reaps a child that ended (SIGCHLD): the transpiler service enterJail ends may be reaped after the jail closes; denied, libuv aborts the process" },
+  { name: 'wait4', reason: "libuv reaps a child that ended (SIGCHLD), e.g. one an embedding process ended just before enterJail; denied, libuv aborts the process. A reaped child can only be our own (fork/clone of processes stays denied)" },
   { name: 'waitid', reason: 'the same, for libuv/glibc versions that reap with waitid' },
   { name: 'prctl', reason: 'thread names and V8 naming its memory; nothing else (no PR_SET_DUMPABLE, no PR_SET_SECCOMP)', when: [[{ arg: 0, oneOf: PR }]] },
   { name: 'seccomp', reason: 'a worker stacks its narrower filter: SECCOMP_SET_MODE_FILTER with flags 0 (no TSYNC, no listener)', when: [[{ arg: 0, oneOf: { SECCOMP_SET_MODE_FILTER: 1 } }, { arg: 1, oneOf: { none: 0 } }]] },

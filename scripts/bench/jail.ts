@@ -17,6 +17,7 @@ import { NetDevice } from '../../device/net.ts';
 import { TapBackend } from '../../device/tap-backend.ts';
 import * as native from '../../native/index.ts';
 import { compilePolicy, enterJail } from '../../sandbox/jail.ts';
+import { endTranspilerService } from '../transpiler.ts';
 import { ethernet } from '../../harness/frames.ts';
 import { GuestRam } from '../../harness/guest-ram.ts';
 import { VirtioNetDriver } from '../../harness/virtio-net.ts';
@@ -37,6 +38,7 @@ async function child(jail: boolean, nsPath: string, nsName: string, len: number)
   await drv.attach(dev);
   if (jail) {
     // As lgnet serve does: the process-wide filter, then each queue worker's narrower one.
+    endTranspilerService(); // this child runs from source under tsx
     enterJail({ user: 'nobody', group: 'nogroup' });
     await dev.restrictWorkers(compilePolicy('worker').program);
   }

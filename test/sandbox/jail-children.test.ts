@@ -1,10 +1,9 @@
 /**
- * No process of ours runs outside the jail. Running from TypeScript sources with a cold transform
- * cache, tsx's loader keeps esbuild's service as a child process: unjailed, with the old uid, and
- * reachable through pipes the jailed process holds. enterJail ends it; and since libuv reaps it on
- * SIGCHLD, possibly after the filter is in place, wait4 stays allowed (denied, libuv aborts: before
- * this, such a process died of SIGABRT at exit about 4 times in 5). Any other child makes enterJail
- * refuse.
+ * No process of ours runs outside the jail: enterJail refuses while a child it was not told about
+ * runs. The compiled `lgnet serve` starts none but its socket reaper (cli.test.ts). Processes that run
+ * lgnet from source under tsx, as these fixtures do, end tsx's esbuild service themselves before the
+ * jail (scripts/transpiler.ts); libuv then reaps it, possibly after the filter is in place, so wait4
+ * stays allowed (denied, libuv aborts the process at exit).
  */
 import { readFileSync } from 'node:fs';
 
@@ -35,7 +34,7 @@ function liveChildrenOf(pid: number, tasks: Array<Record<string, string>>, read:
 }
 
 describe.runIf(supported)('child processes and the jail', () => {
-  it.each([1, 2, 3])('cold transform cache (run %i): the esbuild service is ended, the jailed process serves and exits cleanly', async () => {
+  it.each([1, 2])('cold transform cache (run %i): the fixture ends the esbuild service, the jailed process serves and exits cleanly', async () => {
     const read = (p: string): string => {
       try {
         return readFileSync(p, 'utf8');
@@ -48,8 +47,7 @@ describe.runIf(supported)('child processes and the jail', () => {
     const ready = await child.next(30_000);
     expect(ready.ev, child.stderr.join('')).toBe('ready');
     expect(ready.jail.sandboxed).toBe(true);
-    expect(ready.jail.endedChildren.length, 'tsx transformed modules, so an esbuild service was running').toBeGreaterThan(0);
-    expect(ready.jail.steps[0]).toMatch(/^ended transpiler service pid \d+$/);
+    expect(ready.endedTranspiler.length, 'tsx transformed modules, so an esbuild service was running').toBeGreaterThan(0);
     expect((await child.next()).ev).toBe('worker-jailed');
     expect(liveChildrenOf(child.pid, child.tasks(), read)).toEqual([]);
     expect(await child.cmd('roundtrip 50')).toEqual({ ev: 'roundtrip', done: 50 });
