@@ -62,9 +62,9 @@ function load(): { binding: RawBinding; path: string } {
   }
   throw new Error(
     `lgnet: cannot load the native addon. Tried:\n${failures.join('\n')}\n` +
-      `In a clone, \`npm ci\` builds it (node-gyp). A package without a prebuild for this platform builds it at install when ` +
-      `its install script may run: \`npm install --allow-scripts=lgnet\`, or \`npm install-scripts approve lgnet\` then ` +
-      `\`npm rebuild lgnet\`. Or point LGNET_NATIVE at a built lgnet.node.`,
+      `In a clone, \`npm ci\` builds it (node-gyp). A package without a prebuild for this platform builds it at install ` +
+      `when the project allows lgnet's install script: add "allowScripts": { "lgnet": true } to its package.json ` +
+      `(or run \`npm install-scripts approve lgnet\`), then \`npm rebuild lgnet\`. Or point LGNET_NATIVE at a built lgnet.node.`,
   );
 }
 

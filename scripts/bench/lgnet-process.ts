@@ -36,7 +36,7 @@ export async function startLgnet(o: {
   nodeOptions?: string;
   /**
    * Node flags NODE_OPTIONS refuses (e.g. ['--cpu-prof', '--cpu-prof-dir=DIR']): node is then started
-   * directly the way bin/lgnet starts it (tsx loader + sandbox/main.ts).
+   * directly on bin/lgnet (which runs the compiled CLI in dist/).
    */
   nodeArgs?: string[];
   /** Path of the metrics socket. */
@@ -45,7 +45,7 @@ export async function startLgnet(o: {
   wrap?: string[];
 }): Promise<LgnetProcess> {
   const launcher = o.nodeArgs
-    ? [process.execPath, ...o.nodeArgs, '--import', `file://${join(ROOT, 'node_modules/tsx/dist/loader.mjs')}`, join(ROOT, 'sandbox/main.ts')]
+    ? [process.execPath, ...o.nodeArgs, join(ROOT, 'bin/lgnet')]
     : [join(ROOT, 'bin/lgnet')];
   const argv = [
     ...(o.wrap ?? []),
