@@ -20,6 +20,7 @@ export {
   type FrontendRegion, type ReceivedMessage, type NegotiateOptions, type Negotiated,
 } from './vhost-user-frontend.ts';
 export * as frames from './frames.ts';
+export { SplitRingBuilder, Arena, writeDescriptor, readDescriptor, wrappingAddr, hugeAddr, type GuestAllocator, type RawAddr, type RawDesc, type DescFields, type ChainBuffer, type IndirectTable, type OfferOptions, type RingPlacement } from './rings.ts';
 export {
   createNetns, openTapIn, openPacketIn, destroyAllNetns, netnsPrerequisites,
   type Netns, type TapInNs, type OpenTapOptions,

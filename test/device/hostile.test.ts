@@ -7,6 +7,7 @@ import { afterAll, afterEach, expect, it } from 'vitest';
 import * as native from '../../native/index.ts';
 import { ip4, udpFrame } from '../../harness/frames.ts';
 import { destroyAllNetns } from '../../harness/netns.ts';
+import { SplitRingBuilder } from '../../harness/rings.ts';
 import { createBed, expectedPayload, udpSend, udpSink, type Bed } from './helpers.ts';
 
 afterAll(() => destroyAllNetns());
@@ -58,23 +59,15 @@ it('each malformed TX chain is counted and skipped; good frames around it are de
 it('an RX chain in more pieces than a readv takes is completed with 0 and counted; the next chain gets the frame', async () => {
   bed = await createBed({ accept: ['VERSION_1', 'MAC', 'RING_INDIRECT_DESC'] });
   const rx = bed.drv.rx[0]!;
-  const mem = bed.ram.mem;
+  const ring = SplitRingBuilder.over(bed.ram.mem, rx.setup, bed.ram);
   // Stop RX, and turn the next chain the device would pop into an indirect table of 300 writable
-  // 8-byte pieces (2400 bytes: room enough, but more pieces than one readv takes).
+  // 8-byte pieces (2400 bytes: room enough, but more pieces than one readv takes). The driver still
+  // holds that head as a one-descriptor chain, which is what the device returns it as.
   const base = await bed.dev.stopQueue(0);
-  const head = mem.readU16(rx.setup.avail + 4 + 2 * (base % rx.setup.size));
-  const table = bed.ram.alloc(300 * 16);
-  const bufs = bed.ram.alloc(300 * 8);
-  for (let i = 0; i < 300; i++) {
-    mem.writeU64(table + 16 * i, bufs + 8 * i);
-    mem.writeU32(table + 16 * i + 8, 8);
-    mem.writeU16(table + 16 * i + 12, 2 | (i < 299 ? 1 : 0)); // WRITE, NEXT
-    mem.writeU16(table + 16 * i + 14, i + 1);
-  }
-  const d = rx.setup.desc + 16 * head;
-  mem.writeU64(d, table);
-  mem.writeU32(d + 8, 300 * 16);
-  mem.writeU16(d + 12, 4); // INDIRECT
+  const head = ring.availEntry(base);
+  const table = ring.indirectTable(Array.from({ length: 300 }, () => ({ len: 8, write: true })));
+  expect(table.len).toBe(300 * 16);
+  ring.addIndirectRef(table, { desc: head, offer: false });
   bed.dev.setupQueue(0, { ...rx.setup, lastAvail: base });
   await bed.dev.startQueue(0);
   const sender = udpSend(bed, 6310, 100, 3, 10);
@@ -93,15 +86,11 @@ it('a descriptor loop breaks the TX queue only; RX keeps delivering', async () =
   bed = await createBed({ accept: ['VERSION_1', 'MAC'] });
   const broken = new Promise<{ queue: number; code: string }>((r) => bed!.dev.once('broken', r));
   const tx = bed.drv.tx[0]!;
-  const { desc, avail } = tx.setup;
-  const mem = bed.ram.mem;
-  // Descriptor 0: a 64-byte buffer whose NEXT points to itself.
-  mem.writeU64(desc, bed.ram.alloc(64));
-  mem.writeU32(desc + 8, 64);
-  mem.writeU16(desc + 12, 1); // VRING_DESC_F_NEXT
-  mem.writeU16(desc + 14, 0);
-  mem.writeU16(avail + 4, 0); // avail.ring[0] = head 0
-  mem.writeU16(avail + 2, 1); // avail.idx = 1
+  // Behind the driver's back: descriptor 0 becomes a 64-byte buffer whose NEXT points to itself, and
+  // goes into the available ring where the driver would have put its next chain.
+  const ring = SplitRingBuilder.over(bed.ram.mem, tx.setup, bed.ram);
+  expect(ring.addDescLoop([0], { len: 64 })).toBe(0);
+  expect(ring.availIdx).toBe(1);
   native.eventfdWrite(tx.kickFd, 1);
   const e = await broken;
   expect(e.queue).toBe(1);

@@ -1,10 +1,10 @@
 // test/vring/helpers.ts — shared rig for the vring tests: one guest memory, a ring laid out in it, the
-// driver side (DriverQueue) and the device side (SplitQueue) attached to the same bytes, plus raw
-// writers for building rings the driver would refuse to build.
+// driver side (DriverQueue), the device side (SplitQueue) and the harness's ring builder
+// (SplitRingBuilder, for rings the driver would refuse to build) all over the same bytes.
 
 import { expect } from 'vitest';
+import { Arena, SplitRingBuilder } from '../../harness/rings.ts';
 import {
-  DESC_SIZE,
   DriverQueue,
   GuestMemory,
   SplitQueue,
@@ -24,6 +24,8 @@ export interface Rig {
   size: number;
   d: DriverQueue;
   q: SplitQueue;
+  /** The same ring, written raw from the driver's side; allocates from the rig's arena. */
+  ring: SplitRingBuilder;
   /** Bump-allocate guest memory after the ring (16-aligned). */
   alloc(len: number): number;
 }
@@ -51,7 +53,7 @@ export function makeRig(o: RigOptions = {}): Rig {
   });
   q.attach(mem);
   if (o.startIdx !== undefined) q.setBase(o.startIdx & 0xffff);
-  let next = Math.ceil(layout.end / 4096) * 4096;
+  const arena = new Arena(Math.ceil(layout.end / 4096) * 4096, RAM_GPA + RAM_SIZE);
   return {
     buf,
     mem,
@@ -59,34 +61,9 @@ export function makeRig(o: RigOptions = {}): Rig {
     size,
     d,
     q,
-    alloc(len: number): number {
-      const at = next;
-      next += Math.ceil(len / 16) * 16;
-      if (next > RAM_GPA + RAM_SIZE) throw new Error('test rig out of memory');
-      return at;
-    },
+    ring: SplitRingBuilder.over(mem, { size, ...layout }, arena),
+    alloc: (len: number) => arena.alloc(len),
   };
-}
-
-/** Write descriptor `i` of the table at `desc` with raw values (addr as number or [lo, hi]). */
-export function rawDesc(mem: GuestMemory, desc: number, i: number, addr: number | [number, number], len: number, flags: number, next: number): void {
-  const at = desc + i * DESC_SIZE;
-  if (Array.isArray(addr)) mem.writeU64(at, addr[0], addr[1]);
-  else mem.writeU64(at, addr);
-  mem.writeU32(at + 8, len);
-  mem.writeU16(at + 12, flags);
-  mem.writeU16(at + 14, next);
-}
-
-/** Put `head` into available ring slot `slot` and set avail.idx. */
-export function rawAvail(r: Rig, slot: number, head: number, idx: number): void {
-  r.mem.writeU16(r.layout.avail + 4 + 2 * (slot & (r.size - 1)), head);
-  r.mem.writeU16(r.layout.avail + 2, idx & 0xffff);
-}
-
-/** Offer one raw chain whose head is `head` at the current lastAvail. */
-export function offerHead(r: Rig, head: number): void {
-  rawAvail(r, r.q.lastAvail, head, r.q.lastAvail + 1);
 }
 
 /** Expect `fn` to throw `cls` with `code`, the queue to be broken with it, and to fail fast after. */

@@ -10,13 +10,8 @@ import { makeRig } from './helpers.ts';
 describe('regression-header-split-many-descs', () => {
   it('assembles a 12-byte header from 12 one-byte descriptors', () => {
     const r = makeRig({ size: 64 });
-    const bufs = Array.from({ length: 12 }, (_, i) => {
-      const a = r.alloc(16);
-      r.mem.write(a, Uint8Array.of(0x10 + i));
-      return { addr: a, len: 1 };
-    });
-    r.d.add([...bufs, { addr: r.alloc(64), len: 64 }], []);
-    r.d.publish();
+    const bytes = Array.from({ length: 12 }, (_, i) => ({ data: Uint8Array.of(0x10 + i) }));
+    r.ring.addChain([...bytes, { len: 64 }]);
     const c = r.q.pop()!;
     expect(c.readable.count).toBe(13);
     expect(c.locate(0, 12)).toBe(true);
@@ -26,13 +21,11 @@ describe('regression-header-split-many-descs', () => {
 
   it('assembles a header from a maximal indirect table of one-byte buffers', () => {
     const r = makeRig({ size: 8, maxPieces: 4096 });
-    const a = r.alloc(4096);
-    r.mem.write(a, Uint8Array.from({ length: 4096 }, (_, i) => i & 0xff));
-    const bufs = Array.from({ length: 4096 }, (_, i) => ({ addr: a + i, len: 1 }));
-    r.d.add(bufs, [], { indirectAt: r.alloc(4096 * 16) });
-    r.d.publish();
+    r.ring.addIndirectChain(Array.from({ length: 4096 }, (_, i) => ({ data: Uint8Array.of(i & 0xff) })));
     const c = r.q.pop()!;
+    expect(c.indirect).toBe(true);
     expect(c.readableLen).toBe(4096);
+    expect(c.readable.count).toBe(4096);
     expect(c.locate(4096 - LOCATE_MAX, LOCATE_MAX)).toBe(true);
     expect(c.u8[c.pos + LOCATE_MAX - 1]).toBe(0xff);
     expect(() => c.locate(0, LOCATE_MAX + 1)).toThrow(RangeError);
@@ -40,9 +33,7 @@ describe('regression-header-split-many-descs', () => {
 
   it('reports a chain shorter than the header', () => {
     const r = makeRig();
-    const bufs = Array.from({ length: 5 }, () => ({ addr: r.alloc(16), len: 2 }));
-    r.d.add(bufs, []);
-    r.d.publish();
+    r.ring.addChain(Array.from({ length: 5 }, () => ({ len: 2 })));
     const c = r.q.pop()!;
     expect(c.readableLen).toBe(10);
     expect(c.locate(0, 12)).toBe(false);
@@ -51,9 +42,7 @@ describe('regression-header-split-many-descs', () => {
 
   it('caps the number of pieces a chain may have', () => {
     const r = makeRig({ size: 8, maxPieces: 1024 });
-    const a = r.alloc(2048);
-    r.d.add(Array.from({ length: 1025 }, (_, i) => ({ addr: a + i, len: 1 })), [], { indirectAt: r.alloc(1025 * 16) });
-    r.d.publish();
+    r.ring.addIndirectChain(Array.from({ length: 1025 }, () => ({ len: 1 })));
     expect(() => r.q.pop()).toThrow(expect.objectContaining({ code: 'VRING_TOO_MANY_PIECES' }));
   });
 });

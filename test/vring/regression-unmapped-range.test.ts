@@ -4,22 +4,21 @@
 // and huge or wrapping addresses, are refused before any byte is touched.
 
 import { describe, expect, it } from 'vitest';
-import { DriverQueue, GuestMemory, MemoryError, RingLayoutError, SplitQueue, VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT, splitRingLayout } from '../../vring/index.ts';
-import { expectBreaks, rawDesc } from './helpers.ts';
+import { Arena, SplitRingBuilder } from '../../harness/rings.ts';
+import { DESC_SIZE, GuestMemory, MemoryError, RingLayoutError, SplitQueue, VRING_DESC_F_NEXT, descAreaSize } from '../../vring/index.ts';
+import { expectBreaks } from './helpers.ts';
 
-function twoRegions(): { mem: GuestMemory; buf: ArrayBuffer; d: DriverQueue; q: SplitQueue } {
+function twoRegions(): { mem: GuestMemory; buf: ArrayBuffer; ring: SplitRingBuilder; q: SplitQueue } {
   // [0x0, 0x10000) and [0x20000, 0x30000), a hole between, all inside one buffer with a guard between.
   const buf = new ArrayBuffer(0x21000);
   const mem = new GuestMemory([
     { gpa: 0, size: 0x10000, buffer: buf },
     { gpa: 0x20000, size: 0x10000, buffer: buf, bufferOffset: 0x11000 },
   ]);
-  const L = splitRingLayout(8, 0);
-  const d = new DriverQueue(mem, { size: 8, ...L });
-  d.init();
-  const q = new SplitQueue({ size: 8, ...L, indirect: true });
+  const ring = SplitRingBuilder.layOut(mem, { size: 8, base: 0, alloc: new Arena(0x2000, 0x10000) });
+  const q = new SplitQueue({ ...ring.config, indirect: true });
   q.attach(mem);
-  return { mem, buf, d, q };
+  return { mem, buf, ring, q };
 }
 
 describe('regression-unmapped-range', () => {
@@ -33,11 +32,9 @@ describe('regression-unmapped-range', () => {
   for (const [name, addr, len] of bad) {
     for (const dir of ['readable', 'writable'] as const) {
       it(`refuses a ${dir} buffer that ${name}`, () => {
-        const { buf, d, q } = twoRegions();
+        const { buf, ring, q } = twoRegions();
         const guard = new Uint8Array(buf, 0x10000, 0x1000).fill(0xee);
-        const b = [{ addr, len }];
-        d.add(dir === 'readable' ? b : [], dir === 'writable' ? b : []);
-        d.publish();
+        ring.addChain([{ addr, len, write: dir === 'writable' }]);
         expectBreaks(q, () => q.pop(), MemoryError, 'VRING_UNMAPPED');
         expect(guard.every((x) => x === 0xee)).toBe(true);
       });
@@ -45,12 +42,11 @@ describe('regression-unmapped-range', () => {
   }
 
   it('refuses an indirect table that crosses into the hole', () => {
-    const { mem, q } = twoRegions();
+    const { ring, q } = twoRegions();
     // One valid entry at the end of region 0; the table claims two, the second would lie in the hole.
-    rawDesc(mem, 0x10000 - 16, 0, 0x8000, 4, VRING_DESC_F_NEXT, 1);
-    rawDesc(mem, 0, 0, 0x10000 - 16, 32, VRING_DESC_F_INDIRECT, 0);
-    mem.writeU16(splitRingLayout(8, 0).avail + 4, 0);
-    mem.writeU16(splitRingLayout(8, 0).avail + 2, 1);
+    const at = 0x10000 - DESC_SIZE;
+    ring.writeTable(at, [{ addr: 0x8000, len: 4, flags: VRING_DESC_F_NEXT, next: 1 }]);
+    ring.addIndirectRef({ addr: at, len: 2 * DESC_SIZE });
     expectBreaks(q, () => q.pop(), MemoryError, 'VRING_UNMAPPED');
   });
 
@@ -58,7 +54,8 @@ describe('regression-unmapped-range', () => {
     const buf = new ArrayBuffer(0x10000);
     const mem = new GuestMemory([{ gpa: 0x100000, size: 0x10000, buffer: buf, uaddr: 0x7f0000000000 }]);
     expect(() => mem.uaddrToGpa(0x7f0000000000 + 0xfff0, 0x20)).toThrow(MemoryError);
-    const q = new SplitQueue({ size: 256, desc: 0x100000 + 0xf800, avail: 0x100000, used: 0x100000 + 0x2000 });
+    // Half of the descriptor table lies past the end of the region.
+    const q = new SplitQueue({ size: 256, desc: 0x100000 + 0x10000 - descAreaSize(256) / 2, avail: 0x100000, used: 0x100000 + 0x2000 });
     expectBreaks(q, () => q.attach(mem), RingLayoutError, 'VRING_RING_UNMAPPED');
   });
 });

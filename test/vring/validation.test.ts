@@ -1,25 +1,28 @@
 // One test per rule of DESIGN's "Untrusted input" checklist that vring/ enforces. Each builds the bad
-// ring (with the driver side, or raw bytes where the driver would not), asserts the error class and
-// code, and that the queue is broken and fails fast with the same error.
+// ring with the harness's ring builder (harness/rings.ts), asserts the error class and code, and that
+// the queue is broken and fails fast with the same error.
 
 import { describe, expect, it } from 'vitest';
+import { SplitRingBuilder, hugeAddr, wrappingAddr } from '../../harness/rings.ts';
 import {
+  DESC_ADDR,
+  DESC_LEN,
+  DESC_SIZE,
   DescriptorError,
   GuestMemory,
   MemoryError,
   RingLayoutError,
   RingStateError,
   SplitQueue,
-  VRING_DESC_F_INDIRECT,
   VRING_DESC_F_NEXT,
-  VRING_DESC_F_WRITE,
+  availUsedEventOffset,
+  descAreaSize,
   splitRingLayout,
+  usedAvailEventOffset,
 } from '../../vring/index.ts';
-import { RAM_GPA, RAM_SIZE, expectBreaks, makeRig, offerHead, rawDesc } from './helpers.ts';
+import { RAM_GPA, RAM_SIZE, expectBreaks, makeRig } from './helpers.ts';
 
 const N = VRING_DESC_F_NEXT;
-const W = VRING_DESC_F_WRITE;
-const I = VRING_DESC_F_INDIRECT;
 
 function layoutQueue(size: number, desc: number, avail: number, used: number, extra: { maxSize?: number } = {}): { q: SplitQueue; mem: GuestMemory } {
   const mem = new GuestMemory([{ gpa: RAM_GPA, size: RAM_SIZE, buffer: new ArrayBuffer(RAM_SIZE) }]);
@@ -36,11 +39,12 @@ describe('queue shape (attach)', () => {
     ['descriptor table not 16-aligned', 256, L.desc + 8, L.avail, L.used, {}, 'VRING_MISALIGNED'],
     ['available ring not 2-aligned', 256, L.desc, L.avail + 1, L.used, {}, 'VRING_MISALIGNED'],
     ['used ring not 4-aligned', 256, L.desc, L.avail, L.used + 2, {}, 'VRING_MISALIGNED'],
-    ['descriptor table outside memory', 256, RAM_GPA + RAM_SIZE - 16 * 255, L.avail, L.used, {}, 'VRING_RING_UNMAPPED'],
+    // All but the last descriptor fit.
+    ['descriptor table outside memory', 256, RAM_GPA + RAM_SIZE - descAreaSize(256) + DESC_SIZE, L.avail, L.used, {}, 'VRING_RING_UNMAPPED'],
     // The available ring proper fits, its trailing used_event does not.
-    ['used_event outside memory', 256, L.desc, RAM_GPA + RAM_SIZE - (4 + 2 * 256), L.used, {}, 'VRING_RING_UNMAPPED'],
+    ['used_event outside memory', 256, L.desc, RAM_GPA + RAM_SIZE - availUsedEventOffset(256), L.used, {}, 'VRING_RING_UNMAPPED'],
     // The used ring proper fits, its trailing avail_event does not.
-    ['avail_event outside memory', 256, L.desc, L.avail, RAM_GPA + RAM_SIZE - (4 + 8 * 256), {}, 'VRING_RING_UNMAPPED'],
+    ['avail_event outside memory', 256, L.desc, L.avail, RAM_GPA + RAM_SIZE - usedAvailEventOffset(256), {}, 'VRING_RING_UNMAPPED'],
     ['used ring below all memory', 256, L.desc, L.avail, 0x1000, {}, 'VRING_RING_UNMAPPED'],
   ];
   for (const [name, size, desc, avail, used, extra, code] of cases) {
@@ -57,7 +61,8 @@ describe('queue shape (attach)', () => {
       { gpa: 0, size: 65536, buffer: buf },
       { gpa: 65536, size: 65536, buffer: buf, bufferOffset: 65536 },
     ]);
-    const q = new SplitQueue({ size: 256, desc: 65536 - 2048, avail: 65536 + 4096, used: 65536 + 8192 });
+    // Half of the descriptor table in each region.
+    const q = new SplitQueue({ size: 256, desc: 65536 - descAreaSize(256) / 2, avail: 65536 + 4096, used: 65536 + 8192 });
     expectBreaks(q, () => q.attach(mem), RingLayoutError, 'VRING_RING_UNMAPPED');
   });
 
@@ -77,15 +82,14 @@ describe('queue shape (attach)', () => {
 describe('avail.idx', () => {
   it('rejects avail.idx more than size ahead of lastAvail (CVE-2020-10723 class)', () => {
     const r = makeRig({ size: 16 });
-    r.mem.writeU16(r.layout.avail + 2, 17);
+    expect(r.ring.jumpAvailIdx(17)).toBe(17);
     expectBreaks(r.q, () => r.q.pop(), RingStateError, 'VRING_AVAIL_IDX_JUMP');
   });
 
   it('accepts exactly size pending', () => {
     const r = makeRig({ size: 4 });
     const buf = r.alloc(64);
-    for (let i = 0; i < 4; i++) r.d.add([{ addr: buf, len: 8 }], []);
-    r.d.publish();
+    for (let i = 0; i < 4; i++) r.ring.addChain([{ addr: buf, len: 8 }]);
     expect(r.q.availPending()).toBe(4);
   });
 });
@@ -93,78 +97,56 @@ describe('avail.idx', () => {
 describe('descriptor walk', () => {
   it('rejects a head ≥ size', () => {
     const r = makeRig({ size: 16 });
-    offerHead(r, 16);
+    r.ring.offer(16);
     expectBreaks(r.q, () => r.q.pop(), DescriptorError, 'VRING_HEAD_OUT_OF_RANGE');
   });
 
   it('rejects a next ≥ size', () => {
     const r = makeRig({ size: 16 });
-    rawDesc(r.mem, r.layout.desc, 0, r.alloc(16), 16, N, 16);
-    offerHead(r, 0);
+    expect(r.ring.readDesc(r.ring.addNextOutOfRange()).next).toBe(16);
     expectBreaks(r.q, () => r.q.pop(), DescriptorError, 'VRING_NEXT_OUT_OF_RANGE');
   });
 
   it('stops a loop with the TTL', () => {
     const r = makeRig({ size: 16 });
-    const b = r.alloc(16);
-    rawDesc(r.mem, r.layout.desc, 0, b, 16, N, 1);
-    rawDesc(r.mem, r.layout.desc, 1, b, 16, N, 0);
-    offerHead(r, 0);
+    r.ring.addDescLoop([0, 1]);
     expectBreaks(r.q, () => r.q.pop(), DescriptorError, 'VRING_DESC_LOOP');
   });
 
   it('stops a loop inside an indirect table with its entry-count TTL', () => {
     const r = makeRig({ size: 16 });
-    const b = r.alloc(16);
-    const t = r.alloc(32);
-    rawDesc(r.mem, t, 0, b, 16, N, 1);
-    rawDesc(r.mem, t, 1, b, 16, N, 0);
-    rawDesc(r.mem, r.layout.desc, 0, t, 32, I, 0);
-    offerHead(r, 0);
+    r.ring.addIndirectLoop(2, { len: 16 });
     expectBreaks(r.q, () => r.q.pop(), DescriptorError, 'VRING_DESC_LOOP');
   });
 
   it('caps the total chain length below 2^32 bytes (checked add)', () => {
     const r = makeRig({ size: 16 });
-    rawDesc(r.mem, r.layout.desc, 0, r.alloc(16), 16, N, 1);
-    rawDesc(r.mem, r.layout.desc, 1, r.alloc(16), 0xffff_fff8, 0, 0);
-    offerHead(r, 0);
+    r.ring.addChain([{ len: 16 }, { addr: r.alloc(16), len: 0xffff_fff8 }]);
     expectBreaks(r.q, () => r.q.pop(), DescriptorError, 'VRING_CHAIN_TOO_LONG');
   });
 
   it('rejects a zero-length buffer', () => {
     const r = makeRig({ size: 16 });
-    const b = r.alloc(16);
-    r.d.add([{ addr: b, len: 16 }, { addr: b, len: 0 }], []);
-    r.d.publish();
+    r.ring.addChain([{ len: 16 }, { len: 0 }]);
     expectBreaks(r.q, () => r.q.pop(), DescriptorError, 'VRING_ZERO_LEN');
   });
 
   it('rejects a readable descriptor after a writable one', () => {
     const r = makeRig({ size: 16 });
-    const b = r.alloc(16);
-    rawDesc(r.mem, r.layout.desc, 0, b, 16, W | N, 1);
-    rawDesc(r.mem, r.layout.desc, 1, b, 16, 0, 0);
-    offerHead(r, 0);
+    r.ring.addReadAfterWrite();
     expectBreaks(r.q, () => r.q.pop(), DescriptorError, 'VRING_READ_AFTER_WRITE');
   });
 
   it('rejects a readable descriptor after a writable one inside an indirect table', () => {
     const r = makeRig({ size: 16 });
-    const b = r.alloc(16);
-    const t = r.alloc(32);
-    rawDesc(r.mem, t, 0, b, 16, W | N, 1);
-    rawDesc(r.mem, t, 1, b, 16, 0, 0);
-    rawDesc(r.mem, r.layout.desc, 0, t, 32, I, 0);
-    offerHead(r, 0);
+    r.ring.addReadAfterWrite({ indirect: true });
     expectBreaks(r.q, () => r.q.pop(), DescriptorError, 'VRING_READ_AFTER_WRITE');
   });
 
   it('caps the piece count per chain', () => {
     const r = makeRig({ size: 16, maxPieces: 4 });
     const b = r.alloc(16);
-    r.d.add([1, 2, 3, 4, 5].map(() => ({ addr: b, len: 16 })), []);
-    r.d.publish();
+    r.ring.addChain([1, 2, 3, 4, 5].map(() => ({ addr: b, len: 16 })));
     expectBreaks(r.q, () => r.q.pop(), DescriptorError, 'VRING_TOO_MANY_PIECES');
   });
 });
@@ -172,69 +154,53 @@ describe('descriptor walk', () => {
 describe('indirect descriptors', () => {
   it('rejects INDIRECT when not negotiated', () => {
     const r = makeRig({ size: 16, indirect: false });
-    const b = r.alloc(16);
-    r.d.add([{ addr: b, len: 16 }], [], { indirectAt: r.alloc(16) });
-    r.d.publish();
+    r.ring.addIndirectChain([{ len: 16 }]);
     expectBreaks(r.q, () => r.q.pop(), DescriptorError, 'VRING_INDIRECT_NOT_NEGOTIATED');
   });
 
   it('rejects INDIRECT combined with NEXT', () => {
     const r = makeRig({ size: 16 });
-    const t = r.alloc(16);
-    rawDesc(r.mem, t, 0, r.alloc(16), 16, 0, 0);
-    rawDesc(r.mem, r.layout.desc, 0, t, 16, I | N, 1);
-    offerHead(r, 0);
+    r.ring.addIndirectWithNext();
     expectBreaks(r.q, () => r.q.pop(), DescriptorError, 'VRING_INDIRECT_WITH_NEXT');
   });
 
   it('rejects a nested indirect table', () => {
     const r = makeRig({ size: 16 });
-    const inner = r.alloc(16);
-    const t = r.alloc(16);
-    rawDesc(r.mem, inner, 0, r.alloc(16), 16, 0, 0);
-    rawDesc(r.mem, t, 0, inner, 16, I, 0);
-    rawDesc(r.mem, r.layout.desc, 0, t, 16, I, 0);
-    offerHead(r, 0);
+    r.ring.addNestedIndirect();
     expectBreaks(r.q, () => r.q.pop(), DescriptorError, 'VRING_INDIRECT_NESTED');
   });
 
   it('rejects an indirect table of length 0', () => {
     const r = makeRig({ size: 16 });
-    rawDesc(r.mem, r.layout.desc, 0, r.alloc(16), 0, I, 0);
-    offerHead(r, 0);
+    r.ring.addIndirectBadLength(0);
     expectBreaks(r.q, () => r.q.pop(), DescriptorError, 'VRING_INDIRECT_BAD_LEN');
   });
 
   it('rejects an indirect table length that is not a multiple of 16', () => {
     const r = makeRig({ size: 16 });
-    rawDesc(r.mem, r.layout.desc, 0, r.alloc(32), 24, I, 0);
-    offerHead(r, 0);
+    r.ring.addIndirectBadLength(24);
     expectBreaks(r.q, () => r.q.pop(), DescriptorError, 'VRING_INDIRECT_BAD_LEN');
   });
 
   it('rejects an indirect table that is not fully mapped', () => {
     const r = makeRig({ size: 16 });
-    rawDesc(r.mem, r.layout.desc, 0, RAM_GPA + RAM_SIZE - 16, 32, I, 0);
-    offerHead(r, 0);
+    r.ring.addIndirectRef({ addr: RAM_GPA + RAM_SIZE - DESC_SIZE, len: 2 * DESC_SIZE });
     expectBreaks(r.q, () => r.q.pop(), MemoryError, 'VRING_UNMAPPED');
   });
 
   it('rejects INDIRECT on a descriptor that is not the head', () => {
     const r = makeRig({ size: 16 });
-    const t = r.alloc(16);
-    rawDesc(r.mem, t, 0, r.alloc(16), 16, 0, 0);
-    rawDesc(r.mem, r.layout.desc, 0, r.alloc(16), 16, N, 1);
-    rawDesc(r.mem, r.layout.desc, 1, t, 16, I, 0);
-    offerHead(r, 0);
+    r.ring.addIndirectNotHead();
     expectBreaks(r.q, () => r.q.pop(), DescriptorError, 'VRING_INDIRECT_NOT_HEAD');
   });
 
   it('rejects an indirect next ≥ the entry count', () => {
     const r = makeRig({ size: 16 });
-    const t = r.alloc(32);
-    rawDesc(r.mem, t, 0, r.alloc(16), 16, N, 2);
-    rawDesc(r.mem, r.layout.desc, 0, t, 32, I, 0);
-    offerHead(r, 0);
+    const t = r.ring.writeTable(r.alloc(2 * DESC_SIZE), [
+      { addr: r.alloc(16), len: 16, flags: N, next: 2 },
+      { addr: r.alloc(16), len: 16 },
+    ]);
+    r.ring.addIndirectRef(t);
     expectBreaks(r.q, () => r.q.pop(), DescriptorError, 'VRING_NEXT_OUT_OF_RANGE');
   });
 });
@@ -242,29 +208,25 @@ describe('indirect descriptors', () => {
 describe('buffers', () => {
   it('rejects a buffer outside guest memory', () => {
     const r = makeRig({ size: 16 });
-    r.d.add([{ addr: 0x1000, len: 16 }], []);
-    r.d.publish();
+    r.ring.addChain([{ addr: 0x1000, len: 16 }]);
     expectBreaks(r.q, () => r.q.pop(), MemoryError, 'VRING_UNMAPPED');
   });
 
   it('rejects a buffer that runs off the end of memory', () => {
     const r = makeRig({ size: 16 });
-    r.d.add([], [{ addr: RAM_GPA + RAM_SIZE - 8, len: 16 }]);
-    r.d.publish();
+    r.ring.addChain([{ addr: RAM_GPA + RAM_SIZE - 8, len: 16, write: true }]);
     expectBreaks(r.q, () => r.q.pop(), MemoryError, 'VRING_UNMAPPED');
   });
 
   it('rejects an address ≥ 2^53 (high half of the u64) as unmapped', () => {
     const r = makeRig({ size: 16 });
-    rawDesc(r.mem, r.layout.desc, 0, [RAM_GPA, 0x0020_0000], 16, 0, 0);
-    offerHead(r, 0);
+    r.ring.addChain([{ addr: hugeAddr(RAM_GPA), len: 16 }]);
     expectBreaks(r.q, () => r.q.pop(), MemoryError, 'VRING_UNMAPPED');
   });
 
   it('rejects addr + len wrapping around 2^64', () => {
     const r = makeRig({ size: 16 });
-    rawDesc(r.mem, r.layout.desc, 0, [0xffff_fff0, 0xffff_ffff], 0x20, 0, 0);
-    offerHead(r, 0);
+    r.ring.addChain([{ addr: wrappingAddr(0x20), len: 0x20 }]);
     expectBreaks(r.q, () => r.q.pop(), MemoryError, 'VRING_ADDR_WRAP');
   });
 });
@@ -272,29 +234,26 @@ describe('buffers', () => {
 describe('in flight', () => {
   it('rejects a head offered again while in flight', () => {
     const r = makeRig({ size: 16 });
-    const h = r.d.add([{ addr: r.alloc(16), len: 16 }], []);
-    r.d.publish();
+    const h = r.ring.addChain([{ len: 16 }]);
     expect(r.q.pop()!.head).toBe(h);
-    offerHead(r, h);
+    r.ring.offer(h);
     expectBreaks(r.q, () => r.q.pop(), RingStateError, 'VRING_HEAD_IN_FLIGHT');
   });
 
   it('never holds more than size chains in flight', () => {
     const r = makeRig({ size: 4 });
     const b = r.alloc(16);
-    for (let i = 0; i < 4; i++) r.d.add([{ addr: b, len: 16 }], []);
-    r.d.publish();
+    for (let i = 0; i < 4; i++) r.ring.addChain([{ addr: b, len: 16 }]);
     expect(r.q.popBurst(8, [])).toBe(4);
     expect(r.q.inFlight).toBe(4);
-    offerHead(r, 2);
+    r.ring.offer(2);
     expectBreaks(r.q, () => r.q.pop(), RingStateError, 'VRING_HEAD_IN_FLIGHT');
     expect(r.q.inFlight).toBe(4);
   });
 
   it('rejects completing a head twice', () => {
     const r = makeRig({ size: 16 });
-    const h = r.d.add([], [{ addr: r.alloc(16), len: 16 }]);
-    r.d.publish();
+    const h = r.ring.addChain([{ len: 16, write: true }]);
     r.q.pop();
     r.q.addUsed(h, 4);
     expectBreaks(r.q, () => r.q.addUsed(h, 4), RingStateError, 'VRING_NOT_IN_FLIGHT');
@@ -308,9 +267,9 @@ describe('in flight', () => {
   it('rejects rewinding over a completed chain', () => {
     const r = makeRig({ size: 16 });
     const b = r.alloc(16);
-    r.d.add([{ addr: b, len: 16 }], []);
-    r.d.add([{ addr: b, len: 16 }], []);
-    r.d.publish();
+    r.ring.addChain([{ addr: b, len: 16 }], { publish: false });
+    r.ring.addChain([{ addr: b, len: 16 }], { publish: false });
+    r.ring.publish();
     const a = r.q.pop()!.head;
     r.q.pop();
     r.q.addUsed(a, 0);
@@ -321,11 +280,9 @@ describe('in flight', () => {
 describe('a broken queue never touches memory', () => {
   it('leaves guest memory byte-identical after breaking', () => {
     const r = makeRig({ size: 16, eventIdx: true });
-    const b = r.alloc(16);
-    r.d.add([{ addr: b, len: 16 }], []);
-    r.d.publish();
-    offerHead(r, 99);
-    r.mem.writeU16(r.layout.avail + 2, r.q.lastAvail + 1);
+    // A head out of range first, a valid chain behind it.
+    r.ring.offer(99);
+    r.ring.addChain([{ len: 16 }]);
     expect(() => r.q.pop()).toThrow();
     const before = new Uint8Array(r.buf).slice();
     for (const f of [() => r.q.pop(), () => r.q.flush(), () => r.q.enableNotification(), () => r.q.disableNotification(), () => r.q.addUsed(0, 0)]) {
@@ -342,33 +299,33 @@ describe('time-of-check/time-of-use: each descriptor is read once', () => {
     const { Worker } = await import('node:worker_threads');
     const sab = new SharedArrayBuffer(1 << 16);
     const mem = new GuestMemory([{ gpa: 0, size: 1 << 16, buffer: sab }]);
-    const q = new SplitQueue({ size: 4, desc: 0, avail: 0x100, used: 0x200 });
+    const ring = SplitRingBuilder.over(mem, { size: 4, desc: 0, avail: 0x100, used: 0x200 });
+    const q = new SplitQueue(ring.config);
     q.attach(mem);
     // Descriptor 0: a 64-byte readable buffer at 0x1000; the flipper toggles its len between 64 and 0
-    // and its addr between 0x1000 and an unmapped address.
-    rawDesc(mem, 0, 0, 0x1000, 64, 0, 0);
+    // and its addr (low half) between 0x1000 and an unmapped address.
+    ring.writeDesc(0, { addr: 0x1000, len: 64 });
     const flipper = new Worker(
       `const { workerData } = require('node:worker_threads');
-       const u32 = new Uint32Array(workerData.sab, 0, 4);
+       const u32 = new Uint32Array(workerData.sab);
        const stop = new Int32Array(workerData.sab, 0x8000, 1);
        let i = 0;
        while (Atomics.load(stop, 0) === 0) {
          i++;
-         Atomics.store(u32, 2, (i & 1) ? 0 : 64);
-         Atomics.store(u32, 0, (i & 2) ? 0x1000 : 0x20000);
+         Atomics.store(u32, workerData.lenWord, (i & 1) ? 0 : 64);
+         Atomics.store(u32, workerData.addrWord, (i & 2) ? 0x1000 : 0x20000);
        }`,
-      { eval: true, workerData: { sab } },
+      { eval: true, workerData: { sab, lenWord: (ring.descAddr(0) + DESC_LEN) / 4, addrWord: (ring.descAddr(0) + DESC_ADDR) / 4 } },
     );
     const stop = new Int32Array(sab, 0x8000, 1);
     let ok = 0;
     let rejected = 0;
     try {
-      const u16 = new Uint16Array(sab);
       for (let n = 0; n < 20000; n++) {
         q.reset();
-        u16[0x200 / 2 + 1] = 0;
-        u16[0x100 / 2 + 2] = 0; // avail.ring[0] = head 0
-        u16[0x100 / 2 + 1] = 1; // avail.idx = 1
+        ring.setUsedIdx(0);
+        ring.setAvailEntry(0, 0);
+        ring.setAvailIdx(1);
         q.setBase(0);
         try {
           const c = q.pop()!;
