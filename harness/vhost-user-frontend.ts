@@ -352,7 +352,7 @@ export class VhostUserFrontend {
     await this.request(REQ.SET_VRING_ENABLE, encodeVringState({ index, num: enable ? 1 : 0 }));
   }
 
-  /** GET_CONFIG; an empty reply payload (the spec's error signal) throws. */
+  /** GET_CONFIG (valid once PROTOCOL_F_CONFIG is negotiated); an empty reply payload (the spec's error signal) throws. */
   async getConfig(offset: number, size: number): Promise<Uint8Array> {
     const m = (await this.request(REQ.GET_CONFIG, encodeConfig({ offset, size })))!;
     if (m.payload.length === 0) throw new FrontendError('NACK', `GET_CONFIG ${offset}+${size} was refused`);

@@ -8,7 +8,7 @@
  *      seccomp on every thread, then each queue worker's narrower filter
  *   4. print exactly one line on stdout: `lgnet ready socket=… tap=… queues=… mode=…`
  *   5. serve until SIGINT/SIGTERM: drop the connection (workers stop and flush their used rings),
- *      close the device and the tap, remove the socket file, exit 0
+ *      close the device and the tap, remove the socket file (jailed: the socket reaper does), exit 0
  *
  * Logs are JSON lines on stderr (log.ts). A start-up failure logs the reason and exits 1.
  */
@@ -72,7 +72,10 @@ export async function startServing(opts: ServeOptions, log: Logger): Promise<Ser
     const level = e.level === 'error' || e.level === 'warn' || e.level === 'debug' ? e.level : 'info';
     log[level]({ ...e, component: 'device' }, e.msg ?? 'device');
   });
-  const server = new VhostUserServer({ device: netDeviceHooks(device), path: opts.socket, client: opts.client, reconnectMs: opts.reconnectMs, logger: log });
+  const server = new VhostUserServer({
+    device: netDeviceHooks(device), path: opts.socket, client: opts.client, reconnectMs: opts.reconnectMs, logger: log,
+    ...(opts.offerConfig ? { config: true } : {}),
+  });
   try {
     // Queue workers start now and idle until a front-end starts their rings: after the jail no code
     // can be loaded.
@@ -113,7 +116,11 @@ export async function startServing(opts: ServeOptions, log: Logger): Promise<Ser
       unixConnect: opts.client,
       onWarning: (message, code) => log.warn({ code }, message),
     });
-    if (report.sandboxed) await device.restrictWorkers(compilePolicy('worker').program);
+    if (report.sandboxed) {
+      await device.restrictWorkers(compilePolicy('worker').program);
+      // Jailed, unlink fails with EPERM: the reaper removes the socket file once lgnet is gone.
+      server.removeSocketOnClose = false;
+    }
     log.info({ jail: report }, report.sandboxed ? 'jailed' : 'not jailed (--no-sandbox)');
   } catch (e) {
     await metrics?.close();

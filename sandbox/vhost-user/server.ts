@@ -4,9 +4,10 @@
  * each message into calls on the device (DeviceHooks: what NetDevice exposes, nothing of networking).
  *
  *   socket ──FdPoller──▶ read header (12 bytes + SCM_RIGHTS fds) ──▶ payload ──▶ queue ──▶ pump
- *   pump: one message at a time ─▶ HANDLERS[request] (size and fd count checked first)
+ *   pump: one message at a time ─▶ HANDLERS[request] (protocol feature, size and fd count checked first)
  *         ─▶ reply payload, or REPLY_ACK u64 0 when NEED_REPLY asked for one
- *   any VhostUserError ─▶ logged once with the request's name, counted, NEED_REPLY answered 1,
+ *   any VhostUserError ─▶ logged once with the request's name, counted, NEED_REPLY answered 1
+ *         (GET_CONFIG: an empty reply, the spec's error form),
  *         connection dropped: rings stopped, fds closed, device reset, guest memory released;
  *         the server goes on (accepts the next connection, or reconnects in client mode).
  *
@@ -24,8 +25,8 @@ import { MemTable, type MemoryTarget } from './mem-table.ts';
 import {
   checkPayloadSize, decodeConfig, decodeHeader, decodeInflight, decodeMemTable, decodeSingleMemRegion, decodeU64,
   decodeVringAddr, decodeVringFile, decodeVringState, encodeConfig, encodeInflight, encodeMessage, encodeU64, type InflightPayload,
-  encodeVringState, F_PROTOCOL_FEATURES, FLAGS, HEADER_SIZE, isKnownRequest, MAX_FDS, MAX_PAYLOAD, protocolMask,
-  protocolNames, REQ, requestName,
+  encodeVringState, F_PROTOCOL_FEATURES, FLAGS, HEADER_SIZE, isKnownRequest, MAX_FDS, MAX_PAYLOAD, PROTOCOL_F, protocolMask,
+  protocolNames, REQ, requestName, type ProtocolFeatureName,
 } from './messages.ts';
 import { Vrings, type QueueTarget } from './vrings.ts';
 import { inflightQueueRegionSize } from '../../vring/index.ts';
@@ -85,8 +86,15 @@ export function netDeviceHooks(dev: NetDevice): DeviceHooks {
 
 // ---- options and metrics ---------------------------------------------------------------------------
 
-/** Protocol features lgnet offers. */
-export const OFFERED_PROTOCOL_FEATURES: bigint = protocolMask('MQ', 'REPLY_ACK', 'CONFIG', 'NET_MTU', 'CONFIGURE_MEM_SLOTS', 'STATUS', 'INFLIGHT_SHMFD', 'RARP');
+/**
+ * Protocol features lgnet offers by default. CONFIG is not among them: QEMU's virtio-net keeps the
+ * config space on its side (it reads a back-end's only for vhost-vdpa), refuses CONFIG for a net
+ * back-end and warns about it at every connection. Front-ends that do read a net back-end's config
+ * (cloud-hypervisor's vhost-user-net, UML's virtio_uml) get it with `config: true`.
+ */
+export const OFFERED_PROTOCOL_FEATURES: bigint = protocolMask('MQ', 'REPLY_ACK', 'NET_MTU', 'CONFIGURE_MEM_SLOTS', 'STATUS', 'INFLIGHT_SHMFD', 'RARP');
+
+const CONFIG_BIT = protocolMask('CONFIG');
 
 /** Memory slots offered through GET_MAX_MEM_SLOTS (ADD_MEM_REG). */
 export const DEFAULT_MAX_MEM_SLOTS = 32;
@@ -100,7 +108,18 @@ export interface VhostUserServerOptions {
   /** Client mode: delay between connection attempts. Default 1000 ms. */
   reconnectMs?: number;
   maxMemSlots?: number;
+  /** The protocol features to offer. Default OFFERED_PROTOCOL_FEATURES. */
   protocolFeatures?: bigint;
+  /**
+   * Also offer PROTOCOL_F_CONFIG (GET/SET_CONFIG), or (false) take it out of `protocolFeatures`.
+   * Default: as `protocolFeatures` says, so off with the default set.
+   */
+  config?: boolean;
+  /**
+   * close() removes the socket file. Default true. False when another process removes it: a jailed
+   * `lgnet serve` may not unlink, and its socket reaper does it once the process is gone.
+   */
+  removeSocketOnClose?: boolean;
   logger?: Logger;
   /** How long the rest of a message may take to arrive after its header. Default 2000 ms. */
   payloadTimeoutMs?: number;
@@ -139,6 +158,10 @@ interface Entry {
   handle: Handler;
   /** The request has a reply of its own (NEED_REPLY adds nothing). */
   replies?: boolean;
+  /** The request is valid only once this protocol feature is negotiated ("When … is negotiated"). */
+  protocol?: ProtocolFeatureName;
+  /** The reply that says "refused" when the request has a reply of its own, sent before the drop. */
+  errorReply?: Uint8Array;
 }
 
 function take(m: Message, i: number): number {
@@ -305,8 +328,11 @@ const HANDLERS: Partial<Record<number, Entry>> = {
 
   [REQ.GET_QUEUE_NUM]: { replies: true, handle: (c) => u64Reply(c.dev.queueNum) },
 
+  // The spec's error answer to GET_CONFIG is a reply with an empty payload.
   [REQ.GET_CONFIG]: {
     replies: true,
+    protocol: 'CONFIG',
+    errorReply: new Uint8Array(0),
     handle(c, m) {
       const cfg = decodeConfig(m.payload);
       c.checkConfigRange(cfg.offset, cfg.size);
@@ -315,6 +341,7 @@ const HANDLERS: Partial<Record<number, Entry>> = {
   },
 
   [REQ.SET_CONFIG]: {
+    protocol: 'CONFIG',
     handle(c, m) {
       const cfg = decodeConfig(m.payload);
       c.checkConfigRange(cfg.offset, cfg.size);
@@ -444,6 +471,14 @@ export class Connection {
   /** Fds this connection holds (rings, memory table, inflight): for leak checks. */
   fdCount(): number {
     return this.vrings.fdCount() + this.mem.count + (this.inflight ? 1 : 0);
+  }
+
+  /** Refuses a request that needs protocol feature `f` when this front-end did not negotiate it. */
+  requireProtocol(f: ProtocolFeatureName, request: number): void {
+    const bit = 1n << BigInt(PROTOCOL_F[f]);
+    if (this.protocolFeatures & bit) return;
+    const why = this.server.protocolOffered & bit ? 'the front-end did not negotiate it' : 'lgnet does not offer it here';
+    throw new VhostUserError(VU.UNSUPPORTED_REQUEST, `${requestName(request)} needs protocol feature ${f}, and ${why}`);
   }
 
   checkConfigRange(offset: number, size: number): void {
@@ -604,6 +639,7 @@ export class Connection {
         if (isKnownRequest(m.request)) throw new VhostUserError(VU.UNSUPPORTED_REQUEST, `${name} is not supported by lgnet (its protocol feature is not offered)`);
         throw new VhostUserError(VU.UNKNOWN_REQUEST, `request ${m.request} does not exist`);
       }
+      if (entry.protocol) this.requireProtocol(entry.protocol, m.request);
       checkPayloadSize(m.request, m.payload.length);
       const want = entry.fds ? entry.fds(m) : 0;
       const [lo, hi] = typeof want === 'number' ? [want, want] : want;
@@ -616,9 +652,11 @@ export class Connection {
       else if (m.flags & FLAGS.NEED_REPLY && !entry.replies) this.send(m.request, encodeU64(0));
     } catch (e) {
       const err = toVhostUserError(e, m.request);
-      if (m.flags & FLAGS.NEED_REPLY && !HANDLERS[m.request]?.replies && !this.closing) {
+      const entry = HANDLERS[m.request];
+      const answer = entry?.errorReply ?? (m.flags & FLAGS.NEED_REPLY && !entry?.replies ? encodeU64(1) : undefined);
+      if (answer && !this.closing) {
         try {
-          this.send(m.request, encodeU64(1));
+          this.send(m.request, answer);
         } catch {
           /* dropping anyway */
         }
@@ -720,6 +758,11 @@ export class VhostUserServer extends EventEmitter {
   readonly maxMemSlots: number;
   readonly protocolOffered: bigint;
   readonly payloadTimeoutMs: number;
+  /**
+   * close() removes the socket file (see VhostUserServerOptions). Settable until close(): `lgnet serve`
+   * clears it once it is jailed.
+   */
+  removeSocketOnClose: boolean;
   readonly metrics: ServerMetrics = { connections: 0, messages: 0, errors: {}, rarp: 0 };
   private readonly device: DeviceHooks;
   private readonly reconnectMs: number;
@@ -737,7 +780,9 @@ export class VhostUserServer extends EventEmitter {
     this.client = opts.client === true;
     this.reconnectMs = opts.reconnectMs ?? 1000;
     this.maxMemSlots = opts.maxMemSlots ?? DEFAULT_MAX_MEM_SLOTS;
-    this.protocolOffered = opts.protocolFeatures ?? OFFERED_PROTOCOL_FEATURES;
+    const protocol = opts.protocolFeatures ?? OFFERED_PROTOCOL_FEATURES;
+    this.protocolOffered = opts.config === true ? protocol | CONFIG_BIT : opts.config === false ? protocol & ~CONFIG_BIT : protocol;
+    this.removeSocketOnClose = opts.removeSocketOnClose ?? true;
     this.payloadTimeoutMs = opts.payloadTimeoutMs ?? 2000;
     this.log = (opts.logger ?? silentLogger).child({ component: 'vhost-user', socket: opts.path });
   }
@@ -818,7 +863,7 @@ export class VhostUserServer extends EventEmitter {
     else this.listenPoller?.start(native.POLL.READABLE);
   }
 
-  /** Drops the connection (device reset, fds closed), stops listening, removes the socket file. */
+  /** Drops the connection (device reset, fds closed), stops listening, removes the socket file (unless told not to). */
   async close(): Promise<void> {
     if (this.stopped) return;
     this.stopped = true;
@@ -834,10 +879,12 @@ export class VhostUserServer extends EventEmitter {
     if (this.listenFd >= 0) {
       closeQuietly(this.listenFd);
       this.listenFd = -1;
-      try {
-        unlinkSync(this.path);
-      } catch (e) {
-        if ((e as NodeJS.ErrnoException).code !== 'ENOENT') this.log.warn({ err: (e as Error).message }, 'could not remove the socket file');
+      if (this.removeSocketOnClose) {
+        try {
+          unlinkSync(this.path);
+        } catch (e) {
+          if ((e as NodeJS.ErrnoException).code !== 'ENOENT') this.log.warn({ err: (e as Error).message }, 'could not remove the socket file');
+        }
       }
     }
     this.unsubscribeBroken?.();

@@ -10,6 +10,10 @@
  *   2. the back-end is SIGKILLed under a running guest and started again on the same socket: the
  *      guest's pings resume within 5 s, then 8 MiB cross both ways intact, and no queue is stalled
  *   3. two queue pairs, two vCPUs: lgnet's metrics show frames on both RX and both TX queues
+ *   4. the handshake alone: QEMU prints no warning about lgnet as its back-end; with --offer-config it
+ *      does (the CONFIG protocol feature, which QEMU's virtio-net refuses), which is why it is opt-in
+ *
+ * Every run also checks QEMU's stderr for warnings about the back-end (lib/expect.ts backendWarnings).
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { mkdtempSync, rmSync } from 'node:fs';
@@ -20,7 +24,7 @@ import { bootGuest, ensureGuestImage, type GuestHandle, type GuestOutcome } from
 import { createTapNamespace, type TapNamespace } from '../../scripts/netns.ts';
 import { blobSha256, startBlobServer, type BlobServer } from './lib/blob.ts';
 import { killLgnet, startLgnet, stopLgnet, type Lgnet } from './lib/lgnet.ts';
-import { expectIntegrity, queue } from './lib/expect.ts';
+import { backendWarnings, expectIntegrity, queue } from './lib/expect.ts';
 import { GUEST, HOST, XFER_PORT, jobResult, runOnLgnet, type RunResult } from './lib/run.ts';
 
 const MiB = 1 << 20;
@@ -97,6 +101,11 @@ describe('QEMU guest on lgnet (vhost-user): link, ping, throughput, 64 MiB integ
     expect(r.lgnetLog).toContain('front-end connected');
     expect(r.lgnetLog).not.toContain('message refused');
     expect(r.lgnetExit).toBe(0);
+  });
+
+  it('QEMU printed no warning about its vhost-user back-end', () => {
+    expect(r.outcome.stderr).toBeDefined();
+    expect(backendWarnings(r.outcome.stderr), r.outcome.stderr).toEqual([]);
   });
 });
 
@@ -187,6 +196,8 @@ describe('QEMU guest on lgnet: the back-end is SIGKILLed and restarted under a r
     expect(first!.at - readyAt).toBeLessThan(5000);
     expect(log.join('').match(/front-end connected/g)?.length).toBe(2);
     expect(log.join('')).not.toContain('message refused');
+    // Two handshakes, and no warning about the back-end from either.
+    expect(backendWarnings(outcome.stderr), outcome.stderr).toEqual([]);
     // Once resumed, every later ping is answered: no stall after the first replies.
     const after = replies.filter((p) => p.seq >= first!.seq).map((p) => p.seq);
     expect(after.length).toBe(PINGS - first!.seq);
@@ -249,6 +260,8 @@ describe('QEMU guest on lgnet: two queue pairs, two vCPUs', () => {
     expect(ping, 'ping result').toBeDefined();
     expect(ping!.received).toBe(20);
     expect(r.lgnetLog).not.toContain('message refused');
+    // One vhost device per queue pair: each handshake would repeat a warning.
+    expect(backendWarnings(r.outcome.stderr), r.outcome.stderr).toEqual([]);
     expect(r.outcome.ok).toBe(true);
   });
 
@@ -264,4 +277,49 @@ describe('QEMU guest on lgnet: two queue pairs, two vCPUs', () => {
       expect(rx.broken ?? tx.broken).toBeNull();
     }
   });
+});
+
+describe("QEMU's vhost-user handshake with lgnet: warnings about the back-end", () => {
+  /**
+   * lgnet (with `serveArgs`) and QEMU on its socket, until QEMU has set the protocol features (it warns
+   * about the offer just before): then both are stopped, and QEMU's stderr is returned.
+   */
+  async function handshakeStderr(serveArgs: string[]): Promise<{ stderr: string; lgnetLog: string }> {
+    ensureGuestImage();
+    const net = createTapNamespace({ hostCidr: `${HOST}/24` });
+    const dir = mkdtempSync(join(tmpdir(), 'lgnet-e2e-'));
+    const socket = join(dir, 'lgnet.sock');
+    const log: string[] = [];
+    let lg: Lgnet | undefined;
+    let guest: GuestHandle | undefined;
+    try {
+      lg = await startLgnet(net.ns, socket, net.tap, log, serveArgs);
+      guest = bootGuest({ netns: net.ns, netdev: { type: 'vhost-user', socket, reconnect: 1 }, guest: { ip: `${GUEST}/24`, peer: HOST }, timeoutMs: 60_000 });
+      const deadline = Date.now() + 30_000;
+      while (!log.join('').includes('"req":"SET_PROTOCOL_FEATURES"')) {
+        if (Date.now() > deadline) throw new Error(`QEMU never set the protocol features:\n${log.join('').slice(-5000)}`);
+        await new Promise((res) => setTimeout(res, 50));
+      }
+      await guest.kill();
+      return { stderr: (await guest.done).stderr, lgnetLog: log.join('') };
+    } finally {
+      await guest?.kill();
+      await stopLgnet(lg?.child);
+      await net.destroy();
+      rmSync(dir, { recursive: true, force: true });
+    }
+  }
+
+  it('lgnet serve as it is: no warning', async () => {
+    const { stderr, lgnetLog } = await handshakeStderr([]);
+    expect(lgnetLog).toContain('front-end connected');
+    expect(backendWarnings(stderr), stderr).toEqual([]);
+  }, 90_000);
+
+  it('with --offer-config QEMU warns that it does not support CONFIG (why the flag is off by default)', async () => {
+    const { stderr } = await handshakeStderr(['--offer-config']);
+    const warnings = backendWarnings(stderr);
+    expect(warnings.length, stderr).toBeGreaterThan(0);
+    expect(warnings.join('\n')).toContain('VHOST_USER_PROTOCOL_F_CONFIG');
+  }, 90_000);
 });

@@ -48,7 +48,11 @@ export interface Guest {
 
 let subnet = 0;
 
-export async function createVuBed(opts: { pairs?: number } = {}): Promise<VuBed> {
+/**
+ * `config` (default true): the bed's server offers the CONFIG protocol feature, which `lgnet serve`
+ * offers only with --offer-config, so that the suites reach GET/SET_CONFIG (the fuzz included).
+ */
+export async function createVuBed(opts: { pairs?: number; config?: boolean } = {}): Promise<VuBed> {
   const ns = createNetns('lgvu');
   const pairs = opts.pairs ?? 1;
   const dir = mkdtempSync(join(tmpdir(), 'lgnet-vu-'));
@@ -62,7 +66,7 @@ export async function createVuBed(opts: { pairs?: number } = {}): Promise<VuBed>
   ns.exec('ip', 'link', 'set', 'lgtap0', 'up');
   ns.exec('ip', 'neigh', 'add', guestIp, 'lladdr', guestMac, 'dev', 'lgtap0');
   const dev = new NetDevice({ backend, mac: guestMac, mtu: 1500, queuePairs: pairs, features: VHOST_USER_NET_FEATURES });
-  const server = new VhostUserServer({ device: netDeviceHooks(dev), path });
+  const server = new VhostUserServer({ device: netDeviceHooks(dev), path, config: opts.config ?? true });
   server.start();
   const guests = new Set<Guest>();
   return {

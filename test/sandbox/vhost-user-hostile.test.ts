@@ -211,14 +211,32 @@ describe.skipIf(!pre.ok)('vhost-user server: hostile front-end', () => {
     await expectRefused(VU.PROTOCOL_FEATURES_NOT_OFFERED, (fe) => fe.sendRequest(REQ.SET_PROTOCOL_FEATURES, encodeU64(1n << 14n)));
   });
 
-  it('config access outside the config space; MTU and status out of range', async () => {
-    await expectRefused(VU.CONFIG_RANGE, (fe) => fe.sendRequest(REQ.GET_CONFIG, encodeConfig({ offset: 20, size: 8 })));
-    await expectRefused(VU.CONFIG_RANGE, (fe) => fe.sendRequest(REQ.GET_CONFIG, encodeConfig({ offset: 0xffff_fff0, size: 0x20 })));
-    await expectRefused(VU.CONFIG_RANGE, (fe) => fe.sendRequest(REQ.SET_CONFIG, encodeConfig({ offset: 100, data: new Uint8Array(4) })));
-    await expectRefused(VU.BAD_SIZE, (fe) => {
-      const c = encodeConfig({ offset: 0, size: 6 });
-      c[4] = 8; // says 8 bytes, carries 6
+  it('config access outside the config space or to read-only fields; MTU and status out of range', async () => {
+    // CONFIG negotiated first (the bed offers it): these are range errors, not unnegotiated requests.
+    // A refused GET_CONFIG is answered with an empty payload, the spec's error form, before the drop.
+    const getConfigRefused = (c: Uint8Array) => async (fe: VhostUserFrontend) => {
+      await fe.negotiate();
       fe.sendRequest(REQ.GET_CONFIG, c);
+      const m = await fe.readMessage(2000);
+      expect([m.request, m.flags & FLAGS.REPLY, m.payload.length]).toEqual([REQ.GET_CONFIG, FLAGS.REPLY, 0]);
+    };
+    await expectRefused(VU.CONFIG_RANGE, getConfigRefused(encodeConfig({ offset: 20, size: 8 })));
+    await expectRefused(VU.CONFIG_RANGE, getConfigRefused(encodeConfig({ offset: 0xffff_fff0, size: 0x20 })));
+    await expectRefused(VU.CONFIG_RANGE, async (fe) => {
+      await fe.negotiate();
+      fe.sendRequest(REQ.SET_CONFIG, encodeConfig({ offset: 100, data: new Uint8Array(4) }));
+    });
+    await expectRefused(VU.CONFIG_RANGE, async (fe) => { // status and max_virtqueue_pairs are the device's
+      await fe.negotiate();
+      fe.sendRequest(REQ.SET_CONFIG, encodeConfig({ offset: 6, data: new Uint8Array(4) }));
+    });
+    const lying = encodeConfig({ offset: 0, size: 6 });
+    lying[4] = 8; // says 8 bytes, carries 6
+    await expectRefused(VU.BAD_SIZE, getConfigRefused(lying));
+    // Without negotiating CONFIG, even a well-formed GET_CONFIG is refused.
+    await expectRefused(VU.UNSUPPORTED_REQUEST, async (fe) => {
+      fe.sendRequest(REQ.GET_CONFIG, encodeConfig({ offset: 0, size: 6 }));
+      expect((await fe.readMessage(2000)).payload.length).toBe(0);
     });
     await expectRefused(VU.BAD_MTU, (fe) => fe.sendRequest(REQ.NET_SET_MTU, encodeU64(10)));
     await expectRefused(VU.BAD_STATUS, (fe) => fe.sendRequest(REQ.SET_STATUS, encodeU64(0x100)));

@@ -2,7 +2,8 @@
  * The vhost-user server end to end, driven by the harness front-end over a real unix socket: an
  * in-process NetDevice on a tap in a test namespace. Frames flow both ways through rings the front-end
  * set up; GET_VRING_BASE returns where the device stopped; a dropped connection leaves the server
- * ready for the next one, whose traffic flows again; client mode reconnects to a restarted VMM.
+ * ready for the next one, whose traffic flows again; client mode reconnects to a restarted VMM. The
+ * CONFIG protocol feature is offered only when asked for, and GET/SET_CONFIG only work once negotiated.
  */
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { join } from 'node:path';
@@ -10,7 +11,9 @@ import { mask } from '../../device/features.ts';
 import { NetDevice } from '../../device/net.ts';
 import { TapBackend } from '../../device/tap-backend.ts';
 import * as native from '../../native/index.ts';
-import { PROTOCOL_F, REQ } from '../../sandbox/vhost-user/messages.ts';
+import { CFG } from '../../device/config.ts';
+import { VU } from '../../sandbox/vhost-user/errors.ts';
+import { encodeConfig, encodeU64, FLAGS, PROTOCOL_F, protocolMask, REQ } from '../../sandbox/vhost-user/messages.ts';
 import { netDeviceHooks, OFFERED_PROTOCOL_FEATURES, VhostUserServer } from '../../sandbox/vhost-user/server.ts';
 import { ip4, mac, udpFrame, UDP_OFFSET } from '../../harness/frames.ts';
 import { GuestRam } from '../../harness/guest-ram.ts';
@@ -21,6 +24,7 @@ import { destroyAllNetns, netnsPrerequisites } from '../../harness/netns.ts';
 import { createVuBed, expectedPayload, udpSend, udpSink, until, VHOST_USER_NET_FEATURES, type Guest, type VuBed } from './vhost-user-helpers.ts';
 
 const pre = netnsPrerequisites();
+const CONFIG = protocolMask('CONFIG');
 
 async function sendUdp(bed: VuBed, g: Guest, port: number, payload: Uint8Array): Promise<void> {
   const tapMac = mac(bed.ns.exec('cat', '/sys/class/net/lgtap0/address').trim());
@@ -64,7 +68,7 @@ describe.skipIf(!pre.ok)('vhost-user server: harness front-end ↔ lgnet ↔ tap
       const neg = await g.fe.negotiate({ features: (offered) => offered & VHOST_USER_NET_FEATURES });
       expect(neg.offered & (1n << 30n)).not.toBe(0n);
       expect(neg.offered & mask('CTRL_VQ')).toBe(0n);
-      expect(neg.protocolOffered).toBe(OFFERED_PROTOCOL_FEATURES);
+      expect(neg.protocolOffered).toBe(OFFERED_PROTOCOL_FEATURES | CONFIG); // the bed opts in to CONFIG
       expect(neg.queueNum).toBe(1);
       expect(neg.maxMemSlots).toBe(32);
       const cfg = await g.fe.getConfig(0, 6);
@@ -83,6 +87,88 @@ describe.skipIf(!pre.ok)('vhost-user server: harness front-end ↔ lgnet ↔ tap
     } finally {
       g.close();
     }
+    expect(await until(() => bed.server.connection === null)).toBe(true);
+  });
+
+  it('CONFIG is opt-in: not offered by default, and then GET/SET_CONFIG are refused as requests of a feature not negotiated', async () => {
+    expect(OFFERED_PROTOCOL_FEATURES & CONFIG).toBe(0n);
+    // A second server with the default options, on the same device (one front-end at a time on either).
+    const plain = new VhostUserServer({ device: netDeviceHooks(bed.dev), path: join(bed.dir, 'plain.sock') });
+    plain.start();
+    try {
+      const fe = await VhostUserFrontend.connect(plain.path);
+      try {
+        const neg = await fe.negotiate(); // the harness asks for CONFIG; the offer lacks it
+        expect(neg.protocolOffered).toBe(OFFERED_PROTOCOL_FEATURES);
+        expect(neg.protocolFeatures & CONFIG).toBe(0n);
+        // GET_CONFIG has a reply of its own: the refusal is the spec's error form, an empty payload.
+        fe.sendRequest(REQ.GET_CONFIG, encodeConfig({ offset: 0, size: 6 }));
+        const m = await fe.readMessage(2000);
+        expect(m.request).toBe(REQ.GET_CONFIG);
+        expect(m.flags & FLAGS.REPLY).toBe(FLAGS.REPLY);
+        expect(m.payload.length).toBe(0);
+        expect(await fe.waitClosed(2000)).toBe(true);
+      } finally {
+        fe.close();
+      }
+      expect(plain.metrics.errors[VU.UNSUPPORTED_REQUEST]).toBe(1);
+      // SET_CONFIG with NEED_REPLY: REPLY_ACK 1, then the drop; the config space is untouched.
+      const fe2 = await VhostUserFrontend.connect(plain.path);
+      try {
+        await fe2.negotiate();
+        await expect(fe2.setConfig(0, new Uint8Array([0x52, 0x54, 0, 9, 9, 9]))).rejects.toMatchObject({ code: 'NACK' });
+        expect(await fe2.waitClosed(2000)).toBe(true);
+      } finally {
+        fe2.close();
+      }
+      expect(plain.metrics.errors[VU.UNSUPPORTED_REQUEST]).toBe(2);
+      expect(Buffer.from(bed.dev.readConfig(0, 6)).toString('hex')).toBe('525400123456');
+      // Asking for CONFIG anyway is asking for a feature that was not offered.
+      const fe3 = await VhostUserFrontend.connect(plain.path);
+      try {
+        fe3.sendRequest(REQ.SET_PROTOCOL_FEATURES, encodeU64(OFFERED_PROTOCOL_FEATURES | CONFIG));
+        expect(await fe3.waitClosed(2000)).toBe(true);
+      } finally {
+        fe3.close();
+      }
+      expect(plain.metrics.errors[VU.PROTOCOL_FEATURES_NOT_OFFERED]).toBe(1);
+      expect(await until(() => plain.connection === null)).toBe(true);
+    } finally {
+      await plain.close();
+    }
+  });
+
+  it('CONFIG opted in: GET_CONFIG reads the config space and SET_CONFIG writes the MAC, once negotiated; not negotiated, refused', async () => {
+    const g = await bed.guest({ attach: false });
+    try {
+      const neg = await g.fe.negotiate();
+      expect(neg.protocolFeatures & CONFIG).toBe(CONFIG);
+      const cfg = await g.fe.getConfig(0, CFG.SIZE);
+      expect(cfg).toEqual(bed.dev.readConfig(0, CFG.SIZE));
+      expect(Buffer.from(cfg.subarray(CFG.MAC, CFG.MAC + 6)).toString('hex')).toBe('525400123456');
+      expect(cfg[CFG.MTU]! | (cfg[CFG.MTU + 1]! << 8)).toBe(1500);
+      await g.fe.setConfig(CFG.MAC, new Uint8Array([0x52, 0x54, 0, 0xaa, 0xbb, 0xcc]));
+      expect(Buffer.from(await g.fe.getConfig(CFG.MAC, 6)).toString('hex')).toBe('525400aabbcc');
+      await g.fe.setConfig(CFG.MAC, mac(bed.guestMac));
+      expect(Buffer.from(await g.fe.getConfig(CFG.MAC, 6)).toString('hex')).toBe('525400123456');
+      expect(g.fe.isClosed).toBe(false);
+    } finally {
+      g.close();
+    }
+    expect(await until(() => bed.server.connection === null)).toBe(true);
+    // Offered but not negotiated: refused all the same.
+    const before = bed.server.metrics.errors[VU.UNSUPPORTED_REQUEST] ?? 0;
+    const fe = await VhostUserFrontend.connect(bed.path);
+    try {
+      const neg = await fe.negotiate({ protocolFeatures: OFFERED_PROTOCOL_FEATURES });
+      expect(neg.protocolOffered & CONFIG).toBe(CONFIG);
+      expect(neg.protocolFeatures & CONFIG).toBe(0n);
+      await expect(fe.getConfig(0, 6)).rejects.toMatchObject({ code: 'NACK' });
+      expect(await fe.waitClosed(2000)).toBe(true);
+    } finally {
+      fe.close();
+    }
+    expect(bed.server.metrics.errors[VU.UNSUPPORTED_REQUEST]).toBe(before + 1);
     expect(await until(() => bed.server.connection === null)).toBe(true);
   });
 

@@ -28,3 +28,12 @@ export function expectIntegrity(r: RunResult, size: number): void {
   expect(res!.tx_rc).toBe(0);
   expect(r.blobEvents.filter((e) => e.event === 'error')).toEqual([]);
 }
+
+/**
+ * QEMU's warnings about its vhost-user back-end, from QEMU's stderr: vhost_user_backend_init warns, for
+ * one, when a back-end offers a protocol feature the device cannot use (CONFIG, to virtio-net). lgnet's
+ * defaults must cause none.
+ */
+export function backendWarnings(qemuStderr: string): string[] {
+  return qemuStderr.split('\n').filter((l) => /warning:/i.test(l) && /vhost|back-?end/i.test(l));
+}
