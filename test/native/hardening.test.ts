@@ -25,11 +25,15 @@ function run(...args: string[]): Record<string, any> {
 }
 
 describe('hardening (in child processes)', () => {
-  it.runIf(process.getuid?.() === 0)('setNotDumpable hands /proc/<pid> to root (no same-uid ptrace or /proc/<pid>/mem)', () => {
-    // The child runs as nobody, so that the owner of its /proc files shows the change.
-    const r = spawnSync(process.execPath, ['--import', 'tsx', child, 'dumpable'], { encoding: 'utf8', timeout: 20_000, uid: 65534, gid: 65534 });
+  it('setNotDumpable: a same-uid process without capabilities can read /proc/<pid>/environ before, not after (no same-uid ptrace or /proc/<pid>/mem)', () => {
+    // The child keeps this uid, so it reads the checkout wherever it is (a 0700 directory included),
+    // but runs without capabilities: as root, setpriv empties its bounding set before node starts.
+    const node = [process.execPath, '--import', 'tsx', child, 'dumpable'];
+    const argv = process.getuid?.() === 0 ? ['setpriv', '--inh-caps=-all', '--bounding-set=-all', '--', ...node] : node;
+    const r = spawnSync(argv[0]!, argv.slice(1), { encoding: 'utf8', timeout: 20_000 });
+    expect(r.error, 'setpriv (util-linux) starts the child without capabilities').toBeUndefined();
     expect(r.status, r.stderr).toBe(0);
-    expect(JSON.parse(r.stdout)).toEqual({ before: 65534, after: 0 });
+    expect(JSON.parse(r.stdout)).toEqual({ capEff: '0000000000000000', before: 'read', after: 'EACCES' });
   });
 
   it('setNoNewPrivs shows NoNewPrivs: 1', () => {

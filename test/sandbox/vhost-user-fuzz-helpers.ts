@@ -1,7 +1,7 @@
 /**
  * The random vhost-user front-end of the fuzz tests (vhost-user-fuzz.test.ts in-process, and
- * cli-fuzz.test.ts against a jailed `lgnet serve`): message and start generators for fast-check, and
- * the runner that plays one sequence on a connection.
+ * cli-fuzz.test.ts against a jailed `lgnet serve`): message and start generators for fast-check, the
+ * runner that plays one sequence on a connection, and the run count and time budget both tests share.
  */
 import fc from 'fast-check';
 
@@ -158,4 +158,58 @@ export function encode(m: FuzzMessage): Uint8Array {
   dv.setUint32(8, m.payload.length, true);
   b.set(m.payload, 12);
   return b;
+}
+
+/**
+ * How many sequences a fuzz test plays: $LGNET_FUZZ_RUNS, else `defaultRuns`. A test plays exactly this
+ * many or fails; it never stops early on a clock.
+ */
+export function fuzzRuns(defaultRuns: number): number {
+  const text = process.env['LGNET_FUZZ_RUNS'];
+  if (text === undefined || text === '') return defaultRuns;
+  const n = Number(text);
+  if (!Number.isSafeInteger(n) || n < 1) throw new RangeError(`LGNET_FUZZ_RUNS must be a positive integer, not '${text}'`);
+  return n;
+}
+
+/**
+ * Average budget of one sequence (ms), for the test's timeout. Measured on a 2-vCPU machine: mean
+ * 5 ms idle, 14 ms beside four CPU hogs, 40–55 ms beside six (p99 0.3–0.4 s); this is about twice the
+ * worst mean, so 500 sequences fit in 60 s plus set-up even on a crowded machine.
+ */
+export const SEQUENCE_BUDGET_MS = 120;
+
+/** One sequence that takes longer than this has hung: it fails with its own counterexample. */
+export const SEQUENCE_TIMEOUT_MS = 20_000;
+
+/** The vitest timeout for `runs` sequences: their budget plus `fixedMs` for set-up and checks. */
+export function fuzzTimeout(runs: number, fixedMs: number): number {
+  return fixedMs + runs * SEQUENCE_BUDGET_MS;
+}
+
+/** Wall time of each sequence played, for the summary a test prints. */
+export class SequenceTimes {
+  private readonly ms: number[] = [];
+
+  get count(): number {
+    return this.ms.length;
+  }
+
+  /** Runs `fn` and records how long it took. */
+  async time<T>(fn: () => Promise<T>): Promise<T> {
+    const t0 = performance.now();
+    try {
+      return await fn();
+    } finally {
+      this.ms.push(performance.now() - t0);
+    }
+  }
+
+  /** "N sequences in S s (median M ms, p99 P ms, max X ms)". */
+  summary(): string {
+    const s = [...this.ms].sort((a, b) => a - b);
+    const at = (q: number): number => Math.round(s[Math.min(s.length - 1, Math.floor(q * s.length))] ?? 0);
+    const total = s.reduce((a, b) => a + b, 0) / 1000;
+    return `${s.length} sequences in ${total.toFixed(1)} s (median ${at(0.5)} ms, p99 ${at(0.99)} ms, max ${at(1)} ms)`;
+  }
 }

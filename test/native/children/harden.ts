@@ -2,7 +2,8 @@
  * Child process for hardening.test.ts: applies one hardening primitive to itself (never to the test
  * runner) and prints a JSON report on stdout.
  */
-import { existsSync, readdirSync, readFileSync, statSync } from 'node:fs';
+import { spawnSync } from 'node:child_process';
+import { existsSync, readdirSync, readFileSync } from 'node:fs';
 import { hostname } from 'node:os';
 
 import {
@@ -61,12 +62,22 @@ function denyUname(): Uint8Array {
 
 const report: Record<string, unknown> = {};
 switch (process.argv[2]) {
-  case 'dumpable':
-    // /proc/<pid>/* belong to the process's uid while it is dumpable, to root once it is not.
-    report.before = statSync('/proc/self/status').uid;
+  case 'dumpable': {
+    // Another process of the same uid, with no capability, reads /proc/<this pid>/environ (the check
+    // that guards /proc/<pid>/mem and ptrace) while this process is dumpable, and is refused once it is
+    // not. The parent starts this child without capabilities (root's would bypass the check); the peer
+    // is an inline script, so it loads nothing from the checkout. Dropping to another uid instead would
+    // show nothing: a uid change already clears dumpable (fs.suid_dumpable is 0 by default).
+    const peek = (): string => {
+      const r = spawnSync(process.execPath, ['-e', `try { require('fs').readFileSync('/proc/${process.pid}/environ'); console.log('read'); } catch (e) { console.log(e.code); }`], { encoding: 'utf8', timeout: 10_000 });
+      return r.stdout.trim() || `peer failed: ${r.status} ${r.error?.message ?? r.stderr}`;
+    };
+    report.capEff = statusField('CapEff');
+    report.before = peek();
     setNotDumpable();
-    report.after = statSync('/proc/self/status').uid;
+    report.after = peek();
     break;
+  }
   case 'nnp':
     report.before = statusField('NoNewPrivs');
     setNoNewPrivs();
