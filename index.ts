@@ -20,14 +20,16 @@ export { NetConfig, CFG, STATUS, parseMac, formatMac } from './device/config.ts'
 export { HDR, HDR_F, GSO, MAX_FRAME_LEN } from './device/header.ts';
 export { M as METRIC, type QueueMetrics, type MetricName } from './device/metrics.ts';
 export { CTRL, ACK } from './device/ctrl.ts';
-export { LgnetError, NetConfigError, NetStateError, WorkerError } from './device/errors.ts';
+export { LgnetError, isLgnetError, type ErrorOptions } from './errors/index.ts';
+export { NET_ERROR, NetError, NetConfigError, NetStateError, WorkerError, type NetErrorCode } from './device/errors.ts';
 export { openPcap, closePcap, pcapFileHeader, DEFAULT_SNAPLEN } from './device/capture.ts';
 export { TokenBucket, RateLimiter, parseBucket, type RateLimit, type BucketSpec } from './device/rate-limit.ts';
 
 // The vhost-user backend and the process around it.
 export { VhostUserServer, netDeviceHooks, type VhostUserServerOptions, type DeviceHooks } from './sandbox/vhost-user/server.ts';
 export { VhostUserError, VU } from './sandbox/vhost-user/errors.ts';
-export { enterJail, enterWorkerJail, compilePolicy, formatPolicy, JailError, type JailOptions, type JailReport } from './sandbox/jail.ts';
+export { enterJail, enterWorkerJail, compilePolicy, formatPolicy, JailError, JAIL_ERROR, type JailOptions, type JailReport } from './sandbox/jail.ts';
+export { BpfAssemblyError, BPF_ERROR } from './sandbox/seccomp-bpf.ts';
 
 // Rings.
 export * as vring from './vring/index.ts';

@@ -9,7 +9,7 @@
  * Spec: virtio 1.2 §5.1.4. The RSS fields that follow duplex are not offered, so the space ends at 24
  * bytes with them zeroed (drivers that do not negotiate RSS never read them).
  */
-import { NetConfigError } from './errors.ts';
+import { NET_ERROR, NetConfigError } from './errors.ts';
 
 /** Offsets inside virtio_net_config. */
 export const CFG = {
@@ -37,10 +37,10 @@ const DUPLEX_UNKNOWN = 0xff;
 export function parseMac(text: string): Uint8Array {
   const parts = text.split(':');
   if (parts.length !== 6 || !parts.every((p) => /^[0-9a-fA-F]{2}$/.test(p))) {
-    throw new NetConfigError('NET_BAD_MAC', `MAC address "${text}" is not six hex pairs separated by colons (e.g. 52:54:00:12:34:56)`);
+    throw new NetConfigError(NET_ERROR.BAD_MAC, `MAC address "${text}" is not six hex pairs separated by colons (e.g. 52:54:00:12:34:56)`);
   }
   const mac = new Uint8Array(parts.map((p) => parseInt(p, 16)));
-  if (mac[0]! & 1) throw new NetConfigError('NET_BAD_MAC', `MAC address "${text}" is a multicast address; a NIC needs a unicast one (clear the lowest bit of the first byte)`);
+  if (mac[0]! & 1) throw new NetConfigError(NET_ERROR.BAD_MAC, `MAC address "${text}" is a multicast address; a NIC needs a unicast one (clear the lowest bit of the first byte)`);
   return mac;
 }
 
@@ -86,7 +86,7 @@ export class NetConfig {
   write(offset: number, data: Uint8Array): void {
     checkRange(offset, data.length);
     if (offset < CFG.MAC || offset + data.length > CFG.MAC + 6) {
-      throw new NetConfigError('NET_CONFIG_READONLY', `config write at ${offset}+${data.length} touches read-only fields; only mac (bytes 0-5) is writable`);
+      throw new NetConfigError(NET_ERROR.CONFIG_READONLY, `config write at ${offset}+${data.length} touches read-only fields; only mac (bytes 0-5) is writable`);
     }
     this.bytes.set(data, offset);
   }
@@ -94,6 +94,6 @@ export class NetConfig {
 
 function checkRange(offset: number, size: number): void {
   if (!Number.isInteger(offset) || !Number.isInteger(size) || offset < 0 || size < 0 || offset + size > CFG.SIZE) {
-    throw new NetConfigError('NET_CONFIG_RANGE', `config access at ${offset}+${size} is outside the ${CFG.SIZE}-byte virtio_net_config`);
+    throw new NetConfigError(NET_ERROR.CONFIG_RANGE, `config access at ${offset}+${size} is outside the ${CFG.SIZE}-byte virtio_net_config`);
   }
 }

@@ -72,8 +72,10 @@ export const M = {
   captureFailed: 30,
   /** Times the queue stopped a burst for its rate limit and slept until the buckets refilled. */
   throttled: 31,
+  /** errno of the last backend failure counted in txDropBackend or rxDropBackend (0: none yet). */
+  backendErrno: 32,
   /** Count of counters. */
-  COUNT: 32,
+  COUNT: 33,
 } as const;
 
 export type MetricName = Exclude<keyof typeof M, 'COUNT'>;

@@ -16,10 +16,11 @@ import { SplitQueue, type DescriptorChain, type GuestMemory } from '../vring/ind
 import type { Backend } from './backend.ts';
 import { CFG, NetConfig, parseMac, STATUS } from './config.ts';
 import { MAX_CTRL_LEN, processCtrl, type CtrlTarget } from './ctrl.ts';
-import { NetConfigError, NetStateError, WorkerError } from './errors.ts';
+import { LgnetError } from '../errors/index.ts';
+import { NET_ERROR, NetConfigError, NetStateError, WorkerError } from './errors.ts';
 import { decode, DEFAULT_OFFERED, GUEST_OFFLOAD_FEATURES, mask, names, OFFLOAD_FEATURES, type NegotiatedFeatures } from './features.ts';
 import { PendingUsed } from './interrupt.ts';
-import { createCounters, snapshot, type QueueMetrics } from './metrics.ts';
+import { createCounters, M, snapshot, type QueueMetrics } from './metrics.ts';
 import { RxFilter } from './rx-filter.ts';
 import { siblingModule, startWorker } from './thread.ts';
 import { memoryFromMappings, type FilterState, type QueueConfig, type WorkerBoot, type WorkerCommand, type WorkerEvent, type WorkerRegion } from './worker.ts';
@@ -165,11 +166,11 @@ export class NetDevice extends EventEmitter {
     this.backend = opts.backend;
     this.maxQueuePairs = opts.queuePairs ?? opts.backend.queuePairs;
     if (!(this.maxQueuePairs >= 1 && this.maxQueuePairs <= opts.backend.queuePairs && this.maxQueuePairs <= 0x8000)) {
-      throw new NetConfigError('NET_BAD_QUEUE_PAIRS', `queuePairs ${this.maxQueuePairs} must be between 1 and the backend's ${opts.backend.queuePairs}`);
+      throw new NetConfigError(NET_ERROR.BAD_QUEUE_PAIRS, `queuePairs ${this.maxQueuePairs} must be between 1 and the backend's ${opts.backend.queuePairs}`);
     }
     const mtu = opts.mtu ?? 1500;
     if (!(Number.isInteger(mtu) && mtu >= 68 && mtu <= 65535)) {
-      throw new NetConfigError('NET_BAD_MTU', `MTU ${mtu} must be an integer in [68, 65535]`);
+      throw new NetConfigError(NET_ERROR.BAD_MTU, `MTU ${mtu} must be an integer in [68, 65535]`);
     }
     const mac = opts.mac === undefined ? randomMac() : typeof opts.mac === 'string' ? parseMac(opts.mac) : opts.mac;
     this.config = new NetConfig({ mac, mtu, maxQueuePairs: this.maxQueuePairs });
@@ -184,7 +185,7 @@ export class NetDevice extends EventEmitter {
       if (opts.rateLimit?.rx) checkRateLimit(opts.rateLimit.rx);
       if (opts.rateLimit?.tx) checkRateLimit(opts.rateLimit.tx);
     } catch (e) {
-      throw new NetConfigError('NET_BAD_RATE_LIMIT', `rateLimit: ${(e as Error).message}`);
+      throw new NetConfigError(NET_ERROR.BAD_RATE_LIMIT, `rateLimit: ${(e as Error).message}`);
     }
     this.rateLimit = opts.rateLimit;
     this.maxQueueSize = opts.maxQueueSize ?? 1024;
@@ -216,10 +217,10 @@ export class NetDevice extends EventEmitter {
   setFeatures(bits: bigint): void {
     const extra = bits & ~this.offered;
     if (extra !== 0n) {
-      throw new NetConfigError('NET_FEATURES_NOT_OFFERED', `driver accepted features that were not offered: ${names(extra).join(', ')}`);
+      throw new NetConfigError(NET_ERROR.FEATURES_NOT_OFFERED, `driver accepted features that were not offered: ${names(extra).join(', ')}`);
     }
     if (this.slots.some((s) => s.running) || this.ctrl) {
-      throw new NetStateError('NET_FEATURES_WHILE_RUNNING', 'features cannot change while queues run; stop or reset the device first');
+      throw new NetStateError(NET_ERROR.FEATURES_WHILE_RUNNING, 'features cannot change while queues run; stop or reset the device first');
     }
     this.accepted = bits;
     this.negotiated = decode(bits);
@@ -259,7 +260,7 @@ export class NetDevice extends EventEmitter {
    */
   async releaseMemory(): Promise<void> {
     if (this.slots.some((s) => s.running) || this.ctrl) {
-      throw new NetStateError('NET_QUEUE_RUNNING', 'stop every queue before releasing guest memory');
+      throw new NetStateError(NET_ERROR.QUEUE_RUNNING, 'stop every queue before releasing guest memory');
     }
     for (const r of this.regions) native.munmap(r.mappingId);
     this.regions = [];
@@ -275,14 +276,14 @@ export class NetDevice extends EventEmitter {
   setupQueue(index: number, setup: QueueSetup): void {
     const s = this.slot(index);
     if (s.running || (index === this.ctrlIndex && this.ctrl)) {
-      throw new NetStateError('NET_QUEUE_RUNNING', `queue ${index} is running; stop it before changing its setup`);
+      throw new NetStateError(NET_ERROR.QUEUE_RUNNING, `queue ${index} is running; stop it before changing its setup`);
     }
     const size = setup.size;
     if (!(Number.isInteger(size) && size > 0 && (size & (size - 1)) === 0 && size <= this.maxQueueSize)) {
-      throw new NetConfigError('NET_BAD_QUEUE_SIZE', `queue ${index}: size ${size} must be a power of 2 in [1, ${this.maxQueueSize}]`);
+      throw new NetConfigError(NET_ERROR.BAD_QUEUE_SIZE, `queue ${index}: size ${size} must be a power of 2 in [1, ${this.maxQueueSize}]`);
     }
     if (setup.discard && (index & 1) === 0) {
-      throw new NetConfigError('NET_BAD_QUEUE_SETUP', `queue ${index} is an RX queue; only TX queues can run in discard mode`);
+      throw new NetConfigError(NET_ERROR.BAD_QUEUE_SETUP, `queue ${index} is an RX queue; only TX queues can run in discard mode`);
     }
     s.setup = { ...setup };
   }
@@ -304,7 +305,7 @@ export class NetDevice extends EventEmitter {
     const answers = await Promise.all(workers.map((s) => this.command(s, { cmd: 'seccomp', program: program.slice() }, ['sealed'])));
     for (const [i, a] of answers.entries()) {
       if (a.ev === 'sealed' && a.error) {
-        throw new WorkerError('NET_WORKER_SECCOMP', `queue ${workers[i]!.index}'s worker could not install its seccomp filter (${a.error.code}): ${a.error.message}`);
+        throw new WorkerError(NET_ERROR.WORKER_SECCOMP, `queue ${workers[i]!.index}'s worker could not install its seccomp filter (${a.error.code}): ${a.error.message}`);
       }
     }
   }
@@ -315,8 +316,8 @@ export class NetDevice extends EventEmitter {
    */
   async startQueue(index: number): Promise<void> {
     const s = this.slot(index);
-    if (!s.setup) throw new NetStateError('NET_QUEUE_NOT_SET_UP', `queue ${index} has no setup; call setupQueue first`);
-    if (!this.mem) throw new NetStateError('NET_NO_MEMORY', `queue ${index} cannot start before setMemory`);
+    if (!s.setup) throw new NetStateError(NET_ERROR.QUEUE_NOT_SET_UP, `queue ${index} has no setup; call setupQueue first`);
+    if (!this.mem) throw new NetStateError(NET_ERROR.NO_MEMORY, `queue ${index} cannot start before setMemory`);
     if (index === this.ctrlIndex) return this.startCtrl(s);
     if (s.running) return;
     await this.ensureWorker(s);
@@ -438,7 +439,7 @@ export class NetDevice extends EventEmitter {
   private slot(index: number): Slot {
     const s = this.slots[index];
     if (!Number.isInteger(index) || !s) {
-      throw new NetConfigError('NET_BAD_QUEUE_INDEX', `queue index ${index} is out of range; this device has ${this.slots.length} queues`);
+      throw new NetConfigError(NET_ERROR.BAD_QUEUE_INDEX, `queue index ${index} is out of range; this device has ${this.slots.length} queues`);
     }
     return s;
   }
@@ -465,7 +466,7 @@ export class NetDevice extends EventEmitter {
     s.worker = w;
     port1.on('message', (e: WorkerEvent) => this.onWorkerEvent(s, e));
     port1.unref();
-    w.on('error', (e) => this.onWorkerEvent(s, { ev: 'broken', code: 'LGNET_WORKER_CRASH', message: e.message }));
+    w.on('error', (e) => this.onWorkerEvent(s, { ev: 'broken', code: NET_ERROR.WORKER_CRASH, message: e.message }));
     w.on('exit', () => {
       if (s.worker === w) this.forgetWorker(s);
     });
@@ -473,7 +474,7 @@ export class NetDevice extends EventEmitter {
     s.spawning = idle.then(
       (e) => {
         delete s.spawning;
-        if (e.ev === 'broken') throw new WorkerError('NET_WORKER_START', `queue ${s.index}'s worker could not start: ${e.message}`);
+        if (e.ev === 'broken') throw new WorkerError(NET_ERROR.WORKER_START, `queue ${s.index}'s worker could not start: ${e.message}`);
       },
       async (e) => {
         delete s.spawning;
@@ -500,7 +501,7 @@ export class NetDevice extends EventEmitter {
     return new Promise((resolve, reject) => {
       const timer = setTimeout(() => {
         s.waiters = s.waiters.filter((w) => w !== waiter);
-        reject(new WorkerError('NET_WORKER_TIMEOUT', `queue ${s.index}'s worker did not report "${evs.join('" or "')}" within ${WORKER_TIMEOUT_MS} ms`));
+        reject(new WorkerError(NET_ERROR.WORKER_TIMEOUT, `queue ${s.index}'s worker did not report "${evs.join('" or "')}" within ${WORKER_TIMEOUT_MS} ms`));
       }, WORKER_TIMEOUT_MS);
       const waiter = { evs, resolve: (e: WorkerEvent) => { clearTimeout(timer); resolve(e); } };
       s.waiters.push(waiter);
@@ -508,14 +509,7 @@ export class NetDevice extends EventEmitter {
   }
 
   private onWorkerEvent(s: Slot, e: WorkerEvent): void {
-    if (e.ev === 'broken') {
-      if (s.broken === null) {
-        s.broken = `${e.code}: ${e.message}`;
-        this.status |= 0x40; // DEVICE_NEEDS_RESET (§2.1.1)
-        this.emit('log', { level: 'error', msg: 'queue broken', queue: s.index, code: e.code, err: e.message });
-        this.emit('broken', { queue: s.index, code: e.code, message: e.message });
-      }
-    }
+    if (e.ev === 'broken') this.markBroken(s, e.code, e.message);
     const ready = s.waiters.filter((w) => w.evs.includes(e.ev));
     s.waiters = s.waiters.filter((w) => !w.evs.includes(e.ev));
     for (const w of ready) w.resolve(e);
@@ -626,9 +620,18 @@ export class NetDevice extends EventEmitter {
       }
       c.pending.signal();
     } catch (e) {
-      s.broken = `${(e as { code?: string }).code ?? 'ERROR'}: ${(e as Error).message}`;
-      this.status |= 0x40;
-      this.emit('broken', { queue: s.index, code: (e as { code?: string }).code, message: (e as Error).message });
+      // As a data queue's worker does: a typed error keeps its code, anything else is a bug.
+      s.counters[M.queueBroken]! += 1;
+      this.markBroken(s, e instanceof LgnetError ? e.code : NET_ERROR.WORKER_ERROR, e instanceof Error ? e.message : String(e));
     }
+  }
+
+  /** A queue is broken: DEVICE_NEEDS_RESET (§2.1.1), logged once and reported. */
+  private markBroken(s: Slot, code: string, message: string): void {
+    if (s.broken !== null) return;
+    s.broken = `${code}: ${message}`;
+    this.status |= 0x40;
+    this.emit('log', { level: 'error', msg: 'queue broken', queue: s.index, code, err: message });
+    this.emit('broken', { queue: s.index, code, message });
   }
 }

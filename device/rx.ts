@@ -17,6 +17,7 @@
  * completed with 0 and counted; a frame larger than the room offered is consumed, counted and not
  * delivered. Without buffers the device stops reading the backend, so frames wait in the kernel.
  */
+import { NativeError } from '../native/errors.ts';
 import { IovecTable } from '../native/iovec.ts';
 import { DescriptorError, VringErrorCode, type DescriptorChain, type GuestMemory, type SplitQueue } from '../vring/index.ts';
 import type { RxPort } from './backend.ts';
@@ -138,8 +139,10 @@ export class RxService {
     if (slots > 0) {
       try {
         got = this.port.recv(t, slots);
-      } catch {
+      } catch (e) {
+        if (!(e instanceof NativeError)) throw e; // a bug, not the backend: the queue breaks
         c[M.rxDropBackend]! += 1;
+        c[M.backendErrno] = e.errno;
       }
     }
     // Chains before the first slot left empty are settled (filled, or short and completed with 0);
@@ -248,8 +251,10 @@ export class RxService {
       let got = 0;
       try {
         got = this.port.recv(t, 1);
-      } catch {
+      } catch (e) {
+        if (!(e instanceof NativeError)) throw e; // a bug, not the backend: the queue breaks
         c[M.rxDropBackend]! += 1;
+        c[M.backendErrno] = e.errno;
         outcome = RX.BACKEND_EMPTY;
         break;
       }

@@ -9,6 +9,7 @@
  * A malformed chain is completed and counted under its reason, never sent; the next chain still goes.
  * A frame the backend refuses (the kernel validates the vnet header again) is counted the same way.
  */
+import { NativeError } from '../native/errors.ts';
 import { IovecTable } from '../native/iovec.ts';
 import type { DescriptorChain, GuestMemory, SplitQueue } from '../vring/index.ts';
 import type { TxPort } from './backend.ts';
@@ -130,10 +131,13 @@ export class TxService {
       let sent: number;
       try {
         sent = this.port.send(t, first);
-      } catch {
-        // The backend refused frame `first` (e.g. EINVAL for a vnet header the kernel rejects).
+      } catch (e) {
+        // The backend refused frame `first` (e.g. EINVAL for a vnet header the kernel rejects). Only
+        // a failed system call is the backend's; anything else is a bug and breaks the queue.
+        if (!(e instanceof NativeError)) throw e;
         q.addUsed(this.heads[first]!, 0);
         c[M.txDropBackend]! += 1;
+        c[M.backendErrno] = e.errno;
         first++;
         continue;
       }

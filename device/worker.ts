@@ -18,13 +18,15 @@
  */
 import { isMainThread, receiveMessageOnPort, workerData, type MessagePort } from 'node:worker_threads';
 import * as native from '../native/index.ts';
-import { GuestMemory, InflightLog, SplitQueue, VringError, inflightQueueRegionSize } from '../vring/index.ts';
+import { LgnetError } from '../errors/index.ts';
+import { GuestMemory, InflightLog, SplitQueue, inflightQueueRegionSize } from '../vring/index.ts';
 import type { PortSpec } from './backend.ts';
 import { decode } from './features.ts';
 import { PcapWriter, type CaptureSpec } from './capture.ts';
 import { PendingUsed } from './interrupt.ts';
 import { RateLimiter, type RateLimit } from './rate-limit.ts';
 import { M } from './metrics.ts';
+import { NET_ERROR } from './errors.ts';
 import { RX, RxService } from './rx.ts';
 import { RxFilter } from './rx-filter.ts';
 import { loadFilter, openPairPorts, type FilterRef, type FrameFilter } from './pair-backend.ts';
@@ -419,7 +421,7 @@ export class QueueWorker {
     if (this.state === State.BROKEN) return;
     this.state = State.BROKEN;
     this.c[M.queueBroken]! += 1;
-    const code = e instanceof VringError ? e.code : ((e as { code?: string }).code ?? 'LGNET_WORKER_ERROR');
+    const code = e instanceof LgnetError ? e.code : NET_ERROR.WORKER_ERROR;
     const message = e instanceof Error ? e.message : String(e);
     this.post({ ev: 'broken', code, message });
   }

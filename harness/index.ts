@@ -16,7 +16,7 @@
 export { GuestRam } from './guest-ram.ts';
 export { VirtioNetDriver, DriverRing, waitReadable, type NetDriverOptions, type RxFrame, type TxHeader } from './virtio-net.ts';
 export {
-  VhostUserFrontend, FrontendListener, FrontendError, FRONTEND_PROTOCOL_FEATURES,
+  VhostUserFrontend, FrontendListener, FrontendError, FRONTEND_ERROR, FRONTEND_PROTOCOL_FEATURES, type FrontendErrorCode,
   type FrontendRegion, type ReceivedMessage, type NegotiateOptions, type Negotiated,
 } from './vhost-user-frontend.ts';
 export * as frames from './frames.ts';

@@ -16,6 +16,7 @@
  * Spec: QEMU docs/interop/vhost-user.rst (the front-end side of every message used here).
  */
 import { existsSync, unlinkSync } from 'node:fs';
+import { LgnetError } from '../errors/index.ts';
 import * as native from '../native/index.ts';
 import type { GuestRam } from './guest-ram.ts';
 import type { VirtioNetDriver } from './virtio-net.ts';
@@ -42,13 +43,28 @@ export interface ReceivedMessage {
   fds: number[];
 }
 
+/** Stable codes of FrontendError: what the back-end under test did. */
+export const FRONTEND_ERROR = {
+  /** A REPLY_ACK with a non-zero status: the back-end refused the request. */
+  NACK: 'FRONTEND_NACK',
+  /** The back-end closed the connection. */
+  CLOSED: 'FRONTEND_CLOSED',
+  /** No reply in time. */
+  TIMEOUT: 'FRONTEND_TIMEOUT',
+  /** A reply the protocol does not allow (wrong request, flags or size). */
+  BAD_REPLY: 'FRONTEND_BAD_REPLY',
+  /** Features asked for that the back-end does not offer. */
+  NOT_OFFERED: 'FRONTEND_NOT_OFFERED',
+} as const;
+
+/** One of the codes in {@link FRONTEND_ERROR}. */
+export type FrontendErrorCode = (typeof FRONTEND_ERROR)[keyof typeof FRONTEND_ERROR];
+
 /** The back-end answered in a way the protocol does not allow, failed a REPLY_ACK, or went away. */
-export class FrontendError extends Error {
-  readonly code: 'NACK' | 'CLOSED' | 'TIMEOUT' | 'BAD_REPLY' | 'NOT_OFFERED';
-  constructor(code: 'NACK' | 'CLOSED' | 'TIMEOUT' | 'BAD_REPLY' | 'NOT_OFFERED', message: string) {
-    super(message);
-    this.code = code;
-    this.name = 'FrontendError';
+export class FrontendError extends LgnetError {
+  declare readonly code: FrontendErrorCode;
+  constructor(code: FrontendErrorCode, message: string) {
+    super(code, message);
   }
 }
 
@@ -142,12 +158,12 @@ export class VhostUserFrontend {
     const flags = opts.flags ?? (FLAGS.VERSION | (opts.needReply ? FLAGS.NEED_REPLY : 0));
     const bytes = encodeMessage(request, flags, payload);
     const n = this.sendRaw(bytes, opts.fds ?? []);
-    if (n !== bytes.length) throw new FrontendError('CLOSED', `${requestName(request)}: wrote ${n} of ${bytes.length} bytes`);
+    if (n !== bytes.length) throw new FrontendError(FRONTEND_ERROR.CLOSED, `${requestName(request)}: wrote ${n} of ${bytes.length} bytes`);
   }
 
   /**
    * Sends a request and, when it has a reply (or needReply is set), waits for it. With needReply on a
-   * request without a reply of its own, a non-zero REPLY_ACK throws FrontendError('NACK').
+   * request without a reply of its own, a non-zero REPLY_ACK throws FrontendError(FRONTEND_NACK).
    */
   async request(request: number, payload: Uint8Array = new Uint8Array(0), opts: { fds?: readonly number[]; needReply?: boolean } = {}): Promise<ReceivedMessage | undefined> {
     const needReply = opts.needReply ?? this.replyAck;
@@ -156,11 +172,11 @@ export class VhostUserFrontend {
     const m = await this.readMessage();
     if (m.request !== request || !(m.flags & FLAGS.REPLY)) {
       for (const fd of m.fds) native.close(fd);
-      throw new FrontendError('BAD_REPLY', `expected a ${requestName(request)} reply, got ${requestName(m.request)} flags 0x${m.flags.toString(16)}`);
+      throw new FrontendError(FRONTEND_ERROR.BAD_REPLY, `expected a ${requestName(request)} reply, got ${requestName(m.request)} flags 0x${m.flags.toString(16)}`);
     }
     if (!REPLYING.has(request)) {
       const v = m.payload.length === 8 ? decodeU64(m.payload) : -1n;
-      if (v !== 0n) throw new FrontendError('NACK', `${requestName(request)} was refused (REPLY_ACK ${v})`);
+      if (v !== 0n) throw new FrontendError(FRONTEND_ERROR.NACK, `${requestName(request)} was refused (REPLY_ACK ${v})`);
     }
     return m;
   }
@@ -171,9 +187,9 @@ export class VhostUserFrontend {
     for (;;) {
       const m = this.messages.shift();
       if (m) return m;
-      if (this.eof) throw new FrontendError('CLOSED', 'the back-end closed the connection');
+      if (this.eof) throw new FrontendError(FRONTEND_ERROR.CLOSED, 'the back-end closed the connection');
       const left = deadline - Date.now();
-      if (left <= 0) throw new FrontendError('TIMEOUT', `no message from the back-end within ${timeoutMs} ms`);
+      if (left <= 0) throw new FrontendError(FRONTEND_ERROR.TIMEOUT, `no message from the back-end within ${timeoutMs} ms`);
       await this.wait(left);
     }
   }
@@ -264,7 +280,7 @@ export class VhostUserFrontend {
 
   private async u64(request: number): Promise<bigint> {
     const m = (await this.request(request))!;
-    if (m.payload.length !== 8) throw new FrontendError('BAD_REPLY', `${requestName(request)} reply has ${m.payload.length} bytes, not 8`);
+    if (m.payload.length !== 8) throw new FrontendError(FRONTEND_ERROR.BAD_REPLY, `${requestName(request)} reply has ${m.payload.length} bytes, not 8`);
     return decodeU64(m.payload);
   }
 
@@ -327,7 +343,7 @@ export class VhostUserFrontend {
   async getVringBase(index: number): Promise<number> {
     const m = (await this.request(REQ.GET_VRING_BASE, encodeVringState({ index, num: 0 })))!;
     const s = decodeVringState(m.payload);
-    if (s.index !== index) throw new FrontendError('BAD_REPLY', `GET_VRING_BASE for ${index} answered for ${s.index}`);
+    if (s.index !== index) throw new FrontendError(FRONTEND_ERROR.BAD_REPLY, `GET_VRING_BASE for ${index} answered for ${s.index}`);
     return s.num;
   }
 
@@ -355,7 +371,7 @@ export class VhostUserFrontend {
   /** GET_CONFIG (valid once PROTOCOL_F_CONFIG is negotiated); an empty reply payload (the spec's error signal) throws. */
   async getConfig(offset: number, size: number): Promise<Uint8Array> {
     const m = (await this.request(REQ.GET_CONFIG, encodeConfig({ offset, size })))!;
-    if (m.payload.length === 0) throw new FrontendError('NACK', `GET_CONFIG ${offset}+${size} was refused`);
+    if (m.payload.length === 0) throw new FrontendError(FRONTEND_ERROR.NACK, `GET_CONFIG ${offset}+${size} was refused`);
     return decodeConfig(m.payload).data;
   }
 
@@ -387,7 +403,7 @@ export class VhostUserFrontend {
     const p = decodeInflight(m.payload);
     if (m.fds.length !== 1) {
       for (const fd of m.fds) closeQuietly(fd);
-      throw new FrontendError('BAD_REPLY', `GET_INFLIGHT_FD reply carried ${m.fds.length} fds, not 1`);
+      throw new FrontendError(FRONTEND_ERROR.BAD_REPLY, `GET_INFLIGHT_FD reply carried ${m.fds.length} fds, not 1`);
     }
     return { fd: m.fds[0]!, mmapSize: Number(p.mmapSize), mmapOffset: Number(p.mmapOffset), numQueues: p.numQueues, queueSize: p.queueSize };
   }
@@ -421,7 +437,7 @@ export class VhostUserFrontend {
     const device = offered & ~PROTOCOL_BIT;
     const wanted = typeof opts.features === 'function' ? opts.features(device) : (opts.features ?? device);
     const extra = wanted & ~offered;
-    if (extra) throw new FrontendError('NOT_OFFERED', `features 0x${extra.toString(16)} are not offered by the back-end`);
+    if (extra) throw new FrontendError(FRONTEND_ERROR.NOT_OFFERED, `features 0x${extra.toString(16)} are not offered by the back-end`);
     const features = wanted | (offered & PROTOCOL_BIT);
     await this.setFeatures(features);
     return { offered, features, protocolOffered, protocolFeatures, queueNum, maxMemSlots };
@@ -496,7 +512,7 @@ export class FrontendListener {
     for (;;) {
       const fd = native.unixAccept(this.fd);
       if (fd >= 0) return VhostUserFrontend.fromFd(fd, opts);
-      if (Date.now() > deadline) throw new FrontendError('TIMEOUT', `no back-end connected to ${this.path} within ${timeoutMs} ms`);
+      if (Date.now() > deadline) throw new FrontendError(FRONTEND_ERROR.TIMEOUT, `no back-end connected to ${this.path} within ${timeoutMs} ms`);
       await sleep(20);
     }
   }

@@ -10,6 +10,8 @@
  */
 import { getSystemErrorName } from 'node:util';
 
+import { LgnetError } from '../errors/index.ts';
+
 /** What to check, by errno code; appended to the message. */
 const ADVICE: Readonly<Record<string, string>> = {
   EBADF: 'the fd or mapping id is closed, released or was never opened; check its lifetime',
@@ -31,24 +33,20 @@ const ADVICE: Readonly<Record<string, string>> = {
   EAGAIN: 'the call would block',
 };
 
-export class NativeError extends Error {
+export class NativeError extends LgnetError {
   /** Positive errno value. */
-  readonly errno: number;
+  declare readonly errno: number;
   /** Node's name for the errno, e.g. 'EBADF'. */
-  readonly code: string;
+  declare readonly code: string;
   /** The system call (or pseudo-call 'mapping' / 'iovec') that failed. */
-  readonly syscall: string;
+  declare readonly syscall: string;
   /** Set when a TSYNC seccomp install failed: the thread that could not synchronize. */
   declare tid?: number;
 
   constructor(errno: number, syscall: string, detail: string) {
     const code = codeOf(errno);
     const advice = ADVICE[code];
-    super(`${syscall} failed with ${code}: ${detail}${advice ? ` (${advice})` : ''}`);
-    this.name = 'NativeError';
-    this.errno = errno;
-    this.code = code;
-    this.syscall = syscall;
+    super(code, `${syscall} failed with ${code}: ${detail}${advice ? ` (${advice})` : ''}`, { errno, syscall });
   }
 }
 

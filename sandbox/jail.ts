@@ -30,6 +30,7 @@
 import { readFileSync, readdirSync } from 'node:fs';
 import { threadId, isMainThread } from 'node:worker_threads';
 
+import { LgnetError } from '../errors/index.ts';
 import * as native from '../native/index.ts';
 import { NativeError } from '../native/index.ts';
 import { compileFilter, type Action, type ArgPin, type CompiledRule, type SeccompArch } from './seccomp-bpf.ts';
@@ -100,23 +101,15 @@ export const JAIL_ERROR = {
 export type JailErrorCode = (typeof JAIL_ERROR)[keyof typeof JAIL_ERROR];
 
 /** A jail step failed. Nothing after it was applied; what came before stays applied. */
-export class JailError extends Error {
-  readonly code: JailErrorCode;
-  /** Positive errno when a system call failed. */
-  readonly errno: number | undefined;
-  /** The system call that failed. */
-  readonly syscall: string | undefined;
+export class JailError extends LgnetError {
+  declare readonly code: JailErrorCode;
   /** The step: 'chroot', 'setresuid', 'seccomp', ... */
   readonly step: string;
 
   constructor(code: JailErrorCode, step: string, message: string, cause?: unknown) {
-    super(message, cause === undefined ? undefined : { cause });
-    this.name = 'JailError';
-    this.code = code;
-    this.step = step;
     const ne = cause instanceof NativeError ? cause : undefined;
-    this.errno = ne?.errno;
-    this.syscall = ne?.syscall;
+    super(code, message, { cause, errno: ne?.errno, syscall: ne?.syscall });
+    this.step = step;
   }
 }
 

@@ -30,6 +30,8 @@
  * compared to a value are `wide`.
  */
 
+import { LgnetError } from '../errors/index.ts';
+
 // ---- constants (linux/filter.h, linux/bpf_common.h, linux/seccomp.h, linux/audit.h) --------------------
 
 /** Classic BPF opcodes (the subset seccomp accepts). */
@@ -111,11 +113,17 @@ export type Item =
   | { op: 'ja'; target: Label }
   | { op: 'jeq' | 'jgt' | 'jge' | 'jset'; k: number; jt: Label | null; jf: Label | null };
 
-export class BpfAssemblyError extends Error {
-  readonly code = 'LGNET_BPF_ASSEMBLY';
+/** Stable codes of the seccomp assembler. */
+export const BPF_ERROR = {
+  /** The policy does not assemble (a jump too far, an unknown label, too many instructions): a bug in the policy. */
+  ASSEMBLY: 'LGNET_BPF_ASSEMBLY',
+} as const;
+
+/** The seccomp policy does not compile into a BPF program. */
+export class BpfAssemblyError extends LgnetError {
+  declare readonly code: (typeof BPF_ERROR)['ASSEMBLY'];
   constructor(message: string) {
-    super(message);
-    this.name = 'BpfAssemblyError';
+    super(BPF_ERROR.ASSEMBLY, message);
   }
 }
 

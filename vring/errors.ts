@@ -8,6 +8,8 @@
 // Each code names the guest invariant that was broken (virtio 1.2 §2.6, §2.7). The message says what
 // the guest did and what happens now. Codes are stable: tests, metrics and logs key on them.
 
+import { LgnetError } from '../errors/index.ts';
+
 /** Every stable error code of vring/, with the subclass that carries it. */
 export const VringErrorCode = {
   // ---- MemoryError: an address the guest (or frontend) gave does not land in mapped memory.
@@ -77,14 +79,12 @@ export const VringErrorCode = {
 export type VringErrorCodeValue = (typeof VringErrorCode)[keyof typeof VringErrorCode];
 
 /** Base class of every error vring/ throws on purpose. `code` is stable; `message` is for humans. */
-export class VringError extends Error {
+export class VringError extends LgnetError {
   /** Stable machine-readable code, one of {@link VringErrorCode}. */
-  readonly code: VringErrorCodeValue;
+  declare readonly code: VringErrorCodeValue;
 
   constructor(code: VringErrorCodeValue, message: string) {
-    super(message);
-    this.name = new.target.name;
-    this.code = code;
+    super(code, message);
   }
 }
 

@@ -213,7 +213,7 @@ describe.skipIf(!pre.ok)('lgnet serve (CLI) in a namespace', () => {
       // GET_CONFIG is refused with the spec's empty reply.
       expect(neg.protocolOffered & protocolMask('CONFIG')).toBe(0n);
       expect(neg.protocolOffered & protocolMask('MQ', 'REPLY_ACK')).toBe(protocolMask('MQ', 'REPLY_ACK'));
-      await expect(fe.getConfig(0, 6)).rejects.toMatchObject({ code: 'NACK' });
+      await expect(fe.getConfig(0, 6)).rejects.toMatchObject({ code: 'FRONTEND_NACK' });
       fe.close();
     } finally {
       listener.close();

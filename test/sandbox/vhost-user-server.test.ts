@@ -116,7 +116,7 @@ describe.skipIf(!pre.ok)('vhost-user server: harness front-end ↔ lgnet ↔ tap
       const fe2 = await VhostUserFrontend.connect(plain.path);
       try {
         await fe2.negotiate();
-        await expect(fe2.setConfig(0, new Uint8Array([0x52, 0x54, 0, 9, 9, 9]))).rejects.toMatchObject({ code: 'NACK' });
+        await expect(fe2.setConfig(0, new Uint8Array([0x52, 0x54, 0, 9, 9, 9]))).rejects.toMatchObject({ code: 'FRONTEND_NACK' });
         expect(await fe2.waitClosed(2000)).toBe(true);
       } finally {
         fe2.close();
@@ -163,7 +163,7 @@ describe.skipIf(!pre.ok)('vhost-user server: harness front-end ↔ lgnet ↔ tap
       const neg = await fe.negotiate({ protocolFeatures: OFFERED_PROTOCOL_FEATURES });
       expect(neg.protocolOffered & CONFIG).toBe(CONFIG);
       expect(neg.protocolFeatures & CONFIG).toBe(0n);
-      await expect(fe.getConfig(0, 6)).rejects.toMatchObject({ code: 'NACK' });
+      await expect(fe.getConfig(0, 6)).rejects.toMatchObject({ code: 'FRONTEND_NACK' });
       expect(await fe.waitClosed(2000)).toBe(true);
     } finally {
       fe.close();
