@@ -1,0 +1,66 @@
+/**
+ * Taps (native/tap.cc): open with IFF_VNET_HDR, the vnet header size, offloads.
+ * Part of native/ (index.ts re-exports it): TypeScript checks every argument before it crosses; C++
+ * checks again.
+ */
+import { INT32_MAX, UINT32_MAX, checkInt, checkFd, checkString } from './checks.ts';
+import { binding as b } from './load.ts';
+
+/** TUNSETOFFLOAD flags (linux/if_tun.h). USO4/USO6 need Linux 6.2+. */
+export const TUN_F = {
+  CSUM: 0x01,
+  TSO4: 0x02,
+  TSO6: 0x04,
+  TSO_ECN: 0x08,
+  UFO: 0x10,
+  USO4: 0x20,
+  USO6: 0x40,
+} as const;
+
+/** Interface flags as TUNGETFEATURES reports them (linux/if_tun.h). */
+export const IFF = {
+  TUN: 0x0001,
+  TAP: 0x0002,
+  NAPI: 0x0010,
+  NAPI_FRAGS: 0x0020,
+  MULTI_QUEUE: 0x0100,
+  NO_PI: 0x1000,
+  VNET_HDR: 0x4000,
+} as const;
+
+export interface TapOptions {
+  /** Interface name (≤ 15 bytes); attaches to an existing tap of that name. Empty or absent: kernel picks tapN. */
+  name?: string;
+  vnetHdr: boolean;
+  multiQueue?: boolean;
+  nonblocking?: boolean;
+}
+
+/** Opens /dev/net/tun as IFF_TAP|IFF_NO_PI (+ IFF_VNET_HDR, IFF_MULTI_QUEUE) in this thread's netns. */
+export function tapOpen(opts: TapOptions): { fd: number; name: string } {
+  const name = opts.name ?? '';
+  checkString(name, 'name');
+  if (Buffer.byteLength(name) > 15) throw new RangeError('tap name must be at most 15 bytes');
+  if (typeof opts.vnetHdr !== 'boolean') throw new TypeError('vnetHdr must be a boolean');
+  return b.tapOpen(name, opts.vnetHdr, opts.multiQueue === true, opts.nonblocking === true);
+}
+
+/** TUNSETVNETHDRSZ: 10 (legacy/no MRG_RXBUF) or 12 (VERSION_1 or MRG_RXBUF) bytes. */
+export function tapSetVnetHdrSize(fd: number, size: number): void {
+  checkFd(fd);
+  checkInt(size, 'size', 0, INT32_MAX);
+  b.tapSetVnetHdrSize(fd, size);
+}
+
+/** TUNSETOFFLOAD with TUN_F flags. */
+export function tapSetOffload(fd: number, flags: number): void {
+  checkFd(fd);
+  checkInt(flags, 'flags', 0, UINT32_MAX);
+  b.tapSetOffload(fd, flags);
+}
+
+/** TUNGETFEATURES: the IFF flags this kernel's tun driver supports. */
+export function tapGetFeatures(fd: number): number {
+  checkFd(fd);
+  return b.tapGetFeatures(fd);
+}
