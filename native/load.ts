@@ -8,7 +8,7 @@ import { createRequire } from 'node:module';
 import { resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
-import type { RawBinding } from './binding.d.ts';
+import type { RawBinding } from './binding.ts';
 import { NativeError } from './errors.ts';
 
 /** The package root: one level above native/ in a clone, two above dist/native/ in what ships. */

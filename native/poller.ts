@@ -4,7 +4,7 @@
  * Part of native/ (index.ts re-exports it): TypeScript checks every argument before it crosses; C++
  * checks again.
  */
-import type { RawFdPoller } from './binding.d.ts';
+import type { RawFdPoller } from './binding.ts';
 import { NativeError } from './errors.ts';
 import { binding as b } from './load.ts';
 import { checkInt, checkFd } from './checks.ts';

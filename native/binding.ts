@@ -1,6 +1,6 @@
 /**
  * The raw exports of build/Release/lgnet.node, exactly as C++ registers them (native/*.cc). Only
- * native/index.ts uses this shape; everything else imports the typed facade from there. Arguments are
+ * native/ uses this shape (load.ts loads it); everything else imports the typed facade, index.ts. Arguments are
  * positional and fully specified (the facade fills defaults); C++ re-checks every one.
  */
 import type { NativeError } from './errors.ts';
