@@ -19,6 +19,9 @@
  * do (b)–(f). Every step that fails throws a JailError (stable `code`, `errno`/`syscall` when a system
  * call failed, and what to do). The jail never exits the process; the caller decides.
  *
+ * The parts: jail-policy.ts (compilePolicy, formatPolicy), jail-ids.ts (step a), jail-children.ts
+ * (step 0), jail-errors.ts (JailError); everything is exported from here.
+ *
  * Once jailed, the process cannot open files, so:
  * - new TypeScript/JS modules cannot be imported (import them all first);
  * - a Worker started after the jail must not load a file (NetDevice should start its workers before
@@ -26,19 +29,28 @@
  *   start, since thread creation stays allowed;
  * - logs go to fds opened before (stdout/stderr or a log fd); touch process.stdout and process.stderr
  *   before the jail so Node sets them up while it still may.
+ * Spec: no vhost-user.rst section (the sandbox is lgnet's own). Design: DESIGN.md "The syscall boundary
+ * and the jail", docs/SECURITY.md.
  */
-import { readFileSync, readdirSync } from 'node:fs';
+import { readdirSync } from 'node:fs';
 import { threadId, isMainThread } from 'node:worker_threads';
 
-import { LgnetError } from '../errors/index.ts';
 import * as native from '../native/index.ts';
-import { NativeError } from '../native/index.ts';
-import { compileFilter, type Action, type ArgPin, type CompiledRule, type SeccompArch } from './seccomp-bpf.ts';
-import { OWN_PID, POLICY, ROLES, rulesFor, type PolicyOptions, type Role, type SyscallRule } from './seccomp-policy.ts';
-import { SYSCALLS_AARCH64 } from './syscalls-aarch64.ts';
-import { SYSCALLS_X86_64 } from './syscalls-x86_64.ts';
+import type { NativeError } from '../native/index.ts';
+import type { Action, SeccompArch } from './seccomp-bpf.ts';
+import { rulesFor, type Role } from './seccomp-policy.ts';
+import { refuseChildren } from './jail-children.ts';
+import { fail, JAIL_ERROR, JailError } from './jail-errors.ts';
+import { resolveIds } from './jail-ids.ts';
+import { compilePolicy, currentArch, type CompiledPolicy } from './jail-policy.ts';
 
-// ---- options, report, errors ---------------------------------------------------------------------------
+// Every part stays importable from sandbox/jail.ts (main.ts, index.ts, tests, scripts).
+export { liveChildren, type ChildProcessInfo } from './jail-children.ts';
+export { JAIL_ERROR, JailError, type JailErrorCode } from './jail-errors.ts';
+export { resolveIds } from './jail-ids.ts';
+export { compilePolicy, currentArch, formatPolicy, syscallTable, type CompiledPolicy, type CompileContext } from './jail-policy.ts';
+
+// ---- options and report --------------------------------------------------------------------------------
 
 /** What `lgnet serve` passes from its flags. */
 export interface JailOptions {
@@ -79,268 +91,6 @@ export interface JailReport {
   gid: number;
   rlimits: { core: number; nofile: number };
   seccomp: { role: Role; arch: SeccompArch; instructions: number; syscalls: number } | null;
-}
-
-/** Stable codes of JailError, one per step that can fail. */
-export const JAIL_ERROR = {
-  THREAD: 'LGNET_JAIL_THREAD',
-  ARCH: 'LGNET_JAIL_ARCH',
-  USER: 'LGNET_JAIL_USER',
-  GROUP: 'LGNET_JAIL_GROUP',
-  MAXFDS: 'LGNET_JAIL_MAXFDS',
-  CHROOT: 'LGNET_JAIL_CHROOT',
-  SETGROUPS: 'LGNET_JAIL_SETGROUPS',
-  SETGID: 'LGNET_JAIL_SETGID',
-  SETUID: 'LGNET_JAIL_SETUID',
-  RLIMIT: 'LGNET_JAIL_RLIMIT',
-  NO_NEW_PRIVS: 'LGNET_JAIL_NO_NEW_PRIVS',
-  SECCOMP: 'LGNET_JAIL_SECCOMP',
-  ALREADY: 'LGNET_JAIL_ALREADY',
-  CHILDREN: 'LGNET_JAIL_CHILDREN',
-} as const;
-export type JailErrorCode = (typeof JAIL_ERROR)[keyof typeof JAIL_ERROR];
-
-/** A jail step failed. Nothing after it was applied; what came before stays applied. */
-export class JailError extends LgnetError {
-  declare readonly code: JailErrorCode;
-  /** The step: 'chroot', 'setresuid', 'seccomp', ... */
-  readonly step: string;
-
-  constructor(code: JailErrorCode, step: string, message: string, cause?: unknown) {
-    const ne = cause instanceof NativeError ? cause : undefined;
-    super(code, message, { cause, errno: ne?.errno, syscall: ne?.syscall });
-    this.step = step;
-  }
-}
-
-function fail(code: JailErrorCode, step: string, what: string, todo: string, cause?: unknown): never {
-  const detail = cause instanceof Error ? `: ${cause.message}` : '';
-  throw new JailError(code, step, `jail: ${what}${detail}. ${todo}`, cause);
-}
-
-// ---- compiling the policy ------------------------------------------------------------------------------
-
-/** The architecture of this process, as seccomp names it. */
-export function currentArch(): SeccompArch | null {
-  return process.arch === 'x64' ? 'x86_64' : process.arch === 'arm64' ? 'aarch64' : null;
-}
-
-export function syscallTable(arch: SeccompArch): Readonly<Record<string, number>> {
-  return arch === 'x86_64' ? SYSCALLS_X86_64 : SYSCALLS_AARCH64;
-}
-
-export interface CompileContext extends PolicyOptions {
-  arch?: SeccompArch;
-  /** Replaces OWN_PID pins. Default process.pid. */
-  pid?: number;
-  /**
-   * What a syscall off the list gets. Default EPERM; `{ kind: 'log' }` allows and logs it to the kernel
-   * log (audit type 1326), to find what a policy lacks without breaking the process.
-   */
-  defaultAction?: Action;
-}
-
-export interface CompiledPolicy {
-  role: Role;
-  arch: SeccompArch;
-  /** struct sock_filter[] bytes, for native.seccompInstall. */
-  program: Uint8Array;
-  /** Syscalls listed for this role that exist on this architecture. */
-  syscalls: string[];
-  /** Listed names this architecture does not have (e.g. poll, epoll_wait on aarch64). */
-  skipped: string[];
-}
-
-function resolvePin(p: ArgPin, pid: number): ArgPin {
-  if (!('oneOf' in p)) return p;
-  const oneOf: Record<string, number> = {};
-  for (const [k, v] of Object.entries(p.oneOf)) oneOf[k] = v === OWN_PID ? pid : v;
-  return { ...p, oneOf };
-}
-
-/** Compiles a role's allowlist for an architecture (default: this process's). */
-export function compilePolicy(role: Role, ctx: CompileContext = {}): CompiledPolicy {
-  const arch = ctx.arch ?? currentArch();
-  if (!arch) throw new JailError(JAIL_ERROR.ARCH, 'seccomp', `jail: no seccomp policy for ${process.arch}; lgnet's filter covers x86_64 and aarch64. Run with --no-sandbox on this architecture.`);
-  const table = syscallTable(arch);
-  const pid = ctx.pid ?? process.pid;
-  const rules: CompiledRule[] = [];
-  const syscalls: string[] = [];
-  const skipped: string[] = [];
-  for (const r of rulesFor(role, ctx)) {
-    const nr = table[r.name];
-    if (nr === undefined) {
-      skipped.push(r.name);
-      continue;
-    }
-    syscalls.push(r.name);
-    const c: CompiledRule = { nr };
-    if (r.when) c.when = r.when.map((alt) => alt.map((p) => resolvePin(p, pid)));
-    if (r.errno !== undefined) c.errno = r.errno;
-    rules.push(c);
-  }
-  return { role, arch, program: compileFilter(rules, { arch, ...(ctx.defaultAction ? { defaultAction: ctx.defaultAction } : {}) }), syscalls, skipped };
-}
-
-// ---- printing the policy -------------------------------------------------------------------------------
-
-function hex(v: number): string {
-  return v === OWN_PID ? 'own pid' : v < 16 ? String(v) : `0x${(v >>> 0).toString(16)}`;
-}
-
-function describePin(p: ArgPin): string {
-  const a = `arg${p.arg}`;
-  if ('noneOf' in p) return `${a} has none of ${Object.keys(p.noneOf).join('|')}`;
-  if ('allOf' in p) return `${a} has all of ${Object.keys(p.allOf).join('|')}`;
-  const vals = Object.entries(p.oneOf).map(([k, v]) => (k === String(v) ? k : `${k} (${hex(v)})`)).join(', ');
-  if ('mask' in p) return `${a} & ${p.maskName} in {${vals}}`;
-  return `${a}${p.wide ? ' (64-bit)' : ''} in {${vals}}`;
-}
-
-function describeRule(r: SyscallRule): string {
-  if (r.errno !== undefined) return `→ errno ${r.errno}`;
-  if (!r.when) return 'any arguments';
-  return r.when.map((alt) => alt.map(describePin).join(' and ')).join('  OR  ');
-}
-
-/**
- * The policy, human-readable, with reasons: what `lgnet serve --print-policy` prints. Lists every
- * role (or the given ones) for the given architecture (default: this process's).
- */
-export function formatPolicy(opts: { roles?: readonly Role[]; arch?: SeccompArch; options?: PolicyOptions } = {}): string {
-  const arch = opts.arch ?? currentArch() ?? 'x86_64';
-  const table = syscallTable(arch);
-  const lines: string[] = [
-    `lgnet seccomp policy (${arch}): default for anything not listed, or whose pinned arguments do not match: EPERM.`,
-    `Other ABIs (another audit arch${arch === 'x86_64' ? ', x32' : ''}): EPERM. Stacking: 'main' on every thread (TSYNC); 'worker' also on queue workers.`,
-  ];
-  for (const role of opts.roles ?? ROLES) {
-    const rules = rulesFor(role, opts.options ?? {});
-    lines.push('', `[${role}] ${rules.length} syscalls`);
-    const width = Math.max(...rules.map((r) => r.name.length));
-    for (const r of rules) {
-      const nr = table[r.name];
-      const num = nr === undefined ? '  -' : String(nr).padStart(3);
-      lines.push(`  ${num} ${r.name.padEnd(width)}  ${r.reason}`);
-      const how = describeRule(r);
-      if (how !== 'any arguments') lines.push(`      ${''.padEnd(width)}  only: ${how}`);
-      if (nr === undefined) lines.push(`      ${''.padEnd(width)}  (not a syscall on ${arch}; skipped)`);
-    }
-  }
-  const off = ROLES.flatMap((role) => POLICY[role].filter((r) => r.option).map((r) => `${r.name} (${role}, needs ${r.option})`));
-  if (off.length && !opts.options) lines.push('', `Optional: ${[...new Set(off)].join(', ')}`);
-  return lines.join('\n');
-}
-
-// ---- users and groups ----------------------------------------------------------------------------------
-
-interface PasswdEntry { name: string; uid: number; gid: number }
-
-function parseDb(path: string): string[][] {
-  try {
-    return readFileSync(path, 'utf8').split('\n').filter((l) => l && !l.startsWith('#')).map((l) => l.split(':'));
-  } catch {
-    return [];
-  }
-}
-
-function isNumeric(v: string | number): boolean {
-  return typeof v === 'number' || /^\d+$/.test(v);
-}
-
-function checkId(v: number, what: string, code: JailErrorCode): number {
-  if (!Number.isInteger(v) || v < 0 || v > 0xffff_fffe) fail(code, 'resolve', `${what} ${v} is not a valid id`, 'Give a name or a number in 0..4294967294.');
-  return v;
-}
-
-/** Resolves --user/--group to ids, reading /etc/passwd and /etc/group (so: before the chroot). */
-export function resolveIds(user?: string | number, group?: string | number): { uid?: number; gid?: number } {
-  let uid: number | undefined;
-  let gid: number | undefined;
-  let primary: number | undefined;
-  if (user !== undefined) {
-    if (isNumeric(user)) {
-      uid = checkId(Number(user), 'uid', JAIL_ERROR.USER);
-      const e = parseDb('/etc/passwd').find((f) => Number(f[2]) === uid);
-      if (e) primary = Number(e[3]);
-    } else {
-      const e = parseDb('/etc/passwd').find((f) => f[0] === user);
-      if (!e) fail(JAIL_ERROR.USER, 'resolve', `no user '${user}' in /etc/passwd`, 'Give an existing user (e.g. nobody) or a numeric uid.');
-      const p: PasswdEntry = { name: e[0]!, uid: Number(e[2]), gid: Number(e[3]) };
-      uid = checkId(p.uid, 'uid', JAIL_ERROR.USER);
-      primary = p.gid;
-    }
-  }
-  if (group !== undefined) {
-    if (isNumeric(group)) gid = checkId(Number(group), 'gid', JAIL_ERROR.GROUP);
-    else {
-      const e = parseDb('/etc/group').find((f) => f[0] === group);
-      if (!e) fail(JAIL_ERROR.GROUP, 'resolve', `no group '${group}' in /etc/group`, 'Give an existing group (e.g. nogroup) or a numeric gid.');
-      gid = checkId(Number(e[2]), 'gid', JAIL_ERROR.GROUP);
-    }
-  } else if (uid !== undefined) {
-    if (primary === undefined) fail(JAIL_ERROR.GROUP, 'resolve', `uid ${uid} has no /etc/passwd entry to take a primary group from`, 'Give --group as well.');
-    gid = checkId(primary, 'gid', JAIL_ERROR.GROUP);
-  }
-  return { ...(uid !== undefined ? { uid } : {}), ...(gid !== undefined ? { gid } : {}) };
-}
-
-// ---- child processes -------------------------------------------------------------------------------------
-
-/** A child process of this process, as /proc shows it. */
-export interface ChildProcessInfo {
-  pid: number;
-  /** The state letter of /proc/<pid>/stat (R, S, D, Z, ...). */
-  state: string;
-  argv: string[];
-}
-
-/**
- * The child processes of this process that still run (zombies run nothing and are left out), from
- * every thread's /proc/self/task/<tid>/children. Empty when /proc is not mounted.
- */
-export function liveChildren(): ChildProcessInfo[] {
-  const out: ChildProcessInfo[] = [];
-  let tasks: string[];
-  try {
-    tasks = readdirSync('/proc/self/task');
-  } catch {
-    return out;
-  }
-  for (const tid of tasks) {
-    let pids: number[];
-    try {
-      pids = readFileSync(`/proc/self/task/${tid}/children`, 'utf8').split(' ').filter(Boolean).map(Number);
-    } catch {
-      continue; // the thread ended
-    }
-    for (const pid of pids) {
-      const c = childInfo(pid);
-      if (c && c.state !== 'Z' && c.state !== 'X') out.push(c);
-    }
-  }
-  return out;
-}
-
-function childInfo(pid: number): ChildProcessInfo | null {
-  try {
-    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
-    const state = stat.slice(stat.lastIndexOf(')') + 2, stat.lastIndexOf(')') + 3);
-    const argv = readFileSync(`/proc/${pid}/cmdline`, 'utf8').split('\0').filter(Boolean);
-    return { pid, state, argv };
-  } catch {
-    return null; // it ended and was reaped
-  }
-}
-
-/** Refuses to go on while a child process that nobody vouched for runs. */
-function refuseChildren(keep: readonly number[]): void {
-  const left = liveChildren().filter((c) => !keep.includes(c.pid));
-  if (left.length > 0) {
-    const list = left.map((c) => `${c.pid} (${c.argv.join(' ').slice(0, 80)})`).join(', ');
-    fail(JAIL_ERROR.CHILDREN, 'children', `child process ${list} still runs`,
-      'A child runs outside the jail, with this process\'s uid and no seccomp filter, and shares fds with it: end it (or wait for it) before enterJail, or vouch for it with keepChildren.');
-  }
 }
 
 // ---- entering the jail ---------------------------------------------------------------------------------

@@ -9,9 +9,9 @@
  * fds must stay open); a replaced or removed region's fd is closed at once; close() closes them all.
  * Spec: vhost-user.rst, "Memory access", SET_MEM_TABLE, ADD_MEM_REG, REM_MEM_REG.
  */
-import * as native from '../../native/index.ts';
 import type { MemoryRegionSpec } from '../../device/net.ts';
 import { VhostUserError, VU } from './errors.ts';
+import { closeQuietly } from './fds.ts';
 import type { WireMemRegion } from './messages.ts';
 
 /** A validated region: numbers are exact (< 2^53). */
@@ -63,14 +63,6 @@ export function checkOverlaps(regions: ReadonlyArray<Omit<MemRegion, 'fd' | 'ref
         throw new VhostUserError(VU.MEM_OVERLAP, `regions ${i} and ${j} overlap in user addresses (0x${a.uaddr.toString(16)}+0x${a.size.toString(16)}, 0x${b.uaddr.toString(16)}+0x${b.size.toString(16)})`);
       }
     }
-  }
-}
-
-function closeQuietly(fd: number): void {
-  try {
-    native.close(fd);
-  } catch {
-    /* already closed */
   }
 }
 

@@ -1,0 +1,169 @@
+/**
+ * The harness front-end's typed requests: one method per vhost-user request that a front-end sends,
+ * each encoding its payload (sandbox/vhost-user/messages.ts), sending it over the channel and decoding
+ * the reply. Nothing here chooses an order; vhost-user-frontend.ts does (negotiate, attachDriver).
+ *
+ *   FrontendChannel (socket, framing) ◀── FrontendRequests (this file) ◀── VhostUserFrontend (driver setup)
+ *
+ * Spec: QEMU docs/interop/vhost-user.rst, "Front-end message types" (each method names its request),
+ * "Memory access", "Ring states", "Inflight I/O tracking".
+ */
+import {
+  decodeConfig, decodeInflight, decodeU64, decodeVringState, encodeConfig, encodeInflight, encodeMemTable,
+  encodeSingleMemRegion, encodeU64, encodeVringAddr, encodeVringFile, encodeVringState, REQ, requestName,
+} from '../sandbox/vhost-user/messages.ts';
+import { closeQuietly, FrontendChannel, FrontendError, FRONTEND_ERROR } from './vhost-user-channel.ts';
+
+/** A region as the front-end describes it, with the fd to share. */
+export interface FrontendRegion {
+  gpa: number;
+  size: number;
+  uaddr: number;
+  mmapOffset?: number;
+  fd: number;
+}
+
+/** One method per request; VhostUserFrontend builds on it. */
+export class FrontendRequests extends FrontendChannel {
+  /** What the last SET_FEATURES sent (bit 30 included when negotiated). */
+  features = 0n;
+
+  private async u64(request: number): Promise<bigint> {
+    const m = (await this.request(request))!;
+    if (m.payload.length !== 8) throw new FrontendError(FRONTEND_ERROR.BAD_REPLY, `${requestName(request)} reply has ${m.payload.length} bytes, not 8`);
+    return decodeU64(m.payload);
+  }
+
+  getFeatures(): Promise<bigint> {
+    return this.u64(REQ.GET_FEATURES);
+  }
+
+  async setFeatures(bits: bigint): Promise<void> {
+    await this.request(REQ.SET_FEATURES, encodeU64(bits));
+    this.features = bits;
+  }
+
+  getProtocolFeatures(): Promise<bigint> {
+    return this.u64(REQ.GET_PROTOCOL_FEATURES);
+  }
+
+  async setProtocolFeatures(bits: bigint): Promise<void> {
+    // REPLY_ACK is not in force until the back-end has this message: never ask for an ack here.
+    await this.request(REQ.SET_PROTOCOL_FEATURES, encodeU64(bits), { needReply: false });
+    this.protocolFeatures = bits;
+  }
+
+  async setOwner(): Promise<void> {
+    await this.request(REQ.SET_OWNER);
+  }
+
+  async resetOwner(): Promise<void> {
+    await this.request(REQ.RESET_OWNER);
+  }
+
+  async getQueueNum(): Promise<number> {
+    return Number(await this.u64(REQ.GET_QUEUE_NUM));
+  }
+
+  async getMaxMemSlots(): Promise<number> {
+    return Number(await this.u64(REQ.GET_MAX_MEM_SLOTS));
+  }
+
+  async setMemTable(regions: readonly FrontendRegion[]): Promise<void> {
+    await this.request(REQ.SET_MEM_TABLE, encodeMemTable(regions), { fds: regions.map((r) => r.fd) });
+  }
+
+  async addMemReg(r: FrontendRegion): Promise<void> {
+    await this.request(REQ.ADD_MEM_REG, encodeSingleMemRegion(r), { fds: [r.fd] });
+  }
+
+  async remMemReg(r: Omit<FrontendRegion, 'fd'>): Promise<void> {
+    await this.request(REQ.REM_MEM_REG, encodeSingleMemRegion(r));
+  }
+
+  async setVringNum(index: number, num: number): Promise<void> {
+    await this.request(REQ.SET_VRING_NUM, encodeVringState({ index, num }));
+  }
+
+  async setVringBase(index: number, num: number): Promise<void> {
+    await this.request(REQ.SET_VRING_BASE, encodeVringState({ index, num }));
+  }
+
+  /** GET_VRING_BASE: stops the ring; returns the next avail index the back-end would process. */
+  async getVringBase(index: number): Promise<number> {
+    const m = (await this.request(REQ.GET_VRING_BASE, encodeVringState({ index, num: 0 })))!;
+    const s = decodeVringState(m.payload);
+    if (s.index !== index) throw new FrontendError(FRONTEND_ERROR.BAD_REPLY, `GET_VRING_BASE for ${index} answered for ${s.index}`);
+    return s.num;
+  }
+
+  async setVringAddr(index: number, a: { desc: number; used: number; avail: number; log?: number; flags?: number }): Promise<void> {
+    await this.request(REQ.SET_VRING_ADDR, encodeVringAddr({ index, ...a }));
+  }
+
+  /** fd null sends the NOFD flag (polling). */
+  async setVringKick(index: number, fd: number | null): Promise<void> {
+    await this.request(REQ.SET_VRING_KICK, encodeVringFile(index, fd === null), { fds: fd === null ? [] : [fd] });
+  }
+
+  async setVringCall(index: number, fd: number | null): Promise<void> {
+    await this.request(REQ.SET_VRING_CALL, encodeVringFile(index, fd === null), { fds: fd === null ? [] : [fd] });
+  }
+
+  async setVringErr(index: number, fd: number | null): Promise<void> {
+    await this.request(REQ.SET_VRING_ERR, encodeVringFile(index, fd === null), { fds: fd === null ? [] : [fd] });
+  }
+
+  async setVringEnable(index: number, enable: boolean): Promise<void> {
+    await this.request(REQ.SET_VRING_ENABLE, encodeVringState({ index, num: enable ? 1 : 0 }));
+  }
+
+  /** GET_CONFIG (valid once PROTOCOL_F_CONFIG is negotiated); an empty reply payload (the spec's error signal) throws. */
+  async getConfig(offset: number, size: number): Promise<Uint8Array> {
+    const m = (await this.request(REQ.GET_CONFIG, encodeConfig({ offset, size })))!;
+    if (m.payload.length === 0) throw new FrontendError(FRONTEND_ERROR.NACK, `GET_CONFIG ${offset}+${size} was refused`);
+    return decodeConfig(m.payload).data;
+  }
+
+  async setConfig(offset: number, data: Uint8Array, flags = 0): Promise<void> {
+    await this.request(REQ.SET_CONFIG, encodeConfig({ offset, flags, data }));
+  }
+
+  async getStatus(): Promise<number> {
+    return Number(await this.u64(REQ.GET_STATUS));
+  }
+
+  async setStatus(status: number): Promise<void> {
+    await this.request(REQ.SET_STATUS, encodeU64(status));
+  }
+
+  async netSetMtu(mtu: number): Promise<void> {
+    await this.request(REQ.NET_SET_MTU, encodeU64(mtu));
+  }
+
+  async sendRarp(mac: Uint8Array): Promise<void> {
+    const p = new Uint8Array(8);
+    p.set(mac.subarray(0, 6));
+    await this.request(REQ.SEND_RARP, p);
+  }
+
+  /** GET_INFLIGHT_FD: the shared buffer's fd (the caller closes it) and its description. */
+  async getInflightFd(numQueues: number, queueSize: number): Promise<{ fd: number; mmapSize: number; mmapOffset: number; numQueues: number; queueSize: number }> {
+    const m = (await this.request(REQ.GET_INFLIGHT_FD, encodeInflight({ mmapSize: 0, mmapOffset: 0, numQueues, queueSize })))!;
+    const p = decodeInflight(m.payload);
+    if (m.fds.length !== 1) {
+      for (const fd of m.fds) closeQuietly(fd);
+      throw new FrontendError(FRONTEND_ERROR.BAD_REPLY, `GET_INFLIGHT_FD reply carried ${m.fds.length} fds, not 1`);
+    }
+    return { fd: m.fds[0]!, mmapSize: Number(p.mmapSize), mmapOffset: Number(p.mmapOffset), numQueues: p.numQueues, queueSize: p.queueSize };
+  }
+
+  async setInflightFd(fd: number, p: { mmapSize: number; mmapOffset: number; numQueues: number; queueSize: number }): Promise<void> {
+    await this.request(REQ.SET_INFLIGHT_FD, encodeInflight(p), { fds: [fd] });
+  }
+
+  /** A cheap round trip: every earlier message has been handled when it returns (QEMU's trick without REPLY_ACK). */
+  async barrier(): Promise<void> {
+    await this.getFeatures();
+  }
+}

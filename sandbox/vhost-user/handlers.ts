@@ -1,0 +1,306 @@
+/**
+ * The dispatch table of the vhost-user back-end: one small handler per request, as libvhost-user's
+ * vu_<name>_exec functions are. A handler decodes its payload (messages.ts), acts on the session
+ * (the device hooks, the memory table, the vrings, the inflight buffer) and returns its reply, or
+ * undefined when the request has none.
+ *
+ *   connection.ts: read ─▶ checks (protocol feature, payload size, fd count from the entry) ─▶ HANDLERS[request]
+ *                  ─▶ reply, or the generic REPLY_ACK when NEED_REPLY asked for one
+ *
+ * Handlers throw VhostUserError for a broken rule; the connection answers, counts and drops. They
+ * never close a message's fds: one they keep is take()n, the connection closes the rest.
+ * Spec: QEMU docs/interop/vhost-user.rst, "Front-end message types" (each entry names its request),
+ * "Ring states", "Memory access".
+ */
+import type { Logger } from '../log.ts';
+import { VhostUserError, VU } from './errors.ts';
+import type { DeviceHooks } from './hooks.ts';
+import type { InflightBuffer } from './inflight.ts';
+import type { MemTable } from './mem-table.ts';
+import {
+  decodeConfig, decodeInflight, decodeMemTable, decodeSingleMemRegion, decodeU64, decodeVringAddr, decodeVringFile,
+  decodeVringState, encodeConfig, encodeInflight, encodeU64, encodeVringState, F_PROTOCOL_FEATURES, protocolNames, REQ,
+  type ProtocolFeatureName,
+} from './messages.ts';
+import type { Vrings } from './vrings.ts';
+
+/** One request as read from the socket. */
+export interface Message {
+  request: number;
+  flags: number;
+  payload: Uint8Array;
+  /** Received fds; a handler that keeps one sets its slot to -1 (see take()). The rest are closed. */
+  fds: number[];
+}
+
+/** A reply payload, with fds when the reply carries some (GET_INFLIGHT_FD). */
+export interface Reply {
+  payload: Uint8Array;
+  fds?: number[];
+}
+
+/** What a handler works on: the connection's state (libvhost-user's VuDev, as far as handlers go). */
+export interface Session {
+  readonly dev: DeviceHooks;
+  readonly mem: MemTable;
+  readonly vrings: Vrings;
+  readonly inflight: InflightBuffer;
+  readonly log: Logger;
+  /** The server's settings and the counter handlers bump. */
+  readonly server: { readonly protocolOffered: bigint; readonly maxMemSlots: number; readonly metrics: { rarp: number } };
+  /** GET_FEATURES' answer: the device's bits plus VHOST_USER_F_PROTOCOL_FEATURES. */
+  readonly offeredFeatures: bigint;
+  features: bigint;
+  protocolFeatures: bigint;
+  owner: boolean;
+  mtu: number;
+}
+
+type Handler = (c: Session, m: Message) => Promise<Reply | undefined> | Reply | undefined;
+
+export interface Entry {
+  /** Fds the message must carry: a number, or [min, max]. Default 0. */
+  fds?: (m: Message) => number | [number, number];
+  handle: Handler;
+  /** The request has a reply of its own (NEED_REPLY adds nothing). */
+  replies?: boolean;
+  /** The request is valid only once this protocol feature is negotiated ("When … is negotiated"). */
+  protocol?: ProtocolFeatureName;
+  /** The reply that says "refused" when the request has a reply of its own, sent before the drop. */
+  errorReply?: Uint8Array;
+}
+
+/** Takes fd `i` out of the message: the handler owns it now, and the connection will not close it. */
+function take(m: Message, i: number): number {
+  const fd = m.fds[i]!;
+  m.fds[i] = -1;
+  return fd;
+}
+
+function u64Reply(v: bigint | number): Reply {
+  return { payload: encodeU64(v) };
+}
+
+function checkConfigRange(dev: DeviceHooks, offset: number, size: number): void {
+  if (offset + size > dev.configSize) {
+    throw new VhostUserError(VU.CONFIG_RANGE, `config access ${offset}+${size} is outside the device's ${dev.configSize}-byte config space`);
+  }
+}
+
+/**
+ * SET_VRING_KICK, CALL and ERR: a ring index and an eventfd, or NOFD (-1: polling, or none). The index
+ * is checked (vrings.ring throws) before the fd is taken, so a bad index leaves the fd to be closed.
+ */
+function vringFdEntry(set: (c: Session, index: number, fd: number) => Promise<void> | void): Entry {
+  return {
+    fds: (m) => (decodeVringFile(m.payload).noFd ? 0 : 1),
+    async handle(c, m) {
+      const f = decodeVringFile(m.payload);
+      c.vrings.ring(f.index);
+      await set(c, f.index, f.noFd ? -1 : take(m, 0));
+      return undefined;
+    },
+  };
+}
+
+/** The dispatch table: one small handler per request, as libvhost-user does. */
+export const HANDLERS: Readonly<Partial<Record<number, Entry>>> = {
+  [REQ.GET_FEATURES]: { replies: true, handle: (c) => u64Reply(c.offeredFeatures) },
+
+  [REQ.SET_FEATURES]: {
+    async handle(c, m) {
+      const bits = decodeU64(m.payload);
+      const extra = bits & ~c.offeredFeatures;
+      if (extra !== 0n) {
+        throw new VhostUserError(VU.FEATURES_NOT_OFFERED, `features 0x${extra.toString(16)} were not offered (offered 0x${c.offeredFeatures.toString(16)})`);
+      }
+      const protocol = (bits & (1n << BigInt(F_PROTOCOL_FEATURES))) !== 0n;
+      await c.vrings.stopAll(); // features cannot change under running workers
+      try {
+        c.dev.setFeatures(bits & ~(1n << BigInt(F_PROTOCOL_FEATURES)));
+      } catch (e) {
+        throw new VhostUserError(VU.FEATURES_NOT_OFFERED, (e as Error).message, { cause: e });
+      }
+      c.features = bits;
+      if (!protocol) await c.vrings.enableAll();
+      await c.vrings.memoryChanged(); // restarts what was running
+      return undefined;
+    },
+  },
+
+  [REQ.GET_PROTOCOL_FEATURES]: { replies: true, handle: (c) => u64Reply(c.server.protocolOffered) },
+
+  [REQ.SET_PROTOCOL_FEATURES]: {
+    handle(c, m) {
+      const bits = decodeU64(m.payload);
+      const extra = bits & ~c.server.protocolOffered;
+      if (extra !== 0n) {
+        throw new VhostUserError(VU.PROTOCOL_FEATURES_NOT_OFFERED, `protocol features ${protocolNames(extra).join(', ')} were not offered`);
+      }
+      c.protocolFeatures = bits;
+      return undefined;
+    },
+  },
+
+  // Sent once per vhost device; QEMU's multiqueue net sends it once per queue pair on one connection.
+  [REQ.SET_OWNER]: { handle: (c) => { c.owner = true; return undefined; } },
+
+  // Deprecated; the spec recommends ignoring it or disabling all rings. lgnet disables them.
+  [REQ.RESET_OWNER]: { handle: async (c) => { await c.vrings.disableAll(); return undefined; } },
+
+  [REQ.RESET_DEVICE]: {
+    async handle(c) {
+      await c.vrings.close();
+      await c.dev.reset();
+      c.features = 0n;
+      return undefined;
+    },
+  },
+
+  [REQ.SET_MEM_TABLE]: {
+    fds: (m) => decodeMemTable(m.payload).length, // validates the count and the size first
+    async handle(c, m) {
+      const wire = decodeMemTable(m.payload);
+      await c.mem.replace(wire, m.fds);
+      m.fds.forEach((_, i) => take(m, i));
+      await c.vrings.memoryChanged();
+      return undefined;
+    },
+  },
+
+  [REQ.GET_MAX_MEM_SLOTS]: { replies: true, handle: (c) => u64Reply(c.server.maxMemSlots) },
+
+  [REQ.ADD_MEM_REG]: {
+    fds: () => 1,
+    async handle(c, m) {
+      if (await c.mem.add(decodeSingleMemRegion(m.payload), m.fds[0]!)) take(m, 0); // else a duplicate: its fd is closed
+      await c.vrings.memoryChanged();
+      return undefined;
+    },
+  },
+
+  // "No file descriptors SHOULD be passed … the back-end MAY accept messages with one" (and closes it).
+  [REQ.REM_MEM_REG]: {
+    fds: () => [0, 1],
+    async handle(c, m) {
+      await c.mem.remove(decodeSingleMemRegion(m.payload));
+      await c.vrings.memoryChanged();
+      return undefined;
+    },
+  },
+
+  [REQ.SET_VRING_NUM]: {
+    handle: async (c, m) => {
+      const s = decodeVringState(m.payload);
+      await c.vrings.setNum(s.index, s.num);
+      return undefined;
+    },
+  },
+
+  [REQ.SET_VRING_ADDR]: { handle: async (c, m) => { await c.vrings.setAddr(decodeVringAddr(m.payload)); return undefined; } },
+
+  [REQ.SET_VRING_BASE]: {
+    handle: async (c, m) => {
+      const s = decodeVringState(m.payload);
+      await c.vrings.setBase(s.index, s.num);
+      return undefined;
+    },
+  },
+
+  [REQ.GET_VRING_BASE]: {
+    replies: true,
+    async handle(c, m) {
+      const s = decodeVringState(m.payload);
+      const base = await c.vrings.getBase(s.index);
+      return { payload: encodeVringState({ index: s.index, num: base }) };
+    },
+  },
+
+  [REQ.SET_VRING_KICK]: vringFdEntry((c, index, fd) => c.vrings.setKick(index, fd)),
+  [REQ.SET_VRING_CALL]: vringFdEntry((c, index, fd) => c.vrings.setCall(index, fd)),
+  [REQ.SET_VRING_ERR]: vringFdEntry((c, index, fd) => c.vrings.setErr(index, fd)),
+
+  [REQ.SET_VRING_ENABLE]: {
+    async handle(c, m) {
+      const s = decodeVringState(m.payload);
+      if (s.num > 1) throw new VhostUserError(VU.BAD_VRING_STATE, `SET_VRING_ENABLE ${s.num} for vring ${s.index}: must be 0 or 1`);
+      await c.vrings.setEnable(s.index, s.num === 1);
+      return undefined;
+    },
+  },
+
+  [REQ.GET_QUEUE_NUM]: { replies: true, handle: (c) => u64Reply(c.dev.queueNum) },
+
+  // The spec's error answer to GET_CONFIG is a reply with an empty payload.
+  [REQ.GET_CONFIG]: {
+    replies: true,
+    protocol: 'CONFIG',
+    errorReply: new Uint8Array(0),
+    handle(c, m) {
+      const cfg = decodeConfig(m.payload);
+      checkConfigRange(c.dev, cfg.offset, cfg.size);
+      return { payload: encodeConfig({ offset: cfg.offset, flags: cfg.flags, data: c.dev.readConfig(cfg.offset, cfg.size) }) };
+    },
+  },
+
+  [REQ.SET_CONFIG]: {
+    protocol: 'CONFIG',
+    handle(c, m) {
+      const cfg = decodeConfig(m.payload);
+      checkConfigRange(c.dev, cfg.offset, cfg.size);
+      try {
+        c.dev.writeConfig(cfg.offset, cfg.data);
+      } catch (e) {
+        throw new VhostUserError(VU.CONFIG_RANGE, `SET_CONFIG at ${cfg.offset}+${cfg.size}: ${(e as Error).message}`, { cause: e });
+      }
+      return undefined;
+    },
+  },
+
+  [REQ.SEND_RARP]: {
+    handle(c, m) {
+      const mac = [...m.payload.subarray(0, 6)].map((b) => b.toString(16).padStart(2, '0')).join(':');
+      c.server.metrics.rarp++;
+      c.log.info({ mac }, 'SEND_RARP: noted (lgnet does not inject frames; guests with GUEST_ANNOUNCE announce themselves)');
+      return undefined;
+    },
+  },
+
+  [REQ.NET_SET_MTU]: {
+    handle(c, m) {
+      const mtu = decodeU64(m.payload);
+      if (mtu < 68n || mtu > 65535n) throw new VhostUserError(VU.BAD_MTU, `MTU ${mtu} is outside [68, 65535]`);
+      c.mtu = Number(mtu);
+      c.log.info({ mtu: c.mtu }, 'front-end MTU');
+      return undefined;
+    },
+  },
+
+  [REQ.SET_STATUS]: {
+    handle(c, m) {
+      const s = decodeU64(m.payload);
+      if (s > 0xffn) throw new VhostUserError(VU.BAD_STATUS, `status 0x${s.toString(16)} is not a status byte`);
+      c.dev.status = Number(s);
+      return undefined;
+    },
+  },
+
+  [REQ.GET_STATUS]: { replies: true, handle: (c) => u64Reply(c.dev.status) },
+
+  [REQ.GET_INFLIGHT_FD]: {
+    replies: true,
+    async handle(c, m) {
+      const req = decodeInflight(m.payload);
+      const { fd, size } = await c.inflight.create(req.numQueues, req.queueSize);
+      return { payload: encodeInflight({ mmapSize: size, mmapOffset: 0, numQueues: req.numQueues, queueSize: req.queueSize }, m.payload.length), fds: [fd] };
+    },
+  },
+
+  [REQ.SET_INFLIGHT_FD]: {
+    fds: () => 1,
+    async handle(c, m) {
+      await c.inflight.adopt(take(m, 0), decodeInflight(m.payload));
+      return undefined;
+    },
+  },
+};

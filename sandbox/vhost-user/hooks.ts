@@ -1,0 +1,64 @@
+/**
+ * The device seam of the vhost-user back-end: what the server asks of a device (libvhost-user's
+ * VuDevIface, cut to what lgnet uses), and the adapter that lets a NetDevice answer. The server knows
+ * nothing of networking beyond this interface; tests may supply hooks of their own.
+ *
+ *   handlers.ts / connection.ts ──DeviceHooks──▶ netDeviceHooks(dev) ──▶ NetDevice (device/net.ts)
+ *
+ * Spec: QEMU docs/interop/vhost-user.rst, "Front-end message types" (what each hook answers: GET_FEATURES,
+ * GET_QUEUE_NUM, GET/SET_CONFIG, SET_STATUS, RESET_DEVICE).
+ */
+import type { MemoryRegionSpec, NetDevice } from '../../device/net.ts';
+import type { MemoryTarget } from './mem-table.ts';
+import type { QueueTarget } from './vrings.ts';
+
+/**
+ * What the server needs from a device (libvhost-user's VuDevIface, cut to what lgnet uses). A
+ * NetDevice provides it through {@link netDeviceHooks}; tests may supply their own.
+ */
+export interface DeviceHooks extends QueueTarget, MemoryTarget {
+  /** Device feature bits offered (VHOST_USER_F_PROTOCOL_FEATURES is added by the server). */
+  readonly offered: bigint;
+  /** Answer to GET_QUEUE_NUM (for virtio-net: queue pairs, which is what QEMU compares against). */
+  readonly queueNum: number;
+  /** Bytes of device config space (GET/SET_CONFIG bounds). */
+  readonly configSize: number;
+  setFeatures(bits: bigint): void;
+  readConfig(offset: number, size: number): Uint8Array;
+  writeConfig(offset: number, data: Uint8Array): void;
+  status: number;
+  /** Back to the initial state: queues stopped and forgotten, features cleared. */
+  reset(): Promise<void>;
+  /** Drops the guest memory mappings of a front-end that went away. */
+  releaseMemory(): Promise<void>;
+  /** Subscribes to "queue broken" reports; returns the unsubscribe function. */
+  onBroken(cb: (queue: number, code: string, message: string) => void): () => void;
+}
+
+/** Adapts a NetDevice. */
+export function netDeviceHooks(dev: NetDevice): DeviceHooks {
+  return {
+    get offered() { return dev.offered; },
+    get queueNum() { return dev.maxQueuePairs; },
+    get queueCount() { return dev.queueCount; },
+    get configSize() { return dev.config.bytes.length; },
+    get memory() { return dev.memory; },
+    get status() { return dev.status; },
+    set status(s: number) { dev.status = s; },
+    setFeatures: (bits) => dev.setFeatures(bits),
+    setMemory: (specs: MemoryRegionSpec[]) => dev.setMemory(specs),
+    setupQueue: (i, s) => dev.setupQueue(i, s),
+    startQueue: (i) => dev.startQueue(i),
+    stopQueue: (i) => dev.stopQueue(i),
+    isTx: (i) => i < 2 * dev.maxQueuePairs && (i & 1) === 1,
+    readConfig: (o, n) => dev.readConfig(o, n),
+    writeConfig: (o, d) => dev.writeConfig(o, d),
+    reset: () => dev.reset(),
+    releaseMemory: () => dev.releaseMemory(),
+    onBroken(cb) {
+      const h = (e: { queue: number; code: string; message: string }) => cb(e.queue, e.code, e.message);
+      dev.on('broken', h);
+      return () => dev.off('broken', h);
+    },
+  };
+}
