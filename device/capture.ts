@@ -5,19 +5,22 @@
  *   file:   [24-byte file header][record][record]...       written by openPcap() / the workers
  *   record: [ts_sec u32][ts_usec u32][incl_len u32][orig_len u32][incl_len frame bytes]
  *
- * A worker captures a burst's frames as they pass: TX after the header checks (what the guest sent),
- * RX once a frame is in the guest's buffers and before the used ring is published (so the guest cannot
- * have rewritten them yet). The frame bytes are not copied: the record headers live in a small mapping
- * of the writer's own, and one writev per burst takes headers and guest-memory pieces together. The
- * file is opened O_APPEND, so the bursts of several queues' workers never interleave inside a record.
- * The virtio_net_hdr is not captured. Capture costs a write per burst and is off unless asked for.
+ * On the data path a PcapWriter is a frame observer (service.ts) plugged into a queue's service loop:
+ * it sees TX frames after the header checks (what the guest sent), RX frames once they are in the
+ * guest's buffers and before the used ring is published (so the guest cannot have rewritten them yet).
+ * The frame bytes are not copied: the record headers live in a small mapping of the writer's own, and
+ * one writev per burst (endBurst) takes headers and guest-memory pieces together. The file is opened
+ * O_APPEND, so the bursts of several queues' workers never interleave inside a record. The
+ * virtio_net_hdr is not captured. Capture costs a write per burst and is off unless asked for.
  */
 import { closeSync, openSync, writeFileSync } from 'node:fs';
 
 import * as native from '../native/index.ts';
+import { NativeError } from '../native/errors.ts';
 import { IovecTable } from '../native/iovec.ts';
 import type { DescriptorChain, GuestMemory } from '../vring/index.ts';
 import { M } from './metrics.ts';
+import type { FrameObserver, FrameView } from './service.ts';
 
 /** pcap magic for microsecond timestamps, written little-endian. */
 export const PCAP_MAGIC = 0xa1b2c3d4;
@@ -70,13 +73,15 @@ export interface CaptureSpec {
   snaplen: number;
 }
 
-/** One worker's capture: records are opened, filled from chains and closed, then written per burst. */
-export class PcapWriter {
+/**
+ * One queue's capture: records are opened, filled from chains and closed, then written per burst. It
+ * reads guest memory and counts through the queue's service context (`ctx`), so a memory change
+ * reaches it without a word.
+ */
+export class PcapWriter implements FrameObserver {
   private readonly fd: number;
   private readonly snaplen: number;
-  /** The guest memory chains point into (set again after a memory change). */
-  mem: GuestMemory;
-  private readonly c: Float64Array;
+  private readonly ctx: { readonly mem: GuestMemory; readonly c: Float64Array };
   private readonly table = new IovecTable(MAX_IOV, 1);
   /** Record headers: a mapping of the writer's own, so that writev can take them with the frames. */
   private readonly hdrMapping: number;
@@ -90,22 +95,34 @@ export class PcapWriter {
   private sec = 0;
   private usec = 0;
 
-  constructor(spec: CaptureSpec, mem: GuestMemory, counters: Float64Array, maxRecords: number) {
+  constructor(spec: CaptureSpec, ctx: { readonly mem: GuestMemory; readonly c: Float64Array }, maxRecords: number) {
     checkSnaplen(spec.snaplen);
     this.fd = spec.fd;
     this.snaplen = spec.snaplen;
-    this.mem = mem;
-    this.c = counters;
+    this.ctx = ctx;
     this.maxRecords = Math.max(1, Math.min(maxRecords, MAX_IOV >> 1));
     this.hdrMapping = native.mmapAnonymous(this.maxRecords * PCAP_RECORD_HEADER);
     this.hdr = new Uint32Array(native.mappingBuffer(this.hdrMapping));
   }
 
   /** Starts a burst: one timestamp for its records. */
-  begin(): void {
+  beginBurst(): void {
     const now = performance.timeOrigin + performance.now();
     this.sec = Math.floor(now / 1000);
     this.usec = Math.floor((now % 1000) * 1000);
+  }
+
+  /** Records a frame: its header, then its bytes from each of its chains. */
+  onFrame(frame: FrameView): void {
+    this.openRecord(frame.len);
+    this.add(frame.chains[0]!, frame.part, frame.hdrLen);
+    for (let i = 1; i < frame.count; i++) this.add(frame.chains[i]!, frame.part, 0);
+    this.closeRecord();
+  }
+
+  /** Ends a burst: its records go to the file. */
+  endBurst(): void {
+    this.flush();
   }
 
   /** Opens a record for a frame of `len` bytes; fill it with add(), end it with closeRecord(). */
@@ -129,12 +146,13 @@ export class PcapWriter {
     const room = MAX_IOV - t.count;
     const pieces = which === 'readable' ? ch.readable.count : ch.writable.count;
     const before = t.count;
+    const mem = this.ctx.mem;
     if (pieces <= room) {
-      t.count = ch.appendIovecs(t.entries, t.count, which, skip, this.want - this.got, this.mem);
+      t.count = ch.appendIovecs(t.entries, t.count, which, skip, this.want - this.got, mem);
     } else if (room > 0) {
       // More pieces than one writev takes: the record is cut where the room ends (incl_len says so).
       const scratch = new Uint32Array(pieces * 4);
-      const n = Math.min(ch.appendIovecs(scratch, 0, which, skip, this.want - this.got, this.mem), room);
+      const n = Math.min(ch.appendIovecs(scratch, 0, which, skip, this.want - this.got, mem), room);
       t.entries.set(scratch.subarray(0, n * 4), t.count * 4);
       t.count += n;
     }
@@ -147,7 +165,7 @@ export class PcapWriter {
     this.hdr[this.records * 4 + 2] = this.got;
     this.records++;
     this.open = false;
-    this.c[M.captured]! += 1;
+    this.ctx.c[M.captured]! += 1;
   }
 
   /** Writes the records closed so far with one writev. A failed write is counted, never thrown. */
@@ -159,9 +177,11 @@ export class PcapWriter {
       for (let e = 0; e < t.count; e++) total += t.entries[e * 4 + 3]!;
       try {
         // A short write (a full disk) leaves a torn record behind: count the burst as failed.
-        if (native.writevBatch(this.fd, t, 1) !== 1 || t.bytes[0] !== total) this.c[M.captureFailed]! += this.records;
-      } catch {
-        this.c[M.captureFailed]! += this.records;
+        if (native.writevBatch(this.fd, t, 1) !== 1 || t.bytes[0] !== total) this.ctx.c[M.captureFailed]! += this.records;
+      } catch (e) {
+        // Never thrown at the queue: a capture that cannot write is counted, the frames still go.
+        if (!(e instanceof NativeError)) throw e;
+        this.ctx.c[M.captureFailed]! += this.records;
       }
     }
     t.reset();

@@ -1,10 +1,14 @@
 /**
  * Pending-used interrupt coalescing (lguest's `pending_used`).
  *
+ *   service (tx.ts / rx.ts) ── flush used.idx, pending += n ──▶ PendingUsed ── take() ──▶ call eventfd
+ *                                                   loop (loops.ts): before it sleeps, or at 1/4 ring
+ *
  * Completions are published once per burst (SplitQueue.flush) and counted here as pending. The call
  * eventfd is written at most once for all of them, at the last moment: just before the worker
- * sleeps, or when so many are pending that the driver would starve for buffers. Whether a signal is
- * due at all is the ring's decision (EVENT_IDX used_event, or VRING_AVAIL_F_NO_INTERRUPT).
+ * sleeps (folded into its native waitKick), or when so many are pending that the driver would starve
+ * for buffers. Whether a signal is due at all is the ring's decision (virtio 1.2 §2.7.7: EVENT_IDX
+ * used_event, or VRING_AVAIL_F_NO_INTERRUPT). The control queue uses it too, on the main thread.
  */
 import * as native from '../native/index.ts';
 import type { SplitQueue } from '../vring/index.ts';

@@ -5,25 +5,24 @@
  *   create ─▶ setFeatures ─▶ setMemory ─▶ setupQueue(i) … ─▶ startQueue(i) / start ─▶ … ─▶ stop / reset
  *
  * Queue numbering follows the spec (§5.1.2): receiveq_n = 2n, transmitq_n = 2n+1, controlq = 2·max_pairs.
- * Each started data queue gets its own worker thread (worker.ts); the control queue is served here,
- * on the main thread, woken through the event loop. Memory changes quiesce the workers first, then
+ * Each started data queue gets its own worker thread (worker.ts, steered through worker-host.ts with
+ * the messages of worker-protocol.ts), which runs the data path on its own; the control queue is served
+ * here, on the main thread, woken through the event loop. Memory changes quiesce the workers first, then
  * swap the mappings, so no worker ever reads a region that is being replaced.
  */
 import { EventEmitter } from 'node:events';
-import { MessageChannel, type MessagePort, type Worker } from 'node:worker_threads';
 import * as native from '../native/index.ts';
-import { SplitQueue, type DescriptorChain, type GuestMemory } from '../vring/index.ts';
+import type { GuestMemory } from '../vring/index.ts';
 import type { Backend } from './backend.ts';
 import { CFG, NetConfig, parseMac, STATUS } from './config.ts';
-import { MAX_CTRL_LEN, processCtrl, type CtrlTarget } from './ctrl.ts';
-import { LgnetError } from '../errors/index.ts';
+import type { CtrlTarget } from './ctrl.ts';
+import { CtrlLoop } from './ctrl-loop.ts';
 import { NET_ERROR, NetConfigError, NetStateError, WorkerError } from './errors.ts';
 import { decode, DEFAULT_OFFERED, GUEST_OFFLOAD_FEATURES, mask, names, OFFLOAD_FEATURES, type NegotiatedFeatures } from './features.ts';
-import { PendingUsed } from './interrupt.ts';
-import { createCounters, M, snapshot, type QueueMetrics } from './metrics.ts';
+import { createCounters, snapshot, type QueueMetrics } from './metrics.ts';
 import { RxFilter } from './rx-filter.ts';
-import { siblingModule, startWorker } from './thread.ts';
-import { memoryFromMappings, type FilterState, type QueueConfig, type WorkerBoot, type WorkerCommand, type WorkerEvent, type WorkerRegion } from './worker.ts';
+import { WorkerHost } from './worker-host.ts';
+import { filterState, memoryFromMappings, type QueueConfig, type WorkerRegion } from './worker-protocol.ts';
 import { DEFAULT_SNAPLEN } from './capture.ts';
 import { checkRateLimit, type RateLimit } from './rate-limit.ts';
 
@@ -110,21 +109,12 @@ interface Slot {
   index: number;
   setup?: QueueSetup;
   counters: Float64Array;
-  /** The queue's worker thread, started once and reused; idle while the queue is stopped. */
-  worker?: Worker;
-  spawning?: Promise<void>;
-  control?: MessagePort;
-  ctlFd: number;
-  ctlFlag: Int32Array;
+  /** The queue's worker thread (data queues), started once and reused; idle while the queue is stopped. */
+  host: WorkerHost;
   /** A queue is configured on the worker. */
   running: boolean;
-  waiters: Array<{ evs: ReadonlyArray<WorkerEvent['ev']>; resolve: (e: WorkerEvent) => void }>;
   broken: string | null;
 }
-
-const WORKER_URL = siblingModule('worker', import.meta.url);
-/** How long the device waits for a worker to answer a command. */
-const WORKER_TIMEOUT_MS = 5000;
 
 function randomMac(): Uint8Array {
   const mac = new Uint8Array(6);
@@ -158,8 +148,9 @@ export class NetDevice extends EventEmitter {
   private regions: WorkerRegion[] = [];
   private mem: GuestMemory | null = null;
   private activePairs = 1;
-  private ctrl: { queue: SplitQueue; poller: native.FdPoller; pending: PendingUsed; chains: DescriptorChain[]; buf: Uint8Array } | null = null;
-  private ctrlStats = { commands: 0, errors: 0 };
+  /** The control queue's loop while it runs (main thread). */
+  private ctrl: CtrlLoop | null = null;
+  private readonly ctrlStats = { commands: 0, errors: 0 };
 
   constructor(opts: NetDeviceOptions) {
     super();
@@ -190,7 +181,17 @@ export class NetDevice extends EventEmitter {
     this.rateLimit = opts.rateLimit;
     this.maxQueueSize = opts.maxQueueSize ?? 1024;
     for (let i = 0; i < this.queueCount; i++) {
-      this.slots.push({ index: i, counters: createCounters(), ctlFd: -1, ctlFlag: new Int32Array(new SharedArrayBuffer(4)), running: false, waiters: [], broken: null });
+      const counters = createCounters();
+      const s: Slot = {
+        index: i, counters, running: false, broken: null,
+        host: new WorkerHost({
+          index: i,
+          counters,
+          onEvent: (e) => { if (e.ev === 'broken') this.markBroken(s, e.code, e.message); },
+          onGone: () => { s.running = false; },
+        }),
+      };
+      this.slots.push(s);
     }
     this.filter.reset(mac, false);
   }
@@ -248,8 +249,8 @@ export class NetDevice extends EventEmitter {
     const old = this.regions;
     this.regions = regions;
     const running = this.slots.filter((s) => s.running);
-    await Promise.all(running.map((s) => this.command(s, { cmd: 'pause' }, ['paused'])));
-    for (const s of running) this.send(s, { cmd: 'resume', regions });
+    await Promise.all(running.map((s) => s.host.command({ cmd: 'pause' }, ['paused'])));
+    for (const s of running) s.host.send({ cmd: 'resume', regions });
     if (this.ctrl) this.ctrl.queue.attach(this.mem);
     for (const r of old) native.munmap(r.mappingId);
   }
@@ -301,8 +302,8 @@ export class NetDevice extends EventEmitter {
    * sandbox's per-role filter). Workers must be started (startWorkers) and idle or running.
    */
   async restrictWorkers(program: Uint8Array): Promise<void> {
-    const workers = this.slots.filter((s) => s.worker);
-    const answers = await Promise.all(workers.map((s) => this.command(s, { cmd: 'seccomp', program: program.slice() }, ['sealed'])));
+    const workers = this.slots.filter((s) => s.host.started);
+    const answers = await Promise.all(workers.map((s) => s.host.command({ cmd: 'seccomp', program: program.slice() }, ['sealed'])));
     for (const [i, a] of answers.entries()) {
       if (a.ev === 'sealed' && a.error) {
         throw new WorkerError(NET_ERROR.WORKER_SECCOMP, `queue ${workers[i]!.index}'s worker could not install its seccomp filter (${a.error.code}): ${a.error.message}`);
@@ -336,10 +337,10 @@ export class NetDevice extends EventEmitter {
       burst: this.burst,
       busyPoll: this.busyPoll,
       mtu: this.config.mtu,
-      filter: this.filterState(),
+      filter: filterState(this.filter),
     };
     s.running = true;
-    await this.command(s, { cmd: 'configure', config }, ['running', 'broken']);
+    await s.host.command({ cmd: 'configure', config }, ['running', 'broken']);
   }
 
   /** Stops queue `index` and returns the next avail index it would have processed. */
@@ -349,10 +350,10 @@ export class NetDevice extends EventEmitter {
     if (!s.running) return s.setup?.lastAvail ?? 0;
     let lastAvail = s.setup?.lastAvail ?? 0;
     try {
-      const e = await this.command(s, { cmd: 'stop' }, ['stopped']);
+      const e = await s.host.command({ cmd: 'stop' }, ['stopped']);
       if (e.ev === 'stopped') lastAvail = e.lastAvail;
     } catch (e) {
-      await this.killWorker(s); // it did not answer: replace it next time
+      await s.host.kill(); // it did not answer: replace it next time
       throw e;
     } finally {
       s.running = false;
@@ -389,7 +390,7 @@ export class NetDevice extends EventEmitter {
   /** Stops everything, ends the workers, releases memory and the backend. */
   async close(): Promise<void> {
     await this.stop();
-    await Promise.all(this.slots.map((s) => this.killWorker(s)));
+    await Promise.all(this.slots.map((s) => s.host.kill()));
     for (const r of this.regions) native.munmap(r.mappingId);
     this.regions = [];
     this.mem = null;
@@ -444,150 +445,24 @@ export class NetDevice extends EventEmitter {
     return s;
   }
 
+  /** Starts the queue's worker thread if need be (a TX worker loads the pair backend's filter hook). */
   private ensureWorker(s: Slot): Promise<void> {
-    if (s.worker) return Promise.resolve();
-    if (s.spawning) return s.spawning;
-    const { port1, port2 } = new MessageChannel();
-    s.ctlFd = native.eventfdCreate({ nonblocking: true });
-    s.control = port1;
-    const ref = this.backend.frameFilter?.();
-    const boot: WorkerBoot = {
-      lgnetQueueWorker: true,
-      role: s.index & 1 ? 'tx' : 'rx',
-      queueIndex: s.index,
-      ctlFd: s.ctlFd,
-      ctlFlag: s.ctlFlag,
-      counters: s.counters,
-      control: port2,
-      ...(ref && s.index & 1 ? { frameFilter: ref } : {}),
-    };
-    const idle = this.waitFor(s, ['idle', 'broken']);
-    const w = startWorker(WORKER_URL, { workerData: boot, transferList: [port2], name: `lgnet-q${s.index}` });
-    s.worker = w;
-    port1.on('message', (e: WorkerEvent) => this.onWorkerEvent(s, e));
-    port1.unref();
-    w.on('error', (e) => this.onWorkerEvent(s, { ev: 'broken', code: NET_ERROR.WORKER_CRASH, message: e.message }));
-    w.on('exit', () => {
-      if (s.worker === w) this.forgetWorker(s);
-    });
-    w.unref();
-    s.spawning = idle.then(
-      (e) => {
-        delete s.spawning;
-        if (e.ev === 'broken') throw new WorkerError(NET_ERROR.WORKER_START, `queue ${s.index}'s worker could not start: ${e.message}`);
-      },
-      async (e) => {
-        delete s.spawning;
-        await this.killWorker(s);
-        throw e;
-      },
-    );
-    return s.spawning;
-  }
-
-  private send(s: Slot, m: WorkerCommand): void {
-    s.control!.postMessage(m);
-    Atomics.store(s.ctlFlag, 0, 1); // seen by a busy worker
-    native.eventfdWrite(s.ctlFd, 1); // wakes a sleeping one
-  }
-
-  private command(s: Slot, m: WorkerCommand, evs: ReadonlyArray<WorkerEvent['ev']>): Promise<WorkerEvent> {
-    const p = this.waitFor(s, evs);
-    this.send(s, m);
-    return p;
-  }
-
-  private waitFor(s: Slot, evs: ReadonlyArray<WorkerEvent['ev']>): Promise<WorkerEvent> {
-    return new Promise((resolve, reject) => {
-      const timer = setTimeout(() => {
-        s.waiters = s.waiters.filter((w) => w !== waiter);
-        reject(new WorkerError(NET_ERROR.WORKER_TIMEOUT, `queue ${s.index}'s worker did not report "${evs.join('" or "')}" within ${WORKER_TIMEOUT_MS} ms`));
-      }, WORKER_TIMEOUT_MS);
-      const waiter = { evs, resolve: (e: WorkerEvent) => { clearTimeout(timer); resolve(e); } };
-      s.waiters.push(waiter);
-    });
-  }
-
-  private onWorkerEvent(s: Slot, e: WorkerEvent): void {
-    if (e.ev === 'broken') this.markBroken(s, e.code, e.message);
-    const ready = s.waiters.filter((w) => w.evs.includes(e.ev));
-    s.waiters = s.waiters.filter((w) => !w.evs.includes(e.ev));
-    for (const w of ready) w.resolve(e);
-  }
-
-  private forgetWorker(s: Slot): void {
-    delete s.worker;
-    s.running = false;
-    s.control?.close();
-    delete s.control;
-    if (s.ctlFd >= 0) native.close(s.ctlFd);
-    s.ctlFd = -1;
-  }
-
-  private async killWorker(s: Slot): Promise<void> {
-    const w = s.worker;
-    if (!w) return;
-    const exited = new Promise((r) => w.once('exit', r));
-    try {
-      this.send(s, { cmd: 'exit' });
-    } catch { /* the port or fd is already gone */ }
-    await Promise.race([exited, new Promise((r) => setTimeout(r, WORKER_TIMEOUT_MS))]);
-    if (s.worker === w) {
-      await w.terminate();
-      this.forgetWorker(s);
-    }
+    return s.host.start(this.backend.frameFilter?.());
   }
 
   // ---- control queue (main thread)
 
-  private filterState(): FilterState {
-    const f = this.filter;
-    return {
-      promisc: f.promisc, allmulti: f.allmulti, alluni: f.alluni, nomulti: f.nomulti, nouni: f.nouni, nobcast: f.nobcast,
-      vlanFiltering: f.vlanFiltering, mac: f.mac.slice(), uni: f.uni.slice(), multi: f.multi.slice(), vlans: f.vlans.slice(),
-    };
-  }
-
   private pushFilter(): void {
-    const filter = this.filterState();
+    const filter = filterState(this.filter);
     for (let i = 0; i < 2 * this.maxQueuePairs; i += 2) {
       const s = this.slots[i]!;
-      if (s.running) this.send(s, { cmd: 'filter', filter });
+      if (s.running) s.host.send({ cmd: 'filter', filter });
     }
   }
 
   private startCtrl(s: Slot): void {
     if (this.ctrl) return;
     const setup = s.setup!;
-    const queue = new SplitQueue({ size: setup.size, desc: setup.desc, avail: setup.avail, used: setup.used, eventIdx: this.negotiated.eventIdx, indirect: this.negotiated.indirect });
-    queue.attach(this.mem!);
-    queue.setBase(setup.lastAvail ?? 0);
-    const pending = new PendingUsed(queue, setup.callFd, s.counters);
-    const poller = new native.FdPoller(setup.kickFd, () => this.serveCtrl());
-    this.ctrl = { queue, poller, pending, chains: [], buf: new Uint8Array(MAX_CTRL_LEN) };
-    poller.start(native.POLL.READABLE);
-    this.serveCtrl(); // commands queued before the start
-  }
-
-  private stopCtrl(): number {
-    const c = this.ctrl;
-    if (!c) return this.slots[this.ctrlIndex]?.setup?.lastAvail ?? 0;
-    c.poller.close();
-    this.ctrl = null;
-    const last = c.queue.lastAvail;
-    const setup = this.slots[this.ctrlIndex]!.setup;
-    if (setup) setup.lastAvail = last;
-    return last;
-  }
-
-  private serveCtrl(): void {
-    const c = this.ctrl;
-    if (!c) return;
-    const s = this.slots[this.ctrlIndex]!;
-    if (s.broken) return;
-    try {
-      native.eventfdRead(s.setup!.kickFd);
-    } catch { /* a blocking kick fd with nothing to read: fine */ }
     const target: CtrlTarget = {
       features: this.negotiated,
       filter: this.filter,
@@ -601,29 +476,31 @@ export class NetDevice extends EventEmitter {
         this.backend.configure(decode(base | bits));
       },
     };
-    try {
-      for (;;) {
-        const n = c.queue.popBurst(this.burst, c.chains);
-        if (n === 0) break;
-        for (let i = 0; i < n; i++) {
-          const ch = c.chains[i]!;
-          const r = processCtrl(ch, target, c.buf);
-          this.ctrlStats.commands++;
-          if (r.error) {
-            this.ctrlStats.errors++;
-            this.emit('log', { level: 'warn', msg: 'control command refused', err: r.error });
-          }
-          c.queue.addUsed(ch.head, ch.writableLen >= 1 ? 1 : 0);
-        }
-        c.queue.flush();
-        c.pending.pending += n;
-      }
-      c.pending.signal();
-    } catch (e) {
-      // As a data queue's worker does: a typed error keeps its code, anything else is a bug.
-      s.counters[M.queueBroken]! += 1;
-      this.markBroken(s, e instanceof LgnetError ? e.code : NET_ERROR.WORKER_ERROR, e instanceof Error ? e.message : String(e));
-    }
+    this.ctrl = new CtrlLoop({
+      ring: { size: setup.size, desc: setup.desc, avail: setup.avail, used: setup.used, lastAvail: setup.lastAvail ?? 0 },
+      kickFd: setup.kickFd,
+      callFd: setup.callFd,
+      mem: this.mem!,
+      features: this.negotiated,
+      counters: s.counters,
+      burst: this.burst,
+      target,
+      stats: this.ctrlStats,
+      isBroken: () => s.broken !== null,
+      onRefused: (err) => this.emit('log', { level: 'warn', msg: 'control command refused', err }),
+      onBroken: (code, message) => this.markBroken(s, code, message),
+    });
+    this.ctrl.start();
+  }
+
+  private stopCtrl(): number {
+    const c = this.ctrl;
+    if (!c) return this.slots[this.ctrlIndex]?.setup?.lastAvail ?? 0;
+    this.ctrl = null;
+    const last = c.stop();
+    const setup = this.slots[this.ctrlIndex]!.setup;
+    if (setup) setup.lastAvail = last;
+    return last;
   }
 
   /** A queue is broken: DEVICE_NEEDS_RESET (§2.1.1), logged once and reported. */

@@ -7,7 +7,12 @@
  * still passes, no frame needs its size known in advance (RX learns it only after the read), and the
  * long-run rate is exact. A queue that meets an empty bucket stops its burst, leaves the rest in the
  * ring (or in the tap), and sleeps until the refill makes the balance positive again.
+ *
+ * On the data path a RateLimiter sits in a queue's service context (service.ts) twice: as the gate a
+ * service asks before each burst (allowance), and as a frame observer that charges each frame that
+ * crossed (onFrame). The loop (loops.ts) sleeps for waitMs() when the gate closes.
  */
+import type { FrameObserver, FrameView } from './service.ts';
 
 /** One bucket: `size` tokens, refilled at `size` per `refillMs`. */
 export interface BucketSpec {
@@ -92,7 +97,7 @@ export class TokenBucket {
 }
 
 /** A queue's limiter: the buckets its RateLimit asks for. */
-export class RateLimiter {
+export class RateLimiter implements FrameObserver {
   private readonly bytes: TokenBucket | null;
   private readonly ops: TokenBucket | null;
 
@@ -132,4 +137,13 @@ export class RateLimiter {
   waitMs(): number {
     return Math.max(this.bytes?.waitMs() ?? 0, this.ops?.waitMs() ?? 0);
   }
+
+  /** As an observer: each frame that crossed is charged. */
+  onFrame(frame: FrameView): void {
+    this.charge(frame.len);
+  }
+
+  beginBurst(): void {}
+
+  endBurst(): void {}
 }

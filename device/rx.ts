@@ -1,5 +1,9 @@
 /**
- * net_input: the backend → the guest's RX queue.
+ * net_input: the backend → the guest's RX queue. The service step of the RX loop (loops.ts), run in
+ * the queue's worker thread:
+ *
+ *   tap / pair ──port.recv──▶ straight into the guest's RX buffers ──▶ num_buffers ──▶ used ring
+ *                              (chains popped from the RX ring)          (one flush per burst)
  *
  * Two paths, chosen once per burst:
  *
@@ -9,25 +13,24 @@
  *
  * - Per frame (MRG_RXBUF, or an RX filter to apply): gather popped chains until they can hold the
  *   largest frame the guest may receive, read one frame across them, then complete only the chains
- *   it filled and write num_buffers. A frame the filter rejects is read over by the next one in the
- *   same buffers. Chains left over at the end of the burst are rewound.
+ *   it filled and write num_buffers (the MrgCursor below, drawn there). A frame the filter rejects is
+ *   read over by the next one in the same buffers. Chains left over at the end of the burst are rewound.
  *
  * In both paths the backend's virtio_net_hdr lands in front of the frame as-is and only num_buffers
- * is written by the device (§5.1.6.4: 1 without MRG_RXBUF). A chain too short for the header is
- * completed with 0 and counted; a frame larger than the room offered is consumed, counted and not
+ * is written by the device (virtio 1.2 §5.1.6.4: 1 without MRG_RXBUF). A chain too short for the header
+ * is completed with 0 and counted; a frame larger than the room offered is consumed, counted and not
  * delivered. Without buffers the device stops reading the backend, so frames wait in the kernel.
+ * Frame observers (capture, rate-limit accounting; service.ts) see each delivered frame before the
+ * burst's used.idx is published. Signalling and sleeping are the loop's.
  */
 import { NativeError } from '../native/errors.ts';
 import { IovecTable } from '../native/iovec.ts';
-import { DescriptorError, VringErrorCode, type DescriptorChain, type GuestMemory, type SplitQueue } from '../vring/index.ts';
+import { DescriptorError, VringErrorCode, type DescriptorChain } from '../vring/index.ts';
 import type { RxPort } from './backend.ts';
-import type { NegotiatedFeatures } from './features.ts';
 import { ETH_HLEN, HDR, MAX_FRAME_LEN } from './header.ts';
-import type { PcapWriter } from './capture.ts';
-import type { PendingUsed } from './interrupt.ts';
-import type { RateLimiter } from './rate-limit.ts';
 import { M } from './metrics.ts';
 import type { RxFilter } from './rx-filter.ts';
+import type { ServiceContext } from './service.ts';
 
 /** Outcome of one RX burst. */
 export const RX = {
@@ -51,13 +54,7 @@ const FILTER_BYTES = 16;
 const VLAN_HLEN = 4;
 
 export class RxService {
-  private readonly queue: SplitQueue;
-  private readonly mem: GuestMemory;
-  private readonly f: NegotiatedFeatures;
-  private readonly port: RxPort;
-  private readonly c: Float64Array;
-  private readonly pending: PendingUsed;
-  private readonly burst: number;
+  readonly ctx: ServiceContext<RxPort>;
   /** The filter programmed by the control queue (shared with whoever updates it). */
   readonly filter: RxFilter;
   private readonly chains: DescriptorChain[] = [];
@@ -69,57 +66,80 @@ export class RxService {
   private readonly maxRx: number;
   private readonly zeroHdr = new Uint8Array(HDR.LEN_V1);
   private readonly peek = new Uint8Array(FILTER_BYTES);
-  private readonly included: number[] = [];
-  private readonly capture: PcapWriter | undefined;
-  private readonly limiter: RateLimiter | undefined;
+  private readonly cursor: MrgCursor;
   /** Set with RX.THROTTLED: milliseconds until frames may be read again. */
   throttledMs = 0;
   /** A full-size frame (MTU + Ethernet header): what the rate limit assumes before a read. */
   private readonly frameHint: number;
 
-  constructor(queue: SplitQueue, mem: GuestMemory, f: NegotiatedFeatures, port: RxPort, pending: PendingUsed,
-    counters: Float64Array, filter: RxFilter, opts: { burst: number; mtu: number; capture?: PcapWriter; limiter?: RateLimiter }) {
-    this.queue = queue;
-    this.mem = mem;
-    this.f = f;
-    this.port = port;
-    this.pending = pending;
-    this.c = counters;
+  constructor(ctx: ServiceContext<RxPort>, filter: RxFilter, opts: { mtu: number }) {
+    this.ctx = ctx;
     this.filter = filter;
-    this.burst = opts.burst;
-    this.capture = opts.capture;
-    this.limiter = opts.limiter;
+    const f = ctx.f;
     this.frameHint = opts.mtu + ETH_HLEN;
-    this.skip = port.vnetHdrLen === 0 ? f.hdrLen : 0;
+    this.skip = ctx.port.vnetHdrLen === 0 ? f.hdrLen : 0;
     const gso = f.guestTso4 || f.guestTso6 || f.guestUfo;
     this.maxRx = f.hdrLen + (gso ? MAX_FRAME_LEN : opts.mtu + ETH_HLEN + VLAN_HLEN);
-    this.table = new IovecTable(Math.max(opts.burst * MAX_IOV_PER_CHAIN, MAX_IOV_PER_FRAME), opts.burst);
-    this.slotChain = new Uint16Array(opts.burst);
+    this.table = new IovecTable(Math.max(ctx.burst * MAX_IOV_PER_CHAIN, MAX_IOV_PER_FRAME), ctx.burst);
+    this.slotChain = new Uint16Array(ctx.burst);
+    this.cursor = new MrgCursor(this, this.chains, this.table, this.skip);
   }
 
   /** One burst. Returns an {@link RX} outcome. */
   processRx(): number {
-    this.capture?.begin();
-    let max = this.burst;
-    if (this.limiter) {
-      max = this.limiter.allowance(max, this.frameHint);
+    const ctx = this.ctx;
+    ctx.observer?.beginBurst();
+    let max = ctx.burst;
+    const limiter = ctx.limiter;
+    if (limiter !== null) {
+      max = limiter.allowance(max, this.frameHint);
       if (max === 0) {
-        this.throttledMs = Math.max(1, this.limiter.waitMs());
+        this.throttledMs = Math.max(1, limiter.waitMs());
         return RX.THROTTLED; // frames wait in the backend
       }
     }
-    return !this.f.mrgRxbuf && this.filter.passAll ? this.batched(max) : this.perFrame(max);
+    return !ctx.f.mrgRxbuf && this.filter.passAll ? this.batched(max) : this.perFrame(max);
   }
 
   /** 0 when the chain can take a frame, else the counter of why not (it is completed with 0). */
-  private unusable(ch: DescriptorChain): number {
-    if (ch.readableLen !== 0 || ch.writableLen < this.f.hdrLen + ETH_HLEN - this.skip) return M.rxDropShortBuffer;
+  unusable(ch: DescriptorChain): number {
+    if (ch.readableLen !== 0 || ch.writableLen < this.ctx.f.hdrLen + ETH_HLEN - this.skip) return M.rxDropShortBuffer;
     return ch.writable.count > MAX_IOV_PER_CHAIN ? M.rxDropTooManyPieces : 0;
   }
 
+  /** Publishes a burst's completions: observers first (the guest may reuse its buffers right after), then used.idx. */
+  private publish(completed: number): void {
+    if (completed === 0) return;
+    const ctx = this.ctx;
+    ctx.observer?.endBurst();
+    ctx.queue.flush();
+    ctx.pending.pending += completed;
+    ctx.c[M.bursts]! += 1;
+  }
+
+  /** Tells the observers about a frame of `total` bytes (header included) in `count` chains. */
+  private observe(total: number, count: number): void {
+    const v = this.ctx.frame;
+    v.len = total - this.ctx.f.hdrLen;
+    v.part = 'writable';
+    v.count = count;
+    this.ctx.observer!.onFrame(v);
+  }
+
+  /** Counts a frame delivered to the guest. */
+  private delivered(total: number): void {
+    const c = this.ctx.c;
+    c[M.frames]! += 1;
+    c[M.bytes]! += total - this.ctx.f.hdrLen;
+  }
+
+  // ---- the batched path
+
   private batched(max: number): number {
-    const q = this.queue;
-    const c = this.c;
+    const ctx = this.ctx;
+    const q = ctx.queue;
+    const c = ctx.c;
+    const mem = ctx.mem;
     const n = q.popBurst(max, this.chains);
     if (n === 0) {
       c[M.rxNoBuffers]! += 1;
@@ -131,14 +151,14 @@ export class RxService {
     for (let i = 0; i < n; i++) {
       const ch = this.chains[i]!;
       if (this.unusable(ch)) continue;
-      t.count = ch.appendIovecs(t.entries, t.count, 'writable', this.skip, ch.writableLen - this.skip, this.mem);
+      t.count = ch.appendIovecs(t.entries, t.count, 'writable', this.skip, ch.writableLen - this.skip, mem);
       t.endFrame();
       this.slotChain[slots++] = i;
     }
     let got = 0;
     if (slots > 0) {
       try {
-        got = this.port.recv(t, slots);
+        got = ctx.port.recv(t, slots);
       } catch (e) {
         if (!(e instanceof NativeError)) throw e; // a bug, not the backend: the queue breaks
         c[M.rxDropBackend]! += 1;
@@ -148,7 +168,6 @@ export class RxService {
     // Chains before the first slot left empty are settled (filled, or short and completed with 0);
     // that slot's chain and everything after it go back to the ring.
     const settled = got < slots ? this.slotChain[got]! : n;
-    let completed = 0;
     let slot = 0;
     for (let i = 0; i < settled; i++) {
       const ch = this.chains[i]!;
@@ -159,164 +178,244 @@ export class RxService {
         q.addUsed(ch.head, 0);
         c[this.unusable(ch) || M.rxDropShortBuffer]! += 1;
       }
-      completed++;
     }
     if (settled < n) q.rewind(n - settled);
-    if (completed > 0) {
-      this.capture?.flush(); // before used.idx: the guest may reuse its buffers right after
-      q.flush();
-      this.pending.pending += completed;
-      c[M.bursts]! += 1;
-    }
+    this.publish(settled);
     return got < slots || slots === 0 ? RX.BACKEND_EMPTY : RX.MORE;
   }
 
   /** Completes a chain that received one whole frame of `total` bytes (header included). */
   private complete1(ch: DescriptorChain, total: number): void {
-    const c = this.c;
+    const ctx = this.ctx;
     if (total > ch.writableLen || total > this.maxRx) {
       // Truncated by the backend: the guest would get a damaged frame.
-      this.queue.addUsed(ch.head, 0);
-      c[M.rxDropTooBig]! += 1;
+      ctx.queue.addUsed(ch.head, 0);
+      ctx.c[M.rxDropTooBig]! += 1;
       return;
     }
     if (this.skip) ch.writeBytes(0, this.zeroHdr, 0, this.skip);
-    if (this.f.hdrLen === HDR.LEN_V1) ch.setU16(HDR.NUM_BUFFERS, 1);
-    const cap = this.capture;
-    if (cap) {
-      cap.openRecord(total - this.f.hdrLen);
-      cap.add(ch, 'writable', this.f.hdrLen);
-      cap.closeRecord();
+    if (ctx.f.hdrLen === HDR.LEN_V1) ch.setU16(HDR.NUM_BUFFERS, 1);
+    if (ctx.observer !== null) {
+      ctx.frame.chains[0] = ch;
+      this.observe(total, 1);
     }
-    this.queue.addUsed(ch.head, total);
-    this.limiter?.charge(total - this.f.hdrLen);
-    c[M.frames]! += 1;
-    c[M.bytes]! += total - this.f.hdrLen;
+    ctx.queue.addUsed(ch.head, total);
+    this.delivered(total);
   }
 
+  // ---- the per-frame path (MRG_RXBUF, or a filter)
+
   private perFrame(max: number): number {
-    const q = this.queue;
-    const c = this.c;
-    const t = this.table;
-    const hdrLen = this.f.hdrLen;
-    const chains = this.chains;
-    const included = this.included;
-    const need = this.f.mrgRxbuf ? this.maxRx : 1;
-    let popped = 0;
-    let next = 0; // first chain not yet settled
+    const c = this.ctx.c;
+    const cur = this.cursor;
+    // Without MRG_RXBUF a frame gets one chain, whatever its size (a short read is counted too big).
+    const need = this.ctx.f.mrgRxbuf ? this.maxRx : 1;
+    cur.start();
     let frames = 0;
-    let completed = 0;
     let outcome: number = RX.MORE;
     while (frames < max) {
-      // Gather chains from `next` until they hold `need` bytes (one chain without MRG_RXBUF).
-      t.reset();
-      included.length = 0;
-      let room = 0;
-      let k = next;
-      while (room < need) {
-        if (k === popped) {
-          const got = q.popBurst(Math.min(this.burst, q.size - popped), chains, popped);
-          if (got === 0) break;
-          popped += got;
-        }
-        const ch = chains[k]!;
-        const bad = this.unusable(ch);
-        if (bad) {
-          if (k === next) {
-            q.addUsed(ch.head, 0);
-            c[bad]! += 1;
-            completed++;
-            next++;
-          }
-          k++; // a short chain inside the gathered range is completed with 0 when settled
-          continue;
-        }
-        if (t.count + ch.writable.count > MAX_IOV_PER_FRAME) {
-          throw new DescriptorError(VringErrorCode.TOO_MANY_PIECES,
-            `an RX frame would span more than ${MAX_IOV_PER_FRAME} buffer pieces (MRG_RXBUF with tiny buffers); the queue is marked broken`);
-        }
-        const skip = included.length === 0 ? this.skip : 0;
-        t.count = ch.appendIovecs(t.entries, t.count, 'writable', skip, ch.writableLen - skip, this.mem);
-        room += ch.writableLen;
-        included.push(k);
-        k++;
-        if (!this.f.mrgRxbuf) break;
-      }
-      if (included.length === 0 || room < need) {
+      const room = cur.gather(need);
+      if (room < need) {
         c[M.rxNoBuffers]! += 1;
         outcome = RX.NO_BUFFERS;
         break;
       }
-      t.endFrame();
-      let got = 0;
-      try {
-        got = this.port.recv(t, 1);
-      } catch (e) {
-        if (!(e instanceof NativeError)) throw e; // a bug, not the backend: the queue breaks
-        c[M.rxDropBackend]! += 1;
-        c[M.backendErrno] = e.errno;
+      const total = this.readOne();
+      if (total < 0) {
         outcome = RX.BACKEND_EMPTY;
         break;
       }
-      if (got === 0) {
-        outcome = RX.BACKEND_EMPTY;
-        break;
-      }
-      const total = t.bytes[0]! + this.skip;
       if (total > room || total > this.maxRx) {
         c[M.rxDropTooBig]! += 1;
         continue; // the same buffers take the next frame
       }
-      const first = chains[included[0]!]!;
-      if (!this.filter.passAll && first.writableLen >= hdrLen + FILTER_BYTES) {
-        first.readWritable(hdrLen, this.peek, 0, FILTER_BYTES);
-        if (!this.filter.accept(this.peek, 0, total - hdrLen)) {
-          c[M.rxDropFiltered]! += 1;
-          continue;
-        }
+      if (!this.accepts(cur.first(), total)) {
+        c[M.rxDropFiltered]! += 1;
+        continue;
       }
-      // Settle: chains from `next` up to the last one the frame filled.
-      let remaining = total;
-      let used = 0;
-      while (remaining > 0) remaining -= chains[included[used++]!]!.writableLen;
-      const last = included[used - 1]!;
-      if (this.skip) first.writeBytes(0, this.zeroHdr, 0, this.skip);
-      if (hdrLen === HDR.LEN_V1) first.setU16(HDR.NUM_BUFFERS, used);
-      const cap = this.capture;
-      if (cap) {
-        cap.openRecord(total - hdrLen);
-        cap.add(first, 'writable', hdrLen);
-        for (let u = 1; u < used; u++) cap.add(chains[included[u]!]!, 'writable', 0);
-        cap.closeRecord();
-      }
-      remaining = total;
-      let u = 0;
-      for (let i = next; i <= last; i++) {
-        const ch = chains[i]!;
-        if (u < used && included[u] === i) {
-          const len = Math.min(remaining, ch.writableLen);
-          q.addUsed(ch.head, len);
-          remaining -= len;
-          u++;
-        } else {
-          q.addUsed(ch.head, 0);
-          c[this.unusable(ch) || M.rxDropShortBuffer]! += 1;
-        }
-        completed++;
-      }
-      next = last + 1;
+      this.deliverMerged(total);
       frames++;
-      this.limiter?.charge(total - hdrLen);
-      c[M.frames]! += 1;
-      c[M.bytes]! += total - hdrLen;
     }
-    if (popped > next) q.rewind(popped - next);
-    if (completed > 0) {
-      this.capture?.flush();
-      q.flush();
-      this.pending.pending += completed;
-      c[M.bursts]! += 1;
-    }
+    this.publish(cur.finish());
     return outcome;
+  }
+
+  /** Reads one frame into the gathered chains: its length with the header, or -1 when nothing came. */
+  private readOne(): number {
+    const t = this.table;
+    t.endFrame();
+    let got = 0;
+    try {
+      got = this.ctx.port.recv(t, 1);
+    } catch (e) {
+      if (!(e instanceof NativeError)) throw e; // a bug, not the backend: the queue breaks
+      this.ctx.c[M.rxDropBackend]! += 1;
+      this.ctx.c[M.backendErrno] = e.errno;
+      return -1;
+    }
+    return got === 0 ? -1 : t.bytes[0]! + this.skip;
+  }
+
+  /** The RX filter's verdict on the frame that starts after the header in `first`. */
+  private accepts(first: DescriptorChain, total: number): boolean {
+    const hdrLen = this.ctx.f.hdrLen;
+    if (this.filter.passAll || first.writableLen < hdrLen + FILTER_BYTES) return true;
+    first.readWritable(hdrLen, this.peek, 0, FILTER_BYTES);
+    return this.filter.accept(this.peek, 0, total - hdrLen);
+  }
+
+  /** Hands over a frame of `total` bytes that the gathered chains hold: header, num_buffers, completions. */
+  private deliverMerged(total: number): void {
+    const ctx = this.ctx;
+    const cur = this.cursor;
+    const used = cur.usedBy(total);
+    const first = cur.first();
+    if (this.skip) first.writeBytes(0, this.zeroHdr, 0, this.skip);
+    if (ctx.f.hdrLen === HDR.LEN_V1) first.setU16(HDR.NUM_BUFFERS, used);
+    if (ctx.observer !== null) {
+      for (let u = 0; u < used; u++) ctx.frame.chains[u] = cur.chain(u);
+      this.observe(total, used);
+    }
+    cur.settle(used, total);
+    this.delivered(total);
+  }
+}
+
+/**
+ * The per-frame path's view of the RX ring during one burst (MRG_RXBUF, virtio 1.2 §5.1.6.4: a frame
+ * may fill several chains, and the first chain's num_buffers says how many).
+ *
+ *   chains[] popped this burst (more popped on demand, at most the queue size)
+ *   ┌──────┬──────┬──────┬───────┬──────┬──────┬┄┄┄┄┄┄
+ *   │ done │ done │  c0  │ short │  c1  │  c2  │  …        gather(): from `next`, add chains to one
+ *   └──────┴──────┴──────┴───────┴──────┴──────┴┄┄┄┄┄┄    frame's iovecs until they hold `need`
+ *                  ▲ next                       ▲ popped   bytes (the largest frame the guest may get)
+ *
+ *   one recv() fills c0, then c1, then c2 …: say the frame needed c0 and c1. Then
+ *     num_buffers = 2 (in c0's header), settle(): c0 → used with its length, short → used with 0
+ *     (counted), c1 → used with the rest; `next` moves past c1. c2 … stay popped for the next frame.
+ *   finish(): chains popped but never settled go back to the ring (rewind), in order.
+ *
+ * A short chain at `next` is completed with 0 at once; one between gathered chains is skipped by the
+ * frame and completed with 0 when the frame settles past it, so completions stay in ring order.
+ */
+class MrgCursor {
+  private readonly rx: RxService;
+  /** The service's chain array and iovec table, shared. */
+  private readonly chains: DescriptorChain[];
+  private readonly table: IovecTable;
+  /** Header bytes the device writes itself (skipped in the first chain's iovecs). */
+  private readonly skip: number;
+  /** Chains popped this burst. */
+  private popped = 0;
+  /** The first popped chain not yet settled. */
+  private next = 0;
+  /** Chains completed this burst. */
+  private completed = 0;
+  /** Indices (into chains) of the chains gathered for the current frame, in order. */
+  private readonly gathered: number[] = [];
+
+  constructor(rx: RxService, chains: DescriptorChain[], table: IovecTable, skip: number) {
+    this.rx = rx;
+    this.chains = chains;
+    this.table = table;
+    this.skip = skip;
+  }
+
+  start(): void {
+    this.popped = this.next = this.completed = 0;
+  }
+
+  /**
+   * Describes chains from `next` on as one frame in the table until they hold `need` bytes, popping
+   * more as needed (one chain only without MRG_RXBUF). Returns the bytes gathered: less than `need`
+   * when the ring ran out.
+   */
+  gather(need: number): number {
+    const rx = this.rx;
+    const ctx = rx.ctx;
+    const q = ctx.queue;
+    const chains = this.chains;
+    const t = this.table;
+    const mrg = ctx.f.mrgRxbuf;
+    t.reset();
+    this.gathered.length = 0;
+    let room = 0;
+    for (let k = this.next; room < need; k++) {
+      if (k === this.popped) {
+        const got = q.popBurst(Math.min(ctx.burst, q.size - this.popped), chains, this.popped);
+        if (got === 0) break;
+        this.popped += got;
+      }
+      const ch = chains[k]!;
+      const bad = rx.unusable(ch);
+      if (bad) {
+        if (k === this.next) {
+          q.addUsed(ch.head, 0);
+          ctx.c[bad]! += 1;
+          this.completed++;
+          this.next++;
+        }
+        continue; // one further in is completed with 0 when the frame settles past it
+      }
+      if (t.count + ch.writable.count > MAX_IOV_PER_FRAME) {
+        throw new DescriptorError(VringErrorCode.TOO_MANY_PIECES,
+          `an RX frame would span more than ${MAX_IOV_PER_FRAME} buffer pieces (MRG_RXBUF with tiny buffers); the queue is marked broken`);
+      }
+      // Only the frame's first chain holds the header the device may have to write itself.
+      const s = this.gathered.length === 0 ? this.skip : 0;
+      t.count = ch.appendIovecs(t.entries, t.count, 'writable', s, ch.writableLen - s, ctx.mem);
+      room += ch.writableLen;
+      this.gathered.push(k);
+      if (!mrg) break;
+    }
+    return this.gathered.length === 0 ? 0 : room;
+  }
+
+  /** The first gathered chain (it holds the header). */
+  first(): DescriptorChain {
+    return this.chains[this.gathered[0]!]!;
+  }
+
+  /** The u-th gathered chain. */
+  chain(u: number): DescriptorChain {
+    return this.chains[this.gathered[u]!]!;
+  }
+
+  /** How many gathered chains a frame of `total` bytes fills. */
+  usedBy(total: number): number {
+    let used = 0;
+    for (let left = total; left > 0; used++) left -= this.chain(used).writableLen;
+    return used;
+  }
+
+  /** Completes the chains from `next` through the frame's last one, and moves `next` past it. */
+  settle(used: number, total: number): void {
+    const ctx = this.rx.ctx;
+    const q = ctx.queue;
+    const chains = this.chains;
+    const last = this.gathered[used - 1]!;
+    let left = total;
+    let u = 0;
+    for (let i = this.next; i <= last; i++) {
+      const ch = chains[i]!;
+      if (u < used && this.gathered[u] === i) {
+        const len = Math.min(left, ch.writableLen);
+        q.addUsed(ch.head, len);
+        left -= len;
+        u++;
+      } else {
+        q.addUsed(ch.head, 0);
+        ctx.c[this.rx.unusable(ch) || M.rxDropShortBuffer]! += 1;
+      }
+      this.completed++;
+    }
+    this.next = last + 1;
+  }
+
+  /** Ends the burst: rewinds what was popped and not settled; returns the chains completed. */
+  finish(): number {
+    if (this.popped > this.next) this.rx.ctx.queue.rewind(this.popped - this.next);
+    return this.completed;
   }
 }

@@ -1,102 +1,109 @@
 /**
- * net_output: the guest's TX queue → the backend.
+ * net_output: the guest's TX queue → the backend. The service step of the TX loop (loops.ts), run in
+ * the queue's worker thread:
+ *
+ *   guest TX ring ──popBurst──▶ header checks ──iovec table──▶ port.send (one call) ──▶ tap / pair
+ *                                    │ bad: completed with 0, counted          │
+ *                                    ▼                                         ▼
+ *                               used ring ◀──────── addUsed(head, 0) ◀─── every chain, then one flush
  *
  * One call of {@link TxService.processTx} is one burst: pop up to `burst` chains (reading avail.idx
  * once), check each header, describe every good chain as one frame in a preallocated IovecTable
  * (header and frame exactly as the guest laid them out, no copy), hand the whole burst to the backend
- * in one call, complete every chain with length 0, and publish used.idx once.
+ * in one call, complete every chain with length 0, and publish used.idx once. Signalling and sleeping
+ * are the loop's.
  *
  * A malformed chain is completed and counted under its reason, never sent; the next chain still goes.
  * A frame the backend refuses (the kernel validates the vnet header again) is counted the same way.
+ * Frame observers (capture, rate-limit accounting; service.ts) see each good frame as it is described.
  */
 import { NativeError } from '../native/errors.ts';
 import { IovecTable } from '../native/iovec.ts';
-import type { DescriptorChain, GuestMemory, SplitQueue } from '../vring/index.ts';
+import type { DescriptorChain } from '../vring/index.ts';
 import type { TxPort } from './backend.ts';
-import type { NegotiatedFeatures } from './features.ts';
 import { checkTxHeader, ETH_HLEN, TX_DROP } from './header.ts';
-import type { PcapWriter } from './capture.ts';
-import type { PendingUsed } from './interrupt.ts';
-import type { RateLimiter } from './rate-limit.ts';
 import { M, TX_DROP_COUNTER } from './metrics.ts';
+import type { ServiceContext } from './service.ts';
 
 /** Most iovecs one TX frame may use (a 64 KiB GSO frame in 4 KiB pages, plus header pieces). A chain
  *  in more pieces is legal but not worth a table that size: it is completed and counted. */
 export const MAX_IOV_PER_FRAME = 64;
 
 export class TxService {
-  private readonly queue: SplitQueue;
-  private readonly mem: GuestMemory;
-  private readonly f: NegotiatedFeatures;
-  private readonly port: TxPort;
-  private readonly c: Float64Array;
-  private readonly pending: PendingUsed;
-  private readonly burst: number;
+  readonly ctx: ServiceContext<TxPort>;
   private readonly chains: DescriptorChain[] = [];
   private readonly table: IovecTable;
   private readonly heads: Uint16Array;
   private readonly lens: Uint32Array;
   /** Header bytes to skip when the backend does not take a virtio_net_hdr. */
   private readonly skip: number;
+  /** A started-but-disabled ring (vhost-user "Ring states"): chains are consumed, never sent. */
   private readonly discard: boolean;
-  private readonly capture: PcapWriter | undefined;
-  private readonly limiter: RateLimiter | undefined;
   /** Set when the last burst stopped for the rate limit: milliseconds until frames may go again. */
   throttledMs = 0;
 
-  constructor(queue: SplitQueue, mem: GuestMemory, f: NegotiatedFeatures, port: TxPort, pending: PendingUsed,
-    counters: Float64Array, opts: { burst: number; backendHdrLen: number; discard?: boolean; capture?: PcapWriter; limiter?: RateLimiter }) {
-    this.queue = queue;
-    this.mem = mem;
-    this.f = f;
-    this.port = port;
-    this.pending = pending;
-    this.c = counters;
-    this.burst = opts.burst;
+  constructor(ctx: ServiceContext<TxPort>, opts: { backendHdrLen: number; discard?: boolean }) {
+    this.ctx = ctx;
     this.discard = opts.discard === true;
-    this.capture = opts.capture;
-    this.limiter = opts.limiter;
-    this.skip = opts.backendHdrLen === 0 ? f.hdrLen : 0;
-    this.table = new IovecTable(opts.burst * MAX_IOV_PER_FRAME, opts.burst);
-    this.heads = new Uint16Array(opts.burst);
-    this.lens = new Uint32Array(opts.burst);
+    this.skip = opts.backendHdrLen === 0 ? ctx.f.hdrLen : 0;
+    this.table = new IovecTable(ctx.burst * MAX_IOV_PER_FRAME, ctx.burst);
+    this.heads = new Uint16Array(ctx.burst);
+    this.lens = new Uint32Array(ctx.burst);
   }
 
-  /** One burst. Returns the number of chains consumed (0: the ring was empty). */
+  /** One burst. Returns the number of chains consumed (0: the ring was empty, or the rate limit said wait). */
   processTx(): number {
-    const q = this.queue;
-    let max = this.burst;
+    const ctx = this.ctx;
+    const q = ctx.queue;
+    if (this.discard) return this.discardBurst();
+    let max = ctx.burst;
     this.throttledMs = 0;
-    if (this.limiter && !this.discard) {
-      max = this.limiter.allowance(max);
+    const limiter = ctx.limiter;
+    if (limiter !== null) {
+      max = limiter.allowance(max);
       if (max === 0) {
-        // Leave the frames in the ring; the worker sleeps until the buckets refill.
-        if (q.availPending() > 0) this.throttledMs = Math.max(1, this.limiter.waitMs());
+        // Leave the frames in the ring; the loop sleeps until the buckets refill.
+        if (q.availPending() > 0) this.throttledMs = Math.max(1, limiter.waitMs());
         return 0;
       }
     }
     const n = q.popBurst(max, this.chains);
     if (n === 0) return 0;
-    const c = this.c;
-    if (this.discard) {
-      for (let i = 0; i < n; i++) q.addUsed(this.chains[i]!.head, 0);
-      c[M.txDropDisabled]! += n;
-    } else {
-      this.capture?.begin();
-      this.send(n);
-      this.capture?.flush();
-    }
-    q.flush();
-    this.pending.pending += n;
-    c[M.bursts]! += 1;
+    const obs = ctx.observer;
+    obs?.beginBurst();
+    this.send(n);
+    obs?.endBurst();
+    this.publish(n);
     return n;
+  }
+
+  /** A disabled ring's burst: every chain completed with 0 and counted, nothing sent or observed. */
+  private discardBurst(): number {
+    const q = this.ctx.queue;
+    const n = q.popBurst(this.ctx.burst, this.chains);
+    if (n === 0) return 0;
+    for (let i = 0; i < n; i++) q.addUsed(this.chains[i]!.head, 0);
+    this.ctx.c[M.txDropDisabled]! += n;
+    this.publish(n);
+    return n;
+  }
+
+  /** Publishes the burst's completions (one used.idx store) and leaves the interrupt to the loop. */
+  private publish(n: number): void {
+    this.ctx.queue.flush();
+    this.ctx.pending.pending += n;
+    this.ctx.c[M.bursts]! += 1;
   }
 
   /** Checks and sends the n chains just popped, completing each (none is left in flight). */
   private send(n: number): void {
-    const q = this.queue;
-    const c = this.c;
-    const hdrLen = this.f.hdrLen;
+    const ctx = this.ctx;
+    const q = ctx.queue;
+    const c = ctx.c;
+    const f = ctx.f;
+    const mem = ctx.mem;
+    const obs = ctx.observer;
+    const hdrLen = f.hdrLen;
     const t = this.table;
     t.reset();
     let frames = 0;
@@ -107,30 +114,31 @@ export class TxService {
       else if (ch.readable.count > MAX_IOV_PER_FRAME) code = TX_DROP.TOO_MANY_PIECES;
       else if (ch.readableLen < hdrLen + ETH_HLEN) code = TX_DROP.SHORT;
       else if (!ch.locate(0, hdrLen)) code = TX_DROP.SHORT;
-      else code = checkTxHeader(ch.dv, ch.pos, ch.readableLen - hdrLen, this.f);
+      else code = checkTxHeader(ch.dv, ch.pos, ch.readableLen - hdrLen, f);
       if (code !== TX_DROP.OK) {
         q.addUsed(ch.head, 0);
         c[TX_DROP_COUNTER[code]!]! += 1;
         continue;
       }
-      t.count = ch.appendIovecs(t.entries, t.count, 'readable', this.skip, ch.readableLen - this.skip, this.mem);
+      t.count = ch.appendIovecs(t.entries, t.count, 'readable', this.skip, ch.readableLen - this.skip, mem);
       t.endFrame();
-      const cap = this.capture;
-      if (cap) {
-        cap.openRecord(ch.readableLen - hdrLen);
-        cap.add(ch, 'readable', hdrLen);
-        cap.closeRecord();
+      if (obs !== null) {
+        const v = ctx.frame;
+        v.len = ch.readableLen - hdrLen;
+        v.part = 'readable';
+        v.chains[0] = ch;
+        v.count = 1;
+        obs.onFrame(v);
       }
       this.heads[frames] = ch.head;
       this.lens[frames] = ch.readableLen - hdrLen;
-      this.limiter?.charge(ch.readableLen - hdrLen);
       frames++;
     }
     let first = 0;
     while (first < frames) {
       let sent: number;
       try {
-        sent = this.port.send(t, first);
+        sent = ctx.port.send(t, first);
       } catch (e) {
         // The backend refused frame `first` (e.g. EINVAL for a vnet header the kernel rejects). Only
         // a failed system call is the backend's; anything else is a bug and breaks the queue.
@@ -142,7 +150,9 @@ export class TxService {
         continue;
       }
       if (sent === 0) {
-        // The backend would block; a tap never does on write, so count the rest rather than spin.
+        // The backend would block. A tap's write does not (the kernel drops instead), but the pair
+        // backend's frame ring can be full. Waiting would hold the guest's chains and stall its TX, so
+        // the rest are completed and counted as the backend's drops, as a full NIC queue drops.
         for (; first < frames; first++) {
           q.addUsed(this.heads[first]!, 0);
           c[M.txDropBackend]! += 1;

@@ -57,6 +57,7 @@ export interface RawBinding {
     timeoutMs: number,
     extraFds: Int32Array | undefined,
     signalFd: number,
+    backendFd: number,
   ): number;
 
   // poller.cc

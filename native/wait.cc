@@ -1,11 +1,16 @@
-// wait.cc: where a worker sleeps. poll() over a few fds, and waitKick(), which closes the
-// "re-enable notifications, then re-check avail.idx" race in one call (DESIGN.md, "Kick suppression
-// while busy"):
+// wait.cc: where a worker sleeps (device/loops.ts calls it; DESIGN.md, "Kick suppression while
+// busy"). poll() over a few fds, and waitKick(), which closes the "re-enable notifications, then
+// re-check avail.idx" race in one call, for TX and RX alike:
 //
-//   signal pending interrupt ─▶ seq_cst fence ─▶ avail.idx != lastSeen? ──yes──▶ WAKE.AVAIL (no sleep)
-//                                                        │ no
-//                                                        ▼
-//                                      poll(kick, extras…, timeout) ─▶ drain kick ─▶ WAKE bits
+//   write signalFd ─▶ seq_cst fence ─▶ re-read avail.idx
+//                                             │
+//       ┌── == lastSeen: no new buffers ──────┴──── != lastSeen (or lastSeen -1): the guest has buffers ──┐
+//       ▼                                                                                                 ▼
+//   poll(kick, extras…) ─▶ drain kick ─▶ KICK              no backendFd (TX): return AVAIL, no sleep
+//                                                          backendFd (RX): poll(backend, extras…) ─▶ AVAIL|BACKEND
+//
+// So an RX worker wakes when the backend is readable and the guest has buffers, or when the guest
+// adds buffers while the device waits for them; never for a readable backend with nowhere to put it.
 #include "common.h"
 #include "registry.h"
 
@@ -19,9 +24,9 @@
 namespace lgnet {
 namespace {
 
-constexpr uint32_t kWakeAvail = 1, kWakeKick = 2, kWakeExtra0 = 4;
+constexpr uint32_t kWakeAvail = 1, kWakeKick = 2, kWakeBackend = 4, kWakeExtra0 = 8;
 constexpr size_t kMaxPollFds = 31;
-constexpr size_t kMaxExtraFds = 29;  // bits 2..30 of the result
+constexpr size_t kMaxExtraFds = 28;  // bits 3..30 of the result
 
 int64_t NowMs() {
   struct timespec ts;
@@ -75,23 +80,27 @@ Napi::Value Poll(const Napi::CallbackInfo& info) {
   return Napi::Number::New(env, mask);
 }
 
-// waitKick(kickFd, mappingId, offset, lastSeen, timeoutMs, extraFds: Int32Array | undefined, signalFd)
+// waitKick(kickFd, mappingId, offset, lastSeen, timeoutMs, extraFds: Int32Array | undefined, signalFd,
+//          backendFd)
+// lastSeen -1 (only with a backend fd): the caller already knows the guest has buffers.
 Napi::Value WaitKick(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   REQUIRE_ARGUMENT_INTEGER(0, kickFd, "kickFd", -1, INT32_MAX)
   REQUIRE_ARGUMENT_INTEGER(1, id, "mapping id", 0, UINT32_MAX)
   REQUIRE_ARGUMENT_INTEGER(2, offset, "offset", 0, (int64_t)kMaxSafeInteger)
-  REQUIRE_ARGUMENT_INTEGER(3, lastSeen, "lastSeen", 0, UINT16_MAX)
+  REQUIRE_ARGUMENT_INTEGER(3, lastSeen, "lastSeen", -1, UINT16_MAX)
   REQUIRE_ARGUMENT_INTEGER(4, timeoutMs, "timeoutMs", -1, INT32_MAX)
   struct pollfd pfds[1 + kMaxExtraFds];
   size_t nExtra = 0;
   if (info.Length() > 5 && !info[5].IsUndefined() && !info[5].IsNull()) {
     REQUIRE_ARGUMENT_TYPED(5, extraArr, int32_t, napi_int32_array, "extraFds")
     nExtra = extraArr.ElementLength();
-    if (nExtra > kMaxExtraFds) LGNET_THROW_RANGE("waitKick takes at most 29 extra fds");
+    if (nExtra > kMaxExtraFds) LGNET_THROW_RANGE("waitKick takes at most 28 extra fds");
     for (size_t i = 0; i < nExtra; i++) pfds[1 + i] = {extraArr[i], POLLIN, 0};
   }
   REQUIRE_ARGUMENT_INTEGER(6, signalFd, "signalFd", -1, INT32_MAX)
+  REQUIRE_ARGUMENT_INTEGER(7, backendFd, "backendFd", -1, INT32_MAX)
+  if (lastSeen < 0 && backendFd < 0) LGNET_THROW_RANGE("lastSeen -1 needs a backend fd to wait on");
 
   Mapping* m;
   {
@@ -105,7 +114,8 @@ Napi::Value WaitKick(const Napi::CallbackInfo& info) {
     MappingRef(m);
   }
 
-  // 1. The pending-interrupt signal, just before sleeping.
+  // 1. The pending interrupt, just before sleeping (lguest: before the tap read would block, on RX).
+  //    The guest refills RX only once it hears about what it got, so this comes first.
   if (signalFd >= 0) {
     uint64_t one = 1;
     ssize_t n;
@@ -117,32 +127,50 @@ Napi::Value WaitKick(const Napi::CallbackInfo& info) {
       return NativeFail(env, err, "write", "signal eventfd " + std::to_string(signalFd));
     }
   }
-  // 2. Full fence: the caller's notification re-enable is visible before the re-read below.
+  // 2. Full fence, then 3. re-read avail.idx (little-endian u16). This is where the sleep race closes.
+  //    The caller re-enabled notifications (cleared VRING_USED_F_NO_NOTIFY, or wrote avail_event =
+  //    lastSeen; virtio 1.2 §2.7.10) before this call. A driver publishes avail.idx, then
+  //    (after its own barrier) reads whether to kick. With the fence between our store and our load,
+  //    at least one side sees the other: either the load below sees the new avail.idx, or the driver
+  //    sees notifications on and kicks, and the kick waits in the eventfd's counter for the poll below.
+  //    No buffer can be added unseen between the check and the sleep.
   std::atomic_thread_fence(std::memory_order_seq_cst);
-  // 3. Re-read avail.idx (little-endian u16).
-  const uint8_t* p = m->addr + offset;
-  uint16_t idx;
-  if (((uintptr_t)p & 1) == 0) {
-    idx = __atomic_load_n(reinterpret_cast<const uint16_t*>(p), __ATOMIC_SEQ_CST);
-  } else {
-    std::memcpy(&idx, p, sizeof idx);
+  bool hasBuffers = lastSeen < 0;
+  if (!hasBuffers) {
+    const uint8_t* p = m->addr + offset;
+    uint16_t idx;
+    if (((uintptr_t)p & 1) == 0) {
+      idx = __atomic_load_n(reinterpret_cast<const uint16_t*>(p), __ATOMIC_SEQ_CST);
+    } else {
+      std::memcpy(&idx, p, sizeof idx);
+    }
+    hasBuffers = idx != (uint16_t)lastSeen;
   }
   MappingUnref(m);
-  if (idx != (uint16_t)lastSeen) return Napi::Number::New(env, kWakeAvail);
+  if (hasBuffers && backendFd < 0) return Napi::Number::New(env, kWakeAvail);
 
-  // 4. Sleep.
-  pfds[0] = {(int)kickFd, POLLIN, 0};  // a negative fd is ignored by poll
+  // 4. Sleep. With buffers (RX), on the backend: buffers the device has not used cannot go away (only
+  //    the device consumes them), so they need no watching, and the backend's fd is level-triggered,
+  //    so a frame that arrived after the read that found nothing still wakes us. Without buffers, on
+  //    the kick only: a readable backend with nowhere to put its frames would wake us over and over;
+  //    the frames wait in the kernel until the guest gives room.
+  int waitFd = hasBuffers ? (int)backendFd : (int)kickFd;
+  pfds[0] = {waitFd, POLLIN, 0};  // a negative fd is ignored by poll
   int r = PollFor(pfds, 1 + nExtra, timeoutMs);
-  if (r < 0) return NativeFail(env, errno, "poll", "kick fd " + std::to_string(kickFd));
+  if (r < 0) return NativeFail(env, errno, "poll", std::string(hasBuffers ? "backend fd " : "kick fd ") + std::to_string(waitFd));
   if (!CheckNval(env, pfds, 1 + nExtra)) return env.Undefined();
-  uint32_t wake = 0;
-  if (kickFd >= 0 && (pfds[0].revents & kReadyMask)) {
-    uint64_t value;
-    ssize_t n;
-    do n = read((int)kickFd, &value, sizeof value);
-    while (n < 0 && errno == EINTR);
-    if (n < 0 && errno != EAGAIN) return NativeFail(env, errno, "read", "kick eventfd " + std::to_string(kickFd));
-    wake |= kWakeKick;
+  uint32_t wake = hasBuffers ? kWakeAvail : 0;
+  if (waitFd >= 0 && (pfds[0].revents & kReadyMask)) {
+    if (hasBuffers) {
+      wake |= kWakeBackend;  // left for the backend's reader
+    } else {
+      uint64_t value;
+      ssize_t n;
+      do n = read(waitFd, &value, sizeof value);
+      while (n < 0 && errno == EINTR);
+      if (n < 0 && errno != EAGAIN) return NativeFail(env, errno, "read", "kick eventfd " + std::to_string(waitFd));
+      wake |= kWakeKick;
+    }
   }
   for (size_t i = 0; i < nExtra; i++)
     if (pfds[1 + i].revents & kReadyMask) wake |= kWakeExtra0 << i;

@@ -1,6 +1,7 @@
 /**
- * Sleeping: poll() over eventfds, waitKick() (signal, fence, re-check avail.idx, then sleep on the
- * kick fd and extras), and FdPoller on the main thread's and a worker's event loop.
+ * Sleeping: poll() over eventfds, waitKick() (signal, fence, re-check avail.idx, then sleep on the kick
+ * fd, or on the backend fd when the guest has buffers (RX), and extras), and FdPoller on the main
+ * thread's and a worker's event loop.
  */
 import { spawnSync } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
@@ -13,6 +14,7 @@ import {
   eventfdRead,
   eventfdWrite,
   FdPoller,
+  HAS_BUFFERS,
   mappingBuffer,
   mmapAnonymous,
   munmap,
@@ -151,6 +153,97 @@ describe('waitKick', () => {
     eventfdRead(extras[2]!);
     eventfdWrite(extras[0]!);
     expect(waitKick(-1, id, AVAIL_IDX, 0, 10_000, extras)).toBe(WAKE.EXTRA0);
+  });
+
+  describe('with a backend fd (RX)', () => {
+    it('guest has buffers (avail.idx moved): sleeps on the backend, not the kick, and signals first', () => {
+      const { id, view } = ring();
+      const kick = efd();
+      const backend = efd();
+      const signal = efd();
+      view.setUint16(AVAIL_IDX, 7, true);
+      eventfdWrite(kick); // a kick alone does not wake an RX worker whose guest has buffers
+      let t0 = performance.now();
+      expect(waitKick(kick, id, AVAIL_IDX, 5, 80, undefined, signal, backend)).toBe(WAKE.AVAIL);
+      expect(performance.now() - t0).toBeGreaterThanOrEqual(70);
+      expect(eventfdRead(signal)).toBe(1);
+      expect(eventfdRead(kick)).toBe(1); // not drained: it was not watched
+      eventfdWrite(backend);
+      t0 = performance.now();
+      expect(waitKick(kick, id, AVAIL_IDX, 5, 10_000, undefined, signal, backend)).toBe(WAKE.AVAIL | WAKE.BACKEND);
+      expect(performance.now() - t0).toBeLessThan(1000);
+      expect(eventfdRead(backend)).toBe(1); // left for the backend's reader
+      expect(eventfdRead(signal)).toBe(1);
+    });
+
+    it('HAS_BUFFERS skips the avail re-check and waits on the backend', () => {
+      const { id, view } = ring();
+      view.setUint16(AVAIL_IDX, 3, true);
+      const backend = efd();
+      eventfdWrite(backend);
+      expect(waitKick(-1, id, AVAIL_IDX, HAS_BUFFERS, 10_000, undefined, -1, backend)).toBe(WAKE.AVAIL | WAKE.BACKEND);
+      eventfdRead(backend);
+      expect(waitKick(-1, id, AVAIL_IDX, HAS_BUFFERS, 0, undefined, -1, backend)).toBe(WAKE.AVAIL);
+    });
+
+    it('no buffers (avail.idx == lastSeen): a readable backend does not wake it; a kick does', () => {
+      const { id, view } = ring();
+      view.setUint16(AVAIL_IDX, 9, true);
+      const kick = efd();
+      const backend = efd();
+      const signal = efd();
+      eventfdWrite(backend);
+      const t0 = performance.now();
+      expect(waitKick(kick, id, AVAIL_IDX, 9, 80, undefined, signal, backend)).toBe(0);
+      expect(performance.now() - t0).toBeGreaterThanOrEqual(70);
+      expect(eventfdRead(signal)).toBe(1); // the interrupt went out before the sleep all the same
+      eventfdWrite(kick);
+      expect(waitKick(kick, id, AVAIL_IDX, 9, 10_000, undefined, -1, backend)).toBe(WAKE.KICK);
+      expect(poll([kick], 0)).toBe(0); // drained
+      expect(eventfdRead(backend)).toBe(1);
+    });
+
+    it('wakes when the guest adds buffers while the device waits for them (kick from another thread)', async () => {
+      const { id, view } = ring();
+      view.setUint16(AVAIL_IDX, 4, true);
+      const kick = efd({});
+      const backend = efd();
+      eventfdWrite(backend); // frames wait in the backend meanwhile
+      const w = spawnNativeWorker();
+      await within(w.call('nop'), 10_000, 'worker start');
+      const done = w.call('sleepThenEventfdWrite', 100, kick, 1);
+      const t0 = performance.now();
+      expect(waitKick(kick, id, AVAIL_IDX, 4, 10_000, undefined, -1, backend)).toBe(WAKE.KICK);
+      expect(performance.now() - t0).toBeGreaterThanOrEqual(50);
+      await within(done, 5000, 'worker write');
+    });
+
+    it('wakes when the backend becomes readable from another thread; extras still wake it', async () => {
+      const { id } = ring();
+      const backend = efd();
+      const ctl = efd();
+      const w = spawnNativeWorker();
+      await within(w.call('nop'), 10_000, 'worker start');
+      const done = w.call('sleepThenEventfdWrite', 100, backend, 1);
+      const t0 = performance.now();
+      expect(waitKick(-1, id, AVAIL_IDX, HAS_BUFFERS, 10_000, Int32Array.of(ctl), -1, backend)).toBe(WAKE.AVAIL | WAKE.BACKEND);
+      expect(performance.now() - t0).toBeGreaterThanOrEqual(50);
+      await within(done, 5000, 'worker write');
+      eventfdRead(backend);
+      eventfdWrite(ctl);
+      expect(waitKick(-1, id, AVAIL_IDX, HAS_BUFFERS, 10_000, Int32Array.of(ctl), -1, backend)).toBe(WAKE.AVAIL | WAKE.EXTRA0);
+    });
+
+    it('HAS_BUFFERS without a backend fd is a RangeError; a closed backend fd is EBADF', () => {
+      const { id } = ring();
+      expect(() => waitKick(-1, id, AVAIL_IDX, HAS_BUFFERS, 0)).toThrow(RangeError);
+      const bad = efd();
+      close(bad);
+      fds.splice(fds.indexOf(bad), 1);
+      const e = nativeErrorOf(() => waitKick(-1, id, AVAIL_IDX, HAS_BUFFERS, 0, undefined, -1, bad));
+      expect([e.code, e.syscall]).toEqual(['EBADF', 'poll']);
+      expect(() => waitKick(-1, id, AVAIL_IDX, 0, 0, new Int32Array(29))).toThrow(RangeError);
+    });
   });
 
   it('bounds-checks the mapping and offset before anything else', () => {

@@ -1,0 +1,236 @@
+/**
+ * The service loops: lguest's do_thread around net_output and net_input. A queue's worker (worker.ts)
+ * calls `pass()` over and over; each pass serves one burst, then signals, then sleeps if there was
+ * nothing to do:
+ *
+ *   TX:  processTx ─▶ moved some? ──yes──▶ signal if ¼ ring pending ─▶ (next pass)
+ *                      │ no
+ *                      ▼
+ *        rate limit? ─▶ sleep until the buckets refill
+ *        bounded busy poll on avail.idx ─▶ re-enable kicks ─▶ waitKick: signal, fence, re-check, sleep on kick
+ *
+ *   RX:  processRx ─▶ MORE ─▶ signal if ¼ ring pending ─▶ (next pass)
+ *                    THROTTLED ─▶ sleep until the buckets refill
+ *                    BACKEND_EMPTY ─▶ bounded busy poll on the backend ─▶ waitKick on the backend fd
+ *                    NO_BUFFERS ─▶ bounded busy poll on avail.idx ─▶ re-enable kicks ─▶ waitKick on the kick
+ *
+ * Every sleep is one native call (native/wait.cc waitKick) that raises the pending interrupt, fences,
+ * re-reads avail.idx and blocks: the race between "nothing to do" and "sleep" closes there. On RX the
+ * interrupt goes out before a backend read would block (lguest's rule), so the guest hears about its
+ * frames before the device waits for more. Sleeps also wake for the control eventfd; `pass()` returns
+ * true then, and the worker reads its commands.
+ */
+import * as native from '../native/index.ts';
+import type { RxPort, TxPort } from './backend.ts';
+import { M } from './metrics.ts';
+import { RX, type RxService } from './rx.ts';
+import type { ServiceContext } from './service.ts';
+import type { TxService } from './tx.ts';
+
+/** How long one sleep lasts at most; the loop re-checks after it, so a lost wake-up costs this, not a hang. */
+export const SLEEP_MS = 1000;
+
+/** What a loop needs besides its service: the queue's fds and the worker's control channel. */
+export interface LoopFds {
+  /** The driver's kick eventfd (-1: none; the loop then wakes on SLEEP_MS). */
+  kickFd: number;
+  /** The worker's control eventfd. */
+  ctlFd: number;
+  /** Set by the main thread with each command (looked at during busy polls). */
+  ctlFlag: Int32Array;
+  /** Microseconds of busy polling before sleeping (0: off). */
+  busyPoll: number;
+}
+
+/** What both loops share: where avail.idx is, the bounded busy poll, the throttle sleep and waitKick. */
+abstract class ServiceLoop<P> {
+  protected readonly ctx: ServiceContext<P>;
+  protected readonly fds: LoopFds;
+  /** The control eventfd alone, as waitKick's extra fd. */
+  protected readonly ctlOnly: Int32Array;
+  private availMapping = -1;
+  private availOffset = 0;
+
+  constructor(ctx: ServiceContext<P>, fds: LoopFds) {
+    this.ctx = ctx;
+    this.fds = fds;
+    this.ctlOnly = Int32Array.of(fds.ctlFd);
+    this.rebind();
+  }
+
+  /** One pass: service, signal, sleep. True when the control eventfd woke it. */
+  abstract pass(): boolean;
+
+  /** Finds avail.idx again (after the queue was attached to new memory). */
+  rebind(): void {
+    const loc = this.ctx.queue.availIdxLocation();
+    this.availMapping = loc.mappingId;
+    this.availOffset = loc.mappingOffset + loc.offset;
+  }
+
+  /** Many completions pending: signal now rather than starve the driver until the next sleep. */
+  protected signalIfMany(): void {
+    const p = this.ctx.pending;
+    if (p.pending >= this.ctx.queue.size >>> 2) p.signal();
+  }
+
+  /**
+   * The rate limit stopped the burst: what was done goes to the guest, then the worker sleeps until
+   * the buckets refill (a command on the control fd still wakes it). Work stays in the ring or backend.
+   */
+  protected throttle(ms: number): boolean {
+    const c = this.ctx.c;
+    this.ctx.pending.signal();
+    c[M.throttled]! += 1;
+    const t0 = performance.now();
+    native.poll(this.ctlOnly, Math.min(Math.ceil(ms), SLEEP_MS));
+    c[M.blockedNs]! += (performance.now() - t0) * 1e6;
+    return false; // a command also set ctlFlag, which the worker looks at on its next pass
+  }
+
+  /**
+   * Re-checks `ready` for up to the configured number of microseconds before the worker sleeps. The
+   * pending interrupt is held meanwhile, so work that arrives in the window shares it, and the driver
+   * does not kick (notifications stay off).
+   */
+  protected busyPoll(ready: () => boolean): boolean {
+    const us = this.fds.busyPoll;
+    if (us <= 0) return false;
+    const end = performance.now() + us / 1000;
+    do {
+      if (ready()) {
+        this.ctx.c[M.busyPollHits]! += 1;
+        return true;
+      }
+    } while (performance.now() < end);
+    return false;
+  }
+
+  /** The sleep itself: native waitKick (see its comment for the race), timed and counted. */
+  protected waitKick(seen: number, signalFd: number, backendFd: number): boolean {
+    const c = this.ctx.c;
+    const t0 = performance.now();
+    c[M.sleeps]! += 1;
+    const woke = native.waitKick(this.fds.kickFd, this.availMapping, this.availOffset, seen, SLEEP_MS, this.ctlOnly, signalFd, backendFd);
+    c[M.blockedNs]! += (performance.now() - t0) * 1e6;
+    if (woke & native.WAKE.KICK) c[M.kicks]! += 1;
+    return (woke & native.WAKE.EXTRA0) !== 0;
+  }
+}
+
+/** net_output's loop: TX waits only for the guest. */
+export class TxLoop extends ServiceLoop<TxPort> {
+  private readonly tx: TxService;
+
+  constructor(tx: TxService, fds: LoopFds) {
+    super(tx.ctx, fds);
+    this.tx = tx;
+  }
+
+  pass(): boolean {
+    const tx = this.tx;
+    const q = this.ctx.queue;
+    if (tx.processTx() > 0) {
+      this.signalIfMany();
+      return false;
+    }
+    if (tx.throttledMs > 0) return this.throttle(tx.throttledMs);
+    if (this.busyPoll(() => q.availPending() > 0)) return false;
+    return this.sleepOnKick();
+  }
+
+  /**
+   * Sleeps until the driver adds chains past lastAvail: take the pending interrupt, re-enable kicks,
+   * and let native signal, fence, re-read avail.idx and block, so no kick can fall between check and
+   * sleep (virtio 1.2 §2.7.10).
+   */
+  private sleepOnKick(): boolean {
+    const q = this.ctx.queue;
+    const seen = q.lastAvail;
+    const signalFd = this.ctx.pending.take();
+    if (q.enableNotification(seen)) {
+      q.disableNotification();
+      if (signalFd >= 0) native.eventfdWrite(signalFd, 1);
+      return false;
+    }
+    const control = this.waitKick(seen, signalFd, -1);
+    q.disableNotification();
+    return control;
+  }
+}
+
+/** net_input's loop: RX waits for the backend when the guest has buffers, for the guest when not. */
+export class RxLoop extends ServiceLoop<RxPort> {
+  private readonly rx: RxService;
+  /** The control eventfd and the backend's fd, for the busy poll. */
+  private readonly pollFds: Int32Array;
+
+  constructor(rx: RxService, fds: LoopFds) {
+    super(rx.ctx, fds);
+    this.rx = rx;
+    this.pollFds = Int32Array.of(fds.ctlFd, rx.ctx.port.fd);
+  }
+
+  pass(): boolean {
+    const rx = this.rx;
+    switch (rx.processRx()) {
+      case RX.MORE:
+        this.signalIfMany();
+        return false;
+      case RX.THROTTLED:
+        return this.throttle(rx.throttledMs);
+      case RX.BACKEND_EMPTY:
+        return this.waitForBackend();
+      default:
+        return this.waitForBuffers();
+    }
+  }
+
+  /**
+   * The backend ran dry. Frames arriving within the busy-poll window join this burst's interrupt; then
+   * the interrupt goes out and the worker sleeps on the backend, as long as the guest has buffers.
+   */
+  private waitForBackend(): boolean {
+    const q = this.ctx.queue;
+    if (this.busyPoll(() => native.poll(this.pollFds, 0) !== 0 || Atomics.load(this.fds.ctlFlag, 0) !== 0)) return false;
+    // Buffers left over (rewound, or held for resubmission) stay until the device uses them, so there
+    // is nothing to re-check: waitKick sleeps on the backend. None left: wait for the guest instead.
+    return this.sleep(q.availPending() > 0 ? native.HAS_BUFFERS : q.lastAvail);
+  }
+
+  /** The guest has no (or too little) room: wait for buffers newer than what the ring holds now. */
+  private waitForBuffers(): boolean {
+    const q = this.ctx.queue;
+    if (this.fds.busyPoll > 0) {
+      // The guest refills only once it hears about what it got: signal before the window, not after.
+      this.ctx.pending.signal();
+      const seen = q.availIdx();
+      if (this.busyPoll(() => q.availIdx() !== seen)) return false;
+      return this.sleep(seen);
+    }
+    return this.sleep(q.availIdx());
+  }
+
+  /**
+   * One native call: raise the pending interrupt, then either sleep on the kick (the guest has nothing
+   * past `seen`; kicks re-enabled first, so the re-check in waitKick closes the race) or on the
+   * backend (the guest has buffers: `seen` is HAS_BUFFERS, or avail.idx moved past it).
+   */
+  private sleep(seen: number): boolean {
+    const q = this.ctx.queue;
+    const signalFd = this.ctx.pending.take();
+    let kicksOn = false;
+    if (seen !== native.HAS_BUFFERS) {
+      // Moved already: the guest has buffers, so sleep on the backend with kicks left off.
+      if (q.enableNotification(seen)) {
+        q.disableNotification();
+        seen = native.HAS_BUFFERS;
+      } else {
+        kicksOn = true;
+      }
+    }
+    const control = this.waitKick(seen, signalFd, this.ctx.port.fd);
+    if (kicksOn) q.disableNotification();
+    return control;
+  }
+}

@@ -1,0 +1,127 @@
+/**
+ * The worker protocol: what crosses between NetDevice's main thread (worker-host.ts) and a queue's
+ * worker thread (worker.ts). Off the frame path: these messages start, pause, resume and stop the
+ * service loops (loops.ts), which then move frames without talking to the main thread at all.
+ *
+ *   main thread                                         worker thread
+ *   ───────────                                         ─────────────
+ *   workerData: WorkerBoot ───────────────────────────▶ (starts idle)        ◀── { ev: 'idle' }
+ *   { cmd: 'configure', config: QueueConfig } ────────▶ opens ports, builds the loop ◀── 'running' | 'broken'
+ *   { cmd: 'pause' }                          ────────▶ quiesces              ◀── 'paused' (lastAvail)
+ *   { cmd: 'resume', regions? }               ────────▶ rebinds memory, serves on
+ *   { cmd: 'filter', filter }                 ────────▶ RX filter update
+ *   { cmd: 'stop' }                           ────────▶ quiesces, back to idle ◀── 'stopped' (lastAvail)
+ *   { cmd: 'seccomp', program }               ────────▶ installs its filter    ◀── 'sealed'
+ *   { cmd: 'exit' }                           ────────▶ ends the thread
+ *
+ * Every command goes on the worker's MessagePort, then sets `ctlFlag` (seen by a busy worker on its next
+ * pass, no syscall) and writes the control eventfd (wakes a sleeping one). Everything here survives
+ * structured clone: fds are numbers (threads share the fd table), memory is named by mapping id.
+ */
+import type { MessagePort } from 'node:worker_threads';
+import * as native from '../native/index.ts';
+import { GuestMemory } from '../vring/index.ts';
+import type { PortSpec } from './backend.ts';
+import type { CaptureSpec } from './capture.ts';
+import type { FilterRef } from './pair-backend.ts';
+import type { RateLimit } from './rate-limit.ts';
+import type { RxFilter } from './rx-filter.ts';
+
+/** A region of guest memory as a worker receives it: a mapping id from the native registry. */
+export interface WorkerRegion {
+  gpa: number;
+  size: number;
+  mappingId: number;
+  mappingOffset: number;
+  uaddr?: number;
+}
+
+/** The state of the RX filter, as the control queue sets it. */
+export interface FilterState {
+  promisc: boolean; allmulti: boolean; alluni: boolean; nomulti: boolean; nouni: boolean; nobcast: boolean;
+  vlanFiltering: boolean; mac: Uint8Array; uni: Uint8Array; multi: Uint8Array; vlans: Uint32Array;
+}
+
+/** What a worker starts with (structured-cloned; `control` is transferred). */
+export interface WorkerBoot {
+  lgnetQueueWorker: true;
+  role: 'rx' | 'tx';
+  queueIndex: number;
+  ctlFd: number;
+  /** Set by the main thread with each command, so a worker that never sleeps still sees it. */
+  ctlFlag: Int32Array;
+  counters: Float64Array;
+  control: MessagePort;
+  /** The pair backend's filter hook, loaded at start (a jailed worker cannot load code later). */
+  frameFilter?: FilterRef;
+}
+
+/** One queue's configuration, sent when the queue starts. */
+export interface QueueConfig {
+  ring: { size: number; desc: number; avail: number; used: number; lastAvail: number };
+  /** TX only: consume and discard (a started-but-disabled vhost-user ring). */
+  discard: boolean;
+  /** The queue's vhost-user inflight region (QueueSetup.inflight), or null. */
+  inflight: { mappingId: number; offset: number } | null;
+  /** pcap capture of this queue's frames, or null. */
+  capture: CaptureSpec | null;
+  /** This queue's rate limit, or null. */
+  rateLimit: RateLimit | null;
+  features: bigint;
+  regions: WorkerRegion[];
+  kickFd: number;
+  callFd: number;
+  port: PortSpec;
+  burst: number;
+  busyPoll: number;
+  mtu: number;
+  filter: FilterState;
+}
+
+/** Main thread → worker. */
+export type WorkerCommand =
+  | { cmd: 'configure'; config: QueueConfig }
+  | { cmd: 'pause' }
+  | { cmd: 'resume'; regions?: WorkerRegion[] }
+  | { cmd: 'stop' }
+  | { cmd: 'filter'; filter: FilterState }
+  | { cmd: 'seccomp'; program: Uint8Array }
+  | { cmd: 'exit' };
+
+/** Worker → main thread. */
+export type WorkerEvent =
+  | { ev: 'idle' }
+  | { ev: 'running' }
+  | { ev: 'paused'; lastAvail: number }
+  | { ev: 'stopped'; lastAvail: number }
+  | { ev: 'broken'; code: string; message: string }
+  | { ev: 'sealed'; error?: { code: string; message: string } };
+
+/** Builds a GuestMemory over the native mappings, with views owned by the calling thread. */
+export function memoryFromMappings(regions: WorkerRegion[]): GuestMemory {
+  return new GuestMemory(regions.map((r) => ({
+    gpa: r.gpa,
+    size: r.size,
+    buffer: native.mappingBuffer(r.mappingId),
+    bufferOffset: r.mappingOffset,
+    mappingId: r.mappingId,
+    mappingOffset: r.mappingOffset,
+    ...(r.uaddr !== undefined ? { uaddr: r.uaddr } : {}),
+  })));
+}
+
+/** An RxFilter's state, to send (copies, so that later changes do not leak into a message). */
+export function filterState(f: RxFilter): FilterState {
+  return {
+    promisc: f.promisc, allmulti: f.allmulti, alluni: f.alluni, nomulti: f.nomulti, nouni: f.nouni, nobcast: f.nobcast,
+    vlanFiltering: f.vlanFiltering, mac: f.mac.slice(), uni: f.uni.slice(), multi: f.multi.slice(), vlans: f.vlans.slice(),
+  };
+}
+
+/** Applies a received FilterState to an RxFilter. */
+export function applyFilter(f: RxFilter, s: FilterState): void {
+  f.promisc = s.promisc; f.allmulti = s.allmulti; f.alluni = s.alluni;
+  f.nomulti = s.nomulti; f.nouni = s.nouni; f.nobcast = s.nobcast;
+  f.vlanFiltering = s.vlanFiltering;
+  f.mac.set(s.mac); f.uni = s.uni; f.multi = s.multi; f.vlans.set(s.vlans);
+}
