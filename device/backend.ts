@@ -1,19 +1,43 @@
 /**
- * Backends: where frames go after the guest's TX queue and where RX frames come from.
+ * Backends: where frames go after the guest's TX queue and where RX frames come from. This file holds
+ * only the contracts; it imports no backend.
  *
- * A Backend lives on the main thread (it opens fds, sets offloads). Each worker gets a
- * serialisable {@link PortSpec} for its queue and turns it into a {@link TxPort} or {@link RxPort}
- * with {@link openPort}. Ports move whole bursts described by a native IovecTable: one call per
- * burst, frames in guest memory, no copy.
+ *   main thread                              worker thread (one per data queue)
+ *   Backend (tap-backend.ts, pair-backend.ts)
+ *     .port(pair) ──▶ PortSpec { kind, … } ──structured clone──▶ backends.ts openPorts(spec, ctx)
+ *                                                                   │ the module registered for `kind`
+ *                                                                   ▼
+ *                                                          { tx: TxPort, rx: RxPort }
+ *
+ * A Backend lives on the main thread (it opens fds, sets offloads). Each worker gets a serialisable
+ * PortSpec for its queue and turns it into ports through the registry (backends.ts), which hands the
+ * spec to the backend module named by its `kind`. Ports move whole bursts described by a native
+ * IovecTable: one call per burst, frames in guest memory.
  */
-import type { IovecTable } from '../native/iovec.ts';
+import type { IovecTable, MappingResolver } from '../native/iovec.ts';
 import type { NegotiatedFeatures } from './features.ts';
-import type { FilterRef, FrameRingSpec } from './pair-backend.ts';
 
-/** What a worker needs to reach its backend; must survive structured clone. */
-export type PortSpec =
-  | { kind: 'tap'; fd: number; vnetHdrLen: number }
-  | { kind: 'pair'; out: FrameRingSpec; in: FrameRingSpec; dir: number; hdrLen: number; hostFd: number };
+/**
+ * What a worker needs to reach its backend: `kind` picks the backend module (backends.ts); each
+ * module extends this with its own fields (TapPortSpec, PairPortSpec). Must survive structured clone.
+ */
+export interface PortSpec {
+  readonly kind: string;
+}
+
+/**
+ * The per-frame hook of a bridging backend: `frame[off, off+len)` is the Ethernet frame (no virtio
+ * header); `dir` says which way it goes; the result is a verdict of the backend (pair-backend.ts
+ * VERDICT). It runs inside the TX worker thread, so it is named by module (FilterRef), not passed as a
+ * function.
+ */
+export type FrameFilter = (frame: Uint8Array, off: number, len: number, dir: number) => number;
+
+/** Where a filter hook lives: `{ module: 'file:///…/filter.ts', export: 'filter' }`. */
+export interface FilterRef {
+  module: string;
+  export?: string;
+}
 
 /** TX side of a backend: sends the frames of a burst. */
 export interface TxPort {
@@ -34,9 +58,28 @@ export interface RxPort {
   readonly vnetHdrLen: number;
 }
 
+/** The two ports of one queue pair. */
+export interface Ports {
+  readonly tx: TxPort;
+  readonly rx: RxPort;
+}
+
+/** What the worker thread hands a backend module along with the spec. */
+export interface PortContext {
+  /** The queue's counters (metrics.ts M), for what the backend diverts or drops itself. */
+  readonly counters: Float64Array;
+  /** The filter hook the worker loaded at start (Backend.frameFilter), if any. */
+  readonly frameFilter: FrameFilter | undefined;
+  /** This thread's bytes of a native mapping, by registry id: for a backend that copies frames. */
+  readonly mappings: MappingResolver;
+}
+
+/** The one signature every backend module's openPorts has; backends.ts registers them by kind. */
+export type OpenPorts<S extends PortSpec = PortSpec> = (spec: S, ctx: PortContext) => Ports;
+
 /** A network backend for a NetDevice. */
 export interface Backend {
-  /** A short name for logs. */
+  /** The kind of its PortSpecs, a key of the registry (backends.ts); also a short name for logs. */
   readonly kind: string;
   /** The number of queue pairs it can serve. */
   readonly queuePairs: number;

@@ -17,7 +17,7 @@ import { closeSync, openSync, writeFileSync } from 'node:fs';
 
 import * as native from '../native/index.ts';
 import { NativeError } from '../native/errors.ts';
-import { IovecTable } from '../native/iovec.ts';
+import { IOVEC_WORDS, IovecTable } from '../native/iovec.ts';
 import type { DescriptorChain, GuestMemory } from '../vring/index.ts';
 import { M } from './metrics.ts';
 import type { FrameObserver, FrameView } from './service.ts';
@@ -151,12 +151,12 @@ export class PcapWriter implements FrameObserver {
       t.count = ch.appendIovecs(t.entries, t.count, which, skip, this.want - this.got, mem);
     } else if (room > 0) {
       // More pieces than one writev takes: the record is cut where the room ends (incl_len says so).
-      const scratch = new Uint32Array(pieces * 4);
+      const scratch = new Uint32Array(pieces * IOVEC_WORDS);
       const n = Math.min(ch.appendIovecs(scratch, 0, which, skip, this.want - this.got, mem), room);
-      t.entries.set(scratch.subarray(0, n * 4), t.count * 4);
+      t.entries.set(scratch.subarray(0, n * IOVEC_WORDS), t.count * IOVEC_WORDS);
       t.count += n;
     }
-    for (let e = before; e < t.count; e++) this.got += t.entries[e * 4 + 3]!;
+    for (let e = before; e < t.count; e++) this.got += t.entryLength(e);
   }
 
   /** Ends the open record. */
@@ -173,8 +173,7 @@ export class PcapWriter implements FrameObserver {
     const t = this.table;
     if (this.records > 0) {
       t.endFrame();
-      let total = 0;
-      for (let e = 0; e < t.count; e++) total += t.entries[e * 4 + 3]!;
+      const total = t.frameLength(0);
       try {
         // A short write (a full disk) leaves a torn record behind: count the burst as failed.
         if (native.writevBatch(this.fd, t, 1) !== 1 || t.bytes[0] !== total) this.ctx.c[M.captureFailed]! += this.records;

@@ -22,6 +22,8 @@ export const NET_ERROR = {
   CONFIG_RANGE: 'NET_CONFIG_RANGE',
   /** queuePairs outside [1, the backend's pairs]. */
   BAD_QUEUE_PAIRS: 'NET_BAD_QUEUE_PAIRS',
+  /** A port spec whose kind no backend module is registered under (device/backends.ts). */
+  UNKNOWN_BACKEND: 'NET_UNKNOWN_BACKEND',
   /** A rate-limit option that does not parse. */
   BAD_RATE_LIMIT: 'NET_BAD_RATE_LIMIT',
   /** The driver accepted feature bits the device did not offer. */

@@ -13,33 +13,45 @@
  * consumer's worker can sleep on it like on a tap fd.
  *
  * The pair offers no offloads, so every header is plain and either side may be legacy or VERSION_1.
+ * Main thread: PairBackend and its two sides. Worker: openPorts (registered in backends.ts), whose
+ * ports copy through the iovec table's checked readFrame/writeFrame, never by hand.
  */
 import * as native from '../native/index.ts';
-import { IOVEC_WORDS, type IovecTable } from '../native/iovec.ts';
-import type { Backend, PortSpec, RxPort, TxPort } from './backend.ts';
+import { NativeError } from '../native/errors.ts';
+import { MappingViews, type IovecTable } from '../native/iovec.ts';
+import type { Backend, FilterRef, FrameFilter, PortContext, PortSpec, Ports, RxPort, TxPort } from './backend.ts';
 import type { NegotiatedFeatures } from './features.ts';
 import { M } from './metrics.ts';
 
-/** Filter verdicts. */
+export type { FilterRef, FrameFilter } from './backend.ts';
+
+/** What a FrameFilter returns for each frame; the `dir` it is called with is 0 for A→B, 1 for B→A. */
 export const VERDICT = { ACCEPT: 0, HOST: 1, DENY: 2 } as const;
 
-/**
- * The per-frame hook: `frame[off, off+len)` is the Ethernet frame (no virtio header); `dir` is 0 for
- * A→B and 1 for B→A. Runs inside the TX worker thread, so it is named by module, not passed as a
- * function: `{ module: 'file:///…/filter.ts', export: 'filter' }`.
- */
-export type FrameFilter = (frame: Uint8Array, off: number, len: number, dir: number) => number;
+/** The PortSpec kind of pair ports (backends.ts registers openPorts under it). */
+export const PAIR_KIND = 'pair';
 
-/** Where the filter hook lives. */
-export interface FilterRef {
-  module: string;
-  export?: string;
+/** A worker's way to its side of a pair: the two frame rings, its direction and header length. */
+export interface PairPortSpec extends PortSpec {
+  readonly kind: typeof PAIR_KIND;
+  /** The ring this side's TX writes. */
+  readonly out: FrameRingSpec;
+  /** The ring this side's RX reads. */
+  readonly in: FrameRingSpec;
+  /** 0 for side A (A→B), 1 for side B: the filter's `dir`. */
+  readonly dir: number;
+  /** This side's virtio_net_hdr length (10 or 12). */
+  readonly hdrLen: number;
+  /** Where HOST verdicts go, or -1. */
+  readonly hostFd: number;
 }
 
 /** Base header bytes kept in a slot (flags … csum_offset). */
 const BASE_HDR = 10;
 /** Slot layout: u32 length of header + frame, then the bytes. */
 const SLOT_BYTES = 4 + BASE_HDR + 65_562 + 2;
+/** Bytes of header + frame a slot holds (after its length word). */
+const SLOT_DATA = SLOT_BYTES - 4;
 const SLOT_STRIDE = (SLOT_BYTES + 63) & ~63;
 /** Ring header: head and tail as Int32 (Atomics), each on its own cache line. */
 const HEAD = 0;
@@ -59,7 +71,7 @@ function createRing(slots: number): FrameRingSpec {
 
 /** One side of a pair: a Backend for one of the two devices. */
 class PairSide implements Backend {
-  readonly kind = 'pair';
+  readonly kind = PAIR_KIND;
   readonly queuePairs = 1;
   private readonly out: FrameRingSpec;
   private readonly inp: FrameRingSpec;
@@ -86,10 +98,10 @@ class PairSide implements Backend {
     this.hdrLen = f.hdrLen;
   }
 
-  port(pair: number): PortSpec {
+  port(pair: number): PairPortSpec {
     if (pair !== 0) throw new RangeError('a pair backend has one queue pair');
     return {
-      kind: 'pair', out: this.out, in: this.inp, dir: this.dir, hdrLen: this.hdrLen, hostFd: this.owner.hostFd,
+      kind: PAIR_KIND, out: this.out, in: this.inp, dir: this.dir, hdrLen: this.hdrLen, hostFd: this.owner.hostFd,
     };
   }
 
@@ -135,27 +147,16 @@ export class PairBackend {
   }
 }
 
-/** Worker side: copies between guest memory (iovec tables) and the shared rings. */
-class Mappings {
-  private readonly views = new Map<number, Uint8Array>();
-  get(id: number): Uint8Array {
-    let v = this.views.get(id);
-    if (!v) {
-      v = new Uint8Array(native.mappingBuffer(id));
-      this.views.set(id, v);
-    }
-    return v;
-  }
-}
-
-const TWO32 = 0x1_0000_0000;
-
+/**
+ * Worker side, TX: gathers each frame from guest memory into the next free slot of the outgoing ring,
+ * runs the filter on it there, and commits the accepted ones with one head store and one eventfd write.
+ */
 class PairTxPort implements TxPort {
   private readonly ring: FrameRingSpec;
   private readonly ctl: Int32Array;
   private readonly u8: Uint8Array;
   private readonly dv: DataView;
-  private readonly maps = new Mappings();
+  private readonly maps: MappingViews;
   private readonly mask: number;
   private readonly hdrLen: number;
   private readonly dir: number;
@@ -163,53 +164,40 @@ class PairTxPort implements TxPort {
   private readonly filter: FrameFilter | undefined;
   private readonly c: Float64Array;
 
-  constructor(spec: Extract<PortSpec, { kind: 'pair' }>, filter: FrameFilter | undefined, counters: Float64Array) {
+  constructor(spec: PairPortSpec, ctx: PortContext) {
     this.ring = spec.out;
     this.ctl = new Int32Array(spec.out.sab, 0, RING_HDR / 4);
     this.u8 = new Uint8Array(spec.out.sab);
     this.dv = new DataView(spec.out.sab);
+    this.maps = new MappingViews(ctx.mappings);
     this.mask = spec.out.slots - 1;
     this.hdrLen = spec.hdrLen;
     this.dir = spec.dir;
     this.hostFd = spec.hostFd;
-    this.filter = filter;
-    this.c = counters;
+    this.filter = ctx.frameFilter;
+    this.c = ctx.counters;
   }
 
   send(table: IovecTable, first: number): number {
     const ctl = this.ctl;
     let head = Atomics.load(ctl, HEAD >> 2);
     const tail = Atomics.load(ctl, TAIL >> 2);
-    const e = table.entries;
     let done = 0;
     let committed = 0;
     for (let f = first; f < table.frames; f++) {
       if (head - tail > this.mask) break; // full: the rest is the caller's to count
       const slot = RING_HDR + (head & this.mask) * SLOT_STRIDE;
-      // Gather header + frame into the slot, keeping only the 10-byte base of the guest's header.
-      let at = slot + 4;
-      let pos = 0; // logical offset in the guest's header + frame
-      const hdrLen = this.hdrLen;
-      const end = table.frameEnd[f]!;
-      for (let k = f === 0 ? 0 : table.frameEnd[f - 1]!; k < end; k++) {
-        const w = k * IOVEC_WORDS;
-        const src = this.maps.get(e[w]!);
-        const off = e[w + 1]! + e[w + 2]! * TWO32;
-        const len = Math.min(e[w + 3]!, slot + SLOT_BYTES - at);
-        const next = pos + len;
-        if (pos < BASE_HDR) {
-          const n = Math.min(next, BASE_HDR) - pos;
-          this.u8.set(src.subarray(off, off + n), at);
-          at += n;
-        }
-        const from = Math.max(pos, hdrLen);
-        if (from < next) {
-          this.u8.set(src.subarray(off + from - pos, off + len), at);
-          at += next - from;
-        }
-        pos = next;
+      // Keep only the 10-byte base of the guest's header, then the frame after the whole header.
+      let total: number;
+      try {
+        const hdr = table.readFrame(f, 0, this.u8, slot + 4, BASE_HDR, this.maps);
+        total = hdr + table.readFrame(f, this.hdrLen, this.u8, slot + 4 + hdr, SLOT_DATA - hdr, this.maps);
+      } catch (e) {
+        // A frame outside guest memory is refused like writev refuses it: thrown when it is the
+        // caller's `first`, else left for the next call, after what came before it is committed.
+        if (!(e instanceof NativeError) || f === first) throw e;
+        break;
       }
-      const total = at - slot - 4;
       done++;
       const verdict = this.filter ? this.filter(this.u8, slot + 4 + BASE_HDR, total - BASE_HDR, this.dir) : VERDICT.ACCEPT;
       if (verdict === VERDICT.ACCEPT) {
@@ -231,22 +219,30 @@ class PairTxPort implements TxPort {
   }
 }
 
+/**
+ * Worker side, RX: scatters each waiting slot into one frame of the table: the base header, zeros up
+ * to the device's header length, then the frame.
+ */
 class PairRxPort implements RxPort {
   readonly fd: number;
   readonly vnetHdrLen: number;
   private readonly ctl: Int32Array;
   private readonly u8: Uint8Array;
   private readonly dv: DataView;
-  private readonly maps = new Mappings();
+  private readonly maps: MappingViews;
   private readonly mask: number;
+  /** The header bytes past the base that the device's header has (num_buffers: 0 or 2), as zeros. */
+  private readonly pad: Uint8Array;
 
-  constructor(spec: Extract<PortSpec, { kind: 'pair' }>) {
+  constructor(spec: PairPortSpec, ctx: PortContext) {
     this.fd = spec.in.wakeFd;
     this.vnetHdrLen = spec.hdrLen;
     this.ctl = new Int32Array(spec.in.sab, 0, RING_HDR / 4);
     this.u8 = new Uint8Array(spec.in.sab);
     this.dv = new DataView(spec.in.sab);
+    this.maps = new MappingViews(ctx.mappings);
     this.mask = spec.in.slots - 1;
+    this.pad = new Uint8Array(spec.hdrLen - BASE_HDR);
   }
 
   recv(table: IovecTable, frames: number): number {
@@ -255,33 +251,23 @@ class PairRxPort implements RxPort {
     native.eventfdRead(this.fd);
     const head = Atomics.load(ctl, HEAD >> 2);
     let tail = Atomics.load(ctl, TAIL >> 2);
-    const e = table.entries;
-    const pad = this.vnetHdrLen - BASE_HDR;
+    const pad = this.pad.length;
     let f = 0;
     for (; f < frames && tail !== head; f++, tail++) {
       const slot = RING_HDR + (tail & this.mask) * SLOT_STRIDE;
       const total = this.dv.getUint32(slot, true);
-      // Lay out base header, zero padding up to the device's header length, then the frame.
-      const want = total + pad;
-      const hdrLen = BASE_HDR + pad;
       const src = slot + 4;
-      let pos = 0; // logical offset in the guest's header + frame
-      const end = table.frameEnd[f]!;
-      for (let k = f === 0 ? 0 : table.frameEnd[f - 1]!; k < end && pos < want; k++) {
-        const w = k * IOVEC_WORDS;
-        const dst = this.maps.get(e[w]!);
-        const off = e[w + 1]! + e[w + 2]! * TWO32;
-        const next = Math.min(pos + e[w + 3]!, want);
-        if (pos < BASE_HDR) {
-          const n = Math.min(next, BASE_HDR) - pos;
-          dst.set(this.u8.subarray(src + pos, src + pos + n), off);
-        }
-        const z0 = Math.max(pos, BASE_HDR);
-        const z1 = Math.min(next, hdrLen);
-        if (z0 < z1) dst.fill(0, off + z0 - pos, off + z1 - pos);
-        const from = Math.max(pos, hdrLen);
-        if (from < next) dst.set(this.u8.subarray(src + from - pad, src + next - pad), off + from - pos);
-        pos = next;
+      try {
+        // As much as the buffers hold; a frame that did not fit is the device's to count as too big.
+        table.writeFrame(f, 0, this.u8, src, BASE_HDR, this.maps);
+        table.writeFrame(f, BASE_HDR, this.pad, 0, pad, this.maps);
+        table.writeFrame(f, BASE_HDR + pad, this.u8, src + BASE_HDR, total - BASE_HDR, this.maps);
+      } catch (e) {
+        if (!(e instanceof NativeError)) throw e;
+        if (f > 0) break; // deliver what came before; this frame meets the next call
+        // A frame that cannot be copied out is gone, as a tap's readv drops it on EFAULT.
+        Atomics.store(ctl, TAIL >> 2, tail + 1);
+        throw e;
       }
       // Report the whole length even if it did not fit: the device counts that as too big.
       table.bytes[f] = total + pad;
@@ -291,10 +277,11 @@ class PairRxPort implements RxPort {
   }
 }
 
-/** Worker side: the ports of a pair PortSpec. */
-export function openPairPorts(spec: Extract<PortSpec, { kind: 'pair' }>, filter: FrameFilter | undefined, counters: Float64Array): { tx: TxPort; rx: RxPort } {
-  return { tx: new PairTxPort(spec, filter, counters), rx: new PairRxPort(spec) };
+/** Worker side (OpenPorts, registered in backends.ts): the ports of one side of a pair. */
+export function openPorts(spec: PairPortSpec, ctx: PortContext): Ports {
+  return { tx: new PairTxPort(spec, ctx), rx: new PairRxPort(spec, ctx) };
 }
+
 
 /** Loads a filter hook named by a FilterRef (in the worker thread that will call it). */
 export async function loadFilter(ref: FilterRef | undefined): Promise<FrameFilter | undefined> {

@@ -7,11 +7,26 @@
  * guest's header as written and, on RX, writes the first 10 bytes and skips the rest, so the device only
  * has to fill num_buffers. Receive offloads (TUNSETOFFLOAD) follow what the guest accepted: a guest
  * without GUEST_CSUM gets frames with checksums completed by the kernel.
+ * Main thread: TapBackend opens the fds and applies what the guest accepted. Worker: openPorts
+ * (registered in backends.ts) turns a TapPortSpec into ports that hand whole bursts to
+ * writevBatch/readvBatch.
  */
 import * as native from '../native/index.ts';
-import { IOVEC_WORDS, IovecTable } from '../native/iovec.ts';
-import type { Backend, PortSpec, RxPort, TxPort } from './backend.ts';
+import { IovecTable } from '../native/iovec.ts';
+import type { Backend, PortSpec, Ports, RxPort, TxPort } from './backend.ts';
 import { mask, type NegotiatedFeatures } from './features.ts';
+
+/** The PortSpec kind of tap ports (backends.ts registers openPorts under it). */
+export const TAP_KIND = 'tap';
+
+/** A worker's way to its queue pair's tap fd. */
+export interface TapPortSpec extends PortSpec {
+  readonly kind: typeof TAP_KIND;
+  /** The queue pair's nonblocking tap fd. */
+  readonly fd: number;
+  /** The tap's virtio_net_hdr size, as the driver negotiated it (10 or 12). */
+  readonly vnetHdrLen: number;
+}
 
 /** Options of {@link TapBackend}. */
 export interface TapOptions {
@@ -23,7 +38,7 @@ export interface TapOptions {
 
 /** A tap device opened with IFF_VNET_HDR, one fd per queue pair. */
 export class TapBackend implements Backend {
-  readonly kind = 'tap';
+  readonly kind = TAP_KIND;
   readonly queuePairs: number;
   /** The interface name the kernel chose or attached to. */
   readonly name: string;
@@ -64,10 +79,10 @@ export class TapBackend implements Backend {
     }
   }
 
-  port(pair: number): PortSpec {
+  port(pair: number): TapPortSpec {
     const fd = this.fds[pair];
     if (fd === undefined) throw new RangeError(`tap ${this.name} has ${this.fds.length} queue pairs; no pair ${pair}`);
-    return { kind: 'tap', fd, vnetHdrLen: this.vnetHdrLen };
+    return { kind: TAP_KIND, fd, vnetHdrLen: this.vnetHdrLen };
   }
 
   close(): void {
@@ -96,11 +111,7 @@ class TapTxPort implements TxPort {
     if (first === 0) return native.writevBatch(this.fd, table);
     // Resuming after a frame the kernel refused (rare): send the remaining frames from a copy.
     const rest = (this.rest ??= new IovecTable(table.maxEntries, table.maxFrames));
-    rest.reset();
-    const from = table.frameEnd[first - 1]!;
-    rest.entries.set(table.entries.subarray(from * IOVEC_WORDS, table.count * IOVEC_WORDS));
-    rest.count = table.count - from;
-    for (let i = first; i < table.frames; i++) rest.frameEnd[rest.frames++] = table.frameEnd[i]! - from;
+    rest.copyFramesFrom(table, first);
     return native.writevBatch(this.fd, rest);
   }
 }
@@ -114,7 +125,8 @@ class TapRxPort implements RxPort {
   }
 }
 
-/** Worker side: turns a PortSpec into ports. */
-export function openTapPorts(spec: Extract<PortSpec, { kind: 'tap' }>): { tx: TxPort; rx: RxPort } {
+/** Worker side (OpenPorts, registered in backends.ts): the ports of a tap spec. Tap ports take nothing
+ *  from the context: the kernel moves the bytes. */
+export function openPorts(spec: TapPortSpec): Ports {
   return { tx: new TapTxPort(spec.fd), rx: new TapRxPort(spec.fd, spec.vnetHdrLen) };
 }

@@ -13,7 +13,7 @@
 import { MessageChannel, type MessagePort, type Worker } from 'node:worker_threads';
 import * as native from '../native/index.ts';
 import { NET_ERROR, WorkerError } from './errors.ts';
-import type { FilterRef } from './pair-backend.ts';
+import type { FilterRef } from './backend.ts';
 import { siblingModule, startWorker } from './thread.ts';
 import type { WorkerBoot, WorkerCommand, WorkerEvent } from './worker-protocol.ts';
 

@@ -23,7 +23,7 @@ import * as native from '../native/index.ts';
 import { GuestMemory } from '../vring/index.ts';
 import type { PortSpec } from './backend.ts';
 import type { CaptureSpec } from './capture.ts';
-import type { FilterRef } from './pair-backend.ts';
+import type { FilterRef } from './backend.ts';
 import type { RateLimit } from './rate-limit.ts';
 import type { RxFilter } from './rx-filter.ts';
 

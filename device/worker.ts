@@ -31,8 +31,8 @@ import { NET_ERROR } from './errors.ts';
 import { RxLoop, SLEEP_MS, TxLoop, type LoopFds } from './loops.ts';
 import { RxService } from './rx.ts';
 import { RxFilter } from './rx-filter.ts';
-import { loadFilter, openPairPorts, type FrameFilter } from './pair-backend.ts';
-import { openTapPorts } from './tap-backend.ts';
+import type { FrameFilter } from './backend.ts';
+import * as backends from './backends.ts';
 import { ServiceContext } from './service.ts';
 import { TxService } from './tx.ts';
 import { applyFilter, memoryFromMappings, type QueueConfig, type WorkerBoot, type WorkerCommand, type WorkerEvent, type WorkerRegion } from './worker-protocol.ts';
@@ -54,8 +54,7 @@ class ActiveQueue {
     this.queue = new SplitQueue({ size: r.size, desc: r.desc, avail: r.avail, used: r.used, eventIdx: f.eventIdx, indirect: f.indirect });
     this.pending = new PendingUsed(this.queue, cfg.callFd, c);
     // The backend's ports, opened once for the life of this configuration.
-    const spec = cfg.port;
-    const ports = spec.kind === 'tap' ? openTapPorts(spec) : openPairPorts(spec, frameFilter, c);
+    const ports = backends.openPorts(cfg.port, { counters: c, frameFilter, mappings: native.mappingBuffer });
     const mem = memoryFromMappings(cfg.regions);
     this.queue.attach(mem); // a ring that does not fit throws, and the queue is reported broken
     const parts = { queue: this.queue, mem, f, counters: c, pending: this.pending, burst: cfg.burst };
@@ -234,7 +233,7 @@ export class QueueWorker {
 if (!isMainThread && (workerData as { lgnetQueueWorker?: boolean } | null)?.lgnetQueueWorker) {
   const boot = workerData as WorkerBoot;
   // The filter hook is a module the worker loads itself (functions cannot cross threads).
-  void loadFilter(boot.frameFilter).then(
+  void backends.loadFilter(boot.frameFilter).then(
     (filter) => new QueueWorker(boot, filter).run(),
     (e: Error) => boot.control.postMessage({ ev: 'broken', code: 'LGNET_FILTER_LOAD', message: e.message } satisfies WorkerEvent),
   );

@@ -11,15 +11,48 @@
  * crosses into native: one typed-array query per call instead of three.
  *
  * `offset` is a byte offset within the mapping named by `id` (a registry id from mmap()/
- * mmapAnonymous()), split into 32-bit halves so no BigInt is needed. Native code bounds-checks every
- * entry against its mapping before any syscall. Device code may fill `entries`/`frameEnd` directly and
- * set `count`/`frames`; push()/endFrame() are the checked way.
+ * mmapAnonymous()), split into 32-bit halves so no BigInt is needed. Entries are written with push(),
+ * or in bulk by vring's DescriptorChain.appendIovecs (which then sets `count`; endFrame() closes the
+ * frame), and read with entryMapping/entryOffset/entryLength: nothing else decodes the words.
+ *
+ * Native code bounds-checks every entry against its mapping before any syscall. A backend that moves
+ * frame bytes itself (the pair backend copies them) does it with readFrame()/writeFrame(), which make
+ * the same check against the same mappings and refuse the same way, NativeError(EFAULT, 'iovec'): the
+ * device then counts a refused frame alike whichever side moved the bytes. The mapping bytes come
+ * from a MappingResolver the caller holds (native.mappingBuffer in a worker, a plain ArrayBuffer in a
+ * test), so this file stays free of the addon.
  */
+import { NativeError } from './errors.ts';
 
 /** u32 words per iovec entry: [mappingId, offsetLo, offsetHi, length]. */
 export const IOVEC_WORDS = 4;
 
 const TWO_32 = 0x1_0000_0000;
+/** errno EFAULT: what native/batch.cc throws for an entry outside its mapping. */
+const EFAULT = 14;
+
+/** This thread's bytes of a native mapping, by registry id. */
+export type MappingResolver = (mappingId: number) => ArrayBufferLike;
+
+/** Byte views of mappings, made once per id on first use (a port keeps one for its lifetime). */
+export class MappingViews {
+  private readonly resolve: MappingResolver;
+  private readonly views = new Map<number, Uint8Array>();
+
+  constructor(resolve: MappingResolver) {
+    this.resolve = resolve;
+  }
+
+  /** All the bytes of mapping `id`; its length is the mapping's size. */
+  bytes(id: number): Uint8Array {
+    let v = this.views.get(id);
+    if (v === undefined) {
+      v = new Uint8Array(this.resolve(id));
+      this.views.set(id, v);
+    }
+    return v;
+  }
+}
 
 export class IovecTable {
   readonly maxEntries: number;
@@ -70,6 +103,24 @@ export class IovecTable {
     this.count++;
   }
 
+  /**
+   * Makes this table hold frames first … src.frames − 1 of `src` (renumbered from 0): how a port
+   * resumes a burst after a frame the backend refused. This table must be at least as large as src.
+   */
+  copyFramesFrom(src: IovecTable, first: number): void {
+    if (!(Number.isInteger(first) && first >= 0 && first <= src.frames)) {
+      throw new RangeError(`frame ${first} is not in the source table (${src.frames} frames)`);
+    }
+    if (this.maxEntries < src.maxEntries || this.maxFrames < src.maxFrames) {
+      throw new RangeError('copyFramesFrom: this table is smaller than the source');
+    }
+    const from = src.frameStart(first);
+    this.entries.set(src.entries.subarray(from * IOVEC_WORDS, src.count * IOVEC_WORDS));
+    this.count = src.count - from;
+    this.frames = 0;
+    for (let f = first; f < src.frames; f++) this.frameEnd[this.frames++] = src.frameEnd[f]! - from;
+  }
+
   /** Ends the current frame (it must have at least one entry). */
   endFrame(): void {
     const start = this.frames === 0 ? 0 : this.frameEnd[this.frames - 1]!;
@@ -80,6 +131,96 @@ export class IovecTable {
 
   /** Entries in frame i. */
   frameEntries(i: number): number {
-    return this.frameEnd[i]! - (i === 0 ? 0 : this.frameEnd[i - 1]!);
+    return this.frameEnd[i]! - this.frameStart(i);
+  }
+
+  /** First entry of frame f: its entries are frameStart(f) … frameEnd[f] − 1. */
+  frameStart(f: number): number {
+    return f === 0 ? 0 : this.frameEnd[f - 1]!;
+  }
+
+  /** Mapping id of entry i (i < count). */
+  entryMapping(i: number): number {
+    return this.entries[i * IOVEC_WORDS]!;
+  }
+
+  /** Byte offset of entry i within its mapping (i < count). */
+  entryOffset(i: number): number {
+    const w = i * IOVEC_WORDS;
+    return this.entries[w + 1]! + this.entries[w + 2]! * TWO_32;
+  }
+
+  /** Length in bytes of entry i (i < count). */
+  entryLength(i: number): number {
+    return this.entries[i * IOVEC_WORDS + 3]!;
+  }
+
+  /** Bytes frame f describes: the sum of its entries' lengths. */
+  frameLength(f: number): number {
+    let n = 0;
+    for (let k = this.frameStart(f), end = this.frameEnd[f]!; k < end; k++) n += this.entryLength(k);
+    return n;
+  }
+
+  /**
+   * Copies bytes [pos, pos+len) of frame f, its entries read as one byte stream, into
+   * dst[dstOff, dstOff+len). Returns the bytes copied: fewer than len when the frame ends first.
+   * Every entry of the frame is checked against its mapping before a byte moves; see checkFrame().
+   */
+  readFrame(f: number, pos: number, dst: Uint8Array, dstOff: number, len: number, maps: MappingViews): number {
+    return this.copy(f, pos, dst, dstOff, len, maps, false);
+  }
+
+  /**
+   * Copies src[srcOff, srcOff+len) into bytes [pos, pos+len) of frame f, its entries read as one byte
+   * stream. Returns the bytes copied: fewer than len when the frame's buffers end first. Checked as
+   * readFrame() is.
+   */
+  writeFrame(f: number, pos: number, src: Uint8Array, srcOff: number, len: number, maps: MappingViews): number {
+    return this.copy(f, pos, src, srcOff, len, maps, true);
+  }
+
+  /**
+   * Throws NativeError(EFAULT, 'iovec'), as writevBatch/readvBatch would, unless every entry of frame f
+   * lies inside its mapping. A mapping id the resolver does not know throws what the resolver throws
+   * (native.mappingBuffer: NativeError EBADF, 'mapping').
+   */
+  checkFrame(f: number, maps: MappingViews): void {
+    if (!(Number.isInteger(f) && f >= 0 && f < this.frames)) throw new RangeError(`frame ${f} is not in the table (${this.frames} frames)`);
+    for (let k = this.frameStart(f), end = this.frameEnd[f]!; k < end; k++) {
+      const id = this.entryMapping(k);
+      const off = this.entryOffset(k);
+      const len = this.entryLength(k);
+      const size = maps.bytes(id).length;
+      if (off > size || len > size - off) {
+        throw new NativeError(EFAULT, 'iovec', `entry ${k} [${off}, +${len}) lies outside mapping ${id} of ${size} bytes`);
+      }
+    }
+  }
+
+  /** readFrame/writeFrame: `intoFrame` says which way the bytes go; everything else is shared. */
+  private copy(f: number, pos: number, bytes: Uint8Array, at: number, len: number, maps: MappingViews, intoFrame: boolean): number {
+    if (!(Number.isSafeInteger(pos) && pos >= 0)) throw new RangeError(`bad frame position ${pos}`);
+    if (!(Number.isInteger(at) && Number.isInteger(len) && at >= 0 && len >= 0 && at + len <= bytes.length)) {
+      throw new RangeError(`[${at}, +${len}) is outside the ${bytes.length}-byte array`);
+    }
+    this.checkFrame(f, maps);
+    const stop = pos + len;
+    let want = pos; // next byte of the frame's stream to move
+    let p = 0; // stream position of entry k's first byte
+    for (let k = this.frameStart(f), end = this.frameEnd[f]!; k < end && want < stop; k++) {
+      const q = p + this.entryLength(k);
+      if (q > want) {
+        const n = Math.min(q, stop) - want;
+        const view = maps.bytes(this.entryMapping(k));
+        const off = this.entryOffset(k) + (want - p);
+        if (intoFrame) view.set(bytes.subarray(at, at + n), off);
+        else bytes.set(view.subarray(off, off + n), at);
+        at += n;
+        want += n;
+      }
+      p = q;
+    }
+    return want - pos;
   }
 }

@@ -26,11 +26,13 @@ export { DescriptorChain, LOCATE_MAX } from './chain.ts';
 export {
   SplitQueue,
   mapRing,
+  ringUaddrToGpa,
   needEvent,
   DEFAULT_MAX_PIECES,
   type SplitQueueOptions,
   type AvailIdxLocation,
   type RingLocations,
+  type RingAddresses,
 } from './queue.ts';
 export { InflightLog, INFLIGHT, inflightQueueRegionSize, type InflightRecovery } from './inflight.ts';
 export { DriverQueue, type DriverQueueOptions, type GuestBuffer, type UsedElement } from './driver.ts';

@@ -40,6 +40,9 @@ if (new Uint8Array(new Uint16Array([0x0102]).buffer)[0] !== 0x02) {
 
 /** Largest queue size a split ring may have (§2.7: "Queue Size ... maximum 32768"). */
 export const MAX_QUEUE_SIZE = 32768;
+/** A size a split ring may have: a power of 2 (idx & (size − 1) picks the slot) in 1…32768 (§2.7). */
+export const isQueueSize = (size: number): boolean =>
+  Number.isInteger(size) && size >= 1 && size <= MAX_QUEUE_SIZE && (size & (size - 1)) === 0;
 
 // ---- Descriptor table (§2.7.5): struct virtq_desc { le64 addr; le32 len; le16 flags; le16 next; }
 /** Bytes per descriptor: addr 8 + len 4 + flags 2 + next 2. */

@@ -31,20 +31,40 @@ import { DescriptorWalker } from './descriptor.ts';
 import { DescriptorError, MemoryError, RingLayoutError, RingStateError, VringError, VringErrorCode } from './errors.ts';
 import {
   AVAIL_ALIGN,
+  AVAIL_FLAGS,
   AVAIL_IDX,
   AVAIL_RING,
   DESC_ALIGN,
   MAX_QUEUE_SIZE,
   USED_ALIGN,
+  USED_ELEM_ID,
+  USED_ELEM_LEN,
+  USED_ELEM_SIZE,
+  USED_FLAGS,
+  USED_IDX,
   USED_RING,
   VRING_AVAIL_F_NO_INTERRUPT,
   VRING_USED_F_NO_NOTIFY,
   availAreaSize,
+  availUsedEventOffset,
   descAreaSize,
   usedAreaSize,
+  usedAvailEventOffset,
 } from './layout.ts';
 import type { InflightLog, InflightRecovery } from './inflight.ts';
 import type { GuestMemory, RangeLocation } from './memory.ts';
+
+// The ring areas are read through typed arrays: these are layout.ts byte offsets as element indices
+// (u16 = byte / 2, u32 = byte / 4), each computed once here. The avail and used areas as u16:
+const AVAIL_FLAGS_U16 = AVAIL_FLAGS / 2;
+const AVAIL_IDX_U16 = AVAIL_IDX / 2;
+const AVAIL_RING_U16 = AVAIL_RING / 2; // heads are u16 (AVAIL_ELEM_SIZE): slot i is AVAIL_RING_U16 + i
+const USED_FLAGS_U16 = USED_FLAGS / 2;
+const USED_IDX_U16 = USED_IDX / 2;
+// used.ring as u32 from USED_RING: USED_ELEM_U32 words per element, id then len.
+const USED_ELEM_U32 = USED_ELEM_SIZE / 4;
+const USED_ELEM_ID_U32 = USED_ELEM_ID / 4;
+const USED_ELEM_LEN_U32 = USED_ELEM_LEN / 4;
 
 /** inFlightPos of a chain taken up again from the inflight record (not from an avail slot). */
 const RESUBMITTED = 0x10000;
@@ -137,6 +157,29 @@ export function mapRing(mem: GuestMemory, size: number, desc: number, avail: num
   return { desc: locs[0]!, avail: locs[1]!, used: locs[2]! };
 }
 
+/** Where a ring's three areas are: guest physical, or front-end virtual for ringUaddrToGpa(). */
+export interface RingAddresses {
+  desc: number;
+  avail: number;
+  used: number;
+}
+
+/**
+ * vhost-user SET_VRING_ADDR gives a ring as front-end virtual addresses. Translate each area, sized
+ * as mapRing sizes it (event fields included), through the memory table, then validate the result as
+ * mapRing does. Returns the guest physical addresses. Throws MemoryError (an area not inside one
+ * region) or RingLayoutError.
+ */
+export function ringUaddrToGpa(mem: GuestMemory, size: number, uaddr: RingAddresses, maxSize: number = MAX_QUEUE_SIZE): RingAddresses {
+  const gpa = {
+    desc: mem.uaddrToGpa(uaddr.desc, descAreaSize(size)),
+    avail: mem.uaddrToGpa(uaddr.avail, availAreaSize(size)),
+    used: mem.uaddrToGpa(uaddr.used, usedAreaSize(size)),
+  };
+  mapRing(mem, size, gpa.desc, gpa.avail, gpa.used, maxSize);
+  return gpa;
+}
+
 /** Device side of a split virtqueue. See the file header for the data path and the consume loop. */
 export class SplitQueue {
   readonly size: number;
@@ -161,13 +204,15 @@ export class SplitQueue {
 
   private mem: GuestMemory | null = null;
   private mask = 0;
-  /** avail area as u16: [0] flags, [1] idx, [2 + slot] ring, [2 + size] used_event. */
+  /** avail area as u16: flags, idx, ring[size] (heads), used_event. */
   private availU16: Uint16Array = new Uint16Array(0);
-  /** used area as u16: [0] flags, [1] idx, [usedAvailEvent] avail_event. */
+  /** used area as u16: flags, idx, …, avail_event. */
   private usedU16: Uint16Array = new Uint16Array(0);
-  /** used area as u32 from byte 4: [2·slot] id, [2·slot + 1] len. */
+  /** used.ring as u32: USED_ELEM_U32 words per element. */
   private usedElems: Uint32Array = new Uint32Array(0);
+  /** u16 index of used_event in availU16. */
   private usedEventIdx = 0;
+  /** u16 index of avail_event in usedU16. */
   private availEventIdx = 0;
   private availIdxLoc: RangeLocation | null = null;
 
@@ -236,11 +281,11 @@ export class SplitQueue {
     this.mask = size - 1;
     this.availU16 = new Uint16Array(a.buffer, a.byteOffset, availAreaSize(size) / 2);
     this.usedU16 = new Uint16Array(u.buffer, u.byteOffset, usedAreaSize(size) / 2);
-    this.usedElems = new Uint32Array(u.buffer, u.byteOffset + USED_RING, 2 * size);
-    this.usedEventIdx = (AVAIL_RING >> 1) + size;
-    this.availEventIdx = (USED_RING + 8 * size) >> 1;
+    this.usedElems = new Uint32Array(u.buffer, u.byteOffset + USED_RING, USED_ELEM_U32 * size);
+    this.usedEventIdx = availUsedEventOffset(size) / 2;
+    this.availEventIdx = usedAvailEventOffset(size) / 2;
     this.availIdxLoc = mem.contiguous(this.avail + AVAIL_IDX, 2);
-    this.walker.bind(mem, new Uint32Array(d.buffer, d.byteOffset, 4 * size), size, this.indirect);
+    this.walker.bind(mem, new Uint32Array(d.buffer, d.byteOffset, descAreaSize(size) / 4), size, this.indirect);
     if (this.inFlightPos.length !== size) {
       this.inFlightPos = new Int32Array(size).fill(-1);
       this.poppedHeads = new Uint16Array(size);
@@ -249,7 +294,7 @@ export class SplitQueue {
     for (const c of this.chains) if (c !== undefined) c.mem = mem;
     if (this.syncUsedOnAttach) {
       this.syncUsedOnAttach = false;
-      this.usedIdx = this.publishedUsed = this.signalledUsed = Atomics.load(this.usedU16, 1);
+      this.usedIdx = this.publishedUsed = this.signalledUsed = Atomics.load(this.usedU16, USED_IDX_U16);
       this.signalledValid = false;
     }
   }
@@ -274,7 +319,7 @@ export class SplitQueue {
     this.resubmit = [];
     this.resubmitPos = this.batchLen = 0;
     if (this.mem !== null) {
-      this.usedIdx = this.publishedUsed = this.signalledUsed = Atomics.load(this.usedU16, 1);
+      this.usedIdx = this.publishedUsed = this.signalledUsed = Atomics.load(this.usedU16, USED_IDX_U16);
       this.signalledValid = false;
     } else {
       this.syncUsedOnAttach = true;
@@ -290,7 +335,7 @@ export class SplitQueue {
 
   /** Read avail.idx and validate it against lastAvail (§2.7.6: at most `size` ahead). */
   private refreshAvail(): number {
-    const idx = Atomics.load(this.availU16, 1);
+    const idx = Atomics.load(this.availU16, AVAIL_IDX_U16);
     const pending = (idx - this.lastAvail) & 0xffff;
     if (pending > this.size) {
       throw new RingStateError(
@@ -359,7 +404,7 @@ export class SplitQueue {
   private popOne(): DescriptorChain {
     const pos = this.lastAvail;
     const slot = pos & this.mask;
-    const head = this.availU16[2 + slot]!; // read once
+    const head = this.availU16[AVAIL_RING_U16 + slot]!; // read once
     const size = this.size;
     if (head >= size) {
       throw new DescriptorError(VringErrorCode.HEAD_OUT_OF_RANGE, `available ring slot ${slot} holds head ${head} ≥ queue size ${size}; the queue is marked broken`);
@@ -426,7 +471,7 @@ export class SplitQueue {
     this.checkUsable();
     const log = this.inflight;
     if (log === null) throw new RingStateError(VringErrorCode.NOT_ATTACHED, 'recoverInflight() without an inflight record (setInflight)');
-    const used = Atomics.load(this.usedU16, 1);
+    const used = Atomics.load(this.usedU16, USED_IDX_U16);
     const rec = log.recover(used);
     if (rec.initialised || rec.heads.length === 0) return rec;
     this.usedIdx = this.publishedUsed = this.signalledUsed = used;
@@ -506,9 +551,9 @@ export class SplitQueue {
     if (!(len >= 0 && len <= c.writableLen && (len >>> 0) === len)) {
       throw new RangeError(`addUsed(${head}, ${len}): length exceeds the chain's ${c.writableLen} writable bytes`);
     }
-    const e = (this.usedIdx & this.mask) << 1;
-    this.usedElems[e] = head;
-    this.usedElems[e + 1] = len;
+    const e = (this.usedIdx & this.mask) * USED_ELEM_U32;
+    this.usedElems[e + USED_ELEM_ID_U32] = head;
+    this.usedElems[e + USED_ELEM_LEN_U32] = len;
     this.inFlightPos[head] = -1;
     if (this.inflight !== null && this.batchLen < this.batchHeads.length) this.batchHeads[this.batchLen++] = head;
     this.inFlight--;
@@ -522,7 +567,7 @@ export class SplitQueue {
     if (this.publishedUsed === this.usedIdx) return;
     const log = this.inflight;
     if (log !== null) log.prepareBatch(this.batchHeads, this.batchLen);
-    Atomics.store(this.usedU16, 1, this.usedIdx);
+    Atomics.store(this.usedU16, USED_IDX_U16, this.usedIdx);
     this.publishedUsed = this.usedIdx;
     if (log !== null) {
       log.commitBatch(this.batchHeads, this.batchLen, this.usedIdx);
@@ -550,7 +595,7 @@ export class SplitQueue {
       const ev = Atomics.load(this.availU16, this.usedEventIdx);
       need = !this.signalledValid || needEvent(ev, now, this.signalledUsed);
     } else {
-      need = (!this.signalledValid || now !== this.signalledUsed) && (Atomics.load(this.availU16, 0) & VRING_AVAIL_F_NO_INTERRUPT) === 0;
+      need = (!this.signalledValid || now !== this.signalledUsed) && (Atomics.load(this.availU16, AVAIL_FLAGS_U16) & VRING_AVAIL_F_NO_INTERRUPT) === 0;
     }
     if (need) {
       this.signalledUsed = now;
@@ -563,7 +608,7 @@ export class SplitQueue {
   disableNotification(): void {
     this.checkUsable();
     this.notifyEnabled = false;
-    if (!this.eventIdx) Atomics.store(this.usedU16, 0, Atomics.load(this.usedU16, 0) | VRING_USED_F_NO_NOTIFY);
+    if (!this.eventIdx) Atomics.store(this.usedU16, USED_FLAGS_U16, Atomics.load(this.usedU16, USED_FLAGS_U16) | VRING_USED_F_NO_NOTIFY);
   }
 
   /**
@@ -578,7 +623,7 @@ export class SplitQueue {
     this.notifyEnabled = true;
     seen &= 0xffff;
     if (this.eventIdx) Atomics.store(this.usedU16, this.availEventIdx, seen);
-    else Atomics.store(this.usedU16, 0, Atomics.load(this.usedU16, 0) & ~VRING_USED_F_NO_NOTIFY & 0xffff);
+    else Atomics.store(this.usedU16, USED_FLAGS_U16, Atomics.load(this.usedU16, USED_FLAGS_U16) & ~VRING_USED_F_NO_NOTIFY & 0xffff);
     try {
       this.refreshAvail();
     } catch (e) {

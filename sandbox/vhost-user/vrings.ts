@@ -21,12 +21,13 @@
  * addresses, base, fds or enable state stops its worker, applies the change and starts it again.
  *
  * Ring addresses arrive as front-end virtual addresses; they are translated to guest physical through
- * the memory table (GuestMemory.uaddrToGpa) when the worker starts, and again after a memory change.
- * Spec: vhost-user.rst, "Ring states", SET_VRING_*; virtio 1.2 §2.7 (ring sizes and alignment).
+ * the memory table when the worker starts, and again after a memory change, by vring's
+ * ringUaddrToGpa, which also owns the ring sizes and alignment rules (virtio 1.2 §2.7): none are
+ * computed here. Spec: vhost-user.rst, "Ring states", SET_VRING_*.
  */
 import * as native from '../../native/index.ts';
 import type { QueueSetup } from '../../device/net.ts';
-import type { GuestMemory } from '../../vring/index.ts';
+import { MAX_QUEUE_SIZE, VringError, isQueueSize, ringUaddrToGpa, type GuestMemory, type RingAddresses } from '../../vring/index.ts';
 import { VhostUserError, VU } from './errors.ts';
 import { addrOf, type VringAddr } from './messages.ts';
 
@@ -44,9 +45,6 @@ export interface QueueTarget {
 
 /** A ring's region of the inflight buffer, or null when it has none. May throw VhostUserError. */
 export type InflightLookup = (index: number, num: number) => { mappingId: number; offset: number } | null;
-
-/** Largest split ring (virtio 1.2 §2.7). */
-export const MAX_QUEUE_SIZE = 32768;
 
 interface Vring {
   index: number;
@@ -66,7 +64,7 @@ interface Vring {
   /** It was enabled at some point since it was started (SET_VRING_KICK). */
   servedSinceStart: boolean;
   /** The guest physical addresses the running worker was started with. */
-  gpas: { desc: number; avail: number; used: number } | null;
+  gpas: RingAddresses | null;
 }
 
 function closeQuietly(fd: number): void {
@@ -123,7 +121,7 @@ export class Vrings {
 
   async setNum(index: number, num: number): Promise<void> {
     const r = this.ring(index);
-    if (!(num > 0 && num <= MAX_QUEUE_SIZE && (num & (num - 1)) === 0)) {
+    if (!isQueueSize(num)) {
       throw new VhostUserError(VU.BAD_QUEUE_SIZE, `vring ${index}: size ${num} must be a power of 2 in [1, ${MAX_QUEUE_SIZE}]`);
     }
     await this.park(r);
@@ -230,7 +228,7 @@ export class Vrings {
    */
   async memoryChanged(): Promise<void> {
     for (const r of this.rings) {
-      let g: { desc: number; avail: number; used: number } | null = null;
+      let g: RingAddresses | null = null;
       if (r.addr !== null && r.num > 0) {
         try {
           g = this.translate(r);
@@ -274,21 +272,15 @@ export class Vrings {
 
   // ---- the state machine
 
-  private translate(r: Vring): { desc: number; avail: number; used: number } {
+  /** The ring's guest physical addresses; each area (sized and aligned as vring/ says) inside the table. */
+  private translate(r: Vring): RingAddresses {
     const mem = this.target.memory;
     if (!mem || !this.memoryReady()) throw new VhostUserError(VU.NO_MEMORY, `vring ${r.index} cannot start before a memory table`);
-    const a = r.addr!;
-    const n = r.num;
     try {
-      // Sizes per virtio 1.2 §2.7: descriptors 16·n; avail flags+idx+ring+used_event; used flags+idx+ring+avail_event.
-      const g = { desc: mem.uaddrToGpa(a.desc, 16 * n), avail: mem.uaddrToGpa(a.avail, 6 + 2 * n), used: mem.uaddrToGpa(a.used, 6 + 8 * n) };
-      if (g.desc % 16 !== 0 || g.avail % 2 !== 0 || g.used % 4 !== 0) {
-        throw new VhostUserError(VU.BAD_RING_ADDR, `vring ${r.index}: rings are misaligned (desc 16, avail 2, used 4 bytes)`);
-      }
-      return g;
+      return ringUaddrToGpa(mem, r.num, r.addr!);
     } catch (e) {
-      if (e instanceof VhostUserError) throw e;
-      throw new VhostUserError(VU.BAD_RING_ADDR, `vring ${r.index}: ${(e as Error).message}`, { cause: e });
+      if (!(e instanceof VringError)) throw e;
+      throw new VhostUserError(VU.BAD_RING_ADDR, `vring ${r.index}: ${e.message}`, { cause: e });
     }
   }
 

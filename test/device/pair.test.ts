@@ -1,10 +1,17 @@
 /**
  * The pair backend: two harness guests on two NetDevices in this process, back to back, with the
  * filter hook deciding per frame: accept bridges, deny drops and counts, host writes to a host tap.
+ * Then its ports alone, opened through the backend registry (device/backends.ts) over native
+ * mappings: the header conversion, and frames outside guest memory refused the way a tap refuses them.
  */
 import { afterAll, afterEach, expect, it } from 'vitest';
 import * as native from '../../native/index.ts';
-import { mask } from '../../device/features.ts';
+import { IovecTable } from '../../native/iovec.ts';
+import type { PortContext } from '../../device/backend.ts';
+import { BACKEND_KINDS, openPorts } from '../../device/backends.ts';
+import { NetConfigError, NET_ERROR } from '../../device/errors.ts';
+import { decode, mask } from '../../device/features.ts';
+import { createCounters } from '../../device/metrics.ts';
 import { NetDevice } from '../../device/net.ts';
 import { PairBackend } from '../../device/pair-backend.ts';
 import { ethernet } from '../../harness/frames.ts';
@@ -96,4 +103,102 @@ it('a sender faster than the peer: every frame is delivered or counted as droppe
   const dropped = a.dev.metrics().queues[1]!.txDropBackend;
   expect(got + dropped).toBe(100); // every frame delivered or counted
   expect(got).toBeGreaterThanOrEqual(16); // at least what the ring holds
+});
+
+/** A table of one or more frames, each a list of [offset, length] pieces of mapping `id`. */
+function table(id: number, ...frames: Array<Array<[number, number]>>): IovecTable {
+  const t = new IovecTable(8, 4);
+  for (const f of frames) {
+    for (const [off, len] of f) t.push(id, off, len);
+    t.endFrame();
+  }
+  return t;
+}
+
+function refusal(fn: () => unknown): native.NativeError {
+  try {
+    fn();
+  } catch (e) {
+    if (e instanceof native.NativeError) return e;
+    throw e;
+  }
+  throw new Error('expected a NativeError');
+}
+
+function pairPorts() {
+  const pair = new PairBackend({ slots: 4 });
+  pair.a.configure(decode(mask('MAC'))); // legacy: 10-byte header
+  pair.b.configure(decode(mask('MAC', 'VERSION_1'))); // 12-byte header
+  const ctx = (): PortContext => ({ counters: createCounters(), frameFilter: undefined, mappings: native.mappingBuffer });
+  const a = openPorts(pair.a.port(0), ctx());
+  const b = openPorts(pair.b.port(0), ctx());
+  const id = native.mmapAnonymous(16384);
+  const ram = new Uint8Array(native.mappingBuffer(id));
+  cleanups.push(() => { native.munmap(id); pair.a.close(); pair.b.close(); });
+  return { a, b, id, ram };
+}
+
+it('pair ports, opened by kind: a legacy header becomes a VERSION_1 one, the frame crosses intact', () => {
+  const { a, b, id, ram } = pairPorts();
+  // A's guest: 10-byte header 1..10 and a 60-byte frame, split 6 | 4 + 60 over two buffers.
+  const hdr = Uint8Array.from({ length: 10 }, (_, i) => i + 1);
+  const body = Uint8Array.from({ length: 60 }, (_, i) => 0x40 + i);
+  ram.set(hdr.subarray(0, 6), 0);
+  ram.set(hdr.subarray(6), 100);
+  ram.set(body, 104);
+  expect(a.tx.send(table(id, [[0, 6], [100, 64]]), 0)).toBe(1);
+  // B's guest: two buffers, 40 + 100 bytes, prefilled so that written zeros show.
+  ram.fill(0xee, 4096, 4096 + 40);
+  ram.fill(0xee, 5000, 5100);
+  const rx = table(id, [[4096, 40], [5000, 100]]);
+  expect(b.rx.vnetHdrLen).toBe(12);
+  expect(b.rx.recv(rx, 1)).toBe(1);
+  expect(rx.bytes[0]).toBe(12 + 60);
+  const got = Uint8Array.of(...ram.subarray(4096, 4096 + 40), ...ram.subarray(5000, 5000 + 32));
+  expect(Array.from(got)).toEqual([...hdr, 0, 0, ...body]);
+  expect(ram[5032]).toBe(0xee); // nothing past the frame
+  expect(b.rx.recv(rx, 1)).toBe(0);
+});
+
+it('pair ports refuse a frame outside guest memory with EFAULT, as writev/readv do, and go on after it', () => {
+  const { a, b, id, ram } = pairPorts();
+  ram.fill(7, 0, 200);
+  const good: Array<[number, number]> = [[0, 80]];
+  const outside: Array<[number, number]> = [[16384 - 40, 80]];
+  // TX: a bad frame first is thrown and nothing is committed.
+  const e = refusal(() => a.tx.send(table(id, outside, good), 0));
+  expect([e.code, e.syscall]).toEqual(['EFAULT', 'iovec']);
+  const rx1 = table(id, [[4096, 2048]]);
+  expect(b.rx.recv(rx1, 1)).toBe(0);
+  // A bad frame after a good one: the good one is sent, the bad one is the next call's `first`.
+  const t = table(id, good, outside, good);
+  expect(a.tx.send(t, 0)).toBe(1);
+  expect(refusal(() => a.tx.send(t, 1)).code).toBe('EFAULT');
+  expect(a.tx.send(t, 2)).toBe(1);
+  // RX: a good frame lands, the next one into buffers outside memory stays for the next call…
+  const rx2 = table(id, [[4096, 2048]], [[16384 - 40, 2048]]);
+  expect(b.rx.recv(rx2, 2)).toBe(1);
+  expect(rx2.bytes[0]).toBe(12 + 70);
+  // …which refuses it and drops it, as a tap drops a frame its readv could not copy out.
+  const r = refusal(() => b.rx.recv(table(id, [[16384 - 40, 2048]]), 1));
+  expect([r.code, r.syscall]).toEqual(['EFAULT', 'iovec']);
+  expect(b.rx.recv(table(id, [[4096, 2048]]), 1)).toBe(0);
+});
+
+it('the registry refuses a spec of a kind it does not know', () => {
+  expect(BACKEND_KINDS).toEqual(['tap', 'pair']);
+  const ctx: PortContext = { counters: createCounters(), frameFilter: undefined, mappings: native.mappingBuffer };
+  for (const kind of ['nope', 'constructor', '']) {
+    const e = (() => {
+      try {
+        openPorts({ kind }, ctx);
+      } catch (err) {
+        return err;
+      }
+      return undefined;
+    })();
+    expect(e).toBeInstanceOf(NetConfigError);
+    expect((e as NetConfigError).code).toBe(NET_ERROR.UNKNOWN_BACKEND);
+    expect((e as NetConfigError).message).toContain(`kind ${JSON.stringify(kind)}`);
+  }
 });

@@ -15,9 +15,13 @@ import {
   RingStateError,
   SplitQueue,
   VRING_DESC_F_NEXT,
+  availAreaSize,
   availUsedEventOffset,
   descAreaSize,
+  isQueueSize,
+  ringUaddrToGpa,
   splitRingLayout,
+  usedAreaSize,
   usedAvailEventOffset,
 } from '../../vring/index.ts';
 import { RAM_GPA, RAM_SIZE, expectBreaks, makeRig } from './helpers.ts';
@@ -76,6 +80,49 @@ describe('queue shape (attach)', () => {
   it('refuses to run before attach', () => {
     const q = new SplitQueue({ size: 16, desc: 0, avail: 256, used: 4096 });
     expect(() => q.pop()).toThrow(expect.objectContaining({ code: 'VRING_NOT_ATTACHED' }));
+  });
+});
+
+describe('queue shape from front-end addresses (vhost-user SET_VRING_ADDR)', () => {
+  // One region of RAM seen by the front-end at UADDR; a ring laid out at its start.
+  const UADDR = 0x7f00_0000_0000;
+  const mem = new GuestMemory([{ gpa: RAM_GPA, size: RAM_SIZE, buffer: new ArrayBuffer(RAM_SIZE), uaddr: UADDR }]);
+  const L = splitRingLayout(256, RAM_GPA);
+  const u = (gpa: number): number => UADDR + (gpa - RAM_GPA);
+  const end = UADDR + RAM_SIZE;
+
+  it('translates each area to guest physical', () => {
+    expect(ringUaddrToGpa(mem, 256, { desc: u(L.desc), avail: u(L.avail), used: u(L.used) })).toEqual({ desc: L.desc, avail: L.avail, used: L.used });
+  });
+
+  const cases: [string, number, number, number, string][] = [
+    ['descriptor table not 16-aligned', u(L.desc) + 8, u(L.avail), u(L.used), 'VRING_MISALIGNED'],
+    ['available ring not 2-aligned', u(L.desc), u(L.avail) + 1, u(L.used), 'VRING_MISALIGNED'],
+    ['used ring not 4-aligned', u(L.desc), u(L.avail), u(L.used) + 2, 'VRING_MISALIGNED'],
+    // Each area is sized with its event field: one byte short of room is refused.
+    ['descriptor table past the region', end - descAreaSize(256) + 16, u(L.avail), u(L.used), 'VRING_UNMAPPED'],
+    ['used_event past the region', u(L.desc), end - availAreaSize(256) + 2, u(L.used), 'VRING_UNMAPPED'],
+    ['avail_event past the region', u(L.desc), u(L.avail), end - usedAreaSize(256) + 2, 'VRING_UNMAPPED'],
+    ['an address no region has', u(L.desc), u(L.avail), 0x1000, 'VRING_UNMAPPED'],
+  ];
+  for (const [name, desc, avail, used, code] of cases) {
+    it(`rejects ${name}`, () => {
+      expect(() => ringUaddrToGpa(mem, 256, { desc, avail, used })).toThrow(expect.objectContaining({ code }));
+    });
+  }
+
+  it('accepts areas that end at the region end, event fields included', () => {
+    const used = end - usedAreaSize(256) - 2; // the last 4-aligned place: 2 bytes to spare
+    expect(ringUaddrToGpa(mem, 256, { desc: end - descAreaSize(256), avail: end - availAreaSize(256), used })).toEqual({
+      desc: RAM_GPA + RAM_SIZE - descAreaSize(256),
+      avail: RAM_GPA + RAM_SIZE - availAreaSize(256),
+      used: RAM_GPA + RAM_SIZE - usedAreaSize(256) - 2,
+    });
+  });
+
+  it('knows a queue size when it sees one', () => {
+    expect([1, 2, 256, 32768].every(isQueueSize)).toBe(true);
+    expect([0, -1, 12, 65536, 1.5, Number.NaN].some(isQueueSize)).toBe(false);
   });
 });
 
