@@ -6,7 +6,7 @@
  * backend reached over vhost-user (queueSetups + the frontend).
  */
 import * as native from '../native/index.ts';
-import { DriverQueue, splitRingLayout, type GuestBuffer } from '../vring/index.ts';
+import { DESC_ALIGN, descAreaSize, DriverQueue, splitRingLayout, type GuestBuffer } from '../vring/index.ts';
 import type { NetDevice, QueueSetup } from '../device/net.ts';
 import { hdrLenFor, has } from '../device/features.ts';
 import type { GuestRam } from './guest-ram.ts';
@@ -43,6 +43,9 @@ export interface NetDriverOptions {
   /** Set up the control queue (index 2·maxPairs). */
   ctrl?: { maxPairs: number };
 }
+
+/** Entries of each indirect table the driver keeps for TX. */
+const INDIRECT_MAX = 64;
 
 /** Largest TX frame plus header the driver can send. */
 const TX_SLOT = 65_536 + 128;
@@ -233,13 +236,13 @@ export class VirtioNetDriver {
   private indirectTable(n: number): number {
     // One table per call is fine for tests; recycle a small pool to bound RAM use.
     if (this.indirectTables.length < 64) {
-      const t = this.ram.alloc(16 * 64, 16);
+      const t = this.ram.alloc(descAreaSize(INDIRECT_MAX), DESC_ALIGN);
       this.indirectTables.push(t);
       return t;
     }
     const t = this.indirectTables.shift()!;
     this.indirectTables.push(t);
-    if (n > 64) throw new RangeError('indirect table too large for the harness pool');
+    if (n > INDIRECT_MAX) throw new RangeError('indirect table too large for the harness pool');
     return t;
   }
 

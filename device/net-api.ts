@@ -1,0 +1,87 @@
+/**
+ * The shapes of the embedding API: what a VMM passes to NetDevice (options, memory regions, queue
+ * setups) and what it reads back (metrics). Kept apart from net.ts, the device model, so that the
+ * contract reads on one page; net.ts re-exports every name.
+ */
+import type { Backend } from './backend.ts';
+import type { QueueMetrics } from './metrics.ts';
+import type { RateLimit } from './rate-limit.ts';
+
+/** Options of {@link NetDevice}. */
+export interface NetDeviceOptions {
+  /** The backend frames go to and come from. The device closes it in close(). */
+  backend: Backend;
+  /** MAC address, "52:54:00:12:34:56" or 6 bytes. Default: a random locally administered one. */
+  mac?: string | Uint8Array;
+  /** MTU reported in config (VIRTIO_NET_F_MTU). Default 1500. */
+  mtu?: number;
+  /** Queue pairs (≤ the backend's). Default: the backend's. */
+  queuePairs?: number;
+  /** Features to offer; trimmed to what the backend supports. Default DEFAULT_OFFERED. */
+  features?: bigint;
+  /** Chains per burst. Default 32. */
+  burst?: number;
+  /**
+   * Microseconds a worker keeps re-checking its ring (and backend) before it signals and sleeps; work
+   * that arrives meanwhile joins the same burst and interrupt. 0 turns busy polling off. Default 0.
+   */
+  busyPoll?: number;
+  /** Largest queue size the device accepts. Default 1024. */
+  maxQueueSize?: number;
+  /**
+   * pcap capture (device/capture.ts): the fd of a file openPcap() prepared, and which data queues
+   * to capture (default all). The embedder closes the fd after close().
+   */
+  capture?: { fd: number; snaplen?: number; queues?: readonly number[] };
+  /**
+   * Rate limits (device/rate-limit.ts): token buckets for bytes and frames, each RX and each TX
+   * queue with buckets of its own. Default none.
+   */
+  rateLimit?: { rx?: RateLimit; tx?: RateLimit };
+}
+
+/** A guest memory region handed to the device as an fd (memfd, or what the VMM sent). */
+export interface MemoryRegionSpec {
+  /** Guest physical address. */
+  gpa: number;
+  size: number;
+  /** The fd to map (MAP_SHARED); the caller keeps ownership. */
+  fd: number;
+  /** Offset into the fd. Default 0. */
+  mmapOffset?: number;
+  /** The VMM's virtual address of the region (vhost-user ring addresses use it). */
+  uaddr?: number;
+}
+
+/** Where a virtqueue lives and how it signals. */
+export interface QueueSetup {
+  size: number;
+  /** Guest physical addresses of the three ring areas. */
+  desc: number;
+  avail: number;
+  used: number;
+  /** Eventfd the driver writes to kick; -1 for none (the worker then polls on a timeout). */
+  kickFd: number;
+  /** Eventfd the device writes to interrupt; -1 for none. */
+  callFd: number;
+  /** Next avail index to process (vhost-user SET_VRING_BASE). Default 0. */
+  lastAvail?: number;
+  /**
+   * A TX ring that is started but disabled (vhost-user "Ring states"): its chains are consumed and
+   * discarded, counted as txDropDisabled, never sent. Not allowed on an RX queue (a disabled RX ring
+   * supplies nothing, so it is simply not started).
+   */
+  discard?: boolean;
+  /**
+   * vhost-user inflight tracking: this queue's region of the shared inflight buffer, in a native
+   * mapping (inflightQueueRegionSize(size) bytes at `offset`). Pops and completions are recorded
+   * there, and chains a previous back-end left in flight are taken up first when the queue starts.
+   */
+  inflight?: { mappingId: number; offset: number };
+}
+
+/** Per-queue and device metrics. */
+export interface DeviceMetrics {
+  queues: Array<{ index: number; role: 'rx' | 'tx' | 'ctrl'; running: boolean; broken: string | null } & QueueMetrics>;
+  ctrl: { commands: number; errors: number };
+}
