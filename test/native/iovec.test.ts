@@ -6,8 +6,8 @@
 import { afterEach, describe, expect, it } from 'vitest';
 
 import { IOVEC_WORDS, IovecTable, MappingViews } from '../../native/iovec.ts';
-import { NativeError } from '../../native/errors.ts';
 import * as native from '../../native/index.ts';
+import { nativeErrorOf } from '../helpers/errors.ts';
 
 /** Mappings 1 and 2: 64 and 32 bytes, each byte its index + the id's base. */
 function fixture(): { bufs: Map<number, ArrayBuffer>; maps: MappingViews; resolved: number[] } {
@@ -27,15 +27,6 @@ function fixture(): { bufs: Map<number, ArrayBuffer>; maps: MappingViews; resolv
   return { bufs, maps, resolved };
 }
 
-function nativeErrorOf(fn: () => unknown): NativeError {
-  try {
-    fn();
-  } catch (e) {
-    if (e instanceof NativeError) return e;
-    throw e;
-  }
-  throw new Error('expected a NativeError');
-}
 
 describe('IovecTable', () => {
   it('lays entries, frameEnd and bytes over one buffer and splits offsets into 32-bit halves', () => {

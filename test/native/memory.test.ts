@@ -15,12 +15,12 @@ import {
   mmap,
   mmapAnonymous,
   munmap,
-  NativeError,
   waitKick,
   writevBatch,
   eventfdCreate,
 } from '../../native/index.ts';
 import { CallError, spawnNativeWorker, terminateAllWorkers, within } from './worker-client.ts';
+import { nativeErrorOf } from '../helpers/errors.ts';
 
 const fds: number[] = [];
 const ids: number[] = [];
@@ -38,15 +38,6 @@ afterEach(async () => {
 });
 afterAll(terminateAllWorkers);
 
-function nativeErrorOf(fn: () => unknown): NativeError {
-  try {
-    fn();
-  } catch (e) {
-    if (e instanceof NativeError) return e;
-    throw e;
-  }
-  throw new Error('expected a NativeError');
-}
 
 describe('mapping registry', () => {
   it('memfd + mmap: the main thread and two workers see each other\'s writes', async () => {

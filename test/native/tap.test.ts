@@ -19,7 +19,6 @@ import {
   memfdCreate,
   mmap,
   munmap,
-  NativeError,
   poll,
   readvBatch,
   tapGetFeatures,
@@ -31,6 +30,7 @@ import {
   writevBatch,
 } from '../../native/index.ts';
 import { createNetns, destroyAllNetns, netnsPrerequisites, openPacketIn, openTapIn, type Netns } from '../../harness/netns.ts';
+import { nativeErrorOf } from '../helpers/errors.ts';
 
 const pre = netnsPrerequisites();
 if (!pre.ok) console.warn(`tap tests skipped: ${pre.why}`);
@@ -92,15 +92,6 @@ function setupTap(vnetHdr: boolean): { tap: number; name: string; pkt: number } 
   return { tap: t.fd, name: t.name, pkt };
 }
 
-function nativeErrorOf(fn: () => unknown): NativeError {
-  try {
-    fn();
-  } catch (e) {
-    if (e instanceof NativeError) return e;
-    throw e;
-  }
-  throw new Error('expected a NativeError');
-}
 
 const HDR_AT = 0; // virtio_net_hdr slots: 64 bytes apart
 const FRAME_AT = 64 * 1024; // frames: 2 KiB apart

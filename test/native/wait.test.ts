@@ -25,6 +25,7 @@ import {
   waitKick,
 } from '../../native/index.ts';
 import { spawnNativeWorker, terminateAllWorkers, within } from './worker-client.ts';
+import { nativeErrorOf } from '../helpers/errors.ts';
 
 const fds: number[] = [];
 const ids: number[] = [];
@@ -47,15 +48,6 @@ afterEach(async () => {
 });
 afterAll(terminateAllWorkers);
 
-function nativeErrorOf(fn: () => unknown): NativeError {
-  try {
-    fn();
-  } catch (e) {
-    if (e instanceof NativeError) return e;
-    throw e;
-  }
-  throw new Error('expected a NativeError');
-}
 
 /** A ring page with avail.idx at AVAIL_IDX. */
 const AVAIL_IDX = 2;
