@@ -2,17 +2,12 @@
  * Interrupt coalescing and lost-wakeup stress. Frames go to a destination MAC the namespace's kernel
  * drops early, so the device (not the host stack) is what is measured.
  */
-import { afterAll, afterEach, expect, it } from 'vitest';
+import { expect, it } from 'vitest';
 import { ethernet } from '../../harness/frames.ts';
-import { destroyAllNetns } from '../../harness/netns.ts';
 import { createBed, udpSend, type Bed } from './helpers.ts';
 
-afterAll(() => destroyAllNetns());
+// createBed() tracks what it makes: closed after each test (test/helpers/bed.ts).
 let bed: Bed | undefined;
-afterEach(async () => {
-  await bed?.close();
-  bed = undefined;
-});
 
 const OTHER = new Uint8Array([0x02, 0, 0, 0, 0, 0x99]);
 

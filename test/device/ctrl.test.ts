@@ -2,20 +2,15 @@
  * The control queue (embedded mode): rx mode and MAC table change what RX delivers; malformed
  * commands answer VIRTIO_NET_ERR and change nothing.
  */
-import { afterAll, afterEach, expect, it } from 'vitest';
+import { expect, it } from 'vitest';
 import { ACK, CTRL } from '../../device/ctrl.ts';
-import { destroyAllNetns } from '../../harness/netns.ts';
 import { SplitRingBuilder } from '../../harness/rings.ts';
 import * as native from '../../native/index.ts';
 import { expectMetricDelta } from '../helpers/metrics.ts';
 import { createBed, udpSend, type Bed } from './helpers.ts';
 
-afterAll(() => destroyAllNetns());
+// createBed() tracks what it makes: closed after each test (test/helpers/bed.ts).
 let bed: Bed | undefined;
-afterEach(async () => {
-  await bed?.close();
-  bed = undefined;
-});
 
 const OTHER_MAC = '52:54:00:aa:bb:cc';
 

@@ -15,6 +15,7 @@ import { GuestRam } from '../../harness/guest-ram.ts';
 import { VirtioNetDriver, type NetDriverOptions } from '../../harness/virtio-net.ts';
 import { ip4, mac } from '../../harness/frames.ts';
 import { createNetns, type Netns } from '../../harness/netns.ts';
+import { trackBed } from '../helpers/bed.ts';
 
 export const UDP_FIXTURE = fileURLToPath(new URL('./fixtures/udp.mjs', import.meta.url));
 
@@ -59,7 +60,8 @@ export async function createBed(opts: {
   const accept = opts.accept ? mask(...opts.accept) : dev.offered;
   const drv = new VirtioNetDriver(ram, { features: accept & dev.offered, pairs, ...opts.driver });
   await drv.attach(dev);
-  return {
+  // Closed after the test that made it, even when the test fails (test/helpers/bed.ts).
+  return trackBed({
     ns, backend, dev, ram, drv, hostIp, guestIp, guestMac: mac(guestMacText), tapMac,
     async close() {
       await dev.close().catch(() => {});
@@ -67,7 +69,7 @@ export async function createBed(opts: {
       ram.close();
       ns.destroy();
     },
-  };
+  });
 }
 
 /** Starts a UDP sink in the namespace; resolves once it listens. */

@@ -3,19 +3,14 @@
  * the next good frame still flows. A broken ring (a descriptor loop, CVE-2019-9547's class) marks that
  * queue broken; the other queue keeps working and the process lives on.
  */
-import { afterAll, afterEach, expect, it } from 'vitest';
+import { expect, it } from 'vitest';
 import * as native from '../../native/index.ts';
 import { ip4, udpFrame } from '../../harness/frames.ts';
-import { destroyAllNetns } from '../../harness/netns.ts';
 import { SplitRingBuilder } from '../../harness/rings.ts';
 import { createBed, expectedPayload, udpSend, udpSink, type Bed } from './helpers.ts';
 
-afterAll(() => destroyAllNetns());
+// createBed() tracks what it makes: closed after each test (test/helpers/bed.ts).
 let bed: Bed | undefined;
-afterEach(async () => {
-  await bed?.close();
-  bed = undefined;
-});
 
 function good(b: Bed, seq: number, port: number): Uint8Array {
   return udpFrame({

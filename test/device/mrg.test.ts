@@ -2,16 +2,11 @@
  * MRG_RXBUF: a 9000-byte frame spread over 4 small RX chains, num_buffers right, the chains it did not
  * need given back to the ring (rewound), and the next frame landing in them.
  */
-import { afterAll, afterEach, expect, it } from 'vitest';
-import { destroyAllNetns } from '../../harness/netns.ts';
+import { expect, it } from 'vitest';
 import { createBed, expectedPayload, udpSend, type Bed } from './helpers.ts';
 
-afterAll(() => destroyAllNetns());
+// createBed() tracks what it makes: closed after each test (test/helpers/bed.ts).
 let bed: Bed | undefined;
-afterEach(async () => {
-  await bed?.close();
-  bed = undefined;
-});
 
 it('a 9000-byte frame fills 4 chains of 2304 bytes; the other 4 are rewound', async () => {
   bed = await createBed({

@@ -9,20 +9,15 @@
 import type { ChildProcess } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 
-import { afterAll, afterEach, expect, it } from 'vitest';
+import { expect, it } from 'vitest';
 
 import { ip4, udpFrame } from '../../harness/frames.ts';
-import { destroyAllNetns } from '../../harness/netns.ts';
 import { createBed, expectedPayload, udpSink, type Bed } from './helpers.ts';
 
 const FLOWS_FIXTURE = fileURLToPath(new URL('./fixtures/udp-flows.mjs', import.meta.url));
 
-afterAll(() => destroyAllNetns());
+// createBed() tracks what it makes: closed after each test (test/helpers/bed.ts).
 let bed: Bed | undefined;
-afterEach(async () => {
-  await bed?.close();
-  bed = undefined;
-});
 
 it('TX on both pairs reaches the namespace', async () => {
   bed = await createBed({ accept: ['VERSION_1', 'MAC', 'MQ', 'RING_EVENT_IDX'], queuePairs: 2 });

@@ -3,11 +3,10 @@
  * whose TX queue is limited in frames and whose RX queue is limited in bytes. A limited queue delivers
  * everything, only spread out in time, and says how often it waited.
  */
-import { afterAll, afterEach, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 
 import { parseBucket, RateLimiter, TokenBucket } from '../../device/rate-limit.ts';
 import { ip4, udpFrame } from '../../harness/frames.ts';
-import { destroyAllNetns } from '../../harness/netns.ts';
 import { createBed, expectedPayload, udpSend, udpSink, type Bed } from './helpers.ts';
 
 describe('token buckets', () => {
@@ -46,12 +45,8 @@ describe('token buckets', () => {
   });
 });
 
-afterAll(() => destroyAllNetns());
+// createBed() tracks what it makes: closed after each test (test/helpers/bed.ts).
 let bed: Bed | undefined;
-afterEach(async () => {
-  await bed?.close();
-  bed = undefined;
-});
 
 it('TX limited to 20 frames/s (bucket of 10): 30 frames all arrive, over at least a second', async () => {
   bed = await createBed({ accept: ['VERSION_1', 'MAC'], device: { rateLimit: { tx: { ops: { size: 10, refillMs: 500 } } } } });

@@ -6,16 +6,11 @@
  */
 import type { ChildProcess } from 'node:child_process';
 import { once } from 'node:events';
-import { afterAll, afterEach, expect, it } from 'vitest';
-import { destroyAllNetns } from '../../harness/netns.ts';
+import { expect, it } from 'vitest';
 import { createBed, udpSend, type Bed } from './helpers.ts';
 
-afterAll(() => destroyAllNetns());
+// createBed() tracks what it makes: closed after each test (test/helpers/bed.ts).
 let bed: Bed | undefined;
-afterEach(async () => {
-  await bed?.close();
-  bed = undefined;
-});
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 

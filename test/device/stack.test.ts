@@ -4,18 +4,13 @@
  * completed on its way out and accepted by a real socket.
  */
 import { once } from 'node:events';
-import { afterAll, afterEach, expect, it } from 'vitest';
+import { expect, it } from 'vitest';
 import { answer, ip4, UDP_OFFSET, udpFrame } from '../../harness/frames.ts';
-import { destroyAllNetns } from '../../harness/netns.ts';
 import { createBed, expectedPayload, udpSink, type Bed } from './helpers.ts';
 
-afterAll(() => destroyAllNetns());
 
+// createBed() tracks what it makes: closed after each test (test/helpers/bed.ts).
 let bed: Bed | undefined;
-afterEach(async () => {
-  await bed?.close();
-  bed = undefined;
-});
 
 /** Answers ARP and ICMP echo until stopped. */
 function responder(b: Bed): { stop(): Promise<void>; answered: () => number } {

@@ -22,6 +22,7 @@ import { GuestRam } from '../../harness/guest-ram.ts';
 import { VirtioNetDriver } from '../../harness/virtio-net.ts';
 import { VhostUserFrontend } from '../../harness/vhost-user-frontend.ts';
 import { createNetns, type Netns } from '../../harness/netns.ts';
+import { trackBed } from '../helpers/bed.ts';
 
 export const UDP_FIXTURE = fileURLToPath(new URL('../device/fixtures/udp.mjs', import.meta.url));
 
@@ -69,7 +70,8 @@ export async function createVuBed(opts: { pairs?: number; config?: boolean } = {
   const server = new VhostUserServer({ device: netDeviceHooks(dev), path, config: opts.config ?? true });
   server.start();
   const guests = new Set<Guest>();
-  return {
+  // Made in beforeAll: closed after its file at the latest, even when a test fails (test/helpers/bed.ts).
+  return trackBed<VuBed>({
     ns, dev, server, dir, path, hostIp, guestIp, guestMac,
     async guest(g = {}) {
       const ram = new GuestRam((24 + 24 * pairs) << 20);
@@ -99,7 +101,7 @@ export async function createVuBed(opts: { pairs?: number; config?: boolean } = {
       ns.destroy();
       rmSync(dir, { recursive: true, force: true });
     },
-  };
+  }, 'file');
 }
 
 /** Starts a UDP sink in the namespace; resolves once it listens. */
