@@ -12,7 +12,7 @@
  * service asks before each burst (allowance), and as a frame observer that charges each frame that
  * crossed (onFrame). The loop (loops.ts) sleeps for waitMs() when the gate closes.
  */
-import type { FrameObserver, FrameView } from './service.ts';
+import type { BurstGate, FrameObserver, FrameView } from './service.ts';
 
 /** One bucket: `size` tokens, refilled at `size` per `refillMs`. */
 export interface BucketSpec {
@@ -97,7 +97,7 @@ export class TokenBucket {
 }
 
 /** A queue's limiter: the buckets its RateLimit asks for. */
-export class RateLimiter implements FrameObserver {
+export class RateLimiter implements FrameObserver, BurstGate {
   private readonly bytes: TokenBucket | null;
   private readonly ops: TokenBucket | null;
 

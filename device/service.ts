@@ -19,7 +19,6 @@
 import type { DescriptorChain, GuestMemory, SplitQueue } from '../vring/index.ts';
 import type { NegotiatedFeatures } from './features.ts';
 import type { PendingUsed } from './interrupt.ts';
-import type { RateLimiter } from './rate-limit.ts';
 
 /**
  * One frame as observers see it, valid only during the call: `len` bytes of Ethernet frame that start
@@ -32,6 +31,18 @@ export interface FrameView {
   part: 'readable' | 'writable';
   readonly chains: DescriptorChain[];
   count: number;
+}
+
+/**
+ * What a loop asks of a rate limit before a burst (rate-limit.ts's RateLimiter): how many frames it may
+ * take, and how long to sleep when that is none. Declared here so that the service context does not
+ * depend on the limiter's module (the limiter, an observer, depends on this one).
+ */
+export interface BurstGate {
+  /** Frames the burst may take, at most `max`, given a typical frame size. */
+  allowance(max: number, frameHint?: number): number;
+  /** Milliseconds until the buckets allow another frame. */
+  waitMs(): number;
 }
 
 /** A per-frame hook on the data path (pcap capture, rate-limit accounting). */
@@ -90,7 +101,7 @@ export class ServiceContext<P> {
   readonly port: P;
   readonly burst: number;
   /** The rate limit's gate: how many frames a burst may take. */
-  limiter: RateLimiter | null = null;
+  limiter: BurstGate | null = null;
   /** The plugged-in observers, composed (null: none). */
   observer: FrameObserver | null = null;
   /** The services' scratch view for observers, filled per frame. */
@@ -115,7 +126,7 @@ export class ServiceContext<P> {
   }
 
   /** Puts a rate limit on the queue: its gate before each burst, its accounting per frame. */
-  limit(l: RateLimiter): void {
+  limit(l: BurstGate & FrameObserver): void {
     this.limiter = l;
     this.plug(l);
   }

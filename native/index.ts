@@ -12,7 +12,7 @@
  *   sandbox/tests  netnsEnter/Leave, packetOpen, fdRead/Write, no_new_privs, seccomp, set*id, rlimits
  *
  * Each part lives in the file named after its .cc; this file is the facade the rest of lgnet imports
- * (`import * as native from '../native/index.ts'`). Loading: load.ts.
+ * as `native`. Loading: load.ts.
  */
 export { NativeError } from './errors.ts';
 export { IOVEC_WORDS, IovecTable } from './iovec.ts';
