@@ -6,6 +6,7 @@
  *     project 1  npm install                 imports, a pair of embedded devices driven by harness
  *                                            guests, npx lgnet --version, npx lgnet serve on a tap
  *     project 2  npm install --ignore-scripts   the addon loads from prebuilds/: no compiler involved
+ *     global     npm install --global            the lgnet on PATH runs
  *   tarball without one        (the same tree, prebuilds/ removed)
  *     project 3  npm install, with lgnet in allowScripts    node-gyp builds the addon at install
  *
@@ -130,6 +131,16 @@ describe('installed with its prebuild', () => {
     expect(out['stoppedCleanly']).toBe(true);
     expect(out['socketRemoved']).toBe(true);
   }, 90_000);
+});
+
+describe('installed globally', () => {
+  it('the lgnet on PATH prints the version', () => {
+    // --prefix keeps the "global" install inside this test's directory.
+    const prefix = join(work, 'global');
+    run('npm', ['install', '--global', '--prefix', prefix, '--no-audit', '--no-fund', withPrebuild], work);
+    const r = run(join(prefix, 'bin', 'lgnet'), ['--version'], tmpdir(), { timeoutMs: 60_000 });
+    expect(r.stdout.trim()).toBe(VERSION);
+  }, SLOW);
 });
 
 describe('installed with --ignore-scripts from the tarball with a prebuild', () => {
