@@ -14,7 +14,7 @@
  * spec to the backend module named by its `kind`. Ports move whole bursts described by a native
  * IovecTable: one call per burst, frames in guest memory.
  */
-import type { IovecTable, MappingResolver } from '../native/iovec.ts';
+import type { IovecTable, MappingViews } from '../native/iovec.ts';
 import type { NegotiatedFeatures } from './features.ts';
 
 /**
@@ -70,8 +70,11 @@ export interface PortContext {
   readonly counters: Float64Array;
   /** The filter hook the worker loaded at start (Backend.frameFilter), if any. */
   readonly frameFilter: FrameFilter | undefined;
-  /** This thread's bytes of a native mapping, by registry id: for a backend that copies frames. */
-  readonly mappings: MappingResolver;
+  /**
+   * This thread's views of the guest's mappings, for a backend that copies frames. The worker owns
+   * them and clears them when the guest memory changes, so a port never keeps a released mapping.
+   */
+  readonly mappings: MappingViews;
 }
 
 /** The one signature every backend module's openPorts has; backends.ts registers them by kind. */

@@ -18,7 +18,7 @@
  */
 import * as native from '../native/index.ts';
 import { NativeError } from '../native/errors.ts';
-import { MappingViews, type IovecTable } from '../native/iovec.ts';
+import type { IovecTable, MappingViews } from '../native/iovec.ts';
 import type { Backend, FilterRef, FrameFilter, PortContext, PortSpec, Ports, RxPort, TxPort } from './backend.ts';
 import type { NegotiatedFeatures } from './features.ts';
 import { M } from './metrics.ts';
@@ -169,7 +169,7 @@ class PairTxPort implements TxPort {
     this.ctl = new Int32Array(spec.out.sab, 0, RING_HDR / 4);
     this.u8 = new Uint8Array(spec.out.sab);
     this.dv = new DataView(spec.out.sab);
-    this.maps = new MappingViews(ctx.mappings);
+    this.maps = ctx.mappings;
     this.mask = spec.out.slots - 1;
     this.hdrLen = spec.hdrLen;
     this.dir = spec.dir;
@@ -240,7 +240,7 @@ class PairRxPort implements RxPort {
     this.ctl = new Int32Array(spec.in.sab, 0, RING_HDR / 4);
     this.u8 = new Uint8Array(spec.in.sab);
     this.dv = new DataView(spec.in.sab);
-    this.maps = new MappingViews(ctx.mappings);
+    this.maps = ctx.mappings;
     this.mask = spec.in.slots - 1;
     this.pad = new Uint8Array(spec.hdrLen - BASE_HDR);
   }

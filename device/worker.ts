@@ -20,6 +20,7 @@
  */
 import { isMainThread, receiveMessageOnPort, workerData, type MessagePort } from 'node:worker_threads';
 import * as native from '../native/index.ts';
+import { MappingViews } from '../native/iovec.ts';
 import { LgnetError } from '../errors/index.ts';
 import { InflightLog, SplitQueue, inflightQueueRegionSize } from '../vring/index.ts';
 import { decode } from './features.ts';
@@ -46,6 +47,8 @@ class ActiveQueue {
   readonly loop: TxLoop | RxLoop;
   private ctx!: ServiceContext<unknown>;
   private capture: PcapWriter | null = null;
+  /** Views of the guest mappings for a backend that copies frames; cleared when the memory changes. */
+  private readonly views = new MappingViews(native.mappingBuffer);
 
   constructor(boot: WorkerBoot, cfg: QueueConfig, rxFilter: RxFilter, frameFilter: FrameFilter | undefined) {
     const c = boot.counters;
@@ -54,7 +57,7 @@ class ActiveQueue {
     this.queue = new SplitQueue({ size: r.size, desc: r.desc, avail: r.avail, used: r.used, eventIdx: f.eventIdx, indirect: f.indirect });
     this.pending = new PendingUsed(this.queue, cfg.callFd, c);
     // The backend's ports, opened once for the life of this configuration.
-    const ports = backends.openPorts(cfg.port, { counters: c, frameFilter, mappings: native.mappingBuffer });
+    const ports = backends.openPorts(cfg.port, { counters: c, frameFilter, mappings: this.views });
     const mem = memoryFromMappings(cfg.regions);
     this.queue.attach(mem); // a ring that does not fit throws, and the queue is reported broken
     const parts = { queue: this.queue, mem, f, counters: c, pending: this.pending, burst: cfg.burst };
@@ -90,6 +93,7 @@ class ActiveQueue {
     const mem = memoryFromMappings(regions);
     this.queue.attach(mem);
     this.ctx.mem = mem;
+    this.views.clear();
     this.loop.rebind();
   }
 

@@ -34,7 +34,11 @@ const EFAULT = 14;
 /** This thread's bytes of a native mapping, by registry id. */
 export type MappingResolver = (mappingId: number) => ArrayBufferLike;
 
-/** Byte views of mappings, made once per id on first use (a port keeps one for its lifetime). */
+/**
+ * Byte views of mappings, made once per id on first use. Each view holds its mapping alive, so the
+ * owner clears them when the memory they were made for is replaced (the worker, on every memory
+ * change).
+ */
 export class MappingViews {
   private readonly resolve: MappingResolver;
   private readonly views = new Map<number, Uint8Array>();
@@ -51,6 +55,11 @@ export class MappingViews {
       this.views.set(id, v);
     }
     return v;
+  }
+
+  /** Forgets every view (the memory changed): the old mappings can go, new ids get new views. */
+  clear(): void {
+    this.views.clear();
   }
 }
 

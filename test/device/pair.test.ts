@@ -6,7 +6,7 @@
  */
 import { afterAll, afterEach, expect, it } from 'vitest';
 import * as native from '../../native/index.ts';
-import { IovecTable } from '../../native/iovec.ts';
+import { IovecTable, MappingViews } from '../../native/iovec.ts';
 import type { PortContext } from '../../device/backend.ts';
 import { BACKEND_KINDS, openPorts } from '../../device/backends.ts';
 import { NetConfigError, NET_ERROR } from '../../device/errors.ts';
@@ -129,7 +129,7 @@ function pairPorts() {
   const pair = new PairBackend({ slots: 4 });
   pair.a.configure(decode(mask('MAC'))); // legacy: 10-byte header
   pair.b.configure(decode(mask('MAC', 'VERSION_1'))); // 12-byte header
-  const ctx = (): PortContext => ({ counters: createCounters(), frameFilter: undefined, mappings: native.mappingBuffer });
+  const ctx = (): PortContext => ({ counters: createCounters(), frameFilter: undefined, mappings: new MappingViews(native.mappingBuffer) });
   const a = openPorts(pair.a.port(0), ctx());
   const b = openPorts(pair.b.port(0), ctx());
   const id = native.mmapAnonymous(16384);
@@ -187,7 +187,7 @@ it('pair ports refuse a frame outside guest memory with EFAULT, as writev/readv 
 
 it('the registry refuses a spec of a kind it does not know', () => {
   expect(BACKEND_KINDS).toEqual(['tap', 'pair']);
-  const ctx: PortContext = { counters: createCounters(), frameFilter: undefined, mappings: native.mappingBuffer };
+  const ctx: PortContext = { counters: createCounters(), frameFilter: undefined, mappings: new MappingViews(native.mappingBuffer) };
   for (const kind of ['nope', 'constructor', '']) {
     const e = (() => {
       try {

@@ -142,6 +142,16 @@ describe('IovecTable checked copy', () => {
     expect(resolved).toEqual([1, 2]);
   });
 
+  it('clear() drops every view: the next use resolves the mapping again (after a memory change)', () => {
+    const { bufs, maps, resolved } = fixture();
+    const before = maps.bytes(1);
+    bufs.set(1, new ArrayBuffer(128)); // the id now names other memory
+    maps.clear();
+    expect(maps.bytes(1)).not.toBe(before);
+    expect(maps.bytes(1).length).toBe(128);
+    expect(resolved).toEqual([1, 1]);
+  });
+
   it('refuses a frame with an entry outside its mapping, EFAULT as native does, before a byte moves', () => {
     const { bufs, maps } = fixture();
     const before = (id: number) => Array.from(new Uint8Array(bufs.get(id)!));
