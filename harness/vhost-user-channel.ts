@@ -143,11 +143,11 @@ export class FrontendChannel {
   close(): void {
     this.poller?.close();
     this.poller = null;
-    for (const m of this.messages.splice(0)) for (const fd of m.fds) closeQuietly(fd);
-    for (const fd of this.inboxFds.splice(0)) closeQuietly(fd);
+    for (const m of this.messages.splice(0)) for (const fd of m.fds) native.closeQuietly(fd);
+    for (const fd of this.inboxFds.splice(0)) native.closeQuietly(fd);
     if (!this.closedFd) {
       this.closedFd = true;
-      closeQuietly(this.fd);
+      native.closeQuietly(this.fd);
     }
     this.eof = true;
     this.wake();
@@ -208,15 +208,7 @@ export class FrontendChannel {
   }
 }
 
-/** Closes `fd`, ignoring one already gone. */
-export function closeQuietly(fd: number): void {
-  try {
-    native.close(fd);
-  } catch {
-    /* already closed */
-  }
-}
-
+/** Resolves after ms milliseconds. */
 export function sleep(ms: number): Promise<void> {
   return new Promise((r) => setTimeout(r, ms));
 }

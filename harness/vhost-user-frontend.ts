@@ -26,7 +26,7 @@ import * as native from '../native/index.ts';
 import type { GuestRam } from './guest-ram.ts';
 import type { VirtioNetDriver } from './virtio-net.ts';
 import { F_PROTOCOL_FEATURES, PROTOCOL_F, protocolMask } from '../sandbox/vhost-user/messages.ts';
-import { closeQuietly, FrontendError, FRONTEND_ERROR, sleep } from './vhost-user-channel.ts';
+import { FrontendError, FRONTEND_ERROR, sleep } from './vhost-user-channel.ts';
 import { FrontendRequests, type FrontendRegion } from './vhost-user-requests.ts';
 
 // Its parts stay importable from here (harness/index.ts, tests, scripts).
@@ -191,7 +191,7 @@ export class FrontendListener {
   close(): void {
     if (this.closed) return;
     this.closed = true;
-    closeQuietly(this.fd);
+    native.closeQuietly(this.fd);
     if (existsSync(this.path)) {
       try {
         unlinkSync(this.path);

@@ -12,7 +12,8 @@ import {
   decodeConfig, decodeInflight, decodeU64, decodeVringState, encodeConfig, encodeInflight, encodeMemTable,
   encodeSingleMemRegion, encodeU64, encodeVringAddr, encodeVringFile, encodeVringState, REQ, requestName,
 } from '../sandbox/vhost-user/messages.ts';
-import { closeQuietly, FrontendChannel, FrontendError, FRONTEND_ERROR } from './vhost-user-channel.ts';
+import * as native from '../native/index.ts';
+import { FrontendChannel, FrontendError, FRONTEND_ERROR } from './vhost-user-channel.ts';
 
 /** A region as the front-end describes it, with the fd to share. */
 export interface FrontendRegion {
@@ -152,7 +153,7 @@ export class FrontendRequests extends FrontendChannel {
     const m = (await this.request(REQ.GET_INFLIGHT_FD, encodeInflight({ mmapSize: 0, mmapOffset: 0, numQueues, queueSize })))!;
     const p = decodeInflight(m.payload);
     if (m.fds.length !== 1) {
-      for (const fd of m.fds) closeQuietly(fd);
+      for (const fd of m.fds) native.closeQuietly(fd);
       throw new FrontendError(FRONTEND_ERROR.BAD_REPLY, `GET_INFLIGHT_FD reply carried ${m.fds.length} fds, not 1`);
     }
     return { fd: m.fds[0]!, mmapSize: Number(p.mmapSize), mmapOffset: Number(p.mmapOffset), numQueues: p.numQueues, queueSize: p.queueSize };

@@ -4,6 +4,7 @@
  * Part of native/ (index.ts re-exports it): TypeScript checks every argument before it crosses; C++
  * checks again.
  */
+import { NativeError } from './errors.ts';
 import { binding as b } from './load.ts';
 import { checkFd, checkBytes } from './checks.ts';
 
@@ -13,6 +14,19 @@ export const nop: () => void = b.nop;
 export function close(fd: number): void {
   checkFd(fd);
   b.close(fd);
+}
+
+/**
+ * Closes fd if it is one (≥ 0), ignoring a failed close (it was already closed): for teardown paths
+ * that release whatever they still hold. Anything but a NativeError is a bug and is rethrown.
+ */
+export function closeQuietly(fd: number): void {
+  if (fd < 0) return;
+  try {
+    close(fd);
+  } catch (e) {
+    if (!(e instanceof NativeError)) throw e;
+  }
 }
 
 export function setNonblocking(fd: number, on: boolean): void {

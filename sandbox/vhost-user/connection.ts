@@ -20,7 +20,6 @@
 import * as native from '../../native/index.ts';
 import type { Logger } from '../log.ts';
 import { VhostUserError, VU, type VhostUserErrorCode } from './errors.ts';
-import { closeQuietly } from './fds.ts';
 import { HANDLERS, type Message, type Session } from './handlers.ts';
 import type { DeviceHooks } from './hooks.ts';
 import { InflightBuffer } from './inflight.ts';
@@ -157,16 +156,16 @@ export class Connection implements Session {
     }
     const r = native.recvMsg(this.fd, this.hdr, MAX_FDS);
     if (r.bytes < 0) {
-      for (const fd of r.fds) closeQuietly(fd);
+      for (const fd of r.fds) native.closeQuietly(fd);
       return false;
     }
     if (r.bytes === 0) {
-      for (const fd of r.fds) closeQuietly(fd);
+      for (const fd of r.fds) native.closeQuietly(fd);
       this.drop('front-end closed the socket');
       return false;
     }
     if (r.ctrunc || r.bytes !== HEADER_SIZE) {
-      for (const fd of r.fds) closeQuietly(fd);
+      for (const fd of r.fds) native.closeQuietly(fd);
       if (r.ctrunc) throw new VhostUserError(VU.TOO_MANY_FDS, `more than ${MAX_FDS} fds arrived with one message`);
       throw new VhostUserError(VU.SHORT_HEADER, `read ${r.bytes} header bytes; a vhost-user header is exactly ${HEADER_SIZE}`);
     }
@@ -180,7 +179,7 @@ export class Connection implements Session {
         throw new VhostUserError(VU.PAYLOAD_TOO_LARGE, `payload of ${h.size} bytes; no request has more than ${MAX_PAYLOAD}`, { request: h.request });
       }
     } catch (e) {
-      for (const fd of r.fds) closeQuietly(fd);
+      for (const fd of r.fds) native.closeQuietly(fd);
       throw e;
     }
     if (h.size === 0) {
@@ -244,7 +243,7 @@ export class Connection implements Session {
       }
       this.refuse(err, m.request);
     } finally {
-      for (const fd of m.fds) if (fd >= 0) closeQuietly(fd);
+      for (const fd of m.fds) if (fd >= 0) native.closeQuietly(fd);
       m.fds.length = 0;
     }
   }
@@ -278,10 +277,10 @@ export class Connection implements Session {
     this.poller.close();
     if (this.partial) {
       clearTimeout(this.partial.timer);
-      for (const fd of this.partial.fds) closeQuietly(fd);
+      for (const fd of this.partial.fds) native.closeQuietly(fd);
       this.partial = null;
     }
-    for (const m of this.queue.splice(0)) for (const fd of m.fds) if (fd >= 0) closeQuietly(fd);
+    for (const m of this.queue.splice(0)) for (const fd of m.fds) if (fd >= 0) native.closeQuietly(fd);
     if (!this.pumping) void this.teardown();
   }
 
@@ -302,7 +301,7 @@ export class Connection implements Session {
     await step('memory', () => this.dev.releaseMemory());
     this.mem.close();
     await step('inflight', () => this.inflight.drop());
-    closeQuietly(this.fd);
+    native.closeQuietly(this.fd);
     this.resolveClosed();
     this.server.connectionClosed(this, this.teardownError);
   }

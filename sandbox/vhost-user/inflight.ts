@@ -14,7 +14,6 @@
 import * as native from '../../native/index.ts';
 import { inflightQueueRegionSize } from '../../vring/index.ts';
 import { VhostUserError, VU } from './errors.ts';
-import { closeQuietly } from './fds.ts';
 import type { InflightPayload } from './messages.ts';
 
 /** What the buffer needs from the rings: stopped while it changes, restarted (now recording) after. */
@@ -76,7 +75,7 @@ export class InflightBuffer {
         throw new VhostUserError(VU.BAD_INFLIGHT, `cannot map the inflight buffer: ${(e as Error).message}`, { cause: e });
       }
     } catch (e) {
-      closeQuietly(fd);
+      native.closeQuietly(fd);
       throw e;
     }
     await this.rings.stopAll();
@@ -89,7 +88,7 @@ export class InflightBuffer {
   drop(): void {
     if (!this.current) return;
     native.munmap(this.current.mappingId);
-    closeQuietly(this.current.fd);
+    native.closeQuietly(this.current.fd);
     this.current = null;
   }
 

@@ -11,8 +11,8 @@
  */
 import type { MemoryRegionSpec } from '../../device/net.ts';
 import { VhostUserError, VU } from './errors.ts';
-import { closeQuietly } from './fds.ts';
 import type { WireMemRegion } from './messages.ts';
+import * as native from '../../native/index.ts';
 
 /** A validated region: numbers are exact (< 2^53). */
 export interface MemRegion {
@@ -98,7 +98,7 @@ export class MemTable {
     await this.install(next);
     const old = this.regions;
     this.regions = next;
-    for (const r of old) closeQuietly(r.fd);
+    for (const r of old) native.closeQuietly(r.fd);
   }
 
   /**
@@ -139,7 +139,7 @@ export class MemTable {
     if (next.length > 0) await this.install(next);
     else this.installed = false;
     this.regions = next;
-    closeQuietly(found.fd);
+    native.closeQuietly(found.fd);
   }
 
   private async install(regions: MemRegion[]): Promise<void> {
@@ -154,7 +154,7 @@ export class MemTable {
 
   /** Forgets every region and closes their fds (the device keeps its mappings until the next setMemory). */
   close(): void {
-    for (const r of this.regions) closeQuietly(r.fd);
+    for (const r of this.regions) native.closeQuietly(r.fd);
     this.regions = [];
     this.installed = false;
   }

@@ -25,7 +25,6 @@ import * as native from '../../native/index.ts';
 import { silentLogger, type Logger } from '../log.ts';
 import { Connection, type ServerMetrics } from './connection.ts';
 import type { VhostUserError } from './errors.ts';
-import { closeQuietly } from './fds.ts';
 import type { DeviceHooks } from './hooks.ts';
 import { protocolMask } from './messages.ts';
 
@@ -204,7 +203,7 @@ export class VhostUserServer extends EventEmitter {
     this.listenPoller?.close();
     this.listenPoller = null;
     if (this.listenFd >= 0) {
-      closeQuietly(this.listenFd);
+      native.closeQuietly(this.listenFd);
       this.listenFd = -1;
       if (this.removeSocketOnClose) {
         try {
@@ -235,6 +234,6 @@ function removeStaleSocket(path: string): void {
     unlinkSync(path); // ECONNREFUSED: stale
     return;
   }
-  closeQuietly(fd);
+  native.closeQuietly(fd);
   throw new Error(`${path} is a live socket (another back-end serves it)`);
 }

@@ -67,15 +67,6 @@ interface Vring {
   gpas: RingAddresses | null;
 }
 
-function closeQuietly(fd: number): void {
-  if (fd < 0) return;
-  try {
-    native.close(fd);
-  } catch {
-    /* already closed */
-  }
-}
-
 function deviceError(e: unknown, what: string): VhostUserError {
   if (e instanceof VhostUserError) return e;
   return new VhostUserError(VU.DEVICE, `${what}: ${(e as Error).message}`, { cause: e });
@@ -149,7 +140,7 @@ export class Vrings {
   async setKick(index: number, fd: number): Promise<void> {
     const r = this.ring(index);
     await this.park(r);
-    closeQuietly(r.kickFd);
+    native.closeQuietly(r.kickFd);
     r.kickFd = fd;
     r.kicked = true;
     await this.sync(r);
@@ -160,7 +151,7 @@ export class Vrings {
     const r = this.ring(index);
     const wasRunning = r.running;
     if (wasRunning) await this.park(r);
-    closeQuietly(r.callFd);
+    native.closeQuietly(r.callFd);
     r.callFd = fd;
     if (wasRunning) await this.sync(r);
   }
@@ -168,7 +159,7 @@ export class Vrings {
   /** SET_VRING_ERR: fd (owned from now on) or -1; written when the device marks the queue broken. */
   setErr(index: number, fd: number): void {
     const r = this.ring(index);
-    closeQuietly(r.errFd);
+    native.closeQuietly(r.errFd);
     r.errFd = fd;
   }
 
@@ -200,8 +191,8 @@ export class Vrings {
     await this.park(r);
     r.kicked = false;
     r.servedSinceStart = false;
-    closeQuietly(r.kickFd);
-    closeQuietly(r.callFd);
+    native.closeQuietly(r.kickFd);
+    native.closeQuietly(r.callFd);
     r.kickFd = -1;
     r.callFd = -1;
     return r.base;
@@ -255,9 +246,9 @@ export class Vrings {
       } catch (e) {
         first ??= e;
       }
-      closeQuietly(r.kickFd);
-      closeQuietly(r.callFd);
-      closeQuietly(r.errFd);
+      native.closeQuietly(r.kickFd);
+      native.closeQuietly(r.callFd);
+      native.closeQuietly(r.errFd);
       Object.assign(r, { num: 0, base: 0, addr: null, kicked: false, kickFd: -1, callFd: -1, errFd: -1, enabled: false, running: false, discarding: false, servedSinceStart: false, gpas: null });
     }
     if (first) throw first;
