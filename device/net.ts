@@ -12,7 +12,7 @@
  */
 import { EventEmitter } from 'node:events';
 import * as native from '../native/index.ts';
-import type { GuestMemory } from '../vring/index.ts';
+import { isQueueSize, type GuestMemory } from '../vring/index.ts';
 import type { Backend } from './backend.ts';
 import { CFG, NetConfig, parseMac, STATUS } from './config.ts';
 import type { CtrlTarget } from './ctrl.ts';
@@ -205,7 +205,7 @@ export class NetDevice extends EventEmitter {
       throw new NetStateError(NET_ERROR.QUEUE_RUNNING, `queue ${index} is running; stop it before changing its setup`);
     }
     const size = setup.size;
-    if (!(Number.isInteger(size) && size > 0 && (size & (size - 1)) === 0 && size <= this.maxQueueSize)) {
+    if (!(isQueueSize(size) && size <= this.maxQueueSize)) {
       throw new NetConfigError(NET_ERROR.BAD_QUEUE_SIZE, `queue ${index}: size ${size} must be a power of 2 in [1, ${this.maxQueueSize}]`);
     }
     if (setup.discard && (index & 1) === 0) {

@@ -59,6 +59,7 @@ import {
   availAreaSize,
   availUsedEventOffset,
   descAreaSize,
+  isQueueSize,
   splitRingLayout,
   usedAreaSize,
   usedAvailEventOffset,
@@ -232,7 +233,7 @@ export class SplitRingBuilder {
   private staged = 0;
 
   private constructor(mem: GuestMemory, size: number, layout: SplitRingLayout, allocator: GuestAllocator | null) {
-    if (!(Number.isInteger(size) && size >= 1 && size <= MAX_QUEUE_SIZE && (size & (size - 1)) === 0)) {
+    if (!isQueueSize(size)) {
       throw new RangeError(`queue size ${size} must be a power of 2 in [1, ${MAX_QUEUE_SIZE}] (bad sizes are a device configuration, not ring bytes)`);
     }
     this.mem = mem;

@@ -18,6 +18,8 @@
 // linked batch then. The front-end is trusted more than the guest, but the region is still shared
 // memory: every index read from it is bounds-checked and every walk is bounded.
 
+import { isQueueSize } from './layout.ts';
+
 /** Byte offsets in a queue's inflight region. */
 export const INFLIGHT = {
   FEATURES: 0,
@@ -66,7 +68,7 @@ export class InflightLog {
    * aligned (the front-end's mmap is page aligned and queue regions are 64-byte multiples).
    */
   constructor(region: Uint8Array, size: number) {
-    if (!(Number.isInteger(size) && size > 0 && size <= 32768 && (size & (size - 1)) === 0)) {
+    if (!isQueueSize(size)) {
       throw new RangeError(`inflight queue size ${size} must be a power of 2 in [1, 32768]`);
     }
     if (region.byteLength < inflightQueueRegionSize(size)) {
