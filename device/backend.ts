@@ -92,6 +92,12 @@ export interface Backend {
   configure(f: NegotiatedFeatures): void;
   /** The spec of the port serving queue pair `pair`. */
   port(pair: number): PortSpec;
+  /**
+   * Sends one frame of the device's own (not the guest's) out of queue pair 0, with a zero
+   * virtio_net_hdr where the backend takes one: the RARP announce after a migration. Returns false
+   * when the backend could not take it now. Absent: the backend has no such path.
+   */
+  inject?(frame: Uint8Array): boolean;
   /** A per-frame filter hook the TX workers must load when they start (pair backend). */
   frameFilter?(): FilterRef | undefined;
   /** Releases fds. */

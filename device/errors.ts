@@ -42,6 +42,8 @@ export const NET_ERROR = {
   QUEUE_NOT_SET_UP: 'NET_QUEUE_NOT_SET_UP',
   /** A queue started before setMemory. */
   NO_MEMORY: 'NET_NO_MEMORY',
+  /** A dirty log that does not cover guest memory, or whose range overflows or lies outside its fd. */
+  BAD_DIRTY_LOG: 'NET_BAD_DIRTY_LOG',
   /** A queue worker could not install its seccomp filter. */
   WORKER_SECCOMP: 'NET_WORKER_SECCOMP',
   /** A queue worker could not start. */

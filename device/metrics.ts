@@ -74,8 +74,10 @@ export const M = {
   throttled: 31,
   /** errno of the last backend failure counted in txDropBackend or rxDropBackend (0: none yet). */
   backendErrno: 32,
+  /** Guest pages written while dirty logging was on that lay beyond the end of the log (so not marked). */
+  dirtyLogMissed: 33,
   /** Count of counters. */
-  COUNT: 33,
+  COUNT: 34,
 } as const;
 
 export type MetricName = Exclude<keyof typeof M, 'COUNT'>;

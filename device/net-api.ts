@@ -78,6 +78,23 @@ export interface QueueSetup {
    * there, and chains a previous back-end left in flight are taken up first when the queue starts.
    */
   inflight?: { mappingId: number; offset: number };
+  /**
+   * Where the used ring's writes are logged while dirty logging is on (live migration): a guest
+   * physical address, or null for not at all (vhost-user: SET_VRING_ADDR without VHOST_VRING_F_LOG).
+   * Default `used`.
+   */
+  logUsed?: number | null;
+}
+
+/**
+ * The dirty log's memory, as an fd the device maps (memfd, or what the VMM sent with SET_LOG_BASE):
+ * `size` bytes at `offset`, one bit per 4 KiB guest page (vring's dirtyLogSize() says how many bytes
+ * guest memory needs). The caller keeps the fd.
+ */
+export interface DirtyLogSpec {
+  fd: number;
+  size: number;
+  offset?: number;
 }
 
 /** Per-queue and device metrics. */

@@ -12,7 +12,8 @@
  */
 import { EventEmitter } from 'node:events';
 import * as native from '../native/index.ts';
-import { isQueueSize, type GuestMemory } from '../vring/index.ts';
+import { DirtyLog, LOG_PAGE_SIZE, dirtyLogSize, isQueueSize, type GuestMemory } from '../vring/index.ts';
+import { rarpFrame } from './announce.ts';
 import type { Backend } from './backend.ts';
 import { CFG, NetConfig, parseMac, STATUS } from './config.ts';
 import type { CtrlTarget } from './ctrl.ts';
@@ -22,13 +23,13 @@ import { decode, DEFAULT_OFFERED, GUEST_OFFLOAD_FEATURES, mask, names, OFFLOAD_F
 import { createCounters, snapshot } from './metrics.ts';
 import { RxFilter } from './rx-filter.ts';
 import { WorkerHost } from './worker-host.ts';
-import { filterState, memoryFromMappings, type QueueConfig, type WorkerRegion } from './worker-protocol.ts';
+import { filterState, memoryFromMappings, type QueueConfig, type WorkerLog, type WorkerRegion } from './worker-protocol.ts';
 import { DEFAULT_SNAPLEN } from './capture.ts';
 import { checkRateLimit } from './rate-limit.ts';
 
-import type { DeviceMetrics, MemoryRegionSpec, NetDeviceOptions, QueueSetup } from './net-api.ts';
+import type { DeviceMetrics, DirtyLogSpec, MemoryRegionSpec, NetDeviceOptions, QueueSetup } from './net-api.ts';
 
-export type { NetDeviceOptions, MemoryRegionSpec, QueueSetup, DeviceMetrics } from './net-api.ts';
+export type { NetDeviceOptions, MemoryRegionSpec, QueueSetup, DeviceMetrics, DirtyLogSpec } from './net-api.ts';
 
 interface Slot {
   index: number;
@@ -76,6 +77,10 @@ export class NetDevice extends EventEmitter {
   /** The control queue's loop while it runs (main thread). */
   private ctrl: CtrlLoop | null = null;
   private readonly ctrlStats = { commands: 0, errors: 0 };
+  /** The dirty log's mapping and the main thread's view of it, or null. */
+  private dirty: { mappingId: number; offset: number; size: number; view: DirtyLog } | null = null;
+  /** Dirty logging is on (VHOST_F_LOG_ALL, or startDirtyLog). */
+  private logging = false;
 
   constructor(opts: NetDeviceOptions) {
     super();
@@ -191,6 +196,7 @@ export class NetDevice extends EventEmitter {
     for (const r of this.regions) native.munmap(r.mappingId);
     this.regions = [];
     this.mem = null;
+    this.dropDirtyLog();
   }
 
   /** The guest memory as the main thread sees it (null before setMemory). */
@@ -263,6 +269,7 @@ export class NetDevice extends EventEmitter {
       busyPoll: this.busyPoll,
       mtu: this.config.mtu,
       filter: filterState(this.filter),
+      log: this.workerLog(s),
     };
     s.running = true;
     await s.host.command({ cmd: 'configure', config }, ['running', 'broken']);
@@ -306,6 +313,7 @@ export class NetDevice extends EventEmitter {
     }
     this.accepted = 0n;
     this.negotiated = decode(0n);
+    this.logging = false;
     this.status = 0;
     this.activePairs = 1;
     this.config.status = STATUS.LINK_UP;
@@ -319,7 +327,141 @@ export class NetDevice extends EventEmitter {
     for (const r of this.regions) native.munmap(r.mappingId);
     this.regions = [];
     this.mem = null;
+    this.dropDirtyLog();
     this.backend.close();
+  }
+
+  // ---- dirty logging (live migration)
+
+  /**
+   * Installs, replaces or (null) drops the dirty log's memory (vhost-user SET_LOG_BASE). The log must
+   * cover guest memory. Running queues switch to the new log before the old mapping is released, so
+   * no write goes unlogged and none lands in a released log. Marks are made only while logging is on
+   * (setLogging). Returns the main thread's view of the log (DirtyLog.collect() takes the dirty pages).
+   */
+  async setDirtyLog(spec: DirtyLogSpec | null): Promise<DirtyLog | null> {
+    let next: NetDevice['dirty'] = null;
+    if (spec) {
+      const offset = spec.offset ?? 0;
+      const size = spec.size;
+      if (!(Number.isSafeInteger(offset) && offset >= 0 && Number.isSafeInteger(size) && size > 0 && Number.isSafeInteger(offset + size))) {
+        throw new NetConfigError(NET_ERROR.BAD_DIRTY_LOG, `dirty log of ${size} bytes at offset ${offset}: both must be non-negative integers whose sum fits 2^53`);
+      }
+      const need = this.dirtyLogBytes();
+      if (size < need) {
+        throw new NetConfigError(NET_ERROR.BAD_DIRTY_LOG, `a dirty log of ${size} bytes covers ${size * 8} pages; guest memory needs ${need} bytes (one bit per 4 KiB page up to its highest address)`);
+      }
+      const inner = offset % LOG_PAGE_SIZE; // mmap takes a page-aligned offset
+      let mappingId: number;
+      try {
+        mappingId = native.mmap(spec.fd, offset - inner, inner + size);
+      } catch (e) {
+        throw new NetConfigError(NET_ERROR.BAD_DIRTY_LOG, `the dirty log (${size} bytes at offset ${offset}) cannot be mapped: ${(e as Error).message}`, { cause: e });
+      }
+      next = { mappingId, offset: inner, size, view: new DirtyLog(native.mappingBuffer(mappingId), inner, size) };
+    }
+    const old = this.dirty;
+    this.dirty = next;
+    try {
+      if (this.logging) await this.pushLog(); // while off, no queue holds a log
+    } finally {
+      if (old) native.munmap(old.mappingId);
+    }
+    return next?.view ?? null;
+  }
+
+  /**
+   * Turns dirty logging on or off (vhost-user: VHOST_F_LOG_ALL in SET_FEATURES), for every queue at
+   * once, between bursts, without stopping them. Resolves when every running queue has switched.
+   */
+  async setLogging(on: boolean): Promise<void> {
+    if (this.logging === on) return;
+    this.logging = on;
+    await this.pushLog();
+  }
+
+  /** Whether writes into guest memory are being logged now. */
+  get dirtyLogging(): boolean {
+    return this.logging && this.dirty !== null;
+  }
+
+  /** Where queue `index` logs its used ring (QueueSetup.logUsed); applied at once to a running queue. */
+  async setUsedLog(index: number, gpa: number | null): Promise<void> {
+    const s = this.slot(index);
+    if (!s.setup) throw new NetStateError(NET_ERROR.QUEUE_NOT_SET_UP, `queue ${index} has no setup; call setupQueue first`);
+    s.setup.logUsed = gpa;
+    await this.pushLog(s);
+  }
+
+  /**
+   * Live migration for an embedding VMM: a log the device owns, sized for guest memory, with logging
+   * on. The VMM takes the pages written since the last call with collect() on the result, in every
+   * round of its RAM copy and once more after stop(). Ends with stopDirtyLog().
+   */
+  async startDirtyLog(): Promise<DirtyLog> {
+    if (!this.mem) throw new NetStateError(NET_ERROR.NO_MEMORY, 'dirty logging needs guest memory; call setMemory first');
+    const size = dirtyLogSize(this.memoryEnd());
+    const fd = native.memfdCreate('lgnet-dirty-log', size);
+    let view: DirtyLog | null;
+    try {
+      view = await this.setDirtyLog({ fd, size });
+    } finally {
+      native.close(fd);
+    }
+    await this.setLogging(true);
+    return view!;
+  }
+
+  /** Ends startDirtyLog(): logging off, the log released. */
+  async stopDirtyLog(): Promise<void> {
+    await this.setLogging(false);
+    await this.setDirtyLog(null);
+  }
+
+  /** The first guest physical address above every region (0 without memory). */
+  private memoryEnd(): number {
+    return this.regions.reduce((m, r) => Math.max(m, r.gpa + r.size), 0);
+  }
+
+  /** Bytes a log needs to hold one bit per page of guest memory (not rounded to words). */
+  private dirtyLogBytes(): number {
+    return Math.ceil(Math.ceil(this.memoryEnd() / LOG_PAGE_SIZE) / 8);
+  }
+
+  /** Queue `s`'s logging as its worker takes it: null while off. */
+  private workerLog(s: Slot): WorkerLog | null {
+    const d = this.dirty;
+    if (!this.logging || d === null || !s.setup) return null;
+    const u = s.setup.logUsed;
+    return { mappingId: d.mappingId, offset: d.offset, size: d.size, usedGpa: u === undefined ? s.setup.used : u };
+  }
+
+  /** Sends the logging state to running queues (all, or `only`) and waits until each has switched. */
+  private async pushLog(only?: Slot): Promise<void> {
+    const targets = (only ? [only] : this.slots).filter((s) => s.running);
+    await Promise.all(targets.map((s) => s.host.command({ cmd: 'log', log: this.workerLog(s) }, ['logging'])));
+    const c = this.slots[this.ctrlIndex];
+    if (this.ctrl && c && (!only || only === c)) {
+      const w = this.workerLog(c);
+      this.ctrl.queue.setDirtyLog(w ? this.dirty!.view : null, w?.usedGpa ?? null);
+    }
+  }
+
+  /** Forgets the log (queues stopped): a front-end that went away, or close(). */
+  private dropDirtyLog(): void {
+    if (this.dirty) native.munmap(this.dirty.mappingId);
+    this.dirty = null;
+    this.logging = false;
+  }
+
+  /**
+   * Announces the guest's MAC on the backend after a migration (vhost-user SEND_RARP): one RARP
+   * broadcast, so that switches learn the new port at once. Returns false when the backend has no
+   * way to send it or could not take it now; the caller logs that.
+   */
+  announce(mac: Uint8Array = this.config.mac): boolean {
+    const frame = rarpFrame(mac);
+    return this.backend.inject?.(frame) ?? false;
   }
 
   /** Reads the config space. */
@@ -415,6 +557,8 @@ export class NetDevice extends EventEmitter {
       onRefused: (err) => this.emit('log', { level: 'warn', msg: 'control command refused', err }),
       onBroken: (code, message) => this.markBroken(s, code, message),
     });
+    const w = this.workerLog(s);
+    if (w) this.ctrl.queue.setDirtyLog(this.dirty!.view, w.usedGpa);
     this.ctrl.start();
   }
 

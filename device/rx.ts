@@ -189,6 +189,7 @@ export class RxService {
     const ctx = this.ctx;
     if (total > ch.writableLen || total > this.maxRx) {
       // Truncated by the backend: the guest would get a damaged frame.
+      ctx.queue.logWritten(ch, total);
       ctx.queue.addUsed(ch.head, 0);
       ctx.c[M.rxDropTooBig]! += 1;
       return;
@@ -227,10 +228,12 @@ export class RxService {
       }
       if (total > room || total > this.maxRx) {
         c[M.rxDropTooBig]! += 1;
+        cur.logWritten(total);
         continue; // the same buffers take the next frame
       }
       if (!this.accepts(cur.first(), total)) {
         c[M.rxDropFiltered]! += 1;
+        cur.logWritten(total);
         continue;
       }
       this.deliverMerged(total);
@@ -387,6 +390,16 @@ class MrgCursor {
     let used = 0;
     for (let left = total; left > 0; used++) left -= this.chain(used).writableLen;
     return used;
+  }
+
+  /** Logs what a dropped frame of `total` bytes wrote into the gathered chains (migration dirty log). */
+  logWritten(total: number): void {
+    const q = this.rx.ctx.queue;
+    for (let u = 0, left = total; u < this.gathered.length && left > 0; u++) {
+      const ch = this.chain(u);
+      q.logWritten(ch, left);
+      left -= ch.writableLen;
+    }
   }
 
   /** Completes the chains from `next` through the frame's last one, and moves `next` past it. */

@@ -85,6 +85,14 @@ export class TapBackend implements Backend {
     return { kind: TAP_KIND, fd, vnetHdrLen: this.vnetHdrLen };
   }
 
+  inject(frame: Uint8Array): boolean {
+    const fd = this.fds[0];
+    if (fd === undefined) return false;
+    const bytes = new Uint8Array(this.vnetHdrLen + frame.length); // a zero header: no offload asked
+    bytes.set(frame, this.vnetHdrLen);
+    return native.fdWrite(fd, bytes) === bytes.length;
+  }
+
   close(): void {
     for (const fd of this.fds.splice(0)) {
       try { native.close(fd); } catch { /* already closed */ }

@@ -10,6 +10,7 @@
  *   { cmd: 'pause' }                          ────────▶ quiesces              ◀── 'paused' (lastAvail)
  *   { cmd: 'resume', regions? }               ────────▶ rebinds memory, serves on
  *   { cmd: 'filter', filter }                 ────────▶ RX filter update
+ *   { cmd: 'log', log }                       ────────▶ dirty logging on/off  ◀── 'logging'
  *   { cmd: 'stop' }                           ────────▶ quiesces, back to idle ◀── 'stopped' (lastAvail)
  *   { cmd: 'seccomp', program }               ────────▶ installs its filter    ◀── 'sealed'
  *   { cmd: 'exit' }                           ────────▶ ends the thread
@@ -34,6 +35,17 @@ export interface WorkerRegion {
   mappingId: number;
   mappingOffset: number;
   uaddr?: number;
+}
+
+/**
+ * A queue's dirty logging (live migration) as a worker receives it: the log's bytes in a native
+ * mapping, and where the used ring's writes are logged (null: not logged).
+ */
+export interface WorkerLog {
+  mappingId: number;
+  offset: number;
+  size: number;
+  usedGpa: number | null;
 }
 
 /** The state of the RX filter, as the control queue sets it. */
@@ -76,6 +88,8 @@ export interface QueueConfig {
   busyPoll: number;
   mtu: number;
   filter: FilterState;
+  /** Dirty logging from the start, or null. */
+  log: WorkerLog | null;
 }
 
 /** Main thread → worker. */
@@ -85,6 +99,7 @@ export type WorkerCommand =
   | { cmd: 'resume'; regions?: WorkerRegion[] }
   | { cmd: 'stop' }
   | { cmd: 'filter'; filter: FilterState }
+  | { cmd: 'log'; log: WorkerLog | null }
   | { cmd: 'seccomp'; program: Uint8Array }
   | { cmd: 'exit' };
 
@@ -94,6 +109,7 @@ export type WorkerEvent =
   | { ev: 'running' }
   | { ev: 'paused'; lastAvail: number }
   | { ev: 'stopped'; lastAvail: number }
+  | { ev: 'logging' }
   | { ev: 'broken'; code: string; message: string }
   | { ev: 'sealed'; error?: { code: string; message: string } };
 

@@ -22,7 +22,7 @@ import { isMainThread, receiveMessageOnPort, workerData, type MessagePort } from
 import * as native from '../native/index.ts';
 import { MappingViews } from '../native/iovec.ts';
 import { LgnetError } from '../errors/index.ts';
-import { InflightLog, SplitQueue, inflightQueueRegionSize } from '../vring/index.ts';
+import { DirtyLog, InflightLog, SplitQueue, inflightQueueRegionSize } from '../vring/index.ts';
 import { decode } from './features.ts';
 import { PcapWriter } from './capture.ts';
 import { PendingUsed } from './interrupt.ts';
@@ -36,7 +36,9 @@ import type { FrameFilter } from './backend.ts';
 import * as backends from './backends.ts';
 import { ServiceContext } from './service.ts';
 import { TxService } from './tx.ts';
-import { applyFilter, memoryFromMappings, type QueueConfig, type WorkerBoot, type WorkerCommand, type WorkerEvent, type WorkerRegion } from './worker-protocol.ts';
+import {
+  applyFilter, memoryFromMappings, type QueueConfig, type WorkerBoot, type WorkerCommand, type WorkerEvent, type WorkerLog, type WorkerRegion,
+} from './worker-protocol.ts';
 
 const State = { IDLE: 0, RUNNING: 1, PAUSED: 2, BROKEN: 3, EXIT: 4 } as const;
 
@@ -75,6 +77,14 @@ class ActiveQueue {
       this.queue.setInflight(new InflightLog(bytes, r.size));
       c[M.inflightResubmitted]! += this.queue.recoverInflight().heads.length;
     }
+    this.setLog(cfg.log, c);
+  }
+
+  /** Dirty logging on (over this thread's own view of the log's mapping) or off. */
+  setLog(log: WorkerLog | null, c: Float64Array): void {
+    if (log === null) return this.queue.setDirtyLog(null);
+    const dirty = new DirtyLog(native.mappingBuffer(log.mappingId), log.offset, log.size, (pages) => { c[M.dirtyLogMissed]! += pages; });
+    this.queue.setDirtyLog(dirty, log.usedGpa);
   }
 
   /** Plugs the configured observers (capture, rate limit) into the queue's context; keeps it for bind(). */
@@ -192,6 +202,11 @@ export class QueueWorker {
         return;
       case 'filter':
         applyFilter(this.rxFilter, m.filter);
+        return;
+      case 'log':
+        // Applied between bursts: every write after the answer is logged (or, off, none need be).
+        this.q?.setLog(m.log, this.c);
+        this.post({ ev: 'logging' });
         return;
       case 'seccomp':
         // The sandbox's narrower filter for this thread alone (stacked on the process-wide one).

@@ -34,5 +34,6 @@ export {
   type RingLocations,
   type RingAddresses,
 } from './queue.ts';
+export { DirtyLog, dirtyLogSize, LOG_PAGE_SHIFT, LOG_PAGE_SIZE } from './dirty-log.ts';
 export { InflightLog, INFLIGHT, inflightQueueRegionSize, type InflightRecovery } from './inflight.ts';
 export { DriverQueue, type DriverQueueOptions, type GuestBuffer, type UsedElement } from './driver.ts';

@@ -51,6 +51,7 @@ import {
   usedAreaSize,
   usedAvailEventOffset,
 } from './layout.ts';
+import type { DirtyLog } from './dirty-log.ts';
 import type { InflightLog, InflightRecovery } from './inflight.ts';
 import type { GuestMemory, RangeLocation } from './memory.ts';
 
@@ -243,6 +244,10 @@ export class SplitQueue {
   private resubmitPos = 0;
   /** lastAvail when the resubmitted chains were recovered (ring pops since then follow them). */
   private resubmitBase = 0;
+  /** The migration dirty log while logging is on, else null (then logging costs one null check). */
+  private dirty: DirtyLog | null = null;
+  /** Guest physical address at which the used ring's writes are logged, or -1: not logged. */
+  private usedLog = -1;
 
   constructor(opts: SplitQueueOptions) {
     this.size = opts.size;
@@ -376,7 +381,7 @@ export class SplitQueue {
       if (this.resubmitPos < this.resubmit.length) return this.popResubmitted();
       if (this.lastAvail === this.shadowAvail && this.refreshAvail() === 0) return null;
       const c = this.popOne();
-      if (this.eventIdx && this.notifyEnabled) Atomics.store(this.usedU16, this.availEventIdx, this.lastAvail);
+      if (this.eventIdx && this.notifyEnabled) this.storeAvailEvent(this.lastAvail);
       return c;
     } catch (e) {
       throw this.fail(e);
@@ -394,7 +399,7 @@ export class SplitQueue {
       let n = 0;
       while (n < max && this.resubmitPos < this.resubmit.length) out[at + n++] = this.popResubmitted();
       while (n < max && this.lastAvail !== this.shadowAvail) out[at + n++] = this.popOne();
-      if (n > 0 && this.eventIdx && this.notifyEnabled) Atomics.store(this.usedU16, this.availEventIdx, this.lastAvail);
+      if (n > 0 && this.eventIdx && this.notifyEnabled) this.storeAvailEvent(this.lastAvail);
       return n;
     } catch (e) {
       throw this.fail(e);
@@ -555,6 +560,7 @@ export class SplitQueue {
     this.usedElems[e + USED_ELEM_ID_U32] = head;
     this.usedElems[e + USED_ELEM_LEN_U32] = len;
     this.inFlightPos[head] = -1;
+    if (this.dirty !== null && len > 0) this.dirty.markPieces(this.mem!, c.writable, len);
     if (this.inflight !== null && this.batchLen < this.batchHeads.length) this.batchHeads[this.batchLen++] = head;
     this.inFlight--;
     this.usedIdx = (this.usedIdx + 1) & 0xffff;
@@ -568,6 +574,7 @@ export class SplitQueue {
     const log = this.inflight;
     if (log !== null) log.prepareBatch(this.batchHeads, this.batchLen);
     Atomics.store(this.usedU16, USED_IDX_U16, this.usedIdx);
+    if (this.dirty !== null && this.usedLog >= 0) this.logUsed(this.publishedUsed, this.usedIdx);
     this.publishedUsed = this.usedIdx;
     if (log !== null) {
       log.commitBatch(this.batchHeads, this.batchLen, this.usedIdx);
@@ -608,7 +615,7 @@ export class SplitQueue {
   disableNotification(): void {
     this.checkUsable();
     this.notifyEnabled = false;
-    if (!this.eventIdx) Atomics.store(this.usedU16, USED_FLAGS_U16, Atomics.load(this.usedU16, USED_FLAGS_U16) | VRING_USED_F_NO_NOTIFY);
+    if (!this.eventIdx) this.storeUsedFlags(Atomics.load(this.usedU16, USED_FLAGS_U16) | VRING_USED_F_NO_NOTIFY);
   }
 
   /**
@@ -622,14 +629,54 @@ export class SplitQueue {
     this.checkUsable();
     this.notifyEnabled = true;
     seen &= 0xffff;
-    if (this.eventIdx) Atomics.store(this.usedU16, this.availEventIdx, seen);
-    else Atomics.store(this.usedU16, USED_FLAGS_U16, Atomics.load(this.usedU16, USED_FLAGS_U16) & ~VRING_USED_F_NO_NOTIFY & 0xffff);
+    if (this.eventIdx) this.storeAvailEvent(seen);
+    else this.storeUsedFlags(Atomics.load(this.usedU16, USED_FLAGS_U16) & ~VRING_USED_F_NO_NOTIFY & 0xffff);
     try {
       this.refreshAvail();
     } catch (e) {
       throw this.fail(e);
     }
     return this.shadowAvail !== seen;
+  }
+
+  /**
+   * Logs every guest memory write from now on into `log` (live migration), or stops when null: the
+   * bytes of each completed writable chain up to its used length, and, when `usedLogGpa` is given, the
+   * used ring's writes at that guest physical address (vhost-user's log_guest_addr; normally `used`).
+   */
+  setDirtyLog(log: DirtyLog | null, usedLogGpa: number | null = null): void {
+    this.dirty = log;
+    this.usedLog = log !== null && usedLogGpa !== null ? usedLogGpa : -1;
+  }
+
+  /**
+   * Logs `len` bytes the device wrote into a chain's writable part that addUsed() will not report (a
+   * frame read into buffers and then dropped). A no-op while logging is off.
+   */
+  logWritten(chain: DescriptorChain, len: number): void {
+    if (this.dirty !== null && len > 0) this.dirty.markPieces(this.mem!, chain.writable, Math.min(len, chain.writableLen));
+  }
+
+  /** Logs the used elements of slots [from, to) (free-running, may wrap) and the flags and idx before them. */
+  private logUsed(from: number, to: number): void {
+    const log = this.dirty!;
+    const base = this.usedLog;
+    log.mark(base, USED_RING);
+    const n = (to - from) & 0xffff;
+    const first = from & this.mask;
+    const upTo = Math.min(n, this.size - first);
+    log.mark(base + USED_RING + first * USED_ELEM_SIZE, upTo * USED_ELEM_SIZE);
+    if (n > upTo) log.mark(base + USED_RING, Math.min(n - upTo, first) * USED_ELEM_SIZE);
+  }
+
+  private storeAvailEvent(v: number): void {
+    Atomics.store(this.usedU16, this.availEventIdx, v);
+    if (this.dirty !== null && this.usedLog >= 0) this.dirty.mark(this.usedLog + this.availEventIdx * 2, 2);
+  }
+
+  private storeUsedFlags(v: number): void {
+    Atomics.store(this.usedU16, USED_FLAGS_U16, v);
+    if (this.dirty !== null && this.usedLog >= 0) this.dirty.mark(this.usedLog + USED_FLAGS, 2);
   }
 
   /** Is `head` popped and not yet completed? */

@@ -25,7 +25,7 @@ import type { DeviceHooks } from './hooks.ts';
 import { InflightBuffer } from './inflight.ts';
 import { MemTable } from './mem-table.ts';
 import {
-  checkPayloadSize, decodeHeader, encodeMessage, encodeU64, F_PROTOCOL_FEATURES, FLAGS, HEADER_SIZE, isKnownRequest,
+  checkPayloadSize, decodeHeader, encodeMessage, encodeU64, F_LOG_ALL, F_PROTOCOL_FEATURES, FLAGS, HEADER_SIZE, isKnownRequest,
   MAX_FDS, MAX_PAYLOAD, PROTOCOL_F, requestName, type ProtocolFeatureName,
 } from './messages.ts';
 import { Vrings } from './vrings.ts';
@@ -36,7 +36,7 @@ export interface ServerMetrics {
   messages: number;
   /** Refused messages by error code. */
   errors: Partial<Record<VhostUserErrorCode, number>>;
-  /** RARP requests (lgnet has no frame-injection path; they are counted only). */
+  /** SEND_RARP requests (each sends a RARP announce on the backend when it can). */
   rarp: number;
 }
 
@@ -67,6 +67,7 @@ export class Connection implements Session {
   /** The shared inflight buffer (GET/SET_INFLIGHT_FD). */
   readonly inflight: InflightBuffer;
   features = 0n;
+  featuresSet = false;
   protocolFeatures = 0n;
   owner = false;
   mtu = 0;
@@ -99,7 +100,7 @@ export class Connection implements Session {
   }
 
   get offeredFeatures(): bigint {
-    return this.dev.offered | (1n << BigInt(F_PROTOCOL_FEATURES));
+    return this.dev.offered | (1n << BigInt(F_PROTOCOL_FEATURES)) | (1n << BigInt(F_LOG_ALL));
   }
 
   get isClosing(): boolean {

@@ -64,6 +64,8 @@ export const VU = {
   BAD_STATUS: 'VU_BAD_STATUS',
   /** GET/SET_INFLIGHT_FD with an impossible description. */
   BAD_INFLIGHT: 'VU_BAD_INFLIGHT',
+  /** SET_LOG_BASE: a log that does not cover every region, an offset + size that overflows or lies past its fd. */
+  BAD_LOG: 'VU_BAD_LOG',
   /** The reply could not be written in one go (the frontend does not read). */
   REPLY_FAILED: 'VU_REPLY_FAILED',
   /** The device refused what the message asked (wraps the device's error as cause). */

@@ -18,8 +18,8 @@ import type { DeviceHooks } from './hooks.ts';
 import type { InflightBuffer } from './inflight.ts';
 import type { MemTable } from './mem-table.ts';
 import {
-  decodeConfig, decodeInflight, decodeMemTable, decodeSingleMemRegion, decodeU64, decodeVringAddr, decodeVringFile,
-  decodeVringState, encodeConfig, encodeInflight, encodeU64, encodeVringState, F_PROTOCOL_FEATURES, protocolNames, REQ,
+  decodeConfig, decodeInflight, decodeLog, decodeMemTable, decodeSingleMemRegion, decodeU64, decodeVringAddr, decodeVringFile,
+  decodeVringState, encodeConfig, encodeInflight, encodeU64, encodeVringState, F_LOG_ALL, F_PROTOCOL_FEATURES, protocolNames, REQ,
   type ProtocolFeatureName,
 } from './messages.ts';
 import type { Vrings } from './vrings.ts';
@@ -51,6 +51,8 @@ export interface Session {
   /** GET_FEATURES' answer: the device's bits plus VHOST_USER_F_PROTOCOL_FEATURES. */
   readonly offeredFeatures: bigint;
   features: bigint;
+  /** SET_FEATURES was handled at least once since the connection or the last reset. */
+  featuresSet: boolean;
   protocolFeatures: bigint;
   owner: boolean;
   mtu: number;
@@ -76,6 +78,11 @@ function take(m: Message, i: number): number {
   m.fds[i] = -1;
   return fd;
 }
+
+const PROTOCOL_BIT = 1n << BigInt(F_PROTOCOL_FEATURES);
+const LOG_ALL_BIT = 1n << BigInt(F_LOG_ALL);
+/** Bits of SET_FEATURES that belong to vhost-user, not to the device. */
+const VHOST_BITS = PROTOCOL_BIT | LOG_ALL_BIT;
 
 function u64Reply(v: bigint | number): Reply {
   return { payload: encodeU64(v) };
@@ -114,14 +121,23 @@ export const HANDLERS: Readonly<Partial<Record<number, Entry>>> = {
       if (extra !== 0n) {
         throw new VhostUserError(VU.FEATURES_NOT_OFFERED, `features 0x${extra.toString(16)} were not offered (offered 0x${c.offeredFeatures.toString(16)})`);
       }
-      const protocol = (bits & (1n << BigInt(F_PROTOCOL_FEATURES))) !== 0n;
+      const protocol = (bits & PROTOCOL_BIT) !== 0n;
+      const logAll = (bits & LOG_ALL_BIT) !== 0n;
+      if (c.featuresSet && (bits & ~VHOST_BITS) === (c.features & ~VHOST_BITS) && (bits & PROTOCOL_BIT) === (c.features & PROTOCOL_BIT)) {
+        // Only VHOST_F_LOG_ALL changed (QEMU's migration start and end): the queues keep running.
+        c.features = bits;
+        await c.dev.setLogging(logAll);
+        return undefined;
+      }
       await c.vrings.stopAll(); // features cannot change under running workers
       try {
-        c.dev.setFeatures(bits & ~(1n << BigInt(F_PROTOCOL_FEATURES)));
+        c.dev.setFeatures(bits & ~VHOST_BITS);
       } catch (e) {
         throw new VhostUserError(VU.FEATURES_NOT_OFFERED, (e as Error).message, { cause: e });
       }
       c.features = bits;
+      c.featuresSet = true;
+      await c.dev.setLogging(logAll);
       if (!protocol) await c.vrings.enableAll();
       await c.vrings.memoryChanged(); // restarts what was running
       return undefined;
@@ -153,6 +169,7 @@ export const HANDLERS: Readonly<Partial<Record<number, Entry>>> = {
       await c.vrings.close();
       await c.dev.reset();
       c.features = 0n;
+      c.featuresSet = false;
       return undefined;
     },
   },
@@ -165,6 +182,29 @@ export const HANDLERS: Readonly<Partial<Record<number, Entry>>> = {
       m.fds.forEach((_, i) => take(m, i));
       await c.vrings.memoryChanged();
       return undefined;
+    },
+  },
+
+  // The log is mapped by the device; the fd is closed after. The reply is always sent (QEMU waits for
+  // it), as libvhost-user does: u64 0.
+  [REQ.SET_LOG_BASE]: {
+    fds: () => 1,
+    replies: true,
+    protocol: 'LOG_SHMFD',
+    errorReply: encodeU64(1),
+    async handle(c, m) {
+      const { mmapSize, mmapOffset } = decodeLog(m.payload);
+      // CVE-2020-10722: offset + size must not wrap, and all of it must be a usable address.
+      if (mmapSize === 0n || mmapOffset + mmapSize > BigInt(Number.MAX_SAFE_INTEGER)) {
+        throw new VhostUserError(VU.BAD_LOG, `dirty log of ${mmapSize} bytes at offset ${mmapOffset}: the size must be > 0 and offset + size below 2^53`);
+      }
+      try {
+        await c.dev.setDirtyLog({ fd: m.fds[0]!, size: Number(mmapSize), offset: Number(mmapOffset) });
+      } catch (e) {
+        throw new VhostUserError(VU.BAD_LOG, `SET_LOG_BASE: ${(e as Error).message}`, { cause: e });
+      }
+      c.log.info({ size: Number(mmapSize), offset: Number(mmapOffset) }, 'dirty log installed');
+      return u64Reply(0);
     },
   },
 
@@ -257,11 +297,24 @@ export const HANDLERS: Readonly<Partial<Record<number, Entry>>> = {
     },
   },
 
+  // After a migration, for a guest that cannot announce itself: one RARP broadcast on the backend.
+  // A backend that cannot take it is logged, not fatal (the guest's own traffic teaches switches too).
   [REQ.SEND_RARP]: {
+    protocol: 'RARP',
     handle(c, m) {
-      const mac = [...m.payload.subarray(0, 6)].map((b) => b.toString(16).padStart(2, '0')).join(':');
+      const macBytes = m.payload.slice(0, 6);
+      const mac = [...macBytes].map((b) => b.toString(16).padStart(2, '0')).join(':');
       c.server.metrics.rarp++;
-      c.log.info({ mac }, 'SEND_RARP: noted (lgnet does not inject frames; guests with GUEST_ANNOUNCE announce themselves)');
+      let sent = false;
+      let why = 'the backend has no way to send frames of its own';
+      try {
+        sent = c.dev.announce(macBytes);
+        if (!sent) why = 'the backend could not take the frame now';
+      } catch (e) {
+        why = (e as Error).message;
+      }
+      if (sent) c.log.info({ mac }, 'SEND_RARP: RARP announce sent');
+      else c.log.warn({ mac, err: why }, 'SEND_RARP: no announce sent');
       return undefined;
     },
   },

@@ -8,7 +8,7 @@
  * Spec: QEMU docs/interop/vhost-user.rst, "Front-end message types" (what each hook answers: GET_FEATURES,
  * GET_QUEUE_NUM, GET/SET_CONFIG, SET_STATUS, RESET_DEVICE).
  */
-import type { MemoryRegionSpec, NetDevice } from '../../device/net.ts';
+import type { DirtyLogSpec, MemoryRegionSpec, NetDevice } from '../../device/net.ts';
 import type { MemoryTarget } from './mem-table.ts';
 import type { QueueTarget } from './vrings.ts';
 
@@ -31,6 +31,12 @@ export interface DeviceHooks extends QueueTarget, MemoryTarget {
   reset(): Promise<void>;
   /** Drops the guest memory mappings of a front-end that went away. */
   releaseMemory(): Promise<void>;
+  /** SET_LOG_BASE: installs (or replaces) the dirty log's memory; the device maps the fd. */
+  setDirtyLog(spec: DirtyLogSpec): Promise<unknown>;
+  /** VHOST_F_LOG_ALL turned on or off by SET_FEATURES, with the queues running. */
+  setLogging(on: boolean): Promise<void>;
+  /** SEND_RARP: announces `mac` on the backend; false when the backend cannot. */
+  announce(mac: Uint8Array): boolean;
   /** Subscribes to "queue broken" reports; returns the unsubscribe function. */
   onBroken(cb: (queue: number, code: string, message: string) => void): () => void;
 }
@@ -50,6 +56,10 @@ export function netDeviceHooks(dev: NetDevice): DeviceHooks {
     setupQueue: (i, s) => dev.setupQueue(i, s),
     startQueue: (i) => dev.startQueue(i),
     stopQueue: (i) => dev.stopQueue(i),
+    setUsedLog: (i, gpa) => dev.setUsedLog(i, gpa),
+    setDirtyLog: (spec) => dev.setDirtyLog(spec),
+    setLogging: (on) => dev.setLogging(on),
+    announce: (mac) => dev.announce(mac),
     isTx: (i) => i < 2 * dev.maxQueuePairs && (i & 1) === 1,
     readConfig: (o, n) => dev.readConfig(o, n),
     writeConfig: (o, d) => dev.writeConfig(o, d),

@@ -38,7 +38,7 @@ export { netDeviceHooks, type DeviceHooks } from './hooks.ts';
  * back-end and warns about it at every connection. Front-ends that do read a net back-end's config
  * (cloud-hypervisor's vhost-user-net, UML's virtio_uml) get it with `config: true`.
  */
-export const OFFERED_PROTOCOL_FEATURES: bigint = protocolMask('MQ', 'REPLY_ACK', 'NET_MTU', 'CONFIGURE_MEM_SLOTS', 'STATUS', 'INFLIGHT_SHMFD', 'RARP');
+export const OFFERED_PROTOCOL_FEATURES: bigint = protocolMask('MQ', 'REPLY_ACK', 'NET_MTU', 'CONFIGURE_MEM_SLOTS', 'STATUS', 'INFLIGHT_SHMFD', 'RARP', 'LOG_SHMFD');
 
 const CONFIG_BIT = protocolMask('CONFIG');
 

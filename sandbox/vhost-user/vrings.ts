@@ -29,7 +29,7 @@ import * as native from '../../native/index.ts';
 import type { QueueSetup } from '../../device/net.ts';
 import { MAX_QUEUE_SIZE, VringError, isQueueSize, ringUaddrToGpa, type GuestMemory, type RingAddresses } from '../../vring/index.ts';
 import { VhostUserError, VU } from './errors.ts';
-import { addrOf, type VringAddr } from './messages.ts';
+import { addrOf, VRING_F_LOG, type VringAddr } from './messages.ts';
 
 /** What the vrings need from the device. */
 export interface QueueTarget {
@@ -38,6 +38,8 @@ export interface QueueTarget {
   setupQueue(index: number, setup: QueueSetup): void;
   startQueue(index: number): Promise<void>;
   stopQueue(index: number): Promise<number>;
+  /** Where a running queue logs its used ring (null: not logged), changed without stopping it. */
+  setUsedLog(index: number, gpa: number | null): Promise<void>;
   /** Whether the queue carries the driver's output (virtio-net: odd indices), which a started but
    *  disabled ring must still consume and discard. Absent: no queue is drained while disabled. */
   isTx?(index: number): boolean;
@@ -50,7 +52,7 @@ interface Vring {
   index: number;
   num: number;
   base: number;
-  addr: { desc: number; used: number; avail: number; flags: number } | null;
+  addr: { desc: number; used: number; avail: number; flags: number; log: number } | null;
   /** A SET_VRING_KICK arrived since the last stop (with an fd, or NOFD for polling). */
   kicked: boolean;
   kickFd: number;
@@ -65,6 +67,11 @@ interface Vring {
   servedSinceStart: boolean;
   /** The guest physical addresses the running worker was started with. */
   gpas: RingAddresses | null;
+}
+
+/** Where the used ring's writes are logged: log_guest_addr with VHOST_VRING_F_LOG, else nowhere. */
+function usedLogOf(a: { flags: number; log: number }): number | null {
+  return a.flags & VRING_F_LOG ? a.log : null;
 }
 
 function deviceError(e: unknown, what: string): VhostUserError {
@@ -130,7 +137,17 @@ export class Vrings {
 
   async setAddr(a: VringAddr): Promise<void> {
     const r = this.ring(a.index);
-    const addr = { desc: addrOf(a.desc, 'descriptor table address'), used: addrOf(a.used, 'used ring address'), avail: addrOf(a.avail, 'available ring address'), flags: a.flags };
+    const addr = {
+      desc: addrOf(a.desc, 'descriptor table address'), used: addrOf(a.used, 'used ring address'), avail: addrOf(a.avail, 'available ring address'),
+      flags: a.flags, log: addrOf(a.log, 'used ring log address'),
+    };
+    const old = r.addr;
+    if (r.running && old !== null && old.desc === addr.desc && old.used === addr.used && old.avail === addr.avail) {
+      // Only the logging changed (QEMU sends this as migration starts and ends): no stop, no stall.
+      r.addr = addr;
+      await this.target.setUsedLog(r.index, usedLogOf(addr));
+      return;
+    }
     await this.park(r);
     r.addr = addr;
     await this.sync(r);
@@ -288,7 +305,7 @@ export class Vrings {
       const inflight = this.inflightFor(r.index, r.num);
       try {
         this.target.setupQueue(r.index, {
-          size: r.num, desc: g.desc, avail: g.avail, used: g.used, kickFd: r.kickFd, callFd: r.callFd, lastAvail: r.base,
+          size: r.num, desc: g.desc, avail: g.avail, used: g.used, kickFd: r.kickFd, callFd: r.callFd, lastAvail: r.base, logUsed: usedLogOf(r.addr!),
           ...(discard ? { discard } : {}), ...(inflight ? { inflight } : {}),
         });
         await this.target.startQueue(r.index);
