@@ -11,7 +11,9 @@
  */
 
 // The device (embedding API).
-export { NetDevice, type NetDeviceOptions, type MemoryRegionSpec, type QueueSetup, type DeviceMetrics } from './device/net.ts';
+export { NetDevice, type NetDeviceOptions, type MemoryRegionSpec, type QueueSetup, type DeviceMetrics, type DirtyLogSpec } from './device/net.ts';
+export { DirtyLog, dirtyLogSize } from './vring/dirty-log.ts';
+export { rarpFrame } from './device/announce.ts';
 export { TapBackend, type TapOptions } from './device/tap-backend.ts';
 export { PairBackend, VERDICT, type PairOptions, type FrameFilter, type FilterRef } from './device/pair-backend.ts';
 export type { Backend, PortSpec, TxPort, RxPort } from './device/backend.ts';

@@ -116,7 +116,7 @@ const SOCK_STREAM = 1;
 /** What any thread running a V8 isolate or a libuv loop does: memory, time, locks, signals, exit. */
 const RUNTIME: readonly SyscallRule[] = [
   { name: 'read', reason: 'eventfd counters (kicks, control, libuv async wakeups), the tap is read with readv' },
-  { name: 'write', reason: 'eventfd signals (call fds, worker control), libuv async wakeups, logs to stdout/stderr' },
+  { name: 'write', reason: 'eventfd signals (call fds, worker control), libuv async wakeups, logs to stdout/stderr, the RARP announce to the tap' },
   { name: 'close', reason: 'fds whose life ends while serving: replaced memory and kick/call fds, closed connections' },
   {
     name: 'mmap',

@@ -18,7 +18,11 @@
  * started is parked instead, like DPDK's vhost library does: QEMU enables rings right after kicking
  * them, and frames the guest queued meanwhile (say, across a back-end restart, or chains taken up from
  * the inflight record) are sent in a moment rather than dropped. Changing a running ring's size,
- * addresses, base, fds or enable state stops its worker, applies the change and starts it again.
+ * addresses, base, fds or enable state stops its worker, applies the change and starts it again,
+ * except a SET_VRING_ADDR that only changes VHOST_VRING_F_LOG or the log address (QEMU's migration
+ * start and end): the running worker just moves its used-ring logging (docs/ARCHITECTURE.md, "Live
+ * migration"). GET_VRING_BASE is the hand-over: the worker finishes its burst, publishes and signals,
+ * and the index it returns is where another back-end's SET_VRING_BASE resumes.
  *
  * Ring addresses arrive as front-end virtual addresses; they are translated to guest physical through
  * the memory table when the worker starts, and again after a memory change, by vring's

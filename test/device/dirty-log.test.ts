@@ -29,8 +29,10 @@ async function untilUsed(bed: Bed, ring: { setup: { used: number } }, from: numb
 
 /** A shadow of guest RAM and the pages changed since it was taken. */
 class Shadow {
-  private copy: Uint8Array;
-  constructor(private readonly bed: Bed) {
+  private readonly copy: Uint8Array;
+  private readonly bed: Bed;
+  constructor(bed: Bed) {
+    this.bed = bed;
     this.copy = bed.ram.u8.slice();
   }
   changedPages(): number[] {
