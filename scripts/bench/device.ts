@@ -8,6 +8,8 @@
  *   rx 64 / 1514   a C AF_PACKET sender feeds the tap; lgnet's RX worker reads into guest buffers with
  *                  one readvBatch per burst while the harness recycles them.
  *                  Reference: tap-loop.c readv loop on the same tap with the same sender.
+ *   dirty log      the four lgnet figures again with dirty logging on (NetDevice.startDirtyLog),
+ *                  as ratios to the same figures with logging off.
  *
  * The harness (the "guest") runs on the main thread, lgnet's worker on another: on a 2-vCPU machine
  * that is one core each. Frames go to a MAC nothing owns, so the namespace's kernel drops them early.
@@ -128,6 +130,23 @@ export async function benchDevice(opts: { seconds?: number } = {}): Promise<Reco
       results[`rx${len}`] = { lgnet: lg.result.fps, c: c.result.fps, ratio, offeredDuringLgnet: lg.offered, offeredDuringC: c.offered };
       console.log(`rx ${String(len).padStart(4)} B: lgnet ${fmt(lg.result.fps)}  C readv ${fmt(c.result.fps)}  ratio ${ratio.toFixed(3)}  (sender offered ${fmt(lg.offered)} / ${fmt(c.offered)})`);
     }
+    // The same lgnet measurements with dirty logging on (live migration), against the ones above.
+    const log = await s.dev.startDirtyLog();
+    const logging: Record<string, unknown> = {};
+    for (const len of [64, 1514]) {
+      const on = harnessTx(s, len, seconds);
+      const off = (results[`tx${len}`] as { lgnet: number }).lgnet;
+      logging[`tx${len}`] = { off, on: on.fps, ratio: on.fps / off };
+      console.log(`tx ${String(len).padStart(4)} B, dirty log on: lgnet ${fmt(on.fps)}  ratio to logging off ${(on.fps / off).toFixed(3)}`);
+    }
+    for (const len of [64, 1514]) {
+      const on = await withSender(bin, pkt, len, () => harnessRx(s!, seconds));
+      const off = (results[`rx${len}`] as { lgnet: number }).lgnet;
+      logging[`rx${len}`] = { off, on: on.result.fps, ratio: on.result.fps / off, dirtyPages: log.collect().length };
+      console.log(`rx ${String(len).padStart(4)} B, dirty log on: lgnet ${fmt(on.result.fps)}  ratio to logging off ${(on.result.fps / off).toFixed(3)}`);
+    }
+    await s.dev.stopDirtyLog();
+    results['dirtyLog'] = logging;
     const q = s.dev.metrics().queues;
     results['metrics'] = { rx: q[0], tx: q[1] };
   } finally {
