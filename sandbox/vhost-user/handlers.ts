@@ -123,8 +123,9 @@ export const HANDLERS: Readonly<Partial<Record<number, Entry>>> = {
       }
       const protocol = (bits & PROTOCOL_BIT) !== 0n;
       const logAll = (bits & LOG_ALL_BIT) !== 0n;
-      if (c.featuresSet && (bits & ~VHOST_BITS) === (c.features & ~VHOST_BITS) && (bits & PROTOCOL_BIT) === (c.features & PROTOCOL_BIT)) {
-        // Only VHOST_F_LOG_ALL changed (QEMU's migration start and end): the queues keep running.
+      if (c.featuresSet && (bits & ~VHOST_BITS) === (c.features & ~VHOST_BITS)) {
+        // The device's features stay: only VHOST_F_LOG_ALL may change (QEMU's migration start and
+        // end), and the queues keep running, as DPDK's vhost does.
         c.features = bits;
         await c.dev.setLogging(logAll);
         return undefined;
