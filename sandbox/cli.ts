@@ -6,6 +6,7 @@
  *   lgnet serve --socket PATH [--client] [--tap NAME] [--queues N] [--mac MAC] [--mtu N]
  *               [--log-level LEVEL] [--reconnect-ms MS] [--metrics-socket PATH]
  *               [--pcap FILE] [--{tx,rx}-rate-{bytes,ops} SIZE/MS] [--busy-poll US] [--offer-config]
+ *               [--guest-announce]
  *               [--no-sandbox | [--chroot DIR] [--user U] [--group G]]
  *   lgnet --version
  */
@@ -39,6 +40,8 @@ export interface ServeOptions {
   rateLimit?: { rx?: RateLimit; tx?: RateLimit };
   /** --offer-config: offer the vhost-user CONFIG protocol feature (GET/SET_CONFIG). */
   offerConfig?: boolean;
+  /** --guest-announce: offer VIRTIO_NET_F_GUEST_ANNOUNCE, so that the guest announces itself after a migration. */
+  guestAnnounce?: boolean;
   /** Enter the jail (sandbox/jail.ts) once everything is open; on unless --no-sandbox. */
   jail: boolean;
   /** --print-policy: print the seccomp policy and exit. */
@@ -132,6 +135,7 @@ export function buildCli(actions: { serve: (opts: ServeOptions) => Promise<void>
     .addOption(new Option('--tx-rate-ops <size/ms>', 'limit each TX queue to SIZE frames per MS milliseconds').argParser(bucket('--tx-rate-ops')))
     .addOption(new Option('--rx-rate-bytes <size/ms>', 'limit each RX queue (tap to guest) to SIZE bytes per MS milliseconds').argParser(bucket('--rx-rate-bytes')))
     .addOption(new Option('--rx-rate-ops <size/ms>', 'limit each RX queue to SIZE frames per MS milliseconds').argParser(bucket('--rx-rate-ops')))
+    .option('--guest-announce', 'offer GUEST_ANNOUNCE: after a migration the front-end asks the guest to announce itself (gratuitous ARP through its TX queue) instead of sending SEND_RARP, which lgnet answers with a RARP broadcast')
     .option('--offer-config', 'offer the vhost-user CONFIG protocol feature, for front-ends that read the device config (MAC, MTU, link) from the back-end (cloud-hypervisor, UML); QEMU does not read it and warns when it is offered')
     .option('--no-sandbox', 'do NOT enter the jail (chroot, uid drop, rlimits, no_new_privs, seccomp); for debugging only')
     .option('--chroot <dir>', 'jail: change root to this empty directory')
@@ -153,6 +157,7 @@ export function buildCli(actions: { serve: (opts: ServeOptions) => Promise<void>
         pcap: o['pcap'] as string | undefined,
         rateLimit: rateLimitOf(o),
         offerConfig: o['offerConfig'] === true,
+        guestAnnounce: o['guestAnnounce'] === true,
         jail: o['sandbox'] !== false,
         printPolicy: o['printPolicy'] === true,
         chroot: o['chroot'] as string | undefined,
