@@ -3,6 +3,7 @@
 #include "common.h"
 #include "registry.h"
 
+#include <fcntl.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -64,12 +65,13 @@ Napi::Value Register(Napi::Env env, uint8_t* addr, size_t size) {
   return Napi::Number::New(env, id);
 }
 
-// memfdCreate(name, size) -> fd (MFD_CLOEXEC, truncated to size).
+// memfdCreate(name, size) -> fd (MFD_CLOEXEC | MFD_ALLOW_SEALING, truncated to size).
 Napi::Value MemfdCreate(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   REQUIRE_ARGUMENT_STRING(0, name, "name")
   REQUIRE_ARGUMENT_INTEGER(1, size, "size", 0, (int64_t)kMaxSafeInteger)
-  int fd = memfd_create(name.c_str(), MFD_CLOEXEC);
+  // Sealable, so that a mapping of it can be protected against shrinking (see Mmap).
+  int fd = memfd_create(name.c_str(), MFD_CLOEXEC | MFD_ALLOW_SEALING);
   if (fd < 0) return NativeFail(env, errno, "memfd_create", "name '" + name + "'");
   if (ftruncate(fd, (off_t)size) < 0) {
     int err = errno;
@@ -90,6 +92,12 @@ Napi::Value Mmap(const Napi::CallbackInfo& info) {
   // Touching a shared file mapping past the end of the file raises SIGBUS: refuse such ranges now.
   struct stat st;
   if (fstat(fd, &st) < 0) return NativeFail(env, errno, "fstat", detail);
+  if (S_ISREG(st.st_mode)) {
+    // And keep them valid: where the fd can carry seals (a memfd), forbid shrinking first, then read
+    // the size again, so that a front-end cannot truncate the file under the mapping later. A file
+    // that cannot be sealed (tmpfs, hugetlbfs, or F_SEAL_SEAL already set) is mapped as it is.
+    if (fcntl(fd, F_ADD_SEALS, F_SEAL_SHRINK) == 0 && fstat(fd, &st) < 0) return NativeFail(env, errno, "fstat", detail);
+  }
   if (S_ISREG(st.st_mode) && (offset > st.st_size || length > st.st_size - offset))
     return NativeFail(env, EINVAL, "mmap", detail + ": range ends past the file size " + std::to_string(st.st_size));
   void* addr = mmap(nullptr, (size_t)length, PROT_READ | PROT_WRITE, MAP_SHARED, fd, (off_t)offset);

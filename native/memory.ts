@@ -7,7 +7,7 @@
 import { UINT32_MAX, checkInt, checkFd, checkString } from './checks.ts';
 import { binding as b } from './load.ts';
 
-/** memfd_create(name, MFD_CLOEXEC) + ftruncate(size). */
+/** memfd_create(name, MFD_CLOEXEC | MFD_ALLOW_SEALING) + ftruncate(size); mmap() seals it against shrinking. */
 export function memfdCreate(name: string, size: number): number {
   checkString(name, 'name');
   if (Buffer.byteLength(name) > 249) throw new RangeError('memfd name must be at most 249 bytes');
@@ -18,6 +18,8 @@ export function memfdCreate(name: string, size: number): number {
 /**
  * Maps [offset, offset+length) of fd MAP_SHARED read/write into the process-wide registry and returns
  * its id. offset must be page-aligned; for a regular file (memfd) the range must lie inside the file.
+ * A memfd is sealed against shrinking first (F_SEAL_SHRINK), so that nobody can truncate it under the
+ * mapping (which would make accesses raise SIGBUS); a file that takes no seals is mapped as it is.
  */
 export function mmap(fd: number, offset: number, length: number): number {
   checkFd(fd);

@@ -92,7 +92,7 @@ export const IOCTL = {
   TUNGETFEATURES: 0x800454cf, // read-only: what this tun driver supports
 } as const;
 
-const FCNTL = { F_DUPFD_CLOEXEC: 1030, F_GETFD: 1, F_SETFD: 2, F_GETFL: 3, F_SETFL: 4 } as const;
+const FCNTL = { F_DUPFD_CLOEXEC: 1030, F_GETFD: 1, F_SETFD: 2, F_GETFL: 3, F_SETFL: 4, F_ADD_SEALS: 1033 } as const;
 
 /** futex commands after masking FUTEX_PRIVATE_FLAG (128) and FUTEX_CLOCK_REALTIME (256). No PI ops. */
 const FUTEX_CMD_MASK = ~(128 | 256) >>> 0;
@@ -180,7 +180,7 @@ const CONTROL: readonly SyscallRule[] = [
   { name: 'newfstatat', reason: 'glibc fstat() as fstatat(fd, "", AT_EMPTY_PATH)', when: [[{ arg: 3, allOf: { AT_EMPTY_PATH } }]] },
   { name: 'statx', reason: 'libuv fstat as statx(fd, "", AT_EMPTY_PATH)', when: [[{ arg: 2, allOf: { AT_EMPTY_PATH } }]] },
   { name: 'lseek', reason: 'libuv/Node stdio on files' },
-  { name: 'fcntl', reason: 'nonblocking and close-on-exec flags on fds (native setNonblocking, libuv)', when: [[{ arg: 1, oneOf: FCNTL }]] },
+  { name: 'fcntl', reason: 'nonblocking and close-on-exec flags on fds (native setNonblocking, libuv); F_SEAL_SHRINK on memfds it maps (native mmap)', when: [[{ arg: 1, oneOf: FCNTL }]] },
   { name: 'ioctl', reason: 'libuv FIONBIO/FIOCLEX, tty queries for stdio, and the tap ioctls set at SET_FEATURES (never TUNSETIFF)', when: [[{ arg: 1, oneOf: IOCTL }]] },
   { name: 'clone', reason: 'new threads only (a Worker, libuv threadpool, V8 platform): CLONE_THREAD|VM|SIGHAND|FS|FILES required, namespaces and tracing forbidden', when: [[{ arg: 0, allOf: THREAD_FLAGS }, { arg: 0, noneOf: CLONE_FORBIDDEN }]] },
   { name: 'clone3', reason: 'its flags sit in memory where seccomp cannot look: ENOSYS makes glibc fall back to clone', errno: ENOSYS },
