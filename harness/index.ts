@@ -9,6 +9,8 @@
  *   rings               builders for hostile rings: raw descriptors, indirect tables, loops, bad indices
  *   frames              Ethernet/IPv4/UDP/ARP frame builders and a tiny responder
  *   netns               throw-away network namespaces with taps inside (root), cleaned up at exit
+ *   DirtyLog, DirtyLogAudit   migration's dirty log as the VMM holds it, and an auditor of a back-end's
+ *                       marks: every page it wrote must be logged
  *
  * It uses vring/ (the driver half of the rings) and native/ (memfd, eventfd, sockets). docs/HARNESS.md
  * has a walk-through.
@@ -20,6 +22,10 @@ export {
   type FrontendRegion, type ReceivedMessage, type NegotiateOptions, type Negotiated,
 } from './vhost-user-frontend.ts';
 export * as frames from './frames.ts';
+export {
+  DirtyLog, DirtyLogAudit, DIRTY_PAGE_SIZE, usedNotTaken,
+  type DirtyLogOptions, type AuditRange, type UnloggedPage, type DirtyLogReport, type DriverLayout, type PendingUsed,
+} from './dirty-log.ts';
 export { SplitRingBuilder, Arena, writeDescriptor, readDescriptor, wrappingAddr, hugeAddr, type GuestAllocator, type RawAddr, type RawDesc, type DescFields, type ChainBuffer, type IndirectTable, type OfferOptions, type RingPlacement } from './rings.ts';
 export {
   createNetns, openTapIn, openPacketIn, destroyAllNetns, netnsPrerequisites,

@@ -16,16 +16,19 @@
  *
  *   vhost-user-channel.ts    the socket, framing, fds, reply timeouts, FrontendError
  *   vhost-user-requests.ts   one typed method per request
- *   vhost-user-frontend.ts   (this file) connect/listen, negotiate, attachDriver, startRing, stopDriver
+ *   vhost-user-frontend.ts   (this file) connect/listen, negotiate, attachDriver, startRing, stopDriver,
+ *                            startDirtyLog/stopDirtyLog (migration's dirty log; dirty-log.ts checks it)
  *
  * Spec: QEMU docs/interop/vhost-user.rst, the front-end's side of "Front-end message types", "Ring
- * states" (rings start disabled with VHOST_USER_F_PROTOCOL_FEATURES), "Protocol features".
+ * states" (rings start disabled with VHOST_USER_F_PROTOCOL_FEATURES), "Protocol features",
+ * "Migration" (dirty logging).
  */
 import { existsSync, unlinkSync } from 'node:fs';
 import * as native from '../native/index.ts';
 import type { GuestRam } from './guest-ram.ts';
 import type { VirtioNetDriver } from './virtio-net.ts';
-import { F_PROTOCOL_FEATURES, PROTOCOL_F, protocolMask } from '../sandbox/vhost-user/messages.ts';
+import { F_LOG_ALL, F_PROTOCOL_FEATURES, PROTOCOL_F, protocolMask, VRING_F_LOG } from '../sandbox/vhost-user/messages.ts';
+import { DirtyLog } from './dirty-log.ts';
 import { FrontendError, FRONTEND_ERROR, sleep } from './vhost-user-channel.ts';
 import { FrontendRequests, type FrontendRegion } from './vhost-user-requests.ts';
 
@@ -34,9 +37,11 @@ export { FrontendError, FRONTEND_ERROR, type FrontendErrorCode, type ReceivedMes
 export type { FrontendRegion } from './vhost-user-requests.ts';
 
 const PROTOCOL_BIT = 1n << BigInt(F_PROTOCOL_FEATURES);
+const LOG_ALL_BIT = 1n << BigInt(F_LOG_ALL);
+const LOG_SHMFD_BIT = 1n << BigInt(PROTOCOL_F.LOG_SHMFD);
 
 /** Protocol features the harness understands and asks for by default. */
-export const FRONTEND_PROTOCOL_FEATURES: bigint = protocolMask('MQ', 'REPLY_ACK', 'CONFIG', 'NET_MTU', 'CONFIGURE_MEM_SLOTS', 'STATUS', 'INFLIGHT_SHMFD', 'RARP');
+export const FRONTEND_PROTOCOL_FEATURES: bigint = protocolMask('MQ', 'REPLY_ACK', 'CONFIG', 'NET_MTU', 'CONFIGURE_MEM_SLOTS', 'STATUS', 'INFLIGHT_SHMFD', 'RARP', 'LOG_SHMFD');
 
 export interface NegotiateOptions {
   /** Device features to accept, chosen from the offer (VHOST_USER_F_PROTOCOL_FEATURES is handled here). */
@@ -154,6 +159,61 @@ export class VhostUserFrontend extends FrontendRequests {
     await this.setVringCall(index, setup.callFd);
     // With VHOST_USER_F_PROTOCOL_FEATURES rings start disabled and must be enabled (spec, "Ring states").
     if (this.features & PROTOCOL_BIT) await this.setVringEnable(index, enable);
+  }
+
+  // ---- dirty logging (live migration)
+
+  /** The driver and RAM whose rings startDirtyLog() switched to logging, for stopDirtyLog(). */
+  private logging: { drv: VirtioNetDriver; ram: GuestRam } | null = null;
+
+  /**
+   * Starts dirty logging the way QEMU's vhost_migration_log does, on a driver already attached:
+   * SET_LOG_BASE (the log, `opts.log` or a new DirtyLog covering ram), SET_FEATURES with
+   * VHOST_F_LOG_ALL, then SET_VRING_ADDR with VHOST_VRING_F_LOG and log = the used ring's guest
+   * physical address for each of the driver's queues. Negotiates nothing: VHOST_F_LOG_ALL must be
+   * offered and LOG_SHMFD negotiated (FrontendError NOT_OFFERED otherwise). `setBase: false` skips
+   * SET_LOG_BASE, to switch logging on again over the log the back-end already holds.
+   * Returns the log; the caller closes it (the back-end keeps its own mapping).
+   */
+  async startDirtyLog(drv: VirtioNetDriver, ram: GuestRam, opts: { log?: DirtyLog; setBase?: boolean } = {}): Promise<DirtyLog> {
+    if (!(this.offeredFeatures & LOG_ALL_BIT)) {
+      throw new FrontendError(FRONTEND_ERROR.NOT_OFFERED, `the back-end does not offer VHOST_F_LOG_ALL (bit ${F_LOG_ALL})`);
+    }
+    if (!(this.protocolFeatures & LOG_SHMFD_BIT)) {
+      throw new FrontendError(FRONTEND_ERROR.NOT_OFFERED, 'LOG_SHMFD was not negotiated: the log cannot be shared');
+    }
+    const log = opts.log ?? new DirtyLog(ram);
+    try {
+      if (opts.setBase !== false) await this.setLogBase(log.fd, log.size, log.offset);
+      await this.setFeatures(this.features | LOG_ALL_BIT);
+      await this.setRingLogging(drv, ram, true);
+    } catch (e) {
+      if (!opts.log) log.close();
+      throw e;
+    }
+    this.logging = { drv, ram };
+    return log;
+  }
+
+  /**
+   * Stops dirty logging (QEMU's order): SET_FEATURES without VHOST_F_LOG_ALL, then SET_VRING_ADDR
+   * without VHOST_VRING_F_LOG for each queue startDirtyLog() switched on. A no-op when logging is off.
+   */
+  async stopDirtyLog(): Promise<void> {
+    const l = this.logging;
+    if (!l) return;
+    await this.setFeatures(this.features & ~LOG_ALL_BIT);
+    await this.setRingLogging(l.drv, l.ram, false);
+    this.logging = null;
+  }
+
+  /** SET_VRING_ADDR for each of the driver's queues, with or without VHOST_VRING_F_LOG. */
+  private async setRingLogging(drv: VirtioNetDriver, ram: GuestRam, on: boolean): Promise<void> {
+    const u = (gpa: number) => VhostUserFrontend.uaddrOf(ram, gpa);
+    for (const { index, setup } of drv.queueSetups()) {
+      // log_guest_addr is guest physical, unlike the three ring addresses (spec, "Migration").
+      await this.setVringAddr(index, { desc: u(setup.desc), used: u(setup.used), avail: u(setup.avail), log: setup.used, flags: on ? VRING_F_LOG : 0 });
+    }
   }
 
   /** GET_VRING_BASE for every queue of the driver: the rings stop; returns index → next avail. */

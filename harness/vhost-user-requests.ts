@@ -9,8 +9,8 @@
  * "Memory access", "Ring states", "Inflight I/O tracking".
  */
 import {
-  decodeConfig, decodeInflight, decodeU64, decodeVringState, encodeConfig, encodeInflight, encodeMemTable,
-  encodeSingleMemRegion, encodeU64, encodeVringAddr, encodeVringFile, encodeVringState, REQ, requestName,
+  decodeConfig, decodeInflight, decodeU64, decodeVringState, encodeConfig, encodeInflight, encodeLog, encodeMemTable,
+  encodeSingleMemRegion, encodeU64, encodeVringAddr, encodeVringFile, encodeVringState, FLAGS, PROTOCOL_F, REQ, requestName,
 } from '../sandbox/vhost-user/messages.ts';
 import * as native from '../native/index.ts';
 import { FrontendChannel, FrontendError, FRONTEND_ERROR } from './vhost-user-channel.ts';
@@ -28,6 +28,8 @@ export interface FrontendRegion {
 export class FrontendRequests extends FrontendChannel {
   /** What the last SET_FEATURES sent (bit 30 included when negotiated). */
   features = 0n;
+  /** What the last GET_FEATURES answered (0 before the first). */
+  offeredFeatures = 0n;
 
   private async u64(request: number): Promise<bigint> {
     const m = (await this.request(request))!;
@@ -35,8 +37,9 @@ export class FrontendRequests extends FrontendChannel {
     return decodeU64(m.payload);
   }
 
-  getFeatures(): Promise<bigint> {
-    return this.u64(REQ.GET_FEATURES);
+  async getFeatures(): Promise<bigint> {
+    this.offeredFeatures = await this.u64(REQ.GET_FEATURES);
+    return this.offeredFeatures;
   }
 
   async setFeatures(bits: bigint): Promise<void> {
@@ -161,6 +164,27 @@ export class FrontendRequests extends FrontendChannel {
 
   async setInflightFd(fd: number, p: { mmapSize: number; mmapOffset: number; numQueues: number; queueSize: number }): Promise<void> {
     await this.request(REQ.SET_INFLIGHT_FD, encodeInflight(p), { fds: [fd] });
+  }
+
+  /**
+   * SET_LOG_BASE: the dirty log is [offset, offset+size) of the memfd `fd` (a DirtyLog's fd, size and
+   * offset). With LOG_SHMFD negotiated the back-end always answers (QEMU's vhost_user_set_log_base
+   * waits for that reply, and libvhost-user sends a u64 0), and this waits for it. A back-end that
+   * refuses the log answers non-zero (FrontendError FRONTEND_NACK) or just drops the connection
+   * (FRONTEND_CLOSED). Never asks for a REPLY_ACK: the reply of its own is the acknowledgement.
+   */
+  async setLogBase(fd: number, size: number | bigint, offset: number | bigint = 0): Promise<void> {
+    this.sendRequest(REQ.SET_LOG_BASE, encodeLog({ mmapSize: size, mmapOffset: offset }), { fds: [fd], needReply: false });
+    if (!(this.protocolFeatures & (1n << BigInt(PROTOCOL_F.LOG_SHMFD)))) return;
+    const m = await this.readMessage();
+    for (const f of m.fds) native.closeQuietly(f);
+    if (m.request !== REQ.SET_LOG_BASE || !(m.flags & FLAGS.REPLY)) {
+      throw new FrontendError(FRONTEND_ERROR.BAD_REPLY, `expected a SET_LOG_BASE reply, got ${requestName(m.request)} flags 0x${m.flags.toString(16)}`);
+    }
+    // QEMU reads the reply without looking at it; a non-zero u64 can only mean a refusal.
+    if (m.payload.length === 8 && decodeU64(m.payload) !== 0n) {
+      throw new FrontendError(FRONTEND_ERROR.NACK, `SET_LOG_BASE was refused (reply ${decodeU64(m.payload)})`);
+    }
   }
 
   /** A cheap round trip: every earlier message has been handled when it returns (QEMU's trick without REPLY_ACK). */
