@@ -1,7 +1,8 @@
 // vring/descriptor.ts — the defended descriptor walk: guest descriptor table → DescriptorChain.
 //
-// Where it sits: called by SplitQueue.pop() for every head it takes from the available ring. This is
-// where the "Descriptor walks", "Indirect descriptors" and "Buffers" items of DESIGN's untrusted-input
+// Where it sits: called by SplitQueue.pop() for every head it takes from the available ring; the packed
+// ring's walker (packed-descriptor.ts) extends it and shares the buffer and indirect-table checks. This
+// is where the "Descriptor walks", "Indirect descriptors" and "Buffers" items of DESIGN's untrusted-input
 // checklist are enforced. Each descriptor is loaded into locals exactly once and checked there; the
 // guest may rewrite the table while we walk, so nothing is ever read twice.
 //
@@ -28,18 +29,19 @@ const TWO32 = 0x1_0000_0000;
 const HI_LIMIT = ADDR_LIMIT / TWO32;
 const MAX_CHAIN_BYTES = 0xffff_ffff;
 
-function descError(code: (typeof VringErrorCode)[keyof typeof VringErrorCode], head: number, what: string): DescriptorError {
-  return new DescriptorError(code, `descriptor chain at head ${head}: ${what}; the queue is marked broken`);
+/** A DescriptorError about the chain at `where` ("head 7", "ring position 3"). */
+export function descError(code: (typeof VringErrorCode)[keyof typeof VringErrorCode], where: string, what: string): DescriptorError {
+  return new DescriptorError(code, `descriptor chain at ${where}: ${what}; the queue is marked broken`);
 }
 
 /** The error for a buffer whose 64-bit address (lo, hi) + len cannot be mapped. */
-function addrError(head: number, lo: number, hi: number, len: number): MemoryError {
+function addrError(where: string, lo: number, hi: number, len: number): MemoryError {
   const addr = '0x' + hi.toString(16) + lo.toString(16).padStart(8, '0');
   // Wraps past 2^64 only if hi is all ones and lo + len carries out.
   if (hi === 0xffff_ffff && lo + len > TWO32) {
-    return new MemoryError(VringErrorCode.ADDR_WRAP, `descriptor chain at head ${head}: buffer ${addr} + ${len} wraps around 2^64; the queue is marked broken`);
+    return new MemoryError(VringErrorCode.ADDR_WRAP, `descriptor chain at ${where}: buffer ${addr} + ${len} wraps around 2^64; the queue is marked broken`);
   }
-  return new MemoryError(VringErrorCode.UNMAPPED, `descriptor chain at head ${head}: buffer ${addr} (+${len}) is not in guest memory; the queue is marked broken`);
+  return new MemoryError(VringErrorCode.UNMAPPED, `descriptor chain at ${where}: buffer ${addr} (+${len}) is not in guest memory; the queue is marked broken`);
 }
 
 /**
@@ -52,9 +54,14 @@ export class DescriptorWalker {
   size = 0;
   indirectAllowed = false;
   mem: GuestMemory | null = null;
+  /** How messages name the chain's first descriptor (the packed walker says "ring position"). */
+  protected label = 'head';
   private tablePieces = new PieceList(2);
   private readonly tmp = new Uint8Array(DESC_SIZE);
   private readonly tmpDv = new DataView(this.tmp.buffer);
+  /** The open indirect table's bytes: entry i is at tableEntry(i). */
+  protected tableDv: DataView = this.tmpDv;
+  private tableBase = 0;
 
   /** Bind to a queue's table (called from SplitQueue.attach). */
   bind(mem: GuestMemory, desc: Uint32Array, size: number, indirectAllowed: boolean): void {
@@ -66,6 +73,11 @@ export class DescriptorWalker {
     this.tablePieces = new PieceList(mem.regions.length + 1);
   }
 
+  /** "head 7": where messages say the chain starts. */
+  protected where(head: number): string {
+    return `${this.label} ${head}`;
+  }
+
   /** Walk the chain starting at `head` (already checked < size) into `c`. Throws VringError. */
   walk(head: number, c: DescriptorChain): void {
     c.reset(head);
@@ -74,7 +86,7 @@ export class DescriptorWalker {
     let idx = head;
     let ttl = size;
     for (;;) {
-      if (ttl === 0) throw descError(VringErrorCode.DESC_LOOP, head, `more than ${size} descriptors: the chain loops (CVE-2019-9547 class)`);
+      if (ttl === 0) throw descError(VringErrorCode.DESC_LOOP, this.where(head), `more than ${size} descriptors: the chain loops (CVE-2019-9547 class)`);
       ttl--;
       // Copy the descriptor into locals once; only these are checked and used.
       const w = idx << 2;
@@ -85,7 +97,7 @@ export class DescriptorWalker {
       const flags = fn & 0xffff;
       if ((flags & VRING_DESC_F_INDIRECT) !== 0) {
         if (idx !== head || c.descCount !== 0) {
-          throw descError(VringErrorCode.INDIRECT_NOT_HEAD, head, `descriptor ${idx} has INDIRECT but is not the head of its chain`);
+          throw descError(VringErrorCode.INDIRECT_NOT_HEAD, this.where(head), `descriptor ${idx} has INDIRECT but is not the head of its chain`);
         }
         this.walkIndirect(c, head, lo, hi, len, flags);
         return;
@@ -93,18 +105,22 @@ export class DescriptorWalker {
       this.buffer(c, head, lo, hi, len, flags);
       if ((flags & VRING_DESC_F_NEXT) === 0) return;
       const next = fn >>> 16;
-      if (next >= size) throw descError(VringErrorCode.NEXT_OUT_OF_RANGE, head, `descriptor ${idx} has next ${next} ≥ queue size ${size}`);
+      if (next >= size) throw descError(VringErrorCode.NEXT_OUT_OF_RANGE, this.where(head), `descriptor ${idx} has next ${next} ≥ queue size ${size}`);
       idx = next;
     }
   }
 
-  /** Check one buffer descriptor and translate it into the chain's readable or writable pieces. */
-  private buffer(c: DescriptorChain, head: number, lo: number, hi: number, len: number, flags: number): void {
-    if (len === 0) throw descError(VringErrorCode.ZERO_LEN, head, 'a descriptor has length 0');
+  /**
+   * Check one buffer descriptor and translate it into the chain's readable or writable pieces: len > 0,
+   * total < 2^32, mapped without wrap-around, nothing readable after something writable. Both ring
+   * formats use it (the packed walker too).
+   */
+  protected buffer(c: DescriptorChain, head: number, lo: number, hi: number, len: number, flags: number): void {
+    if (len === 0) throw descError(VringErrorCode.ZERO_LEN, this.where(head), 'a descriptor has length 0');
     if (c.readableLen + c.writableLen + len > MAX_CHAIN_BYTES) {
-      throw descError(VringErrorCode.CHAIN_TOO_LONG, head, 'buffers add up to 2^32 bytes or more');
+      throw descError(VringErrorCode.CHAIN_TOO_LONG, this.where(head), 'buffers add up to 2^32 bytes or more');
     }
-    if (hi >= HI_LIMIT) throw addrError(head, lo, hi, len);
+    if (hi >= HI_LIMIT) throw addrError(this.where(head), lo, hi, len);
     const addr = hi * TWO32 + lo;
     const mem = this.mem!;
     if ((flags & VRING_DESC_F_WRITE) !== 0) {
@@ -112,7 +128,7 @@ export class DescriptorWalker {
       c.writableLen += len;
     } else {
       if (c.writableLen !== 0) {
-        throw descError(VringErrorCode.READ_AFTER_WRITE, head, 'a device-readable descriptor follows a device-writable one');
+        throw descError(VringErrorCode.READ_AFTER_WRITE, this.where(head), 'a device-readable descriptor follows a device-writable one');
       }
       mem.translate(addr, len, c.readable);
       c.readableLen += len;
@@ -120,45 +136,64 @@ export class DescriptorWalker {
     c.descCount++;
   }
 
-  /** Follow the indirect table described by the head descriptor (lo, hi, len, flags). */
-  private walkIndirect(c: DescriptorChain, head: number, lo: number, hi: number, len: number, flags: number): void {
-    if (!this.indirectAllowed) {
-      throw descError(VringErrorCode.INDIRECT_NOT_NEGOTIATED, head, 'INDIRECT used but VIRTIO_F_INDIRECT_DESC was not negotiated');
-    }
-    if ((flags & VRING_DESC_F_NEXT) !== 0) throw descError(VringErrorCode.INDIRECT_WITH_NEXT, head, 'INDIRECT and NEXT on the same descriptor');
+  /**
+   * Validate and map the indirect table that (lo, hi, len) describes: a non-zero multiple of 16 bytes,
+   * every byte mapped (§2.7.5.3.1, §2.8.7). Returns its entry count; entry i is then read at byte
+   * tableEntry(i) of tableDv.
+   */
+  protected openTable(head: number, lo: number, hi: number, len: number): number {
     if (len === 0 || (len & (DESC_SIZE - 1)) !== 0) {
-      throw descError(VringErrorCode.INDIRECT_BAD_LEN, head, `indirect table length ${len} is not a non-zero multiple of 16`);
+      throw descError(VringErrorCode.INDIRECT_BAD_LEN, this.where(head), `indirect table length ${len} is not a non-zero multiple of 16`);
     }
-    if (hi >= HI_LIMIT) throw addrError(head, lo, hi, len);
+    if (hi >= HI_LIMIT) throw addrError(this.where(head), lo, hi, len);
     const tp = this.tablePieces;
     tp.reset();
     this.mem!.translate(hi * TWO32 + lo, len, tp); // the whole table must be mapped
-    const entries = len >>> 4;
-    const regions = this.mem!.regions;
     // Common case: the table lies in one region and is read in place.
-    const dv = tp.count === 1 ? regions[tp.region[0]!]!.dv : this.tmpDv;
-    const base0 = tp.count === 1 ? tp.offset[0]! : 0;
+    if (tp.count === 1) {
+      this.tableDv = this.mem!.regions[tp.region[0]!]!.dv;
+      this.tableBase = tp.offset[0]!;
+    } else {
+      this.tableDv = this.tmpDv;
+      this.tableBase = -1;
+    }
+    return len >>> 4;
+  }
+
+  /** Byte offset of entry `idx` of the open table in tableDv (copied to scratch if the table spans regions). */
+  protected tableEntry(idx: number): number {
+    if (this.tableBase >= 0) return this.tableBase + idx * DESC_SIZE;
+    this.loadSpanning(idx * DESC_SIZE);
+    return 0;
+  }
+
+  /** Follow the indirect table described by the head descriptor (lo, hi, len, flags). */
+  private walkIndirect(c: DescriptorChain, head: number, lo: number, hi: number, len: number, flags: number): void {
+    if (!this.indirectAllowed) {
+      throw descError(VringErrorCode.INDIRECT_NOT_NEGOTIATED, this.where(head), 'INDIRECT used but VIRTIO_F_INDIRECT_DESC was not negotiated');
+    }
+    if ((flags & VRING_DESC_F_NEXT) !== 0) throw descError(VringErrorCode.INDIRECT_WITH_NEXT, this.where(head), 'INDIRECT and NEXT on the same descriptor');
+    const entries = this.openTable(head, lo, hi, len);
+    const dv = this.tableDv;
     c.indirect = true;
     let idx = 0;
     let ttl = entries;
     for (;;) {
-      if (ttl === 0) throw descError(VringErrorCode.DESC_LOOP, head, `indirect table walk exceeds its ${entries} entries: it loops`);
+      if (ttl === 0) throw descError(VringErrorCode.DESC_LOOP, this.where(head), `indirect table walk exceeds its ${entries} entries: it loops`);
       ttl--;
-      let base = base0;
-      if (tp.count === 1) base += idx * DESC_SIZE;
-      else this.loadSpanning(idx * DESC_SIZE);
+      const base = this.tableEntry(idx);
       const dlo = dv.getUint32(base, true);
       const dhi = dv.getUint32(base + 4, true);
       const dlen = dv.getUint32(base + 8, true);
       const dflags = dv.getUint16(base + 12, true);
       const dnext = dv.getUint16(base + 14, true);
       if ((dflags & VRING_DESC_F_INDIRECT) !== 0) {
-        throw descError(VringErrorCode.INDIRECT_NESTED, head, `entry ${idx} of the indirect table is itself INDIRECT`);
+        throw descError(VringErrorCode.INDIRECT_NESTED, this.where(head), `entry ${idx} of the indirect table is itself INDIRECT`);
       }
       this.buffer(c, head, dlo, dhi, dlen, dflags);
       if ((dflags & VRING_DESC_F_NEXT) === 0) return;
       if (dnext >= entries) {
-        throw descError(VringErrorCode.NEXT_OUT_OF_RANGE, head, `indirect entry ${idx} has next ${dnext} ≥ table entries ${entries}`);
+        throw descError(VringErrorCode.NEXT_OUT_OF_RANGE, this.where(head), `indirect entry ${idx} has next ${dnext} ≥ table entries ${entries}`);
       }
       idx = dnext;
     }

@@ -2,11 +2,11 @@
 //
 // Where it sits: everything in vring/ that rejects guest (or frontend) input throws one of these.
 // The device layer catches VringError, logs it once, counts it and marks the device NEEDS_RESET;
-// a SplitQueue that throws one keeps it in `broken` and throws it again on every later call, so a
-// hostile guest gets exactly one chance to be noticed and none to make us spin.
+// a queue (split or packed) that throws one keeps it in `broken` and throws it again on every later
+// call, so a hostile guest gets exactly one chance to be noticed and none to make us spin.
 //
-// Each code names the guest invariant that was broken (virtio 1.2 §2.6, §2.7). The message says what
-// the guest did and what happens now. Codes are stable: tests, metrics and logs key on them.
+// Each code names the guest invariant that was broken (virtio 1.2 §2.6, §2.7, §2.8). The message says
+// what the guest did and what happens now. Codes are stable: tests, metrics and logs key on them.
 
 import { LgnetError } from '../errors/index.ts';
 
@@ -73,6 +73,20 @@ export const VringErrorCode = {
   USED_IDX_JUMP: 'VRING_USED_IDX_JUMP',
   /** Driver side: the device returned a head the driver never made available. */
   USED_BAD_ID: 'VRING_USED_BAD_ID',
+
+  // ---- Packed rings (§2.8). Rules shared with split rings keep their codes above: a buffer id ≥ size
+  // is HEAD_OUT_OF_RANGE, an id offered while in flight HEAD_IN_FLIGHT, a chain longer than the ring
+  // DESC_LOOP, and so on.
+  /** A descriptor inside a packed chain is not available in the lap it sits in: seen out of wrap order. */
+  WRAP_ORDER: 'VRING_WRAP_ORDER',
+  /** A packed descriptor where the next available one should be has AVAIL and USED both equal to the
+   *  wrap counter: a used marker of the current lap, which the device never wrote there. */
+  BAD_DESC_FLAGS: 'VRING_BAD_DESC_FLAGS',
+  /** A packed ring base (vhost-user SET_VRING_BASE) names a ring index ≥ the queue size. */
+  BAD_BASE: 'VRING_BAD_BASE',
+  /** The vhost-user inflight record (INFLIGHT_SHMFD) was asked of a packed ring, which lgnet does not
+   *  keep one for yet. */
+  INFLIGHT_UNSUPPORTED: 'VRING_INFLIGHT_UNSUPPORTED',
 } as const;
 
 /** One of the stable codes in {@link VringErrorCode}. */
@@ -95,14 +109,15 @@ export class VringError extends LgnetError {
 export class MemoryError extends VringError {}
 
 /**
- * Queue size, ring alignment or ring placement is invalid (§2.6, §2.7 alignment table). Raised by
- * SplitQueue.attach(); the queue cannot be started until it is reconfigured.
+ * Queue size, ring alignment or ring placement is invalid (§2.6, §2.7 and §2.8 alignment tables). Raised
+ * by SplitQueue.attach() and PackedQueue.attach(); the queue cannot be started until it is reconfigured.
  */
 export class RingLayoutError extends VringError {}
 
 /**
  * A descriptor chain breaks a rule of §2.7.5 (loops, ranges, lengths, direction order) or of
- * §2.7.5.3 (indirect tables). The queue is broken: the guest driver is buggy or hostile.
+ * §2.7.5.3 (indirect tables), or their packed counterparts in §2.8 (wrap order, flags). The queue is
+ * broken: the guest driver is buggy or hostile.
  */
 export class DescriptorError extends VringError {}
 

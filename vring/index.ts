@@ -1,7 +1,8 @@
-// vring/index.ts — the public surface of vring/: split virtqueues over guest memory.
+// vring/index.ts — the public surface of vring/: split and packed virtqueues over guest memory.
 //
-// Where it sits: device/ and sandbox/ import from here only. Device side: GuestMemory + SplitQueue +
-// DescriptorChain; driver side (harness, vhost-user frontend): DriverQueue. Spec: virtio 1.2 §2.6/§2.7.
+// Where it sits: device/ and sandbox/ import from here only. Device side: GuestMemory + SplitQueue or
+// PackedQueue (both a DeviceQueue) + DescriptorChain; driver side (harness, vhost-user frontend):
+// DriverQueue or PackedDriverQueue. Spec: virtio 1.2 §2.6/§2.7/§2.8.
 
 export {
   VringError,
@@ -31,9 +32,22 @@ export {
   DEFAULT_MAX_PIECES,
   type SplitQueueOptions,
   type AvailIdxLocation,
+  type QueueWatch,
   type RingLocations,
   type RingAddresses,
 } from './queue.ts';
 export { DirtyLog, dirtyLogSize, LOG_PAGE_SHIFT, LOG_PAGE_SIZE } from './dirty-log.ts';
 export { InflightLog, INFLIGHT, inflightQueueRegionSize, type InflightRecovery } from './inflight.ts';
 export { DriverQueue, type DriverQueueOptions, type GuestBuffer, type UsedElement } from './driver.ts';
+export {
+  PackedQueue,
+  mapPackedRing,
+  packedRingUaddrToGpa,
+  packedNeedEvent,
+  type PackedQueueOptions,
+  type PackedRingLocations,
+  type PackedRingAddresses,
+} from './packed.ts';
+export * from './packed-layout.ts';
+export { PackedDriverQueue, type PackedDriverQueueOptions } from './packed-driver.ts';
+export type { DeviceQueue } from './device-queue.ts';

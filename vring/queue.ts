@@ -106,6 +106,18 @@ export interface AvailIdxLocation {
   mappingOffset: number;
 }
 
+/**
+ * What a sleeping worker watches to wake on new buffers without a kick: one u16 in guest memory and the
+ * value it holds while nothing new has come. Split rings watch avail.idx; packed rings the flags of the
+ * descriptor at the position they wait on.
+ */
+export interface QueueWatch {
+  /** Where the u16 lives: byte mappingOffset + offset of native mapping mappingId (as availIdxLocation()). */
+  location: AvailIdxLocation;
+  /** Its "nothing new" value: wake once the u16 differs. */
+  seen: number;
+}
+
 /** vring_need_event() of §2.7.10: has the index crossed `event` going from `old` to `now`? */
 export function needEvent(event: number, now: number, old: number): boolean {
   return ((now - event - 1) & 0xffff) < ((now - old) & 0xffff);
@@ -336,6 +348,16 @@ export class SplitQueue {
     this.checkUsable();
     const l = this.availIdxLoc!;
     return { region: l.region, offset: l.offset, mappingId: l.mappingId, mappingOffset: l.mappingOffset - l.offset };
+  }
+
+  /**
+   * What a sleeping worker watches: avail.idx, which holds `seen` (default lastAvail; pass availIdx() to
+   * wait for buffers newer than those in the ring) until the driver adds more. The same contract as
+   * PackedQueue.watch(): take it, then enableNotification(seen), whose re-check closes the race, then
+   * sleep while the u16 at the location equals `seen`.
+   */
+  watch(seen: number = this.lastAvail): QueueWatch {
+    return { location: this.availIdxLocation(), seen: seen & 0xffff };
   }
 
   /** Read avail.idx and validate it against lastAvail (§2.7.6: at most `size` ahead). */
