@@ -10,11 +10,12 @@
  */
 import * as native from '../native/index.ts';
 import { LgnetError } from '../errors/index.ts';
-import { SplitQueue, type DescriptorChain, type GuestMemory } from '../vring/index.ts';
+import type { DescriptorChain, DeviceQueue, GuestMemory } from '../vring/index.ts';
 import { MAX_CTRL_LEN, processCtrl, type CtrlTarget } from './ctrl.ts';
 import { NET_ERROR } from './errors.ts';
 import type { NegotiatedFeatures } from './features.ts';
 import { PendingUsed } from './interrupt.ts';
+import { createQueue } from './service.ts';
 import { M } from './metrics.ts';
 
 /** What the loop needs from its device. */
@@ -39,7 +40,7 @@ export interface CtrlLoopOptions {
 }
 
 export class CtrlLoop {
-  readonly queue: SplitQueue;
+  readonly queue: DeviceQueue;
   private readonly opts: CtrlLoopOptions;
   private readonly pending: PendingUsed;
   private readonly poller: native.FdPoller;
@@ -49,7 +50,7 @@ export class CtrlLoop {
   constructor(opts: CtrlLoopOptions) {
     this.opts = opts;
     const r = opts.ring;
-    this.queue = new SplitQueue({ size: r.size, desc: r.desc, avail: r.avail, used: r.used, eventIdx: opts.features.eventIdx, indirect: opts.features.indirect });
+    this.queue = createQueue(opts.features, r);
     this.queue.attach(opts.mem);
     this.queue.setBase(r.lastAvail);
     this.pending = new PendingUsed(this.queue, opts.callFd, opts.counters);
@@ -65,7 +66,7 @@ export class CtrlLoop {
   /** Stops watching; returns the next avail index to process. */
   stop(): number {
     this.poller.close();
-    return this.queue.lastAvail;
+    return this.queue.base();
   }
 
   /** One wake-up: drain the ring, then signal once. */

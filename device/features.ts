@@ -93,6 +93,8 @@ export interface NegotiatedFeatures {
   readonly mrgRxbuf: boolean;
   readonly eventIdx: boolean;
   readonly indirect: boolean;
+  /** VIRTIO_F_RING_PACKED: the rings are packed virtqueues (virtio 1.2 §2.8). */
+  readonly packed: boolean;
   /** Guest TX may carry NEEDS_CSUM (VIRTIO_NET_F_CSUM). */
   readonly hostCsum: boolean;
   readonly hostTso4: boolean;
@@ -121,6 +123,7 @@ export function decode(bits: bigint): NegotiatedFeatures {
     mrgRxbuf,
     eventIdx: has(bits, 'RING_EVENT_IDX'),
     indirect: has(bits, 'RING_INDIRECT_DESC'),
+    packed: has(bits, 'RING_PACKED'),
     hostCsum: has(bits, 'CSUM'),
     hostTso4: has(bits, 'HOST_TSO4'),
     hostTso6: has(bits, 'HOST_TSO6'),

@@ -4,24 +4,24 @@
  *   service (tx.ts / rx.ts) ── flush used.idx, pending += n ──▶ PendingUsed ── take() ──▶ call eventfd
  *                                                   loop (loops.ts): before it sleeps, or at 1/4 ring
  *
- * Completions are published once per burst (SplitQueue.flush) and counted here as pending. The call
+ * Completions are published once per burst (DeviceQueue.flush) and counted here as pending. The call
  * eventfd is written at most once for all of them, at the last moment: just before the worker
  * sleeps (folded into its native waitKick), or when so many are pending that the driver would starve
  * for buffers. Whether a signal is due at all is the ring's decision (virtio 1.2 §2.7.7: EVENT_IDX
  * used_event, or VRING_AVAIL_F_NO_INTERRUPT). The control queue uses it too, on the main thread.
  */
 import * as native from '../native/index.ts';
-import type { SplitQueue } from '../vring/index.ts';
+import type { DeviceQueue } from '../vring/index.ts';
 import { M } from './metrics.ts';
 
 export class PendingUsed {
   /** Completions published since the last signal decision. */
   pending = 0;
-  private readonly queue: SplitQueue;
+  private readonly queue: DeviceQueue;
   private readonly callFd: number;
   private readonly c: Float64Array;
 
-  constructor(queue: SplitQueue, callFd: number, counters: Float64Array) {
+  constructor(queue: DeviceQueue, callFd: number, counters: Float64Array) {
     this.queue = queue;
     this.callFd = callFd;
     this.c = counters;

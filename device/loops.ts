@@ -21,6 +21,7 @@
  * true then, and the worker reads its commands.
  */
 import * as native from '../native/index.ts';
+import type { QueueWatch } from '../vring/index.ts';
 import type { RxPort, TxPort } from './backend.ts';
 import { M } from './metrics.ts';
 import { RX, type RxService } from './rx.ts';
@@ -48,25 +49,18 @@ abstract class ServiceLoop<P> {
   protected readonly fds: LoopFds;
   /** The control eventfd alone, as waitKick's extra fd. */
   protected readonly ctlOnly: Int32Array;
-  private availMapping = -1;
-  private availOffset = 0;
 
   constructor(ctx: ServiceContext<P>, fds: LoopFds) {
     this.ctx = ctx;
     this.fds = fds;
     this.ctlOnly = Int32Array.of(fds.ctlFd);
-    this.rebind();
   }
 
   /** One pass: service, signal, sleep. True when the control eventfd woke it. */
   abstract pass(): boolean;
 
-  /** Finds avail.idx again (after the queue was attached to new memory). */
-  rebind(): void {
-    const loc = this.ctx.queue.availIdxLocation();
-    this.availMapping = loc.mappingId;
-    this.availOffset = loc.mappingOffset + loc.offset;
-  }
+  /** After the queue was attached to new memory: nothing is cached here (watch() is asked at every sleep). */
+  rebind(): void {}
 
   /** Many completions pending: signal now rather than starve the driver until the next sleep. */
   protected signalIfMany(): void {
@@ -106,12 +100,18 @@ abstract class ServiceLoop<P> {
     return false;
   }
 
-  /** The sleep itself: native waitKick (see its comment for the race), timed and counted. */
-  protected waitKick(seen: number, signalFd: number, backendFd: number): boolean {
+  /**
+   * The sleep itself: native waitKick (see its comment for the race), timed and counted. `w` is the
+   * word the queue said to watch (taken before enableNotification), or null with HAS_BUFFERS.
+   */
+  protected waitKick(w: QueueWatch | null, signalFd: number, backendFd: number): boolean {
     const c = this.ctx.c;
     const t0 = performance.now();
     c[M.sleeps]! += 1;
-    const woke = native.waitKick(this.fds.kickFd, this.availMapping, this.availOffset, seen, SLEEP_MS, this.ctlOnly, signalFd, backendFd);
+    const at = w ?? this.ctx.queue.watch();
+    const loc = at.location;
+    const seen = w ? w.seen : native.HAS_BUFFERS;
+    const woke = native.waitKick(this.fds.kickFd, loc.mappingId, loc.mappingOffset + loc.offset, seen, SLEEP_MS, this.ctlOnly, signalFd, backendFd);
     c[M.blockedNs]! += (performance.now() - t0) * 1e6;
     if (woke & native.WAKE.KICK) c[M.kicks]! += 1;
     return (woke & native.WAKE.EXTRA0) !== 0;
@@ -147,13 +147,14 @@ export class TxLoop extends ServiceLoop<TxPort> {
   private sleepOnKick(): boolean {
     const q = this.ctx.queue;
     const seen = q.lastAvail;
+    const w = q.watch(seen); // before the re-check: a buffer added after it changes the watched word
     const signalFd = this.ctx.pending.take();
     if (q.enableNotification(seen)) {
       q.disableNotification();
       if (signalFd >= 0) native.eventfdWrite(signalFd, 1);
       return false;
     }
-    const control = this.waitKick(seen, signalFd, -1);
+    const control = this.waitKick(w, signalFd, -1);
     q.disableNotification();
     return control;
   }
@@ -220,16 +221,18 @@ export class RxLoop extends ServiceLoop<RxPort> {
     const q = this.ctx.queue;
     const signalFd = this.ctx.pending.take();
     let kicksOn = false;
+    let w: QueueWatch | null = null;
     if (seen !== native.HAS_BUFFERS) {
+      w = q.watch(seen);
       // Moved already: the guest has buffers, so sleep on the backend with kicks left off.
       if (q.enableNotification(seen)) {
         q.disableNotification();
-        seen = native.HAS_BUFFERS;
+        w = null;
       } else {
         kicksOn = true;
       }
     }
-    const control = this.waitKick(seen, signalFd, this.ctx.port.fd);
+    const control = this.waitKick(w, signalFd, this.ctx.port.fd);
     if (kicksOn) q.disableNotification();
     return control;
   }

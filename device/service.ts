@@ -3,7 +3,7 @@
  * (loops.ts) and its frame observers (capture.ts, rate-limit.ts) share. worker.ts builds it once per
  * configured queue; a memory change swaps `mem` and nothing else.
  *
- *   ServiceContext ─┬─ queue     the SplitQueue (vring/), bound to mem
+ *   ServiceContext ─┬─ queue     the DeviceQueue (vring/: split or packed), bound to mem
  *                   ├─ mem       guest memory, as this thread maps it
  *                   ├─ f, c      negotiated features; the queue's counters (metrics.ts)
  *                   ├─ pending   completions not yet signalled (interrupt.ts)
@@ -16,7 +16,7 @@
  * before used.idx is published, so the guest cannot have reused them yet. The services call
  * `observer.onFrame(ctx.frame)` behind one null check: with nothing plugged in, observing costs that.
  */
-import type { DescriptorChain, GuestMemory, SplitQueue } from '../vring/index.ts';
+import { PackedQueue, SplitQueue, type DescriptorChain, type DeviceQueue, type GuestMemory } from '../vring/index.ts';
 import type { NegotiatedFeatures } from './features.ts';
 import type { PendingUsed } from './interrupt.ts';
 
@@ -43,6 +43,24 @@ export interface BurstGate {
   allowance(max: number, frameHint?: number): number;
   /** Milliseconds until the buckets allow another frame. */
   waitMs(): number;
+}
+
+/** Where a ring lives: split (desc, avail, used) or packed (desc ring, driver area, device area). */
+export interface RingSpec {
+  size: number;
+  desc: number;
+  avail: number;
+  used: number;
+}
+
+/**
+ * The device side of a ring in the negotiated format: a PackedQueue with VIRTIO_F_RING_PACKED (its
+ * driver and device event areas arrive where a split ring's avail and used rings would), else a
+ * SplitQueue.
+ */
+export function createQueue(f: NegotiatedFeatures, r: RingSpec): DeviceQueue {
+  const common = { size: r.size, desc: r.desc, eventIdx: f.eventIdx, indirect: f.indirect };
+  return f.packed ? new PackedQueue({ ...common, driver: r.avail, device: r.used }) : new SplitQueue({ ...common, avail: r.avail, used: r.used });
 }
 
 /** A per-frame hook on the data path (pcap capture, rate-limit accounting). */
@@ -80,7 +98,7 @@ export function composeObservers(list: readonly FrameObserver[]): FrameObserver 
 
 /** What ServiceContext is built from. */
 export interface ServiceParts<P> {
-  queue: SplitQueue;
+  queue: DeviceQueue;
   mem: GuestMemory;
   f: NegotiatedFeatures;
   counters: Float64Array;
@@ -92,7 +110,7 @@ export interface ServiceParts<P> {
 
 /** One queue's service context; `P` is the backend port, TxPort or RxPort. */
 export class ServiceContext<P> {
-  readonly queue: SplitQueue;
+  readonly queue: DeviceQueue;
   /** The guest memory chains point into (replaced after a memory change). */
   mem: GuestMemory;
   readonly f: NegotiatedFeatures;

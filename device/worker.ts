@@ -22,7 +22,7 @@ import { isMainThread, receiveMessageOnPort, workerData, type MessagePort } from
 import * as native from '../native/index.ts';
 import { MappingViews } from '../native/iovec.ts';
 import { LgnetError } from '../errors/index.ts';
-import { DirtyLog, InflightLog, SplitQueue, inflightQueueRegionSize } from '../vring/index.ts';
+import { DirtyLog, InflightLog, inflightQueueRegionSize, type DeviceQueue } from '../vring/index.ts';
 import { decode } from './features.ts';
 import { PcapWriter } from './capture.ts';
 import { PendingUsed } from './interrupt.ts';
@@ -34,7 +34,7 @@ import { RxService } from './rx.ts';
 import { RxFilter } from './rx-filter.ts';
 import type { FrameFilter } from './backend.ts';
 import * as backends from './backends.ts';
-import { ServiceContext } from './service.ts';
+import { createQueue, ServiceContext } from './service.ts';
 import { TxService } from './tx.ts';
 import {
   applyFilter, memoryFromMappings, type QueueConfig, type WorkerBoot, type WorkerCommand, type WorkerEvent, type WorkerLog, type WorkerRegion,
@@ -44,7 +44,7 @@ const State = { IDLE: 0, RUNNING: 1, PAUSED: 2, BROKEN: 3, EXIT: 4 } as const;
 
 /** A configured queue: the ring, its service context, and the loop that serves it. */
 class ActiveQueue {
-  readonly queue: SplitQueue;
+  readonly queue: DeviceQueue;
   readonly pending: PendingUsed;
   readonly loop: TxLoop | RxLoop;
   private ctx!: ServiceContext<unknown>;
@@ -56,7 +56,7 @@ class ActiveQueue {
     const c = boot.counters;
     const f = decode(cfg.features);
     const r = cfg.ring;
-    this.queue = new SplitQueue({ size: r.size, desc: r.desc, avail: r.avail, used: r.used, eventIdx: f.eventIdx, indirect: f.indirect });
+    this.queue = createQueue(f, r);
     this.pending = new PendingUsed(this.queue, cfg.callFd, c);
     // The backend's ports, opened once for the life of this configuration.
     const ports = backends.openPorts(cfg.port, { counters: c, frameFilter, mappings: this.views });
@@ -72,7 +72,8 @@ class ActiveQueue {
       this.loop = new RxLoop(new RxService(ctx, rxFilter, { mtu: cfg.mtu }), fds);
     }
     this.queue.setBase(r.lastAvail);
-    if (cfg.inflight) {
+    // vhost-user inflight tracking has a layout of its own for packed rings, which lgnet does not keep.
+    if (cfg.inflight && !f.packed) {
       const bytes = new Uint8Array(native.mappingBuffer(cfg.inflight.mappingId), cfg.inflight.offset, inflightQueueRegionSize(r.size));
       this.queue.setInflight(new InflightLog(bytes, r.size));
       c[M.inflightResubmitted]! += this.queue.recoverInflight().heads.length;
@@ -181,7 +182,7 @@ export class QueueWorker {
       case 'pause':
         if (this.state === State.RUNNING) this.quiesce();
         if (this.state === State.RUNNING) this.state = State.PAUSED;
-        this.post({ ev: 'paused', lastAvail: this.q?.queue.lastAvail ?? 0 });
+        this.post({ ev: 'paused', lastAvail: this.q?.queue.base() ?? 0 });
         return;
       case 'resume':
         if (this.state !== State.PAUSED || !this.q) return;
@@ -195,7 +196,7 @@ export class QueueWorker {
         return;
       case 'stop':
         if (this.state === State.RUNNING) this.quiesce();
-        this.post({ ev: 'stopped', lastAvail: this.q?.queue.lastAvail ?? 0 });
+        this.post({ ev: 'stopped', lastAvail: this.q?.queue.base() ?? 0 });
         this.q?.dispose();
         this.q = null;
         this.state = State.IDLE;

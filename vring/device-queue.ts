@@ -29,6 +29,8 @@ export interface DeviceQueue {
   attach(mem: GuestMemory): void;
   /** vhost-user SET_VRING_BASE with that ring format's `num`. */
   setBase(num: number): void;
+  /** vhost-user GET_VRING_BASE's `num` in that ring format (flush first). */
+  base(): number;
   /** Chains available and not popped. */
   availPending(): number;
   /** The driver's producer position: where buffers newer than those in the ring will appear. */

@@ -343,6 +343,11 @@ export class SplitQueue {
     }
   }
 
+  /** vhost-user GET_VRING_BASE: the next avail index (everything before it is completed or rewound). */
+  base(): number {
+    return this.lastAvail;
+  }
+
   /** Where avail.idx lives (for native waitKick / busy-poll). */
   availIdxLocation(): AvailIdxLocation {
     this.checkUsable();

@@ -49,6 +49,7 @@ export function netDeviceHooks(dev: NetDevice): DeviceHooks {
     get queueCount() { return dev.queueCount; },
     get configSize() { return dev.config.bytes.length; },
     get memory() { return dev.memory; },
+    get packed() { return dev.features.packed; },
     get status() { return dev.status; },
     set status(s: number) { dev.status = s; },
     setFeatures: (bits) => dev.setFeatures(bits),

@@ -31,7 +31,9 @@
  */
 import * as native from '../../native/index.ts';
 import type { QueueSetup } from '../../device/net.ts';
-import { MAX_QUEUE_SIZE, VringError, isQueueSize, ringUaddrToGpa, type GuestMemory, type RingAddresses } from '../../vring/index.ts';
+import {
+  MAX_QUEUE_SIZE, VringError, isQueueSize, packedRingUaddrToGpa, ringUaddrToGpa, type GuestMemory, type RingAddresses,
+} from '../../vring/index.ts';
 import { VhostUserError, VU } from './errors.ts';
 import { addrOf, VRING_F_LOG, type VringAddr } from './messages.ts';
 
@@ -39,6 +41,8 @@ import { addrOf, VRING_F_LOG, type VringAddr } from './messages.ts';
 export interface QueueTarget {
   readonly queueCount: number;
   readonly memory: GuestMemory | null;
+  /** VIRTIO_F_RING_PACKED was negotiated: ring bases are packed encodings, ring areas packed ones. */
+  readonly packed?: boolean;
   setupQueue(index: number, setup: QueueSetup): void;
   startQueue(index: number): Promise<void>;
   stopQueue(index: number): Promise<number>;
@@ -133,7 +137,9 @@ export class Vrings {
 
   async setBase(index: number, base: number): Promise<void> {
     const r = this.ring(index);
-    if (base > 0xffff) throw new VhostUserError(VU.BAD_VRING_STATE, `vring ${index}: base ${base} does not fit a split ring's 16-bit index`);
+    // A split ring's base is its 16-bit avail index; a packed ring's carries avail and used positions
+    // with their wrap counters (QEMU's encoding), which PackedQueue.setBase checks.
+    if (base > 0xffff && !this.target.packed) throw new VhostUserError(VU.BAD_VRING_STATE, `vring ${index}: base ${base} does not fit a split ring's 16-bit index`);
     await this.park(r);
     r.base = base;
     await this.sync(r);
@@ -289,6 +295,10 @@ export class Vrings {
     const mem = this.target.memory;
     if (!mem || !this.memoryReady()) throw new VhostUserError(VU.NO_MEMORY, `vring ${r.index} cannot start before a memory table`);
     try {
+      if (this.target.packed) {
+        const g = packedRingUaddrToGpa(mem, r.num, { desc: r.addr!.desc, driver: r.addr!.avail, device: r.addr!.used });
+        return { desc: g.desc, avail: g.driver, used: g.device };
+      }
       return ringUaddrToGpa(mem, r.num, r.addr!);
     } catch (e) {
       if (!(e instanceof VringError)) throw e;
@@ -306,7 +316,7 @@ export class Vrings {
     if (r.running && (!should || r.discarding !== discard)) await this.park(r);
     if (should && !r.running) {
       const g = this.translate(r);
-      const inflight = this.inflightFor(r.index, r.num);
+      const inflight = this.target.packed ? null : this.inflightFor(r.index, r.num);
       try {
         this.target.setupQueue(r.index, {
           size: r.num, desc: g.desc, avail: g.avail, used: g.used, kickFd: r.kickFd, callFd: r.callFd, lastAvail: r.base, logUsed: usedLogOf(r.addr!),
