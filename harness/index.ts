@@ -6,7 +6,8 @@
  *   VirtioNetDriver     the guest's virtio-net driver: rings, RX buffers, TX frames, interrupts
  *   VhostUserFrontend   the VMM's side of vhost-user (what QEMU does), to drive any vhost-user net
  *                       back-end: `lgnet serve`, DPDK's net_vhost, libvhost-user's bridge
- *   rings               builders for hostile rings: raw descriptors, indirect tables, loops, bad indices
+ *   rings               builders for hostile split and packed rings: raw descriptors, indirect tables,
+ *                       loops, bad indices, wrap bits, event areas
  *   frames              Ethernet/IPv4/UDP/ARP frame builders and a tiny responder
  *   netns               throw-away network namespaces with taps inside (root), cleaned up at exit
  *   DirtyLog, DirtyLogAudit   migration's dirty log as the VMM holds it, and an auditor of a back-end's
@@ -26,7 +27,11 @@ export {
   DirtyLog, DirtyLogAudit, DIRTY_PAGE_SIZE, usedNotTaken,
   type DirtyLogOptions, type AuditRange, type UnloggedPage, type DirtyLogReport, type DriverLayout, type PendingUsed,
 } from './dirty-log.ts';
-export { SplitRingBuilder, Arena, writeDescriptor, readDescriptor, wrappingAddr, hugeAddr, type GuestAllocator, type RawAddr, type RawDesc, type DescFields, type ChainBuffer, type IndirectTable, type OfferOptions, type RingPlacement } from './rings.ts';
+export {
+  SplitRingBuilder, PackedRingBuilder, Arena, writeDescriptor, readDescriptor, wrappingAddr, hugeAddr, packedAvailFlags, packedUsedFlags,
+  type GuestAllocator, type RawAddr, type RawDesc, type DescFields, type ChainBuffer, type IndirectTable, type OfferOptions, type RingPlacement,
+  type RawPackedDesc, type PackedListDesc, type PackedOfferOptions, type PackedRingPlacement,
+} from './rings.ts';
 export {
   createNetns, openTapIn, openPacketIn, destroyAllNetns, netnsPrerequisites,
   type Netns, type TapInNs, type OpenTapOptions,

@@ -132,8 +132,12 @@ export class VhostUserFrontend extends FrontendRequests {
   /**
    * Sets up a driver's queues on the back-end, as QEMU's vhost_dev_start does: negotiation (unless
    * already done), the memory table, for every queue NUM, BASE, ADDR, KICK, CALL, then ENABLE, and
-   * SET_STATUS(DRIVER_OK) when STATUS was negotiated.
-   * Returns the negotiation. Afterwards post RX buffers with drv.fillRx().
+   * SET_STATUS(DRIVER_OK) when STATUS was negotiated. BASE is `opts.base(index)` when given (e.g. what
+   * stopDriver() returned from another back-end, passed through as is), else the queue's
+   * setup.lastAvail: 0 for a fresh split ring, PACKED_RING_BASE_START (avail and used at slot 0, wrap
+   * 1) for a fresh packed one — a packed ring's base is encodePackedRingBase's, as in QEMU and DPDK.
+   * For packed rings ADDR carries the descriptor ring, the driver event area (avail) and the device
+   * event area (used). Returns the negotiation. Afterwards post RX buffers with drv.fillRx().
    */
   async attachDriver(drv: VirtioNetDriver, ram: GuestRam, opts: { negotiate?: boolean; enable?: boolean; base?: (index: number) => number; protocolFeatures?: bigint } = {}): Promise<Negotiated | undefined> {
     let neg: Negotiated | undefined;
@@ -141,7 +145,7 @@ export class VhostUserFrontend extends FrontendRequests {
       neg = await this.negotiate({ features: drv.features, ...(opts.protocolFeatures !== undefined ? { protocolFeatures: opts.protocolFeatures } : {}) });
     }
     await this.setMemTable([VhostUserFrontend.regionOf(ram)]);
-    for (const { index, setup } of drv.queueSetups()) await this.startRing(ram, index, setup, opts.base?.(index) ?? 0, opts.enable !== false);
+    for (const { index, setup } of drv.queueSetups()) await this.startRing(ram, index, setup, opts.base?.(index) ?? setup.lastAvail ?? 0, opts.enable !== false);
     // Like QEMU: the driver is up (ACKNOWLEDGE | DRIVER | FEATURES_OK | DRIVER_OK). Some back-ends
     // (DPDK's vhost library) do not start forwarding before they see it.
     if (this.protocolFeatures & (1n << BigInt(PROTOCOL_F.STATUS))) await this.setStatus(1 | 2 | 8 | 4);
@@ -149,8 +153,17 @@ export class VhostUserFrontend extends FrontendRequests {
     return neg;
   }
 
-  /** One ring: NUM, BASE, ADDR, KICK, CALL, ENABLE (when protocol features are in use). */
-  async startRing(ram: GuestRam, index: number, setup: { size: number; desc: number; avail: number; used: number; kickFd: number; callFd: number }, base = 0, enable = true): Promise<void> {
+  /**
+   * One ring: NUM, BASE, ADDR, KICK, CALL, ENABLE (when protocol features are in use). `base` defaults
+   * to setup.lastAvail, else 0; for a packed ring it is the packed encoding (encodePackedRingBase).
+   */
+  async startRing(
+    ram: GuestRam,
+    index: number,
+    setup: { size: number; desc: number; avail: number; used: number; kickFd: number; callFd: number; lastAvail?: number },
+    base = setup.lastAvail ?? 0,
+    enable = true,
+  ): Promise<void> {
     const u = (gpa: number) => VhostUserFrontend.uaddrOf(ram, gpa);
     await this.setVringNum(index, setup.size);
     await this.setVringBase(index, base);
@@ -216,7 +229,12 @@ export class VhostUserFrontend extends FrontendRequests {
     }
   }
 
-  /** GET_VRING_BASE for every queue of the driver: the rings stop; returns index → next avail. */
+  /**
+   * GET_VRING_BASE for every queue of the driver: the rings stop; returns index → the back-end's ring
+   * base as sent, to hand to attachDriver's `base` on the next back-end: the next avail index for a
+   * split ring, the packed encoding (decodePackedRingBase: avail and used positions with their wrap
+   * counters) for a packed one.
+   */
   async stopDriver(drv: VirtioNetDriver): Promise<Map<number, number>> {
     const out = new Map<number, number>();
     for (const { index } of drv.queueSetups()) out.set(index, await this.getVringBase(index));

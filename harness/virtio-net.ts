@@ -4,9 +4,24 @@
  * descriptors or through an indirect table), collects completions, merges MRG_RXBUF frames, and
  * waits on the call eventfds. Like QEMU's libqos driver, it can drive lgnet embedded (attach) or any
  * backend reached over vhost-user (queueSetups + the frontend).
+ *
+ * Ring format: split, or packed when the features include VIRTIO_F_RING_PACKED. Every queue is a
+ * vring DriverVirtqueue (vring/driver-queue.ts), so nothing below depends on the format; a packed
+ * queue's setup names its descriptor ring `desc`, its driver event area `avail` and its device event
+ * area `used`, as vhost-user SET_VRING_ADDR carries them.
  */
 import * as native from '../native/index.ts';
-import { DESC_ALIGN, descAreaSize, DriverQueue, splitRingLayout, type GuestBuffer } from '../vring/index.ts';
+import {
+  createDriverQueue,
+  DESC_ALIGN,
+  DESC_SIZE,
+  driverRingLayout,
+  driverRingSpan,
+  PACKED_DESC_SIZE,
+  type DriverVirtqueue,
+  type GuestBuffer,
+  type RingFormat,
+} from '../vring/index.ts';
 import type { NetDevice, QueueSetup } from '../device/net.ts';
 import { hdrLenFor, has } from '../device/features.ts';
 import type { GuestRam } from './guest-ram.ts';
@@ -52,25 +67,29 @@ const TX_SLOT = 65_536 + 128;
 
 /** One queue as the driver sees it. */
 export class DriverRing {
-  readonly q: DriverQueue;
+  /** The driver side of the ring, split or packed. */
+  readonly q: DriverVirtqueue;
+  readonly format: RingFormat;
   readonly index: number;
   readonly kickFd: number;
   readonly callFd: number;
+  /** Where the ring lives (packed: avail = driver event area, used = device event area) and its eventfds. */
   readonly setup: QueueSetup;
-  /** Buffer slot of each head in flight. */
+  /** Buffer slot of each head (split) or buffer id (packed) in flight. */
   readonly slotOf: Int32Array;
   readonly slots: number[];
   private readonly freeSlots: number[] = [];
 
-  constructor(ram: GuestRam, index: number, size: number, eventIdx: boolean, slotSize: number) {
-    const base = ram.alloc(splitRingLayout(size, 0).end + 4096, 4096);
-    const l = splitRingLayout(size, base);
-    this.q = new DriverQueue(ram.mem, { size, desc: l.desc, avail: l.avail, used: l.used, eventIdx });
+  constructor(ram: GuestRam, index: number, size: number, eventIdx: boolean, slotSize: number, format: RingFormat = 'split') {
+    const l = driverRingLayout(format, size, ram.alloc(driverRingSpan(format, size) + 4096, 4096));
+    this.q = createDriverQueue(ram.mem, { format, size, desc: l.desc, avail: l.avail, used: l.used, eventIdx });
     this.q.init();
+    this.format = format;
     this.index = index;
     this.kickFd = native.eventfdCreate({ nonblocking: true });
     this.callFd = native.eventfdCreate({ nonblocking: true });
-    this.setup = { size, desc: l.desc, avail: l.avail, used: l.used, kickFd: this.kickFd, callFd: this.callFd };
+    // lastAvail: the ring base a device starts from (a fresh packed ring's is not 0: both wrap counters are 1).
+    this.setup = { size, desc: l.desc, avail: l.avail, used: l.used, kickFd: this.kickFd, callFd: this.callFd, lastAvail: this.q.initBase };
     this.slotOf = new Int32Array(size).fill(-1);
     this.slots = [];
     for (let i = 0; i < size; i++) {
@@ -128,6 +147,8 @@ export function waitReadable(fd: number, timeoutMs: number): Promise<boolean> {
 export class VirtioNetDriver {
   readonly ram: GuestRam;
   readonly features: bigint;
+  /** Ring format of every queue: packed when the features include VIRTIO_F_RING_PACKED. */
+  readonly format: RingFormat;
   readonly hdrLen: number;
   readonly mrg: boolean;
   readonly rxBufferSize: number;
@@ -142,14 +163,16 @@ export class VirtioNetDriver {
     this.hdrLen = hdrLenFor(opts.features);
     this.mrg = has(opts.features, 'MRG_RXBUF');
     const eventIdx = has(opts.features, 'RING_EVENT_IDX');
+    const format: RingFormat = has(opts.features, 'RING_PACKED') ? 'packed' : 'split';
+    this.format = format;
     const bigRx = has(opts.features, 'GUEST_TSO4') || has(opts.features, 'GUEST_TSO6') || has(opts.features, 'GUEST_UFO');
     this.rxBufferSize = opts.rxBufferSize ?? (this.mrg ? 2048 : this.hdrLen + (bigRx ? 65_562 : 9_018));
     const size = opts.queueSize ?? 256;
     for (let p = 0; p < (opts.pairs ?? 1); p++) {
-      this.rx.push(new DriverRing(ram, 2 * p, size, eventIdx, this.rxBufferSize));
-      this.tx.push(new DriverRing(ram, 2 * p + 1, size, eventIdx, TX_SLOT));
+      this.rx.push(new DriverRing(ram, 2 * p, size, eventIdx, this.rxBufferSize, format));
+      this.tx.push(new DriverRing(ram, 2 * p + 1, size, eventIdx, TX_SLOT, format));
     }
-    if (opts.ctrl) this.ctrlRing = new DriverRing(ram, 2 * opts.ctrl.maxPairs, 64, eventIdx, 1024);
+    if (opts.ctrl) this.ctrlRing = new DriverRing(ram, 2 * opts.ctrl.maxPairs, 64, eventIdx, 1024, format);
     this.hdrScratch = new Uint8Array(12);
   }
 
@@ -199,6 +222,7 @@ export class VirtioNetDriver {
    */
   send(frame: Uint8Array, opts: { pair?: number; hdr?: TxHeader; split?: number[]; indirect?: boolean; kick?: boolean } = {}): boolean {
     const r = this.tx[opts.pair ?? 0]!;
+    if (opts.indirect && (opts.split?.length ?? 0) >= INDIRECT_MAX) throw new RangeError(`send: an indirect table holds at most ${INDIRECT_MAX} buffers`);
     this.reclaimTx(opts.pair ?? 0);
     const slot = r.takeSlot();
     if (slot < 0) return false;
@@ -222,7 +246,7 @@ export class VirtioNetDriver {
       if (cut > prev) bufs.push({ addr: at + prev, len: cut - prev });
       prev = cut;
     }
-    const head = r.q.add(bufs, [], opts.indirect ? { indirectAt: this.indirectTable(bufs.length) } : undefined);
+    const head = r.q.add(bufs, [], opts.indirect ? { indirectAt: this.indirectTable(r, slot, bufs.length) } : undefined);
     if (head < 0) {
       r.giveSlot(slot);
       return false;
@@ -232,18 +256,20 @@ export class VirtioNetDriver {
     return true;
   }
 
-  private indirectTables: number[] = [];
-  private indirectTable(n: number): number {
-    // One table per call is fine for tests; recycle a small pool to bound RAM use.
-    if (this.indirectTables.length < 64) {
-      const t = this.ram.alloc(descAreaSize(INDIRECT_MAX), DESC_ALIGN);
-      this.indirectTables.push(t);
-      return t;
-    }
-    const t = this.indirectTables.shift()!;
-    this.indirectTables.push(t);
-    if (n > INDIRECT_MAX) throw new RangeError('indirect table too large for the harness pool');
-    return t;
+  /** Indirect table of each TX buffer slot, per pair, allocated on first use (0: none yet). */
+  private readonly indirectTables: Map<DriverRing, number[]> = new Map();
+
+  /**
+   * The indirect table that goes with TX buffer `slot`: it is in flight exactly as long as the slot,
+   * so it is never rewritten under a device still reading it.
+   */
+  private indirectTable(r: DriverRing, slot: number, n: number): number {
+    if (n > INDIRECT_MAX) throw new RangeError(`an indirect table of ${n} entries is larger than the driver's ${INDIRECT_MAX}`);
+    let tables = this.indirectTables.get(r);
+    if (!tables) this.indirectTables.set(r, (tables = new Array<number>(r.slots.length).fill(0)));
+    // A table entry is 16 bytes in both formats; DESC_ALIGN suits both.
+    if (tables[slot] === 0) tables[slot] = this.ram.alloc(INDIRECT_MAX * Math.max(DESC_SIZE, PACKED_DESC_SIZE), DESC_ALIGN);
+    return tables[slot]!;
   }
 
   /** Publishes queued TX frames and kicks if needed. */
