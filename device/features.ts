@@ -62,7 +62,7 @@ export function has(features: bigint, name: FeatureName): boolean {
 }
 
 /**
- * What lgnet offers by default: split ring with indirect descriptors and EVENT_IDX, mergeable RX
+ * What lgnet offers by default: split and packed rings with indirect descriptors and EVENT_IDX, mergeable RX
  * buffers, checksum and TSO/UFO offload both ways (trimmed later to what the backend supports), the
  * config fields, and the control queue features that the embedded mode serves.
  */
@@ -71,7 +71,7 @@ export const DEFAULT_OFFERED: bigint = mask(
   'GUEST_TSO4', 'GUEST_TSO6', 'GUEST_ECN', 'GUEST_UFO',
   'HOST_TSO4', 'HOST_TSO6', 'HOST_ECN', 'HOST_UFO',
   'MRG_RXBUF', 'CTRL_VQ', 'CTRL_RX', 'CTRL_VLAN', 'CTRL_RX_EXTRA', 'GUEST_ANNOUNCE', 'MQ', 'CTRL_MAC_ADDR',
-  'NOTIFY_ON_EMPTY', 'ANY_LAYOUT', 'RING_INDIRECT_DESC', 'RING_EVENT_IDX', 'VERSION_1',
+  'NOTIFY_ON_EMPTY', 'ANY_LAYOUT', 'RING_INDIRECT_DESC', 'RING_EVENT_IDX', 'VERSION_1', 'RING_PACKED',
 );
 
 /** Offload bits that depend on the backend being able to pass virtio_net_hdr through. */

@@ -33,7 +33,7 @@ import { closePcap, openPcap } from '../device/capture.ts';
 export const VHOST_USER_NET_FEATURES: bigint = mask(
   'CSUM', 'GUEST_CSUM', 'MAC', 'MTU', 'STATUS',
   'GUEST_TSO4', 'GUEST_TSO6', 'GUEST_ECN', 'GUEST_UFO', 'HOST_TSO4', 'HOST_TSO6', 'HOST_ECN', 'HOST_UFO',
-  'MRG_RXBUF', 'MQ', 'NOTIFY_ON_EMPTY', 'ANY_LAYOUT', 'RING_INDIRECT_DESC', 'RING_EVENT_IDX', 'VERSION_1',
+  'MRG_RXBUF', 'MQ', 'NOTIFY_ON_EMPTY', 'ANY_LAYOUT', 'RING_INDIRECT_DESC', 'RING_EVENT_IDX', 'VERSION_1', 'RING_PACKED',
 );
 
 /** A running `lgnet serve`, for embedding and tests. */

@@ -8,6 +8,7 @@
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import * as native from '../../native/index.ts';
+import { mask } from '../../device/features.ts';
 import { BROADCAST, ip4, mac, udpFrame, UDP_OFFSET } from '../../harness/frames.ts';
 import { GuestRam } from '../../harness/guest-ram.ts';
 import { destroyAllNetns, netnsPrerequisites, openPacketIn } from '../../harness/netns.ts';
@@ -39,7 +40,12 @@ async function switchOver(drv: VirtioNetDriver, ram: GuestRam, from: VhostUserFr
   return fe;
 }
 
-describe.skipIf(!pre.ok)('ring hand-over between two lgnet back-ends (GET_VRING_BASE → SET_VRING_BASE)', () => {
+const SPLIT = VHOST_USER_NET_FEATURES & ~mask('RING_PACKED');
+
+describe.skipIf(!pre.ok).each([
+  { ring: 'split', features: SPLIT },
+  { ring: 'packed', features: SPLIT | mask('RING_PACKED') },
+])('ring hand-over between two lgnet back-ends (GET_VRING_BASE → SET_VRING_BASE), $ring rings', ({ features }) => {
   let a: VuBed;
   let b: VuBed;
   beforeAll(async () => {
@@ -54,7 +60,7 @@ describe.skipIf(!pre.ok)('ring hand-over between two lgnet back-ends (GET_VRING_
 
   it('TX: 600 frames sent through a switch in mid-stream leave exactly once, through A or B', async () => {
     const ram = new GuestRam(48 << 20);
-    const drv = new VirtioNetDriver(ram, { features: VHOST_USER_NET_FEATURES & a.dev.offered, pairs: 1, queueSize: 256 });
+    const drv = new VirtioNetDriver(ram, { features: features & a.dev.offered, pairs: 1, queueSize: 256 });
     const sniffA = openPacketIn(a.ns, 'lgtap0');
     const sniffB = openPacketIn(b.ns, 'lgtap0');
     const seqs: number[] = [];
@@ -62,6 +68,7 @@ describe.skipIf(!pre.ok)('ring hand-over between two lgnet back-ends (GET_VRING_
     let fe = await VhostUserFrontend.connect(a.path);
     try {
       await fe.attachDriver(drv, ram);
+      expect(drv.format).toBe((features & mask('RING_PACKED')) !== 0n ? 'packed' : 'split');
       drv.fillRx();
       const N = 600;
       const payload = new Uint8Array(64);
@@ -125,7 +132,7 @@ describe.skipIf(!pre.ok)('ring hand-over between two lgnet back-ends (GET_VRING_
 
   it('RX: frames each back-end took from its tap reach the guest once and intact across the switch', async () => {
     const ram = new GuestRam(48 << 20);
-    const drv = new VirtioNetDriver(ram, { features: VHOST_USER_NET_FEATURES & a.dev.offered, pairs: 1, queueSize: 256 });
+    const drv = new VirtioNetDriver(ram, { features: features & a.dev.offered, pairs: 1, queueSize: 256 });
     const rx0 = (bed: VuBed) => bed.dev.metrics().queues[0]!.frames;
     const baseA = rx0(a);
     const baseB = rx0(b);
