@@ -5,8 +5,13 @@
  *   try { ... bootGuest({ netns: net.ns, netdev: { type: 'tap', ifname: net.tap }, ... }) ... }
  *   finally { await net.destroy(); }         // kills what it started (by pid), deletes tap and ns
  *
+ * Or several taps in one Linux bridge, as if they were ports of one L2 segment (live migration: the
+ * guest moves from one tap to the other and the bridge learns where its MAC went):
+ *
+ *   const net = createBridgeNamespace({ taps: ['lgma', 'lgmb'] });   // bridge lgbr0 with 10.0.2.1/24
+ *
  * Traffic stays inside the namespace: the host side of the link is `hostCidr` there, and nothing
- * routes out of it. Only root can do this (ip netns, ip tuntap).
+ * routes out of it. Only root can do this (ip netns, ip tuntap, ip link add type bridge).
  */
 import { spawn, spawnSync, type ChildProcess, type SpawnSyncReturns } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
@@ -24,9 +29,9 @@ export interface TapNamespaceOptions {
   mtu?: number;
 }
 
-export interface TapNamespace {
+/** What every test namespace offers. */
+export interface Namespace {
   ns: string;
-  tap: string;
   hostIp: string;
   /** Runs a command inside the namespace and waits (throws on failure unless check is false). */
   exec(argv: string[], opts?: { timeoutMs?: number; check?: boolean }): SpawnSyncReturns<string>;
@@ -34,8 +39,30 @@ export interface TapNamespace {
   spawn(argv: string[]): ChildProcess;
   /** `iperf3 -s` bound to the host address; resolves once it listens. Killed in destroy(). */
   startIperf3Server(opts?: { port?: number; oneOff?: boolean; timeoutMs?: number }): Promise<ChildProcess>;
-  /** Kills the processes it started, deletes the tap and the namespace. Idempotent, never throws. */
+  /** Kills the processes it started, deletes its links and the namespace. Idempotent, never throws. */
   destroy(): Promise<void>;
+}
+
+export interface TapNamespace extends Namespace {
+  tap: string;
+}
+
+export interface BridgeNamespaceOptions {
+  /** Namespace name prefix; a random suffix is added. Default 'lgnet'. */
+  prefix?: string;
+  /** Taps to make and enslave to the bridge (all with vnet_hdr). */
+  taps: string[];
+  /** Bridge name. Default 'lgbr0'. */
+  bridge?: string;
+  /** Address of the host side, on the bridge. Default '10.0.2.1/24'. */
+  hostCidr?: string;
+}
+
+export interface BridgeNamespace extends Namespace {
+  bridge: string;
+  taps: string[];
+  /** The bridge's forwarding entries for this MAC: the port(s) it learned it on (bridge fdb). */
+  fdbPorts(mac: string): string[];
 }
 
 function run(argv: string[], timeoutMs = 10_000, check = true): SpawnSyncReturns<string> {
@@ -50,9 +77,6 @@ export function createTapNamespace(opts: TapNamespaceOptions = {}): TapNamespace
   const ns = `${opts.prefix ?? 'lgnet'}-${randomBytes(4).toString('hex')}`;
   const tap = opts.tap ?? 'lgtap0';
   const hostCidr = opts.hostCidr ?? '10.0.2.1/24';
-  const hostIp = hostCidr.split('/')[0]!;
-  const children = new Set<ChildProcess>();
-  let destroyed = false;
 
   run(['ip', 'netns', 'add', ns]);
   try {
@@ -65,10 +89,53 @@ export function createTapNamespace(opts: TapNamespaceOptions = {}): TapNamespace
     run(['ip', 'netns', 'del', ns], 10_000, false);
     throw e;
   }
+  return { ...namespaceHandle(ns, hostCidr.split('/')[0]!, [tap]), tap };
+}
 
-  const self: TapNamespace = {
+export function createBridgeNamespace(opts: BridgeNamespaceOptions): BridgeNamespace {
+  const ns = `${opts.prefix ?? 'lgnet'}-${randomBytes(4).toString('hex')}`;
+  const bridge = opts.bridge ?? 'lgbr0';
+  const hostCidr = opts.hostCidr ?? '10.0.2.1/24';
+  if (!opts.taps.length) throw new Error('createBridgeNamespace: no taps');
+
+  run(['ip', 'netns', 'add', ns]);
+  try {
+    run(['ip', '-n', ns, 'link', 'set', 'lo', 'up']);
+    // No STP: a port forwards as soon as it is up (no listening/learning delay when a tap appears).
+    run(['ip', '-n', ns, 'link', 'add', bridge, 'type', 'bridge', 'stp_state', '0', 'forward_delay', '0']);
+    for (const tap of opts.taps) {
+      run(['ip', '-n', ns, 'tuntap', 'add', 'dev', tap, 'mode', 'tap', 'vnet_hdr']);
+      run(['ip', '-n', ns, 'link', 'set', tap, 'master', bridge]);
+      run(['ip', '-n', ns, 'link', 'set', tap, 'up']);
+    }
+    run(['ip', '-n', ns, 'addr', 'add', hostCidr, 'dev', bridge]);
+    run(['ip', '-n', ns, 'link', 'set', bridge, 'up']);
+  } catch (e) {
+    run(['ip', 'netns', 'del', ns], 10_000, false);
+    throw e;
+  }
+  const base = namespaceHandle(ns, hostCidr.split('/')[0]!, [...opts.taps, bridge]);
+  return {
+    ...base,
+    bridge,
+    taps: [...opts.taps],
+    fdbPorts(mac) {
+      const r = base.exec(['bridge', 'fdb', 'show', 'br', bridge], { check: false });
+      const want = mac.toLowerCase();
+      return (r.stdout ?? '')
+        .split('\n')
+        .filter((l) => l.toLowerCase().startsWith(`${want} `))
+        .map((l) => /\bdev (\S+)/.exec(l)?.[1] ?? '?');
+    },
+  };
+}
+
+/** exec, spawn, iperf3 and destroy for namespace ns; destroy deletes `links`, then the namespace. */
+function namespaceHandle(ns: string, hostIp: string, links: string[]): Namespace {
+  const children = new Set<ChildProcess>();
+  let destroyed = false;
+  const self: Namespace = {
     ns,
-    tap,
     hostIp,
     exec(argv, o = {}) {
       return run(['ip', 'netns', 'exec', ns, ...argv], o.timeoutMs ?? 30_000, o.check ?? true);
@@ -129,7 +196,7 @@ export function createTapNamespace(opts: TapNamespaceOptions = {}): TapNamespace
             }),
         ),
       );
-      run(['ip', '-n', ns, 'link', 'del', tap], 10_000, false);
+      for (const l of links) run(['ip', '-n', ns, 'link', 'del', l], 10_000, false);
       run(['ip', 'netns', 'del', ns], 10_000, false);
     },
   };

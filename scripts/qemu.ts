@@ -25,7 +25,8 @@
  * with `-cpu max`. Under TCG the device always gets `vectors=0` (QEMU 7.2 under TCG crashes with
  * vhost-user when MSI-X is on; the tap baseline uses the same setting so that both match). Guest memory
  * is always a shared memfd (`memory-backend-memfd,share=on` + `-numa node,memdev=mem`), which
- * vhost-user needs and tap accepts.
+ * vhost-user needs and tap accepts. A live-migration destination is the same command line plus
+ * `incoming` (and `qmpSocket` to drive it); scripts/migrate.ts does that.
  */
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { accessSync, constants, createWriteStream, existsSync, readFileSync, rmSync, statSync, type WriteStream } from 'node:fs';
@@ -67,6 +68,7 @@ export type GuestJob =
   | 'iperf3-server' // guest runs `iperf3 -s -1`; prints LGNET-LISTENING when it accepts
   | 'integrity' // GET http://peer:xferPort/blob into /tmp, sha256sum it, send it back with nc to xferPort + 1
   | 'cmd' // `sh -c <cmd>`
+  | 'console' // keep running and take commands on the console (load, report, mark, quit; see scripts/guest/init)
   | 'shell'; // interactive shell on the serial console (write() to it)
 
 /** What the guest's /init does; becomes lgnet.* kernel parameters. */
@@ -112,6 +114,12 @@ export interface BootOptions {
   deviceFlags?: Record<string, string>;
   vcpus?: number; // default 1
   memMiB?: number; // default 256
+  /**
+   * Guest RAM in KiB, overriding memMiB, for a size that is not whole MiB (a multiple of 8 KiB, which
+   * QEMU rounds -m to). scripts/migrate.ts uses it: see there why, under TCG, RAM must not be a
+   * multiple of 256 KiB when migrating.
+   */
+  memKiB?: number;
   guest?: GuestArgs;
   /** Extra kernel command-line words. */
   extraCmdline?: string;
@@ -127,6 +135,12 @@ export interface BootOptions {
   verbose?: boolean;
   /** QMP socket path (server, nowait), e.g. to set_link later. */
   qmpSocket?: string;
+  /**
+   * `-incoming` URI: this QEMU is a live-migration destination (e.g. 'defer', then QMP
+   * migrate-incoming). It does not boot: the guest arrives with the migration stream, so `ready` never
+   * resolves; its serial lines (onLine) are the guest's once it runs here. See scripts/migrate.ts.
+   */
+  incoming?: string;
   /** Kernel and initrd; default: the manifest written by scripts/guest-image.sh. */
   image?: { kernel: string; initrd: string };
   qemuBinary?: string; // default qemu-system-x86_64
@@ -307,7 +321,10 @@ function guestCmdline(g: GuestArgs = {}): string[] {
 
 /** QEMU's argv (without the binary) for these options. Exported so tests can check it. */
 export function qemuArgs(opts: BootOptions, accel: 'kvm' | 'tcg', image: { kernel: string; initrd: string }): string[] {
-  const mem = opts.memMiB ?? 256;
+  if (opts.memKiB !== undefined && (!Number.isInteger(opts.memKiB) || opts.memKiB % 8 !== 0 || opts.memKiB <= 0)) {
+    throw new Error(`memKiB must be a positive multiple of 8 (QEMU rounds -m to 8 KiB): ${opts.memKiB}`);
+  }
+  const mem = opts.memKiB !== undefined ? `${opts.memKiB}K` : `${opts.memMiB ?? 256}M`;
   const vcpus = opts.vcpus ?? 1;
   const nd = opts.netdev;
   const queues = nd.queues ?? 1;
@@ -318,8 +335,8 @@ export function qemuArgs(opts: BootOptions, accel: 'kvm' | 'tcg', image: { kerne
     '-machine', 'pc',
     ...(accel === 'kvm' ? ['-accel', 'kvm', '-cpu', 'host'] : ['-accel', 'tcg', '-cpu', 'max']),
     '-smp', String(vcpus),
-    '-m', `${mem}M`,
-    '-object', `memory-backend-memfd,id=mem,size=${mem}M,share=on`,
+    '-m', mem,
+    '-object', `memory-backend-memfd,id=mem,size=${mem},share=on`,
     '-numa', 'node,memdev=mem',
     '-kernel', image.kernel,
     '-initrd', image.initrd,
@@ -350,7 +367,11 @@ export function qemuArgs(opts: BootOptions, accel: 'kvm' | 'tcg', image: { kerne
   if (opts.mtu !== undefined) dev.host_mtu = String(opts.mtu);
   Object.assign(dev, opts.deviceFlags ?? {});
   args.push('-device', ['virtio-net-pci', ...Object.entries(dev).map(([k, v]) => `${k}=${v}`)].join(','));
-  if (opts.qmpSocket) args.push('-qmp', `unix:${opts.qmpSocket},server=on,wait=off`);
+  if (opts.qmpSocket) {
+    if (/[,\s]/.test(opts.qmpSocket)) throw new Error(`QMP socket path must not contain commas or spaces: ${opts.qmpSocket}`);
+    args.push('-qmp', `unix:${opts.qmpSocket},server=on,wait=off`);
+  }
+  if (opts.incoming !== undefined) args.push('-incoming', opts.incoming);
   args.push(...(opts.extraArgs ?? []));
   return args;
 }
