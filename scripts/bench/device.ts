@@ -10,6 +10,7 @@
  *                  Reference: tap-loop.c readv loop on the same tap with the same sender.
  *   dirty log      the four lgnet figures again with dirty logging on (NetDevice.startDirtyLog),
  *                  as ratios to the same figures with logging off.
+ *   packed         the four lgnet figures again on packed rings, as ratios to split rings.
  *
  * The harness (the "guest") runs on the main thread, lgnet's worker on another: on a 2-vCPU machine
  * that is one core each. Frames go to a MAC nothing owns, so the namespace's kernel drops them early.
@@ -39,14 +40,21 @@ const QSIZE = 256;
 interface Rate { frames: number; seconds: number; fps: number }
 
 /** A device on a tap in `ns`, with the harness attached. */
-async function setup(ns: Netns) {
+async function setup(ns: Netns, packed = false) {
   const backend = native.withNetns(ns.path, () => new TapBackend({ name: 'lgbench0' }));
   ns.exec('ip', 'link', 'set', 'lgbench0', 'up');
   const dev = new NetDevice({ backend, mac: '52:54:00:00:00:01', busyPoll: BUSY_POLL, maxQueueSize: QSIZE });
   const ram = new GuestRam(64 << 20);
-  const drv = new VirtioNetDriver(ram, { features: mask('VERSION_1', 'RING_EVENT_IDX', 'MAC'), queueSize: QSIZE, rxBufferSize: 2048 });
+  const features = mask('VERSION_1', 'RING_EVENT_IDX', 'MAC') | (packed ? mask('RING_PACKED') : 0n);
+  const drv = new VirtioNetDriver(ram, { features, queueSize: QSIZE, rxBufferSize: 2048 });
   await drv.attach(dev);
   return { backend, dev, ram, drv };
+}
+
+async function closeSetup(s: Awaited<ReturnType<typeof setup>>): Promise<void> {
+  await s.dev.close();
+  s.drv.close();
+  s.ram.close();
 }
 
 /** Keeps the TX ring full for `seconds`; returns the device's TX rate. */
@@ -149,12 +157,30 @@ export async function benchDevice(opts: { seconds?: number } = {}): Promise<Reco
     results['dirtyLog'] = logging;
     const q = s.dev.metrics().queues;
     results['metrics'] = { rx: q[0], tx: q[1] };
-  } finally {
-    if (s) {
-      await s.dev.close();
-      s.drv.close();
-      s.ram.close();
+    await closeSetup(s);
+    s = undefined;
+
+    // The same lgnet measurements on packed rings, against the split figures above.
+    s = await setup(ns, true);
+    if (s.drv.format !== 'packed') throw new Error('the packed bench did not negotiate packed rings');
+    const packed: Record<string, unknown> = {};
+    const pkt2 = openPacketIn(ns, 'lgbench0');
+    for (const len of [64, 1514]) {
+      harnessTx(s, len, 0.3);
+      const p = harnessTx(s, len, seconds);
+      const split = (results[`tx${len}`] as { lgnet: number }).lgnet;
+      packed[`tx${len}`] = { split, packed: p.fps, ratio: p.fps / split };
+      console.log(`tx ${String(len).padStart(4)} B, packed ring: lgnet ${fmt(p.fps)}  ratio to split ${(p.fps / split).toFixed(3)}`);
     }
+    for (const len of [64, 1514]) {
+      const p = await withSender(bin, pkt2, len, () => harnessRx(s!, seconds));
+      const split = (results[`rx${len}`] as { lgnet: number }).lgnet;
+      packed[`rx${len}`] = { split, packed: p.result.fps, ratio: p.result.fps / split };
+      console.log(`rx ${String(len).padStart(4)} B, packed ring: lgnet ${fmt(p.result.fps)}  ratio to split ${(p.result.fps / split).toFixed(3)}`);
+    }
+    results['packed'] = packed;
+  } finally {
+    if (s) await closeSetup(s);
     ns.destroy();
   }
   return results;
