@@ -155,3 +155,27 @@ function migrationSuite(backend: 'qemu' | 'lgnet', title: string): void {
 
 migrationSuite('qemu', "live migration, QEMU's own virtio-net (tap, vhost=off): there and back under load");
 migrationSuite('lgnet', 'live migration, lgnet (vhost-user): there and back under load');
+
+// With --guest-announce lgnet offers GUEST_ANNOUNCE: QEMU then asks the guest to announce itself
+// (config interrupt, VIRTIO_NET_S_ANNOUNCE) instead of sending SEND_RARP, and the guest's gratuitous
+// ARP has to go out through lgnet's TX queue on the destination.
+describe('live migration, lgnet --guest-announce: the guest announces itself through lgnet', () => {
+  let run: MigrationRun;
+  beforeAll(async () => {
+    run = await runMigration({ backend: 'lgnet', legs: 1, seconds: 8, blobBytes: 8 * MiB, iperfDir: 'rx', lgnetArgs: ['--guest-announce'] });
+    console.info(`[migration lgnet --guest-announce] ${(run.wallMs / 1000).toFixed(1)} s\n${run.legs.map((l) => `  ${describeLeg(l)}`).join('\n')}`);
+  }, 240_000);
+
+  it('completes with the blob intact, and the announce is the guest\'s own gratuitous ARP (no RARP), learned by the bridge', () => {
+    expect(run.error).toBeUndefined();
+    const r = run.legs[0]!;
+    expect(r.status).toBe('completed');
+    expect(r.blob?.sha256).toBe(r.blob?.expectedSha256);
+    const after = r.announce.filter((a) => a.at >= r.startedAt!);
+    expect(after.some((a) => a.kind === 'garp'), JSON.stringify(after.map((a) => a.line))).toBe(true);
+    expect(after.some((a) => a.kind === 'rarp'), 'no RARP: QEMU did not ask lgnet for one').toBe(false);
+    expect(r.fdbPorts).toContain('lgmb');
+    expect(r.hostPing.firstReplyAfterCompleteMs!).toBeLessThanOrEqual(1000);
+    expect(run.lgnetLogs.B).not.toContain('message refused');
+  });
+});
