@@ -107,13 +107,20 @@ describe.skipIf(!pre.ok)('lgnet serve (CLI) in a namespace', () => {
   let ns: Netns;
   let dir: string;
   let lg: Lgnet | undefined;
+  /** Every lgnet started here: a test that fails before its own stop must not leave one running. */
+  const started: Lgnet[] = [];
+  const start = async (args: string[]): Promise<Lgnet> => {
+    const l = await startLgnet(ns, args);
+    started.push(l);
+    return l;
+  };
 
   beforeAll(() => {
     ns = createNetns('lgcli');
     dir = mkdtempSync(join(tmpdir(), 'lgnet-cli-'));
   });
   afterAll(() => {
-    kill(lg);
+    for (const l of started) kill(l);
     destroyAllNetns();
     rmSync(dir, { recursive: true, force: true });
   });
@@ -121,7 +128,7 @@ describe.skipIf(!pre.ok)('lgnet serve (CLI) in a namespace', () => {
   it('prints one ready line, serves frames, leaks no fds, and exits 0 on SIGTERM removing its socket', async () => {
     const socket = join(dir, 'lgnet.sock');
     const pcap = join(dir, 'serve.pcap');
-    lg = await startLgnet(ns, ['--socket', socket, '--tap', 'lgtapc', '--mac', '52:54:00:aa:bb:cc', '--log-level', 'info', '--pcap', pcap, '--offer-config']);
+    lg = await start(['--socket', socket, '--tap', 'lgtapc', '--mac', '52:54:00:aa:bb:cc', '--log-level', 'info', '--pcap', pcap, '--offer-config']);
     expect(lg.stdout()).toBe(`lgnet ready socket=${socket} tap=lgtapc queues=1 mode=server\n`);
     expect(existsSync(socket)).toBe(true);
     const pid = lg.child.pid!;
@@ -204,7 +211,7 @@ describe.skipIf(!pre.ok)('lgnet serve (CLI) in a namespace', () => {
 
   it('client mode: ready at once, connects when the VMM listens, exits 0 on SIGINT', async () => {
     const socket = join(dir, 'vmm.sock');
-    lg = await startLgnet(ns, ['--socket', socket, '--client', '--reconnect-ms', '100', '--tap', 'lgtapd', '--log-level', 'warn']);
+    lg = await start(['--socket', socket, '--client', '--reconnect-ms', '100', '--tap', 'lgtapd', '--log-level', 'warn']);
     expect(lg.stdout()).toBe(`lgnet ready socket=${socket} tap=lgtapd queues=1 mode=client\n`);
     const listener = VhostUserFrontend.listen(socket);
     try {
@@ -229,7 +236,7 @@ describe.skipIf(!pre.ok)('lgnet serve (CLI) in a namespace', () => {
       return tasks.map((t) => spawnSync('cat', [`/proc/${pid}/task/${t}/status`], { encoding: 'utf8' }).stdout);
     };
     // The socket reaper is the one child lgnet vouches for, and the only one it has once jailed.
-    lg = await startLgnet(ns, ['--socket', join(dir, 'jailed.sock'), '--tap', 'lgtapj', '--log-level', 'info', '--rx-rate-bytes', '125000000/1000', '--tx-rate-ops', '100000/1000']);
+    lg = await start(['--socket', join(dir, 'jailed.sock'), '--tap', 'lgtapj', '--log-level', 'info', '--rx-rate-bytes', '125000000/1000', '--tx-rate-ops', '100000/1000']);
     const jailed = status(lg.child.pid!);
     const jailLog = logLines(lg).find((l) => l.msg === 'jailed') as { jail?: { sandboxed: boolean } } | undefined;
     expect(jailLog?.jail?.sandboxed, lg.stderr()).toBe(true);
@@ -249,7 +256,7 @@ describe.skipIf(!pre.ok)('lgnet serve (CLI) in a namespace', () => {
     expect(stopWarnings(lg)).toEqual([]);
     expect(await gone(join(dir, 'jailed.sock'))).toBe(true);
 
-    lg = await startLgnet(ns, ['--socket', join(dir, 'free.sock'), '--tap', 'lgtapf', '--no-sandbox', '--log-level', 'info']);
+    lg = await start(['--socket', join(dir, 'free.sock'), '--tap', 'lgtapf', '--no-sandbox', '--log-level', 'info']);
     expect(status(lg.child.pid!).every((st) => /Seccomp:\s+0/.test(st))).toBe(true);
     expect(lg.stderr()).toContain('LGNET_NO_SANDBOX');
     process.kill(lg.child.pid!, 'SIGTERM');
