@@ -59,9 +59,6 @@ abstract class ServiceLoop<P> {
   /** One pass: service, signal, sleep. True when the control eventfd woke it. */
   abstract pass(): boolean;
 
-  /** After the queue was attached to new memory: nothing is cached here (watch() is asked at every sleep). */
-  rebind(): void {}
-
   /** Many completions pending: signal now rather than starve the driver until the next sleep. */
   protected signalIfMany(): void {
     const p = this.ctx.pending;

@@ -104,8 +104,7 @@ class ActiveQueue {
     const mem = memoryFromMappings(regions);
     this.queue.attach(mem);
     this.ctx.mem = mem;
-    this.views.clear();
-    this.loop.rebind();
+    this.views.clear(); // the loop caches nothing of memory: it asks the queue's watch() at every sleep
   }
 
   /** Releases what the queue holds beyond its ring (the capture's header mapping). */

@@ -149,7 +149,8 @@ export class Vrings {
     const r = this.ring(a.index);
     const addr = {
       desc: addrOf(a.desc, 'descriptor table address'), used: addrOf(a.used, 'used ring address'), avail: addrOf(a.avail, 'available ring address'),
-      flags: a.flags, log: addrOf(a.log, 'used ring log address'),
+      // log_guest_addr means something only with VHOST_VRING_F_LOG; otherwise it is ignored, not checked.
+      flags: a.flags, log: a.flags & VRING_F_LOG ? addrOf(a.log, 'used ring log address') : 0,
     };
     const old = r.addr;
     if (r.running && old !== null && old.desc === addr.desc && old.used === addr.used && old.avail === addr.avail) {
