@@ -52,7 +52,7 @@ export class CtrlLoop {
     const r = opts.ring;
     this.queue = createQueue(opts.features, r);
     this.queue.attach(opts.mem);
-    this.queue.setBase(r.lastAvail);
+    this.queue.resume(r.lastAvail);
     this.pending = new PendingUsed(this.queue, opts.callFd, opts.counters);
     this.poller = new native.FdPoller(opts.kickFd, () => this.serve());
   }

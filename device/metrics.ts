@@ -76,8 +76,11 @@ export const M = {
   backendErrno: 32,
   /** Guest pages written while dirty logging was on that lay beyond the end of the log (so not marked). */
   dirtyLogMissed: 33,
+  /** Times a queue started where its packed ring shows the device stopped, not at the front-end's base,
+   *  which the ring contradicted (QEMU 7.2 after a back-end crash; vring/packed-resume.ts). */
+  ringBaseRecovered: 34,
   /** Count of counters. */
-  COUNT: 34,
+  COUNT: 35,
 } as const;
 
 export type MetricName = Exclude<keyof typeof M, 'COUNT'>;

@@ -117,7 +117,12 @@ export class NetDevice extends EventEmitter {
         host: new WorkerHost({
           index: i,
           counters,
-          onEvent: (e) => { if (e.ev === 'broken') this.markBroken(s, e.code, e.message); },
+          onEvent: (e) => {
+            if (e.ev === 'broken') this.markBroken(s, e.code, e.message);
+            else if (e.ev === 'resumed') {
+              this.emit('log', { level: 'warn', msg: 'queue resumed where its ring shows, not at the front-end\'s base', queue: s.index, lastAvail: e.lastAvail, why: e.message });
+            }
+          },
           onGone: () => { s.running = false; },
         }),
       };

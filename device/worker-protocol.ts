@@ -110,6 +110,8 @@ export type WorkerEvent =
   | { ev: 'paused'; lastAvail: number }
   | { ev: 'stopped'; lastAvail: number }
   | { ev: 'logging' }
+  /** The queue started at the position its packed ring shows, not the front-end's base (message: why). */
+  | { ev: 'resumed'; lastAvail: number; message: string }
   | { ev: 'broken'; code: string; message: string }
   | { ev: 'sealed'; error?: { code: string; message: string } };
 

@@ -48,6 +48,8 @@ class ActiveQueue {
   readonly pending: PendingUsed;
   readonly loop: TxLoop | RxLoop;
   private ctx!: ServiceContext<unknown>;
+  /** Why the queue started elsewhere than the front-end's base, or null (DeviceQueue.resume). */
+  readonly resumed: string | null;
   private capture: PcapWriter | null = null;
   /** Views of the guest mappings for a backend that copies frames; cleared when the memory changes. */
   private readonly views = new MappingViews(native.mappingBuffer);
@@ -71,7 +73,10 @@ class ActiveQueue {
       const ctx = this.observed(new ServiceContext({ ...parts, port: ports.rx }), cfg);
       this.loop = new RxLoop(new RxService(ctx, rxFilter, { mtu: cfg.mtu }), fds);
     }
-    this.queue.setBase(r.lastAvail);
+    // A packed ring's base from a front-end that lost it across a back-end crash is corrected from the
+    // ring itself (vring/packed-resume.ts), counted, and reported for the log.
+    this.resumed = this.queue.resume(r.lastAvail);
+    if (this.resumed !== null) c[M.ringBaseRecovered]! += 1;
     // vhost-user inflight tracking has a layout of its own for packed rings, which lgnet does not keep.
     if (cfg.inflight && !f.packed) {
       const bytes = new Uint8Array(native.mappingBuffer(cfg.inflight.mappingId), cfg.inflight.offset, inflightQueueRegionSize(r.size));
@@ -172,6 +177,7 @@ export class QueueWorker {
         try {
           this.q = new ActiveQueue(this.boot, m.config, this.rxFilter, this.frameFilter);
           this.state = State.RUNNING;
+          if (this.q.resumed !== null) this.post({ ev: 'resumed', lastAvail: this.q.queue.lastAvail, message: this.q.resumed });
           this.post({ ev: 'running' });
         } catch (e) {
           this.state = State.RUNNING; // so that fail() reports it

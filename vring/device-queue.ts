@@ -29,6 +29,9 @@ export interface DeviceQueue {
   attach(mem: GuestMemory): void;
   /** vhost-user SET_VRING_BASE with that ring format's `num`. */
   setBase(num: number): void;
+  /** setBase() for a front-end that may have lost the position across a back-end crash; returns null
+   *  when `num` was taken as given, else why the ring's own position was taken (packed only). */
+  resume(num: number): string | null;
   /** vhost-user GET_VRING_BASE's `num` in that ring format (flush first). */
   base(): number;
   /** Chains available and not popped. */

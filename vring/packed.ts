@@ -13,11 +13,12 @@
 //
 // pop() checks the descriptor at availPos: available when AVAIL equals the lap's wrap counter and USED
 // does not. It walks the chain (packed-descriptor.ts), which may run over the ring's end into the next
-// lap, and moves availPos past it. addUsed(id, len) writes a used descriptor — id and len now, flags at
-// flush() — at usedPos and moves usedPos on by the slots that chain took, whatever order chains
-// complete in (§2.8.6: "the device only writes out a single used descriptor for the whole list. It
-// then skips forward"). flush() writes the batch's flags, the first one last (§2.8.9), so the driver,
-// which polls only the next slot (§2.8.2), never sees part of a batch.
+// lap, and moves availPos past it. addUsed(id, len) stages a used descriptor for usedPos and moves
+// usedPos on by the slots that chain took, whatever order chains complete in (§2.8.6: "the device only
+// writes out a single used descriptor for the whole list. It then skips forward"). flush() writes the
+// batch's ids and lengths, then its flags, the first one last (§2.8.9), so the driver, which polls only
+// the next slot (§2.8.2), never sees part of a batch; and a back-end killed before flush() leaves every
+// unpublished chain as the driver wrote it, for its successor to take up (packed-resume.ts).
 //
 // Positions are kept linear in [0, 2·size): slot + (wrap ? 0 : size), so the distance between two of
 // them is a subtraction mod 2·size. The public form is `idx | wrap << 15`, the spec's off_wrap and the
@@ -35,6 +36,7 @@ import { VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE } from './
 import type { DirtyLog } from './dirty-log.ts';
 import type { InflightLog, InflightRecovery } from './inflight.ts';
 import type { GuestMemory, RangeLocation } from './memory.ts';
+import { resumePackedBase } from './packed-resume.ts';
 import { FLAGS_SHIFT, ID_FLAGS_U32, PackedDescriptorWalker, packedAvailable } from './packed-descriptor.ts';
 import {
   EVENT_ALIGN,
@@ -229,6 +231,8 @@ export class PackedQueue {
   /** Used descriptors staged since the last flush: their slots and the flags flush() writes. */
   private batchSlot: Uint16Array = new Uint16Array(0);
   private batchFlags: Uint16Array = new Uint16Array(0);
+  private batchId: Uint16Array = new Uint16Array(0);
+  private batchBytes: Uint32Array = new Uint32Array(0);
   private batchLen = 0;
 
   /** A needsNotification() has been answered since setBase/attach/reset. */
@@ -305,6 +309,8 @@ export class PackedQueue {
       this.popOrder = new Uint16Array(size);
       this.batchSlot = new Uint16Array(size);
       this.batchFlags = new Uint16Array(size);
+      this.batchId = new Uint16Array(size);
+      this.batchBytes = new Uint32Array(size);
       this.chains = new Array<DescriptorChain | undefined>(size);
     }
     for (const c of this.chains) if (c !== undefined) c.mem = mem;
@@ -342,6 +348,20 @@ export class PackedQueue {
     this.availPos = avail;
     this.usedPos = this.publishedPos = used;
     this.forgetInFlight();
+  }
+
+  /**
+   * setBase() for a front-end that may have lost the position: QEMU 7.2 restarts a packed ring's
+   * back-end after a crash at a stale base, since a packed ring keeps no index in shared memory. The
+   * ring's own flags show where the device stopped (packed-resume.ts); where they contradict `num`,
+   * the queue starts there instead. Returns null when `num` was taken as given, else what the ring
+   * showed (for the log). Attach first.
+   */
+  resume(num: number): string | null {
+    this.checkUsable();
+    const r = resumePackedBase(this.descU16, this.size, num, Atomics.load(this.driverEvent, 0));
+    this.setBase(r.base);
+    return r.recovered ? r.reason : null;
   }
 
   /**
@@ -540,8 +560,8 @@ export class PackedQueue {
 
   /**
    * Stage a completion: buffer `id` is done and the device wrote `len` bytes into its writable part. Its
-   * used descriptor (id, len) goes to the next used position now; its flags, which hand it to the
-   * driver, at flush(). An id not in flight throws RingStateError (VRING_NOT_IN_FLIGHT) and breaks the
+   * used descriptor (id, len, flags) goes to the next used position at flush(), which hands it to the
+   * driver. An id not in flight throws RingStateError (VRING_NOT_IN_FLIGHT) and breaks the
    * queue; `len` beyond the writable length is a device bug and throws RangeError.
    */
   addUsed(id: number, len: number): void {
@@ -560,8 +580,10 @@ export class PackedQueue {
     const size = this.size;
     const pos = this.usedPos;
     const slot = pos < size ? pos : pos - size;
-    this.descU32[slot * DESC_U32 + LEN_U32] = len;
-    this.descU16[slot * DESC_U16 + ID_U16] = id;
+    // id and len are written at flush(), with the flags: until then the slot stays as the driver wrote
+    // it, so a back-end that dies before publishing leaves the chain intact for its successor.
+    this.batchId[this.batchLen] = id;
+    this.batchBytes[this.batchLen] = len;
     // §2.8.3: in a used descriptor WRITE says whether the device wrote anything.
     this.batchSlot[this.batchLen] = slot;
     this.batchFlags[this.batchLen++] = (pos < size ? VRING_PACKED_DESC_F_AVAIL | VRING_PACKED_DESC_F_USED : 0) | (len > 0 ? VRING_DESC_F_WRITE : 0);
@@ -583,6 +605,12 @@ export class PackedQueue {
     const n = this.batchLen;
     if (n === 0) return;
     const u16 = this.descU16;
+    const u32 = this.descU32;
+    for (let i = 0; i < n; i++) {
+      const slot = this.batchSlot[i]!;
+      u32[slot * DESC_U32 + LEN_U32] = this.batchBytes[i]!;
+      u16[slot * DESC_U16 + ID_U16] = this.batchId[i]!;
+    }
     for (let i = n - 1; i >= 1; i--) u16[this.batchSlot[i]! * DESC_U16 + FLAGS_U16] = this.batchFlags[i]!;
     Atomics.store(u16, this.batchSlot[0]! * DESC_U16 + FLAGS_U16, this.batchFlags[0]!);
     if (this.dirty !== null && this.usedLog >= 0) {

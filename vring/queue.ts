@@ -324,6 +324,16 @@ export class SplitQueue {
   }
 
   /**
+   * setBase() for a front-end that may have lost the position (a back-end restarted after a crash). A
+   * split ring needs nothing more: the front-end derives the base from used.idx, which is in shared
+   * memory. Returns null: the base was taken as given.
+   */
+  resume(availIdx: number): string | null {
+    this.setBase(availIdx);
+    return null;
+  }
+
+  /**
    * vhost-user SET_VRING_BASE: continue from available index `availIdx`. The used index is taken from
    * the ring (now if attached, else at the next attach), as libvhost-user does.
    */
