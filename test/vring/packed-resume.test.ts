@@ -201,6 +201,25 @@ describe('packed ring resume after a back-end crash', () => {
     expect(resumePackedBase(view(), 8, idle)).toMatchObject({ base: idle, recovered: false });
   });
 
+  it('property: any ring contents and any base give a base setBase() takes, or the front-end base back', () => {
+    fc.assert(
+      fc.property(fc.integer({ min: 1, max: 64 }), fc.uint32Array({ minLength: 256, maxLength: 256 }), fc.nat({ max: 0xffff_ffff }), fc.nat({ max: 0xffff_ffff }), (size, words, frontEnd, ev) => {
+        const ring = new Uint16Array(new Uint32Array(words.slice(0, 4 * size)).buffer);
+        const r = resumePackedBase(ring, size, frontEnd, ev);
+        if (!r.recovered) {
+          expect(r.base).toBe(frontEnd);
+          return;
+        }
+        expect(r.base & 0x7fff).toBeLessThan(size);
+        expect(r.base >>> 16).toBe(r.base & 0xffff);
+        const rig = makePackedRig({ size });
+        rig.q.setBase(r.base);
+        expect(rig.q.base()).toBe(r.base);
+      }),
+      { numRuns: 2000 },
+    );
+  });
+
   it('a ring whose AVAIL bits change more than once keeps the front-end base (garbage or mid-write)', () => {
     const size = 8;
     const ring = new Uint16Array(8 * size);
