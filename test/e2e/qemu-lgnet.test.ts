@@ -112,8 +112,8 @@ describe('QEMU guest on lgnet (vhost-user): link, ping, throughput, 64 MiB integ
 // On packed rings QEMU 7.2 gives the new back-end a stale ring base (it keeps no used index to
 // restore it from): lgnet resumes where the ring itself shows (vring/packed-resume.ts) and counts it.
 describe.each([
-  { ring: 'split', deviceFlags: {} },
-  { ring: 'packed', deviceFlags: { packed: 'on' } },
+  { ring: 'split', deviceFlags: {} as Record<string, string> },
+  { ring: 'packed', deviceFlags: { packed: 'on' } as Record<string, string> },
 ])('QEMU guest on lgnet ($ring rings): the back-end is SIGKILLed and restarted under a running guest', ({ ring, deviceFlags }) => {
   const SIZE = 8 * MiB;
   const PINGS = 60;
