@@ -70,7 +70,7 @@ export interface RawBinding {
   unixSocketpair(): [number, number];
   shutdown(fd: number): void;
   sendMsg(fd: number, data: Uint8Array, fds: Int32Array): number;
-  recvMsg(fd: number, buf: Uint8Array, maxFds: number): { bytes: number; fds: number[]; ctrunc: boolean };
+  recvMsg(fd: number, buf: Uint8Array, maxFds: number): { bytes: number; fds: number[]; ctrunc: boolean; excess: boolean };
 
   // netns.cc
   netnsEnter(path: string): number;

@@ -151,7 +151,8 @@ Napi::Value RecvMsg(const Napi::CallbackInfo& info) {
   while (n < 0 && errno == EINTR);
   Napi::Object result = Napi::Object::New(env);
   Napi::Array fds = Napi::Array::New(env);
-  bool ctrunc = false;
+  bool ctrunc = false;  // the kernel could not pass every fd (typically RLIMIT_NOFILE)
+  bool excess = false;  // more fds than maxFds came (the extras are closed here)
   if (n < 0) {
     if (errno != EAGAIN) return NativeFail(env, errno, "recvmsg", "fd " + std::to_string(fd));
   } else {
@@ -168,7 +169,7 @@ Napi::Value RecvMsg(const Napi::CallbackInfo& info) {
           fds.Set(kept++, Napi::Number::New(env, rfd));
         } else {
           close(rfd);
-          ctrunc = true;
+          excess = true;
         }
       }
     }
@@ -176,6 +177,7 @@ Napi::Value RecvMsg(const Napi::CallbackInfo& info) {
   result.Set("bytes", Napi::Number::New(env, n < 0 ? -1 : (double)n));
   result.Set("fds", fds);
   result.Set("ctrunc", Napi::Boolean::New(env, ctrunc));
+  result.Set("excess", Napi::Boolean::New(env, excess));
   return result;
 }
 

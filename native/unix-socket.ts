@@ -52,8 +52,11 @@ export interface RecvResult {
   bytes: number;
   /** Received fds (CLOEXEC); the caller owns and must close them. */
   fds: number[];
-  /** More fds arrived than maxFds (the extras were closed), or the kernel truncated control data. */
+  /** The kernel truncated the control data (MSG_CTRUNC): fds were sent that did not arrive, most
+   *  often because this process is at its open-file limit (RLIMIT_NOFILE). */
   ctrunc: boolean;
+  /** More fds arrived than maxFds; the extras were closed. */
+  excess: boolean;
 }
 
 /** recvmsg(MSG_CMSG_CLOEXEC) into buf, keeping at most maxFds passed fds. */

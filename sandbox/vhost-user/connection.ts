@@ -58,6 +58,19 @@ const READ_AHEAD = 64;
 
 let nextConnectionId = 1;
 
+/** The error for fds that did not arrive whole: the kernel's truncation (open-file limit) or too many. */
+function fdError(r: { ctrunc: boolean }, what: string, request?: number): VhostUserError {
+  const opts = request === undefined ? {} : { request };
+  if (r.ctrunc) {
+    return new VhostUserError(
+      VU.FDS_LOST,
+      `fds sent with ${what} did not arrive (MSG_CTRUNC): lgnet is at its open-file limit (RLIMIT_NOFILE); raise it (ulimit -n, systemd LimitNOFILE=) or serve fewer front-ends per process`,
+      opts,
+    );
+  }
+  return new VhostUserError(VU.TOO_MANY_FDS, `more than ${MAX_FDS} fds arrived with ${what}`, opts);
+}
+
 /** One front-end's session. Created by the server; dropped on EOF or on the first broken rule. */
 export class Connection implements Session {
   readonly id = nextConnectionId++;
@@ -142,7 +155,7 @@ export class Connection implements Session {
     if (p) {
       const r = native.recvMsg(this.fd, p.payload.subarray(p.got), MAX_FDS);
       p.fds.push(...r.fds);
-      if (r.ctrunc) throw new VhostUserError(VU.TOO_MANY_FDS, `more than ${MAX_FDS} fds arrived with ${requestName(p.request)}`, { request: p.request });
+      if (r.ctrunc || r.excess) throw fdError(r, requestName(p.request), p.request);
       if (r.bytes < 0) return false;
       if (r.bytes === 0) {
         this.drop('front-end closed the socket mid-message');
@@ -165,9 +178,9 @@ export class Connection implements Session {
       this.drop('front-end closed the socket');
       return false;
     }
-    if (r.ctrunc || r.bytes !== HEADER_SIZE) {
+    if (r.ctrunc || r.excess || r.bytes !== HEADER_SIZE) {
       for (const fd of r.fds) native.closeQuietly(fd);
-      if (r.ctrunc) throw new VhostUserError(VU.TOO_MANY_FDS, `more than ${MAX_FDS} fds arrived with one message`);
+      if (r.ctrunc || r.excess) throw fdError(r, 'one message');
       throw new VhostUserError(VU.SHORT_HEADER, `read ${r.bytes} header bytes; a vhost-user header is exactly ${HEADER_SIZE}`);
     }
     const h = decodeHeader(this.hdr);

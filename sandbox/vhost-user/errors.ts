@@ -26,8 +26,11 @@ export const VU = {
   UNSUPPORTED_REQUEST: 'VU_UNSUPPORTED_REQUEST',
   /** The message came with the wrong number of fds (they are all closed). */
   BAD_FD_COUNT: 'VU_BAD_FD_COUNT',
-  /** More fds than one message may carry arrived (the kernel or recvmsg dropped the rest). */
+  /** More fds than one message may carry arrived (the rest were closed). */
   TOO_MANY_FDS: 'VU_TOO_MANY_FDS',
+  /** Fds were sent with a message that the kernel could not pass on (MSG_CTRUNC): lgnet is at its
+   *  open-file limit (RLIMIT_NOFILE). */
+  FDS_LOST: 'VU_FDS_LOST',
   /** A vring index ≥ the number of queues. */
   BAD_QUEUE_INDEX: 'VU_BAD_QUEUE_INDEX',
   /** SET_VRING_NUM: 0, not a power of 2, or above 32768. */

@@ -6,14 +6,13 @@
  * --offer-config. Bad flags exit 2 before anything is opened.
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { spawnSync } from 'node:child_process';
 import { existsSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import * as native from '../../native/index.ts';
 import { mask } from '../../device/features.ts';
 import { REQ, encodeVringFile, protocolMask } from '../../sandbox/vhost-user/messages.ts';
-import { REPO_ROOT } from '../../scripts/qemu.ts';
 import { ip4, mac, udpFrame } from '../../harness/frames.ts';
 import { GuestRam } from '../../harness/guest-ram.ts';
 import { VirtioNetDriver } from '../../harness/virtio-net.ts';
@@ -21,46 +20,9 @@ import { VhostUserFrontend } from '../../harness/vhost-user-frontend.ts';
 import { createNetns, destroyAllNetns, netnsPrerequisites, type Netns } from '../../harness/netns.ts';
 import { INFLIGHT, inflightQueueRegionSize } from '../../vring/index.ts';
 import { expectedPayload, fdCount, udpSink, until } from './vhost-user-helpers.ts';
+import { LGNET, kill, logLines, startLgnet, type Lgnet, type LogLine } from './serve-process.ts';
 
-const LGNET = join(REPO_ROOT, 'bin/lgnet');
 const pre = netnsPrerequisites();
-
-interface Lgnet {
-  child: ChildProcess;
-  stdout: () => string;
-  stderr: () => string;
-  exited: Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
-}
-
-function startLgnet(ns: Netns, args: string[], env: Record<string, string> = {}): Promise<Lgnet> {
-  const child = spawn('ip', ['netns', 'exec', ns.name, LGNET, 'serve', ...args], { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, ...env } });
-  let out = '';
-  let err = '';
-  child.stdout!.setEncoding('utf8').on('data', (d: string) => (out += d));
-  child.stderr!.setEncoding('utf8').on('data', (d: string) => (err += d));
-  const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) => child.on('exit', (code, signal) => resolve({ code, signal })));
-  const l: Lgnet = { child, stdout: () => out, stderr: () => err, exited };
-  return new Promise((resolve, reject) => {
-    const t = setTimeout(() => reject(new Error(`no ready line: ${out}\n${err}`)), 20_000);
-    const check = () => {
-      if (out.includes('\n')) {
-        clearTimeout(t);
-        resolve(l);
-      }
-    };
-    child.stdout!.on('data', check);
-    void exited.then((e) => {
-      clearTimeout(t);
-      reject(new Error(`lgnet exited early (${e.code}/${e.signal}): ${err}`));
-    });
-  });
-}
-
-interface LogLine { level: number; msg: string; [k: string]: unknown }
-
-function logLines(l: Lgnet): LogLine[] {
-  return l.stderr().split('\n').filter(Boolean).map((x) => JSON.parse(x) as LogLine);
-}
 
 /** Log lines at warn (pino level 40) or above from the 'stopping' line on: a clean stop has none. */
 function stopWarnings(l: Lgnet): LogLine[] {
@@ -75,16 +37,6 @@ function stopWarnings(l: Lgnet): LogLine[] {
 async function gone(path: string): Promise<boolean> {
   for (let i = 0; i < 100 && existsSync(path); i++) await new Promise((r) => setTimeout(r, 20));
   return !existsSync(path);
-}
-
-function kill(l: Lgnet | undefined, sig: NodeJS.Signals = 'SIGKILL'): void {
-  if (l?.child.pid !== undefined && l.child.exitCode === null && l.child.signalCode === null) {
-    try {
-      process.kill(l.child.pid, sig);
-    } catch {
-      /* gone */
-    }
-  }
 }
 
 describe('lgnet serve (CLI)', () => {
