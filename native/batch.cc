@@ -227,7 +227,8 @@ napi_value BatchIo(napi_env env, napi_callback_info cbinfo, bool write) {
 // Each readv is offered the fewest whole buffers whose room reaches `need` (with MRG_RXBUF the largest
 // frame the guest may receive, so no frame it may get is truncated; without, 1: one buffer per frame).
 // A frame longer than `maxLen` or than its room is recorded with used 0: its buffers take the next
-// frame (the caller counts the drop and logs what it wrote). The call stops, leaving a reason in the status word, when `frames`
+// frame (the caller counts the drop and logs what it wrote). When the kernel truncated it, its length
+// says only that it was longer than the room (room + 1). The call stops, leaving a reason in the status word, when `frames`
 // are read (FRAMES), the fd has nothing (EMPTY), the buffers left cannot hold `need` (NO_ROOM), the
 // next window would exceed IOV_MAX pieces (PIECES), a frame is one the peek list cannot vouch for
 // (PEEK: it is the last one recorded), or readv failed after frame 0 (ERROR; on frame 0 it throws).
@@ -243,6 +244,8 @@ constexpr uint32_t kPeekMaxMacs = 64;
 constexpr uint32_t kEthHlen = 14;
 
 thread_local std::vector<uint32_t> tRoom;
+// Where a frame longer than its window spills one byte (never guest memory; its content is ignored).
+thread_local uint8_t tSpill[8];
 
 struct Peek {
   uint8_t flags = 0;
@@ -389,7 +392,7 @@ napi_value ReadvMerged(napi_env env, napi_callback_info cbinfo) {
   }
   const uint32_t base = ends[0];
   const uint32_t total = ends[nb] - base;
-  if (tIov.size() < total) tIov.resize(total);
+  if (tIov.size() < (size_t)total + 1) tIov.resize((size_t)total + 1);  // + the spill iovec
   if (tRoom.size() < nb) tRoom.resize(nb);
   struct iovec* iov = tIov.data();
   uint32_t* room = tRoom.data();
@@ -411,13 +414,19 @@ napi_value ReadvMerged(napi_env env, napi_callback_info cbinfo) {
     }
     const uint32_t from = ends[cur] - base;
     const uint32_t niov = ends[k] - ends[cur];
-    if (niov > IOV_MAX) {
+    if (niov + 1 > IOV_MAX) {
       stop = kStopPieces;
       break;
     }
+    // One spill byte after the window: a tap reports only the bytes it copied, so a frame longer than
+    // the window would otherwise read as one that fills it exactly. A byte in the spill means "longer".
+    const struct iovec saved = iov[from + niov];
+    iov[from + niov].iov_base = tSpill;
+    iov[from + niov].iov_len = 1;
     ssize_t n;
-    do n = ::syscall(SYS_readv, fd, iov + from, (int)niov);
+    do n = ::syscall(SYS_readv, fd, iov + from, (int)niov + 1);
     while (n < 0 && errno == EINTR);
+    iov[from + niov] = saved;
     if (n < 0) {
       if (errno == EAGAIN) {
         stop = kStopEmpty;

@@ -43,7 +43,7 @@ export const MERGED_STOP = {
   EMPTY: 1,
   /** The buffers left hold less than `need`: the guest must add buffers. */
   NO_ROOM: 2,
-  /** The next frame's buffers would come in more than IOV_MAX (1024) pieces: a readv cannot take them. */
+  /** The next frame's buffers would come in more than IOV_MAX − 1 pieces (1024, one kept for a spill byte). */
   PIECES: 3,
   /** The last frame read is one the peek list does not vouch for: the caller must judge it. */
   PEEK: 4,
