@@ -14,6 +14,7 @@
  * spec to the backend module named by its `kind`. Ports move whole bursts described by a native
  * IovecTable: one call per burst, frames in guest memory.
  */
+import type { PeekList } from '../native/batch.ts';
 import type { IovecTable, MappingViews } from '../native/iovec.ts';
 import type { NegotiatedFeatures } from './features.ts';
 
@@ -52,6 +53,13 @@ export interface TxPort {
 export interface RxPort {
   /** Reads up to `frames` frames into the table's frames; returns how many arrived (0: nothing ready). */
   recv(table: IovecTable, frames: number): number;
+  /**
+   * Optional: reads frame after frame into the table's frames taken as guest buffers, each frame into
+   * as many whole buffers as it needs, in one call (native readvMerged: MRG_RXBUF, or a filter to
+   * apply). Returns the frames read; table.bytes/used/status describe them. A port without it is read
+   * one frame at a time.
+   */
+  recvMerged?(table: IovecTable, first: number, buffers: number, frames: number, need: number, maxLen: number, peek: PeekList | null): number;
   /** An fd that polls readable when frames are waiting. */
   readonly fd: number;
   /** Bytes of virtio_net_hdr the backend writes in front of each frame (0: none, the device writes it). */

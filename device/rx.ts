@@ -5,16 +5,24 @@
  *   tap / pair ──port.recv──▶ straight into the guest's RX buffers ──▶ num_buffers ──▶ used ring
  *                              (chains popped from the RX ring)          (one flush per burst)
  *
- * Two paths, chosen once per burst:
+ * Three paths, chosen once per burst:
  *
  * - Batched (no MRG_RXBUF, filter passes everything): pop up to `burst` chains, describe each
  *   chain's writable part as one frame slot, and read the whole burst from the backend in one call,
  *   straight into guest memory. Chains left without a frame are rewound.
  *
- * - Per frame (MRG_RXBUF, or an RX filter to apply): gather popped chains until they can hold the
- *   largest frame the guest may receive, read one frame across them, then complete only the chains
- *   it filled and write num_buffers (the MrgCursor below, drawn there). A frame the filter rejects is
- *   read over by the next one in the same buffers. Chains left over at the end of the burst are rewound.
+ * - Merged (MRG_RXBUF, or an RX filter to apply, on a port with recvMerged): pop chains, describe
+ *   each as one buffer, and let the backend read frame after frame into them in one call, each frame
+ *   into as many whole buffers as it needs (one without MRG_RXBUF); it returns each frame's length
+ *   and buffer count, and the device writes num_buffers and completes (drawn at merged()). With a
+ *   filter, the call stops after any frame its peek list cannot vouch for, so a rejected frame sits in
+ *   the last buffers taken and they take the next frame. Chains left over are rewound.
+ *
+ * - Per frame (the same cases on a port without recvMerged): gather popped chains until they can
+ *   hold the largest frame the guest may receive, read one frame across them, then complete only the
+ *   chains it filled and write num_buffers (the MrgCursor below, drawn there). A frame the filter
+ *   rejects is read over by the next one in the same buffers. Chains left over at the end of the burst
+ *   are rewound.
  *
  * In both paths the backend's virtio_net_hdr lands in front of the frame as-is and only num_buffers
  * is written by the device (virtio 1.2 §5.1.6.4: 1 without MRG_RXBUF). A chain too short for the header
@@ -23,6 +31,7 @@
  * Frame observers (capture, rate-limit accounting; service.ts) see each delivered frame before the
  * burst's used.idx is published. Signalling and sleeping are the loop's.
  */
+import { MERGED_STOP, PeekList } from '../native/batch.ts';
 import { NativeError } from '../native/errors.ts';
 import { IovecTable } from '../native/iovec.ts';
 import { DescriptorError, VringErrorCode, type DescriptorChain } from '../vring/index.ts';
@@ -52,6 +61,11 @@ const MAX_IOV_PER_FRAME = 1024;
 const FILTER_BYTES = 16;
 /** Room for a VLAN tag on top of the MTU. */
 const VLAN_HLEN = 4;
+const BROADCAST = new Uint8Array([0xff, 0xff, 0xff, 0xff, 0xff, 0xff]);
+
+function isBroadcast(m: Uint8Array, o: number): boolean {
+  return (m[o]! & m[o + 1]! & m[o + 2]! & m[o + 3]! & m[o + 4]! & m[o + 5]!) === 0xff;
+}
 
 export class RxService {
   readonly ctx: ServiceContext<RxPort>;
@@ -67,6 +81,12 @@ export class RxService {
   private readonly zeroHdr = new Uint8Array(HDR.LEN_V1);
   private readonly peek = new Uint8Array(FILTER_BYTES);
   private readonly cursor: MrgCursor;
+  /** The merged path's chain of each buffer in the table (index into chains). */
+  private readonly bufChain: Uint16Array;
+  /** What the merged path's native call may read past without the filter (rebuilt per burst). */
+  private readonly vouched = new PeekList();
+  /** The port reads frames into gathered buffers itself (recvMerged), and writes the whole header. */
+  private readonly canMerge: boolean;
   /** Set with RX.THROTTLED: milliseconds until frames may be read again. */
   throttledMs = 0;
   /** A full-size frame (MTU + Ethernet header): what the rate limit assumes before a read. */
@@ -80,8 +100,13 @@ export class RxService {
     this.skip = ctx.port.vnetHdrLen === 0 ? f.hdrLen : 0;
     const gso = f.guestTso4 || f.guestTso6 || f.guestUfo;
     this.maxRx = f.hdrLen + (gso ? MAX_FRAME_LEN : opts.mtu + ETH_HLEN + VLAN_HLEN);
-    this.table = new IovecTable(Math.max(ctx.burst * MAX_IOV_PER_CHAIN, MAX_IOV_PER_FRAME), ctx.burst);
+    // Frames (batched) or buffers (merged): a burst, plus room for one frame over MAX_IOV_PER_FRAME
+    // single-piece buffers. Entries: a burst of chains in their most pieces, or two frames' worth.
+    const slots = ctx.burst + MAX_IOV_PER_FRAME;
+    this.table = new IovecTable(Math.max(ctx.burst * MAX_IOV_PER_CHAIN, 2 * MAX_IOV_PER_FRAME, slots), slots);
     this.slotChain = new Uint16Array(ctx.burst);
+    this.bufChain = new Uint16Array(slots);
+    this.canMerge = typeof ctx.port.recvMerged === 'function' && this.skip === 0;
     this.cursor = new MrgCursor(this, this.chains, this.table, this.skip);
   }
 
@@ -98,7 +123,8 @@ export class RxService {
         return RX.THROTTLED; // frames wait in the backend
       }
     }
-    return !ctx.f.mrgRxbuf && this.filter.passAll ? this.batched(max) : this.perFrame(max);
+    if (!ctx.f.mrgRxbuf && this.filter.passAll) return this.batched(max);
+    return this.canMerge ? this.merged(max) : this.perFrame(max);
   }
 
   /** 0 when the chain can take a frame, else the counter of why not (it is completed with 0). */
@@ -202,6 +228,202 @@ export class RxService {
     }
     ctx.queue.addUsed(ch.head, total);
     this.delivered(total);
+  }
+
+  // ---- the merged path (MRG_RXBUF or a filter, one native call per burst)
+
+  /**
+   * One burst through the port's recvMerged:
+   *
+   *   chains[] popped   ┌──────┬───────┬──────┬──────┬──────┬──────┬┄┄┄┄
+   *                     │  c0  │ short │  c1  │  c2  │  c3  │  c4  │  …     (short: not a buffer,
+   *                     └──────┴───────┴──────┴──────┴──────┴──────┴┄┄┄┄    completed with 0)
+   *   table buffers        b0             b1     b2     b3     b4
+   *   native reads      f0 → b0 (used 1), f1 → b1 b2 (used 2), then stops (say NO_ROOM: b3 b4 < need)
+   *   then              c0 → used (num_buffers 1); short → used 0; c1, c2 → used (num_buffers 2 in c1);
+   *                     c3, c4 … rewound
+   *
+   * A frame with used 0 (too big) was read over by the next one in the same buffers: counted, and what
+   * it wrote logged. With a filter, the call stops after the first frame the peek list cannot vouch
+   * for; if the filter rejects it, it is counted and logged, and the call goes on from its first buffer.
+   */
+  private merged(max: number): number {
+    const ctx = this.ctx;
+    const q = ctx.queue;
+    const c = ctx.c;
+    const mem = ctx.mem;
+    const chains = this.chains;
+    const t = this.table;
+    const mrg = ctx.f.mrgRxbuf;
+    // With MRG_RXBUF every frame is offered room for the largest one; without, one buffer each.
+    const need = mrg ? this.maxRx : 1;
+    const peek = this.filter.passAll ? null : this.vouch();
+
+    // Pop up to `max` chains, and more (with MRG_RXBUF) until they hold one frame's `need`.
+    t.reset();
+    let popped = 0;
+    let nbuf = 0;
+    let room = 0;
+    let dry = false;
+    let full = false;
+    while (!dry && !full && (popped < max || room < need) && popped < q.size) {
+      const want = Math.min(popped === 0 ? max : ctx.burst, q.size - popped);
+      const got = q.popBurst(want, chains, popped);
+      if (got < want || popped + got === q.size) dry = true; // nothing more to pop
+      const end = popped + got;
+      for (let k = popped; k < end; k++) {
+        const ch = chains[k]!;
+        if (this.unusable(ch)) continue; // completed with 0 when the burst settles past it
+        if (nbuf === t.maxFrames || t.count + ch.writable.count > t.maxEntries) {
+          // The table is full: this chain and those after it go back to the ring.
+          q.rewind(end - k);
+          popped = k;
+          full = true;
+          break;
+        }
+        t.count = ch.appendIovecs(t.entries, t.count, 'writable', 0, ch.writableLen, mem);
+        t.endFrame();
+        this.bufChain[nbuf++] = k;
+        room += ch.writableLen;
+      }
+      if (!full) popped = end;
+    }
+    if (popped === 0) {
+      c[M.rxNoBuffers]! += 1;
+      return RX.NO_BUFFERS;
+    }
+    if (room < need && full) {
+      throw new DescriptorError(VringErrorCode.TOO_MANY_PIECES,
+        `an RX frame would span more than ${MAX_IOV_PER_FRAME} buffer pieces (MRG_RXBUF with tiny buffers); the queue is marked broken`);
+    }
+
+    let buf = 0; // the first buffer no frame took
+    let next = 0; // the first chain not completed
+    let completed = 0;
+    let frames = 0;
+    let stop: number = MERGED_STOP.NO_ROOM;
+    const port = ctx.port;
+    // Each call reads at least one frame or ends the burst; `calls` bounds a flood of filtered frames.
+    for (let calls = 0; frames < max && buf < nbuf && room >= need && calls < max; calls++) {
+      let got = 0;
+      try {
+        got = port.recvMerged!(t, buf, nbuf - buf, max - frames, need, this.maxRx, peek);
+        stop = t.status;
+      } catch (e) {
+        if (!(e instanceof NativeError)) throw e; // a bug, not the backend: the queue breaks
+        c[M.rxDropBackend]! += 1;
+        c[M.backendErrno] = e.errno;
+        stop = MERGED_STOP.ERROR;
+      }
+      for (let i = 0; i < got; i++) {
+        const total = t.bytes[i]!;
+        const used = t.used[i]!;
+        if (used === 0) {
+          c[total > 0 ? M.rxDropTooBig : M.rxDropBackend]! += 1;
+          this.logDropped(buf, nbuf, total);
+          continue;
+        }
+        if (i === got - 1 && stop === MERGED_STOP.PEEK && !this.accepts(chains[this.bufChain[buf]!]!, total)) {
+          // The last frame of the call and of the buffers taken: they take the next frame.
+          c[M.rxDropFiltered]! += 1;
+          this.logDropped(buf, nbuf, total);
+          break;
+        }
+        completed += this.deliverBuffers(buf, used, total, next);
+        next = this.bufChain[buf + used - 1]! + 1;
+        buf += used;
+        frames++;
+      }
+      if (stop !== MERGED_STOP.PEEK) break;
+    }
+    if (stop === MERGED_STOP.PIECES) {
+      throw new DescriptorError(VringErrorCode.TOO_MANY_PIECES,
+        `an RX frame would span more than ${MAX_IOV_PER_FRAME} buffer pieces (MRG_RXBUF with tiny buffers); the queue is marked broken`);
+    }
+    // Chains before the first buffer no frame took are settled (short ones with 0); the rest go back.
+    const settled = buf < nbuf ? this.bufChain[buf]! : popped;
+    for (let k = next; k < settled; k++) {
+      const ch = chains[k]!;
+      q.addUsed(ch.head, 0);
+      c[this.unusable(ch) || M.rxDropShortBuffer]! += 1;
+      completed++;
+    }
+    if (settled < popped) q.rewind(popped - settled);
+    this.publish(completed);
+    if (stop === MERGED_STOP.EMPTY || stop === MERGED_STOP.ERROR) return RX.BACKEND_EMPTY;
+    if (stop === MERGED_STOP.NO_ROOM && dry && frames < max) {
+      c[M.rxNoBuffers]! += 1;
+      return RX.NO_BUFFERS;
+    }
+    return RX.MORE;
+  }
+
+  /**
+   * Completes the chains of a frame of `total` bytes in buffers buf … buf+used−1, and the short chains
+   * from chain `next` up to its last one (with 0, counted): ring order. Returns the chains completed.
+   */
+  private deliverBuffers(buf: number, used: number, total: number, next: number): number {
+    const ctx = this.ctx;
+    const q = ctx.queue;
+    const chains = this.chains;
+    const bufChain = this.bufChain;
+    const first = chains[bufChain[buf]!]!;
+    if (ctx.f.hdrLen === HDR.LEN_V1) first.setU16(HDR.NUM_BUFFERS, used);
+    if (ctx.observer !== null) {
+      for (let u = 0; u < used; u++) ctx.frame.chains[u] = chains[bufChain[buf + u]!]!;
+      this.observe(total, used);
+    }
+    const last = bufChain[buf + used - 1]!;
+    let left = total;
+    let u = buf;
+    let n = 0;
+    for (let k = next; k <= last; k++, n++) {
+      const ch = chains[k]!;
+      if (bufChain[u] === k) {
+        const len = Math.min(left, ch.writableLen);
+        q.addUsed(ch.head, len);
+        left -= len;
+        u++;
+      } else {
+        q.addUsed(ch.head, 0);
+        ctx.c[this.unusable(ch) || M.rxDropShortBuffer]! += 1;
+      }
+    }
+    this.delivered(total);
+    return n;
+  }
+
+  /** Logs what a dropped frame of `total` bytes wrote into the buffers from `buf` on (dirty log). */
+  private logDropped(buf: number, nbuf: number, total: number): void {
+    const q = this.ctx.queue;
+    for (let b = buf, left = total; b < nbuf && left > 0; b++) {
+      const ch = this.chains[this.bufChain[b]!]!;
+      q.logWritten(ch, left);
+      left -= ch.writableLen;
+    }
+  }
+
+  /**
+   * The peek list for this burst: the destinations the filter accepts whatever else the frame holds
+   * (rx-filter.ts accept()), so the native call reads past them without asking. Everything else ends
+   * the call for the filter to judge.
+   */
+  private vouch(): PeekList {
+    const fl = this.filter;
+    const p = this.vouched;
+    p.reset(this.ctx.f.hdrLen, { anyDest: fl.promisc, stopTagged: fl.vlanFiltering });
+    if (fl.promisc) return p;
+    if (!fl.nobcast) p.add(BROADCAST);
+    if (!fl.nouni) {
+      if ((fl.mac[0]! & 1) === 0) p.add(fl.mac);
+      for (let e = 0; e < fl.uni.length; e += 6) if ((fl.uni[e]! & 1) === 0 && !p.add(fl.uni, e)) break;
+    }
+    if (!fl.nomulti) {
+      for (let e = 0; e < fl.multi.length; e += 6) {
+        if ((fl.multi[e]! & 1) === 1 && !isBroadcast(fl.multi, e) && !p.add(fl.multi, e)) break;
+      }
+    }
+    return p;
   }
 
   // ---- the per-frame path (MRG_RXBUF, or a filter)

@@ -9,7 +9,7 @@
  * without GUEST_CSUM gets frames with checksums completed by the kernel.
  * Main thread: TapBackend opens the fds and applies what the guest accepted. Worker: openPorts
  * (registered in backends.ts) turns a TapPortSpec into ports that hand whole bursts to
- * writevBatch/readvBatch.
+ * writevBatch/readvBatch, and readvMerged for MRG_RXBUF.
  */
 import * as native from '../native/index.ts';
 import { IovecTable } from '../native/iovec.ts';
@@ -130,6 +130,9 @@ class TapRxPort implements RxPort {
   constructor(fd: number, vnetHdrLen: number) { this.fd = fd; this.vnetHdrLen = vnetHdrLen; }
   recv(table: IovecTable, frames: number): number {
     return native.readvBatch(this.fd, table, frames);
+  }
+  recvMerged(table: IovecTable, first: number, buffers: number, frames: number, need: number, maxLen: number, peek: native.PeekList | null): number {
+    return native.readvMerged(this.fd, table, first, buffers, frames, need, maxLen, peek);
   }
 }
 

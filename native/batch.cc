@@ -20,6 +20,7 @@
 #include <sys/uio.h>
 #include <unistd.h>
 
+#include <cstring>
 #include <vector>
 
 namespace lgnet {
@@ -68,6 +69,54 @@ bool ArgInt(napi_env env, napi_value v, const char* what, double lo, double hi, 
     return false;
   }
   *out = (int64_t)d;
+  return true;
+}
+
+// Translates `units` consecutive units of entries, the first starting at entry `base` and unit u
+// ending before entry ends[u], into iov (iov[0] is entry `base`), checking each entry against its
+// mapping under one registry lock and pinning the mappings it names. A unit (a frame, or a buffer of
+// readvMerged) holds at most 2^31-1 bytes; its byte count goes to room[u] when room is given. Throws
+// NativeError(EFAULT/EINVAL, 'iovec') and returns false on a bad entry, before any syscall.
+bool Translate(Napi::Env cenv, const uint32_t* entries, uint32_t base, const uint32_t* ends, uint32_t units,
+               struct iovec* iov, Pins& pins, uint32_t* room) {
+  std::lock_guard<std::mutex> lock(RegistryMutex());
+  uint32_t lastId = 0;
+  Mapping* map = nullptr;
+  uint32_t e = base;
+  for (uint32_t u = 0; u < units; u++) {
+    uint64_t unitBytes = 0;
+    for (; e < ends[u]; e++) {
+      const uint32_t* w = entries + (size_t)e * kWords;
+      uint32_t id = w[0];
+      uint64_t offset = (uint64_t)w[1] | ((uint64_t)w[2] << 32);
+      uint32_t len = w[3];
+      if (id != lastId || map == nullptr) {
+        map = FindMappingLocked(id);
+        lastId = id;
+        if (map == nullptr) {
+          ThrowNativeError(cenv, EFAULT, "iovec",
+                           "entry " + std::to_string(e) + " names mapping id " + std::to_string(id) +
+                               ", which is not mapped (never created or already released)");
+          return false;
+        }
+        pins.Add(map);
+      }
+      if (offset > map->size || len > map->size - offset) {
+        ThrowNativeError(cenv, EFAULT, "iovec",
+                         "entry " + std::to_string(e) + " [" + std::to_string(offset) + ", +" + std::to_string(len) +
+                             ") lies outside mapping " + std::to_string(id) + " of " + std::to_string(map->size) + " bytes");
+        return false;
+      }
+      unitBytes += len;
+      if (unitBytes > INT32_MAX) {
+        ThrowNativeError(cenv, EINVAL, "iovec", "frame or buffer " + std::to_string(u) + " is longer than 2^31-1 bytes");
+        return false;
+      }
+      iov[e - base].iov_base = map->addr + offset;
+      iov[e - base].iov_len = len;
+    }
+    if (room != nullptr) room[u] = (uint32_t)unitBytes;
+  }
   return true;
 }
 
@@ -143,47 +192,7 @@ napi_value BatchIo(napi_env env, napi_callback_info cbinfo, bool write) {
   struct iovec* iov = tIov.data();
 
   Pins pins;
-  {
-    std::lock_guard<std::mutex> lock(RegistryMutex());
-    uint32_t lastId = 0;
-    Mapping* last = nullptr;
-    uint32_t frame = 0;
-    uint64_t frameBytes = 0;
-    for (uint32_t e = 0; e < total; e++) {
-      if (e == ends[frame]) {
-        frame++;
-        frameBytes = 0;
-      }
-      const uint32_t* w = entries + (size_t)e * kWords;
-      uint32_t id = w[0];
-      uint64_t offset = (uint64_t)w[1] | ((uint64_t)w[2] << 32);
-      uint32_t len = w[3];
-      if (id != lastId || last == nullptr) {
-        last = FindMappingLocked(id);
-        lastId = id;
-        if (last == nullptr) {
-          ThrowNativeError(cenv, EFAULT, "iovec",
-                           "entry " + std::to_string(e) + " names mapping id " + std::to_string(id) +
-                               ", which is not mapped (never created or already released)");
-          return undefined;
-        }
-        pins.Add(last);
-      }
-      if (offset > last->size || len > last->size - offset) {
-        ThrowNativeError(cenv, EFAULT, "iovec",
-                         "entry " + std::to_string(e) + " [" + std::to_string(offset) + ", +" + std::to_string(len) +
-                             ") lies outside mapping " + std::to_string(id) + " of " + std::to_string(last->size) + " bytes");
-        return undefined;
-      }
-      frameBytes += len;
-      if (frameBytes > INT32_MAX) {
-        ThrowNativeError(cenv, EINVAL, "iovec", "frame " + std::to_string(frame) + " is longer than 2^31-1 bytes");
-        return undefined;
-      }
-      iov[e].iov_base = last->addr + offset;
-      iov[e].iov_len = len;
-    }
-  }
+  if (!Translate(cenv, entries, 0, ends, (uint32_t)frames, iov, pins, nullptr)) return undefined;
 
   uint32_t done = 0;
   start = 0;
@@ -206,6 +215,250 @@ napi_value BatchIo(napi_env env, napi_callback_info cbinfo, bool write) {
   return result;
 }
 
+// ---- readvMerged: MRG_RXBUF receive, one call per burst (virtio 1.2 §5.1.6.4)
+//
+// The table's frames are guest buffers (one RX chain's writable part each), not frames. Frame after
+// frame is read into whole buffers, from where the previous frame ended:
+//
+//   buffers   [ b0 ][ b1 ][ b2 ][ b3 ][ b4 ] …      readv #0 over b0 b1 (room ≥ need), frame 0 took b0
+//   frames    f0: len 1400, used 1               readv #1 over b1 b2, frame 1 took b1 b2
+//             f1: len 2500, used 2               readv #2 over b3 b4 …
+//
+// Each readv is offered the fewest whole buffers whose room reaches `need` (with MRG_RXBUF the largest
+// frame the guest may receive, so no frame it may get is truncated; without, 1: one buffer per frame).
+// A frame longer than `maxLen` or than its room is recorded with used 0: its buffers take the next
+// frame (the caller counts the drop and logs what it wrote). When the kernel truncated it, its length
+// says only that it was longer than the room (room + 1). The call stops, leaving a reason in the status word, when `frames`
+// are read (FRAMES), the fd has nothing (EMPTY), the buffers left cannot hold `need` (NO_ROOM), the
+// next window would exceed IOV_MAX pieces (PIECES), a frame is one the peek list cannot vouch for
+// (PEEK: it is the last one recorded), or readv failed after frame 0 (ERROR; on frame 0 it throws).
+// The native side writes only through the iovecs it checked: the kernel fills them and nothing else.
+
+// Status word values (MERGED_STOP in native/batch.ts).
+enum MergedStop : uint32_t { kStopFrames = 0, kStopEmpty = 1, kStopNoRoom = 2, kStopPieces = 3, kStopPeek = 4, kStopError = 5 };
+
+// The peek list (native/batch.ts PeekList): [flags, count, hdrLen lo, hdrLen hi, count × 6-byte MAC].
+constexpr uint8_t kPeekAnyDest = 1;    // every destination passes (promiscuous)
+constexpr uint8_t kPeekStopTagged = 2;  // an 802.1Q-tagged frame stops the call (VLAN filtering)
+constexpr uint32_t kPeekMaxMacs = 64;
+constexpr uint32_t kEthHlen = 14;
+
+thread_local std::vector<uint32_t> tRoom;
+// Where a frame longer than its window spills one byte (never guest memory; its content is ignored).
+thread_local uint8_t tSpill[8];
+
+struct Peek {
+  uint8_t flags = 0;
+  uint32_t count = 0;
+  uint32_t hdrLen = 0;
+  uint8_t macs[kPeekMaxMacs * 6];
+};
+
+// Copies up to `len` bytes from offset `at` of the stream the iovecs describe (the frame just read).
+uint32_t GatherBytes(const struct iovec* iov, uint32_t n, uint64_t at, uint8_t* out, uint32_t len) {
+  uint32_t got = 0;
+  for (uint32_t i = 0; i < n && got < len; i++) {
+    uint64_t l = iov[i].iov_len;
+    if (at >= l) {
+      at -= l;
+      continue;
+    }
+    uint64_t take = l - at;
+    if (take > len - got) take = len - got;
+    memcpy(out + got, static_cast<const uint8_t*>(iov[i].iov_base) + at, take);
+    got += (uint32_t)take;
+    at = 0;
+  }
+  return got;
+}
+
+// True when the peek list vouches for the frame of `n` bytes (header included) just read into iov:
+// the caller's filter would accept it, so the call may go on past it.
+bool PeekPasses(const Peek& p, const struct iovec* iov, uint32_t niov, int64_t n) {
+  uint8_t eth[kEthHlen];
+  if (n < (int64_t)(p.hdrLen + kEthHlen)) return false;
+  if (GatherBytes(iov, niov, p.hdrLen, eth, kEthHlen) != kEthHlen) return false;
+  if ((p.flags & kPeekStopTagged) && eth[12] == 0x81 && eth[13] == 0x00) return false;
+  if (p.flags & kPeekAnyDest) return true;
+  for (uint32_t i = 0; i < p.count; i++)
+    if (memcmp(eth, p.macs + i * 6, 6) == 0) return true;
+  return false;
+}
+
+// readvMerged(fd, words, maxEntries, maxFrames, first, buffers, frames, need, maxLen, peek?)
+// words = IovecTable.words: entries, frameEnd (buffer ends), bytes (per frame read: its length),
+// used (per frame read: buffers it took), status (one word: the MergedStop). Buffers first …
+// first+buffers-1 are offered; frame i's results land in bytes[i], used[i]. Returns frames read.
+napi_value ReadvMerged(napi_env env, napi_callback_info cbinfo) {
+  size_t argc = 10;
+  napi_value argv[10];
+  napi_value undefined;
+  napi_get_undefined(env, &undefined);
+  if (napi_get_cb_info(env, cbinfo, &argc, argv, nullptr, nullptr) != napi_ok) return undefined;
+  if (argc < 9) {
+    napi_throw_type_error(env, nullptr, "readvMerged takes (fd, words, maxEntries, maxFrames, first, buffers, frames, need, maxLen, peek?)");
+    return undefined;
+  }
+  int64_t fd64, maxEntries, maxFrames, first, buffers, frames, need, maxLen;
+  if (!ArgInt(env, argv[0], "fd", 0, INT32_MAX, &fd64) ||
+      !ArgInt(env, argv[2], "maxEntries", 0, UINT32_MAX, &maxEntries) ||
+      !ArgInt(env, argv[3], "maxFrames", 0, UINT32_MAX, &maxFrames) ||
+      !ArgInt(env, argv[4], "first", 0, UINT32_MAX, &first) ||
+      !ArgInt(env, argv[5], "buffers", 0, UINT32_MAX, &buffers) ||
+      !ArgInt(env, argv[6], "frames", 0, UINT32_MAX, &frames) ||
+      !ArgInt(env, argv[7], "need", 1, INT32_MAX, &need) ||
+      !ArgInt(env, argv[8], "maxLen", 1, INT32_MAX, &maxLen))
+    return undefined;
+  const int fd = (int)fd64;
+  bool isTyped = false;
+  napi_is_typedarray(env, argv[1], &isTyped);
+  napi_typedarray_type type;
+  size_t length = 0;
+  void* data = nullptr;
+  if (!isTyped || napi_get_typedarray_info(env, argv[1], &type, &length, &data, nullptr, nullptr) != napi_ok ||
+      type != napi_uint32_array) {
+    napi_throw_type_error(env, nullptr, "words must be a Uint32Array (IovecTable.words)");
+    return undefined;
+  }
+  if ((uint64_t)maxEntries * kWords + 3 * (uint64_t)maxFrames + 1 > length) {
+    napi_throw_range_error(env, nullptr, "maxEntries/maxFrames exceed the words array");
+    return undefined;
+  }
+  if (first + buffers > maxFrames || frames > maxFrames) {
+    napi_throw_range_error(env, nullptr, "first + buffers and frames must each be at most maxFrames");
+    return undefined;
+  }
+  // The peek list, copied once: optional (undefined or null: every frame passes).
+  Peek peek;
+  bool peeking = false;
+  if (argc > 9) {
+    napi_valuetype vt;
+    napi_typeof(env, argv[9], &vt);
+    if (vt != napi_undefined && vt != napi_null) {
+      bool pTyped = false;
+      napi_is_typedarray(env, argv[9], &pTyped);
+      napi_typedarray_type ptype;
+      size_t plen = 0;
+      void* pdata = nullptr;
+      if (!pTyped || napi_get_typedarray_info(env, argv[9], &ptype, &plen, &pdata, nullptr, nullptr) != napi_ok ||
+          ptype != napi_uint8_array || plen < 4) {
+        napi_throw_type_error(env, nullptr, "peek must be a Uint8Array of at least 4 bytes (PeekList.bytes)");
+        return undefined;
+      }
+      const uint8_t* pb = static_cast<const uint8_t*>(pdata);
+      peek.flags = pb[0];
+      peek.count = pb[1];
+      peek.hdrLen = (uint32_t)pb[2] | ((uint32_t)pb[3] << 8);
+      if (peek.count > kPeekMaxMacs || 4 + (size_t)peek.count * 6 > plen) {
+        napi_throw_range_error(env, nullptr, "peek: MAC count exceeds 64 or the array");
+        return undefined;
+      }
+      memcpy(peek.macs, pb + 4, (size_t)peek.count * 6);
+      peeking = true;
+    }
+  }
+  uint32_t* words = static_cast<uint32_t*>(data);
+  const uint32_t* entries = words;
+  const uint32_t* bufEnd = entries + maxEntries * kWords;
+  int32_t* bytes = reinterpret_cast<int32_t*>(words + maxEntries * kWords + maxFrames);
+  uint32_t* used = words + maxEntries * kWords + 2 * maxFrames;
+  uint32_t* status = words + maxEntries * kWords + 3 * maxFrames;
+  napi_value result;
+  if (frames == 0 || buffers == 0) {
+    *status = frames == 0 ? kStopFrames : kStopNoRoom;
+    napi_create_uint32(env, 0, &result);
+    return result;
+  }
+  Napi::Env cenv(env);
+  const size_t nEntries = (size_t)maxEntries;
+  const uint32_t nb = (uint32_t)buffers;
+  const uint32_t f0 = (uint32_t)first;
+
+  // Buffer shape, on a copy of the ends (a table changed meanwhile cannot move a buffer outside what
+  // was checked): each buffer 1..IOV_MAX entries, in order, inside the entries array.
+  if (tEnds.size() < (size_t)nb + 1) tEnds.resize((size_t)nb + 1);
+  uint32_t* ends = tEnds.data();  // ends[0] = start of buffer `first`; ends[b + 1] = end of buffer first + b
+  ends[0] = f0 == 0 ? 0 : bufEnd[f0 - 1];
+  for (uint32_t b = 0; b < nb; b++) {
+    uint32_t start = ends[b];
+    uint32_t end = ends[b + 1] = bufEnd[f0 + b];
+    if (end <= start || end > nEntries || end - start > IOV_MAX) {
+      ThrowNativeError(cenv, EINVAL, "iovec",
+                       "buffer " + std::to_string(f0 + b) + " spans entries [" + std::to_string(start) + ", " +
+                           std::to_string(end) + "): each buffer needs 1.." + std::to_string(IOV_MAX) +
+                           " entries within the " + std::to_string(nEntries) + " in the table");
+      return undefined;
+    }
+  }
+  const uint32_t base = ends[0];
+  const uint32_t total = ends[nb] - base;
+  if (tIov.size() < (size_t)total + 1) tIov.resize((size_t)total + 1);  // + the spill iovec
+  if (tRoom.size() < nb) tRoom.resize(nb);
+  struct iovec* iov = tIov.data();
+  uint32_t* room = tRoom.data();
+
+  Pins pins;
+  if (!Translate(cenv, entries, base, ends + 1, nb, iov, pins, room)) return undefined;
+
+  uint32_t done = 0;
+  uint32_t cur = 0;  // the first buffer not taken by a frame
+  uint32_t stop = kStopFrames;
+  while (done < (uint32_t)frames) {
+    // The fewest whole buffers from cur that hold `need`.
+    uint64_t have = 0;
+    uint32_t k = cur;
+    while (have < (uint64_t)need && k < nb) have += room[k++];
+    if (have < (uint64_t)need) {
+      stop = kStopNoRoom;
+      break;
+    }
+    const uint32_t from = ends[cur] - base;
+    const uint32_t niov = ends[k] - ends[cur];
+    if (niov + 1 > IOV_MAX) {
+      stop = kStopPieces;
+      break;
+    }
+    // One spill byte after the window: a tap reports only the bytes it copied, so a frame longer than
+    // the window would otherwise read as one that fills it exactly. A byte in the spill means "longer".
+    const struct iovec saved = iov[from + niov];
+    iov[from + niov].iov_base = tSpill;
+    iov[from + niov].iov_len = 1;
+    ssize_t n;
+    do n = ::syscall(SYS_readv, fd, iov + from, (int)niov + 1);
+    while (n < 0 && errno == EINTR);
+    iov[from + niov] = saved;
+    if (n < 0) {
+      if (errno == EAGAIN) {
+        stop = kStopEmpty;
+        break;
+      }
+      if (done > 0) {
+        stop = kStopError;
+        break;
+      }
+      ThrowNativeError(cenv, errno, "readv", "fd " + std::to_string(fd) + ", frame 0 of a merged read");
+      return undefined;
+    }
+    bytes[done] = n > INT32_MAX ? INT32_MAX : (int32_t)n;
+    if (n == 0 || n > maxLen || (uint64_t)n > have) {
+      used[done++] = 0;  // dropped by the caller; the same buffers take the next frame
+      continue;
+    }
+    uint32_t u = 0;
+    for (uint64_t acc = 0; acc < (uint64_t)n; u++) acc += room[cur + u];
+    used[done++] = u;
+    if (peeking && !PeekPasses(peek, iov + from, niov, n)) {
+      cur += u;
+      stop = kStopPeek;
+      break;
+    }
+    cur += u;
+  }
+  *status = stop;
+  napi_create_uint32(env, done, &result);
+  return result;
+}
+
 napi_value WritevBatch(napi_env env, napi_callback_info info) { return BatchIo(env, info, true); }
 napi_value ReadvBatch(napi_env env, napi_callback_info info) { return BatchIo(env, info, false); }
 
@@ -220,6 +473,7 @@ Napi::Function Raw(Napi::Env env, napi_callback cb, const char* name) {
 void RegisterBatch(Napi::Env env, Napi::Object exports) {
   exports.Set("writevBatch", Raw(env, WritevBatch, "writevBatch"));
   exports.Set("readvBatch", Raw(env, ReadvBatch, "readvBatch"));
+  exports.Set("readvMerged", Raw(env, ReadvMerged, "readvMerged"));
 }
 
 }  // namespace lgnet

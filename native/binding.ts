@@ -46,6 +46,19 @@ export interface RawBinding {
   // words = IovecTable.words: entries (maxEntries × 4 u32), frameEnd (maxFrames u32), bytes (maxFrames i32).
   writevBatch(fd: number, words: Uint32Array, maxEntries: number, maxFrames: number, frames: number): number;
   readvBatch(fd: number, words: Uint32Array, maxEntries: number, maxFrames: number, frames: number): number;
+  // words as above, plus used (maxFrames u32) and one status word; peek = PeekList.bytes.
+  readvMerged(
+    fd: number,
+    words: Uint32Array,
+    maxEntries: number,
+    maxFrames: number,
+    first: number,
+    buffers: number,
+    frames: number,
+    need: number,
+    maxLen: number,
+    peek: Uint8Array | undefined,
+  ): number;
 
   // wait.cc
   poll(fds: Int32Array, timeoutMs: number): number;

@@ -6,7 +6,7 @@
  *
  * Where things sit on the data path (DESIGN.md, "Data path and threads"):
  *   guest memory   memfdCreate, mmap, mmapAnonymous, mappingBuffer, munmap   (process-wide registry)
- *   frames         tapOpen, tapSetVnetHdrSize, tapSetOffload, writevBatch, readvBatch
+ *   frames         tapOpen, tapSetVnetHdrSize, tapSetOffload, writevBatch, readvBatch, readvMerged
  *   sleeping       eventfd*, poll, waitKick (worker threads); FdPoller (event-loop threads)
  *   control        unix sockets with SCM_RIGHTS (vhost-user)
  *   sandbox/tests  netnsEnter/Leave, packetOpen, fdRead/Write, no_new_privs, seccomp, set*id, rlimits

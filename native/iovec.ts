@@ -6,9 +6,12 @@
  *               \_______ frame 0 ______/  \___ frame 1 ...
  *   frameEnd  [ 2, 3, ... ]    frameEnd[i] = index of the first entry after frame i
  *   bytes     [ n0, n1, ... ]  written by writevBatch/readvBatch: bytes moved for frame i
+ *   used      [ u0, u1, ... ]  written by readvMerged: buffers frame i took
+ *   status    [ s ]            written by readvMerged: why it stopped (MERGED_STOP)
  *
- * All three arrays are views of one buffer, `words` (entries, then frameEnd, then bytes), which is what
- * crosses into native: one typed-array query per call instead of three.
+ * All of them are views of one buffer, `words` (in that order), which is what crosses into native: one
+ * typed-array query per call instead of several. For readvMerged (MRG_RXBUF) each table "frame" is one
+ * guest buffer, and bytes/used describe the frames read into them (native/batch.ts).
  *
  * `offset` is a byte offset within the mapping named by `id` (a registry id from mmap()/
  * mmapAnonymous()), split into 32-bit halves so no BigInt is needed. Entries are written with push(),
@@ -71,6 +74,8 @@ export class IovecTable {
   readonly entries: Uint32Array;
   readonly frameEnd: Uint32Array;
   readonly bytes: Int32Array;
+  /** readvMerged's output: how many buffers frame i took (0: dropped, its buffers took the next frame). */
+  readonly used: Uint32Array;
   /** Entries pushed so far (over all frames). */
   count = 0;
   /** Frames ended so far. */
@@ -86,10 +91,16 @@ export class IovecTable {
     this.maxEntries = maxEntries;
     this.maxFrames = maxFrames;
     const entryWords = maxEntries * IOVEC_WORDS;
-    this.words = new Uint32Array(entryWords + 2 * maxFrames);
+    this.words = new Uint32Array(entryWords + 3 * maxFrames + 1);
     this.entries = this.words.subarray(0, entryWords);
     this.frameEnd = this.words.subarray(entryWords, entryWords + maxFrames);
     this.bytes = new Int32Array(this.words.buffer, (entryWords + maxFrames) * 4, maxFrames);
+    this.used = this.words.subarray(entryWords + 2 * maxFrames, entryWords + 3 * maxFrames);
+  }
+
+  /** readvMerged's output: why the last call stopped (MERGED_STOP in native/batch.ts). */
+  get status(): number {
+    return this.words[this.words.length - 1]!;
   }
 
   reset(): void {

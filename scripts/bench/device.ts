@@ -11,12 +11,17 @@
  *   dirty log      the four lgnet figures again with dirty logging on (NetDevice.startDirtyLog),
  *                  as ratios to the same figures with logging off.
  *   packed         the four lgnet figures again on packed rings, as ratios to split rings.
+ *   mrg            RX with MRG_RXBUF against plain RX (no MRG_RXBUF), 64 and 1514 B, in alternating
+ *                  rounds on fresh devices (the plain figure is re-measured beside each MRG one, so
+ *                  drift on a shared machine hits both): 2048-byte buffers (one per frame), and 1024-byte
+ *                  buffers for 1514 B (each frame spans two).
  *
  * The harness (the "guest") runs on the main thread, lgnet's worker on another: on a 2-vCPU machine
  * that is one core each. Frames go to a MAC nothing owns, so the namespace's kernel drops them early.
  * Results print and go to bench/results/device.json. Options: LGNET_BENCH_SECONDS (per measurement),
  * LGNET_BENCH_BUSYPOLL (device busy-poll rounds, default 0), LGNET_BENCH_JAIL=1 is reserved for the jail
- * comparison.
+ * comparison, LGNET_BENCH_ONLY=mrg runs the MRG_RXBUF comparison alone, LGNET_BENCH_MRG_ROUNDS its rounds
+ * (default 3).
  */
 import { spawn } from 'node:child_process';
 import { mkdirSync, writeFileSync } from 'node:fs';
@@ -30,9 +35,13 @@ import { ethernet } from '../../harness/frames.ts';
 import { GuestRam } from '../../harness/guest-ram.ts';
 import { VirtioNetDriver } from '../../harness/virtio-net.ts';
 import { createNetns, openPacketIn, type Netns } from '../../harness/netns.ts';
-import { buildTapLoop, ROOT, runTapLoop } from './common.ts';
+import { buildTapLoop, ROOT, runTapLoop, stat } from './common.ts';
 
 const SECONDS = Number(process.env['LGNET_BENCH_SECONDS'] ?? 2);
+const ONLY = process.env['LGNET_BENCH_ONLY'] ?? '';
+const MRG_ROUNDS = Number(process.env['LGNET_BENCH_MRG_ROUNDS'] ?? 3);
+/** Seconds of traffic a fresh device gets before it is measured (the MRG comparison). */
+const WARMUP = 0.5;
 const BUSY_POLL = Number(process.env['LGNET_BENCH_BUSYPOLL'] ?? 0);
 const HDR = 12;
 const QSIZE = 256;
@@ -40,13 +49,13 @@ const QSIZE = 256;
 interface Rate { frames: number; seconds: number; fps: number }
 
 /** A device on a tap in `ns`, with the harness attached. */
-async function setup(ns: Netns, packed = false) {
+async function setup(ns: Netns, packed = false, rx: { mrg?: boolean; bufferSize?: number } = {}) {
   const backend = native.withNetns(ns.path, () => new TapBackend({ name: 'lgbench0' }));
   ns.exec('ip', 'link', 'set', 'lgbench0', 'up');
   const dev = new NetDevice({ backend, mac: '52:54:00:00:00:01', busyPoll: BUSY_POLL, maxQueueSize: QSIZE });
   const ram = new GuestRam(64 << 20);
-  const features = mask('VERSION_1', 'RING_EVENT_IDX', 'MAC') | (packed ? mask('RING_PACKED') : 0n);
-  const drv = new VirtioNetDriver(ram, { features, queueSize: QSIZE, rxBufferSize: 2048 });
+  const features = mask('VERSION_1', 'RING_EVENT_IDX', 'MAC') | (packed ? mask('RING_PACKED') : 0n) | (rx.mrg ? mask('MRG_RXBUF') : 0n);
+  const drv = new VirtioNetDriver(ram, { features, queueSize: QSIZE, rxBufferSize: rx.bufferSize ?? 2048 });
   await drv.attach(dev);
   return { backend, dev, ram, drv };
 }
@@ -68,6 +77,7 @@ function harnessTx(s: Awaited<ReturnType<typeof setup>>, len: number, seconds: n
 function harnessRx(s: Awaited<ReturnType<typeof setup>>, seconds: number): Rate {
   const r = s.drv.rx[0]!;
   const callFds = Int32Array.of(r.callFd);
+  const size = s.drv.rxBufferSize;
   const m0 = s.dev.metrics().queues[0]!.frames;
   const t0 = performance.now();
   let t = t0;
@@ -78,7 +88,7 @@ function harnessRx(s: Awaited<ReturnType<typeof setup>>, seconds: number): Rate 
     for (let h = q.popUsed(); h >= 0; h = q.popUsed()) {
       const slot = r.slotOf[h]!;
       r.slotOf[h] = -1;
-      r.slotOf[q.add([], [{ addr: r.slots[slot]!, len: 2048 }])] = slot;
+      r.slotOf[q.add([], [{ addr: r.slots[slot]!, len: size }])] = slot;
       n++;
     }
     if (n) r.publishAndKick();
@@ -90,15 +100,15 @@ function harnessRx(s: Awaited<ReturnType<typeof setup>>, seconds: number): Rate 
 }
 
 /** Runs `measure` while tap-loop sends `len`-byte frames into the tap from an AF_PACKET socket. */
-async function withSender<T>(bin: string, pkt: number, len: number, measure: () => T | Promise<T>): Promise<{ result: T; offered: number }> {
-  const child = spawn(bin, ['send', '3', String(len), String(SECONDS + 1)], { stdio: ['ignore', 'pipe', 'pipe', pkt] });
+async function withSender<T>(bin: string, pkt: number, len: number, measure: () => T | Promise<T>, extraSeconds = 0): Promise<{ result: T; offered: number }> {
+  const child = spawn(bin, ['send', '3', String(len), String(SECONDS + 1 + extraSeconds)], { stdio: ['ignore', 'pipe', 'pipe', pkt] });
   let out = '';
   child.stdout!.on('data', (d: Buffer) => (out += d.toString()));
   const exited = new Promise<void>((res) => child.on('close', () => res()));
   await new Promise((res) => setTimeout(res, 200));
   try {
     const result = await measure();
-    await Promise.race([exited, new Promise((res) => setTimeout(res, (SECONDS + 5) * 1000))]);
+    await Promise.race([exited, new Promise((res) => setTimeout(res, (SECONDS + 5 + extraSeconds) * 1000))]);
     return { result, offered: out ? (JSON.parse(out) as Rate).fps : 0 };
   } finally {
     if (child.exitCode === null && child.pid !== undefined) process.kill(child.pid, 'SIGKILL');
@@ -106,6 +116,47 @@ async function withSender<T>(bin: string, pkt: number, len: number, measure: () 
 }
 
 const fmt = (fps: number): string => `${(fps / 1e6).toFixed(3)} M/s`;
+
+/**
+ * RX with MRG_RXBUF against plain RX: MRG_ROUNDS rounds, each measuring every case on a fresh plain
+ * device and then on a fresh MRG_RXBUF device. Reports each case's median rate and the median and
+ * range of the per-round ratios.
+ */
+async function benchMrg(ns: Netns, bin: string, seconds: number): Promise<Record<string, unknown>> {
+  const cases = [
+    { name: 'rx64', len: 64, bufferSize: 2048 },
+    { name: 'rx1514', len: 1514, bufferSize: 2048 },
+    { name: 'rx1514x2', len: 1514, bufferSize: 1024 },
+  ];
+  const plain: Record<string, number[]> = {};
+  const mrg: Record<string, number[]> = {};
+  for (let round = 0; round < MRG_ROUNDS; round++) {
+    for (const withMrg of [false, true]) {
+      for (const c of cases) {
+        // Plain RX needs a buffer that holds a whole frame: the small-buffer case compares against 2048.
+        const s = await setup(ns, false, { mrg: withMrg, bufferSize: withMrg ? c.bufferSize : 2048 });
+        try {
+          const pkt = openPacketIn(ns, 'lgbench0'); // closed with the namespace
+          // A fresh device is a fresh worker thread: warm its JIT up before measuring.
+          const r = await withSender(bin, pkt, c.len, () => (harnessRx(s, WARMUP), harnessRx(s, seconds)), WARMUP);
+          ((withMrg ? mrg : plain)[c.name] ??= []).push(r.result.fps);
+        } finally {
+          await closeSetup(s);
+        }
+      }
+    }
+  }
+  const out: Record<string, unknown> = { rounds: MRG_ROUNDS };
+  for (const c of cases) {
+    const p = plain[c.name]!;
+    const m = mrg[c.name]!;
+    const ratios = m.map((x, i) => x / p[i]!);
+    const r = stat(ratios);
+    out[c.name] = { bufferSize: c.bufferSize, plain: p, mrg: m, plainMedian: stat(p).median, mrgMedian: stat(m).median, ratioMedian: r.median, ratioMin: r.min, ratioMax: r.max };
+    console.log(`${c.name.padEnd(8)} MRG_RXBUF (${c.bufferSize} B buffers): lgnet ${fmt(stat(m).median)}  plain ${fmt(stat(p).median)}  ratio ${r.median.toFixed(3)} (${r.min.toFixed(3)}–${r.max.toFixed(3)} over ${r.n} rounds)`);
+  }
+  return out;
+}
 
 /** Runs the device benchmark; returns the results object (also used by the full bench suite). */
 export async function benchDevice(opts: { seconds?: number } = {}): Promise<Record<string, unknown>> {
@@ -118,6 +169,10 @@ export async function benchDevice(opts: { seconds?: number } = {}): Promise<Reco
   const ns = createNetns('lgnet-bdev');
   let s: Awaited<ReturnType<typeof setup>> | undefined;
   try {
+    if (ONLY === 'mrg') {
+      results['mrg'] = await benchMrg(ns, bin, seconds);
+      return results;
+    }
     s = await setup(ns);
     const tapFd = s.backend.fds[0]!;
     for (const len of [64, 1514]) {
@@ -179,6 +234,10 @@ export async function benchDevice(opts: { seconds?: number } = {}): Promise<Reco
       console.log(`rx ${String(len).padStart(4)} B, packed ring: lgnet ${fmt(p.result.fps)}  ratio to split ${(p.result.fps / split).toFixed(3)}`);
     }
     results['packed'] = packed;
+    await closeSetup(s);
+    s = undefined;
+
+    results['mrg'] = await benchMrg(ns, bin, seconds);
   } finally {
     if (s) await closeSetup(s);
     ns.destroy();

@@ -1,8 +1,13 @@
 /**
  * MRG_RXBUF: a 9000-byte frame spread over 4 small RX chains, num_buffers right, the chains it did not
- * need given back to the ring (rewound), and the next frame landing in them.
+ * need given back to the ring (rewound), and the next frame landing in them; with a filter, rejected
+ * frames inside one burst leave no hole; a frame too big for the guest is counted, its bytes logged.
  */
 import { expect, it } from 'vitest';
+import { ACK, CTRL } from '../../device/ctrl.ts';
+import { ethernet, mac } from '../../harness/frames.ts';
+import { openPacketIn } from '../../harness/netns.ts';
+import * as native from '../../native/index.ts';
 import { createBed, expectedPayload, udpSend, type Bed } from './helpers.ts';
 
 // createBed() tracks what it makes: closed after each test (test/helpers/bed.ts).
@@ -36,4 +41,83 @@ it('a 9000-byte frame fills 4 chains of 2304 bytes; the other 4 are rewound', as
   again.kill();
   expect(next.length).toBe(1);
   expect(next[0]!.numBuffers).toBe(2);
+});
+
+/** Raw frames of a local experimental EtherType from the namespace side of the tap. */
+function rawFrames(b: Bed, list: Array<{ dst: Uint8Array; len: number; seq: number }>): Uint8Array[] {
+  const pkt = openPacketIn(b.ns, 'lgtap0'); // closed with the namespace
+  return list.map(({ dst, len, seq }) => {
+    const payload = new Uint8Array(len - 14).map((_, i) => (i * 13 + seq) & 255);
+    const f = ethernet(dst, b.tapMac, 0x88b5, payload);
+    expect(native.fdWrite(pkt, f)).toBe(f.length);
+    return f;
+  });
+}
+
+it('with a filter in one burst: rejected frames are counted and their buffers take the next frame', async () => {
+  bed = await createBed({
+    accept: ['VERSION_1', 'MRG_RXBUF', 'RING_EVENT_IDX', 'MAC', 'CTRL_VQ', 'CTRL_RX'],
+    driver: { queueSize: 16, rxBufferSize: 1024, ctrl: { maxPairs: 1 } },
+  });
+  expect(await bed.drv.ctrl(CTRL.RX, CTRL.RX_PROMISC, new Uint8Array([0]))).toBe(ACK.OK);
+  const other = mac('52:54:00:aa:bb:cc');
+  // Queued in the kernel while the queue is stopped, so that one burst meets them all.
+  expect(await bed.dev.stopQueue(0)).toBe(0);
+  const m0 = bed.dev.metrics().queues[0]!;
+  const plan = [
+    { dst: bed.guestMac, len: 1500, seq: 1 }, // 2 buffers
+    { dst: other, len: 1500, seq: 2 }, // rejected
+    { dst: other, len: 200, seq: 3 }, // rejected
+    { dst: bed.guestMac, len: 100, seq: 4 }, // 1 buffer
+    { dst: other, len: 900, seq: 5 }, // rejected, last: its buffer goes back to the ring
+  ];
+  const sent = rawFrames(bed, plan);
+  await bed.dev.startQueue(0);
+  const got = await bed.drv.waitRx(2, { timeoutMs: 5000 });
+  expect(got.map((g) => g.numBuffers)).toEqual([2, 1]);
+  expect(Buffer.from(got[0]!.frame).equals(Buffer.from(sent[0]!))).toBe(true);
+  expect(Buffer.from(got[1]!.frame).equals(Buffer.from(sent[3]!))).toBe(true);
+  await expect.poll(() => bed!.dev.metrics().queues[0]!.rxDropFiltered - m0.rxDropFiltered, { timeout: 2000 }).toBe(3);
+  const m = bed.dev.metrics().queues[0]!;
+  expect(m.frames - m0.frames).toBe(2);
+  expect(m.rxDropShortBuffer + m.rxDropTooBig).toBe(0);
+  // Three buffers used, none lost to the rejected frames: the device's next avail index is 3.
+  expect(await bed.dev.stopQueue(0)).toBe(3);
+});
+
+it('a frame larger than the guest may receive is counted too big, and the next frame lands in its buffer', async () => {
+  bed = await createBed({
+    accept: ['VERSION_1', 'MRG_RXBUF', 'RING_EVENT_IDX', 'MAC'],
+    driver: { queueSize: 16, rxBufferSize: 4096 },
+  });
+  // The tap takes jumbo frames; the device's MTU stays 1500, so the guest may get 1514 + VLAN at most.
+  bed.ns.exec('ip', 'link', 'set', 'lgtap0', 'mtu', '9000');
+  expect(await bed.dev.stopQueue(0)).toBe(0);
+  const log = await bed.dev.startDirtyLog();
+  const sent = rawFrames(bed, [
+    { dst: bed.guestMac, len: 4000, seq: 1 }, // too big
+    { dst: bed.guestMac, len: 300, seq: 2 },
+    { dst: bed.guestMac, len: 1800, seq: 3 }, // too big for 1500 + VLAN, fits in the 4096-byte buffer
+  ]);
+  const before = bed.dev.metrics().queues[0]!;
+  await bed.dev.startQueue(0);
+  const got = await bed.drv.waitRx(1, { timeoutMs: 5000 });
+  expect(got.length).toBe(1);
+  expect(Buffer.from(got[0]!.frame).equals(Buffer.from(sent[1]!))).toBe(true);
+  await expect.poll(() => bed!.dev.metrics().queues[0]!.rxDropTooBig - before.rxDropTooBig, { timeout: 2000 }).toBe(2);
+  // The last frame was read into the second buffer and dropped: the buffer went back to the ring, and
+  // what the frame wrote there is in the dirty log all the same.
+  expect(await bed.dev.stopQueue(0)).toBe(1);
+  // Find the buffer by its content: the third frame's bytes after the 12-byte header.
+  const r = bed.drv.rx[0]!;
+  const third = sent[2]!;
+  const at = r.slots.find((gpa) => Buffer.from(bed!.ram.read(gpa + 12, 1000)).equals(Buffer.from(third.subarray(0, 1000))));
+  expect(at).toBeDefined();
+  const page = (gpa: number): number => Math.floor(gpa / 4096) * 4096;
+  // A page only the dropped frame wrote: not one of the delivered frame's buffer.
+  const delivered = r.slots.find((gpa) => Buffer.from(bed!.ram.read(gpa + 12, 288)).equals(Buffer.from(sent[1]!.subarray(0, 288))))!;
+  const probe = page(at! + 12 + 1700);
+  expect([page(delivered), page(delivered + 311)]).not.toContain(probe);
+  expect(new Set(log.collect()).has(probe)).toBe(true);
+  await bed.dev.stopDirtyLog();
 });

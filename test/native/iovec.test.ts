@@ -31,7 +31,8 @@ function fixture(): { bufs: Map<number, ArrayBuffer>; maps: MappingViews; resolv
 describe('IovecTable', () => {
   it('lays entries, frameEnd and bytes over one buffer and splits offsets into 32-bit halves', () => {
     const t = new IovecTable(4, 2);
-    expect(t.words.length).toBe(4 * IOVEC_WORDS + 2 * 2);
+    expect(t.words.length).toBe(4 * IOVEC_WORDS + 3 * 2 + 1); // entries, frameEnd, bytes, used, status
+    expect(t.used.buffer).toBe(t.words.buffer);
     expect(t.entries.buffer).toBe(t.words.buffer);
     expect(t.frameEnd.buffer).toBe(t.words.buffer);
     expect(t.bytes.buffer).toBe(t.words.buffer);

@@ -1,0 +1,351 @@
+/**
+ * readvMerged (MRG_RXBUF receive, one native call per burst) against the real kernel: a tap with a
+ * 12-byte virtio_net_hdr inside a fresh network namespace, fed by an AF_PACKET socket on the same
+ * interface, reading into a memfd mapping cut into guest-like buffers.
+ *
+ *   AF_PACKET socket ──▶ [tap in ns] ──▶ tap fd ──readvMerged──▶ buffers b0 b1 b2 … (each 1..n iovecs)
+ *
+ * Every test fills the buffers with a marker byte first, so it can tell what the kernel wrote and
+ * what it did not touch.
+ */
+import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+
+import {
+  close,
+  fdWrite,
+  IovecTable,
+  mappingBuffer,
+  memfdCreate,
+  MERGED_STOP,
+  mmap,
+  munmap,
+  PeekList,
+  poll,
+  readvMerged,
+  tapSetVnetHdrSize,
+} from '../../native/index.ts';
+import { binding } from '../../native/load.ts';
+import { createNetns, destroyAllNetns, netnsPrerequisites, openPacketIn, openTapIn, type Netns } from '../../harness/netns.ts';
+import { nativeErrorOf } from '../helpers/errors.ts';
+
+const pre = netnsPrerequisites();
+if (!pre.ok) console.warn(`readvMerged tests skipped: ${pre.why}`);
+
+const HDR = 12;
+const ETHERTYPE = 0x88b5; // IEEE local experimental
+const REGION = 4 << 20;
+const MARK = 0xa5;
+/** The largest frame of a 1500-byte MTU, with the header: what MRG_RXBUF offers each readv. */
+const NEED = HDR + 1514;
+const DST_A = [0x02, 0, 0, 0, 0, 0x0a];
+const DST_B = [0x02, 0, 0, 0, 0, 0x0b];
+
+let ns: Netns;
+let memfd: number;
+let region: number;
+let mem: Uint8Array;
+
+beforeAll(() => {
+  if (!pre.ok) return;
+  memfd = memfdCreate('lgnet-merged-test', REGION);
+  region = mmap(memfd, 0, REGION);
+  mem = new Uint8Array(mappingBuffer(region));
+});
+afterEach(() => {
+  destroyAllNetns();
+});
+afterAll(() => {
+  destroyAllNetns();
+  if (pre.ok) {
+    munmap(region);
+    close(memfd);
+  }
+});
+
+function frame(len: number, seq: number, dst = DST_A, tagged = false): Uint8Array {
+  const f = new Uint8Array(len);
+  f.set([...dst, 0x02, 0, 0, 0, 0, 0x01], 0);
+  if (tagged) f.set([0x81, 0x00, 0x00, 0x05], 12);
+  const et = tagged ? 16 : 12;
+  f[et] = ETHERTYPE >> 8;
+  f[et + 1] = ETHERTYPE & 0xff;
+  for (let i = et + 2; i < len; i++) f[i] = (seq * 31 + i) & 0xff;
+  return f;
+}
+
+function setupTap(): { tap: number; pkt: number } {
+  ns = createNetns();
+  const t = openTapIn(ns, { vnetHdr: true, nonblocking: true, address: false });
+  tapSetVnetHdrSize(t.fd, HDR);
+  return { tap: t.fd, pkt: openPacketIn(ns, t.name) };
+}
+
+/** Sends frames into the tap and waits until the tap has something to read. */
+function send(s: { tap: number; pkt: number }, frames: Uint8Array[]): void {
+  for (const f of frames) expect(fdWrite(s.pkt, f)).toBe(f.length);
+  expect(poll([s.tap], 2000)).toBe(1);
+}
+
+/**
+ * `count` buffers of `size` bytes, 4 KiB apart from offset 0, each cut into two iovecs (the first
+ * `split` bytes, then the rest) so frames also cross iovecs inside a buffer. Marked with MARK.
+ */
+function buffers(count: number, size: number, split = 100): IovecTable {
+  const t = new IovecTable(2 * count + 64, count + 32);
+  for (let b = 0; b < count; b++) {
+    const at = b * 4096;
+    mem.fill(MARK, at, at + 4096);
+    t.push(region, at, split);
+    t.push(region, at + split, size - split);
+    t.endFrame();
+  }
+  return t;
+}
+
+/** The bytes of buffers first … first+n−1 read as one stream, `len` of them. */
+function stream(first: number, n: number, size: number, len: number): Uint8Array {
+  const out = new Uint8Array(n * size);
+  for (let b = 0; b < n; b++) out.set(mem.subarray((first + b) * 4096, (first + b) * 4096 + size), b * size);
+  return out.subarray(0, len);
+}
+
+function same(a: Uint8Array, b: Uint8Array): boolean {
+  return Buffer.from(a).equals(Buffer.from(b));
+}
+
+describe.runIf(pre.ok)('readvMerged on a tap', () => {
+  it('frames spanning several buffers: each starts in the buffer after the last one the previous took', () => {
+    const s = setupTap();
+    const t = buffers(16, 512);
+    const sizes = [1514, 64, 700, 1000];
+    const sent = sizes.map((len, i) => frame(len, i));
+    send(s, sent);
+    const got = readvMerged(s.tap, t, 0, 16, 32, NEED, NEED);
+    expect(got).toBe(4);
+    expect(t.status).toBe(MERGED_STOP.EMPTY); // the 5th readv hit EAGAIN
+    // 1526 bytes need 3 buffers of 512, 76 one, 712 and 1012 two each.
+    expect(Array.from(t.used.subarray(0, 4))).toEqual([3, 1, 2, 2]);
+    let first = 0;
+    for (let i = 0; i < 4; i++) {
+      expect(t.bytes[i]).toBe(HDR + sizes[i]!);
+      const bytes = stream(first, t.used[i]!, 512, HDR + sizes[i]!);
+      expect(bytes[1]).toBe(0); // gso_type NONE
+      expect(same(bytes.subarray(HDR), sent[i]!)).toBe(true);
+      // The rest of the frame's last buffer is untouched.
+      const end = (HDR + sizes[i]!) - (t.used[i]! - 1) * 512;
+      const last = (first + t.used[i]! - 1) * 4096;
+      expect(mem.subarray(last + end, last + 512).every((x) => x === MARK)).toBe(true);
+      first += t.used[i]!;
+    }
+    // Buffers no frame took: not written (the failed 5th readv wrote nothing).
+    for (let b = first; b < 16; b++) expect(mem.subarray(b * 4096, b * 4096 + 512).every((x) => x === MARK)).toBe(true);
+  });
+
+  it('first/buffers: the call starts at the buffer it is told', () => {
+    const s = setupTap();
+    const t = buffers(6, 2048);
+    send(s, [frame(300, 1)]);
+    expect(readvMerged(s.tap, t, 4, 2, 8, NEED, NEED)).toBe(1);
+    expect(t.used[0]).toBe(1);
+    expect(same(mem.subarray(4 * 4096 + HDR, 4 * 4096 + HDR + 300), frame(300, 1))).toBe(true);
+    expect(mem.subarray(0, 4 * 4096).every((x) => x === MARK)).toBe(true);
+  });
+
+  it('a frame longer than maxLen is reported with used 0 and the next frame lands in the same buffers', () => {
+    const s = setupTap();
+    const t = buffers(4, 2048);
+    const big = frame(1514, 1);
+    const small = frame(64, 2);
+    send(s, [big, small]);
+    expect(readvMerged(s.tap, t, 0, 4, 8, NEED, 1000)).toBe(2);
+    expect([t.bytes[0], t.used[0]]).toEqual([HDR + 1514, 0]);
+    expect([t.bytes[1], t.used[1]]).toEqual([HDR + 64, 1]);
+    expect(same(mem.subarray(HDR, HDR + 64), small)).toBe(true);
+    // The big frame's bytes past the small one are still there: the caller logs them as written.
+    expect(same(mem.subarray(HDR + 64, HDR + 200), big.subarray(64, 200))).toBe(true);
+  });
+
+  it('a frame too big for the buffers offered is truncated by the kernel inside them, never past them', () => {
+    const s = setupTap();
+    const t = buffers(4, 512);
+    send(s, [frame(1514, 3), frame(100, 4)]);
+    // need 600: each readv gets two buffers (1024 bytes); the 1526-byte frame does not fit.
+    expect(readvMerged(s.tap, t, 0, 4, 8, 600, 65_536)).toBe(2);
+    // The kernel reports what it copied: the window and the spill byte behind it, so never "exactly full".
+    expect([t.bytes[0], t.used[0]]).toEqual([1024 + 1, 0]);
+    // What it copied into buffer 1 (frame bytes 600 … 1011 in its second iovec) is still there.
+    expect(same(mem.subarray(4096 + 100, 4096 + 512), frame(1514, 3).subarray(512 - HDR + 100, 1024 - HDR))).toBe(true);
+    expect([t.bytes[1], t.used[1]]).toEqual([HDR + 100, 1]);
+    // Buffers 2 and 3 were never offered to a readv.
+    expect(mem.subarray(2 * 4096, 2 * 4096 + 512).every((x) => x === MARK)).toBe(true);
+    expect(mem.subarray(3 * 4096, 3 * 4096 + 512).every((x) => x === MARK)).toBe(true);
+  });
+
+  it('running out of buffers mid-burst stops before a read (NO_ROOM); the frames wait in the kernel', () => {
+    const s = setupTap();
+    const t = buffers(4, 2048);
+    const sent = [0, 1, 2, 3, 4, 5].map((i) => frame(200 + i, 10 + i));
+    send(s, sent);
+    expect(readvMerged(s.tap, t, 0, 4, 32, NEED, NEED)).toBe(4);
+    expect(t.status).toBe(MERGED_STOP.NO_ROOM);
+    // The same buffers again (the guest reposted them): the two frames left, then EAGAIN.
+    expect(readvMerged(s.tap, t, 0, 4, 32, NEED, NEED)).toBe(2);
+    expect(t.status).toBe(MERGED_STOP.EMPTY);
+    expect(same(mem.subarray(4096 + HDR, 4096 + HDR + 205), sent[5]!)).toBe(true);
+    // Room left below `need` from the start: nothing is read.
+    send(s, [frame(60, 20)]);
+    const small = buffers(2, 512);
+    expect(readvMerged(s.tap, small, 0, 2, 8, NEED, NEED)).toBe(0);
+    expect(small.status).toBe(MERGED_STOP.NO_ROOM);
+    expect(readvMerged(s.tap, t, 0, 4, 8, NEED, NEED)).toBe(1); // still there
+  });
+
+  it('`frames` bounds the call (FRAMES)', () => {
+    const s = setupTap();
+    const t = buffers(8, 2048);
+    send(s, [frame(100, 1), frame(100, 2), frame(100, 3)]);
+    expect(readvMerged(s.tap, t, 0, 8, 2, NEED, NEED)).toBe(2);
+    expect(t.status).toBe(MERGED_STOP.FRAMES);
+    expect(readvMerged(s.tap, t, 2, 6, 8, NEED, NEED)).toBe(1);
+  });
+
+  it('zero frames available: EAGAIN is no error, 0 frames and EMPTY; frames 0 or buffers 0 read nothing', () => {
+    const s = setupTap();
+    const t = buffers(4, 2048);
+    expect(readvMerged(s.tap, t, 0, 4, 8, NEED, NEED)).toBe(0);
+    expect(t.status).toBe(MERGED_STOP.EMPTY);
+    send(s, [frame(100, 1)]);
+    expect(readvMerged(s.tap, t, 0, 4, 0, NEED, NEED)).toBe(0);
+    expect(t.status).toBe(MERGED_STOP.FRAMES);
+    expect(readvMerged(s.tap, t, 0, 0, 8, NEED, NEED)).toBe(0);
+    expect(t.status).toBe(MERGED_STOP.NO_ROOM);
+    expect(readvMerged(s.tap, t, 0, 4, 8, NEED, NEED)).toBe(1); // the frame was left alone
+  });
+
+  it('a window of more than IOV_MAX pieces stops the call before a read (PIECES)', () => {
+    const s = setupTap();
+    const t = new IovecTable(1200, 1200);
+    for (let b = 0; b < 1100; b++) {
+      t.push(region, b, 1);
+      t.endFrame();
+    }
+    send(s, [frame(100, 1)]);
+    expect(readvMerged(s.tap, t, 0, 1100, 8, 1050, 1050)).toBe(0);
+    expect(t.status).toBe(MERGED_STOP.PIECES);
+    expect(readvMerged(s.tap, t, 0, 1100, 8, 1000, 1000)).toBe(1); // 1000 one-byte buffers: fine
+    expect(t.used[0]).toBe(HDR + 100);
+  });
+
+  it('with a peek list, the first frame it does not vouch for ends the call as its last frame', () => {
+    const s = setupTap();
+    const t = buffers(8, 2048);
+    send(s, [frame(100, 1, DST_A), frame(100, 2, DST_A), frame(100, 3, DST_B), frame(100, 4, DST_A)]);
+    const peek = new PeekList();
+    peek.reset(HDR, { anyDest: false, stopTagged: false });
+    expect(peek.add(Uint8Array.from(DST_A))).toBe(true);
+    expect(readvMerged(s.tap, t, 0, 8, 32, NEED, NEED, peek)).toBe(3);
+    expect(t.status).toBe(MERGED_STOP.PEEK);
+    expect(Array.from(t.used.subarray(0, 3))).toEqual([1, 1, 1]);
+    expect(mem[2 * 4096 + HDR + 5]).toBe(0x0b); // frame 3 (to B) is in buffer 2
+    // The caller refused it: its buffer takes the next frame.
+    expect(readvMerged(s.tap, t, 2, 6, 32, NEED, NEED, peek)).toBe(1);
+    expect(t.status).toBe(MERGED_STOP.EMPTY);
+    expect(same(mem.subarray(2 * 4096 + HDR, 2 * 4096 + HDR + 100), frame(100, 4, DST_A))).toBe(true);
+
+    // Promiscuous with VLAN filtering: any destination passes, a tagged frame stops the call.
+    peek.reset(HDR, { anyDest: true, stopTagged: true });
+    send(s, [frame(100, 5, DST_B), frame(100, 6, DST_A, true), frame(100, 7, DST_B)]);
+    expect(readvMerged(s.tap, t, 0, 8, 32, NEED, NEED, peek)).toBe(2);
+    expect(t.status).toBe(MERGED_STOP.PEEK);
+    expect(readvMerged(s.tap, t, 2, 6, 32, NEED, NEED, peek)).toBe(1);
+    expect(t.status).toBe(MERGED_STOP.EMPTY);
+  });
+
+  it('a PeekList holds at most 64 MACs and checks what it is given', () => {
+    const p = new PeekList();
+    p.reset(12, { anyDest: false, stopTagged: false });
+    const mac = new Uint8Array(6);
+    for (let i = 0; i < 64; i++) expect(p.add(mac)).toBe(true);
+    expect(p.add(mac)).toBe(false);
+    expect(p.count).toBe(64);
+    expect(() => p.add(new Uint8Array(5))).toThrow(RangeError);
+    expect(() => p.add(mac, 1)).toThrow(RangeError);
+    expect(() => p.reset(0x10000, { anyDest: true, stopTagged: false })).toThrow(RangeError);
+  });
+});
+
+describe.runIf(pre.ok)('readvMerged: hostile tables', () => {
+  it('the TypeScript checks refuse a bad table or argument before it crosses', () => {
+    const s = setupTap();
+    send(s, [frame(100, 1)]);
+    const t = buffers(4, 2048);
+    const bad: Array<[string, () => unknown, new (...a: never[]) => Error]> = [
+      ['buffers past those filled', () => readvMerged(s.tap, t, 0, 5, 8, NEED, NEED), RangeError],
+      ['first past those filled', () => readvMerged(s.tap, t, 5, 0, 8, NEED, NEED), RangeError],
+      ['frames past maxFrames', () => readvMerged(s.tap, t, 0, 4, t.maxFrames + 1, NEED, NEED), RangeError],
+      ['need 0', () => readvMerged(s.tap, t, 0, 4, 8, 0, NEED), RangeError],
+      ['need not an integer', () => readvMerged(s.tap, t, 0, 4, 8, 1.5, NEED), RangeError],
+      ['maxLen 2^31', () => readvMerged(s.tap, t, 0, 4, 8, NEED, 2 ** 31), RangeError],
+      ['a negative fd', () => readvMerged(-1, t, 0, 4, 8, NEED, NEED), RangeError],
+      ['not an IovecTable', () => readvMerged(s.tap, { words: t.words } as unknown as IovecTable, 0, 4, 8, NEED, NEED), TypeError],
+      ['a peek list that is not a PeekList', () => readvMerged(s.tap, t, 0, 4, 8, NEED, NEED, new Uint8Array(8) as unknown as PeekList), TypeError],
+    ];
+    for (const [what, call, kind] of bad) expect(call, what).toThrow(kind);
+    // Buffer shapes: ends that go backwards, an empty buffer, an end past the entries filled.
+    for (const [what, end] of [['backwards', 1], ['empty', 2], ['past the entries', 9]] as const) {
+      const h = buffers(4, 2048);
+      h.frameEnd[1] = end; // buffer 1 normally ends at entry 4
+      expect(() => readvMerged(s.tap, h, 0, 4, 8, NEED, NEED), what).toThrow(RangeError);
+    }
+    const wide = new IovecTable(1100, 1);
+    for (let i = 0; i < 1025; i++) wide.push(region, 0, 1);
+    wide.endFrame();
+    expect(() => readvMerged(s.tap, wide, 0, 1, 1, 1, 2000)).toThrow(RangeError); // > IOV_MAX in one buffer
+    // Nothing was read: the frame is still in the tap.
+    expect(readvMerged(s.tap, t, 0, 4, 8, NEED, NEED)).toBe(1);
+  });
+
+  it('C++ refuses entries outside their mapping (EFAULT) and bad shapes (EINVAL, RangeError) before any read', () => {
+    const s = setupTap();
+    send(s, [frame(100, 1)]);
+    const cases: Array<[string, (t: IovecTable) => void]> = [
+      ['unknown mapping id', (t) => t.push(region + 1000, 0, 10)],
+      ['offset + length past the mapping', (t) => t.push(region, REGION - 10, 11)],
+      [
+        'offset near 2^64',
+        (t) => {
+          t.push(region, 0, 64);
+          t.entries[(t.count - 1) * 4 + 1] = 0xffffffff;
+          t.entries[(t.count - 1) * 4 + 2] = 0xffffffff;
+        },
+      ],
+    ];
+    for (const [what, addBad] of cases) {
+      const t = buffers(2, 2048);
+      addBad(t); // a third buffer, bad
+      t.endFrame();
+      const e = nativeErrorOf(() => readvMerged(s.tap, t, 0, 3, 8, 1, NEED));
+      expect([e.code, e.syscall], what).toEqual(['EFAULT', 'iovec']);
+    }
+    // Straight to the binding, past the TypeScript checks: C++ checks the same shapes.
+    const t = buffers(4, 2048);
+    const raw = (first: number, buffers: number, frames: number, need = NEED, words = t.words, maxFrames = t.maxFrames) =>
+      binding.readvMerged(s.tap, words, t.maxEntries, maxFrames, first, buffers, frames, need, NEED, undefined);
+    t.frameEnd[1] = 1; // backwards
+    expect(nativeErrorOf(() => raw(0, 4, 8)).code).toBe('EINVAL');
+    t.frameEnd[1] = 4;
+    t.frameEnd[2] = 1000; // past the entries array
+    expect(nativeErrorOf(() => raw(0, 4, 8)).code).toBe('EINVAL');
+    t.frameEnd[2] = 6;
+    expect(() => raw(t.maxFrames - 2, 4, 8)).toThrow(RangeError); // first + buffers > maxFrames
+    expect(() => raw(0, 4, t.maxFrames + 1)).toThrow(RangeError); // frames > maxFrames
+    expect(() => raw(0, 4, 8, 0)).toThrow(RangeError); // need 0
+    expect(() => raw(0, 4, 8, NEED, t.words.subarray(0, 10))).toThrow(RangeError); // words too short
+    expect(() => binding.readvMerged(s.tap, t.words, t.maxEntries, t.maxFrames, 0, 4, 8, NEED, NEED, new Uint8Array(2))).toThrow(TypeError);
+    const lying = new Uint8Array(8);
+    lying[1] = 200; // more MACs than the array holds
+    expect(() => binding.readvMerged(s.tap, t.words, t.maxEntries, t.maxFrames, 0, 4, 8, NEED, NEED, lying)).toThrow(RangeError);
+    // None of that read the frame.
+    expect(raw(0, 4, 8)).toBe(1);
+  });
+});
