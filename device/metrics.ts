@@ -76,8 +76,10 @@ export const M = {
   backendErrno: 32,
   /** Guest pages written while dirty logging was on that lay beyond the end of the log (so not marked). */
   dirtyLogMissed: 33,
+  /** Times the queue found its guest memory shrunk under it (native/guard.cc): it stopped, NEEDS_RESET. */
+  memoryFaults: 34,
   /** Count of counters. */
-  COUNT: 34,
+  COUNT: 35,
 } as const;
 
 export type MetricName = Exclude<keyof typeof M, 'COUNT'>;
