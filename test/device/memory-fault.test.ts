@@ -145,17 +145,17 @@ describe('guest memory that shrinks under an embedded NetDevice', () => {
     });
   }
 
-  it('truncated and never touched: nothing breaks, and release and fresh memory are clean', async () => {
+  it('truncated and never kicked: a sleeping worker\'s once-a-second re-check finds it; release and fresh memory are clean', async () => {
     const bed = await createBed();
     const fd = shrinkableFd('memfd');
     const g = await rehome(bed, fd);
     const broken = brokenEvents(bed.dev);
     try {
       ftruncateSync(fd, 0);
-      await new Promise((r) => setTimeout(r, 300));
-      expect(broken).toEqual([]);
-      expect(bed.dev.status & NEEDS_RESET).toBe(0);
-      // Stopping reads no ring; the reset and release go through whatever the memory holds.
+      // No kick and no frame: only the bounded sleep (device/loops.ts SLEEP_MS) wakes the TX worker.
+      expect(await until(() => broken.some((b) => b.queue === 1))).toBe(true);
+      expect(broken.every((b) => b.code === NET_ERROR.GUEST_MEMORY_FAULT)).toBe(true);
+      expect(bed.dev.status & NEEDS_RESET).toBe(NEEDS_RESET);
       await bed.dev.reset();
       await bed.dev.releaseMemory();
       g.close();
