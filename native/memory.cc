@@ -110,8 +110,8 @@ Napi::Value Mmap(const Napi::CallbackInfo& info) {
   if (S_ISREG(st.st_mode) && (offset > st.st_size || length > st.st_size - offset))
     return NativeFail(env, EINVAL, "mmap", detail + ": range ends past the file size " + std::to_string(st.st_size));
   // The extent of the mapping, which the guard replaces whole: pages, or huge pages on hugetlbfs
-  // (whose mappings cannot be split inside a huge page). If fstatfs is refused, small pages: the
-  // guard then falls back to the faulting page, and release to leaving the pages until the last unref.
+  // (whose mappings cannot be split inside a huge page, so a small-page extent would make the guard's
+  // replacement fail there). The jail allows fstatfs for this (sandbox/seccomp-policy.ts).
   size_t page = (size_t)sysconf(_SC_PAGESIZE);
   struct statfs fs;
   if (fstatfs(fd, &fs) == 0 && (uint32_t)fs.f_type == (uint32_t)HUGETLBFS_MAGIC && fs.f_bsize > 0 &&
