@@ -8,6 +8,7 @@
         "native/fd.cc",
         "native/eventfd.cc",
         "native/memory.cc",
+        "native/guard.cc",
         "native/tap.cc",
         "native/batch.cc",
         "native/wait.cc",

@@ -54,6 +54,12 @@ export const NET_ERROR = {
   WORKER_CRASH: 'NET_WORKER_CRASH',
   /** A queue worker stopped on an error that carries no code of its own (a bug). */
   WORKER_ERROR: 'NET_WORKER_ERROR',
+  /**
+   * Guest memory vanished under the device: the file behind a region (or the dirty log) shrank after
+   * it was mapped, and native/guard.cc replaced it with zero pages. The device needs a reset and
+   * memory that cannot shrink.
+   */
+  GUEST_MEMORY_FAULT: 'NET_GUEST_MEMORY_FAULT',
 } as const;
 
 /** One of the codes in {@link NET_ERROR}. */
@@ -75,3 +81,21 @@ export class NetStateError extends NetError {}
 
 /** A worker thread failed or did not answer in time. */
 export class WorkerError extends NetError {}
+
+/**
+ * The guest memory a queue serves shrank under it (a truncated memfd, tmpfs or hugetlbfs file). The
+ * queue stops and the device sets NEEDS_RESET; over vhost-user the connection is dropped.
+ */
+export class GuestMemoryFaultError extends NetError {
+  /** The native mapping that took the fault. */
+  readonly mappingId: number;
+
+  constructor(mappingId: number, what: string) {
+    super(
+      NET_ERROR.GUEST_MEMORY_FAULT,
+      `${what} shrank after the device mapped it (its file was truncated), so the device now reads zeros there and stops; ` +
+        'reset the device and give it memory that cannot shrink: a memfd sealed with F_SEAL_SHRINK (QEMU: memory-backend-memfd, which seals by default)',
+    );
+    this.mappingId = mappingId;
+  }
+}

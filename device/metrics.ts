@@ -79,8 +79,10 @@ export const M = {
   /** Times a queue started where its packed ring shows the device stopped, not at the front-end's base,
    *  which the ring contradicted (QEMU 7.2 after a back-end crash; vring/packed-resume.ts). */
   ringBaseRecovered: 34,
+  /** Times the queue found its guest memory shrunk under it (native/guard.cc): it stopped, NEEDS_RESET. */
+  memoryFaults: 35,
   /** Count of counters. */
-  COUNT: 35,
+  COUNT: 36,
 } as const;
 
 export type MetricName = Exclude<keyof typeof M, 'COUNT'>;

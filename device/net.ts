@@ -18,9 +18,9 @@ import type { Backend } from './backend.ts';
 import { CFG, NetConfig, parseMac, STATUS } from './config.ts';
 import type { CtrlTarget } from './ctrl.ts';
 import { CtrlLoop } from './ctrl-loop.ts';
-import { NET_ERROR, NetConfigError, NetStateError, WorkerError } from './errors.ts';
+import { GuestMemoryFaultError, NET_ERROR, NetConfigError, NetStateError, WorkerError } from './errors.ts';
 import { decode, DEFAULT_OFFERED, GUEST_OFFLOAD_FEATURES, mask, names, OFFLOAD_FEATURES, type NegotiatedFeatures } from './features.ts';
-import { createCounters, snapshot } from './metrics.ts';
+import { createCounters, M, snapshot } from './metrics.ts';
 import { RxFilter } from './rx-filter.ts';
 import { WorkerHost } from './worker-host.ts';
 import { filterState, memoryFromMappings, type QueueConfig, type WorkerLog, type WorkerRegion } from './worker-protocol.ts';
@@ -81,6 +81,8 @@ export class NetDevice extends EventEmitter {
   private dirty: { mappingId: number; offset: number; size: number; view: DirtyLog } | null = null;
   /** Dirty logging is on (VHOST_F_LOG_ALL, or startDirtyLog). */
   private logging = false;
+  /** SIGBUS faults in the device's mappings, looked at from the main thread (native/guard.cc). */
+  private readonly faults = new native.FaultWatch();
 
   constructor(opts: NetDeviceOptions) {
     super();
@@ -202,6 +204,20 @@ export class NetDevice extends EventEmitter {
     this.regions = [];
     this.mem = null;
     this.dropDirtyLog();
+  }
+
+  /**
+   * Whether guest memory (a region or the dirty log) shrank under the device since it was mapped: the
+   * error that says which, or null. Cheap while nothing faulted anywhere in the process. Workers look
+   * after every burst and break their queue; this is the main thread's look (control queue, vhost-user).
+   */
+  memoryFault(): GuestMemoryFaultError | null {
+    const ids = this.regions.map((r) => r.mappingId);
+    if (this.dirty) ids.push(this.dirty.mappingId);
+    const id = this.faults.check(ids);
+    if (id < 0) return null;
+    const r = this.regions.find((x) => x.mappingId === id);
+    return new GuestMemoryFaultError(id, r ? `guest memory region 0x${r.gpa.toString(16)}+0x${r.size.toString(16)}` : 'the dirty log');
   }
 
   /** The guest memory as the main thread sees it (null before setMemory). */
@@ -558,7 +574,7 @@ export class NetDevice extends EventEmitter {
       burst: this.burst,
       target,
       stats: this.ctrlStats,
-      isBroken: () => s.broken !== null,
+      isBroken: () => s.broken !== null || this.ctrlMemoryFault(s),
       onRefused: (err) => this.emit('log', { level: 'warn', msg: 'control command refused', err }),
       onBroken: (code, message) => this.markBroken(s, code, message),
     });
@@ -577,9 +593,28 @@ export class NetDevice extends EventEmitter {
     return last;
   }
 
+  /** The control queue's memory shrank since its last wake-up: it breaks like a worker's queue. */
+  private ctrlMemoryFault(s: Slot): boolean {
+    const f = this.memoryFault();
+    if (!f) return false;
+    s.counters[M.queueBroken]! += 1;
+    s.counters[M.memoryFaults]! += 1;
+    this.markBroken(s, f.code, f.message);
+    return true;
+  }
+
   /** A queue is broken: DEVICE_NEEDS_RESET (§2.1.1), logged once and reported. */
   private markBroken(s: Slot, code: string, message: string): void {
     if (s.broken !== null) return;
+    if (code !== NET_ERROR.GUEST_MEMORY_FAULT) {
+      // Zeros where memory vanished break ring rules: name the cause, not the symptom.
+      const f = this.memoryFault();
+      if (f) {
+        ({ code, message } = f);
+        // A worker counts its own (it is its counters' only writer); the control queue's are ours.
+        if (s.index === this.ctrlIndex) s.counters[M.memoryFaults]! += 1;
+      }
+    }
     s.broken = `${code}: ${message}`;
     this.status |= 0x40;
     this.emit('log', { level: 'error', msg: 'queue broken', queue: s.index, code, err: message });

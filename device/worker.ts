@@ -16,7 +16,10 @@
  * serving.
  *
  * A ring the guest broke (VringError) is reported once and the worker stops touching that queue; it
- * stays alive waiting for stop or reset, so a hostile guest cannot crash or spin the process.
+ * stays alive waiting for stop or reset, so a hostile guest cannot crash or spin the process. So is
+ * guest memory that shrank under the queue (native/guard.cc turns the SIGBUS into zero pages and a
+ * count): after every pass the worker looks at the process-wide fault count (one load), and if one of
+ * its mappings took a fault it stops with GuestMemoryFaultError.
  */
 import { isMainThread, receiveMessageOnPort, workerData, type MessagePort } from 'node:worker_threads';
 import * as native from '../native/index.ts';
@@ -28,7 +31,7 @@ import { PcapWriter } from './capture.ts';
 import { PendingUsed } from './interrupt.ts';
 import { RateLimiter } from './rate-limit.ts';
 import { M } from './metrics.ts';
-import { NET_ERROR } from './errors.ts';
+import { GuestMemoryFaultError, NET_ERROR } from './errors.ts';
 import { RxLoop, SLEEP_MS, TxLoop, type LoopFds } from './loops.ts';
 import { RxService } from './rx.ts';
 import { RxFilter } from './rx-filter.ts';
@@ -53,6 +56,11 @@ class ActiveQueue {
   private capture: PcapWriter | null = null;
   /** Views of the guest mappings for a backend that copies frames; cleared when the memory changes. */
   private readonly views = new MappingViews(native.mappingBuffer);
+  /** The mappings this queue reads and writes (regions, dirty log), watched for SIGBUS faults. */
+  private regions: WorkerRegion[];
+  private logMapping = -1;
+  private mappingIds: number[] = [];
+  private readonly faults = new native.FaultWatch();
 
   constructor(boot: WorkerBoot, cfg: QueueConfig, rxFilter: RxFilter, frameFilter: FrameFilter | undefined) {
     const c = boot.counters;
@@ -62,6 +70,8 @@ class ActiveQueue {
     this.pending = new PendingUsed(this.queue, cfg.callFd, c);
     // The backend's ports, opened once for the life of this configuration.
     const ports = backends.openPorts(cfg.port, { counters: c, frameFilter, mappings: this.views });
+    this.regions = cfg.regions;
+    this.watchMappings();
     const mem = memoryFromMappings(cfg.regions);
     this.queue.attach(mem); // a ring that does not fit throws, and the queue is reported broken
     const parts = { queue: this.queue, mem, f, counters: c, pending: this.pending, burst: cfg.burst };
@@ -88,6 +98,8 @@ class ActiveQueue {
 
   /** Dirty logging on (over this thread's own view of the log's mapping) or off. */
   setLog(log: WorkerLog | null, c: Float64Array): void {
+    this.logMapping = log === null ? -1 : log.mappingId;
+    this.watchMappings();
     if (log === null) return this.queue.setDirtyLog(null);
     const dirty = new DirtyLog(native.mappingBuffer(log.mappingId), log.offset, log.size, (pages) => { c[M.dirtyLogMissed]! += pages; });
     this.queue.setDirtyLog(dirty, log.usedGpa);
@@ -106,10 +118,26 @@ class ActiveQueue {
 
   /** Binds the ring and the services to new memory; a ring that no longer fits throws. */
   bind(regions: WorkerRegion[]): void {
+    this.regions = regions;
+    this.watchMappings();
     const mem = memoryFromMappings(regions);
     this.queue.attach(mem);
     this.ctx.mem = mem;
     this.views.clear(); // the loop caches nothing of memory: it asks the queue's watch() at every sleep
+  }
+
+  /** Throws GuestMemoryFaultError if one of the queue's mappings took a SIGBUS fault (one load if none did). */
+  checkMemory(): void {
+    const id = this.faults.check(this.mappingIds);
+    if (id < 0) return;
+    const r = this.regions.find((x) => x.mappingId === id);
+    const what = r ? `guest memory region 0x${r.gpa.toString(16)}+0x${r.size.toString(16)}` : 'the dirty log';
+    throw new GuestMemoryFaultError(id, what);
+  }
+
+  private watchMappings(): void {
+    this.mappingIds = this.regions.map((r) => r.mappingId);
+    if (this.logMapping >= 0) this.mappingIds.push(this.logMapping);
   }
 
   /** Releases what the queue holds beyond its ring (the capture's header mapping). */
@@ -150,7 +178,9 @@ export class QueueWorker {
         continue;
       }
       try {
-        if (this.q!.loop.pass()) this.control();
+        const woke = this.q!.loop.pass();
+        this.q!.checkMemory();
+        if (woke) this.control();
       } catch (e) {
         this.fail(e);
       }
@@ -243,8 +273,17 @@ export class QueueWorker {
 
   private fail(e: unknown): void {
     if (this.state === State.BROKEN) return;
+    // Vanished memory reads as zeros, which usually breaks a ring rule first: report the cause.
+    if (!(e instanceof GuestMemoryFaultError)) {
+      try {
+        this.q?.checkMemory();
+      } catch (fault) {
+        e = fault;
+      }
+    }
     this.state = State.BROKEN;
     this.c[M.queueBroken]! += 1;
+    if (e instanceof GuestMemoryFaultError) this.c[M.memoryFaults]! += 1;
     const code = e instanceof LgnetError ? e.code : NET_ERROR.WORKER_ERROR;
     const message = e instanceof Error ? e.message : String(e);
     this.post({ ev: 'broken', code, message });

@@ -19,12 +19,16 @@ export class GuestRam {
   readonly u8: Uint8Array;
   private next: number;
 
-  /** Creates `size` bytes of RAM at guest physical address `gpa` (default 0). */
-  constructor(size: number, opts: { gpa?: number; uaddr?: number; name?: string } = {}) {
+  /**
+   * Creates `size` bytes of RAM at guest physical address `gpa` (default 0), in a fresh memfd, or in
+   * `fd` (at least `size` bytes; GuestRam owns it from now on): a tmpfs or hugetlbfs file, or a memfd
+   * made with memfdCreate(…, { sealable: false }), to play a front-end whose memory can shrink.
+   */
+  constructor(size: number, opts: { gpa?: number; uaddr?: number; name?: string; fd?: number } = {}) {
     this.size = size;
     this.gpa = opts.gpa ?? 0;
     this.uaddr = opts.uaddr ?? 0x7f00_0000_0000 + this.gpa;
-    this.fd = native.memfdCreate(opts.name ?? 'lgnet-guest-ram', size);
+    this.fd = opts.fd ?? native.memfdCreate(opts.name ?? 'lgnet-guest-ram', size);
     this.mappingId = native.mmap(this.fd, 0, size);
     const buffer = native.mappingBuffer(this.mappingId);
     this.u8 = new Uint8Array(buffer, 0, size);

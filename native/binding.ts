@@ -29,12 +29,17 @@ export interface RawBinding {
   eventfdWrite(fd: number, value: number): void;
 
   // memory.cc
-  memfdCreate(name: string, size: number): number;
+  memfdCreate(name: string, size: number, sealable: boolean): number;
   mmap(fd: number, offset: number, length: number): number;
   mmapAnonymous(length: number): number;
   mappingBuffer(id: number): ArrayBuffer;
   mappingSize(id: number): number;
+  mappingFaults(id: number): number;
   munmap(id: number): void;
+
+  // guard.cc
+  memoryGuard(): { installed: boolean; faults: number; guards: number };
+  faultCounter(): ArrayBuffer;
 
   // tap.cc
   tapOpen(name: string, vnetHdr: boolean, multiQueue: boolean, nonblocking: boolean): { fd: number; name: string };

@@ -1,11 +1,15 @@
 // memory.cc: guest memory and scratch buffers: memfd_create, mmap into the registry, external
-// ArrayBuffers over a mapping (one per thread that asks), and release. See registry.h for lifetimes.
+// ArrayBuffers over a mapping (one per thread that asks), and release. See registry.h for lifetimes,
+// guard.cc for what happens when a mapped file shrinks.
 #include "common.h"
+#include "guard.h"
 #include "registry.h"
 
 #include <fcntl.h>
+#include <linux/magic.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
+#include <sys/vfs.h>
 #include <unistd.h>
 
 #include <vector>
@@ -37,7 +41,7 @@ Registry& Reg() {
 std::string IdDetail(double id) { return "mapping id " + std::to_string((int64_t)id); }
 
 // Adds a mapping to the registry; returns its id, or 0 when the registry is full.
-uint32_t Insert(uint8_t* addr, size_t size) {
+uint32_t Insert(uint8_t* addr, size_t size, size_t span, int32_t guard) {
   Registry& r = Reg();
   std::lock_guard<std::mutex> lock(r.mutex);
   uint32_t slot;
@@ -52,26 +56,31 @@ uint32_t Insert(uint8_t* addr, size_t size) {
   Slot& s = r.slots[slot];
   s.generation = (uint16_t)(s.generation == UINT16_MAX ? 1 : s.generation + 1);
   s.id = ((uint32_t)s.generation << kSlotBits) | slot;
-  s.mapping = new Mapping{addr, size, s.id, {1}};  // the registry's reference
+  s.mapping = new Mapping{addr, size, s.id, {1}, span, guard};  // the registry's reference
   return s.id;
 }
 
-Napi::Value Register(Napi::Env env, uint8_t* addr, size_t size) {
-  uint32_t id = Insert(addr, size);
+Napi::Value Register(Napi::Env env, uint8_t* addr, size_t size, size_t span, int32_t guard) {
+  uint32_t id = Insert(addr, size, span, guard);
   if (id == 0) {
-    munmap(addr, size);
+    GuardRemove(guard);
+    munmap(addr, span);
     return NativeFail(env, ENOMEM, "mapping", "the registry holds 65536 mappings; release some with munmap");
   }
   return Napi::Number::New(env, id);
 }
 
-// memfdCreate(name, size) -> fd (MFD_CLOEXEC | MFD_ALLOW_SEALING, truncated to size).
+size_t RoundUp(size_t n, size_t to) { return (n + to - 1) / to * to; }
+
+// memfdCreate(name, size, sealable) -> fd (MFD_CLOEXEC, MFD_ALLOW_SEALING if sealable, truncated to size).
 Napi::Value MemfdCreate(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   REQUIRE_ARGUMENT_STRING(0, name, "name")
   REQUIRE_ARGUMENT_INTEGER(1, size, "size", 0, (int64_t)kMaxSafeInteger)
-  // Sealable, so that a mapping of it can be protected against shrinking (see Mmap).
-  int fd = memfd_create(name.c_str(), MFD_CLOEXEC | MFD_ALLOW_SEALING);
+  REQUIRE_ARGUMENT_BOOLEAN(2, sealable, "sealable")
+  // Sealable, so that a mapping of it can be protected against shrinking (see Mmap). Tests make
+  // unsealable ones to play a front-end whose memory can shrink under lgnet.
+  int fd = memfd_create(name.c_str(), MFD_CLOEXEC | (sealable ? MFD_ALLOW_SEALING : 0));
   if (fd < 0) return NativeFail(env, errno, "memfd_create", "name '" + name + "'");
   if (ftruncate(fd, (off_t)size) < 0) {
     int err = errno;
@@ -81,7 +90,7 @@ Napi::Value MemfdCreate(const Napi::CallbackInfo& info) {
   return Napi::Number::New(env, fd);
 }
 
-// mmap(fd, offset, length) -> mapping id. MAP_SHARED, read/write.
+// mmap(fd, offset, length) -> mapping id. MAP_SHARED, read/write, guarded against SIGBUS (guard.cc).
 Napi::Value Mmap(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   REQUIRE_ARGUMENT_FD(0, fd)
@@ -100,9 +109,23 @@ Napi::Value Mmap(const Napi::CallbackInfo& info) {
   }
   if (S_ISREG(st.st_mode) && (offset > st.st_size || length > st.st_size - offset))
     return NativeFail(env, EINVAL, "mmap", detail + ": range ends past the file size " + std::to_string(st.st_size));
+  // The extent of the mapping, which the guard replaces whole: pages, or huge pages on hugetlbfs
+  // (whose mappings cannot be split inside a huge page, so a small-page extent would make the guard's
+  // replacement fail there). The jail allows fstatfs for this (sandbox/seccomp-policy.ts).
+  size_t page = (size_t)sysconf(_SC_PAGESIZE);
+  struct statfs fs;
+  if (fstatfs(fd, &fs) == 0 && (uint32_t)fs.f_type == (uint32_t)HUGETLBFS_MAGIC && fs.f_bsize > 0 &&
+      ((size_t)fs.f_bsize & ((size_t)fs.f_bsize - 1)) == 0)
+    page = (size_t)fs.f_bsize;
+  size_t span = RoundUp((size_t)length, page);
   void* addr = mmap(nullptr, (size_t)length, PROT_READ | PROT_WRITE, MAP_SHARED, fd, (off_t)offset);
   if (addr == MAP_FAILED) return NativeFail(env, errno, "mmap", detail);
-  return Register(env, (uint8_t*)addr, (size_t)length);
+  int32_t guard = GuardAdd(addr, span);
+  if (guard < 0) {
+    munmap(addr, span);
+    return NativeFail(env, ENOMEM, "mapping", detail + ": 65536 guest mappings are still referenced; release some");
+  }
+  return Register(env, (uint8_t*)addr, (size_t)length, span, guard);
 }
 
 // mmapAnonymous(length) -> mapping id (private zeroed memory, shared by all threads).
@@ -111,7 +134,8 @@ Napi::Value MmapAnonymous(const Napi::CallbackInfo& info) {
   REQUIRE_ARGUMENT_INTEGER(0, length, "length", 1, (int64_t)kMaxSafeInteger)
   void* addr = mmap(nullptr, (size_t)length, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
   if (addr == MAP_FAILED) return NativeFail(env, errno, "mmap", "anonymous length " + std::to_string(length));
-  return Register(env, (uint8_t*)addr, (size_t)length);
+  size_t page = (size_t)sysconf(_SC_PAGESIZE);
+  return Register(env, (uint8_t*)addr, (size_t)length, RoundUp((size_t)length, page), -1);
 }
 
 void FinalizeBuffer(napi_env, void*, void* hint) { MappingUnref(static_cast<Mapping*>(hint)); }
@@ -136,6 +160,17 @@ Napi::Value MappingBuffer(const Napi::CallbackInfo& info) {
     return env.Undefined();
   }
   return Napi::Value(env, ab);
+}
+
+// mappingFaults(id) -> SIGBUS faults absorbed in this mapping (0 for anonymous memory). Nonzero: the
+// file behind it shrank, and the mapping now holds private zero pages.
+Napi::Value MappingFaults(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  REQUIRE_ARGUMENT_INTEGER(0, id, "mapping id", 0, UINT32_MAX)
+  std::lock_guard<std::mutex> lock(RegistryMutex());
+  Mapping* m = FindMappingLocked((uint32_t)id);
+  if (m == nullptr) return NativeFail(env, EBADF, "mapping", IdDetail((double)id));
+  return Napi::Number::New(env, (double)GuardFaults(m->guard));
 }
 
 Napi::Value MappingSize(const Napi::CallbackInfo& info) {
@@ -163,7 +198,7 @@ Napi::Value Munmap(const Napi::CallbackInfo& info) {
     r.freeSlots.push_back(slot);
     // Detach the guest pages: stale views and in-flight syscalls now see private zero pages. If this
     // fails (ENOMEM), the old pages simply stay mapped until the last reference goes: still no fault.
-    (void)mmap(m->addr, m->size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0);
+    (void)mmap(m->addr, m->span, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED | MAP_NORESERVE, -1, 0);
   }
   MappingUnref(m);
   return env.Undefined();
@@ -183,7 +218,8 @@ Mapping* FindMappingLocked(uint32_t id) {
 
 void MappingUnref(Mapping* m) {
   if (m->refs.fetch_sub(1, std::memory_order_acq_rel) == 1) {
-    munmap(m->addr, m->size);
+    GuardRemove(m->guard);  // nothing can touch the range now; unguard it before it can be reused
+    munmap(m->addr, m->span);
     delete m;
   }
 }
@@ -194,7 +230,9 @@ void RegisterMemory(Napi::Env env, Napi::Object exports) {
   exports.Set("mmapAnonymous", Napi::Function::New(env, MmapAnonymous, "mmapAnonymous"));
   exports.Set("mappingBuffer", Napi::Function::New(env, MappingBuffer, "mappingBuffer"));
   exports.Set("mappingSize", Napi::Function::New(env, MappingSize, "mappingSize"));
+  exports.Set("mappingFaults", Napi::Function::New(env, MappingFaults, "mappingFaults"));
   exports.Set("munmap", Napi::Function::New(env, Munmap, "munmap"));
+  RegisterGuard(env, exports);
 }
 
 }  // namespace lgnet

@@ -9,7 +9,8 @@
 //
 // munmap(id) removes the id at once and replaces the pages with anonymous zero pages (MAP_FIXED), so
 // stale views read zeros; the address range is unmapped only when the last reference goes, so it is
-// never reused while anything can still touch it.
+// never reused while anything can still touch it. A file mapping is guarded against SIGBUS (guard.h)
+// for as long as its range exists.
 #pragma once
 
 #include <atomic>
@@ -24,6 +25,10 @@ struct Mapping {
   size_t size;
   uint32_t id;
   std::atomic<int64_t> refs;
+  // The mapping's whole extent: size rounded up to its page size (a hugetlbfs page for hugetlbfs).
+  size_t span;
+  // Its SIGBUS guard (guard.h), or -1 for anonymous memory, which cannot fault.
+  int32_t guard;
 };
 
 // The registry lock; hold it around FindMappingLocked and while taking references.

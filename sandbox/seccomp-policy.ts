@@ -120,7 +120,7 @@ const RUNTIME: readonly SyscallRule[] = [
   { name: 'close', reason: 'fds whose life ends while serving: replaced memory and kick/call fds, closed connections' },
   {
     name: 'mmap',
-    reason: 'V8 heap and GC, malloc arenas, thread stacks; MAP_SHARED guest memory from the VMM. Executable only if anonymous and private',
+    reason: 'V8 heap and GC, malloc arenas, thread stacks; MAP_SHARED guest memory from the VMM; zero pages over guest memory that shrank (the SIGBUS guard, any thread). Executable only if anonymous and private',
     when: [
       [{ arg: 2, noneOf: { PROT_EXEC: PROT.EXEC } }],
       [{ arg: 3, mask: MAP.TYPE | MAP.ANONYMOUS, maskName: 'MAP_TYPE|MAP_ANONYMOUS', oneOf: { 'MAP_PRIVATE|MAP_ANONYMOUS': MAP.PRIVATE | MAP.ANONYMOUS } }],
@@ -143,10 +143,10 @@ const RUNTIME: readonly SyscallRule[] = [
   { name: 'gettid', reason: 'V8 thread ids, glibc' },
   { name: 'getrandom', reason: 'V8 hash seeds and Math.random for new isolates, crypto.getRandomValues (MAC generation)' },
   { name: 'rt_sigprocmask', reason: 'glibc and libuv block signals around thread creation and exit' },
-  { name: 'rt_sigreturn', reason: 'return from a signal handler' },
+  { name: 'rt_sigreturn', reason: 'return from a signal handler (the SIGBUS guard on any thread)' },
   { name: 'restart_syscall', reason: 'restart an interrupted sleep after a signal' },
   { name: 'sigaltstack', reason: 'V8/Node install an alternate signal stack per thread' },
-  { name: 'tgkill', reason: 'abort() and V8 signal its own threads; only this process', when: [[{ arg: 0, oneOf: { 'this process': OWN_PID } }]] },
+  { name: 'tgkill', reason: 'abort() and V8 signal its own threads, the SIGBUS guard re-raises a SIGBUS that was not a guest-memory fault; only this process', when: [[{ arg: 0, oneOf: { 'this process': OWN_PID } }]] },
   { name: 'exit', reason: 'a thread ends (a worker that was stopped or terminated)' },
   { name: 'exit_group', reason: 'the process ends (on its own terms, never process.exit from the jail)' },
   { name: 'epoll_wait', reason: "a worker isolate's own libuv loop, run once at its start and end" },
@@ -177,6 +177,7 @@ const CONTROL: readonly SyscallRule[] = [
   { name: 'epoll_create1', reason: "a worker isolate's libuv loop" },
   { name: 'pipe2', reason: "libuv's signal pipe for a new loop" },
   { name: 'fstat', reason: 'libuv/Node stdio setup and fd checks (fstat on an fd)' },
+  { name: 'fstatfs', reason: 'native mmap: is a guest memory fd on hugetlbfs (the SIGBUS guard then replaces whole huge pages)' },
   { name: 'newfstatat', reason: 'glibc fstat() as fstatat(fd, "", AT_EMPTY_PATH)', when: [[{ arg: 3, allOf: { AT_EMPTY_PATH } }]] },
   { name: 'statx', reason: 'libuv fstat as statx(fd, "", AT_EMPTY_PATH)', when: [[{ arg: 2, allOf: { AT_EMPTY_PATH } }]] },
   { name: 'lseek', reason: 'libuv/Node stdio on files' },
@@ -187,7 +188,7 @@ const CONTROL: readonly SyscallRule[] = [
   { name: 'set_robust_list', reason: 'glibc: every new thread' },
   { name: 'rseq', reason: 'glibc: every new thread registers restartable sequences' },
   { name: 'sched_getaffinity', reason: 'libuv/V8: CPU count when a worker isolate starts' },
-  { name: 'rt_sigaction', reason: 'Node/libuv signal handlers (SIGINT/SIGTERM for a clean stop, SIGPIPE ignored)' },
+  { name: 'rt_sigaction', reason: 'Node/libuv signal handlers (SIGINT/SIGTERM for a clean stop, SIGPIPE ignored); the SIGBUS guard restores the default before a real crash' },
   { name: 'wait4', reason: "libuv reaps a child that ended (SIGCHLD), e.g. one an embedding process ended just before enterJail; denied, libuv aborts the process. A reaped child can only be our own (fork/clone of processes stays denied)" },
   { name: 'waitid', reason: 'the same, for libuv/glibc versions that reap with waitid' },
   { name: 'prctl', reason: 'thread names and V8 naming its memory; nothing else (no PR_SET_DUMPABLE, no PR_SET_SECCOMP)', when: [[{ arg: 0, oneOf: PR }]] },
@@ -212,7 +213,7 @@ const CONTROL: readonly SyscallRule[] = [
 /** The worker's own list: the data path and a V8 isolate, nothing of the control plane. */
 const WORKER_EXTRA: readonly SyscallRule[] = [
   { name: 'fcntl', reason: "fd flag queries; Node CHECK-fails (aborts) if fcntl(F_GETFL) on stdio fails in its teardown", when: [[{ arg: 1, oneOf: FCNTL }]] },
-  { name: 'rt_sigaction', reason: "Node's teardown resets signal handlers and CHECK-fails (aborts) if it cannot" },
+  { name: 'rt_sigaction', reason: "Node's teardown resets signal handlers and CHECK-fails (aborts) if it cannot; the SIGBUS guard restores the default before a real crash" },
   { name: 'fstat', reason: 'glibc/V8 on an fd (rare)' },
   { name: 'newfstatat', reason: 'glibc fstat() as fstatat(fd, "", AT_EMPTY_PATH)', when: [[{ arg: 3, allOf: { AT_EMPTY_PATH } }]] },
 ];

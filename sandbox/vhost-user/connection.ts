@@ -10,6 +10,9 @@
  *   any VhostUserError ─▶ logged once with the request's name, counted, NEED_REPLY answered 1
  *         (GET_CONFIG: an empty reply, the spec's error form),
  *         connection dropped: rings stopped, fds closed, device reset, guest memory released.
+ *   guest memory that shrank under the device (a truncated memfd/tmpfs/hugetlbfs file: native/guard.cc
+ *         absorbed the SIGBUS) ─▶ VU_MEM_FAULT, logged, counted, connection dropped the same way.
+ *         Reported by a queue (device `broken` with NET_GUEST_MEMORY_FAULT) or seen after a message.
  *
  * Fds: a message owns what it carried until its handler take()s one; whatever is left is closed after
  * dispatch, on every path. The socket is nonblocking and at most READ_AHEAD messages wait (back-pressure).
@@ -18,6 +21,7 @@
  * Design: DESIGN.md "Untrusted input", STYLE.md §4 (the broken state).
  */
 import * as native from '../../native/index.ts';
+import { NET_ERROR } from '../../device/errors.ts';
 import type { Logger } from '../log.ts';
 import { VhostUserError, VU, type VhostUserErrorCode } from './errors.ts';
 import { HANDLERS, type Message, type Session } from './handlers.ts';
@@ -94,6 +98,9 @@ export class Connection implements Session {
   readonly closed: Promise<void>;
   private resolveClosed!: () => void;
   private teardownError: VhostUserError | undefined;
+  /** Faults in guest memory that the main thread took while handling a message. */
+  private readonly faults = new native.FaultWatch();
+  private readonly unsubscribeBroken: () => void;
 
   readonly server: ConnectionOwner;
   readonly dev: DeviceHooks;
@@ -108,6 +115,10 @@ export class Connection implements Session {
     this.vrings = new Vrings(dev, () => this.mem.installed, (index, num) => this.inflight.region(index, num));
     this.inflight = new InflightBuffer(dev, this.vrings);
     this.closed = new Promise((r) => (this.resolveClosed = r));
+    // A queue found its memory gone: the front-end's memory cannot be trusted, so neither can the session.
+    this.unsubscribeBroken = dev.onBroken((_queue, code, message) => {
+      if (code === NET_ERROR.GUEST_MEMORY_FAULT) this.memoryFault(message);
+    });
     this.poller = new native.FdPoller(fd, () => this.onReadable());
     this.poller.start(native.POLL.READABLE);
   }
@@ -260,6 +271,23 @@ export class Connection implements Session {
       for (const fd of m.fds) if (fd >= 0) native.closeQuietly(fd);
       m.fds.length = 0;
     }
+    this.checkMemory();
+  }
+
+  /** Fails the connection if guest memory took a fault on this thread (one load when none did). */
+  private checkMemory(): void {
+    const mem = this.dev.memory;
+    if (this.closing || !mem) return;
+    const id = this.faults.check(mem.regions.map((r) => r.mappingId));
+    if (id < 0) return;
+    const r = mem.regions.find((x) => x.mappingId === id)!;
+    this.memoryFault(`guest memory region 0x${r.gpa.toString(16)}+0x${r.size.toString(16)} shrank after it was mapped (its file was truncated)`);
+  }
+
+  /** Guest memory vanished under the device: VU_MEM_FAULT, logged, counted, connection dropped. */
+  private memoryFault(message: string): void {
+    const err = new VhostUserError(VU.MEM_FAULT, `${message}; the connection is dropped. Seal memfds with F_SEAL_SHRINK, and never shrink memory a back-end has mapped`);
+    this.refuse(err, undefined, 'guest memory vanished under the device; dropping the connection');
   }
 
   private send(request: number, payload: Uint8Array, fds: number[] = []): void {
@@ -273,11 +301,11 @@ export class Connection implements Session {
   // ---- dropping
 
   /** Logs the broken rule once, counts it, and drops the connection. */
-  private refuse(e: unknown, request: number | undefined): void {
+  private refuse(e: unknown, request: number | undefined, what = 'vhost-user message refused; dropping the connection'): void {
     if (this.closing) return;
     const err = toVhostUserError(e, request);
     this.server.metrics.errors[err.code] = (this.server.metrics.errors[err.code] ?? 0) + 1;
-    this.log.warn({ req: request === undefined ? undefined : requestName(request), code: err.code, err: err.message }, 'vhost-user message refused; dropping the connection');
+    this.log.warn({ req: request === undefined ? undefined : requestName(request), code: err.code, err: err.message }, what);
     this.teardownError = err;
     this.server.emit('refused', err);
     this.drop(err.message);
@@ -303,6 +331,7 @@ export class Connection implements Session {
   private async teardown(): Promise<void> {
     if (this.tornDown) return;
     this.tornDown = true;
+    this.unsubscribeBroken();
     const step = async (what: string, f: () => unknown): Promise<void> => {
       try {
         await f();

@@ -73,6 +73,11 @@ export const VU = {
   REPLY_FAILED: 'VU_REPLY_FAILED',
   /** The device refused what the message asked (wraps the device's error as cause). */
   DEVICE: 'VU_DEVICE',
+  /**
+   * Guest memory shrank under the back-end: a region's file (or the dirty log's) was truncated after
+   * it was mapped. Seal memfds with F_SEAL_SHRINK, or never truncate memory a back-end maps.
+   */
+  MEM_FAULT: 'VU_MEM_FAULT',
 } as const;
 
 export type VhostUserErrorCode = (typeof VU)[keyof typeof VU];
