@@ -10,6 +10,7 @@
  * here, on the main thread, woken through the event loop. Memory changes quiesce the workers first, then
  * swap the mappings, so no worker ever reads a region that is being replaced.
  */
+import { constants as osConstants } from 'node:os';
 import { EventEmitter } from 'node:events';
 import * as native from '../native/index.ts';
 import { DirtyLog, LOG_PAGE_SIZE, dirtyLogSize, isQueueSize, type GuestMemory } from '../vring/index.ts';
@@ -121,6 +122,7 @@ export class NetDevice extends EventEmitter {
           counters,
           onEvent: (e) => {
             if (e.ev === 'broken') this.markBroken(s, e.code, e.message);
+            else if (e.ev === 'backend') this.backendEdge(s, e.ok, e.errno);
             else if (e.ev === 'resumed') {
               this.emit('log', { level: 'warn', msg: 'queue resumed where its ring shows, not at the front-end\'s base', queue: s.index, lastAvail: e.lastAvail, why: e.message });
             }
@@ -601,6 +603,21 @@ export class NetDevice extends EventEmitter {
     s.counters[M.memoryFaults]! += 1;
     this.markBroken(s, f.code, f.message);
     return true;
+  }
+
+  /**
+   * A queue's backend started failing or works again: logged on each edge, with what the errno usually
+   * means for a tap. Its frames meanwhile are counted (txDropBackend, rxDropBackend), never lost.
+   */
+  private backendEdge(s: Slot, ok: boolean, errno: number): void {
+    if (ok) {
+      this.emit('log', { level: 'info', msg: 'backend works again', queue: s.index });
+      return;
+    }
+    // libuv has no name for EBADFD (77, what a tap's fd returns once its interface is deleted).
+    const name = errno === 77 ? 'EBADFD' : Object.entries(osConstants.errno).find(([, v]) => v === errno)?.[0] ?? `errno ${errno}`;
+    const why = name === 'EIO' ? 'the tap is down (ip link set up)' : name === 'EBADFD' ? 'the tap was deleted; lgnet cannot reach it any more' : 'see the errno';
+    this.emit('log', { level: 'warn', msg: 'backend failing: frames are dropped and counted', queue: s.index, errno, code: name, why });
   }
 
   /** A queue is broken: DEVICE_NEEDS_RESET (§2.1.1), logged once and reported. */

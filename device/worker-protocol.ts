@@ -110,6 +110,8 @@ export type WorkerEvent =
   | { ev: 'paused'; lastAvail: number }
   | { ev: 'stopped'; lastAvail: number }
   | { ev: 'logging' }
+  /** The backend started failing (ok false: the first drop, with its errno) or works again (ok true). */
+  | { ev: 'backend'; ok: boolean; errno: number }
   /** The queue started at the position its packed ring shows, not the front-end's base (message: why). */
   | { ev: 'resumed'; lastAvail: number; message: string }
   | { ev: 'broken'; code: string; message: string }

@@ -180,6 +180,7 @@ export class QueueWorker {
       try {
         const woke = this.q!.loop.pass();
         this.q!.checkMemory();
+        this.watchBackend();
         if (woke) this.control();
       } catch (e) {
         this.fail(e);
@@ -259,6 +260,31 @@ export class QueueWorker {
         this.q = null;
         this.state = State.EXIT;
         return;
+    }
+  }
+
+  /** Backend drops as of the last pass, frames as of the last drop, and whether it is failing. */
+  private backendDrops = 0;
+  private framesAtDrop = 0;
+  private backendFailing = false;
+
+  /**
+   * Reports the backend's state on its edges, not per frame: the first drop after frames moved (a tap
+   * set down, EIO; deleted, EBADFD), and the first frame after drops. Two counter reads per pass.
+   */
+  private watchBackend(): void {
+    const c = this.c;
+    const drops = c[M.txDropBackend]! + c[M.rxDropBackend]!;
+    if (drops !== this.backendDrops) {
+      this.backendDrops = drops;
+      this.framesAtDrop = c[M.frames]!;
+      if (!this.backendFailing) {
+        this.backendFailing = true;
+        this.post({ ev: 'backend', ok: false, errno: c[M.backendErrno]! });
+      }
+    } else if (this.backendFailing && c[M.frames] !== this.framesAtDrop) {
+      this.backendFailing = false;
+      this.post({ ev: 'backend', ok: true, errno: 0 });
     }
   }
 

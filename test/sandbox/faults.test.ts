@@ -17,6 +17,7 @@ import { VirtioNetDriver } from '../../harness/virtio-net.ts';
 import { VhostUserFrontend } from '../../harness/vhost-user-frontend.ts';
 import { createNetns, destroyAllNetns, netnsPrerequisites, type Netns } from '../../harness/netns.ts';
 import { REQ } from '../../sandbox/vhost-user/messages.ts';
+import { readMetrics } from '../../sandbox/metrics-endpoint.ts';
 import { fixture } from './child.ts';
 import { expectedPayload, fdCount, udpSink, until } from './vhost-user-helpers.ts';
 import { alive, kill, logLines, startLgnet, type Lgnet, type LogLine } from './serve-process.ts';
@@ -32,6 +33,12 @@ function guestMaps(pid: number): number {
 }
 
 /** RLIMIT_NOFILE of a process, as /proc shows it (soft). */
+/** utime + stime of a process, in clock ticks (1/100 s). */
+function cpuTicks(pid: number): number {
+  const f = readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1]!.split(' ');
+  return Number(f[11]) + Number(f[12]);
+}
+
 function nofile(pid: number): number {
   const line = readFileSync(`/proc/${pid}/limits`, 'utf8').split('\n').find((l) => l.startsWith('Max open files'))!;
   return Number(line.split(/\s+/)[3]);
@@ -44,6 +51,7 @@ describe.skipIf(!pre.ok)('lgnet serve under faults', () => {
   let pid: number;
   let socket: string;
   let tapMac: string;
+  let metricsSocket: string;
   const children: ChildProcess[] = [];
 
   /** One well-behaved session from this process: frames reach a UDP socket in the namespace. */
@@ -103,7 +111,8 @@ describe.skipIf(!pre.ok)('lgnet serve under faults', () => {
     ns = createNetns('lgflt');
     dir = mkdtempSync(join(tmpdir(), 'lgnet-faults-'));
     socket = join(dir, 'lgnet.sock');
-    lg = await startLgnet(ns, ['--socket', socket, '--tap', TAP, '--log-level', 'info']);
+    metricsSocket = join(dir, 'lgnet.metrics');
+    lg = await startLgnet(ns, ['--socket', socket, '--tap', TAP, '--log-level', 'info', '--metrics-socket', metricsSocket]);
     pid = lg.child.pid!;
     ns.exec('ip', 'addr', 'add', `${HOST_IP}/24`, 'dev', TAP);
     ns.exec('ip', 'link', 'set', TAP, 'up');
@@ -214,4 +223,63 @@ describe.skipIf(!pre.ok)('lgnet serve under faults', () => {
     expect(alive(lg)).toBe(true);
     expect(await cleanSession(6103)).toBe(5);
   }, 60_000);
+
+  /** A session that stays attached; `send(n)` pushes n frames and waits for the ring to drain. */
+  async function attached(): Promise<{ send: (n: number, port: number) => Promise<void>; close: () => void }> {
+    const ram = new GuestRam(8 << 20);
+    const fe = await VhostUserFrontend.connect(socket);
+    const neg = await fe.negotiate({ features: (offered) => offered & ~mask('RING_PACKED') });
+    const drv = new VirtioNetDriver(ram, { features: neg.features, queueSize: 64 });
+    await fe.attachDriver(drv, ram, { negotiate: false });
+    return {
+      async send(n, port) {
+        for (let i = 0; i < n; i++) {
+          drv.send(udpFrame({ srcMac: mac(GUEST_MAC), dstMac: mac(tapMac), srcIp: ip4('10.78.0.2'), dstIp: ip4(HOST_IP), srcPort: 1234, dstPort: port, payload: expectedPayload(64, i) }));
+          if (i % 16 === 15) expect(await drv.drainTx(0, 5000)).toBe(0);
+        }
+        expect(await drv.drainTx(0, 5000)).toBe(0);
+      },
+      close() {
+        drv.close();
+        fe.close();
+        ram.close();
+      },
+    };
+  }
+
+  const txQueue = async () => (await readMetrics(metricsSocket)).queues.find((q) => q.index === 1)!;
+
+  it('the tap set down under traffic: frames are counted as backend drops (EIO) and logged once; set up again, they flow', async () => {
+    const s = await attached();
+    try {
+      await s.send(20, 6200);
+      const before = await txQueue();
+      const from = logLines(lg).length;
+      ns.exec('ip', 'link', 'set', TAP, 'down');
+      await s.send(50, 6200);
+      const down = await txQueue();
+      expect(down.txDropBackend - before.txDropBackend).toBe(50);
+      expect(down.backendErrno).toBe(5); // EIO
+      expect(down.frames).toBe(before.frames);
+      ns.exec('ip', 'link', 'set', TAP, 'up');
+      ns.exec('ip', 'neigh', 'replace', '10.78.0.2', 'lladdr', GUEST_MAC, 'dev', TAP);
+      const sink = await udpSink(ns, HOST_IP, 6201, 10, 5000);
+      await s.send(10, 6201);
+      expect((await sink.datagrams()).length).toBe(10);
+      const up = await txQueue();
+      expect(up.frames - down.frames).toBe(10);
+      expect(up.txDropBackend).toBe(down.txDropBackend);
+      // One warning on the way down, one line on the way up: edges, not a line per frame.
+      await until(() => logLines(lg).slice(from).some((l) => l.msg === 'backend works again'), 5000);
+      const lines = logLines(lg).slice(from).filter((l) => l.msg.startsWith('backend'));
+      expect(lines.map((l) => [l.msg, l['code'] ?? null])).toEqual([
+        ['backend failing: frames are dropped and counted', 'EIO'],
+        ['backend works again', null],
+      ]);
+      expect(alive(lg)).toBe(true);
+    } finally {
+      s.close();
+    }
+  }, 60_000);
+
 });
