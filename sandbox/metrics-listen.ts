@@ -103,7 +103,9 @@ function removeStaleSocket(path: string): void {
 export async function openMetricsListener(address: ListenAddress, exporter: PrometheusExporter): Promise<MetricsListener> {
   if (address.kind === 'unix') removeStaleSocket(address.path);
   const sockets = new Set<Socket>();
-  const server: Server = createServer({ noDelay: false, keepAlive: false, requestTimeout: 10_000, headersTimeout: 5_000, maxHeaderSize: 8192 }, (req, res) => {
+  const server: Server = createServer({
+    noDelay: false, keepAlive: false, requestTimeout: 10_000, headersTimeout: 5_000, connectionsCheckingInterval: 1_000, maxHeaderSize: 8192,
+  }, (req, res) => {
     void answer(req, res, exporter);
   });
   server.maxConnections = MAX_CONNECTIONS;

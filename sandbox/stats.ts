@@ -100,6 +100,10 @@ function scalar(s: MetricsSnapshot, name: string): number | null {
   return s.metrics.find((m) => m.name === name)?.values[0]?.value ?? null;
 }
 
+/** Rates to 0.1, ratios to 1e-4: finer digits are noise at one-second intervals. */
+const rate = (v: number) => Math.round(v * 10) / 10;
+const share = (v: number) => Math.round(v * 1e4) / 1e4;
+
 /** The figures between two snapshots of the same lgnet. */
 export function computeStats(address: string, a: MetricsSnapshot, b: MetricsSnapshot): StatsReport {
   const dt = Math.max((b.ts_ms - a.ts_ms) / 1000, 1e-3);
@@ -125,19 +129,19 @@ export function computeStats(address: string, a: MetricsSnapshot, b: MetricsSnap
       const reason = dk.slice(key.length + 1);
       if (v > 0) dropsTotal[reason] = v;
       const d = delta(d0, d1, dk);
-      if (d > 0) dropsPerS[reason] = d / dt;
+      if (d > 0) dropsPerS[reason] = rate(d / dt);
     }
     return {
       queue: Number(q),
       direction,
       running: run.get(key) === 1,
-      frames_per_s: frames / dt,
-      bytes_per_s: delta(by0, by1, key) / dt,
+      frames_per_s: rate(frames / dt),
+      bytes_per_s: rate(delta(by0, by1, key) / dt),
       drops_per_s: dropsPerS,
-      rx_no_buffers_per_s: delta(n0, n1, key) / dt,
-      interrupts_per_frame: frames > 0 ? delta(i0, i1, key) / frames : null,
-      kicks_per_frame: frames > 0 ? delta(k0, k1, key) / frames : null,
-      asleep: Math.min(1, delta(s0, s1, key) / dt),
+      rx_no_buffers_per_s: rate(delta(n0, n1, key) / dt),
+      interrupts_per_frame: frames > 0 ? share(delta(i0, i1, key) / frames) : null,
+      kicks_per_frame: frames > 0 ? share(delta(k0, k1, key) / frames) : null,
+      asleep: share(Math.min(1, delta(s0, s1, key) / dt)),
       frames_total: f1.get(key) ?? 0,
       bytes_total: by1.get(key) ?? 0,
       drops_total: dropsTotal,
@@ -165,7 +169,7 @@ export function computeStats(address: string, a: MetricsSnapshot, b: MetricsSnap
       rss_bytes: scalar(b, 'process_resident_memory_bytes'),
       open_fds: scalar(b, 'process_open_fds'),
       threads: scalar(b, 'process_threads'),
-      cpu_ratio: Math.max(0, cpu1 - cpu0) / dt,
+      cpu_ratio: share(Math.max(0, cpu1 - cpu0) / dt),
       cpu_seconds_total: cpu1,
     },
   };
@@ -180,7 +184,8 @@ function si(v: number, unit: string): string {
     v /= 1000;
     i++;
   }
-  return `${v.toFixed(v >= 100 || i === 0 ? 0 : 1)} ${steps[i]}${unit}`;
+  const n = v.toFixed(v >= 100 || i === 0 ? 0 : 1);
+  return unit ? `${n} ${steps[i]}${unit}` : `${n}${steps[i]}`;
 }
 
 function ratio(v: number | null): string {
@@ -200,10 +205,10 @@ export function renderStats(r: StatsReport): string {
   }
   const cols = ['queue', 'dir', 'frames/s', 'bytes/s', 'irq/frame', 'kick/frame', 'asleep', 'drops/s'];
   const rows = r.queues.map((q) => {
-    const drops = Object.entries(q.drops_per_s).map(([k, n]) => `${k} ${si(n, '')}`.trim());
-    if (q.rx_no_buffers_per_s > 0) drops.push(`no_buffers ${si(q.rx_no_buffers_per_s, '').trim()}`);
+    const drops = Object.entries(q.drops_per_s).map(([k, n]) => `${k} ${si(n, '')}`);
+    if (q.rx_no_buffers_per_s > 0) drops.push(`no_buffers ${si(q.rx_no_buffers_per_s, '')}`);
     return [
-      String(q.queue), q.running ? q.direction : `${q.direction} (stopped)`, si(q.frames_per_s, '').trim(), si(q.bytes_per_s, 'B/s'),
+      String(q.queue), q.running ? q.direction : `${q.direction} (stopped)`, si(q.frames_per_s, ''), si(q.bytes_per_s, 'B/s'),
       ratio(q.interrupts_per_frame), ratio(q.kicks_per_frame), `${(q.asleep * 100).toFixed(0)}%`, drops.length ? drops.join(', ') : '-',
     ];
   });
