@@ -204,6 +204,18 @@ describe.skipIf(!pre.ok)('Prometheus endpoint on a live device (vhost-user bed, 
     }
   });
 
+  it('listens on [::1]:PORT too', async () => {
+    const v6 = await openMetricsListener({ kind: 'tcp', host: '::1', port: 0 }, exporter);
+    try {
+      expect(v6.address).toMatchObject({ kind: 'tcp', host: '::1' });
+      const r = await httpGet(v6.address, '/metrics');
+      expect(r.status).toBe(200);
+      expect(valueOf(parseExposition(r.body), 'lgnet_vhost_user_connections_total')).toBe(bed.server.metrics.connections);
+    } finally {
+      await v6.close();
+    }
+  });
+
   it(`holds at most ${MAX_CONNECTIONS} connections at once, and serves again once they go`, async () => {
     const path = unix.address.kind === 'unix' ? unix.address.path : '';
     const idle = Array.from({ length: MAX_CONNECTIONS + 4 }, () => createConnection(path).on('error', () => {}));

@@ -286,6 +286,18 @@ describe.skipIf(!pre.ok)('lgnet serve --metrics-listen, jailed, and lgnet stats'
     expect(report.pid).toBe(s.l.child.pid);
     expect(report.queues.find((q) => q.direction === 'tx')?.frames_total).toBe(20);
 
+    // The live view: one JSON line per interval until SIGINT, then exit 0.
+    const live = spawn('ip', ['netns', 'exec', ns.name, LGNET, 'stats', `127.0.0.1:${port}`, '--json', '--interval', '200'], { stdio: ['ignore', 'pipe', 'pipe'] });
+    let liveOut = '';
+    live.stdout!.setEncoding('utf8').on('data', (d: string) => (liveOut += d));
+    const liveExit = new Promise<number | null>((resolve) => live.on('exit', (code) => resolve(code)));
+    cleanup.push(() => live.kill('SIGKILL'));
+    expect(await until(() => liveOut.split('\n').filter(Boolean).length >= 3, 15_000), liveOut).toBe(true);
+    live.kill('SIGINT');
+    expect(await liveExit).toBe(0);
+    const lines = liveOut.split('\n').filter(Boolean).map((x) => JSON.parse(x) as StatsReport);
+    expect(lines.every((x) => x.pid === s.l.child.pid && x.queues.length === 2)).toBe(true);
+
     // From inside the namespace (the port is on its loopback): garbage, then a scrape, on raw sockets.
     const probe = `
       const net = require('node:net');
