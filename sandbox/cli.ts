@@ -4,16 +4,19 @@
  * message and exit status 2 (the vhost-user back-end conventions: fail early, exit non-zero).
  *
  *   lgnet serve --socket PATH [--client] [--tap NAME] [--queues N] [--mac MAC] [--mtu N]
- *               [--log-level LEVEL] [--reconnect-ms MS] [--metrics-socket PATH]
+ *               [--log-level LEVEL] [--reconnect-ms MS] [--metrics-listen ADDR] [--metrics-socket PATH]
  *               [--pcap FILE] [--{tx,rx}-rate-{bytes,ops} SIZE/MS] [--busy-poll US] [--offer-config]
  *               [--guest-announce]
  *               [--no-sandbox | [--chroot DIR] [--user U] [--group G]]
+ *   lgnet stats ADDR [--once] [--json] [--interval MS]
  *   lgnet --version
  */
 import { readFileSync } from 'node:fs';
 import { Command, InvalidArgumentError, Option } from 'commander';
 import { LOG_LEVELS, type LogLevel } from './log.ts';
 import { parseBucket, type BucketSpec, type RateLimit } from '../device/rate-limit.ts';
+import { parseListenAddress, type ListenAddress } from './metrics-listen.ts';
+import type { StatsOptions } from './stats.ts';
 
 /** What `lgnet serve` was asked to do. */
 export interface ServeOptions {
@@ -34,6 +37,8 @@ export interface ServeOptions {
   logLevel: LogLevel;
   /** Unix socket that answers each connection with the device metrics as JSON (metrics-endpoint.ts). */
   metricsSocket: string | undefined;
+  /** --metrics-listen: the Prometheus endpoint (metrics-listen.ts). */
+  metricsListen?: ListenAddress | undefined;
   /** pcap file every data queue's frames are captured to (device/capture.ts). */
   pcap?: string | undefined;
   /** Rate limits per queue (device/rate-limit.ts). */
@@ -77,6 +82,16 @@ function bucket(name: string): (v: string) => BucketSpec {
   };
 }
 
+function listenAddress(name: string): (v: string) => ListenAddress {
+  return (v) => {
+    try {
+      return parseListenAddress(v);
+    } catch (e) {
+      throw new InvalidArgumentError(`${name}: ${(e as Error).message}`);
+    }
+  };
+}
+
 function tapName(v: string): string {
   if (Buffer.byteLength(v) > 15 || /[\s/:]/.test(v)) throw new InvalidArgumentError('an interface name is at most 15 bytes, without spaces, "/" or ":"');
   return v;
@@ -108,7 +123,7 @@ export function packageVersion(): string {
   return 'unknown';
 }
 
-export function buildCli(actions: { serve: (opts: ServeOptions) => Promise<void> }): Command {
+export function buildCli(actions: { serve: (opts: ServeOptions) => Promise<void>; stats?: (opts: StatsOptions) => Promise<void> }): Command {
   const program = new Command('lgnet')
     .description('lgnet: a virtio-net device in TypeScript (vhost-user back-end)')
     .version(packageVersion(), '-V, --version', 'print the version and exit')
@@ -129,6 +144,7 @@ export function buildCli(actions: { serve: (opts: ServeOptions) => Promise<void>
     .addOption(new Option('--mtu <n>', 'MTU in the device config').argParser(int('--mtu', 68, 65535)).default(1500))
     .addOption(new Option('--busy-poll <us>', 'microseconds a queue worker re-checks its ring before it sleeps (fewer kicks and interrupts, more host CPU); 0 = off').argParser(int('--busy-poll', 0, 1_000_000)).default(0))
     .addOption(new Option('--log-level <level>', 'log level (JSON logs on stderr)').choices(LOG_LEVELS as string[]).default('info'))
+    .addOption(new Option('--metrics-listen <addr>', 'serve Prometheus metrics over HTTP (GET /metrics) on a unix socket path, 127.0.0.1:PORT or [::1]:PORT; bound before the jail; read it with `lgnet stats ADDR` (docs/OPERATIONS.md)').argParser(listenAddress('--metrics-listen')))
     .option('--metrics-socket <path>', 'unix socket that answers every connection with one JSON line of live per-queue counters (frames, bytes, interrupts, drops) and closes; read it with `socat - UNIX-CONNECT:PATH`')
     .option('--pcap <file>', 'capture every frame of every data queue to this pcap file (tcpdump -r FILE); created before the jail, appended to by the queue workers')
     .addOption(new Option('--tx-rate-bytes <size/ms>', 'limit each TX queue (guest to tap) to SIZE bytes per MS milliseconds, a token bucket (e.g. 125000000/1000 = 1 Gbit/s)').argParser(bucket('--tx-rate-bytes')))
@@ -154,6 +170,7 @@ export function buildCli(actions: { serve: (opts: ServeOptions) => Promise<void>
         busyPoll: o['busyPoll'] as number,
         logLevel: o['logLevel'] as LogLevel,
         metricsSocket: o['metricsSocket'] as string | undefined,
+        metricsListen: o['metricsListen'] as ListenAddress | undefined,
         pcap: o['pcap'] as string | undefined,
         rateLimit: rateLimitOf(o),
         offerConfig: o['offerConfig'] === true,
@@ -170,6 +187,20 @@ export function buildCli(actions: { serve: (opts: ServeOptions) => Promise<void>
       }
       await actions.serve(opts);
     });
+
+  const stats = actions.stats;
+  if (stats) {
+    program
+      .command('stats')
+      .description('live per-queue view of a running lgnet (frames/s, bytes/s, drops, interrupts and kicks per frame, time asleep), read from its --metrics-listen endpoint')
+      .argument('<addr>', 'the --metrics-listen address of the lgnet serve to read: a unix socket path, 127.0.0.1:PORT or [::1]:PORT', listenAddress('ADDR'))
+      .option('--once', 'print one interval and exit', false)
+      .option('--json', 'print JSON (with --once, one document; live, one line per interval)', false)
+      .addOption(new Option('--interval <ms>', 'time between snapshots').argParser(int('--interval', 100, 60_000)).default(1000))
+      .action(async (address: ListenAddress, o: Record<string, unknown>) => {
+        await stats({ address, once: o['once'] === true, json: o['json'] === true, intervalMs: o['interval'] as number });
+      });
+  }
 
   return program;
 }

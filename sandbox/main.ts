@@ -3,10 +3,12 @@
  *
  *   1. parse flags (cli.ts)                        nothing opened yet; bad flags exit 2
  *   2. open resources: tap (create or attach), NetDevice, vhost-user socket (listen, or connect loop),
- *      the metrics socket (--metrics-socket)
+ *      the metrics socket (--metrics-socket), the Prometheus endpoint (--metrics-listen) with the
+ *      /proc files its process metrics re-read
  *   3. the jail (unless --no-sandbox, which warns loudly): chroot, uid drop, rlimits, no_new_privs,
  *      seccomp on every thread, then each queue worker's narrower filter
- *   4. print exactly one line on stdout: `lgnet ready socket=… tap=… queues=… mode=…`
+ *   4. print exactly one line on stdout: `lgnet ready socket=… tap=… queues=… mode=…` (and
+ *      ` metrics=ADDR` with --metrics-listen, the port the kernel picked for PORT 0)
  *   5. serve until SIGINT/SIGTERM: drop the connection (workers stop and flush their used rings),
  *      close the device and the tap, remove the socket file (jailed: the socket reaper does), exit 0
  *
@@ -17,11 +19,15 @@ import { fileURLToPath } from 'node:url';
 import { mask } from '../device/features.ts';
 import { NetDevice } from '../device/net.ts';
 import { TapBackend } from '../device/tap-backend.ts';
-import { buildCli, type ServeOptions } from './cli.ts';
+import { buildCli, packageVersion, type ServeOptions } from './cli.ts';
 import { compilePolicy, enterJail, formatPolicy } from './jail.ts';
 import { createLogger, type Logger } from './log.ts';
 import { startSocketReaper } from './socket-reaper.ts';
 import { openMetricsEndpoint, type MetricsEndpoint } from './metrics-endpoint.ts';
+import { formatListenAddress, openMetricsListener, type MetricsListener } from './metrics-listen.ts';
+import { ProcessSampler } from './metrics-process.ts';
+import { PrometheusExporter } from './prometheus.ts';
+import { runStats, type StatsOptions } from './stats.ts';
 import { netDeviceHooks, VhostUserServer } from './vhost-user/server.ts';
 import { closePcap, openPcap } from '../device/capture.ts';
 
@@ -41,6 +47,8 @@ export interface Serving {
   server: VhostUserServer;
   device: NetDevice;
   tap: string;
+  /** The Prometheus endpoint (--metrics-listen), with the port it got. */
+  metricsListener?: MetricsListener | undefined;
   /** Stops serving and releases everything (idempotent). */
   stop(): Promise<void>;
 }
@@ -86,16 +94,28 @@ export async function startServing(opts: ServeOptions, log: Logger): Promise<Ser
     await closeDevice();
     throw e;
   }
-  // Read-only metrics socket (--metrics-socket): bound before the jail, like the vhost-user socket.
+  // Read-only metrics socket (--metrics-socket) and the Prometheus endpoint (--metrics-listen): bound
+  // before the jail, like the vhost-user socket. The process sampler opens /proc/self/status now too.
   let metrics: MetricsEndpoint | undefined;
-  if (opts.metricsSocket) {
-    try {
-      metrics = await openMetricsEndpoint(opts.metricsSocket, () => device.metrics());
-    } catch (e) {
-      await server.close();
-      await closeDevice();
-      throw e;
+  let listener: MetricsListener | undefined;
+  let sampler: ProcessSampler | undefined;
+  const closeMetrics = async (): Promise<void> => {
+    await metrics?.close();
+    await listener?.close();
+    sampler?.close();
+  };
+  try {
+    if (opts.metricsSocket) metrics = await openMetricsEndpoint(opts.metricsSocket, () => device.metrics());
+    if (opts.metricsListen) {
+      sampler = new ProcessSampler();
+      const exporter = new PrometheusExporter({ device: () => device.metrics(), server, process: sampler, version: packageVersion() });
+      listener = await openMetricsListener(opts.metricsListen, exporter);
     }
+  } catch (e) {
+    await closeMetrics();
+    await server.close();
+    await closeDevice();
+    throw e;
   }
 
   // ── THE JAIL ──────────────────────────────────────────────────────────────────────────────────────
@@ -107,6 +127,7 @@ export async function startServing(opts: ServeOptions, log: Logger): Promise<Ser
     const reapers = [
       ...(opts.client ? [] : [startSocketReaper(opts.socket)]),
       ...(opts.metricsSocket ? [startSocketReaper(opts.metricsSocket)] : []),
+      ...(opts.metricsListen?.kind === 'unix' ? [startSocketReaper(opts.metricsListen.path)] : []),
     ];
     const report = enterJail({
       keepChildren: reapers.map((r) => r.pid).filter((pid): pid is number => pid !== undefined),
@@ -119,12 +140,13 @@ export async function startServing(opts: ServeOptions, log: Logger): Promise<Ser
     });
     if (report.sandboxed) {
       await device.restrictWorkers(compilePolicy('worker').program);
+      sampler?.jailed(report.rlimits.nofile);
       // Jailed, unlink fails with EPERM: the reaper removes the socket file once lgnet is gone.
       server.removeSocketOnClose = false;
     }
     log.info({ jail: report }, report.sandboxed ? 'jailed' : 'not jailed (--no-sandbox)');
   } catch (e) {
-    await metrics?.close();
+    await closeMetrics();
     await server.close();
     await closeDevice();
     throw e;
@@ -136,9 +158,10 @@ export async function startServing(opts: ServeOptions, log: Logger): Promise<Ser
     server,
     device,
     tap: backend.name,
+    metricsListener: listener,
     stop() {
       stopping ??= (async () => {
-        await metrics?.close();
+        await closeMetrics();
         await server.close(); // drops the connection: rings stop, used rings flushed, fds closed
         await closeDevice(); // workers gone, memory unmapped, tap closed
       })();
@@ -161,8 +184,9 @@ export async function serve(opts: ServeOptions): Promise<void> {
     log.error({ err: (e as Error).message, code: (e as { code?: string }).code }, 'lgnet serve could not start');
     process.exit(1);
   }
-  process.stdout.write(`lgnet ready socket=${opts.socket} tap=${s.tap} queues=${opts.queues} mode=${opts.client ? 'client' : 'server'}\n`);
-  log.info({ socket: opts.socket, tap: s.tap, queues: opts.queues, client: opts.client }, 'ready');
+  const metricsAt = s.metricsListener ? formatListenAddress(s.metricsListener.address) : undefined;
+  process.stdout.write(`lgnet ready socket=${opts.socket} tap=${s.tap} queues=${opts.queues} mode=${opts.client ? 'client' : 'server'}${metricsAt ? ` metrics=${metricsAt}` : ''}\n`);
+  log.info({ socket: opts.socket, tap: s.tap, queues: opts.queues, client: opts.client, ...(metricsAt ? { metrics: metricsAt } : {}) }, 'ready');
 
   let signalled = false;
   const onSignal = (sig: NodeJS.Signals) => {
@@ -187,9 +211,26 @@ export async function serve(opts: ServeOptions): Promise<void> {
   process.on('SIGTERM', onSignal);
 }
 
+/** `lgnet stats`: reads a running lgnet's endpoint until Ctrl-C (or once). Exit 1 when it cannot. */
+export async function stats(opts: StatsOptions): Promise<void> {
+  const stop = new AbortController();
+  const onSignal = () => stop.abort();
+  process.once('SIGINT', onSignal);
+  process.once('SIGTERM', onSignal);
+  try {
+    await runStats(opts, process.stdout, stop.signal);
+  } catch (e) {
+    process.stderr.write(`lgnet stats: ${(e as Error).message}\n`);
+    process.exitCode = 1;
+  } finally {
+    process.off('SIGINT', onSignal);
+    process.off('SIGTERM', onSignal);
+  }
+}
+
 /** Runs the CLI on argv (node, script, ...args). */
 export async function main(argv: string[] = process.argv): Promise<void> {
-  await buildCli({ serve }).parseAsync(argv);
+  await buildCli({ serve, stats }).parseAsync(argv);
 }
 
 function isEntry(): boolean {

@@ -15,6 +15,8 @@ set -euo pipefail
 #   iputils-ping       host-side ping in tests
 #   procps             ps/pgrep for people inspecting a run
 #   tcpdump            reads lgnet's pcap captures in tests (and for people debugging traffic)
+#   prometheus         promtool: tests check `lgnet serve --metrics-listen` output with `promtool check metrics`
+#                      (its daemon is not needed: it is stopped and disabled if the package started it)
 #   build-essential, python3   node-gyp builds the native addon
 #   ca-certificates    npm over TLS
 PKGS=(
@@ -30,6 +32,7 @@ PKGS=(
   iputils-ping
   procps
   tcpdump
+  prometheus
   build-essential
   python3
   ca-certificates
@@ -58,6 +61,10 @@ else
     exit 1
   }
   echo "[install-deps] done"
+  # The prometheus package starts its server (port 9090) where systemd runs; lgnet needs only promtool.
+  if [[ " ${missing[*]} " == *" prometheus "* ]] && command -v systemctl >/dev/null && systemctl is-active --quiet prometheus 2>/dev/null; then
+    $SUDO systemctl disable --now prometheus >/dev/null 2>&1 || true
+  fi
 fi
 
 # The guest image fetches its kernel with `apt-get download`, which needs the package lists.
@@ -66,7 +73,7 @@ if ! apt-cache show linux-image-cloud-amd64 >/dev/null 2>&1; then
   $SUDO apt-get update -qq >/dev/null
 fi
 
-for tool in qemu-system-x86_64 busybox iperf3 cpio ip; do
+for tool in qemu-system-x86_64 busybox iperf3 cpio ip promtool; do
   command -v "$tool" >/dev/null || { echo "[install-deps] missing after install: $tool" >&2; exit 1; }
 done
 echo "[install-deps] ok: $(qemu-system-x86_64 --version | head -n1)"

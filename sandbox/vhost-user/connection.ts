@@ -34,14 +34,36 @@ import {
 } from './messages.ts';
 import { Vrings } from './vrings.ts';
 
-/** The server's counters (VhostUserServer.metrics): connections and messages bump them, handlers count RARP. */
+/**
+ * The server's counters (VhostUserServer.metrics): connections and messages bump them, handlers count
+ * RARP; the metrics endpoint exposes them (sandbox/prometheus.ts). Keys by request are request names,
+ * with every number lgnet does not know counted as UNKNOWN and an unreadable header as NONE, so a
+ * hostile front-end cannot grow these tables.
+ */
 export interface ServerMetrics {
   connections: number;
+  /** Connections after the first one (a front-end that came back, or that client mode reached again). */
+  reconnects: number;
   messages: number;
+  /** Dispatched messages by request name. */
+  requests: Record<string, number>;
   /** Refused messages by error code. */
   errors: Partial<Record<VhostUserErrorCode, number>>;
+  /** Refused messages by request name, then by error code. */
+  refusals: Record<string, Partial<Record<VhostUserErrorCode, number>>>;
   /** SEND_RARP requests (each sends a RARP announce on the backend when it can). */
   rarp: number;
+}
+
+/** A fresh set of server counters. */
+export function createServerMetrics(): ServerMetrics {
+  return { connections: 0, reconnects: 0, messages: 0, requests: {}, errors: {}, refusals: {}, rarp: 0 };
+}
+
+/** The label a request number is counted under (bounded: unknown numbers share one). */
+function requestKey(request: number | undefined): string {
+  if (request === undefined) return 'NONE';
+  return isKnownRequest(request) ? requestName(request) : 'UNKNOWN';
 }
 
 /** What a connection needs from the server that accepted it (VhostUserServer, server.ts). */
@@ -237,7 +259,10 @@ export class Connection implements Session {
 
   private async dispatch(m: Message): Promise<void> {
     const name = requestName(m.request);
-    this.server.metrics.messages++;
+    const sm = this.server.metrics;
+    sm.messages++;
+    const key = requestKey(m.request);
+    sm.requests[key] = (sm.requests[key] ?? 0) + 1;
     try {
       const entry = HANDLERS[m.request];
       if (!entry) {
@@ -304,7 +329,10 @@ export class Connection implements Session {
   private refuse(e: unknown, request: number | undefined, what = 'vhost-user message refused; dropping the connection'): void {
     if (this.closing) return;
     const err = toVhostUserError(e, request);
-    this.server.metrics.errors[err.code] = (this.server.metrics.errors[err.code] ?? 0) + 1;
+    const sm = this.server.metrics;
+    sm.errors[err.code] = (sm.errors[err.code] ?? 0) + 1;
+    const byCode = (sm.refusals[requestKey(request)] ??= {});
+    byCode[err.code] = (byCode[err.code] ?? 0) + 1;
     this.log.warn({ req: request === undefined ? undefined : requestName(request), code: err.code, err: err.message }, what);
     this.teardownError = err;
     this.server.emit('refused', err);

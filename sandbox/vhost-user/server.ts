@@ -23,13 +23,13 @@ import { EventEmitter } from 'node:events';
 import { lstatSync, unlinkSync } from 'node:fs';
 import * as native from '../../native/index.ts';
 import { silentLogger, type Logger } from '../log.ts';
-import { Connection, type ServerMetrics } from './connection.ts';
+import { Connection, createServerMetrics, type ServerMetrics } from './connection.ts';
 import type { VhostUserError } from './errors.ts';
 import type { DeviceHooks } from './hooks.ts';
 import { protocolMask } from './messages.ts';
 
 // The public surface of the back-end stays importable from here (sandbox/main.ts, index.ts, tests).
-export { Connection, type ConnectionOwner, type ServerMetrics } from './connection.ts';
+export { Connection, createServerMetrics, type ConnectionOwner, type ServerMetrics } from './connection.ts';
 export { netDeviceHooks, type DeviceHooks } from './hooks.ts';
 
 /**
@@ -89,7 +89,7 @@ export class VhostUserServer extends EventEmitter {
    * clears it once it is jailed.
    */
   removeSocketOnClose: boolean;
-  readonly metrics: ServerMetrics = { connections: 0, messages: 0, errors: {}, rarp: 0 };
+  readonly metrics: ServerMetrics = createServerMetrics();
   private readonly device: DeviceHooks;
   private readonly reconnectMs: number;
   private listenFd = -1;
@@ -174,6 +174,7 @@ export class VhostUserServer extends EventEmitter {
     native.setNonblocking(fd, true);
     const c = new Connection(this, this.device, fd);
     this.conn = c;
+    if (this.metrics.connections > 0) this.metrics.reconnects++;
     this.metrics.connections++;
     c.log.info({}, this.client ? 'connected to the front-end' : 'front-end connected');
     this.emit('connection', c);

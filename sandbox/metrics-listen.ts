@@ -1,0 +1,181 @@
+/**
+ * `lgnet serve --metrics-listen ADDR`: the Prometheus endpoint, HTTP on a unix socket path or on a
+ * loopback port (127.0.0.1:PORT, [::1]:PORT). Nothing else is accepted: the endpoint is for this host,
+ * and a wider audience belongs behind a proxy that the operator chooses.
+ *
+ *   GET /metrics        Prometheus text format 0.0.4 (PrometheusExporter.scrape, sandbox/prometheus.ts)
+ *   GET /metrics.json   the same snapshot as prom-client's JSON (what `lgnet stats` reads)
+ *   anything else       404 (other path), 405 (other method), 400 (not HTTP: the parser gave up)
+ *
+ * Inside the jail: the socket is bound and listening before it (sandbox/main.ts, step 2), and serving
+ * needs only accept4, read, write/writev and close, which the main policy allows. Node's TCP_NODELAY
+ * (a setsockopt the jail does not allow) is off: each answer is one write.
+ * Every peer is untrusted: headers and requests are time-limited, connections are capped (they cost
+ * fds, and the jail bounds fds), and a request the HTTP parser rejects gets a 400 and a close — never
+ * an exception on the main thread, which also serves the vhost-user channel.
+ */
+import { lstatSync, unlinkSync } from 'node:fs';
+import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
+import type { Socket } from 'node:net';
+import { LgnetError } from '../errors/index.ts';
+import type { HttpStatus, PrometheusExporter } from './prometheus.ts';
+
+/** Stable codes of the metrics endpoint and of `lgnet stats`. */
+export const METRICS_ERROR = {
+  /** ADDR is neither a unix socket path nor 127.0.0.1:PORT / [::1]:PORT. */
+  BAD_ADDRESS: 'LGNET_METRICS_BAD_ADDRESS',
+  /** The unix socket path exists and is not a socket. */
+  PATH_NOT_SOCKET: 'LGNET_METRICS_PATH_NOT_SOCKET',
+  /** Binding the address failed (in use, no permission, no such directory). */
+  LISTEN_FAILED: 'LGNET_METRICS_LISTEN_FAILED',
+  /** `lgnet stats`: the endpoint did not answer, or not with metrics. */
+  SCRAPE_FAILED: 'LGNET_METRICS_SCRAPE_FAILED',
+} as const;
+
+export type MetricsErrorCode = (typeof METRICS_ERROR)[keyof typeof METRICS_ERROR];
+
+/** The metrics endpoint could not be opened or read. */
+export class MetricsError extends LgnetError {
+  declare readonly code: MetricsErrorCode;
+  constructor(code: MetricsErrorCode, message: string, opts: { cause?: unknown } = {}) {
+    super(code, message, opts);
+  }
+}
+
+/** Where the endpoint listens. */
+export type ListenAddress = { kind: 'unix'; path: string } | { kind: 'tcp'; host: '127.0.0.1' | '::1'; port: number };
+
+/** sun_path holds 108 bytes with the terminating NUL. */
+const MAX_UNIX_PATH = 107;
+
+/**
+ * Parses ADDR: `127.0.0.1:PORT`, `[::1]:PORT` (PORT 0: the kernel picks one), or a unix socket path.
+ * Anything that looks like host:port with another host is refused, so that a typo cannot expose the
+ * endpoint beyond this machine.
+ */
+export function parseListenAddress(addr: string): ListenAddress {
+  const tcp = /^(?:(127\.0\.0\.1)|\[(::1)\]):(\d{1,5})$/.exec(addr);
+  if (tcp) {
+    const port = Number(tcp[3]);
+    if (port > 65535) throw new MetricsError(METRICS_ERROR.BAD_ADDRESS, `port ${port} in '${addr}' is above 65535`);
+    return { kind: 'tcp', host: tcp[1] ? '127.0.0.1' : '::1', port };
+  }
+  if (/^\[.*\](:\d*)?$/.test(addr) || /^[^/]*:\d*$/.test(addr)) {
+    throw new MetricsError(METRICS_ERROR.BAD_ADDRESS, `'${addr}' is not a local address; use 127.0.0.1:PORT, [::1]:PORT or a unix socket path (put a proxy in front to reach it from elsewhere)`);
+  }
+  if (addr === '' || addr.includes('\0')) throw new MetricsError(METRICS_ERROR.BAD_ADDRESS, 'the unix socket path is empty or holds a NUL byte');
+  if (Buffer.byteLength(addr) > MAX_UNIX_PATH) {
+    throw new MetricsError(METRICS_ERROR.BAD_ADDRESS, `unix socket path '${addr}' is longer than ${MAX_UNIX_PATH} bytes; use a shorter path`);
+  }
+  return { kind: 'unix', path: addr };
+}
+
+/** ADDR as a person types it (and as `lgnet stats` takes it). */
+export function formatListenAddress(a: ListenAddress): string {
+  return a.kind === 'unix' ? a.path : a.host === '::1' ? `[::1]:${a.port}` : `${a.host}:${a.port}`;
+}
+
+export interface MetricsListener {
+  /** Where it listens; for TCP with port 0, the port the kernel picked. */
+  readonly address: ListenAddress;
+  /** Stops listening, ends open connections, removes a unix socket file (best effort). Idempotent. */
+  close(): Promise<void>;
+}
+
+const BAD_REQUEST_BODY = 'not an HTTP request lgnet can read\n';
+
+/** Concurrent connections; more are refused at accept (each holds an fd, and the jail bounds fds). */
+export const MAX_CONNECTIONS = 8;
+
+/** Replaces a stale socket file (a killed lgnet's); refuses to touch any other kind of file. */
+function removeStaleSocket(path: string): void {
+  let st;
+  try {
+    st = lstatSync(path);
+  } catch {
+    return; // absent
+  }
+  if (!st.isSocket()) throw new MetricsError(METRICS_ERROR.PATH_NOT_SOCKET, `--metrics-listen ${path} exists and is not a socket; give a path to a new file`);
+  unlinkSync(path);
+}
+
+/** Opens the endpoint; resolves once it accepts connections. */
+export async function openMetricsListener(address: ListenAddress, exporter: PrometheusExporter): Promise<MetricsListener> {
+  if (address.kind === 'unix') removeStaleSocket(address.path);
+  const sockets = new Set<Socket>();
+  const server: Server = createServer({
+    noDelay: false, keepAlive: false, requestTimeout: 10_000, headersTimeout: 5_000, connectionsCheckingInterval: 1_000, maxHeaderSize: 8192,
+  }, (req, res) => {
+    void answer(req, res, exporter);
+  });
+  server.maxConnections = MAX_CONNECTIONS;
+  server.keepAliveTimeout = 5_000;
+  server.on('connection', (s: Socket) => {
+    sockets.add(s);
+    s.on('close', () => sockets.delete(s));
+  });
+  // Not HTTP (or too large, or too slow): a 400 if the socket still takes it, then close. This
+  // replaces Node's default handler so that the answer is counted.
+  server.on('clientError', (err: NodeJS.ErrnoException, socket: Socket) => {
+    if (err.code === 'ECONNRESET' || !socket.writable) {
+      socket.destroy();
+      return;
+    }
+    exporter.countRequest(400);
+    socket.end(`HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain; charset=utf-8\r\nConnection: close\r\nContent-Length: ${BAD_REQUEST_BODY.length}\r\n\r\n${BAD_REQUEST_BODY}`);
+  });
+  await new Promise<void>((resolve, reject) => {
+    const fail = (e: Error) => reject(new MetricsError(METRICS_ERROR.LISTEN_FAILED, `cannot listen on ${formatListenAddress(address)}: ${e.message}`, { cause: e }));
+    server.once('error', fail);
+    const done = () => {
+      server.off('error', fail);
+      resolve();
+    };
+    if (address.kind === 'unix') server.listen(address.path, done);
+    else server.listen({ host: address.host, port: address.port, ipv6Only: address.host === '::1' }, done);
+  });
+  server.on('error', () => { /* after listen: accept errors (EMFILE) are retried by libuv; nothing to do */ });
+  const bound = server.address();
+  const actual: ListenAddress = address.kind === 'tcp' && bound && typeof bound === 'object' ? { ...address, port: bound.port } : address;
+  let closing: Promise<void> | null = null;
+  return {
+    address: actual,
+    close() {
+      closing ??= new Promise<void>((done) => {
+        server.close(() => done());
+        for (const s of sockets) s.destroy();
+        if (address.kind === 'unix') {
+          try {
+            unlinkSync(address.path);
+          } catch {
+            /* gone already, or the jail forbids unlink (the socket reaper removes it) */
+          }
+        }
+      });
+      return closing;
+    },
+  };
+}
+
+async function answer(req: IncomingMessage, res: ServerResponse, exporter: PrometheusExporter): Promise<void> {
+  const send = (code: HttpStatus, type: string, body: string, extra: Record<string, string> = {}) => {
+    exporter.countRequest(code);
+    res.writeHead(code, { 'Content-Type': type, 'Content-Length': Buffer.byteLength(body), ...extra });
+    res.end(req.method === 'HEAD' ? undefined : body);
+  };
+  const path = (req.url ?? '').split('?', 1)[0];
+  if (path !== '/metrics' && path !== '/metrics.json') {
+    send(404, 'text/plain; charset=utf-8', 'lgnet serves GET /metrics (Prometheus text) and GET /metrics.json\n');
+    return;
+  }
+  if (req.method !== 'GET' && req.method !== 'HEAD') {
+    send(405, 'text/plain; charset=utf-8', `${req.method ?? ''} is not served; use GET\n`, { Allow: 'GET, HEAD' });
+    return;
+  }
+  try {
+    if (path === '/metrics') send(200, exporter.contentType, await exporter.scrape());
+    else send(200, 'application/json', `${JSON.stringify({ pid: process.pid, ts_ms: Date.now(), metrics: await exporter.scrapeJson() })}\n`);
+  } catch (e) {
+    if (!res.headersSent) send(500, 'text/plain; charset=utf-8', `metrics unavailable: ${(e as Error).message}\n`);
+  }
+}
