@@ -106,6 +106,13 @@ export interface Backend {
    * when the backend could not take it now. Absent: the backend has no such path.
    */
   inject?(frame: Uint8Array): boolean;
+  /**
+   * The backend's interface vanished (a tap deleted under lgnet): attach its fds again, once an
+   * interface of that name exists or can be made, and re-apply what configure() set. True when it
+   * did; false when it cannot yet (call again later). The fds keep their numbers, so running workers
+   * go on with them. Absent: the backend cannot come back.
+   */
+  reattach?(): boolean;
   /** A per-frame filter hook the TX workers must load when they start (pair backend). */
   frameFilter?(): FilterRef | undefined;
   /** Releases fds. */

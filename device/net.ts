@@ -50,6 +50,9 @@ function randomMac(): Uint8Array {
   return mac;
 }
 
+/** How often a backend whose interface vanished is tried again (Backend.reattach). */
+const REATTACH_MS = 1000;
+
 /**
  * A virtio-net device. Events: `broken` ({queue, code, message}) when a guest breaks a ring,
  * `log` ({level, msg, ...}) for things an operator should see.
@@ -165,6 +168,7 @@ export class NetDevice extends EventEmitter {
     this.accepted = bits;
     this.negotiated = decode(bits);
     this.backend.configure(this.negotiated);
+    if ((this.backend as { gone?: boolean }).gone === true) this.startReattach();
     this.filter.reset(this.config.mac, this.negotiated.bits & mask('CTRL_VLAN') ? true : false);
   }
 
@@ -345,6 +349,8 @@ export class NetDevice extends EventEmitter {
 
   /** Stops everything, ends the workers, releases memory and the backend. */
   async close(): Promise<void> {
+    if (this.reattachTimer) clearInterval(this.reattachTimer);
+    this.reattachTimer = null;
     await this.stop();
     await Promise.all(this.slots.map((s) => s.host.kill()));
     for (const r of this.regions) native.munmap(r.mappingId);
@@ -616,8 +622,51 @@ export class NetDevice extends EventEmitter {
     }
     // libuv has no name for EBADFD (77, what a tap's fd returns once its interface is deleted).
     const name = errno === 77 ? 'EBADFD' : Object.entries(osConstants.errno).find(([, v]) => v === errno)?.[0] ?? `errno ${errno}`;
-    const why = name === 'EIO' ? 'the tap is down (ip link set up)' : name === 'EBADFD' ? 'the tap was deleted; lgnet cannot reach it any more' : 'see the errno';
+    const why = name === 'EIO' ? 'the tap is down (ip link set up)' : name === 'EBADFD' ? 'the tap was deleted' : 'see the errno';
     this.emit('log', { level: 'warn', msg: 'backend failing: frames are dropped and counted', queue: s.index, errno, code: name, why });
+    if (name === 'EBADFD') this.startReattach();
+  }
+
+  private reattachTimer: ReturnType<typeof setInterval> | null = null;
+
+  /**
+   * The backend's interface is gone: try Backend.reattach every REATTACH_MS until it is back. Frames
+   * meanwhile are dropped and counted; the queues and the vhost-user connection go on.
+   */
+  private startReattach(): void {
+    const b = this.backend;
+    if (this.reattachTimer !== null || !b.reattach) return;
+    this.emit('log', { level: 'warn', msg: 'backend interface gone: lgnet attaches to it again as soon as one of that name exists (or can be created)', kind: b.kind });
+    let warned = false;
+    const stop = (): void => {
+      if (this.reattachTimer) clearInterval(this.reattachTimer);
+      this.reattachTimer = null;
+    };
+    const tick = (): void => {
+      let ok: boolean;
+      try {
+        ok = b.reattach!();
+      } catch (e) {
+        stop();
+        this.emit('log', { level: 'error', msg: 'backend cannot be attached again; restart lgnet once it is back', err: (e as Error).message });
+        return;
+      }
+      if (!ok) {
+        const code = (b as { reattachError?: string | null }).reattachError;
+        if (code === 'EPERM' && !warned) {
+          warned = true;
+          this.emit('log', {
+            level: 'warn', msg: 'backend cannot attach yet', code,
+            why: 'not allowed to create the tap, or (jailed as root) to attach at all: run lgnet with --user and make the tap persistent for that user (ip tuntap add NAME mode tap user USER vnet_hdr), or restart lgnet',
+          });
+        }
+        return;
+      }
+      stop();
+      this.emit('log', { level: 'info', msg: 'backend attached again', kind: b.kind });
+    };
+    this.reattachTimer = setInterval(tick, REATTACH_MS);
+    this.reattachTimer.unref();
   }
 
   /** A queue is broken: DEVICE_NEEDS_RESET (§2.1.1), logged once and reported. */

@@ -37,6 +37,11 @@ export interface TapOptions {
 }
 
 /** A tap device opened with IFF_VNET_HDR, one fd per queue pair. */
+/** What a tap's fd returns once its interface was deleted. */
+const EBADFD = 77;
+/** TUNSETIFF errors that mean "not now": try again later. */
+const REATTACH_LATER = new Set(['EPERM', 'EACCES', 'ENOENT', 'EBUSY', 'EINVAL', 'ENODEV']);
+
 export class TapBackend implements Backend {
   readonly kind = TAP_KIND;
   readonly queuePairs: number;
@@ -49,6 +54,7 @@ export class TapBackend implements Backend {
   constructor(opts: TapOptions = {}) {
     this.queuePairs = opts.queuePairs ?? 1;
     const multiQueue = this.queuePairs > 1;
+    this.multiQueue = multiQueue;
     let name = opts.name ?? '';
     try {
       for (let i = 0; i < this.queuePairs; i++) {
@@ -72,11 +78,50 @@ export class TapBackend implements Backend {
 
   configure(f: NegotiatedFeatures): void {
     this.vnetHdrLen = f.hdrLen;
-    const flags = tunOffloadFlags(f);
-    for (const fd of this.fds) {
-      native.tapSetVnetHdrSize(fd, f.hdrLen);
-      native.tapSetOffload(fd, flags);
+    this.offloads = tunOffloadFlags(f);
+    try {
+      this.apply();
+    } catch (e) {
+      // A deleted tap (EBADFD) is not the guest's fault: its frames are dropped and counted until the
+      // tap is back (reattach), and the settings are applied then.
+      if (!(e instanceof native.NativeError && e.errno === EBADFD)) throw e;
+      this.gone = true;
     }
+  }
+
+  /** Whether the interface was found deleted and not yet attached again. */
+  gone = false;
+  /** Why the last reattach() could not attach yet (an errno code), or null. */
+  reattachError: string | null = null;
+  private offloads = -1;
+  private readonly multiQueue: boolean;
+
+  private apply(): void {
+    for (const fd of this.fds) {
+      native.tapSetVnetHdrSize(fd, this.vnetHdrLen);
+      if (this.offloads >= 0) native.tapSetOffload(fd, this.offloads);
+    }
+  }
+
+  /**
+   * TUNSETIFF again on the same fds (native.tapAttach), then the header size and offloads. False while
+   * no interface of the name exists and the process may not create one (EPERM, ENOENT), or one exists
+   * that does not fit (EBUSY, EINVAL); other errors throw.
+   */
+  reattach(): boolean {
+    try {
+      for (const fd of this.fds) native.tapAttach(fd, this.name, { vnetHdr: true, multiQueue: this.multiQueue });
+      this.apply();
+    } catch (e) {
+      if (e instanceof native.NativeError && REATTACH_LATER.has(e.code)) {
+        this.reattachError = e.code;
+        return false;
+      }
+      throw e;
+    }
+    this.gone = false;
+    this.reattachError = null;
+    return true;
   }
 
   port(pair: number): TapPortSpec {

@@ -45,6 +45,7 @@ export interface RawBinding {
   tapOpen(name: string, vnetHdr: boolean, multiQueue: boolean, nonblocking: boolean): { fd: number; name: string };
   tapSetVnetHdrSize(fd: number, size: number): void;
   tapSetOffload(fd: number, flags: number): void;
+  tapAttach(fd: number, name: string, vnetHdr: boolean, multiQueue: boolean): void;
   tapGetFeatures(fd: number): number;
 
   // batch.cc

@@ -39,6 +39,24 @@ Napi::Value TapOpen(const Napi::CallbackInfo& info) {
   return result;
 }
 
+// tapAttach(fd, name, vnetHdr, multiQueue): TUNSETIFF again on an fd tapOpen made, whose interface
+// was deleted since (its reads and writes then fail with EBADFD). The kernel attaches the fd to the
+// interface of that name, or creates it when the caller may (CAP_NET_ADMIN).
+Napi::Value TapAttach(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  REQUIRE_ARGUMENT_FD(0, fd)
+  REQUIRE_ARGUMENT_STRING(1, name, "name")
+  REQUIRE_ARGUMENT_BOOLEAN(2, vnetHdr, "vnetHdr")
+  REQUIRE_ARGUMENT_BOOLEAN(3, multiQueue, "multiQueue")
+  if (name.empty() || name.size() >= IFNAMSIZ) LGNET_THROW_RANGE("tap name must be 1 to 15 bytes");
+  struct ifreq ifr;
+  std::memset(&ifr, 0, sizeof ifr);
+  ifr.ifr_flags = IFF_TAP | IFF_NO_PI | (vnetHdr ? IFF_VNET_HDR : 0) | (multiQueue ? IFF_MULTI_QUEUE : 0);
+  std::memcpy(ifr.ifr_name, name.data(), name.size());
+  if (ioctl(fd, TUNSETIFF, &ifr) < 0) return NativeFail(env, errno, "ioctl(TUNSETIFF)", "tap '" + name + "' on fd " + std::to_string(fd));
+  return env.Undefined();
+}
+
 Napi::Value TapSetVnetHdrSize(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   REQUIRE_ARGUMENT_FD(0, fd)
@@ -71,6 +89,7 @@ Napi::Value TapGetFeatures(const Napi::CallbackInfo& info) {
 
 void RegisterTap(Napi::Env env, Napi::Object exports) {
   exports.Set("tapOpen", Napi::Function::New(env, TapOpen, "tapOpen"));
+  exports.Set("tapAttach", Napi::Function::New(env, TapAttach, "tapAttach"));
   exports.Set("tapSetVnetHdrSize", Napi::Function::New(env, TapSetVnetHdrSize, "tapSetVnetHdrSize"));
   exports.Set("tapSetOffload", Napi::Function::New(env, TapSetOffload, "tapSetOffload"));
   exports.Set("tapGetFeatures", Napi::Function::New(env, TapGetFeatures, "tapGetFeatures"));

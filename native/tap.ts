@@ -45,6 +45,19 @@ export function tapOpen(opts: TapOptions): { fd: number; name: string } {
   return b.tapOpen(name, opts.vnetHdr, opts.multiQueue === true, opts.nonblocking === true);
 }
 
+/**
+ * TUNSETIFF again on an fd tapOpen made, after its interface was deleted (its I/O then fails with
+ * EBADFD): attaches the same fd to the interface now named `name`, or creates it where allowed. The
+ * fd number stays, so the workers that hold it need not know. Throws NativeError (EPERM: not the tap's
+ * owner and no CAP_NET_ADMIN; EBUSY: flags that do not match an existing tap).
+ */
+export function tapAttach(fd: number, name: string, opts: { vnetHdr: boolean; multiQueue?: boolean }): void {
+  checkFd(fd);
+  checkString(name, 'name');
+  if (name.length === 0 || Buffer.byteLength(name) > 15) throw new RangeError('tap name must be 1 to 15 bytes');
+  b.tapAttach(fd, name, opts.vnetHdr === true, opts.multiQueue === true);
+}
+
 /** TUNSETVNETHDRSZ: 10 (legacy/no MRG_RXBUF) or 12 (VERSION_1 or MRG_RXBUF) bytes. */
 export function tapSetVnetHdrSize(fd: number, size: number): void {
   checkFd(fd);

@@ -145,7 +145,10 @@ export function enterJail(opts: JailOptions = {}): JailReport {
   // Compile before changing anything: a policy bug must not leave a half-jailed process.
   let policy: CompiledPolicy;
   try {
-    policy = compilePolicy('main', { arch, unixConnect: opts.unixConnect === true, ...(opts.seccompDefault ? { defaultAction: opts.seccompDefault } : {}) });
+    policy = compilePolicy('main', {
+      arch, unixConnect: opts.unixConnect === true, tapReattach: opts.user !== undefined,
+      ...(opts.seccompDefault ? { defaultAction: opts.seccompDefault } : {}),
+    });
   } catch (e) {
     if (e instanceof JailError) throw e;
     return fail(JAIL_ERROR.SECCOMP, 'compile', 'the seccomp policy does not compile', 'This is a bug in sandbox/seccomp-policy.ts; report it.', e);

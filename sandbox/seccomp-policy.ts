@@ -51,6 +51,12 @@ export interface PolicyOptions {
    * combine it with --chroot to a directory that holds only the VMM's socket.
    */
   unixConnect?: boolean;
+  /**
+   * Running as a --user without CAP_NET_ADMIN: allow TUNSETIFF, so that lgnet attaches its tap fds
+   * again after the tap was deleted and made again (TapBackend.reattach). The kernel then lets it
+   * attach only to taps that user owns, never create one. Not for root: it could attach to any tap.
+   */
+  tapReattach?: boolean;
 }
 
 /** Placeholder in a pin: replaced by the process id when the policy is compiled. */
@@ -182,7 +188,8 @@ const CONTROL: readonly SyscallRule[] = [
   { name: 'statx', reason: 'libuv fstat as statx(fd, "", AT_EMPTY_PATH)', when: [[{ arg: 2, allOf: { AT_EMPTY_PATH } }]] },
   { name: 'lseek', reason: 'libuv/Node stdio on files' },
   { name: 'fcntl', reason: 'nonblocking and close-on-exec flags on fds (native setNonblocking, libuv); F_SEAL_SHRINK on memfds it maps (native mmap)', when: [[{ arg: 1, oneOf: FCNTL }]] },
-  { name: 'ioctl', reason: 'libuv FIONBIO/FIOCLEX, tty queries for stdio, and the tap ioctls set at SET_FEATURES (never TUNSETIFF)', when: [[{ arg: 1, oneOf: IOCTL }]] },
+  { name: 'ioctl', reason: 'libuv FIONBIO/FIOCLEX, tty queries for stdio, and the tap ioctls set at SET_FEATURES (TUNSETIFF only with --user, below)', when: [[{ arg: 1, oneOf: IOCTL }]] },
+  { name: 'ioctl', reason: 'with --user: TUNSETIFF on the tap fds, to attach them again after the tap was deleted and made again (only to taps that user owns)', when: [[{ arg: 1, oneOf: { TUNSETIFF: 0x400454ca } }]], option: 'tapReattach' },
   { name: 'clone', reason: 'new threads only (a Worker, libuv threadpool, V8 platform): CLONE_THREAD|VM|SIGHAND|FS|FILES required, namespaces and tracing forbidden', when: [[{ arg: 0, allOf: THREAD_FLAGS }, { arg: 0, noneOf: CLONE_FORBIDDEN }]] },
   { name: 'clone3', reason: 'its flags sit in memory where seccomp cannot look: ENOSYS makes glibc fall back to clone', errno: ENOSYS },
   { name: 'set_robust_list', reason: 'glibc: every new thread' },
@@ -240,5 +247,17 @@ export const MUST_DENY: readonly string[] = [
 export function rulesFor(role: Role, opts: PolicyOptions = {}): SyscallRule[] {
   const rules = POLICY[role];
   if (!rules) throw new RangeError(`unknown role '${String(role)}'; roles are ${ROLES.join(', ')}`);
-  return rules.filter((r) => r.option === undefined || opts[r.option] === true);
+  // Rules of one syscall (an option that widens a base rule) merge: any of their alternatives allows.
+  const merged = new Map<string, SyscallRule>();
+  for (const r of rules.filter((x) => x.option === undefined || opts[x.option] === true)) {
+    const prev = merged.get(r.name);
+    if (!prev) {
+      merged.set(r.name, r);
+      continue;
+    }
+    if (prev.errno !== undefined || r.errno !== undefined) throw new RangeError(`syscall ${r.name}: an errno rule cannot merge with another`);
+    const when = prev.when && r.when ? [...prev.when, ...r.when] : undefined;
+    merged.set(r.name, { name: r.name, reason: `${prev.reason}; ${r.reason}`, ...(when ? { when } : {}) });
+  }
+  return [...merged.values()];
 }

@@ -20,11 +20,11 @@ const EPERM = (SECCOMP_RET.ERRNO | 1) >>> 0;
 const ENOSYS = (SECCOMP_RET.ERRNO | 38) >>> 0;
 const PID = 4242;
 
-function verdict(role: 'main' | 'worker', name: string, args: Array<number | bigint> = [], arch: SeccompArch = 'x86_64'): number {
+function verdict(role: 'main' | 'worker', name: string, args: Array<number | bigint> = [], arch: SeccompArch = 'x86_64', options: { tapReattach?: boolean } = {}): number {
   const table = syscallTable(arch);
   const nr = table[name];
   if (nr === undefined) throw new Error(`no ${name} on ${arch}`);
-  const prog = compilePolicy(role, { arch, pid: PID });
+  const prog = compilePolicy(role, { arch, pid: PID, ...options });
   return evaluate(prog.program, { arch: AUDIT_ARCH[arch], nr, args });
 }
 
@@ -126,7 +126,7 @@ describe('argument pins (x86_64)', () => {
     expect(verdict('worker', 'clone', [THREAD])).toBe(EPERM); // workers make no threads
   });
 
-  it('ioctl: only the named requests; never TUNSETIFF or TIOCSTI; none at all in a worker', () => {
+  it('ioctl: only the named requests; TUNSETIFF only with --user (tapReattach); never TIOCSTI; none at all in a worker', () => {
     for (const [name, req] of Object.entries(IOCTL)) expect(verdict('main', 'ioctl', [3, req]), name).toBe(ALLOW);
     expect(verdict('main', 'ioctl', [3, 0x400454ca /* TUNSETIFF */])).toBe(EPERM);
     expect(verdict('main', 'ioctl', [0, 0x5412 /* TIOCSTI */])).toBe(EPERM);
@@ -134,6 +134,13 @@ describe('argument pins (x86_64)', () => {
     // The request is an unsigned int: the high word is ignored by the kernel, and by the pin.
     expect(verdict('main', 'ioctl', [3, 0x1_0000_0000 + IOCTL.TUNSETOFFLOAD])).toBe(ALLOW);
     expect(verdict('worker', 'ioctl', [3, IOCTL.FIONBIO])).toBe(EPERM);
+    // With --user (tapReattach), TUNSETIFF joins the named requests, and nothing else does.
+    const user = { tapReattach: true };
+    expect(verdict('main', 'ioctl', [3, 0x400454ca], 'x86_64', user)).toBe(ALLOW);
+    for (const [name, req] of Object.entries(IOCTL)) expect(verdict('main', 'ioctl', [3, req], 'x86_64', user), name).toBe(ALLOW);
+    expect(verdict('main', 'ioctl', [3, 0x400454d4 /* TUNSETPERSIST */], 'x86_64', user)).toBe(EPERM);
+    expect(verdict('main', 'ioctl', [0, 0x5412 /* TIOCSTI */], 'x86_64', user)).toBe(EPERM);
+    expect(verdict('worker', 'ioctl', [3, 0x400454ca], 'x86_64', user)).toBe(EPERM);
   });
 
   it('mmap: shared guest memory RW yes; executable only anonymous+private', () => {
@@ -194,10 +201,14 @@ describe('argument pins (x86_64)', () => {
 });
 
 describe('the policy as data', () => {
-  it('every entry has a reason, names are unique per role and exist on x86_64 (or aarch64)', () => {
+  it('every entry has a reason, names are unique per role (an optional rule may widen a base one) and exist on x86_64 (or aarch64)', () => {
     for (const role of ROLES) {
-      const names = POLICY[role].map((r) => r.name);
+      const names = POLICY[role].filter((r) => r.option === undefined).map((r) => r.name);
       expect(new Set(names).size, role).toBe(names.length);
+      for (const opt of ['unixConnect', 'tapReattach'] as const) {
+        const on = rulesFor(role, { [opt]: true }).map((r) => r.name);
+        expect(new Set(on).size, `${role} with ${opt}`).toBe(on.length);
+      }
       for (const r of POLICY[role]) {
         expect(r.reason.length, r.name).toBeGreaterThan(8);
         expect(SYSCALLS_X86_64[r.name] ?? SYSCALLS_AARCH64[r.name], r.name).toBeDefined();
