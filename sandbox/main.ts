@@ -209,6 +209,14 @@ export async function serve(opts: ServeOptions): Promise<void> {
   };
   process.on('SIGINT', onSignal);
   process.on('SIGTERM', onSignal);
+  // SIGUSR1: drop the front-end's connection, as if it had broken. A VMM that reconnects (QEMU
+  // reconnect=N, or lgnet --client retrying) comes back and sets the device up anew: a way to make it
+  // renegotiate, and to exercise reconnects (npm run soak).
+  process.on('SIGUSR1', () => {
+    const c = s.server.connection;
+    log.info({ signal: 'SIGUSR1', connected: c !== null }, 'dropping the front-end connection on request');
+    c?.drop('SIGUSR1: dropped on request');
+  });
 }
 
 /** `lgnet stats`: reads a running lgnet's endpoint until Ctrl-C (or once). Exit 1 when it cannot. */
