@@ -322,6 +322,8 @@ export class QueueWorker {
 
 if (!isMainThread && (workerData as { lgnetQueueWorker?: boolean } | null)?.lgnetQueueWorker) {
   const boot = workerData as WorkerBoot;
+  // lgnet-rx0, lgnet-tx1, …: what top -H, perf and traces show for this thread.
+  native.setThreadName(`lgnet-${boot.role}${boot.queueIndex}`);
   // The filter hook is a module the worker loads itself (functions cannot cross threads).
   void backends.loadFilter(boot.frameFilter).then(
     (filter) => new QueueWorker(boot, filter).run(),

@@ -99,6 +99,7 @@ export interface RawBinding {
   // hardening.cc
   setNoNewPrivs(): void;
   setNotDumpable(): void;
+  setThreadName(name: string): void;
   seccompInstall(filter: Uint8Array, tsync: boolean): void;
   setresuid(r: number, e: number, s: number): void;
   setresgid(r: number, e: number, s: number): void;

@@ -24,6 +24,15 @@ Napi::Value SetNoNewPrivs(const Napi::CallbackInfo& info) {
 }
 
 // prctl(PR_SET_DUMPABLE, 0): no core dump, and /proc/<pid>/mem and ptrace only for CAP_SYS_PTRACE.
+// prctl(PR_SET_NAME): the calling thread's name, as top -H, perf and /proc/<pid>/task/*/comm show it.
+Napi::Value SetThreadName(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  REQUIRE_ARGUMENT_STRING(0, name, "name")
+  if (name.empty() || name.size() > 15) LGNET_THROW_RANGE("a thread name is 1 to 15 bytes");
+  if (prctl(PR_SET_NAME, name.c_str(), 0, 0, 0) < 0) return NativeFail(env, errno, "prctl", "PR_SET_NAME");
+  return env.Undefined();
+}
+
 Napi::Value SetNotDumpable(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   if (prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) < 0) return NativeFail(env, errno, "prctl", "PR_SET_DUMPABLE");
@@ -129,6 +138,7 @@ Napi::Value Chroot(const Napi::CallbackInfo& info) {
 void RegisterHardening(Napi::Env env, Napi::Object exports) {
   exports.Set("setNoNewPrivs", Napi::Function::New(env, SetNoNewPrivs, "setNoNewPrivs"));
   exports.Set("setNotDumpable", Napi::Function::New(env, SetNotDumpable, "setNotDumpable"));
+  exports.Set("setThreadName", Napi::Function::New(env, SetThreadName, "setThreadName"));
   exports.Set("seccompInstall", Napi::Function::New(env, SeccompInstall, "seccompInstall"));
   exports.Set("setresuid", Napi::Function::New(env, SetResUid, "setresuid"));
   exports.Set("setresgid", Napi::Function::New(env, SetResGid, "setresgid"));

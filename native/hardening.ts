@@ -16,6 +16,13 @@ export function setNoNewPrivs(): void {
  * prctl(PR_SET_DUMPABLE, 0): the process leaves no core dump, and other processes of the same uid can
  * neither ptrace it nor read /proc/<pid>/mem (where guest memory is mapped).
  */
+/** Names the calling thread (1–15 bytes), for top -H, perf and /proc/<pid>/task/<tid>/comm. */
+export function setThreadName(name: string): void {
+  checkString(name, 'name');
+  if (name.length === 0 || Buffer.byteLength(name) > 15) throw new RangeError('a thread name is 1 to 15 bytes');
+  b.setThreadName(name);
+}
+
 export function setNotDumpable(): void {
   b.setNotDumpable();
 }

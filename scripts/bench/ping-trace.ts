@@ -1,0 +1,233 @@
+/**
+ * Where a guest's ping round trip goes: `npx tsx scripts/bench/ping-trace.ts [--pings 30] [--rounds 2]`.
+ *
+ * Boots the test guest on lgnet (vhost-user) and on QEMU's own virtio-net (tap, vhost=off), alternating,
+ * and has it ping the host every 0.2 s. While the pings run, ftrace records the scheduler (sched_switch,
+ * sched_wakeup) and the read/write system calls of lgnet's and QEMU's threads. Each round trip is then
+ * cut into hops, from the vCPU's kick to the vCPU's wake-up for the reply:
+ *
+ *   lgnet:  kick (vCPU write to the ioeventfd) → TX worker runs → writev to the tap → RX worker runs
+ *           → readv → call eventfd written → QEMU's main loop runs → vCPU woken
+ *   QEMU:   kick → main loop runs → writev to the tap → main loop reads the reply → vCPU woken
+ *
+ * Prints, per hop, the median and spread in µs, and the guest's own ping figures; writes
+ * bench/results/ping-trace.json. Needs root (tracefs); leaves tracing off and empty afterwards.
+ */
+import { existsSync, readFileSync, readdirSync, writeFileSync, mkdtempSync, rmSync } from 'node:fs';
+import { execFileSync } from 'node:child_process';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { bootGuest, ensureGuestImage } from '../qemu.ts';
+import { createTapNamespace } from '../netns.ts';
+import { startLgnet } from './lgnet-process.ts';
+import { stat, writeResult, type Stat } from './common.ts';
+
+const T = '/sys/kernel/tracing';
+const HOST = '10.0.2.1';
+const GUEST = '10.0.2.2';
+
+function arg(name: string, def: number): number {
+  const i = process.argv.indexOf(`--${name}`);
+  return i >= 0 ? Number(process.argv[i + 1]) : def;
+}
+
+function tracefs(): void {
+  if (!existsSync(join(T, 'trace'))) execFileSync('mount', ['-t', 'tracefs', 'nodev', T]);
+}
+const put = (f: string, v: string) => writeFileSync(join(T, f), v);
+
+function traceSetup(pids: number[]): void {
+  put('tracing_on', '0');
+  put('trace', '');
+  put('buffer_size_kb', '16384');
+  put('set_event', '');
+  const tids = pids.flatMap((p) => readdirSync(`/proc/${p}/task`));
+  put('set_event_pid', tids.join(' '));
+  for (const e of ['sched:sched_switch', 'sched:sched_wakeup', 'syscalls:sys_enter_write', 'syscalls:sys_enter_writev', 'syscalls:sys_enter_readv', 'syscalls:sys_enter_read']) {
+    writeFileSync(join(T, 'set_event'), `${e}\n`, { flag: 'a' });
+  }
+}
+
+function traceOff(): string {
+  put('tracing_on', '0');
+  const text = readFileSync(join(T, 'trace'), 'utf8');
+  put('trace', '');
+  put('set_event', '');
+  put('set_event_pid', '');
+  return text;
+}
+
+interface Ev {
+  comm: string;
+  tid: number;
+  ts: number; // µs
+  name: string;
+  args: string;
+}
+
+function parse(text: string): Ev[] {
+  const out: Ev[] = [];
+  // sched events print "name: args", syscall entries "sys_name(args)".
+  const re = /^\s*(.+)-(\d+)\s+\[\d+\]\s+\S+\s+(\d+\.\d+): (\w+)(?:: |\()(.*)$/;
+  for (const line of text.split('\n')) {
+    const m = re.exec(line);
+    if (m) out.push({ comm: m[1]!.trim(), tid: Number(m[2]), ts: Number(m[3]) * 1e6, name: m[4]!, args: m[5]! });
+  }
+  return out;
+}
+
+/** The next event at or after index i matching f. */
+function next(evs: Ev[], i: number, f: (e: Ev) => boolean, within = 20_000): number {
+  for (let j = i; j < evs.length && evs[j]!.ts - evs[i]!.ts < within; j++) if (f(evs[j]!)) return j;
+  return -1;
+}
+function prev(evs: Ev[], i: number, f: (e: Ev) => boolean, within = 20_000): number {
+  for (let j = i; j >= 0 && evs[i]!.ts - evs[j]!.ts < within; j--) if (f(evs[j]!)) return j;
+  return -1;
+}
+
+/** QEMU names no threads without -name debug-threads=on: the TCG vCPU is the thread with the most CPU time. */
+function busiestThread(pid: number): number {
+  let best = -1;
+  let most = -1;
+  for (const t of readdirSync(`/proc/${pid}/task`)) {
+    const f = readFileSync(`/proc/${pid}/task/${t}/stat`, 'utf8').split(') ')[1]!.split(' ');
+    const cpu = Number(f[11]) + Number(f[12]);
+    if (cpu > most) {
+      most = cpu;
+      best = Number(t);
+    }
+  }
+  return best;
+}
+const switchTo = (pred: (comm: string, pid: number) => boolean) => (e: Ev) => {
+  if (e.name !== 'sched_switch') return false;
+  const m = /next_comm=(.+) next_pid=(\d+)/.exec(e.args);
+  return !!m && pred(m[1]!.trim(), Number(m[2]));
+};
+const wakeOf = (tid: number) => (e: Ev) => e.name === 'sched_wakeup' && new RegExp(` pid=${tid} `).test(e.args);
+const vcpuUp = (tid: number) => (e: Ev) => wakeOf(tid)(e) || switchTo((_c, pid) => pid === tid)(e);
+
+type Hops = Record<string, number>;
+
+/** lgnet's hops, one set per TX writev of a ping (request) answered by an RX readv. */
+function lgnetHops(evs: Ev[], qemuPid: number, vcpuTid: number): Hops[] {
+  const isVcpu = (e: Ev) => e.tid === vcpuTid;
+  const out: Hops[] = [];
+  evs.forEach((e, i) => {
+    if (!(e.comm === 'lgnet-tx1' && e.name === 'sys_writev')) return;
+    const run = prev(evs, i, switchTo((c) => c === 'lgnet-tx1'));
+    const kick = run >= 0 ? prev(evs, run, (x) => isVcpu(x) && x.name === 'sys_write') : -1;
+    const rxRun = next(evs, i, switchTo((c) => c === 'lgnet-rx0'));
+    const readv = rxRun >= 0 ? next(evs, rxRun, (x) => x.comm === 'lgnet-rx0' && x.name === 'sys_readv') : -1;
+    const call = readv >= 0 ? next(evs, readv, (x) => x.comm === 'lgnet-rx0' && x.name === 'sys_write') : -1;
+    const main = call >= 0 ? next(evs, call, switchTo((_c, pid) => pid === qemuPid)) : -1;
+    const vcpu = main >= 0 ? next(evs, main, vcpuUp(vcpuTid)) : -1;
+    if ([run, kick, rxRun, readv, call, main, vcpu].some((x) => x < 0)) return;
+    const t = (k: number) => evs[k]!.ts;
+    out.push({
+      'kick → TX worker runs': t(run) - t(kick),
+      'TX worker → writev': e.ts - t(run),
+      'writev → RX worker runs (host stack, reply)': t(rxRun) - e.ts,
+      'RX worker → readv': t(readv) - t(rxRun),
+      'readv → call eventfd': t(call) - t(readv),
+      'call eventfd → QEMU main loop runs': t(main) - t(call),
+      'main loop → vCPU woken': t(vcpu) - t(main),
+      'kick → vCPU woken (total)': t(vcpu) - t(kick),
+    });
+  });
+  return out;
+}
+
+/** QEMU's own virtio-net: the main loop does both directions. */
+function qemuHops(evs: Ev[], qemuPid: number, vcpuTid: number): Hops[] {
+  const isVcpu = (e: Ev) => e.tid === vcpuTid;
+  const out: Hops[] = [];
+  evs.forEach((e, i) => {
+    if (!(e.tid === qemuPid && e.name === 'sys_writev')) return;
+    const run = prev(evs, i, switchTo((_c, pid) => pid === qemuPid));
+    const kick = run >= 0 ? prev(evs, run, (x) => isVcpu(x) && x.name === 'sys_write') : -1;
+    const back = next(evs, i + 1, switchTo((_c, pid) => pid === qemuPid));
+    const read = back >= 0 ? next(evs, back, (x) => x.tid === qemuPid && (x.name === 'sys_read' || x.name === 'sys_readv') && !/fd: [0-9a-f]+, buf: [0-9a-f]+, count: 8\)/.test(x.args)) : -1;
+    const vcpu = read >= 0 ? next(evs, read, vcpuUp(vcpuTid)) : -1;
+    if ([run, kick, back, read, vcpu].some((x) => x < 0)) return;
+    const t = (k: number) => evs[k]!.ts;
+    out.push({
+      'kick → main loop runs': t(run) - t(kick),
+      'main loop → writev': e.ts - t(run),
+      'writev → main loop runs again (host stack, reply)': t(back) - e.ts,
+      'main loop → read': t(read) - t(back),
+      'read → vCPU woken': t(vcpu) - t(read),
+      'kick → vCPU woken (total)': t(vcpu) - t(kick),
+    });
+  });
+  return out;
+}
+
+function summarise(hops: Hops[]): Record<string, Stat> {
+  const keys = hops.length ? Object.keys(hops[0]!) : [];
+  return Object.fromEntries(keys.map((k) => [k, stat(hops.map((h) => h[k]!))]));
+}
+
+async function runOne(kind: 'lgnet' | 'qemu', pings: number): Promise<{ hops: Record<string, Stat>; n: number; ping: string }> {
+  const net = createTapNamespace({ hostCidr: `${HOST}/24` });
+  const dir = mkdtempSync(join(tmpdir(), 'lgnet-ptrace-'));
+  const socket = join(dir, 'lgnet.sock');
+  const lg = kind === 'lgnet' ? await startLgnet({ ns: net.ns, socket, tap: net.tap, metricsPath: join(dir, 'm') }) : undefined;
+  let tracing = false;
+  let count = 0;
+  let vcpu = -1;
+  try {
+    const guest = bootGuest({
+      netns: net.ns,
+      netdev: kind === 'lgnet' ? { type: 'vhost-user', socket, reconnect: 1 } : { type: 'tap', ifname: net.tap },
+      guest: { ip: `${GUEST}/24`, peer: HOST, jobs: ['ping-live'], pingCount: pings + 5, pingInterval: 0.2 },
+      timeoutMs: 120_000,
+      onLine: (l) => {
+        if (!/bytes from/.test(l)) return;
+        count++;
+        // The first five replies warm up; trace the rest.
+        if (count === 5) {
+          vcpu = busiestThread(guest.pid);
+          traceSetup([guest.pid, ...(lg ? [lg.pid] : [])]);
+          put('tracing_on', '1');
+          tracing = true;
+        }
+      },
+    });
+    const out = await guest.done;
+    const text = tracing ? traceOff() : '';
+    if (process.env['LGNET_PING_TRACE_RAW']) writeFileSync(`${process.env['LGNET_PING_TRACE_RAW']}-${kind}.txt`, text);
+    const evs = parse(text);
+    const hops = kind === 'lgnet' ? lgnetHops(evs, guest.pid, vcpu) : qemuHops(evs, guest.pid, vcpu);
+    const ping = /round-trip min\/avg\/max = [^\n]*/.exec(out.serial)?.[0] ?? '';
+    return { hops: summarise(hops), n: hops.length, ping };
+  } finally {
+    if (tracing) traceOff();
+    await lg?.stop();
+    await net.destroy();
+    rmSync(dir, { recursive: true, force: true });
+  }
+}
+
+async function main(): Promise<void> {
+  tracefs();
+  ensureGuestImage();
+  const pings = arg('pings', 30);
+  const rounds = arg('rounds', 2);
+  const results: Array<{ kind: string; round: number; n: number; ping: string; hops: Record<string, Stat> }> = [];
+  for (let r = 1; r <= rounds; r++) {
+    for (const kind of ['lgnet', 'qemu'] as const) {
+      const x = await runOne(kind, pings);
+      results.push({ kind, round: r, ...x });
+      console.log(`\n${kind} round ${r}: ${x.n} round trips traced; guest ${x.ping}`);
+      for (const [k, s] of Object.entries(x.hops)) console.log(`  ${k.padEnd(48)} median ${s.median.toFixed(0).padStart(5)} µs  (${s.min.toFixed(0)}–${s.max.toFixed(0)})`);
+    }
+  }
+  console.log(`\nwrote ${writeResult('ping-trace', { pings, rounds, results })}`);
+}
+
+main().catch((e: unknown) => {
+  console.error(e);
+  process.exit(1);
+});
