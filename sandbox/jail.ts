@@ -72,6 +72,11 @@ export interface JailOptions {
   /** vhost-user client mode: allow socket(AF_UNIX, SOCK_STREAM) + connect to reconnect (seccomp-policy.ts). */
   unixConnect?: boolean;
   /**
+   * The io_uring rings io_uring_enter may name (TapBackend.ringFds). Default: every ring open in the
+   * process now (native.uringFds(): lgnet's own, all restricted); [] denies io_uring_enter.
+   */
+  uringFds?: readonly number[];
+  /**
    * Child processes the caller started on purpose and vouches for: they keep running outside the jail
    * (lgnet serve's socket reapers, which only wait for a pipe to close). Any other live child makes
    * enterJail refuse.
@@ -145,7 +150,11 @@ export function enterJail(opts: JailOptions = {}): JailReport {
   // Compile before changing anything: a policy bug must not leave a half-jailed process.
   let policy: CompiledPolicy;
   try {
-    policy = compilePolicy('main', { arch, unixConnect: opts.unixConnect === true, ...(opts.seccompDefault ? { defaultAction: opts.seccompDefault } : {}) });
+    policy = compilePolicy('main', {
+      arch, unixConnect: opts.unixConnect === true,
+      ...(opts.uringFds ? { uringFds: opts.uringFds } : {}),
+      ...(opts.seccompDefault ? { defaultAction: opts.seccompDefault } : {}),
+    });
   } catch (e) {
     if (e instanceof JailError) throw e;
     return fail(JAIL_ERROR.SECCOMP, 'compile', 'the seccomp policy does not compile', 'This is a bug in sandbox/seccomp-policy.ts; report it.', e);
