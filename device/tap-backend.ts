@@ -50,9 +50,10 @@ export interface TapPortSpec extends PortSpec {
 export type TapIo = 'auto' | 'uring' | 'syscall';
 const TAP_IO: readonly TapIo[] = ['auto', 'uring', 'syscall'];
 
-/** The I/O path asked for: the option, else $LGNET_IO, else 'auto'. */
-export function requestedIo(opt: TapIo | undefined = undefined, env: string | undefined = process.env['LGNET_IO']): TapIo {
-  const v = opt ?? (env === undefined || env === '' ? 'auto' : env);
+/** The I/O path asked for: the option, else LGNET_IO in `env`, else 'auto'. */
+export function requestedIo(opt?: TapIo, env: Readonly<Record<string, string | undefined>> = process.env): TapIo {
+  const fromEnv = env['LGNET_IO'];
+  const v = opt ?? (fromEnv === undefined || fromEnv === '' ? 'auto' : fromEnv);
   if (!(TAP_IO as readonly string[]).includes(v)) {
     throw new NetConfigError(NET_ERROR.BAD_IO, `tap I/O ${JSON.stringify(v)}${opt === undefined ? ' (from LGNET_IO)' : ''} is not one of ${TAP_IO.join(', ')}`);
   }

@@ -87,14 +87,14 @@ for (const io of ['uring', 'syscall'] as const) {
 
 describe('choosing the path', () => {
   it('LGNET_IO and the option: auto, uring, syscall; anything else is NET_BAD_IO', () => {
-    expect(requestedIo(undefined, undefined)).toBe('auto');
-    expect(requestedIo(undefined, '')).toBe('auto');
-    expect(requestedIo(undefined, 'syscall')).toBe('syscall');
-    expect(requestedIo('uring', 'syscall')).toBe('uring'); // the option wins over the environment
+    expect(requestedIo(undefined, {})).toBe('auto');
+    expect(requestedIo(undefined, { LGNET_IO: '' })).toBe('auto');
+    expect(requestedIo(undefined, { LGNET_IO: 'syscall' })).toBe('syscall');
+    expect(requestedIo('uring', { LGNET_IO: 'syscall' })).toBe('uring'); // the option wins over the environment
     for (const bad of ['io_uring', 'URING', 'readv']) {
       let err: unknown;
       try {
-        requestedIo(undefined, bad);
+        requestedIo(undefined, { LGNET_IO: bad });
       } catch (e) {
         err = e;
       }
