@@ -6,7 +6,7 @@
 //
 //   io_uring_setup(R_DISABLED) ─▶ mmap SQ/CQ rings and SQEs ─▶ REGISTER_FILES [tap]
 //     ─▶ REGISTER_RESTRICTIONS: SQE ops READV and WRITEV only, IOSQE_FIXED_FILE required and the only
-//        flag allowed, no register op at all from now on ─▶ REGISTER_ENABLE_RINGS
+//        flag allowed; of the register ops only UNREGISTER_FILES from now on ─▶ REGISTER_ENABLE_RINGS
 //
 // seccomp sees io_uring_enter but not the operations inside, so the restrictions are what keep a ring
 // from opening, connecting or reading anything: the only file it can name is registered slot 0, the
@@ -58,6 +58,7 @@ struct Ring {
   int fd = -1;
   uint32_t id = 0;
   unsigned files = 0;
+  bool enabled = false;
   void* sqMap = MAP_FAILED;
   size_t sqLen = 0;
   void* cqMap = MAP_FAILED;  // MAP_FAILED with IORING_FEAT_SINGLE_MMAP (the CQ shares sqMap)
@@ -81,6 +82,10 @@ struct Ring {
   unsigned window = kFirstWindow;
 
   ~Ring() {
+    // Drop the tap now: a closed ring releases its files later, from a kernel work queue, and until
+    // then the tap stays attached (reopening its name fails with EBUSY for tens of ms). In the jail
+    // io_uring_register is denied, and the release stays deferred.
+    if (fd >= 0 && files > 0 && enabled) SysRegister(fd, IORING_UNREGISTER_FILES, nullptr, 0);
     if (sqes != MAP_FAILED) munmap(sqes, sqesLen);
     if (cqMap != MAP_FAILED) munmap(cqMap, cqLen);
     if (sqMap != MAP_FAILED) munmap(sqMap, sqLen);
@@ -253,9 +258,10 @@ Napi::Value UringCreate(const Napi::CallbackInfo& info) {
   r->files = (unsigned)fds.ElementLength();
   if (SysRegister(r->fd, IORING_REGISTER_FILES, fds.Data(), r->files) < 0)
     return CreateFail(env, r, errno, "io_uring_register", "IORING_REGISTER_FILES of " + std::to_string(r->files) + " fd(s)");
-  // Only READV/WRITEV, only on registered files, no other SQE flag, and no register op once enabled
-  // (none is listed): files, buffers, restrictions and personalities are fixed for the ring's life.
-  struct io_uring_restriction res[4];
+  // Only READV/WRITEV, only on registered files, no other SQE flag. Of the register ops, only
+  // UNREGISTER_FILES once enabled (it can only take the tap away; Ring's destructor uses it): files,
+  // buffers, restrictions and personalities cannot be added or changed for the ring's life.
+  struct io_uring_restriction res[5];
   memset(res, 0, sizeof res);
   res[0].opcode = IORING_RESTRICTION_SQE_OP;
   res[0].sqe_op = IORING_OP_READV;
@@ -265,10 +271,13 @@ Napi::Value UringCreate(const Napi::CallbackInfo& info) {
   res[2].sqe_flags = IOSQE_FIXED_FILE;
   res[3].opcode = IORING_RESTRICTION_SQE_FLAGS_ALLOWED;
   res[3].sqe_flags = IOSQE_FIXED_FILE;
-  if (SysRegister(r->fd, IORING_REGISTER_RESTRICTIONS, res, 4) < 0)
+  res[4].opcode = IORING_RESTRICTION_REGISTER_OP;
+  res[4].register_op = IORING_UNREGISTER_FILES;
+  if (SysRegister(r->fd, IORING_REGISTER_RESTRICTIONS, res, 5) < 0)
     return CreateFail(env, r, errno, "io_uring_register", "IORING_REGISTER_RESTRICTIONS (needs Linux 5.10)");
   if (SysRegister(r->fd, IORING_REGISTER_ENABLE_RINGS, nullptr, 0) < 0)
     return CreateFail(env, r, errno, "io_uring_register", "IORING_REGISTER_ENABLE_RINGS");
+  r->enabled = true;
 
   uint32_t id;
   {

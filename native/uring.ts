@@ -2,7 +2,7 @@
  * Tap I/O through io_uring (native/uring.cc): one io_uring_enter per burst of READVs or WRITEVs
  * instead of one readv/writev per frame. Each ring serves one tap fd for one thread, and is restricted
  * before it is enabled: READV and WRITEV only, on registered files only (the tap is slot 0), no other
- * SQE flag, no register operation afterwards. So the ring can do nothing but I/O on its tap, which is
+ * SQE flag, no register operation afterwards but dropping its files (done as it closes). So the ring can do nothing but I/O on its tap, which is
  * what makes it safe to allow io_uring_enter inside the seccomp jail (docs/SECURITY.md).
  *
  *   main thread: uringCreate([tapFd]) ─▶ { id, fd }      (before the jail: io_uring_setup is denied there)

@@ -119,13 +119,18 @@ describe('choosing the path', () => {
     expect(out.uring.message).toMatch(/LGNET_IO/);
   });
 
-  it.runIf(pre.ok)('closing the backend closes its rings', () => {
+  it.runIf(pre.ok)('closing the backend closes its rings and lets go of the tap at once', () => {
     const ns = createNetns('lguring');
-    const b = native.withNetns(ns.path, () => new TapBackend({ io: 'uring' }));
+    const b = native.withNetns(ns.path, () => new TapBackend({ name: 'lgreopen0', io: 'uring' }));
     const fds = b.ringFds;
     expect(fds.length).toBe(2);
     for (const fd of fds) expect(native.uringFds()).toContain(fd);
     b.close();
     for (const fd of fds) expect(native.uringFds()).not.toContain(fd);
+    // A closed ring would hold its registered tap until a kernel work queue frees it: the name would
+    // be busy (EBUSY) for a while. The rings unregister their tap as they close.
+    const again = native.withNetns(ns.path, () => new TapBackend({ name: 'lgreopen0', io: 'uring' }));
+    expect(again.name).toBe('lgreopen0');
+    again.close();
   });
 });

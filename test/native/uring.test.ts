@@ -303,7 +303,7 @@ describe.runIf(pre.ok)('io_uring restrictions: the ring does I/O on its tap and 
     }
   });
 
-  it('no register operation once enabled (EACCES): files cannot be added or swapped', () => {
+  it('no register operation once enabled but dropping the files (EACCES): files cannot be added or swapped', () => {
     const { ring } = setup();
     for (const op of [IORING_REGISTER_FILES, IORING_REGISTER_FILES_UPDATE]) {
       const e = nativeErrorOf(() => uringRegister(ring, op));
