@@ -128,5 +128,8 @@ export function formatPolicy(opts: { roles?: readonly Role[]; arch?: SeccompArch
   }
   const off = ROLES.flatMap((role) => POLICY[role].filter((r) => r.option).map((r) => `${r.name} (${role}, needs ${r.option})`));
   if (off.length && !opts.options) lines.push('', `Optional: ${[...new Set(off)].join(', ')}`);
+  if (!opts.options?.uringFds?.length) {
+    lines.push('', "io_uring_enter (both roles): only when lgnet made io_uring rings (tap I/O 'uring'), with arg0 one of their fds; each ring is restricted to READV/WRITEV on its tap before the jail.");
+  }
   return lines.join('\n');
 }

@@ -18,7 +18,9 @@
  *   io             lgnet on each tap I/O path (io_uring, readv/writev) against both C limits, the
  *                  per-frame loop (write/read) and the io_uring loop (uwrite/uread: 32 WRITEVs or READVs
  *                  per io_uring_enter), tx/rx at 64 and 1514 B, in LGNET_BENCH_IO_ROUNDS rounds (default
- *                  3) on fresh devices; medians and the spread over rounds.
+ *                  3) on fresh devices; medians and the spread over rounds (skipped when a measurement
+ *                  lasts under a second: the smoke test). The tx/rx figures at the top also give the C
+ *                  io_uring loop beside the C per-frame one.
  *
  * The figures above the io section run on the path TapBackend chooses by itself (io 'auto', or
  * LGNET_IO): io_uring where the kernel allows it.
@@ -202,8 +204,16 @@ async function benchIo(ns: Netns, bin: string, seconds: number): Promise<Record<
         }
         const pkt = openPacketIn(ns, 'lgbench0');
         for (const len of [64, 1514]) {
+          const m0 = s.dev.metrics().queues[0]!;
           const lg = await withSender(bin, pkt, len, () => (harnessRx(s, WARMUP), harnessRx(s, seconds)), WARMUP);
           push(`rx${len}`, io, lg.result.fps);
+          const m1 = s.dev.metrics().queues[0]!;
+          const frames = m1.frames - m0.frames;
+          // Per frame: bursts, sleeps and guest-buffer shortages, to tell a slow path from a starved one.
+          push(`rx${len}`, `${io}BurstsPerFrame`, (m1.bursts - m0.bursts) / frames);
+          push(`rx${len}`, `${io}SleepsPerFrame`, (m1.sleeps - m0.sleeps) / frames);
+          push(`rx${len}`, `${io}NoBuffersPerFrame`, (m1.rxNoBuffers - m0.rxNoBuffers) / frames);
+          push(`rx${len}`, `${io}Offered`, lg.offered);
           if (io === 'syscall') {
             await s.dev.stopQueue(0); // the C reader takes the tap alone
             for (const [key, mode] of [['cReadv', 'read'], ['cUring', 'uread']] as const) {
@@ -269,19 +279,22 @@ export async function benchDevice(opts: { seconds?: number } = {}): Promise<Reco
       harnessTx(s, len, 0.3); // warm up
       const lg = harnessTx(s, len, seconds);
       const c = runTapLoop(bin, tapFd, ['write', String(HDR), String(len), String(seconds)], seconds);
+      const cu = runTapLoop(bin, tapFd, ['uwrite', String(HDR), String(len), String(seconds)], seconds);
       const m = s.dev.metrics().queues[1]!;
-      results[`tx${len}`] = { lgnet: lg.fps, c: c.fps, ratio: lg.fps / c.fps, interruptsPerFrame: m.interrupts / m.frames };
-      console.log(`tx ${String(len).padStart(4)} B: lgnet ${fmt(lg.fps)}  C writev ${fmt(c.fps)}  ratio ${(lg.fps / c.fps).toFixed(3)}`);
+      results[`tx${len}`] = { lgnet: lg.fps, c: c.fps, ratio: lg.fps / c.fps, cUring: cu.fps, ratioUring: lg.fps / cu.fps, interruptsPerFrame: m.interrupts / m.frames };
+      console.log(`tx ${String(len).padStart(4)} B: lgnet ${fmt(lg.fps)}  C writev ${fmt(c.fps)}  ratio ${(lg.fps / c.fps).toFixed(3)}  C io_uring ${fmt(cu.fps)}  ratio ${(lg.fps / cu.fps).toFixed(3)}`);
     }
     const pkt = openPacketIn(ns, 'lgbench0');
     for (const len of [64, 1514]) {
       const lg = await withSender(bin, pkt, len, () => harnessRx(s!, seconds));
       await s.dev.stopQueue(0); // the C reader takes the tap alone
       const c = await withSender(bin, pkt, len, () => runTapLoop(bin, tapFd, ['read', String(HDR), String(seconds)], seconds));
+      const cu = await withSender(bin, pkt, len, () => runTapLoop(bin, tapFd, ['uread', String(HDR), String(seconds)], seconds));
       await s.dev.startQueue(0);
       const ratio = lg.result.fps / c.result.fps;
-      results[`rx${len}`] = { lgnet: lg.result.fps, c: c.result.fps, ratio, offeredDuringLgnet: lg.offered, offeredDuringC: c.offered };
-      console.log(`rx ${String(len).padStart(4)} B: lgnet ${fmt(lg.result.fps)}  C readv ${fmt(c.result.fps)}  ratio ${ratio.toFixed(3)}  (sender offered ${fmt(lg.offered)} / ${fmt(c.offered)})`);
+      const ratioUring = lg.result.fps / cu.result.fps;
+      results[`rx${len}`] = { lgnet: lg.result.fps, c: c.result.fps, ratio, cUring: cu.result.fps, ratioUring, offeredDuringLgnet: lg.offered, offeredDuringC: c.offered };
+      console.log(`rx ${String(len).padStart(4)} B: lgnet ${fmt(lg.result.fps)}  C readv ${fmt(c.result.fps)}  ratio ${ratio.toFixed(3)}  C io_uring ${fmt(cu.result.fps)}  ratio ${ratioUring.toFixed(3)}  (sender offered ${fmt(lg.offered)} / ${fmt(c.offered)})`);
     }
     // The same lgnet measurements with dirty logging on (live migration), against the ones above.
     const log = await s.dev.startDirtyLog();
@@ -328,7 +341,8 @@ export async function benchDevice(opts: { seconds?: number } = {}): Promise<Reco
     s = undefined;
 
     results['mrg'] = await benchMrg(ns, bin, seconds);
-    results['io'] = await benchIo(ns, bin, seconds);
+    // Both paths in rounds: skipped in smoke-sized runs (under a second per measurement).
+    if (seconds >= 1) results['io'] = await benchIo(ns, bin, seconds);
   } finally {
     if (s) await closeSetup(s);
     ns.destroy();
