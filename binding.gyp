@@ -11,6 +11,7 @@
         "native/guard.cc",
         "native/tap.cc",
         "native/batch.cc",
+        "native/uring.cc",
         "native/wait.cc",
         "native/poller.cc",
         "native/unix-socket.cc",

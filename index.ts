@@ -14,7 +14,7 @@
 export { NetDevice, type NetDeviceOptions, type MemoryRegionSpec, type QueueSetup, type DeviceMetrics, type DirtyLogSpec } from './device/net.ts';
 export { DirtyLog, dirtyLogSize } from './vring/dirty-log.ts';
 export { rarpFrame } from './device/announce.ts';
-export { TapBackend, type TapOptions } from './device/tap-backend.ts';
+export { TapBackend, type TapOptions, type TapIo } from './device/tap-backend.ts';
 export { PairBackend, VERDICT, type PairOptions, type FrameFilter, type FilterRef } from './device/pair-backend.ts';
 export type { Backend, PortSpec, TxPort, RxPort } from './device/backend.ts';
 export { F as FEATURES, DEFAULT_OFFERED, mask as featureMask, has as hasFeature, names as featureNames, decode as decodeFeatures, type NegotiatedFeatures } from './device/features.ts';

@@ -60,6 +60,10 @@ export const NET_ERROR = {
    * memory that cannot shrink.
    */
   GUEST_MEMORY_FAULT: 'NET_GUEST_MEMORY_FAULT',
+  /** A tap I/O path that is not 'auto', 'uring' or 'syscall' (TapOptions.io, LGNET_IO). */
+  BAD_IO: 'NET_BAD_IO',
+  /** io_uring was asked for (io 'uring', LGNET_IO=uring) but the kernel or a sandbox refuses it. */
+  IO_URING_UNAVAILABLE: 'NET_IO_URING_UNAVAILABLE',
 } as const;
 
 /** One of the codes in {@link NET_ERROR}. */

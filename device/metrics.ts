@@ -46,7 +46,8 @@ export const M = {
   // RX.
   /** Times RX stopped because the guest had no buffers (frames wait in the backend). */
   rxNoBuffers: 18,
-  /** RX chain shorter than the virtio_net_hdr: completed with 0. */
+  /** RX chain shorter than the virtio_net_hdr: completed with 0. On the io_uring path also a chain given
+   *  back empty because the frame read after it was too long for it (frames keep their order; rare). */
   rxDropShortBuffer: 19,
   /** Frame larger than the buffers offered: consumed from the backend and counted, not delivered. */
   rxDropTooBig: 20,
@@ -81,8 +82,11 @@ export const M = {
   ringBaseRecovered: 34,
   /** Times the queue found its guest memory shrunk under it (native/guard.cc): it stopped, NEEDS_RESET. */
   memoryFaults: 35,
+  /** Not a counter: 1 when this queue's tap I/O goes through io_uring (one io_uring_enter per burst),
+   *  0 for readv/writev per frame or a backend without tap I/O. Set when the queue starts. */
+  ioUring: 36,
   /** Count of counters. */
-  COUNT: 36,
+  COUNT: 37,
 } as const;
 
 export type MetricName = Exclude<keyof typeof M, 'COUNT'>;

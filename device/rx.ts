@@ -9,7 +9,8 @@
  *
  * - Batched (no MRG_RXBUF, filter passes everything): pop up to `burst` chains, describe each
  *   chain's writable part as one frame slot, and read the whole burst from the backend in one call,
- *   straight into guest memory. Chains left without a frame are rewound.
+ *   straight into guest memory (a tap: one readv per frame, or one io_uring_enter per round of
+ *   READVs). Chains left without a frame are rewound.
  *
  * - Merged (MRG_RXBUF, or an RX filter to apply, on a port with recvMerged): pop chains, describe
  *   each as one buffer, and let the backend read frame after frame into them in one call, each frame
@@ -198,7 +199,14 @@ export class RxService {
     for (let i = 0; i < settled; i++) {
       const ch = this.chains[i]!;
       if (slot < got && this.slotChain[slot] === i) {
-        this.complete1(ch, t.bytes[slot]! + this.skip);
+        const len = t.bytes[slot]!;
+        if (len >= 0) {
+          this.complete1(ch, len + this.skip);
+        } else {
+          // io_uring: given back empty so that the frame read after it keeps its place (native/uring.cc).
+          q.addUsed(ch.head, 0);
+          c[M.rxDropShortBuffer]! += 1;
+        }
         slot++;
       } else {
         q.addUsed(ch.head, 0);

@@ -8,13 +8,30 @@
  * has to fill num_buffers. Receive offloads (TUNSETOFFLOAD) follow what the guest accepted: a guest
  * without GUEST_CSUM gets frames with checksums completed by the kernel.
  * Main thread: TapBackend opens the fds and applies what the guest accepted. Worker: openPorts
- * (registered in backends.ts) turns a TapPortSpec into ports that hand whole bursts to
- * writevBatch/readvBatch, and readvMerged for MRG_RXBUF.
+ * (registered in backends.ts) turns a TapPortSpec into ports that hand whole bursts to the kernel.
+ *
+ * Two I/O paths, chosen once, when the backend is made (TapOptions.io, else $LGNET_IO, else 'syscall'):
+ *
+ *   uring    a restricted io_uring per queue (native/uring.ts), made here, before any jail: one
+ *            io_uring_enter per TX burst (a WRITEV per frame) and per RX round (a READV per buffer)
+ *   syscall  writevBatch/readvBatch: one writev/readv per frame, one native call per burst
+ *
+ * readv/writev is the default: io_uring measured no faster here (docs/PERFORMANCE.md), and a ring fd
+ * number the jail allows could be swapped, by code already running in lgnet, for an unrestricted ring
+ * a front-end sent (docs/SECURITY.md, "io_uring in the jail"). 'uring' and 'auto' opt in.
+ * 'auto' takes io_uring where the kernel allows a restricted ring and falls back to syscalls where
+ * it does not (no io_uring, kernel.io_uring_disabled, a seccomp filter, a kernel before 5.10); `io`
+ * and `ioReason` say which and why, and each queue's `ioUring` metric says it again. MRG_RXBUF and
+ * filtered RX read with readvMerged on both paths (it reads into a window of buffers that the previous
+ * frame decides; io_uring would need a round trip per frame for that).
  */
 import * as native from '../native/index.ts';
+import { NativeError } from '../native/errors.ts';
 import { IovecTable } from '../native/iovec.ts';
-import type { Backend, PortSpec, Ports, RxPort, TxPort } from './backend.ts';
+import type { Backend, PortContext, PortSpec, Ports, RxPort, TxPort } from './backend.ts';
+import { NET_ERROR, NetConfigError } from './errors.ts';
 import { mask, type NegotiatedFeatures } from './features.ts';
+import { M } from './metrics.ts';
 
 /** The PortSpec kind of tap ports (backends.ts registers openPorts under it). */
 export const TAP_KIND = 'tap';
@@ -26,6 +43,24 @@ export interface TapPortSpec extends PortSpec {
   readonly fd: number;
   /** The tap's virtio_net_hdr size, as the driver negotiated it (10 or 12). */
   readonly vnetHdrLen: number;
+  /** The io_uring ring (native registry id) of the pair's TX queue; absent: writev per frame. */
+  readonly txRing?: number;
+  /** The io_uring ring of the pair's RX queue; absent: readv per frame. */
+  readonly rxRing?: number;
+}
+
+/** How a TapBackend moves frames: io_uring, per-frame syscalls, or io_uring where it can. */
+export type TapIo = 'auto' | 'uring' | 'syscall';
+const TAP_IO: readonly TapIo[] = ['auto', 'uring', 'syscall'];
+
+/** The I/O path asked for: the option, else LGNET_IO in `env`, else 'syscall'. */
+export function requestedIo(opt?: TapIo, env: Readonly<Record<string, string | undefined>> = process.env): TapIo {
+  const fromEnv = env['LGNET_IO'];
+  const v = opt ?? (fromEnv === undefined || fromEnv === '' ? 'syscall' : fromEnv);
+  if (!(TAP_IO as readonly string[]).includes(v)) {
+    throw new NetConfigError(NET_ERROR.BAD_IO, `tap I/O ${JSON.stringify(v)}${opt === undefined ? ' (from LGNET_IO)' : ''} is not one of ${TAP_IO.join(', ')}`);
+  }
+  return v as TapIo;
 }
 
 /** Options of {@link TapBackend}. */
@@ -34,6 +69,12 @@ export interface TapOptions {
   name?: string;
   /** Queue pairs: one fd each (IFF_MULTI_QUEUE when > 1). */
   queuePairs?: number;
+  /**
+   * Tap I/O: 'uring' (io_uring, or throw NET_IO_URING_UNAVAILABLE), 'syscall' (readv/writev per
+   * frame), 'auto' (io_uring where available). Default: $LGNET_IO, else 'syscall'. The rings are made
+   * here, so a jailed process (where io_uring_setup is denied) must make its TapBackend before the jail.
+   */
+  io?: TapIo;
 }
 
 /** A tap device opened with IFF_VNET_HDR, one fd per queue pair. */
@@ -49,10 +90,17 @@ export class TapBackend implements Backend {
   readonly name: string;
   /** One nonblocking fd per queue pair. */
   readonly fds: number[] = [];
+  /** The I/O path in use: 'uring' (a restricted io_uring per queue) or 'syscall' (readv/writev). */
+  readonly io: 'uring' | 'syscall';
+  /** Why: 'asked', 'available', or why io_uring could not be used (for the start-up log). */
+  readonly ioReason: string;
+  /** Per queue pair, the rings of its RX and TX queues (io 'uring'). */
+  private readonly rings: Array<{ rx: native.UringRing; tx: native.UringRing }> = [];
   private vnetHdrLen = 12;
 
   constructor(opts: TapOptions = {}) {
     this.queuePairs = opts.queuePairs ?? 1;
+    const want = requestedIo(opts.io);
     const multiQueue = this.queuePairs > 1;
     this.multiQueue = multiQueue;
     let name = opts.name ?? '';
@@ -63,11 +111,51 @@ export class TapBackend implements Backend {
         this.fds.push(t.fd);
         native.tapSetVnetHdrSize(t.fd, this.vnetHdrLen);
       }
+      this.name = name;
+      const chosen = want === 'syscall' ? { io: 'syscall' as const, reason: 'asked' } : this.openRings(want);
+      this.io = chosen.io;
+      this.ioReason = chosen.reason;
     } catch (e) {
       this.close();
       throw e;
     }
-    this.name = name;
+  }
+
+  /** The fds of this backend's rings: what a jail must let io_uring_enter name (empty on 'syscall'). */
+  get ringFds(): number[] {
+    return this.rings.flatMap((r) => [r.rx.fd, r.tx.fd]);
+  }
+
+  /** One ring per queue (two per pair: each is one worker's), each with its pair's tap as file 0. */
+  private openRings(want: 'auto' | 'uring'): { io: 'uring' | 'syscall'; reason: string } {
+    try {
+      for (const fd of this.fds) {
+        const rx = native.uringCreate([fd]);
+        try {
+          this.rings.push({ rx, tx: native.uringCreate([fd]) });
+        } catch (e) {
+          native.uringClose(rx.id);
+          throw e;
+        }
+      }
+      return { io: 'uring', reason: want === 'uring' ? 'asked' : 'available' };
+    } catch (e) {
+      this.closeRings();
+      if (!(e instanceof NativeError)) throw e;
+      if (want === 'uring') {
+        throw new NetConfigError(NET_ERROR.IO_URING_UNAVAILABLE,
+          `tap ${this.name}: io_uring was asked for but ${e.message}; use io 'syscall' or 'auto' (LGNET_IO), or allow io_uring (sysctl kernel.io_uring_disabled=0)`,
+          { cause: e });
+      }
+      return { io: 'syscall', reason: `io_uring unavailable: ${e.message}` };
+    }
+  }
+
+  private closeRings(): void {
+    for (const r of this.rings.splice(0)) {
+      native.uringClose(r.rx.id);
+      native.uringClose(r.tx.id);
+    }
   }
 
   supportedOffloads(): bigint {
@@ -127,7 +215,8 @@ export class TapBackend implements Backend {
   port(pair: number): TapPortSpec {
     const fd = this.fds[pair];
     if (fd === undefined) throw new RangeError(`tap ${this.name} has ${this.fds.length} queue pairs; no pair ${pair}`);
-    return { kind: TAP_KIND, fd, vnetHdrLen: this.vnetHdrLen };
+    const r = this.rings[pair];
+    return { kind: TAP_KIND, fd, vnetHdrLen: this.vnetHdrLen, ...(r ? { txRing: r.tx.id, rxRing: r.rx.id } : {}) };
   }
 
   inject(frame: Uint8Array): boolean {
@@ -139,6 +228,7 @@ export class TapBackend implements Backend {
   }
 
   close(): void {
+    this.closeRings(); // first: a ring holds its tap open
     for (const fd of this.fds.splice(0)) {
       try { native.close(fd); } catch { /* already closed */ }
     }
@@ -181,8 +271,61 @@ class TapRxPort implements RxPort {
   }
 }
 
-/** Worker side (OpenPorts, registered in backends.ts): the ports of a tap spec. Tap ports take nothing
- *  from the context: the kernel moves the bytes. */
-export function openPorts(spec: TapPortSpec): Ports {
-  return { tx: new TapTxPort(spec.fd), rx: new TapRxPort(spec.fd, spec.vnetHdrLen) };
+/**
+ * TX through the queue's ring: the whole burst goes in one io_uring_enter, and every frame's result
+ * comes back at once. The TX service asks frame by frame past a refused one (send(table, k)), so the
+ * results of the burst are kept and answered from, never sent twice.
+ */
+class TapUringTxPort implements TxPort {
+  private readonly ring: number;
+  private rest: IovecTable | null = null;
+  /** The table the last submission came from, the frame it started at, and how many it covered. */
+  private last: IovecTable | null = null;
+  private base = 0;
+  private covered = 0;
+  constructor(ring: number) { this.ring = ring; }
+
+  send(table: IovecTable, first: number): number {
+    if (first === 0 || table !== this.last || first < this.base || first >= this.base + this.covered) {
+      // A new burst, or frames never submitted (io_uring_enter failed part-way: rare).
+      const src = first === 0 ? table : this.copyRest(table, first);
+      this.covered = native.uringWritevBatch(this.ring, src);
+      this.last = table;
+      this.base = first;
+    }
+    const bytes = (this.base === 0 ? table : this.rest!).bytes;
+    const end = this.base + this.covered;
+    let k = first;
+    while (k < end && bytes[k - this.base]! >= 0) k++;
+    if (k > first) return k - first;
+    const errno = -bytes[first - this.base]!;
+    throw new NativeError(errno, 'writev', `the tap refused frame ${first} of a burst (io_uring WRITEV)`);
+  }
+
+  private copyRest(table: IovecTable, first: number): IovecTable {
+    const rest = (this.rest ??= new IovecTable(table.maxEntries, table.maxFrames));
+    rest.copyFramesFrom(table, first);
+    return rest;
+  }
+}
+
+/** Plain RX through the queue's ring; MRG_RXBUF and filtered RX stay on readvMerged (see the file header). */
+class TapUringRxPort extends TapRxPort {
+  private readonly ring: number;
+  constructor(fd: number, vnetHdrLen: number, ring: number) {
+    super(fd, vnetHdrLen);
+    this.ring = ring;
+  }
+  override recv(table: IovecTable, frames: number): number {
+    return native.uringReadvBatch(this.ring, table, frames);
+  }
+}
+
+/** Worker side (OpenPorts, registered in backends.ts): the ports of a tap spec, through the pair's rings
+ *  when it has them. The context only gets the queue's `ioUring` mark: the kernel moves the bytes. */
+export function openPorts(spec: TapPortSpec, ctx: PortContext): Ports {
+  const uring = spec.txRing !== undefined && spec.rxRing !== undefined;
+  ctx.counters[M.ioUring] = uring ? 1 : 0;
+  if (!uring) return { tx: new TapTxPort(spec.fd), rx: new TapRxPort(spec.fd, spec.vnetHdrLen) };
+  return { tx: new TapUringTxPort(spec.txRing!), rx: new TapUringRxPort(spec.fd, spec.vnetHdrLen, spec.rxRing!) };
 }

@@ -22,6 +22,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   RegisterMemory(env, exports);
   RegisterTap(env, exports);
   RegisterBatch(env, exports);
+  RegisterUring(env, exports);
   RegisterWait(env, exports);
   RegisterPoller(env, exports);
   RegisterUnixSocket(env, exports);

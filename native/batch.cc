@@ -12,8 +12,7 @@
 // mappings used are pinned (registry.h) for the duration of the syscalls, which run without the lock.
 // Then one writev/readv per frame: EINTR retries, EAGAIN ends the batch, another error ends it too
 // (thrown only when it hits the first frame).
-#include "common.h"
-#include "registry.h"
+#include "batch.h"
 
 #include <limits.h>
 #include <sys/syscall.h>
@@ -26,36 +25,13 @@
 namespace lgnet {
 namespace {
 
-constexpr uint32_t kWords = 4;  // IOVEC_WORDS in native/iovec.ts
-constexpr uint32_t kInlinePins = 16;
-
-// The mappings one batch holds references to: a few inline, more on the heap (rare: a batch that
-// touches more than kInlinePins distinct regions).
-struct Pins {
-  Mapping* inlinePins[kInlinePins];
-  uint32_t count = 0;
-  std::vector<Mapping*> extra;
-
-  void Add(Mapping* m) {
-    for (uint32_t i = 0; i < count; i++)
-      if (inlinePins[i] == m) return;
-    for (Mapping* e : extra)
-      if (e == m) return;
-    MappingRef(m);
-    if (count < kInlinePins) inlinePins[count++] = m;
-    else extra.push_back(m);
-  }
-  ~Pins() {
-    for (uint32_t i = 0; i < count; i++) MappingUnref(inlinePins[i]);
-    for (Mapping* e : extra) MappingUnref(e);
-  }
-};
-
 // Per-thread iovec scratch, grown to the largest batch seen (no allocation in steady state).
 // Frame ends are copied once, so a table in shared memory changed meanwhile cannot move a frame
 // outside what was checked.
 thread_local std::vector<struct iovec> tIov;
 thread_local std::vector<uint32_t> tEnds;
+
+}  // namespace
 
 // Reads an integral number argument in [lo, hi] without node-addon-api wrappers (hot path).
 bool ArgInt(napi_env env, napi_value v, const char* what, double lo, double hi, int64_t* out) {
@@ -86,7 +62,7 @@ bool Translate(Napi::Env cenv, const uint32_t* entries, uint32_t base, const uin
   for (uint32_t u = 0; u < units; u++) {
     uint64_t unitBytes = 0;
     for (; e < ends[u]; e++) {
-      const uint32_t* w = entries + (size_t)e * kWords;
+      const uint32_t* w = entries + (size_t)e * kIovecWords;
       uint32_t id = w[0];
       uint64_t offset = (uint64_t)w[1] | ((uint64_t)w[2] << 32);
       uint32_t len = w[3];
@@ -120,28 +96,24 @@ bool Translate(Napi::Env cenv, const uint32_t* entries, uint32_t base, const uin
   return true;
 }
 
-// writevBatch/readvBatch(fd, words: Uint32Array, maxEntries, maxFrames, frames)
-// `words` is the IovecTable's one buffer: entries (maxEntries × 4), then frameEnd (maxFrames), then
-// bytes (maxFrames, as int32). One typed-array query per call: napi_get_typedarray_info is the most
-// expensive part of crossing (measured: ~3× a whole nop call each), so the three arrays share it.
-napi_value BatchIo(napi_env env, napi_callback_info cbinfo, bool write) {
-  const char* syscall = write ? "writev" : "readv";
+// (handle, words, maxEntries, maxFrames, frames): `words` is the IovecTable's one buffer: entries
+// (maxEntries × 4), then frameEnd (maxFrames), then bytes (maxFrames, as int32). One typed-array query
+// per call: napi_get_typedarray_info is the most expensive part of crossing (measured: ~3× a whole nop
+// call each), so the three arrays share it.
+bool PrepareBatch(napi_env env, napi_callback_info cbinfo, const char* usage, double handleMax, Pins& pins, Batch* b) {
   size_t argc = 5;
   napi_value argv[5];
-  napi_value undefined;
-  napi_get_undefined(env, &undefined);
-  if (napi_get_cb_info(env, cbinfo, &argc, argv, nullptr, nullptr) != napi_ok) return undefined;
+  if (napi_get_cb_info(env, cbinfo, &argc, argv, nullptr, nullptr) != napi_ok) return false;
   if (argc < 5) {
-    napi_throw_type_error(env, nullptr, "batch I/O takes (fd, words, maxEntries, maxFrames, frames)");
-    return undefined;
+    napi_throw_type_error(env, nullptr, usage);
+    return false;
   }
-  int64_t fd64, maxEntries, maxFrames, frames;
-  if (!ArgInt(env, argv[0], "fd", 0, INT32_MAX, &fd64) ||
+  int64_t handle, maxEntries, maxFrames, frames;
+  if (!ArgInt(env, argv[0], "fd", 0, handleMax, &handle) ||
       !ArgInt(env, argv[2], "maxEntries", 0, UINT32_MAX, &maxEntries) ||
       !ArgInt(env, argv[3], "maxFrames", 0, UINT32_MAX, &maxFrames) ||
       !ArgInt(env, argv[4], "frames", 0, UINT32_MAX, &frames))
-    return undefined;
-  const int fd = (int)fd64;
+    return false;
   bool isTyped = false;
   napi_is_typedarray(env, argv[1], &isTyped);
   napi_typedarray_type type;
@@ -150,26 +122,23 @@ napi_value BatchIo(napi_env env, napi_callback_info cbinfo, bool write) {
   if (!isTyped || napi_get_typedarray_info(env, argv[1], &type, &length, &data, nullptr, nullptr) != napi_ok ||
       type != napi_uint32_array) {
     napi_throw_type_error(env, nullptr, "words must be a Uint32Array (IovecTable.words)");
-    return undefined;
+    return false;
   }
-  if ((uint64_t)maxEntries * kWords + 2 * (uint64_t)maxFrames > length) {
+  if ((uint64_t)maxEntries * kIovecWords + 2 * (uint64_t)maxFrames > length) {
     napi_throw_range_error(env, nullptr, "maxEntries/maxFrames exceed the words array");
-    return undefined;
+    return false;
   }
   if (frames > maxFrames) {
     napi_throw_range_error(env, nullptr, "frames exceeds maxFrames");
-    return undefined;
+    return false;
   }
-  napi_value result;
-  if (frames == 0) {
-    napi_create_uint32(env, 0, &result);
-    return result;
-  }
-  Napi::Env cenv(env);
-
   const uint32_t* entries = static_cast<const uint32_t*>(data);
-  const uint32_t* frameEnd = entries + maxEntries * kWords;  // read once, into ends
-  int32_t* bytes = reinterpret_cast<int32_t*>(const_cast<uint32_t*>(frameEnd + maxFrames));
+  const uint32_t* frameEnd = entries + maxEntries * kIovecWords;  // read once, into ends
+  b->handle = handle;
+  b->frames = (uint32_t)frames;
+  b->bytes = reinterpret_cast<int32_t*>(const_cast<uint32_t*>(frameEnd + maxFrames));
+  if (frames == 0) return true;
+  Napi::Env cenv(env);
   const size_t nEntries = (size_t)maxEntries;
 
   // Frame shape: non-empty, at most IOV_MAX entries, inside the entries array, at most 2^31-1 bytes.
@@ -183,32 +152,44 @@ napi_value BatchIo(napi_env env, napi_callback_info cbinfo, bool write) {
                        "frame " + std::to_string(f) + " spans entries [" + std::to_string(start) + ", " +
                            std::to_string(end) + "): each frame needs 1.." + std::to_string(IOV_MAX) +
                            " entries within the " + std::to_string(nEntries) + " in the table");
-      return undefined;
+      return false;
     }
     start = end;
   }
   const uint32_t total = start;
   if (tIov.size() < total) tIov.resize(total);
-  struct iovec* iov = tIov.data();
+  b->ends = ends;
+  b->iov = tIov.data();
+  return Translate(cenv, entries, 0, ends, (uint32_t)frames, b->iov, pins, nullptr);
+}
 
+namespace {
+
+// writevBatch/readvBatch(fd, words, maxEntries, maxFrames, frames): one writev/readv per frame.
+napi_value BatchIo(napi_env env, napi_callback_info cbinfo, bool write) {
+  const char* syscall = write ? "writev" : "readv";
+  napi_value undefined;
+  napi_get_undefined(env, &undefined);
   Pins pins;
-  if (!Translate(cenv, entries, 0, ends, (uint32_t)frames, iov, pins, nullptr)) return undefined;
-
+  Batch b;
+  if (!PrepareBatch(env, cbinfo, "batch I/O takes (fd, words, maxEntries, maxFrames, frames)", INT32_MAX, pins, &b)) return undefined;
+  napi_value result;
+  const int fd = (int)b.handle;
   uint32_t done = 0;
-  start = 0;
-  for (; done < (uint32_t)frames; done++) {
-    uint32_t end = ends[done];
+  uint32_t start = 0;
+  for (; done < b.frames; done++) {
+    uint32_t end = b.ends[done];
     ssize_t n;
     // syscall() rather than glibc's writev/readv: those are pthread cancellation points, which costs
     // an enable/disable pair per call in a multi-threaded process (and Node never cancels threads).
-    do n = ::syscall(write ? SYS_writev : SYS_readv, fd, iov + start, (int)(end - start));
+    do n = ::syscall(write ? SYS_writev : SYS_readv, fd, b.iov + start, (int)(end - start));
     while (n < 0 && errno == EINTR);
     if (n < 0) {
       if (errno == EAGAIN || done > 0) break;
-      ThrowNativeError(cenv, errno, syscall, "fd " + std::to_string(fd) + ", frame 0 of a batch of " + std::to_string(frames));
+      ThrowNativeError(Napi::Env(env), errno, syscall, "fd " + std::to_string(fd) + ", frame 0 of a batch of " + std::to_string(b.frames));
       return undefined;
     }
-    bytes[done] = (int32_t)n;
+    b.bytes[done] = (int32_t)n;
     start = end;
   }
   napi_create_uint32(env, done, &result);
@@ -320,7 +301,7 @@ napi_value ReadvMerged(napi_env env, napi_callback_info cbinfo) {
     napi_throw_type_error(env, nullptr, "words must be a Uint32Array (IovecTable.words)");
     return undefined;
   }
-  if ((uint64_t)maxEntries * kWords + 3 * (uint64_t)maxFrames + 1 > length) {
+  if ((uint64_t)maxEntries * kIovecWords + 3 * (uint64_t)maxFrames + 1 > length) {
     napi_throw_range_error(env, nullptr, "maxEntries/maxFrames exceed the words array");
     return undefined;
   }
@@ -359,10 +340,10 @@ napi_value ReadvMerged(napi_env env, napi_callback_info cbinfo) {
   }
   uint32_t* words = static_cast<uint32_t*>(data);
   const uint32_t* entries = words;
-  const uint32_t* bufEnd = entries + maxEntries * kWords;
-  int32_t* bytes = reinterpret_cast<int32_t*>(words + maxEntries * kWords + maxFrames);
-  uint32_t* used = words + maxEntries * kWords + 2 * maxFrames;
-  uint32_t* status = words + maxEntries * kWords + 3 * maxFrames;
+  const uint32_t* bufEnd = entries + maxEntries * kIovecWords;
+  int32_t* bytes = reinterpret_cast<int32_t*>(words + maxEntries * kIovecWords + maxFrames);
+  uint32_t* used = words + maxEntries * kIovecWords + 2 * maxFrames;
+  uint32_t* status = words + maxEntries * kIovecWords + 3 * maxFrames;
   napi_value result;
   if (frames == 0 || buffers == 0) {
     *status = frames == 0 ? kStopFrames : kStopNoRoom;

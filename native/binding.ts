@@ -66,6 +66,17 @@ export interface RawBinding {
     peek: Uint8Array | undefined,
   ): number;
 
+  // uring.cc
+  uringCreate(fds: Int32Array, entries: number): { id: number; fd: number };
+  uringClose(id: number): void;
+  uringFds(): number[];
+  // words as for writevBatch; bytes[i] = result of frame i (bytes or -errno).
+  uringWritevBatch(id: number, words: Uint32Array, maxEntries: number, maxFrames: number, frames: number): number;
+  // words as for readvBatch; returns slots settled; bytes[i] = frame length, or -1 for a slot given back empty.
+  uringReadvBatch(id: number, words: Uint32Array, maxEntries: number, maxFrames: number, frames: number): number;
+  uringTry(id: number, op: string, fd: number, fixed: boolean, buf: Uint8Array | undefined): number;
+  uringRegister(id: number, op: number): void;
+
   // wait.cc
   poll(fds: Int32Array, timeoutMs: number): number;
   waitKick(

@@ -29,6 +29,7 @@ void RegisterEventfd(Napi::Env env, Napi::Object exports);
 void RegisterMemory(Napi::Env env, Napi::Object exports);
 void RegisterTap(Napi::Env env, Napi::Object exports);
 void RegisterBatch(Napi::Env env, Napi::Object exports);
+void RegisterUring(Napi::Env env, Napi::Object exports);
 void RegisterWait(Napi::Env env, Napi::Object exports);
 void RegisterPoller(Napi::Env env, Napi::Object exports);
 void RegisterUnixSocket(Napi::Env env, Napi::Object exports);

@@ -6,7 +6,8 @@
  *
  * Where things sit on the data path (DESIGN.md, "Data path and threads"):
  *   guest memory   memfdCreate, mmap, mmapAnonymous, mappingBuffer, munmap   (process-wide registry)
- *   frames         tapOpen, tapSetVnetHdrSize, tapSetOffload, writevBatch, readvBatch, readvMerged
+ *   frames         tapOpen, tapSetVnetHdrSize, tapSetOffload, writevBatch, readvBatch, readvMerged;
+ *                  io_uring: uringCreate (a restricted ring per queue), uringWritevBatch, uringReadvBatch
  *   sleeping       eventfd*, poll, waitKick (worker threads); FdPoller (event-loop threads)
  *   control        unix sockets with SCM_RIGHTS (vhost-user)
  *   sandbox/tests  netnsEnter/Leave, packetOpen, fdRead/Write, no_new_privs, seccomp, set*id, rlimits
@@ -22,6 +23,7 @@ export * from './eventfd.ts';
 export * from './memory.ts';
 export * from './tap.ts';
 export * from './batch.ts';
+export * from './uring.ts';
 export * from './wait.ts';
 export * from './poller.ts';
 export * from './unix-socket.ts';

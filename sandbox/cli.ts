@@ -5,12 +5,13 @@
  *
  *   lgnet serve --socket PATH [--client] [--tap NAME] [--queues N] [--mac MAC] [--mtu N]
  *               [--log-level LEVEL] [--reconnect-ms MS] [--metrics-listen ADDR] [--metrics-socket PATH]
- *               [--pcap FILE] [--{tx,rx}-rate-{bytes,ops} SIZE/MS] [--busy-poll US] [--offer-config]
+ *               [--pcap FILE] [--{tx,rx}-rate-{bytes,ops} SIZE/MS] [--busy-poll US] [--io PATH] [--offer-config]
  *               [--guest-announce]
  *               [--no-sandbox | [--chroot DIR] [--user U] [--group G]]
  *   lgnet stats ADDR [--once] [--json] [--interval MS]
  *   lgnet --version
  */
+import type { TapIo } from '../device/tap-backend.ts';
 import { readFileSync } from 'node:fs';
 import { Command, InvalidArgumentError, Option } from 'commander';
 import { LOG_LEVELS, type LogLevel } from './log.ts';
@@ -34,6 +35,8 @@ export interface ServeOptions {
   mtu: number;
   /** Busy-poll window of the queue workers, in microseconds. */
   busyPoll: number;
+  /** Tap I/O path: 'syscall' (readv/writev, default), 'uring' or 'auto' (device/tap-backend.ts). */
+  io: TapIo | undefined;
   logLevel: LogLevel;
   /** Unix socket that answers each connection with the device metrics as JSON (metrics-endpoint.ts). */
   metricsSocket: string | undefined;
@@ -143,6 +146,7 @@ export function buildCli(actions: { serve: (opts: ServeOptions) => Promise<void>
     .addOption(new Option('--mac <mac>', 'MAC address in the device config (default: random, locally administered)').argParser(macAddress))
     .addOption(new Option('--mtu <n>', 'MTU in the device config').argParser(int('--mtu', 68, 65535)).default(1500))
     .addOption(new Option('--busy-poll <us>', 'microseconds a queue worker re-checks its ring before it sleeps (fewer kicks and interrupts, more host CPU); 0 = off').argParser(int('--busy-poll', 0, 1_000_000)).default(0))
+    .addOption(new Option('--io <path>', "tap I/O: 'syscall' (readv/writev per frame, the default), 'uring' (a restricted io_uring ring per queue, made before the jail) or 'auto' (io_uring where the kernel allows it); also LGNET_IO").choices(['syscall', 'uring', 'auto']))
     .addOption(new Option('--log-level <level>', 'log level (JSON logs on stderr)').choices(LOG_LEVELS as string[]).default('info'))
     .addOption(new Option('--metrics-listen <addr>', 'serve Prometheus metrics over HTTP (GET /metrics) on a unix socket path, 127.0.0.1:PORT or [::1]:PORT; bound before the jail; read it with `lgnet stats ADDR` (docs/OPERATIONS.md)').argParser(listenAddress('--metrics-listen')))
     .option('--metrics-socket <path>', 'unix socket that answers every connection with one JSON line of live per-queue counters (frames, bytes, interrupts, drops) and closes; read it with `socat - UNIX-CONNECT:PATH`')
@@ -168,6 +172,7 @@ export function buildCli(actions: { serve: (opts: ServeOptions) => Promise<void>
         mac: o['mac'] as string | undefined,
         mtu: o['mtu'] as number,
         busyPoll: o['busyPoll'] as number,
+        io: o['io'] as TapIo | undefined,
         logLevel: o['logLevel'] as LogLevel,
         metricsSocket: o['metricsSocket'] as string | undefined,
         metricsListen: o['metricsListen'] as ListenAddress | undefined,

@@ -6,6 +6,7 @@
  * Spec: no vhost-user.rst section (the sandbox is lgnet's own); seccomp(2), SECCOMP_SET_MODE_FILTER.
  * Design: DESIGN.md "The syscall boundary and the jail", STYLE.md §2 (the policy is data).
  */
+import { uringFds } from '../native/index.ts';
 import { compileFilter, type Action, type ArgPin, type CompiledRule, type SeccompArch } from './seccomp-bpf.ts';
 import { OWN_PID, POLICY, ROLES, rulesFor, type PolicyOptions, type Role, type SyscallRule } from './seccomp-policy.ts';
 import { JAIL_ERROR, JailError } from './jail-errors.ts';
@@ -22,6 +23,12 @@ export function syscallTable(arch: SeccompArch): Readonly<Record<string, number>
 }
 
 export interface CompileContext extends PolicyOptions {
+  /**
+   * (From PolicyOptions.) Default: the fds of every io_uring ring open in this process now, which are
+   * lgnet's own (only native/uring.cc makes rings, each restricted before it is enabled). Pass [] to
+   * deny io_uring_enter whatever exists.
+   */
+  uringFds?: readonly number[];
   arch?: SeccompArch;
   /** Replaces OWN_PID pins. Default process.pid. */
   pid?: number;
@@ -59,7 +66,7 @@ export function compilePolicy(role: Role, ctx: CompileContext = {}): CompiledPol
   const rules: CompiledRule[] = [];
   const syscalls: string[] = [];
   const skipped: string[] = [];
-  for (const r of rulesFor(role, ctx)) {
+  for (const r of rulesFor(role, { ...ctx, uringFds: ctx.uringFds ?? uringFds() })) {
     const nr = table[r.name];
     if (nr === undefined) {
       skipped.push(r.name);
@@ -121,5 +128,8 @@ export function formatPolicy(opts: { roles?: readonly Role[]; arch?: SeccompArch
   }
   const off = ROLES.flatMap((role) => POLICY[role].filter((r) => r.option).map((r) => `${r.name} (${role}, needs ${r.option})`));
   if (off.length && !opts.options) lines.push('', `Optional: ${[...new Set(off)].join(', ')}`);
+  if (!opts.options?.uringFds?.length) {
+    lines.push('', "io_uring_enter (both roles): only when lgnet made io_uring rings (tap I/O 'uring'), with arg0 one of their fds; each ring is restricted to READV/WRITEV on its tap before the jail.");
+  }
   return lines.join('\n');
 }

@@ -72,6 +72,11 @@ export interface JailOptions {
   /** vhost-user client mode: allow socket(AF_UNIX, SOCK_STREAM) + connect to reconnect (seccomp-policy.ts). */
   unixConnect?: boolean;
   /**
+   * The io_uring rings io_uring_enter may name (TapBackend.ringFds). Default: every ring open in the
+   * process now (native.uringFds(): lgnet's own, all restricted); [] denies io_uring_enter.
+   */
+  uringFds?: readonly number[];
+  /**
    * Child processes the caller started on purpose and vouches for: they keep running outside the jail
    * (lgnet serve's socket reapers, which only wait for a pipe to close). Any other live child makes
    * enterJail refuse.
@@ -147,6 +152,7 @@ export function enterJail(opts: JailOptions = {}): JailReport {
   try {
     policy = compilePolicy('main', {
       arch, unixConnect: opts.unixConnect === true, tapReattach: opts.user !== undefined,
+      ...(opts.uringFds ? { uringFds: opts.uringFds } : {}),
       ...(opts.seccompDefault ? { defaultAction: opts.seccompDefault } : {}),
     });
   } catch (e) {

@@ -55,7 +55,8 @@ export interface Serving {
 
 /** Steps 2–3: opens the tap, the device and the socket; enters the jail when asked. */
 export async function startServing(opts: ServeOptions, log: Logger): Promise<Serving> {
-  const backend = new TapBackend({ name: opts.tap, queuePairs: opts.queues });
+  const backend = new TapBackend({ name: opts.tap, queuePairs: opts.queues, ...(opts.io ? { io: opts.io } : {}) });
+  log.info({ io: backend.io, why: backend.ioReason }, 'tap I/O');
   let device: NetDevice;
   let pcapFd = -1;
   try {
@@ -136,10 +137,11 @@ export async function startServing(opts: ServeOptions, log: Logger): Promise<Ser
       ...(opts.user ? { user: opts.user } : {}),
       ...(opts.group ? { group: opts.group } : {}),
       unixConnect: opts.client,
+      uringFds: backend.ringFds,
       onWarning: (message, code) => log.warn({ code }, message),
     });
     if (report.sandboxed) {
-      await device.restrictWorkers(compilePolicy('worker').program);
+      await device.restrictWorkers(compilePolicy('worker', { uringFds: backend.ringFds }).program);
       sampler?.jailed(report.rlimits.nofile);
       // Jailed, unlink fails with EPERM: the reaper removes the socket file once lgnet is gone.
       server.removeSocketOnClose = false;

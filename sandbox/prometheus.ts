@@ -46,6 +46,7 @@ export const QUEUE_FAMILIES = {
   lgnet_queue_dirty_log_missed_pages_total: { type: 'counter', help: 'Guest pages written during dirty logging that lay beyond the end of the log (not marked).' },
   lgnet_queue_ring_base_recovered_total: { type: 'counter', help: "Times the queue started where its packed ring shows, not at the front-end's base, which the ring contradicted." },
   lgnet_queue_memory_faults_total: { type: 'counter', help: 'Times the queue found its guest memory shrunk under it and stopped (the device needs a reset).' },
+  lgnet_queue_io_uring: { type: 'gauge', help: 'Whether the queue moves its tap frames through a restricted io_uring ring (1) or readv/writev (0).' },
 } as const satisfies Record<string, { type: 'counter' | 'gauge'; help: string }>;
 
 type QueueFamily = keyof typeof QUEUE_FAMILIES;
@@ -106,6 +107,7 @@ export const QUEUE_SERIES: Readonly<Record<MetricName, QueueSeries>> = {
   dirtyLogMissed: { metric: 'lgnet_queue_dirty_log_missed_pages_total' },
   ringBaseRecovered: { metric: 'lgnet_queue_ring_base_recovered_total' },
   memoryFaults: { metric: 'lgnet_queue_memory_faults_total' },
+  ioUring: { metric: 'lgnet_queue_io_uring' },
 };
 
 /** What the vhost-user server offers the exporter (VhostUserServer satisfies it). */

@@ -14,14 +14,20 @@
  *           (enterWorkerJail()): readv/writev on the tap, poll, eventfd reads and writes, and what a
  *           V8 isolate needs to run and collect garbage. No sockets, no ioctl, no thread creation.
  *
+ * io_uring: seccomp cannot see the operations inside a ring, so io_uring_setup and io_uring_register
+ * stay denied, and io_uring_enter is allowed (both roles, since stacked filters both apply) only with
+ * arg 0 one of lgnet's own rings (PolicyOptions.uringFds), made before the jail and restricted to
+ * READV/WRITEV on their registered tap (native/uring.cc). Without rings the rule is left out.
+ *
  * Stacked filters both apply; the stricter answer wins. So a worker can never do more than `main`.
  *
  * Deliberately absent (EPERM): execve/execveat, fork/vfork and clone without CLONE_THREAD (clone3 gets
  * ENOSYS, so glibc falls back to clone, whose flags can be checked), open/openat/creat of anything
  * (serving opens no file: every module, the tap, the socket are opened before the jail), socket
  * creation, connect, bind, listen, ptrace, process_vm_*, mount/umount, chroot, pivot_root, setns,
- * unshare, bpf, keyctl/add_key, perf_event_open, io_uring_*, userfaultfd, kill (tgkill to ourselves
- * only), set*id, setrlimit, reboot, module loading, kexec, swapon, *xattr, link/unlink/rename, mknod.
+ * unshare, bpf, keyctl/add_key, perf_event_open, io_uring_setup/register (and io_uring_enter on any
+ * ring not lgnet's), userfaultfd, kill (tgkill to ourselves only), set*id, setrlimit, reboot, module
+ * loading, kexec, swapon, *xattr, link/unlink/rename, mknod.
  */
 import type { ArgPin } from './seccomp-bpf.ts';
 
@@ -57,6 +63,11 @@ export interface PolicyOptions {
    * attach only to taps that user owns, never create one. Not for root: it could attach to any tap.
    */
   tapReattach?: boolean;
+  /**
+   * The fds of lgnet's restricted io_uring rings (TapBackend.ringFds, native.uringFds()): io_uring_enter
+   * is allowed with one of them as its fd, nothing else. Empty or absent: io_uring_enter is denied.
+   */
+  uringFds?: readonly number[];
 }
 
 /** Placeholder in a pin: replaced by the process id when the policy is compiled. */
@@ -236,12 +247,25 @@ export const POLICY: Readonly<Record<Role, readonly SyscallRule[]>> = {
 export const MUST_DENY: readonly string[] = [
   'execve', 'execveat', 'fork', 'vfork', 'ptrace', 'process_vm_readv', 'process_vm_writev', 'open', 'openat', 'openat2',
   'creat', 'socketpair', 'bind', 'listen', 'mount', 'umount2', 'pivot_root', 'chroot', 'setns', 'unshare', 'bpf', 'keyctl',
-  'add_key', 'request_key', 'perf_event_open', 'io_uring_setup', 'userfaultfd', 'kill', 'setuid', 'setgid', 'setresuid',
+  'add_key', 'request_key', 'perf_event_open', 'io_uring_setup', 'io_uring_register', 'userfaultfd', 'kill', 'setuid', 'setgid', 'setresuid',
   'setresgid', 'setgroups', 'setrlimit', 'init_module', 'finit_module', 'kexec_load', 'reboot', 'unlink', 'unlinkat',
   'rename', 'renameat2', 'mknod', 'mknodat', 'symlink', 'link', 'truncate', 'pkey_mprotect', 'name_to_handle_at',
   'open_by_handle_at', 'fanotify_init', 'inotify_init1', 'pidfd_open', 'pidfd_getfd', 'kcmp', 'mbind', 'migrate_pages',
   'move_pages', 'setxattr', 'personality', 'acct', 'quotactl', 'swapon', 'syslog', 'vhangup', 'lookup_dcookie',
 ];
+
+/** io_uring_enter on exactly these ring fds (the pin compares the fd, an unsigned int). */
+function uringEnterRule(fds: readonly number[]): SyscallRule {
+  for (const fd of fds) {
+    if (!Number.isInteger(fd) || fd < 0 || fd > 0x7fff_ffff) throw new RangeError(`uringFds: ${fd} is not an fd`);
+  }
+  return {
+    name: 'io_uring_enter',
+    reason: "tap I/O in bursts (native/uring.cc) on lgnet's own rings only, restricted to READV/WRITEV on their tap before the jail",
+    option: 'uringFds',
+    when: [[{ arg: 0, oneOf: Object.fromEntries(fds.map((fd) => [`ring fd ${fd}`, fd])) }]],
+  };
+}
 
 /** The rules of a role with options applied (rules for options that are off are dropped). */
 export function rulesFor(role: Role, opts: PolicyOptions = {}): SyscallRule[] {
@@ -259,5 +283,8 @@ export function rulesFor(role: Role, opts: PolicyOptions = {}): SyscallRule[] {
     const when = prev.when && r.when ? [...prev.when, ...r.when] : undefined;
     merged.set(r.name, { name: r.name, reason: `${prev.reason}; ${r.reason}`, ...(when ? { when } : {}) });
   }
-  return [...merged.values()];
+  const out = [...merged.values()];
+  const rings = opts.uringFds ?? [];
+  if (rings.length > 0) out.push(uringEnterRule([...new Set(rings)]));
+  return out;
 }

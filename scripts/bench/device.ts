@@ -15,31 +15,41 @@
  *                  rounds on fresh devices (the plain figure is re-measured beside each MRG one, so
  *                  drift on a shared machine hits both): 2048-byte buffers (one per frame), and 1024-byte
  *                  buffers for 1514 B (each frame spans two).
+ *   io             lgnet on each tap I/O path (io_uring, readv/writev) against both C limits, the
+ *                  per-frame loop (write/read) and the io_uring loop (uwrite/uread: 32 WRITEVs or READVs
+ *                  per io_uring_enter), tx/rx at 64 and 1514 B, in LGNET_BENCH_IO_ROUNDS rounds (default
+ *                  3) on fresh devices; medians and the spread over rounds (skipped when a measurement
+ *                  lasts under a second: the smoke test). The tx/rx figures at the top also give the C
+ *                  io_uring loop beside the C per-frame one.
+ *
+ * The figures above the io section run on the path TapBackend chooses by itself (io 'auto', or
+ * LGNET_IO): io_uring where the kernel allows it.
  *
  * The harness (the "guest") runs on the main thread, lgnet's worker on another: on a 2-vCPU machine
  * that is one core each. Frames go to a MAC nothing owns, so the namespace's kernel drops them early.
  * Results print and go to bench/results/device.json. Options: LGNET_BENCH_SECONDS (per measurement),
  * LGNET_BENCH_BUSYPOLL (device busy-poll rounds, default 0), LGNET_BENCH_JAIL=1 is reserved for the jail
  * comparison, LGNET_BENCH_ONLY=mrg runs the MRG_RXBUF comparison alone, LGNET_BENCH_MRG_ROUNDS its rounds
- * (default 3).
+ * (default 3), LGNET_BENCH_ONLY=io the I/O path comparison alone.
  */
-import { spawn } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
 import { mkdirSync, writeFileSync } from 'node:fs';
-import { cpus, loadavg } from 'node:os';
+import { cpus, loadavg, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import * as native from '../../native/index.ts';
 import { mask } from '../../device/features.ts';
 import { NetDevice } from '../../device/net.ts';
-import { TapBackend } from '../../device/tap-backend.ts';
+import { TapBackend, type TapIo } from '../../device/tap-backend.ts';
 import { ethernet } from '../../harness/frames.ts';
 import { GuestRam } from '../../harness/guest-ram.ts';
 import { VirtioNetDriver } from '../../harness/virtio-net.ts';
 import { createNetns, openPacketIn, type Netns } from '../../harness/netns.ts';
-import { buildTapLoop, ROOT, runTapLoop, stat } from './common.ts';
+import { ROOT, runTapLoop, stat } from './common.ts';
 
 const SECONDS = Number(process.env['LGNET_BENCH_SECONDS'] ?? 2);
 const ONLY = process.env['LGNET_BENCH_ONLY'] ?? '';
 const MRG_ROUNDS = Number(process.env['LGNET_BENCH_MRG_ROUNDS'] ?? 3);
+const IO_ROUNDS = Number(process.env['LGNET_BENCH_IO_ROUNDS'] ?? 3);
 /** Seconds of traffic a fresh device gets before it is measured (the MRG comparison). */
 const WARMUP = 0.5;
 const BUSY_POLL = Number(process.env['LGNET_BENCH_BUSYPOLL'] ?? 0);
@@ -48,9 +58,20 @@ const QSIZE = 256;
 
 interface Rate { frames: number; seconds: number; fps: number }
 
-/** A device on a tap in `ns`, with the harness attached. */
-async function setup(ns: Netns, packed = false, rx: { mrg?: boolean; bufferSize?: number } = {}) {
-  const backend = native.withNetns(ns.path, () => new TapBackend({ name: 'lgbench0' }));
+/**
+ * tap-loop.c, compiled for this run into the temporary directory (not .cache/, which a worktree may
+ * share with another checkout whose bench may be running its own tap-loop at the time).
+ */
+function buildTapLoop(): string {
+  const out = join(tmpdir(), `lgnet-tap-loop-${process.pid}`);
+  const r = spawnSync('cc', ['-O2', '-Wall', '-o', out, join(ROOT, 'scripts/bench/tap-loop.c')], { encoding: 'utf8' });
+  if (r.status !== 0) throw new Error(`cc failed: ${r.error?.message ?? r.stderr}`);
+  return out;
+}
+
+/** A device on a tap in `ns`, with the harness attached. `io`: the tap's I/O path (default: its own choice). */
+async function setup(ns: Netns, packed = false, rx: { mrg?: boolean; bufferSize?: number } = {}, io?: TapIo) {
+  const backend = native.withNetns(ns.path, () => new TapBackend({ name: 'lgbench0', ...(io ? { io } : {}) }));
   ns.exec('ip', 'link', 'set', 'lgbench0', 'up');
   const dev = new NetDevice({ backend, mac: '52:54:00:00:00:01', busyPoll: BUSY_POLL, maxQueueSize: QSIZE });
   const ram = new GuestRam(64 << 20);
@@ -158,6 +179,79 @@ async function benchMrg(ns: Netns, bin: string, seconds: number): Promise<Record
   return out;
 }
 
+/**
+ * lgnet on each tap I/O path against both C limits (per-frame syscalls, and io_uring bursts of 32), in
+ * IO_ROUNDS rounds, each on fresh devices. Ratios are taken within a round, then summarised.
+ */
+async function benchIo(ns: Netns, bin: string, seconds: number): Promise<Record<string, unknown>> {
+  const names = ['tx64', 'tx1514', 'rx64', 'rx1514'] as const;
+  const series: Record<string, Record<string, number[]>> = {};
+  const push = (name: string, key: string, v: number): void => void ((series[name] ??= {})[key] ??= []).push(v);
+  for (let round = 0; round < IO_ROUNDS; round++) {
+    for (const io of ['uring', 'syscall'] as const) {
+      const s = await setup(ns, false, {}, io);
+      try {
+        if (s.backend.io !== io) throw new Error(`asked for ${io}, got ${s.backend.io}`);
+        const tapFd = s.backend.fds[0]!;
+        for (const len of [64, 1514]) {
+          harnessTx(s, len, WARMUP);
+          push(`tx${len}`, io, harnessTx(s, len, seconds).fps);
+          // The C loops once per round, on the tap of the syscall device (its TX ring is idle).
+          if (io === 'syscall') {
+            push(`tx${len}`, 'cWritev', runTapLoop(bin, tapFd, ['write', String(HDR), String(len), String(seconds)], seconds).fps);
+            push(`tx${len}`, 'cUring', runTapLoop(bin, tapFd, ['uwrite', String(HDR), String(len), String(seconds)], seconds).fps);
+          }
+        }
+        const pkt = openPacketIn(ns, 'lgbench0');
+        for (const len of [64, 1514]) {
+          const m0 = s.dev.metrics().queues[0]!;
+          const lg = await withSender(bin, pkt, len, () => (harnessRx(s, WARMUP), harnessRx(s, seconds)), WARMUP);
+          push(`rx${len}`, io, lg.result.fps);
+          const m1 = s.dev.metrics().queues[0]!;
+          const frames = m1.frames - m0.frames;
+          // Per frame: bursts, sleeps and guest-buffer shortages, to tell a slow path from a starved one.
+          push(`rx${len}`, `${io}BurstsPerFrame`, (m1.bursts - m0.bursts) / frames);
+          push(`rx${len}`, `${io}SleepsPerFrame`, (m1.sleeps - m0.sleeps) / frames);
+          push(`rx${len}`, `${io}NoBuffersPerFrame`, (m1.rxNoBuffers - m0.rxNoBuffers) / frames);
+          push(`rx${len}`, `${io}Offered`, lg.offered);
+          if (io === 'syscall') {
+            await s.dev.stopQueue(0); // the C reader takes the tap alone
+            for (const [key, mode] of [['cReadv', 'read'], ['cUring', 'uread']] as const) {
+              const c = await withSender(bin, pkt, len, () => runTapLoop(bin, tapFd, [mode, String(HDR), String(seconds)], seconds));
+              push(`rx${len}`, key, c.result.fps);
+            }
+            await s.dev.startQueue(0);
+          }
+        }
+      } finally {
+        await closeSetup(s);
+      }
+    }
+  }
+  const out: Record<string, unknown> = { rounds: IO_ROUNDS };
+  const spread = (xs: number[]): string => {
+    const st = stat(xs);
+    return `${st.median.toFixed(3)} (${st.min.toFixed(3)}–${st.max.toFixed(3)})`;
+  };
+  for (const name of names) {
+    const x = series[name]!;
+    const perFrame = x['cWritev'] ?? x['cReadv']!;
+    const ratio = (a: number[], b: number[]): number[] => a.map((v, i) => v / b[i]!);
+    const r = {
+      uringVsCPerFrame: ratio(x['uring']!, perFrame),
+      uringVsCUring: ratio(x['uring']!, x['cUring']!),
+      syscallVsCPerFrame: ratio(x['syscall']!, perFrame),
+      uringVsSyscall: ratio(x['uring']!, x['syscall']!),
+    };
+    out[name] = { ...x, medians: Object.fromEntries(Object.entries(x).map(([k, v]) => [k, stat(v).median])), ratios: r };
+    console.log(`${name.padEnd(7)} lgnet uring ${fmt(stat(x['uring']!).median)}  lgnet syscall ${fmt(stat(x['syscall']!).median)}  ` +
+      `C per-frame ${fmt(stat(perFrame).median)}  C io_uring ${fmt(stat(x['cUring']!).median)}`);
+    console.log(`${''.padEnd(7)} ratios, median (min–max over ${IO_ROUNDS} rounds): uring/C per-frame ${spread(r.uringVsCPerFrame)}  ` +
+      `uring/C io_uring ${spread(r.uringVsCUring)}  syscall/C per-frame ${spread(r.syscallVsCPerFrame)}  uring/syscall ${spread(r.uringVsSyscall)}`);
+  }
+  return out;
+}
+
 /** Runs the device benchmark; returns the results object (also used by the full bench suite). */
 export async function benchDevice(opts: { seconds?: number } = {}): Promise<Record<string, unknown>> {
   const seconds = opts.seconds ?? SECONDS;
@@ -173,25 +267,34 @@ export async function benchDevice(opts: { seconds?: number } = {}): Promise<Reco
       results['mrg'] = await benchMrg(ns, bin, seconds);
       return results;
     }
+    if (ONLY === 'io') {
+      results['io'] = await benchIo(ns, bin, seconds);
+      return results;
+    }
     s = await setup(ns);
+    results['io-path'] = { io: s.backend.io, why: s.backend.ioReason };
+    console.log(`tap I/O: ${s.backend.io} (${s.backend.ioReason})`);
     const tapFd = s.backend.fds[0]!;
     for (const len of [64, 1514]) {
       harnessTx(s, len, 0.3); // warm up
       const lg = harnessTx(s, len, seconds);
       const c = runTapLoop(bin, tapFd, ['write', String(HDR), String(len), String(seconds)], seconds);
+      const cu = runTapLoop(bin, tapFd, ['uwrite', String(HDR), String(len), String(seconds)], seconds);
       const m = s.dev.metrics().queues[1]!;
-      results[`tx${len}`] = { lgnet: lg.fps, c: c.fps, ratio: lg.fps / c.fps, interruptsPerFrame: m.interrupts / m.frames };
-      console.log(`tx ${String(len).padStart(4)} B: lgnet ${fmt(lg.fps)}  C writev ${fmt(c.fps)}  ratio ${(lg.fps / c.fps).toFixed(3)}`);
+      results[`tx${len}`] = { lgnet: lg.fps, c: c.fps, ratio: lg.fps / c.fps, cUring: cu.fps, ratioUring: lg.fps / cu.fps, interruptsPerFrame: m.interrupts / m.frames };
+      console.log(`tx ${String(len).padStart(4)} B: lgnet ${fmt(lg.fps)}  C writev ${fmt(c.fps)}  ratio ${(lg.fps / c.fps).toFixed(3)}  C io_uring ${fmt(cu.fps)}  ratio ${(lg.fps / cu.fps).toFixed(3)}`);
     }
     const pkt = openPacketIn(ns, 'lgbench0');
     for (const len of [64, 1514]) {
       const lg = await withSender(bin, pkt, len, () => harnessRx(s!, seconds));
       await s.dev.stopQueue(0); // the C reader takes the tap alone
       const c = await withSender(bin, pkt, len, () => runTapLoop(bin, tapFd, ['read', String(HDR), String(seconds)], seconds));
+      const cu = await withSender(bin, pkt, len, () => runTapLoop(bin, tapFd, ['uread', String(HDR), String(seconds)], seconds));
       await s.dev.startQueue(0);
       const ratio = lg.result.fps / c.result.fps;
-      results[`rx${len}`] = { lgnet: lg.result.fps, c: c.result.fps, ratio, offeredDuringLgnet: lg.offered, offeredDuringC: c.offered };
-      console.log(`rx ${String(len).padStart(4)} B: lgnet ${fmt(lg.result.fps)}  C readv ${fmt(c.result.fps)}  ratio ${ratio.toFixed(3)}  (sender offered ${fmt(lg.offered)} / ${fmt(c.offered)})`);
+      const ratioUring = lg.result.fps / cu.result.fps;
+      results[`rx${len}`] = { lgnet: lg.result.fps, c: c.result.fps, ratio, cUring: cu.result.fps, ratioUring, offeredDuringLgnet: lg.offered, offeredDuringC: c.offered };
+      console.log(`rx ${String(len).padStart(4)} B: lgnet ${fmt(lg.result.fps)}  C readv ${fmt(c.result.fps)}  ratio ${ratio.toFixed(3)}  C io_uring ${fmt(cu.result.fps)}  ratio ${ratioUring.toFixed(3)}  (sender offered ${fmt(lg.offered)} / ${fmt(c.offered)})`);
     }
     // The same lgnet measurements with dirty logging on (live migration), against the ones above.
     const log = await s.dev.startDirtyLog();
@@ -238,6 +341,8 @@ export async function benchDevice(opts: { seconds?: number } = {}): Promise<Reco
     s = undefined;
 
     results['mrg'] = await benchMrg(ns, bin, seconds);
+    // Both paths in rounds: skipped in smoke-sized runs (under a second per measurement).
+    if (seconds >= 1) results['io'] = await benchIo(ns, bin, seconds);
   } finally {
     if (s) await closeSetup(s);
     ns.destroy();

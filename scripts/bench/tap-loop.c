@@ -2,21 +2,31 @@
  * tap-loop.c: the C baseline for scripts/bench/native.ts. It runs the same loops as the JS side, on
  * an fd it inherits, and prints one JSON line: {"mode":..., "frames":N, "seconds":S, "fps":F}.
  *
- *   tap-loop write FD HDRLEN FRAMELEN SECONDS   writev(header, frame) to a tap fd, one call per frame
- *   tap-loop read  FD HDRLEN SECONDS            readv(header, 2 KiB buffer) from a nonblocking tap fd
- *   tap-loop send  FD FRAMELEN SECONDS          sendmmsg bursts of 32 on an AF_PACKET socket (a
+ *   tap-loop write  FD HDRLEN FRAMELEN SECONDS  writev(header, frame) to a tap fd, one call per frame
+ *   tap-loop read   FD HDRLEN SECONDS           readv(header, 2 KiB buffer) from a nonblocking tap fd
+ *   tap-loop uwrite FD HDRLEN FRAMELEN SECONDS  the same frames as WRITEVs, 32 per io_uring_enter
+ *   tap-loop uread  FD HDRLEN SECONDS           READVs into 32 buffers per io_uring_enter; poll when
+ *                                               a whole round found nothing
+ *   tap-loop send   FD FRAMELEN SECONDS         sendmmsg bursts of 32 on an AF_PACKET socket (a
  *                                               traffic source for the read loops)
+ *
+ * The io_uring loops use raw syscalls and a ring set up as lgnet's (native/uring.cc): the tap as
+ * registered file 0, restricted to READV/WRITEV, RWF_NOWAIT on every SQE. They are the limit for
+ * lgnet's io_uring path, as write/read are for its readv/writev path.
  *
  * Frames carry ethertype 0x88b5 to a locally administered unicast MAC that nothing owns, so the
  * kernel drops them early. Built by the bench at run time: cc -O2 -o .cache/tap-loop tap-loop.c
  */
 #define _GNU_SOURCE
 #include <errno.h>
+#include <linux/io_uring.h>
 #include <poll.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/socket.h>
+#include <sys/syscall.h>
 #include <sys/uio.h>
 #include <time.h>
 #include <unistd.h>
@@ -89,6 +99,124 @@ static int do_read(int fd, int hdrlen, double seconds) {
   return 0;
 }
 
+/* ---- io_uring, raw syscalls ---------------------------------------------------------------------- */
+
+enum { UBURST = 32 };
+
+struct ring {
+  int fd;
+  unsigned *sq_tail, sq_mask, *cq_head, *cq_tail, cq_mask;
+  struct io_uring_sqe *sqes;
+  struct io_uring_cqe *cqes;
+};
+
+static int ring_open(struct ring *r, int tap) {
+  struct io_uring_params p;
+  memset(&p, 0, sizeof p);
+  p.flags = IORING_SETUP_R_DISABLED | IORING_SETUP_COOP_TASKRUN;
+  r->fd = (int)syscall(__NR_io_uring_setup, 2 * UBURST, &p);
+  if (r->fd < 0) return perror("io_uring_setup"), -1;
+  size_t sqlen = p.sq_off.array + p.sq_entries * sizeof(unsigned);
+  size_t cqlen = p.cq_off.cqes + p.cq_entries * sizeof(struct io_uring_cqe);
+  if (!(p.features & IORING_FEAT_SINGLE_MMAP)) return fprintf(stderr, "io_uring: no single mmap\n"), -1;
+  size_t len = sqlen > cqlen ? sqlen : cqlen;
+  unsigned char *m = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_POPULATE, r->fd, IORING_OFF_SQ_RING);
+  r->sqes = mmap(NULL, p.sq_entries * sizeof(struct io_uring_sqe), PROT_READ | PROT_WRITE, MAP_SHARED | MAP_POPULATE, r->fd, IORING_OFF_SQES);
+  if (m == MAP_FAILED || r->sqes == MAP_FAILED) return perror("mmap"), -1;
+  r->sq_tail = (unsigned *)(m + p.sq_off.tail);
+  r->sq_mask = *(unsigned *)(m + p.sq_off.ring_mask);
+  unsigned *array = (unsigned *)(m + p.sq_off.array);
+  for (unsigned i = 0; i < p.sq_entries; i++) array[i] = i;
+  r->cq_head = (unsigned *)(m + p.cq_off.head);
+  r->cq_tail = (unsigned *)(m + p.cq_off.tail);
+  r->cq_mask = *(unsigned *)(m + p.cq_off.ring_mask);
+  r->cqes = (struct io_uring_cqe *)(m + p.cq_off.cqes);
+  struct io_uring_restriction res[4];
+  memset(res, 0, sizeof res);
+  res[0].opcode = IORING_RESTRICTION_SQE_OP, res[0].sqe_op = IORING_OP_READV;
+  res[1].opcode = IORING_RESTRICTION_SQE_OP, res[1].sqe_op = IORING_OP_WRITEV;
+  res[2].opcode = IORING_RESTRICTION_SQE_FLAGS_REQUIRED, res[2].sqe_flags = IOSQE_FIXED_FILE;
+  res[3].opcode = IORING_RESTRICTION_SQE_FLAGS_ALLOWED, res[3].sqe_flags = IOSQE_FIXED_FILE;
+  if (syscall(__NR_io_uring_register, r->fd, IORING_REGISTER_FILES, &tap, 1) < 0 ||
+      syscall(__NR_io_uring_register, r->fd, IORING_REGISTER_RESTRICTIONS, res, 4) < 0 ||
+      syscall(__NR_io_uring_register, r->fd, IORING_REGISTER_ENABLE_RINGS, NULL, 0) < 0)
+    return perror("io_uring_register"), -1;
+  return 0;
+}
+
+/* n SQEs of op over vecs[i] (nv iovecs each), one enter, all completions into res[]. */
+static int ring_burst(struct ring *r, int op, struct iovec (*vecs)[2], int nv, int n, int *res) {
+  unsigned tail = *r->sq_tail;
+  for (int i = 0; i < n; i++) {
+    struct io_uring_sqe *s = &r->sqes[(tail + i) & r->sq_mask];
+    memset(s, 0, sizeof *s);
+    s->opcode = (unsigned char)op;
+    s->flags = IOSQE_FIXED_FILE;
+    s->fd = 0;
+    s->addr = (unsigned long)(nv == 2 ? vecs[i] : vecs[i] + 1);
+    s->len = (unsigned)nv;
+    s->rw_flags = RWF_NOWAIT;
+    s->user_data = (unsigned)i;
+  }
+  __atomic_store_n(r->sq_tail, tail + n, __ATOMIC_RELEASE);
+  int done = 0, left = n;
+  while (done < n) {
+    int ret = (int)syscall(__NR_io_uring_enter, r->fd, left, n - done, IORING_ENTER_GETEVENTS, NULL, 0);
+    if (ret < 0 && errno != EINTR) return perror("io_uring_enter"), -1;
+    if (ret > 0) left -= ret;
+    unsigned head = *r->cq_head, t = __atomic_load_n(r->cq_tail, __ATOMIC_ACQUIRE);
+    for (; head != t; head++, done++) res[r->cqes[head & r->cq_mask].user_data] = r->cqes[head & r->cq_mask].res;
+    __atomic_store_n(r->cq_head, head, __ATOMIC_RELEASE);
+  }
+  return 0;
+}
+
+static int do_uwrite(int fd, int hdrlen, int len, double seconds) {
+  static unsigned char hdr[12], frame[65536];
+  if (len < 14 || len > (int)sizeof frame || hdrlen < 0 || hdrlen > 12) return 2;
+  fill_frame(frame, len);
+  struct ring r;
+  if (ring_open(&r, fd) < 0) return 1;
+  struct iovec vecs[UBURST][2];
+  for (int i = 0; i < UBURST; i++) vecs[i][0] = (struct iovec){hdr, (size_t)hdrlen}, vecs[i][1] = (struct iovec){frame, (size_t)len};
+  int res[UBURST];
+  long long frames = 0;
+  double t0 = now(), t = t0;
+  while (t - t0 < seconds) {
+    for (int k = 0; k < 32; k++) {
+      if (ring_burst(&r, IORING_OP_WRITEV, vecs, hdrlen ? 2 : 1, UBURST, res) < 0) return 1;
+      for (int i = 0; i < UBURST; i++) frames += res[i] > 0;
+    }
+    t = now();
+  }
+  report("uwrite", frames, t - t0);
+  return 0;
+}
+
+static int do_uread(int fd, int hdrlen, double seconds) {
+  static unsigned char hdr[UBURST][12], buf[UBURST][2048];
+  struct ring r;
+  if (ring_open(&r, fd) < 0) return 1;
+  struct iovec vecs[UBURST][2];
+  for (int i = 0; i < UBURST; i++) vecs[i][0] = (struct iovec){hdr[i], (size_t)hdrlen}, vecs[i][1] = (struct iovec){buf[i], sizeof buf[i]};
+  int res[UBURST];
+  long long frames = 0;
+  double t0 = now(), t = t0;
+  while (t - t0 < seconds) {
+    if (ring_burst(&r, IORING_OP_READV, vecs, hdrlen ? 2 : 1, UBURST, res) < 0) return 1;
+    int got = 0;
+    for (int i = 0; i < UBURST; i++) got += res[i] > 0;
+    frames += got;
+    if (got == 0) {
+      struct pollfd p = {fd, POLLIN, 0};
+      poll(&p, 1, 100);
+    }
+    t = now();
+  }
+  report("uread", frames, t - t0);
+  return 0;
+}
+
 static int do_send(int fd, int len, double seconds) {
   enum { BURST = 32 };
   static unsigned char frame[2048];
@@ -121,6 +249,9 @@ int main(int argc, char **argv) {
     return do_write(atoi(argv[2]), atoi(argv[3]), atoi(argv[4]), atof(argv[5]));
   if (argc >= 5 && strcmp(argv[1], "read") == 0) return do_read(atoi(argv[2]), atoi(argv[3]), atof(argv[4]));
   if (argc >= 5 && strcmp(argv[1], "send") == 0) return do_send(atoi(argv[2]), atoi(argv[3]), atof(argv[4]));
-  fprintf(stderr, "usage: tap-loop write FD HDRLEN FRAMELEN SECONDS | read FD HDRLEN SECONDS | send FD FRAMELEN SECONDS\n");
+  if (argc >= 6 && strcmp(argv[1], "uwrite") == 0)
+    return do_uwrite(atoi(argv[2]), atoi(argv[3]), atoi(argv[4]), atof(argv[5]));
+  if (argc >= 5 && strcmp(argv[1], "uread") == 0) return do_uread(atoi(argv[2]), atoi(argv[3]), atof(argv[4]));
+  fprintf(stderr, "usage: tap-loop write|uwrite FD HDRLEN FRAMELEN SECONDS | read|uread FD HDRLEN SECONDS | send FD FRAMELEN SECONDS\n");
   return 2;
 }

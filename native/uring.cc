@@ -1,0 +1,568 @@
+// uring.cc: tap I/O through io_uring, one io_uring_enter per burst instead of one readv/writev per
+// frame (DESIGN.md, "The syscall boundary and the jail"). Raw syscalls and <linux/io_uring.h>, no
+// liburing: the addon is built from source where no prebuild fits, and liburing-dev is rarely there.
+//
+// A ring is made for one tap fd and one thread's use, and restricted before it can do anything:
+//
+//   io_uring_setup(R_DISABLED) ─▶ mmap SQ/CQ rings and SQEs ─▶ REGISTER_FILES [tap]
+//     ─▶ REGISTER_RESTRICTIONS: SQE ops READV and WRITEV only, IOSQE_FIXED_FILE required and the only
+//        flag allowed; of the register ops only UNREGISTER_FILES from now on ─▶ REGISTER_ENABLE_RINGS
+//
+// seccomp sees io_uring_enter but not the operations inside, so the restrictions are what keep a ring
+// from opening, connecting or reading anything: the only file it can name is registered slot 0, the
+// tap. `lgnet serve` makes its rings before the jail (io_uring_setup is denied there) and the jail
+// then allows io_uring_enter on these rings' fds only (uringFds(); sandbox/seccomp-policy.ts).
+//
+// Rings live in a process-wide registry, by id, so a worker thread uses a ring the main thread made.
+// A ring is used by one thread at a time (a busy flag refuses a second with EBUSY).
+//
+// Frames: the same IovecTable words as batch.cc, checked by the same code (PrepareBatch) against the
+// mapping registry, so the kernel is only ever given addresses inside guest memory, and the mappings
+// stay pinned until every operation of the burst has completed. Every SQE carries RWF_NOWAIT: the tap
+// answers at once (a frame, or -EAGAIN) while io_uring_enter issues it, in SQE order. Without it,
+// io_uring would park a READV on an empty tap until a frame came, and complete READVs out of order.
+#include "batch.h"
+
+#include <linux/io_uring.h>
+#include <sys/mman.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <cstring>
+#include <memory>
+#include <mutex>
+#include <unordered_map>
+
+#ifndef RWF_NOWAIT
+#define RWF_NOWAIT 0x00000008
+#endif
+
+namespace lgnet {
+namespace {
+
+int SysSetup(unsigned entries, struct io_uring_params* p) { return (int)::syscall(__NR_io_uring_setup, entries, p); }
+int SysEnter(int fd, unsigned submit, unsigned minComplete, unsigned flags) {
+  return (int)::syscall(__NR_io_uring_enter, fd, submit, minComplete, flags, nullptr, 0);
+}
+int SysRegister(int fd, unsigned op, const void* arg, unsigned n) { return (int)::syscall(__NR_io_uring_register, fd, op, arg, n); }
+
+// Most SQEs a ring takes at once; a larger burst goes in chunks.
+constexpr unsigned kMaxEntries = 256;
+// The RX window (below) starts here and never exceeds the ring.
+constexpr unsigned kFirstWindow = 4;
+// io_uring_enter retries (EINTR, EAGAIN, EBUSY) before a burst gives up on the ring.
+constexpr unsigned kMaxEnterTries = 1u << 16;
+
+struct Ring {
+  int fd = -1;
+  uint32_t id = 0;
+  unsigned files = 0;
+  bool enabled = false;
+  void* sqMap = MAP_FAILED;
+  size_t sqLen = 0;
+  void* cqMap = MAP_FAILED;  // MAP_FAILED with IORING_FEAT_SINGLE_MMAP (the CQ shares sqMap)
+  size_t cqLen = 0;
+  struct io_uring_sqe* sqes = static_cast<struct io_uring_sqe*>(MAP_FAILED);
+  size_t sqesLen = 0;
+  unsigned* sqTail = nullptr;
+  unsigned sqMask = 0;
+  unsigned sqEntries = 0;
+  unsigned* cqHead = nullptr;
+  unsigned* cqTail = nullptr;
+  unsigned cqMask = 0;
+  struct io_uring_cqe* cqes = nullptr;
+  std::atomic<bool> busy{false};
+  // A burst gave up waiting on the ring: the kernel may still hold its operations, so the ring is
+  // never used again (and the burst's mappings stay pinned).
+  bool poisoned = false;
+  // user_data of a burst's SQE i is (generation << 32 | i): a stray CQE can never pass for a current one.
+  uint64_t generation = 0;
+  // RX: how many READVs the next round offers (grows while rounds fill, shrinks to what arrived).
+  unsigned window = kFirstWindow;
+
+  ~Ring() {
+    // Drop the tap now: a closed ring releases its files later, from a kernel work queue, and until
+    // then the tap stays attached (reopening its name fails with EBUSY for tens of ms). In the jail
+    // io_uring_register is denied, and the release stays deferred.
+    if (fd >= 0 && files > 0 && enabled) SysRegister(fd, IORING_UNREGISTER_FILES, nullptr, 0);
+    if (sqes != MAP_FAILED) munmap(sqes, sqesLen);
+    if (cqMap != MAP_FAILED) munmap(cqMap, cqLen);
+    if (sqMap != MAP_FAILED) munmap(sqMap, sqLen);
+    if (fd >= 0) ::close(fd);
+  }
+};
+
+std::mutex gMu;
+std::unordered_map<uint32_t, std::shared_ptr<Ring>> gRings;
+uint32_t gNextId = 1;
+
+std::shared_ptr<Ring> FindRing(uint32_t id) {
+  std::lock_guard<std::mutex> lock(gMu);
+  auto it = gRings.find(id);
+  return it == gRings.end() ? nullptr : it->second;
+}
+
+// Marks the ring in use by this thread for the life of the guard; refuses a second user.
+struct Use {
+  Ring* r;
+  bool ok;
+  explicit Use(Ring* ring) : r(ring), ok(!ring->busy.exchange(true, std::memory_order_acquire)) {}
+  ~Use() {
+    if (ok) r->busy.store(false, std::memory_order_release);
+  }
+};
+
+// The ring of a call's id argument, in use by this thread; a dead, busy or poisoned ring throws.
+bool AcquireRing(napi_env env, int64_t id, std::shared_ptr<Ring>* out) {
+  *out = FindRing((uint32_t)id);
+  Napi::Env cenv(env);
+  if (!*out) {
+    ThrowNativeError(cenv, EBADF, "io_uring", "ring " + std::to_string(id) + " is not open (never created, or closed)");
+    return false;
+  }
+  if ((*out)->poisoned) {
+    ThrowNativeError(cenv, EIO, "io_uring", "ring " + std::to_string(id) + " gave up on a burst earlier and is out of use; close it");
+    return false;
+  }
+  return true;
+}
+
+// Writes SQE i of a burst at the ring's tail + i.
+inline void PrepSqe(Ring* r, unsigned i, uint8_t op, uint8_t flags, int32_t fd, const void* addr, uint32_t len, uint32_t rwFlags) {
+  struct io_uring_sqe* s = &r->sqes[(*r->sqTail + i) & r->sqMask];
+  memset(s, 0, sizeof *s);
+  s->opcode = op;
+  s->flags = flags;
+  s->fd = fd;
+  s->addr = (uint64_t)(uintptr_t)addr;
+  s->len = len;
+  s->rw_flags = rwFlags;
+  s->user_data = (r->generation << 32) | i;
+}
+
+// Submits the n SQEs written at the tail and waits until all n have completed; res[i] gets SQE i's
+// result. Returns 0, or an errno when io_uring_enter itself failed before anything was submitted.
+// After a submission, it waits for every CQE: the kernel may be writing into guest memory, which the
+// caller keeps pinned until this returns. If it cannot (a ring that stops answering), the ring is
+// poisoned and EIO returned; the caller then leaks its pins, so nothing is ever unmapped under I/O.
+int SubmitAndWait(Ring* r, unsigned n, int32_t* res) {
+  __atomic_store_n(r->sqTail, *r->sqTail + n, __ATOMIC_RELEASE);
+  unsigned toSubmit = n;
+  unsigned reaped = 0;
+  for (unsigned tries = 0; reaped < n; tries++) {
+    if (tries == kMaxEnterTries) {
+      r->poisoned = true;
+      return EIO;
+    }
+    int ret = SysEnter(r->fd, toSubmit, n - reaped, IORING_ENTER_GETEVENTS);
+    if (ret < 0) {
+      int e = errno;
+      if (e != EINTR && e != EAGAIN && e != EBUSY) {
+        if (toSubmit == n) {
+          // Nothing went in: take the SQEs back, so the next burst starts from a clean tail.
+          __atomic_store_n(r->sqTail, *r->sqTail - n, __ATOMIC_RELEASE);
+          return e;
+        }
+        r->poisoned = true;
+        return e;
+      }
+    } else {
+      toSubmit = (unsigned)ret >= toSubmit ? 0 : toSubmit - (unsigned)ret;
+    }
+    unsigned head = *r->cqHead;
+    unsigned tail = __atomic_load_n(r->cqTail, __ATOMIC_ACQUIRE);
+    for (; head != tail; head++) {
+      const struct io_uring_cqe* c = &r->cqes[head & r->cqMask];
+      uint64_t ud = c->user_data;
+      if ((ud >> 32) == (r->generation & 0xffffffffu) && (ud & 0xffffffffu) < n) {
+        res[ud & 0xffffffffu] = c->res;
+        reaped++;
+      }
+    }
+    __atomic_store_n(r->cqHead, head, __ATOMIC_RELEASE);
+  }
+  r->generation = (r->generation + 1) & 0xffffffffu;
+  return 0;
+}
+
+thread_local std::vector<int32_t> tRes;
+
+int32_t* ResScratch(unsigned n) {
+  if (tRes.size() < n) tRes.resize(n);
+  return tRes.data();
+}
+
+// ---- uringCreate(fds: Int32Array, entries) → { id, fd }
+
+// Closes what a failed create made so far and throws.
+Napi::Value CreateFail(Napi::Env env, Ring* r, int err, const char* syscall, const std::string& detail) {
+  delete r;
+  return NativeFail(env, err, syscall, detail);
+}
+
+Napi::Value UringCreate(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  REQUIRE_ARGUMENT_TYPED(0, fds, int32_t, napi_int32_array, "fds")
+  REQUIRE_ARGUMENT_INTEGER(1, entries, "entries", 1, kMaxEntries)
+  if (fds.ElementLength() < 1 || fds.ElementLength() > 64) LGNET_THROW_RANGE("fds: 1 to 64 fds to register");
+  for (size_t i = 0; i < fds.ElementLength(); i++)
+    if (fds[i] < 0) LGNET_THROW_RANGE("fds: every fd must be open (>= 0)");
+
+  Ring* r = new Ring();
+  struct io_uring_params p;
+  memset(&p, 0, sizeof p);
+  // Disabled until restricted. COOP_TASKRUN: completions are reaped by the submitting thread anyway,
+  // so no inter-processor interrupt is needed to run them (older kernels refuse it: retry without).
+  p.flags = IORING_SETUP_R_DISABLED | IORING_SETUP_COOP_TASKRUN;
+  r->fd = SysSetup((unsigned)entries, &p);
+  if (r->fd < 0 && errno == EINVAL) {
+    memset(&p, 0, sizeof p);
+    p.flags = IORING_SETUP_R_DISABLED;
+    r->fd = SysSetup((unsigned)entries, &p);
+  }
+  if (r->fd < 0) {
+    int e = errno;
+    return CreateFail(env, r, e, "io_uring_setup",
+                      e == EPERM ? "io_uring is disabled for this process (sysctl kernel.io_uring_disabled, or a seccomp filter)"
+                      : e == ENOSYS ? "this kernel has no io_uring"
+                      : "a restricted, disabled ring of " + std::to_string(entries) + " entries");
+  }
+  r->sqEntries = p.sq_entries;
+  r->sqLen = p.sq_off.array + p.sq_entries * sizeof(unsigned);
+  r->cqLen = p.cq_off.cqes + p.cq_entries * sizeof(struct io_uring_cqe);
+  const bool single = (p.features & IORING_FEAT_SINGLE_MMAP) != 0;
+  if (single && r->cqLen > r->sqLen) r->sqLen = r->cqLen;
+  r->sqMap = mmap(nullptr, r->sqLen, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_POPULATE, r->fd, IORING_OFF_SQ_RING);
+  if (r->sqMap == MAP_FAILED) return CreateFail(env, r, errno, "mmap", "the io_uring submission ring");
+  void* cq = r->sqMap;
+  if (!single) {
+    r->cqMap = mmap(nullptr, r->cqLen, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_POPULATE, r->fd, IORING_OFF_CQ_RING);
+    if (r->cqMap == MAP_FAILED) return CreateFail(env, r, errno, "mmap", "the io_uring completion ring");
+    cq = r->cqMap;
+  }
+  r->sqesLen = p.sq_entries * sizeof(struct io_uring_sqe);
+  r->sqes = static_cast<struct io_uring_sqe*>(mmap(nullptr, r->sqesLen, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_POPULATE, r->fd, IORING_OFF_SQES));
+  if (r->sqes == MAP_FAILED) return CreateFail(env, r, errno, "mmap", "the io_uring SQE array");
+  uint8_t* sq = static_cast<uint8_t*>(r->sqMap);
+  r->sqTail = reinterpret_cast<unsigned*>(sq + p.sq_off.tail);
+  r->sqMask = *reinterpret_cast<unsigned*>(sq + p.sq_off.ring_mask);
+  unsigned* array = reinterpret_cast<unsigned*>(sq + p.sq_off.array);
+  for (unsigned i = 0; i < p.sq_entries; i++) array[i] = i;  // SQE slot i is always array entry i
+  uint8_t* cqb = static_cast<uint8_t*>(cq);
+  r->cqHead = reinterpret_cast<unsigned*>(cqb + p.cq_off.head);
+  r->cqTail = reinterpret_cast<unsigned*>(cqb + p.cq_off.tail);
+  r->cqMask = *reinterpret_cast<unsigned*>(cqb + p.cq_off.ring_mask);
+  r->cqes = reinterpret_cast<struct io_uring_cqe*>(cqb + p.cq_off.cqes);
+
+  r->files = (unsigned)fds.ElementLength();
+  if (SysRegister(r->fd, IORING_REGISTER_FILES, fds.Data(), r->files) < 0)
+    return CreateFail(env, r, errno, "io_uring_register", "IORING_REGISTER_FILES of " + std::to_string(r->files) + " fd(s)");
+  // Only READV/WRITEV, only on registered files, no other SQE flag. Of the register ops, only
+  // UNREGISTER_FILES once enabled (it can only take the tap away; Ring's destructor uses it): files,
+  // buffers, restrictions and personalities cannot be added or changed for the ring's life.
+  struct io_uring_restriction res[5];
+  memset(res, 0, sizeof res);
+  res[0].opcode = IORING_RESTRICTION_SQE_OP;
+  res[0].sqe_op = IORING_OP_READV;
+  res[1].opcode = IORING_RESTRICTION_SQE_OP;
+  res[1].sqe_op = IORING_OP_WRITEV;
+  res[2].opcode = IORING_RESTRICTION_SQE_FLAGS_REQUIRED;
+  res[2].sqe_flags = IOSQE_FIXED_FILE;
+  res[3].opcode = IORING_RESTRICTION_SQE_FLAGS_ALLOWED;
+  res[3].sqe_flags = IOSQE_FIXED_FILE;
+  res[4].opcode = IORING_RESTRICTION_REGISTER_OP;
+  res[4].register_op = IORING_UNREGISTER_FILES;
+  if (SysRegister(r->fd, IORING_REGISTER_RESTRICTIONS, res, 5) < 0)
+    return CreateFail(env, r, errno, "io_uring_register", "IORING_REGISTER_RESTRICTIONS (needs Linux 5.10)");
+  if (SysRegister(r->fd, IORING_REGISTER_ENABLE_RINGS, nullptr, 0) < 0)
+    return CreateFail(env, r, errno, "io_uring_register", "IORING_REGISTER_ENABLE_RINGS");
+  r->enabled = true;
+
+  uint32_t id;
+  {
+    std::lock_guard<std::mutex> lock(gMu);
+    do id = gNextId++;
+    while (id == 0 || gRings.count(id));
+    r->id = id;
+    gRings.emplace(id, std::shared_ptr<Ring>(r));
+  }
+  Napi::Object out = Napi::Object::New(env);
+  out.Set("id", Napi::Number::New(env, id));
+  out.Set("fd", Napi::Number::New(env, r->fd));
+  return out;
+}
+
+// uringClose(id): the ring leaves the registry; it is unmapped and closed once no burst uses it.
+Napi::Value UringClose(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  REQUIRE_ARGUMENT_INTEGER(0, id, "ring id", 1, UINT32_MAX)
+  std::shared_ptr<Ring> r;
+  {
+    std::lock_guard<std::mutex> lock(gMu);
+    auto it = gRings.find((uint32_t)id);
+    if (it == gRings.end()) return NativeFail(env, EBADF, "io_uring", "ring " + std::to_string(id) + " is not open");
+    r = it->second;
+    gRings.erase(it);
+  }
+  return env.Undefined();
+}
+
+// uringFds() → number[]: the fds of every open ring (what the jail lets io_uring_enter name).
+Napi::Value UringFds(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  std::lock_guard<std::mutex> lock(gMu);
+  Napi::Array out = Napi::Array::New(env);
+  uint32_t i = 0;
+  for (auto& kv : gRings) out.Set(i++, Napi::Number::New(env, kv.second->fd));
+  return out;
+}
+
+// ---- bursts
+
+// uringWritevBatch(id, words, maxEntries, maxFrames, frames) → frames
+// One WRITEV per frame, all submitted with one io_uring_enter (chunks of the ring's size), all waited
+// for. bytes[i] is frame i's result: bytes written, or -errno (the frames after a failed one were
+// still sent; the port tells the caller which failed). Throws only when io_uring_enter itself fails.
+napi_value UringWritevBatch(napi_env env, napi_callback_info cbinfo) {
+  napi_value undefined;
+  napi_get_undefined(env, &undefined);
+  Pins pins;
+  Batch b;
+  if (!PrepareBatch(env, cbinfo, "uringWritevBatch takes (ring, words, maxEntries, maxFrames, frames)", UINT32_MAX, pins, &b)) return undefined;
+  napi_value result;
+  if (b.frames == 0) {
+    napi_create_uint32(env, 0, &result);
+    return result;
+  }
+  std::shared_ptr<Ring> ring;
+  if (!AcquireRing(env, b.handle, &ring)) return undefined;
+  Ring* r = ring.get();
+  Use use(r);
+  if (!use.ok) {
+    ThrowNativeError(Napi::Env(env), EBUSY, "io_uring", "ring " + std::to_string(b.handle) + " is in use by another thread");
+    return undefined;
+  }
+  uint32_t first = 0;
+  while (first < b.frames) {
+    unsigned n = b.frames - first < r->sqEntries ? b.frames - first : r->sqEntries;
+    for (unsigned i = 0; i < n; i++) {
+      uint32_t f = first + i;
+      uint32_t start = f == 0 ? 0 : b.ends[f - 1];
+      PrepSqe(r, i, IORING_OP_WRITEV, IOSQE_FIXED_FILE, 0, b.iov + start, b.ends[f] - start, RWF_NOWAIT);
+    }
+    int e = SubmitAndWait(r, n, b.bytes + first);
+    if (e != 0) {
+      if (r->poisoned) pins.Leak();
+      if (first > 0 && !r->poisoned) break;  // what went is reported; the rest was never submitted
+      ThrowNativeError(Napi::Env(env), e, "io_uring_enter",
+                       "ring " + std::to_string(b.handle) + ", a burst of " + std::to_string(b.frames) + " WRITEVs" +
+                           (r->poisoned ? "; the ring is out of use" : ""));
+      return undefined;
+    }
+    first += n;
+  }
+  napi_create_uint32(env, first, &result);
+  return result;
+}
+
+// Copies `n` bytes from the iovecs src[0, ns) to the iovecs dst[0, nd) (both guest memory, checked).
+void CopyIov(const struct iovec* src, uint32_t ns, const struct iovec* dst, uint32_t nd, size_t n) {
+  uint32_t si = 0, di = 0;
+  size_t so = 0, doff = 0;
+  while (n > 0 && si < ns && di < nd) {
+    size_t a = src[si].iov_len - so;
+    size_t d = dst[di].iov_len - doff;
+    size_t k = a < d ? a : d;
+    if (k > n) k = n;
+    // memmove: a hostile guest may hand two chains over the same bytes.
+    memmove(static_cast<uint8_t*>(dst[di].iov_base) + doff, static_cast<const uint8_t*>(src[si].iov_base) + so, k);
+    n -= k;
+    so += k;
+    doff += k;
+    if (so == src[si].iov_len) si++, so = 0;
+    if (doff == dst[di].iov_len) di++, doff = 0;
+  }
+}
+
+size_t IovRoom(const struct iovec* v, uint32_t n) {
+  size_t room = 0;
+  for (uint32_t i = 0; i < n; i++) room += v[i].iov_len;
+  return room;
+}
+
+// uringReadvBatch(id, words, maxEntries, maxFrames, frames) → slots settled
+//
+// One READV per frame slot, in rounds of at most `window` READVs per io_uring_enter. A round whose
+// READVs all got a frame doubles the window and goes on; the first round that meets an empty tap
+// (-EAGAIN) ends the call, and the window shrinks to what that round found, so an idle tap costs a
+// READV or two per wake-up, not a burst of them.
+//
+// Within a round the tap answers the READVs in SQE order, but a frame can arrive between two of them:
+//
+//   slots   [ f0 ][ f1 ][ EAGAIN ][ f2 ][ EAGAIN ]   f2 arrived just after READV #2 found nothing
+//   after   [ f0 ][ f1 ][  f2    ][    ][        ]   f2 copied down into slot 2: frames stay in order
+//
+// A frame after an empty slot is copied down into the first empty slot when it fits there. When it
+// does not (a guest with buffers of different sizes), it stays where it is and the empty slots before
+// it are marked bytes = -1: the caller completes those chains with length 0 (no frame is lost and
+// none is reordered; the guest gets those buffers back empty). Returns the number of slots settled
+// (frames, and -1 slots among them); slots after that are untouched. A READV error other than EAGAIN
+// ends the call like EAGAIN, and is thrown when nothing was read at all.
+napi_value UringReadvBatch(napi_env env, napi_callback_info cbinfo) {
+  napi_value undefined;
+  napi_get_undefined(env, &undefined);
+  Pins pins;
+  Batch b;
+  if (!PrepareBatch(env, cbinfo, "uringReadvBatch takes (ring, words, maxEntries, maxFrames, frames)", UINT32_MAX, pins, &b)) return undefined;
+  napi_value result;
+  if (b.frames == 0) {
+    napi_create_uint32(env, 0, &result);
+    return result;
+  }
+  std::shared_ptr<Ring> ring;
+  if (!AcquireRing(env, b.handle, &ring)) return undefined;
+  Ring* r = ring.get();
+  Use use(r);
+  if (!use.ok) {
+    ThrowNativeError(Napi::Env(env), EBUSY, "io_uring", "ring " + std::to_string(b.handle) + " is in use by another thread");
+    return undefined;
+  }
+  auto slotIov = [&](uint32_t f) { return b.iov + (f == 0 ? 0 : b.ends[f - 1]); };
+  auto slotLen = [&](uint32_t f) { return b.ends[f] - (f == 0 ? 0 : b.ends[f - 1]); };
+
+  uint32_t settled = 0;  // slots [0, settled) hold frames (or -1)
+  int firstErr = 0;
+  while (settled < b.frames) {
+    unsigned w = r->window;
+    if (w > r->sqEntries) w = r->sqEntries;
+    unsigned n = b.frames - settled < w ? b.frames - settled : w;
+    for (unsigned i = 0; i < n; i++) PrepSqe(r, i, IORING_OP_READV, IOSQE_FIXED_FILE, 0, slotIov(settled + i), slotLen(settled + i), RWF_NOWAIT);
+    int32_t* res = ResScratch(n);
+    int e = SubmitAndWait(r, n, res);
+    if (e != 0) {
+      if (r->poisoned) pins.Leak();
+      if (settled > 0 && !r->poisoned) break;
+      ThrowNativeError(Napi::Env(env), e, "io_uring_enter",
+                       "ring " + std::to_string(b.handle) + ", a round of " + std::to_string(n) + " READVs" +
+                           (r->poisoned ? "; the ring is out of use" : ""));
+      return undefined;
+    }
+    // Settle the round: frames in order into slots settled, settled+1, …
+    unsigned got = 0;
+    bool empty = false;
+    uint32_t fill = settled;  // the next slot a frame belongs in
+    for (unsigned i = 0; i < n; i++) {
+      int32_t v = res[i];
+      uint32_t slot = settled + i;
+      if (v < 0) {
+        empty = true;
+        if (v != -EAGAIN && firstErr == 0) firstErr = -v;
+        continue;
+      }
+      got++;
+      if (slot != fill) {
+        size_t room = IovRoom(slotIov(fill), slotLen(fill));
+        if ((size_t)v <= room) {
+          CopyIov(slotIov(slot), slotLen(slot), slotIov(fill), slotLen(fill), (size_t)v);
+        } else {
+          for (; fill < slot; fill++) b.bytes[fill] = -1;  // given back empty, in front of the frame
+        }
+      }
+      b.bytes[fill++] = v;
+    }
+    settled = fill;
+    if (!empty) {
+      r->window = w * 2 > kMaxEntries ? kMaxEntries : w * 2;
+      continue;
+    }
+    r->window = got + 1 > 2 ? got + 1 : 2;
+    break;
+  }
+  if (settled == 0 && firstErr != 0) {
+    ThrowNativeError(Napi::Env(env), firstErr, "readv", "ring " + std::to_string(b.handle) + ", READV 0 of a burst");
+    return undefined;
+  }
+  napi_create_uint32(env, settled, &result);
+  return result;
+}
+
+// ---- uringTry: one SQE of any kind, for tests and diagnostics of the restrictions
+
+// uringTry(id, op, fd, fixed, buf?) → the CQE's result (negative errno when refused or failed).
+// op: 'nop' | 'readv' | 'writev' | 'read' | 'openat' | 'connect' | 'close'. readv/writev/read use buf
+// as the one buffer; openat takes buf as a NUL-terminated path (O_RDONLY, relative to the cwd);
+// connect takes buf as a sockaddr. Whatever it asks, the ring's restrictions decide.
+Napi::Value UringTry(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  REQUIRE_ARGUMENT_INTEGER(0, id, "ring id", 1, UINT32_MAX)
+  REQUIRE_ARGUMENT_STRING(1, op, "op")
+  REQUIRE_ARGUMENT_INTEGER(2, fd, "fd", -100, INT32_MAX)
+  REQUIRE_ARGUMENT_BOOLEAN(3, fixed, "fixed")
+  uint8_t* buf = nullptr;
+  size_t bufLen = 0;
+  if (info.Length() > 4 && !info[4].IsUndefined() && !info[4].IsNull()) {
+    REQUIRE_ARGUMENT_BYTES(4, bytes, "buf")
+    buf = bytes.Data();
+    bufLen = bytes.ByteLength();
+  }
+  std::shared_ptr<Ring> ring;
+  if (!AcquireRing(env, id, &ring)) return env.Undefined();
+  Ring* r = ring.get();
+  Use use(r);
+  if (!use.ok) return NativeFail(env, EBUSY, "io_uring", "ring " + std::to_string(id) + " is in use by another thread");
+  struct iovec iov = {buf, bufLen};
+  const uint8_t flags = fixed ? IOSQE_FIXED_FILE : 0;
+  if (op == "nop") PrepSqe(r, 0, IORING_OP_NOP, flags, fd, nullptr, 0, 0);
+  else if (op == "readv") PrepSqe(r, 0, IORING_OP_READV, flags, fd, &iov, 1, RWF_NOWAIT);
+  else if (op == "writev") PrepSqe(r, 0, IORING_OP_WRITEV, flags, fd, &iov, 1, RWF_NOWAIT);
+  else if (op == "read") PrepSqe(r, 0, IORING_OP_READ, flags, fd, buf, (uint32_t)bufLen, RWF_NOWAIT);
+  else if (op == "close") PrepSqe(r, 0, IORING_OP_CLOSE, 0, fd, nullptr, 0, 0);
+  else if (op == "openat") {
+    if (buf == nullptr || memchr(buf, 0, bufLen) == nullptr) LGNET_THROW_TYPE("openat needs buf: a NUL-terminated path");
+    PrepSqe(r, 0, IORING_OP_OPENAT, flags, fd, buf, 0, 0);  // len = mode 0, open_flags = O_RDONLY
+  } else if (op == "connect") {
+    if (buf == nullptr) LGNET_THROW_TYPE("connect needs buf: a sockaddr");
+    PrepSqe(r, 0, IORING_OP_CONNECT, flags, fd, buf, 0, 0);
+    r->sqes[*r->sqTail & r->sqMask].off = bufLen;  // addrlen
+  } else {
+    LGNET_THROW_RANGE("op must be one of nop, readv, writev, read, close, openat, connect");
+  }
+  int32_t res = 0;
+  int e = SubmitAndWait(r, 1, &res);
+  if (e != 0) return NativeFail(env, e, "io_uring_enter", "ring " + std::to_string(id) + ", one " + op + " SQE");
+  return Napi::Number::New(env, res);
+}
+
+// uringRegister(id, op): io_uring_register(ring fd, op, NULL, 0); throws its failure. A restricted
+// ring refuses every op once enabled (EACCES), and the jail refuses the syscall (EPERM).
+Napi::Value UringRegister(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  REQUIRE_ARGUMENT_INTEGER(0, id, "ring id", 1, UINT32_MAX)
+  REQUIRE_ARGUMENT_INTEGER(1, op, "op", 0, 255)
+  std::shared_ptr<Ring> ring = FindRing((uint32_t)id);
+  if (!ring) return NativeFail(env, EBADF, "io_uring", "ring " + std::to_string(id) + " is not open");
+  if (SysRegister(ring->fd, (unsigned)op, nullptr, 0) < 0)
+    return NativeFail(env, errno, "io_uring_register", "op " + std::to_string(op) + " on ring " + std::to_string(id));
+  return env.Undefined();
+}
+
+Napi::Function Raw(Napi::Env env, napi_callback cb, const char* name) {
+  napi_value fn;
+  napi_create_function(env, name, NAPI_AUTO_LENGTH, cb, nullptr, &fn);
+  return Napi::Function(env, fn);
+}
+
+}  // namespace
+
+void RegisterUring(Napi::Env env, Napi::Object exports) {
+  exports.Set("uringCreate", Napi::Function::New(env, UringCreate, "uringCreate"));
+  exports.Set("uringClose", Napi::Function::New(env, UringClose, "uringClose"));
+  exports.Set("uringFds", Napi::Function::New(env, UringFds, "uringFds"));
+  exports.Set("uringWritevBatch", Raw(env, UringWritevBatch, "uringWritevBatch"));
+  exports.Set("uringReadvBatch", Raw(env, UringReadvBatch, "uringReadvBatch"));
+  exports.Set("uringTry", Napi::Function::New(env, UringTry, "uringTry"));
+  exports.Set("uringRegister", Napi::Function::New(env, UringRegister, "uringRegister"));
+}
+
+}  // namespace lgnet

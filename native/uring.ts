@@ -1,0 +1,112 @@
+/**
+ * Tap I/O through io_uring (native/uring.cc): one io_uring_enter per burst of READVs or WRITEVs
+ * instead of one readv/writev per frame. Each ring serves one tap fd for one thread, and is restricted
+ * before it is enabled: READV and WRITEV only, on registered files only (the tap is slot 0), no other
+ * SQE flag, no register operation afterwards but dropping its files (done as it closes). So the ring can do nothing but I/O on its tap, which is
+ * what makes it safe to allow io_uring_enter inside the seccomp jail (docs/SECURITY.md).
+ *
+ *   main thread: uringCreate([tapFd]) ─▶ { id, fd }      (before the jail: io_uring_setup is denied there)
+ *   worker:      uringWritevBatch(id, table) / uringReadvBatch(id, table)   one enter per burst
+ *   jail:        io_uring_enter allowed with arg 0 ∈ uringFds()
+ *
+ * The tables are IovecTables, checked entry by entry against the mapping registry exactly as
+ * writevBatch/readvBatch check them (same native code), so the kernel only gets guest memory.
+ * Part of native/ (index.ts re-exports it): TypeScript checks every argument before it crosses.
+ */
+import { IovecTable } from './iovec.ts';
+import { binding as b } from './load.ts';
+import { checkBytes, checkInt, checkString, INT32_MAX, UINT32_MAX } from './checks.ts';
+
+/** A restricted ring: its registry id (what the I/O calls take) and its fd (what the jail pins). */
+export interface UringRing {
+  readonly id: number;
+  readonly fd: number;
+}
+
+/** Entries of a ring when not told otherwise: a burst of 32 frames (and RX rounds up to 64) fits one enter. */
+export const URING_ENTRIES = 64;
+/** Most entries a ring may have (uring.cc kMaxEntries). */
+export const URING_MAX_ENTRIES = 256;
+/** uringReadvBatch: a slot given back empty, in front of a frame that did not fit it (table.bytes). */
+export const URING_SLOT_EMPTY = -1;
+
+/**
+ * Makes a ring for `fds` (registered as fixed files 0, 1, …; lgnet registers one tap fd), restricted
+ * to READV/WRITEV on them and then enabled. Throws NativeError: EPERM/ENOSYS from 'io_uring_setup'
+ * when io_uring is disabled (kernel.io_uring_disabled, a seccomp filter) or missing, EINVAL from
+ * 'io_uring_register' when the kernel cannot restrict rings (before Linux 5.10). The caller falls back
+ * to readv/writev then.
+ */
+export function uringCreate(fds: readonly number[], entries: number = URING_ENTRIES): UringRing {
+  if (!Array.isArray(fds) || fds.length < 1 || fds.length > 64) throw new RangeError('fds: 1 to 64 fds to register');
+  for (const fd of fds) checkInt(fd, 'fd', 0, INT32_MAX);
+  checkInt(entries, 'entries', 1, URING_MAX_ENTRIES);
+  return b.uringCreate(Int32Array.from(fds), entries);
+}
+
+/** Closes ring `id` (once no burst uses it any more). Its tap fd stays open. */
+export function uringClose(id: number): void {
+  checkInt(id, 'ring id', 1, UINT32_MAX);
+  b.uringClose(id);
+}
+
+/** The fds of every open ring in this process: what the jail lets io_uring_enter name. */
+export function uringFds(): number[] {
+  return b.uringFds();
+}
+
+function checkBatch(ring: number, table: IovecTable, frames: number): void {
+  checkInt(ring, 'ring id', 1, UINT32_MAX);
+  if (!(table instanceof IovecTable)) throw new TypeError('table must be an IovecTable');
+  checkInt(frames, 'frames', 0, table.maxFrames);
+}
+
+/**
+ * One WRITEV per frame of the table, all submitted with one io_uring_enter (more only when the burst
+ * exceeds the ring) and all waited for. Returns the frames submitted (all of them unless
+ * io_uring_enter failed part-way); table.bytes[i] is frame i's result: bytes written, or −errno for a
+ * frame the tap refused (the frames after it were still sent). Throws NativeError('io_uring_enter')
+ * when the ring cannot be entered (EPERM: a jail without the ring's fd), EBUSY when another thread
+ * uses the ring, and NativeError(EFAULT/EINVAL, 'iovec') for a bad entry, before anything is sent.
+ */
+export function uringWritevBatch(ring: number, table: IovecTable, frames: number = table.frames): number {
+  checkBatch(ring, table, frames);
+  return b.uringWritevBatch(ring, table.words, table.maxEntries, table.maxFrames, frames);
+}
+
+/**
+ * One READV per frame slot of the table, in rounds of one io_uring_enter each, until the tap is empty
+ * or every slot is filled. Returns the slots settled, 0 … n − 1: table.bytes[i] is the frame length
+ * (header included), or URING_SLOT_EMPTY for a slot given back empty so that frames keep their order
+ * (uring.cc draws the case; it needs a frame to arrive mid-round and buffers of different sizes).
+ * Slots from n on are untouched. A READV error with nothing read throws NativeError('readv'); the
+ * other errors are those of uringWritevBatch.
+ */
+export function uringReadvBatch(ring: number, table: IovecTable, frames: number = table.frames): number {
+  checkBatch(ring, table, frames);
+  return b.uringReadvBatch(ring, table.words, table.maxEntries, table.maxFrames, frames);
+}
+
+/** SQE kinds uringTry can submit. */
+export type UringTryOp = 'nop' | 'readv' | 'writev' | 'read' | 'close' | 'openat' | 'connect';
+
+/**
+ * Submits one SQE of any kind on ring `id` and returns its completion's result (−errno when refused):
+ * for tests and diagnostics of the restrictions, which decide whatever is asked. `fixed`: fd is a
+ * registered slot (IOSQE_FIXED_FILE) rather than an fd. readv/writev/read use `buf` as their buffer;
+ * openat takes `buf` as a NUL-terminated path (fd −100: the cwd); connect takes it as a sockaddr.
+ */
+export function uringTry(id: number, op: UringTryOp, opts: { fd: number; fixed?: boolean; buf?: Uint8Array }): number {
+  checkInt(id, 'ring id', 1, UINT32_MAX);
+  checkString(op, 'op');
+  checkInt(opts.fd, 'fd', -100, INT32_MAX);
+  if (opts.buf !== undefined) checkBytes(opts.buf, 'buf');
+  return b.uringTry(id, op, opts.fd, opts.fixed === true, opts.buf);
+}
+
+/** io_uring_register(ring, op, NULL, 0), for tests: a restricted ring refuses every op (EACCES). */
+export function uringRegister(id: number, op: number): void {
+  checkInt(id, 'ring id', 1, UINT32_MAX);
+  checkInt(op, 'op', 0, 255);
+  b.uringRegister(id, op);
+}
