@@ -178,7 +178,10 @@ describe('guest memory that shrinks under an embedded NetDevice', () => {
       ftruncateSync(logFd, 0);
       expect(g.drv.send(frameTo(bed, 7130, 0))).toBe(true); // TX completes it: the used ring write is logged
       expect(await until(() => broken.length >= 1)).toBe(true);
-      expect(broken[0]).toMatchObject({ queue: 1, code: NET_ERROR.GUEST_MEMORY_FAULT });
+      // The TX queue logs its used ring; the RX queue may get there first, with a frame the host's
+      // stack sends on its own (router or neighbour solicitation): either names the log.
+      expect(broken[0]).toMatchObject({ code: NET_ERROR.GUEST_MEMORY_FAULT });
+      expect([0, 1]).toContain(broken[0]!.queue);
       expect(broken[0]!.message).toMatch(/^the dirty log shrank/);
       expect(bed.dev.status & NEEDS_RESET).toBe(NEEDS_RESET);
       await bed.dev.reset();
