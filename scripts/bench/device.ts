@@ -143,7 +143,8 @@ const fmt = (fps: number): string => `${(fps / 1e6).toFixed(3)} M/s`;
  * device and then on a fresh MRG_RXBUF device. Reports each case's median rate and the median and
  * range of the per-round ratios.
  */
-async function benchMrg(ns: Netns, bin: string, seconds: number): Promise<Record<string, unknown>> {
+async function benchMrg(ns: Netns, bin: string, seconds: number, rounds = MRG_ROUNDS): Promise<Record<string, unknown>> {
+  const warmup = Math.min(WARMUP, seconds);
   const cases = [
     { name: 'rx64', len: 64, bufferSize: 2048 },
     { name: 'rx1514', len: 1514, bufferSize: 2048 },
@@ -151,7 +152,7 @@ async function benchMrg(ns: Netns, bin: string, seconds: number): Promise<Record
   ];
   const plain: Record<string, number[]> = {};
   const mrg: Record<string, number[]> = {};
-  for (let round = 0; round < MRG_ROUNDS; round++) {
+  for (let round = 0; round < rounds; round++) {
     for (const withMrg of [false, true]) {
       for (const c of cases) {
         // Plain RX needs a buffer that holds a whole frame: the small-buffer case compares against 2048.
@@ -159,7 +160,7 @@ async function benchMrg(ns: Netns, bin: string, seconds: number): Promise<Record
         try {
           const pkt = openPacketIn(ns, 'lgbench0'); // closed with the namespace
           // A fresh device is a fresh worker thread: warm its JIT up before measuring.
-          const r = await withSender(bin, pkt, c.len, () => (harnessRx(s, WARMUP), harnessRx(s, seconds)), WARMUP);
+          const r = await withSender(bin, pkt, c.len, () => (harnessRx(s, warmup), harnessRx(s, seconds)), warmup);
           ((withMrg ? mrg : plain)[c.name] ??= []).push(r.result.fps);
         } finally {
           await closeSetup(s);
@@ -167,7 +168,7 @@ async function benchMrg(ns: Netns, bin: string, seconds: number): Promise<Record
       }
     }
   }
-  const out: Record<string, unknown> = { rounds: MRG_ROUNDS };
+  const out: Record<string, unknown> = { rounds };
   for (const c of cases) {
     const p = plain[c.name]!;
     const m = mrg[c.name]!;
@@ -253,7 +254,8 @@ async function benchIo(ns: Netns, bin: string, seconds: number): Promise<Record<
 }
 
 /** Runs the device benchmark; returns the results object (also used by the full bench suite). */
-export async function benchDevice(opts: { seconds?: number } = {}): Promise<Record<string, unknown>> {
+/** `mrgRounds`: rounds of the MRG_RXBUF comparison (default LGNET_BENCH_MRG_ROUNDS, 3). */
+export async function benchDevice(opts: { seconds?: number; mrgRounds?: number } = {}): Promise<Record<string, unknown>> {
   const seconds = opts.seconds ?? SECONDS;
   const bin = buildTapLoop();
   const results: Record<string, unknown> = {
@@ -264,7 +266,7 @@ export async function benchDevice(opts: { seconds?: number } = {}): Promise<Reco
   let s: Awaited<ReturnType<typeof setup>> | undefined;
   try {
     if (ONLY === 'mrg') {
-      results['mrg'] = await benchMrg(ns, bin, seconds);
+      results['mrg'] = await benchMrg(ns, bin, seconds, opts.mrgRounds);
       return results;
     }
     if (ONLY === 'io') {
@@ -340,7 +342,7 @@ export async function benchDevice(opts: { seconds?: number } = {}): Promise<Reco
     await closeSetup(s);
     s = undefined;
 
-    results['mrg'] = await benchMrg(ns, bin, seconds);
+    results['mrg'] = await benchMrg(ns, bin, seconds, opts.mrgRounds);
     // Both paths in rounds: skipped in smoke-sized runs (under a second per measurement).
     if (seconds >= 1) results['io'] = await benchIo(ns, bin, seconds);
   } finally {
