@@ -11,7 +11,7 @@
  * Every lgnet started here is killed in afterAll, namespaces are removed even when a test fails.
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
 import { existsSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -24,43 +24,11 @@ import { VhostUserFrontend } from '../../harness/vhost-user-frontend.ts';
 import { readMetrics } from '../../sandbox/metrics-endpoint.ts';
 import type { ListenAddress } from '../../sandbox/metrics-listen.ts';
 import type { StatsReport } from '../../sandbox/stats.ts';
-import { REPO_ROOT } from '../../scripts/qemu.ts';
 import { httpGet, parseExposition, promtool, rawExchange, valueOf, type Sample } from './metrics-helpers.ts';
 import { udpSend, until } from './vhost-user-helpers.ts';
+import { LGNET, startLgnet, type Lgnet } from './serve-process.ts';
 
-const LGNET = join(REPO_ROOT, 'bin/lgnet');
 const pre = netnsPrerequisites();
-
-interface Lgnet {
-  child: ChildProcess;
-  stdout: () => string;
-  stderr: () => string;
-  exited: Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
-}
-
-/** Starts `lgnet serve` in the namespace; resolves on its ready line. */
-function startLgnet(ns: Netns, args: string[]): Promise<Lgnet> {
-  const child = spawn('ip', ['netns', 'exec', ns.name, LGNET, 'serve', ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
-  let out = '';
-  let err = '';
-  child.stdout!.setEncoding('utf8').on('data', (d: string) => (out += d));
-  child.stderr!.setEncoding('utf8').on('data', (d: string) => (err += d));
-  const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) => child.on('exit', (code, signal) => resolve({ code, signal })));
-  const l: Lgnet = { child, stdout: () => out, stderr: () => err, exited };
-  return new Promise((resolve, reject) => {
-    const t = setTimeout(() => reject(new Error(`no ready line: ${out}\n${err}`)), 20_000);
-    child.stdout!.on('data', () => {
-      if (out.includes('\n')) {
-        clearTimeout(t);
-        resolve(l);
-      }
-    });
-    void exited.then((e) => {
-      clearTimeout(t);
-      reject(new Error(`lgnet exited early (${e.code}/${e.signal}): ${err}`));
-    });
-  });
-}
 
 /** `lgnet stats ARGS` to completion (in the namespace when given one). */
 function runStats(args: string[], ns?: Netns): Promise<{ status: number | null; stdout: string; stderr: string }> {
