@@ -42,7 +42,11 @@ export interface FuzzResult {
 
 /** Run one case. Throws (a plain Error or an assertion) if a property is violated. */
 export function fuzzCase(seed: number): FuzzResult {
-  const rand = rng(seed);
+  return fuzzCaseWith(rng(seed));
+}
+
+/** The same case drawn from any source of numbers in [0, 1): a PRNG, or a fuzzer's input (fuzz/). */
+export function fuzzCaseWith(rand: () => number): FuzzResult {
   const int = (n: number): number => Math.floor(rand() * n);
   const u32 = (): number => (rand() * 0x1_0000_0000) >>> 0;
   const buf = new ArrayBuffer(TOTAL);

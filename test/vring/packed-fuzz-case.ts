@@ -40,7 +40,11 @@ export interface PackedFuzzResult {
 
 /** Run one case. Throws (a plain Error) if a property is violated. */
 export function packedFuzzCase(seed: number): PackedFuzzResult {
-  const rand = rng(seed);
+  return packedFuzzCaseWith(rng(seed));
+}
+
+/** The same case drawn from any source of numbers in [0, 1): a PRNG, or a fuzzer's input (fuzz/). */
+export function packedFuzzCaseWith(rand: () => number): PackedFuzzResult {
   const int = (n: number): number => Math.floor(rand() * n);
   const u32 = (): number => (rand() * 0x1_0000_0000) >>> 0;
   const buf = new ArrayBuffer(TOTAL);
