@@ -12,7 +12,9 @@ import type { MessagePort } from 'node:worker_threads';
 const require = createRequire(import.meta.url);
 // The plugins only, not the instrumentor's entry point: that one loads the fuzzer addon, which must
 // live on the main thread alone (it registers the counters with libFuzzer).
-const { transformSync } = require('@babel/core') as typeof import('@babel/core');
+const { transformSync } = require('@babel/core') as {
+  transformSync(code: string, opts: Record<string, unknown>): { code?: string | null } | null;
+};
 const { codeCoverage } = require('@jazzer.js/instrumentor/dist/plugins/codeCoverage.js');
 const { compareHooks } = require('@jazzer.js/instrumentor/dist/plugins/compareHooks.js');
 

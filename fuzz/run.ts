@@ -6,6 +6,7 @@
  *   npm run fuzz -- vring-split 600            ten minutes
  *   npm run fuzz -- ctrl 60 -- -runs=1000000   libFuzzer's own flags after --
  *   npm run fuzz -- ctrl 0 -- crash-…          replay one input (libFuzzer runs the files it is given)
+ *   npm run fuzz -- ctrl --save                copy what runs found into the committed seeds
  *
  * Inputs start from the committed seeds (fuzz/corpus/TARGET) and what earlier runs found
  * (.cache/fuzz/TARGET/corpus, where new inputs go). A finding is written to .cache/fuzz/TARGET/ and
@@ -13,7 +14,7 @@
  * The last line says how many inputs ran, and the figures go to .cache/fuzz/TARGET/last-run.json.
  */
 import { spawn } from 'node:child_process';
-import { mkdirSync, readdirSync, writeFileSync } from 'node:fs';
+import { copyFileSync, existsSync, mkdirSync, readdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 
@@ -22,7 +23,7 @@ const root = join(here, '..');
 
 const { values, positionals } = parseArgs({
   allowPositionals: true,
-  options: { list: { type: 'boolean' } },
+  options: { list: { type: 'boolean' }, save: { type: 'boolean' } },
 });
 const targets = readdirSync(join(here, 'targets')).filter((f) => f.endsWith('.ts')).map((f) => f.slice(0, -3)).sort();
 
@@ -49,8 +50,22 @@ const seeds = join(here, 'corpus', name);
 mkdirSync(corpus, { recursive: true });
 mkdirSync(seeds, { recursive: true });
 const replay = extra.some((a) => !a.startsWith('-'));
+if (values.save) {
+  // libFuzzer names inputs by their SHA-1: a copy adds only what the seeds lack. (Its -merge=1 would
+  // minimize, but it re-runs argv[0] as a child, which a Node process is not.)
+  let added = 0;
+  for (const f of readdirSync(corpus)) {
+    if (!existsSync(join(seeds, f))) {
+      copyFileSync(join(corpus, f), join(seeds, f));
+      added++;
+    }
+  }
+  console.log(`fuzz ${name}: ${added} inputs added; fuzz/corpus/${name} holds ${readdirSync(seeds).length}`);
+  process.exit(0);
+}
+const dirs = replay ? [] : [corpus, seeds];
 const args = [
-  ...(replay ? [] : [corpus, seeds]),
+  ...dirs,
   `-max_total_time=${seconds}`,
   `-artifact_prefix=${work}/`,
   '-print_final_stats=1',

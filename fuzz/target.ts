@@ -15,6 +15,8 @@ export interface FuzzTarget {
   run(data: Uint8Array): void | Promise<void>;
   /** True when run returns a promise (libFuzzer then runs on its own thread; slower per input). */
   readonly async?: boolean;
+  /** Releases what the module set up (devices, fds), for a test that replays inputs and goes on. */
+  close?(): Promise<void>;
 }
 
 /**
@@ -55,7 +57,11 @@ function mulberry32(seed: number): () => number {
 /** Reads fields off a fuzzer's input in order; past its end every read is 0. */
 export class Input {
   private at = 0;
-  constructor(private readonly data: Uint8Array) {}
+  private readonly data: Uint8Array;
+
+  constructor(data: Uint8Array) {
+    this.data = data;
+  }
 
   get left(): number {
     return Math.max(0, this.data.length - this.at);

@@ -18,6 +18,7 @@ set -euo pipefail
 #   prometheus         promtool: tests check `lgnet serve --metrics-listen` output with `promtool check metrics`
 #                      (its daemon is not needed: it is stopped and disabled if the package started it)
 #   build-essential, python3   node-gyp builds the native addon
+#   libclang-rt-14-dev libFuzzer, the engine under the coverage-guided fuzz targets (fuzz/engine)
 #   ca-certificates    npm over TLS
 PKGS=(
   qemu-system-x86
@@ -35,6 +36,7 @@ PKGS=(
   prometheus
   build-essential
   python3
+  libclang-rt-14-dev
   ca-certificates
 )
 
