@@ -3,6 +3,8 @@
  * same object runs under libFuzzer (fuzz/fuzz-one.ts, with coverage) and under vitest, which replays
  * the committed corpus and every regression input through it (test/fuzz).
  */
+import { rng } from '../test/vring/fuzz-case.ts';
+
 export interface FuzzTarget {
   /** One line: what the target exercises. */
   readonly about: string;
@@ -38,21 +40,11 @@ export function byteRand(data: Uint8Array): () => number {
       }
       return v / 0x1_0000_0000;
     }
-    prng ??= mulberry32(h >>> 0);
+    prng ??= rng(h >>> 0);
     return prng();
   };
 }
 
-function mulberry32(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 /** Reads fields off a fuzzer's input in order; past its end every read is 0. */
 export class Input {
