@@ -75,7 +75,7 @@ const args = [
 ];
 
 const t0 = performance.now();
-const child = spawn(process.execPath, ['--import', 'tsx', join(here, 'fuzz-one.ts'), name, ...args], {
+const child = spawn(process.execPath, ['--expose-gc', '--import', 'tsx', join(here, 'fuzz-one.ts'), name, ...args], {
   cwd: root,
   stdio: ['ignore', 'inherit', 'pipe'],
 });

@@ -162,6 +162,10 @@ class FdPoller : public Napi::ObjectWrap<FdPoller> {
       CloseState(state_);
       state_ = nullptr;
     }
+    // A closed poller never fires again, so the callback can go now. Keeping it until the finalizer
+    // leaks in a cycle V8 cannot see: callback → its closure's objects → an Error whose stack frame has
+    // this object as receiver → this C++ object → the callback's strong reference.
+    callback_.Reset();
     return info.Env().Undefined();
   }
 

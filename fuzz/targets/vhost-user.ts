@@ -7,7 +7,7 @@
  * make sense, after a prefix that may negotiate, map memory and start both rings over RAM whose
  * bytes also come from the input. Properties:
  *   - the connection tears down by itself after EOF (no hang), and leaves no fd, mapping or running
- *     queue behind;
+ *     queue behind, and no object: torn-down connections are collected;
  *   - every refusal is a typed error: a message refused for an untyped exception (a bug) is a finding.
  */
 import { readdirSync } from 'node:fs';
@@ -43,6 +43,12 @@ server.on('refused', (e: VhostUserError) => {
 });
 const fdCount = (): number => readdirSync('/proc/self/fd').length;
 let baseline = -1;
+// Connections must be garbage once torn down: counted here, checked after a full GC every 512 runs
+// (when the process has gc(); fuzz/run.ts starts it with --expose-gc).
+const gc = (globalThis as { gc?: () => void }).gc;
+let live = 0;
+let runs = 0;
+const collected = new FinalizationRegistry(() => live--);
 
 const REQUESTS = Object.values(REQ);
 const RING_REQUESTS = [REQ.SET_VRING_NUM, REQ.SET_VRING_ADDR, REQ.SET_VRING_BASE, REQ.SET_VRING_KICK, REQ.SET_VRING_CALL, REQ.SET_VRING_ENABLE, REQ.GET_VRING_BASE];
@@ -132,6 +138,8 @@ export default {
     const [ours, theirs] = native.unixSocketpair();
     native.setNonblocking(theirs, true);
     const conn = new Connection(server, hooks, theirs);
+    live++;
+    collected.register(conn, 0);
     const fe = VhostUserFrontend.fromFd(ours, { timeoutMs: 5000 });
     const kick = native.eventfdCreate({ nonblocking: true });
     try {
@@ -172,6 +180,13 @@ export default {
     const fds = fdCount();
     if (baseline < 0) baseline = fds;
     else if (fds > baseline) throw new Error(`${fds - baseline} fds left behind after teardown`);
+    if (gc && ++runs % 512 === 0) {
+      for (let k = 0; k < 3 && live > 8; k++) {
+        gc();
+        await new Promise((r) => setTimeout(r, 5));
+      }
+      if (live > 8) throw new Error(`${live} torn-down connections are still reachable after a full GC`);
+    }
   },
   async close() {
     await dev.close();
