@@ -160,7 +160,7 @@ describe('embedded dirty log, batched RX through io_uring under a paced sender',
   // device keeps the tap full and rounds never meet an empty tap mid-way). It still depends on timing:
   // without the leftover logged it failed in some runs and passed in others, so it catches a loss by
   // chance; test/native/uring.test.ts checks the native side's account of every slot on every call
-  // (thousands of leftovers in 2 s), which is what the logging relies on. What makes a
+  // (often thousands of leftovers in 2 s), which is what the logging relies on. What makes a
   // leftover visible here: no chain is posted again within a round, so a chain given back takes one
   // more frame at most, and sizes alternate, so that frame is often smaller than the leftover and does
   // not cover its pages.

@@ -248,8 +248,8 @@ describe.runIf(pre.ok)('io_uring tap I/O', () => {
     const { ring, pkt } = setup();
     const LEN = 64; // + HDR: what each READV puts at the start of its slot
     // For 2 s, as fast as it goes: the reader keeps falling behind and catching up, and each catch-up
-    // is a round where a frame can land after an empty slot (thousands of times in 2 s, here).
-    // Sending a fixed count instead ends within tens of ms, and rarely shows the case at all.
+    // is a round where a frame can land after an empty slot (often thousands of times in 2 s; on a
+    // machine busy with other work, sometimes never). A fixed count ends within tens of ms instead.
     const sender = new Worker(
       `const { workerData: w } = require('node:worker_threads');
        const b = require(w.path);
