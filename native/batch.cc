@@ -48,13 +48,13 @@ bool ArgInt(napi_env env, napi_value v, const char* what, double lo, double hi, 
   return true;
 }
 
+uint8_t gSpill[8];
+
 // Translates `units` consecutive units of entries, the first starting at entry `base` and unit u
 // ending before entry ends[u], into iov (iov[0] is entry `base`), checking each entry against its
 // mapping under one registry lock and pinning the mappings it names. A unit (a frame, or a buffer of
 // readvMerged) holds at most 2^31-1 bytes; its byte count goes to room[u] when room is given. Throws
 // NativeError(EFAULT/EINVAL, 'iovec') and returns false on a bad entry, before any syscall.
-uint8_t gSpill[8];
-
 bool Translate(Napi::Env cenv, const uint32_t* entries, uint32_t base, const uint32_t* ends, uint32_t units,
                struct iovec* iov, Pins& pins, uint32_t* room, bool spill) {
   std::lock_guard<std::mutex> lock(RegistryMutex());

@@ -65,9 +65,9 @@ bool Translate(Napi::Env cenv, const uint32_t* entries, uint32_t base, const uin
 
 // One checked batch of (handle, words, maxEntries, maxFrames, frames): frame f's iovecs are
 // iov[start(f), ends[f]) with start(0) = 0, start(f) = ends[f-1] (with a spill, the last of them is
-// the spill iovec); bytes is the table's output array, written the table's per-frame u32 array after
-// it (IovecTable.written; null when the words are too short to hold it). ends and iov are this
-// thread's scratch (valid until the next batch call on this thread).
+// the spill iovec); bytes is the table's output array, and written the per-frame u32 array after it
+// (IovecTable.written; null when the words are too short to hold it). ends and iov are this thread's
+// scratch (valid until the next batch call on this thread).
 struct Batch {
   int64_t handle;
   uint32_t frames;
