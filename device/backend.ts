@@ -60,6 +60,13 @@ export interface RxPort {
    * one frame at a time.
    */
   recvMerged?(table: IovecTable, first: number, buffers: number, frames: number, need: number, maxLen: number, peek: PeekList | null): number;
+  /**
+   * True when recv() fills table.written[i], for every slot i < frames, with the bytes it put into slot
+   * i's buffers, which may exceed what table.bytes reports (io_uring copies a frame down into an earlier
+   * slot and leaves its first copy behind). The device logs those bytes too (migration dirty log).
+   * A port without it writes exactly table.bytes[i] into slots i < the count it returns, and nothing else.
+   */
+  readonly reportsWritten?: boolean;
   /** An fd that polls readable when frames are waiting. */
   readonly fd: number;
   /** Bytes of virtio_net_hdr the backend writes in front of each frame (0: none, the device writes it). */

@@ -183,7 +183,9 @@ export class RxService {
       this.slotChain[slots++] = i;
     }
     let got = 0;
+    const reports = ctx.port.reportsWritten === true;
     if (slots > 0) {
+      if (reports) t.written.fill(0, 0, slots); // a call that throws before reading leaves no stale counts
       try {
         got = ctx.port.recv(t, slots);
       } catch (e) {
@@ -191,6 +193,7 @@ export class RxService {
         c[M.rxDropBackend]! += 1;
         c[M.backendErrno] = e.errno;
       }
+      if (reports) this.logUnreported(got, slots);
     }
     // Chains before the first slot left empty are settled (filled, or short and completed with 0);
     // that slot's chain and everything after it go back to the ring.
@@ -216,6 +219,21 @@ export class RxService {
     if (settled < n) q.rewind(n - settled);
     this.publish(settled);
     return got < slots || slots === 0 ? RX.BACKEND_EMPTY : RX.MORE;
+  }
+
+  /**
+   * Logs (dirty log) what the port wrote into slots beyond what their completions log: a slot past the
+   * `got` settled (rewound), one given back empty, one holding more than its frame. io_uring leaves
+   * these when it copies a frame down into an earlier slot; a read that failed part-way leaves them too.
+   */
+  private logUnreported(got: number, slots: number): void {
+    const t = this.table;
+    for (let s = 0; s < slots; s++) {
+      const w = t.written[s]!;
+      if (w === 0) continue;
+      const logged = s < got ? Math.max(t.bytes[s]!, 0) : 0; // complete1 logs bytes[s] (+ skip)
+      if (w > logged) this.ctx.queue.logWritten(this.chains[this.slotChain[s]!]!, w + this.skip);
+    }
   }
 
   /** Completes a chain that received one whole frame of `total` bytes (header included). */

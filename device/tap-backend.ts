@@ -262,6 +262,8 @@ class TapTxPort implements TxPort {
 class TapRxPort implements RxPort {
   readonly fd: number;
   readonly vnetHdrLen: number;
+  /** readvBatch and uringReadvBatch both report what went into each slot (table.written). */
+  readonly reportsWritten = true;
   constructor(fd: number, vnetHdrLen: number) { this.fd = fd; this.vnetHdrLen = vnetHdrLen; }
   recv(table: IovecTable, frames: number): number {
     return native.readvBatch(this.fd, table, frames);

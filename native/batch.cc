@@ -48,18 +48,21 @@ bool ArgInt(napi_env env, napi_value v, const char* what, double lo, double hi, 
   return true;
 }
 
+uint8_t gSpill[8];
+
 // Translates `units` consecutive units of entries, the first starting at entry `base` and unit u
 // ending before entry ends[u], into iov (iov[0] is entry `base`), checking each entry against its
 // mapping under one registry lock and pinning the mappings it names. A unit (a frame, or a buffer of
 // readvMerged) holds at most 2^31-1 bytes; its byte count goes to room[u] when room is given. Throws
 // NativeError(EFAULT/EINVAL, 'iovec') and returns false on a bad entry, before any syscall.
 bool Translate(Napi::Env cenv, const uint32_t* entries, uint32_t base, const uint32_t* ends, uint32_t units,
-               struct iovec* iov, Pins& pins, uint32_t* room) {
+               struct iovec* iov, Pins& pins, uint32_t* room, bool spill) {
   std::lock_guard<std::mutex> lock(RegistryMutex());
   uint32_t lastId = 0;
   Mapping* map = nullptr;
   uint32_t e = base;
   for (uint32_t u = 0; u < units; u++) {
+    const size_t at = spill ? u : 0;  // entry e goes to iov[e - base + at]
     uint64_t unitBytes = 0;
     for (; e < ends[u]; e++) {
       const uint32_t* w = entries + (size_t)e * kIovecWords;
@@ -88,9 +91,10 @@ bool Translate(Napi::Env cenv, const uint32_t* entries, uint32_t base, const uin
         ThrowNativeError(cenv, EINVAL, "iovec", "frame or buffer " + std::to_string(u) + " is longer than 2^31-1 bytes");
         return false;
       }
-      iov[e - base].iov_base = map->addr + offset;
-      iov[e - base].iov_len = len;
+      iov[e - base + at].iov_base = map->addr + offset;
+      iov[e - base + at].iov_len = len;
     }
+    if (spill) iov[e - base + at] = {gSpill, 1};
     if (room != nullptr) room[u] = (uint32_t)unitBytes;
   }
   return true;
@@ -100,7 +104,7 @@ bool Translate(Napi::Env cenv, const uint32_t* entries, uint32_t base, const uin
 // (maxEntries × 4), then frameEnd (maxFrames), then bytes (maxFrames, as int32). One typed-array query
 // per call: napi_get_typedarray_info is the most expensive part of crossing (measured: ~3× a whole nop
 // call each), so the three arrays share it.
-bool PrepareBatch(napi_env env, napi_callback_info cbinfo, const char* usage, double handleMax, Pins& pins, Batch* b) {
+bool PrepareBatch(napi_env env, napi_callback_info cbinfo, const char* usage, double handleMax, bool spill, Pins& pins, Batch* b) {
   size_t argc = 5;
   napi_value argv[5];
   if (napi_get_cb_info(env, cbinfo, &argc, argv, nullptr, nullptr) != napi_ok) return false;
@@ -137,44 +141,56 @@ bool PrepareBatch(napi_env env, napi_callback_info cbinfo, const char* usage, do
   b->handle = handle;
   b->frames = (uint32_t)frames;
   b->bytes = reinterpret_cast<int32_t*>(const_cast<uint32_t*>(frameEnd + maxFrames));
+  b->written = (uint64_t)maxEntries * kIovecWords + 3 * (uint64_t)maxFrames <= length ? const_cast<uint32_t*>(frameEnd) + 2 * maxFrames : nullptr;
+  b->spill = spill;
   if (frames == 0) return true;
   Napi::Env cenv(env);
   const size_t nEntries = (size_t)maxEntries;
 
-  // Frame shape: non-empty, at most IOV_MAX entries, inside the entries array, at most 2^31-1 bytes.
+  // Frame shape: non-empty, at most IOV_MAX entries (one fewer with a spill iovec), inside the entries
+  // array, at most 2^31-1 bytes.
+  const uint32_t maxIov = spill ? IOV_MAX - 1 : IOV_MAX;
   if (tEnds.size() < (size_t)frames) tEnds.resize((size_t)frames);
   uint32_t* ends = tEnds.data();
   uint32_t start = 0;
   for (int64_t f = 0; f < frames; f++) {
     uint32_t end = ends[f] = frameEnd[f];
-    if (end <= start || end > nEntries || end - start > IOV_MAX) {
+    if (end <= start || end > nEntries || end - start > maxIov) {
       ThrowNativeError(cenv, EINVAL, "iovec",
                        "frame " + std::to_string(f) + " spans entries [" + std::to_string(start) + ", " +
-                           std::to_string(end) + "): each frame needs 1.." + std::to_string(IOV_MAX) +
+                           std::to_string(end) + "): each frame needs 1.." + std::to_string(maxIov) +
                            " entries within the " + std::to_string(nEntries) + " in the table");
       return false;
     }
     start = end;
   }
-  const uint32_t total = start;
+  const size_t total = (size_t)start + (spill ? (size_t)frames : 0);
   if (tIov.size() < total) tIov.resize(total);
-  b->ends = ends;
   b->iov = tIov.data();
-  return Translate(cenv, entries, 0, ends, (uint32_t)frames, b->iov, pins, nullptr);
+  if (!Translate(cenv, entries, 0, ends, (uint32_t)frames, b->iov, pins, nullptr, spill)) return false;
+  // Frame f's spill iovec sits after it: its iovecs end f + 1 places further on.
+  if (spill)
+    for (uint32_t f = 0; f < (uint32_t)frames; f++) ends[f] += f + 1;
+  b->ends = ends;
+  return true;
 }
 
 namespace {
 
 // writevBatch/readvBatch(fd, words, maxEntries, maxFrames, frames): one writev/readv per frame.
+// readv: each frame's buffers are followed by the spill byte, so a frame longer than them reads as
+// room + 1 (the caller drops it, never delivers it cut short); written[f] gets the bytes that went
+// into frame f's buffers (a failed readv may have copied part of a frame: all of them).
 napi_value BatchIo(napi_env env, napi_callback_info cbinfo, bool write) {
   const char* syscall = write ? "writev" : "readv";
   napi_value undefined;
   napi_get_undefined(env, &undefined);
   Pins pins;
   Batch b;
-  if (!PrepareBatch(env, cbinfo, "batch I/O takes (fd, words, maxEntries, maxFrames, frames)", INT32_MAX, pins, &b)) return undefined;
+  if (!PrepareBatch(env, cbinfo, "batch I/O takes (fd, words, maxEntries, maxFrames, frames)", INT32_MAX, !write, pins, &b)) return undefined;
   napi_value result;
   const int fd = (int)b.handle;
+  if (!write && b.written != nullptr && b.frames > 0) memset(b.written, 0, (size_t)b.frames * sizeof(uint32_t));
   uint32_t done = 0;
   uint32_t start = 0;
   for (; done < b.frames; done++) {
@@ -185,11 +201,17 @@ napi_value BatchIo(napi_env env, napi_callback_info cbinfo, bool write) {
     do n = ::syscall(write ? SYS_writev : SYS_readv, fd, b.iov + start, (int)(end - start));
     while (n < 0 && errno == EINTR);
     if (n < 0) {
-      if (errno == EAGAIN || done > 0) break;
-      ThrowNativeError(Napi::Env(env), errno, syscall, "fd " + std::to_string(fd) + ", frame 0 of a batch of " + std::to_string(b.frames));
+      int e = errno;
+      if (!write && b.written != nullptr && e != EAGAIN) b.written[done] = (uint32_t)FrameRoom(b, done);
+      if (e == EAGAIN || done > 0) break;
+      ThrowNativeError(Napi::Env(env), e, syscall, "fd " + std::to_string(fd) + ", frame 0 of a batch of " + std::to_string(b.frames));
       return undefined;
     }
     b.bytes[done] = (int32_t)n;
+    if (!write && b.written != nullptr) {
+      size_t room = FrameRoom(b, done);
+      b.written[done] = (uint32_t)((size_t)n < room ? (size_t)n : room);
+    }
     start = end;
   }
   napi_create_uint32(env, done, &result);
@@ -225,8 +247,6 @@ constexpr uint32_t kPeekMaxMacs = 64;
 constexpr uint32_t kEthHlen = 14;
 
 thread_local std::vector<uint32_t> tRoom;
-// Where a frame longer than its window spills one byte (never guest memory; its content is ignored).
-thread_local uint8_t tSpill[8];
 
 struct Peek {
   uint8_t flags = 0;
@@ -399,10 +419,9 @@ napi_value ReadvMerged(napi_env env, napi_callback_info cbinfo) {
       stop = kStopPieces;
       break;
     }
-    // One spill byte after the window: a tap reports only the bytes it copied, so a frame longer than
-    // the window would otherwise read as one that fills it exactly. A byte in the spill means "longer".
+    // One spill byte after the window (gSpill): a byte in it means the frame was longer than the window.
     const struct iovec saved = iov[from + niov];
-    iov[from + niov].iov_base = tSpill;
+    iov[from + niov].iov_base = gSpill;
     iov[from + niov].iov_len = 1;
     ssize_t n;
     do n = ::syscall(SYS_readv, fd, iov + from, (int)niov + 1);

@@ -29,7 +29,13 @@ export function writevBatch(fd: number, table: IovecTable, frames: number = tabl
   return b.writevBatch(fd, table.words, table.maxEntries, table.maxFrames, frames);
 }
 
-/** One readv per frame (each frame's iovecs receive one tap frame); as writevBatch otherwise. */
+/**
+ * One readv per frame (each frame's iovecs receive one tap frame); as writevBatch otherwise. Each readv
+ * is offered one spill byte past the frame's buffers, so a frame longer than them reads as their room
+ * + 1 in table.bytes (its first bytes are in the buffers: drop it, never deliver it). table.written[i]
+ * is what went into frame i's buffers (0 from the first frame not read on; all of them for a readv
+ * that failed, which may have copied part of a frame). Frames of at most IOV_MAX − 1 entries.
+ */
 export function readvBatch(fd: number, table: IovecTable, frames: number = table.frames): number {
   checkBatch(fd, table, frames);
   return b.readvBatch(fd, table.words, table.maxEntries, table.maxFrames, frames);

@@ -7,6 +7,7 @@
  *   frameEnd  [ 2, 3, ... ]    frameEnd[i] = index of the first entry after frame i
  *   bytes     [ n0, n1, ... ]  written by writevBatch/readvBatch: bytes moved for frame i
  *   used      [ u0, u1, ... ]  written by readvMerged: buffers frame i took
+ *   (written)  the same words, written by readvBatch/uringReadvBatch: bytes put into frame i's buffers
  *   status    [ s ]            written by readvMerged: why it stopped (MERGED_STOP)
  *
  * All of them are views of one buffer, `words` (in that order), which is what crosses into native: one
@@ -76,6 +77,13 @@ export class IovecTable {
   readonly bytes: Int32Array;
   /** readvMerged's output: how many buffers frame i took (0: dropped, its buffers took the next frame). */
   readonly used: Uint32Array;
+  /**
+   * readvBatch/uringReadvBatch's output (the words of `used`, which those calls do not use): the bytes
+   * the call put into frame i's buffers, whatever bytes[i] says. It can be more: io_uring reads a frame
+   * into one slot and copies it down into an earlier one; a read that failed part-way. The device logs
+   * them for migration.
+   */
+  readonly written: Uint32Array;
   /** Entries pushed so far (over all frames). */
   count = 0;
   /** Frames ended so far. */
@@ -96,6 +104,7 @@ export class IovecTable {
     this.frameEnd = this.words.subarray(entryWords, entryWords + maxFrames);
     this.bytes = new Int32Array(this.words.buffer, (entryWords + maxFrames) * 4, maxFrames);
     this.used = this.words.subarray(entryWords + 2 * maxFrames, entryWords + 3 * maxFrames);
+    this.written = this.used;
   }
 
   /** readvMerged's output: why the last call stopped (MERGED_STOP in native/batch.ts). */

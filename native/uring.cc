@@ -329,7 +329,7 @@ napi_value UringWritevBatch(napi_env env, napi_callback_info cbinfo) {
   napi_get_undefined(env, &undefined);
   Pins pins;
   Batch b;
-  if (!PrepareBatch(env, cbinfo, "uringWritevBatch takes (ring, words, maxEntries, maxFrames, frames)", UINT32_MAX, pins, &b)) return undefined;
+  if (!PrepareBatch(env, cbinfo, "uringWritevBatch takes (ring, words, maxEntries, maxFrames, frames)", UINT32_MAX, false, pins, &b)) return undefined;
   napi_value result;
   if (b.frames == 0) {
     napi_create_uint32(env, 0, &result);
@@ -385,12 +385,6 @@ void CopyIov(const struct iovec* src, uint32_t ns, const struct iovec* dst, uint
   }
 }
 
-size_t IovRoom(const struct iovec* v, uint32_t n) {
-  size_t room = 0;
-  for (uint32_t i = 0; i < n; i++) room += v[i].iov_len;
-  return room;
-}
-
 // uringReadvBatch(id, words, maxEntries, maxFrames, frames) → slots settled
 //
 // One READV per frame slot, in rounds of at most `window` READVs per io_uring_enter. A round whose
@@ -401,24 +395,39 @@ size_t IovRoom(const struct iovec* v, uint32_t n) {
 // Within a round the tap answers the READVs in SQE order, but a frame can arrive between two of them:
 //
 //   slots   [ f0 ][ f1 ][ EAGAIN ][ f2 ][ EAGAIN ]   f2 arrived just after READV #2 found nothing
-//   after   [ f0 ][ f1 ][  f2    ][    ][        ]   f2 copied down into slot 2: frames stay in order
+//   after   [ f0 ][ f1 ][  f2    ][ f2 ][        ]   f2 copied down into slot 2: frames stay in order;
+//                                                    slot 3 still holds what the kernel wrote
 //
 // A frame after an empty slot is copied down into the first empty slot when it fits there. When it
-// does not (a guest with buffers of different sizes), it stays where it is and the empty slots before
-// it are marked bytes = -1: the caller completes those chains with length 0 (no frame is lost and
-// none is reordered; the guest gets those buffers back empty). Returns the number of slots settled
-// (frames, and -1 slots among them); slots after that are untouched. A READV error other than EAGAIN
-// ends the call like EAGAIN, and is thrown when nothing was read at all.
+// does not (a guest with buffers of different sizes), or it is too long for its own slot, it stays
+// where it is and the empty slots before it are marked bytes = -1: the caller completes those chains
+// with length 0 (no frame is lost and none is reordered; the guest gets those buffers back empty).
+//
+// Each READV's buffers are followed by the spill byte (gSpill): bytes = room + 1 is a frame longer
+// than its slot, which the caller drops (a tap would otherwise report it cut to the room).
+//
+// written[i] (IovecTable.written) is, for every slot i < frames, the bytes this call put into slot
+// i's buffers, by the kernel or by a copy: more than bytes[i] says where a frame was read and then
+// copied down (above: slot 3), or a slot is past the ones settled. The caller must log them for
+// migration (dirty log): the guest's memory changed there even though no used entry says so.
+//
+// Returns the number of slots settled (frames, and -1 slots among them); bytes of the slots after that
+// are untouched. A READV error other than EAGAIN ends the call like EAGAIN, and is thrown when nothing
+// was read at all.
 napi_value UringReadvBatch(napi_env env, napi_callback_info cbinfo) {
   napi_value undefined;
   napi_get_undefined(env, &undefined);
   Pins pins;
   Batch b;
-  if (!PrepareBatch(env, cbinfo, "uringReadvBatch takes (ring, words, maxEntries, maxFrames, frames)", UINT32_MAX, pins, &b)) return undefined;
+  if (!PrepareBatch(env, cbinfo, "uringReadvBatch takes (ring, words, maxEntries, maxFrames, frames)", UINT32_MAX, true, pins, &b)) return undefined;
   napi_value result;
   if (b.frames == 0) {
     napi_create_uint32(env, 0, &result);
     return result;
+  }
+  if (b.written == nullptr) {
+    napi_throw_range_error(env, nullptr, "uringReadvBatch needs the words of a whole IovecTable (bytes, then written)");
+    return undefined;
   }
   std::shared_ptr<Ring> ring;
   if (!AcquireRing(env, b.handle, &ring)) return undefined;
@@ -428,8 +437,14 @@ napi_value UringReadvBatch(napi_env env, napi_callback_info cbinfo) {
     ThrowNativeError(Napi::Env(env), EBUSY, "io_uring", "ring " + std::to_string(b.handle) + " is in use by another thread");
     return undefined;
   }
+  // A slot's iovecs, the spill iovec last (what its READV gets), and its guest iovecs alone.
   auto slotIov = [&](uint32_t f) { return b.iov + (f == 0 ? 0 : b.ends[f - 1]); };
   auto slotLen = [&](uint32_t f) { return b.ends[f] - (f == 0 ? 0 : b.ends[f - 1]); };
+  auto guestLen = [&](uint32_t f) { return slotLen(f) - 1; };
+  auto wrote = [&](uint32_t f, size_t n) {
+    if (n > b.written[f]) b.written[f] = (uint32_t)n;
+  };
+  memset(b.written, 0, (size_t)b.frames * sizeof(uint32_t));
 
   uint32_t settled = 0;  // slots [0, settled) hold frames (or -1)
   int firstErr = 0;
@@ -455,16 +470,22 @@ napi_value UringReadvBatch(napi_env env, napi_callback_info cbinfo) {
     for (unsigned i = 0; i < n; i++) {
       int32_t v = res[i];
       uint32_t slot = settled + i;
+      size_t room = FrameRoom(b, slot);
       if (v < 0) {
         empty = true;
-        if (v != -EAGAIN && firstErr == 0) firstErr = -v;
+        if (v != -EAGAIN) {
+          if (firstErr == 0) firstErr = -v;
+          wrote(slot, room);  // a failed copy may have written part of a frame
+        }
         continue;
       }
       got++;
+      wrote(slot, (size_t)v < room ? (size_t)v : room);
       if (slot != fill) {
-        size_t room = IovRoom(slotIov(fill), slotLen(fill));
-        if ((size_t)v <= room) {
-          CopyIov(slotIov(slot), slotLen(slot), slotIov(fill), slotLen(fill), (size_t)v);
+        // A frame too long for its own slot is never moved: the caller drops it where it lies.
+        if ((size_t)v <= room && (size_t)v <= FrameRoom(b, fill)) {
+          CopyIov(slotIov(slot), guestLen(slot), slotIov(fill), guestLen(fill), (size_t)v);
+          wrote(fill, (size_t)v);
         } else {
           for (; fill < slot; fill++) b.bytes[fill] = -1;  // given back empty, in front of the frame
         }

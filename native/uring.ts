@@ -77,10 +77,13 @@ export function uringWritevBatch(ring: number, table: IovecTable, frames: number
 /**
  * One READV per frame slot of the table, in rounds of one io_uring_enter each, until the tap is empty
  * or every slot is filled. Returns the slots settled, 0 … n − 1: table.bytes[i] is the frame length
- * (header included), or URING_SLOT_EMPTY for a slot given back empty so that frames keep their order
- * (uring.cc draws the case; it needs a frame to arrive mid-round and buffers of different sizes).
- * Slots from n on are untouched. A READV error with nothing read throws NativeError('readv'); the
- * other errors are those of uringWritevBatch.
+ * (header included; the slot's room + 1 for a frame longer than it, as readvBatch), or
+ * URING_SLOT_EMPTY for a slot given back empty so that frames keep their order (uring.cc draws the
+ * case; it needs a frame to arrive mid-round and buffers of different sizes). Slots from n on are
+ * untouched in table.bytes. table.written[i], for every slot i < frames, is what the call put into
+ * slot i's buffers: more than bytes[i] (or anything past n) where a frame was read into a slot and
+ * then copied down into an earlier one; what it wrote must still be logged for migration. A READV
+ * error with nothing read throws NativeError('readv'); the other errors are those of uringWritevBatch.
  */
 export function uringReadvBatch(ring: number, table: IovecTable, frames: number = table.frames): number {
   checkBatch(ring, table, frames);

@@ -163,6 +163,32 @@ for (const variant of [
         }
       }
     });
+
+    it('readvBatch: a frame longer than its buffers reads as their room + 1, not as one that fills them; written says what went in', () => {
+      const { tap, pkt } = open();
+      const table = new IovecTable(16, 4);
+      for (let i = 0; i < 4; i++) {
+        if (variant.hdrLen > 0) table.push(region, HDR_AT + i * 64, variant.hdrLen);
+        table.push(region, FRAME_AT + i * 2048, 300);
+        table.endFrame();
+      }
+      const room = variant.hdrLen + 300;
+      // Too long, exactly the room, short: a tap alone would report the first two alike (room).
+      const sizes = [1000, 300, 100];
+      for (const [i, len] of sizes.entries()) expect(fdWrite(pkt, frame(len, 40 + i))).toBe(len);
+      expect(poll([tap], 2000)).toBe(1);
+      mem.fill(0xee, FRAME_AT + 3 * 2048, FRAME_AT + 3 * 2048 + 300);
+      table.written.fill(7);
+      expect(readvBatch(tap, table)).toBe(3);
+      expect([...table.bytes.subarray(0, 3)]).toEqual([room + 1, room, variant.hdrLen + 100]);
+      expect([...table.written.subarray(0, 4)]).toEqual([room, room, variant.hdrLen + 100, 0]);
+      for (const [i, len] of sizes.entries()) {
+        const at = FRAME_AT + i * 2048;
+        const n = Math.min(len, 300);
+        expect(Buffer.from(mem.subarray(at, at + n)).equals(Buffer.from(frame(len, 40 + i).subarray(0, n))), `frame ${i}`).toBe(true);
+      }
+      expect(mem.subarray(FRAME_AT + 3 * 2048, FRAME_AT + 3 * 2048 + 300).every((b) => b === 0xee)).toBe(true);
+    });
   });
 }
 
@@ -208,6 +234,11 @@ describe.runIf(pre.ok)('tap: bounds checks and errors', () => {
     for (let i = 0; i < 1025; i++) wide.push(region, FRAME_AT, 0);
     wide.endFrame();
     expect(nativeErrorOf(() => writevBatch(tap, wide)).code).toBe('EINVAL'); // > IOV_MAX
+    const full = new IovecTable(1100, 1);
+    for (let i = 0; i < 1024; i++) full.push(region, FRAME_AT, 1);
+    full.endFrame();
+    const r = nativeErrorOf(() => readvBatch(tap, full)); // IOV_MAX: a read keeps one for its spill byte
+    expect([r.code, r.syscall]).toEqual(['EINVAL', 'iovec']);
     expect(() => writevBatch(tap, t, 5)).toThrow(RangeError); // more frames than the table has
 
     // The good first frames were never written.
