@@ -13,6 +13,7 @@ import { createBed, udpSend, type Bed } from './helpers.ts';
 // createBed() tracks what it makes: closed after each test (test/helpers/bed.ts).
 let bed: Bed | undefined;
 
+/** The longest hold there is: an interrupt that comes within 80 ms was not held, and the counters say so too. */
 const LONG = { rxUsecs: 100_000, txUsecs: 100_000, buffers: 32 };
 const OTHER = new Uint8Array([0x02, 0, 0, 0, 0, 0x99]);
 const ACCEPT = ['VERSION_1', 'RING_EVENT_IDX', 'MAC'] as const;
@@ -41,10 +42,8 @@ it('TX: a frame on an idle queue is signalled at once; one right after it is hel
   bed = await createBed({ accept: [...ACCEPT], device: { coalesce: LONG } });
   const tx = bed.drv.tx[0]!;
   // 1. Idle: the interrupt comes with the completion, not after the 100-ms hold.
-  const t0 = performance.now();
   expect(bed.drv.send(junkFrame(bed, 0))).toBe(true);
-  expect(await tx.waitCall(50)).toBe(true);
-  const first = performance.now() - t0;
+  expect(await tx.waitCall(80)).toBe(true);
   let m = q(bed.dev.metrics(), 1);
   expect(m.interrupts).toBe(1);
   expect(m.interruptsHeld).toBe(0);
@@ -64,10 +63,10 @@ it('TX: a frame on an idle queue is signalled at once; one right after it is hel
   // 3. Quiet for longer than the hold: at once again.
   await new Promise((r) => setTimeout(r, 150));
   expect(bed.drv.send(junkFrame(bed, 2))).toBe(true);
-  expect(await tx.waitCall(50)).toBe(true);
+  expect(await tx.waitCall(80)).toBe(true);
   m = q(bed.dev.metrics(), 1);
   expect(m.interruptsHeld).toBe(1);
-  expect(first).toBeLessThan(LONG.txUsecs / 1000);
+  expect(m.interrupts).toBe(3);
 });
 
 it('RX: a frame from the host to an idle queue is signalled at once', async () => {
@@ -79,7 +78,7 @@ it('RX: a frame from the host to an idle queue is signalled at once', async () =
   // The only frame the queue has seen (the sender starts a process first, hence the wait for it): the
   // interrupt must not wait for the 100-ms hold.
   await metricsWhen(bed, 0, (x) => x.frames === 1);
-  expect(await rx.waitCall(50)).toBe(true);
+  expect(await rx.waitCall(80)).toBe(true);
   const frames = bed.drv.receive();
   expect(frames.length).toBe(1);
   const m = q(bed.dev.metrics(), 0);
