@@ -26,6 +26,7 @@ export { LgnetError, isLgnetError, type ErrorOptions } from './errors/index.ts';
 export { NET_ERROR, NetError, NetConfigError, NetStateError, WorkerError, type NetErrorCode } from './device/errors.ts';
 export { openPcap, closePcap, pcapFileHeader, DEFAULT_SNAPLEN } from './device/capture.ts';
 export { TokenBucket, RateLimiter, parseBucket, type RateLimit, type BucketSpec } from './device/rate-limit.ts';
+export { Coalescer, DEFAULT_COALESCE, type CoalesceOptions, type DeviceCoalesce } from './device/coalesce.ts';
 
 // The vhost-user backend and the process around it.
 export { VhostUserServer, netDeviceHooks, type VhostUserServerOptions, type DeviceHooks } from './sandbox/vhost-user/server.ts';

@@ -26,6 +26,8 @@ export const NET_ERROR = {
   UNKNOWN_BACKEND: 'NET_UNKNOWN_BACKEND',
   /** A rate-limit option that does not parse. */
   BAD_RATE_LIMIT: 'NET_BAD_RATE_LIMIT',
+  /** NetDeviceOptions.coalesce out of range. */
+  BAD_COALESCE: 'NET_BAD_COALESCE',
   /** The driver accepted feature bits the device did not offer. */
   FEATURES_NOT_OFFERED: 'NET_FEATURES_NOT_OFFERED',
   /** Features changed while queues run. */

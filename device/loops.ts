@@ -19,6 +19,11 @@
  * interrupt goes out before a backend read would block (lguest's rule), so the guest hears about its
  * frames before the device waits for more. Sleeps also wake for the control eventfd; `pass()` returns
  * true then, and the worker reads its commands.
+ *
+ * A busy queue may hold its interrupt instead (coalesce.ts, PendingUsed.takeOrHold): it then sleeps no
+ * longer than the hold's deadline and signals when it wakes past it, so the interrupt goes out on time
+ * whether or not more work came. RX holds only while the guest has buffers left; without, the guest
+ * must hear at once to refill.
  */
 import * as native from '../native/index.ts';
 import type { QueueWatch } from '../vring/index.ts';
@@ -103,13 +108,18 @@ abstract class ServiceLoop<P> {
    */
   protected waitKick(w: QueueWatch | null, signalFd: number, backendFd: number): boolean {
     const c = this.ctx.c;
+    const p = this.ctx.pending;
     const t0 = performance.now();
     c[M.sleeps]! += 1;
     const at = w ?? this.ctx.queue.watch();
     const loc = at.location;
     const seen = w ? w.seen : native.HAS_BUFFERS;
-    const woke = native.waitKick(this.fds.kickFd, loc.mappingId, loc.mappingOffset + loc.offset, seen, SLEEP_MS, this.ctlOnly, signalFd, backendFd);
-    c[M.blockedNs]! += (performance.now() - t0) * 1e6;
+    // A held interrupt bounds the sleep: it must go out at its deadline even if nothing else comes.
+    const timeout = p.heldUntil > 0 ? Math.max(0, (p.heldUntil - t0 * 1000) / 1000) : SLEEP_MS;
+    const woke = native.waitKick(this.fds.kickFd, loc.mappingId, loc.mappingOffset + loc.offset, seen, timeout, this.ctlOnly, signalFd, backendFd);
+    const t1 = performance.now();
+    c[M.blockedNs]! += (t1 - t0) * 1e6;
+    if (p.heldUntil > 0 && t1 * 1000 >= p.heldUntil) p.signal();
     if (woke & native.WAKE.KICK) c[M.kicks]! += 1;
     return (woke & native.WAKE.EXTRA0) !== 0;
   }
@@ -145,7 +155,7 @@ export class TxLoop extends ServiceLoop<TxPort> {
     const q = this.ctx.queue;
     const seen = q.lastAvail;
     const w = q.watch(seen); // before the re-check: a buffer added after it changes the watched word
-    const signalFd = this.ctx.pending.take();
+    const signalFd = this.ctx.pending.takeOrHold();
     if (q.enableNotification(seen)) {
       q.disableNotification();
       if (signalFd >= 0) native.eventfdWrite(signalFd, 1);
@@ -216,7 +226,8 @@ export class RxLoop extends ServiceLoop<RxPort> {
    */
   private sleep(seen: number): boolean {
     const q = this.ctx.queue;
-    const signalFd = this.ctx.pending.take();
+    // Hold only while the guest has buffers left for the device (HAS_BUFFERS); else it must refill.
+    const signalFd = seen === native.HAS_BUFFERS ? this.ctx.pending.takeOrHold() : this.ctx.pending.take();
     let kicksOn = false;
     let w: QueueWatch | null = null;
     if (seen !== native.HAS_BUFFERS) {

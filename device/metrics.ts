@@ -85,8 +85,11 @@ export const M = {
   /** Not a counter: 1 when this queue's tap I/O goes through io_uring (one io_uring_enter per burst),
    *  0 for readv/writev per frame or a backend without tap I/O. Set when the queue starts. */
   ioUring: 36,
+  /** Interrupts a busy queue held back for coalescing (device/coalesce.ts): each went out, if the driver
+   *  still wanted it, within the coalescing delay, together with the completions that came meanwhile. */
+  interruptsHeld: 37,
   /** Count of counters. */
-  COUNT: 37,
+  COUNT: 38,
 } as const;
 
 export type MetricName = Exclude<keyof typeof M, 'COUNT'>;

@@ -5,6 +5,7 @@
  */
 import type { Backend } from './backend.ts';
 import type { QueueMetrics } from './metrics.ts';
+import type { DeviceCoalesce } from './coalesce.ts';
 import type { RateLimit } from './rate-limit.ts';
 
 /** Options of {@link NetDevice}. */
@@ -26,6 +27,14 @@ export interface NetDeviceOptions {
    * that arrives meanwhile joins the same burst and interrupt. 0 turns busy polling off. Default 0.
    */
   busyPoll?: number;
+  /**
+   * Interrupt coalescing of the data queues (device/coalesce.ts): an RX (TX) queue that decided an
+   * interrupt less than `rxUsecs` (`txUsecs`) µs ago holds the next one until then, or until `buffers`
+   * used buffers are pending; a queue quiet for that long signals at once. 0 turns it off for that
+   * direction. Default DEFAULT_COALESCE ({ rxUsecs: 2000, txUsecs: 4000, buffers: 64 }); a field left
+   * out takes its default.
+   */
+  coalesce?: Partial<DeviceCoalesce>;
   /** Largest queue size the device accepts. Default 1024. */
   maxQueueSize?: number;
   /**

@@ -27,6 +27,7 @@ import { WorkerHost } from './worker-host.ts';
 import { filterState, memoryFromMappings, type QueueConfig, type WorkerLog, type WorkerRegion } from './worker-protocol.ts';
 import { DEFAULT_SNAPLEN } from './capture.ts';
 import { checkRateLimit } from './rate-limit.ts';
+import { checkDeviceCoalesce, DEFAULT_COALESCE, queueCoalesce, type DeviceCoalesce } from './coalesce.ts';
 
 import type { DeviceMetrics, DirtyLogSpec, MemoryRegionSpec, NetDeviceOptions, QueueSetup } from './net-api.ts';
 
@@ -70,6 +71,7 @@ export class NetDevice extends EventEmitter {
   status = 0;
   private readonly burst: number;
   private readonly busyPoll: number;
+  private readonly coalesce: DeviceCoalesce;
   private readonly capture: NetDeviceOptions['capture'];
   private readonly rateLimit: NetDeviceOptions['rateLimit'];
   private readonly maxQueueSize: number;
@@ -107,6 +109,11 @@ export class NetDevice extends EventEmitter {
     this.offered = offered;
     this.burst = opts.burst ?? 32;
     this.busyPoll = opts.busyPoll ?? 0;
+    try {
+      this.coalesce = checkDeviceCoalesce({ ...DEFAULT_COALESCE, ...opts.coalesce });
+    } catch (e) {
+      throw new NetConfigError(NET_ERROR.BAD_COALESCE, `coalesce: ${(e as Error).message}`);
+    }
     this.capture = opts.capture;
     try {
       if (opts.rateLimit?.rx) checkRateLimit(opts.rateLimit.rx);
@@ -294,6 +301,7 @@ export class NetDevice extends EventEmitter {
       port: this.backend.port(index >>> 1),
       burst: this.burst,
       busyPoll: this.busyPoll,
+      coalesce: queueCoalesce(this.coalesce, s.index & 1 ? 'tx' : 'rx'),
       mtu: this.config.mtu,
       filter: filterState(this.filter),
       log: this.workerLog(s),

@@ -26,6 +26,7 @@ import type { PortSpec } from './backend.ts';
 import type { CaptureSpec } from './capture.ts';
 import type { FilterRef } from './backend.ts';
 import type { RateLimit } from './rate-limit.ts';
+import type { CoalesceOptions } from './coalesce.ts';
 import type { RxFilter } from './rx-filter.ts';
 
 /** A region of guest memory as a worker receives it: a mapping id from the native registry. */
@@ -86,6 +87,8 @@ export interface QueueConfig {
   port: PortSpec;
   burst: number;
   busyPoll: number;
+  /** This queue's interrupt coalescing (coalesce.ts); usecs 0: off. */
+  coalesce: CoalesceOptions;
   mtu: number;
   filter: FilterState;
   /** Dirty logging from the start, or null. */

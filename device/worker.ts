@@ -67,7 +67,7 @@ class ActiveQueue {
     const f = decode(cfg.features);
     const r = cfg.ring;
     this.queue = createQueue(f, r);
-    this.pending = new PendingUsed(this.queue, cfg.callFd, c);
+    this.pending = new PendingUsed(this.queue, cfg.callFd, c, cfg.coalesce);
     // The backend's ports, opened once for the life of this configuration.
     const ports = backends.openPorts(cfg.port, { counters: c, frameFilter, mappings: this.views });
     this.regions = cfg.regions;

@@ -28,25 +28,33 @@ constexpr uint32_t kWakeAvail = 1, kWakeKick = 2, kWakeBackend = 4, kWakeExtra0 
 constexpr size_t kMaxPollFds = 31;
 constexpr size_t kMaxExtraFds = 28;  // bits 3..30 of the result
 
-int64_t NowMs() {
+int64_t NowNs() {
   struct timespec ts;
   clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+  return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
 }
 
-// poll() with EINTR retried against the original deadline; timeoutMs < 0 waits forever.
-// Returns the poll() result or -1 with errno set.
-int PollFor(struct pollfd* pfds, size_t n, int64_t timeoutMs) {
-  int64_t deadline = timeoutMs < 0 ? -1 : NowMs() + timeoutMs;
+// ppoll() with EINTR retried against the original deadline; timeoutNs < 0 waits forever. Nanoseconds,
+// because a held interrupt (device/coalesce.ts) waits well under a millisecond.
+// Returns the ppoll() result or -1 with errno set.
+int PollForNs(struct pollfd* pfds, size_t n, int64_t timeoutNs) {
+  int64_t deadline = timeoutNs < 0 ? -1 : NowNs() + timeoutNs;
   for (;;) {
-    int wait = -1;
+    struct timespec ts, *tsp = nullptr;
     if (deadline >= 0) {
-      int64_t left = deadline - NowMs();
-      wait = left < 0 ? 0 : (int)left;
+      int64_t left = deadline - NowNs();
+      if (left < 0) left = 0;
+      ts.tv_sec = (time_t)(left / 1000000000);
+      ts.tv_nsec = (long)(left % 1000000000);
+      tsp = &ts;
     }
-    int r = poll(pfds, (nfds_t)n, wait);
+    int r = ppoll(pfds, (nfds_t)n, tsp, nullptr);
     if (r >= 0 || errno != EINTR) return r;
   }
+}
+
+int PollFor(struct pollfd* pfds, size_t n, int64_t timeoutMs) {
+  return PollForNs(pfds, n, timeoutMs < 0 ? -1 : timeoutMs * 1000000);
 }
 
 // Throws EBADF if poll reported a closed fd.
@@ -89,7 +97,11 @@ Napi::Value WaitKick(const Napi::CallbackInfo& info) {
   REQUIRE_ARGUMENT_INTEGER(1, id, "mapping id", 0, UINT32_MAX)
   REQUIRE_ARGUMENT_INTEGER(2, offset, "offset", 0, (int64_t)kMaxSafeInteger)
   REQUIRE_ARGUMENT_INTEGER(3, lastSeen, "lastSeen", -1, UINT16_MAX)
-  REQUIRE_ARGUMENT_INTEGER(4, timeoutMs, "timeoutMs", -1, INT32_MAX)
+  // Fractional milliseconds allowed: a held interrupt's deadline is in microseconds.
+  REQUIRE_ARGUMENT_NUMBER(4, timeoutMs, "timeoutMs")
+  if (!(timeoutMs == -1 || (timeoutMs >= 0 && timeoutMs <= (double)INT32_MAX)))
+    LGNET_THROW_RANGE("timeoutMs must be -1 or in [0, " + std::to_string(INT32_MAX) + "]");
+  int64_t timeoutNs = timeoutMs < 0 ? -1 : (int64_t)(timeoutMs * 1e6);
   struct pollfd pfds[1 + kMaxExtraFds];
   size_t nExtra = 0;
   if (info.Length() > 5 && !info[5].IsUndefined() && !info[5].IsNull()) {
@@ -156,7 +168,7 @@ Napi::Value WaitKick(const Napi::CallbackInfo& info) {
   //    the frames wait in the kernel until the guest gives room.
   int waitFd = hasBuffers ? (int)backendFd : (int)kickFd;
   pfds[0] = {waitFd, POLLIN, 0};  // a negative fd is ignored by poll
-  int r = PollFor(pfds, 1 + nExtra, timeoutMs);
+  int r = PollForNs(pfds, 1 + nExtra, timeoutNs);
   if (r < 0) return NativeFail(env, errno, "poll", std::string(hasBuffers ? "backend fd " : "kick fd ") + std::to_string(waitFd));
   if (!CheckNval(env, pfds, 1 + nExtra)) return env.Undefined();
   uint32_t wake = hasBuffers ? kWakeAvail : 0;

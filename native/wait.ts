@@ -33,7 +33,8 @@ export const HAS_BUFFERS = -1;
  * 1 to signalFd (if ≥ 0; the pending interrupt), full fence, re-read the LE u16 avail.idx at
  * (mappingId, offset). Then:
  * - avail.idx == lastSeen (no new buffers): poll kickFd (if ≥ 0) and extraFds up to timeoutMs (-1:
- *   forever), drain a readable kickFd; returns KICK and EXTRA bits, 0 on timeout.
+ *   forever; fractional milliseconds are kept to the nanosecond, for held interrupts), drain a
+ *   readable kickFd; returns KICK and EXTRA bits, 0 on timeout.
  * - avail.idx != lastSeen, no backendFd (TX): return AVAIL at once.
  * - avail.idx != lastSeen, or lastSeen HAS_BUFFERS, with a backendFd (RX): poll backendFd and extraFds
  *   instead; returns AVAIL with BACKEND and EXTRA bits. The kick fd is not watched then.
@@ -54,7 +55,9 @@ export function waitKick(
   checkInt(mappingId, 'mapping id', 0, UINT32_MAX);
   checkInt(offset, 'offset', 0, Number.MAX_SAFE_INTEGER);
   checkInt(lastSeen, 'lastSeen', -1, 0xffff);
-  checkInt(timeoutMs, 'timeoutMs', -1, INT32_MAX);
+  if (typeof timeoutMs !== 'number' || !(timeoutMs === -1 || (timeoutMs >= 0 && timeoutMs <= INT32_MAX))) {
+    throw new RangeError(`timeoutMs must be -1 or a number in [0, ${INT32_MAX}]`);
+  }
   if (extraFds !== undefined && !(extraFds instanceof Int32Array)) throw new TypeError('extraFds must be an Int32Array');
   if (extraFds !== undefined && extraFds.length > 28) throw new RangeError('extraFds: at most 28 fds');
   checkInt(signalFd, 'signalFd', -1, INT32_MAX);

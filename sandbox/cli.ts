@@ -6,6 +6,7 @@
  *   lgnet serve --socket PATH [--client] [--tap NAME] [--queues N] [--mac MAC] [--mtu N]
  *               [--log-level LEVEL] [--reconnect-ms MS] [--metrics-listen ADDR] [--metrics-socket PATH]
  *               [--pcap FILE] [--{tx,rx}-rate-{bytes,ops} SIZE/MS] [--busy-poll US] [--io PATH] [--offer-config]
+ *               [--coalesce-rx-usecs US] [--coalesce-tx-usecs US] [--coalesce-buffers N]
  *               [--guest-announce]
  *               [--no-sandbox | [--chroot DIR] [--user U] [--group G]]
  *   lgnet stats ADDR [--once] [--json] [--interval MS]
@@ -16,6 +17,7 @@ import { readFileSync } from 'node:fs';
 import { Command, InvalidArgumentError, Option } from 'commander';
 import { LOG_LEVELS, type LogLevel } from './log.ts';
 import { parseBucket, type BucketSpec, type RateLimit } from '../device/rate-limit.ts';
+import { DEFAULT_COALESCE, MAX_COALESCE_BUFFERS, MAX_COALESCE_USECS, type DeviceCoalesce } from '../device/coalesce.ts';
 import { parseListenAddress, type ListenAddress } from './metrics-listen.ts';
 import type { StatsOptions } from './stats.ts';
 
@@ -35,6 +37,8 @@ export interface ServeOptions {
   mtu: number;
   /** Busy-poll window of the queue workers, in microseconds. */
   busyPoll: number;
+  /** Interrupt coalescing of the data queues (device/coalesce.ts); usecs 0: off for that direction. */
+  coalesce: DeviceCoalesce;
   /** Tap I/O path: 'syscall' (readv/writev, default), 'uring' or 'auto' (device/tap-backend.ts). */
   io: TapIo | undefined;
   logLevel: LogLevel;
@@ -146,6 +150,9 @@ export function buildCli(actions: { serve: (opts: ServeOptions) => Promise<void>
     .addOption(new Option('--mac <mac>', 'MAC address in the device config (default: random, locally administered)').argParser(macAddress))
     .addOption(new Option('--mtu <n>', 'MTU in the device config').argParser(int('--mtu', 68, 65535)).default(1500))
     .addOption(new Option('--busy-poll <us>', 'microseconds a queue worker re-checks its ring before it sleeps (fewer kicks and interrupts, more host CPU); 0 = off').argParser(int('--busy-poll', 0, 1_000_000)).default(0))
+    .addOption(new Option('--coalesce-rx-usecs <us>', 'interrupt coalescing: an RX queue that interrupted the guest less than this many microseconds ago holds its next interrupt until then (a queue quiet for longer signals at once); 0 = off').argParser(int('--coalesce-rx-usecs', 0, MAX_COALESCE_USECS)).default(DEFAULT_COALESCE.rxUsecs))
+    .addOption(new Option('--coalesce-tx-usecs <us>', 'the same for TX queues (TX completions only free the guest\'s buffers); 0 = off').argParser(int('--coalesce-tx-usecs', 0, MAX_COALESCE_USECS)).default(DEFAULT_COALESCE.txUsecs))
+    .addOption(new Option('--coalesce-buffers <n>', 'interrupt coalescing: used buffers pending that end a hold at once').argParser(int('--coalesce-buffers', 1, MAX_COALESCE_BUFFERS)).default(DEFAULT_COALESCE.buffers))
     .addOption(new Option('--io <path>', "tap I/O: 'syscall' (readv/writev per frame, the default), 'uring' (a restricted io_uring ring per queue, made before the jail) or 'auto' (io_uring where the kernel allows it); also LGNET_IO").choices(['syscall', 'uring', 'auto']))
     .addOption(new Option('--log-level <level>', 'log level (JSON logs on stderr)').choices(LOG_LEVELS as string[]).default('info'))
     .addOption(new Option('--metrics-listen <addr>', 'serve Prometheus metrics over HTTP (GET /metrics) on a unix socket path, 127.0.0.1:PORT or [::1]:PORT; bound before the jail; read it with `lgnet stats ADDR` (docs/OPERATIONS.md)').argParser(listenAddress('--metrics-listen')))
@@ -172,6 +179,7 @@ export function buildCli(actions: { serve: (opts: ServeOptions) => Promise<void>
         mac: o['mac'] as string | undefined,
         mtu: o['mtu'] as number,
         busyPoll: o['busyPoll'] as number,
+        coalesce: { rxUsecs: o['coalesceRxUsecs'] as number, txUsecs: o['coalesceTxUsecs'] as number, buffers: o['coalesceBuffers'] as number },
         io: o['io'] as TapIo | undefined,
         logLevel: o['logLevel'] as LogLevel,
         metricsSocket: o['metricsSocket'] as string | undefined,

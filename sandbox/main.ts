@@ -63,7 +63,7 @@ export async function startServing(opts: ServeOptions, log: Logger): Promise<Ser
     // --pcap: the file is created now; the jail forbids opening it later. Workers append to it.
     if (opts.pcap) pcapFd = openPcap(opts.pcap);
     device = new NetDevice({
-      backend, mtu: opts.mtu, queuePairs: opts.queues, busyPoll: opts.busyPoll,
+      backend, mtu: opts.mtu, queuePairs: opts.queues, busyPoll: opts.busyPoll, coalesce: opts.coalesce,
       features: VHOST_USER_NET_FEATURES | (opts.guestAnnounce ? mask('GUEST_ANNOUNCE') : 0n),
       ...(opts.mac ? { mac: opts.mac } : {}), ...(pcapFd >= 0 ? { capture: { fd: pcapFd } } : {}),
       ...(opts.rateLimit ? { rateLimit: opts.rateLimit } : {}),

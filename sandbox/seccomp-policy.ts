@@ -177,7 +177,7 @@ const DATA_PATH: readonly SyscallRule[] = [
   { name: 'readv', reason: 'RX: frames from the tap straight into guest buffers (readvBatch)' },
   { name: 'writev', reason: 'TX: frames from guest buffers to the tap (writevBatch); libuv stream writes' },
   { name: 'poll', reason: 'workers sleep on kick, control and tap fds (native poll/waitKick)' },
-  { name: 'ppoll', reason: 'glibc poll() on aarch64, and newer glibc on x86_64' },
+  { name: 'ppoll', reason: 'native waitKick (sub-millisecond sleeps of a held interrupt); glibc poll() on aarch64' },
 ];
 
 /** Control plane: the vhost-user channel and the rest of what the main thread does after the jail. */

@@ -30,7 +30,8 @@
  * Results print and go to bench/results/device.json. Options: LGNET_BENCH_SECONDS (per measurement),
  * LGNET_BENCH_BUSYPOLL (device busy-poll rounds, default 0), LGNET_BENCH_JAIL=1 is reserved for the jail
  * comparison, LGNET_BENCH_ONLY=mrg runs the MRG_RXBUF comparison alone, LGNET_BENCH_MRG_ROUNDS its rounds
- * (default 3), LGNET_BENCH_ONLY=io the I/O path comparison alone.
+ * (default 3), LGNET_BENCH_ONLY=io the I/O path comparison alone, LGNET_BENCH_COALESCE=off the device
+ * without interrupt coalescing (NetDevice coalesce { rxUsecs: 0, txUsecs: 0 }).
  */
 import { spawn, spawnSync } from 'node:child_process';
 import { mkdirSync, writeFileSync } from 'node:fs';
@@ -53,6 +54,7 @@ const IO_ROUNDS = Number(process.env['LGNET_BENCH_IO_ROUNDS'] ?? 3);
 /** Seconds of traffic a fresh device gets before it is measured (the MRG comparison). */
 const WARMUP = 0.5;
 const BUSY_POLL = Number(process.env['LGNET_BENCH_BUSYPOLL'] ?? 0);
+const COALESCE = process.env['LGNET_BENCH_COALESCE'] === 'off' ? { coalesce: { rxUsecs: 0, txUsecs: 0 } } : {};
 const HDR = 12;
 const QSIZE = 256;
 
@@ -73,7 +75,7 @@ function buildTapLoop(): string {
 async function setup(ns: Netns, packed = false, rx: { mrg?: boolean; bufferSize?: number } = {}, io?: TapIo) {
   const backend = native.withNetns(ns.path, () => new TapBackend({ name: 'lgbench0', ...(io ? { io } : {}) }));
   ns.exec('ip', 'link', 'set', 'lgbench0', 'up');
-  const dev = new NetDevice({ backend, mac: '52:54:00:00:00:01', busyPoll: BUSY_POLL, maxQueueSize: QSIZE });
+  const dev = new NetDevice({ backend, mac: '52:54:00:00:00:01', busyPoll: BUSY_POLL, maxQueueSize: QSIZE, ...COALESCE });
   const ram = new GuestRam(64 << 20);
   const features = mask('VERSION_1', 'RING_EVENT_IDX', 'MAC') | (packed ? mask('RING_PACKED') : 0n) | (rx.mrg ? mask('MRG_RXBUF') : 0n);
   const drv = new VirtioNetDriver(ram, { features, queueSize: QSIZE, rxBufferSize: rx.bufferSize ?? 2048 });
@@ -260,7 +262,7 @@ export async function benchDevice(opts: { seconds?: number; mrgRounds?: number }
   const bin = buildTapLoop();
   const results: Record<string, unknown> = {
     date: new Date().toISOString(), node: process.version, cpus: cpus().length, cpu: cpus()[0]?.model,
-    seconds, busyPoll: BUSY_POLL, queueSize: QSIZE, loadavg: loadavg(),
+    seconds, busyPoll: BUSY_POLL, coalesce: process.env['LGNET_BENCH_COALESCE'] === 'off' ? 'off' : 'default', queueSize: QSIZE, loadavg: loadavg(),
   };
   const ns = createNetns('lgnet-bdev');
   let s: Awaited<ReturnType<typeof setup>> | undefined;

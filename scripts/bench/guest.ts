@@ -75,6 +75,12 @@ export interface BootRow {
   irqPerFrameUdp: number;
   kicksPerTxFrameTcpTx: number;
   kicksPerTxFrameUdp: number;
+  /** Kicks of both queues per frame of both queues, per TCP job. */
+  kicksPerFrameTcpTx: number;
+  kicksPerFrameTcpRx: number;
+  /** QEMU's CPU (cores: CPU seconds per second of the job) per Gbit/s of the TCP job: the guest's cost. */
+  qemuCoresPerGbpsTcpTx: number;
+  qemuCoresPerGbpsTcpRx: number;
   jobMetrics?: Record<string, ReturnType<typeof metricsDelta>>;
 }
 
@@ -150,15 +156,16 @@ async function rowOf(variant: 'lgnet' | 'qemu', round: number, outcome: GuestOut
     udp = undefined;
   }
   const jm: Record<string, ReturnType<typeof metricsDelta>> = {};
-  const cpu: Record<string, { lg: number; qemu: number }> = {};
+  const cpu: Record<string, { lg: number; qemu: number; s: number }> = {};
   for (const [job, { begin, end }] of marks) {
     if (!end) continue;
-    cpu[job] = { lg: end.lgCpu - begin.lgCpu, qemu: end.qemuCpu - begin.qemuCpu };
+    cpu[job] = { lg: end.lgCpu - begin.lgCpu, qemu: end.qemuCpu - begin.qemuCpu, s: (end.t - begin.t) / 1000 };
     if (lgnet) jm[job] = metricsDelta(await begin.m, await end.m);
   }
   const mem = lgnet ? memory(lgnet.pid) : { rssMiB: NaN, hwmMiB: NaN };
   const num = (v: unknown) => (v === undefined || v === null || v === '' ? NaN : Number(v));
   const tx = r('iperf3-client-tx')?.iperf;
+  const coresPerGbps = (job: string, gbps: number) => (cpu[job] ? cpu[job].qemu / cpu[job].s / gbps : NaN);
   const udpSent = udp?.senderBitsPerSecond !== undefined ? udp.senderBitsPerSecond / (64 * 8) : NaN;
   return {
     variant, round, ok: outcome.ok, errors: outcome.errors,
@@ -186,6 +193,10 @@ async function rowOf(variant: 'lgnet' | 'qemu', round: number, outcome: GuestOut
     irqPerFrameUdp: jm['cmd']?.interruptsPerFrame ?? NaN,
     kicksPerTxFrameTcpTx: jm['iperf3-client-tx']?.kicksPerTxFrame ?? NaN,
     kicksPerTxFrameUdp: jm['cmd']?.kicksPerTxFrame ?? NaN,
+    kicksPerFrameTcpTx: jm['iperf3-client-tx']?.kicksPerFrame ?? NaN,
+    kicksPerFrameTcpRx: jm['iperf3-client-rx']?.kicksPerFrame ?? NaN,
+    qemuCoresPerGbpsTcpTx: coresPerGbps('iperf3-client-tx', (tx?.bitsPerSecond ?? NaN) / 1e9),
+    qemuCoresPerGbpsTcpRx: coresPerGbps('iperf3-client-rx', (r('iperf3-client-rx')?.iperf?.bitsPerSecond ?? NaN) / 1e9),
     jobMetrics: jm,
   };
 }
@@ -218,6 +229,8 @@ export const GUEST_METRICS: Array<{ key: keyof BootRow; label: string; unit: str
   { key: 'pingMaxMs', label: 'ping RTT max', unit: 'ms', better: 'lower', both: true },
   { key: 'qemuCpuTcpTx', label: 'QEMU CPU during TCP g→h', unit: 's', better: 'lower', both: true },
   { key: 'qemuCpuTcpRx', label: 'QEMU CPU during TCP h→g', unit: 's', better: 'lower', both: true },
+  { key: 'qemuCoresPerGbpsTcpTx', label: 'QEMU CPU per Gbit/s, TCP g→h', unit: 'cores', better: 'lower', both: true },
+  { key: 'qemuCoresPerGbpsTcpRx', label: 'QEMU CPU per Gbit/s, TCP h→g', unit: 'cores', better: 'lower', both: true },
   { key: 'readyS', label: 'boot to link up', unit: 's', better: 'lower', both: true },
   { key: 'lgnetCpuTcpTx', label: 'lgnet CPU during TCP g→h', unit: 's', better: 'lower', both: false },
   { key: 'lgnetCpuTcpRx', label: 'lgnet CPU during TCP h→g', unit: 's', better: 'lower', both: false },
@@ -228,6 +241,8 @@ export const GUEST_METRICS: Array<{ key: keyof BootRow; label: string; unit: str
   { key: 'irqPerFrameUdp', label: 'interrupts/frame, UDP 64 B', unit: '', better: 'lower', both: false },
   { key: 'kicksPerTxFrameTcpTx', label: 'kicks/TX frame, TCP g→h', unit: '', better: 'lower', both: false },
   { key: 'kicksPerTxFrameUdp', label: 'kicks/TX frame, UDP 64 B', unit: '', better: 'lower', both: false },
+  { key: 'kicksPerFrameTcpTx', label: 'kicks/frame, TCP g→h', unit: '', better: 'lower', both: false },
+  { key: 'kicksPerFrameTcpRx', label: 'kicks/frame, TCP h→g', unit: '', better: 'lower', both: false },
 ];
 
 export async function benchGuest(opts: GuestBenchOptions = {}): Promise<GuestResults> {

@@ -115,10 +115,10 @@ export async function startLgnet(o: {
   };
 }
 
-/** Frames, interrupts and kicks summed over queues by role, between two snapshots. */
+/** Frames, interrupts (sent and held) and kicks summed over queues by role, between two snapshots. */
 export function metricsDelta(a: LgnetSnapshot | undefined, b: LgnetSnapshot | undefined): {
   rxFrames: number; txFrames: number; rxInterrupts: number; txInterrupts: number; txKicks: number; rxKicks: number;
-  interruptsPerFrame: number; kicksPerTxFrame: number; rxNoBuffers: number;
+  interruptsPerFrame: number; kicksPerTxFrame: number; kicksPerFrame: number; rxNoBuffers: number; interruptsHeld: number;
 } {
   const sum = (s: LgnetSnapshot | undefined, role: string, k: keyof QueueMetrics) =>
     (s?.queues ?? []).filter((q) => q.role === role).reduce((acc, q) => acc + (q[k] ?? 0), 0);
@@ -133,6 +133,8 @@ export function metricsDelta(a: LgnetSnapshot | undefined, b: LgnetSnapshot | un
     rxFrames, txFrames, rxInterrupts, txInterrupts, txKicks, rxKicks,
     interruptsPerFrame: (rxInterrupts + txInterrupts) / Math.max(1, rxFrames + txFrames),
     kicksPerTxFrame: txKicks / Math.max(1, txFrames),
+    kicksPerFrame: (txKicks + rxKicks) / Math.max(1, rxFrames + txFrames),
+    interruptsHeld: d('rx', 'interruptsHeld') + d('tx', 'interruptsHeld'),
     rxNoBuffers: d('rx', 'rxNoBuffers'),
   };
 }

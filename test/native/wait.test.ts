@@ -238,6 +238,21 @@ describe('waitKick', () => {
     });
   });
 
+  it('takes a fractional timeout (a held interrupt sleeps less than a millisecond) and refuses a bad one', () => {
+    const { id } = ring();
+    const kick = efd();
+    // Nothing to wake it: it returns at the timeout, which ppoll never cuts short.
+    const t0 = process.hrtime.bigint();
+    expect(waitKick(kick, id, AVAIL_IDX, 0, 0.3)).toBe(0);
+    expect(Number(process.hrtime.bigint() - t0)).toBeGreaterThanOrEqual(300_000);
+    // A kick already there ends a fractional wait as it ends any other.
+    eventfdWrite(kick);
+    expect(waitKick(kick, id, AVAIL_IDX, 0, 0.05)).toBe(WAKE.KICK);
+    for (const bad of [-0.5, -2, Number.NaN, Number.POSITIVE_INFINITY, 2 ** 31]) {
+      expect(() => waitKick(kick, id, AVAIL_IDX, 0, bad)).toThrow(RangeError);
+    }
+  });
+
   it('bounds-checks the mapping and offset before anything else', () => {
     const { id } = ring();
     const signal = efd();
