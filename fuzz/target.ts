@@ -71,6 +71,20 @@ export class Input {
     return (this.u16() | (this.u16() << 16)) >>> 0;
   }
 
+  /**
+   * Feature bits from the input: one input bit per entry of `bits` (bit numbers, as device/features.ts
+   * F), read as ⌈bits.length / 8⌉ bytes.
+   */
+  features(bits: readonly number[]): bigint {
+    let mask = 0;
+    for (let k = 0; k < bits.length; k += 8) mask |= this.u8() << k;
+    let out = 0n;
+    bits.forEach((b, i) => {
+      if (mask & (1 << i)) out |= 1n << BigInt(b);
+    });
+    return out;
+  }
+
   /** `n` bytes (fewer if the input ends first, then zeros). */
   bytes(n: number): Uint8Array {
     const out = new Uint8Array(n);

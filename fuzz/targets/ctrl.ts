@@ -35,9 +35,7 @@ export default {
   maxLen: 2048,
   run(data) {
     const inp = new Input(data);
-    const fmask = inp.u16();
-    let bits = 1n << BigInt(F.VERSION_1) | 1n << BigInt(F.CTRL_VQ);
-    FEATURE_BITS.forEach((b, i) => { if (fmask & (1 << i)) bits |= 1n << BigInt(b); });
+    const bits = (1n << BigInt(F.VERSION_1)) | (1n << BigInt(F.CTRL_VQ)) | inp.features(FEATURE_BITS);
     const features = decode(bits);
     const filter = new RxFilter();
     filter.reset(Uint8Array.of(0x52, 0x54, 0, 0x12, 0x34, 0x56), (bits >> BigInt(F.CTRL_VLAN)) & 1n ? true : false);

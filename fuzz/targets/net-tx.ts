@@ -62,9 +62,7 @@ export default {
   maxLen: 2048,
   run(data) {
     const inp = new Input(data);
-    const fmask = inp.u8();
-    let bits = 0n;
-    FEATURE_BITS.forEach((b, i) => { if (fmask & (1 << i)) bits |= 1n << BigInt(b); });
+    const bits = inp.features(FEATURE_BITS);
     const f = decode(bits);
     const hdrLen = f.hdrLen;
     const skipHeader = (inp.u8() & 1) === 1; // a backend without vnet header: lgnet skips it
