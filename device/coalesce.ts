@@ -6,6 +6,7 @@
  *   completions pending, worker about to sleep
  *     ├─ coalescing off (usecs 0), or ≥ `buffers` pending ─────────────▶ decide now
  *     ├─ last decision ≥ `usecs` ago (the queue was idle) ─────────────▶ decide now: no added latency
+ *     ├─ busy, but backing off (the last holds bought nothing) ─────────▶ decide now
  *     └─ last decision < `usecs` ago (the queue is busy) ──────────────▶ hold until last decision + usecs
  *   "decide" asks the ring whether the driver wants the interrupt (EVENT_IDX, NO_INTERRUPT).
  *
@@ -14,6 +15,14 @@
  * completion waits longer than `usecs`. The clock starts at a decision, not at an interrupt: a driver
  * that reaped the held completions itself (Linux's TX path frees them on its next transmit) has moved
  * used_event past them, the decision sends nothing, and the queue stays busy.
+ *
+ * A hold pays off when something joins it: more completions, or a driver that no longer wants the
+ * interrupt when it ends. A hold that ends with the interrupt still wanted for just the completions
+ * that started it bought nothing and only delayed them: request/response traffic (the driver waits
+ * for this very completion before it sends the next request) looks busy but never fills a hold. After
+ * such a hold the rule decides the next busy completions at once, 1, 2, 4 … up to MAX_BACKOFF of them
+ * (each fruitless hold doubles it), then tries one hold again; a hold that pays off ends the backoff.
+ * Streaming traffic keeps its holds; request/response pays one hold in MAX_BACKOFF + 1 at most.
  */
 
 /** The coalescing parameters of one queue (what Coalescer takes). */
@@ -82,12 +91,21 @@ export function queueCoalesce(o: DeviceCoalesce, role: 'rx' | 'tx'): CoalesceOpt
 /** `due()` answer: decide now. */
 export const NOW = 0;
 
-/** One queue's coalescing state: when it last decided an interrupt. */
+/** The longest run of busy decisions taken at once after fruitless holds, before one hold is tried again. */
+export const MAX_BACKOFF = 256;
+
+/** One queue's coalescing state: when it last decided an interrupt, and whether its holds pay off. */
 export class Coalescer {
   private readonly usecs: number;
   private readonly buffers: number;
   /** Clock time (µs) of the last decision, or -Infinity before the first. */
   private last = -Infinity;
+  /** Completions pending when the current hold began; 0 when not holding. */
+  private holdStart = 0;
+  /** Busy decisions still to be taken at once before the next hold. */
+  private skip = 0;
+  /** Length of the current backoff (0: holds pay off). */
+  private backoff = 0;
 
   constructor(o: CoalesceOptions) {
     checkCoalesce(o);
@@ -108,11 +126,36 @@ export class Coalescer {
   due(now: number, pending: number): number {
     if (this.usecs === 0 || pending >= this.buffers) return NOW;
     const at = this.last + this.usecs;
-    return at > now ? at : NOW;
+    if (at <= now) return NOW;
+    if (this.holdStart === 0) {
+      if (this.skip > 0) {
+        this.skip--;
+        return NOW;
+      }
+      this.holdStart = pending;
+    }
+    return at;
   }
 
-  /** Records a decision at `now` (an interrupt sent, or one the driver did not want). */
-  decided(now: number): void {
+  /**
+   * Records a decision at `now` on `pending` completions: `wanted`, the driver wanted an interrupt
+   * for them (sent), or not. A decision that ends a hold also tells whether the hold paid off.
+   */
+  decided(now: number, pending: number, wanted: boolean): void {
+    if (this.holdStart > 0) {
+      if (!wanted || pending > this.holdStart) {
+        this.backoff = 0;
+      } else {
+        this.backoff = Math.min(MAX_BACKOFF, this.backoff * 2 || 1);
+        this.skip = this.backoff;
+      }
+      this.holdStart = 0;
+    }
     this.last = now;
+  }
+
+  /** Busy decisions left to take at once before the next hold (for tests and metrics). */
+  get backingOff(): number {
+    return this.skip;
   }
 }

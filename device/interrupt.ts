@@ -47,11 +47,13 @@ export class PendingUsed {
    * to signal (so the caller can fold the write into its blocking call), or -1.
    */
   take(): number {
-    if (this.pending === 0) return -1;
+    const pending = this.pending;
+    if (pending === 0) return -1;
     this.pending = 0;
     this.heldUntil = 0;
-    this.rule?.decided(nowUs());
-    if (this.callFd >= 0 && this.queue.needsNotification()) {
+    const wanted = this.callFd >= 0 && this.queue.needsNotification();
+    this.rule?.decided(nowUs(), pending, wanted);
+    if (wanted) {
       this.c[M.interrupts]! += 1;
       return this.callFd;
     }

@@ -97,6 +97,23 @@ export function udpFrame(o: UdpOptions): Uint8Array {
 /** Byte offset of the UDP header in a frame made by udpFrame (for csum_start). */
 export const UDP_OFFSET = 34;
 
+/** An ICMP echo request (ping) from `srcIp` to `dstIp`: identifier `id`, sequence `seq`, 56 bytes of data. */
+export function icmpEchoRequest(o: { srcMac: Uint8Array; dstMac: Uint8Array; srcIp: Uint8Array; dstIp: Uint8Array; id?: number; seq?: number }): Uint8Array {
+  const icmp = new Uint8Array(64);
+  const dv = new DataView(icmp.buffer);
+  icmp[0] = 8;
+  dv.setUint16(4, o.id ?? 0x4c47);
+  dv.setUint16(6, o.seq ?? 1);
+  for (let i = 8; i < icmp.length; i++) icmp[i] = i;
+  dv.setUint16(2, finish(inetChecksum(icmp, 0, icmp.length)));
+  return ethernet(o.dstMac, o.srcMac, ETH_P_IP, ipv4(o.srcIp, o.dstIp, 1, icmp));
+}
+
+/** Whether `frame` is an ICMP echo reply over IPv4 (20-byte header, as the host's stack sends it). */
+export function isIcmpEchoReply(frame: Uint8Array): boolean {
+  return frame.length >= 42 && frame[12] === ETH_P_IP >> 8 && frame[13] === (ETH_P_IP & 0xff) && frame[23] === 1 && frame[34] === 0;
+}
+
 /** An ARP reply frame. */
 export function arpReply(srcMac: Uint8Array, srcIp: Uint8Array, dstMac: Uint8Array, dstIp: Uint8Array): Uint8Array {
   const a = new Uint8Array(28);

@@ -288,6 +288,13 @@ export function buildTapLoop(): string {
  * Runs tap-loop synchronously with `fd` as its fd 3: `args` is the mode and its arguments after the
  * fd (e.g. ['write', '12', '64', '2']). `seconds` bounds the wait.
  */
+/** Runs tap-loop on `fd` (as fd 3) and returns its stdout (modes whose output is not a rate). */
+export function runTapLoopRaw(bin: string, fd: number, args: string[], seconds: number): string {
+  const r = spawnSync(bin, [args[0]!, '3', ...args.slice(1)], { stdio: ['ignore', 'pipe', 'pipe', fd], encoding: 'utf8', timeout: (seconds + 10) * 1000 });
+  if (r.status !== 0) throw new Error(`tap-loop ${args[0]} failed (${r.status}): ${r.stderr}`);
+  return r.stdout;
+}
+
 export function runTapLoop(bin: string, fd: number, args: string[], seconds: number): TapLoopResult {
   const r = spawnSync(bin, [args[0]!, '3', ...args.slice(1)], { stdio: ['ignore', 'pipe', 'pipe', fd], encoding: 'utf8', timeout: (seconds + 10) * 1000 });
   if (r.status !== 0) throw new Error(`tap-loop ${args.join(' ')} failed (${r.status}): ${r.stderr}`);

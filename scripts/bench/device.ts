@@ -15,6 +15,13 @@
  *                  rounds on fresh devices (the plain figure is re-measured beside each MRG one, so
  *                  drift on a shared machine hits both): 2048-byte buffers (one per frame), and 1024-byte
  *                  buffers for 1514 B (each frame spans two).
+ *   ping           latency: one ICMP echo at a time from the harness to the namespace's kernel through
+ *                  lgnet and back (kick → TX worker → writev → the kernel answers → RX worker → readv
+ *                  → used + call eventfd → harness), with the features and buffers a Linux guest uses
+ *                  (MRG_RXBUF with 1536-byte buffers, GUEST_TSO4/6); LGNET_BENCH_PINGS echoes (default
+ *                  500), LGNET_BENCH_PING_GAP_US apart (default 2000, so every echo finds lgnet asleep).
+ *                  Reference: tap-loop.c writes the same frame to the tap, polls and reads the reply
+ *                  (one thread, no ring: the floor of the kernel's own round trip).
  *   io             lgnet on each tap I/O path (io_uring, readv/writev) against both C limits, the
  *                  per-frame loop (write/read) and the io_uring loop (uwrite/uread: 32 WRITEVs or READVs
  *                  per io_uring_enter), tx/rx at 64 and 1514 B, in LGNET_BENCH_IO_ROUNDS rounds (default
@@ -30,8 +37,8 @@
  * Results print and go to bench/results/device.json. Options: LGNET_BENCH_SECONDS (per measurement),
  * LGNET_BENCH_BUSYPOLL (device busy-poll rounds, default 0), LGNET_BENCH_JAIL=1 is reserved for the jail
  * comparison, LGNET_BENCH_ONLY=mrg runs the MRG_RXBUF comparison alone, LGNET_BENCH_MRG_ROUNDS its rounds
- * (default 3), LGNET_BENCH_ONLY=io the I/O path comparison alone, LGNET_BENCH_COALESCE=off the device
- * without interrupt coalescing (NetDevice coalesce { rxUsecs: 0, txUsecs: 0 }).
+ * (default 3), LGNET_BENCH_ONLY=io the I/O path comparison alone, LGNET_BENCH_ONLY=ping the latency case alone, LGNET_BENCH_COALESCE=off the device
+ * without interrupt coalescing (NetDevice coalesce { rxUsecs: 0, txUsecs: 0 }), =RX,TX with holds of RX and TX µs.
  */
 import { spawn, spawnSync } from 'node:child_process';
 import { mkdirSync, writeFileSync } from 'node:fs';
@@ -41,11 +48,11 @@ import * as native from '../../native/index.ts';
 import { mask } from '../../device/features.ts';
 import { NetDevice } from '../../device/net.ts';
 import { TapBackend, type TapIo } from '../../device/tap-backend.ts';
-import { ethernet } from '../../harness/frames.ts';
+import { ethernet, icmpEchoRequest, ip4, isIcmpEchoReply, mac } from '../../harness/frames.ts';
 import { GuestRam } from '../../harness/guest-ram.ts';
 import { VirtioNetDriver } from '../../harness/virtio-net.ts';
 import { createNetns, openPacketIn, type Netns } from '../../harness/netns.ts';
-import { ROOT, runTapLoop, stat } from './common.ts';
+import { ROOT, runTapLoop, runTapLoopRaw, stat } from './common.ts';
 
 const SECONDS = Number(process.env['LGNET_BENCH_SECONDS'] ?? 2);
 const ONLY = process.env['LGNET_BENCH_ONLY'] ?? '';
@@ -54,7 +61,14 @@ const IO_ROUNDS = Number(process.env['LGNET_BENCH_IO_ROUNDS'] ?? 3);
 /** Seconds of traffic a fresh device gets before it is measured (the MRG comparison). */
 const WARMUP = 0.5;
 const BUSY_POLL = Number(process.env['LGNET_BENCH_BUSYPOLL'] ?? 0);
-const COALESCE = process.env['LGNET_BENCH_COALESCE'] === 'off' ? { coalesce: { rxUsecs: 0, txUsecs: 0 } } : {};
+/** LGNET_BENCH_COALESCE: 'off', or 'RX_USECS,TX_USECS' (the device's holds); unset, the defaults. */
+function benchCoalesce(v: string | undefined): { coalesce?: { rxUsecs: number; txUsecs: number; buffers?: number } } {
+  if (!v) return {};
+  if (v === 'off') return { coalesce: { rxUsecs: 0, txUsecs: 0 } };
+  const [rx, tx] = v.split(',').map(Number);
+  return { coalesce: { rxUsecs: rx!, txUsecs: tx ?? rx! } };
+}
+const COALESCE = benchCoalesce(process.env['LGNET_BENCH_COALESCE']);
 const HDR = 12;
 const QSIZE = 256;
 
@@ -72,12 +86,12 @@ function buildTapLoop(): string {
 }
 
 /** A device on a tap in `ns`, with the harness attached. `io`: the tap's I/O path (default: its own choice). */
-async function setup(ns: Netns, packed = false, rx: { mrg?: boolean; bufferSize?: number } = {}, io?: TapIo) {
+async function setup(ns: Netns, packed = false, rx: { mrg?: boolean; bufferSize?: number; features?: bigint } = {}, io?: TapIo) {
   const backend = native.withNetns(ns.path, () => new TapBackend({ name: 'lgbench0', ...(io ? { io } : {}) }));
   ns.exec('ip', 'link', 'set', 'lgbench0', 'up');
   const dev = new NetDevice({ backend, mac: '52:54:00:00:00:01', busyPoll: BUSY_POLL, maxQueueSize: QSIZE, ...COALESCE });
   const ram = new GuestRam(64 << 20);
-  const features = mask('VERSION_1', 'RING_EVENT_IDX', 'MAC') | (packed ? mask('RING_PACKED') : 0n) | (rx.mrg ? mask('MRG_RXBUF') : 0n);
+  const features = mask('VERSION_1', 'RING_EVENT_IDX', 'MAC') | (packed ? mask('RING_PACKED') : 0n) | (rx.mrg ? mask('MRG_RXBUF') : 0n) | (rx.features ?? 0n);
   const drv = new VirtioNetDriver(ram, { features, queueSize: QSIZE, rxBufferSize: rx.bufferSize ?? 2048 });
   await drv.attach(dev);
   return { backend, dev, ram, drv };
@@ -255,6 +269,65 @@ async function benchIo(ns: Netns, bin: string, seconds: number): Promise<Record<
   return out;
 }
 
+const PINGS = Number(process.env['LGNET_BENCH_PINGS'] ?? 500);
+const PING_GAP_US = Number(process.env['LGNET_BENCH_PING_GAP_US'] ?? 2000);
+
+/** Summary of round trips in µs (failed ones, < 0, are counted apart). */
+function rttStat(rtt: number[]): { n: number; lost: number; min: number; p50: number; avg: number; p90: number; p99: number; max: number } {
+  const ok = rtt.filter((x) => x >= 0).sort((a, b) => a - b);
+  const q = (f: number) => ok[Math.min(ok.length - 1, Math.floor(f * ok.length))] ?? NaN;
+  return { n: ok.length, lost: rtt.length - ok.length, min: ok[0] ?? NaN, p50: q(0.5), avg: ok.reduce((a, b) => a + b, 0) / (ok.length || 1), p90: q(0.9), p99: q(0.99), max: ok[ok.length - 1] ?? NaN };
+}
+
+/**
+ * One echo at a time through lgnet, against the C floor on the same tap (see the header). The
+ * namespace's kernel answers: the tap gets 10.99.0.1/24 and a permanent neighbour entry for the
+ * "guest" (10.99.0.2 at the device's MAC), so no ARP is involved.
+ */
+async function benchPing(ns: Netns, bin: string): Promise<Record<string, unknown>> {
+  const features = mask('CSUM', 'GUEST_CSUM', 'GUEST_TSO4', 'GUEST_TSO6', 'HOST_TSO4', 'HOST_TSO6');
+  const s = await setup(ns, false, { mrg: true, bufferSize: 1536, features });
+  try {
+    ns.exec('ip', 'addr', 'add', '10.99.0.1/24', 'dev', 'lgbench0');
+    ns.exec('ip', 'neigh', 'replace', '10.99.0.2', 'lladdr', '52:54:00:00:00:01', 'dev', 'lgbench0', 'nud', 'permanent');
+    const tapMac = mac(ns.exec('cat', '/sys/class/net/lgbench0/address').trim());
+    const frame = icmpEchoRequest({ srcMac: mac('52:54:00:00:00:01'), dstMac: tapMac, srcIp: ip4('10.99.0.2'), dstIp: ip4('10.99.0.1') });
+    const rx = s.drv.rx[0]!;
+    const callFds = Int32Array.of(rx.callFd);
+    const once = (): number => {
+      const t0 = performance.now();
+      if (!s.drv.send(frame)) return -1;
+      const deadline = t0 + 1000;
+      for (;;) {
+        if (s.drv.receive().some((f) => isIcmpEchoReply(f.frame))) break;
+        if (performance.now() > deadline) return -1;
+        if (native.poll(callFds, 100)) native.eventfdRead(rx.callFd);
+      }
+      const rtt = (performance.now() - t0) * 1000;
+      s.drv.reclaimTx();
+      return rtt;
+    };
+    const gap = () => new Promise((r) => setTimeout(r, PING_GAP_US / 1000));
+    const lg: number[] = [];
+    for (let i = 0; i < PINGS; i++) {
+      lg.push(once());
+      await gap();
+    }
+    await s.dev.stopQueue(0); // the C loop reads the replies itself
+    const hex = Buffer.from(frame).toString('hex');
+    const c = JSON.parse(runTapLoopRaw(bin, s.backend.fds[0]!, ['ping', String(HDR), hex, String(PINGS), String(PING_GAP_US)], PINGS * (PING_GAP_US / 1e6 + 0.01) + 10)) as { rtt: number[] };
+    await s.dev.startQueue(0);
+    const a = rttStat(lg);
+    const b = rttStat(c.rtt);
+    const m = s.dev.metrics().queues;
+    console.log(`ping (µs): lgnet min ${a.min.toFixed(0)} p50 ${a.p50.toFixed(0)} avg ${a.avg.toFixed(0)} p99 ${a.p99.toFixed(0)} (lost ${a.lost})  C floor min ${b.min.toFixed(0)} p50 ${b.p50.toFixed(0)} avg ${b.avg.toFixed(0)} p99 ${b.p99.toFixed(0)}  lgnet − C: p50 +${(a.p50 - b.p50).toFixed(0)} µs`);
+    console.log(`  rx: interrupts ${m[0]!.interrupts} held ${m[0]!.interruptsHeld} sleeps ${m[0]!.sleeps}; tx: interrupts ${m[1]!.interrupts} held ${m[1]!.interruptsHeld} sleeps ${m[1]!.sleeps}`);
+    return { pings: PINGS, gapUs: PING_GAP_US, lgnet: a, c: b, extraP50Us: a.p50 - b.p50, extraAvgUs: a.avg - b.avg, rx: { interrupts: m[0]!.interrupts, held: m[0]!.interruptsHeld, sleeps: m[0]!.sleeps }, tx: { interrupts: m[1]!.interrupts, held: m[1]!.interruptsHeld, sleeps: m[1]!.sleeps } };
+  } finally {
+    await closeSetup(s);
+  }
+}
+
 /** Runs the device benchmark; returns the results object (also used by the full bench suite). */
 /** `mrgRounds`: rounds of the MRG_RXBUF comparison (default LGNET_BENCH_MRG_ROUNDS, 3). */
 export async function benchDevice(opts: { seconds?: number; mrgRounds?: number } = {}): Promise<Record<string, unknown>> {
@@ -262,13 +335,18 @@ export async function benchDevice(opts: { seconds?: number; mrgRounds?: number }
   const bin = buildTapLoop();
   const results: Record<string, unknown> = {
     date: new Date().toISOString(), node: process.version, cpus: cpus().length, cpu: cpus()[0]?.model,
-    seconds, busyPoll: BUSY_POLL, coalesce: process.env['LGNET_BENCH_COALESCE'] === 'off' ? 'off' : 'default', queueSize: QSIZE, loadavg: loadavg(),
+    seconds, busyPoll: BUSY_POLL, coalesce: process.env['LGNET_BENCH_COALESCE'] ?? 'default', queueSize: QSIZE, loadavg: loadavg(),
   };
   const ns = createNetns('lgnet-bdev');
   let s: Awaited<ReturnType<typeof setup>> | undefined;
   try {
     if (ONLY === 'mrg') {
-      results['mrg'] = await benchMrg(ns, bin, seconds, opts.mrgRounds);
+      results['ping'] = await benchPing(ns, bin);
+    results['mrg'] = await benchMrg(ns, bin, seconds, opts.mrgRounds);
+      return results;
+    }
+    if (ONLY === 'ping') {
+      results['ping'] = await benchPing(ns, bin);
       return results;
     }
     if (ONLY === 'io') {
@@ -344,6 +422,7 @@ export async function benchDevice(opts: { seconds?: number; mrgRounds?: number }
     await closeSetup(s);
     s = undefined;
 
+    results['ping'] = await benchPing(ns, bin);
     results['mrg'] = await benchMrg(ns, bin, seconds, opts.mrgRounds);
     // Both paths in rounds: skipped in smoke-sized runs (under a second per measurement).
     if (seconds >= 1) results['io'] = await benchIo(ns, bin, seconds);

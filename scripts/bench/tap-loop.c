@@ -9,6 +9,10 @@
  *                                               a whole round found nothing
  *   tap-loop send   FD FRAMELEN SECONDS         sendmmsg bursts of 32 on an AF_PACKET socket (a
  *                                               traffic source for the read loops)
+ *   tap-loop ping   FD HDRLEN HEXFRAME COUNT GAP_US
+ *                                               write one frame (an ICMP echo request), poll, read
+ *                                               until an ICMP echo reply; COUNT times, GAP_US apart;
+ *                                               prints the round trips (µs) as {"rtt":[...]}
  *
  * The io_uring loops use raw syscalls and a ring set up as lgnet's (native/uring.cc): the tap as
  * registered file 0, restricted to READV/WRITEV, RWF_NOWAIT on every SQE. They are the limit for
@@ -244,10 +248,45 @@ static int do_send(int fd, int len, double seconds) {
   return 0;
 }
 
+static int hexval(char c) { return c <= '9' ? c - '0' : (c | 0x20) - 'a' + 10; }
+
+/* The latency floor for scripts/bench/device.ts's ping: one thread, no ring, the same tap. */
+static int do_ping(int fd, int hdrlen, const char *hex, int count, int gap_us) {
+  static unsigned char hdr[64], frame[2048], buf[65600];
+  int len = (int)strlen(hex) / 2;
+  if (len < 42 || len > (int)sizeof frame || hdrlen > (int)sizeof hdr || count <= 0) return 2;
+  for (int i = 0; i < len; i++) frame[i] = (unsigned char)(hexval(hex[2 * i]) << 4 | hexval(hex[2 * i + 1]));
+  memset(hdr, 0, sizeof hdr);
+  struct iovec out[2] = {{hdr, (size_t)hdrlen}, {frame, (size_t)len}};
+  struct iovec in[2] = {{hdr, (size_t)hdrlen}, {buf, sizeof buf}};
+  printf("{\"mode\":\"ping\",\"rtt\":[");
+  for (int i = 0; i < count; i++) {
+    double t0 = now(), deadline = t0 + 1.0;
+    if (writev(fd, hdrlen ? out : out + 1, hdrlen ? 2 : 1) < 0) return 1;
+    int got = 0;
+    while (!got && now() < deadline) {
+      struct pollfd p = {fd, POLLIN, 0};
+      poll(&p, 1, 100);
+      ssize_t n;
+      while (!got && (n = readv(fd, hdrlen ? in : in + 1, hdrlen ? 2 : 1)) > 0) {
+        /* IPv4 (0x0800), ICMP (1), echo reply (type 0) */
+        if (n - hdrlen >= 42 && buf[12] == 8 && buf[13] == 0 && buf[23] == 1 && buf[34] == 0) got = 1;
+      }
+    }
+    double rtt = (now() - t0) * 1e6;
+    printf("%s%.1f", i ? "," : "", got ? rtt : -1.0);
+    struct timespec gap = {gap_us / 1000000, (long)(gap_us % 1000000) * 1000};
+    nanosleep(&gap, NULL);
+  }
+  printf("]}\n");
+  return 0;
+}
+
 int main(int argc, char **argv) {
   if (argc >= 6 && strcmp(argv[1], "write") == 0)
     return do_write(atoi(argv[2]), atoi(argv[3]), atoi(argv[4]), atof(argv[5]));
   if (argc >= 5 && strcmp(argv[1], "read") == 0) return do_read(atoi(argv[2]), atoi(argv[3]), atof(argv[4]));
+  if (argc >= 7 && strcmp(argv[1], "ping") == 0) return do_ping(atoi(argv[2]), atoi(argv[3]), argv[4], atoi(argv[5]), atoi(argv[6]));
   if (argc >= 5 && strcmp(argv[1], "send") == 0) return do_send(atoi(argv[2]), atoi(argv[3]), atof(argv[4]));
   if (argc >= 6 && strcmp(argv[1], "uwrite") == 0)
     return do_uwrite(atoi(argv[2]), atoi(argv[3]), atoi(argv[4]), atof(argv[5]));

@@ -6,9 +6,10 @@
  */
 import { expect, it } from 'vitest';
 import * as native from '../../native/index.ts';
-import { ethernet } from '../../harness/frames.ts';
+import { ethernet, icmpEchoRequest, ip4, isIcmpEchoReply } from '../../harness/frames.ts';
 import type { DeviceMetrics } from '../../device/net.ts';
 import { createBed, udpSend, type Bed } from './helpers.ts';
+import { MAX_BACKOFF } from '../../device/coalesce.ts';
 
 // createBed() tracks what it makes: closed after each test (test/helpers/bed.ts).
 let bed: Bed | undefined;
@@ -122,4 +123,33 @@ it('TX: a stream of frames raises fewer interrupts than frames with coalescing, 
   expect(off.interrupts).toBeGreaterThan(frames * 0.5);
   expect(on.interruptsHeld).toBeGreaterThan(0);
   expect(on.interrupts).toBeLessThan(off.interrupts / 4);
+});
+
+it('request/response: back-to-back echoes answered by the host are not each held (a hold that bought nothing backs off)', async () => {
+  bed = await createBed({ accept: [...ACCEPT], device: { coalesce: LONG } });
+  const b = bed;
+  const rx = b.drv.rx[0]!;
+  const exchanges = 150;
+  let replies = 0;
+  // Each echo goes out when the last reply is in: the RX queue is always busy (< 100 ms since its
+  // last decision), but nothing else ever joins a hold, so each one only delays its reply.
+  for (let i = 0; i < exchanges; i++) {
+    const echo = icmpEchoRequest({ srcMac: b.guestMac, dstMac: b.tapMac, srcIp: ip4(b.guestIp), dstIp: ip4(b.hostIp), seq: i });
+    expect(b.drv.send(echo)).toBe(true);
+    // A driver that reaps on its interrupt (NAPI): it takes the reply only once signalled.
+    let called = false;
+    for (let w = 0; w < 20 && !called; w++) called = await rx.waitCall(100);
+    expect(called).toBe(true);
+    expect(b.drv.receive().some((f) => isIcmpEchoReply(f.frame))).toBe(true);
+    replies++;
+    b.drv.reclaimTx();
+  }
+  expect(replies).toBe(exchanges);
+  const m = q(b.dev.metrics(), 0);
+  // Holds tried: after the 1st busy reply, then after backoffs of 1, 2, 4 … (8 within 150 exchanges
+  // for MAX_BACKOFF 256). Without the backoff every reply after the first would be held: 149.
+  expect(MAX_BACKOFF).toBeGreaterThanOrEqual(128);
+  expect(m.interruptsHeld).toBeGreaterThanOrEqual(1);
+  expect(m.interruptsHeld).toBeLessThanOrEqual(9);
+  expect(m.interrupts).toBeGreaterThanOrEqual(exchanges);
 });
