@@ -279,7 +279,7 @@ export interface TapLoopResult {
 export function buildTapLoop(): string {
   const out = join(ROOT, '.cache', 'tap-loop');
   mkdirSync(dirname(out), { recursive: true });
-  const r = spawnSync('cc', ['-O2', '-Wall', '-o', out, join(ROOT, 'scripts/bench/tap-loop.c')], { encoding: 'utf8' });
+  const r = spawnSync('cc', ['-O2', '-Wall', '-pthread', '-o', out, join(ROOT, 'scripts/bench/tap-loop.c')], { encoding: 'utf8' });
   if (r.status !== 0) throw new Error(`cc failed: ${r.error?.message ?? r.stderr}`);
   return out;
 }
@@ -288,9 +288,11 @@ export function buildTapLoop(): string {
  * Runs tap-loop synchronously with `fd` as its fd 3: `args` is the mode and its arguments after the
  * fd (e.g. ['write', '12', '64', '2']). `seconds` bounds the wait.
  */
-/** Runs tap-loop on `fd` (as fd 3) and returns its stdout (modes whose output is not a rate). */
+/** Runs tap-loop on `fd` (as fd 3; none if < 0) and returns its stdout (modes whose output is not a rate). */
 export function runTapLoopRaw(bin: string, fd: number, args: string[], seconds: number): string {
-  const r = spawnSync(bin, [args[0]!, '3', ...args.slice(1)], { stdio: ['ignore', 'pipe', 'pipe', fd], encoding: 'utf8', timeout: (seconds + 10) * 1000 });
+  // fd < 0: a mode without a tap (wake).
+  const argv = fd < 0 ? args : [args[0]!, '3', ...args.slice(1)];
+  const r = spawnSync(bin, argv, { stdio: fd < 0 ? ['ignore', 'pipe', 'pipe'] : ['ignore', 'pipe', 'pipe', fd], encoding: 'utf8', timeout: (seconds + 10) * 1000 });
   if (r.status !== 0) throw new Error(`tap-loop ${args[0]} failed (${r.status}): ${r.stderr}`);
   return r.stdout;
 }

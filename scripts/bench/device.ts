@@ -80,7 +80,7 @@ interface Rate { frames: number; seconds: number; fps: number }
  */
 function buildTapLoop(): string {
   const out = join(tmpdir(), `lgnet-tap-loop-${process.pid}`);
-  const r = spawnSync('cc', ['-O2', '-Wall', '-o', out, join(ROOT, 'scripts/bench/tap-loop.c')], { encoding: 'utf8' });
+  const r = spawnSync('cc', ['-O2', '-Wall', '-pthread', '-o', out, join(ROOT, 'scripts/bench/tap-loop.c')], { encoding: 'utf8' });
   if (r.status !== 0) throw new Error(`cc failed: ${r.error?.message ?? r.stderr}`);
   return out;
 }
@@ -319,10 +319,19 @@ async function benchPing(ns: Netns, bin: string): Promise<Record<string, unknown
     await s.dev.startQueue(0);
     const a = rttStat(lg);
     const b = rttStat(c.rtt);
+    // What the thread wake-ups alone cost here: QEMU's own virtio-net answers a guest's echo with 2
+    // (vCPU → main loop → vCPU), lgnet's TX and RX workers make it 4 (3 in this harness, whose
+    // "guest" is one thread).
+    const wake: Record<string, ReturnType<typeof rttStat>> = {};
+    for (const hops of [1, 2, 3]) {
+      const w = JSON.parse(runTapLoopRaw(bin, -1, ['wake', String(hops), String(Math.min(PINGS, 300)), String(PING_GAP_US)], 300 * (PING_GAP_US / 1e6 + 0.01) + 10)) as { rtt: number[] };
+      wake[`${hops + 1} wake-ups`] = rttStat(w.rtt);
+    }
     const m = s.dev.metrics().queues;
     console.log(`ping (µs): lgnet min ${a.min.toFixed(0)} p50 ${a.p50.toFixed(0)} avg ${a.avg.toFixed(0)} p99 ${a.p99.toFixed(0)} (lost ${a.lost})  C floor min ${b.min.toFixed(0)} p50 ${b.p50.toFixed(0)} avg ${b.avg.toFixed(0)} p99 ${b.p99.toFixed(0)}  lgnet − C: p50 +${(a.p50 - b.p50).toFixed(0)} µs`);
+    console.log(`  C threads passing a token through eventfds (µs): ${Object.entries(wake).map(([k, v]) => `${k} p50 ${v.p50.toFixed(0)} p90 ${v.p90.toFixed(0)}`).join(', ')}`);
     console.log(`  rx: interrupts ${m[0]!.interrupts} held ${m[0]!.interruptsHeld} sleeps ${m[0]!.sleeps}; tx: interrupts ${m[1]!.interrupts} held ${m[1]!.interruptsHeld} sleeps ${m[1]!.sleeps}`);
-    return { pings: PINGS, gapUs: PING_GAP_US, lgnet: a, c: b, extraP50Us: a.p50 - b.p50, extraAvgUs: a.avg - b.avg, rx: { interrupts: m[0]!.interrupts, held: m[0]!.interruptsHeld, sleeps: m[0]!.sleeps }, tx: { interrupts: m[1]!.interrupts, held: m[1]!.interruptsHeld, sleeps: m[1]!.sleeps } };
+    return { pings: PINGS, gapUs: PING_GAP_US, lgnet: a, c: b, extraP50Us: a.p50 - b.p50, extraAvgUs: a.avg - b.avg, wake, rx: { interrupts: m[0]!.interrupts, held: m[0]!.interruptsHeld, sleeps: m[0]!.sleeps }, tx: { interrupts: m[1]!.interrupts, held: m[1]!.interruptsHeld, sleeps: m[1]!.sleeps } };
   } finally {
     await closeSetup(s);
   }

@@ -13,6 +13,10 @@
  *                                               write one frame (an ICMP echo request), poll, read
  *                                               until an ICMP echo reply; COUNT times, GAP_US apart;
  *                                               prints the round trips (µs) as {"rtt":[...]}
+ *   tap-loop wake   HOPS COUNT GAP_US           no tap: a token passes main → HOPS threads → main
+ *                                               through eventfds (each thread blocks in poll), COUNT
+ *                                               times, GAP_US apart; prints {"rtt":[...]}: what a chain
+ *                                               of HOPS + 1 thread wake-ups costs on this machine
  *
  * The io_uring loops use raw syscalls and a ring set up as lgnet's (native/uring.cc): the tap as
  * registered file 0, restricted to READV/WRITEV, RWF_NOWAIT on every SQE. They are the limit for
@@ -31,6 +35,9 @@
 #include <sys/mman.h>
 #include <sys/socket.h>
 #include <sys/syscall.h>
+#include <pthread.h>
+#include <stdint.h>
+#include <sys/eventfd.h>
 #include <sys/uio.h>
 #include <time.h>
 #include <unistd.h>
@@ -282,10 +289,51 @@ static int do_ping(int fd, int hdrlen, const char *hex, int count, int gap_us) {
   return 0;
 }
 
+enum { MAX_HOPS = 8 };
+static int wake_fd[MAX_HOPS + 1];
+
+static void *wake_relay(void *arg) {
+  long i = (long)arg;
+  uint64_t v;
+  for (;;) {
+    struct pollfd p = {wake_fd[i], POLLIN, 0};
+    poll(&p, 1, -1);
+    if (read(wake_fd[i], &v, sizeof v) != sizeof v) continue;
+    v = 1;
+    if (write(wake_fd[i + 1], &v, sizeof v) != sizeof v) return NULL;
+  }
+}
+
+/* The cost of the thread wake-ups alone, for the ping case: lgnet's echo crosses more threads than QEMU's. */
+static int do_wake(int hops, int count, int gap_us) {
+  if (hops < 1 || hops > MAX_HOPS || count <= 0) return 2;
+  for (int i = 0; i <= hops; i++)
+    if ((wake_fd[i] = eventfd(0, EFD_CLOEXEC)) < 0) return 1;
+  for (long i = 0; i < hops; i++) {
+    pthread_t t;
+    if (pthread_create(&t, NULL, wake_relay, (void *)i) != 0) return 1;
+    pthread_detach(t);
+  }
+  printf("{\"mode\":\"wake\",\"hops\":%d,\"rtt\":[", hops);
+  for (int k = 0; k < count; k++) {
+    uint64_t v = 1;
+    double t0 = now();
+    if (write(wake_fd[0], &v, sizeof v) != sizeof v) return 1;
+    struct pollfd p = {wake_fd[hops], POLLIN, 0};
+    int got = poll(&p, 1, 1000) == 1 && read(wake_fd[hops], &v, sizeof v) == sizeof v;
+    printf("%s%.1f", k ? "," : "", got ? (now() - t0) * 1e6 : -1.0);
+    struct timespec gap = {gap_us / 1000000, (long)(gap_us % 1000000) * 1000};
+    nanosleep(&gap, NULL);
+  }
+  printf("]}\n");
+  return 0;
+}
+
 int main(int argc, char **argv) {
   if (argc >= 6 && strcmp(argv[1], "write") == 0)
     return do_write(atoi(argv[2]), atoi(argv[3]), atoi(argv[4]), atof(argv[5]));
   if (argc >= 5 && strcmp(argv[1], "read") == 0) return do_read(atoi(argv[2]), atoi(argv[3]), atof(argv[4]));
+  if (argc >= 5 && strcmp(argv[1], "wake") == 0) return do_wake(atoi(argv[2]), atoi(argv[3]), atoi(argv[4]));
   if (argc >= 7 && strcmp(argv[1], "ping") == 0) return do_ping(atoi(argv[2]), atoi(argv[3]), argv[4], atoi(argv[5]), atoi(argv[6]));
   if (argc >= 5 && strcmp(argv[1], "send") == 0) return do_send(atoi(argv[2]), atoi(argv[3]), atof(argv[4]));
   if (argc >= 6 && strcmp(argv[1], "uwrite") == 0)
