@@ -5,6 +5,24 @@
 import { describe, expect, it } from 'vitest';
 import { checkCoalesce, checkDeviceCoalesce, Coalescer, DEFAULT_COALESCE, MAX_BACKOFF, NOW, queueCoalesce } from '../../device/coalesce.ts';
 
+/**
+ * A queue (usecs 500) whose first hold bought nothing, that decided one busy completion at once for
+ * it, and now holds again until 1100 with one completion pending.
+ */
+function holdingAgainAfterOneFruitless(): Coalescer {
+  const r = new Coalescer({ usecs: 500, buffers: 32 });
+  r.decided(0, 1, true);
+  // Busy: held. Nothing joins it, and the driver still wants the interrupt at the deadline.
+  expect(r.due(100, 1)).toBe(500);
+  r.decided(500, 1, true);
+  expect(r.backingOff).toBe(1);
+  // Busy again, but backing off: at once, once; then a hold again.
+  expect(r.due(600, 1)).toBe(NOW);
+  r.decided(600, 1, true);
+  expect(r.due(700, 1)).toBe(1_100);
+  return r;
+}
+
 describe('Coalescer', () => {
   it('an idle queue decides at once, the first time and after a quiet spell of usecs', () => {
     const r = new Coalescer({ usecs: 500, buffers: 32 });
@@ -75,16 +93,7 @@ describe('Coalescer', () => {
   });
 
   it('a hold that bought nothing backs off: the next busy completions are decided at once, 1, 2, 4 … of them', () => {
-    const r = new Coalescer({ usecs: 500, buffers: 32 });
-    r.decided(0, 1, true);
-    // Busy: held. Nothing joins it, and the driver still wants the interrupt at the deadline.
-    expect(r.due(100, 1)).toBe(500);
-    r.decided(500, 1, true);
-    expect(r.backingOff).toBe(1);
-    // Busy again, but backing off: at once, once; then a hold again.
-    expect(r.due(600, 1)).toBe(NOW);
-    r.decided(600, 1, true);
-    expect(r.due(700, 1)).toBe(1_100);
+    const r = holdingAgainAfterOneFruitless();
     r.decided(1_100, 1, true); // fruitless again: 2 at once now
     expect(r.backingOff).toBe(2);
     for (const t of [1_200, 1_300]) {
@@ -98,14 +107,7 @@ describe('Coalescer', () => {
 
   it('a hold that pays off (more completions joined it, or the driver stopped wanting it) ends the backoff', () => {
     for (const end of [{ pending: 3, wanted: true }, { pending: 1, wanted: false }]) {
-      const r = new Coalescer({ usecs: 500, buffers: 32 });
-      r.decided(0, 1, true);
-      expect(r.due(100, 1)).toBe(500);
-      r.decided(500, 1, true);
-      expect(r.backingOff).toBe(1);
-      expect(r.due(600, 1)).toBe(NOW);
-      r.decided(600, 1, true);
-      expect(r.due(700, 1)).toBe(1_100);
+      const r = holdingAgainAfterOneFruitless();
       r.decided(1_100, end.pending, end.wanted);
       expect(r.backingOff).toBe(0);
       // Holds again at once.
