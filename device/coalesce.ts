@@ -154,7 +154,7 @@ export class Coalescer {
     this.last = now;
   }
 
-  /** Busy decisions left to take at once before the next hold (for tests and metrics). */
+  /** Busy decisions left to take at once before the next hold (for tests). */
   get backingOff(): number {
     return this.skip;
   }

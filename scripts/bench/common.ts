@@ -285,20 +285,18 @@ export function buildTapLoop(): string {
 }
 
 /**
- * Runs tap-loop synchronously with `fd` as its fd 3: `args` is the mode and its arguments after the
- * fd (e.g. ['write', '12', '64', '2']). `seconds` bounds the wait.
+ * Runs tap-loop synchronously with `fd` as its fd 3 (no fd when `fd` < 0: the wake mode) and returns
+ * its stdout: `args` is the mode and its arguments after the fd (e.g. ['write', '12', '64', '2']).
+ * `seconds` bounds the wait.
  */
-/** Runs tap-loop on `fd` (as fd 3; none if < 0) and returns its stdout (modes whose output is not a rate). */
 export function runTapLoopRaw(bin: string, fd: number, args: string[], seconds: number): string {
-  // fd < 0: a mode without a tap (wake).
   const argv = fd < 0 ? args : [args[0]!, '3', ...args.slice(1)];
   const r = spawnSync(bin, argv, { stdio: fd < 0 ? ['ignore', 'pipe', 'pipe'] : ['ignore', 'pipe', 'pipe', fd], encoding: 'utf8', timeout: (seconds + 10) * 1000 });
-  if (r.status !== 0) throw new Error(`tap-loop ${args[0]} failed (${r.status}): ${r.stderr}`);
+  if (r.status !== 0) throw new Error(`tap-loop ${args.join(' ')} failed (${r.status}): ${r.stderr}`);
   return r.stdout;
 }
 
+/** runTapLoopRaw for the modes that print a rate. */
 export function runTapLoop(bin: string, fd: number, args: string[], seconds: number): TapLoopResult {
-  const r = spawnSync(bin, [args[0]!, '3', ...args.slice(1)], { stdio: ['ignore', 'pipe', 'pipe', fd], encoding: 'utf8', timeout: (seconds + 10) * 1000 });
-  if (r.status !== 0) throw new Error(`tap-loop ${args.join(' ')} failed (${r.status}): ${r.stderr}`);
-  return JSON.parse(r.stdout) as TapLoopResult;
+  return JSON.parse(runTapLoopRaw(bin, fd, args, seconds)) as TapLoopResult;
 }
