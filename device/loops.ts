@@ -64,6 +64,9 @@ abstract class ServiceLoop<P> {
   /** One pass: service, signal, sleep. True when the control eventfd woke it. */
   abstract pass(): boolean;
 
+  /** Gives back what the service holds of the ring beyond a pass (RX: kept chains), so that the queue's position is exact. */
+  release(): void {}
+
   /** Many completions pending: signal now rather than starve the driver until the next sleep. */
   protected signalIfMany(): void {
     const p = this.ctx.pending;
@@ -179,6 +182,10 @@ export class RxLoop extends ServiceLoop<RxPort> {
     this.pollFds = Int32Array.of(fds.ctlFd, rx.ctx.port.fd);
   }
 
+  override release(): void {
+    this.rx.release();
+  }
+
   pass(): boolean {
     const rx = this.rx;
     switch (rx.processRx()) {
@@ -201,9 +208,10 @@ export class RxLoop extends ServiceLoop<RxPort> {
   private waitForBackend(): boolean {
     const q = this.ctx.queue;
     if (this.busyPoll(() => native.poll(this.pollFds, 0) !== 0 || Atomics.load(this.fds.ctlFlag, 0) !== 0)) return false;
-    // Buffers left over (rewound, or held for resubmission) stay until the device uses them, so there
-    // is nothing to re-check: waitKick sleeps on the backend. None left: wait for the guest instead.
-    return this.sleep(q.availPending() > 0 ? native.HAS_BUFFERS : q.lastAvail);
+    // Buffers left over (kept from the burst, in the ring, or held for resubmission) stay until the
+    // device uses them, so there is nothing to re-check: waitKick sleeps on the backend. None left:
+    // wait for the guest instead.
+    return this.sleep(this.rx.hasBuffers() ? native.HAS_BUFFERS : q.lastAvail);
   }
 
   /** The guest has no (or too little) room: wait for buffers newer than what the ring holds now. */

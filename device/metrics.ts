@@ -88,8 +88,11 @@ export const M = {
   /** Interrupts a busy queue held back for coalescing (device/coalesce.ts): each went out, if the driver
    *  still wanted it, within the coalescing delay, together with the completions that came meanwhile. */
   interruptsHeld: 37,
+  /** Not a counter: RX chains the device holds popped and unused between bursts (device/rx.ts keeps
+   *  them for the next frame instead of popping them again; given back to the ring at stop or pause). */
+  rxKept: 38,
   /** Count of counters. */
-  COUNT: 38,
+  COUNT: 39,
 } as const;
 
 export type MetricName = Exclude<keyof typeof M, 'COUNT'>;

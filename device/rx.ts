@@ -10,20 +10,27 @@
  * - Batched (no MRG_RXBUF, filter passes everything): pop up to `burst` chains, describe each
  *   chain's writable part as one frame slot, and read the whole burst from the backend in one call,
  *   straight into guest memory (a tap: one readv per frame, or one io_uring_enter per round of
- *   READVs). Chains left without a frame are rewound.
+ *   READVs). Chains left without a frame are kept (below).
  *
  * - Merged (MRG_RXBUF, or an RX filter to apply, on a port with recvMerged): pop chains, describe
  *   each as one buffer, and let the backend read frame after frame into them in one call, each frame
  *   into as many whole buffers as it needs (one without MRG_RXBUF); it returns each frame's length
  *   and buffer count, and the device writes num_buffers and completes (drawn at merged()). With a
  *   filter, the call stops after any frame its peek list cannot vouch for, so a rejected frame sits in
- *   the last buffers taken and they take the next frame. Chains left over are rewound.
+ *   the last buffers taken and they take the next frame. Chains left over are kept (below).
  *
  * - Per frame (the same cases on a port without recvMerged): gather popped chains until they can
  *   hold the largest frame the guest may receive, read one frame across them, then complete only the
  *   chains it filled and write num_buffers (the MrgCursor below, drawn there). A frame the filter
  *   rejects is read over by the next one in the same buffers. Chains left over at the end of the burst
  *   are rewound.
+ *
+ * Chains left over at the end of a batched or merged burst are kept, not rewound: they lead the next
+ * burst, so a wake-up for one frame does not pop and translate again the ~43 buffers that a GSO-sized
+ * frame may need (a Linux guest's 1536-byte buffers). They stay in flight until used, or until
+ * release() gives them back (rewind) before the queue's position is read (stop, pause, exit) or a
+ * path that does not keep them runs. While the ring takes up chains from an inflight record, they
+ * are rewound as before (DeviceQueue.resubmitting).
  *
  * In both paths the backend's virtio_net_hdr lands in front of the frame as-is and only num_buffers
  * is written by the device (virtio 1.2 §5.1.6.4: 1 without MRG_RXBUF). A chain too short for the header
@@ -92,6 +99,8 @@ export class RxService {
   throttledMs = 0;
   /** A full-size frame (MTU + Ethernet header): what the rate limit assumes before a read. */
   private readonly frameHint: number;
+  /** Chains kept from the last burst: chains[0 … held−1], in pop order, popped and not used. */
+  private held = 0;
 
   constructor(ctx: ServiceContext<RxPort>, filter: RxFilter, opts: { mtu: number }) {
     this.ctx = ctx;
@@ -125,7 +134,39 @@ export class RxService {
       }
     }
     if (!ctx.f.mrgRxbuf && this.filter.passAll) return this.batched(max);
-    return this.canMerge ? this.merged(max) : this.perFrame(max);
+    if (this.canMerge) return this.merged(max);
+    this.release(); // the per-frame path pops its own
+    return this.perFrame(max);
+  }
+
+  /** Whether the device has buffers to read into: chains kept from the last burst, or more in the ring. */
+  hasBuffers(): boolean {
+    return this.held > 0 || this.ctx.queue.availPending() > 0;
+  }
+
+  /**
+   * Gives the chains kept from the last burst back to the ring (rewound, the last ones popped), so
+   * that the queue's position counts them as not taken. Before a stop, pause or exit reads it.
+   */
+  release(): void {
+    const n = this.held;
+    if (n === 0) return;
+    this.held = 0;
+    this.ctx.c[M.rxKept] = 0;
+    this.ctx.queue.rewind(n);
+  }
+
+  /** The burst's chains[from … to−1] were popped and not used: keep them for the next burst. */
+  private keep(from: number, to: number): void {
+    let n = to - from;
+    if (n > 0 && this.ctx.queue.resubmitting) {
+      this.ctx.queue.rewind(n); // a later rewind could not reach back past this burst's flush
+      n = 0;
+    }
+    const chains = this.chains;
+    if (from > 0) for (let k = 0; k < n; k++) chains[k] = chains[from + k]!; // (copyWithin takes V8's slow path here)
+    this.held = n;
+    this.ctx.c[M.rxKept] = n;
   }
 
   /** 0 when the chain can take a frame, else the counter of why not (it is completed with 0). */
@@ -167,7 +208,10 @@ export class RxService {
     const q = ctx.queue;
     const c = ctx.c;
     const mem = ctx.mem;
-    const n = q.popBurst(max, this.chains);
+    // Chains kept from the last burst lead; at most `max` of them take part in this one.
+    const held = this.held;
+    this.held = 0;
+    const n = held >= max ? max : held + q.popBurst(max - held, this.chains, held);
     if (n === 0) {
       c[M.rxNoBuffers]! += 1;
       return RX.NO_BUFFERS;
@@ -216,14 +260,14 @@ export class RxService {
         c[this.unusable(ch) || M.rxDropShortBuffer]! += 1;
       }
     }
-    if (settled < n) q.rewind(n - settled);
+    this.keep(settled, Math.max(n, held));
     this.publish(settled);
     return got < slots || slots === 0 ? RX.BACKEND_EMPTY : RX.MORE;
   }
 
   /**
    * Logs (dirty log) what the port wrote into slots beyond what their completions log: a slot past the
-   * `got` settled (rewound), one given back empty, one holding more than its frame. io_uring leaves
+   * `got` settled (kept), one given back empty, one holding more than its frame. io_uring leaves
    * these when it copies a frame down into an earlier slot; a read that failed part-way leaves them too.
    */
   private logUnreported(got: number, slots: number): void {
@@ -267,7 +311,7 @@ export class RxService {
    *   table buffers        b0             b1     b2     b3     b4
    *   native reads      f0 → b0 (used 1), f1 → b1 b2 (used 2), then stops (say NO_ROOM: b3 b4 < need)
    *   then              c0 → used (num_buffers 1); short → used 0; c1, c2 → used (num_buffers 2 in c1);
-   *                     c3, c4 … rewound
+   *                     c3, c4 … kept for the next burst
    *
    * A frame with used 0 (too big) was read over by the next one in the same buffers: counted, and what
    * it wrote logged. With a filter, the call stops after the first frame the peek list cannot vouch
@@ -285,18 +329,17 @@ export class RxService {
     const need = mrg ? this.maxRx : 1;
     const peek = this.filter.passAll ? null : this.vouch();
 
-    // Pop up to `max` chains, and more (with MRG_RXBUF) until they hold one frame's `need`.
+    // The chains kept from the last burst, then pop up to `max` chains, and more (with MRG_RXBUF)
+    // until they hold one frame's `need`.
     t.reset();
     let popped = 0;
     let nbuf = 0;
     let room = 0;
     let dry = false;
     let full = false;
-    while (!dry && !full && (popped < max || room < need) && popped < q.size) {
-      const want = Math.min(popped === 0 ? max : ctx.burst, q.size - popped);
-      const got = q.popBurst(want, chains, popped);
-      if (got < want || popped + got === q.size) dry = true; // nothing more to pop
-      const end = popped + got;
+    let end = this.held;
+    this.held = 0;
+    for (;;) {
       for (let k = popped; k < end; k++) {
         const ch = chains[k]!;
         if (this.unusable(ch)) continue; // completed with 0 when the burst settles past it
@@ -312,7 +355,13 @@ export class RxService {
         this.bufChain[nbuf++] = k;
         room += ch.writableLen;
       }
-      if (!full) popped = end;
+      if (full) break;
+      popped = end;
+      if (dry || (popped >= max && room >= need) || popped >= q.size) break;
+      const want = Math.min(popped === 0 ? max : ctx.burst, q.size - popped);
+      const got = q.popBurst(want, chains, popped);
+      if (got < want || popped + got === q.size) dry = true; // nothing more to pop
+      end = popped + got;
     }
     if (popped === 0) {
       c[M.rxNoBuffers]! += 1;
@@ -366,7 +415,7 @@ export class RxService {
       throw new DescriptorError(VringErrorCode.TOO_MANY_PIECES,
         `an RX frame would span more than ${MAX_IOV_PER_FRAME} buffer pieces (MRG_RXBUF with tiny buffers); the queue is marked broken`);
     }
-    // Chains before the first buffer no frame took are settled (short ones with 0); the rest go back.
+    // Chains before the first buffer no frame took are settled (short ones with 0); the rest are kept.
     const settled = buf < nbuf ? this.bufChain[buf]! : popped;
     for (let k = next; k < settled; k++) {
       const ch = chains[k]!;
@@ -374,7 +423,7 @@ export class RxService {
       c[this.unusable(ch) || M.rxDropShortBuffer]! += 1;
       completed++;
     }
-    if (settled < popped) q.rewind(popped - settled);
+    this.keep(settled, popped);
     this.publish(completed);
     if (stop === MERGED_STOP.EMPTY || stop === MERGED_STOP.ERROR) return RX.BACKEND_EMPTY;
     if (stop === MERGED_STOP.NO_ROOM && dry && frames < max) {

@@ -288,9 +288,14 @@ export class QueueWorker {
     }
   }
 
-  /** Publishes what is done and raises the pending interrupt, so nothing is left half-signalled. */
+  /**
+   * Gives back the chains the service kept (so that the position the front-end reads next counts
+   * them as not taken), publishes what is done and raises the pending interrupt, so nothing is left
+   * half-signalled.
+   */
   private quiesce(): void {
     try {
+      this.q?.loop.release();
       this.q?.pending.signal();
     } catch (e) {
       this.fail(e);

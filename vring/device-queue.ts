@@ -25,6 +25,9 @@ export interface DeviceQueue {
   readonly inFlight: number;
   /** The error that broke the queue, or null. */
   readonly broken: VringError | null;
+  /** True while chains taken up from the inflight record are being popped again (split only): a
+   *  rewind must not reach back past a flush() then, so a device keeps no chains across bursts. */
+  readonly resubmitting: boolean;
   /** Bind to guest memory (again after every memory change); validates the layout. */
   attach(mem: GuestMemory): void;
   /** vhost-user SET_VRING_BASE with that ring format's `num`. */

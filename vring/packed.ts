@@ -421,6 +421,9 @@ export class PackedQueue {
     return this.encode(this.scan(null));
   }
 
+  /** Never: lgnet keeps no inflight record for packed rings. */
+  readonly resubmitting = false;
+
   /** Chains the driver has made available and we have not popped (counted by scanning their flags). */
   availPending(): number {
     this.checkUsable();

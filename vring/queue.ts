@@ -401,6 +401,11 @@ export class SplitQueue {
     return this.shadowAvail;
   }
 
+  /** Chains taken up from the inflight record are still being popped (DeviceQueue.resubmitting). */
+  get resubmitting(): boolean {
+    return this.resubmit.length > 0;
+  }
+
   /** Chains the driver has made available and we have not popped (reads avail.idx; validated). */
   availPending(): number {
     this.checkUsable();

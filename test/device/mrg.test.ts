@@ -1,6 +1,7 @@
 /**
  * MRG_RXBUF: a 9000-byte frame spread over 4 small RX chains, num_buffers right, the chains it did not
- * need given back to the ring (rewound), and the next frame landing in them; with a filter, rejected
+ * need kept for the next frames and given back to the ring when the queue stops, and the next frame
+ * landing in them; with a filter, rejected
  * frames inside one burst leave no hole; a frame too big for the guest is counted, its bytes logged.
  */
 import { expect, it } from 'vitest';
@@ -13,7 +14,7 @@ import { createBed, expectedPayload, udpSend, type Bed } from './helpers.ts';
 // createBed() tracks what it makes: closed after each test (test/helpers/bed.ts).
 let bed: Bed | undefined;
 
-it('a 9000-byte frame fills 4 chains of 2304 bytes; the other 4 are rewound', async () => {
+it('a 9000-byte frame fills 4 chains of 2304 bytes; the other 4 are given back at stop', async () => {
   bed = await createBed({
     accept: ['VERSION_1', 'MRG_RXBUF', 'RING_EVENT_IDX', 'MAC', 'MTU'],
     mtu: 9000,
@@ -29,18 +30,54 @@ it('a 9000-byte frame fills 4 chains of 2304 bytes; the other 4 are rewound', as
   expect(frames[0]!.numBuffers).toBe(4);
   expect(frames[0]!.frame.length).toBe(9000);
   expect(Buffer.from(frames[0]!.frame.subarray(42)).equals(Buffer.from(expectedPayload(8958, 0)))).toBe(true);
-  // The device popped all 8 chains for the burst, used 4 and rewound 4: its next avail index is 4.
+  // The device popped all 8 chains for the burst, used 4 and kept 4, which it gives back when it
+  // stops: its next avail index is 4.
+  expect(bed.dev.metrics().queues[0]!.rxKept).toBe(4);
   expect(await bed.dev.stopQueue(0)).toBe(4);
+  expect(bed.dev.metrics().queues[0]!.rxKept).toBe(0);
   const m = bed.dev.metrics().queues[0]!;
   expect(m.frames).toBe(1);
   expect(m.rxDropTooBig + m.rxDropShortBuffer).toBe(0);
-  // Restarted, the device takes the next frame into the rewound chains first.
+  // Restarted, the device takes the next frame into the given-back chains first.
   await bed.dev.startQueue(0);
   const again = udpSend(bed, 6100, 3000, 1);
   const next = await bed.drv.waitRx(1, { timeoutMs: 5000 });
   again.kill();
   expect(next.length).toBe(1);
   expect(next[0]!.numBuffers).toBe(2);
+});
+
+it('chains a burst did not use are kept for the next frames, not popped again, and given back at stop', async () => {
+  bed = await createBed({
+    accept: ['VERSION_1', 'MRG_RXBUF', 'RING_EVENT_IDX', 'MAC'],
+    driver: { queueSize: 8, rxBufferSize: 2048 },
+  });
+  const r = bed.drv.rx[0]!;
+  const kept = (): number => bed!.dev.metrics().queues[0]!.rxKept;
+  // The driver takes each completion without reposting: a frame of 1042 bytes takes one chain.
+  for (let i = 1; i <= 3; i++) {
+    const sender = udpSend(bed, 6101, 1000, 1);
+    expect(await r.waitCall(5000)).toBe(true);
+    sender.kill();
+    expect(r.q.popUsed()).toBeGreaterThanOrEqual(0);
+    expect(r.q.lastUsedLen).toBe(12 + 1042);
+    // The first burst popped all 8 chains; each frame since took one the device kept.
+    await expect.poll(kept, { timeout: 2000 }).toBe(8 - i);
+  }
+  expect(r.q.popUsed()).toBe(-1);
+  // Stopped, the device gives back the 5 it kept: its next avail index counts the 3 it used.
+  expect(await bed.dev.stopQueue(0)).toBe(3);
+  expect(kept()).toBe(0);
+  // Restarted, it pops them again and the next frame lands in the first of them.
+  await bed.dev.startQueue(0);
+  const sender = udpSend(bed, 6101, 1000, 1);
+  expect(await r.waitCall(5000)).toBe(true);
+  sender.kill();
+  expect(r.q.popUsed()).toBeGreaterThanOrEqual(0);
+  await expect.poll(kept, { timeout: 2000 }).toBe(4);
+  const m = bed.dev.metrics().queues[0]!;
+  expect(m.frames).toBe(4);
+  expect(m.rxDropTooBig + m.rxDropShortBuffer + m.rxDropBackend).toBe(0);
 });
 
 /** Raw frames of a local experimental EtherType from the namespace side of the tap. */
