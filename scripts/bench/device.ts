@@ -21,7 +21,9 @@
  *                  (MRG_RXBUF with 1536-byte buffers, GUEST_TSO4/6); LGNET_BENCH_PINGS echoes (default
  *                  500), LGNET_BENCH_PING_GAP_US apart (default 2000, so every echo finds lgnet asleep).
  *                  Reference: tap-loop.c writes the same frame to the tap, polls and reads the reply
- *                  (one thread, no ring: the floor of the kernel's own round trip).
+ *                  (one thread, no ring: the floor of the kernel's own round trip). Then 100 echoes
+ *                  under ftrace, spaced so and back to back, cut into hops (ftrace.ts; needs root;
+ *                  LGNET_BENCH_TRACE_RAW=FILE keeps the raw trace).
  *   io             lgnet on each tap I/O path (io_uring, readv/writev) against both C limits, the
  *                  per-frame loop (write/read) and the io_uring loop (uwrite/uread: 32 WRITEVs or READVs
  *                  per io_uring_enter), tx/rx at 64 and 1514 B, in LGNET_BENCH_IO_ROUNDS rounds (default
@@ -53,7 +55,8 @@ import { ethernet, icmpEchoRequest, ip4, isIcmpEchoReply, mac } from '../../harn
 import { GuestRam } from '../../harness/guest-ram.ts';
 import { VirtioNetDriver } from '../../harness/virtio-net.ts';
 import { createNetns, openPacketIn, type Netns } from '../../harness/netns.ts';
-import { ROOT, runTapLoop, runTapLoopRaw, stat } from './common.ts';
+import { ROOT, runTapLoop, runTapLoopRaw, stat, type Stat } from './common.ts';
+import { next, parse, put, summarise, switchTo, traceOff, traceSetup, tracefs, workerHops, type Ev, type Hops } from './ftrace.ts';
 
 const SECONDS = Number(process.env['LGNET_BENCH_SECONDS'] ?? 2);
 const ONLY = process.env['LGNET_BENCH_ONLY'] ?? '';
@@ -273,6 +276,56 @@ async function benchIo(ns: Netns, bin: string, seconds: number): Promise<Record<
 const PINGS = Number(process.env['LGNET_BENCH_PINGS'] ?? 500);
 const PING_GAP_US = Number(process.env['LGNET_BENCH_PING_GAP_US'] ?? 2000);
 
+/** Echoes traced hop by hop, per spacing. */
+const TRACED_PINGS = 100;
+
+/**
+ * Runs `echoes` under ftrace (scheduler and read/write system calls of this process's threads) and
+ * cuts each echo into its hops: the harness's kick (a write to `kickFd`) → TX worker → writev (the
+ * namespace's kernel answers inside it) → RX worker → readv → call eventfd → the harness runs again.
+ * Without tracefs (not root) it says why and returns no hops.
+ */
+async function traceEchoes(kickFd: number, echoes: () => Promise<void>): Promise<{ n: number; hops: Record<string, Stat>; skipped?: string }> {
+  try {
+    tracefs();
+    traceSetup([process.pid]);
+  } catch (e) {
+    const why = `no ftrace here (${(e as Error).message})`;
+    console.log(`  ping trace skipped: ${why}`);
+    return { n: 0, hops: {}, skipped: why };
+  }
+  let text = '';
+  try {
+    put('tracing_on', '1');
+    await echoes();
+  } finally {
+    text = traceOff();
+  }
+  if (process.env['LGNET_BENCH_TRACE_RAW']) writeFileSync(process.env['LGNET_BENCH_TRACE_RAW'], text);
+  const evs = parse(text);
+  const me = process.pid;
+  const kickArg = new RegExp(`^fd: (0x)?0*${kickFd.toString(16)},`); // hex, with 0x on newer kernels
+  const isKick = (e: Ev) => e.tid === me && kickArg.test(e.args);
+  const hops: Hops[] = [];
+  evs.forEach((e, i) => {
+    if (!(e.comm === 'lgnet-tx1' && e.name === 'sys_writev')) return;
+    const w = workerHops(evs, i, isKick);
+    const back = w ? next(evs, w.call, switchTo((_c, pid) => pid === me)) : -1;
+    if (!w || back < 0) return;
+    const t = (k: number) => evs[k]!.ts;
+    hops.push({
+      'kick → TX worker runs': t(w.run) - t(w.kick),
+      'TX worker → writev': e.ts - t(w.run),
+      'writev → RX worker runs': t(w.rxRun) - e.ts,
+      'RX worker → readv': t(w.readv) - t(w.rxRun),
+      'readv → call eventfd': t(w.call) - t(w.readv),
+      'call eventfd → harness runs': t(back) - t(w.call),
+      'kick → harness runs (total)': t(back) - t(w.kick),
+    });
+  });
+  return { n: hops.length, hops: summarise(hops) };
+}
+
 /** Summary of round trips in µs (failed ones, < 0, are counted apart). */
 function rttStat(rtt: number[]): { n: number; lost: number; min: number; p50: number; avg: number; p90: number; p99: number; max: number } {
   const ok = rtt.filter((x) => x >= 0).sort((a, b) => a - b);
@@ -308,11 +361,22 @@ async function benchPing(ns: Netns, bin: string): Promise<Record<string, unknown
       s.drv.reclaimTx();
       return rtt;
     };
-    const gap = () => new Promise((r) => setTimeout(r, PING_GAP_US / 1000));
+    const pause = (us: number) => (us > 0 ? new Promise((r) => setTimeout(r, us / 1000)) : Promise.resolve());
     const lg: number[] = [];
     for (let i = 0; i < PINGS; i++) {
       lg.push(once());
-      await gap();
+      await pause(PING_GAP_US);
+    }
+    // The same echoes under ftrace, hop by hop: spaced as above (every echo finds lgnet asleep) and
+    // back to back (the threads' code and data still in cache).
+    const trace: Record<string, unknown> = {};
+    for (const gapUs of [PING_GAP_US, 0]) {
+      trace[`gap${gapUs}`] = await traceEchoes(s.drv.tx[0]!.kickFd, async () => {
+        for (let i = 0; i < TRACED_PINGS; i++) {
+          once();
+          await pause(gapUs);
+        }
+      });
     }
     await s.dev.stopQueue(0); // the C loop reads the replies itself
     const hex = Buffer.from(frame).toString('hex');
@@ -333,7 +397,11 @@ async function benchPing(ns: Netns, bin: string): Promise<Record<string, unknown
     console.log(`ping (µs): lgnet min ${a.min.toFixed(0)} p50 ${a.p50.toFixed(0)} avg ${a.avg.toFixed(0)} p99 ${a.p99.toFixed(0)} (lost ${a.lost})  C floor min ${b.min.toFixed(0)} p50 ${b.p50.toFixed(0)} avg ${b.avg.toFixed(0)} p99 ${b.p99.toFixed(0)}  lgnet − C: p50 +${(a.p50 - b.p50).toFixed(0)} µs`);
     console.log(`  C threads passing a token through eventfds (µs): ${Object.entries(wake).map(([k, v]) => `${k} p50 ${v.p50.toFixed(0)} p90 ${v.p90.toFixed(0)}`).join(', ')}`);
     console.log(`  rx: interrupts ${m[0]!.interrupts} held ${m[0]!.interruptsHeld} sleeps ${m[0]!.sleeps}; tx: interrupts ${m[1]!.interrupts} held ${m[1]!.interruptsHeld} sleeps ${m[1]!.sleeps}`);
-    return { pings: PINGS, gapUs: PING_GAP_US, lgnet: a, c: b, extraP50Us: a.p50 - b.p50, extraAvgUs: a.avg - b.avg, wake, rx: { interrupts: m[0]!.interrupts, held: m[0]!.interruptsHeld, sleeps: m[0]!.sleeps }, tx: { interrupts: m[1]!.interrupts, held: m[1]!.interruptsHeld, sleeps: m[1]!.sleeps } };
+    for (const [k, v] of Object.entries(trace)) {
+      const t = v as { n: number; hops: Record<string, { median: number }> };
+      console.log(`  traced, ${k === 'gap0' ? 'back to back' : `${PING_GAP_US} µs apart`} (${t.n} echoes, median µs): ${Object.entries(t.hops).map(([h, x]) => `${h} ${x.median.toFixed(0)}`).join(', ')}`);
+    }
+    return { pings: PINGS, gapUs: PING_GAP_US, lgnet: a, c: b, extraP50Us: a.p50 - b.p50, extraAvgUs: a.avg - b.avg, wake, trace, rx: { interrupts: m[0]!.interrupts, held: m[0]!.interruptsHeld, sleeps: m[0]!.sleeps }, tx: { interrupts: m[1]!.interrupts, held: m[1]!.interruptsHeld, sleeps: m[1]!.sleeps } };
   } finally {
     await closeSetup(s);
   }

@@ -13,77 +13,21 @@
  * Prints, per hop, the median and spread in µs, and the guest's own ping figures; writes
  * bench/results/ping-trace.json. Needs root (tracefs); leaves tracing off and empty afterwards.
  */
-import { existsSync, readFileSync, readdirSync, writeFileSync, mkdtempSync, rmSync } from 'node:fs';
-import { execFileSync } from 'node:child_process';
+import { readFileSync, readdirSync, writeFileSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { bootGuest, ensureGuestImage } from '../qemu.ts';
 import { createTapNamespace } from '../netns.ts';
 import { startLgnet } from './lgnet-process.ts';
-import { stat, writeResult, type Stat } from './common.ts';
+import { writeResult, type Stat } from './common.ts';
+import { next, parse, prev, put, summarise, switchTo, traceOff, traceSetup, tracefs, wakeOf, workerHops, type Ev, type Hops } from './ftrace.ts';
 
-const T = '/sys/kernel/tracing';
 const HOST = '10.0.2.1';
 const GUEST = '10.0.2.2';
 
 function arg(name: string, def: number): number {
   const i = process.argv.indexOf(`--${name}`);
   return i >= 0 ? Number(process.argv[i + 1]) : def;
-}
-
-function tracefs(): void {
-  if (!existsSync(join(T, 'trace'))) execFileSync('mount', ['-t', 'tracefs', 'nodev', T]);
-}
-const put = (f: string, v: string) => writeFileSync(join(T, f), v);
-
-function traceSetup(pids: number[]): void {
-  put('tracing_on', '0');
-  put('trace', '');
-  put('buffer_size_kb', '16384');
-  put('set_event', '');
-  const tids = pids.flatMap((p) => readdirSync(`/proc/${p}/task`));
-  put('set_event_pid', tids.join(' '));
-  for (const e of ['sched:sched_switch', 'sched:sched_wakeup', 'syscalls:sys_enter_write', 'syscalls:sys_enter_writev', 'syscalls:sys_enter_readv', 'syscalls:sys_enter_read']) {
-    writeFileSync(join(T, 'set_event'), `${e}\n`, { flag: 'a' });
-  }
-}
-
-function traceOff(): string {
-  put('tracing_on', '0');
-  const text = readFileSync(join(T, 'trace'), 'utf8');
-  put('trace', '');
-  put('set_event', '');
-  put('set_event_pid', '');
-  return text;
-}
-
-interface Ev {
-  comm: string;
-  tid: number;
-  ts: number; // µs
-  name: string;
-  args: string;
-}
-
-function parse(text: string): Ev[] {
-  const out: Ev[] = [];
-  // sched events print "name: args", syscall entries "sys_name(args)".
-  const re = /^\s*(.+)-(\d+)\s+\[\d+\]\s+\S+\s+(\d+\.\d+): (\w+)(?:: |\()(.*)$/;
-  for (const line of text.split('\n')) {
-    const m = re.exec(line);
-    if (m) out.push({ comm: m[1]!.trim(), tid: Number(m[2]), ts: Number(m[3]) * 1e6, name: m[4]!, args: m[5]! });
-  }
-  return out;
-}
-
-/** The next event at or after index i matching f. */
-function next(evs: Ev[], i: number, f: (e: Ev) => boolean, within = 20_000): number {
-  for (let j = i; j < evs.length && evs[j]!.ts - evs[i]!.ts < within; j++) if (f(evs[j]!)) return j;
-  return -1;
-}
-function prev(evs: Ev[], i: number, f: (e: Ev) => boolean, within = 20_000): number {
-  for (let j = i; j >= 0 && evs[i]!.ts - evs[j]!.ts < within; j--) if (f(evs[j]!)) return j;
-  return -1;
 }
 
 /** QEMU names no threads without -name debug-threads=on: the TCG vCPU is the thread with the most CPU time. */
@@ -100,15 +44,7 @@ function busiestThread(pid: number): number {
   }
   return best;
 }
-const switchTo = (pred: (comm: string, pid: number) => boolean) => (e: Ev) => {
-  if (e.name !== 'sched_switch') return false;
-  const m = /next_comm=(.+) next_pid=(\d+)/.exec(e.args);
-  return !!m && pred(m[1]!.trim(), Number(m[2]));
-};
-const wakeOf = (tid: number) => (e: Ev) => e.name === 'sched_wakeup' && new RegExp(` pid=${tid} `).test(e.args);
 const vcpuUp = (tid: number) => (e: Ev) => wakeOf(tid)(e) || switchTo((_c, pid) => pid === tid)(e);
-
-type Hops = Record<string, number>;
 
 /** lgnet's hops, one set per TX writev of a ping (request) answered by an RX readv. */
 function lgnetHops(evs: Ev[], qemuPid: number, vcpuTid: number): Hops[] {
@@ -116,14 +52,11 @@ function lgnetHops(evs: Ev[], qemuPid: number, vcpuTid: number): Hops[] {
   const out: Hops[] = [];
   evs.forEach((e, i) => {
     if (!(e.comm === 'lgnet-tx1' && e.name === 'sys_writev')) return;
-    const run = prev(evs, i, switchTo((c) => c === 'lgnet-tx1'));
-    const kick = run >= 0 ? prev(evs, run, (x) => isVcpu(x) && x.name === 'sys_write') : -1;
-    const rxRun = next(evs, i, switchTo((c) => c === 'lgnet-rx0'));
-    const readv = rxRun >= 0 ? next(evs, rxRun, (x) => x.comm === 'lgnet-rx0' && x.name === 'sys_readv') : -1;
-    const call = readv >= 0 ? next(evs, readv, (x) => x.comm === 'lgnet-rx0' && x.name === 'sys_write') : -1;
-    const main = call >= 0 ? next(evs, call, switchTo((_c, pid) => pid === qemuPid)) : -1;
+    const w = workerHops(evs, i, isVcpu);
+    const main = w ? next(evs, w.call, switchTo((_c, pid) => pid === qemuPid)) : -1;
     const vcpu = main >= 0 ? next(evs, main, vcpuUp(vcpuTid)) : -1;
-    if ([run, kick, rxRun, readv, call, main, vcpu].some((x) => x < 0)) return;
+    if (!w || vcpu < 0) return;
+    const { kick, run, rxRun, readv, call } = w;
     const t = (k: number) => evs[k]!.ts;
     out.push({
       'kick → TX worker runs': t(run) - t(kick),
@@ -148,7 +81,7 @@ function qemuHops(evs: Ev[], qemuPid: number, vcpuTid: number): Hops[] {
     const run = prev(evs, i, switchTo((_c, pid) => pid === qemuPid));
     const kick = run >= 0 ? prev(evs, run, (x) => isVcpu(x) && x.name === 'sys_write') : -1;
     const back = next(evs, i + 1, switchTo((_c, pid) => pid === qemuPid));
-    const read = back >= 0 ? next(evs, back, (x) => x.tid === qemuPid && (x.name === 'sys_read' || x.name === 'sys_readv') && !/fd: [0-9a-f]+, buf: [0-9a-f]+, count: 8\)/.test(x.args)) : -1;
+    const read = back >= 0 ? next(evs, back, (x) => x.tid === qemuPid && (x.name === 'sys_read' || x.name === 'sys_readv') && !/, count: (0x)?8\)/.test(x.args)) : -1;
     const vcpu = read >= 0 ? next(evs, read, vcpuUp(vcpuTid)) : -1;
     if ([run, kick, back, read, vcpu].some((x) => x < 0)) return;
     const t = (k: number) => evs[k]!.ts;
@@ -162,11 +95,6 @@ function qemuHops(evs: Ev[], qemuPid: number, vcpuTid: number): Hops[] {
     });
   });
   return out;
-}
-
-function summarise(hops: Hops[]): Record<string, Stat> {
-  const keys = hops.length ? Object.keys(hops[0]!) : [];
-  return Object.fromEntries(keys.map((k) => [k, stat(hops.map((h) => h[k]!))]));
 }
 
 async function runOne(kind: 'lgnet' | 'qemu', pings: number): Promise<{ hops: Record<string, Stat>; n: number; ping: string }> {

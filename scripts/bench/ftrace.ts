@@ -1,0 +1,105 @@
+/**
+ * ftrace for the latency benchmarks (ping-trace.ts: a guest's pings; device.ts: the harness's echoes):
+ * turn on the scheduler and read/write system-call events for some processes' threads, read the trace
+ * back, and cut it into the hops of one round trip through lgnet's two workers. Needs root (tracefs);
+ * traceOff() leaves tracing off and empty.
+ */
+import { existsSync, readFileSync, readdirSync, writeFileSync } from 'node:fs';
+import { execFileSync } from 'node:child_process';
+import { join } from 'node:path';
+import { stat, type Stat } from './common.ts';
+
+const T = '/sys/kernel/tracing';
+
+/** Mounts tracefs where it is not yet. */
+export function tracefs(): void {
+  if (!existsSync(join(T, 'trace'))) execFileSync('mount', ['-t', 'tracefs', 'nodev', T]);
+}
+
+/** Writes one tracefs control file. */
+export const put = (f: string, v: string): void => writeFileSync(join(T, f), v);
+
+/** Records the scheduler and read/write system calls of every thread of `pids` (tracing left off). */
+export function traceSetup(pids: number[]): void {
+  put('tracing_on', '0');
+  put('trace', '');
+  put('buffer_size_kb', '16384');
+  put('set_event', '');
+  const tids = pids.flatMap((p) => readdirSync(`/proc/${p}/task`));
+  put('set_event_pid', tids.join(' '));
+  for (const e of ['sched:sched_switch', 'sched:sched_wakeup', 'syscalls:sys_enter_write', 'syscalls:sys_enter_writev', 'syscalls:sys_enter_readv', 'syscalls:sys_enter_read']) {
+    writeFileSync(join(T, 'set_event'), `${e}\n`, { flag: 'a' });
+  }
+}
+
+/** Stops tracing and returns what was recorded; the buffer and the event selection are cleared. */
+export function traceOff(): string {
+  put('tracing_on', '0');
+  const text = readFileSync(join(T, 'trace'), 'utf8');
+  put('trace', '');
+  put('set_event', '');
+  put('set_event_pid', '');
+  return text;
+}
+
+/** One trace line. */
+export interface Ev {
+  comm: string;
+  tid: number;
+  ts: number; // µs
+  name: string;
+  args: string;
+}
+
+export function parse(text: string): Ev[] {
+  const out: Ev[] = [];
+  // sched events print "name: args", syscall entries "sys_name(args)".
+  const re = /^\s*(.+)-(\d+)\s+\[\d+\]\s+\S+\s+(\d+\.\d+): (\w+)(?:: |\()(.*)$/;
+  for (const line of text.split('\n')) {
+    const m = re.exec(line);
+    if (m) out.push({ comm: m[1]!.trim(), tid: Number(m[2]), ts: Number(m[3]) * 1e6, name: m[4]!, args: m[5]! });
+  }
+  return out;
+}
+
+/** The next event at or after index i matching f. */
+export function next(evs: Ev[], i: number, f: (e: Ev) => boolean, within = 20_000): number {
+  for (let j = i; j < evs.length && evs[j]!.ts - evs[i]!.ts < within; j++) if (f(evs[j]!)) return j;
+  return -1;
+}
+export function prev(evs: Ev[], i: number, f: (e: Ev) => boolean, within = 20_000): number {
+  for (let j = i; j >= 0 && evs[i]!.ts - evs[j]!.ts < within; j--) if (f(evs[j]!)) return j;
+  return -1;
+}
+
+/** A sched_switch to a thread `pred` accepts. */
+export const switchTo = (pred: (comm: string, pid: number) => boolean) => (e: Ev): boolean => {
+  if (e.name !== 'sched_switch') return false;
+  const m = /next_comm=(.+) next_pid=(\d+)/.exec(e.args);
+  return !!m && pred(m[1]!.trim(), Number(m[2]));
+};
+export const wakeOf = (tid: number) => (e: Ev): boolean => e.name === 'sched_wakeup' && new RegExp(` pid=${tid} `).test(e.args);
+
+export type Hops = Record<string, number>;
+
+/**
+ * The TX worker's writev at index `i` (a request) and what lgnet does for its answer: the indices of
+ * the TX worker's start of run before it, the front-end's kick before that (a write by a thread
+ * `isKicker` accepts), the RX worker's run after it, its readv and its call eventfd write. Null where
+ * a hop is missing (the trace started or ended mid-echo).
+ */
+export function workerHops(evs: Ev[], i: number, isKicker: (e: Ev) => boolean): { kick: number; run: number; rxRun: number; readv: number; call: number } | null {
+  const run = prev(evs, i, switchTo((c) => c === 'lgnet-tx1'));
+  const kick = run >= 0 ? prev(evs, run, (x) => isKicker(x) && x.name === 'sys_write') : -1;
+  const rxRun = next(evs, i, switchTo((c) => c === 'lgnet-rx0'));
+  const readv = rxRun >= 0 ? next(evs, rxRun, (x) => x.comm === 'lgnet-rx0' && x.name === 'sys_readv') : -1;
+  const call = readv >= 0 ? next(evs, readv, (x) => x.comm === 'lgnet-rx0' && x.name === 'sys_write') : -1;
+  if ([run, kick, rxRun, readv, call].some((x) => x < 0)) return null;
+  return { kick, run, rxRun, readv, call };
+}
+
+/** Each hop's figures over the round trips. */
+export function summarise(hops: Hops[]): Record<string, Stat> {
+  const keys = hops.length ? Object.keys(hops[0]!) : [];
+  return Object.fromEntries(keys.map((k) => [k, stat(hops.map((h) => h[k]!))]));
+}
