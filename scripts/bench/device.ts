@@ -56,7 +56,7 @@ import { GuestRam } from '../../harness/guest-ram.ts';
 import { VirtioNetDriver } from '../../harness/virtio-net.ts';
 import { createNetns, openPacketIn, type Netns } from '../../harness/netns.ts';
 import { ROOT, runTapLoop, runTapLoopRaw, stat } from './common.ts';
-import { next, parse, put, switchTo, traceOff, traceSetup, tracefs, workerHops, type Ev, type Hops } from './ftrace.ts';
+import { next, parse, put, traceOff, traceSetup, tracefs, workerHops, type Ev, type Hops } from './ftrace.ts';
 
 const SECONDS = Number(process.env['LGNET_BENCH_SECONDS'] ?? 2);
 const ONLY = process.env['LGNET_BENCH_ONLY'] ?? '';
@@ -282,10 +282,10 @@ const TRACED_PINGS = 100;
 /**
  * Runs `echoes` under ftrace (scheduler and read/write system calls of this process's threads) and
  * cuts each echo into its hops: the harness's kick (a write to `kickFd`) → TX worker → writev (the
- * namespace's kernel answers inside it) → RX worker → readv → call eventfd → the harness runs again.
+ * namespace's kernel answers inside it) → RX worker → readv → call eventfd → the harness reads it.
  * Without tracefs (not root) it says why and returns no hops.
  */
-async function traceEchoes(kickFd: number, echoes: () => Promise<void>): Promise<{ n: number; hops: Record<string, { median: number; p90: number }>; skipped?: string }> {
+async function traceEchoes(kickFd: number, callFd: number, echoes: () => Promise<void>): Promise<{ n: number; hops: Record<string, { median: number; p90: number }>; skipped?: string }> {
   try {
     tracefs();
     traceSetup([process.pid]);
@@ -305,12 +305,13 @@ async function traceEchoes(kickFd: number, echoes: () => Promise<void>): Promise
   const evs = parse(text);
   const me = process.pid;
   const kickArg = new RegExp(`^fd: (0x)?0*${kickFd.toString(16)},`); // hex, with 0x on newer kernels
+  const callArg = new RegExp(`^fd: (0x)?0*${callFd.toString(16)},`);
   const isKick = (e: Ev) => e.tid === me && kickArg.test(e.args);
   const hops: Hops[] = [];
   evs.forEach((e, i) => {
     if (!(e.comm === 'lgnet-tx1' && e.name === 'sys_writev')) return;
     const w = workerHops(evs, i, isKick);
-    const back = w ? next(evs, w.call, switchTo((_c, pid) => pid === me)) : -1;
+    const back = w ? next(evs, w.call, (x) => x.tid === me && x.name === 'sys_read' && callArg.test(x.args)) : -1;
     if (!w || back < 0) return;
     const t = (k: number) => evs[k]!.ts;
     hops.push({
@@ -319,8 +320,8 @@ async function traceEchoes(kickFd: number, echoes: () => Promise<void>): Promise
       'writev → RX worker runs': t(w.rxRun) - e.ts,
       'RX worker → readv': t(w.readv) - t(w.rxRun),
       'readv → call eventfd': t(w.call) - t(w.readv),
-      'call eventfd → harness runs': t(back) - t(w.call),
-      'kick → harness runs (total)': t(back) - t(w.kick),
+      'call eventfd → harness reads it': t(back) - t(w.call),
+      'kick → harness reads the call (total)': t(back) - t(w.kick),
     });
   });
   // Medians and p90: a hop's maximum can pair events of two echoes (a timer wake-up in between).
@@ -377,7 +378,7 @@ async function benchPing(ns: Netns, bin: string): Promise<Record<string, unknown
     // back to back (the threads' code and data still in cache).
     const trace: Record<string, unknown> = {};
     for (const gapUs of [PING_GAP_US, 0]) {
-      trace[`gap${gapUs}`] = await traceEchoes(s.drv.tx[0]!.kickFd, async () => {
+      trace[`gap${gapUs}`] = await traceEchoes(s.drv.tx[0]!.kickFd, rx.callFd, async () => {
         for (let i = 0; i < TRACED_PINGS; i++) {
           once();
           await pause(gapUs);

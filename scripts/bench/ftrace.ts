@@ -84,17 +84,23 @@ export type Hops = Record<string, number>;
 
 /**
  * The TX worker's writev at index `i` (a request) and what lgnet does for its answer: the indices of
- * the TX worker's start of run before it, the front-end's kick before that (a write by a thread
- * `isKicker` accepts), the RX worker's run after it, its readv and its call eventfd write. Null where
- * a hop is missing (the trace started or ended mid-echo).
+ * the front-end's kick before it (a write by a thread `isKicker` accepts), the TX worker's start of
+ * run after the kick, the RX worker's run, its readv and its call eventfd write. Null where a hop is
+ * missing (the trace started or ended mid-echo).
  */
 export function workerHops(evs: Ev[], i: number, isKicker: (e: Ev) => boolean): { kick: number; run: number; rxRun: number; readv: number; call: number } | null {
-  const run = prev(evs, i, switchTo((c) => c === 'lgnet-tx1'));
-  const kick = run >= 0 ? prev(evs, run, (x) => isKicker(x) && x.name === 'sys_write') : -1;
-  const rxRun = next(evs, i, switchTo((c) => c === 'lgnet-rx0'));
-  const readv = rxRun >= 0 ? next(evs, rxRun, (x) => x.comm === 'lgnet-rx0' && x.name === 'sys_readv') : -1;
+  // The kick before the writev, and the switch that ran the TX worker after it (none: it was running).
+  const kick = prev(evs, i, (x) => isKicker(x) && x.name === 'sys_write');
+  const lastTx = prev(evs, i, switchTo((c) => c === 'lgnet-tx1'));
+  const run = lastTx > kick ? lastTx : kick;
+  // The RX worker's readv of the reply, and the switch that ran it: the last one before the readv (an
+  // earlier wake-up, e.g. a held interrupt's deadline, is not this frame's), or none when it was
+  // running already.
+  const readv = next(evs, i, (x) => x.comm === 'lgnet-rx0' && x.name === 'sys_readv');
+  const lastRun = readv >= 0 ? prev(evs, readv, switchTo((c) => c === 'lgnet-rx0')) : -1;
+  const rxRun = lastRun > i ? lastRun : i;
   const call = readv >= 0 ? next(evs, readv, (x) => x.comm === 'lgnet-rx0' && x.name === 'sys_write') : -1;
-  if ([run, kick, rxRun, readv, call].some((x) => x < 0)) return null;
+  if ([run, kick, readv, call].some((x) => x < 0)) return null;
   return { kick, run, rxRun, readv, call };
 }
 
