@@ -275,9 +275,8 @@ export interface TapLoopResult {
   fps: number;
 }
 
-/** Compiles the C baseline (scripts/bench/tap-loop.c) into .cache/ and returns the binary's path. */
-export function buildTapLoop(): string {
-  const out = join(ROOT, '.cache', 'tap-loop');
+/** Compiles the C baseline (scripts/bench/tap-loop.c) to `out` (default .cache/tap-loop) and returns its path. */
+export function buildTapLoop(out = join(ROOT, '.cache', 'tap-loop')): string {
   mkdirSync(dirname(out), { recursive: true });
   const r = spawnSync('cc', ['-O2', '-Wall', '-pthread', '-o', out, join(ROOT, 'scripts/bench/tap-loop.c')], { encoding: 'utf8' });
   if (r.status !== 0) throw new Error(`cc failed: ${r.error?.message ?? r.stderr}`);

@@ -43,7 +43,7 @@
  * case alone, LGNET_BENCH_COALESCE=off the device without interrupt coalescing (NetDevice coalesce
  * { rxUsecs: 0, txUsecs: 0 }), =RX,TX with holds of RX and TX µs.
  */
-import { spawn, spawnSync } from 'node:child_process';
+import { spawn } from 'node:child_process';
 import { mkdirSync, writeFileSync } from 'node:fs';
 import { cpus, loadavg, tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -55,7 +55,7 @@ import { ethernet, icmpEchoRequest, ip4, isIcmpEchoReply, mac } from '../../harn
 import { GuestRam } from '../../harness/guest-ram.ts';
 import { VirtioNetDriver } from '../../harness/virtio-net.ts';
 import { createNetns, openPacketIn, type Netns } from '../../harness/netns.ts';
-import { ROOT, runTapLoop, runTapLoopRaw, stat } from './common.ts';
+import { buildTapLoop, ROOT, runTapLoop, runTapLoopRaw, stat } from './common.ts';
 import { next, parse, put, traceOff, traceSetup, tracefs, workerHops, type Ev, type Hops } from './ftrace.ts';
 
 const SECONDS = Number(process.env['LGNET_BENCH_SECONDS'] ?? 2);
@@ -77,17 +77,6 @@ const HDR = 12;
 const QSIZE = 256;
 
 interface Rate { frames: number; seconds: number; fps: number }
-
-/**
- * tap-loop.c, compiled for this run into the temporary directory (not .cache/, which a worktree may
- * share with another checkout whose bench may be running its own tap-loop at the time).
- */
-function buildTapLoop(): string {
-  const out = join(tmpdir(), `lgnet-tap-loop-${process.pid}`);
-  const r = spawnSync('cc', ['-O2', '-Wall', '-pthread', '-o', out, join(ROOT, 'scripts/bench/tap-loop.c')], { encoding: 'utf8' });
-  if (r.status !== 0) throw new Error(`cc failed: ${r.error?.message ?? r.stderr}`);
-  return out;
-}
 
 /** A device on a tap in `ns`, with the harness attached. `io`: the tap's I/O path (default: its own choice). */
 async function setup(ns: Netns, packed = false, rx: { mrg?: boolean; bufferSize?: number; features?: bigint } = {}, io?: TapIo) {
@@ -327,8 +316,8 @@ async function traceEchoes(kickFd: number, callFd: number, echoes: () => Promise
   // Medians and p90: a hop's maximum can pair events of two echoes (a timer wake-up in between).
   const hopStats: Record<string, { median: number; p90: number }> = {};
   for (const k of hops.length ? Object.keys(hops[0]!) : []) {
-    const xs = hops.map((h) => h[k]!).sort((a, b) => a - b);
-    hopStats[k] = { median: xs[xs.length >> 1]!, p90: xs[Math.min(xs.length - 1, Math.floor(xs.length * 0.9))]! };
+    const r = rttStat(hops.map((h) => h[k]!));
+    hopStats[k] = { median: r.p50, p90: r.p90 };
   }
   return { n: hops.length, hops: hopStats };
 }
@@ -418,7 +407,9 @@ async function benchPing(ns: Netns, bin: string): Promise<Record<string, unknown
 /** `mrgRounds`: rounds of the MRG_RXBUF comparison (default LGNET_BENCH_MRG_ROUNDS, 3). */
 export async function benchDevice(opts: { seconds?: number; mrgRounds?: number } = {}): Promise<Record<string, unknown>> {
   const seconds = opts.seconds ?? SECONDS;
-  const bin = buildTapLoop();
+  // Compiled into the temporary directory, not .cache/, which a worktree may share with another
+  // checkout whose bench may be running its own tap-loop at the time.
+  const bin = buildTapLoop(join(tmpdir(), `lgnet-tap-loop-${process.pid}`));
   const results: Record<string, unknown> = {
     date: new Date().toISOString(), node: process.version, cpus: cpus().length, cpu: cpus()[0]?.model,
     seconds, busyPoll: BUSY_POLL, coalesce: process.env['LGNET_BENCH_COALESCE'] ?? 'default', queueSize: QSIZE, loadavg: loadavg(),
