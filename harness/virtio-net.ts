@@ -65,6 +65,51 @@ const INDIRECT_MAX = 64;
 /** Largest TX frame plus header the driver can send. */
 const TX_SLOT = 65_536 + 128;
 
+/** How long blastTx polls an idle ring before it sleeps, by default. */
+export const DEFAULT_SPIN_US = 50;
+
+/**
+ * A polling driver's loop over ring `r` for `seconds`: `drain` takes the completions there are and
+ * re-posts buffers (returns how many). While completions keep coming, and for `spinUs` after the
+ * last, used-buffer notifications stay off and the loop polls the ring, publishing and kicking what
+ * it re-posts (DPDK's virtio PMD polls so, without ever sleeping). Then it turns them on and looks
+ * once more before it sleeps on the call eventfd, so a completion published meanwhile is never
+ * missed. A busy device thus signals a busy driver rarely, and an idle one at once. Leaves
+ * notifications on.
+ */
+function pollRing(r: DriverRing, seconds: number, spinUs: number, drain: () => number): { frames: number; seconds: number } {
+  const q = r.q;
+  const callFds = Int32Array.of(r.callFd);
+  let frames = 0;
+  let armed = true;
+  const t0 = performance.now();
+  let t = t0;
+  let last = t0;
+  const spinMs = spinUs / 1000;
+  // The spin stretches to twice the last gap between completions (to 1 ms), so that a device whose
+  // bursts take longer than spinUs on a slow machine is still polled rather than woken for.
+  let windowMs = spinMs;
+  while (t - t0 < seconds * 1000) {
+    const n = drain();
+    frames += n;
+    if (n) {
+      if (armed) q.setInterrupts((armed = false));
+      r.publishAndKick();
+      if (spinMs > 0) windowMs = Math.min(Math.max(spinMs, 2 * (t - last)), 1);
+      last = t;
+    } else if (t - last < windowMs) {
+      // Still within the spin: a busy device publishes its next burst within microseconds.
+    } else if (!armed) {
+      q.setInterrupts((armed = true)); // then one more round before sleeping
+    } else if (native.poll(callFds, 5)) {
+      native.eventfdRead(r.callFd);
+    }
+    t = performance.now();
+  }
+  if (!armed) q.setInterrupts(true);
+  return { frames, seconds: (t - t0) / 1000 };
+}
+
 /** One queue as the driver sees it. */
 export class DriverRing {
   /** The driver side of the ring, split or packed. */
@@ -310,11 +355,12 @@ export class VirtioNetDriver {
   /**
    * Keeps TX queue `pair` full of one frame for `seconds`, for benchmarks: the header and frame are
    * laid out once in every buffer slot, and each completed descriptor chain is re-posted at once, so
-   * the device never waits for the driver. Blocks this thread (it sleeps on the call eventfd only
-   * when nothing was completed). Returns the completions seen and the time taken; the ring is left
-   * empty.
+   * the device never waits for the driver. Blocks this thread, polling the ring with interrupts off
+   * and sleeping on the call eventfd only after `spinUs` (default {@link DEFAULT_SPIN_US}) without a
+   * completion; 0 asks for an interrupt whenever a round finds none. Returns the completions seen and
+   * the time taken; the ring is left empty, with interrupts on.
    */
-  blastTx(frame: Uint8Array, seconds: number, opts: { pair?: number; onStop?: () => void } = {}): { frames: number; seconds: number } {
+  blastTx(frame: Uint8Array, seconds: number, opts: { pair?: number; onStop?: () => void; spinUs?: number } = {}): { frames: number; seconds: number } {
     const pair = opts.pair ?? 0;
     const r = this.tx[pair]!;
     const q = r.q;
@@ -330,11 +376,8 @@ export class VirtioNetDriver {
     // Chains still out from earlier use keep their slots; the free ones get a buffer each.
     for (let i = 0; i < bufs.length && q.freeCount > 0; i++) if (r.slotOf.indexOf(i) < 0) slotOf[q.add(bufs[i]!, none)] = i;
     const callFds = Int32Array.of(r.callFd);
-    let frames = 0;
-    const t0 = performance.now();
-    let t = t0;
     r.publishAndKick();
-    while (t - t0 < seconds * 1000) {
+    const done = pollRing(r, seconds, opts.spinUs ?? DEFAULT_SPIN_US, () => {
       let n = 0;
       for (let h = q.popUsed(); h >= 0; h = q.popUsed()) {
         const slot = slotOf[h]!;
@@ -342,11 +385,8 @@ export class VirtioNetDriver {
         else this.releaseTx(r, h);
         n++;
       }
-      frames += n;
-      if (n) r.publishAndKick();
-      else if (native.poll(callFds, 5)) native.eventfdRead(r.callFd);
-      t = performance.now();
-    }
+      return n;
+    });
     opts.onStop?.();
     // Let the device finish what is posted (bounded), and forget it: the slots are free again.
     const end = performance.now() + 2000;
@@ -354,7 +394,33 @@ export class VirtioNetDriver {
       for (let h = q.popUsed(); h >= 0; h = q.popUsed()) if (slotOf[h]! < 0) this.releaseTx(r, h);
       if (q.inFlight > 0 && native.poll(callFds, 5)) native.eventfdRead(r.callFd);
     }
-    return { frames, seconds: (t - t0) / 1000 };
+    return done;
+  }
+
+  /**
+   * Recycles RX queue `pair`'s buffers for `seconds`, for benchmarks: each completed buffer is
+   * re-posted at once, unread, so the device never waits for the driver. Blocks this thread, polling
+   * as {@link blastTx} does, but by default (`spinUs` 0) sleeping as soon as a round finds nothing:
+   * on a small machine a spinning driver takes the CPU that the traffic source needs. Returns the
+   * completions seen and the time taken; the buffers stay posted.
+   */
+  sinkRx(seconds: number, opts: { pair?: number; onStop?: () => void; spinUs?: number } = {}): { frames: number; seconds: number } {
+    const r = this.rx[opts.pair ?? 0]!;
+    const q = r.q;
+    const size = this.rxBufferSize;
+    const none: GuestBuffer[] = [];
+    const done = pollRing(r, seconds, opts.spinUs ?? 0, () => {
+      let n = 0;
+      for (let h = q.popUsed(); h >= 0; h = q.popUsed()) {
+        const slot = r.slotOf[h]!;
+        r.slotOf[h] = -1;
+        r.slotOf[q.add(none, [{ addr: r.slots[slot]!, len: size }])] = slot;
+        n++;
+      }
+      return n;
+    });
+    opts.onStop?.();
+    return done;
   }
 
   /** Collects received frames without waiting, and reposts their buffers. */

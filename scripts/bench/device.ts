@@ -23,7 +23,8 @@
  *                  Reference: tap-loop.c writes the same frame to the tap, polls and reads the reply
  *                  (one thread, no ring: the floor of the kernel's own round trip). Then 100 echoes
  *                  under ftrace, spaced so and back to back, cut into hops (ftrace.ts; needs root;
- *                  LGNET_BENCH_TRACE_RAW=FILE keeps the raw trace).
+ *                  LGNET_BENCH_TRACE_RAW=FILE keeps the raw trace, LGNET_BENCH_TRACE_SYSCALLS=1 adds
+ *                  every system call's entry and exit to it).
  *   io             lgnet on each tap I/O path (io_uring, readv/writev) against both C limits, the
  *                  per-frame loop (write/read) and the io_uring loop (uwrite/uread: 32 WRITEVs or READVs
  *                  per io_uring_enter), tx/rx at 64 and 1514 B, in LGNET_BENCH_IO_ROUNDS rounds (default
@@ -105,28 +106,10 @@ function harnessTx(s: Awaited<ReturnType<typeof setup>>, len: number, seconds: n
 
 /** Recycles RX buffers for `seconds` while a sender feeds the tap; returns the device's RX rate. */
 function harnessRx(s: Awaited<ReturnType<typeof setup>>, seconds: number): Rate {
-  const r = s.drv.rx[0]!;
-  const callFds = Int32Array.of(r.callFd);
-  const size = s.drv.rxBufferSize;
   const m0 = s.dev.metrics().queues[0]!.frames;
-  const t0 = performance.now();
-  let t = t0;
-  while (t - t0 < seconds * 1000) {
-    // Re-post the same buffer for every completion (the bytes are not looked at).
-    const q = r.q;
-    let n = 0;
-    for (let h = q.popUsed(); h >= 0; h = q.popUsed()) {
-      const slot = r.slotOf[h]!;
-      r.slotOf[h] = -1;
-      r.slotOf[q.add([], [{ addr: r.slots[slot]!, len: size }])] = slot;
-      n++;
-    }
-    if (n) r.publishAndKick();
-    else if (native.poll(callFds, 5)) native.eventfdRead(r.callFd);
-    t = performance.now();
-  }
+  const r = s.drv.sinkRx(seconds);
   const frames = s.dev.metrics().queues[0]!.frames - m0;
-  return { frames, seconds: (t - t0) / 1000, fps: frames / ((t - t0) / 1000) };
+  return { frames, seconds: r.seconds, fps: frames / r.seconds };
 }
 
 /** Runs `measure` while tap-loop sends `len`-byte frames into the tap from an AF_PACKET socket. */

@@ -26,7 +26,6 @@ import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
-import * as native from '../../native/index.ts';
 import { mask } from '../../device/features.ts';
 import { ethernet } from '../../harness/frames.ts';
 import { GuestRam } from '../../harness/guest-ram.ts';
@@ -205,31 +204,12 @@ function harnessTx(a: Attached, len: number, seconds: number, pid: number): Rate
   return { frames: r.frames, seconds: r.seconds, fps: r.frames / r.seconds, cpuS, cpuSPerMFrames: cpuS / (r.frames / 1e6) };
 }
 
-/** Recycles RX buffers for `seconds`; counts completions. */
+/** Recycles RX buffers for `seconds`; counts completions and the back-end's CPU time meanwhile. */
 function harnessRx(a: Attached, seconds: number, pid: number): Rate {
-  const r = a.drv.rx[0]!;
-  const q = r.q;
-  const callFds = Int32Array.of(r.callFd);
-  let frames = 0;
   const c0 = cpuSeconds(pid);
-  const t0 = performance.now();
-  let t = t0;
-  while (t - t0 < seconds * 1000) {
-    let n = 0;
-    for (let h = q.popUsed(); h >= 0; h = q.popUsed()) {
-      const slot = r.slotOf[h]!;
-      r.slotOf[h] = -1;
-      r.slotOf[q.add([], [{ addr: r.slots[slot]!, len: 2048 }])] = slot;
-      n++;
-    }
-    frames += n;
-    if (n) r.publishAndKick();
-    else if (native.poll(callFds, 5)) native.eventfdRead(r.callFd);
-    t = performance.now();
-  }
-  const cpuS = cpuSeconds(pid) - c0;
-  const s = (t - t0) / 1000;
-  return { frames, seconds: s, fps: frames / s, cpuS, cpuSPerMFrames: cpuS / (frames / 1e6) };
+  let cpuS = 0;
+  const r = a.drv.sinkRx(seconds, { onStop: () => (cpuS = cpuSeconds(pid) - c0) });
+  return { frames: r.frames, seconds: r.seconds, fps: r.frames / r.seconds, cpuS, cpuSPerMFrames: cpuS / (r.frames / 1e6) };
 }
 
 async function measureBackend(kind: 'lgnet' | 'testpmd', seconds: number, huge: { dir?: string } | undefined, bin: string, log: string[]): Promise<{ res: BackendResult; argv: string[] }> {

@@ -30,6 +30,8 @@ export function traceSetup(pids: number[]): void {
   for (const e of ['sched:sched_switch', 'sched:sched_wakeup', 'syscalls:sys_enter_write', 'syscalls:sys_enter_writev', 'syscalls:sys_enter_readv', 'syscalls:sys_enter_read']) {
     writeFileSync(join(T, 'set_event'), `${e}\n`, { flag: 'a' });
   }
+  // Every system call's entry and exit too, for reading a raw trace (LGNET_BENCH_TRACE_RAW).
+  if (process.env['LGNET_BENCH_TRACE_SYSCALLS']) writeFileSync(join(T, 'set_event'), 'raw_syscalls:sys_enter\nraw_syscalls:sys_exit\n', { flag: 'a' });
 }
 
 /** Stops tracing and returns what was recorded; the buffer and the event selection are cleared. */
