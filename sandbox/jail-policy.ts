@@ -89,6 +89,7 @@ function hex(v: number): string {
 
 function describePin(p: ArgPin): string {
   const a = `arg${p.arg}`;
+  if ('notOneOf' in p) return `${a} not in {${Object.keys(p.notOneOf).join(', ')}}`;
   if ('noneOf' in p) return `${a} has none of ${Object.keys(p.noneOf).join('|')}`;
   if ('allOf' in p) return `${a} has all of ${Object.keys(p.allOf).join('|')}`;
   const vals = Object.entries(p.oneOf).map(([k, v]) => (k === String(v) ? k : `${k} (${hex(v)})`)).join(', ');

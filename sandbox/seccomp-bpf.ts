@@ -330,6 +330,8 @@ export function disassemble(prog: Uint8Array): string {
 export type ArgPin =
   /** args[arg] equals one of the named values. */
   | { arg: number; oneOf: Readonly<Record<string, number>>; wide?: boolean }
+  /** args[arg]'s low 32 bits equal none of the named values (an fd, an unsigned int). */
+  | { arg: number; notOneOf: Readonly<Record<string, number>> }
   /** args[arg] has none of the named bits set. */
   | { arg: number; noneOf: Readonly<Record<string, number>> }
   /** args[arg] has all of the named bits set. */
@@ -365,6 +367,13 @@ function pinValueWords(v: number): { lo: number; hi: number } {
 /** Emits the checks of one pin; jumps to `fail` when it does not hold, falls through when it does. */
 function emitPin(out: Item[], p: ArgPin, fail: Label, fresh: () => Label): void {
   if (!Number.isInteger(p.arg) || p.arg < 0 || p.arg > 5) throw new RangeError(`pin on arg ${p.arg}: syscalls have args 0..5`);
+  if ('notOneOf' in p) {
+    const values = Object.values(p.notOneOf);
+    if (values.length === 0) throw new RangeError(`pin on arg ${p.arg} has no values`);
+    out.push({ op: 'ld', offset: SECCOMP_DATA.argLow(p.arg) });
+    for (const v of values) out.push({ op: 'jeq', k: pinValueWords(v).lo, jt: fail, jf: null });
+    return;
+  }
   if ('noneOf' in p) {
     const m = Object.values(p.noneOf).reduce((x, y) => (x | y) >>> 0, 0);
     out.push({ op: 'ld', offset: SECCOMP_DATA.argLow(p.arg) }, { op: 'jset', k: m, jt: fail, jf: null });

@@ -284,7 +284,21 @@ export function rulesFor(role: Role, opts: PolicyOptions = {}): SyscallRule[] {
     merged.set(r.name, { name: r.name, reason: `${prev.reason}; ${r.reason}`, ...(when ? { when } : {}) });
   }
   const out = [...merged.values()];
-  const rings = opts.uringFds ?? [];
-  if (rings.length > 0) out.push(uringEnterRule([...new Set(rings)]));
+  const rings = [...new Set(opts.uringFds ?? [])];
+  if (rings.length > 0) {
+    out.push(uringEnterRule(rings));
+    // A ring fd never closes while jailed: its number could otherwise be reused by an fd that arrives
+    // later (SCM_RIGHTS takes the lowest free number), such as an unrestricted ring a front-end sent,
+    // which io_uring_enter would then accept. dup2, dup3 and close_range are denied anyway.
+    const i = out.findIndex((r) => r.name === 'close');
+    const close = out[i];
+    if (close && close.when === undefined && close.errno === undefined) {
+      out[i] = {
+        ...close,
+        reason: `${close.reason}; never one of lgnet's io_uring ring fds, whose numbers io_uring_enter trusts`,
+        when: [[{ arg: 0, notOneOf: Object.fromEntries(rings.map((fd) => [`ring fd ${fd}`, fd])) }]],
+      };
+    }
+  }
   return out;
 }

@@ -186,6 +186,27 @@ describe('argument pins (x86_64)', () => {
     expect(verdict('main', 'newfstatat', [-100, 0, 0, 0])).toBe(EPERM);
   });
 
+  it('with io_uring rings: io_uring_enter only on them, close on anything but them, dup2/dup3/close_range never', () => {
+    const a = AUDIT_ARCH.x86_64;
+    const n = (name: string) => SYSCALLS_X86_64[name]!;
+    const none = compilePolicy('worker', { arch: 'x86_64' }).program;
+    expect(evaluate(none, { arch: a, nr: n('close'), args: [7] })).toBe(ALLOW);
+    expect(evaluate(none, { arch: a, nr: n('io_uring_enter'), args: [7, 1, 1, 1] })).toBe(EPERM);
+    for (const role of ROLES) {
+      const prog = compilePolicy(role, { arch: 'x86_64', uringFds: [7, 9] }).program;
+      expect(evaluate(prog, { arch: a, nr: n('io_uring_enter'), args: [7, 1, 1, 1] })).toBe(ALLOW);
+      expect(evaluate(prog, { arch: a, nr: n('io_uring_enter'), args: [8, 1, 1, 1] })).toBe(EPERM);
+      expect(evaluate(prog, { arch: a, nr: n('close'), args: [8] })).toBe(ALLOW);
+      expect(evaluate(prog, { arch: a, nr: n('close'), args: [7] })).toBe(EPERM);
+      expect(evaluate(prog, { arch: a, nr: n('close'), args: [9] })).toBe(EPERM);
+      expect(evaluate(prog, { arch: a, nr: n('close'), args: [2 ** 32 + 9] })).toBe(EPERM); // an unsigned int: low word
+      expect(evaluate(prog, { arch: a, nr: n('dup2'), args: [8, 7] })).toBe(EPERM);
+      expect(evaluate(prog, { arch: a, nr: n('dup3'), args: [8, 7, 0] })).toBe(EPERM);
+      expect(evaluate(prog, { arch: a, nr: n('close_range'), args: [3, 100, 0] })).toBe(EPERM);
+    }
+    expect(formatPolicy({ options: { uringFds: [7] } })).toContain('arg0 not in {ring fd 7}');
+  });
+
   it('socket and connect only with unixConnect, and then AF_UNIX stream only', () => {
     const nr = SYSCALLS_X86_64['socket']!;
     const off = compilePolicy('main', { arch: 'x86_64' }).program;

@@ -3,7 +3,8 @@
  * io_uring_enter on lgnet's own rings only, and each ring was restricted before the jail to
  * READV/WRITEV on its registered tap. So a jailed worker with a ring moves frames on its tap and
  * nothing else: open, connect, a read of another fd through the ring all fail, as do a new ring, a
- * register op, and entering a ring the jail was not told about.
+ * register op, entering a ring the jail was not told about, and closing a ring's fd (whose number
+ * another ring could then take).
  */
 import { spawnSync } from 'node:child_process';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -62,5 +63,10 @@ describe.runIf(supported)('io_uring in the jail', () => {
     expect(p.rogueEnter).toEqual({ code: 'EPERM', syscall: 'io_uring_enter' });
     expect(out['mainRogue']).toEqual({ code: 'EPERM', syscall: 'io_uring_enter' });
     expect(out['mainSetup']).toEqual({ code: 'EPERM', syscall: 'io_uring_setup' });
+  });
+
+  it("a ring's fd cannot be closed (so its number cannot be handed to another ring); other fds can", () => {
+    expect(out['closeRing']).toEqual({ code: 'EPERM', syscall: 'close' });
+    expect(out['closeSpare']).toEqual({ res: null });
   });
 });
