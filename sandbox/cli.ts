@@ -39,7 +39,7 @@ export interface ServeOptions {
   busyPoll: number;
   /** Interrupt coalescing of the data queues (device/coalesce.ts); usecs 0: off for that direction. */
   coalesce: DeviceCoalesce;
-  /** Tap I/O path: 'syscall' (readv/writev, default), 'uring' or 'auto' (device/tap-backend.ts). */
+  /** Tap I/O path: 'auto' (io_uring where the kernel allows it, the default), 'uring' or 'syscall' (device/tap-backend.ts). */
   io: TapIo | undefined;
   logLevel: LogLevel;
   /** Unix socket that answers each connection with the device metrics as JSON (metrics-endpoint.ts). */
@@ -153,7 +153,7 @@ export function buildCli(actions: { serve: (opts: ServeOptions) => Promise<void>
     .addOption(new Option('--coalesce-rx-usecs <us>', 'interrupt coalescing: an RX queue that interrupted the guest less than this many microseconds ago holds its next interrupt until then (a queue quiet for longer signals at once); 0 = off').argParser(int('--coalesce-rx-usecs', 0, MAX_COALESCE_USECS)).default(DEFAULT_COALESCE.rxUsecs))
     .addOption(new Option('--coalesce-tx-usecs <us>', 'the same for TX queues (TX completions only free the guest\'s buffers); 0 = off').argParser(int('--coalesce-tx-usecs', 0, MAX_COALESCE_USECS)).default(DEFAULT_COALESCE.txUsecs))
     .addOption(new Option('--coalesce-buffers <n>', 'interrupt coalescing: used buffers pending that end a hold at once').argParser(int('--coalesce-buffers', 1, MAX_COALESCE_BUFFERS)).default(DEFAULT_COALESCE.buffers))
-    .addOption(new Option('--io <path>', "tap I/O: 'syscall' (readv/writev per frame, the default), 'uring' (a restricted io_uring ring per queue, made before the jail) or 'auto' (io_uring where the kernel allows it); also LGNET_IO").choices(['syscall', 'uring', 'auto']))
+    .addOption(new Option('--io <path>', "tap I/O: 'auto' (io_uring where the kernel allows it, else readv/writev; the default), 'uring' (a restricted io_uring ring per queue, made before the jail, or fail) or 'syscall' (readv/writev per frame); also LGNET_IO").choices(['syscall', 'uring', 'auto']))
     .addOption(new Option('--log-level <level>', 'log level (JSON logs on stderr)').choices(LOG_LEVELS as string[]).default('info'))
     .addOption(new Option('--metrics-listen <addr>', 'serve Prometheus metrics over HTTP (GET /metrics) on a unix socket path, 127.0.0.1:PORT or [::1]:PORT; bound before the jail; read it with `lgnet stats ADDR` (docs/OPERATIONS.md)').argParser(listenAddress('--metrics-listen')))
     .option('--metrics-socket <path>', 'unix socket that answers every connection with one JSON line of live per-queue counters (frames, bytes, interrupts, drops) and closes; read it with `socat - UNIX-CONNECT:PATH`')

@@ -110,8 +110,8 @@ for (const io of ['uring', 'syscall'] as const) {
 
 describe('choosing the path', () => {
   it('LGNET_IO and the option: auto, uring, syscall; anything else is NET_BAD_IO', () => {
-    expect(requestedIo(undefined, {})).toBe('syscall');
-    expect(requestedIo(undefined, { LGNET_IO: '' })).toBe('syscall');
+    expect(requestedIo(undefined, {})).toBe('auto');
+    expect(requestedIo(undefined, { LGNET_IO: '' })).toBe('auto');
     expect(requestedIo(undefined, { LGNET_IO: 'syscall' })).toBe('syscall');
     expect(requestedIo('uring', { LGNET_IO: 'syscall' })).toBe('uring'); // the option wins over the environment
     for (const bad of ['io_uring', 'URING', 'readv']) {
