@@ -30,7 +30,8 @@
  *                  per io_uring_enter), tx/rx at 64 and 1514 B, in LGNET_BENCH_IO_ROUNDS rounds (default
  *                  3) on fresh devices; medians and the spread over rounds (skipped when a measurement
  *                  lasts under a second: the smoke test). The tx/rx figures at the top also give the C
- *                  io_uring loop beside the C per-frame one.
+ *                  io_uring loop beside the C per-frame one. It also prints what one system call costs
+ *                  here (tap-loop nullsys: getppid), which decides how much fewer of them gain.
  *
  * The figures above the io section run on the path TapBackend chooses by itself (io 'auto', or
  * LGNET_IO): io_uring where the kernel allows it.
@@ -221,7 +222,10 @@ async function benchIo(ns: Netns, bin: string, seconds: number): Promise<Record<
       }
     }
   }
-  const out: Record<string, unknown> = { rounds: IO_ROUNDS };
+  // What one system call costs here decides how much a path with fewer of them gains.
+  const nullsys = [0, 1, 2].map(() => (JSON.parse(runTapLoopRaw(bin, -1, ['nullsys', '1000000'], 5)) as { nsPerCall: number }).nsPerCall);
+  const out: Record<string, unknown> = { rounds: IO_ROUNDS, syscallNs: nullsys };
+  console.log(`a system call (getppid) costs ${stat(nullsys).median.toFixed(0)} ns here (${nullsys.map((v) => v.toFixed(0)).join(', ')})`);
   const spread = (xs: number[]): string => {
     const st = stat(xs);
     return `${st.median.toFixed(3)} (${st.min.toFixed(3)}–${st.max.toFixed(3)})`;

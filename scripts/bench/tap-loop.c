@@ -17,6 +17,9 @@
  *                                               through eventfds (each thread blocks in poll), COUNT
  *                                               times, GAP_US apart; prints {"rtt":[...]}: what a chain
  *                                               of HOPS + 1 thread wake-ups costs on this machine
+ *   tap-loop nullsys COUNT                      no tap: COUNT getppid system calls; prints
+ *                                               {"nsPerCall":N}: what entering the kernel costs here
+ *                                               (page-table isolation and paravirtualisation raise it)
  *
  * The io_uring loops use raw syscalls and a ring set up as lgnet's (native/uring.cc): the tap as
  * registered file 0, restricted to READV/WRITEV, RWF_NOWAIT on every SQE. They are the limit for
@@ -329,6 +332,13 @@ static int do_wake(int hops, int count, int gap_us) {
   return 0;
 }
 
+static int do_nullsys(long count) {
+  double t0 = now();
+  for (long i = 0; i < count; i++) syscall(SYS_getppid);
+  printf("{\"mode\":\"nullsys\",\"calls\":%ld,\"nsPerCall\":%.1f}\n", count, (now() - t0) * 1e9 / (double)count);
+  return 0;
+}
+
 int main(int argc, char **argv) {
   if (argc >= 6 && strcmp(argv[1], "write") == 0)
     return do_write(atoi(argv[2]), atoi(argv[3]), atoi(argv[4]), atof(argv[5]));
@@ -339,6 +349,7 @@ int main(int argc, char **argv) {
   if (argc >= 6 && strcmp(argv[1], "uwrite") == 0)
     return do_uwrite(atoi(argv[2]), atoi(argv[3]), atoi(argv[4]), atof(argv[5]));
   if (argc >= 5 && strcmp(argv[1], "uread") == 0) return do_uread(atoi(argv[2]), atoi(argv[3]), atof(argv[4]));
-  fprintf(stderr, "usage: tap-loop write|uwrite FD HDRLEN FRAMELEN SECONDS | read|uread FD HDRLEN SECONDS | send FD FRAMELEN SECONDS\n");
+  if (argc >= 3 && strcmp(argv[1], "nullsys") == 0) return do_nullsys(atol(argv[2]));
+  fprintf(stderr, "usage: tap-loop write|uwrite FD HDRLEN FRAMELEN SECONDS | read|uread FD HDRLEN SECONDS | send FD FRAMELEN SECONDS | nullsys COUNT\n");
   return 2;
 }
