@@ -7,7 +7,8 @@
  *
  * Three paths, chosen once per burst:
  *
- * - Batched (no MRG_RXBUF, filter passes everything): pop up to `burst` chains, describe each
+ * - Batched (no MRG_RXBUF, or MRG_RXBUF without GSO while every chain holds the largest frame, so
+ *   each frame takes one buffer with num_buffers 1; the filter passes everything): pop up to `burst` chains, describe each
  *   chain's writable part as one frame slot, and read the whole burst from the backend in one call,
  *   straight into guest memory (a tap: one readv per frame, or one io_uring_enter per round of
  *   READVs). Chains left without a frame are kept (below).
@@ -101,6 +102,8 @@ export class RxService {
   private readonly frameHint: number;
   /** Chains kept from the last burst: chains[0 … held−1], in pop order, popped and not used. */
   private held = 0;
+  /** MRG_RXBUF without GSO: a frame may fit one buffer, and then the batched path serves (below). */
+  private readonly mrgInOne: boolean;
 
   constructor(ctx: ServiceContext<RxPort>, filter: RxFilter, opts: { mtu: number }) {
     this.ctx = ctx;
@@ -110,6 +113,7 @@ export class RxService {
     this.skip = ctx.port.vnetHdrLen === 0 ? f.hdrLen : 0;
     const gso = f.guestTso4 || f.guestTso6 || f.guestUfo;
     this.maxRx = f.hdrLen + (gso ? MAX_FRAME_LEN : opts.mtu + ETH_HLEN + VLAN_HLEN);
+    this.mrgInOne = f.mrgRxbuf && !gso;
     // Frames (batched) or buffers (merged): a burst, plus room for one frame over MAX_IOV_PER_FRAME
     // single-piece buffers. Entries: a burst of chains in their most pieces, or two frames' worth.
     const slots = ctx.burst + MAX_IOV_PER_FRAME;
@@ -133,7 +137,13 @@ export class RxService {
         return RX.THROTTLED; // frames wait in the backend
       }
     }
-    if (!ctx.f.mrgRxbuf && this.filter.passAll) return this.batched(max);
+    if (this.filter.passAll) {
+      if (!ctx.f.mrgRxbuf) return this.batched(max, false);
+      if (this.mrgInOne) {
+        const r = this.batched(max, true);
+        if (r !== 0) return r;
+      }
+    }
     if (this.canMerge) return this.merged(max);
     this.release(); // the per-frame path pops its own
     return this.perFrame(max);
@@ -203,7 +213,13 @@ export class RxService {
 
   // ---- the batched path
 
-  private batched(max: number): number {
+  /**
+   * With `mrg` (MRG_RXBUF, no GSO), only while every chain holds the largest frame: each frame then
+   * takes one buffer (num_buffers 1), and the burst goes to the backend in one call like any batched
+   * one (one io_uring_enter on that path, where the merged path pays a readv per frame). At the first
+   * chain that is smaller it keeps every chain popped and returns 0, for the merged path to serve.
+   */
+  private batched(max: number, mrg: boolean): number {
     const ctx = this.ctx;
     const q = ctx.queue;
     const c = ctx.c;
@@ -222,6 +238,10 @@ export class RxService {
     for (let i = 0; i < n; i++) {
       const ch = this.chains[i]!;
       if (this.unusable(ch)) continue;
+      if (mrg && ch.writableLen < this.maxRx) {
+        this.held = n;
+        return 0;
+      }
       t.count = ch.appendIovecs(t.entries, t.count, 'writable', this.skip, ch.writableLen - this.skip, mem);
       t.endFrame();
       this.slotChain[slots++] = i;

@@ -58,7 +58,7 @@ import { GuestRam } from '../../harness/guest-ram.ts';
 import { VirtioNetDriver } from '../../harness/virtio-net.ts';
 import { createNetns, openPacketIn, type Netns } from '../../harness/netns.ts';
 import { buildTapLoop, ROOT, runTapLoop, runTapLoopRaw, stat } from './common.ts';
-import { next, parse, put, traceOff, traceSetup, tracefs, workerHops, type Ev, type Hops } from './ftrace.ts';
+import { isTapWrite, next, parse, put, traceOff, traceSetup, tracefs, workerHops, type Ev, type Hops } from './ftrace.ts';
 
 const SECONDS = Number(process.env['LGNET_BENCH_SECONDS'] ?? 2);
 const ONLY = process.env['LGNET_BENCH_ONLY'] ?? '';
@@ -285,7 +285,7 @@ async function traceEchoes(kickFd: number, callFd: number, echoes: () => Promise
   const isKick = (e: Ev) => e.tid === me && kickArg.test(e.args);
   const hops: Hops[] = [];
   evs.forEach((e, i) => {
-    if (!(e.comm === 'lgnet-tx1' && e.name === 'sys_writev')) return;
+    if (!isTapWrite(e)) return;
     const w = workerHops(evs, i, isKick);
     const back = w ? next(evs, w.call, (x) => x.tid === me && x.name === 'sys_read' && callArg.test(x.args)) : -1;
     if (!w || back < 0) return;

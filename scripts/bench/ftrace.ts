@@ -1,6 +1,6 @@
 /**
  * ftrace for the latency benchmarks (ping-trace.ts: a guest's pings; device.ts: the harness's echoes):
- * turn on the scheduler and read/write system-call events for some processes' threads, read the trace
+ * turn on the scheduler and read/write (and io_uring_enter) system-call events for some processes' threads, read the trace
  * back, and cut it into the hops of one round trip through lgnet's two workers. Needs root (tracefs);
  * traceOff() leaves tracing off and empty.
  */
@@ -27,7 +27,7 @@ export function traceSetup(pids: number[]): void {
   put('set_event', '');
   const tids = pids.flatMap((p) => readdirSync(`/proc/${p}/task`));
   put('set_event_pid', tids.join(' '));
-  for (const e of ['sched:sched_switch', 'sched:sched_wakeup', 'syscalls:sys_enter_write', 'syscalls:sys_enter_writev', 'syscalls:sys_enter_readv', 'syscalls:sys_enter_read']) {
+  for (const e of ['sched:sched_switch', 'sched:sched_wakeup', 'syscalls:sys_enter_write', 'syscalls:sys_enter_writev', 'syscalls:sys_enter_readv', 'syscalls:sys_enter_read', 'syscalls:sys_enter_io_uring_enter']) {
     writeFileSync(join(T, 'set_event'), `${e}\n`, { flag: 'a' });
   }
   // Every system call's entry and exit too, for reading a raw trace (LGNET_BENCH_TRACE_RAW).
@@ -84,8 +84,13 @@ export const wakeOf = (tid: number) => (e: Ev): boolean => e.name === 'sched_wak
 
 export type Hops = Record<string, number>;
 
+/** The TX worker handing frames to the tap: a writev, or (tap I/O 'uring') an io_uring_enter. */
+export const isTapWrite = (e: Ev): boolean => e.comm === 'lgnet-tx1' && (e.name === 'sys_writev' || e.name === 'sys_io_uring_enter');
+/** The RX worker reading the tap: a readv (also MRG_RXBUF's on the io_uring path), or an io_uring_enter. */
+export const isTapRead = (e: Ev): boolean => e.comm === 'lgnet-rx0' && (e.name === 'sys_readv' || e.name === 'sys_io_uring_enter');
+
 /**
- * The TX worker's writev at index `i` (a request) and what lgnet does for its answer: the indices of
+ * The TX worker's tap write at index `i` (a request; isTapWrite) and what lgnet does for its answer: the indices of
  * the front-end's kick before it (a write by a thread `isKicker` accepts), the TX worker's start of
  * run after the kick, the RX worker's run, its readv and its call eventfd write. Null where a hop is
  * missing (the trace started or ended mid-echo).
@@ -98,7 +103,7 @@ export function workerHops(evs: Ev[], i: number, isKicker: (e: Ev) => boolean): 
   // The RX worker's readv of the reply, and the switch that ran it: the last one before the readv (an
   // earlier wake-up, e.g. a held interrupt's deadline, is not this frame's), or none when it was
   // running already.
-  const readv = next(evs, i, (x) => x.comm === 'lgnet-rx0' && x.name === 'sys_readv');
+  const readv = next(evs, i, isTapRead);
   const lastRun = readv >= 0 ? prev(evs, readv, switchTo((c) => c === 'lgnet-rx0')) : -1;
   const rxRun = lastRun > i ? lastRun : i;
   const call = readv >= 0 ? next(evs, readv, (x) => x.comm === 'lgnet-rx0' && x.name === 'sys_write') : -1;

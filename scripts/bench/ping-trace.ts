@@ -20,7 +20,7 @@ import { bootGuest, ensureGuestImage } from '../qemu.ts';
 import { createTapNamespace } from '../netns.ts';
 import { startLgnet } from './lgnet-process.ts';
 import { writeResult, type Stat } from './common.ts';
-import { next, parse, prev, put, summarise, switchTo, traceOff, traceSetup, tracefs, wakeOf, workerHops, type Ev, type Hops } from './ftrace.ts';
+import { isTapWrite, next, parse, prev, put, summarise, switchTo, traceOff, traceSetup, tracefs, wakeOf, workerHops, type Ev, type Hops } from './ftrace.ts';
 
 const HOST = '10.0.2.1';
 const GUEST = '10.0.2.2';
@@ -51,7 +51,7 @@ function lgnetHops(evs: Ev[], qemuPid: number, vcpuTid: number): Hops[] {
   const isVcpu = (e: Ev) => e.tid === vcpuTid;
   const out: Hops[] = [];
   evs.forEach((e, i) => {
-    if (!(e.comm === 'lgnet-tx1' && e.name === 'sys_writev')) return;
+    if (!isTapWrite(e)) return;
     const w = workerHops(evs, i, isVcpu);
     const main = w ? next(evs, w.call, switchTo((_c, pid) => pid === qemuPid)) : -1;
     const vcpu = main >= 0 ? next(evs, main, vcpuUp(vcpuTid)) : -1;
