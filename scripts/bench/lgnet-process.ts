@@ -47,8 +47,10 @@ export async function startLgnet(o: {
   const launcher = o.nodeArgs
     ? [process.execPath, ...o.nodeArgs, join(ROOT, 'bin/lgnet')]
     : [join(ROOT, 'bin/lgnet')];
+  // LGNET_BENCH_SERVE_WRAP runs every lgnet serve the benches start under a program, e.g. 'taskset -c 1'.
+  const wrap = o.wrap ?? (process.env['LGNET_BENCH_SERVE_WRAP'] ?? '').split(/\s+/).filter(Boolean);
   const argv = [
-    ...(o.wrap ?? []),
+    ...wrap,
     ...launcher, 'serve', '--socket', o.socket, '--tap', o.tap, '--queues', String(o.queues ?? 1),
     '--metrics-socket', o.metricsPath, '--log-level', 'warn',
     // LGNET_BENCH_SERVE_ARGS adds flags to every lgnet serve the benches start, e.g. '--busy-poll 50'.
