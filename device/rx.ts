@@ -239,7 +239,7 @@ export class RxService {
       const ch = this.chains[i]!;
       if (this.unusable(ch)) continue;
       if (mrg && ch.writableLen < this.maxRx) {
-        this.held = n;
+        this.held = Math.max(n, held); // with a rate limit, more may be held than this burst took
         return 0;
       }
       t.count = ch.appendIovecs(t.entries, t.count, 'writable', this.skip, ch.writableLen - this.skip, mem);
