@@ -292,13 +292,13 @@ export function rulesFor(role: Role, opts: PolicyOptions = {}): SyscallRule[] {
     // which io_uring_enter would then accept. dup2, dup3 and close_range are denied anyway.
     const i = out.findIndex((r) => r.name === 'close');
     const close = out[i];
-    if (close && close.when === undefined && close.errno === undefined) {
-      out[i] = {
-        ...close,
-        reason: `${close.reason}; never one of lgnet's io_uring ring fds, whose numbers io_uring_enter trusts`,
-        when: [[{ arg: 0, notOneOf: Object.fromEntries(rings.map((fd) => [`ring fd ${fd}`, fd])) }]],
-      };
-    }
+    // The pin below replaces the rule's conditions: a close rule with its own would need merging.
+    if (!close || close.when !== undefined || close.errno !== undefined) throw new RangeError(`role ${role}: the close rule must be unconditional for the ring-fd pin`);
+    out[i] = {
+      ...close,
+      reason: `${close.reason}; never one of lgnet's io_uring ring fds, whose numbers io_uring_enter trusts`,
+      when: [[{ arg: 0, notOneOf: Object.fromEntries(rings.map((fd) => [`ring fd ${fd}`, fd])) }]],
+    };
   }
   return out;
 }
