@@ -46,6 +46,8 @@ export const NET_ERROR = {
   NO_MEMORY: 'NET_NO_MEMORY',
   /** A dirty log that does not cover guest memory, or whose range overflows or lies outside its fd. */
   BAD_DIRTY_LOG: 'NET_BAD_DIRTY_LOG',
+  /** NetDeviceOptions.cpus names no CPU, or one this process may not run on. */
+  BAD_CPUS: 'NET_BAD_CPUS',
   /** A queue worker could not install its seccomp filter. */
   WORKER_SECCOMP: 'NET_WORKER_SECCOMP',
   /** A queue worker could not start. */

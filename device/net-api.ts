@@ -35,6 +35,13 @@ export interface NetDeviceOptions {
    * out takes its default.
    */
   coalesce?: Partial<DeviceCoalesce>;
+  /**
+   * CPUs the data queue workers run on, one per queue pair in turn (as DPDK gives each lcore its
+   * queues): pair p's RX and TX workers both run on `cpus[p % cpus.length]`, so that the wake-up from
+   * the TX worker's write to the RX worker that reads the answer stays on one CPU. Each must be a CPU
+   * this process may use. Default: not pinned (the scheduler places every worker).
+   */
+  cpus?: readonly number[];
   /** Largest queue size the device accepts. Default 1024. */
   maxQueueSize?: number;
   /**

@@ -51,6 +51,20 @@ function randomMac(): Uint8Array {
   return mac;
 }
 
+/** NetDeviceOptions.cpus, checked against the CPUs this thread may run on (its affinity, as taskset set it). */
+function checkCpus(cpus: readonly number[]): number[] {
+  const allowed = native.threadAffinity();
+  if (!Array.isArray(cpus) || cpus.length === 0) {
+    throw new NetConfigError(NET_ERROR.BAD_CPUS, `cpus must list at least one CPU; this process may use ${allowed.join(',')}`);
+  }
+  for (const c of cpus) {
+    if (!Number.isInteger(c) || !allowed.includes(c)) {
+      throw new NetConfigError(NET_ERROR.BAD_CPUS, `cpus: ${String(c)} is not a CPU this process may use (${allowed.join(',')}); name one of those, or leave cpus out`);
+    }
+  }
+  return [...cpus];
+}
+
 /** How often a backend whose interface vanished is tried again (Backend.reattach). */
 const REATTACH_MS = 1000;
 
@@ -123,6 +137,7 @@ export class NetDevice extends EventEmitter {
     }
     this.rateLimit = opts.rateLimit;
     this.maxQueueSize = opts.maxQueueSize ?? 1024;
+    const cpus = opts.cpus === undefined ? undefined : checkCpus(opts.cpus);
     for (let i = 0; i < this.queueCount; i++) {
       const counters = createCounters();
       const s: Slot = {
@@ -130,6 +145,7 @@ export class NetDevice extends EventEmitter {
         host: new WorkerHost({
           index: i,
           counters,
+          ...(cpus ? { cpu: cpus[(i >> 1) % cpus.length]! } : {}),
           onEvent: (e) => {
             if (e.ev === 'broken') this.markBroken(s, e.code, e.message);
             else if (e.ev === 'backend') this.backendEdge(s, e.ok, e.errno);

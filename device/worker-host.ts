@@ -29,6 +29,8 @@ export interface WorkerHostOptions {
   index: number;
   /** The queue's counters, shared with the worker. */
   counters: Float64Array;
+  /** The CPU the thread runs on, or undefined for anywhere. */
+  cpu?: number;
   /** Every event the worker posts, before the commands waiting for it are answered. */
   onEvent(e: WorkerEvent): void;
   /** The thread is gone (exited, crashed or killed): no queue runs on it any more. */
@@ -76,6 +78,7 @@ export class WorkerHost {
       counters: this.opts.counters,
       control: port2,
       ...(frameFilter && tx ? { frameFilter } : {}),
+      ...(this.opts.cpu !== undefined ? { cpu: this.opts.cpu } : {}),
     };
     const idle = this.waitFor(['idle', 'broken']);
     const w = startWorker(WORKER_URL, { workerData: boot, transferList: [port2], name: `lgnet-q${index}` });

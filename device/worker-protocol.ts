@@ -67,6 +67,8 @@ export interface WorkerBoot {
   control: MessagePort;
   /** The pair backend's filter hook, loaded at start (a jailed worker cannot load code later). */
   frameFilter?: FilterRef;
+  /** The CPU the thread pins itself to as it starts (NetDeviceOptions.cpus), or none. */
+  cpu?: number;
 }
 
 /** One queue's configuration, sent when the queue starts. */

@@ -329,8 +329,18 @@ if (!isMainThread && (workerData as { lgnetQueueWorker?: boolean } | null)?.lgne
   const boot = workerData as WorkerBoot;
   // lgnet-rx0, lgnet-tx1, …: what top -H, perf and traces show for this thread.
   native.setThreadName(`lgnet-${boot.role}${boot.queueIndex}`);
+  // Pinned before it reports idle, so before any jail: the thread sets its own affinity only.
+  let pinned: string | null = null;
+  if (boot.cpu !== undefined) {
+    try {
+      native.setThreadAffinity([boot.cpu]);
+    } catch (e) {
+      pinned = `could not run on CPU ${boot.cpu}: ${(e as Error).message}`;
+    }
+  }
   // The filter hook is a module the worker loads itself (functions cannot cross threads).
-  void backends.loadFilter(boot.frameFilter).then(
+  if (pinned !== null) boot.control.postMessage({ ev: 'broken', code: NET_ERROR.BAD_CPUS, message: pinned } satisfies WorkerEvent);
+  else void backends.loadFilter(boot.frameFilter).then(
     (filter) => new QueueWorker(boot, filter).run(),
     (e: Error) => boot.control.postMessage({ ev: 'broken', code: 'LGNET_FILTER_LOAD', message: e.message } satisfies WorkerEvent),
   );

@@ -111,6 +111,8 @@ export interface RawBinding {
   setNoNewPrivs(): void;
   setNotDumpable(): void;
   setThreadName(name: string): void;
+  setThreadAffinity(cpus: Uint32Array): void;
+  threadAffinity(): number[];
   seccompInstall(filter: Uint8Array, tsync: boolean): void;
   setresuid(r: number, e: number, s: number): void;
   setresgid(r: number, e: number, s: number): void;

@@ -4,6 +4,7 @@
 #include "common.h"
 
 #include <grp.h>
+#include <sched.h>
 #include <linux/filter.h>
 #include <linux/seccomp.h>
 #include <sys/prctl.h>
@@ -31,6 +32,34 @@ Napi::Value SetThreadName(const Napi::CallbackInfo& info) {
   if (name.empty() || name.size() > 15) LGNET_THROW_RANGE("a thread name is 1 to 15 bytes");
   if (prctl(PR_SET_NAME, name.c_str(), 0, 0, 0) < 0) return NativeFail(env, errno, "prctl", "PR_SET_NAME");
   return env.Undefined();
+}
+
+// sched_setaffinity(0, …): the calling thread only (tid 0), so a queue worker pins itself and no other.
+Napi::Value SetThreadAffinity(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  REQUIRE_ARGUMENT_TYPED(0, cpus, uint32_t, napi_uint32_array, "cpus")
+  if (cpus.ElementLength() == 0) LGNET_THROW_RANGE("cpus: at least one CPU");
+  cpu_set_t set;
+  CPU_ZERO(&set);
+  for (size_t i = 0; i < cpus.ElementLength(); i++) {
+    if (cpus[i] >= CPU_SETSIZE) LGNET_THROW_RANGE("cpus: each CPU number below " + std::to_string(CPU_SETSIZE));
+    CPU_SET(cpus[i], &set);
+  }
+  if (sched_setaffinity(0, sizeof set, &set) < 0) return NativeFail(env, errno, "sched_setaffinity", "the calling thread");
+  return env.Undefined();
+}
+
+// sched_getaffinity(0, …) → the CPUs the calling thread may run on, ascending.
+Napi::Value ThreadAffinity(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  cpu_set_t set;
+  CPU_ZERO(&set);
+  if (sched_getaffinity(0, sizeof set, &set) < 0) return NativeFail(env, errno, "sched_getaffinity", "the calling thread");
+  Napi::Array out = Napi::Array::New(env);
+  uint32_t n = 0;
+  for (int c = 0; c < CPU_SETSIZE; c++)
+    if (CPU_ISSET(c, &set)) out.Set(n++, Napi::Number::New(env, c));
+  return out;
 }
 
 Napi::Value SetNotDumpable(const Napi::CallbackInfo& info) {
@@ -139,6 +168,8 @@ void RegisterHardening(Napi::Env env, Napi::Object exports) {
   exports.Set("setNoNewPrivs", Napi::Function::New(env, SetNoNewPrivs, "setNoNewPrivs"));
   exports.Set("setNotDumpable", Napi::Function::New(env, SetNotDumpable, "setNotDumpable"));
   exports.Set("setThreadName", Napi::Function::New(env, SetThreadName, "setThreadName"));
+  exports.Set("setThreadAffinity", Napi::Function::New(env, SetThreadAffinity, "setThreadAffinity"));
+  exports.Set("threadAffinity", Napi::Function::New(env, ThreadAffinity, "threadAffinity"));
   exports.Set("seccompInstall", Napi::Function::New(env, SeccompInstall, "seccompInstall"));
   exports.Set("setresuid", Napi::Function::New(env, SetResUid, "setresuid"));
   exports.Set("setresgid", Napi::Function::New(env, SetResGid, "setresgid"));

@@ -12,10 +12,6 @@ export function setNoNewPrivs(): void {
   b.setNoNewPrivs();
 }
 
-/**
- * prctl(PR_SET_DUMPABLE, 0): the process leaves no core dump, and other processes of the same uid can
- * neither ptrace it nor read /proc/<pid>/mem (where guest memory is mapped).
- */
 /** Names the calling thread (1–15 bytes), for top -H, perf and /proc/<pid>/task/<tid>/comm. */
 export function setThreadName(name: string): void {
   checkString(name, 'name');
@@ -23,6 +19,28 @@ export function setThreadName(name: string): void {
   b.setThreadName(name);
 }
 
+/** Most CPUs a thread's affinity names (glibc's CPU_SETSIZE). */
+export const MAX_CPUS = 1024;
+
+/**
+ * sched_setaffinity for the calling thread alone: it runs only on `cpus` from now on. A CPU this
+ * process may not use (outside its cpuset, or offline) throws NativeError EINVAL.
+ */
+export function setThreadAffinity(cpus: readonly number[]): void {
+  if (!Array.isArray(cpus) || cpus.length === 0) throw new RangeError('cpus: a non-empty array of CPU numbers');
+  for (const c of cpus) checkInt(c, 'cpu', 0, MAX_CPUS - 1);
+  b.setThreadAffinity(Uint32Array.from(cpus));
+}
+
+/** sched_getaffinity for the calling thread: the CPUs it may run on, ascending. */
+export function threadAffinity(): number[] {
+  return b.threadAffinity();
+}
+
+/**
+ * prctl(PR_SET_DUMPABLE, 0): the process leaves no core dump, and other processes of the same uid can
+ * neither ptrace it nor read /proc/<pid>/mem (where guest memory is mapped).
+ */
 export function setNotDumpable(): void {
   b.setNotDumpable();
 }

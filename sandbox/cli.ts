@@ -6,6 +6,7 @@
  *   lgnet serve --socket PATH [--client] [--tap NAME] [--queues N] [--mac MAC] [--mtu N]
  *               [--log-level LEVEL] [--reconnect-ms MS] [--metrics-listen ADDR] [--metrics-socket PATH]
  *               [--pcap FILE] [--{tx,rx}-rate-{bytes,ops} SIZE/MS] [--busy-poll US] [--io PATH] [--offer-config]
+ *               [--worker-cpus LIST]
  *               [--coalesce-rx-usecs US] [--coalesce-tx-usecs US] [--coalesce-buffers N]
  *               [--guest-announce]
  *               [--no-sandbox | [--chroot DIR] [--user U] [--group G]]
@@ -37,6 +38,8 @@ export interface ServeOptions {
   mtu: number;
   /** Busy-poll window of the queue workers, in microseconds. */
   busyPoll: number;
+  /** --worker-cpus: queue pair p's workers run on cpus[p % cpus.length] (NetDeviceOptions.cpus). */
+  workerCpus?: number[] | undefined;
   /** Interrupt coalescing of the data queues (device/coalesce.ts); usecs 0: off for that direction. */
   coalesce: DeviceCoalesce;
   /** Tap I/O path: 'auto' (io_uring where the kernel allows it, the default), 'uring' or 'syscall' (device/tap-backend.ts). */
@@ -89,6 +92,16 @@ function bucket(name: string): (v: string) => BucketSpec {
   };
 }
 
+function cpus(name: string): (v: string) => number[] {
+  return (v) => {
+    try {
+      return parseCpuList(v);
+    } catch (e) {
+      throw new InvalidArgumentError(`${name}: ${(e as Error).message}`);
+    }
+  };
+}
+
 function listenAddress(name: string): (v: string) => ListenAddress {
   return (v) => {
     try {
@@ -97,6 +110,23 @@ function listenAddress(name: string): (v: string) => ListenAddress {
       throw new InvalidArgumentError(`${name}: ${(e as Error).message}`);
     }
   };
+}
+
+/** Most CPUs a list names (glibc's CPU_SETSIZE), as native/hardening.ts. */
+const MAX_CPUS = 1024;
+
+/** A CPU list as taskset -c writes one: "1", "0,2", "2-3,6"; kept in the order given. */
+export function parseCpuList(v: string): number[] {
+  const out: number[] = [];
+  for (const part of v.split(',')) {
+    const m = /^(\d+)(?:-(\d+))?$/.exec(part.trim());
+    if (!m) throw new InvalidArgumentError(`'${part}' is not a CPU number or range (like 1, 0,2 or 2-3)`);
+    const lo = Number(m[1]);
+    const hi = m[2] === undefined ? lo : Number(m[2]);
+    if (hi < lo || hi >= MAX_CPUS) throw new InvalidArgumentError(`'${part}': CPUs are 0 to ${MAX_CPUS - 1}, a range low-high`);
+    for (let c = lo; c <= hi; c++) if (!out.includes(c)) out.push(c);
+  }
+  return out;
 }
 
 function tapName(v: string): string {
@@ -113,10 +143,6 @@ function rateLimitOf(o: Record<string, unknown>): { rx?: RateLimit; tx?: RateLim
 }
 
 /**
- * Builds the program. `serve` is called with validated options; the caller runs `parseAsync`.
- * Errors in arguments exit with status 2 (commander's exitOverride is left to the caller).
- */
-/**
  * The version in lgnet's package.json. The file sits at the package root, one level above sandbox/ in
  * a clone and two above dist/sandbox/ in what ships; read once, before any jail.
  */
@@ -130,6 +156,10 @@ export function packageVersion(): string {
   return 'unknown';
 }
 
+/**
+ * Builds the program. `serve` is called with validated options; the caller runs `parseAsync`.
+ * Errors in arguments exit with status 2 (commander's exitOverride is left to the caller).
+ */
 export function buildCli(actions: { serve: (opts: ServeOptions) => Promise<void>; stats?: (opts: StatsOptions) => Promise<void> }): Command {
   const program = new Command('lgnet')
     .description('lgnet: a virtio-net device in TypeScript (vhost-user back-end)')
@@ -150,6 +180,7 @@ export function buildCli(actions: { serve: (opts: ServeOptions) => Promise<void>
     .addOption(new Option('--mac <mac>', 'MAC address in the device config (default: random, locally administered)').argParser(macAddress))
     .addOption(new Option('--mtu <n>', 'MTU in the device config').argParser(int('--mtu', 68, 65535)).default(1500))
     .addOption(new Option('--busy-poll <us>', 'microseconds a queue worker re-checks its ring before it sleeps (fewer kicks and interrupts, more host CPU); 0 = off').argParser(int('--busy-poll', 0, 1_000_000)).default(0))
+    .addOption(new Option('--worker-cpus <list>', "pin the queue workers, one CPU per queue pair in turn (like taskset -c: '1', '0,2', '2-3'): a pair's RX and TX workers share their CPU, so an echo's wake-up from TX to RX stays on it (docs/OPERATIONS.md); default: not pinned").argParser(cpus('--worker-cpus')))
     .addOption(new Option('--coalesce-rx-usecs <us>', 'interrupt coalescing: an RX queue that interrupted the guest less than this many microseconds ago holds its next interrupt until then (a queue quiet for longer signals at once); 0 = off').argParser(int('--coalesce-rx-usecs', 0, MAX_COALESCE_USECS)).default(DEFAULT_COALESCE.rxUsecs))
     .addOption(new Option('--coalesce-tx-usecs <us>', 'the same for TX queues (TX completions only free the guest\'s buffers); 0 = off').argParser(int('--coalesce-tx-usecs', 0, MAX_COALESCE_USECS)).default(DEFAULT_COALESCE.txUsecs))
     .addOption(new Option('--coalesce-buffers <n>', 'interrupt coalescing: used buffers pending that end a hold at once').argParser(int('--coalesce-buffers', 1, MAX_COALESCE_BUFFERS)).default(DEFAULT_COALESCE.buffers))
@@ -179,6 +210,7 @@ export function buildCli(actions: { serve: (opts: ServeOptions) => Promise<void>
         mac: o['mac'] as string | undefined,
         mtu: o['mtu'] as number,
         busyPoll: o['busyPoll'] as number,
+        workerCpus: o['workerCpus'] as number[] | undefined,
         coalesce: { rxUsecs: o['coalesceRxUsecs'] as number, txUsecs: o['coalesceTxUsecs'] as number, buffers: o['coalesceBuffers'] as number },
         io: o['io'] as TapIo | undefined,
         logLevel: o['logLevel'] as LogLevel,

@@ -67,12 +67,14 @@ export async function startServing(opts: ServeOptions, log: Logger): Promise<Ser
       features: VHOST_USER_NET_FEATURES | (opts.guestAnnounce ? mask('GUEST_ANNOUNCE') : 0n),
       ...(opts.mac ? { mac: opts.mac } : {}), ...(pcapFd >= 0 ? { capture: { fd: pcapFd } } : {}),
       ...(opts.rateLimit ? { rateLimit: opts.rateLimit } : {}),
+      ...(opts.workerCpus ? { cpus: opts.workerCpus } : {}),
     });
   } catch (e) {
     backend.close();
     if (pcapFd >= 0) closePcap(pcapFd);
     throw e;
   }
+  if (opts.workerCpus) log.info({ cpus: opts.workerCpus }, 'queue workers pinned, one CPU per queue pair in turn');
   const closeDevice = async (): Promise<void> => {
     await device.close();
     if (pcapFd >= 0) closePcap(pcapFd);

@@ -52,6 +52,10 @@ describe('lgnet serve (CLI)', () => {
     expect(r2.status).toBe(2);
     expect(r2.stderr).toContain('--tx-rate-bytes');
     expect(r2.stderr).toContain('SIZE/MS');
+    const r3 = spawnSync(LGNET, ['serve', '--socket', '/tmp/never.sock', '--worker-cpus', '1-0'], { encoding: 'utf8', timeout: 20_000 });
+    expect(r3.status).toBe(2);
+    expect(r3.stderr).toContain('--worker-cpus');
+    expect(existsSync('/tmp/never.sock')).toBe(false);
   });
 });
 
@@ -188,8 +192,13 @@ describe.skipIf(!pre.ok)('lgnet serve (CLI) in a namespace', () => {
       return tasks.map((t) => spawnSync('cat', [`/proc/${pid}/task/${t}/status`], { encoding: 'utf8' }).stdout);
     };
     // The socket reaper is the one child lgnet vouches for, and the only one it has once jailed.
-    lg = await start(['--socket', join(dir, 'jailed.sock'), '--tap', 'lgtapj', '--log-level', 'info', '--rx-rate-bytes', '125000000/1000', '--tx-rate-ops', '100000/1000']);
+    // --worker-cpus: the workers pin themselves as they start, before the jail.
+    const cpu = native.threadAffinity().at(-1)!;
+    lg = await start(['--socket', join(dir, 'jailed.sock'), '--tap', 'lgtapj', '--log-level', 'info', '--rx-rate-bytes', '125000000/1000', '--tx-rate-ops', '100000/1000', '--worker-cpus', String(cpu)]);
     const jailed = status(lg.child.pid!);
+    const workers = jailed.filter((st) => /^Name:\s+lgnet-(rx0|tx1)$/m.test(st));
+    expect(workers).toHaveLength(2);
+    for (const st of workers) expect(st).toMatch(new RegExp(`^Cpus_allowed_list:\\s+${cpu}$`, 'm'));
     const jailLog = logLines(lg).find((l) => l.msg === 'jailed') as { jail?: { sandboxed: boolean } } | undefined;
     expect(jailLog?.jail?.sandboxed, lg.stderr()).toBe(true);
     const kids = spawnSync('sh', ['-c', `cat /proc/${lg.child.pid}/task/*/children`], { encoding: 'utf8' }).stdout.split(/\s+/).filter(Boolean);
