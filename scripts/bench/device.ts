@@ -24,7 +24,9 @@
  *                  (one thread, no ring: the floor of the kernel's own round trip). Then 100 echoes
  *                  under ftrace, spaced so and back to back, cut into hops (ftrace.ts; needs root;
  *                  LGNET_BENCH_TRACE_RAW=FILE keeps the raw trace, LGNET_BENCH_TRACE_SYSCALLS=1 adds
- *                  every system call's entry and exit to it).
+ *                  every system call's entry and exit to it). Last, the echo with the queue pair's two
+ *                  workers pinned to one CPU (NetDeviceOptions.cpus) against the same unpinned, in
+ *                  alternating rounds on fresh devices.
  *   io             lgnet on each tap I/O path (io_uring, readv/writev) against both C limits, the
  *                  per-frame loop (write/read) and the io_uring loop (uwrite/uread: 32 WRITEVs or READVs
  *                  per io_uring_enter), tx/rx at 64 and 1514 B, in LGNET_BENCH_IO_ROUNDS rounds (default
@@ -81,10 +83,10 @@ const QSIZE = 256;
 interface Rate { frames: number; seconds: number; fps: number }
 
 /** A device on a tap in `ns`, with the harness attached. `io`: the tap's I/O path (default: its own choice). */
-async function setup(ns: Netns, packed = false, rx: { mrg?: boolean; bufferSize?: number; features?: bigint } = {}, io?: TapIo) {
+async function setup(ns: Netns, packed = false, rx: { mrg?: boolean; bufferSize?: number; features?: bigint } = {}, io?: TapIo, cpus?: number[]) {
   const backend = native.withNetns(ns.path, () => new TapBackend({ name: 'lgbench0', ...(io ? { io } : {}) }));
   ns.exec('ip', 'link', 'set', 'lgbench0', 'up');
-  const dev = new NetDevice({ backend, mac: '52:54:00:00:00:01', busyPoll: BUSY_POLL, maxQueueSize: QSIZE, ...COALESCE });
+  const dev = new NetDevice({ backend, mac: '52:54:00:00:00:01', busyPoll: BUSY_POLL, maxQueueSize: QSIZE, ...COALESCE, ...(cpus ? { cpus } : {}) });
   const ram = new GuestRam(64 << 20);
   const features = mask('VERSION_1', 'RING_EVENT_IDX', 'MAC') | (packed ? mask('RING_PACKED') : 0n) | (rx.mrg ? mask('MRG_RXBUF') : 0n) | (rx.features ?? 0n);
   const drv = new VirtioNetDriver(ram, { features, queueSize: QSIZE, rxBufferSize: rx.bufferSize ?? 2048 });
@@ -321,30 +323,80 @@ function rttStat(rtt: number[]): { n: number; lost: number; min: number; p50: nu
  * namespace's kernel answers: the tap gets 10.99.0.1/24 and a permanent neighbour entry for the
  * "guest" (10.99.0.2 at the device's MAC), so no ARP is involved.
  */
-async function benchPing(ns: Netns, bin: string): Promise<Record<string, unknown>> {
+/**
+ * A device set up for echoes as a Linux guest's (MRG_RXBUF, 1536-byte buffers, TSO), the namespace's
+ * kernel at 10.99.0.1 answering; `once()` sends one echo and returns its round trip in µs (-1: lost).
+ * `cpus`: NetDeviceOptions.cpus.
+ */
+async function pingSetup(ns: Netns, cpus?: number[]) {
   const features = mask('CSUM', 'GUEST_CSUM', 'GUEST_TSO4', 'GUEST_TSO6', 'HOST_TSO4', 'HOST_TSO6');
-  const s = await setup(ns, false, { mrg: true, bufferSize: 1536, features });
-  try {
-    ns.exec('ip', 'addr', 'add', '10.99.0.1/24', 'dev', 'lgbench0');
-    ns.exec('ip', 'neigh', 'replace', '10.99.0.2', 'lladdr', '52:54:00:00:00:01', 'dev', 'lgbench0', 'nud', 'permanent');
-    const tapMac = mac(ns.exec('cat', '/sys/class/net/lgbench0/address').trim());
-    const frame = icmpEchoRequest({ srcMac: mac('52:54:00:00:00:01'), dstMac: tapMac, srcIp: ip4('10.99.0.2'), dstIp: ip4('10.99.0.1') });
-    const rx = s.drv.rx[0]!;
-    const callFds = Int32Array.of(rx.callFd);
-    const once = (): number => {
-      const t0 = performance.now();
-      if (!s.drv.send(frame)) return -1;
-      const deadline = t0 + 1000;
-      for (;;) {
-        if (s.drv.receive().some((f) => isIcmpEchoReply(f.frame))) break;
-        if (performance.now() > deadline) return -1;
-        if (native.poll(callFds, 100)) native.eventfdRead(rx.callFd);
+  const s = await setup(ns, false, { mrg: true, bufferSize: 1536, features }, undefined, cpus);
+  ns.exec('ip', 'addr', 'replace', '10.99.0.1/24', 'dev', 'lgbench0');
+  ns.exec('ip', 'neigh', 'replace', '10.99.0.2', 'lladdr', '52:54:00:00:00:01', 'dev', 'lgbench0', 'nud', 'permanent');
+  const tapMac = mac(ns.exec('cat', '/sys/class/net/lgbench0/address').trim());
+  const frame = icmpEchoRequest({ srcMac: mac('52:54:00:00:00:01'), dstMac: tapMac, srcIp: ip4('10.99.0.2'), dstIp: ip4('10.99.0.1') });
+  const rx = s.drv.rx[0]!;
+  const callFds = Int32Array.of(rx.callFd);
+  const once = (): number => {
+    const t0 = performance.now();
+    if (!s.drv.send(frame)) return -1;
+    const deadline = t0 + 1000;
+    for (;;) {
+      if (s.drv.receive().some((f) => isIcmpEchoReply(f.frame))) break;
+      if (performance.now() > deadline) return -1;
+      if (native.poll(callFds, 100)) native.eventfdRead(rx.callFd);
+    }
+    const rtt = (performance.now() - t0) * 1000;
+    s.drv.reclaimTx();
+    return rtt;
+  };
+  return { s, frame, once };
+}
+
+const pause = (us: number) => (us > 0 ? new Promise((r) => setTimeout(r, us / 1000)) : Promise.resolve());
+
+/**
+ * lgnet's echo with its queue pair's two workers pinned to one CPU (NetDeviceOptions.cpus: the last
+ * CPU this process may use), against the same unpinned, in alternating rounds on fresh devices.
+ */
+async function benchPingPinned(ns: Netns, rounds = 3): Promise<Record<string, unknown>> {
+  const allowed = native.threadAffinity();
+  const cpu = allowed[allowed.length - 1]!;
+  const per = Math.max(1, Math.floor(PINGS / rounds));
+  const free: number[] = [];
+  const pinned: number[] = [];
+  const p50s: Array<{ free: number; pinned: number }> = [];
+  for (let r = 0; r < rounds; r++) {
+    const got: Record<string, number[]> = {};
+    for (const [k, cpus] of [['free', undefined], ['pinned', [cpu]]] as const) {
+      const p = await pingSetup(ns, cpus ? [...cpus] : undefined);
+      try {
+        for (let i = 0; i < 10; i++) p.once(); // warm up
+        const rtt: number[] = [];
+        for (let i = 0; i < per; i++) {
+          rtt.push(p.once());
+          await pause(PING_GAP_US);
+        }
+        got[k] = rtt;
+      } finally {
+        await closeSetup(p.s);
       }
-      const rtt = (performance.now() - t0) * 1000;
-      s.drv.reclaimTx();
-      return rtt;
-    };
-    const pause = (us: number) => (us > 0 ? new Promise((r) => setTimeout(r, us / 1000)) : Promise.resolve());
+    }
+    free.push(...got['free']!);
+    pinned.push(...got['pinned']!);
+    p50s.push({ free: rttStat(got['free']!).p50, pinned: rttStat(got['pinned']!).p50 });
+  }
+  const a = rttStat(free);
+  const b = rttStat(pinned);
+  const ratios = p50s.map((x) => x.pinned / x.free);
+  console.log(`ping, the pair's workers pinned to CPU ${cpu} against not pinned (${rounds} rounds of ${per}): p50 ${b.p50.toFixed(0)} vs ${a.p50.toFixed(0)} µs, avg ${b.avg.toFixed(0)} vs ${a.avg.toFixed(0)}, p99 ${b.p99.toFixed(0)} vs ${a.p99.toFixed(0)}; p50 ratio per round ${ratios.map((x) => x.toFixed(2)).join(', ')}`);
+  return { cpu, rounds, perRound: per, free: a, pinned: b, p50Rounds: p50s, p50Ratio: b.p50 / a.p50, avgRatio: b.avg / a.avg };
+}
+
+async function benchPing(ns: Netns, bin: string): Promise<Record<string, unknown>> {
+  const { s, frame, once } = await pingSetup(ns);
+  try {
+    const rx = s.drv.rx[0]!;
     const lg: number[] = [];
     for (let i = 0; i < PINGS; i++) {
       lg.push(once());
@@ -384,9 +436,12 @@ async function benchPing(ns: Netns, bin: string): Promise<Record<string, unknown
       const t = v as { n: number; hops: Record<string, { median: number }> };
       console.log(`  traced, ${k === 'gap0' ? 'back to back' : `${PING_GAP_US} µs apart`} (${t.n} echoes, median µs): ${Object.entries(t.hops).map(([h, x]) => `${h} ${x.median.toFixed(0)}`).join(', ')}`);
     }
-    return { pings: PINGS, gapUs: PING_GAP_US, lgnet: a, c: b, extraP50Us: a.p50 - b.p50, extraAvgUs: a.avg - b.avg, wake, trace, rx: { interrupts: m[0]!.interrupts, held: m[0]!.interruptsHeld, sleeps: m[0]!.sleeps }, tx: { interrupts: m[1]!.interrupts, held: m[1]!.interruptsHeld, sleeps: m[1]!.sleeps } };
-  } finally {
+    const result = { pings: PINGS, gapUs: PING_GAP_US, lgnet: a, c: b, extraP50Us: a.p50 - b.p50, extraAvgUs: a.avg - b.avg, wake, trace, rx: { interrupts: m[0]!.interrupts, held: m[0]!.interruptsHeld, sleeps: m[0]!.sleeps }, tx: { interrupts: m[1]!.interrupts, held: m[1]!.interruptsHeld, sleeps: m[1]!.sleeps } };
     await closeSetup(s);
+    return { ...result, pinned: await benchPingPinned(ns) };
+  } catch (e) {
+    await closeSetup(s).catch(() => {});
+    throw e;
   }
 }
 
