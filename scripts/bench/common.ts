@@ -286,16 +286,17 @@ export function buildTapLoop(out = join(ROOT, '.cache', 'tap-loop')): string {
 /**
  * Runs tap-loop synchronously with `fd` as its fd 3 (no fd when `fd` < 0: the wake mode) and returns
  * its stdout: `args` is the mode and its arguments after the fd (e.g. ['write', '12', '64', '2']).
- * `seconds` bounds the wait.
+ * `seconds` bounds the wait; `wrap` runs it under a program first (e.g. ['taskset', '-c', '1']).
  */
-export function runTapLoopRaw(bin: string, fd: number, args: string[], seconds: number): string {
+export function runTapLoopRaw(bin: string, fd: number, args: string[], seconds: number, wrap: string[] = []): string {
   const argv = fd < 0 ? args : [args[0]!, '3', ...args.slice(1)];
-  const r = spawnSync(bin, argv, { stdio: fd < 0 ? ['ignore', 'pipe', 'pipe'] : ['ignore', 'pipe', 'pipe', fd], encoding: 'utf8', timeout: (seconds + 10) * 1000 });
+  const [cmd, ...rest] = [...wrap, bin, ...argv];
+  const r = spawnSync(cmd!, rest, { stdio: fd < 0 ? ['ignore', 'pipe', 'pipe'] : ['ignore', 'pipe', 'pipe', fd], encoding: 'utf8', timeout: (seconds + 10) * 1000 });
   if (r.status !== 0) throw new Error(`tap-loop ${args.join(' ')} failed (${r.status}): ${r.stderr}`);
   return r.stdout;
 }
 
 /** runTapLoopRaw for the modes that print a rate. */
-export function runTapLoop(bin: string, fd: number, args: string[], seconds: number): TapLoopResult {
-  return JSON.parse(runTapLoopRaw(bin, fd, args, seconds)) as TapLoopResult;
+export function runTapLoop(bin: string, fd: number, args: string[], seconds: number, wrap: string[] = []): TapLoopResult {
+  return JSON.parse(runTapLoopRaw(bin, fd, args, seconds, wrap)) as TapLoopResult;
 }

@@ -179,41 +179,72 @@ async function benchMrg(ns: Netns, bin: string, seconds: number, rounds = MRG_RO
  * lgnet on each tap I/O path against both C limits (per-frame syscalls, and io_uring bursts of 32), in
  * IO_ROUNDS rounds, each on fresh devices. Ratios are taken within a round, then summarised.
  */
+/**
+ * The placement of the io section's pinned case: lgnet's queue workers on the last CPU this process may
+ * use (NetDeviceOptions.cpus), the harness (the main thread) on the first, and the C loops on the
+ * workers' CPU (taskset). Null with fewer than two CPUs.
+ */
+function pinPlan(): { worker: number; harness: number; all: number[] } | null {
+  const all = native.threadAffinity();
+  return all.length >= 2 ? { worker: all[all.length - 1]!, harness: all[0]!, all } : null;
+}
+
+/** Runs `fn` with the main thread (the harness) on `cpu`, then gives it back every CPU it had. */
+function onCpu<T>(plan: { harness: number; all: number[] } | null, fn: () => T): T {
+  if (!plan) return fn();
+  native.setThreadAffinity([plan.harness]);
+  try {
+    return fn();
+  } finally {
+    native.setThreadAffinity(plan.all);
+  }
+}
+
 async function benchIo(ns: Netns, bin: string, seconds: number): Promise<Record<string, unknown>> {
   const names = ['tx64', 'tx1514', 'rx64', 'rx1514'] as const;
   const series: Record<string, Record<string, number[]>> = {};
   const push = (name: string, key: string, v: number): void => void ((series[name] ??= {})[key] ??= []).push(v);
+  const plan = pinPlan();
+  if (!plan) console.log('io: one CPU only, so no pinned case');
+  const paths = plan ? (['uring', 'syscall', 'pinned'] as const) : (['uring', 'syscall'] as const);
   for (let round = 0; round < IO_ROUNDS; round++) {
-    for (const io of ['uring', 'syscall'] as const) {
-      const s = await setup(ns, false, {}, io);
+    for (const path of paths) {
+      // 'pinned': io_uring, the workers on one CPU and the harness on another (pinPlan).
+      const io = path === 'pinned' ? 'uring' : path;
+      const pin = path === 'pinned' ? plan : null;
+      const s = await setup(ns, false, {}, io, pin ? [pin.worker] : undefined);
       try {
         if (s.backend.io !== io) throw new Error(`asked for ${io}, got ${s.backend.io}`);
         const tapFd = s.backend.fds[0]!;
+        const cWrap = pin ? ['taskset', '-c', String(pin.worker)] : [];
         for (const len of [64, 1514]) {
-          harnessTx(s, len, WARMUP);
-          push(`tx${len}`, io, harnessTx(s, len, seconds).fps);
-          // The C loops once per round, on the tap of the syscall device (its TX ring is idle).
-          if (io === 'syscall') {
-            push(`tx${len}`, 'cWritev', runTapLoop(bin, tapFd, ['write', String(HDR), String(len), String(seconds)], seconds).fps);
-            push(`tx${len}`, 'cUring', runTapLoop(bin, tapFd, ['uwrite', String(HDR), String(len), String(seconds)], seconds).fps);
+          onCpu(pin, () => harnessTx(s, len, WARMUP));
+          push(`tx${len}`, path, onCpu(pin, () => harnessTx(s, len, seconds)).fps);
+          // The C loops once per round, on the tap of the syscall device (its TX ring is idle), and
+          // pinned to the workers' CPU on the pinned one's.
+          if (path !== 'uring') {
+            const k = path === 'pinned' ? 'Pinned' : '';
+            push(`tx${len}`, `cWritev${k}`, runTapLoop(bin, tapFd, ['write', String(HDR), String(len), String(seconds)], seconds, cWrap).fps);
+            push(`tx${len}`, `cUring${k}`, runTapLoop(bin, tapFd, ['uwrite', String(HDR), String(len), String(seconds)], seconds, cWrap).fps);
           }
         }
         const pkt = openPacketIn(ns, 'lgbench0');
         for (const len of [64, 1514]) {
           const m0 = s.dev.metrics().queues[0]!;
-          const lg = await withSender(bin, pkt, len, () => (harnessRx(s, WARMUP), harnessRx(s, seconds)), WARMUP);
-          push(`rx${len}`, io, lg.result.fps);
+          const lg = await withSender(bin, pkt, len, () => onCpu(pin, () => (harnessRx(s, WARMUP), harnessRx(s, seconds))), WARMUP);
+          push(`rx${len}`, path, lg.result.fps);
           const m1 = s.dev.metrics().queues[0]!;
           const frames = m1.frames - m0.frames;
           // Per frame: bursts, sleeps and guest-buffer shortages, to tell a slow path from a starved one.
-          push(`rx${len}`, `${io}BurstsPerFrame`, (m1.bursts - m0.bursts) / frames);
-          push(`rx${len}`, `${io}SleepsPerFrame`, (m1.sleeps - m0.sleeps) / frames);
-          push(`rx${len}`, `${io}NoBuffersPerFrame`, (m1.rxNoBuffers - m0.rxNoBuffers) / frames);
-          push(`rx${len}`, `${io}Offered`, lg.offered);
-          if (io === 'syscall') {
+          push(`rx${len}`, `${path}BurstsPerFrame`, (m1.bursts - m0.bursts) / frames);
+          push(`rx${len}`, `${path}SleepsPerFrame`, (m1.sleeps - m0.sleeps) / frames);
+          push(`rx${len}`, `${path}NoBuffersPerFrame`, (m1.rxNoBuffers - m0.rxNoBuffers) / frames);
+          push(`rx${len}`, `${path}Offered`, lg.offered);
+          if (path !== 'uring') {
             await s.dev.stopQueue(0); // the C reader takes the tap alone
-            for (const [key, mode] of [['cReadv', 'read'], ['cUring', 'uread']] as const) {
-              const c = await withSender(bin, pkt, len, () => runTapLoop(bin, tapFd, [mode, String(HDR), String(seconds)], seconds));
+            const k = path === 'pinned' ? 'Pinned' : '';
+            for (const [key, mode] of [[`cReadv${k}`, 'read'], [`cUring${k}`, 'uread']] as const) {
+              const c = await withSender(bin, pkt, len, () => runTapLoop(bin, tapFd, [mode, String(HDR), String(seconds)], seconds, cWrap));
               push(`rx${len}`, key, c.result.fps);
             }
             await s.dev.startQueue(0);
@@ -241,12 +272,17 @@ async function benchIo(ns: Netns, bin: string, seconds: number): Promise<Record<
       uringVsCUring: ratio(x['uring']!, x['cUring']!),
       syscallVsCPerFrame: ratio(x['syscall']!, perFrame),
       uringVsSyscall: ratio(x['uring']!, x['syscall']!),
+      ...(x['pinned'] ? { pinnedVsCUringPinned: ratio(x['pinned'], x['cUringPinned']!), pinnedVsUring: ratio(x['pinned'], x['uring']!) } : {}),
     };
     out[name] = { ...x, medians: Object.fromEntries(Object.entries(x).map(([k, v]) => [k, stat(v).median])), ratios: r };
     console.log(`${name.padEnd(7)} lgnet uring ${fmt(stat(x['uring']!).median)}  lgnet syscall ${fmt(stat(x['syscall']!).median)}  ` +
       `C per-frame ${fmt(stat(perFrame).median)}  C io_uring ${fmt(stat(x['cUring']!).median)}`);
     console.log(`${''.padEnd(7)} ratios, median (min–max over ${IO_ROUNDS} rounds): uring/C per-frame ${spread(r.uringVsCPerFrame)}  ` +
       `uring/C io_uring ${spread(r.uringVsCUring)}  syscall/C per-frame ${spread(r.syscallVsCPerFrame)}  uring/syscall ${spread(r.uringVsSyscall)}`);
+    if (r.pinnedVsCUringPinned) {
+      console.log(`${''.padEnd(7)} pinned (workers on CPU ${plan!.worker}, harness on ${plan!.harness}, C loops on ${plan!.worker}): lgnet uring ${fmt(stat(x['pinned']!).median)}  ` +
+        `C io_uring ${fmt(stat(x['cUringPinned']!).median)}  ratio ${spread(r.pinnedVsCUringPinned)}  pinned/unpinned lgnet ${spread(r.pinnedVsUring!)}`);
+    }
   }
   return out;
 }
