@@ -43,6 +43,8 @@ export async function startLgnet(o: {
   metricsPath: string;
   /** Run under another program first, e.g. ['taskset', '-c', '1']. */
   wrap?: string[];
+  /** More `lgnet serve` flags, e.g. ['--worker-cpus', '1']. */
+  extraArgs?: string[];
 }): Promise<LgnetProcess> {
   const launcher = o.nodeArgs
     ? [process.execPath, ...o.nodeArgs, join(ROOT, 'bin/lgnet')]
@@ -55,6 +57,7 @@ export async function startLgnet(o: {
     '--metrics-socket', o.metricsPath, '--log-level', 'warn',
     // LGNET_BENCH_SERVE_ARGS adds flags to every lgnet serve the benches start, e.g. '--busy-poll 50'.
     ...(process.env['LGNET_BENCH_SERVE_ARGS'] ?? '').split(/\s+/).filter(Boolean),
+    ...(o.extraArgs ?? []),
   ];
   rmSync(o.metricsPath, { force: true });
   // `ip netns exec` execs in place: the pid is node's own (or the wrapper's, which execs too).

@@ -13,6 +13,7 @@ import { benchDevice } from '../../scripts/bench/device.ts';
 import { benchDpdk } from '../../scripts/bench/dpdk.ts';
 import { benchGuest } from '../../scripts/bench/guest.ts';
 import { benchNative } from '../../scripts/bench/native.ts';
+import { benchPlacement } from '../../scripts/bench/placement.ts';
 import { benchVring } from '../../scripts/bench/vring.ts';
 import { writeReport } from '../../scripts/bench/report.ts';
 import { writeResult } from '../../scripts/bench/common.ts';
@@ -74,4 +75,16 @@ describe.skipIf(process.getuid?.() !== 0)('bench smoke (tiny durations)', () => 
     expect(svg.startsWith('<svg')).toBe(true);
     expect(svg).toContain('TCP guest→host');
   }, 90_000);
+
+  it('placement: the guest pings under each thread placement', async () => {
+    const p = (await quiet(() => benchPlacement({ rounds: 1, pings: 5 }))) as { skipped?: string; summary?: Record<string, { min: { median: number }; ratio?: { min: number } }> };
+    if (p.skipped) {
+      console.log(`placement smoke skipped: ${p.skipped}`);
+      return;
+    }
+    const rows = Object.values(p.summary!);
+    expect(rows).toHaveLength(6);
+    for (const r of rows) expect(r.min.median).toBeGreaterThan(0);
+    expect(rows.filter((r) => r.ratio !== undefined)).toHaveLength(4);
+  }, 120_000);
 });
