@@ -16,7 +16,7 @@
  *                  drift on a shared machine hits both): 2048-byte buffers (one per frame), and 1024-byte
  *                  buffers for 1514 B (each frame spans two).
  *   ping           latency: one ICMP echo at a time from the harness to the namespace's kernel through
- *                  lgnet and back (kick → TX worker → writev → the kernel answers → RX worker → readv
+ *                  lgnet and back (kick → TX worker → tap write → the kernel answers → RX worker → tap read
  *                  → used + call eventfd → harness), with the features and buffers a Linux guest uses
  *                  (MRG_RXBUF with 1536-byte buffers, GUEST_TSO4/6); LGNET_BENCH_PINGS echoes (default
  *                  500), LGNET_BENCH_PING_GAP_US apart (default 2000, so every echo finds lgnet asleep).
@@ -295,8 +295,10 @@ const TRACED_PINGS = 100;
 
 /**
  * Runs `echoes` under ftrace (scheduler and read/write system calls of this process's threads) and
- * cuts each echo into its hops: the harness's kick (a write to `kickFd`) → TX worker → writev (the
- * namespace's kernel answers inside it) → RX worker → readv → call eventfd → the harness reads it.
+ * cuts each echo into its hops: the harness's kick (a write to `kickFd`) → TX worker → tap write (the
+ * namespace's kernel answers inside it) → RX worker → tap read → call eventfd → the harness reads it.
+ * A tap write or read is the system call that moves the frame: writev/readv, or io_uring_enter on the
+ * io_uring path.
  * Without tracefs (not root) it says why and returns no hops.
  */
 async function traceEchoes(kickFd: number, callFd: number, echoes: () => Promise<void>): Promise<{ n: number; hops: Record<string, { median: number; p90: number }>; skipped?: string }> {
@@ -330,10 +332,10 @@ async function traceEchoes(kickFd: number, callFd: number, echoes: () => Promise
     const t = (k: number) => evs[k]!.ts;
     hops.push({
       'kick → TX worker runs': t(w.run) - t(w.kick),
-      'TX worker → writev': e.ts - t(w.run),
-      'writev → RX worker runs': t(w.rxRun) - e.ts,
-      'RX worker → readv': t(w.readv) - t(w.rxRun),
-      'readv → call eventfd': t(w.call) - t(w.readv),
+      'TX worker → tap write': e.ts - t(w.run),
+      'tap write → RX worker runs': t(w.rxRun) - e.ts,
+      'RX worker → tap read': t(w.readv) - t(w.rxRun),
+      'tap read → call eventfd': t(w.call) - t(w.readv),
       'call eventfd → harness reads it': t(back) - t(w.call),
       'kick → harness reads the call (total)': t(back) - t(w.kick),
     });

@@ -6,8 +6,9 @@
  * sched_wakeup) and the read/write system calls of lgnet's and QEMU's threads. Each round trip is then
  * cut into hops, from the vCPU's kick to the vCPU's wake-up for the reply:
  *
- *   lgnet:  kick (vCPU write to the ioeventfd) → TX worker runs → writev to the tap → RX worker runs
- *           → readv → call eventfd written → QEMU's main loop runs → vCPU woken
+ *   lgnet:  kick (vCPU write to the ioeventfd) → TX worker runs → tap write → RX worker runs
+ *           → tap read → call eventfd written → QEMU's main loop runs → vCPU woken
+ *           (a tap write or read is writev/readv, or io_uring_enter on the io_uring path)
  *   QEMU:   kick → main loop runs → writev to the tap → main loop reads the reply → vCPU woken
  *
  * Prints, per hop, the median and spread in µs, and the guest's own ping figures; writes
@@ -60,10 +61,10 @@ function lgnetHops(evs: Ev[], qemuPid: number, vcpuTid: number): Hops[] {
     const t = (k: number) => evs[k]!.ts;
     out.push({
       'kick → TX worker runs': t(run) - t(kick),
-      'TX worker → writev': e.ts - t(run),
-      'writev → RX worker runs (host stack, reply)': t(rxRun) - e.ts,
-      'RX worker → readv': t(readv) - t(rxRun),
-      'readv → call eventfd': t(call) - t(readv),
+      'TX worker → tap write': e.ts - t(run),
+      'tap write → RX worker runs (host stack, reply)': t(rxRun) - e.ts,
+      'RX worker → tap read': t(readv) - t(rxRun),
+      'tap read → call eventfd': t(call) - t(readv),
       'call eventfd → QEMU main loop runs': t(main) - t(call),
       'main loop → vCPU woken': t(vcpu) - t(main),
       'kick → vCPU woken (total)': t(vcpu) - t(kick),
