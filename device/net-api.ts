@@ -20,7 +20,7 @@ export interface NetDeviceOptions {
   queuePairs?: number;
   /** Features to offer; trimmed to what the backend supports. Default DEFAULT_OFFERED. */
   features?: bigint;
-  /** Chains per burst. Default 32. */
+  /** Chains per burst. Default DEFAULT_BURST (64). */
   burst?: number;
   /**
    * Microseconds a worker keeps re-checking its ring (and backend) before it signals and sleeps; work

@@ -28,8 +28,8 @@
  *                  workers pinned to one CPU (NetDeviceOptions.cpus) against the same unpinned, in
  *                  alternating rounds on fresh devices.
  *   io             lgnet on each tap I/O path (io_uring, readv/writev) against both C limits, the
- *                  per-frame loop (write/read) and the io_uring loop (uwrite/uread: 32 WRITEVs or READVs
- *                  per io_uring_enter), tx/rx at 64 and 1514 B, in LGNET_BENCH_IO_ROUNDS rounds (default
+ *                  per-frame loop (write/read) and the io_uring loop (uwrite/uread: as many WRITEVs or
+ *                  READVs per io_uring_enter as lgnet's burst, DEFAULT_BURST), tx/rx at 64 and 1514 B, in LGNET_BENCH_IO_ROUNDS rounds (default
  *                  3) on fresh devices; medians and the spread over rounds (skipped when a measurement
  *                  lasts under a second: the smoke test). The tx/rx figures at the top also give the C
  *                  io_uring loop beside the C per-frame one. It also prints what one system call costs
@@ -53,7 +53,7 @@ import { cpus, loadavg, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import * as native from '../../native/index.ts';
 import { mask } from '../../device/features.ts';
-import { NetDevice } from '../../device/net.ts';
+import { DEFAULT_BURST, NetDevice } from '../../device/net.ts';
 import { TapBackend, type TapIo } from '../../device/tap-backend.ts';
 import { ethernet, icmpEchoRequest, ip4, isIcmpEchoReply, mac } from '../../harness/frames.ts';
 import { GuestRam } from '../../harness/guest-ram.ts';
@@ -225,7 +225,7 @@ async function benchIo(ns: Netns, bin: string, seconds: number): Promise<Record<
           if (path !== 'uring') {
             const k = path === 'pinned' ? 'Pinned' : '';
             push(`tx${len}`, `cWritev${k}`, runTapLoop(bin, tapFd, ['write', String(HDR), String(len), String(seconds)], seconds, cWrap).fps);
-            push(`tx${len}`, `cUring${k}`, runTapLoop(bin, tapFd, ['uwrite', String(HDR), String(len), String(seconds)], seconds, cWrap).fps);
+            push(`tx${len}`, `cUring${k}`, runTapLoop(bin, tapFd, ['uwrite', String(HDR), String(len), String(seconds), String(DEFAULT_BURST)], seconds, cWrap).fps);
           }
         }
         const pkt = openPacketIn(ns, 'lgbench0');
@@ -244,7 +244,7 @@ async function benchIo(ns: Netns, bin: string, seconds: number): Promise<Record<
             await s.dev.stopQueue(0); // the C reader takes the tap alone
             const k = path === 'pinned' ? 'Pinned' : '';
             for (const [key, mode] of [[`cReadv${k}`, 'read'], [`cUring${k}`, 'uread']] as const) {
-              const c = await withSender(bin, pkt, len, () => runTapLoop(bin, tapFd, [mode, String(HDR), String(seconds)], seconds, cWrap));
+              const c = await withSender(bin, pkt, len, () => runTapLoop(bin, tapFd, [mode, String(HDR), String(seconds), ...(mode === 'uread' ? [String(DEFAULT_BURST)] : [])], seconds, cWrap));
               push(`rx${len}`, key, c.result.fps);
             }
             await s.dev.startQueue(0);
@@ -517,7 +517,7 @@ export async function benchDevice(opts: { seconds?: number; mrgRounds?: number }
       harnessTx(s, len, 0.3); // warm up
       const lg = harnessTx(s, len, seconds);
       const c = runTapLoop(bin, tapFd, ['write', String(HDR), String(len), String(seconds)], seconds);
-      const cu = runTapLoop(bin, tapFd, ['uwrite', String(HDR), String(len), String(seconds)], seconds);
+      const cu = runTapLoop(bin, tapFd, ['uwrite', String(HDR), String(len), String(seconds), String(DEFAULT_BURST)], seconds);
       const m = s.dev.metrics().queues[1]!;
       results[`tx${len}`] = { lgnet: lg.fps, c: c.fps, ratio: lg.fps / c.fps, cUring: cu.fps, ratioUring: lg.fps / cu.fps, interruptsPerFrame: m.interrupts / m.frames };
       console.log(`tx ${String(len).padStart(4)} B: lgnet ${fmt(lg.fps)}  C writev ${fmt(c.fps)}  ratio ${(lg.fps / c.fps).toFixed(3)}  C io_uring ${fmt(cu.fps)}  ratio ${(lg.fps / cu.fps).toFixed(3)}`);
@@ -527,7 +527,7 @@ export async function benchDevice(opts: { seconds?: number; mrgRounds?: number }
       const lg = await withSender(bin, pkt, len, () => harnessRx(s!, seconds));
       await s.dev.stopQueue(0); // the C reader takes the tap alone
       const c = await withSender(bin, pkt, len, () => runTapLoop(bin, tapFd, ['read', String(HDR), String(seconds)], seconds));
-      const cu = await withSender(bin, pkt, len, () => runTapLoop(bin, tapFd, ['uread', String(HDR), String(seconds)], seconds));
+      const cu = await withSender(bin, pkt, len, () => runTapLoop(bin, tapFd, ['uread', String(HDR), String(seconds), String(DEFAULT_BURST)], seconds));
       await s.dev.startQueue(0);
       const ratio = lg.result.fps / c.result.fps;
       const ratioUring = lg.result.fps / cu.result.fps;

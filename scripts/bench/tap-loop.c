@@ -4,8 +4,10 @@
  *
  *   tap-loop write  FD HDRLEN FRAMELEN SECONDS  writev(header, frame) to a tap fd, one call per frame
  *   tap-loop read   FD HDRLEN SECONDS           readv(header, 2 KiB buffer) from a nonblocking tap fd
- *   tap-loop uwrite FD HDRLEN FRAMELEN SECONDS  the same frames as WRITEVs, 32 per io_uring_enter
- *   tap-loop uread  FD HDRLEN SECONDS           READVs into 32 buffers per io_uring_enter; poll when
+ *   tap-loop uwrite FD HDRLEN FRAMELEN SECONDS [BURST]
+ *                                               the same frames as WRITEVs, BURST (default 32, at most
+ *                                               256) per io_uring_enter
+ *   tap-loop uread  FD HDRLEN SECONDS [BURST]   READVs into BURST buffers per io_uring_enter; poll when
  *                                               a whole round found nothing
  *   tap-loop send   FD FRAMELEN SECONDS         sendmmsg bursts of 32 on an AF_PACKET socket (a
  *                                               traffic source for the read loops)
@@ -115,7 +117,7 @@ static int do_read(int fd, int hdrlen, double seconds) {
 
 /* ---- io_uring, raw syscalls ---------------------------------------------------------------------- */
 
-enum { UBURST = 32 };
+enum { UBURST = 32, UBURST_MAX = 256 };
 
 struct ring {
   int fd;
@@ -124,11 +126,11 @@ struct ring {
   struct io_uring_cqe *cqes;
 };
 
-static int ring_open(struct ring *r, int tap) {
+static int ring_open(struct ring *r, int tap, int burst) {
   struct io_uring_params p;
   memset(&p, 0, sizeof p);
   p.flags = IORING_SETUP_R_DISABLED | IORING_SETUP_COOP_TASKRUN;
-  r->fd = (int)syscall(__NR_io_uring_setup, 2 * UBURST, &p);
+  r->fd = (int)syscall(__NR_io_uring_setup, 2 * burst, &p);
   if (r->fd < 0) return perror("io_uring_setup"), -1;
   size_t sqlen = p.sq_off.array + p.sq_entries * sizeof(unsigned);
   size_t cqlen = p.cq_off.cqes + p.cq_entries * sizeof(struct io_uring_cqe);
@@ -185,21 +187,21 @@ static int ring_burst(struct ring *r, int op, struct iovec (*vecs)[2], int nv, i
   return 0;
 }
 
-static int do_uwrite(int fd, int hdrlen, int len, double seconds) {
+static int do_uwrite(int fd, int hdrlen, int len, double seconds, int burst) {
   static unsigned char hdr[12], frame[65536];
-  if (len < 14 || len > (int)sizeof frame || hdrlen < 0 || hdrlen > 12) return 2;
+  if (len < 14 || len > (int)sizeof frame || hdrlen < 0 || hdrlen > 12 || burst < 1 || burst > UBURST_MAX) return 2;
   fill_frame(frame, len);
   struct ring r;
-  if (ring_open(&r, fd) < 0) return 1;
-  struct iovec vecs[UBURST][2];
-  for (int i = 0; i < UBURST; i++) vecs[i][0] = (struct iovec){hdr, (size_t)hdrlen}, vecs[i][1] = (struct iovec){frame, (size_t)len};
-  int res[UBURST];
+  if (ring_open(&r, fd, burst) < 0) return 1;
+  struct iovec vecs[UBURST_MAX][2];
+  for (int i = 0; i < burst; i++) vecs[i][0] = (struct iovec){hdr, (size_t)hdrlen}, vecs[i][1] = (struct iovec){frame, (size_t)len};
+  int res[UBURST_MAX];
   long long frames = 0;
   double t0 = now(), t = t0;
   while (t - t0 < seconds) {
     for (int k = 0; k < 32; k++) {
-      if (ring_burst(&r, IORING_OP_WRITEV, vecs, hdrlen ? 2 : 1, UBURST, res) < 0) return 1;
-      for (int i = 0; i < UBURST; i++) frames += res[i] > 0;
+      if (ring_burst(&r, IORING_OP_WRITEV, vecs, hdrlen ? 2 : 1, burst, res) < 0) return 1;
+      for (int i = 0; i < burst; i++) frames += res[i] > 0;
     }
     t = now();
   }
@@ -207,19 +209,20 @@ static int do_uwrite(int fd, int hdrlen, int len, double seconds) {
   return 0;
 }
 
-static int do_uread(int fd, int hdrlen, double seconds) {
-  static unsigned char hdr[UBURST][12], buf[UBURST][2048];
+static int do_uread(int fd, int hdrlen, double seconds, int burst) {
+  static unsigned char hdr[UBURST_MAX][12], buf[UBURST_MAX][2048];
+  if (burst < 1 || burst > UBURST_MAX) return 2;
   struct ring r;
-  if (ring_open(&r, fd) < 0) return 1;
-  struct iovec vecs[UBURST][2];
-  for (int i = 0; i < UBURST; i++) vecs[i][0] = (struct iovec){hdr[i], (size_t)hdrlen}, vecs[i][1] = (struct iovec){buf[i], sizeof buf[i]};
-  int res[UBURST];
+  if (ring_open(&r, fd, burst) < 0) return 1;
+  struct iovec vecs[UBURST_MAX][2];
+  for (int i = 0; i < burst; i++) vecs[i][0] = (struct iovec){hdr[i], (size_t)hdrlen}, vecs[i][1] = (struct iovec){buf[i], sizeof buf[i]};
+  int res[UBURST_MAX];
   long long frames = 0;
   double t0 = now(), t = t0;
   while (t - t0 < seconds) {
-    if (ring_burst(&r, IORING_OP_READV, vecs, hdrlen ? 2 : 1, UBURST, res) < 0) return 1;
+    if (ring_burst(&r, IORING_OP_READV, vecs, hdrlen ? 2 : 1, burst, res) < 0) return 1;
     int got = 0;
-    for (int i = 0; i < UBURST; i++) got += res[i] > 0;
+    for (int i = 0; i < burst; i++) got += res[i] > 0;
     frames += got;
     if (got == 0) {
       struct pollfd p = {fd, POLLIN, 0};
@@ -347,9 +350,9 @@ int main(int argc, char **argv) {
   if (argc >= 7 && strcmp(argv[1], "ping") == 0) return do_ping(atoi(argv[2]), atoi(argv[3]), argv[4], atoi(argv[5]), atoi(argv[6]));
   if (argc >= 5 && strcmp(argv[1], "send") == 0) return do_send(atoi(argv[2]), atoi(argv[3]), atof(argv[4]));
   if (argc >= 6 && strcmp(argv[1], "uwrite") == 0)
-    return do_uwrite(atoi(argv[2]), atoi(argv[3]), atoi(argv[4]), atof(argv[5]));
-  if (argc >= 5 && strcmp(argv[1], "uread") == 0) return do_uread(atoi(argv[2]), atoi(argv[3]), atof(argv[4]));
+    return do_uwrite(atoi(argv[2]), atoi(argv[3]), atoi(argv[4]), atof(argv[5]), argc >= 7 ? atoi(argv[6]) : UBURST);
+  if (argc >= 5 && strcmp(argv[1], "uread") == 0) return do_uread(atoi(argv[2]), atoi(argv[3]), atof(argv[4]), argc >= 6 ? atoi(argv[5]) : UBURST);
   if (argc >= 3 && strcmp(argv[1], "nullsys") == 0) return do_nullsys(atol(argv[2]));
-  fprintf(stderr, "usage: tap-loop write|uwrite FD HDRLEN FRAMELEN SECONDS | read|uread FD HDRLEN SECONDS | send FD FRAMELEN SECONDS | nullsys COUNT\n");
+  fprintf(stderr, "usage: tap-loop write|uwrite FD HDRLEN FRAMELEN SECONDS [BURST] | read|uread FD HDRLEN SECONDS [BURST] | send FD FRAMELEN SECONDS | nullsys COUNT\n");
   return 2;
 }
