@@ -29,9 +29,10 @@
  *                  alternating rounds on fresh devices.
  *   io             lgnet on each tap I/O path (io_uring, readv/writev) against both C limits, the
  *                  per-frame loop (write/read) and the io_uring loop (uwrite/uread: as many WRITEVs or
- *                  READVs per io_uring_enter as lgnet's burst, DEFAULT_BURST), tx/rx at 64 and 1514 B, in LGNET_BENCH_IO_ROUNDS rounds (default
- *                  3) on fresh devices; medians and the spread over rounds (skipped when a measurement
- *                  lasts under a second: the smoke test). The tx/rx figures at the top also give the C
+ *                  READVs per io_uring_enter as lgnet's burst, LGNET_BENCH_BURST), tx/rx at 64 and
+ *                  1514 B, in LGNET_BENCH_IO_ROUNDS rounds (default 3) on fresh devices; medians and
+ *                  the spread over rounds (skipped when a measurement lasts under a second: the smoke
+ *                  test). The tx/rx figures at the top also give the C
  *                  io_uring loop beside the C per-frame one. It also prints what one system call costs
  *                  here (tap-loop nullsys: getppid), which decides how much fewer of them gain.
  *
@@ -45,7 +46,8 @@
  * comparison, LGNET_BENCH_ONLY=mrg runs the MRG_RXBUF comparison alone, LGNET_BENCH_MRG_ROUNDS its rounds
  * (default 3), LGNET_BENCH_ONLY=io the I/O path comparison alone, LGNET_BENCH_ONLY=ping the latency
  * case alone, LGNET_BENCH_COALESCE=off the device without interrupt coalescing (NetDevice coalesce
- * { rxUsecs: 0, txUsecs: 0 }), =RX,TX with holds of RX and TX µs.
+ * { rxUsecs: 0, txUsecs: 0 }), =RX,TX with holds of RX and TX µs, LGNET_BENCH_BURST the device's chains per
+ * burst and the C io_uring loops' operations per enter (default DEFAULT_BURST, 64).
  */
 import { spawn } from 'node:child_process';
 import { mkdirSync, writeFileSync } from 'node:fs';
@@ -77,6 +79,8 @@ function benchCoalesce(v: string | undefined): { coalesce?: { rxUsecs: number; t
   return { coalesce: { rxUsecs: rx!, txUsecs: tx ?? rx! } };
 }
 const COALESCE = benchCoalesce(process.env['LGNET_BENCH_COALESCE']);
+/** LGNET_BENCH_BURST: the device's chains per burst, and the C io_uring loops' operations per enter. */
+const BURST = Number(process.env['LGNET_BENCH_BURST'] ?? DEFAULT_BURST);
 const HDR = 12;
 const QSIZE = 256;
 
@@ -86,7 +90,7 @@ interface Rate { frames: number; seconds: number; fps: number }
 async function setup(ns: Netns, packed = false, rx: { mrg?: boolean; bufferSize?: number; features?: bigint } = {}, io?: TapIo, cpus?: number[]) {
   const backend = native.withNetns(ns.path, () => new TapBackend({ name: 'lgbench0', ...(io ? { io } : {}) }));
   ns.exec('ip', 'link', 'set', 'lgbench0', 'up');
-  const dev = new NetDevice({ backend, mac: '52:54:00:00:00:01', busyPoll: BUSY_POLL, maxQueueSize: QSIZE, ...COALESCE, ...(cpus ? { cpus } : {}) });
+  const dev = new NetDevice({ backend, mac: '52:54:00:00:00:01', busyPoll: BUSY_POLL, maxQueueSize: QSIZE, burst: BURST, ...COALESCE, ...(cpus ? { cpus } : {}) });
   const ram = new GuestRam(64 << 20);
   const features = mask('VERSION_1', 'RING_EVENT_IDX', 'MAC') | (packed ? mask('RING_PACKED') : 0n) | (rx.mrg ? mask('MRG_RXBUF') : 0n) | (rx.features ?? 0n);
   const drv = new VirtioNetDriver(ram, { features, queueSize: QSIZE, rxBufferSize: rx.bufferSize ?? 2048 });
@@ -225,7 +229,7 @@ async function benchIo(ns: Netns, bin: string, seconds: number): Promise<Record<
           if (path !== 'uring') {
             const k = path === 'pinned' ? 'Pinned' : '';
             push(`tx${len}`, `cWritev${k}`, runTapLoop(bin, tapFd, ['write', String(HDR), String(len), String(seconds)], seconds, cWrap).fps);
-            push(`tx${len}`, `cUring${k}`, runTapLoop(bin, tapFd, ['uwrite', String(HDR), String(len), String(seconds), String(DEFAULT_BURST)], seconds, cWrap).fps);
+            push(`tx${len}`, `cUring${k}`, runTapLoop(bin, tapFd, ['uwrite', String(HDR), String(len), String(seconds), String(BURST)], seconds, cWrap).fps);
           }
         }
         const pkt = openPacketIn(ns, 'lgbench0');
@@ -244,7 +248,7 @@ async function benchIo(ns: Netns, bin: string, seconds: number): Promise<Record<
             await s.dev.stopQueue(0); // the C reader takes the tap alone
             const k = path === 'pinned' ? 'Pinned' : '';
             for (const [key, mode] of [[`cReadv${k}`, 'read'], [`cUring${k}`, 'uread']] as const) {
-              const c = await withSender(bin, pkt, len, () => runTapLoop(bin, tapFd, [mode, String(HDR), String(seconds), ...(mode === 'uread' ? [String(DEFAULT_BURST)] : [])], seconds, cWrap));
+              const c = await withSender(bin, pkt, len, () => runTapLoop(bin, tapFd, [mode, String(HDR), String(seconds), ...(mode === 'uread' ? [String(BURST)] : [])], seconds, cWrap));
               push(`rx${len}`, key, c.result.fps);
             }
             await s.dev.startQueue(0);
@@ -517,7 +521,7 @@ export async function benchDevice(opts: { seconds?: number; mrgRounds?: number }
       harnessTx(s, len, 0.3); // warm up
       const lg = harnessTx(s, len, seconds);
       const c = runTapLoop(bin, tapFd, ['write', String(HDR), String(len), String(seconds)], seconds);
-      const cu = runTapLoop(bin, tapFd, ['uwrite', String(HDR), String(len), String(seconds), String(DEFAULT_BURST)], seconds);
+      const cu = runTapLoop(bin, tapFd, ['uwrite', String(HDR), String(len), String(seconds), String(BURST)], seconds);
       const m = s.dev.metrics().queues[1]!;
       results[`tx${len}`] = { lgnet: lg.fps, c: c.fps, ratio: lg.fps / c.fps, cUring: cu.fps, ratioUring: lg.fps / cu.fps, interruptsPerFrame: m.interrupts / m.frames };
       console.log(`tx ${String(len).padStart(4)} B: lgnet ${fmt(lg.fps)}  C writev ${fmt(c.fps)}  ratio ${(lg.fps / c.fps).toFixed(3)}  C io_uring ${fmt(cu.fps)}  ratio ${(lg.fps / cu.fps).toFixed(3)}`);
@@ -527,7 +531,7 @@ export async function benchDevice(opts: { seconds?: number; mrgRounds?: number }
       const lg = await withSender(bin, pkt, len, () => harnessRx(s!, seconds));
       await s.dev.stopQueue(0); // the C reader takes the tap alone
       const c = await withSender(bin, pkt, len, () => runTapLoop(bin, tapFd, ['read', String(HDR), String(seconds)], seconds));
-      const cu = await withSender(bin, pkt, len, () => runTapLoop(bin, tapFd, ['uread', String(HDR), String(seconds), String(DEFAULT_BURST)], seconds));
+      const cu = await withSender(bin, pkt, len, () => runTapLoop(bin, tapFd, ['uread', String(HDR), String(seconds), String(BURST)], seconds));
       await s.dev.startQueue(0);
       const ratio = lg.result.fps / c.result.fps;
       const ratioUring = lg.result.fps / cu.result.fps;
