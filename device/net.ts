@@ -67,7 +67,7 @@ function checkCpus(cpus: readonly number[]): number[] {
 
 /**
  * Chains per burst unless NetDeviceOptions.burst says otherwise: vhost-net's TX batch, and what one
- * io_uring_enter takes on a tap ring (native URING_ENTRIES). 64 moved 64-byte TX frames ~20 % faster
+ * io_uring_enter takes on a tap ring (native URING_ENTRIES). 64 moved 64-byte TX frames ~16 % faster
  * than 32 on io_uring (docs/PERFORMANCE.md, "Session 10").
  */
 export const DEFAULT_BURST = 64;
