@@ -357,10 +357,13 @@ export async function benchGuest(opts: GuestBenchOptions = {}): Promise<GuestRes
   } finally {
     await cleanup();
   }
+  // Medians over the boots that worked: a failed boot's partial figures (an iperf3 that never
+  // connected reports 0 bit/s) would pull them down. Failed boots are listed in the report instead.
   const summary: GuestResults['summary'] = {};
+  const good = rows.filter((r) => r.ok);
   for (const m of GUEST_METRICS) {
-    const a = stat(rows.filter((r) => r.variant === 'lgnet').map((r) => r[m.key] as number));
-    const b = stat(rows.filter((r) => r.variant === 'qemu').map((r) => r[m.key] as number));
+    const a = stat(good.filter((r) => r.variant === 'lgnet').map((r) => r[m.key] as number));
+    const b = stat(good.filter((r) => r.variant === 'qemu').map((r) => r[m.key] as number));
     summary[m.key] = { lgnet: a, qemu: b, ratio: a.median / b.median };
   }
   const res: GuestResults = {
