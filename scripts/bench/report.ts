@@ -41,12 +41,20 @@ export interface SuiteInfo {
   env: Record<string, string>;
 }
 
+/** What scripts/bench/placement.ts writes (the part the report reads). */
+interface PlacementResults {
+  rounds: number;
+  pings: number;
+  summary?: Record<string, { min: Stat; avg: Stat; ratio?: { min: number; avg: number } }>;
+}
+
 export function buildReport(dir = RESULTS_DIR): { markdown: string; chart: string } {
   const native = readResult<J>('native', dir);
   const vring = readResult<J>('vring', dir);
   const device = readResult<J>('device', dir);
   const dpdk = readResult<DpdkResults>('dpdk', dir);
   const guest = readResult<GuestResults>('guest', dir);
+  const placement = readResult<PlacementResults>('placement', dir);
   const suite = readResult<SuiteInfo>('suite', dir);
   const md: string[] = [];
   const m = guest?.machine ?? dpdk?.machine;
@@ -87,6 +95,15 @@ export function buildReport(dir = RESULTS_DIR): { markdown: string; chart: strin
       }
       md.push('');
     }
+  }
+  if (placement?.summary) {
+    md.push('#### Guest ping under thread placements (scripts/bench/placement.ts)', '');
+    md.push(`${placement.rounds} rounds of ${placement.pings} pings every 10 ms per placement; ms, median [min–max]; ratio = lgnet / QEMU with QEMU placed alike.`, '');
+    md.push('| placement | ping min | ping avg | lgnet/QEMU min | lgnet/QEMU avg |', '|---|---|---|---|---|');
+    for (const [name, x] of Object.entries(placement.summary)) {
+      md.push(`| ${name} | ${st(x.min)} | ${st(x.avg)} | ${x.ratio ? `**${x.ratio.min.toFixed(2)}**` : '—'} | ${x.ratio ? `**${x.ratio.avg.toFixed(2)}**` : '—'} |`);
+    }
+    md.push('');
   }
   if (device) {
     md.push('### Device frames/s: harness → lgnet (embedded) → tap and back, vs the C tap loop', '');
