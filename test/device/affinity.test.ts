@@ -1,13 +1,16 @@
 /**
  * NetDeviceOptions.cpus: each queue pair's two workers run on one CPU, the pairs on the list's CPUs in
  * turn, as /proc/self/task/<tid>/status shows for the named worker threads; traffic still flows on the
- * pinned workers. A CPU the process may not use is refused when the device is made.
+ * pinned workers. A CPU the process may not use is refused when the device is made, and a worker
+ * thread that still cannot pin itself reports it and ends.
  */
 import { readdirSync, readFileSync } from 'node:fs';
 import { expect, it } from 'vitest';
 import * as native from '../../native/index.ts';
 import { NET_ERROR, NetConfigError } from '../../device/errors.ts';
+import { createCounters } from '../../device/metrics.ts';
 import { NetDevice } from '../../device/net.ts';
+import { WorkerHost } from '../../device/worker-host.ts';
 import { PairBackend } from '../../device/pair-backend.ts';
 import { ip4, udpFrame } from '../../harness/frames.ts';
 import { createBed, expectedPayload, udpSink } from './helpers.ts';
@@ -96,4 +99,17 @@ it('native: a thread sets its own affinity, and only its own', async () => {
   expect(native.threadAffinity()).toEqual(allowed);
   expect(() => native.setThreadAffinity([])).toThrow(RangeError);
   expect(() => native.setThreadAffinity([native.MAX_CPUS])).toThrow(RangeError);
+});
+
+it('a worker thread that cannot pin itself reports NET_BAD_CPUS, and ends', async () => {
+  const outside = Math.max(...native.threadAffinity()) + 1;
+  expect(outside).toBeLessThan(native.MAX_CPUS);
+  const events: Array<{ ev: string; code?: string }> = [];
+  let gone = false;
+  // The device checks cpus first; the host alone lets the thread meet the kernel's refusal.
+  const host = new WorkerHost({ index: 0, counters: createCounters(), cpu: outside, onEvent: (e) => events.push(e), onGone: () => { gone = true; } });
+  await expect(host.start()).rejects.toMatchObject({ code: NET_ERROR.WORKER_START, message: expect.stringContaining(`CPU ${outside}`) });
+  expect(events).toContainEqual(expect.objectContaining({ ev: 'broken', code: NET_ERROR.BAD_CPUS }));
+  await expect.poll(() => gone, { timeout: 5000 }).toBe(true);
+  expect(host.started).toBe(false);
 });
