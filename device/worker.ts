@@ -330,16 +330,17 @@ if (!isMainThread && (workerData as { lgnetQueueWorker?: boolean } | null)?.lgne
   // lgnet-rx0, lgnet-tx1, …: what top -H, perf and traces show for this thread.
   native.setThreadName(`lgnet-${boot.role}${boot.queueIndex}`);
   // Pinned before it reports idle, so before any jail: the thread sets its own affinity only.
-  let pinned: string | null = null;
+  let pinError: string | null = null;
   if (boot.cpu !== undefined) {
     try {
       native.setThreadAffinity([boot.cpu]);
     } catch (e) {
-      pinned = `could not run on CPU ${boot.cpu}: ${(e as Error).message}`;
+      pinError = `could not run on CPU ${boot.cpu}: ${(e as Error).message}`;
     }
   }
-  // The filter hook is a module the worker loads itself (functions cannot cross threads).
-  if (pinned !== null) boot.control.postMessage({ ev: 'broken', code: NET_ERROR.BAD_CPUS, message: pinned } satisfies WorkerEvent);
+  // Unpinned, it reports and ends (nothing keeps the thread alive). The filter hook is a module the
+  // worker loads itself (functions cannot cross threads).
+  if (pinError !== null) boot.control.postMessage({ ev: 'broken', code: NET_ERROR.BAD_CPUS, message: pinError } satisfies WorkerEvent);
   else void backends.loadFilter(boot.frameFilter).then(
     (filter) => new QueueWorker(boot, filter).run(),
     (e: Error) => boot.control.postMessage({ ev: 'broken', code: 'LGNET_FILTER_LOAD', message: e.message } satisfies WorkerEvent),

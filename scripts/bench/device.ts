@@ -32,9 +32,9 @@
  *                  READVs per io_uring_enter as lgnet's burst, LGNET_BENCH_BURST), tx/rx at 64 and
  *                  1514 B, in LGNET_BENCH_IO_ROUNDS rounds (default 3) on fresh devices; medians and
  *                  the spread over rounds (skipped when a measurement lasts under a second: the smoke
- *                  test). The tx/rx figures at the top also give the C
- *                  io_uring loop beside the C per-frame one. It also prints what one system call costs
- *                  here (tap-loop nullsys: getppid), which decides how much fewer of them gain.
+ *                  test). The tx/rx figures at the top also give the C io_uring loop beside the C
+ *                  per-frame one. It also prints what one system call costs here (tap-loop nullsys:
+ *                  getppid), which decides how much fewer of them gain.
  *
  * The figures above the io section run on the path TapBackend chooses by itself (io 'auto', or
  * LGNET_IO): io_uring where the kernel allows it.
