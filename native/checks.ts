@@ -5,6 +5,8 @@
 
 export const INT32_MAX = 0x7fff_ffff;
 export const UINT32_MAX = 0xffff_ffff;
+/** Most CPUs a thread's affinity names (glibc's CPU_SETSIZE). */
+export const MAX_CPUS = 1024;
 
 export function checkInt(v: unknown, what: string, lo: number, hi: number): asserts v is number {
   if (typeof v !== 'number') throw new TypeError(`${what} must be a number, got ${typeof v}`);

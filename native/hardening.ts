@@ -4,7 +4,9 @@
  * Part of native/ (index.ts re-exports it): TypeScript checks every argument before it crosses; C++
  * checks again.
  */
-import { UINT32_MAX, checkInt, checkString, checkBytes } from './checks.ts';
+import { MAX_CPUS, UINT32_MAX, checkInt, checkString, checkBytes } from './checks.ts';
+
+export { MAX_CPUS } from './checks.ts';
 import { binding as b } from './load.ts';
 
 /** prctl(PR_SET_NO_NEW_PRIVS, 1). */
@@ -18,9 +20,6 @@ export function setThreadName(name: string): void {
   if (name.length === 0 || Buffer.byteLength(name) > 15) throw new RangeError('a thread name is 1 to 15 bytes');
   b.setThreadName(name);
 }
-
-/** Most CPUs a thread's affinity names (glibc's CPU_SETSIZE). */
-export const MAX_CPUS = 1024;
 
 /**
  * sched_setaffinity for the calling thread alone: it runs only on `cpus` from now on. A CPU this

@@ -20,6 +20,7 @@ import { LOG_LEVELS, type LogLevel } from './log.ts';
 import { parseBucket, type BucketSpec, type RateLimit } from '../device/rate-limit.ts';
 import { DEFAULT_COALESCE, MAX_COALESCE_BUFFERS, MAX_COALESCE_USECS, type DeviceCoalesce } from '../device/coalesce.ts';
 import { parseListenAddress, type ListenAddress } from './metrics-listen.ts';
+import { MAX_CPUS } from '../native/checks.ts';
 import type { StatsOptions } from './stats.ts';
 
 /** What `lgnet serve` was asked to do. */
@@ -112,18 +113,15 @@ function listenAddress(name: string): (v: string) => ListenAddress {
   };
 }
 
-/** Most CPUs a list names (glibc's CPU_SETSIZE), as native/hardening.ts. */
-const MAX_CPUS = 1024;
-
 /** A CPU list as taskset -c writes one: "1", "0,2", "2-3,6"; kept in the order given. */
 export function parseCpuList(v: string): number[] {
   const out: number[] = [];
   for (const part of v.split(',')) {
     const m = /^(\d+)(?:-(\d+))?$/.exec(part.trim());
-    if (!m) throw new InvalidArgumentError(`'${part}' is not a CPU number or range (like 1, 0,2 or 2-3)`);
+    if (!m) throw new RangeError(`'${part}' is not a CPU number or range (like 1, 0,2 or 2-3)`);
     const lo = Number(m[1]);
     const hi = m[2] === undefined ? lo : Number(m[2]);
-    if (hi < lo || hi >= MAX_CPUS) throw new InvalidArgumentError(`'${part}': CPUs are 0 to ${MAX_CPUS - 1}, a range low-high`);
+    if (hi < lo || hi >= MAX_CPUS) throw new RangeError(`'${part}': CPUs are 0 to ${MAX_CPUS - 1}, a range low-high`);
     for (let c = lo; c <= hi; c++) if (!out.includes(c)) out.push(c);
   }
   return out;

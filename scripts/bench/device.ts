@@ -436,6 +436,12 @@ async function benchPingPinned(ns: Netns, rounds = 3): Promise<Record<string, un
 }
 
 async function benchPing(ns: Netns, bin: string): Promise<Record<string, unknown>> {
+  const result = await benchPingFree(ns, bin);
+  return { ...result, pinned: await benchPingPinned(ns) };
+}
+
+/** The echo through an unpinned device, traced, against the C floor and the C wake-up chains. */
+async function benchPingFree(ns: Netns, bin: string): Promise<Record<string, unknown>> {
   const { s, frame, once } = await pingSetup(ns);
   try {
     const rx = s.drv.rx[0]!;
@@ -478,12 +484,9 @@ async function benchPing(ns: Netns, bin: string): Promise<Record<string, unknown
       const t = v as { n: number; hops: Record<string, { median: number }> };
       console.log(`  traced, ${k === 'gap0' ? 'back to back' : `${PING_GAP_US} µs apart`} (${t.n} echoes, median µs): ${Object.entries(t.hops).map(([h, x]) => `${h} ${x.median.toFixed(0)}`).join(', ')}`);
     }
-    const result = { pings: PINGS, gapUs: PING_GAP_US, lgnet: a, c: b, extraP50Us: a.p50 - b.p50, extraAvgUs: a.avg - b.avg, wake, trace, rx: { interrupts: m[0]!.interrupts, held: m[0]!.interruptsHeld, sleeps: m[0]!.sleeps }, tx: { interrupts: m[1]!.interrupts, held: m[1]!.interruptsHeld, sleeps: m[1]!.sleeps } };
+    return { pings: PINGS, gapUs: PING_GAP_US, lgnet: a, c: b, extraP50Us: a.p50 - b.p50, extraAvgUs: a.avg - b.avg, wake, trace, rx: { interrupts: m[0]!.interrupts, held: m[0]!.interruptsHeld, sleeps: m[0]!.sleeps }, tx: { interrupts: m[1]!.interrupts, held: m[1]!.interruptsHeld, sleeps: m[1]!.sleeps } };
+  } finally {
     await closeSetup(s);
-    return { ...result, pinned: await benchPingPinned(ns) };
-  } catch (e) {
-    await closeSetup(s).catch(() => {});
-    throw e;
   }
 }
 
