@@ -14,7 +14,7 @@
  * spec to the backend module named by its `kind`. Ports move whole bursts described by a native
  * IovecTable: one call per burst, frames in guest memory.
  */
-import type { PeekList } from '../native/batch.ts';
+import type { PeekList, RxFilterSpec } from '../native/batch.ts';
 import type { IovecTable, MappingViews } from '../native/iovec.ts';
 import type { NegotiatedFeatures } from './features.ts';
 
@@ -59,7 +59,14 @@ export interface RxPort {
    * apply). Returns the frames read; table.bytes/used/status describe them. A port without it is read
    * one frame at a time.
    */
-  recvMerged?(table: IovecTable, first: number, buffers: number, frames: number, need: number, maxLen: number, peek: PeekList | null): number;
+  recvMerged?(table: IovecTable, first: number, buffers: number, frames: number, need: number, maxLen: number, peek: PeekList | null, filter?: RxFilterSpec | null): number;
+  /**
+   * True when recvMerged reads ahead (native uringReadvMerged): it takes the whole RX filter as
+   * `filter` instead of a peek list, records a frame the filter rejects with used 0 and bytes =
+   * −length (it takes no buffer; PEEK never comes), and may write into any buffer it is offered,
+   * taken or not, so the device logs them all (migration dirty log).
+   */
+  readonly mergedReadsAhead?: boolean;
   /**
    * True when recv() fills table.written[i], for every slot i < frames, with the bytes it put into slot
    * i's buffers, which may exceed what table.bytes reports (io_uring copies a frame down into an earlier

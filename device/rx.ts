@@ -18,7 +18,10 @@
  *   into as many whole buffers as it needs (one without MRG_RXBUF); it returns each frame's length
  *   and buffer count, and the device writes num_buffers and completes (drawn at merged()). With a
  *   filter, the call stops after any frame its peek list cannot vouch for, so a rejected frame sits in
- *   the last buffers taken and they take the next frame. Chains left over are kept (below).
+ *   the last buffers taken and they take the next frame. A port that reads ahead (a tap on io_uring:
+ *   rounds of READVs, one io_uring_enter each) takes the whole filter instead and applies it natively,
+ *   so the call never stops for it; the device then logs every buffer offered. Chains left over are
+ *   kept (below).
  *
  * - Per frame (the same cases on a port without recvMerged): gather popped chains until they can
  *   hold the largest frame the guest may receive, read one frame across them, then complete only the
@@ -40,7 +43,7 @@
  * Frame observers (capture, rate-limit accounting; service.ts) see each delivered frame before the
  * burst's used.idx is published. Signalling and sleeping are the loop's.
  */
-import { MERGED_STOP, PeekList } from '../native/batch.ts';
+import { MERGED_STOP, PeekList, RxFilterSpec } from '../native/batch.ts';
 import { NativeError } from '../native/errors.ts';
 import { IovecTable } from '../native/iovec.ts';
 import { DescriptorError, VringErrorCode, type DescriptorChain } from '../vring/index.ts';
@@ -94,6 +97,8 @@ export class RxService {
   private readonly bufChain: Uint16Array;
   /** What the merged path's native call may read past without the filter (rebuilt per burst). */
   private readonly vouched = new PeekList();
+  /** The whole filter, for a port that applies it natively (mergedReadsAhead; rebuilt per burst). */
+  private readonly spec = new RxFilterSpec();
   /** The port reads frames into gathered buffers itself (recvMerged), and writes the whole header. */
   private readonly canMerge: boolean;
   /** Set with RX.THROTTLED: milliseconds until frames may be read again. */
@@ -347,10 +352,14 @@ export class RxService {
     const mrg = ctx.f.mrgRxbuf;
     // With MRG_RXBUF every frame is offered room for the largest one; without, one buffer each.
     const need = mrg ? this.maxRx : 1;
-    const peek = this.filter.passAll ? null : this.vouch();
+    // A port that reads ahead takes the whole filter, and room for a burst of frames at once.
+    const ahead = ctx.port.mergedReadsAhead === true;
+    const peek = this.filter.passAll || ahead ? null : this.vouch();
+    const spec = ahead && !this.filter.passAll ? this.spec.load(this.filter, ctx.f.hdrLen) : null;
+    const roomWanted = ahead ? need * max : need;
 
     // The chains kept from the last burst, then pop up to `max` chains, and more (with MRG_RXBUF)
-    // until they hold one frame's `need`.
+    // until they hold one frame's `need` (`max` frames' when the port reads ahead).
     t.reset();
     let popped = 0;
     let nbuf = 0;
@@ -377,7 +386,7 @@ export class RxService {
       }
       if (full) break;
       popped = end;
-      if (dry || (popped >= max && room >= need) || popped >= q.size) break;
+      if (dry || (popped >= max && room >= roomWanted) || popped >= q.size) break;
       const want = Math.min(popped === 0 ? max : ctx.burst, q.size - popped);
       const got = q.popBurst(want, chains, popped);
       if (got < want || popped + got === q.size) dry = true; // nothing more to pop
@@ -402,7 +411,7 @@ export class RxService {
     for (let calls = 0; frames < max && buf < nbuf && room >= need && calls < max; calls++) {
       let got = 0;
       try {
-        got = port.recvMerged!(t, buf, nbuf - buf, max - frames, need, this.maxRx, peek);
+        got = port.recvMerged!(t, buf, nbuf - buf, max - frames, need, this.maxRx, peek, spec);
         stop = t.status;
       } catch (e) {
         if (!(e instanceof NativeError)) throw e; // a bug, not the backend: the queue breaks
@@ -414,8 +423,9 @@ export class RxService {
         const total = t.bytes[i]!;
         const used = t.used[i]!;
         if (used === 0) {
-          c[total > 0 ? M.rxDropTooBig : M.rxDropBackend]! += 1;
-          this.logDropped(buf, nbuf, total);
+          // Read ahead: bytes = −length is a frame the filter rejected (it took no buffer).
+          c[total < 0 ? M.rxDropFiltered : total > 0 ? M.rxDropTooBig : M.rxDropBackend]! += 1;
+          if (!ahead) this.logDropped(buf, nbuf, total);
           continue;
         }
         if (i === got - 1 && stop === MERGED_STOP.PEEK && !this.accepts(chains[this.bufChain[buf]!]!, total)) {
@@ -430,6 +440,13 @@ export class RxService {
         frames++;
       }
       if (stop !== MERGED_STOP.PEEK) break;
+    }
+    if (ahead) {
+      // The port may have written into any buffer offered (dirty log; a no-op while logging is off).
+      for (let b = 0; b < nbuf; b++) {
+        const ch = chains[this.bufChain[b]!]!;
+        q.logWritten(ch, ch.writableLen);
+      }
     }
     if (stop === MERGED_STOP.PIECES) {
       throw new DescriptorError(VringErrorCode.TOO_MANY_PIECES,

@@ -22,8 +22,9 @@
  * 'auto' takes io_uring where the kernel allows a restricted ring and falls back to syscalls where
  * it does not (no io_uring, kernel.io_uring_disabled, a seccomp filter, a kernel before 5.10); `io`
  * and `ioReason` say which and why, and each queue's `ioUring` metric says it again. MRG_RXBUF and
- * filtered RX read with readvMerged on both paths (it reads into a window of buffers that the previous
- * frame decides; io_uring would need a round trip per frame for that).
+ * filtered RX take uringReadvMerged on io_uring (each READV gets room for the largest frame, a frame
+ * that takes less is copied down behind the previous one, and the RX filter is applied natively) and
+ * readvMerged, a readv per frame, on syscalls.
  */
 import * as native from '../native/index.ts';
 import { NativeError } from '../native/errors.ts';
@@ -311,15 +312,19 @@ class TapUringTxPort implements TxPort {
   }
 }
 
-/** Plain RX through the queue's ring; MRG_RXBUF and filtered RX stay on readvMerged (see the file header). */
+/** RX through the queue's ring: plain (uringReadvBatch) and merged, MRG_RXBUF or filtered (uringReadvMerged). */
 class TapUringRxPort extends TapRxPort {
   private readonly ring: number;
+  readonly mergedReadsAhead = true;
   constructor(fd: number, vnetHdrLen: number, ring: number) {
     super(fd, vnetHdrLen);
     this.ring = ring;
   }
   override recv(table: IovecTable, frames: number): number {
     return native.uringReadvBatch(this.ring, table, frames);
+  }
+  override recvMerged(table: IovecTable, first: number, buffers: number, frames: number, need: number, maxLen: number, _peek: native.PeekList | null, filter: native.RxFilterSpec | null = null): number {
+    return native.uringReadvMerged(this.ring, table, first, buffers, frames, need, maxLen, filter);
   }
 }
 

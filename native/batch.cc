@@ -30,6 +30,9 @@ namespace {
 // outside what was checked.
 thread_local std::vector<struct iovec> tIov;
 thread_local std::vector<uint32_t> tEnds;
+// Room of each buffer of a merged call.
+thread_local std::vector<uint32_t> tRoom;
+constexpr uint32_t kEthHlenShared = 14;
 
 }  // namespace
 
@@ -175,6 +178,170 @@ bool PrepareBatch(napi_env env, napi_callback_info cbinfo, const char* usage, do
   return true;
 }
 
+// (handle, words, maxEntries, maxFrames, first, buffers, frames, need, maxLen, extra?): see batch.h.
+bool PrepareMerged(napi_env env, napi_callback_info cbinfo, const char* usage, double handleMax, Pins& pins, Merged* m) {
+  size_t argc = 10;
+  napi_value argv[10];
+  if (napi_get_cb_info(env, cbinfo, &argc, argv, nullptr, nullptr) != napi_ok) return false;
+  if (argc < 9) {
+    napi_throw_type_error(env, nullptr, usage);
+    return false;
+  }
+  if (argc > 9) m->extra = argv[9];
+  else napi_get_undefined(env, &m->extra);
+  int64_t handle, maxEntries, maxFrames, first, buffers, frames, need, maxLen;
+  if (!ArgInt(env, argv[0], "fd", 0, handleMax, &handle) ||
+      !ArgInt(env, argv[2], "maxEntries", 0, UINT32_MAX, &maxEntries) ||
+      !ArgInt(env, argv[3], "maxFrames", 0, UINT32_MAX, &maxFrames) ||
+      !ArgInt(env, argv[4], "first", 0, UINT32_MAX, &first) ||
+      !ArgInt(env, argv[5], "buffers", 0, UINT32_MAX, &buffers) ||
+      !ArgInt(env, argv[6], "frames", 0, UINT32_MAX, &frames) ||
+      !ArgInt(env, argv[7], "need", 1, INT32_MAX, &need) ||
+      !ArgInt(env, argv[8], "maxLen", 1, INT32_MAX, &maxLen))
+    return false;
+  bool isTyped = false;
+  napi_is_typedarray(env, argv[1], &isTyped);
+  napi_typedarray_type type;
+  size_t length = 0;
+  void* data = nullptr;
+  if (!isTyped || napi_get_typedarray_info(env, argv[1], &type, &length, &data, nullptr, nullptr) != napi_ok ||
+      type != napi_uint32_array) {
+    napi_throw_type_error(env, nullptr, "words must be a Uint32Array (IovecTable.words)");
+    return false;
+  }
+  if ((uint64_t)maxEntries * kIovecWords + 3 * (uint64_t)maxFrames + 1 > length) {
+    napi_throw_range_error(env, nullptr, "maxEntries/maxFrames exceed the words array");
+    return false;
+  }
+  if (first + buffers > maxFrames || frames > maxFrames) {
+    napi_throw_range_error(env, nullptr, "first + buffers and frames must each be at most maxFrames");
+    return false;
+  }
+  uint32_t* words = static_cast<uint32_t*>(data);
+  const uint32_t* entries = words;
+  const uint32_t* bufEnd = entries + maxEntries * kIovecWords;
+  m->handle = handle;
+  m->buffers = (uint32_t)buffers;
+  m->frames = (uint32_t)frames;
+  m->need = (uint64_t)need;
+  m->maxLen = maxLen;
+  m->bytes = reinterpret_cast<int32_t*>(words + maxEntries * kIovecWords + maxFrames);
+  m->used = words + maxEntries * kIovecWords + 2 * maxFrames;
+  m->status = words + maxEntries * kIovecWords + 3 * maxFrames;
+  if (frames == 0 || buffers == 0) {
+    *m->status = frames == 0 ? kStopFrames : kStopNoRoom;
+    m->buffers = m->frames = 0;
+    return true;
+  }
+  Napi::Env cenv(env);
+  const size_t nEntries = (size_t)maxEntries;
+  const uint32_t nb = (uint32_t)buffers;
+  const uint32_t f0 = (uint32_t)first;
+
+  // Buffer shape, on a copy of the ends (a table changed meanwhile cannot move a buffer outside what
+  // was checked): each buffer 1..IOV_MAX entries, in order, inside the entries array.
+  if (tEnds.size() < (size_t)nb + 1) tEnds.resize((size_t)nb + 1);
+  uint32_t* ends = tEnds.data();  // ends[0] = start of buffer `first`; ends[b + 1] = end of buffer first + b
+  ends[0] = f0 == 0 ? 0 : bufEnd[f0 - 1];
+  for (uint32_t b = 0; b < nb; b++) {
+    uint32_t start = ends[b];
+    uint32_t end = ends[b + 1] = bufEnd[f0 + b];
+    if (end <= start || end > nEntries || end - start > IOV_MAX) {
+      ThrowNativeError(cenv, EINVAL, "iovec",
+                       "buffer " + std::to_string(f0 + b) + " spans entries [" + std::to_string(start) + ", " +
+                           std::to_string(end) + "): each buffer needs 1.." + std::to_string(IOV_MAX) +
+                           " entries within the " + std::to_string(nEntries) + " in the table");
+      return false;
+    }
+  }
+  const uint32_t base = ends[0];
+  const uint32_t total = ends[nb] - base;
+  if (tIov.size() < (size_t)total + 1) tIov.resize((size_t)total + 1);  // + the spill iovec
+  if (tRoom.size() < nb) tRoom.resize(nb);
+  if (!Translate(cenv, entries, base, ends + 1, nb, tIov.data(), pins, tRoom.data())) return false;
+  m->ends = ends;
+  m->base = base;
+  m->iov = tIov.data();
+  m->room = tRoom.data();
+  return true;
+}
+
+uint32_t GatherBytes(const struct iovec* iov, uint32_t n, uint64_t at, uint8_t* out, uint32_t len) {
+  uint32_t got = 0;
+  for (uint32_t i = 0; i < n && got < len; i++) {
+    uint64_t l = iov[i].iov_len;
+    if (at >= l) {
+      at -= l;
+      continue;
+    }
+    uint64_t take = l - at;
+    if (take > len - got) take = len - got;
+    memcpy(out + got, static_cast<const uint8_t*>(iov[i].iov_base) + at, take);
+    got += (uint32_t)take;
+    at = 0;
+  }
+  return got;
+}
+
+// RxFilterSpec flags (RX_FILTER_FLAG in native/batch.ts).
+constexpr uint8_t kFilterPromisc = 1, kFilterAllmulti = 2, kFilterAlluni = 4, kFilterNomulti = 8, kFilterNouni = 16,
+                  kFilterNobcast = 32, kFilterVlan = 64;
+
+bool ParseRxFilter(napi_env env, napi_value v, RxFilterSpec* out, bool* present) {
+  napi_valuetype vt;
+  napi_typeof(env, v, &vt);
+  *present = false;
+  if (vt == napi_undefined || vt == napi_null) return true;
+  bool isTyped = false;
+  napi_is_typedarray(env, v, &isTyped);
+  napi_typedarray_type type;
+  size_t length = 0;
+  void* data = nullptr;
+  if (!isTyped || napi_get_typedarray_info(env, v, &type, &length, &data, nullptr, nullptr) != napi_ok ||
+      type != napi_uint8_array || length < RxFilterSpec::kBytes) {
+    napi_throw_type_error(env, nullptr, "filter must be a Uint8Array of 1296 bytes (RxFilterSpec.bytes)");
+    return false;
+  }
+  const uint8_t* b = static_cast<const uint8_t*>(data);
+  if (b[1] > RxFilterSpec::kMaxMacs || b[2] > RxFilterSpec::kMaxMacs) {
+    napi_throw_range_error(env, nullptr, "filter: more than 64 unicast or multicast MACs");
+    return false;
+  }
+  out->flags = b[0];
+  out->uniCount = b[1];
+  out->multiCount = b[2];
+  out->hdrLen = (uint32_t)b[4] | ((uint32_t)b[5] << 8);
+  memcpy(out->mac, b + 8, 6);
+  memcpy(out->vlans, b + 16, sizeof out->vlans);
+  memcpy(out->uni, b + 528, (size_t)out->uniCount * 6);
+  memcpy(out->multi, b + 912, (size_t)out->multiCount * 6);
+  *present = true;
+  return true;
+}
+
+bool RxFilterAccepts(const RxFilterSpec& f, const uint8_t* eth, uint32_t have, int64_t len) {
+  if (len < (int64_t)kEthHlenShared || have < kEthHlenShared) return false;
+  if ((f.flags & kFilterVlan) && len >= 16 && have >= 16 && eth[12] == 0x81 && eth[13] == 0x00) {
+    const uint32_t vid = (((uint32_t)eth[14] << 8) | eth[15]) & 0x0fff;
+    if (!(f.vlans[vid >> 3] & (1u << (vid & 7)))) return false;
+  }
+  if (f.flags & kFilterPromisc) return true;
+  if (eth[0] & 1) {
+    if ((eth[0] & eth[1] & eth[2] & eth[3] & eth[4] & eth[5]) == 0xff) return !(f.flags & kFilterNobcast);
+    if (f.flags & kFilterNomulti) return false;
+    if (f.flags & kFilterAllmulti) return true;
+    for (uint32_t i = 0; i < f.multiCount; i++)
+      if (memcmp(eth, f.multi + i * 6, 6) == 0) return true;
+    return false;
+  }
+  if (f.flags & kFilterNouni) return false;
+  if (f.flags & kFilterAlluni) return true;
+  if (memcmp(eth, f.mac, 6) == 0) return true;
+  for (uint32_t i = 0; i < f.uniCount; i++)
+    if (memcmp(eth, f.uni + i * 6, 6) == 0) return true;
+  return false;
+}
+
 namespace {
 
 // writevBatch/readvBatch(fd, words, maxEntries, maxFrames, frames): one writev/readv per frame.
@@ -237,16 +404,11 @@ napi_value BatchIo(napi_env env, napi_callback_info cbinfo, bool write) {
 // (PEEK: it is the last one recorded), or readv failed after frame 0 (ERROR; on frame 0 it throws).
 // The native side writes only through the iovecs it checked: the kernel fills them and nothing else.
 
-// Status word values (MERGED_STOP in native/batch.ts).
-enum MergedStop : uint32_t { kStopFrames = 0, kStopEmpty = 1, kStopNoRoom = 2, kStopPieces = 3, kStopPeek = 4, kStopError = 5 };
-
 // The peek list (native/batch.ts PeekList): [flags, count, hdrLen lo, hdrLen hi, count × 6-byte MAC].
 constexpr uint8_t kPeekAnyDest = 1;    // every destination passes (promiscuous)
 constexpr uint8_t kPeekStopTagged = 2;  // an 802.1Q-tagged frame stops the call (VLAN filtering)
 constexpr uint32_t kPeekMaxMacs = 64;
 constexpr uint32_t kEthHlen = 14;
-
-thread_local std::vector<uint32_t> tRoom;
 
 struct Peek {
   uint8_t flags = 0;
@@ -254,24 +416,6 @@ struct Peek {
   uint32_t hdrLen = 0;
   uint8_t macs[kPeekMaxMacs * 6];
 };
-
-// Copies up to `len` bytes from offset `at` of the stream the iovecs describe (the frame just read).
-uint32_t GatherBytes(const struct iovec* iov, uint32_t n, uint64_t at, uint8_t* out, uint32_t len) {
-  uint32_t got = 0;
-  for (uint32_t i = 0; i < n && got < len; i++) {
-    uint64_t l = iov[i].iov_len;
-    if (at >= l) {
-      at -= l;
-      continue;
-    }
-    uint64_t take = l - at;
-    if (take > len - got) take = len - got;
-    memcpy(out + got, static_cast<const uint8_t*>(iov[i].iov_base) + at, take);
-    got += (uint32_t)take;
-    at = 0;
-  }
-  return got;
-}
 
 // True when the peek list vouches for the frame of `n` bytes (header included) just read into iov:
 // the caller's filter would accept it, so the call may go on past it.
@@ -286,134 +430,78 @@ bool PeekPasses(const Peek& p, const struct iovec* iov, uint32_t niov, int64_t n
   return false;
 }
 
+// Reads a typed array argument of `want` type; false (with a TypeError pending) otherwise.
+bool ArgTyped(napi_env env, napi_value v, napi_typedarray_type want, const char* msg, void** data, size_t* length) {
+  bool isTyped = false;
+  napi_is_typedarray(env, v, &isTyped);
+  napi_typedarray_type type;
+  if (!isTyped || napi_get_typedarray_info(env, v, &type, length, data, nullptr, nullptr) != napi_ok || type != want) {
+    napi_throw_type_error(env, nullptr, msg);
+    return false;
+  }
+  return true;
+}
+
 // readvMerged(fd, words, maxEntries, maxFrames, first, buffers, frames, need, maxLen, peek?)
 // words = IovecTable.words: entries, frameEnd (buffer ends), bytes (per frame read: its length),
 // used (per frame read: buffers it took), status (one word: the MergedStop). Buffers first …
 // first+buffers-1 are offered; frame i's results land in bytes[i], used[i]. Returns frames read.
 napi_value ReadvMerged(napi_env env, napi_callback_info cbinfo) {
-  size_t argc = 10;
-  napi_value argv[10];
   napi_value undefined;
   napi_get_undefined(env, &undefined);
-  if (napi_get_cb_info(env, cbinfo, &argc, argv, nullptr, nullptr) != napi_ok) return undefined;
-  if (argc < 9) {
-    napi_throw_type_error(env, nullptr, "readvMerged takes (fd, words, maxEntries, maxFrames, first, buffers, frames, need, maxLen, peek?)");
+  Pins pins;
+  Merged m;
+  if (!PrepareMerged(env, cbinfo, "readvMerged takes (fd, words, maxEntries, maxFrames, first, buffers, frames, need, maxLen, peek?)",
+                     INT32_MAX, pins, &m))
     return undefined;
-  }
-  int64_t fd64, maxEntries, maxFrames, first, buffers, frames, need, maxLen;
-  if (!ArgInt(env, argv[0], "fd", 0, INT32_MAX, &fd64) ||
-      !ArgInt(env, argv[2], "maxEntries", 0, UINT32_MAX, &maxEntries) ||
-      !ArgInt(env, argv[3], "maxFrames", 0, UINT32_MAX, &maxFrames) ||
-      !ArgInt(env, argv[4], "first", 0, UINT32_MAX, &first) ||
-      !ArgInt(env, argv[5], "buffers", 0, UINT32_MAX, &buffers) ||
-      !ArgInt(env, argv[6], "frames", 0, UINT32_MAX, &frames) ||
-      !ArgInt(env, argv[7], "need", 1, INT32_MAX, &need) ||
-      !ArgInt(env, argv[8], "maxLen", 1, INT32_MAX, &maxLen))
-    return undefined;
-  const int fd = (int)fd64;
-  bool isTyped = false;
-  napi_is_typedarray(env, argv[1], &isTyped);
-  napi_typedarray_type type;
-  size_t length = 0;
-  void* data = nullptr;
-  if (!isTyped || napi_get_typedarray_info(env, argv[1], &type, &length, &data, nullptr, nullptr) != napi_ok ||
-      type != napi_uint32_array) {
-    napi_throw_type_error(env, nullptr, "words must be a Uint32Array (IovecTable.words)");
-    return undefined;
-  }
-  if ((uint64_t)maxEntries * kIovecWords + 3 * (uint64_t)maxFrames + 1 > length) {
-    napi_throw_range_error(env, nullptr, "maxEntries/maxFrames exceed the words array");
-    return undefined;
-  }
-  if (first + buffers > maxFrames || frames > maxFrames) {
-    napi_throw_range_error(env, nullptr, "first + buffers and frames must each be at most maxFrames");
-    return undefined;
-  }
   // The peek list, copied once: optional (undefined or null: every frame passes).
   Peek peek;
   bool peeking = false;
-  if (argc > 9) {
-    napi_valuetype vt;
-    napi_typeof(env, argv[9], &vt);
-    if (vt != napi_undefined && vt != napi_null) {
-      bool pTyped = false;
-      napi_is_typedarray(env, argv[9], &pTyped);
-      napi_typedarray_type ptype;
-      size_t plen = 0;
-      void* pdata = nullptr;
-      if (!pTyped || napi_get_typedarray_info(env, argv[9], &ptype, &plen, &pdata, nullptr, nullptr) != napi_ok ||
-          ptype != napi_uint8_array || plen < 4) {
-        napi_throw_type_error(env, nullptr, "peek must be a Uint8Array of at least 4 bytes (PeekList.bytes)");
-        return undefined;
-      }
-      const uint8_t* pb = static_cast<const uint8_t*>(pdata);
-      peek.flags = pb[0];
-      peek.count = pb[1];
-      peek.hdrLen = (uint32_t)pb[2] | ((uint32_t)pb[3] << 8);
-      if (peek.count > kPeekMaxMacs || 4 + (size_t)peek.count * 6 > plen) {
-        napi_throw_range_error(env, nullptr, "peek: MAC count exceeds 64 or the array");
-        return undefined;
-      }
-      memcpy(peek.macs, pb + 4, (size_t)peek.count * 6);
-      peeking = true;
+  napi_valuetype vt;
+  napi_typeof(env, m.extra, &vt);
+  if (vt != napi_undefined && vt != napi_null) {
+    void* pdata = nullptr;
+    size_t plen = 0;
+    if (!ArgTyped(env, m.extra, napi_uint8_array, "peek must be a Uint8Array of at least 4 bytes (PeekList.bytes)", &pdata, &plen))
+      return undefined;
+    if (plen < 4) {
+      napi_throw_type_error(env, nullptr, "peek must be a Uint8Array of at least 4 bytes (PeekList.bytes)");
+      return undefined;
     }
+    const uint8_t* pb = static_cast<const uint8_t*>(pdata);
+    peek.flags = pb[0];
+    peek.count = pb[1];
+    peek.hdrLen = (uint32_t)pb[2] | ((uint32_t)pb[3] << 8);
+    if (peek.count > kPeekMaxMacs || 4 + (size_t)peek.count * 6 > plen) {
+      napi_throw_range_error(env, nullptr, "peek: MAC count exceeds 64 or the array");
+      return undefined;
+    }
+    memcpy(peek.macs, pb + 4, (size_t)peek.count * 6);
+    peeking = true;
   }
-  uint32_t* words = static_cast<uint32_t*>(data);
-  const uint32_t* entries = words;
-  const uint32_t* bufEnd = entries + maxEntries * kIovecWords;
-  int32_t* bytes = reinterpret_cast<int32_t*>(words + maxEntries * kIovecWords + maxFrames);
-  uint32_t* used = words + maxEntries * kIovecWords + 2 * maxFrames;
-  uint32_t* status = words + maxEntries * kIovecWords + 3 * maxFrames;
   napi_value result;
-  if (frames == 0 || buffers == 0) {
-    *status = frames == 0 ? kStopFrames : kStopNoRoom;
+  if (m.frames == 0 || m.buffers == 0) {
     napi_create_uint32(env, 0, &result);
     return result;
   }
-  Napi::Env cenv(env);
-  const size_t nEntries = (size_t)maxEntries;
-  const uint32_t nb = (uint32_t)buffers;
-  const uint32_t f0 = (uint32_t)first;
-
-  // Buffer shape, on a copy of the ends (a table changed meanwhile cannot move a buffer outside what
-  // was checked): each buffer 1..IOV_MAX entries, in order, inside the entries array.
-  if (tEnds.size() < (size_t)nb + 1) tEnds.resize((size_t)nb + 1);
-  uint32_t* ends = tEnds.data();  // ends[0] = start of buffer `first`; ends[b + 1] = end of buffer first + b
-  ends[0] = f0 == 0 ? 0 : bufEnd[f0 - 1];
-  for (uint32_t b = 0; b < nb; b++) {
-    uint32_t start = ends[b];
-    uint32_t end = ends[b + 1] = bufEnd[f0 + b];
-    if (end <= start || end > nEntries || end - start > IOV_MAX) {
-      ThrowNativeError(cenv, EINVAL, "iovec",
-                       "buffer " + std::to_string(f0 + b) + " spans entries [" + std::to_string(start) + ", " +
-                           std::to_string(end) + "): each buffer needs 1.." + std::to_string(IOV_MAX) +
-                           " entries within the " + std::to_string(nEntries) + " in the table");
-      return undefined;
-    }
-  }
-  const uint32_t base = ends[0];
-  const uint32_t total = ends[nb] - base;
-  if (tIov.size() < (size_t)total + 1) tIov.resize((size_t)total + 1);  // + the spill iovec
-  if (tRoom.size() < nb) tRoom.resize(nb);
-  struct iovec* iov = tIov.data();
-  uint32_t* room = tRoom.data();
-
-  Pins pins;
-  if (!Translate(cenv, entries, base, ends + 1, nb, iov, pins, room)) return undefined;
-
+  const int fd = (int)m.handle;
+  const uint32_t nb = m.buffers;
+  const uint32_t* ends = m.ends;
+  const uint32_t* room = m.room;
+  struct iovec* iov = m.iov;
   uint32_t done = 0;
   uint32_t cur = 0;  // the first buffer not taken by a frame
   uint32_t stop = kStopFrames;
-  while (done < (uint32_t)frames) {
+  while (done < m.frames) {
     // The fewest whole buffers from cur that hold `need`.
     uint64_t have = 0;
     uint32_t k = cur;
-    while (have < (uint64_t)need && k < nb) have += room[k++];
-    if (have < (uint64_t)need) {
+    while (have < m.need && k < nb) have += room[k++];
+    if (have < m.need) {
       stop = kStopNoRoom;
       break;
     }
-    const uint32_t from = ends[cur] - base;
+    const uint32_t from = ends[cur] - m.base;
     const uint32_t niov = ends[k] - ends[cur];
     if (niov + 1 > IOV_MAX) {
       stop = kStopPieces;
@@ -436,17 +524,17 @@ napi_value ReadvMerged(napi_env env, napi_callback_info cbinfo) {
         stop = kStopError;
         break;
       }
-      ThrowNativeError(cenv, errno, "readv", "fd " + std::to_string(fd) + ", frame 0 of a merged read");
+      ThrowNativeError(Napi::Env(env), errno, "readv", "fd " + std::to_string(fd) + ", frame 0 of a merged read");
       return undefined;
     }
-    bytes[done] = n > INT32_MAX ? INT32_MAX : (int32_t)n;
-    if (n == 0 || n > maxLen || (uint64_t)n > have) {
-      used[done++] = 0;  // dropped by the caller; the same buffers take the next frame
+    m.bytes[done] = n > INT32_MAX ? INT32_MAX : (int32_t)n;
+    if (n == 0 || n > m.maxLen || (uint64_t)n > have) {
+      m.used[done++] = 0;  // dropped by the caller; the same buffers take the next frame
       continue;
     }
     uint32_t u = 0;
     for (uint64_t acc = 0; acc < (uint64_t)n; u++) acc += room[cur + u];
-    used[done++] = u;
+    m.used[done++] = u;
     if (peeking && !PeekPasses(peek, iov + from, niov, n)) {
       cur += u;
       stop = kStopPeek;
@@ -454,8 +542,35 @@ napi_value ReadvMerged(napi_env env, napi_callback_info cbinfo) {
     }
     cur += u;
   }
-  *status = stop;
+  *m.status = stop;
   napi_create_uint32(env, done, &result);
+  return result;
+}
+
+// rxFilterAccepts(spec, frame, len): RxFilterAccepts on frame[0, min(len, 16)), for tests that hold
+// it against RxFilter.accept.
+napi_value RxFilterAcceptsJs(napi_env env, napi_callback_info cbinfo) {
+  size_t argc = 3;
+  napi_value argv[3];
+  napi_value undefined;
+  napi_get_undefined(env, &undefined);
+  if (napi_get_cb_info(env, cbinfo, &argc, argv, nullptr, nullptr) != napi_ok) return undefined;
+  if (argc < 3) {
+    napi_throw_type_error(env, nullptr, "rxFilterAccepts takes (spec, frame, len)");
+    return undefined;
+  }
+  RxFilterSpec spec;
+  bool present = false;
+  if (!ParseRxFilter(env, argv[0], &spec, &present)) return undefined;
+  void* fdata = nullptr;
+  size_t flen = 0;
+  int64_t len;
+  if (!ArgTyped(env, argv[1], napi_uint8_array, "frame must be a Uint8Array", &fdata, &flen) ||
+      !ArgInt(env, argv[2], "len", 0, INT32_MAX, &len))
+    return undefined;
+  const uint32_t have = (uint32_t)(flen < 16 ? flen : 16);
+  napi_value result;
+  napi_get_boolean(env, !present || RxFilterAccepts(spec, static_cast<const uint8_t*>(fdata), have, len), &result);
   return result;
 }
 
@@ -474,6 +589,7 @@ void RegisterBatch(Napi::Env env, Napi::Object exports) {
   exports.Set("writevBatch", Raw(env, WritevBatch, "writevBatch"));
   exports.Set("readvBatch", Raw(env, ReadvBatch, "readvBatch"));
   exports.Set("readvMerged", Raw(env, ReadvMerged, "readvMerged"));
+  exports.Set("rxFilterAccepts", Raw(env, RxFilterAcceptsJs, "rxFilterAccepts"));
 }
 
 }  // namespace lgnet

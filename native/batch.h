@@ -94,4 +94,63 @@ inline size_t FrameRoom(const Batch& b, uint32_t f) {
   return room;
 }
 
+// One checked merged-receive call (readvMerged in batch.cc, uringReadvMerged in uring.cc):
+// (handle, words, maxEntries, maxFrames, first, buffers, frames, need, maxLen, extra?). The table's
+// frames first … first+buffers-1 are guest buffers; buffer b (0-based from `first`) has the iovecs
+// iov[ends[b] - base, ends[b + 1] - base) and room[b] bytes, and iov has one spare iovec after the
+// last buffer. bytes, used and status are the table's outputs (IovecTable.bytes/used/status). ends,
+// iov and room are this thread's scratch, valid until the next merged call on this thread.
+struct Merged {
+  int64_t handle;
+  uint32_t buffers;
+  uint32_t frames;
+  uint64_t need;
+  int64_t maxLen;
+  const uint32_t* ends;
+  uint32_t base;
+  struct iovec* iov;
+  const uint32_t* room;
+  int32_t* bytes;
+  uint32_t* used;
+  uint32_t* status;
+  napi_value extra;  // the tenth argument (undefined when absent): a peek list or an RX filter
+};
+
+// Parses and checks a merged call's arguments (`handle` in [0, handleMax]), copies the buffer ends,
+// checks each buffer's shape (1..IOV_MAX entries, in order, inside the table) and translates every
+// entry (Translate). False with a JS exception pending on a bad argument or entry. When frames or
+// buffers is 0 nothing is translated: the status word says FRAMES or NO_ROOM, and the call reads nothing.
+bool PrepareMerged(napi_env env, napi_callback_info cbinfo, const char* usage, double handleMax, Pins& pins, Merged* m);
+
+// Status word values of the merged calls (MERGED_STOP in native/batch.ts).
+enum MergedStop : uint32_t { kStopFrames = 0, kStopEmpty = 1, kStopNoRoom = 2, kStopPieces = 3, kStopPeek = 4, kStopError = 5 };
+
+// Copies up to `len` bytes from offset `at` of the stream the iovecs describe; returns the bytes copied.
+uint32_t GatherBytes(const struct iovec* iov, uint32_t n, uint64_t at, uint8_t* out, uint32_t len);
+
+// The whole RX filter (device/rx-filter.ts RxFilter, encoded by RxFilterSpec in native/batch.ts):
+//   [0] flags  [1] unicast count  [2] multicast count  [3] 0  [4..6) hdrLen (LE)  [6..8) 0
+//   [8..14) the device's MAC  [14..16) 0  [16..528) VLAN bitmap (bit v of byte v/8: VLAN id v)
+//   [528..912) 64 unicast MACs  [912..1296) 64 multicast MACs
+struct RxFilterSpec {
+  static constexpr uint32_t kBytes = 1296;
+  static constexpr uint32_t kMaxMacs = 64;
+  uint8_t flags = 0;
+  uint32_t uniCount = 0;
+  uint32_t multiCount = 0;
+  uint32_t hdrLen = 0;
+  uint8_t mac[6] = {};
+  uint8_t vlans[512] = {};
+  uint8_t uni[kMaxMacs * 6] = {};
+  uint8_t multi[kMaxMacs * 6] = {};
+};
+
+// Reads an RxFilterSpec argument: `present` false for undefined or null (every frame passes). False
+// with a JS exception pending when it is neither that nor a well-formed spec.
+bool ParseRxFilter(napi_env env, napi_value v, RxFilterSpec* out, bool* present);
+
+// The filter's verdict on a frame of `len` bytes (virtio header not included) whose first bytes are
+// eth[0, have): the same rules as RxFilter.accept (device/rx-filter.ts).
+bool RxFilterAccepts(const RxFilterSpec& f, const uint8_t* eth, uint32_t have, int64_t len);
+
 }  // namespace lgnet

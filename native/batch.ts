@@ -131,14 +131,19 @@ export function readvMerged(
   peek: PeekList | null = null,
 ): number {
   checkFd(fd);
+  checkMerged(table, first, buffers, frames, need, maxLen);
+  if (peek !== null && !(peek instanceof PeekList)) throw new TypeError('peek must be a PeekList or null');
+  return b.readvMerged(fd, table.words, table.maxEntries, table.maxFrames, first, buffers, frames, need, maxLen, peek === null ? undefined : peek.bytes);
+}
+
+/** The checks readvMerged and uringReadvMerged share (C++ checks again, and every entry against its mapping). */
+export function checkMerged(table: IovecTable, first: number, buffers: number, frames: number, need: number, maxLen: number): void {
   if (!(table instanceof IovecTable)) throw new TypeError('table must be an IovecTable');
   checkInt(first, 'first', 0, table.frames);
   checkInt(buffers, 'buffers', 0, table.frames - first);
   checkInt(frames, 'frames', 0, table.maxFrames);
   checkInt(need, 'need', 1, INT32_MAX);
   checkInt(maxLen, 'maxLen', 1, INT32_MAX);
-  if (peek !== null && !(peek instanceof PeekList)) throw new TypeError('peek must be a PeekList or null');
-  // The buffers' shape (C++ checks it again, and every entry against its mapping).
   const ends = table.frameEnd;
   let start = first === 0 ? 0 : ends[first - 1]!;
   for (let k = first, last = first + buffers; k < last; k++) {
@@ -148,5 +153,81 @@ export function readvMerged(
     }
     start = end;
   }
-  return b.readvMerged(fd, table.words, table.maxEntries, table.maxFrames, first, buffers, frames, need, maxLen, peek === null ? undefined : peek.bytes);
+}
+
+/** Most unicast, and most multicast, MACs an RxFilterSpec carries (the control queue's table limit). */
+export const RX_FILTER_MAX_MACS = 64;
+/** RxFilterSpec flag bits (native/batch.cc kFilter*). */
+const RX_FILTER_FLAG = { promisc: 1, allmulti: 2, alluni: 4, nomulti: 8, nouni: 16, nobcast: 32, vlanFiltering: 64 } as const;
+
+/** What RxFilterSpec.load reads: the shape of the device's RX filter (device/rx-filter.ts RxFilter). */
+export interface RxFilterState {
+  promisc: boolean;
+  allmulti: boolean;
+  alluni: boolean;
+  nomulti: boolean;
+  nouni: boolean;
+  nobcast: boolean;
+  vlanFiltering: boolean;
+  /** The device's own address (6 bytes). */
+  readonly mac: Uint8Array;
+  /** Unicast and multicast tables, 6 bytes per entry, at most 64 entries each. */
+  uni: Uint8Array;
+  multi: Uint8Array;
+  /** One bit per VLAN id (4096 bits): bit v & 31 of word v >> 5. */
+  readonly vlans: Uint32Array;
+}
+
+/**
+ * The whole RX filter in the form the native merged read applies it (uringReadvMerged): the frames it
+ * rejects never take a guest buffer, so nothing has to be given back after the fact.
+ *
+ *   bytes  [ flags | uni count | multi count | 0 | hdrLen (u16 LE) | 0 0 | MAC (6) | 0 0 |
+ *            VLAN bitmap (512) | unicast MACs (64 × 6) | multicast MACs (64 × 6) ]
+ */
+export class RxFilterSpec {
+  static readonly BYTES = 1296;
+  readonly bytes = new Uint8Array(RxFilterSpec.BYTES);
+
+  /** Encodes `f`; `hdrLen`: bytes of virtio_net_hdr in front of each frame. */
+  load(f: RxFilterState, hdrLen: number): this {
+    checkInt(hdrLen, 'hdrLen', 0, 0xffff);
+    const uni = f.uni.length / 6;
+    const multi = f.multi.length / 6;
+    if (!Number.isInteger(uni) || !Number.isInteger(multi) || uni > RX_FILTER_MAX_MACS || multi > RX_FILTER_MAX_MACS) {
+      throw new RangeError(`an RX filter holds at most ${RX_FILTER_MAX_MACS} whole unicast and multicast MACs each`);
+    }
+    const b = this.bytes;
+    const F = RX_FILTER_FLAG;
+    b[0] = (f.promisc ? F.promisc : 0) | (f.allmulti ? F.allmulti : 0) | (f.alluni ? F.alluni : 0) | (f.nomulti ? F.nomulti : 0) |
+      (f.nouni ? F.nouni : 0) | (f.nobcast ? F.nobcast : 0) | (f.vlanFiltering ? F.vlanFiltering : 0);
+    b[1] = uni;
+    b[2] = multi;
+    b[4] = hdrLen & 0xff;
+    b[5] = hdrLen >>> 8;
+    b.set(f.mac.subarray(0, 6), 8);
+    // Little-endian words are the bitmap's bytes in order (bit v & 7 of byte v >> 3).
+    for (let w = 0; w < 128; w++) {
+      const x = f.vlans[w]!;
+      b[16 + 4 * w] = x & 0xff;
+      b[17 + 4 * w] = (x >>> 8) & 0xff;
+      b[18 + 4 * w] = (x >>> 16) & 0xff;
+      b[19 + 4 * w] = x >>> 24;
+    }
+    b.set(f.uni, 528);
+    b.set(f.multi, 912);
+    return this;
+  }
+}
+
+/**
+ * The native filter's verdict (what uringReadvMerged decides) on a frame of `len` bytes, Ethernet
+ * header first, whose first bytes are `frame` (16 are looked at: two MACs, TPID, TCI). For tests that
+ * hold it against RxFilter.accept.
+ */
+export function rxFilterAccepts(spec: RxFilterSpec, frame: Uint8Array, len: number): boolean {
+  if (!(spec instanceof RxFilterSpec)) throw new TypeError('spec must be an RxFilterSpec');
+  checkBytes(frame, 'frame');
+  checkInt(len, 'len', 0, INT32_MAX);
+  return b.rxFilterAccepts(spec.bytes, frame, len) as boolean;
 }

@@ -65,6 +65,8 @@ export interface RawBinding {
     maxLen: number,
     peek: Uint8Array | undefined,
   ): number;
+  // spec = RxFilterSpec.bytes; frame: the Ethernet header's first bytes.
+  rxFilterAccepts(spec: Uint8Array, frame: Uint8Array, len: number): boolean;
 
   // uring.cc
   uringCreate(fds: Int32Array, entries: number): { id: number; fd: number };
@@ -74,6 +76,19 @@ export interface RawBinding {
   uringWritevBatch(id: number, words: Uint32Array, maxEntries: number, maxFrames: number, frames: number): number;
   // words as for readvBatch; returns slots settled; bytes[i] = frame length, or -1 for a slot given back empty.
   uringReadvBatch(id: number, words: Uint32Array, maxEntries: number, maxFrames: number, frames: number): number;
+  // as readvMerged, on a ring; filter = RxFilterSpec.bytes (a rejected frame: used 0, bytes = -length).
+  uringReadvMerged(
+    id: number,
+    words: Uint32Array,
+    maxEntries: number,
+    maxFrames: number,
+    first: number,
+    buffers: number,
+    frames: number,
+    need: number,
+    maxLen: number,
+    filter: Uint8Array | undefined,
+  ): number;
   uringTry(id: number, op: string, fd: number, fixed: boolean, buf: Uint8Array | undefined): number;
   uringRegister(id: number, op: number): void;
 

@@ -6,8 +6,10 @@
  *
  * Where things sit on the data path (DESIGN.md, "Data path and threads"):
  *   guest memory   memfdCreate, mmap, mmapAnonymous, mappingBuffer, munmap   (process-wide registry)
- *   frames         tapOpen, tapSetVnetHdrSize, tapSetOffload, writevBatch, readvBatch, readvMerged;
- *                  io_uring: uringCreate (a restricted ring per queue), uringWritevBatch, uringReadvBatch
+ *   frames         tapOpen, tapSetVnetHdrSize, tapSetOffload, writevBatch, readvBatch, readvMerged,
+ *                  RxFilterSpec;
+ *                  io_uring: uringCreate (a restricted ring per queue), uringWritevBatch, uringReadvBatch,
+ *                  uringReadvMerged
  *   sleeping       eventfd*, poll, waitKick (worker threads); FdPoller (event-loop threads)
  *   control        unix sockets with SCM_RIGHTS (vhost-user)
  *   sandbox/tests  netnsEnter/Leave, packetOpen, fdRead/Write, no_new_privs, seccomp, set*id, rlimits

@@ -23,6 +23,7 @@
 // io_uring would park a READV on an empty tap until a frame came, and complete READVs out of order.
 #include "batch.h"
 
+#include <limits.h>
 #include <linux/io_uring.h>
 #include <sys/mman.h>
 #include <sys/syscall.h>
@@ -508,6 +509,169 @@ napi_value UringReadvBatch(napi_env env, napi_callback_info cbinfo) {
   return result;
 }
 
+// ---- uringReadvMerged: readvMerged's contract (batch.cc) through the ring, with the RX filter applied here
+//
+// Each round plans up to `window` READVs, each over the fewest whole buffers from where the last one
+// ended that hold `need` (a group), and submits them in one io_uring_enter. Frames then settle in
+// order from `fill`, the first buffer no frame took. A frame that took fewer buffers than its group
+// leaves a gap, so the next one is copied down to `fill` (its group lies further on, and the room from
+// fill to its group's end is at least the group's):
+//
+//   groups   [ b0 b1 ][ b2 b3 ][ b4 b5 ]        need = 2 buffers; three READVs in one enter
+//   read     f0 → b0 (64 B)  f1 → b2 b3 (1500 B)  f2 → b4 (64 B)
+//   settled  f0 → b0, used 1; f1 copied to b1 b2, used 2; f2 copied to b3, used 1; fill = b4
+//
+// A frame longer than maxLen or than its group, or one the filter rejects, takes no buffer (used 0;
+// rejected: bytes = −length) and the next frame lands where it would have. There is no PEEK stop:
+// the filter is whole, so a round's frames are all settled. The kernel and the copies may write into
+// any buffer offered, taken or not: the caller logs them all for migration (dirty log).
+//
+// Stops as readvMerged does: FRAMES, EMPTY (a READV met an empty tap), NO_ROOM (not one group left),
+// PIECES (the first group of a round exceeds IOV_MAX − 1 pieces), ERROR (a READV failed after a frame
+// was recorded; with none, it throws).
+
+struct Group {
+  uint32_t from, to;  // buffers [from, to)
+  uint64_t have;      // their room
+  uint32_t at, niov;  // their iovecs in the round's copy (then the spill iovec)
+};
+thread_local std::vector<struct iovec> tRoundIov;
+thread_local std::vector<Group> tGroups;
+
+napi_value UringReadvMerged(napi_env env, napi_callback_info cbinfo) {
+  napi_value undefined;
+  napi_get_undefined(env, &undefined);
+  Pins pins;
+  Merged m;
+  if (!PrepareMerged(env, cbinfo, "uringReadvMerged takes (ring, words, maxEntries, maxFrames, first, buffers, frames, need, maxLen, filter?)",
+                     UINT32_MAX, pins, &m))
+    return undefined;
+  RxFilterSpec filter;
+  bool filtering = false;
+  if (!ParseRxFilter(env, m.extra, &filter, &filtering)) return undefined;
+  napi_value result;
+  if (m.frames == 0 || m.buffers == 0) {
+    napi_create_uint32(env, 0, &result);
+    return result;
+  }
+  std::shared_ptr<Ring> ring;
+  if (!AcquireRing(env, m.handle, &ring)) return undefined;
+  Ring* r = ring.get();
+  Use use(r);
+  if (!use.ok) {
+    ThrowNativeError(Napi::Env(env), EBUSY, "io_uring", "ring " + std::to_string(m.handle) + " is in use by another thread");
+    return undefined;
+  }
+  const uint32_t nb = m.buffers;
+  const uint32_t* ends = m.ends;
+  const uint32_t* room = m.room;
+  auto bufIov = [&](uint32_t b) { return m.iov + (ends[b] - m.base); };
+  if (tGroups.size() < kMaxEntries) tGroups.resize(kMaxEntries);
+  Group* groups = tGroups.data();
+
+  uint32_t done = 0;
+  uint32_t cur = 0;  // the first buffer no frame took
+  uint32_t stop = kStopFrames;
+  int firstErr = 0;
+  while (done < m.frames) {
+    unsigned w = r->window < r->sqEntries ? r->window : r->sqEntries;
+    if (w > m.frames - done) w = m.frames - done;
+    // Plan the round: consecutive groups from cur.
+    unsigned n = 0;
+    uint32_t p = cur;
+    size_t iovs = 0;
+    bool pieces = false;
+    while (n < w) {
+      uint64_t have = 0;
+      uint32_t k = p;
+      while (have < m.need && k < nb) have += room[k++];
+      if (have < m.need) break;
+      const uint32_t niov = ends[k] - ends[p];
+      if (niov + 1 > IOV_MAX) {
+        pieces = n == 0;
+        break;
+      }
+      groups[n++] = {p, k, have, (uint32_t)iovs, niov};
+      iovs += niov + 1;
+      p = k;
+    }
+    if (n == 0) {
+      stop = pieces ? kStopPieces : kStopNoRoom;
+      break;
+    }
+    // Each READV gets its own copy of its buffers' iovecs and the spill byte after them.
+    if (tRoundIov.size() < iovs) tRoundIov.resize(iovs);
+    struct iovec* riov = tRoundIov.data();
+    for (unsigned i = 0; i < n; i++) {
+      const Group& g = groups[i];
+      memcpy(riov + g.at, bufIov(g.from), (size_t)g.niov * sizeof(struct iovec));
+      riov[g.at + g.niov] = {gSpill, 1};
+      PrepSqe(r, i, IORING_OP_READV, IOSQE_FIXED_FILE, 0, riov + g.at, g.niov + 1, RWF_NOWAIT);
+    }
+    int32_t* res = ResScratch(n);
+    int e = SubmitAndWait(r, n, res);
+    if (e != 0) {
+      if (r->poisoned) pins.Leak();
+      if (done > 0 && !r->poisoned) {
+        stop = kStopError;
+        break;
+      }
+      ThrowNativeError(Napi::Env(env), e, "io_uring_enter",
+                       "ring " + std::to_string(m.handle) + ", a round of " + std::to_string(n) + " merged READVs" +
+                           (r->poisoned ? "; the ring is out of use" : ""));
+      return undefined;
+    }
+    // Settle the round in order from cur.
+    uint32_t fill = cur;
+    unsigned got = 0;
+    bool empty = false;
+    for (unsigned i = 0; i < n; i++) {
+      const Group& g = groups[i];
+      const int32_t v = res[i];
+      if (v < 0) {
+        empty = true;
+        if (v != -EAGAIN && firstErr == 0) firstErr = -v;
+        continue;
+      }
+      got++;
+      m.bytes[done] = v;
+      if (v == 0 || v > m.maxLen || (uint64_t)v > g.have) {
+        m.used[done++] = 0;  // dropped by the caller; its buffers take the next frame
+        continue;
+      }
+      const struct iovec* src = riov + g.at;
+      if (filtering) {
+        uint8_t eth[16];
+        const uint32_t have = (uint32_t)v > filter.hdrLen ? GatherBytes(src, g.niov, filter.hdrLen, eth, sizeof eth) : 0;
+        if (!RxFilterAccepts(filter, eth, have, (int64_t)v - filter.hdrLen)) {
+          m.bytes[done] = -v;
+          m.used[done++] = 0;
+          continue;
+        }
+      }
+      if (g.from != fill) CopyIov(src, g.niov, bufIov(fill), ends[g.to] - ends[fill], (size_t)v);
+      uint32_t u = 0;
+      for (uint64_t acc = 0; acc < (uint64_t)v; u++) acc += room[fill + u];
+      m.used[done++] = u;
+      fill += u;
+    }
+    cur = fill;
+    if (empty) {
+      r->window = got + 1 > 2 ? got + 1 : 2;
+      stop = firstErr != 0 && done > 0 ? kStopError : kStopEmpty;
+      break;
+    }
+    r->window = w * 2 > kMaxEntries ? kMaxEntries : w * 2;
+  }
+  if (done == 0 && firstErr != 0) {
+    ThrowNativeError(Napi::Env(env), firstErr, "readv", "ring " + std::to_string(m.handle) + ", READV 0 of a merged burst");
+    return undefined;
+  }
+  *m.status = stop;
+  napi_create_uint32(env, done, &result);
+  return result;
+}
+
 // ---- uringTry: one SQE of any kind, for tests and diagnostics of the restrictions
 
 // uringTry(id, op, fd, fixed, buf?) → the CQE's result (negative errno when refused or failed).
@@ -581,6 +745,7 @@ void RegisterUring(Napi::Env env, Napi::Object exports) {
   exports.Set("uringClose", Napi::Function::New(env, UringClose, "uringClose"));
   exports.Set("uringFds", Napi::Function::New(env, UringFds, "uringFds"));
   exports.Set("uringWritevBatch", Raw(env, UringWritevBatch, "uringWritevBatch"));
+  exports.Set("uringReadvMerged", Raw(env, UringReadvMerged, "uringReadvMerged"));
   exports.Set("uringReadvBatch", Raw(env, UringReadvBatch, "uringReadvBatch"));
   exports.Set("uringTry", Napi::Function::New(env, UringTry, "uringTry"));
   exports.Set("uringRegister", Napi::Function::New(env, UringRegister, "uringRegister"));

@@ -7,6 +7,7 @@
  *
  *   main thread: uringCreate([tapFd]) ─▶ { id, fd }      (before the jail: io_uring_setup is denied there)
  *   worker:      uringWritevBatch(id, table) / uringReadvBatch(id, table)   one enter per burst
+ *                uringReadvMerged(id, table, …)                             one enter per round (MRG_RXBUF)
  *   jail:        io_uring_enter allowed with arg 0 ∈ uringFds()
  *
  * The tables are IovecTables, checked entry by entry against the mapping registry exactly as
@@ -14,6 +15,7 @@
  * Part of native/ (index.ts re-exports it): TypeScript checks every argument before it crosses.
  */
 import { IovecTable } from './iovec.ts';
+import { checkMerged, RxFilterSpec } from './batch.ts';
 import { binding as b } from './load.ts';
 import { checkBytes, checkInt, checkString, INT32_MAX, UINT32_MAX } from './checks.ts';
 
@@ -88,6 +90,38 @@ export function uringWritevBatch(ring: number, table: IovecTable, frames: number
 export function uringReadvBatch(ring: number, table: IovecTable, frames: number = table.frames): number {
   checkBatch(ring, table, frames);
   return b.uringReadvBatch(ring, table.words, table.maxEntries, table.maxFrames, frames);
+}
+
+/**
+ * readvMerged's contract (native/batch.ts) through ring `ring`: frames go into whole buffers of
+ * `table` from buffer `first` on, each starting after the last buffer the previous one took, and
+ * table.bytes/used/status say what came. It differs in three ways:
+ *
+ * - Rounds of READVs, one io_uring_enter each: every READV gets the fewest buffers from where the
+ *   previous one's ended that hold `need`; a frame that takes fewer is followed by the next one copied
+ *   down behind it, so buffers are taken in order with no gap.
+ * - `filter` is the whole RX filter, applied here: a rejected frame takes no buffer and is recorded
+ *   with used 0 and bytes = −its length (header included). MERGED_STOP.PEEK never comes.
+ * - The kernel and the copies may write into any buffer offered, taken or not: the caller logs them
+ *   all for migration.
+ *
+ * A READV error with nothing recorded throws NativeError('readv'); the other errors are those of
+ * uringReadvBatch.
+ */
+export function uringReadvMerged(
+  ring: number,
+  table: IovecTable,
+  first: number,
+  buffers: number,
+  frames: number,
+  need: number,
+  maxLen: number,
+  filter: RxFilterSpec | null = null,
+): number {
+  checkInt(ring, 'ring id', 1, UINT32_MAX);
+  checkMerged(table, first, buffers, frames, need, maxLen);
+  if (filter !== null && !(filter instanceof RxFilterSpec)) throw new TypeError('filter must be an RxFilterSpec or null');
+  return b.uringReadvMerged(ring, table.words, table.maxEntries, table.maxFrames, first, buffers, frames, need, maxLen, filter === null ? undefined : filter.bytes);
 }
 
 /** SQE kinds uringTry can submit. */

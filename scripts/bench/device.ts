@@ -13,8 +13,9 @@
  *   packed         the four lgnet figures again on packed rings, as ratios to split rings.
  *   mrg            RX with MRG_RXBUF against plain RX (no MRG_RXBUF), 64 and 1514 B, in alternating
  *                  rounds on fresh devices (the plain figure is re-measured beside each MRG one, so
- *                  drift on a shared machine hits both): 2048-byte buffers (one per frame), and 1024-byte
- *                  buffers for 1514 B (each frame spans two).
+ *                  drift on a shared machine hits both): 2048-byte buffers (one per frame), 1024-byte
+ *                  buffers for 1514 B (each frame spans two), and 64 B into a Linux guest's RX ring
+ *                  (1536-byte buffers, GUEST_TSO4/6: every frame is offered room for 64 KiB).
  *   ping           latency: one ICMP echo at a time from the harness to the namespace's kernel through
  *                  lgnet and back (kick → TX worker → tap write → the kernel answers → RX worker → tap read
  *                  → used + call eventfd → harness), with the features and buffers a Linux guest uses
@@ -137,6 +138,9 @@ async function withSender<T>(bin: string, pkt: number, len: number, measure: () 
 
 const fmt = (fps: number): string => `${(fps / 1e6).toFixed(3)} M/s`;
 
+/** What a Linux guest accepts on RX besides MRG_RXBUF: checksum offload and TSO (GSO frames up to 64 KiB). */
+const LINUX_RX = mask('CSUM', 'GUEST_CSUM', 'GUEST_TSO4', 'GUEST_TSO6');
+
 /**
  * RX with MRG_RXBUF against plain RX: MRG_ROUNDS rounds, each measuring every case on a fresh plain
  * device and then on a fresh MRG_RXBUF device. Reports each case's median rate and the median and
@@ -148,6 +152,8 @@ async function benchMrg(ns: Netns, bin: string, seconds: number, rounds = MRG_RO
     { name: 'rx64', len: 64, bufferSize: 2048 },
     { name: 'rx1514', len: 1514, bufferSize: 2048 },
     { name: 'rx1514x2', len: 1514, bufferSize: 1024 },
+    // A Linux guest's RX: MRG_RXBUF with GSO, so every frame is offered room for 64 KiB.
+    { name: 'rx64lnx', len: 64, bufferSize: 1536, features: LINUX_RX },
   ];
   const plain: Record<string, number[]> = {};
   const mrg: Record<string, number[]> = {};
@@ -155,7 +161,7 @@ async function benchMrg(ns: Netns, bin: string, seconds: number, rounds = MRG_RO
     for (const withMrg of [false, true]) {
       for (const c of cases) {
         // Plain RX needs a buffer that holds a whole frame: the small-buffer case compares against 2048.
-        const s = await setup(ns, false, { mrg: withMrg, bufferSize: withMrg ? c.bufferSize : 2048 });
+        const s = await setup(ns, false, withMrg ? { mrg: true, bufferSize: c.bufferSize, features: c.features ?? 0n } : { bufferSize: 2048 });
         try {
           const pkt = openPacketIn(ns, 'lgbench0'); // closed with the namespace
           // A fresh device is a fresh worker thread: warm its JIT up before measuring.

@@ -7,7 +7,12 @@
  *
  * Every test fills the buffers with a marker byte first, so it can tell what the kernel wrote and
  * what it did not touch.
+ *
+ * uringReadvMerged, the same contract through a restricted io_uring (rounds of READVs, frames copied
+ * down behind each other, the whole RX filter applied natively), on the same tap; and the native
+ * filter held against RxFilter.accept on generated filters and frames.
  */
+import fc from 'fast-check';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 
 import {
@@ -22,8 +27,14 @@ import {
   PeekList,
   poll,
   readvMerged,
+  RxFilterSpec,
+  rxFilterAccepts,
   tapSetVnetHdrSize,
+  uringClose,
+  uringCreate,
+  uringReadvMerged,
 } from '../../native/index.ts';
+import { RxFilter } from '../../device/rx-filter.ts';
 import { binding } from '../../native/load.ts';
 import { createNetns, destroyAllNetns, netnsPrerequisites, openPacketIn, openTapIn, type Netns } from '../../harness/netns.ts';
 import { nativeErrorOf } from '../helpers/errors.ts';
@@ -347,5 +358,214 @@ describe.runIf(pre.ok)('readvMerged: hostile tables', () => {
     expect(() => binding.readvMerged(s.tap, t.words, t.maxEntries, t.maxFrames, 0, 4, 8, NEED, NEED, lying)).toThrow(RangeError);
     // None of that read the frame.
     expect(raw(0, 4, 8)).toBe(1);
+  });
+});
+
+describe.runIf(pre.ok)('uringReadvMerged on a tap', () => {
+  const rings: number[] = [];
+  afterEach(() => {
+    for (const id of rings.splice(0)) uringClose(id);
+  });
+  function setupRing(): { tap: number; pkt: number; ring: number } {
+    const s = setupTap();
+    const r = uringCreate([s.tap]);
+    rings.push(r.id);
+    return { ...s, ring: r.id };
+  }
+  /** Checks that frames i … landed in order from buffer `first` with no gap; returns the next buffer. */
+  function expectPacked(t: IovecTable, sent: Uint8Array[], size: number, from = 0, first = 0): number {
+    for (let i = from; i < from + sent.length; i++) {
+      const f = sent[i - from]!;
+      expect(t.bytes[i], `frame ${i}`).toBe(HDR + f.length);
+      expect(t.used[i], `frame ${i}`).toBe(Math.ceil((HDR + f.length) / size));
+      expect(same(stream(first, t.used[i]!, size, HDR + f.length).subarray(HDR), f), `frame ${i} bytes`).toBe(true);
+      first += t.used[i]!;
+    }
+    return first;
+  }
+
+  it('frames settle in order with no gap: one that took fewer buffers than its READV had is followed by the next, copied down', () => {
+    const s = setupRing();
+    const t = buffers(32, 512);
+    // NEED = 1526 bytes: every READV gets 3 buffers of 512. 64 B takes 1 of them, 700 B 2, 1514 B 3.
+    const sent = [64, 1514, 700, 64, 1000, 64].map((len, i) => frame(len, i));
+    send(s, sent);
+    expect(uringReadvMerged(s.ring, t, 0, 32, 32, NEED, NEED)).toBe(6);
+    expect(t.status).toBe(MERGED_STOP.EMPTY);
+    expect(Array.from(t.used.subarray(0, 6))).toEqual([1, 3, 2, 1, 2, 1]);
+    expectPacked(t, sent, 512);
+  });
+
+  it('a backlog larger than a round is read over several, in order, from where the call is told', () => {
+    const s = setupRing();
+    const t = buffers(600, 512);
+    const sent = Array.from({ length: 150 }, (_, i) => frame(i % 3 === 0 ? 1200 : 60 + i, i));
+    send(s, sent);
+    expect(uringReadvMerged(s.ring, t, 10, 590, 200, NEED, NEED)).toBe(150);
+    expect(t.status).toBe(MERGED_STOP.EMPTY);
+    expectPacked(t, sent, 512, 0, 10);
+    expect(mem.subarray(0, 10 * 4096).every((x) => x === MARK)).toBe(true); // before `first`: untouched
+  });
+
+  it('a frame longer than maxLen takes no buffer, and the next frame lands where it would have', () => {
+    const s = setupRing();
+    const t = buffers(8, 2048);
+    const small = frame(64, 2);
+    send(s, [frame(1514, 1), small, frame(1514, 3)]);
+    expect(uringReadvMerged(s.ring, t, 0, 8, 8, NEED, 1000)).toBe(3);
+    expect([t.bytes[0], t.used[0]]).toEqual([HDR + 1514, 0]);
+    expect([t.bytes[1], t.used[1]]).toEqual([HDR + 64, 1]);
+    expect([t.bytes[2], t.used[2]]).toEqual([HDR + 1514, 0]);
+    expect(same(mem.subarray(HDR, HDR + 64), small)).toBe(true);
+  });
+
+  it('the whole RX filter applies natively: a rejected frame takes no buffer (bytes −length); PEEK never comes', () => {
+    const s = setupRing();
+    const t = buffers(32, 2048);
+    const f = new RxFilter();
+    f.reset(Uint8Array.from(DST_A), true);
+    f.promisc = false;
+    const M1 = [0x01, 0x00, 0x5e, 0, 0, 1];
+    const M2 = [0x01, 0x00, 0x5e, 0, 0, 2];
+    f.multi = Uint8Array.from(M1);
+    f.vlans[0] = 1 << 5; // VLAN 5 only
+    const spec = new RxFilterSpec().load(f, HDR);
+    const tagged = (vid: number, seq: number) => {
+      const x = frame(100, seq, DST_A, true);
+      x[15] = vid;
+      return x;
+    };
+    const all = [
+      frame(100, 0, DST_A), frame(100, 1, DST_B), frame(100, 2, [0xff, 0xff, 0xff, 0xff, 0xff, 0xff]), frame(100, 3, M1),
+      frame(100, 4, M2), tagged(5, 5), tagged(6, 6), frame(100, 7, DST_A),
+    ];
+    const accepted = [true, false, true, true, false, true, false, true];
+    send(s, all);
+    expect(uringReadvMerged(s.ring, t, 0, 32, 32, NEED, NEED, spec)).toBe(all.length);
+    expect(t.status).toBe(MERGED_STOP.EMPTY);
+    let buf = 0;
+    all.forEach((x, i) => {
+      if (!accepted[i]) {
+        expect([t.bytes[i], t.used[i]], `frame ${i} rejected`).toEqual([-(HDR + 100), 0]);
+        return;
+      }
+      expect([t.bytes[i], t.used[i]], `frame ${i} accepted`).toEqual([HDR + 100, 1]);
+      expect(same(mem.subarray(buf * 4096 + HDR, buf * 4096 + HDR + 100), x), `frame ${i} in buffer ${buf}`).toBe(true);
+      buf++;
+    });
+    // Without a filter, everything passes.
+    send(s, [frame(100, 8, DST_B)]);
+    expect(uringReadvMerged(s.ring, t, 0, 32, 32, NEED, NEED, null)).toBe(1);
+    expect(t.used[0]).toBe(1);
+  });
+
+  it('NO_ROOM, FRAMES, EMPTY and PIECES, as readvMerged says them; frames left wait in the kernel', () => {
+    const s = setupRing();
+    const t = buffers(4, 2048);
+    expect(uringReadvMerged(s.ring, t, 0, 4, 8, NEED, NEED)).toBe(0);
+    expect(t.status).toBe(MERGED_STOP.EMPTY);
+    const sent = [0, 1, 2, 3, 4, 5].map((i) => frame(200 + i, 10 + i));
+    send(s, sent);
+    expect(uringReadvMerged(s.ring, t, 0, 4, 32, NEED, NEED)).toBe(4);
+    expect(t.status).toBe(MERGED_STOP.NO_ROOM);
+    expect(uringReadvMerged(s.ring, t, 0, 4, 1, NEED, NEED)).toBe(1);
+    expect(t.status).toBe(MERGED_STOP.FRAMES);
+    expect(uringReadvMerged(s.ring, t, 0, 4, 0, NEED, NEED)).toBe(0);
+    expect(t.status).toBe(MERGED_STOP.FRAMES);
+    expect(uringReadvMerged(s.ring, t, 0, 0, 8, NEED, NEED)).toBe(0);
+    expect(t.status).toBe(MERGED_STOP.NO_ROOM);
+    expect(uringReadvMerged(s.ring, t, 0, 4, 8, NEED, NEED)).toBe(1);
+    expect(same(mem.subarray(HDR, HDR + 205), sent[5]!)).toBe(true);
+    const wide = new IovecTable(1200, 1200);
+    for (let b = 0; b < 1100; b++) {
+      wide.push(region, b, 1);
+      wide.endFrame();
+    }
+    send(s, [frame(100, 1)]);
+    expect(uringReadvMerged(s.ring, wide, 0, 1100, 8, 1050, 1050)).toBe(0);
+    expect(wide.status).toBe(MERGED_STOP.PIECES);
+    expect(uringReadvMerged(s.ring, wide, 0, 1100, 8, 1000, 1000)).toBe(1);
+  });
+
+  it('hostile arguments: refused in TypeScript and again in C++, before anything is read', () => {
+    const s = setupRing();
+    send(s, [frame(100, 1)]);
+    const t = buffers(4, 2048);
+    expect(() => uringReadvMerged(0, t, 0, 4, 8, NEED, NEED)).toThrow(RangeError);
+    expect(() => uringReadvMerged(s.ring, t, 0, 5, 8, NEED, NEED)).toThrow(RangeError);
+    expect(() => uringReadvMerged(s.ring, t, 0, 4, 8, NEED, NEED, new Uint8Array(1296) as unknown as RxFilterSpec)).toThrow(TypeError);
+    const raw = (filter: Uint8Array | undefined) =>
+      binding.uringReadvMerged(s.ring, t.words, t.maxEntries, t.maxFrames, 0, 4, 8, NEED, NEED, filter);
+    expect(() => raw(new Uint8Array(100))).toThrow(TypeError); // shorter than a spec
+    const lying = new Uint8Array(RxFilterSpec.BYTES);
+    lying[1] = 65; // more unicast MACs than a spec holds
+    expect(() => raw(lying)).toThrow(RangeError);
+    const bad = buffers(2, 2048);
+    bad.push(region, REGION - 10, 11); // past the mapping
+    bad.endFrame();
+    const e = nativeErrorOf(() => uringReadvMerged(s.ring, bad, 0, 3, 8, 1, NEED));
+    expect([e.code, e.syscall]).toEqual(['EFAULT', 'iovec']);
+    expect(nativeErrorOf(() => uringReadvMerged(999_999, t, 0, 4, 8, NEED, NEED)).code).toBe('EBADF');
+    expect(raw(undefined)).toBe(1); // the frame was still there
+  });
+});
+
+describe('the native RX filter (RxFilterSpec) decides as RxFilter.accept does', () => {
+  const macArb = fc.oneof(
+    fc.uint8Array({ minLength: 6, maxLength: 6 }),
+    fc.constantFrom([0xff, 0xff, 0xff, 0xff, 0xff, 0xff], DST_A, DST_B, [0x01, 0x00, 0x5e, 0, 0, 1], [0x33, 0x33, 0, 0, 0, 1]).map((m) => Uint8Array.from(m)),
+  );
+  it('on generated filters and frames', () => {
+    const seen = [0, 0];
+    fc.assert(
+      fc.property(
+        fc.record({
+          flags: fc.array(fc.boolean(), { minLength: 7, maxLength: 7 }),
+          mac: macArb,
+          uni: fc.array(macArb, { maxLength: 4 }),
+          multi: fc.array(macArb, { maxLength: 4 }),
+          vlans: fc.array(fc.integer({ min: 0, max: 4095 }), { maxLength: 6 }),
+        }),
+        macArb,
+        fc.nat(),
+        fc.boolean(),
+        fc.integer({ min: 0, max: 4095 }),
+        fc.integer({ min: 0, max: 2000 }),
+        (fs, other, pick, tagged, vid, len) => {
+          const f = new RxFilter();
+          f.reset(fs.mac, fs.flags[6]!);
+          [f.promisc, f.allmulti, f.alluni, f.nomulti, f.nouni, f.nobcast] = fs.flags;
+          const join = (ms: Uint8Array[]) => {
+            const out = new Uint8Array(ms.length * 6);
+            ms.forEach((m, i) => out.set(m, i * 6));
+            return out;
+          };
+          f.uni = join(fs.uni);
+          f.multi = join(fs.multi);
+          for (const v of fs.vlans) f.vlans[v >>> 5]! |= 1 << (v & 31);
+          // Mostly a destination the filter names (its MAC, a table entry), so both verdicts come often.
+          const named = [fs.mac, ...fs.uni, ...fs.multi];
+          const dst = pick % 4 === 0 ? other : named[pick % named.length]!;
+          const head = new Uint8Array(16);
+          head.set(dst, 0);
+          head.set([0x02, 0, 0, 0, 0, 1], 6);
+          if (tagged) head.set([0x81, 0x00, vid >> 8, vid & 0xff], 12);
+          const spec = new RxFilterSpec().load(f, HDR);
+          const shown = head.subarray(0, Math.min(16, len));
+          const verdict = f.accept(head, 0, len);
+          expect(rxFilterAccepts(spec, shown, len)).toBe(verdict);
+          seen[verdict ? 1 : 0]!++;
+        },
+      ),
+      { numRuns: 3000 },
+    );
+    expect(Math.min(...seen), `accepted ${seen[1]}, rejected ${seen[0]}`).toBeGreaterThan(300);
+  });
+  it('an RxFilterSpec refuses tables over 64 MACs or not whole', () => {
+    const f = new RxFilter();
+    f.uni = new Uint8Array(65 * 6);
+    expect(() => new RxFilterSpec().load(f, HDR)).toThrow(RangeError);
+    f.uni = new Uint8Array(7);
+    expect(() => new RxFilterSpec().load(f, HDR)).toThrow(RangeError);
   });
 });
