@@ -51,6 +51,18 @@ bool ArgInt(napi_env env, napi_value v, const char* what, double lo, double hi, 
   return true;
 }
 
+// Reads a typed array argument of `want` type; false (with a TypeError saying `msg` pending) otherwise.
+static bool ArgTyped(napi_env env, napi_value v, napi_typedarray_type want, const char* msg, void** data, size_t* length) {
+  bool isTyped = false;
+  napi_is_typedarray(env, v, &isTyped);
+  napi_typedarray_type type;
+  if (!isTyped || napi_get_typedarray_info(env, v, &type, length, data, nullptr, nullptr) != napi_ok || type != want) {
+    napi_throw_type_error(env, nullptr, msg);
+    return false;
+  }
+  return true;
+}
+
 uint8_t gSpill[8];
 
 // Translates `units` consecutive units of entries, the first starting at entry `base` and unit u
@@ -121,16 +133,9 @@ bool PrepareBatch(napi_env env, napi_callback_info cbinfo, const char* usage, do
       !ArgInt(env, argv[3], "maxFrames", 0, UINT32_MAX, &maxFrames) ||
       !ArgInt(env, argv[4], "frames", 0, UINT32_MAX, &frames))
     return false;
-  bool isTyped = false;
-  napi_is_typedarray(env, argv[1], &isTyped);
-  napi_typedarray_type type;
   size_t length = 0;
   void* data = nullptr;
-  if (!isTyped || napi_get_typedarray_info(env, argv[1], &type, &length, &data, nullptr, nullptr) != napi_ok ||
-      type != napi_uint32_array) {
-    napi_throw_type_error(env, nullptr, "words must be a Uint32Array (IovecTable.words)");
-    return false;
-  }
+  if (!ArgTyped(env, argv[1], napi_uint32_array, "words must be a Uint32Array (IovecTable.words)", &data, &length)) return false;
   if ((uint64_t)maxEntries * kIovecWords + 2 * (uint64_t)maxFrames > length) {
     napi_throw_range_error(env, nullptr, "maxEntries/maxFrames exceed the words array");
     return false;
@@ -199,16 +204,9 @@ bool PrepareMerged(napi_env env, napi_callback_info cbinfo, const char* usage, d
       !ArgInt(env, argv[7], "need", 1, INT32_MAX, &need) ||
       !ArgInt(env, argv[8], "maxLen", 1, INT32_MAX, &maxLen))
     return false;
-  bool isTyped = false;
-  napi_is_typedarray(env, argv[1], &isTyped);
-  napi_typedarray_type type;
   size_t length = 0;
   void* data = nullptr;
-  if (!isTyped || napi_get_typedarray_info(env, argv[1], &type, &length, &data, nullptr, nullptr) != napi_ok ||
-      type != napi_uint32_array) {
-    napi_throw_type_error(env, nullptr, "words must be a Uint32Array (IovecTable.words)");
-    return false;
-  }
+  if (!ArgTyped(env, argv[1], napi_uint32_array, "words must be a Uint32Array (IovecTable.words)", &data, &length)) return false;
   if ((uint64_t)maxEntries * kIovecWords + 3 * (uint64_t)maxFrames + 1 > length) {
     napi_throw_range_error(env, nullptr, "maxEntries/maxFrames exceed the words array");
     return false;
@@ -292,14 +290,12 @@ bool ParseRxFilter(napi_env env, napi_value v, RxFilterSpec* out, bool* present)
   napi_typeof(env, v, &vt);
   *present = false;
   if (vt == napi_undefined || vt == napi_null) return true;
-  bool isTyped = false;
-  napi_is_typedarray(env, v, &isTyped);
-  napi_typedarray_type type;
   size_t length = 0;
   void* data = nullptr;
-  if (!isTyped || napi_get_typedarray_info(env, v, &type, &length, &data, nullptr, nullptr) != napi_ok ||
-      type != napi_uint8_array || length < RxFilterSpec::kBytes) {
-    napi_throw_type_error(env, nullptr, "filter must be a Uint8Array of 1296 bytes (RxFilterSpec.bytes)");
+  const char* what = "filter must be a Uint8Array of 1296 bytes (RxFilterSpec.bytes)";
+  if (!ArgTyped(env, v, napi_uint8_array, what, &data, &length)) return false;
+  if (length < RxFilterSpec::kBytes) {
+    napi_throw_type_error(env, nullptr, what);
     return false;
   }
   const uint8_t* b = static_cast<const uint8_t*>(data);
@@ -428,18 +424,6 @@ bool PeekPasses(const Peek& p, const struct iovec* iov, uint32_t niov, int64_t n
   for (uint32_t i = 0; i < p.count; i++)
     if (memcmp(eth, p.macs + i * 6, 6) == 0) return true;
   return false;
-}
-
-// Reads a typed array argument of `want` type; false (with a TypeError pending) otherwise.
-bool ArgTyped(napi_env env, napi_value v, napi_typedarray_type want, const char* msg, void** data, size_t* length) {
-  bool isTyped = false;
-  napi_is_typedarray(env, v, &isTyped);
-  napi_typedarray_type type;
-  if (!isTyped || napi_get_typedarray_info(env, v, &type, length, data, nullptr, nullptr) != napi_ok || type != want) {
-    napi_throw_type_error(env, nullptr, msg);
-    return false;
-  }
-  return true;
 }
 
 // readvMerged(fd, words, maxEntries, maxFrames, first, buffers, frames, need, maxLen, peek?)
