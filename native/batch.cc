@@ -32,7 +32,7 @@ thread_local std::vector<struct iovec> tIov;
 thread_local std::vector<uint32_t> tEnds;
 // Room of each buffer of a merged call.
 thread_local std::vector<uint32_t> tRoom;
-constexpr uint32_t kEthHlenShared = 14;
+constexpr uint32_t kEthHlen = 14;  // an Ethernet header: two MACs and the EtherType
 
 }  // namespace
 
@@ -316,7 +316,7 @@ bool ParseRxFilter(napi_env env, napi_value v, RxFilterSpec* out, bool* present)
 }
 
 bool RxFilterAccepts(const RxFilterSpec& f, const uint8_t* eth, uint32_t have, int64_t len) {
-  if (len < (int64_t)kEthHlenShared || have < kEthHlenShared) return false;
+  if (len < (int64_t)kEthHlen || have < kEthHlen) return false;
   if ((f.flags & kFilterVlan) && len >= 16 && have >= 16 && eth[12] == 0x81 && eth[13] == 0x00) {
     const uint32_t vid = (((uint32_t)eth[14] << 8) | eth[15]) & 0x0fff;
     if (!(f.vlans[vid >> 3] & (1u << (vid & 7)))) return false;
@@ -404,7 +404,6 @@ napi_value BatchIo(napi_env env, napi_callback_info cbinfo, bool write) {
 constexpr uint8_t kPeekAnyDest = 1;    // every destination passes (promiscuous)
 constexpr uint8_t kPeekStopTagged = 2;  // an 802.1Q-tagged frame stops the call (VLAN filtering)
 constexpr uint32_t kPeekMaxMacs = 64;
-constexpr uint32_t kEthHlen = 14;
 
 struct Peek {
   uint8_t flags = 0;
