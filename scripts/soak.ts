@@ -16,7 +16,7 @@
  * every frame accounted for, every load round and control command answered. The test suite runs a short
  * version (test/e2e/soak.test.ts); docs/PERFORMANCE.md has the 10-minute chart.
  */
-import { mkdirSync, readFileSync, readdirSync, rmSync, writeFileSync, mkdtempSync } from 'node:fs';
+import { mkdirSync, readFileSync, readdirSync, readlinkSync, rmSync, writeFileSync, mkdtempSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import * as native from '../native/index.ts';
@@ -86,6 +86,23 @@ interface Round {
 
 const procRss = (pid: number | 'self'): number => Number(readFileSync(`/proc/${pid}/status`, 'utf8').match(/VmRSS:\s+(\d+)/)![1]) * 1024;
 const procFds = (pid: number | 'self'): number => readdirSync(`/proc/${pid}/fd`).length;
+/** What each fd refers to, by kind (`anon_inode:[eventfd]`, `socket`, a path...): a miss names the kinds that moved. */
+const fdKinds = (pid: number): Map<string, number> => {
+  const kinds = new Map<string, number>();
+  for (const fd of readdirSync(`/proc/${pid}/fd`)) {
+    let k: string;
+    try {
+      k = readlinkSync(`/proc/${pid}/fd/${fd}`).replace(/:\[\d+\]$/, '');
+    } catch {
+      continue; // closed while listed
+    }
+    kinds.set(k, (kinds.get(k) ?? 0) + 1);
+  }
+  return kinds;
+};
+/** The kinds whose counts differ between two inventories, as `kind a→b`. */
+const fdKindDiff = (a: Map<string, number>, b: Map<string, number>): string[] =>
+  [...new Set([...a.keys(), ...b.keys()])].filter((k) => (a.get(k) ?? 0) !== (b.get(k) ?? 0)).map((k) => `${k} ${a.get(k) ?? 0}→${b.get(k) ?? 0}`);
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 /** The embedded device and its driver, sending control commands until stopped. */
@@ -193,15 +210,23 @@ async function main(): Promise<void> {
       });
     };
     await take();
-    const sampler = setInterval(() => void take(), o.sampleS * 1000);
+    // One step at a time: a sample holds a metrics connection open in lgnet, which an fd count taken
+    // meanwhile would see (the sampler and the reconnector fire in the same tick every 30 s).
+    let busy: Promise<void> = Promise.resolve();
+    const oneAtATime = (f: () => Promise<void>): void => void (busy = busy.then(f, f));
+    const sampler = setInterval(() => oneAtATime(take), o.sampleS * 1000);
     // lgnet's fds just before each reconnect, a connection established for a whole interval: flat if
     // nothing leaks (samples at other moments may catch a connection half set up).
     const beforeReconnect: number[] = [];
-    const reconnector = setInterval(() => {
+    const kindsBeforeReconnect: Map<string, number>[] = [];
+    const reconnector = setInterval(() => oneAtATime(async () => {
+      // lgnet closes its end of the last metrics connection in its own time.
+      await sleep(300);
       beforeReconnect.push(procFds(lg!.pid));
+      kindsBeforeReconnect.push(fdKinds(lg!.pid));
       reconnects.push(now());
       process.kill(lg!.pid, 'SIGUSR1');
-    }, o.reconnectS * 1000);
+    }), o.reconnectS * 1000);
     try {
       for (let n = 0; performance.now() - t1 < durationMs - 5000; n++) {
         const seconds = Math.max(5, Math.min(20, Math.floor((durationMs - (performance.now() - t1)) / 1000) - 2));
@@ -234,6 +259,7 @@ async function main(): Promise<void> {
     } finally {
       clearInterval(sampler);
       clearInterval(reconnector);
+      await busy;
     }
     await sleep(2000); // the last reconnect settles
     await take();
@@ -278,7 +304,10 @@ async function main(): Promise<void> {
     };
     if (!(figures.lgnetRssGrowthMB < o.rssLimitMB)) failures.push(`lgnet RSS grew ${figures.lgnetRssGrowthMB.toFixed(1)} MB after warm-up`);
     if (!(figures.embedderRssGrowthMB < o.rssLimitMB)) failures.push(`the embedding process's RSS grew ${figures.embedderRssGrowthMB.toFixed(1)} MB after warm-up`);
-    if (figures.lgnetFdSpread !== 0) failures.push(`lgnet's fd count before each reconnect moved by ${figures.lgnetFdSpread} (${beforeReconnect.join(', ')})`);
+    if (figures.lgnetFdSpread !== 0) {
+      const moved = kindsBeforeReconnect.slice(1).map((k, i) => fdKindDiff(kindsBeforeReconnect[i]!, k).join(', ') || 'none');
+      failures.push(`lgnet's fd count before each reconnect moved by ${figures.lgnetFdSpread} (${beforeReconnect.join(', ')}; by kind, reconnect to reconnect: ${moved.join(' | ')})`);
+    }
     if (figures.embedderFdSpread !== 0) failures.push(`the embedding process's fd count moved by ${figures.embedderFdSpread} after warm-up`);
     const connected = (lg.log().match(/front-end connected/g) ?? []).length;
     if (connected < reconnects.length + 1) failures.push(`${reconnects.length} reconnects asked, but QEMU connected only ${connected} times`);
