@@ -172,6 +172,12 @@ export class DescriptorChain {
 
   /** Store a little-endian u16 at writable offset `off` (may straddle pieces). False if past the end. */
   setU16(off: number, v: number): boolean {
+    // Every RX frame stores num_buffers here, nearly always inside the first piece: store it in place.
+    const w = this.writable;
+    if (w.count > 0 && off >= 0 && off + 2 <= w.length[0]!) {
+      this.mem!.regions[w.region[0]!]!.dv.setUint16(w.offset[0]! + off, v, true);
+      return true;
+    }
     this.tmpDv.setUint16(0, v, true);
     return this.writeBytes(off, this.tmp, 0, 2);
   }

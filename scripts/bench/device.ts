@@ -120,9 +120,13 @@ function harnessRx(s: Awaited<ReturnType<typeof setup>>, seconds: number): Rate 
   return { frames, seconds: r.seconds, fps: frames / r.seconds };
 }
 
-/** Runs `measure` while tap-loop sends `len`-byte frames into the tap from an AF_PACKET socket. */
-async function withSender<T>(bin: string, pkt: number, len: number, measure: () => T | Promise<T>, extraSeconds = 0): Promise<{ result: T; offered: number }> {
-  const child = spawn(bin, ['send', '3', String(len), String(SECONDS + 1 + extraSeconds)], { stdio: ['ignore', 'pipe', 'pipe', pkt] });
+/**
+ * Runs `measure` while tap-loop sends `len`-byte frames into the tap from an AF_PACKET socket, under
+ * `wrap` if given (e.g. taskset).
+ */
+async function withSender<T>(bin: string, pkt: number, len: number, measure: () => T | Promise<T>, extraSeconds = 0, wrap: string[] = []): Promise<{ result: T; offered: number }> {
+  const argv = [...wrap, bin, 'send', '3', String(len), String(SECONDS + 1 + extraSeconds)];
+  const child = spawn(argv[0]!, argv.slice(1), { stdio: ['ignore', 'pipe', 'pipe', pkt] });
   let out = '';
   child.stdout!.on('data', (d: Buffer) => (out += d.toString()));
   const exited = new Promise<void>((res) => child.on('close', () => res()));
@@ -239,9 +243,12 @@ async function benchIo(ns: Netns, bin: string, seconds: number): Promise<Record<
           }
         }
         const pkt = openPacketIn(ns, 'lgbench0');
+        // Pinned, the sender runs beside the harness, so that the reader (lgnet's worker or the C loop)
+        // has its CPU to itself in both runs; left free, it shares the worker's CPU half the time.
+        const senderWrap = pin ? ['taskset', '-c', String(pin.harness)] : [];
         for (const len of [64, 1514]) {
           const m0 = s.dev.metrics().queues[0]!;
-          const lg = await withSender(bin, pkt, len, () => onCpu(pin, () => (harnessRx(s, WARMUP), harnessRx(s, seconds))), WARMUP);
+          const lg = await withSender(bin, pkt, len, () => onCpu(pin, () => (harnessRx(s, WARMUP), harnessRx(s, seconds))), WARMUP, senderWrap);
           push(`rx${len}`, path, lg.result.fps);
           const m1 = s.dev.metrics().queues[0]!;
           const frames = m1.frames - m0.frames;
@@ -254,7 +261,7 @@ async function benchIo(ns: Netns, bin: string, seconds: number): Promise<Record<
             await s.dev.stopQueue(0); // the C reader takes the tap alone
             const k = path === 'pinned' ? 'Pinned' : '';
             for (const [key, mode] of [[`cReadv${k}`, 'read'], [`cUring${k}`, 'uread']] as const) {
-              const c = await withSender(bin, pkt, len, () => runTapLoop(bin, tapFd, [mode, String(HDR), String(seconds), ...(mode === 'uread' ? [String(BURST)] : [])], seconds, cWrap));
+              const c = await withSender(bin, pkt, len, () => runTapLoop(bin, tapFd, [mode, String(HDR), String(seconds), ...(mode === 'uread' ? [String(BURST)] : [])], seconds, cWrap), 0, senderWrap);
               push(`rx${len}`, key, c.result.fps);
             }
             await s.dev.startQueue(0);

@@ -39,6 +39,23 @@ describe('direct chains', () => {
     expect(r.q.inFlight).toBe(0);
   });
 
+  it('setU16 stores in the first writable piece, across two pieces, and in a later one, refuses past the end, and throws for a negative offset', () => {
+    const r = makeRig();
+    const a = r.alloc(3);
+    const b = r.alloc(8);
+    r.d.add([], [{ addr: a, len: 3 }, { addr: b, len: 8 }]);
+    r.d.publish();
+    const c = r.q.pop()!;
+    expect(c.setU16(0, 0x1122)).toBe(true); // in place, first piece
+    expect(c.setU16(2, 0x3344)).toBe(true); // byte 2 of the first piece, byte 0 of the second
+    expect(c.setU16(5, 0x5566)).toBe(true); // second piece only
+    expect(c.setU16(10, 0x7788)).toBe(false); // straddles the end
+    expect(() => c.setU16(-1, 0x99aa)).toThrow(RangeError);
+    const u8 = new Uint8Array(r.buf);
+    expect([...u8.subarray(a - RAM_GPA, a - RAM_GPA + 3)]).toEqual([0x22, 0x11, 0x44]);
+    expect([...u8.subarray(b - RAM_GPA, b - RAM_GPA + 8)]).toEqual([0x33, 0, 0x66, 0x55, 0, 0, 0, 0]);
+  });
+
   it('pops bursts, reading avail.idx once, and reuses chain objects per head', () => {
     const r = makeRig({ size: 8 });
     const b = r.alloc(16);
