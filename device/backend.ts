@@ -68,6 +68,11 @@ export interface RxPort {
    */
   readonly mergedReadsAhead?: boolean;
   /**
+   * Optional, with mergedReadsAhead: drops the frames recvMerged read and holds for buffers to come, and
+   * returns how many (the device counts them in rxDropStopped). Called when the queue stops.
+   */
+  dropHeld?(): number;
+  /**
    * True when recv() fills table.written[i], for every slot i < frames, with the bytes it put into slot
    * i's buffers, which may exceed what table.bytes reports (io_uring copies a frame down into an earlier
    * slot and leaves its first copy behind). The device logs those bytes too (migration dirty log).

@@ -91,8 +91,11 @@ export const M = {
   /** Not a counter: RX chains the device holds popped and unused between bursts (device/rx.ts keeps
    *  them for the next frame instead of popping them again; given back to the ring at stop or pause). */
   rxKept: 38,
+  /** Frames read from the backend ahead of the guest's buffers (the io_uring stage) and dropped when the
+   *  queue stopped before buffers came for them. */
+  rxDropStopped: 39,
   /** Count of counters. */
-  COUNT: 39,
+  COUNT: 40,
 } as const;
 
 export type MetricName = Exclude<keyof typeof M, 'COUNT'>;

@@ -326,6 +326,9 @@ class TapUringRxPort extends TapRxPort {
   override recvMerged(table: IovecTable, first: number, buffers: number, frames: number, need: number, maxLen: number, _peek: native.PeekList | null, filter: native.RxFilterSpec | null = null): number {
     return native.uringReadvMerged(this.ring, table, first, buffers, frames, need, maxLen, filter);
   }
+  dropHeld(): number {
+    return native.uringRxStash(this.ring, true);
+  }
 }
 
 /** Worker side (OpenPorts, registered in backends.ts): the ports of a tap spec, through the pair's rings

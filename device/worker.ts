@@ -60,6 +60,9 @@ class ActiveQueue {
   private regions: WorkerRegion[];
   private logMapping = -1;
   private mappingIds: number[] = [];
+  /** RX: drops what the port read ahead and holds (RxPort.dropHeld), returning how many. */
+  private readonly dropHeld: () => number;
+  private readonly counters: Float64Array;
   private readonly faults = new native.FaultWatch();
 
   constructor(boot: WorkerBoot, cfg: QueueConfig, rxFilter: RxFilter, frameFilter: FrameFilter | undefined) {
@@ -70,6 +73,9 @@ class ActiveQueue {
     this.pending = new PendingUsed(this.queue, cfg.callFd, c, cfg.coalesce);
     // The backend's ports, opened once for the life of this configuration.
     const ports = backends.openPorts(cfg.port, { counters: c, frameFilter, mappings: this.views });
+    this.counters = c;
+    const rx = ports.rx;
+    this.dropHeld = boot.role === 'rx' && rx.dropHeld !== undefined ? () => rx.dropHeld!() : () => 0;
     this.regions = cfg.regions;
     this.watchMappings();
     const mem = memoryFromMappings(cfg.regions);
@@ -140,8 +146,17 @@ class ActiveQueue {
     if (this.logMapping >= 0) this.mappingIds.push(this.logMapping);
   }
 
-  /** Releases what the queue holds beyond its ring (the capture's header mapping). */
+  /**
+   * Releases what the queue holds beyond its ring: frames the backend read ahead for buffers that did
+   * not come (counted as rxDropStopped), and the capture's header mapping.
+   */
   dispose(): void {
+    try {
+      this.counters[M.rxDropStopped]! += this.dropHeld();
+    } catch (e) {
+      // The backend's ring is already closed (the device is closing): what it held went with it.
+      if (!(e instanceof native.NativeError)) throw e;
+    }
     this.capture?.close();
   }
 }
@@ -230,13 +245,15 @@ export class QueueWorker {
           this.fail(e);
         }
         return;
-      case 'stop':
+      case 'stop': {
         if (this.state === State.RUNNING) this.quiesce();
-        this.post({ ev: 'stopped', lastAvail: this.q?.queue.base() ?? 0 });
-        this.q?.dispose();
+        const lastAvail = this.q?.queue.base() ?? 0;
+        this.q?.dispose(); // before the answer, so that its counts are in when the queue reads as stopped
         this.q = null;
+        this.post({ ev: 'stopped', lastAvail });
         this.state = State.IDLE;
         return;
+      }
       case 'filter':
         applyFilter(this.rxFilter, m.filter);
         return;

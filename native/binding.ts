@@ -90,6 +90,8 @@ export interface RawBinding {
     filter: Uint8Array | undefined,
   ): number;
   uringTry(id: number, op: string, fd: number, fixed: boolean, buf: Uint8Array | undefined): number;
+  // frames uringReadvMerged staged and has not delivered; discard: none from now on.
+  uringRxStash(id: number, discard: boolean): number;
   uringRegister(id: number, op: number): void;
 
   // wait.cc

@@ -9,7 +9,7 @@
  *   frames         tapOpen, tapSetVnetHdrSize, tapSetOffload, writevBatch, readvBatch, readvMerged,
  *                  RxFilterSpec;
  *                  io_uring: uringCreate (a restricted ring per queue), uringWritevBatch, uringReadvBatch,
- *                  uringReadvMerged
+ *                  uringReadvMerged, uringRxStash
  *   sleeping       eventfd*, poll, waitKick (worker threads); FdPoller (event-loop threads)
  *   control        unix sockets with SCM_RIGHTS (vhost-user)
  *   sandbox/tests  netnsEnter/Leave, packetOpen, fdRead/Write, no_new_privs, seccomp, set*id, rlimits

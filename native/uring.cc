@@ -54,6 +54,12 @@ constexpr unsigned kMaxEntries = 256;
 constexpr unsigned kFirstWindow = 4;
 // io_uring_enter retries (EINTR, EAGAIN, EBUSY) before a burst gives up on the ring.
 constexpr unsigned kMaxEnterTries = 1u << 16;
+// Merged RX stage (uringReadvMerged): READVs per round into it, the frame size above which a ring goes
+// back to copy-down rounds and for how many calls, and the group size (in buffers) above which it stages.
+constexpr unsigned kStageSlots = 64;
+constexpr uint32_t kBigFrame = 4096;
+constexpr unsigned kDirectCalls = 256;
+constexpr uint32_t kStageGroup = 4;
 
 struct Ring {
   int fd = -1;
@@ -81,8 +87,20 @@ struct Ring {
   uint64_t generation = 0;
   // RX: how many READVs the next round offers (grows while rounds fill, shrinks to what arrived).
   unsigned window = kFirstWindow;
+  // Merged RX through the stage (below): kStageSlots slots of stageSlot bytes, mapped on first use.
+  uint8_t* stage = nullptr;
+  size_t stageSlot = 0;
+  // Frames read into the stage and not yet delivered, in order: slots stash[stashAt, stashAt + stashN).
+  uint32_t stash[kStageSlots];
+  uint32_t stageLen[kStageSlots];
+  uint32_t stashAt = 0;
+  uint32_t stashN = 0;
+  // Calls left in copy-down rounds since a frame above kBigFrame came (it would be copied twice).
+  unsigned directCalls = 0;
 
   ~Ring() {
+    // A poisoned ring's READVs may still write into the stage: it is never unmapped then.
+    if (stage != nullptr && !poisoned) munmap(stage, kStageSlots * stageSlot);
     // Drop the tap now: a closed ring releases its files later, from a kernel work queue, and until
     // then the tap stays attached (reopening its name fails with EBUSY for tens of ms). In the jail
     // io_uring_register is denied, and the release stays deferred.
@@ -530,6 +548,122 @@ napi_value UringReadvBatch(napi_env env, napi_callback_info cbinfo) {
 // PIECES (the first group of a round exceeds IOV_MAX − 1 pieces), ERROR (a READV failed after a frame
 // was recorded; with none, it throws).
 
+// The stage: when a group spans more than kStageGroup buffers (a guest that takes TSO into 1536-byte
+// buffers: 43 of them per group, so a 256-entry ring holds 5 groups), copy-down rounds are bound by
+// the ring to a few READVs per enter. Staged rounds instead read up to kStageSlots frames, one per
+// READV, each into a slot of host memory that holds the largest one, and copy each frame from its slot
+// into the fewest buffers from `cur`, in order:
+//
+//   stage    [ f0 64 B ][ f1 64 B ][ f2 1500 B ][ f3 64 B ]      one READV per slot, one enter
+//   buffers  f0 → b0, f1 → b1, f2 → b2 (used 1), f3 → b3          one copy per frame, exactly its bytes
+//
+// A frame that does not fit the buffers left stays in its slot, with the frames after it (the stash);
+// the call stops with NO_ROOM, and the next call places them before it reads anything. The device
+// discards and counts what the stash holds when the queue stops (uringRxStash). Only a frame's own
+// bytes, just written by the kernel, leave a slot. A frame above kBigFrame sends the ring back to
+// copy-down rounds for kDirectCalls calls, which copy such frames once, not twice.
+
+// Maps the stage with slots of at least `bytes` (the stash must be empty). False when it cannot.
+bool MapStage(Ring* r, uint64_t bytes) {
+  constexpr uint64_t kMaxSlot = 1u << 20;
+  if (bytes > kMaxSlot) return false;
+  const size_t slot = ((size_t)bytes + 4095) & ~(size_t)4095;
+  if (r->stage != nullptr && r->stageSlot >= slot) return true;
+  if (r->stage != nullptr) munmap(r->stage, kStageSlots * r->stageSlot);
+  r->stage = nullptr;
+  void* p = mmap(nullptr, kStageSlots * slot, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+  if (p == MAP_FAILED) return false;
+  r->stage = static_cast<uint8_t*>(p);
+  r->stageSlot = slot;
+  return true;
+}
+
+thread_local std::vector<struct iovec> tStageIov;
+
+// Rounds of READVs into the stage (above), until FRAMES, EMPTY, NO_ROOM or ERROR. False with a JS
+// exception pending when io_uring_enter failed before any frame was recorded.
+template <typename Fit, typename Place>
+bool StagedRounds(napi_env env, Ring* r, Merged& m, const RxFilterSpec* filter, Pins& pins, Fit& fit, Place& place,
+                  uint32_t* done, uint32_t* cur, uint32_t* stop, int* firstErr, bool* big) {
+  if (tStageIov.size() < kStageSlots) tStageIov.resize(kStageSlots);
+  struct iovec* siov = tStageIov.data();
+  while (*done < m.frames) {
+    unsigned w = r->window < r->sqEntries ? r->window : r->sqEntries;
+    if (w > kStageSlots) w = kStageSlots;
+    if (w > m.frames - *done) w = m.frames - *done;
+    if (w > m.buffers - *cur) w = m.buffers - *cur;  // a frame takes one buffer at least
+    if (w == 0) {
+      *stop = kStopNoRoom;
+      return true;
+    }
+    // need + 1: a frame that fills the spill byte is longer than need.
+    for (unsigned i = 0; i < w; i++) {
+      siov[i] = {r->stage + (size_t)i * r->stageSlot, (size_t)m.need + 1};
+      PrepSqe(r, i, IORING_OP_READV, IOSQE_FIXED_FILE, 0, &siov[i], 1, RWF_NOWAIT);
+    }
+    int32_t* res = ResScratch(w);
+    int e = SubmitAndWait(r, w, res);
+    if (e != 0) {
+      if (r->poisoned) pins.Leak();
+      if (*done > 0 && !r->poisoned) {
+        *stop = kStopError;
+        return true;
+      }
+      ThrowNativeError(Napi::Env(env), e, "io_uring_enter",
+                       "ring " + std::to_string(m.handle) + ", a round of " + std::to_string(w) + " staged READVs" +
+                           (r->poisoned ? "; the ring is out of use" : ""));
+      return false;
+    }
+    unsigned got = 0;
+    bool empty = false;
+    for (unsigned i = 0; i < w; i++) {
+      const int32_t v = res[i];
+      if (v < 0) {
+        empty = true;
+        if (v != -EAGAIN && *firstErr == 0) *firstErr = -v;
+        continue;
+      }
+      got++;
+      if (v == 0 || v > m.maxLen || (uint64_t)v > m.need) {
+        m.bytes[*done] = v;
+        m.used[(*done)++] = 0;  // dropped by the caller
+        continue;
+      }
+      if ((uint32_t)v > kBigFrame) *big = true;
+      if (filter != nullptr) {
+        uint8_t eth[16];
+        const uint32_t have = (uint32_t)v > filter->hdrLen ? GatherBytes(&siov[i], 1, filter->hdrLen, eth, sizeof eth) : 0;
+        if (!RxFilterAccepts(*filter, eth, have, (int64_t)v - filter->hdrLen)) {
+          m.bytes[*done] = -v;
+          m.used[(*done)++] = 0;
+          continue;
+        }
+      }
+      if (r->stashN == 0) {
+        const uint32_t to = fit(*cur, (uint64_t)v);
+        if (to <= m.buffers) {
+          place(i, (uint32_t)v, to);
+          continue;
+        }
+        r->stashAt = 0;
+      }
+      r->stageLen[i] = (uint32_t)v;
+      r->stash[r->stashN++] = i;
+    }
+    if (r->stashN > 0) {
+      *stop = kStopNoRoom;
+      return true;
+    }
+    if (empty) {
+      r->window = got + 1 > 2 ? got + 1 : 2;
+      *stop = *firstErr != 0 && *done > 0 ? kStopError : kStopEmpty;
+      return true;
+    }
+    r->window = w * 2 > kMaxEntries ? kMaxEntries : w * 2;
+  }
+  return true;
+}
+
 struct Group {
   uint32_t from, to;  // buffers [from, to)
   uint64_t have;      // their room
@@ -573,7 +707,37 @@ napi_value UringReadvMerged(napi_env env, napi_callback_info cbinfo) {
   uint32_t cur = 0;  // the first buffer no frame took
   uint32_t stop = kStopFrames;
   int firstErr = 0;
-  while (done < m.frames) {
+  bool big = false;  // a frame above kBigFrame came
+  // The end of the fewest buffers from `from` that hold `len` bytes, or nb + 1 when all of them do not.
+  auto fit = [&](uint32_t from, uint64_t len) -> uint32_t {
+    uint64_t have = 0;
+    uint32_t k = from;
+    while (have < len && k < nb) have += room[k++];
+    return have >= len ? k : nb + 1;
+  };
+  // Copies the frame in stage slot `slot` (v bytes) to buffers [cur, to) and records it.
+  auto place = [&](uint32_t slot, uint32_t v, uint32_t to) {
+    const struct iovec src = {r->stage + (size_t)slot * r->stageSlot, v};
+    CopyIov(&src, 1, bufIov(cur), ends[to] - ends[cur], v);
+    m.bytes[done] = (int32_t)v;
+    m.used[done++] = to - cur;
+    cur = to;
+  };
+  // Frames an earlier call staged and could not place go first, in order.
+  while (r->stashN > 0 && done < m.frames) {
+    const uint32_t slot = r->stash[r->stashAt];
+    const uint32_t to = fit(cur, r->stageLen[slot]);
+    if (to > nb) break;
+    place(slot, r->stageLen[slot], to);
+    r->stashAt++;
+    r->stashN--;
+  }
+  const bool staged = r->stashN == 0 && r->directCalls == 0 && fit(cur, m.need) - cur > kStageGroup && MapStage(r, m.need + 1);
+  if (r->stashN > 0) {
+    stop = done < m.frames ? kStopNoRoom : kStopFrames;
+  } else if (staged) {
+    if (!StagedRounds(env, r, m, filtering ? &filter : nullptr, pins, fit, place, &done, &cur, &stop, &firstErr, &big)) return undefined;
+  } else while (done < m.frames) {
     unsigned w = r->window < r->sqEntries ? r->window : r->sqEntries;
     if (w > m.frames - done) w = m.frames - done;
     // Plan the round: consecutive groups from cur.
@@ -639,6 +803,7 @@ napi_value UringReadvMerged(napi_env env, napi_callback_info cbinfo) {
         m.used[done++] = 0;  // dropped by the caller; its buffers take the next frame
         continue;
       }
+      if ((uint32_t)v > kBigFrame) big = true;
       const struct iovec* src = riov + g.at;
       if (filtering) {
         uint8_t eth[16];
@@ -663,6 +828,13 @@ napi_value UringReadvMerged(napi_env env, napi_callback_info cbinfo) {
     }
     r->window = w * 2 > kMaxEntries ? kMaxEntries : w * 2;
   }
+  if (big) {
+    r->directCalls = kDirectCalls;
+    // The slots a large frame touched go back to the kernel (the stage stays small in RSS).
+    if (staged && r->stashN == 0) madvise(r->stage, kStageSlots * r->stageSlot, MADV_DONTNEED);
+  } else if (r->directCalls > 0) {
+    r->directCalls--;
+  }
   if (done == 0 && firstErr != 0) {
     ThrowNativeError(Napi::Env(env), firstErr, "readv", "ring " + std::to_string(m.handle) + ", READV 0 of a merged burst");
     return undefined;
@@ -670,6 +842,22 @@ napi_value UringReadvMerged(napi_env env, napi_callback_info cbinfo) {
   *m.status = stop;
   napi_create_uint32(env, done, &result);
   return result;
+}
+
+// ---- uringRxStash(id, discard) → frames the stage holds read and not delivered (then none, if discard)
+
+Napi::Value UringRxStash(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  REQUIRE_ARGUMENT_INTEGER(0, id, "ring id", 1, UINT32_MAX)
+  REQUIRE_ARGUMENT_BOOLEAN(1, discard, "discard")
+  std::shared_ptr<Ring> ring = FindRing((uint32_t)id);
+  if (!ring) return NativeFail(env, EBADF, "io_uring", "ring " + std::to_string(id) + " is not open (never created, or closed)");
+  Ring* r = ring.get();
+  Use use(r);
+  if (!use.ok) return NativeFail(env, EBUSY, "io_uring", "ring " + std::to_string(id) + " is in use by another thread");
+  const uint32_t n = r->stashN;
+  if (discard) r->stashN = 0;
+  return Napi::Number::New(env, n);
 }
 
 // ---- uringTry: one SQE of any kind, for tests and diagnostics of the restrictions
@@ -748,6 +936,7 @@ void RegisterUring(Napi::Env env, Napi::Object exports) {
   exports.Set("uringReadvMerged", Raw(env, UringReadvMerged, "uringReadvMerged"));
   exports.Set("uringReadvBatch", Raw(env, UringReadvBatch, "uringReadvBatch"));
   exports.Set("uringTry", Napi::Function::New(env, UringTry, "uringTry"));
+  exports.Set("uringRxStash", Napi::Function::New(env, UringRxStash, "uringRxStash"));
   exports.Set("uringRegister", Napi::Function::New(env, UringRegister, "uringRegister"));
 }
 

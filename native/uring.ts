@@ -104,6 +104,10 @@ export function uringReadvBatch(ring: number, table: IovecTable, frames: number 
  *   with used 0 and bytes = −its length (header included). MERGED_STOP.PEEK never comes.
  * - The kernel and the copies may write into any buffer offered, taken or not: the caller logs them
  *   all for migration.
+ * - Where one frame's `need` spans many buffers (TSO into 1536-byte buffers), rounds read frames into
+ *   host memory of the ring's (the stage) and copy each into its buffers. Frames read that do not fit
+ *   the buffers left stay there (the stash; status NO_ROOM) and go first at the next call: see
+ *   uringRxStash for what the caller must do with them when it stops.
  *
  * A READV error with nothing recorded throws NativeError('readv'); the other errors are those of
  * uringReadvBatch.
@@ -122,6 +126,17 @@ export function uringReadvMerged(
   checkMerged(table, first, buffers, frames, need, maxLen);
   if (filter !== null && !(filter instanceof RxFilterSpec)) throw new TypeError('filter must be an RxFilterSpec or null');
   return b.uringReadvMerged(ring, table.words, table.maxEntries, table.maxFrames, first, buffers, frames, need, maxLen, filter === null ? undefined : filter.bytes);
+}
+
+/**
+ * The frames uringReadvMerged read into ring `ring`'s stage and has not delivered yet (they go first at
+ * its next call). With `discard` they are dropped: a queue that stops calls it so, and counts them as
+ * lost (rxDropStopped). Throws NativeError EBADF for a ring not open, EBUSY while another thread uses it.
+ */
+export function uringRxStash(ring: number, discard: boolean): number {
+  checkInt(ring, 'ring id', 1, UINT32_MAX);
+  if (typeof discard !== 'boolean') throw new TypeError('discard must be a boolean');
+  return b.uringRxStash(ring, discard);
 }
 
 /** SQE kinds uringTry can submit. */

@@ -99,6 +99,7 @@ export const QUEUE_SERIES: Readonly<Record<MetricName, QueueSeries>> = {
   rxDropFiltered: drop('filtered', 'rx'),
   rxDropBackend: drop('backend', 'rx'),
   rxDropTooManyPieces: drop('too_many_pieces', 'rx'),
+  rxDropStopped: drop('stopped', 'rx'),
   rxNoBuffers: { metric: 'lgnet_queue_rx_no_buffers_total', only: 'rx' },
   queueBroken: { metric: 'lgnet_queue_broken_total' },
   txHost: { metric: 'lgnet_queue_tx_host_frames_total', only: 'tx' },

@@ -33,6 +33,7 @@ import {
   uringClose,
   uringCreate,
   uringReadvMerged,
+  uringRxStash,
 } from '../../native/index.ts';
 import { RxFilter } from '../../device/rx-filter.ts';
 import { binding } from '../../native/load.ts';
@@ -476,15 +477,110 @@ describe.runIf(pre.ok)('uringReadvMerged on a tap', () => {
     expect(t.status).toBe(MERGED_STOP.NO_ROOM);
     expect(uringReadvMerged(s.ring, t, 0, 4, 8, NEED, NEED)).toBe(1);
     expect(same(mem.subarray(HDR, HDR + 205), sent[5]!)).toBe(true);
-    const wide = new IovecTable(1200, 1200);
-    for (let b = 0; b < 1100; b++) {
-      wide.push(region, b, 1);
+    // Two buffers of 600 one-byte pieces: a group of two (copy-down rounds, not the stage) over IOV_MAX.
+    const wide = new IovecTable(1300, 8);
+    for (let b = 0; b < 2; b++) {
+      for (let k = 0; k < 600; k++) wide.push(region, b * 600 + k, 1);
       wide.endFrame();
     }
     send(s, [frame(100, 1)]);
-    expect(uringReadvMerged(s.ring, wide, 0, 1100, 8, 1050, 1050)).toBe(0);
+    expect(uringReadvMerged(s.ring, wide, 0, 2, 8, 1050, 1050)).toBe(0);
     expect(wide.status).toBe(MERGED_STOP.PIECES);
-    expect(uringReadvMerged(s.ring, wide, 0, 1100, 8, 1000, 1000)).toBe(1);
+    expect(uringReadvMerged(s.ring, wide, 0, 2, 8, 600, 600)).toBe(1);
+  });
+
+  // 256-byte buffers and NEED (1526 bytes): a group of 6 buffers, so rounds go through the stage.
+  it('staged: frames are read into the stage and each copied into the fewest buffers, in order, the filter applied', () => {
+    const s = setupRing();
+    const t = buffers(200, 256);
+    const sent = Array.from({ length: 40 }, (_, i) => frame([60, 300, 1514, 700][i % 4]!, i));
+    send(s, sent);
+    expect(uringReadvMerged(s.ring, t, 0, 200, 64, NEED, NEED)).toBe(40);
+    expect(t.status).toBe(MERGED_STOP.EMPTY);
+    expectPacked(t, sent, 256);
+    expect(uringRxStash(s.ring, false)).toBe(0);
+    // The filter, and a frame longer than maxLen: neither takes a buffer.
+    const f = new RxFilter();
+    f.reset(Uint8Array.from(DST_A), true);
+    f.promisc = false;
+    const spec = new RxFilterSpec().load(f, HDR);
+    const t2 = buffers(40, 256);
+    const kept = frame(200, 50);
+    send(s, [frame(200, 48, DST_B), frame(1400, 49), kept]);
+    expect(uringReadvMerged(s.ring, t2, 0, 40, 64, NEED, HDR + 1000, spec)).toBe(3);
+    expect([t2.bytes[0], t2.used[0]]).toEqual([-(HDR + 200), 0]);
+    expect([t2.bytes[1], t2.used[1]]).toEqual([HDR + 1400, 0]);
+    expect([t2.bytes[2], t2.used[2]]).toEqual([HDR + 200, 1]);
+    expect(same(stream(0, 1, 256, HDR + 200).subarray(HDR), kept)).toBe(true);
+  });
+
+  it('staged: frames read past the buffers left wait in the stash (NO_ROOM) and go first at the next call, in order', () => {
+    const s = setupRing();
+    // 8 frames of 412 bytes with the header take 2 buffers each: 12 buffers hold 6.
+    const sent = Array.from({ length: 8 }, (_, i) => frame(400, i));
+    send(s, sent);
+    const t = buffers(12, 256);
+    expect(uringReadvMerged(s.ring, t, 0, 12, 32, NEED, NEED)).toBe(6);
+    expect(t.status).toBe(MERGED_STOP.NO_ROOM);
+    expectPacked(t, sent.slice(0, 6), 256);
+    const held = uringRxStash(s.ring, false);
+    expect(held).toBeGreaterThanOrEqual(1); // read by the same rounds; the rest waits in the kernel
+    const later = frame(100, 9);
+    send(s, [later]);
+    // `frames` bounds what leaves the stash too.
+    const t2 = buffers(12, 256);
+    expect(uringReadvMerged(s.ring, t2, 0, 12, 1, NEED, NEED)).toBe(1);
+    expect(t2.status).toBe(MERGED_STOP.FRAMES);
+    expectPacked(t2, [sent[6]!], 256);
+    expect(uringRxStash(s.ring, false)).toBe(held - 1);
+    const t3 = buffers(12, 256);
+    expect(uringReadvMerged(s.ring, t3, 0, 12, 32, NEED, NEED)).toBe(2);
+    expect(t3.status).toBe(MERGED_STOP.EMPTY);
+    expectPacked(t3, [sent[7]!, later], 256);
+    expect(uringRxStash(s.ring, false)).toBe(0);
+  });
+
+  it('staged: a stop drops what the stash holds and says how many; the next call reads only what came after', () => {
+    const s = setupRing();
+    send(s, Array.from({ length: 8 }, (_, i) => frame(400, i)));
+    expect(uringReadvMerged(s.ring, buffers(12, 256), 0, 12, 32, NEED, NEED)).toBe(6);
+    const held = uringRxStash(s.ring, true);
+    expect(held).toBe(2);
+    expect(uringRxStash(s.ring, false)).toBe(0);
+    const later = frame(100, 9);
+    send(s, [later]);
+    const t = buffers(12, 256);
+    expect(uringReadvMerged(s.ring, t, 0, 12, 32, NEED, NEED)).toBe(1);
+    expectPacked(t, [later], 256);
+    expect(() => uringRxStash(0, false)).toThrow(RangeError);
+    expect(() => uringRxStash(s.ring, 1 as unknown as boolean)).toThrow(TypeError);
+    expect(nativeErrorOf(() => uringRxStash(0x7fff_fff0, false)).code).toBe('EBADF');
+  });
+
+  it('after a frame above 4 KiB, the ring reads in copy-down rounds (no stash; frames left wait in the kernel)', () => {
+    ns = createNetns();
+    const tap = openTapIn(ns, { vnetHdr: true, nonblocking: true, address: false });
+    tapSetVnetHdrSize(tap.fd, HDR);
+    ns.exec('ip', 'link', 'set', tap.name, 'mtu', '9000');
+    const s = { tap: tap.fd, pkt: openPacketIn(ns, tap.name) };
+    const ring = uringCreate([s.tap]).id;
+    rings.push(ring);
+    const need = HDR + 9014; // a group of 5 buffers of 2048: the stage, until a big frame comes
+    const big = frame(5000, 1);
+    send(s, [big]);
+    const t = buffers(8, 2048);
+    expect(uringReadvMerged(ring, t, 0, 8, 32, need, need)).toBe(1);
+    expectPacked(t, [big], 2048);
+    // Copy-down now: 8 frames of one buffer each into 8 buffers, a group of 5 per READV. Rounds stop
+    // once no group fits (NO_ROOM); what is not read waits in the kernel, not in the stash.
+    const sent = Array.from({ length: 8 }, (_, i) => frame(1000, 10 + i));
+    send(s, sent);
+    const t2 = buffers(8, 2048);
+    const n = uringReadvMerged(ring, t2, 0, 8, 32, need, need);
+    expect(t2.status).toBe(MERGED_STOP.NO_ROOM);
+    expect(n).toBe(4);
+    expectPacked(t2, sent.slice(0, 4), 2048);
+    expect(uringRxStash(ring, false)).toBe(0);
   });
 
   it('hostile arguments: refused in TypeScript and again in C++, before anything is read', () => {
