@@ -60,6 +60,9 @@ constexpr unsigned kStageSlots = 64;
 constexpr uint32_t kBigFrame = 4096;
 constexpr unsigned kDirectCalls = 256;
 constexpr uint32_t kStageGroup = 4;
+// A stage slot's first bytes lie in one compact array (a small frame stays in a few pages and cache
+// sets), the rest of the slot in a second, for the frames that need it.
+constexpr size_t kStageHead = 2048;
 
 struct Ring {
   int fd = -1;
@@ -87,7 +90,8 @@ struct Ring {
   uint64_t generation = 0;
   // RX: how many READVs the next round offers (grows while rounds fill, shrinks to what arrived).
   unsigned window = kFirstWindow;
-  // Merged RX through the stage (below): kStageSlots slots of stageSlot bytes, mapped on first use.
+  // Merged RX through the stage (below): kStageSlots slots of stageSlot bytes, mapped on first use, as
+  // kStageSlots heads of kStageHead bytes, then kStageSlots tails of stageSlot - kStageHead.
   uint8_t* stage = nullptr;
   size_t stageSlot = 0;
   // Frames read into the stage and not yet delivered, in order: slots stash[stashAt, stashAt + stashN).
@@ -567,7 +571,8 @@ napi_value UringReadvBatch(napi_env env, napi_callback_info cbinfo) {
 bool MapStage(Ring* r, uint64_t bytes) {
   constexpr uint64_t kMaxSlot = 1u << 20;
   if (bytes > kMaxSlot) return false;
-  const size_t slot = ((size_t)bytes + 4095) & ~(size_t)4095;
+  const size_t tail = bytes > kStageHead ? (size_t)bytes - kStageHead : 0;
+  const size_t slot = kStageHead + ((tail + 4095) & ~(size_t)4095);
   if (r->stage != nullptr && r->stageSlot >= slot) return true;
   if (r->stage != nullptr) munmap(r->stage, kStageSlots * r->stageSlot);
   r->stage = nullptr;
@@ -578,6 +583,15 @@ bool MapStage(Ring* r, uint64_t bytes) {
   return true;
 }
 
+// Slot `slot`'s iovecs for `len` bytes (len ≤ stageSlot): its head, then its tail if len needs it.
+uint32_t StageIov(const Ring* r, uint32_t slot, size_t len, struct iovec* iov) {
+  iov[0] = {r->stage + (size_t)slot * kStageHead, len < kStageHead ? len : kStageHead};
+  if (len <= kStageHead) return 1;
+  const size_t tail = r->stageSlot - kStageHead;
+  iov[1] = {r->stage + kStageSlots * kStageHead + (size_t)slot * tail, len - kStageHead};
+  return 2;
+}
+
 thread_local std::vector<struct iovec> tStageIov;
 
 // Rounds of READVs into the stage (above), until FRAMES, EMPTY, NO_ROOM or ERROR. False with a JS
@@ -585,7 +599,7 @@ thread_local std::vector<struct iovec> tStageIov;
 template <typename Fit, typename Place>
 bool StagedRounds(napi_env env, Ring* r, Merged& m, const RxFilterSpec* filter, Pins& pins, Fit& fit, Place& place,
                   uint32_t* done, uint32_t* cur, uint32_t* stop, int* firstErr, bool* big) {
-  if (tStageIov.size() < kStageSlots) tStageIov.resize(kStageSlots);
+  if (tStageIov.size() < 2 * kStageSlots) tStageIov.resize(2 * kStageSlots);
   struct iovec* siov = tStageIov.data();
   while (*done < m.frames) {
     unsigned w = r->window < r->sqEntries ? r->window : r->sqEntries;
@@ -598,8 +612,8 @@ bool StagedRounds(napi_env env, Ring* r, Merged& m, const RxFilterSpec* filter, 
     }
     // need + 1: a frame that fills the spill byte is longer than need.
     for (unsigned i = 0; i < w; i++) {
-      siov[i] = {r->stage + (size_t)i * r->stageSlot, (size_t)m.need + 1};
-      PrepSqe(r, i, IORING_OP_READV, IOSQE_FIXED_FILE, 0, &siov[i], 1, RWF_NOWAIT);
+      const uint32_t n = StageIov(r, i, (size_t)m.need + 1, siov + 2 * i);
+      PrepSqe(r, i, IORING_OP_READV, IOSQE_FIXED_FILE, 0, siov + 2 * i, n, RWF_NOWAIT);
     }
     int32_t* res = ResScratch(w);
     int e = SubmitAndWait(r, w, res);
@@ -632,7 +646,7 @@ bool StagedRounds(napi_env env, Ring* r, Merged& m, const RxFilterSpec* filter, 
       if ((uint32_t)v > kBigFrame) *big = true;
       if (filter != nullptr) {
         uint8_t eth[16];
-        const uint32_t have = (uint32_t)v > filter->hdrLen ? GatherBytes(&siov[i], 1, filter->hdrLen, eth, sizeof eth) : 0;
+        const uint32_t have = (uint32_t)v > filter->hdrLen ? GatherBytes(siov + 2 * i, 1, filter->hdrLen, eth, sizeof eth) : 0;
         if (!RxFilterAccepts(*filter, eth, have, (int64_t)v - filter->hdrLen)) {
           m.bytes[*done] = -v;
           m.used[(*done)++] = 0;
@@ -717,8 +731,9 @@ napi_value UringReadvMerged(napi_env env, napi_callback_info cbinfo) {
   };
   // Copies the frame in stage slot `slot` (v bytes) to buffers [cur, to) and records it.
   auto place = [&](uint32_t slot, uint32_t v, uint32_t to) {
-    const struct iovec src = {r->stage + (size_t)slot * r->stageSlot, v};
-    CopyIov(&src, 1, bufIov(cur), ends[to] - ends[cur], v);
+    struct iovec src[2];
+    const uint32_t ns = StageIov(r, slot, v, src);
+    CopyIov(src, ns, bufIov(cur), ends[to] - ends[cur], v);
     m.bytes[done] = (int32_t)v;
     m.used[done++] = to - cur;
     cur = to;
@@ -831,7 +846,7 @@ napi_value UringReadvMerged(napi_env env, napi_callback_info cbinfo) {
   if (big) {
     r->directCalls = kDirectCalls;
     // The slots a large frame touched go back to the kernel (the stage stays small in RSS).
-    if (staged && r->stashN == 0) madvise(r->stage, kStageSlots * r->stageSlot, MADV_DONTNEED);
+    if (staged && r->stashN == 0 && r->stageSlot > kStageHead) madvise(r->stage + kStageSlots * kStageHead, kStageSlots * (r->stageSlot - kStageHead), MADV_DONTNEED);
   } else if (r->directCalls > 0) {
     r->directCalls--;
   }
