@@ -107,6 +107,13 @@ export class RxService {
   private readonly frameHint: number;
   /** Chains kept from the last burst: chains[0 … held−1], in pop order, popped and not used. */
   private held = 0;
+  /**
+   * The merged path leaves the kept chains described: table frames 0 … keptBufs−1 are the buffers
+   * bufChain[0 … keptBufs−1], keptRoom bytes, so the next burst does not describe them again. 0 when
+   * anything else took the table or the chains (the batched or per-frame path, release()).
+   */
+  private keptBufs = 0;
+  private keptRoom = 0;
   /** MRG_RXBUF without GSO: a frame may fit one buffer, and then the batched path serves (below). */
   private readonly mrgInOne: boolean;
 
@@ -165,6 +172,7 @@ export class RxService {
    */
   release(): void {
     const n = this.held;
+    this.keptBufs = 0;
     if (n === 0) return;
     this.held = 0;
     this.ctx.c[M.rxKept] = 0;
@@ -232,6 +240,7 @@ export class RxService {
     // Chains kept from the last burst lead; at most `max` of them take part in this one.
     const held = this.held;
     this.held = 0;
+    this.keptBufs = 0; // the table is this burst's
     const n = held >= max ? max : held + q.popBurst(max - held, this.chains, held);
     if (n === 0) {
       c[M.rxNoBuffers]! += 1;
@@ -360,7 +369,6 @@ export class RxService {
 
     // The chains kept from the last burst, then pop up to `max` chains, and more (with MRG_RXBUF)
     // until they hold one frame's `need` (`max` frames' when the port reads ahead).
-    t.reset();
     let popped = 0;
     let nbuf = 0;
     let room = 0;
@@ -368,6 +376,15 @@ export class RxService {
     let full = false;
     let end = this.held;
     this.held = 0;
+    if (this.keptBufs > 0) {
+      // The kept chains are described already (the last burst's table, moved to the front).
+      nbuf = this.keptBufs;
+      room = this.keptRoom;
+      popped = end;
+      this.keptBufs = 0;
+    } else {
+      t.reset();
+    }
     for (;;) {
       for (let k = popped; k < end; k++) {
         const ch = chains[k]!;
@@ -461,6 +478,7 @@ export class RxService {
       completed++;
     }
     this.keep(settled, popped);
+    if (this.held > 0 && buf < nbuf) this.keepDescribed(buf, nbuf, settled);
     this.publish(completed);
     if (stop === MERGED_STOP.EMPTY || stop === MERGED_STOP.ERROR) return RX.BACKEND_EMPTY;
     if (stop === MERGED_STOP.NO_ROOM && dry && frames < max) {
@@ -468,6 +486,24 @@ export class RxService {
       return RX.NO_BUFFERS;
     }
     return RX.MORE;
+  }
+
+  /**
+   * After keep(settled, …): moves the table's buffers buf … nbuf−1 (the kept chains' descriptions) to
+   * the front for the next burst, and renumbers their chains as keep() did.
+   */
+  private keepDescribed(buf: number, nbuf: number, settled: number): void {
+    const chains = this.chains;
+    const bufChain = this.bufChain;
+    this.table.dropFrames(buf);
+    let room = 0;
+    for (let b = buf; b < nbuf; b++) {
+      const k = bufChain[b]! - settled;
+      bufChain[b - buf] = k;
+      room += chains[k]!.writableLen;
+    }
+    this.keptBufs = nbuf - buf;
+    this.keptRoom = room;
   }
 
   /**

@@ -150,6 +150,18 @@ export class IovecTable {
     for (let f = first; f < src.frames; f++) this.frameEnd[this.frames++] = src.frameEnd[f]! - from;
   }
 
+  /** Drops frames 0 … first − 1: the frames after them move to the front, renumbered from 0. */
+  dropFrames(first: number): void {
+    if (!(Number.isInteger(first) && first >= 0 && first <= this.frames)) {
+      throw new RangeError(`frame ${first} is not in the table (${this.frames} frames)`);
+    }
+    const from = this.frameStart(first);
+    this.entries.copyWithin(0, from * IOVEC_WORDS, this.count * IOVEC_WORDS);
+    this.count -= from;
+    for (let f = first; f < this.frames; f++) this.frameEnd[f - first] = this.frameEnd[f]! - from;
+    this.frames -= first;
+  }
+
   /** Ends the current frame (it must have at least one entry). */
   endFrame(): void {
     const start = this.frames === 0 ? 0 : this.frameEnd[this.frames - 1]!;

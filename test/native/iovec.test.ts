@@ -107,6 +107,32 @@ describe('IovecTable', () => {
     expect(() => rest.copyFramesFrom(t, 4)).toThrow(RangeError);
     expect(() => new IovecTable(2, 3).copyFramesFrom(t, 0)).toThrow(RangeError); // too small
   });
+
+  it('drops its first frames in place: the rest move to the front, renumbered from 0, and more can follow', () => {
+    const t = new IovecTable(6, 4);
+    t.push(1, 0, 10);
+    t.endFrame();
+    t.push(1, 10, 20);
+    t.push(2, 0, 5);
+    t.endFrame();
+    t.push(2, 8, 4);
+    t.endFrame();
+    t.dropFrames(1);
+    expect([t.count, t.frames, t.frameEnd[0], t.frameEnd[1]]).toEqual([3, 2, 2, 3]);
+    expect([0, 1, 2].map((i) => [t.entryMapping(i), t.entryOffset(i), t.entryLength(i)])).toEqual([
+      [1, 10, 20],
+      [2, 0, 5],
+      [2, 8, 4],
+    ]);
+    t.push(3, 1, 2);
+    t.endFrame();
+    expect([t.frames, t.frameStart(2), t.frameEnd[2], t.entryMapping(3)]).toEqual([3, 3, 4, 3]);
+    t.dropFrames(0);
+    expect(t.frames).toBe(3);
+    t.dropFrames(3);
+    expect([t.count, t.frames]).toEqual([0, 0]);
+    expect(() => t.dropFrames(1)).toThrow(RangeError);
+  });
 });
 
 describe('IovecTable checked copy', () => {
