@@ -85,8 +85,9 @@ describe('IovecTable', () => {
     expect([t.frameLength(0), t.frameLength(1)]).toEqual([100, 1]);
   });
 
-  it('copies the frames after a refused one into another table, renumbered from 0', () => {
-    const t = new IovecTable(4, 3);
+  /** Three frames: [1:0+10], [1:10+20, 2:0+5], [2:8+4]. */
+  const threeFrames = (maxEntries: number, maxFrames: number): IovecTable => {
+    const t = new IovecTable(maxEntries, maxFrames);
     t.push(1, 0, 10);
     t.endFrame();
     t.push(1, 10, 20);
@@ -94,6 +95,11 @@ describe('IovecTable', () => {
     t.endFrame();
     t.push(2, 8, 4);
     t.endFrame();
+    return t;
+  };
+
+  it('copies the frames after a refused one into another table, renumbered from 0', () => {
+    const t = threeFrames(4, 3);
     const rest = new IovecTable(4, 3);
     rest.copyFramesFrom(t, 1);
     expect([rest.count, rest.frames, rest.frameEnd[0], rest.frameEnd[1]]).toEqual([3, 2, 2, 3]);
@@ -109,14 +115,7 @@ describe('IovecTable', () => {
   });
 
   it('drops its first frames in place: the rest move to the front, renumbered from 0, and more can follow', () => {
-    const t = new IovecTable(6, 4);
-    t.push(1, 0, 10);
-    t.endFrame();
-    t.push(1, 10, 20);
-    t.push(2, 0, 5);
-    t.endFrame();
-    t.push(2, 8, 4);
-    t.endFrame();
+    const t = threeFrames(6, 4);
     t.dropFrames(1);
     expect([t.count, t.frames, t.frameEnd[0], t.frameEnd[1]]).toEqual([3, 2, 2, 3]);
     expect([0, 1, 2].map((i) => [t.entryMapping(i), t.entryOffset(i), t.entryLength(i)])).toEqual([
