@@ -207,12 +207,13 @@ describe('embedded dirty log, MRG_RXBUF read ahead through io_uring', () => {
   // behind the previous one (native/uring.cc uringReadvMerged). The kernel's first copies stay in
   // buffers that a later frame takes only in part, or that are kept for the next burst: the device logs
   // every buffer offered, and this checks that no page the kernel or a copy wrote goes unlogged.
-  it('every page the kernel and the copies wrote is logged, taken buffers or not', async () => {
+  // 512-byte buffers: a 1526-byte group spans 3, copy-down rounds; 256-byte buffers: 6, the stage.
+  it.each([[512, 'copy-down rounds'], [256, 'the stage']] as const)('every page the kernel and the copies wrote is logged, taken buffers or not (%i-byte buffers: %s)', async (bufferSize) => {
     const saved = process.env['LGNET_IO'];
     process.env['LGNET_IO'] = 'uring';
     let bed: Bed;
     try {
-      bed = await createBed({ accept: ['VERSION_1', 'MRG_RXBUF', 'RING_EVENT_IDX', 'MAC'], driver: { queueSize: 256, rxBufferSize: 512 } });
+      bed = await createBed({ accept: ['VERSION_1', 'MRG_RXBUF', 'RING_EVENT_IDX', 'MAC'], driver: { queueSize: 256, rxBufferSize: bufferSize } });
     } finally {
       if (saved === undefined) delete process.env['LGNET_IO'];
       else process.env['LGNET_IO'] = saved;
