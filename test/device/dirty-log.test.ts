@@ -208,7 +208,7 @@ describe('embedded dirty log, MRG_RXBUF read ahead through io_uring', () => {
   // buffers that a later frame takes only in part, or that are kept for the next burst: the device logs
   // every buffer offered, and this checks that no page the kernel or a copy wrote goes unlogged.
   // 512-byte buffers: a 1526-byte group spans 3, copy-down rounds; 256-byte buffers: 6, the stage.
-  it.each([[512, 'copy-down rounds'], [256, 'the stage']] as const)('every page the kernel and the copies wrote is logged, taken buffers or not (%i-byte buffers: %s)', async (bufferSize) => {
+  it.each([[512, 'copy-down rounds'], [256, 'the stage']] as const)('every page the kernel and the copies wrote is logged, taken buffers or not (%i-byte buffers: %s)', async (bufferSize, _path) => {
     const saved = process.env['LGNET_IO'];
     process.env['LGNET_IO'] = 'uring';
     let bed: Bed;
