@@ -222,8 +222,9 @@ async function main(): Promise<void> {
     const reconnector = setInterval(() => oneAtATime(async () => {
       // lgnet closes its end of the last metrics connection in its own time.
       await sleep(300);
-      beforeReconnect.push(procFds(lg!.pid));
-      kindsBeforeReconnect.push(fdKinds(lg!.pid));
+      const kinds = fdKinds(lg!.pid);
+      kindsBeforeReconnect.push(kinds);
+      beforeReconnect.push([...kinds.values()].reduce((a, n) => a + n, 0));
       reconnects.push(now());
       process.kill(lg!.pid, 'SIGUSR1');
     }), o.reconnectS * 1000);
