@@ -565,7 +565,8 @@ napi_value UringReadvBatch(napi_env env, napi_callback_info cbinfo) {
 // the call stops with NO_ROOM, and the next call places them before it reads anything. The device
 // discards and counts what the stash holds when the queue stops (uringRxStash). Only a frame's own
 // bytes, just written by the kernel, leave a slot. A frame above kBigFrame sends the ring back to
-// copy-down rounds for kDirectCalls calls, which copy such frames once, not twice.
+// copy-down rounds for kDirectCalls calls, which copy such frames once, not twice. A frame that fits
+// the buffer it would take is read into that buffer, not its slot (StagedRounds), and is not copied.
 
 // Maps the stage with slots of at least `bytes` (the stash must be empty). False when it cannot.
 bool MapStage(Ring* r, uint64_t bytes) {
@@ -583,24 +584,50 @@ bool MapStage(Ring* r, uint64_t bytes) {
   return true;
 }
 
-// Slot `slot`'s iovecs for `len` bytes (len ≤ stageSlot): its head, then its tail if len needs it.
-uint32_t StageIov(const Ring* r, uint32_t slot, size_t len, struct iovec* iov) {
-  iov[0] = {r->stage + (size_t)slot * kStageHead, len < kStageHead ? len : kStageHead};
-  if (len <= kStageHead) return 1;
-  const size_t tail = r->stageSlot - kStageHead;
-  iov[1] = {r->stage + kStageSlots * kStageHead + (size_t)slot * tail, len - kStageHead};
-  return 2;
+// Iovecs for bytes [from, to) of slot `slot` (to ≤ stageSlot), seen as one run: its head, then its tail.
+uint32_t SlotIov(const Ring* r, uint32_t slot, size_t from, size_t to, struct iovec* iov) {
+  uint32_t n = 0;
+  if (from < kStageHead && to > from) {
+    const size_t e = to < kStageHead ? to : kStageHead;
+    iov[n++] = {r->stage + (size_t)slot * kStageHead + from, e - from};
+  }
+  if (to > kStageHead) {
+    const size_t s = from > kStageHead ? from : kStageHead;
+    const size_t tail = r->stageSlot - kStageHead;
+    iov[n++] = {r->stage + kStageSlots * kStageHead + (size_t)slot * tail + (s - kStageHead), to - s};
+  }
+  return n;
 }
+
+// Slot `slot`'s iovecs for its first `len` bytes.
+uint32_t StageIov(const Ring* r, uint32_t slot, size_t len, struct iovec* iov) { return SlotIov(r, slot, 0, len, iov); }
+
+// A READV of a staged round reads straight into its head buffer (the buffer it would take if every
+// frame before it took one) when that buffer has at most this many pieces; the rest of its slot follows.
+constexpr uint32_t kDirectPieces = 8;
+constexpr uint32_t kRoundIov = kDirectPieces + 2;
 
 thread_local std::vector<struct iovec> tStageIov;
 
 // Rounds of READVs into the stage (above), until FRAMES, EMPTY, NO_ROOM or ERROR. False with a JS
 // exception pending when io_uring_enter failed before any frame was recorded.
+//
+// READV i of a round reads into buffer cur + i first, then into its slot from that buffer's room on:
+//
+//   READV i   [ buffer cur+i (room r) ][ slot i, bytes r … need+1 ]
+//
+// While every frame fits its own buffer, passes the filter and no READV before it came back empty,
+// frame i is in buffer cur + i already: used 1, nothing copied. At the first frame that does not (a
+// deviation), the heads of it and of every later frame of the round are copied from their buffers
+// into their slots before anything else is written, and the round settles from the stage as above.
 template <typename Fit, typename Place>
 bool StagedRounds(napi_env env, Ring* r, Merged& m, const RxFilterSpec* filter, Pins& pins, Fit& fit, Place& place,
                   uint32_t* done, uint32_t* cur, uint32_t* stop, int* firstErr, bool* big) {
-  if (tStageIov.size() < 2 * kStageSlots) tStageIov.resize(2 * kStageSlots);
+  if (tStageIov.size() < kRoundIov * kStageSlots) tStageIov.resize(kRoundIov * kStageSlots);
   struct iovec* siov = tStageIov.data();
+  auto bufIov = [&](uint32_t b) { return m.iov + (m.ends[b] - m.base); };
+  auto pieces = [&](uint32_t b) { return m.ends[b + 1] - m.ends[b]; };
+  bool direct[kStageSlots];
   while (*done < m.frames) {
     unsigned w = r->window < r->sqEntries ? r->window : r->sqEntries;
     if (w > kStageSlots) w = kStageSlots;
@@ -611,9 +638,20 @@ bool StagedRounds(napi_env env, Ring* r, Merged& m, const RxFilterSpec* filter, 
       return true;
     }
     // need + 1: a frame that fills the spill byte is longer than need.
+    const uint32_t base = *cur;
     for (unsigned i = 0; i < w; i++) {
-      const uint32_t n = StageIov(r, i, (size_t)m.need + 1, siov + 2 * i);
-      PrepSqe(r, i, IORING_OP_READV, IOSQE_FIXED_FILE, 0, siov + 2 * i, n, RWF_NOWAIT);
+      struct iovec* iov = siov + kRoundIov * i;
+      const uint32_t b = base + i;
+      uint32_t n = 0;
+      direct[i] = pieces(b) <= kDirectPieces && m.room[b] < m.need;
+      if (direct[i]) {
+        memcpy(iov, bufIov(b), (size_t)pieces(b) * sizeof(struct iovec));
+        n = pieces(b);
+        n += SlotIov(r, i, m.room[b], (size_t)m.need + 1, iov + n);
+      } else {
+        n = StageIov(r, i, (size_t)m.need + 1, iov);
+      }
+      PrepSqe(r, i, IORING_OP_READV, IOSQE_FIXED_FILE, 0, iov, n, RWF_NOWAIT);
     }
     int32_t* res = ResScratch(w);
     int e = SubmitAndWait(r, w, res);
@@ -630,8 +668,35 @@ bool StagedRounds(napi_env env, Ring* r, Merged& m, const RxFilterSpec* filter, 
     }
     unsigned got = 0;
     bool empty = false;
+    bool deviated = false;
     for (unsigned i = 0; i < w; i++) {
       const int32_t v = res[i];
+      if (!deviated) {
+        const uint32_t b = base + i;
+        bool fits = v > 0 && direct[i] && (uint32_t)v <= m.room[b] && v <= m.maxLen && *cur == b;
+        if (fits && filter != nullptr) {
+          uint8_t eth[16];
+          const uint32_t have = (uint32_t)v > filter->hdrLen ? GatherBytes(bufIov(b), pieces(b), filter->hdrLen, eth, sizeof eth) : 0;
+          fits = RxFilterAccepts(*filter, eth, have, (int64_t)v - filter->hdrLen);
+        }
+        if (fits) {
+          got++;
+          m.bytes[*done] = v;
+          m.used[(*done)++] = 1;
+          (*cur)++;
+          continue;
+        }
+        // Frames i … w−1 move wholly into their slots before any copy writes a buffer.
+        for (unsigned j = i; j < w; j++) {
+          if (!direct[j] || res[j] <= 0) continue;
+          const uint32_t bj = base + j;
+          const size_t head = (uint32_t)res[j] < m.room[bj] ? (size_t)res[j] : m.room[bj];
+          struct iovec dst[2];
+          const uint32_t nd = SlotIov(r, j, 0, head, dst);
+          CopyIov(bufIov(bj), pieces(bj), dst, nd, head);
+        }
+        deviated = true;
+      }
       if (v < 0) {
         empty = true;
         if (v != -EAGAIN && *firstErr == 0) *firstErr = -v;
@@ -646,7 +711,9 @@ bool StagedRounds(napi_env env, Ring* r, Merged& m, const RxFilterSpec* filter, 
       if ((uint32_t)v > kBigFrame) *big = true;
       if (filter != nullptr) {
         uint8_t eth[16];
-        const uint32_t have = (uint32_t)v > filter->hdrLen ? GatherBytes(siov + 2 * i, 1, filter->hdrLen, eth, sizeof eth) : 0;
+        struct iovec src[2];
+        const uint32_t ns = StageIov(r, i, (size_t)v, src);
+        const uint32_t have = (uint32_t)v > filter->hdrLen ? GatherBytes(src, ns, filter->hdrLen, eth, sizeof eth) : 0;
         if (!RxFilterAccepts(*filter, eth, have, (int64_t)v - filter->hdrLen)) {
           m.bytes[*done] = -v;
           m.used[(*done)++] = 0;

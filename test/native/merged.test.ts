@@ -514,6 +514,47 @@ describe.runIf(pre.ok)('uringReadvMerged on a tap', () => {
     expect(same(stream(0, 1, 256, HDR + 200).subarray(HDR), kept)).toBe(true);
   });
 
+  it('staged: a frame that fits its buffer is read into it; one a byte longer, and every frame after it, settle from the stage', () => {
+    const s = setupRing();
+    // Buffers of 256: a frame of 256 bytes with the header fills one exactly, 257 takes two.
+    const sizes = [64, 244, 100, 245, 64, 300, 64];
+    const sent = sizes.map((len, i) => frame(len, 60 + i));
+    send(s, sent);
+    const t = buffers(40, 256);
+    expect(uringReadvMerged(s.ring, t, 0, 40, 64, NEED, NEED)).toBe(sent.length);
+    expect(t.status).toBe(MERGED_STOP.EMPTY);
+    expect(Array.from(t.used.subarray(0, sent.length))).toEqual([1, 1, 1, 2, 1, 2, 1]);
+    expectPacked(t, sent, 256);
+  });
+
+  it('staged: buffers of many pieces are read through the stage, beside buffers read directly, in order', () => {
+    const s = setupRing();
+    // Even buffers: 256 bytes in 2 pieces. Odd ones: 288 bytes in 12 pieces of 24, too many to be read
+    // into directly. NEED still spans 6 buffers, so the rounds are staged.
+    const t = new IovecTable(16 * 12 + 64, 48);
+    for (let b = 0; b < 16; b++) {
+      const at = b * 4096;
+      mem.fill(MARK, at, at + 4096);
+      if (b % 2 === 0) {
+        t.push(region, at, 100);
+        t.push(region, at + 100, 156);
+      } else {
+        for (let k = 0; k < 12; k++) t.push(region, at + 24 * k, 24);
+      }
+      t.endFrame();
+    }
+    // Each fits its own buffer; the fourth fills its 288 bytes exactly, the fifth its 256.
+    const sent = [64, 200, 64, 276, 244, 64].map((len, i) => frame(len, 70 + i));
+    send(s, sent);
+    expect(uringReadvMerged(s.ring, t, 0, 16, 16, NEED, NEED)).toBe(sent.length);
+    expect(t.status).toBe(MERGED_STOP.EMPTY);
+    expect(Array.from(t.used.subarray(0, sent.length))).toEqual([1, 1, 1, 1, 1, 1]);
+    for (let i = 0; i < sent.length; i++) {
+      expect(t.bytes[i], `frame ${i}`).toBe(HDR + sent[i]!.length);
+      expect(same(stream(i, 1, 288, HDR + sent[i]!.length).subarray(HDR), sent[i]!), `frame ${i} bytes`).toBe(true);
+    }
+  });
+
   it('staged: frames read past the buffers left wait in the stash (NO_ROOM) and go first at the next call, in order', () => {
     const s = setupRing();
     // 8 frames of 412 bytes with the header take 2 buffers each: 12 buffers hold 6.
