@@ -11,9 +11,13 @@
  *           (a tap write or read is writev/readv, or io_uring_enter on the io_uring path)
  *   QEMU:   kick → main loop runs → writev to the tap → main loop reads the reply → vCPU woken
  *
+ * LGNET_PING_TRACE_QEMU_CPU=N pins every QEMU thread to CPU N once the pings run; with
+ * LGNET_BENCH_SERVE_ARGS='--worker-cpus M' lgnet's workers run on another CPU than the vCPU.
+ *
  * Prints, per hop, the median and spread in µs, and the guest's own ping figures; writes
  * bench/results/ping-trace.json. Needs root (tracefs); leaves tracing off and empty afterwards.
  */
+import { spawnSync } from 'node:child_process';
 import { readFileSync, readdirSync, writeFileSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -81,10 +85,15 @@ function qemuHops(evs: Ev[], qemuPid: number, vcpuTid: number): Hops[] {
     if (!(e.tid === qemuPid && e.name === 'sys_writev')) return;
     const run = prev(evs, i, switchTo((_c, pid) => pid === qemuPid));
     const kick = run >= 0 ? prev(evs, run, (x) => isVcpu(x) && x.name === 'sys_write') : -1;
-    const back = next(evs, i + 1, switchTo((_c, pid) => pid === qemuPid));
-    const read = back >= 0 ? next(evs, back, (x) => x.tid === qemuPid && (x.name === 'sys_read' || x.name === 'sys_readv') && !/, count: (0x)?8\)/.test(x.args)) : -1;
+    // The reply is the main loop's next read of the fd it wrote (the tap). The host answers inside the
+    // writev, so the main loop often reads it without sleeping in between: then `back` is the writev.
+    const fd = /^fd: (\w+)/.exec(e.args)?.[1];
+    const onTap = (x: Ev) => x.tid === qemuPid && (x.name === 'sys_read' || x.name === 'sys_readv') && /^fd: (\w+)/.exec(x.args)?.[1] === fd;
+    const read = fd !== undefined ? next(evs, i + 1, onTap) : -1;
+    const slept = read >= 0 ? prev(evs, read, switchTo((_c, pid) => pid === qemuPid)) : -1;
+    const back = slept > i ? slept : i;
     const vcpu = read >= 0 ? next(evs, read, vcpuUp(vcpuTid)) : -1;
-    if ([run, kick, back, read, vcpu].some((x) => x < 0)) return;
+    if ([run, kick, read, vcpu].some((x) => x < 0)) return;
     const t = (k: number) => evs[k]!.ts;
     out.push({
       'kick → main loop runs': t(run) - t(kick),
@@ -118,6 +127,10 @@ async function runOne(kind: 'lgnet' | 'qemu', pings: number): Promise<{ hops: Re
         // The first five replies warm up; trace the rest.
         if (count === 5) {
           vcpu = busiestThread(guest.pid);
+          // LGNET_PING_TRACE_QEMU_CPU: every QEMU thread on that CPU (with lgnet's --worker-cpus
+          // through LGNET_BENCH_SERVE_ARGS, to keep the workers off the vCPU's CPU).
+          const qcpu = process.env['LGNET_PING_TRACE_QEMU_CPU'];
+          if (qcpu) spawnSync('taskset', ['-a', '-p', '-c', qcpu, String(guest.pid)], { stdio: 'ignore' });
           traceSetup([guest.pid, ...(lg ? [lg.pid] : [])]);
           put('tracing_on', '1');
           tracing = true;
