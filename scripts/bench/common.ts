@@ -96,6 +96,32 @@ export function threadCpu(pid: number): Map<number, { comm: string; cpu: number 
   return out;
 }
 
+/**
+ * The scheduler's totals of `pid`'s threads whose name starts with `prefix` (/proc/…/schedstat): ns
+ * on a CPU, ns runnable and waiting for one, and times scheduled, summed.
+ */
+export function threadSchedstat(pid: number, prefix: string): { runNs: number; waitNs: number; slices: number } {
+  const sum = { runNs: 0, waitNs: 0, slices: 0 };
+  let tids: string[] = [];
+  try {
+    tids = readdirSync(`/proc/${pid}/task`);
+  } catch {
+    return sum;
+  }
+  for (const t of tids) {
+    try {
+      if (!readFileSync(`/proc/${pid}/task/${t}/comm`, 'utf8').startsWith(prefix)) continue;
+      const [run, wait, slices] = readFileSync(`/proc/${pid}/task/${t}/schedstat`, 'utf8').trim().split(' ').map(Number);
+      sum.runNs += run!;
+      sum.waitNs += wait!;
+      sum.slices += slices!;
+    } catch {
+      /* thread gone */
+    }
+  }
+  return sum;
+}
+
 /** VmRSS and VmHWM (peak RSS) of a process in MiB. */
 export function memory(pid: number): { rssMiB: number; hwmMiB: number } {
   try {

@@ -62,7 +62,7 @@ import { ethernet, icmpEchoRequest, ip4, isIcmpEchoReply, mac } from '../../harn
 import { GuestRam } from '../../harness/guest-ram.ts';
 import { VirtioNetDriver } from '../../harness/virtio-net.ts';
 import { createNetns, openPacketIn, type Netns } from '../../harness/netns.ts';
-import { buildTapLoop, ROOT, runTapLoop, runTapLoopRaw, stat } from './common.ts';
+import { buildTapLoop, ROOT, runTapLoop, runTapLoopRaw, stat, threadSchedstat } from './common.ts';
 import { isTapWrite, next, parse, put, traceOff, traceSetup, tracefs, workerHops, type Ev, type Hops } from './ftrace.ts';
 
 const SECONDS = Number(process.env['LGNET_BENCH_SECONDS'] ?? 2);
@@ -474,6 +474,28 @@ async function benchPingFree(ns: Netns, bin: string): Promise<Record<string, unk
         }
       });
     }
+    // The longer the workers sleep, the longer their next pass takes (docs/PERFORMANCE.md, session 13):
+    // echoes spaced wider, with the workers' CPU per time they are scheduled, beside C threads passing
+    // a token through 4 eventfd wake-ups (as many as a guest's echo on lgnet) at the same spacing.
+    const bySpacing: Record<string, unknown> = {};
+    for (const [gapUs, n] of [[2000, 200], [10_000, 100], [50_000, 40]] as const) {
+      const s0 = threadSchedstat(process.pid, 'lgnet-');
+      const rtt: number[] = [];
+      for (let i = 0; i < n; i++) {
+        rtt.push(once());
+        await pause(gapUs);
+      }
+      const s1 = threadSchedstat(process.pid, 'lgnet-');
+      const slices = s1.slices - s0.slices;
+      const w = JSON.parse(runTapLoopRaw(bin, -1, ['wake', '3', String(n), String(gapUs)], n * (gapUs / 1e6 + 0.01) + 10)) as { rtt: number[] };
+      bySpacing[`gap${gapUs}`] = {
+        echoes: n,
+        lgnet: rttStat(rtt),
+        workerRunUsPerWake: (s1.runNs - s0.runNs) / 1000 / slices,
+        workerWaitUsPerWake: (s1.waitNs - s0.waitNs) / 1000 / slices,
+        cFourWakeUps: rttStat(w.rtt),
+      };
+    }
     await s.dev.stopQueue(0); // the C loop reads the replies itself
     const hex = Buffer.from(frame).toString('hex');
     const c = JSON.parse(runTapLoopRaw(bin, s.backend.fds[0]!, ['ping', String(HDR), hex, String(PINGS), String(PING_GAP_US)], PINGS * (PING_GAP_US / 1e6 + 0.01) + 10)) as { rtt: number[] };
@@ -493,11 +515,15 @@ async function benchPingFree(ns: Netns, bin: string): Promise<Record<string, unk
     console.log(`ping (µs): lgnet min ${a.min.toFixed(0)} p50 ${a.p50.toFixed(0)} avg ${a.avg.toFixed(0)} p99 ${a.p99.toFixed(0)} (lost ${a.lost})  C floor min ${b.min.toFixed(0)} p50 ${b.p50.toFixed(0)} avg ${b.avg.toFixed(0)} p99 ${b.p99.toFixed(0)}  lgnet − C: p50 +${(a.p50 - b.p50).toFixed(0)} µs`);
     console.log(`  C threads passing a token through eventfds (µs): ${Object.entries(wake).map(([k, v]) => `${k} p50 ${v.p50.toFixed(0)} p90 ${v.p90.toFixed(0)}`).join(', ')}`);
     console.log(`  rx: interrupts ${m[0]!.interrupts} held ${m[0]!.interruptsHeld} sleeps ${m[0]!.sleeps}; tx: interrupts ${m[1]!.interrupts} held ${m[1]!.interruptsHeld} sleeps ${m[1]!.sleeps}`);
+    console.log(`  by spacing (µs): ${Object.entries(bySpacing).map(([k, v]) => {
+      const x = v as { lgnet: { p50: number }; workerRunUsPerWake: number; cFourWakeUps: { p50: number } };
+      return `${Number(k.slice(3)) / 1000} ms apart p50 ${x.lgnet.p50.toFixed(0)}, workers' CPU per wake-up ${x.workerRunUsPerWake.toFixed(0)}, C 4 wake-ups p50 ${x.cFourWakeUps.p50.toFixed(0)}`;
+    }).join('; ')}`);
     for (const [k, v] of Object.entries(trace)) {
       const t = v as { n: number; hops: Record<string, { median: number }> };
       console.log(`  traced, ${k === 'gap0' ? 'back to back' : `${PING_GAP_US} µs apart`} (${t.n} echoes, median µs): ${Object.entries(t.hops).map(([h, x]) => `${h} ${x.median.toFixed(0)}`).join(', ')}`);
     }
-    return { pings: PINGS, gapUs: PING_GAP_US, lgnet: a, c: b, extraP50Us: a.p50 - b.p50, extraAvgUs: a.avg - b.avg, wake, trace, rx: { interrupts: m[0]!.interrupts, held: m[0]!.interruptsHeld, sleeps: m[0]!.sleeps }, tx: { interrupts: m[1]!.interrupts, held: m[1]!.interruptsHeld, sleeps: m[1]!.sleeps } };
+    return { pings: PINGS, gapUs: PING_GAP_US, lgnet: a, c: b, extraP50Us: a.p50 - b.p50, extraAvgUs: a.avg - b.avg, wake, trace, bySpacing, rx: { interrupts: m[0]!.interrupts, held: m[0]!.interruptsHeld, sleeps: m[0]!.sleeps }, tx: { interrupts: m[1]!.interrupts, held: m[1]!.interruptsHeld, sleeps: m[1]!.sleeps } };
   } finally {
     await closeSetup(s);
   }
