@@ -76,16 +76,19 @@ export function cpuSeconds(pid: number, tid?: number): number {
   }
 }
 
+/** The thread ids of `pid` (none once it is gone). */
+function taskIds(pid: number): string[] {
+  try {
+    return readdirSync(`/proc/${pid}/task`);
+  } catch {
+    return [];
+  }
+}
+
 /** Per-thread CPU seconds of a process: tid → { comm, cpu }. */
 export function threadCpu(pid: number): Map<number, { comm: string; cpu: number }> {
   const out = new Map<number, { comm: string; cpu: number }>();
-  let tids: string[] = [];
-  try {
-    tids = readdirSync(`/proc/${pid}/task`);
-  } catch {
-    return out;
-  }
-  for (const t of tids) {
+  for (const t of taskIds(pid)) {
     try {
       const comm = readFileSync(`/proc/${pid}/task/${t}/comm`, 'utf8').trim();
       out.set(Number(t), { comm, cpu: cpuSeconds(pid, Number(t)) });
@@ -102,13 +105,7 @@ export function threadCpu(pid: number): Map<number, { comm: string; cpu: number 
  */
 export function threadSchedstat(pid: number, prefix: string): { runNs: number; waitNs: number; slices: number } {
   const sum = { runNs: 0, waitNs: 0, slices: 0 };
-  let tids: string[] = [];
-  try {
-    tids = readdirSync(`/proc/${pid}/task`);
-  } catch {
-    return sum;
-  }
-  for (const t of tids) {
+  for (const t of taskIds(pid)) {
     try {
       if (!readFileSync(`/proc/${pid}/task/${t}/comm`, 'utf8').startsWith(prefix)) continue;
       const [run, wait, slices] = readFileSync(`/proc/${pid}/task/${t}/schedstat`, 'utf8').trim().split(' ').map(Number);
