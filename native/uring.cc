@@ -609,6 +609,9 @@ constexpr uint32_t kRoundIov = kDirectPieces + 2;
 
 thread_local std::vector<struct iovec> tStageIov;
 
+// Buffer b's first iovec in a merged call's translated table.
+inline struct iovec* BufIov(const Merged& m, uint32_t b) { return m.iov + (m.ends[b] - m.base); }
+
 // Rounds of READVs into the stage (above), until FRAMES, EMPTY, NO_ROOM or ERROR. False with a JS
 // exception pending when io_uring_enter failed before any frame was recorded.
 //
@@ -625,7 +628,6 @@ bool StagedRounds(napi_env env, Ring* r, Merged& m, const RxFilterSpec* filter, 
                   uint32_t* done, uint32_t* cur, uint32_t* stop, int* firstErr, bool* big) {
   if (tStageIov.size() < kRoundIov * kStageSlots) tStageIov.resize(kRoundIov * kStageSlots);
   struct iovec* siov = tStageIov.data();
-  auto bufIov = [&](uint32_t b) { return m.iov + (m.ends[b] - m.base); };
   auto pieces = [&](uint32_t b) { return m.ends[b + 1] - m.ends[b]; };
   bool direct[kStageSlots];
   while (*done < m.frames) {
@@ -645,7 +647,7 @@ bool StagedRounds(napi_env env, Ring* r, Merged& m, const RxFilterSpec* filter, 
       uint32_t n = 0;
       direct[i] = pieces(b) <= kDirectPieces && m.room[b] < m.need;
       if (direct[i]) {
-        memcpy(iov, bufIov(b), (size_t)pieces(b) * sizeof(struct iovec));
+        memcpy(iov, BufIov(m, b), (size_t)pieces(b) * sizeof(struct iovec));
         n = pieces(b);
         n += SlotIov(r, i, m.room[b], (size_t)m.need + 1, iov + n);
       } else {
@@ -673,10 +675,10 @@ bool StagedRounds(napi_env env, Ring* r, Merged& m, const RxFilterSpec* filter, 
       const int32_t v = res[i];
       if (!deviated) {
         const uint32_t b = base + i;
-        bool fits = v > 0 && direct[i] && (uint32_t)v <= m.room[b] && v <= m.maxLen && *cur == b;
+        bool fits = v > 0 && direct[i] && (uint32_t)v <= m.room[b] && v <= m.maxLen;
         if (fits && filter != nullptr) {
           uint8_t eth[16];
-          const uint32_t have = (uint32_t)v > filter->hdrLen ? GatherBytes(bufIov(b), pieces(b), filter->hdrLen, eth, sizeof eth) : 0;
+          const uint32_t have = (uint32_t)v > filter->hdrLen ? GatherBytes(BufIov(m, b), pieces(b), filter->hdrLen, eth, sizeof eth) : 0;
           fits = RxFilterAccepts(*filter, eth, have, (int64_t)v - filter->hdrLen);
         }
         if (fits) {
@@ -693,7 +695,7 @@ bool StagedRounds(napi_env env, Ring* r, Merged& m, const RxFilterSpec* filter, 
           const size_t head = (uint32_t)res[j] < m.room[bj] ? (size_t)res[j] : m.room[bj];
           struct iovec dst[2];
           const uint32_t nd = SlotIov(r, j, 0, head, dst);
-          CopyIov(bufIov(bj), pieces(bj), dst, nd, head);
+          CopyIov(BufIov(m, bj), pieces(bj), dst, nd, head);
         }
         deviated = true;
       }
@@ -780,7 +782,7 @@ napi_value UringReadvMerged(napi_env env, napi_callback_info cbinfo) {
   const uint32_t nb = m.buffers;
   const uint32_t* ends = m.ends;
   const uint32_t* room = m.room;
-  auto bufIov = [&](uint32_t b) { return m.iov + (ends[b] - m.base); };
+  auto bufIov = [&](uint32_t b) { return BufIov(m, b); };
   if (tGroups.size() < kMaxEntries) tGroups.resize(kMaxEntries);
   Group* groups = tGroups.data();
 

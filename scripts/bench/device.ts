@@ -477,7 +477,7 @@ async function benchPingFree(ns: Netns, bin: string): Promise<Record<string, unk
     // The longer the workers sleep, the longer their next pass takes (docs/PERFORMANCE.md, session 13):
     // echoes spaced wider, with the workers' CPU per time they are scheduled, beside C threads passing
     // a token through 4 eventfd wake-ups (as many as a guest's echo on lgnet) at the same spacing.
-    const bySpacing: Record<string, unknown> = {};
+    const bySpacing: Record<string, { echoes: number; lgnet: ReturnType<typeof rttStat>; workerRunUsPerWake: number; workerWaitUsPerWake: number; cFourWakeUps: ReturnType<typeof rttStat> }> = {};
     for (const [gapUs, n] of [[2000, 200], [10_000, 100], [50_000, 40]] as const) {
       const s0 = threadSchedstat(process.pid, 'lgnet-');
       const rtt: number[] = [];
@@ -515,10 +515,8 @@ async function benchPingFree(ns: Netns, bin: string): Promise<Record<string, unk
     console.log(`ping (µs): lgnet min ${a.min.toFixed(0)} p50 ${a.p50.toFixed(0)} avg ${a.avg.toFixed(0)} p99 ${a.p99.toFixed(0)} (lost ${a.lost})  C floor min ${b.min.toFixed(0)} p50 ${b.p50.toFixed(0)} avg ${b.avg.toFixed(0)} p99 ${b.p99.toFixed(0)}  lgnet − C: p50 +${(a.p50 - b.p50).toFixed(0)} µs`);
     console.log(`  C threads passing a token through eventfds (µs): ${Object.entries(wake).map(([k, v]) => `${k} p50 ${v.p50.toFixed(0)} p90 ${v.p90.toFixed(0)}`).join(', ')}`);
     console.log(`  rx: interrupts ${m[0]!.interrupts} held ${m[0]!.interruptsHeld} sleeps ${m[0]!.sleeps}; tx: interrupts ${m[1]!.interrupts} held ${m[1]!.interruptsHeld} sleeps ${m[1]!.sleeps}`);
-    console.log(`  by spacing (µs): ${Object.entries(bySpacing).map(([k, v]) => {
-      const x = v as { lgnet: { p50: number }; workerRunUsPerWake: number; cFourWakeUps: { p50: number } };
-      return `${Number(k.slice(3)) / 1000} ms apart p50 ${x.lgnet.p50.toFixed(0)}, workers' CPU per wake-up ${x.workerRunUsPerWake.toFixed(0)}, C 4 wake-ups p50 ${x.cFourWakeUps.p50.toFixed(0)}`;
-    }).join('; ')}`);
+    console.log(`  by spacing (µs): ${Object.entries(bySpacing).map(([k, x]) =>
+      `${Number(k.slice(3)) / 1000} ms apart p50 ${x.lgnet.p50.toFixed(0)}, workers' CPU per wake-up ${x.workerRunUsPerWake.toFixed(0)}, C 4 wake-ups p50 ${x.cFourWakeUps.p50.toFixed(0)}`).join('; ')}`);
     for (const [k, v] of Object.entries(trace)) {
       const t = v as { n: number; hops: Record<string, { median: number }> };
       console.log(`  traced, ${k === 'gap0' ? 'back to back' : `${PING_GAP_US} µs apart`} (${t.n} echoes, median µs): ${Object.entries(t.hops).map(([h, x]) => `${h} ${x.median.toFixed(0)}`).join(', ')}`);

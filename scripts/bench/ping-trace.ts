@@ -130,7 +130,9 @@ async function runOne(kind: 'lgnet' | 'qemu', pings: number): Promise<{ hops: Re
           // LGNET_PING_TRACE_QEMU_CPU: every QEMU thread on that CPU (with lgnet's --worker-cpus
           // through LGNET_BENCH_SERVE_ARGS, to keep the workers off the vCPU's CPU).
           const qcpu = process.env['LGNET_PING_TRACE_QEMU_CPU'];
-          if (qcpu) spawnSync('taskset', ['-a', '-p', '-c', qcpu, String(guest.pid)], { stdio: 'ignore' });
+          if (qcpu && spawnSync('taskset', ['-a', '-p', '-c', qcpu, String(guest.pid)], { stdio: 'ignore' }).status !== 0) {
+            console.warn(`ping-trace: taskset could not pin QEMU to CPU ${qcpu}; tracing it unpinned`);
+          }
           traceSetup([guest.pid, ...(lg ? [lg.pid] : [])]);
           put('tracing_on', '1');
           tracing = true;
