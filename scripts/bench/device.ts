@@ -15,7 +15,9 @@
  *                  rounds on fresh devices (the plain figure is re-measured beside each MRG one, so
  *                  drift on a shared machine hits both): 2048-byte buffers (one per frame), 1024-byte
  *                  buffers for 1514 B (each frame spans two), and 64 B into a Linux guest's RX ring
- *                  (1536-byte buffers, GUEST_TSO4/6: every frame is offered room for 64 KiB).
+ *                  (1536-byte buffers, GUEST_TSO4/6: every frame is offered room for 64 KiB). Each
+ *                  round runs free (placed by the scheduler) and pinned (the workers and the harness on
+ *                  one CPU, the sender on another); with the rates, the RX worker's CPU per frame.
  *   ping           latency: one ICMP echo at a time from the harness to the namespace's kernel through
  *                  lgnet and back (kick → TX worker → tap write → the kernel answers → RX worker → tap read
  *                  → used + call eventfd → harness), with the features and buffers a Linux guest uses
@@ -62,7 +64,7 @@ import { ethernet, icmpEchoRequest, ip4, isIcmpEchoReply, mac } from '../../harn
 import { GuestRam } from '../../harness/guest-ram.ts';
 import { VirtioNetDriver } from '../../harness/virtio-net.ts';
 import { createNetns, openPacketIn, type Netns } from '../../harness/netns.ts';
-import { buildTapLoop, ROOT, runTapLoop, runTapLoopRaw, stat, threadSchedstat } from './common.ts';
+import { buildTapLoop, ROOT, runTapLoop, runTapLoopRaw, stat, threadCpu, threadSchedstat } from './common.ts';
 import { isTapWrite, next, parse, put, traceOff, traceSetup, tracefs, workerHops, type Ev, type Hops } from './ftrace.ts';
 
 const SECONDS = Number(process.env['LGNET_BENCH_SECONDS'] ?? 2);
@@ -147,8 +149,12 @@ const LINUX_RX = mask('CSUM', 'GUEST_CSUM', 'GUEST_TSO4', 'GUEST_TSO6');
 
 /**
  * RX with MRG_RXBUF against plain RX: MRG_ROUNDS rounds, each measuring every case on a fresh plain
- * device and then on a fresh MRG_RXBUF device. Reports each case's median rate and the median and
- * range of the per-round ratios.
+ * device and then on a fresh MRG_RXBUF device, twice: left to the scheduler ('free'), and pinned
+ * (the device's workers and the harness on one CPU, the sender alone on another). Free, the RX worker
+ * shares its CPU with the sender in some runs and not in others, which moves a rate by up to 2×
+ * whatever the path; pinned, both paths run in the same placement, and the sender (which never
+ * sleeps) cannot starve the harness of the CPU it needs to give buffers back. Reports each case's median
+ * rates, the median and range of the per-round ratios, and the RX worker's CPU time per frame.
  */
 async function benchMrg(ns: Netns, bin: string, seconds: number, rounds = MRG_ROUNDS): Promise<Record<string, unknown>> {
   const warmup = Math.min(WARMUP, seconds);
@@ -156,35 +162,65 @@ async function benchMrg(ns: Netns, bin: string, seconds: number, rounds = MRG_RO
     { name: 'rx64', len: 64, bufferSize: 2048 },
     { name: 'rx1514', len: 1514, bufferSize: 2048 },
     { name: 'rx1514x2', len: 1514, bufferSize: 1024 },
-    // A Linux guest's RX: MRG_RXBUF with GSO, so every frame is offered room for 64 KiB.
     { name: 'rx64lnx', len: 64, bufferSize: 1536, features: LINUX_RX },
   ];
-  const plain: Record<string, number[]> = {};
-  const mrg: Record<string, number[]> = {};
+  const plan = pinPlan();
+  if (!plan) console.log('mrg: one CPU only, so no pinned case');
+  const placements = plan ? (['free', 'pinned'] as const) : (['free'] as const);
+  // series[placement][case][plain|mrg|plainCpu|mrgCpu]: rates (frames/s) and RX worker ns per frame.
+  const series: Record<string, Record<string, Record<string, number[]>>> = {};
+  const push = (pl: string, name: string, key: string, v: number): void => void (((series[pl] ??= {})[name] ??= {})[key] ??= []).push(v);
+  const rxWorkerCpu = (): number => [...threadCpu(process.pid).values()].filter((t) => t.comm === 'lgnet-rx0').reduce((a, t) => a + t.cpu, 0);
   for (let round = 0; round < rounds; round++) {
-    for (const withMrg of [false, true]) {
-      for (const c of cases) {
-        // Plain RX needs a buffer that holds a whole frame: the small-buffer case compares against 2048.
-        const s = await setup(ns, false, withMrg ? { mrg: true, bufferSize: c.bufferSize, features: c.features ?? 0n } : { bufferSize: 2048 });
-        try {
-          const pkt = openPacketIn(ns, 'lgbench0'); // closed with the namespace
-          // A fresh device is a fresh worker thread: warm its JIT up before measuring.
-          const r = await withSender(bin, pkt, c.len, () => (harnessRx(s, warmup), harnessRx(s, seconds)), warmup);
-          ((withMrg ? mrg : plain)[c.name] ??= []).push(r.result.fps);
-        } finally {
-          await closeSetup(s);
+    for (const placement of placements) {
+      const pin = placement === 'pinned' ? plan : null;
+      for (const withMrg of [false, true]) {
+        for (const c of cases) {
+          // Plain RX needs a buffer that holds a whole frame: the small-buffer case compares against 2048.
+          const rx = withMrg ? { mrg: true, bufferSize: c.bufferSize, features: c.features ?? 0n } : { bufferSize: 2048 };
+          const s = await setup(ns, false, rx, undefined, pin ? [pin.worker] : undefined);
+          try {
+            const pkt = openPacketIn(ns, 'lgbench0'); // closed with the namespace
+            // A fresh device is a fresh worker thread: warm its JIT up before measuring.
+            const r = await withSender(bin, pkt, c.len, () => onCpu(pin ? { harness: pin.worker, all: pin.all } : null, () => {
+              harnessRx(s, warmup);
+              const c0 = rxWorkerCpu();
+              const rate = harnessRx(s, seconds);
+              return { ...rate, cpuNs: ((rxWorkerCpu() - c0) / rate.frames) * 1e9 };
+            }), warmup, pin ? ['taskset', '-c', String(pin.harness)] : []);
+            const k = withMrg ? 'mrg' : 'plain';
+            push(placement, c.name, k, r.result.fps);
+            push(placement, c.name, `${k}Cpu`, r.result.cpuNs);
+          } finally {
+            await closeSetup(s);
+          }
         }
       }
     }
   }
-  const out: Record<string, unknown> = { rounds };
-  for (const c of cases) {
-    const p = plain[c.name]!;
-    const m = mrg[c.name]!;
-    const ratios = m.map((x, i) => x / p[i]!);
+  const summary = (x: Record<string, number[]>) => {
+    const ratios = x['mrg']!.map((v, i) => v / x['plain']![i]!);
+    // CPU: plain's ns per frame over MRG_RXBUF's, so that above 1.0 means MRG_RXBUF is cheaper, as for rates.
+    const cpuRatios = x['mrgCpu']!.map((v, i) => x['plainCpu']![i]! / v);
     const r = stat(ratios);
-    out[c.name] = { bufferSize: c.bufferSize, plain: p, mrg: m, plainMedian: stat(p).median, mrgMedian: stat(m).median, ratioMedian: r.median, ratioMin: r.min, ratioMax: r.max };
-    console.log(`${c.name.padEnd(8)} MRG_RXBUF (${c.bufferSize} B buffers): lgnet ${fmt(stat(m).median)}  plain ${fmt(stat(p).median)}  ratio ${r.median.toFixed(3)} (${r.min.toFixed(3)}–${r.max.toFixed(3)} over ${r.n} rounds)`);
+    const cr = stat(cpuRatios);
+    return {
+      plain: x['plain']!, mrg: x['mrg']!, plainMedian: stat(x['plain']!).median, mrgMedian: stat(x['mrg']!).median,
+      ratioMedian: r.median, ratioMin: r.min, ratioMax: r.max,
+      plainCpuNs: x['plainCpu']!, mrgCpuNs: x['mrgCpu']!, cpuRatioMedian: cr.median, cpuRatioMin: cr.min, cpuRatioMax: cr.max,
+    };
+  };
+  const out: Record<string, unknown> = { rounds, placement: plan ? { workerAndHarness: plan.worker, sender: plan.harness } : null };
+  for (const c of cases) {
+    const free = summary(series['free']![c.name]!);
+    const pinned = series['pinned'] ? summary(series['pinned'][c.name]!) : null;
+    out[c.name] = { bufferSize: c.bufferSize, ...free, ...(pinned ? { pinned } : {}) };
+    for (const [label, x] of [['free', free], ['pinned', pinned]] as const) {
+      if (!x) continue;
+      console.log(`${c.name.padEnd(8)} MRG_RXBUF (${c.bufferSize} B buffers), ${label.padEnd(6)}: lgnet ${fmt(stat(x.mrg).median)}  plain ${fmt(stat(x.plain).median)}  ` +
+        `ratio ${x.ratioMedian.toFixed(3)} (${x.ratioMin.toFixed(3)}–${x.ratioMax.toFixed(3)} over ${rounds} rounds); RX worker ${stat(x.mrgCpuNs).median.toFixed(0)} vs ${stat(x.plainCpuNs).median.toFixed(0)} ns per frame, ` +
+        `plain/MRG ${x.cpuRatioMedian.toFixed(3)} (${x.cpuRatioMin.toFixed(3)}–${x.cpuRatioMax.toFixed(3)})`);
+    }
   }
   return out;
 }
