@@ -232,7 +232,8 @@ async function benchMrg(ns: Netns, bin: string, seconds: number, rounds = MRG_RO
 /**
  * The placement of the io section's pinned case: lgnet's queue workers on the last CPU this process may
  * use (NetDeviceOptions.cpus), the harness (the main thread) on the first, and the C loops on the
- * workers' CPU (taskset). Null with fewer than two CPUs.
+ * workers' CPU (taskset). RX moves the harness to the workers' CPU and gives the first to the sender.
+ * Null with fewer than two CPUs.
  */
 function pinPlan(): { worker: number; harness: number; all: number[] } | null {
   const all = native.threadAffinity();
@@ -279,12 +280,14 @@ async function benchIo(ns: Netns, bin: string, seconds: number): Promise<Record<
           }
         }
         const pkt = openPacketIn(ns, 'lgbench0');
-        // Pinned, the sender runs beside the harness, so that the reader (lgnet's worker or the C loop)
-        // has its CPU to itself in both runs; left free, it shares the worker's CPU half the time.
+        // Pinned, the sender has a CPU to itself, and the reader the other: the C loop alone, or lgnet's
+        // worker with the harness that gives it buffers back. (Beside the sender, which never sleeps,
+        // the harness waited for the CPU and the worker for buffers: pinned RX read 0.47 of C.)
         const senderWrap = pin ? ['taskset', '-c', String(pin.harness)] : [];
+        const rxPin = pin ? { harness: pin.worker, all: pin.all } : null;
         for (const len of [64, 1514]) {
           const m0 = s.dev.metrics().queues[0]!;
-          const lg = await withSender(bin, pkt, len, () => onCpu(pin, () => (harnessRx(s, WARMUP), harnessRx(s, seconds))), WARMUP, senderWrap);
+          const lg = await withSender(bin, pkt, len, () => onCpu(rxPin, () => (harnessRx(s, WARMUP), harnessRx(s, seconds))), WARMUP, senderWrap);
           push(`rx${len}`, path, lg.result.fps);
           const m1 = s.dev.metrics().queues[0]!;
           const frames = m1.frames - m0.frames;
@@ -333,7 +336,8 @@ async function benchIo(ns: Netns, bin: string, seconds: number): Promise<Record<
     console.log(`${''.padEnd(7)} ratios, median (min–max over ${IO_ROUNDS} rounds): uring/C per-frame ${spread(r.uringVsCPerFrame)}  ` +
       `uring/C io_uring ${spread(r.uringVsCUring)}  syscall/C per-frame ${spread(r.syscallVsCPerFrame)}  uring/syscall ${spread(r.uringVsSyscall)}`);
     if (r.pinnedVsCUringPinned) {
-      console.log(`${''.padEnd(7)} pinned (workers on CPU ${plan!.worker}, harness on ${plan!.harness}, C loops on ${plan!.worker}): lgnet uring ${fmt(stat(x['pinned']!).median)}  ` +
+      const where = name.startsWith('rx') ? `workers and harness on CPU ${plan!.worker}, sender on ${plan!.harness}` : `workers on CPU ${plan!.worker}, harness on ${plan!.harness}`;
+      console.log(`${''.padEnd(7)} pinned (${where}, C loops on ${plan!.worker}): lgnet uring ${fmt(stat(x['pinned']!).median)}  ` +
         `C io_uring ${fmt(stat(x['cUringPinned']!).median)}  ratio ${spread(r.pinnedVsCUringPinned)}  pinned/unpinned lgnet ${spread(r.pinnedVsUring!)}`);
     }
   }
