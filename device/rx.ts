@@ -114,6 +114,8 @@ export class RxService {
    */
   private keptBufs = 0;
   private keptRoom = 0;
+  /** The port's last merged call said its next one stages (IovecTable.stagedNext): offer one frame's room. */
+  private stagedNext = false;
   /** MRG_RXBUF without GSO: a frame may fit one buffer, and then the batched path serves (below). */
   private readonly mrgInOne: boolean;
 
@@ -361,11 +363,13 @@ export class RxService {
     const mrg = ctx.f.mrgRxbuf;
     // With MRG_RXBUF every frame is offered room for the largest one; without, one buffer each.
     const need = mrg ? this.maxRx : 1;
-    // A port that reads ahead takes the whole filter, and room for a burst of frames at once.
+    // A port that reads ahead takes the whole filter, and room for a burst of frames at once, unless
+    // its last call said it stages (IovecTable.stagedNext): then room for one frame will do, and the
+    // burst describes, checks and keeps a quarter of the chains it would (a Linux guest's ring).
     const ahead = ctx.port.mergedReadsAhead === true;
     const peek = this.filter.passAll || ahead ? null : this.vouch();
     const spec = ahead && !this.filter.passAll ? this.spec.load(this.filter, ctx.f.hdrLen) : null;
-    const roomWanted = ahead ? need * max : need;
+    const roomWanted = ahead && !this.stagedNext ? need * max : need;
 
     // The chains kept from the last burst, then pop up to `max` chains, and more (with MRG_RXBUF)
     // until they hold one frame's `need` (`max` frames' when the port reads ahead).
@@ -430,6 +434,7 @@ export class RxService {
       try {
         got = port.recvMerged!(t, buf, nbuf - buf, max - frames, need, this.maxRx, peek, spec);
         stop = t.status;
+        this.stagedNext = ahead && t.stagedNext;
       } catch (e) {
         if (!(e instanceof NativeError)) throw e; // a bug, not the backend: the queue breaks
         c[M.rxDropBackend]! += 1;

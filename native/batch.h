@@ -124,6 +124,9 @@ bool PrepareMerged(napi_env env, napi_callback_info cbinfo, const char* usage, d
 
 // Status word values of the merged calls (MERGED_STOP in native/batch.ts).
 enum MergedStop : uint32_t { kStopFrames = 0, kStopEmpty = 1, kStopNoRoom = 2, kStopPieces = 3, kStopPeek = 4, kStopError = 5 };
+// Or'ed into the status word by uringReadvMerged (IovecTable.stagedNext): the ring reads the next call's
+// frames through its stage, one READV per frame whatever `need` spans, so room for one frame is enough.
+constexpr uint32_t kStatusStaged = 0x100;
 
 // Copies up to `len` bytes from offset `at` of the stream the iovecs describe; returns the bytes copied.
 uint32_t GatherBytes(const struct iovec* iov, uint32_t n, uint64_t at, uint8_t* out, uint32_t len);

@@ -8,7 +8,8 @@
  *   bytes     [ n0, n1, ... ]  written by writevBatch/readvBatch: bytes moved for frame i
  *   used      [ u0, u1, ... ]  written by readvMerged: buffers frame i took
  *   (written)  the same words, written by readvBatch/uringReadvBatch: bytes put into frame i's buffers
- *   status    [ s ]            written by readvMerged: why it stopped (MERGED_STOP)
+ *   status    [ s ]            written by readvMerged: why it stopped (MERGED_STOP), and by
+ *                              uringReadvMerged also whether its ring stages next (stagedNext)
  *
  * All of them are views of one buffer, `words` (in that order), which is what crosses into native: one
  * typed-array query per call instead of several. For readvMerged (MRG_RXBUF) each table "frame" is one
@@ -32,6 +33,8 @@ import { NativeError } from './errors.ts';
 export const IOVEC_WORDS = 4;
 
 const TWO_32 = 0x1_0000_0000;
+/** The status word's stagedNext bit (native/batch.h kStatusStaged). */
+const STATUS_STAGED = 0x100;
 /** errno EFAULT: what native/batch.cc throws for an entry outside its mapping. */
 const EFAULT = 14;
 
@@ -109,7 +112,16 @@ export class IovecTable {
 
   /** readvMerged's output: why the last call stopped (MERGED_STOP in native/batch.ts). */
   get status(): number {
-    return this.words[this.words.length - 1]!;
+    return this.words[this.words.length - 1]! & 0xff;
+  }
+
+  /**
+   * uringReadvMerged's output: its ring reads the next call's frames through its stage (one READV per
+   * frame, each into the buffer it takes), so that call needs room for one frame only, where copy-down
+   * rounds need room for one frame per READV. False after any other call.
+   */
+  get stagedNext(): boolean {
+    return (this.words[this.words.length - 1]! & STATUS_STAGED) !== 0;
   }
 
   reset(): void {

@@ -923,7 +923,7 @@ napi_value UringReadvMerged(napi_env env, napi_callback_info cbinfo) {
     ThrowNativeError(Napi::Env(env), firstErr, "readv", "ring " + std::to_string(m.handle) + ", READV 0 of a merged burst");
     return undefined;
   }
-  *m.status = stop;
+  *m.status = stop | (staged && r->directCalls == 0 ? kStatusStaged : 0);
   napi_create_uint32(env, done, &result);
   return result;
 }

@@ -486,6 +486,7 @@ describe.runIf(pre.ok)('uringReadvMerged on a tap', () => {
     send(s, [frame(100, 1)]);
     expect(uringReadvMerged(s.ring, wide, 0, 2, 8, 1050, 1050)).toBe(0);
     expect(wide.status).toBe(MERGED_STOP.PIECES);
+    expect(wide.stagedNext).toBe(false); // groups of two buffers: copy-down rounds
     expect(uringReadvMerged(s.ring, wide, 0, 2, 8, 600, 600)).toBe(1);
   });
 
@@ -498,6 +499,8 @@ describe.runIf(pre.ok)('uringReadvMerged on a tap', () => {
     expect(uringReadvMerged(s.ring, t, 0, 200, 64, NEED, NEED)).toBe(40);
     expect(t.status).toBe(MERGED_STOP.EMPTY);
     expectPacked(t, sent, 256);
+    // It stages next too: the caller may offer room for one frame, not one per READV.
+    expect(t.stagedNext).toBe(true);
     expect(uringRxStash(s.ring, false)).toBe(0);
     // The filter, and a frame longer than maxLen: neither takes a buffer.
     const f = new RxFilter();
@@ -612,6 +615,7 @@ describe.runIf(pre.ok)('uringReadvMerged on a tap', () => {
     const t = buffers(8, 2048);
     expect(uringReadvMerged(ring, t, 0, 8, 32, need, need)).toBe(1);
     expectPacked(t, [big], 2048);
+    expect(t.stagedNext).toBe(false); // copy-down rounds next: they want room for a frame per READV
     // Copy-down now: 8 frames of one buffer each into 8 buffers, a group of 5 per READV. Rounds stop
     // once no group fits (NO_ROOM); what is not read waits in the kernel, not in the stash.
     const sent = Array.from({ length: 8 }, (_, i) => frame(1000, 10 + i));
@@ -621,6 +625,7 @@ describe.runIf(pre.ok)('uringReadvMerged on a tap', () => {
     expect(t2.status).toBe(MERGED_STOP.NO_ROOM);
     expect(n).toBe(4);
     expectPacked(t2, sent.slice(0, 4), 2048);
+    expect(t2.stagedNext).toBe(false);
     expect(uringRxStash(ring, false)).toBe(0);
   });
 
