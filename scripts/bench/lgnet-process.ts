@@ -5,9 +5,35 @@
  * leave it behind. Profiling: nodeOptions (NODE_OPTIONS), e.g. '--cpu-prof --cpu-prof-dir=DIR'.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
-import { rmSync } from 'node:fs';
+import { readdirSync, rmSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { killPid, onCleanup, ROOT } from './common.ts';
+
+/** The newest mtime (ms) of the files under `dir` whose names end in one of `exts`; 0 if none. */
+function newest(dir: string, exts: string[]): number {
+  let t = 0;
+  for (const e of readdirSync(dir, { withFileTypes: true, recursive: true })) {
+    if (e.isFile() && exts.some((x) => e.name.endsWith(x)) && !e.name.endsWith('.test.ts')) t = Math.max(t, statSync(join(e.parentPath, e.name)).mtimeMs);
+  }
+  return t;
+}
+
+/**
+ * `lgnet serve` runs the compiled dist/ and build/Release/lgnet.node, not the sources the tsx-run
+ * benches use: a source edited since the last build would be measured as its old self, or worse, old
+ * JS against a new addon (session 14 measured a spinning RX worker that way). Throws when either is
+ * older than what it is built from.
+ */
+function checkBuilt(): void {
+  const dirs = ['device', 'native', 'sandbox', 'vring', 'harness', 'errors'].map((d) => join(ROOT, d));
+  const src = Math.max(statSync(join(ROOT, 'index.ts')).mtimeMs, ...dirs.map((d) => newest(d, ['.ts'])));
+  const cc = newest(join(ROOT, 'native'), ['.cc', '.h']);
+  const dist = newest(join(ROOT, 'dist'), ['.js']);
+  // No local build: the loader takes a prebuild, which matches the sources it shipped with.
+  const addon = statSync(join(ROOT, 'build/Release/lgnet.node'), { throwIfNoEntry: false })?.mtimeMs ?? Infinity;
+  if (dist < src) throw new Error('dist/ is older than the TypeScript sources: run `npm run build:ts` before a bench that starts lgnet serve');
+  if (addon < cc) throw new Error('build/Release/lgnet.node is older than native/*.cc: run `npm run build:native` before a bench that starts lgnet serve');
+}
 import type { QueueMetrics } from '../../device/metrics.ts';
 import { readMetrics } from '../../sandbox/metrics-endpoint.ts';
 
@@ -46,6 +72,7 @@ export async function startLgnet(o: {
   /** More `lgnet serve` flags, e.g. ['--worker-cpus', '1']. */
   extraArgs?: string[];
 }): Promise<LgnetProcess> {
+  checkBuilt();
   const launcher = o.nodeArgs
     ? [process.execPath, ...o.nodeArgs, join(ROOT, 'bin/lgnet')]
     : [join(ROOT, 'bin/lgnet')];
