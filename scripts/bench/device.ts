@@ -182,12 +182,13 @@ async function benchMrg(ns: Netns, bin: string, seconds: number, rounds = MRG_RO
           try {
             const pkt = openPacketIn(ns, 'lgbench0'); // closed with the namespace
             // A fresh device is a fresh worker thread: warm its JIT up before measuring.
-            const r = await withSender(bin, pkt, c.len, () => onCpu(pin ? { harness: pin.worker, all: pin.all } : null, () => {
+            const place = rxPlacement(pin);
+            const r = await withSender(bin, pkt, c.len, () => onCpu(place.harness, () => {
               harnessRx(s, warmup);
               const c0 = rxWorkerCpu();
               const rate = harnessRx(s, seconds);
               return { ...rate, cpuNs: ((rxWorkerCpu() - c0) / rate.frames) * 1e9 };
-            }), warmup, pin ? ['taskset', '-c', String(pin.harness)] : []);
+            }), warmup, place.senderWrap);
             const k = withMrg ? 'mrg' : 'plain';
             push(placement, c.name, k, r.result.fps);
             push(placement, c.name, `${k}Cpu`, r.result.cpuNs);
@@ -240,6 +241,14 @@ function pinPlan(): { worker: number; harness: number; all: number[] } | null {
   return all.length >= 2 ? { worker: all[all.length - 1]!, harness: all[0]!, all } : null;
 }
 
+/**
+ * Pinned RX (the mrg and io sections): the harness moves beside the workers, since it gives them
+ * their buffers back, and the sender, which never sleeps, gets the plan's harness CPU to itself.
+ */
+function rxPlacement(plan: { worker: number; harness: number; all: number[] } | null): { harness: { harness: number; all: number[] } | null; senderWrap: string[] } {
+  return plan ? { harness: { harness: plan.worker, all: plan.all }, senderWrap: ['taskset', '-c', String(plan.harness)] } : { harness: null, senderWrap: [] };
+}
+
 /** Runs `fn` with the main thread (the harness) on `cpu`, then gives it back every CPU it had. */
 function onCpu<T>(plan: { harness: number; all: number[] } | null, fn: () => T): T {
   if (!plan) return fn();
@@ -283,8 +292,7 @@ async function benchIo(ns: Netns, bin: string, seconds: number): Promise<Record<
         // Pinned, the sender has a CPU to itself, and the reader the other: the C loop alone, or lgnet's
         // worker with the harness that gives it buffers back. (Beside the sender, which never sleeps,
         // the harness waited for the CPU and the worker for buffers: pinned RX read 0.47 of C.)
-        const senderWrap = pin ? ['taskset', '-c', String(pin.harness)] : [];
-        const rxPin = pin ? { harness: pin.worker, all: pin.all } : null;
+        const { harness: rxPin, senderWrap } = rxPlacement(pin);
         for (const len of [64, 1514]) {
           const m0 = s.dev.metrics().queues[0]!;
           const lg = await withSender(bin, pkt, len, () => onCpu(rxPin, () => (harnessRx(s, WARMUP), harnessRx(s, seconds))), WARMUP, senderWrap);

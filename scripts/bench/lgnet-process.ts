@@ -8,6 +8,8 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import { readdirSync, rmSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { killPid, onCleanup, ROOT } from './common.ts';
+import type { QueueMetrics } from '../../device/metrics.ts';
+import { readMetrics } from '../../sandbox/metrics-endpoint.ts';
 
 /** The newest mtime (ms) of the files under `dir` whose names end in one of `exts`; 0 if none. */
 function newest(dir: string, exts: string[]): number {
@@ -34,8 +36,6 @@ function checkBuilt(): void {
   if (dist < src) throw new Error('dist/ is older than the TypeScript sources: run `npm run build:ts` before a bench that starts lgnet serve');
   if (addon < cc) throw new Error('build/Release/lgnet.node is older than native/*.cc: run `npm run build:native` before a bench that starts lgnet serve');
 }
-import type { QueueMetrics } from '../../device/metrics.ts';
-import { readMetrics } from '../../sandbox/metrics-endpoint.ts';
 
 export interface LgnetSnapshot {
   ts_ms: number;
