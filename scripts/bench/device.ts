@@ -37,7 +37,8 @@
  *                  the spread over rounds (skipped when a measurement lasts under a second: the smoke
  *                  test). The tx/rx figures at the top also give the C io_uring loop beside the C
  *                  per-frame one. It also prints what one system call costs here (tap-loop nullsys:
- *                  getppid), which decides how much fewer of them gain.
+ *                  getppid), which decides how much fewer of them gain, and, pinned, the queue
+ *                  worker's CPU per frame beside the C writer's time per frame.
  *
  * The figures above the io section run on the path TapBackend chooses by itself (io 'auto', or
  * LGNET_IO): io_uring where the kernel allows it.
@@ -147,6 +148,13 @@ const fmt = (fps: number): string => `${(fps / 1e6).toFixed(3)} M/s`;
 /** What a Linux guest accepts on RX besides MRG_RXBUF: checksum offload and TSO (GSO frames up to 64 KiB). */
 const LINUX_RX = mask('CSUM', 'GUEST_CSUM', 'GUEST_TSO4', 'GUEST_TSO6');
 
+/** CPU seconds this process's RX or TX queue workers (lgnet-rx0, lgnet-tx1, …) have used so far. */
+function workerCpu(role: 'rx' | 'tx'): number {
+  let sum = 0;
+  for (const t of threadCpu(process.pid).values()) if (t.comm.startsWith(`lgnet-${role}`)) sum += t.cpu;
+  return sum;
+}
+
 /**
  * RX with MRG_RXBUF against plain RX: MRG_ROUNDS rounds, each measuring every case on a fresh plain
  * device and then on a fresh MRG_RXBUF device, twice: left to the scheduler ('free'), and pinned
@@ -170,7 +178,6 @@ async function benchMrg(ns: Netns, bin: string, seconds: number, rounds = MRG_RO
   // series[placement][case][plain|mrg|plainCpu|mrgCpu]: rates (frames/s) and RX worker ns per frame.
   const series: Record<string, Record<string, Record<string, number[]>>> = {};
   const push = (pl: string, name: string, key: string, v: number): void => void (((series[pl] ??= {})[name] ??= {})[key] ??= []).push(v);
-  const rxWorkerCpu = (): number => [...threadCpu(process.pid).values()].filter((t) => t.comm === 'lgnet-rx0').reduce((a, t) => a + t.cpu, 0);
   for (let round = 0; round < rounds; round++) {
     for (const placement of placements) {
       const pin = placement === 'pinned' ? plan : null;
@@ -185,9 +192,9 @@ async function benchMrg(ns: Netns, bin: string, seconds: number, rounds = MRG_RO
             const place = rxPlacement(pin);
             const r = await withSender(bin, pkt, c.len, () => onCpu(place.harness, () => {
               harnessRx(s, warmup);
-              const c0 = rxWorkerCpu();
+              const c0 = workerCpu('rx');
               const rate = harnessRx(s, seconds);
-              return { ...rate, cpuNs: ((rxWorkerCpu() - c0) / rate.frames) * 1e9 };
+              return { ...rate, cpuNs: ((workerCpu('rx') - c0) / rate.frames) * 1e9 };
             }), warmup, place.senderWrap);
             const k = withMrg ? 'mrg' : 'plain';
             push(placement, c.name, k, r.result.fps);
@@ -227,10 +234,6 @@ async function benchMrg(ns: Netns, bin: string, seconds: number, rounds = MRG_RO
 }
 
 /**
- * lgnet on each tap I/O path against both C limits (per-frame syscalls, and io_uring bursts of 32), in
- * IO_ROUNDS rounds, each on fresh devices. Ratios are taken within a round, then summarised.
- */
-/**
  * The placement of the io section's pinned case: lgnet's queue workers on the last CPU this process may
  * use (NetDeviceOptions.cpus), the harness (the main thread) on the first, and the C loops on the
  * workers' CPU (taskset). RX moves the harness to the workers' CPU and gives the first to the sender.
@@ -260,6 +263,12 @@ function onCpu<T>(plan: { harness: number; all: number[] } | null, fn: () => T):
   }
 }
 
+/**
+ * lgnet on each tap I/O path against both C limits (per-frame syscalls, and io_uring bursts of BURST),
+ * in IO_ROUNDS rounds, each on fresh devices. Ratios are taken within a round, then summarised. Each
+ * lgnet run also records its queue worker's CPU per frame (`<path>WorkerNs`), which tells a slower
+ * path from a worker that waited for the harness or the sender.
+ */
 async function benchIo(ns: Netns, bin: string, seconds: number): Promise<Record<string, unknown>> {
   const names = ['tx64', 'tx1514', 'rx64', 'rx1514'] as const;
   const series: Record<string, Record<string, number[]>> = {};
@@ -279,7 +288,11 @@ async function benchIo(ns: Netns, bin: string, seconds: number): Promise<Record<
         const cWrap = pin ? ['taskset', '-c', String(pin.worker)] : [];
         for (const len of [64, 1514]) {
           onCpu(pin, () => harnessTx(s, len, WARMUP));
-          push(`tx${len}`, path, onCpu(pin, () => harnessTx(s, len, seconds)).fps);
+          const c0 = workerCpu('tx');
+          const rate = onCpu(pin, () => harnessTx(s, len, seconds));
+          push(`tx${len}`, path, rate.fps);
+          // The TX worker's CPU per frame: what the path costs, whatever the harness's share of the CPUs.
+          push(`tx${len}`, `${path}WorkerNs`, ((workerCpu('tx') - c0) / rate.frames) * 1e9);
           // The C loops once per round, on the tap of the syscall device (its TX ring is idle), and
           // pinned to the workers' CPU on the pinned one's.
           if (path !== 'uring') {
@@ -295,8 +308,14 @@ async function benchIo(ns: Netns, bin: string, seconds: number): Promise<Record<
         const { harness: rxPin, senderWrap } = rxPlacement(pin);
         for (const len of [64, 1514]) {
           const m0 = s.dev.metrics().queues[0]!;
-          const lg = await withSender(bin, pkt, len, () => onCpu(rxPin, () => (harnessRx(s, WARMUP), harnessRx(s, seconds))), WARMUP, senderWrap);
+          const lg = await withSender(bin, pkt, len, () => onCpu(rxPin, () => {
+            harnessRx(s, WARMUP);
+            const c0 = workerCpu('rx');
+            const rate = harnessRx(s, seconds);
+            return { ...rate, workerNs: ((workerCpu('rx') - c0) / rate.frames) * 1e9 };
+          }), WARMUP, senderWrap);
           push(`rx${len}`, path, lg.result.fps);
+          push(`rx${len}`, `${path}WorkerNs`, lg.result.workerNs);
           const m1 = s.dev.metrics().queues[0]!;
           const frames = m1.frames - m0.frames;
           // Per frame: bursts, sleeps and guest-buffer shortages, to tell a slow path from a starved one.
@@ -347,6 +366,10 @@ async function benchIo(ns: Netns, bin: string, seconds: number): Promise<Record<
       const where = name.startsWith('rx') ? `workers and harness on CPU ${plan!.worker}, sender on ${plan!.harness}` : `workers on CPU ${plan!.worker}, harness on ${plan!.harness}`;
       console.log(`${''.padEnd(7)} pinned (${where}, C loops on ${plan!.worker}): lgnet uring ${fmt(stat(x['pinned']!).median)}  ` +
         `C io_uring ${fmt(stat(x['cUringPinned']!).median)}  ratio ${spread(r.pinnedVsCUringPinned)}  pinned/unpinned lgnet ${spread(r.pinnedVsUring!)}`);
+      // The C writer never waits (a tap write does not block), so its time per frame is its CPU per
+      // frame; the C reader sleeps when the sender falls behind, so only lgnet's side is told for RX.
+      const worker = `lgnet's ${name.slice(0, 2).toUpperCase()} worker ${stat(x['pinnedWorkerNs']!).median.toFixed(0)} ns`;
+      console.log(`${''.padEnd(7)} pinned, CPU per frame: ${worker}` + (name.startsWith('tx') ? `  C io_uring loop ${(1e9 / stat(x['cUringPinned']!).median).toFixed(0)} ns` : ''));
     }
   }
   return out;
