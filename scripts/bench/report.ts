@@ -9,7 +9,7 @@
 import { copyFileSync, existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { COLORS, renderChart, type Panel } from './chart.ts';
-import { isMain, readResult, RESULTS_DIR, ROOT, type Stat } from './common.ts';
+import { isMain, readResult, RESULTS_DIR, ROOT, stat, type Stat } from './common.ts';
 import type { DpdkResults } from './dpdk.ts';
 import { GUEST_METRICS, type GuestResults } from './guest.ts';
 
@@ -46,6 +46,51 @@ interface PlacementResults {
   rounds: number;
   pings: number;
   summary?: Record<string, { min: Stat; avg: Stat; ratio?: { min: number; avg: number } }>;
+}
+
+/** Median (min–max) of per-round values. */
+function spread(xs: unknown): string {
+  if (!Array.isArray(xs) || xs.length === 0) return 'n/a';
+  const s = stat(xs as number[]);
+  return `**${n(s.median)}** (${n(s.min)}–${n(s.max)})`;
+}
+
+/**
+ * The device step's io section (bench:device, benchIo): lgnet against the C io_uring loop per round,
+ * free and pinned, with the queue worker's CPU per frame when pinned. One free run beside one C run
+ * swings with placement on 2 vCPUs; these medians over rounds are the figures to compare.
+ */
+function reportIo(md: string[], io: J | undefined): void {
+  if (!io) return;
+  md.push(`The I/O paths over ${io['rounds']} rounds on fresh devices, lgnet on io_uring against the C io_uring loop (the same operations per \`io_uring_enter\`), median (min–max) of the per-round ratios; pinned: lgnet's workers and the C loops on one CPU (for RX with the harness that gives buffers back), the TX harness or the RX sender on the other:`, '');
+  md.push('| case | free | pinned | pinned, worker CPU per frame (ns) | C io_uring loop, time per frame (ns) |', '|---|---|---|---|---|');
+  for (const k of ['tx64', 'tx1514', 'rx64', 'rx1514']) {
+    const x = io[k] as J | undefined;
+    if (!x) continue;
+    const r = x['ratios'] as J;
+    const med = x['medians'] as J;
+    // The C writer never waits, so its time per frame is its CPU; the C reader waits for the sender.
+    const cNs = k.startsWith('tx') && med['cUringPinned'] ? n(1e9 / med['cUringPinned'], 0) : '—';
+    md.push(`| ${k.replace(/(\d+)/, ' $1 B')} | ${spread(r['uringVsCUring'])} | ${spread(r['pinnedVsCUringPinned'])} | ${n(med['pinnedWorkerNs'], 0)} | ${cNs} |`);
+  }
+  md.push('');
+}
+
+/** The device step's MRG_RXBUF section: MRG_RXBUF RX against plain RX, free and pinned, per case. */
+function reportMrg(md: string[], mrg: J | undefined): void {
+  if (!mrg) return;
+  md.push(`MRG_RXBUF RX against plain RX over ${mrg['rounds']} rounds (target ≥ 1.0), median (min–max) of the per-round rate ratios; pinned: the workers and the harness on one CPU, the sender on the other; the RX worker's CPU per frame, MRG_RXBUF vs plain:`, '');
+  md.push('| case | buffers (B) | free | pinned | pinned, RX worker ns per frame |', '|---|---|---|---|---|');
+  const names: Record<string, string> = { rx64: '64 B', rx1514: '1514 B', rx1514x2: '1514 B, two buffers a frame', rx64lnx: "64 B into a Linux guest's ring" };
+  for (const [k, label] of Object.entries(names)) {
+    const x = mrg[k] as J | undefined;
+    if (!x) continue;
+    const ratios = (y: J) => (y['mrg'] as number[]).map((v, i) => v / (y['plain'] as number[])[i]!);
+    const pin = x['pinned'] as J | undefined;
+    const cpu = (xs: unknown) => (Array.isArray(xs) && xs.length ? stat(xs as number[]).median : NaN);
+    md.push(`| ${label} | ${x['bufferSize']} | ${spread(ratios(x))} | ${pin ? spread(ratios(pin)) : 'n/a'} | ${pin ? `${n(cpu(pin['mrgCpuNs']), 0)} vs ${n(cpu(pin['plainCpuNs']), 0)}` : 'n/a'} |`);
+  }
+  md.push('');
 }
 
 export function buildReport(dir = RESULTS_DIR): { markdown: string; chart: string } {
@@ -115,6 +160,8 @@ export function buildReport(dir = RESULTS_DIR): { markdown: string; chart: strin
       md.push(`| ${k.replace(/(\d+)/, ' $1 B')} | ${M(r['lgnet'])} | ${M(r['c'])}${extra} | **${n(r['ratio'], 2)}** | ${M(r['cUring'])} | **${n(r['ratioUring'], 2)}** | ≥ 1.0× per-frame, ≥ 0.8× io_uring |`);
     }
     md.push('');
+    reportIo(md, device['io'] as J | undefined);
+    reportMrg(md, device['mrg'] as J | undefined);
     const ping = device['ping'] as { pings: number; gapUs: number; lgnet: J; c: J; wake?: Record<string, J> } | undefined;
     if (ping) {
       md.push(`Latency, one ICMP echo at a time (${ping.pings}, ${ping.gapUs} µs apart) from the harness through lgnet to the namespace's kernel and back, against the C floor (write, poll, read on the same tap), µs:`, '');
