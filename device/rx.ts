@@ -347,7 +347,8 @@ export class RxService {
    *   table buffers        b0             b1     b2     b3     b4
    *   native reads      f0 → b0 (used 1), f1 → b1 b2 (used 2), then stops (say NO_ROOM: b3 b4 < need)
    *   then              c0 → used (num_buffers 1); short → used 0; c1, c2 → used (num_buffers 2 in c1);
-   *                     c3, c4 … kept for the next burst
+   *                     c3, c4 … kept for the next burst. A short chain between a frame's buffers goes
+   *                     to the used ring ahead of them, so that they are num_buffers entries in a row.
    *
    * A frame with used 0 (too big) was read over by the next one in the same buffers: counted, and what
    * it wrote logged. With a filter, the call stops after the first frame the peek list cannot vouch
@@ -435,6 +436,9 @@ export class RxService {
         got = port.recvMerged!(t, buf, nbuf - buf, max - frames, need, this.maxRx, peek, spec);
         stop = t.status;
         this.stagedNext = ahead && t.stagedNext;
+        // A read failed after the first frame: the frame it was reading may be lost (a tap drops a
+        // frame it cannot copy out), so it is counted as a read that throws is.
+        if (stop === MERGED_STOP.ERROR) c[M.rxDropBackend]! += 1;
       } catch (e) {
         if (!(e instanceof NativeError)) throw e; // a bug, not the backend: the queue breaks
         c[M.rxDropBackend]! += 1;
@@ -527,20 +531,25 @@ export class RxService {
       this.observe(total, used);
     }
     const last = bufChain[buf + used - 1]!;
-    let left = total;
-    let u = buf;
+    // The chains the frame skipped go back first, so that its buffers are `used` used entries in a
+    // row: the driver takes num_buffers consecutive ones (virtio 1.2 §5.1.6.4).
     let n = 0;
-    for (let k = next; k <= last; k++, n++) {
-      const ch = chains[k]!;
+    for (let k = next, u = buf; k <= last; k++) {
       if (bufChain[u] === k) {
-        const len = Math.min(left, ch.writableLen);
-        q.addUsed(ch.head, len);
-        left -= len;
         u++;
-      } else {
-        q.addUsed(ch.head, 0);
-        ctx.c[this.unusable(ch) || M.rxDropShortBuffer]! += 1;
+        continue;
       }
+      const ch = chains[k]!;
+      q.addUsed(ch.head, 0);
+      ctx.c[this.unusable(ch) || M.rxDropShortBuffer]! += 1;
+      n++;
+    }
+    let left = total;
+    for (let u = buf; u < buf + used; u++, n++) {
+      const ch = chains[bufChain[u]!]!;
+      const len = Math.min(left, ch.writableLen);
+      q.addUsed(ch.head, len);
+      left -= len;
     }
     this.delivered(total);
     return n;
@@ -670,12 +679,15 @@ export class RxService {
  *                  ▲ next                       ▲ popped   bytes (the largest frame the guest may get)
  *
  *   one recv() fills c0, then c1, then c2 …: say the frame needed c0 and c1. Then
- *     num_buffers = 2 (in c0's header), settle(): c0 → used with its length, short → used with 0
- *     (counted), c1 → used with the rest; `next` moves past c1. c2 … stay popped for the next frame.
+ *     num_buffers = 2 (in c0's header), settle(): short → used with 0 (counted), then c0 → used
+ *     with its length, c1 → used with the rest; `next` moves past c1. c2 … stay popped for the next
+ *     frame.
  *   finish(): chains popped but never settled go back to the ring (rewind), in order.
  *
  * A short chain at `next` is completed with 0 at once; one between gathered chains is skipped by the
- * frame and completed with 0 when the frame settles past it, so completions stay in ring order.
+ * frame and completed with 0 when the frame settles past it, ahead of the frame's chains: the driver
+ * takes a frame's num_buffers as consecutive used entries (virtio 1.2 §5.1.6.4), and the chains
+ * completed are still those before `next`.
  */
 class MrgCursor {
   private readonly rx: RxService;
@@ -777,25 +789,32 @@ class MrgCursor {
     }
   }
 
-  /** Completes the chains from `next` through the frame's last one, and moves `next` past it. */
+  /**
+   * Completes the chains from `next` through the frame's last one, and moves `next` past it: first
+   * the chains the frame skipped (with 0), then the frame's, so that those are `used` used entries in
+   * a row (the driver takes num_buffers consecutive ones).
+   */
   settle(used: number, total: number): void {
     const ctx = this.rx.ctx;
     const q = ctx.queue;
     const chains = this.chains;
     const last = this.gathered[used - 1]!;
-    let left = total;
-    let u = 0;
-    for (let i = this.next; i <= last; i++) {
-      const ch = chains[i]!;
+    for (let i = this.next, u = 0; i <= last; i++) {
       if (u < used && this.gathered[u] === i) {
-        const len = Math.min(left, ch.writableLen);
-        q.addUsed(ch.head, len);
-        left -= len;
         u++;
-      } else {
-        q.addUsed(ch.head, 0);
-        ctx.c[this.rx.unusable(ch) || M.rxDropShortBuffer]! += 1;
+        continue;
       }
+      const ch = chains[i]!;
+      q.addUsed(ch.head, 0);
+      ctx.c[this.rx.unusable(ch) || M.rxDropShortBuffer]! += 1;
+      this.completed++;
+    }
+    let left = total;
+    for (let u = 0; u < used; u++) {
+      const ch = chains[this.gathered[u]!]!;
+      const len = Math.min(left, ch.writableLen);
+      q.addUsed(ch.head, len);
+      left -= len;
       this.completed++;
     }
     this.next = last + 1;

@@ -9,6 +9,7 @@ import { expect, it } from 'vitest';
 import { ACK, CTRL } from '../../device/ctrl.ts';
 import { ethernet, mac } from '../../harness/frames.ts';
 import { openPacketIn } from '../../harness/netns.ts';
+import { SplitRingBuilder } from '../../harness/rings.ts';
 import * as native from '../../native/index.ts';
 import { createBed, expectedPayload, udpSend, type Bed } from './helpers.ts';
 
@@ -121,6 +122,39 @@ it('with a filter in one burst: rejected frames are counted and their buffers ta
   expect(m.rxDropShortBuffer + m.rxDropTooBig).toBe(0);
   // Three buffers used, none lost to the rejected frames: the device's next avail index is 3.
   expect(await bed.dev.stopQueue(0)).toBe(3);
+});
+
+it('a chain too short for a frame, among the buffers a frame takes, goes back before them: the frame\'s buffers are consecutive used entries', async () => {
+  bed = await createBed({
+    accept: ['VERSION_1', 'MRG_RXBUF', 'RING_EVENT_IDX', 'MAC'],
+    driver: { queueSize: 8, rxBufferSize: 1024 },
+  });
+  const rx = bed.drv.rx[0]!;
+  const ring = SplitRingBuilder.over(bed.ram.mem, rx.setup, bed.ram);
+  // Stopped, the second chain the device will pop shrinks to 16 writable bytes: room for the header
+  // (which MRG_RXBUF asks of every buffer) but not for a frame, so the device gives it back empty.
+  const base = await bed.dev.stopQueue(0);
+  const short = ring.availEntry(base + 1);
+  const d = ring.readDesc(short);
+  ring.writeDesc(short, { ...d, len: 16 });
+  const m0 = bed.dev.metrics().queues[0]!;
+  const sent = rawFrames(bed, [
+    { dst: bed.guestMac, len: 1500, seq: 1 }, // 2 buffers: the first chain and the third
+    { dst: bed.guestMac, len: 100, seq: 2 },
+  ]);
+  await bed.dev.startQueue(0);
+  const got: Array<{ frame: Uint8Array; numBuffers: number }> = [];
+  for (let i = 0; i < 50 && got.length < 3; i++) got.push(...(await bed.drv.waitRx(1, { timeoutMs: 100 })));
+  // The driver reads num_buffers consecutive used entries, as Linux's receive_mergeable does: the
+  // short chain comes back on its own, and the frames whole.
+  const frames = got.filter((g) => g.frame.length > 0);
+  expect(got.length - frames.length).toBe(1);
+  expect(frames.map((g) => g.numBuffers)).toEqual([2, 1]);
+  expect(Buffer.from(frames[0]!.frame).equals(Buffer.from(sent[0]!))).toBe(true);
+  expect(Buffer.from(frames[1]!.frame).equals(Buffer.from(sent[1]!))).toBe(true);
+  const m = bed.dev.metrics().queues[0]!;
+  expect(m.frames - m0.frames).toBe(2);
+  expect(m.rxDropShortBuffer - m0.rxDropShortBuffer).toBe(1);
 });
 
 // Two RX paths take MRG_RXBUF frames. Merged (here chosen by an RX filter: promisc off) reads each
