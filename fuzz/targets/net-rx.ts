@@ -6,7 +6,10 @@
  * the RX filter, whether the backend writes the virtio_net_hdr, and the frames the backend offers (any
  * length, including longer than the guest may receive). The backend may stop short of a burst or fail
  * on a frame. recvMerged here keeps readvMerged's contract (native/batch.ts) with a peek list that
- * vouches for nothing, so the filter judges every frame the merged path reads. Properties:
+ * vouches for nothing, so the filter judges every frame the merged path reads; or, reading ahead as
+ * uringReadvMerged does, it applies the filter itself. (How io_uring reads ahead, its rounds and
+ * stage, is not modelled: test/native/merged.test.ts holds that to the contract on a real tap.)
+ * Properties:
  *   - the chains completed are a prefix of the ring, each once; the rest go back (release()), so the
  *     queue's position is exactly what was completed;
  *   - every frame taken from the backend is delivered or counted (too big, filtered, backend error);
@@ -21,7 +24,7 @@ import { RX, RxService } from '../../device/rx.ts';
 import { RxFilter } from '../../device/rx-filter.ts';
 import { ServiceContext, createQueue } from '../../device/service.ts';
 import type { RxPort } from '../../device/backend.ts';
-import { MERGED_STOP, type PeekList } from '../../native/batch.ts';
+import { MERGED_STOP, type PeekList, type RxFilterSpec } from '../../native/batch.ts';
 import { NativeError } from '../../native/errors.ts';
 import { MappingViews, type IovecTable } from '../../native/iovec.ts';
 import { DescriptorError, DriverQueue, GuestMemory, VringError, splitRingLayout } from '../../vring/index.ts';
@@ -81,7 +84,12 @@ function spill(t: IovecTable, b: number, end: number, data: Uint8Array): number 
   return Math.max(1, k - b);
 }
 
-function port(src: Source, vnetHdrLen: number, merged: boolean, shortBursts: boolean): RxPort {
+/**
+ * The backend's RX port. `merged`: with recvMerged; `ahead`: it reads ahead as io_uring's does, so it
+ * takes the whole filter (judged here by `filter`, as RxFilterSpec is held to RxFilter.accept by
+ * test/native/merged.test.ts) and a frame it rejects takes no buffer (used 0, bytes −length).
+ */
+function port(src: Source, vnetHdrLen: number, merged: boolean, ahead: boolean, filter: RxFilter, shortBursts: boolean): RxPort {
   const p: RxPort = {
     fd: -1,
     vnetHdrLen,
@@ -110,7 +118,9 @@ function port(src: Source, vnetHdrLen: number, merged: boolean, shortBursts: boo
   if (!merged) return p;
   return {
     ...p,
-    recvMerged(t: IovecTable, first: number, buffers: number, frames: number, need: number, maxLen: number, peek: PeekList | null): number {
+    mergedReadsAhead: ahead,
+    recvMerged(t: IovecTable, first: number, buffers: number, frames: number, need: number, maxLen: number, peek: PeekList | null, spec?: RxFilterSpec | null): number {
+      if (ahead && peek !== null) throw new Error('a port that reads ahead was given a peek list');
       const end = first + buffers;
       let b = first;
       let n = 0;
@@ -135,6 +145,12 @@ function port(src: Source, vnetHdrLen: number, merged: boolean, shortBursts: boo
           break;
         }
         src.taken++;
+        if (ahead && spec && !filter.accept(fr, vnetHdrLen, fr.length - vnetHdrLen)) {
+          t.bytes[n] = -fr.length;
+          t.used[n] = 0; // rejected: it takes no buffer
+          n++;
+          continue;
+        }
         const reached = spill(t, b, k, fr);
         if (fr.length > maxLen || fr.length > room || fr.length === 0) {
           t.bytes[n] = fr.length;
@@ -168,6 +184,7 @@ export default {
     const mode = inp.u8();
     const deviceWritesHdr = (mode & 1) === 1; // a backend without vnet header: the device writes it
     const merged = (mode & 2) === 2 && !deviceWritesHdr;
+    const ahead = merged && (mode & 16) === 16;
     const shortBursts = (mode & 4) === 4;
     const filtered = (mode & 8) === 8;
     const burst = 1 + (inp.u8() % 16);
@@ -219,7 +236,7 @@ export default {
     const filter = new RxFilter();
     filter.reset(MAC, false);
     if (filtered) filter.promisc = false; // our MAC and broadcast pass, OTHER is rejected
-    const ctx = new ServiceContext<RxPort>({ queue: q, mem, f, counters, pending: new PendingUsed(q, -1, counters), port: port(src, deviceWritesHdr ? 0 : hdrLen, merged, shortBursts), burst });
+    const ctx = new ServiceContext<RxPort>({ queue: q, mem, f, counters, pending: new PendingUsed(q, -1, counters), port: port(src, deviceWritesHdr ? 0 : hdrLen, merged, ahead, filter, shortBursts), burst });
     const rx = new RxService(ctx, filter, { mtu: 1500 });
 
     // The driver takes completions as they come.
