@@ -36,6 +36,12 @@ export function stat(xs: readonly number[]): Stat {
   return { median: s.length % 2 ? s[m]! : (s[m - 1]! + s[m]!) / 2, min: s[0]!, max: s[s.length - 1]!, n: s.length };
 }
 
+/** The q-quantile (0 ≤ q ≤ 1) of the finite values, nearest rank; NaN when there are none. */
+export function percentile(xs: readonly number[], q: number): number {
+  const s = xs.filter((x) => Number.isFinite(x)).sort((a, b) => a - b);
+  return s.length ? s[Math.min(s.length - 1, Math.max(0, Math.ceil(q * s.length) - 1))]! : NaN;
+}
+
 export function median(xs: readonly number[]): number {
   return stat(xs).median;
 }

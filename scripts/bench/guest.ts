@@ -23,7 +23,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { bootGuest, detectAccel, ensureGuestImage, iperfSummary, type GuestOutcome } from '../qemu.ts';
 import { createTapNamespace, type TapNamespace } from '../netns.ts';
-import { cpuSeconds, envNum, isMain, machine, memory, onCleanup, progress, stat, writeResult, type Stat } from './common.ts';
+import { cpuSeconds, envNum, isMain, machine, memory, onCleanup, percentile, progress, stat, writeResult, type Stat } from './common.ts';
 import { metricsDelta, startLgnet, type LgnetProcess, type LgnetSnapshot } from './lgnet-process.ts';
 
 const HOST = '10.0.2.1';
@@ -57,6 +57,9 @@ export interface BootRow {
   pingMinMs: number;
   pingAvgMs: number;
   pingMaxMs: number;
+  /** The median and 90th percentile of the boot's round trips, from ping's line per packet. */
+  pingP50Ms: number;
+  pingP90Ms: number;
   pingLossPct: number;
   /** CPU seconds of the backend process (lgnet) per job; NaN for qemu. */
   lgnetCpuTcpTx: number;
@@ -164,6 +167,9 @@ async function rowOf(variant: 'lgnet' | 'qemu', round: number, outcome: GuestOut
   }
   const mem = lgnet ? memory(lgnet.pid) : { rssMiB: NaN, hwmMiB: NaN };
   const num = (v: unknown) => (v === undefined || v === null || v === '' ? NaN : Number(v));
+  // min and avg hide the shape (one slow packet moves avg): each packet's "time=… ms" from ping's output.
+  const rtts = [...String(r('ping')?.output ?? '').matchAll(/time=([\d.]+) ms/g)].map((m) => Number(m[1]));
+  const rtt = stat(rtts);
   const tx = r('iperf3-client-tx')?.iperf;
   const coresPerGbps = (job: string, gbps: number) => (cpu[job] ? cpu[job].qemu / cpu[job].s / gbps : NaN);
   const udpSent = udp?.senderBitsPerSecond !== undefined ? udp.senderBitsPerSecond / (64 * 8) : NaN;
@@ -179,6 +185,8 @@ async function rowOf(variant: 'lgnet' | 'qemu', round: number, outcome: GuestOut
     pingMinMs: num(r('ping')?.['rtt_min_ms']),
     pingAvgMs: num(r('ping')?.['rtt_avg_ms']),
     pingMaxMs: num(r('ping')?.['rtt_max_ms']),
+    pingP50Ms: rtt.median,
+    pingP90Ms: percentile(rtts, 0.9),
     pingLossPct: num(r('ping')?.['loss_pct']),
     lgnetCpuTcpTx: lgnet ? cpu['iperf3-client-tx']?.lg ?? NaN : NaN,
     lgnetCpuTcpRx: lgnet ? cpu['iperf3-client-rx']?.lg ?? NaN : NaN,
@@ -203,7 +211,7 @@ async function rowOf(variant: 'lgnet' | 'qemu', round: number, outcome: GuestOut
 
 const short = (row: BootRow) =>
   `tcp tx ${row.tcpTxGbps.toFixed(2)} rx ${row.tcpRxGbps.toFixed(2)} Gbit/s, udp64 ${row.udp64Kpps.toFixed(1)} kpps (loss ${row.udp64LossPct.toFixed(1)}%), ` +
-  `ping ${row.pingMinMs}/${row.pingAvgMs}/${row.pingMaxMs} ms` +
+  `ping ${row.pingMinMs}/${row.pingAvgMs}/${row.pingMaxMs} ms (median ${row.pingP50Ms}, p90 ${row.pingP90Ms})` +
   (row.variant === 'lgnet' ? `, lgnet cpu tx ${row.lgnetCpuTcpTx.toFixed(2)} s rx ${row.lgnetCpuTcpRx.toFixed(2)} s, rss ${row.lgnetRssMiB.toFixed(0)} MiB, irq/frame tx ${row.irqPerFrameTcpTx.toFixed(3)} rx ${row.irqPerFrameTcpRx.toFixed(3)}` : '') +
   (row.ok ? '' : `  FAILED: ${row.errors.join('; ')}`);
 
@@ -227,6 +235,8 @@ export const GUEST_METRICS: Array<{ key: keyof BootRow; label: string; unit: str
   { key: 'pingMinMs', label: 'ping RTT min', unit: 'ms', better: 'lower', both: true },
   { key: 'pingAvgMs', label: 'ping RTT avg', unit: 'ms', better: 'lower', both: true },
   { key: 'pingMaxMs', label: 'ping RTT max', unit: 'ms', better: 'lower', both: true },
+  { key: 'pingP50Ms', label: 'ping RTT median', unit: 'ms', better: 'lower', both: true },
+  { key: 'pingP90Ms', label: 'ping RTT p90', unit: 'ms', better: 'lower', both: true },
   { key: 'qemuCpuTcpTx', label: 'QEMU CPU during TCP g→h', unit: 's', better: 'lower', both: true },
   { key: 'qemuCpuTcpRx', label: 'QEMU CPU during TCP h→g', unit: 's', better: 'lower', both: true },
   { key: 'qemuCoresPerGbpsTcpTx', label: 'QEMU CPU per Gbit/s, TCP g→h', unit: 'cores', better: 'lower', both: true },

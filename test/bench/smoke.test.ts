@@ -63,6 +63,10 @@ describe.skipIf(process.getuid?.() !== 0)('bench smoke (tiny durations)', () => 
       expect(r.ok, r.errors.join('; ')).toBe(true);
       expect(r.tcpTxGbps).toBeGreaterThan(0);
       expect(r.pingAvgMs).toBeGreaterThan(0);
+      // The median comes from the packets' own lines: within min … max.
+      expect(r.pingP50Ms).toBeGreaterThanOrEqual(r.pingMinMs);
+      expect(r.pingP90Ms).toBeGreaterThanOrEqual(r.pingP50Ms);
+      expect(r.pingP90Ms).toBeLessThanOrEqual(r.pingMaxMs);
     }
     expect(g.rows[0]!.lgnetCpuTcpTx).toBeGreaterThan(0);
     expect(Number.isFinite(g.rows[0]!.irqPerFrameTcpTx)).toBe(true);
