@@ -516,12 +516,11 @@ export class RxService {
   }
 
   /**
-   * Completes the chains of a frame of `total` bytes in buffers buf … buf+used−1, and the short chains
-   * from chain `next` up to its last one (with 0, counted): ring order. Returns the chains completed.
+   * Delivers a frame of `total` bytes in buffers buf … buf+used−1: num_buffers, observers, then its
+   * chains and the short ones from chain `next` on (completeFrame). Returns the chains completed.
    */
   private deliverBuffers(buf: number, used: number, total: number, next: number): number {
     const ctx = this.ctx;
-    const q = ctx.queue;
     const chains = this.chains;
     const bufChain = this.bufChain;
     const first = chains[bufChain[buf]!]!;
@@ -530,12 +529,27 @@ export class RxService {
       for (let u = 0; u < used; u++) ctx.frame.chains[u] = chains[bufChain[buf + u]!]!;
       this.observe(total, used);
     }
-    const last = bufChain[buf + used - 1]!;
-    // The chains the frame skipped go back first, so that its buffers are `used` used entries in a
-    // row: the driver takes num_buffers consecutive ones (virtio 1.2 §5.1.6.4).
+    const n = this.completeFrame(bufChain, buf, used, next, total);
+    this.delivered(total);
+    return n;
+  }
+
+  /**
+   * Completes the chains from `next` through the last of a frame's `used` buffers, which are
+   * chains[idx[from]] … chains[idx[from + used − 1]] in ring order: first the chains the frame skipped
+   * (with 0, counted), then the frame's, holding its `total` bytes. So the frame's buffers are `used`
+   * used entries in a row, as the driver takes num_buffers (virtio 1.2 §5.1.6.4). Returns the chains
+   * completed. Both MRG_RXBUF paths settle frames through it (merged, and MrgCursor).
+   */
+  completeFrame(idx: ArrayLike<number>, from: number, used: number, next: number, total: number): number {
+    const ctx = this.ctx;
+    const q = ctx.queue;
+    const chains = this.chains;
+    const end = from + used;
+    const last = idx[end - 1]!;
     let n = 0;
-    for (let k = next, u = buf; k <= last; k++) {
-      if (bufChain[u] === k) {
+    for (let k = next, u = from; k <= last; k++) {
+      if (u < end && idx[u] === k) {
         u++;
         continue;
       }
@@ -545,13 +559,12 @@ export class RxService {
       n++;
     }
     let left = total;
-    for (let u = buf; u < buf + used; u++, n++) {
-      const ch = chains[bufChain[u]!]!;
+    for (let u = from; u < end; u++, n++) {
+      const ch = chains[idx[u]!]!;
       const len = Math.min(left, ch.writableLen);
       q.addUsed(ch.head, len);
       left -= len;
     }
-    this.delivered(total);
     return n;
   }
 
@@ -795,29 +808,8 @@ class MrgCursor {
    * a row (the driver takes num_buffers consecutive ones).
    */
   settle(used: number, total: number): void {
-    const ctx = this.rx.ctx;
-    const q = ctx.queue;
-    const chains = this.chains;
-    const last = this.gathered[used - 1]!;
-    for (let i = this.next, u = 0; i <= last; i++) {
-      if (u < used && this.gathered[u] === i) {
-        u++;
-        continue;
-      }
-      const ch = chains[i]!;
-      q.addUsed(ch.head, 0);
-      ctx.c[this.rx.unusable(ch) || M.rxDropShortBuffer]! += 1;
-      this.completed++;
-    }
-    let left = total;
-    for (let u = 0; u < used; u++) {
-      const ch = chains[this.gathered[u]!]!;
-      const len = Math.min(left, ch.writableLen);
-      q.addUsed(ch.head, len);
-      left -= len;
-      this.completed++;
-    }
-    this.next = last + 1;
+    this.completed += this.rx.completeFrame(this.gathered, 0, used, this.next, total);
+    this.next = this.gathered[used - 1]! + 1;
   }
 
   /** Ends the burst: rewinds what was popped and not settled; returns the chains completed. */

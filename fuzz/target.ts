@@ -94,3 +94,10 @@ export class Input {
     return out;
   }
 }
+
+/** Whether two byte arrays hold the same bytes (what the targets compare frames with). */
+export function bytesEqual(a: Uint8Array, b: Uint8Array): boolean {
+  if (a.length !== b.length) return false;
+  for (let i = 0; i < a.length; i++) if (a[i] !== b[i]) return false;
+  return true;
+}

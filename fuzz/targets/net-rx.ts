@@ -28,7 +28,7 @@ import { MERGED_STOP, type PeekList, type RxFilterSpec } from '../../native/batc
 import { NativeError } from '../../native/errors.ts';
 import { MappingViews, type IovecTable } from '../../native/iovec.ts';
 import { DescriptorError, DriverQueue, GuestMemory, VringError, splitRingLayout } from '../../vring/index.ts';
-import { Input, type FuzzTarget } from '../target.ts';
+import { Input, bytesEqual as equal, type FuzzTarget } from '../target.ts';
 
 const SIZE = 64;
 const RAM = 0x40000;
@@ -331,9 +331,3 @@ export default {
     if (!broken && delivered !== c[M.frames]) throw new Error(`${delivered} frames in the used ring, ${c[M.frames]} counted delivered`);
   },
 } satisfies FuzzTarget;
-
-function equal(a: Uint8Array, b: Uint8Array): boolean {
-  if (a.length !== b.length) return false;
-  for (let i = 0; i < a.length; i++) if (a[i] !== b[i]) return false;
-  return true;
-}

@@ -18,7 +18,7 @@ import type { TxPort } from '../../device/backend.ts';
 import { NativeError } from '../../native/errors.ts';
 import type { IovecTable } from '../../native/iovec.ts';
 import { DriverQueue, GuestMemory, splitRingLayout } from '../../vring/index.ts';
-import { Input, type FuzzTarget } from '../target.ts';
+import { Input, bytesEqual as equal, type FuzzTarget } from '../target.ts';
 
 const SIZE = 64;
 const RAM = 0x20000;
@@ -158,9 +158,3 @@ export default {
     }
   },
 } satisfies FuzzTarget;
-
-function equal(a: Uint8Array, b: Uint8Array): boolean {
-  if (a.length !== b.length) return false;
-  for (let i = 0; i < a.length; i++) if (a[i] !== b[i]) return false;
-  return true;
-}
