@@ -51,7 +51,11 @@ export interface TxPort {
 
 /** RX side of a backend: receives frames into guest buffers. */
 export interface RxPort {
-  /** Reads up to `frames` frames into the table's frames; returns how many arrived (0: nothing ready). */
+  /**
+   * Reads up to `frames` frames into the table's frames; returns how many arrived (0: nothing ready).
+   * A read that fails on the first frame throws (NativeError); one that fails later ends the call
+   * there, and a port with `reportsWritten` says so in table.readFailures/readErrno (each lost a frame).
+   */
   recv(table: IovecTable, frames: number): number;
   /**
    * Optional: reads frame after frame into the table's frames taken as guest buffers, each frame into
@@ -77,6 +81,7 @@ export interface RxPort {
    * i's buffers, which may exceed what table.bytes reports (io_uring copies a frame down into an earlier
    * slot and leaves its first copy behind). The device logs those bytes too (migration dirty log).
    * A port without it writes exactly table.bytes[i] into slots i < the count it returns, and nothing else.
+   * With it, recv() also writes table.readFailures (0 when no read failed past the first frame).
    */
   readonly reportsWritten?: boolean;
   /** An fd that polls readable when frames are waiting. */

@@ -265,7 +265,10 @@ export class RxService {
     let got = 0;
     const reports = ctx.port.reportsWritten === true;
     if (slots > 0) {
-      if (reports) t.written.fill(0, 0, slots); // a call that throws before reading leaves no stale counts
+      if (reports) {
+        t.written.fill(0, 0, slots); // a call that throws before reading leaves no stale counts
+        t.clearStatus();
+      }
       try {
         got = ctx.port.recv(t, slots);
       } catch (e) {
@@ -273,7 +276,15 @@ export class RxService {
         c[M.rxDropBackend]! += 1;
         c[M.backendErrno] = e.errno;
       }
-      if (reports) this.logUnreported(got, slots);
+      if (reports) {
+        this.logUnreported(got, slots);
+        // Reads that failed past the first frame: the count stops before them, and each lost a frame.
+        const failed = t.readFailures;
+        if (failed > 0) {
+          c[M.rxDropBackend]! += failed;
+          c[M.backendErrno] = t.readErrno;
+        }
+      }
     }
     // Chains before the first slot left empty are settled (filled, or short and completed with 0);
     // that slot's chain and everything after it go back to the ring.

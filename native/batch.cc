@@ -150,6 +150,7 @@ bool PrepareBatch(napi_env env, napi_callback_info cbinfo, const char* usage, do
   b->frames = (uint32_t)frames;
   b->bytes = reinterpret_cast<int32_t*>(const_cast<uint32_t*>(frameEnd + maxFrames));
   b->written = (uint64_t)maxEntries * kIovecWords + 3 * (uint64_t)maxFrames <= length ? const_cast<uint32_t*>(frameEnd) + 2 * maxFrames : nullptr;
+  b->status = (uint64_t)maxEntries * kIovecWords + 3 * (uint64_t)maxFrames + 1 <= length ? const_cast<uint32_t*>(frameEnd) + 3 * maxFrames : nullptr;
   b->spill = spill;
   if (frames == 0) return true;
   Napi::Env cenv(env);
@@ -343,7 +344,9 @@ namespace {
 // writevBatch/readvBatch(fd, words, maxEntries, maxFrames, frames): one writev/readv per frame.
 // readv: each frame's buffers are followed by the spill byte, so a frame longer than them reads as
 // room + 1 (the caller drops it, never delivers it cut short); written[f] gets the bytes that went
-// into frame f's buffers (a failed readv may have copied part of a frame: all of them).
+// into frame f's buffers (a failed readv may have copied part of a frame: all of them). A readv that
+// fails past frame 0 ends the batch there and is reported in the status word (SetReadFailures): the
+// tap dropped the frame it was copying.
 napi_value BatchIo(napi_env env, napi_callback_info cbinfo, bool write) {
   const char* syscall = write ? "writev" : "readv";
   napi_value undefined;
@@ -356,6 +359,7 @@ napi_value BatchIo(napi_env env, napi_callback_info cbinfo, bool write) {
   if (!write && b.written != nullptr && b.frames > 0) memset(b.written, 0, (size_t)b.frames * sizeof(uint32_t));
   uint32_t done = 0;
   uint32_t start = 0;
+  int failed = 0;  // errno of a read that failed past frame 0 (SetReadFailures)
   for (; done < b.frames; done++) {
     uint32_t end = b.ends[done];
     ssize_t n;
@@ -366,6 +370,7 @@ napi_value BatchIo(napi_env env, napi_callback_info cbinfo, bool write) {
     if (n < 0) {
       int e = errno;
       if (!write && b.written != nullptr && e != EAGAIN) b.written[done] = (uint32_t)FrameRoom(b, done);
+      if (e != EAGAIN && done > 0) failed = e;
       if (e == EAGAIN || done > 0) break;
       ThrowNativeError(Napi::Env(env), e, syscall, "fd " + std::to_string(fd) + ", frame 0 of a batch of " + std::to_string(b.frames));
       return undefined;
@@ -377,6 +382,7 @@ napi_value BatchIo(napi_env env, napi_callback_info cbinfo, bool write) {
     }
     start = end;
   }
+  if (!write) SetReadFailures(b, failed != 0 ? 1 : 0, failed);
   napi_create_uint32(env, done, &result);
   return result;
 }

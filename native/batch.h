@@ -75,8 +75,18 @@ struct Batch {
   struct iovec* iov;
   int32_t* bytes;
   uint32_t* written;
+  uint32_t* status;  // the table's status word, when the words reach it (reads: SetReadFailures)
   bool spill;
 };
+
+// Reads that failed past a batch's first frame (the first one throws instead): the tap had taken the
+// frame off its queue and dropped it, so the caller counts each. The status word gets the count
+// (saturating at 255) in bits 16-23 and the first errno in bits 24-31 (IovecTable.readFailures and
+// readErrno); 0 when every read succeeded or met EAGAIN. Bits 0-15 stay clear: they are readvMerged's.
+inline void SetReadFailures(const Batch& b, uint32_t failures, int err) {
+  if (b.status == nullptr) return;
+  *b.status = failures == 0 ? 0 : ((uint32_t)(err & 0xff) << 24) | ((failures > 255 ? 255u : failures) << 16);
+}
 
 // Parses and checks a batch call's arguments (`handle` in [0, handleMax]: an fd or a ring id), copies
 // the frame ends, checks each frame's shape (1..IOV_MAX entries, 1..IOV_MAX-1 with `spill`, inside

@@ -34,7 +34,9 @@ export function writevBatch(fd: number, table: IovecTable, frames: number = tabl
  * is offered one spill byte past the frame's buffers, so a frame longer than them reads as their room
  * + 1 in table.bytes (its first bytes are in the buffers: drop it, never deliver it). table.written[i]
  * is what went into frame i's buffers (0 from the first frame not read on; all of them for a readv
- * that failed, which may have copied part of a frame). Frames of at most IOV_MAX − 1 entries.
+ * that failed, which may have copied part of a frame). Frames of at most IOV_MAX − 1 entries. A
+ * readv that fails on the first frame throws; one that fails later ends the batch before it, and
+ * table.readFailures/readErrno say so (the tap dropped the frame it was copying).
  */
 export function readvBatch(fd: number, table: IovecTable, frames: number = table.frames): number {
   checkBatch(fd, table, frames);

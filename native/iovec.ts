@@ -9,7 +9,9 @@
  *   used      [ u0, u1, ... ]  written by readvMerged: buffers frame i took
  *   (written)  the same words, written by readvBatch/uringReadvBatch: bytes put into frame i's buffers
  *   status    [ s ]            written by readvMerged: why it stopped (MERGED_STOP), and by
- *                              uringReadvMerged also whether its ring stages next (stagedNext)
+ *                              uringReadvMerged also whether its ring stages next (stagedNext);
+ *                              by readvBatch/uringReadvBatch: reads that failed past frame 0
+ *                              (readFailures, readErrno)
  *
  * All of them are views of one buffer, `words` (in that order), which is what crosses into native: one
  * typed-array query per call instead of several. For readvMerged (MRG_RXBUF) each table "frame" is one
@@ -122,6 +124,25 @@ export class IovecTable {
    */
   get stagedNext(): boolean {
     return (this.words[this.words.length - 1]! & STATUS_STAGED) !== 0;
+  }
+
+  /**
+   * readvBatch/uringReadvBatch's output: reads that failed (other than EAGAIN) after the call's first
+   * frame, which throws instead. Each lost the frame the tap was copying out: the count the call
+   * returns stops before it, and the caller counts the loss. Saturates at 255.
+   */
+  get readFailures(): number {
+    return (this.words[this.words.length - 1]! >>> 16) & 0xff;
+  }
+
+  /** The errno of the first read readFailures counts (0: none). */
+  get readErrno(): number {
+    return this.words[this.words.length - 1]! >>> 24;
+  }
+
+  /** Zeroes the status word, for a port that does not write it (readFailures then reads 0). */
+  clearStatus(): void {
+    this.words[this.words.length - 1] = 0;
   }
 
   reset(): void {

@@ -425,6 +425,8 @@ void CopyIov(const struct iovec* src, uint32_t ns, const struct iovec* dst, uint
 // does not (a guest with buffers of different sizes), or it is too long for its own slot, it stays
 // where it is and the empty slots before it are marked bytes = -1: the caller completes those chains
 // with length 0 (no frame is lost and none is reordered; the guest gets those buffers back empty).
+// A slot whose READV failed (not EAGAIN: EFAULT where the guest's memory went away) is never copied
+// into; in front of a frame it is marked -1 as well.
 //
 // Each READV's buffers are followed by the spill byte (gSpill): bytes = room + 1 is a frame longer
 // than its slot, which the caller drops (a tap would otherwise report it cut to the room).
@@ -436,7 +438,8 @@ void CopyIov(const struct iovec* src, uint32_t ns, const struct iovec* dst, uint
 //
 // Returns the number of slots settled (frames, and -1 slots among them); bytes of the slots after that
 // are untouched. A READV error other than EAGAIN ends the call like EAGAIN, and is thrown when nothing
-// was read at all.
+// was read at all; otherwise the status word counts such READVs (SetReadFailures in batch.h), since
+// each lost the frame it was copying.
 napi_value UringReadvBatch(napi_env env, napi_callback_info cbinfo) {
   napi_value undefined;
   napi_get_undefined(env, &undefined);
@@ -445,6 +448,7 @@ napi_value UringReadvBatch(napi_env env, napi_callback_info cbinfo) {
   if (!PrepareBatch(env, cbinfo, "uringReadvBatch takes (ring, words, maxEntries, maxFrames, frames)", UINT32_MAX, true, pins, &b)) return undefined;
   napi_value result;
   if (b.frames == 0) {
+    SetReadFailures(b, 0, 0);
     napi_create_uint32(env, 0, &result);
     return result;
   }
@@ -471,6 +475,7 @@ napi_value UringReadvBatch(napi_env env, napi_callback_info cbinfo) {
 
   uint32_t settled = 0;  // slots [0, settled) hold frames (or -1)
   int firstErr = 0;
+  uint32_t failures = 0;  // READVs that failed other than EAGAIN: each lost the frame it was copying
   while (settled < b.frames) {
     unsigned w = r->window;
     if (w > r->sqEntries) w = r->sqEntries;
@@ -498,12 +503,16 @@ napi_value UringReadvBatch(napi_env env, napi_callback_info cbinfo) {
         empty = true;
         if (v != -EAGAIN) {
           if (firstErr == 0) firstErr = -v;
+          failures++;
           wrote(slot, room);  // a failed copy may have written part of a frame
         }
         continue;
       }
       got++;
       wrote(slot, (size_t)v < room ? (size_t)v : room);
+      // A slot whose READV failed is never copied into (its memory may be what failed): given back empty.
+      auto failed = [&](uint32_t f) { return res[f - settled] < 0 && res[f - settled] != -EAGAIN; };
+      while (fill < slot && failed(fill)) b.bytes[fill++] = -1;
       if (slot != fill) {
         // A frame too long for its own slot is never moved: the caller drops it where it lies.
         if ((size_t)v <= room && (size_t)v <= FrameRoom(b, fill)) {
@@ -527,6 +536,7 @@ napi_value UringReadvBatch(napi_env env, napi_callback_info cbinfo) {
     ThrowNativeError(Napi::Env(env), firstErr, "readv", "ring " + std::to_string(b.handle) + ", READV 0 of a burst");
     return undefined;
   }
+  SetReadFailures(b, failures, firstErr);
   napi_create_uint32(env, settled, &result);
   return result;
 }

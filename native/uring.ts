@@ -85,7 +85,9 @@ export function uringWritevBatch(ring: number, table: IovecTable, frames: number
  * untouched in table.bytes. table.written[i], for every slot i < frames, is what the call put into
  * slot i's buffers: more than bytes[i] (or anything past n) where a frame was read into a slot and
  * then copied down into an earlier one; what it wrote must still be logged for migration. A READV
- * error with nothing read throws NativeError('readv'); the other errors are those of uringWritevBatch.
+ * error with nothing read throws NativeError('readv'); past that, table.readFailures counts the READVs
+ * that failed (each lost the frame it was copying) and readErrno names the first. The other errors are
+ * those of uringWritevBatch.
  */
 export function uringReadvBatch(ring: number, table: IovecTable, frames: number = table.frames): number {
   checkBatch(ring, table, frames);

@@ -93,6 +93,7 @@ function port(src: Source, vnetHdrLen: number, merged: boolean, ahead: boolean, 
   const p: RxPort = {
     fd: -1,
     vnetHdrLen,
+    reportsWritten: true,
     recv(t: IovecTable, frames: number): number {
       let n = 0;
       const max = shortBursts ? Math.min(frames, 1) : frames;
@@ -100,17 +101,19 @@ function port(src: Source, vnetHdrLen: number, merged: boolean, ahead: boolean, 
         const fr = src.next();
         if (fr === null) break;
         if (src.taken === src.failOn) {
-          // readvBatch's contract: a failure past the first frame ends the batch like EAGAIN (the count
-          // says where), and the frame meets the next call; on the first frame it throws, and the frame is
-          // gone, as a tap drops a frame it could not copy out.
-          if (n > 0) break;
+          // readvBatch's contract: the frame is gone, as a tap drops a frame it could not copy out. On
+          // the first frame the call throws; past it, the batch ends there and the status word says so.
           src.taken++;
-          throw new NativeError(5, 'readv', 'the backend failed');
+          if (n === 0) throw new NativeError(5, 'readv', 'the backend failed');
+          t.words[t.words.length - 1] = (5 << 24) | (1 << 16);
+          break;
         }
         src.taken++;
         // As much as the buffers hold; the whole length is reported, and the device counts a frame that did not fit.
-        t.writeFrame(n, 0, fr, 0, Math.min(fr.length, t.frameLength(n)), views);
+        const w = Math.min(fr.length, t.frameLength(n));
+        t.writeFrame(n, 0, fr, 0, w, views);
         t.bytes[n] = fr.length;
+        t.written[n] = w;
       }
       return n;
     },

@@ -7,6 +7,8 @@
  *
  * The tap has no address and the namespace has IPv6 off, so the kernel sends nothing of its own.
  */
+import { ftruncateSync } from 'node:fs';
+
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 
 import {
@@ -249,6 +251,46 @@ describe.runIf(pre.ok)('tap: bounds checks and errors', () => {
     ok.endFrame();
     expect(writevBatch(tap, ok)).toBe(1);
     expect(collect(pkt, 1, 2000).length).toBe(1);
+  });
+
+  it('readvBatch: a readv that fails past the first frame ends the batch and says so; the tap dropped that frame', () => {
+    const { tap, pkt } = setupTap(true);
+    tapSetVnetHdrSize(tap, 12);
+    const page = 4096;
+    // Guest memory whose second page goes away under the table (a front-end truncating its file):
+    // the tap's copy of the header into it fails with EFAULT. (A tap checks only the header's copy: a
+    // fault in the frame's bytes reads as success.) Nothing here touches that page from user space.
+    const fd = memfdCreate('lgnet-shrinkable', 2 * page, { sealable: false });
+    const id = mmap(fd, 0, 2 * page);
+    try {
+      ftruncateSync(fd, page);
+      const view = new Uint8Array(mappingBuffer(id), 0, page);
+      const t = new IovecTable(4, 4);
+      t.push(id, 0, 1500); // frame 0: page 0
+      t.endFrame();
+      t.push(id, page, 1500); // frame 1: the page that is gone
+      t.endFrame();
+      t.push(id, 2048, 1500); // frame 2: page 0
+      t.endFrame();
+      for (const seq of [0, 1, 2]) expect(fdWrite(pkt, frame(100, seq))).toBe(100);
+      expect(poll([tap], 2000)).toBe(1);
+      t.written.fill(7);
+      expect(readvBatch(tap, t)).toBe(1);
+      expect(t.bytes[0]).toBe(12 + 100);
+      expect([t.readFailures, t.readErrno]).toEqual([1, 14]); // EFAULT
+      expect(t.written[1]).toBe(1500); // a failed read may have written any of its buffers
+      // Frame 1 is gone: the next read gets frame 2.
+      const next = new IovecTable(1, 1);
+      next.push(id, 2048, 1500);
+      next.endFrame();
+      expect(readvBatch(tap, next)).toBe(1);
+      expect(next.readFailures).toBe(0);
+      expect(Buffer.from(view.subarray(2048 + 12, 2048 + 112)).equals(Buffer.from(frame(100, 2)))).toBe(true);
+      expect(Buffer.from(view.subarray(12, 112)).equals(Buffer.from(frame(100, 0)))).toBe(true);
+    } finally {
+      munmap(id);
+      close(fd);
+    }
   });
 
   it('a bad fd fails with EBADF and the syscall name', () => {
