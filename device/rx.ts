@@ -274,7 +274,7 @@ export class RxService {
       } catch (e) {
         if (!(e instanceof NativeError)) throw e; // a bug, not the backend: the queue breaks
         c[M.rxDropBackend]! += 1;
-        c[M.backendErrno] = e.errno;
+        ctx.backendFailed(e.errno, this.chains, 0, n);
       }
       if (reports) {
         this.logUnreported(got, slots);
@@ -282,7 +282,7 @@ export class RxService {
         const failed = t.readFailures;
         if (failed > 0) {
           c[M.rxDropBackend]! += failed;
-          c[M.backendErrno] = t.readErrno;
+          ctx.backendFailed(t.readErrno, this.chains, 0, n);
         }
       }
     }
@@ -449,11 +449,14 @@ export class RxService {
         this.stagedNext = ahead && t.stagedNext;
         // A read failed after the first frame: the frame it was reading may be lost (a tap drops a
         // frame it cannot copy out), so it is counted as a read that throws is.
-        if (stop === MERGED_STOP.ERROR) c[M.rxDropBackend]! += 1;
+        if (stop === MERGED_STOP.ERROR) {
+          c[M.rxDropBackend]! += 1;
+          ctx.backendFailed(undefined, chains, 0, popped);
+        }
       } catch (e) {
         if (!(e instanceof NativeError)) throw e; // a bug, not the backend: the queue breaks
         c[M.rxDropBackend]! += 1;
-        c[M.backendErrno] = e.errno;
+        ctx.backendFailed(e.errno, chains, 0, popped);
         stop = MERGED_STOP.ERROR;
       }
       for (let i = 0; i < got; i++) {
@@ -661,7 +664,7 @@ export class RxService {
     } catch (e) {
       if (!(e instanceof NativeError)) throw e; // a bug, not the backend: the queue breaks
       this.ctx.c[M.rxDropBackend]! += 1;
-      this.ctx.c[M.backendErrno] = e.errno;
+      this.cursor.readFailed(e.errno);
       return -1;
     }
     return got === 0 ? -1 : t.bytes[0]! + this.skip;
@@ -738,6 +741,12 @@ class MrgCursor {
 
   start(): void {
     this.popped = this.next = this.completed = 0;
+  }
+
+  /** The read into the gathered chains failed (ServiceContext.backendFailed: after EFAULT they are touched). */
+  readFailed(errno: number): void {
+    const g = this.gathered;
+    this.rx.ctx.backendFailed(errno, this.chains, g.length > 0 ? g[0]! : 0, g.length > 0 ? g[g.length - 1]! + 1 : 0);
   }
 
   /**

@@ -19,6 +19,10 @@
 import { PackedQueue, SplitQueue, type DescriptorChain, type DeviceQueue, type GuestMemory } from '../vring/index.ts';
 import type { NegotiatedFeatures } from './features.ts';
 import type { PendingUsed } from './interrupt.ts';
+import { M } from './metrics.ts';
+
+/** errno EFAULT: the kernel could not reach a buffer. */
+const EFAULT = 14;
 
 /**
  * One frame as observers see it, valid only during the call: `len` bytes of Ethernet frame that start
@@ -135,6 +139,19 @@ export class ServiceContext<P> {
     this.port = p.port;
     this.burst = p.burst;
     this.frame.hdrLen = p.f.hdrLen;
+  }
+
+  /**
+   * A backend call on this queue's buffers failed: counts nothing (the caller counts the frame), keeps
+   * the errno, and after EFAULT (or an errno the call did not say) touches `chains[from…to)`. The
+   * device checked those buffers against their mappings, so the kernel's EFAULT says the memory behind
+   * one went away; the touch faults under the SIGBUS guard and the worker breaks the queue
+   * (NET_GUEST_MEMORY_FAULT) after this pass, instead of failing frame after frame.
+   */
+  backendFailed(errno: number | undefined, chains: readonly DescriptorChain[], from: number, to: number): void {
+    if (errno !== undefined) this.c[M.backendErrno] = errno;
+    if (errno !== undefined && errno !== EFAULT) return;
+    for (let i = from; i < to; i++) chains[i]!.touch();
   }
 
   /** Plugs an observer into the frame loops. */

@@ -145,7 +145,7 @@ export class TxService {
         if (!(e instanceof NativeError)) throw e;
         q.addUsed(this.heads[first]!, 0);
         c[M.txDropBackend]! += 1;
-        c[M.backendErrno] = e.errno;
+        ctx.backendFailed(e.errno, this.chains, 0, n);
         first++;
         continue;
       }

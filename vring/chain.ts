@@ -143,6 +143,26 @@ export class DescriptorChain {
     return true;
   }
 
+  /**
+   * Reads one byte of every 4-KiB page of every piece, readable and writable, and returns their sum.
+   * The device calls it when the kernel refused one of the chain's buffers with EFAULT although the
+   * buffer lies inside its mapping: the file behind the mapping was shrunk. Touched here, in the
+   * thread's own code, the missing page raises SIGBUS, which the guard takes (native/guard.cc), and the
+   * worker then breaks the queue with a memory fault instead of failing frame after frame.
+   */
+  touch(): number {
+    let sum = 0;
+    const regions = this.mem!.regions;
+    for (const p of [this.readable, this.writable]) {
+      for (let i = 0; i < p.count; i++) {
+        const u8 = regions[p.region[i]!]!.u8;
+        const end = p.offset[i]! + p.length[i]!;
+        for (let o = p.offset[i]!; o < end; o = (o | 4095) + 1) sum += u8[o]!;
+      }
+    }
+    return sum;
+  }
+
   // ---- Writer side (device-writable part)
 
   /** Copy src[srcOff, srcOff+len) to writable offset `off`. False (nothing written) if past the end. */

@@ -166,6 +166,81 @@ describe('guest memory that shrinks under an embedded NetDevice', () => {
     }
   });
 
+  it('shrunk under the RX buffers alone: the tap\'s EFAULT breaks the RX queue with NET_GUEST_MEMORY_FAULT, and the lost frame is counted', async () => {
+    const bed = await createBed();
+    const fd = shrinkableFd('memfd');
+    const g = await rehome(bed, fd);
+    const broken = brokenEvents(bed.dev);
+    try {
+      // The RX ring stays; every RX buffer (and what lies above them) goes. The device never touches an
+      // RX buffer itself before the kernel writes it: only the tap's copy meets the missing page.
+      // The TX ring goes too, and a sleeping TX worker re-checks its ring once a second: kicked now, it
+      // wakes and sleeps again, so its fault (which the RX queue would see as well) is a second away.
+      const rx = g.drv.rx[0]!;
+      native.eventfdWrite(g.drv.tx[0]!.kickFd, 1);
+      await new Promise((r) => setTimeout(r, 20));
+      ftruncateSync(fd, Math.floor(Math.min(...rx.slots) / 4096) * 4096);
+      const sender = udpSend(bed, 7140, 64, 20, 10);
+      expect(await until(() => broken.length > 0, 900), JSON.stringify(broken)).toBe(true);
+      sender.kill();
+      const b = broken[0]!;
+      expect(b.queue).toBe(0); // broken by its own RX traffic, not after the TX queue's fault
+      expect(b.code).toBe(NET_ERROR.GUEST_MEMORY_FAULT);
+      expect(b.message).toMatch(/shrank after the device mapped it/);
+      const m = bed.dev.metrics().queues[0]!;
+      expect(m.rxDropBackend).toBeGreaterThanOrEqual(1);
+      expect(m.backendErrno).toBe(14); // EFAULT
+      expect(m.memoryFaults).toBe(1);
+      expect(bed.dev.status & NEEDS_RESET).toBe(NEEDS_RESET);
+      await bed.dev.reset();
+      await bed.dev.releaseMemory();
+      g.close();
+      await servesFreshGuest(bed, 7150);
+    } finally {
+      g.close();
+      await bed.close();
+    }
+  });
+
+  it('shrunk under a TX frame\'s bytes, its header whole: the tap\'s EFAULT breaks the TX queue with NET_GUEST_MEMORY_FAULT, and the frame is counted', async () => {
+    const bed = await createBed();
+    const fd = shrinkableFd('memfd');
+    const g = await rehome(bed, fd);
+    const broken = brokenEvents(bed.dev);
+    try {
+      const tx = g.drv.tx[0]!;
+      const at = Math.min(...tx.slots); // the slot send() takes first
+      const hdrLen = 12;
+      // A frame that runs 100 bytes into the page after the one holding its headers: the device reads
+      // the headers itself (they pass), and the kernel meets the missing page in the frame's bytes.
+      const cut = (Math.floor((at + hdrLen + 64) / 4096) + 1) * 4096;
+      const len = cut - (at + hdrLen) + 100;
+      const f = udpFrame({
+        srcMac: bed.guestMac, dstMac: bed.tapMac, srcIp: ip4(bed.guestIp), dstIp: ip4(bed.hostIp),
+        srcPort: 5000, dstPort: 7160, payload: new Uint8Array(len - 42),
+      });
+      expect(f.length).toBe(len);
+      expect(g.drv.send(f, { kick: false })).toBe(true); // written while the memory is whole
+      ftruncateSync(fd, cut);
+      g.drv.flushTx(); // publishes and kicks: the ring lies below the cut
+      expect(await until(() => broken.some((b) => b.queue === 1)), JSON.stringify(broken)).toBe(true);
+      const b = broken.find((x) => x.queue === 1)!;
+      expect(b.code).toBe(NET_ERROR.GUEST_MEMORY_FAULT);
+      const m = bed.dev.metrics().queues[1]!;
+      expect(m.txDropBackend).toBe(1);
+      expect(m.backendErrno).toBe(14); // EFAULT
+      expect(m.memoryFaults).toBe(1);
+      expect(bed.dev.status & NEEDS_RESET).toBe(NEEDS_RESET);
+      await bed.dev.reset();
+      await bed.dev.releaseMemory();
+      g.close();
+      await servesFreshGuest(bed, 7170);
+    } finally {
+      g.close();
+      await bed.close();
+    }
+  });
+
   it('the dirty log truncated while logging: the queue that writes a mark stops with NET_GUEST_MEMORY_FAULT naming the log', async () => {
     const bed = await createBed();
     const g = await rehome(bed, native.memfdCreate('lgnet-ram', RAM)); // sealed RAM: only the log can shrink

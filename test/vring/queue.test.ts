@@ -164,6 +164,26 @@ describe('ANY_LAYOUT: headers across descriptors', () => {
   });
 });
 
+describe('touch', () => {
+  it('reads one byte of every 4-KiB page of every piece, readable and writable, and nothing outside them', () => {
+    const r = makeRig();
+    const a = r.alloc(9000 + 100) + 100; // a piece that does not start on a page
+    const w = r.alloc(1);
+    const ram = new Uint8Array(r.buf);
+    ram.fill(1, a - RAM_GPA, a - RAM_GPA + 9000);
+    ram[w - RAM_GPA] = 1;
+    ram[a - RAM_GPA - 1] = 100; // just outside the pieces: never read
+    ram[a - RAM_GPA + 9000] = 100;
+    r.d.add([{ addr: a, len: 9000 }], [{ addr: w, len: 1 }]);
+    r.d.publish();
+    const c = r.q.pop()!;
+    const off = a - RAM_GPA;
+    const pages = Math.floor((off + 8999) / 4096) - Math.floor(off / 4096) + 1;
+    expect(pages).toBeGreaterThanOrEqual(3);
+    expect(c.touch()).toBe(pages + 1);
+  });
+});
+
 describe('rewind', () => {
   it('re-pops the same chains after rewind', () => {
     const r = makeRig();
