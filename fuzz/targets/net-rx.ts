@@ -1,5 +1,5 @@
 /**
- * The RX service (device/rx.ts) on a split ring, in all three of its paths: batched (one frame per
+ * The RX service (device/rx.ts) on a split or a packed ring, in all three of its paths: batched (one frame per
  * chain), merged (a port with recvMerged: MRG_RXBUF frames over several buffers in one call) and per
  * frame (MRG_RXBUF on a port without it). The guest's chains come from the input: 1–3 writable pieces
  * of any size, some too short for a header, some with a readable piece in front; so do the features,
@@ -27,7 +27,7 @@ import type { RxPort } from '../../device/backend.ts';
 import { MERGED_STOP, type PeekList, type RxFilterSpec } from '../../native/batch.ts';
 import { NativeError } from '../../native/errors.ts';
 import { MappingViews, type IovecTable } from '../../native/iovec.ts';
-import { DescriptorError, DriverQueue, GuestMemory, VringError, splitRingLayout } from '../../vring/index.ts';
+import { DescriptorError, GuestMemory, VringError, createDriverQueue, driverRingLayout } from '../../vring/index.ts';
 import { Input, bytesEqual as equal, type FuzzTarget } from '../target.ts';
 
 const SIZE = 64;
@@ -52,7 +52,8 @@ function guest(gpa: number, len: number): Uint8Array {
   }
   return out;
 }
-const L = splitRingLayout(SIZE, 0, 4);
+/** The ring in either format, below DATA. */
+const LAYOUT = { split: driverRingLayout('split', SIZE, 0), packed: driverRingLayout('packed', SIZE, 0) };
 const FEATURE_BITS = [F.VERSION_1, F.MRG_RXBUF, F.GUEST_TSO4, F.CSUM, F.GUEST_CSUM];
 const MAC = new Uint8Array([0x52, 0x54, 0, 0, 0, 1]);
 const OTHER = new Uint8Array([0x52, 0x54, 0, 0, 0, 2]);
@@ -177,14 +178,18 @@ function port(src: Source, vnetHdrLen: number, merged: boolean, ahead: boolean, 
 }
 
 export default {
-  about: 'RX service: batched, merged and per-frame paths on a split ring of hostile chain shapes',
+  about: 'RX service: batched, merged and per-frame paths on a split or packed ring of hostile chain shapes',
   maxLen: 1024,
   run(data) {
     const inp = new Input(data);
-    const bits = inp.features(FEATURE_BITS);
+    let bits = inp.features(FEATURE_BITS);
+    const mode = inp.u8();
+    // A quarter of the inputs run on a packed ring (mode bits 5–6 = 2: no regression input has them so).
+    const packed = (mode & 0x60) === 0x40;
+    if (packed) bits |= 1n << BigInt(F.RING_PACKED);
     const f = decode(bits);
     const hdrLen = f.hdrLen;
-    const mode = inp.u8();
+    const L = LAYOUT[packed ? 'packed' : 'split'];
     const deviceWritesHdr = (mode & 1) === 1; // a backend without vnet header: the device writes it
     const merged = (mode & 2) === 2 && !deviceWritesHdr;
     const ahead = merged && (mode & 16) === 16;
@@ -192,7 +197,7 @@ export default {
     const filtered = (mode & 8) === 8;
     const burst = 1 + (inp.u8() % 16);
     for (const h of halves) new Uint8Array(h).fill(0);
-    const drv = new DriverQueue(mem, { size: SIZE, desc: L.desc, avail: L.avail, used: L.used });
+    const drv = createDriverQueue(mem, { format: packed ? 'packed' : 'split', size: SIZE, desc: L.desc, avail: L.avail, used: L.used });
     drv.init();
 
     // The guest's chains: 1–3 writable pieces, some short, some behind a readable piece.
@@ -272,7 +277,10 @@ export default {
       seen.add(i);
       if (u.len > Math.max(0, posted[i]!.writableLen)) throw new Error(`chain ${i} completed with ${u.len} bytes, it holds ${posted[i]!.writableLen}`);
     }
-    if (!broken && q.lastAvail !== used.length) throw new Error(`after release the queue stands at ${q.lastAvail}, ${used.length} chains were completed`);
+    if (!broken && !packed && q.lastAvail !== used.length) throw new Error(`after release the queue stands at ${q.lastAvail}, ${used.length} chains were completed`);
+    if (!broken && (q.inFlight !== 0 || q.availPending() !== posted.length - used.length)) {
+      throw new Error(`after release ${q.inFlight} chains are in flight and ${q.availPending()} available; ${posted.length - used.length} were not completed`);
+    }
 
     // Frames taken = delivered + counted.
     const c = counters;
