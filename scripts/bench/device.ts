@@ -299,6 +299,9 @@ async function benchIo(ns: Netns, bin: string, seconds: number): Promise<Record<
             const k = path === 'pinned' ? 'Pinned' : '';
             push(`tx${len}`, `cWritev${k}`, runTapLoop(bin, tapFd, ['write', String(HDR), String(len), String(seconds)], seconds, cWrap).fps);
             push(`tx${len}`, `cUring${k}`, runTapLoop(bin, tapFd, ['uwrite', String(HDR), String(len), String(seconds), String(BURST)], seconds, cWrap).fps);
+            // The same loop fed as lgnet is: a thread on the harness's CPU posts the slots, this one
+            // sends what is posted and gives them back (what the handoff alone costs C).
+            if (pin) push(`tx${len}`, 'cUringFedPinned', runTapLoop(bin, tapFd, ['ufed', String(HDR), String(len), String(seconds), String(BURST), String(pin.harness), String(pin.worker)], seconds).fps);
           }
         }
         const pkt = openPacketIn(ns, 'lgbench0');
@@ -356,6 +359,7 @@ async function benchIo(ns: Netns, bin: string, seconds: number): Promise<Record<
       syscallVsCPerFrame: ratio(x['syscall']!, perFrame),
       uringVsSyscall: ratio(x['uring']!, x['syscall']!),
       ...(x['pinned'] ? { pinnedVsCUringPinned: ratio(x['pinned'], x['cUringPinned']!), pinnedVsUring: ratio(x['pinned'], x['uring']!) } : {}),
+      ...(x['cUringFedPinned'] ? { pinnedVsCUringFed: ratio(x['pinned']!, x['cUringFedPinned']), cUringFedVsCUring: ratio(x['cUringFedPinned'], x['cUringPinned']!) } : {}),
     };
     out[name] = { ...x, medians: Object.fromEntries(Object.entries(x).map(([k, v]) => [k, stat(v).median])), ratios: r };
     console.log(`${name.padEnd(7)} lgnet uring ${fmt(stat(x['uring']!).median)}  lgnet syscall ${fmt(stat(x['syscall']!).median)}  ` +
@@ -370,6 +374,10 @@ async function benchIo(ns: Netns, bin: string, seconds: number): Promise<Record<
       // frame; the C reader sleeps when the sender falls behind, so only lgnet's side is told for RX.
       const worker = `lgnet's ${name.slice(0, 2).toUpperCase()} worker ${stat(x['pinnedWorkerNs']!).median.toFixed(0)} ns`;
       console.log(`${''.padEnd(7)} pinned, CPU per frame: ${worker}` + (name.startsWith('tx') ? `  C io_uring loop ${(1e9 / stat(x['cUringPinned']!).median).toFixed(0)} ns` : ''));
+      if (r.pinnedVsCUringFed) {
+        console.log(`${''.padEnd(7)} C io_uring fed from CPU ${plan!.harness} (slots posted as the harness posts them) ${fmt(stat(x['cUringFedPinned']!).median)}: ` +
+          `fed/unfed C ${spread(r.cUringFedVsCUring!)}  lgnet pinned/fed C ${spread(r.pinnedVsCUringFed)}`);
+      }
     }
   }
   return out;

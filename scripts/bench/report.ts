@@ -63,7 +63,7 @@ function spread(xs: unknown): string {
 function reportIo(md: string[], io: J | undefined): void {
   if (!io) return;
   md.push(`The I/O paths over ${io['rounds']} rounds on fresh devices, lgnet on io_uring against the C io_uring loop (the same operations per \`io_uring_enter\`), median (min–max) of the per-round ratios; pinned: lgnet's workers and the C loops on one CPU (for RX with the harness that gives buffers back), the TX harness or the RX sender on the other:`, '');
-  md.push('| case | free | pinned | pinned, worker CPU per frame (ns) | C io_uring loop, time per frame (ns) |', '|---|---|---|---|---|');
+  md.push('| case | free | pinned | pinned, worker CPU per frame (ns) | C io_uring loop, time per frame (ns) | pinned, against the C loop fed from the other CPU |', '|---|---|---|---|---|---|');
   for (const k of ['tx64', 'tx1514', 'rx64', 'rx1514']) {
     const x = io[k] as J | undefined;
     if (!x) continue;
@@ -71,7 +71,9 @@ function reportIo(md: string[], io: J | undefined): void {
     const med = x['medians'] as J;
     // The C writer never waits, so its time per frame is its CPU; the C reader waits for the sender.
     const cNs = k.startsWith('tx') && med['cUringPinned'] ? n(1e9 / med['cUringPinned'], 0) : '—';
-    md.push(`| ${k.replace(/(\d+)/, ' $1 B')} | ${spread(r['uringVsCUring'])} | ${spread(r['pinnedVsCUringPinned'])} | ${n(med['pinnedWorkerNs'], 0)} | ${cNs} |`);
+    // TX only: the C loop posted to by a thread on the harness's CPU (tap-loop ufed), as lgnet is.
+    const fed = r['pinnedVsCUringFed'] ? spread(r['pinnedVsCUringFed']) : '—';
+    md.push(`| ${k.replace(/(\d+)/, ' $1 B')} | ${spread(r['uringVsCUring'])} | ${spread(r['pinnedVsCUringPinned'])} | ${n(med['pinnedWorkerNs'], 0)} | ${cNs} | ${fed} |`);
   }
   md.push('');
 }

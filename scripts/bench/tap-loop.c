@@ -7,6 +7,12 @@
  *   tap-loop uwrite FD HDRLEN FRAMELEN SECONDS [BURST]
  *                                               the same frames as WRITEVs, BURST (default 32, at most
  *                                               256) per io_uring_enter
+ *   tap-loop ufed   FD HDRLEN FRAMELEN SECONDS BURST FROM_CPU CPU
+ *                                               uwrite's frames, posted by a thread on FROM_CPU into a
+ *                                               ring of 256 slots (2 KiB apart, written once) as the
+ *                                               harness posts TX buffers: the loop, on CPU, sends what
+ *                                               is posted in bursts of at most BURST and gives the
+ *                                               slots back. What the handoff between CPUs costs C.
  *   tap-loop uread  FD HDRLEN SECONDS [BURST]   READVs into BURST buffers per io_uring_enter; poll when
  *                                               a whole round found nothing
  *   tap-loop send   FD FRAMELEN SECONDS         sendmmsg bursts of 32 on an AF_PACKET socket (a
@@ -34,6 +40,7 @@
 #include <errno.h>
 #include <linux/io_uring.h>
 #include <poll.h>
+#include <sched.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -209,6 +216,68 @@ static int do_uwrite(int fd, int hdrlen, int len, double seconds, int burst) {
   return 0;
 }
 
+/* ufed: a producer thread posts slot after slot (a free-running count, as avail.idx) while there is
+   room; the loop takes what is posted, sends it, and returns the slots (as used.idx). The frames are
+   written once, before the clock starts: only the counts, and the kernel's reads of the slots, cross
+   between the two CPUs, as between the harness and lgnet's TX worker in the bench. */
+enum { FED_SLOTS = 256, FED_SLOT = 2048 };
+static unsigned char fed_slot[FED_SLOTS][FED_SLOT];
+static unsigned long long fed_posted, fed_returned;
+static int fed_stop;
+
+static void pin_self(int cpu) {
+  cpu_set_t set;
+  CPU_ZERO(&set);
+  CPU_SET(cpu, &set);
+  if (sched_setaffinity(0, sizeof set, &set) < 0) perror("sched_setaffinity");
+}
+
+static void *fed_producer(void *arg) {
+  pin_self((int)(long)arg);
+  unsigned long long posted = 0;
+  while (!__atomic_load_n(&fed_stop, __ATOMIC_RELAXED)) {
+    if (posted - __atomic_load_n(&fed_returned, __ATOMIC_ACQUIRE) >= FED_SLOTS) continue;
+    __atomic_store_n(&fed_posted, ++posted, __ATOMIC_RELEASE);
+  }
+  return NULL;
+}
+
+static int do_ufed(int fd, int hdrlen, int len, double seconds, int burst, int from_cpu, int cpu) {
+  if (len < 14 || hdrlen < 0 || hdrlen > 12 || hdrlen + len > FED_SLOT || burst < 1 || burst > UBURST_MAX) return 2;
+  pin_self(cpu);
+  for (int i = 0; i < FED_SLOTS; i++) memset(fed_slot[i], 0, (size_t)hdrlen), fill_frame(fed_slot[i] + hdrlen, len);
+  struct ring r;
+  if (ring_open(&r, fd, burst) < 0) return 1;
+  pthread_t producer;
+  if (pthread_create(&producer, NULL, fed_producer, (void *)(long)from_cpu) != 0) return perror("pthread_create"), 1;
+  struct iovec vecs[UBURST_MAX][2];
+  int res[UBURST_MAX];
+  long long frames = 0;
+  unsigned long long taken = 0;
+  double t0 = now(), t = t0;
+  while (t - t0 < seconds) {
+    for (int k = 0; k < 32; k++) {
+      unsigned long long ready = __atomic_load_n(&fed_posted, __ATOMIC_ACQUIRE) - taken;
+      int n = ready < (unsigned long long)burst ? (int)ready : burst;
+      if (n == 0) continue;
+      for (int i = 0; i < n; i++) {
+        unsigned char *slot = fed_slot[(taken + (unsigned)i) % FED_SLOTS];
+        vecs[i][0] = (struct iovec){slot, (size_t)hdrlen};
+        vecs[i][1] = (struct iovec){slot + hdrlen, (size_t)len};
+      }
+      if (ring_burst(&r, IORING_OP_WRITEV, vecs, hdrlen ? 2 : 1, n, res) < 0) return 1;
+      for (int i = 0; i < n; i++) frames += res[i] > 0;
+      taken += (unsigned)n;
+      __atomic_store_n(&fed_returned, taken, __ATOMIC_RELEASE);
+    }
+    t = now();
+  }
+  __atomic_store_n(&fed_stop, 1, __ATOMIC_RELAXED);
+  pthread_join(producer, NULL);
+  report("ufed", frames, t - t0);
+  return 0;
+}
+
 static int do_uread(int fd, int hdrlen, double seconds, int burst) {
   static unsigned char hdr[UBURST_MAX][12], buf[UBURST_MAX][2048];
   if (burst < 1 || burst > UBURST_MAX) return 2;
@@ -351,8 +420,10 @@ int main(int argc, char **argv) {
   if (argc >= 5 && strcmp(argv[1], "send") == 0) return do_send(atoi(argv[2]), atoi(argv[3]), atof(argv[4]));
   if (argc >= 6 && strcmp(argv[1], "uwrite") == 0)
     return do_uwrite(atoi(argv[2]), atoi(argv[3]), atoi(argv[4]), atof(argv[5]), argc >= 7 ? atoi(argv[6]) : UBURST);
+  if (argc >= 9 && strcmp(argv[1], "ufed") == 0)
+    return do_ufed(atoi(argv[2]), atoi(argv[3]), atoi(argv[4]), atof(argv[5]), atoi(argv[6]), atoi(argv[7]), atoi(argv[8]));
   if (argc >= 5 && strcmp(argv[1], "uread") == 0) return do_uread(atoi(argv[2]), atoi(argv[3]), atof(argv[4]), argc >= 6 ? atoi(argv[5]) : UBURST);
   if (argc >= 3 && strcmp(argv[1], "nullsys") == 0) return do_nullsys(atol(argv[2]));
-  fprintf(stderr, "usage: tap-loop write|uwrite FD HDRLEN FRAMELEN SECONDS [BURST] | read|uread FD HDRLEN SECONDS [BURST] | send FD FRAMELEN SECONDS | nullsys COUNT\n");
+  fprintf(stderr, "usage: tap-loop write|uwrite FD HDRLEN FRAMELEN SECONDS [BURST] | ufed FD HDRLEN FRAMELEN SECONDS BURST FROM_CPU CPU | read|uread FD HDRLEN SECONDS [BURST] | send FD FRAMELEN SECONDS | nullsys COUNT\n");
   return 2;
 }
