@@ -166,50 +166,55 @@ describe('guest memory that shrinks under an embedded NetDevice', () => {
     }
   });
 
-  it('shrunk under the RX buffers alone: the tap\'s EFAULT breaks the RX queue with NET_GUEST_MEMORY_FAULT, and the lost frame is counted', async () => {
+  /** A bed whose guest's RAM is an unsealable memfd, for `body`; everything is closed after it. */
+  async function onShrinkable(body: (t: { bed: Bed; fd: number; g: Awaited<ReturnType<typeof rehome>>; broken: Broken[] }) => Promise<void>): Promise<void> {
     const bed = await createBed();
     const fd = shrinkableFd('memfd');
     const g = await rehome(bed, fd);
-    const broken = brokenEvents(bed.dev);
     try {
-      // The RX ring stays; every RX buffer (and what lies above them) goes. The device never touches an
-      // RX buffer itself before the kernel writes it: only the tap's copy meets the missing page.
-      // The TX ring goes too, and a sleeping TX worker re-checks its ring once a second: kicked now, it
-      // wakes and sleeps again, so its fault (which the RX queue would see as well) is a second away.
-      const rx = g.drv.rx[0]!;
-      native.eventfdWrite(g.drv.tx[0]!.kickFd, 1);
-      await new Promise((r) => setTimeout(r, 20));
-      ftruncateSync(fd, Math.floor(Math.min(...rx.slots) / 4096) * 4096);
-      const sender = udpSend(bed, 7140, 64, 20, 10);
-      expect(await until(() => broken.length > 0, 900), JSON.stringify(broken)).toBe(true);
-      sender.kill();
-      const b = broken[0]!;
-      expect(b.queue).toBe(0); // broken by its own RX traffic, not after the TX queue's fault
-      expect(b.code).toBe(NET_ERROR.GUEST_MEMORY_FAULT);
-      expect(b.message).toMatch(/shrank after the device mapped it/);
-      const m = bed.dev.metrics().queues[0]!;
-      expect(m.rxDropBackend).toBeGreaterThanOrEqual(1);
-      expect(m.backendErrno).toBe(14); // EFAULT
-      expect(m.memoryFaults).toBe(1);
-      expect(bed.dev.status & NEEDS_RESET).toBe(NEEDS_RESET);
-      await bed.dev.reset();
-      await bed.dev.releaseMemory();
-      g.close();
-      await servesFreshGuest(bed, 7150);
+      await body({ bed, fd, g, broken: brokenEvents(bed.dev) });
     } finally {
       g.close();
       await bed.close();
     }
+  }
+
+  /** Queue `q` broke as a memory fault after the tap's EFAULT, and NEEDS_RESET is up; a reset and fresh memory serve again. */
+  async function brokeOnEfault(bed: Bed, g: { close(): void }, b: Broken, q: number, port: number): Promise<void> {
+    expect(b.queue).toBe(q);
+    expect(b.code).toBe(NET_ERROR.GUEST_MEMORY_FAULT);
+    expect(b.message).toMatch(/shrank after the device mapped it/);
+    const m = bed.dev.metrics().queues[q]!;
+    expect(m.backendErrno).toBe(14); // EFAULT
+    expect(m.memoryFaults).toBe(1);
+    expect(bed.dev.status & NEEDS_RESET).toBe(NEEDS_RESET);
+    await bed.dev.reset();
+    await bed.dev.releaseMemory();
+    g.close();
+    await servesFreshGuest(bed, port);
+  }
+
+  it('shrunk under the RX buffers alone: the tap\'s EFAULT breaks the RX queue with NET_GUEST_MEMORY_FAULT, and the lost frame is counted', async () => {
+    await onShrinkable(async ({ bed, fd, g, broken }) => {
+      // The RX ring stays; every RX buffer (and what lies above them) goes. The device never touches an
+      // RX buffer itself before the kernel writes it: only the tap's copy meets the missing page.
+      // The TX ring goes too, and a sleeping TX worker re-checks its ring once a second: kicked now, it
+      // wakes and sleeps again, so its fault (which the RX queue would see as well) is a second away.
+      native.eventfdWrite(g.drv.tx[0]!.kickFd, 1);
+      await new Promise((r) => setTimeout(r, 20));
+      ftruncateSync(fd, Math.floor(Math.min(...g.drv.rx[0]!.slots) / 4096) * 4096);
+      const sender = udpSend(bed, 7140, 64, 20, 10);
+      expect(await until(() => broken.length > 0, 900), JSON.stringify(broken)).toBe(true);
+      sender.kill();
+      expect(bed.dev.metrics().queues[0]!.rxDropBackend).toBeGreaterThanOrEqual(1);
+      // Broken by its own RX traffic, not after the TX queue's fault.
+      await brokeOnEfault(bed, g, broken[0]!, 0, 7150);
+    });
   });
 
   it('shrunk under a TX frame\'s bytes, its header whole: the tap\'s EFAULT breaks the TX queue with NET_GUEST_MEMORY_FAULT, and the frame is counted', async () => {
-    const bed = await createBed();
-    const fd = shrinkableFd('memfd');
-    const g = await rehome(bed, fd);
-    const broken = brokenEvents(bed.dev);
-    try {
-      const tx = g.drv.tx[0]!;
-      const at = Math.min(...tx.slots); // the slot send() takes first
+    await onShrinkable(async ({ bed, fd, g, broken }) => {
+      const at = Math.min(...g.drv.tx[0]!.slots); // the slot send() takes first
       const hdrLen = 12;
       // A frame that runs 100 bytes into the page after the one holding its headers: the device reads
       // the headers itself (they pass), and the kernel meets the missing page in the frame's bytes.
@@ -224,21 +229,9 @@ describe('guest memory that shrinks under an embedded NetDevice', () => {
       ftruncateSync(fd, cut);
       g.drv.flushTx(); // publishes and kicks: the ring lies below the cut
       expect(await until(() => broken.some((b) => b.queue === 1)), JSON.stringify(broken)).toBe(true);
-      const b = broken.find((x) => x.queue === 1)!;
-      expect(b.code).toBe(NET_ERROR.GUEST_MEMORY_FAULT);
-      const m = bed.dev.metrics().queues[1]!;
-      expect(m.txDropBackend).toBe(1);
-      expect(m.backendErrno).toBe(14); // EFAULT
-      expect(m.memoryFaults).toBe(1);
-      expect(bed.dev.status & NEEDS_RESET).toBe(NEEDS_RESET);
-      await bed.dev.reset();
-      await bed.dev.releaseMemory();
-      g.close();
-      await servesFreshGuest(bed, 7170);
-    } finally {
-      g.close();
-      await bed.close();
-    }
+      expect(bed.dev.metrics().queues[1]!.txDropBackend).toBe(1);
+      await brokeOnEfault(bed, g, broken.find((x) => x.queue === 1)!, 1, 7170);
+    });
   });
 
   it('the dirty log truncated while logging: the queue that writes a mark stops with NET_GUEST_MEMORY_FAULT naming the log', async () => {

@@ -7,8 +7,6 @@
  *
  * The tap has no address and the namespace has IPv6 off, so the kernel sends nothing of its own.
  */
-import { ftruncateSync } from 'node:fs';
-
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 
 import {
@@ -33,6 +31,7 @@ import {
 } from '../../native/index.ts';
 import { createNetns, destroyAllNetns, netnsPrerequisites, openPacketIn, openTapIn, type Netns } from '../../harness/netns.ts';
 import { nativeErrorOf } from '../helpers/errors.ts';
+import { shrunkMemory } from '../helpers/shrunk.ts';
 
 const pre = netnsPrerequisites();
 if (!pre.ok) console.warn(`tap tests skipped: ${pre.why}`);
@@ -256,22 +255,11 @@ describe.runIf(pre.ok)('tap: bounds checks and errors', () => {
   it('readvBatch: a readv that fails past the first frame ends the batch and says so; the tap dropped that frame', () => {
     const { tap, pkt } = setupTap(true);
     tapSetVnetHdrSize(tap, 12);
-    const page = 4096;
-    // Guest memory whose second page goes away under the table (a front-end truncating its file):
-    // the tap's copy of the header into it fails with EFAULT. (A tap checks only the header's copy: a
-    // fault in the frame's bytes reads as success.) Nothing here touches that page from user space.
-    const fd = memfdCreate('lgnet-shrinkable', 2 * page, { sealable: false });
-    const id = mmap(fd, 0, 2 * page);
+    // The tap's copy of the header into the missing page fails with EFAULT. (A tap checks only the
+    // header's copy: a fault in the frame's bytes reads as success.)
+    const m = shrunkMemory();
+    const { id, view, table: t } = m;
     try {
-      ftruncateSync(fd, page);
-      const view = new Uint8Array(mappingBuffer(id), 0, page);
-      const t = new IovecTable(4, 4);
-      t.push(id, 0, 1500); // frame 0: page 0
-      t.endFrame();
-      t.push(id, page, 1500); // frame 1: the page that is gone
-      t.endFrame();
-      t.push(id, 2048, 1500); // frame 2: page 0
-      t.endFrame();
       for (const seq of [0, 1, 2]) expect(fdWrite(pkt, frame(100, seq))).toBe(100);
       expect(poll([tap], 2000)).toBe(1);
       t.written.fill(7);
@@ -288,8 +276,7 @@ describe.runIf(pre.ok)('tap: bounds checks and errors', () => {
       expect(Buffer.from(view.subarray(2048 + 12, 2048 + 112)).equals(Buffer.from(frame(100, 2)))).toBe(true);
       expect(Buffer.from(view.subarray(12, 112)).equals(Buffer.from(frame(100, 0)))).toBe(true);
     } finally {
-      munmap(id);
-      close(fd);
+      m.close();
     }
   });
 

@@ -8,7 +8,7 @@
  * Then the ring's restrictions: whatever else an SQE asks (open a file, connect, read another fd,
  * a non-fixed fd, a NOP, a register op after enabling), the ring refuses it.
  */
-import { mkdtempSync, openSync, closeSync, ftruncateSync, readSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, openSync, closeSync, readSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Worker } from 'node:worker_threads';
@@ -37,6 +37,7 @@ import {
 } from '../../native/index.ts';
 import { createNetns, destroyAllNetns, netnsPrerequisites, openPacketIn, openTapIn } from '../../harness/netns.ts';
 import { nativeErrorOf } from '../helpers/errors.ts';
+import { shrunkMemory } from '../helpers/shrunk.ts';
 
 const pre = netnsPrerequisites();
 const ETHERTYPE = 0x88b5;
@@ -299,19 +300,9 @@ describe.runIf(pre.ok)('io_uring tap I/O', () => {
 
   it('uringReadvBatch: a READV that fails past the first frame is counted, its slot given back empty, never copied into', () => {
     const { ring, pkt, tap } = setup();
-    const page = 4096;
-    // Guest memory whose second page goes away (a front-end truncating its file): the kernel's copy
-    // into it fails with EFAULT, and the tap drops that frame. Nothing here touches the page itself.
-    const fd = memfdCreate('lgnet-shrinkable', 2 * page, { sealable: false });
-    const id = mmap(fd, 0, 2 * page);
+    const m = shrunkMemory(); // the tap drops the frame whose copy into the missing page fails
+    const { view, table: t } = m;
     try {
-      ftruncateSync(fd, page);
-      const view = new Uint8Array(mappingBuffer(id), 0, page);
-      const t = new IovecTable(4, 3);
-      for (const at of [0, page, 2048]) {
-        t.push(id, at, 1500);
-        t.endFrame();
-      }
       for (const seq of [0, 1, 2]) expect(fdWrite(pkt, frame(100, seq))).toBe(100);
       expect(poll([tap], 2000)).toBe(1);
       // One round of three READVs (a fresh ring's window is 4): frame 0, EFAULT, frame 2.
@@ -323,8 +314,7 @@ describe.runIf(pre.ok)('io_uring tap I/O', () => {
       expect(uringReadvBatch(ring, t)).toBe(0); // frame 1 is gone
       expect(t.readFailures).toBe(0);
     } finally {
-      munmap(id);
-      close(fd);
+      m.close();
     }
   });
 
