@@ -1,5 +1,6 @@
 /**
- * The TX service (device/tx.ts) and its virtio_net_hdr checks (device/header.ts) on a split ring:
+ * The TX service (device/tx.ts) and its virtio_net_hdr checks (device/header.ts) on a split or a
+ * packed ring:
  * chains of 1–4 readable pieces, sometimes a writable one, with header fields, frame lengths and
  * negotiated offloads from the input, and a backend that takes all, some or none of a burst, or
  * refuses a frame. Properties:
@@ -17,7 +18,7 @@ import { MAX_IOV_PER_FRAME, TxService } from '../../device/tx.ts';
 import type { TxPort } from '../../device/backend.ts';
 import { NativeError } from '../../native/errors.ts';
 import type { IovecTable } from '../../native/iovec.ts';
-import { DriverQueue, GuestMemory, splitRingLayout } from '../../vring/index.ts';
+import { GuestMemory, createDriverQueue, driverRingLayout } from '../../vring/index.ts';
 import { Input, bytesEqual as equal, type FuzzTarget } from '../target.ts';
 
 const SIZE = 64;
@@ -30,7 +31,8 @@ const mem = new GuestMemory([
   { gpa: 0, size: 0x10000, buffer: buf, bufferOffset: 0, mappingId: 0, mappingOffset: 0 },
   { gpa: 0x10000, size: 0x10000, buffer: buf, bufferOffset: 0x10000, mappingId: 1, mappingOffset: 0 },
 ]);
-const L = splitRingLayout(SIZE, 0, 4);
+/** The ring in either format, below DATA. */
+const LAYOUT = { split: driverRingLayout('split', SIZE, 0), packed: driverRingLayout('packed', SIZE, 0) };
 const FEATURE_BITS = [F.VERSION_1, F.CSUM, F.HOST_TSO4, F.HOST_TSO6, F.HOST_ECN, F.HOST_UFO, F.MRG_RXBUF, F.RING_INDIRECT_DESC];
 
 /** The spec's verdict on a TX header, derived here from §5.1.6.2 rather than from header.ts. */
@@ -58,16 +60,20 @@ function specAllows(h: Uint8Array, frameLen: number, bits: bigint): boolean {
 interface Posted { head: number; data: Uint8Array; writable: boolean; pieces: number }
 
 export default {
-  about: 'TX service: virtio_net_hdr checks, chain walking and backend hand-off on a split ring',
+  about: 'TX service: virtio_net_hdr checks, chain walking and backend hand-off on a split or packed ring',
   maxLen: 2048,
   run(data) {
     const inp = new Input(data);
-    const bits = inp.features(FEATURE_BITS);
+    let bits = inp.features(FEATURE_BITS);
+    const mode = inp.u8();
+    const skipHeader = (mode & 1) === 1; // a backend without vnet header: lgnet skips it
+    const packed = (mode & 6) === 4; // a quarter of the inputs run on a packed ring
+    if (packed) bits |= 1n << BigInt(F.RING_PACKED);
     const f = decode(bits);
     const hdrLen = f.hdrLen;
-    const skipHeader = (inp.u8() & 1) === 1; // a backend without vnet header: lgnet skips it
+    const L = LAYOUT[packed ? 'packed' : 'split'];
     bytes.fill(0, 0, DATA);
-    const drv = new DriverQueue(mem, { size: SIZE, desc: L.desc, avail: L.avail, used: L.used });
+    const drv = createDriverQueue(mem, { format: packed ? 'packed' : 'split', size: SIZE, desc: L.desc, avail: L.avail, used: L.used });
     drv.init();
     // Chains: header from the input, then a frame of a chosen length, in 1–4 pieces.
     const posted: Posted[] = [];
@@ -100,6 +106,7 @@ export default {
       at += writable ? 8 : 0;
       at = (at + 15) & ~15;
       const head = drv.add(readable, w);
+      if (head < 0) break; // the ring's descriptors are all in use
       posted.push({ head, data: content, writable, pieces: readable.length });
     }
     drv.publish();
