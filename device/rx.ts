@@ -267,7 +267,7 @@ export class RxService {
     if (slots > 0) {
       if (reports) {
         t.written.fill(0, 0, slots); // a call that throws before reading leaves no stale counts
-        t.clearStatus();
+        t.setReadFailures(0, 0);
       }
       try {
         got = ctx.port.recv(t, slots);

@@ -140,9 +140,12 @@ export class IovecTable {
     return this.words[this.words.length - 1]! >>> 24;
   }
 
-  /** Zeroes the status word, for a port that does not write it (readFailures then reads 0). */
-  clearStatus(): void {
-    this.words[this.words.length - 1] = 0;
+  /**
+   * Writes readFailures and readErrno as the native batch reads do (native/batch.h SetReadFailures):
+   * for a port that reads in JavaScript, and (0, 0) before a call that may throw before writing them.
+   */
+  setReadFailures(failures: number, errno: number): void {
+    this.words[this.words.length - 1] = failures === 0 ? 0 : (((errno & 0xff) << 24) | (Math.min(failures, 255) << 16)) >>> 0;
   }
 
   reset(): void {

@@ -495,6 +495,7 @@ napi_value UringReadvBatch(napi_env env, napi_callback_info cbinfo) {
     unsigned got = 0;
     bool empty = false;
     uint32_t fill = settled;  // the next slot a frame belongs in
+    auto failedAt = [&](uint32_t f) { return res[f - settled] < 0 && res[f - settled] != -EAGAIN; };
     for (unsigned i = 0; i < n; i++) {
       int32_t v = res[i];
       uint32_t slot = settled + i;
@@ -511,8 +512,7 @@ napi_value UringReadvBatch(napi_env env, napi_callback_info cbinfo) {
       got++;
       wrote(slot, (size_t)v < room ? (size_t)v : room);
       // A slot whose READV failed is never copied into (its memory may be what failed): given back empty.
-      auto failed = [&](uint32_t f) { return res[f - settled] < 0 && res[f - settled] != -EAGAIN; };
-      while (fill < slot && failed(fill)) b.bytes[fill++] = -1;
+      while (fill < slot && failedAt(fill)) b.bytes[fill++] = -1;
       if (slot != fill) {
         // A frame too long for its own slot is never moved: the caller drops it where it lies.
         if ((size_t)v <= room && (size_t)v <= FrameRoom(b, fill)) {

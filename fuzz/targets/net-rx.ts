@@ -106,7 +106,7 @@ function port(src: Source, vnetHdrLen: number, merged: boolean, ahead: boolean, 
           // the first frame the call throws; past it, the batch ends there and the status word says so.
           src.taken++;
           if (n === 0) throw new NativeError(5, 'readv', 'the backend failed');
-          t.words[t.words.length - 1] = (5 << 24) | (1 << 16);
+          t.setReadFailures(1, 5);
           break;
         }
         src.taken++;

@@ -134,6 +134,18 @@ describe('IovecTable', () => {
   });
 });
 
+describe('IovecTable read failures', () => {
+  it('encodes them in the status word beside readvMerged\'s bits, as the native reads do: count (saturating at 255) and first errno', () => {
+    const t = new IovecTable(4, 2);
+    t.setReadFailures(1, 14);
+    expect([t.readFailures, t.readErrno, t.status, t.stagedNext]).toEqual([1, 14, 0, false]);
+    t.setReadFailures(300, 5);
+    expect([t.readFailures, t.readErrno]).toEqual([255, 5]);
+    t.setReadFailures(0, 14);
+    expect([t.readFailures, t.readErrno, t.words[t.words.length - 1]]).toEqual([0, 0, 0]);
+  });
+});
+
 describe('IovecTable checked copy', () => {
   it('reads and writes a frame as one byte stream across entries and mappings', () => {
     const { bufs, maps } = fixture();
