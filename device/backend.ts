@@ -60,8 +60,9 @@ export interface RxPort {
   /**
    * Optional: reads frame after frame into the table's frames taken as guest buffers, each frame into
    * as many whole buffers as it needs, in one call (native readvMerged: MRG_RXBUF, or a filter to
-   * apply). Returns the frames read; table.bytes/used/status describe them. A port without it is read
-   * one frame at a time.
+   * apply). Returns the frames read; table.bytes/used/status describe them. A read that fails ends the
+   * call (MERGED_STOP.ERROR, or it throws when no frame was recorded); table.readFailures counts frames
+   * lost beyond that one (io_uring rounds). A port without it is read one frame at a time.
    */
   recvMerged?(table: IovecTable, first: number, buffers: number, frames: number, need: number, maxLen: number, peek: PeekList | null, filter?: RxFilterSpec | null): number;
   /**

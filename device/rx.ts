@@ -443,6 +443,7 @@ export class RxService {
     // Each call reads at least one frame or ends the burst; `calls` bounds a flood of filtered frames.
     for (let calls = 0; frames < max && buf < nbuf && room >= need && calls < max; calls++) {
       let got = 0;
+      t.setReadFailures(0, 0); // a call that throws before reading leaves no stale count
       try {
         got = port.recvMerged!(t, buf, nbuf - buf, max - frames, need, this.maxRx, peek, spec);
         stop = t.status;
@@ -458,6 +459,13 @@ export class RxService {
         c[M.rxDropBackend]! += 1;
         ctx.backendFailed(e.errno, chains, 0, popped);
         stop = MERGED_STOP.ERROR;
+      }
+      // Frames lost that the stop or the exception does not stand for (io_uring's rounds: several
+      // READVs failed, or frames came after a failed one).
+      const lost = t.readFailures;
+      if (lost > 0) {
+        c[M.rxDropBackend]! += lost;
+        if (stop !== MERGED_STOP.ERROR) ctx.backendFailed(t.readErrno, chains, 0, popped);
       }
       for (let i = 0; i < got; i++) {
         const total = t.bytes[i]!;

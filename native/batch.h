@@ -79,13 +79,17 @@ struct Batch {
   bool spill;
 };
 
-// Reads that failed past a batch's first frame (the first one throws instead): the tap had taken the
-// frame off its queue and dropped it, so the caller counts each. The status word gets the count
+// Reads that failed and that neither the call's count nor its exception stands for (past a batch's first
+// frame; when nothing was read, all but the one thrown): the tap had taken each frame off its queue and
+// dropped it, so the caller counts each. The status word gets the count
 // (saturating at 255) in bits 16-23 and the first errno in bits 24-31 (IovecTable.readFailures and
 // readErrno); 0 when every read succeeded or met EAGAIN. Bits 0-15 stay clear: they are readvMerged's.
+// uringReadvMerged writes the same bits beside its stop code.
+inline uint32_t ReadFailureBits(uint32_t failures, int err) {
+  return failures == 0 ? 0 : ((uint32_t)(err & 0xff) << 24) | ((failures > 255 ? 255u : failures) << 16);
+}
 inline void SetReadFailures(const Batch& b, uint32_t failures, int err) {
-  if (b.status == nullptr) return;
-  *b.status = failures == 0 ? 0 : ((uint32_t)(err & 0xff) << 24) | ((failures > 255 ? 255u : failures) << 16);
+  if (b.status != nullptr) *b.status = ReadFailureBits(failures, err);
 }
 
 // Parses and checks a batch call's arguments (`handle` in [0, handleMax]: an fd or a ring id), copies

@@ -127,9 +127,12 @@ export class IovecTable {
   }
 
   /**
-   * readvBatch/uringReadvBatch's output: reads that failed (other than EAGAIN) after the call's first
-   * frame, which throws instead. Each lost the frame the tap was copying out: the count the call
-   * returns stops before it, and the caller counts the loss. Saturates at 255.
+   * readvBatch/uringReadvBatch/uringReadvMerged's output: frames the call took from the tap and lost
+   * that neither its result nor its exception stands for. For the batches, reads that failed (other
+   * than EAGAIN) past the call's first frame; when nothing was read, every failure but the one thrown.
+   * For uringReadvMerged, likewise beyond the one MERGED_STOP.ERROR or the exception stands for, and
+   * the frames a round read after a failed READV (not placed: their buffers would be the ones that
+   * failed). The caller counts each as lost. Saturates at 255.
    */
   get readFailures(): number {
     return (this.words[this.words.length - 1]! >>> 16) & 0xff;

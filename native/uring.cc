@@ -438,7 +438,7 @@ void CopyIov(const struct iovec* src, uint32_t ns, const struct iovec* dst, uint
 //
 // Returns the number of slots settled (frames, and -1 slots among them); bytes of the slots after that
 // are untouched. A READV error other than EAGAIN ends the call like EAGAIN, and is thrown when nothing
-// was read at all; otherwise the status word counts such READVs (SetReadFailures in batch.h), since
+// was read at all; the status word counts the other such READVs (SetReadFailures in batch.h), since
 // each lost the frame it was copying.
 napi_value UringReadvBatch(napi_env env, napi_callback_info cbinfo) {
   napi_value undefined;
@@ -533,6 +533,7 @@ napi_value UringReadvBatch(napi_env env, napi_callback_info cbinfo) {
     break;
   }
   if (settled == 0 && firstErr != 0) {
+    SetReadFailures(b, failures - 1, firstErr);  // the exception stands for one of them
     ThrowNativeError(Napi::Env(env), firstErr, "readv", "ring " + std::to_string(b.handle) + ", READV 0 of a burst");
     return undefined;
   }
@@ -560,7 +561,10 @@ napi_value UringReadvBatch(napi_env env, napi_callback_info cbinfo) {
 //
 // Stops as readvMerged does: FRAMES, EMPTY (a READV met an empty tap), NO_ROOM (not one group left),
 // PIECES (the first group of a round exceeds IOV_MAX − 1 pieces), ERROR (a READV failed after a frame
-// was recorded; with none, it throws).
+// was recorded; with none, it throws). A frame read after a failed READV of its round is not placed (its
+// buffers would be the ones that failed): like the failed READVs beyond the one that ERROR or the
+// exception stands for, it is counted in the status word's read-failure bits (batch.h ReadFailureBits),
+// which the caller adds to its drops.
 
 // The stage: when a group spans more than kStageGroup buffers (a guest that takes TSO into 1536-byte
 // buffers: 43 of them per group, so a 256-entry ring holds 5 groups), copy-down rounds are bound by
@@ -635,7 +639,7 @@ inline struct iovec* BufIov(const Merged& m, uint32_t b) { return m.iov + (m.end
 // into their slots before anything else is written, and the round settles from the stage as above.
 template <typename Fit, typename Place>
 bool StagedRounds(napi_env env, Ring* r, Merged& m, const RxFilterSpec* filter, Pins& pins, Fit& fit, Place& place,
-                  uint32_t* done, uint32_t* cur, uint32_t* stop, int* firstErr, bool* big) {
+                  uint32_t* done, uint32_t* cur, uint32_t* stop, int* firstErr, uint32_t* failures, bool* big) {
   if (tStageIov.size() < kRoundIov * kStageSlots) tStageIov.resize(kRoundIov * kStageSlots);
   struct iovec* siov = tStageIov.data();
   auto pieces = [&](uint32_t b) { return m.ends[b + 1] - m.ends[b]; };
@@ -681,8 +685,14 @@ bool StagedRounds(napi_env env, Ring* r, Merged& m, const RxFilterSpec* filter, 
     unsigned got = 0;
     bool empty = false;
     bool deviated = false;
+    bool failed = false;
     for (unsigned i = 0; i < w; i++) {
       const int32_t v = res[i];
+      if (failed) {
+        // A frame after a failed READV would go into the buffers that failed: it is lost, and counted.
+        if (v != -EAGAIN) ++*failures;
+        continue;
+      }
       if (!deviated) {
         const uint32_t b = base + i;
         bool fits = v > 0 && direct[i] && (uint32_t)v <= m.room[b] && v <= m.maxLen;
@@ -711,7 +721,11 @@ bool StagedRounds(napi_env env, Ring* r, Merged& m, const RxFilterSpec* filter, 
       }
       if (v < 0) {
         empty = true;
-        if (v != -EAGAIN && *firstErr == 0) *firstErr = -v;
+        if (v != -EAGAIN) {
+          if (*firstErr == 0) *firstErr = -v;
+          ++*failures;
+          failed = true;
+        }
         continue;
       }
       got++;
@@ -800,6 +814,7 @@ napi_value UringReadvMerged(napi_env env, napi_callback_info cbinfo) {
   uint32_t cur = 0;  // the first buffer no frame took
   uint32_t stop = kStopFrames;
   int firstErr = 0;
+  uint32_t failures = 0;  // READVs that failed other than EAGAIN, and frames after them in their round: each a frame lost
   bool big = false;  // a frame above kBigFrame came
   // The end of the fewest buffers from `from` that hold `len` bytes, or nb + 1 when all of them do not.
   auto fit = [&](uint32_t from, uint64_t len) -> uint32_t {
@@ -830,7 +845,7 @@ napi_value UringReadvMerged(napi_env env, napi_callback_info cbinfo) {
   if (r->stashN > 0) {
     stop = done < m.frames ? kStopNoRoom : kStopFrames;
   } else if (staged) {
-    if (!StagedRounds(env, r, m, filtering ? &filter : nullptr, pins, fit, place, &done, &cur, &stop, &firstErr, &big)) return undefined;
+    if (!StagedRounds(env, r, m, filtering ? &filter : nullptr, pins, fit, place, &done, &cur, &stop, &firstErr, &failures, &big)) return undefined;
   } else while (done < m.frames) {
     unsigned w = r->window < r->sqEntries ? r->window : r->sqEntries;
     if (w > m.frames - done) w = m.frames - done;
@@ -883,12 +898,22 @@ napi_value UringReadvMerged(napi_env env, napi_callback_info cbinfo) {
     uint32_t fill = cur;
     unsigned got = 0;
     bool empty = false;
+    bool failed = false;
     for (unsigned i = 0; i < n; i++) {
       const Group& g = groups[i];
       const int32_t v = res[i];
+      if (failed) {
+        // A frame after a failed READV would be copied down into the buffers that failed: lost, and counted.
+        if (v != -EAGAIN) failures++;
+        continue;
+      }
       if (v < 0) {
         empty = true;
-        if (v != -EAGAIN && firstErr == 0) firstErr = -v;
+        if (v != -EAGAIN) {
+          if (firstErr == 0) firstErr = -v;
+          failures++;
+          failed = true;
+        }
         continue;
       }
       got++;
@@ -929,11 +954,15 @@ napi_value UringReadvMerged(napi_env env, napi_callback_info cbinfo) {
   } else if (r->directCalls > 0) {
     r->directCalls--;
   }
-  if (done == 0 && firstErr != 0) {
+  // The ERROR stop, or the exception, stands for one lost frame; the status word counts the rest.
+  const bool thrown = done == 0 && firstErr != 0;
+  const uint32_t unreported = failures > 0 && (thrown || stop == kStopError) ? failures - 1 : failures;
+  if (thrown) {
+    *m.status = ReadFailureBits(unreported, firstErr);
     ThrowNativeError(Napi::Env(env), firstErr, "readv", "ring " + std::to_string(m.handle) + ", READV 0 of a merged burst");
     return undefined;
   }
-  *m.status = stop | (staged && r->directCalls == 0 ? kStatusStaged : 0);
+  *m.status = stop | (staged && r->directCalls == 0 ? kStatusStaged : 0) | ReadFailureBits(unreported, firstErr);
   napi_create_uint32(env, done, &result);
   return result;
 }

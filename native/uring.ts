@@ -85,8 +85,8 @@ export function uringWritevBatch(ring: number, table: IovecTable, frames: number
  * untouched in table.bytes. table.written[i], for every slot i < frames, is what the call put into
  * slot i's buffers: more than bytes[i] (or anything past n) where a frame was read into a slot and
  * then copied down into an earlier one; what it wrote must still be logged for migration. A READV
- * error with nothing read throws NativeError('readv'); past that, table.readFailures counts the READVs
- * that failed (each lost the frame it was copying) and readErrno names the first. The other errors are
+ * error with nothing read throws NativeError('readv'); table.readFailures counts the other READVs that
+ * failed (each lost the frame it was copying) and readErrno names the first. The other errors are
  * those of uringWritevBatch.
  */
 export function uringReadvBatch(ring: number, table: IovecTable, frames: number = table.frames): number {
@@ -111,8 +111,10 @@ export function uringReadvBatch(ring: number, table: IovecTable, frames: number 
  *   the buffers left stay there (the stash; status NO_ROOM) and go first at the next call: see
  *   uringRxStash for what the caller must do with them when it stops.
  *
- * A READV error with nothing recorded throws NativeError('readv'); the other errors are those of
- * uringReadvBatch.
+ * A READV error with nothing recorded throws NativeError('readv'). A frame a round read after a failed
+ * READV is not placed (its buffers would be the ones that failed): it is lost, and table.readFailures
+ * counts it with the failed READVs that the ERROR stop or the exception does not stand for. The other
+ * errors are those of uringReadvBatch.
  */
 export function uringReadvMerged(
   ring: number,

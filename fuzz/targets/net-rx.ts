@@ -5,7 +5,8 @@
  * of any size, some too short for a header, some with a readable piece in front; so do the features,
  * the RX filter, whether the backend writes the virtio_net_hdr, and the frames the backend offers (any
  * length, including longer than the guest may receive). The backend may stop short of a burst or fail
- * on a frame. recvMerged here keeps readvMerged's contract (native/batch.ts) with a peek list that
+ * on a run of up to 4 frames, each lost (as io_uring's rounds lose one per failed READV), and says how
+ * many in the status word beyond the one its exception or ERROR stop stands for. recvMerged here keeps readvMerged's contract (native/batch.ts) with a peek list that
  * vouches for nothing, so the filter judges every frame the merged path reads; or, reading ahead as
  * uringReadvMerged does, it applies the filter itself. (How io_uring reads ahead, its rounds and
  * stage, is not modelled: test/native/merged.test.ts holds that to the contract on a real tap.)
@@ -68,6 +69,18 @@ class Source {
   readonly frames: Uint8Array[] = [];
   taken = 0;
   failOn = -1;
+  /** Frames lost from failOn on, as io_uring's rounds lose one per failed READV and each after it. */
+  failRun = 1;
+
+  /** Takes the run of frames that fail from here, at most `room` of them (one read each); returns how many. */
+  fail(room: number): number {
+    let lost = 0;
+    while (lost < this.failRun && lost < room && this.next() !== null) {
+      this.taken++;
+      lost++;
+    }
+    return lost;
+  }
 
   next(): Uint8Array | null {
     return this.taken < this.frames.length ? this.frames[this.taken]! : null;
@@ -102,11 +115,15 @@ function port(src: Source, vnetHdrLen: number, merged: boolean, ahead: boolean, 
         const fr = src.next();
         if (fr === null) break;
         if (src.taken === src.failOn) {
-          // readvBatch's contract: the frame is gone, as a tap drops a frame it could not copy out. On
-          // the first frame the call throws; past it, the batch ends there and the status word says so.
-          src.taken++;
-          if (n === 0) throw new NativeError(5, 'readv', 'the backend failed');
-          t.setReadFailures(1, 5);
+          // readvBatch's contract: the frames are gone, as a tap drops a frame it could not copy out. On
+          // the first frame the call throws and the status word counts the others; past it, the batch
+          // ends there and the status word counts them all.
+          const lost = src.fail(max - n);
+          if (n === 0) {
+            t.setReadFailures(lost - 1, 5);
+            throw new NativeError(5, 'readv', 'the backend failed');
+          }
+          t.setReadFailures(lost, 5);
           break;
         }
         src.taken++;
@@ -129,6 +146,7 @@ function port(src: Source, vnetHdrLen: number, merged: boolean, ahead: boolean, 
       let b = first;
       let n = 0;
       let status: number = MERGED_STOP.FRAMES;
+      let unreported = 0; // frames lost beyond the one the ERROR stop stands for
       while (n < frames) {
         const fr = src.next();
         if (fr === null) {
@@ -143,8 +161,12 @@ function port(src: Source, vnetHdrLen: number, merged: boolean, ahead: boolean, 
           break;
         }
         if (src.taken === src.failOn) {
-          src.taken++;
-          if (n === 0) throw new NativeError(5, 'readv', 'the backend failed');
+          const lost = src.fail(frames - n);
+          if (n === 0) {
+            t.setReadFailures(lost - 1, 5);
+            throw new NativeError(5, 'readv', 'the backend failed');
+          }
+          unreported = lost - 1;
           status = MERGED_STOP.ERROR;
           break;
         }
@@ -171,7 +193,8 @@ function port(src: Source, vnetHdrLen: number, merged: boolean, ahead: boolean, 
           break;
         }
       }
-      t.words[t.words.length - 1] = status;
+      t.setReadFailures(unreported, 5);
+      t.words[t.words.length - 1] = (t.words[t.words.length - 1]! | status) >>> 0;
       return n;
     },
   };
@@ -236,7 +259,11 @@ export default {
       fr.set(dst.subarray(0, Math.min(6, len)), hdr);
       src.frames.push(fr);
     }
-    if ((inp.u8() & 7) === 0) src.failOn = inp.u8() % Math.max(1, frames);
+    const fails = inp.u8();
+    if ((fails & 7) === 0) {
+      src.failOn = inp.u8() % Math.max(1, frames);
+      src.failRun = 1 + ((fails >> 3) & 3);
+    }
 
     const counters = new Float64Array(M.COUNT);
     const q = createQueue(f, { size: SIZE, desc: L.desc, avail: L.avail, used: L.used });

@@ -15,18 +15,19 @@ export interface ShrunkMemory {
   id: number;
   /** The page that is left. */
   view: Uint8Array;
-  /** Three one-buffer frames of 1500 bytes: page 0, the page that is gone, page 0 at 2048. */
+  /** One-buffer frames: by default three of 1500 bytes, in page 0, the page that is gone, page 0 at 2048. */
   table: IovecTable;
   close(): void;
 }
 
-export function shrunkMemory(): ShrunkMemory {
+/** `buffers`: the table's one-buffer frames, as [offset, length] in the two pages. */
+export function shrunkMemory(buffers: Array<[number, number]> = [[0, 1500], [PAGE, 1500], [2048, 1500]]): ShrunkMemory {
   const fd = memfdCreate('lgnet-shrinkable', 2 * PAGE, { sealable: false });
   const id = mmap(fd, 0, 2 * PAGE);
   ftruncateSync(fd, PAGE);
-  const table = new IovecTable(4, 3);
-  for (const at of [0, PAGE, 2048]) {
-    table.push(id, at, 1500);
+  const table = new IovecTable(buffers.length + 64, buffers.length + 32); // room for merged reads of more frames than buffers
+  for (const [at, len] of buffers) {
+    table.push(id, at, len);
     table.endFrame();
   }
   return {

@@ -39,6 +39,7 @@ import { RxFilter } from '../../device/rx-filter.ts';
 import { binding } from '../../native/load.ts';
 import { createNetns, destroyAllNetns, netnsPrerequisites, openPacketIn, openTapIn, type Netns } from '../../harness/netns.ts';
 import { nativeErrorOf } from '../helpers/errors.ts';
+import { PAGE, shrunkMemory } from '../helpers/shrunk.ts';
 
 const pre = netnsPrerequisites();
 if (!pre.ok) console.warn(`readvMerged tests skipped: ${pre.why}`);
@@ -582,6 +583,46 @@ describe.runIf(pre.ok)('uringReadvMerged on a tap', () => {
     expect(t3.status).toBe(MERGED_STOP.EMPTY);
     expectPacked(t3, [sent[7]!, later], 256);
     expect(uringRxStash(s.ring, false)).toBe(0);
+  });
+
+  // Guest memory that shrank under some buffers (test/helpers/shrunk.ts): the tap drops each frame whose
+  // READV fails, and a frame read after it in the round is not copied into the buffers that failed.
+  describe('a READV that fails loses its frame, and every frame after it in its round: each is counted', () => {
+    function lose(buffers: Array<[number, number]>, frames: number, need: number): { got: number | string; status: number; failures: number; errno: number; stagedNext: boolean } {
+      const s = setupRing();
+      const m = shrunkMemory(buffers);
+      try {
+        send(s, Array.from({ length: frames }, (_, i) => frame(100, 70 + i)));
+        const t = m.table;
+        t.setReadFailures(0, 0);
+        let got: number | string;
+        try {
+          got = uringReadvMerged(s.ring, t, 0, buffers.length, 8, need, need);
+        } catch (e) {
+          got = nativeErrorOf(() => {
+            throw e;
+          }).code;
+        }
+        expect(poll([s.tap], 0)).toBe(0); // every frame was taken off the tap
+        return { got, status: t.status, failures: t.readFailures, errno: t.readErrno, stagedNext: t.stagedNext };
+      } finally {
+        m.close();
+      }
+    }
+    const oneEach: Array<[number, number]> = [[0, 1536], [PAGE, 1536], [2048, 1536]]; // one buffer per READV
+
+    it('copy-down rounds: frame 0 read, READV 1 fails, frame 2 lost (ERROR stands for one, the word for the other)', () => {
+      expect(lose(oneEach, 3, NEED)).toMatchObject({ got: 1, status: MERGED_STOP.ERROR, failures: 1, errno: 14 });
+    });
+
+    it('copy-down rounds: nothing read (the exception stands for one failure, the word for the two others)', () => {
+      expect(lose([[PAGE, 1536], [PAGE + 2048, 1536], [0, 1536]], 3, NEED)).toMatchObject({ got: 'EFAULT', failures: 2, errno: 14 });
+    });
+
+    it('staged rounds (NEED spans 6 buffers of 256): frame 0 read into its buffer, READV 1 fails, frame 2 lost', () => {
+      const small: Array<[number, number]> = [[0, 256], [PAGE, 256], ...Array.from({ length: 15 }, (_, k): [number, number] => [256 * (k + 1), 256])];
+      expect(lose(small, 3, NEED)).toMatchObject({ got: 1, status: MERGED_STOP.ERROR, failures: 1, errno: 14, stagedNext: true });
+    });
   });
 
   it('staged: a stop drops what the stash holds and says how many; the next call reads only what came after', () => {

@@ -37,7 +37,7 @@ import {
 } from '../../native/index.ts';
 import { createNetns, destroyAllNetns, netnsPrerequisites, openPacketIn, openTapIn } from '../../harness/netns.ts';
 import { nativeErrorOf } from '../helpers/errors.ts';
-import { shrunkMemory } from '../helpers/shrunk.ts';
+import { PAGE, shrunkMemory } from '../helpers/shrunk.ts';
 
 const pre = netnsPrerequisites();
 const ETHERTYPE = 0x88b5;
@@ -313,6 +313,21 @@ describe.runIf(pre.ok)('io_uring tap I/O', () => {
       expect(new DataView(view.buffer, view.byteOffset).getUint32(2048 + HDR + 14)).toBe(2); // in place, not copied into the failed slot
       expect(uringReadvBatch(ring, t)).toBe(0); // frame 1 is gone
       expect(t.readFailures).toBe(0);
+    } finally {
+      m.close();
+    }
+  });
+
+  it('uringReadvBatch: when nothing was read, the exception stands for one failed READV and the status word counts the others', () => {
+    const { ring, pkt, tap } = setup();
+    const m = shrunkMemory([[PAGE, 1500], [PAGE + 2048, 1500], [0, 1500]]); // two slots in the page that is gone
+    try {
+      for (const seq of [0, 1]) expect(fdWrite(pkt, frame(100, seq))).toBe(100);
+      expect(poll([tap], 2000)).toBe(1);
+      // One round: EFAULT, EFAULT, EAGAIN. Both frames are gone.
+      expect(nativeErrorOf(() => uringReadvBatch(ring, m.table)).code).toBe('EFAULT');
+      expect([m.table.readFailures, m.table.readErrno]).toEqual([1, 14]);
+      expect(poll([tap], 0)).toBe(0);
     } finally {
       m.close();
     }
