@@ -126,30 +126,39 @@ std::shared_ptr<Ring> FindRing(uint32_t id) {
   return it == gRings.end() ? nullptr : it->second;
 }
 
-// Marks the ring in use by this thread for the life of the guard; refuses a second user.
-struct Use {
-  Ring* r;
-  bool ok;
-  explicit Use(Ring* ring) : r(ring), ok(!ring->busy.exchange(true, std::memory_order_acquire)) {}
-  ~Use() {
-    if (ok) r->busy.store(false, std::memory_order_release);
+// A call's ring, in use by this thread alone while the hold lives: a second thread's call on it is
+// refused with EBUSY rather than sharing the submission queue.
+class RingHold {
+ public:
+  RingHold() = default;
+  RingHold(const RingHold&) = delete;
+  RingHold& operator=(const RingHold&) = delete;
+  ~RingHold() {
+    if (claimed_) ring_->busy.store(false, std::memory_order_release);
   }
-};
+  // Finds ring `id` and claims it. False with a JS exception pending when it is not open (EBADF), gave
+  // up on a burst earlier (EIO; unless `poisonedToo`) or is in use by another thread (EBUSY).
+  bool Take(napi_env env, int64_t id, bool poisonedToo = false) {
+    ring_ = FindRing((uint32_t)id);
+    Napi::Env cenv(env);
+    if (!ring_) {
+      ThrowNativeError(cenv, EBADF, "io_uring", "ring " + std::to_string(id) + " is not open (never created, or closed)");
+      return false;
+    }
+    if (ring_->poisoned && !poisonedToo) {
+      ThrowNativeError(cenv, EIO, "io_uring", "ring " + std::to_string(id) + " gave up on a burst earlier and is out of use; close it");
+      return false;
+    }
+    claimed_ = !ring_->busy.exchange(true, std::memory_order_acquire);
+    if (!claimed_) ThrowNativeError(cenv, EBUSY, "io_uring", "ring " + std::to_string(id) + " is in use by another thread");
+    return claimed_;
+  }
+  Ring* get() const { return ring_.get(); }
 
-// The ring of a call's id argument, in use by this thread; a dead, busy or poisoned ring throws.
-bool AcquireRing(napi_env env, int64_t id, std::shared_ptr<Ring>* out) {
-  *out = FindRing((uint32_t)id);
-  Napi::Env cenv(env);
-  if (!*out) {
-    ThrowNativeError(cenv, EBADF, "io_uring", "ring " + std::to_string(id) + " is not open (never created, or closed)");
-    return false;
-  }
-  if ((*out)->poisoned) {
-    ThrowNativeError(cenv, EIO, "io_uring", "ring " + std::to_string(id) + " gave up on a burst earlier and is out of use; close it");
-    return false;
-  }
-  return true;
-}
+ private:
+  std::shared_ptr<Ring> ring_;
+  bool claimed_ = false;
+};
 
 // Writes SQE i of a burst at the ring's tail + i.
 inline void PrepSqe(Ring* r, unsigned i, uint8_t op, uint8_t flags, int32_t fd, const void* addr, uint32_t len, uint32_t rwFlags) {
@@ -358,14 +367,9 @@ napi_value UringWritevBatch(napi_env env, napi_callback_info cbinfo) {
     napi_create_uint32(env, 0, &result);
     return result;
   }
-  std::shared_ptr<Ring> ring;
-  if (!AcquireRing(env, b.handle, &ring)) return undefined;
-  Ring* r = ring.get();
-  Use use(r);
-  if (!use.ok) {
-    ThrowNativeError(Napi::Env(env), EBUSY, "io_uring", "ring " + std::to_string(b.handle) + " is in use by another thread");
-    return undefined;
-  }
+  RingHold held;
+  if (!held.Take(env, b.handle)) return undefined;
+  Ring* r = held.get();
   uint32_t first = 0;
   while (first < b.frames) {
     unsigned n = b.frames - first < r->sqEntries ? b.frames - first : r->sqEntries;
@@ -456,14 +460,9 @@ napi_value UringReadvBatch(napi_env env, napi_callback_info cbinfo) {
     napi_throw_range_error(env, nullptr, "uringReadvBatch needs the words of a whole IovecTable (bytes, then written)");
     return undefined;
   }
-  std::shared_ptr<Ring> ring;
-  if (!AcquireRing(env, b.handle, &ring)) return undefined;
-  Ring* r = ring.get();
-  Use use(r);
-  if (!use.ok) {
-    ThrowNativeError(Napi::Env(env), EBUSY, "io_uring", "ring " + std::to_string(b.handle) + " is in use by another thread");
-    return undefined;
-  }
+  RingHold held;
+  if (!held.Take(env, b.handle)) return undefined;
+  Ring* r = held.get();
   // A slot's iovecs, the spill iovec last (what its READV gets), and its guest iovecs alone.
   auto slotIov = [&](uint32_t f) { return b.iov + (f == 0 ? 0 : b.ends[f - 1]); };
   auto slotLen = [&](uint32_t f) { return b.ends[f] - (f == 0 ? 0 : b.ends[f - 1]); };
@@ -795,14 +794,9 @@ napi_value UringReadvMerged(napi_env env, napi_callback_info cbinfo) {
     napi_create_uint32(env, 0, &result);
     return result;
   }
-  std::shared_ptr<Ring> ring;
-  if (!AcquireRing(env, m.handle, &ring)) return undefined;
-  Ring* r = ring.get();
-  Use use(r);
-  if (!use.ok) {
-    ThrowNativeError(Napi::Env(env), EBUSY, "io_uring", "ring " + std::to_string(m.handle) + " is in use by another thread");
-    return undefined;
-  }
+  RingHold held;
+  if (!held.Take(env, m.handle)) return undefined;
+  Ring* r = held.get();
   const uint32_t nb = m.buffers;
   const uint32_t* ends = m.ends;
   const uint32_t* room = m.room;
@@ -973,11 +967,9 @@ Napi::Value UringRxStash(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   REQUIRE_ARGUMENT_INTEGER(0, id, "ring id", 1, UINT32_MAX)
   REQUIRE_ARGUMENT_BOOLEAN(1, discard, "discard")
-  std::shared_ptr<Ring> ring = FindRing((uint32_t)id);
-  if (!ring) return NativeFail(env, EBADF, "io_uring", "ring " + std::to_string(id) + " is not open (never created, or closed)");
-  Ring* r = ring.get();
-  Use use(r);
-  if (!use.ok) return NativeFail(env, EBUSY, "io_uring", "ring " + std::to_string(id) + " is in use by another thread");
+  RingHold held;
+  if (!held.Take(env, id, true)) return env.Undefined();  // a ring that gave up still says what it holds
+  Ring* r = held.get();
   const uint32_t n = r->stashN;
   if (discard) r->stashN = 0;
   return Napi::Number::New(env, n);
@@ -1002,11 +994,9 @@ Napi::Value UringTry(const Napi::CallbackInfo& info) {
     buf = bytes.Data();
     bufLen = bytes.ByteLength();
   }
-  std::shared_ptr<Ring> ring;
-  if (!AcquireRing(env, id, &ring)) return env.Undefined();
-  Ring* r = ring.get();
-  Use use(r);
-  if (!use.ok) return NativeFail(env, EBUSY, "io_uring", "ring " + std::to_string(id) + " is in use by another thread");
+  RingHold held;
+  if (!held.Take(env, id)) return env.Undefined();
+  Ring* r = held.get();
   struct iovec iov = {buf, bufLen};
   const uint8_t flags = fixed ? IOSQE_FIXED_FILE : 0;
   if (op == "nop") PrepSqe(r, 0, IORING_OP_NOP, flags, fd, nullptr, 0, 0);
