@@ -476,7 +476,7 @@ export class RxService {
           if (!ahead) this.logDropped(buf, nbuf, total);
           continue;
         }
-        if (i === got - 1 && stop === MERGED_STOP.PEEK && !this.accepts(chains[this.bufChain[buf]!]!, total)) {
+        if (i === got - 1 && stop === MERGED_STOP.PEEK && !this.accepts(this.bufChain, buf, used, total)) {
           // The last frame of the call and of the buffers taken: they take the next frame.
           c[M.rxDropFiltered]! += 1;
           this.logDropped(buf, nbuf, total);
@@ -650,7 +650,7 @@ export class RxService {
         cur.logWritten(total);
         continue; // the same buffers take the next frame
       }
-      if (!this.accepts(cur.first(), total)) {
+      if (!cur.accepted(total)) {
         c[M.rxDropFiltered]! += 1;
         cur.logWritten(total);
         continue;
@@ -678,12 +678,30 @@ export class RxService {
     return got === 0 ? -1 : t.bytes[0]! + this.skip;
   }
 
-  /** The RX filter's verdict on the frame that starts after the header in `first`. */
-  private accepts(first: DescriptorChain, total: number): boolean {
+  /**
+   * The RX filter's verdict on a frame of `total` bytes (header included) in chains idx[from …
+   * from+n−1]. The bytes it judges (destination, VLAN tag) are read across those chains: a first chain
+   * may hold little more than the header (MRG_RXBUF asks only that a buffer hold the header).
+   */
+  accepts(idx: ArrayLike<number>, from: number, n: number, total: number): boolean {
+    if (this.filter.passAll) return true;
     const hdrLen = this.ctx.f.hdrLen;
-    if (this.filter.passAll || first.writableLen < hdrLen + FILTER_BYTES) return true;
-    first.readWritable(hdrLen, this.peek, 0, FILTER_BYTES);
-    return this.filter.accept(this.peek, 0, total - hdrLen);
+    const len = total - hdrLen;
+    let off = hdrLen;
+    let at = 0;
+    const want = Math.min(FILTER_BYTES, Math.max(0, len));
+    for (let u = from; u < from + n && at < want; u++) {
+      const ch = this.chains[idx[u]!]!;
+      if (off >= ch.writableLen) {
+        off -= ch.writableLen;
+        continue;
+      }
+      const k = Math.min(want - at, ch.writableLen - off);
+      ch.readWritable(off, this.peek, at, k);
+      at += k;
+      off = 0;
+    }
+    return this.filter.accept(this.peek, 0, len); // the frame lies within its chains: at = want
   }
 
   /** Hands over a frame of `total` bytes that the gathered chains hold: header, num_buffers, completions. */
@@ -806,6 +824,11 @@ class MrgCursor {
   /** The first gathered chain (it holds the header). */
   first(): DescriptorChain {
     return this.chains[this.gathered[0]!]!;
+  }
+
+  /** The RX filter's verdict on a frame of `total` bytes in the gathered chains. */
+  accepted(total: number): boolean {
+    return this.rx.accepts(this.gathered, 0, this.gathered.length, total);
   }
 
   /** The u-th gathered chain. */

@@ -15,7 +15,8 @@
  *     queue's position is exactly what was completed;
  *   - every frame taken from the backend is delivered or counted (too big, filtered, backend error);
  *   - each delivered frame reaches the guest whole, in order: num_buffers consecutive used entries,
- *     the first with the header, and the used lengths add up to header + frame.
+ *     the first with the header, and the used lengths add up to header + frame;
+ *   - with the filter on, every delivered frame is one it accepts.
  */
 import { F, decode } from '../../device/features.ts';
 import { HDR } from '../../device/header.ts';
@@ -363,6 +364,7 @@ export default {
         if (equal(want.subarray(deviceWritesHdr ? 0 : hdrLen), body) && sameHeader(want)) break;
       }
       if (k === src.taken) throw new Error(`a frame of ${body.length} bytes reached the guest that the backend did not offer, or out of order`);
+      if (!filter.passAll && !filter.accept(body, 0, body.length)) throw new Error(`a frame of ${body.length} bytes that the RX filter rejects reached the guest`);
       next = k + 1;
       delivered++;
     }

@@ -10,7 +10,7 @@ import { fileURLToPath } from 'node:url';
 import * as native from '../../native/index.ts';
 import { mask, type FeatureName } from '../../device/features.ts';
 import { NetDevice, type NetDeviceOptions } from '../../device/net.ts';
-import { TapBackend } from '../../device/tap-backend.ts';
+import { TapBackend, type TapIo } from '../../device/tap-backend.ts';
 import { GuestRam } from '../../harness/guest-ram.ts';
 import { VirtioNetDriver, type NetDriverOptions } from '../../harness/virtio-net.ts';
 import { ip4, mac } from '../../harness/frames.ts';
@@ -42,10 +42,12 @@ export async function createBed(opts: {
   ramMiB?: number;
   driver?: Partial<NetDriverOptions>;
   device?: Partial<NetDeviceOptions>;
+  /** The tap's I/O path (default: LGNET_IO, else io_uring where the kernel allows it). */
+  io?: TapIo;
 } = {}): Promise<Bed> {
   const ns = createNetns('lgdev');
   const pairs = opts.queuePairs ?? 1;
-  const backend = native.withNetns(ns.path, () => new TapBackend({ name: 'lgtap0', queuePairs: pairs }));
+  const backend = native.withNetns(ns.path, () => new TapBackend({ name: 'lgtap0', queuePairs: pairs, ...(opts.io ? { io: opts.io } : {}) }));
   const n = (subnet = (subnet + 1) % 200) + 20;
   const hostIp = `10.${n}.0.1`;
   const guestIp = `10.${n}.0.2`;
