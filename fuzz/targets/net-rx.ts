@@ -3,7 +3,7 @@
  * chain), merged (a port with recvMerged: MRG_RXBUF frames over several buffers in one call) and per
  * frame (MRG_RXBUF on a port without it). The guest's chains come from the input: 1–3 writable pieces
  * of any size, some too short for a header, some with a readable piece in front; so do the features,
- * the RX filter, whether the backend writes the virtio_net_hdr, and the frames the backend offers (any
+ * the RX filter (VLAN filtering too, with a quarter of the frames tagged), whether the backend writes the virtio_net_hdr, and the frames the backend offers (any
  * length, including longer than the guest may receive). The backend may stop short of a burst or fail
  * on a run of up to 4 frames, each lost (as io_uring's rounds lose one per failed READV), and says how
  * many in the status word beyond the one its exception or ERROR stop stands for. recvMerged here keeps readvMerged's contract (native/batch.ts) with a peek list that
@@ -258,6 +258,8 @@ export default {
       for (let k = hdr; k < fr.length; k++) fr[k] = (k * 7 + i * 13) & 0xff;
       const dst = kind % 3 === 0 ? MAC : kind % 3 === 1 ? OTHER : BCAST;
       fr.set(dst.subarray(0, Math.min(6, len)), hdr);
+      // A quarter of the frames carry an 802.1Q tag (its VID from the body's pattern), for VLAN filtering.
+      if (kind >= 192 && len >= 14) fr.set([0x81, 0x00], hdr + 12);
       src.frames.push(fr);
     }
     const fails = inp.u8();
@@ -272,6 +274,11 @@ export default {
     const filter = new RxFilter();
     filter.reset(MAC, false);
     if (filtered) filter.promisc = false; // our MAC and broadcast pass, OTHER is rejected
+    if ((mode & 0x80) !== 0) {
+      // VLAN filtering: tagged frames pass only for the VIDs in the table (every third one here).
+      filter.vlanFiltering = true;
+      for (let vid = 0; vid < 4096; vid += 3) filter.vlans[vid >>> 5]! |= 1 << (vid & 31);
+    }
     const ctx = new ServiceContext<RxPort>({ queue: q, mem, f, counters, pending: new PendingUsed(q, -1, counters), port: port(src, deviceWritesHdr ? 0 : hdrLen, merged, ahead, filter, shortBursts), burst });
     const rx = new RxService(ctx, filter, { mtu: 1500 });
 
