@@ -118,6 +118,8 @@ export class RxService {
   private stagedNext = false;
   /** MRG_RXBUF without GSO: a frame may fit one buffer, and then the batched path serves (below). */
   private readonly mrgInOne: boolean;
+  /** The fewest writable bytes a chain must offer (unusable()). */
+  private readonly minChain: number;
 
   constructor(ctx: ServiceContext<RxPort>, filter: RxFilter, opts: { mtu: number }) {
     this.ctx = ctx;
@@ -128,6 +130,7 @@ export class RxService {
     const gso = f.guestTso4 || f.guestTso6 || f.guestUfo;
     this.maxRx = f.hdrLen + (gso ? MAX_FRAME_LEN : opts.mtu + ETH_HLEN + VLAN_HLEN);
     this.mrgInOne = f.mrgRxbuf && !gso;
+    this.minChain = f.mrgRxbuf ? f.hdrLen : f.hdrLen + ETH_HLEN - this.skip;
     // Frames (batched) or buffers (merged): a burst, plus room for one frame over MAX_IOV_PER_FRAME
     // single-piece buffers. Entries: a burst of chains in their most pieces, or two frames' worth.
     const slots = ctx.burst + MAX_IOV_PER_FRAME;
@@ -194,9 +197,13 @@ export class RxService {
     this.ctx.c[M.rxKept] = n;
   }
 
-  /** 0 when the chain can take a frame, else the counter of why not (it is completed with 0). */
+  /**
+   * 0 when the chain can take a frame or, with MRG_RXBUF, a part of one, else the counter of why not (it
+   * is completed with 0). With MRG_RXBUF a buffer need hold only the header (virtio 1.2 §5.1.6.3.1): a
+   * frame's first buffer may carry the header alone and the frame continue in the next.
+   */
   unusable(ch: DescriptorChain): number {
-    if (ch.readableLen !== 0 || ch.writableLen < this.ctx.f.hdrLen + ETH_HLEN - this.skip) return M.rxDropShortBuffer;
+    if (ch.readableLen !== 0 || ch.writableLen < this.minChain) return M.rxDropShortBuffer;
     return ch.writable.count > MAX_IOV_PER_CHAIN ? M.rxDropTooManyPieces : 0;
   }
 

@@ -131,12 +131,12 @@ it('a chain too short for a frame, among the buffers a frame takes, goes back be
   });
   const rx = bed.drv.rx[0]!;
   const ring = SplitRingBuilder.over(bed.ram.mem, rx.setup, bed.ram);
-  // Stopped, the second chain the device will pop shrinks to 16 writable bytes: room for the header
-  // (which MRG_RXBUF asks of every buffer) but not for a frame, so the device gives it back empty.
+  // Stopped, the second chain the device will pop shrinks to 8 writable bytes: less than the header,
+  // which MRG_RXBUF asks of every buffer (virtio 1.2 §5.1.6.3.1), so the device gives it back empty.
   const base = await bed.dev.stopQueue(0);
   const short = ring.availEntry(base + 1);
   const d = ring.readDesc(short);
-  ring.writeDesc(short, { ...d, len: 16 });
+  ring.writeDesc(short, { ...d, len: 8 });
   const m0 = bed.dev.metrics().queues[0]!;
   const sent = rawFrames(bed, [
     { dst: bed.guestMac, len: 1500, seq: 1 }, // 2 buffers: the first chain and the third
@@ -156,6 +156,35 @@ it('a chain too short for a frame, among the buffers a frame takes, goes back be
   expect(m.frames - m0.frames).toBe(2);
   expect(m.rxDropShortBuffer - m0.rxDropShortBuffer).toBe(1);
 });
+
+// MRG_RXBUF asks only that a buffer hold the header: one that holds no more takes a frame's header alone,
+// and one in the middle of a frame a few bytes of it.
+for (const io of ['syscall', 'uring'] as const) {
+  it(`${io}: buffers of the header's size and a little more carry parts of frames, none given back empty`, async () => {
+    bed = await createBed({ io, accept: ['VERSION_1', 'MRG_RXBUF', 'RING_EVENT_IDX', 'MAC'], driver: { queueSize: 8, rxBufferSize: 1024 } });
+    const rx = bed.drv.rx[0]!;
+    const ring = SplitRingBuilder.over(bed.ram.mem, rx.setup, bed.ram);
+    const base = await bed.dev.stopQueue(0);
+    // The first chain the device pops holds the header alone, the second 20 bytes.
+    for (const [k, len] of [[0, 12], [1, 20]] as const) {
+      const e = ring.availEntry(base + k);
+      ring.writeDesc(e, { ...ring.readDesc(e), len });
+    }
+    const m0 = bed.dev.metrics().queues[0]!;
+    const sent = rawFrames(bed, [
+      { dst: bed.guestMac, len: 1500, seq: 1 }, // 12 + 20 + 1024 + 468: 4 buffers
+      { dst: bed.guestMac, len: 100, seq: 2 },
+    ]);
+    await bed.dev.startQueue(0);
+    const got: Array<{ frame: Uint8Array; numBuffers: number }> = [];
+    for (let i = 0; i < 50 && got.length < 2; i++) got.push(...(await bed.drv.waitRx(1, { timeoutMs: 100 })));
+    expect(got.map((g) => g.numBuffers)).toEqual([4, 1]);
+    expect(got.map((g, i) => Buffer.from(g.frame).equals(Buffer.from(sent[i]!)))).toEqual([true, true]);
+    const m = bed.dev.metrics().queues[0]!;
+    expect(m.frames - m0.frames).toBe(2);
+    expect(m.rxDropShortBuffer - m0.rxDropShortBuffer).toBe(0);
+  });
+}
 
 // MRG_RXBUF asks only that a buffer hold the header, so a frame's first chain may end inside the bytes the
 // filter judges (destination, VLAN tag). The filter reads them across the frame's chains. With readv
