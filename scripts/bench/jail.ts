@@ -1,18 +1,22 @@
 /**
- * npx tsx scripts/bench/jail.ts — what the jail costs: TX frames/s (harness → NetDevice → tap) with
- * the jail on and off, in the same run (DESIGN.md target: on/off ≥ 0.97).
+ * npm run bench's jail step (also `npx tsx scripts/bench/jail.ts`): what the jail costs, as TX frames/s
+ * (harness → NetDevice → tap) with the jail on and off in the same run (target: on/off ≥ 0.97, a
+ * cost under 3 %).
  *
- * A jail cannot be left, so each measurement is its own child process (this file with --child on|off),
- * alternating off, on, off, on … ROUNDS times on the same namespace; the ratio is of the medians.
- * TX is the worst case for seccomp: one writev per frame (one per 64-byte frame), plus eventfd
- * kicks and calls. The harness runs in the child's main thread and is filtered too, so the cost is,
- * if anything, overstated. Each tap I/O path is measured on its own: io_uring (one io_uring_enter per
- * burst, allowed by the jail on lgnet's own rings only) and readv/writev per frame. Options:
- * LGNET_BENCH_SECONDS (per measurement, default 2), LGNET_BENCH_ROUNDS (default 3), LGNET_BENCH_IO
- * (uring, syscall, or both: the default).
+ * A jail cannot be left, so each measurement is its own child process (this file with --child),
+ * alternating off, on, off, on … `rounds` times on the same namespace; the figure is the ratio of
+ * the medians, with the per-round ratios (each jailed run against the unjailed run just before it)
+ * for the spread. TX is the worst case for seccomp: one writev per frame on the readv/writev path,
+ * plus eventfd kicks and calls. The harness runs in the child's main thread and is filtered too, so
+ * the cost is, if anything, overstated. Each tap I/O path is measured on its own: io_uring (one
+ * io_uring_enter per burst, allowed by the jail on lgnet's own rings only) and readv/writev per
+ * frame. Knobs: LGNET_BENCH_JAIL_SECONDS (per measurement, default 2), LGNET_BENCH_JAIL_ROUNDS
+ * (default 3), LGNET_BENCH_IO (uring, syscall, or both: the default).
  */
 import { spawnSync } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
+
+import { envNum, isMain, median, progress, ROOT, writeResult } from './common.ts';
 
 import { mask } from '../../device/features.ts';
 import { NetDevice } from '../../device/net.ts';
@@ -23,14 +27,31 @@ import { endTranspilerService } from '../transpiler.ts';
 import { ethernet } from '../../harness/frames.ts';
 import { GuestRam } from '../../harness/guest-ram.ts';
 import { VirtioNetDriver } from '../../harness/virtio-net.ts';
-import { createNetns, destroyAllNetns } from '../../harness/netns.ts';
+import { createNetns } from '../../harness/netns.ts';
 
-const SECONDS = Number(process.env['LGNET_BENCH_SECONDS'] ?? 2);
-const ROUNDS = Number(process.env['LGNET_BENCH_ROUNDS'] ?? 3);
-const IOS: TapIo[] = process.env['LGNET_BENCH_IO'] ? [process.env['LGNET_BENCH_IO'] as TapIo] : ['uring', 'syscall'];
 const QSIZE = 256;
 
-async function child(jail: boolean, nsPath: string, nsName: string, len: number, io: TapIo): Promise<void> {
+/** One case of the jail step: a tap I/O path and a frame length. */
+export interface JailCase {
+  io: TapIo;
+  len: number;
+  /** Frames/s of each round, jail off and on (alternating, off first). */
+  off: number[];
+  on: number[];
+  /** Median on / median off. */
+  ratio: number;
+  /** Each round's on / off. */
+  roundRatios: number[];
+}
+
+/** What the jail step writes (bench/results/jail.json). */
+export interface JailResults {
+  seconds: number;
+  rounds: number;
+  cases: JailCase[];
+}
+
+async function child(jail: boolean, nsPath: string, nsName: string, len: number, io: TapIo, seconds: number): Promise<void> {
   const tap = `lgbj${process.pid.toString(16)}`.slice(0, 15);
   const backend = native.withNetns(nsPath, () => new TapBackend({ name: tap, io }));
   const up = spawnSync('ip', ['-n', nsName, 'link', 'set', tap, 'up']);
@@ -52,7 +73,7 @@ async function child(jail: boolean, nsPath: string, nsName: string, len: number,
     return r.frames / r.seconds;
   };
   run(0.3); // warm up
-  const fps = run(SECONDS);
+  const fps = run(seconds);
   const ioUring = dev.metrics().queues[1]!.ioUring;
   process.stdout.write(JSON.stringify({ jail, fps, seccomp: jail ? 2 : 0, io: backend.io, ioUring, txDropBackend: dev.metrics().queues[1]!.txDropBackend }));
   await dev.close();
@@ -60,38 +81,48 @@ async function child(jail: boolean, nsPath: string, nsName: string, len: number,
   ram.close();
 }
 
-const median = (xs: number[]): number => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!;
-
-async function main(): Promise<void> {
+/** Runs the jail on/off rounds of every case in child processes and writes jail.json. */
+export async function benchJail(o: { seconds?: number; rounds?: number; ios?: TapIo[]; lens?: number[]; outDir?: string } = {}): Promise<JailResults> {
+  const seconds = o.seconds ?? envNum('LGNET_BENCH_JAIL_SECONDS', 2);
+  const rounds = o.rounds ?? envNum('LGNET_BENCH_JAIL_ROUNDS', 3);
+  const ios: TapIo[] = o.ios ?? (process.env['LGNET_BENCH_IO'] ? [process.env['LGNET_BENCH_IO'] as TapIo] : ['uring', 'syscall']);
   const ns = createNetns('lgbjail');
   const self = fileURLToPath(import.meta.url);
-  const results: Record<string, unknown> = { seconds: SECONDS, rounds: ROUNDS };
+  const results: JailResults = { seconds, rounds, cases: [] };
   try {
-    for (const io of IOS) {
-      for (const len of [64, 1514]) {
+    for (const io of ios) {
+      for (const len of o.lens ?? [64, 1514]) {
         const fps: Record<'on' | 'off', number[]> = { on: [], off: [] };
-        for (let i = 0; i < ROUNDS; i++) {
+        for (let i = 0; i < rounds; i++) {
           for (const mode of ['off', 'on'] as const) {
-            const c = spawnSync(process.execPath, ['--import', 'tsx', self, '--child', mode, ns.path, ns.name, String(len), io], { encoding: 'utf8', timeout: (SECONDS + 60) * 1000 });
-            if (c.status !== 0) throw new Error(`child ${mode} failed (${c.status}): ${c.stderr}`);
+            const c = spawnSync(process.execPath, ['--import', 'tsx', self, '--child', mode, ns.path, ns.name, String(len), io, String(seconds)], {
+              cwd: ROOT, encoding: 'utf8', timeout: (seconds + 60) * 1000,
+            });
+            if (c.status !== 0) throw new Error(`jail bench: the ${mode} child failed (status ${c.status}, signal ${c.signal}): ${c.stderr}`);
             const r = JSON.parse(c.stdout) as { fps: number; io: string; ioUring: number; txDropBackend: number };
             // A jail that refused the ring's io_uring_enter would show as backend drops, not as a slow run.
-            if (r.io !== io || r.ioUring !== (io === 'uring' ? 1 : 0) || r.txDropBackend !== 0) throw new Error(`child ${mode} ran ${JSON.stringify(r)}`);
+            if (r.io !== io || r.ioUring !== (io === 'uring' ? 1 : 0) || r.txDropBackend !== 0) throw new Error(`jail bench: the ${mode} child ran ${JSON.stringify(r)}`);
             fps[mode].push(r.fps);
           }
         }
         const on = median(fps.on);
         const off = median(fps.off);
-        results[`${io}/tx${len}`] = { off: fps.off, on: fps.on, ratio: on / off };
-        console.log(`${io.padEnd(7)} tx ${String(len).padStart(4)} B: jail off ${(off / 1e6).toFixed(3)} M/s, on ${(on / 1e6).toFixed(3)} M/s, on/off ${(on / off).toFixed(3)}  (runs off ${fps.off.map((x) => (x / 1e6).toFixed(3)).join(' ')}; on ${fps.on.map((x) => (x / 1e6).toFixed(3)).join(' ')})`);
+        const x: JailCase = { io, len, off: fps.off, on: fps.on, ratio: on / off, roundRatios: fps.on.map((v, k) => v / fps.off[k]!) };
+        results.cases.push(x);
+        progress('jail', `${io} tx ${len} B: jail off ${(off / 1e6).toFixed(3)} M/s, on ${(on / 1e6).toFixed(3)} M/s, on/off ${x.ratio.toFixed(3)} (rounds ${x.roundRatios.map((v) => v.toFixed(3)).join(' ')})`);
       }
     }
   } finally {
-    destroyAllNetns();
+    ns.destroy();
   }
-  console.log(JSON.stringify(results));
+  writeResult('jail', results, o.outDir);
+  return results;
 }
 
 const i = process.argv.indexOf('--child');
-if (i > 0) await child(process.argv[i + 1] === 'on', process.argv[i + 2]!, process.argv[i + 3]!, Number(process.argv[i + 4]), process.argv[i + 5] as TapIo);
-else await main();
+if (i > 0) {
+  const a = process.argv;
+  await child(a[i + 1] === 'on', a[i + 2]!, a[i + 3]!, Number(a[i + 4]), a[i + 5] as TapIo, Number(a[i + 6]));
+} else if (isMain(import.meta.url)) {
+  await benchJail();
+}

@@ -6,21 +6,23 @@
  *   1. micro     native (N-API, writevBatch/readvBatch vs C) and vring (device hot path)
  *   2. device    harness → lgnet → tap and back, beside the C tap loop (scripts/bench/device.ts)
  *      dpdk      the vhost-user harness drives lgnet serve, then DPDK testpmd (scripts/bench/dpdk.ts)
+ *      jail      TX frames/s with the jail on and off, on both tap I/O paths (scripts/bench/jail.ts)
  *   3. guest     A B A B boots: lgnet vs QEMU's own tap virtio-net (scripts/bench/guest.ts)
  *   4.           scaling: 1 and 2 queue pairs (part of the guest step)
  *      placement the guest's ping with lgnet's workers and QEMU pinned, or not (scripts/bench/placement.ts)
  *   5. migration live migration there and back under iperf3 load, lgnet vs QEMU's own tap virtio-net
  *                (scripts/bench/migration.ts; its table and chart: bench/results/migration.md, -chart.svg)
  *
- * Options: --only native,vring,device,dpdk,guest,placement,migration (or LGNET_BENCH_STEPS), --no-docs (do not touch
+ * Options: --only native,vring,device,dpdk,jail,guest,placement,migration (or LGNET_BENCH_STEPS), --no-docs (do not touch
  * docs/). Knobs for longer runs: LGNET_BENCH_ROUNDS, LGNET_BENCH_GUEST_SECONDS, LGNET_BENCH_SECONDS,
- * LGNET_BENCH_DPDK_SECONDS, LGNET_BENCH_SOAK_SECONDS, LGNET_BENCH_MIGRATION_ROUNDS (see each script).
+ * LGNET_BENCH_DPDK_SECONDS, LGNET_BENCH_JAIL_SECONDS, LGNET_BENCH_SOAK_SECONDS, LGNET_BENCH_MIGRATION_ROUNDS (see each script).
  * The default run takes about 15 minutes on 2 vCPUs, plus about 3 for the migration step. A step that
  * fails is reported and the others still run; the exit status is 1 then.
  */
 import { benchDevice } from './device.ts';
 import { benchDpdk, printDpdk } from './dpdk.ts';
 import { benchGuest } from './guest.ts';
+import { benchJail } from './jail.ts';
 import { benchMigration } from './migration.ts';
 import { benchNative } from './native.ts';
 import { benchPlacement } from './placement.ts';
@@ -28,7 +30,7 @@ import { benchVring } from './vring.ts';
 import { envNum, machine, progress, RESULTS_DIR, writeResult } from './common.ts';
 import { writeReport, type SuiteInfo } from './report.ts';
 
-const STEPS = ['native', 'vring', 'device', 'dpdk', 'guest', 'placement', 'migration'] as const;
+const STEPS = ['native', 'vring', 'device', 'dpdk', 'jail', 'guest', 'placement', 'migration'] as const;
 type Step = (typeof STEPS)[number];
 
 const argv = process.argv.slice(2);
@@ -42,6 +44,7 @@ const run: Record<Step, () => Promise<unknown>> = {
   vring: async () => benchVring({ chains: envNum('LGNET_BENCH_VRING_CHAINS', 3_000_000) }),
   device: async () => writeResult('device', await benchDevice({ seconds: envNum('LGNET_BENCH_SECONDS', 2) })),
   dpdk: async () => printDpdk(await benchDpdk()),
+  jail: () => benchJail(),
   guest: () => benchGuest(),
   placement: async () => writeResult('placement', await benchPlacement()),
   migration: () => benchMigration(),

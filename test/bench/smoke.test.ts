@@ -12,6 +12,7 @@ import { join } from 'node:path';
 import { benchDevice } from '../../scripts/bench/device.ts';
 import { benchDpdk } from '../../scripts/bench/dpdk.ts';
 import { benchGuest } from '../../scripts/bench/guest.ts';
+import { benchJail } from '../../scripts/bench/jail.ts';
 import { benchNative } from '../../scripts/bench/native.ts';
 import { benchPlacement } from '../../scripts/bench/placement.ts';
 import { benchVring } from '../../scripts/bench/vring.ts';
@@ -56,6 +57,16 @@ describe.skipIf(process.getuid?.() !== 0)('bench smoke (tiny durations)', () => 
     if (before) expect(readFileSync(nr, 'utf8').trim(), 'hugepages restored').toBe(before);
   }, 40_000);
 
+  it('jail: TX with the jail off and on, in child processes', async () => {
+    const r = await benchJail({ seconds: 0.2, rounds: 1, ios: ['uring'], lens: [64], outDir: dir });
+    expect(r.cases.length).toBe(1);
+    const c = r.cases[0]!;
+    // Both children moved frames (a jailed child that could not reach its ring throws instead).
+    expect(c.off[0]).toBeGreaterThan(0);
+    expect(c.on[0]).toBeGreaterThan(0);
+    expect(existsSync(join(dir, 'jail.json'))).toBe(true);
+  }, 60_000);
+
   it('guest A/B and scaling, then the report and the chart', async () => {
     const g = await benchGuest({ rounds: 1, seconds: 1, udpSeconds: 1, pingCount: 5, pingInterval: 0.01, scalingRounds: 1, soakSeconds: 0, outDir: dir });
     expect(g.rows.map((r) => r.variant)).toEqual(['lgnet', 'qemu']);
@@ -75,6 +86,7 @@ describe.skipIf(process.getuid?.() !== 0)('bench smoke (tiny durations)', () => 
     const md = writeReport({ dir, docs: false });
     expect(md).toContain('lgnet/QEMU');
     expect(md).toContain('lgnet/C');
+    expect(md).toContain('What the jail costs');
     const svg = readFileSync(join(dir, 'chart.svg'), 'utf8');
     expect(svg.startsWith('<svg')).toBe(true);
     expect(svg).toContain('TCP guest→host');
