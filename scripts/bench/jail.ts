@@ -4,16 +4,17 @@
  * cost under 3 %).
  *
  * A jail cannot be left, so the two sides are two child processes (this file with --child), one
- * jailed, each with its own device and tap in the same namespace. The parent asks them in turn, off
- * then on or on then off in alternate rounds, `rounds` times per case, over a line on their stdin; the side not measuring sits idle (its
- * workers asleep). Each round's on/off pairs two measurements seconds apart, so the figure is the
- * median of those per-round ratios (drift on this shared machine hits both halves of a pair); the
- * ratio of the medians is kept beside it. TX is the worst case for seccomp: one writev per frame on
- * the readv/writev path, plus eventfd kicks and calls. The harness runs in the child's main thread and
- * is filtered too, so the cost is, if anything, overstated. Each tap I/O path is measured on its own
- * pair of children: io_uring (one io_uring_enter per burst, allowed by the jail on lgnet's own rings
- * only) and readv/writev per frame. Knobs: LGNET_BENCH_JAIL_SECONDS (per measurement, default 1.5),
- * LGNET_BENCH_JAIL_ROUNDS (default 7), LGNET_BENCH_IO (uring, syscall, or both: the default).
+ * jailed, each with its own device and tap in the same namespace. The parent asks them in turn over
+ * a line on their stdin, `rounds` times per case, off first in one round and on first in the next;
+ * the side not measuring sits idle (its workers asleep). Each round's on/off pairs two measurements
+ * seconds apart, so the figure is the median of those per-round ratios (drift on this shared machine
+ * hits both halves of a pair); the ratio of the medians is kept beside it. TX is the worst case for
+ * seccomp: one writev per frame on the readv/writev path, plus eventfd kicks and calls. The harness
+ * runs in the child's main thread and is filtered too, so the cost is, if anything, overstated. Each
+ * tap I/O path is measured on its own pair of children: io_uring (one io_uring_enter per burst,
+ * allowed by the jail on lgnet's own rings only) and readv/writev per frame. Knobs:
+ * LGNET_BENCH_JAIL_SECONDS (per measurement, default 1.5), LGNET_BENCH_JAIL_ROUNDS (default 7),
+ * LGNET_BENCH_IO (uring, syscall, or both: the default).
  */
 import { spawn, spawnSync, type ChildProcessWithoutNullStreams } from 'node:child_process';
 import { readdirSync, readFileSync } from 'node:fs';

@@ -17,8 +17,8 @@
  * docs/). Knobs for longer runs: LGNET_BENCH_ROUNDS, LGNET_BENCH_GUEST_SECONDS, LGNET_BENCH_SECONDS,
  * LGNET_BENCH_DPDK_SECONDS, LGNET_BENCH_JAIL_SECONDS, LGNET_BENCH_SOAK_SECONDS, LGNET_BENCH_MIGRATION_ROUNDS (see each script).
  * The default run takes about 23 minutes on 2 vCPUs: the device step 9, the guest step 6–7, migration 3,
- * jail and placement 2 each. A step that
- * fails is reported and the others still run; the exit status is 1 then.
+ * jail and placement 2 each. A step that fails is reported and the others still run; the exit status
+ * is 1 then.
  */
 import { benchDevice } from './device.ts';
 import { benchDpdk, printDpdk } from './dpdk.ts';
