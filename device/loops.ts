@@ -214,42 +214,44 @@ export class RxLoop extends ServiceLoop<RxPort> {
     return this.sleep(this.rx.hasBuffers() ? native.HAS_BUFFERS : q.lastAvail);
   }
 
-  /** The guest has no (or too little) room: wait for buffers newer than what the ring holds now. */
+  /**
+   * The guest has no (or too little) room: wait for buffers past where the burst's last pop found none
+   * (RxService.dryAt). Not past avail.idx read now: buffers added since that pop may have come without
+   * a kick, and nothing else would wake the worker for them (the guest, out of buffers, waits for
+   * frames).
+   */
   private waitForBuffers(): boolean {
     const q = this.ctx.queue;
+    const seen = this.rx.dryAt;
     if (this.fds.busyPoll > 0) {
       // The guest refills only once it hears about what it got: signal before the window, not after.
       this.ctx.pending.signal();
-      const seen = q.availIdx();
       if (this.busyPoll(() => q.availIdx() !== seen)) return false;
-      return this.sleep(seen);
     }
-    return this.sleep(q.availIdx());
+    return this.sleep(seen);
   }
 
   /**
    * One native call: raise the pending interrupt, then either sleep on the kick (the guest has nothing
    * past `seen`; kicks re-enabled first, so the re-check in waitKick closes the race) or on the
-   * backend (the guest has buffers: `seen` is HAS_BUFFERS, or avail.idx moved past it).
+   * backend (`seen` is HAS_BUFFERS: the guest has buffers). Buffers past `seen` found on re-enabling
+   * kicks: signal and serve them at once (a frame may wait in the port already, not in the backend).
    */
   private sleep(seen: number): boolean {
     const q = this.ctx.queue;
-    // Hold only while the guest has buffers left for the device (HAS_BUFFERS); else it must refill.
-    const signalFd = seen === native.HAS_BUFFERS ? this.ctx.pending.takeOrHold() : this.ctx.pending.take();
-    let kicksOn = false;
-    let w: QueueWatch | null = null;
-    if (seen !== native.HAS_BUFFERS) {
-      w = q.watch(seen);
-      // Moved already: the guest has buffers, so sleep on the backend with kicks left off.
-      if (q.enableNotification(seen)) {
-        q.disableNotification();
-        w = null;
-      } else {
-        kicksOn = true;
-      }
+    if (seen === native.HAS_BUFFERS) {
+      // Hold only while the guest has buffers left for the device; else it must refill.
+      return this.waitKick(null, this.ctx.pending.takeOrHold(), this.ctx.port.fd);
+    }
+    const signalFd = this.ctx.pending.take();
+    const w = q.watch(seen);
+    if (q.enableNotification(seen)) {
+      q.disableNotification();
+      if (signalFd >= 0) native.eventfdWrite(signalFd, 1);
+      return false;
     }
     const control = this.waitKick(w, signalFd, this.ctx.port.fd);
-    if (kicksOn) q.disableNotification();
+    q.disableNotification();
     return control;
   }
 }

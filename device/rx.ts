@@ -103,6 +103,13 @@ export class RxService {
   private readonly canMerge: boolean;
   /** Set with RX.THROTTLED: milliseconds until frames may be read again. */
   throttledMs = 0;
+  /**
+   * Set with RX.NO_BUFFERS: the ring position at which the last pop found nothing more (lastAvail's
+   * form), taken before any chain is rewound. The loop sleeps for buffers past it, not past avail.idx
+   * read later: buffers the driver adds after that pop and before the sleep may come without a kick
+   * (EVENT_IDX: avail_event was stale then), and a sleep past them would leave them unread.
+   */
+  dryAt = 0;
   /** A full-size frame (MTU + Ethernet header): what the rate limit assumes before a read. */
   private readonly frameHint: number;
   /** Chains kept from the last burst: chains[0 … held−1], in pop order, popped and not used. */
@@ -252,6 +259,7 @@ export class RxService {
     this.keptBufs = 0; // the table is this burst's
     const n = held >= max ? max : held + q.popBurst(max - held, this.chains, held);
     if (n === 0) {
+      this.dryAt = q.lastAvail;
       c[M.rxNoBuffers]! += 1;
       return RX.NO_BUFFERS;
     }
@@ -429,7 +437,10 @@ export class RxService {
       if (dry || (popped >= max && room >= roomWanted) || popped >= q.size) break;
       const want = Math.min(popped === 0 ? max : ctx.burst, q.size - popped);
       const got = q.popBurst(want, chains, popped);
-      if (got < want || popped + got === q.size) dry = true; // nothing more to pop
+      if (got < want || popped + got === q.size) {
+        dry = true; // nothing more to pop
+        this.dryAt = q.lastAvail;
+      }
       end = popped + got;
     }
     if (popped === 0) {
@@ -800,7 +811,10 @@ class MrgCursor {
     for (let k = this.next; room < need; k++) {
       if (k === this.popped) {
         const got = q.popBurst(Math.min(ctx.burst, q.size - this.popped), chains, this.popped);
-        if (got === 0) break;
+        if (got === 0) {
+          rx.dryAt = q.lastAvail; // before finish() rewinds what this burst popped
+          break;
+        }
         this.popped += got;
       }
       const ch = chains[k]!;

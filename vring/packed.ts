@@ -413,8 +413,8 @@ export class PackedQueue {
 
   /**
    * The position after the descriptors the driver has made available so far (idx | wrap << 15): the
-   * packed counterpart of avail.idx, the "seen" to pass to enableNotification()/watch() to wait for
-   * buffers newer than those already in the ring.
+   * packed counterpart of avail.idx (a busy poll watches it move). A device that sleeps passes
+   * enableNotification()/watch() where its pop found nothing, not this read later (SplitQueue's).
    */
   availIdx(): number {
     this.checkUsable();
@@ -660,8 +660,8 @@ export class PackedQueue {
   /**
    * Ask the driver to notify us again (flags ENABLE, or DESC with off_wrap = `seen` under EVENT_IDX),
    * then re-check: true means the descriptor at `seen` is available now and the caller must drain
-   * again instead of sleeping. `seen` (idx | wrap << 15) defaults to lastAvail; pass availIdx() to wait
-   * for buffers newer than those already in the ring. Store and load are both Atomics (seq_cst), so
+   * again instead of sleeping. `seen` (idx | wrap << 15) defaults to lastAvail; a device that rewound
+   * chains passes lastAvail as it was when its pop found nothing more. Store and load are both Atomics (seq_cst), so
    * the re-check cannot be ordered before the store: no kick is lost between check and sleep.
    */
   enableNotification(seen: number = this.lastAvail): boolean {

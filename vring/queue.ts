@@ -366,8 +366,8 @@ export class SplitQueue {
   }
 
   /**
-   * What a sleeping worker watches: avail.idx, which holds `seen` (default lastAvail; pass availIdx() to
-   * wait for buffers newer than those in the ring) until the driver adds more. The same contract as
+   * What a sleeping worker watches: avail.idx, which holds `seen` (default lastAvail; a device that
+   * rewound chains passes where its last pop found none) until the driver adds more. The same contract as
    * PackedQueue.watch(): take it, then enableNotification(seen), whose re-check closes the race, then
    * sleep while the u16 at the location equals `seen`.
    */
@@ -663,8 +663,9 @@ export class SplitQueue {
   /**
    * Ask the driver to notify us again (clear NO_NOTIFY, or avail_event = `seen`), then re-check
    * avail.idx: true means avail.idx moved past `seen` meanwhile and the caller must drain again instead
-   * of sleeping. `seen` defaults to lastAvail; pass availIdx() to wait for buffers newer than those
-   * already in the ring (RX with too little room). The store and the load are both Atomics (seq_cst),
+   * of sleeping. `seen` defaults to lastAvail; a device that rewound chains (RX with too little room)
+   * passes lastAvail as it was when its pop found nothing more. Not availIdx() read then: buffers added
+   * since the pop may have come without a kick, and the sleep would pass over them. The store and the load are both Atomics (seq_cst),
    * so the re-check cannot be ordered before the store: no kick is lost between check and sleep.
    */
   enableNotification(seen: number = this.lastAvail): boolean {
