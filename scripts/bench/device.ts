@@ -125,10 +125,11 @@ function harnessRx(s: Awaited<ReturnType<typeof setup>>, seconds: number): Rate 
 
 /**
  * Runs `measure` while tap-loop sends `len`-byte frames into the tap from an AF_PACKET socket, under
- * `wrap` if given (e.g. taskset).
+ * `wrap` if given (e.g. taskset). `seconds` is how long `measure` runs (warm-up included): the sender
+ * runs a second longer, so that a short measurement does not wait for a long sender.
  */
-async function withSender<T>(bin: string, pkt: number, len: number, measure: () => T | Promise<T>, extraSeconds = 0, wrap: string[] = []): Promise<{ result: T; offered: number }> {
-  const argv = [...wrap, bin, 'send', '3', String(len), String(SECONDS + 1 + extraSeconds)];
+async function withSender<T>(bin: string, pkt: number, len: number, seconds: number, measure: () => T | Promise<T>, wrap: string[] = []): Promise<{ result: T; offered: number }> {
+  const argv = [...wrap, bin, 'send', '3', String(len), String(seconds + 1)];
   const child = spawn(argv[0]!, argv.slice(1), { stdio: ['ignore', 'pipe', 'pipe', pkt] });
   let out = '';
   child.stdout!.on('data', (d: Buffer) => (out += d.toString()));
@@ -136,7 +137,7 @@ async function withSender<T>(bin: string, pkt: number, len: number, measure: () 
   await new Promise((res) => setTimeout(res, 200));
   try {
     const result = await measure();
-    await Promise.race([exited, new Promise((res) => setTimeout(res, (SECONDS + 5 + extraSeconds) * 1000))]);
+    await Promise.race([exited, new Promise((res) => setTimeout(res, (seconds + 5) * 1000))]);
     return { result, offered: out ? (JSON.parse(out) as Rate).fps : 0 };
   } finally {
     if (child.exitCode === null && child.pid !== undefined) process.kill(child.pid, 'SIGKILL');
@@ -190,12 +191,12 @@ async function benchMrg(ns: Netns, bin: string, seconds: number, rounds = MRG_RO
             const pkt = openPacketIn(ns, 'lgbench0'); // closed with the namespace
             // A fresh device is a fresh worker thread: warm its JIT up before measuring.
             const place = rxPlacement(pin);
-            const r = await withSender(bin, pkt, c.len, () => onCpu(place.harness, () => {
+            const r = await withSender(bin, pkt, c.len, warmup + seconds, () => onCpu(place.harness, () => {
               harnessRx(s, warmup);
               const c0 = workerCpu('rx');
               const rate = harnessRx(s, seconds);
               return { ...rate, cpuNs: ((workerCpu('rx') - c0) / rate.frames) * 1e9 };
-            }), warmup, place.senderWrap);
+            }), place.senderWrap);
             const k = withMrg ? 'mrg' : 'plain';
             push(placement, c.name, k, r.result.fps);
             push(placement, c.name, `${k}Cpu`, r.result.cpuNs);
@@ -311,12 +312,12 @@ async function benchIo(ns: Netns, bin: string, seconds: number): Promise<Record<
         const { harness: rxPin, senderWrap } = rxPlacement(pin);
         for (const len of [64, 1514]) {
           const m0 = s.dev.metrics().queues[0]!;
-          const lg = await withSender(bin, pkt, len, () => onCpu(rxPin, () => {
+          const lg = await withSender(bin, pkt, len, WARMUP + seconds, () => onCpu(rxPin, () => {
             harnessRx(s, WARMUP);
             const c0 = workerCpu('rx');
             const rate = harnessRx(s, seconds);
             return { ...rate, workerNs: ((workerCpu('rx') - c0) / rate.frames) * 1e9 };
-          }), WARMUP, senderWrap);
+          }), senderWrap);
           push(`rx${len}`, path, lg.result.fps);
           push(`rx${len}`, `${path}WorkerNs`, lg.result.workerNs);
           const m1 = s.dev.metrics().queues[0]!;
@@ -330,7 +331,7 @@ async function benchIo(ns: Netns, bin: string, seconds: number): Promise<Record<
             await s.dev.stopQueue(0); // the C reader takes the tap alone
             const k = path === 'pinned' ? 'Pinned' : '';
             for (const [key, mode] of [[`cReadv${k}`, 'read'], [`cUring${k}`, 'uread']] as const) {
-              const c = await withSender(bin, pkt, len, () => runTapLoop(bin, tapFd, [mode, String(HDR), String(seconds), ...(mode === 'uread' ? [String(BURST)] : [])], seconds, cWrap), 0, senderWrap);
+              const c = await withSender(bin, pkt, len, seconds, () => runTapLoop(bin, tapFd, [mode, String(HDR), String(seconds), ...(mode === 'uread' ? [String(BURST)] : [])], seconds, cWrap), senderWrap);
               push(`rx${len}`, key, c.result.fps);
             }
             await s.dev.startQueue(0);
@@ -647,10 +648,10 @@ export async function benchDevice(opts: { seconds?: number; mrgRounds?: number }
     }
     const pkt = openPacketIn(ns, 'lgbench0');
     for (const len of [64, 1514]) {
-      const lg = await withSender(bin, pkt, len, () => harnessRx(s!, seconds));
+      const lg = await withSender(bin, pkt, len, seconds, () => harnessRx(s!, seconds));
       await s.dev.stopQueue(0); // the C reader takes the tap alone
-      const c = await withSender(bin, pkt, len, () => runTapLoop(bin, tapFd, ['read', String(HDR), String(seconds)], seconds));
-      const cu = await withSender(bin, pkt, len, () => runTapLoop(bin, tapFd, ['uread', String(HDR), String(seconds), String(BURST)], seconds));
+      const c = await withSender(bin, pkt, len, seconds, () => runTapLoop(bin, tapFd, ['read', String(HDR), String(seconds)], seconds));
+      const cu = await withSender(bin, pkt, len, seconds, () => runTapLoop(bin, tapFd, ['uread', String(HDR), String(seconds), String(BURST)], seconds));
       await s.dev.startQueue(0);
       const ratio = lg.result.fps / c.result.fps;
       const ratioUring = lg.result.fps / cu.result.fps;
@@ -667,7 +668,7 @@ export async function benchDevice(opts: { seconds?: number; mrgRounds?: number }
       console.log(`tx ${String(len).padStart(4)} B, dirty log on: lgnet ${fmt(on.fps)}  ratio to logging off ${(on.fps / off).toFixed(3)}`);
     }
     for (const len of [64, 1514]) {
-      const on = await withSender(bin, pkt, len, () => harnessRx(s!, seconds));
+      const on = await withSender(bin, pkt, len, seconds, () => harnessRx(s!, seconds));
       const off = (results[`rx${len}`] as { lgnet: number }).lgnet;
       logging[`rx${len}`] = { off, on: on.result.fps, ratio: on.result.fps / off, dirtyPages: log.collect().length };
       console.log(`rx ${String(len).padStart(4)} B, dirty log on: lgnet ${fmt(on.result.fps)}  ratio to logging off ${(on.result.fps / off).toFixed(3)}`);
@@ -692,7 +693,7 @@ export async function benchDevice(opts: { seconds?: number; mrgRounds?: number }
       console.log(`tx ${String(len).padStart(4)} B, packed ring: lgnet ${fmt(p.fps)}  ratio to split ${(p.fps / split).toFixed(3)}`);
     }
     for (const len of [64, 1514]) {
-      const p = await withSender(bin, pkt2, len, () => harnessRx(s!, seconds));
+      const p = await withSender(bin, pkt2, len, seconds, () => harnessRx(s!, seconds));
       const split = (results[`rx${len}`] as { lgnet: number }).lgnet;
       packed[`rx${len}`] = { split, packed: p.result.fps, ratio: p.result.fps / split };
       console.log(`rx ${String(len).padStart(4)} B, packed ring: lgnet ${fmt(p.result.fps)}  ratio to split ${(p.result.fps / split).toFixed(3)}`);
