@@ -123,6 +123,11 @@ export class RxService {
   private keptRoom = 0;
   /** The port's last merged call said its next one stages (IovecTable.stagedNext): offer one frame's room. */
   private stagedNext = false;
+  /**
+   * The port's last merged call left frames it read and could not place (IovecTable.stashed): the
+   * next burst must be merged, which places them first, whatever path the buffers would pick.
+   */
+  private portHolds = false;
   /** MRG_RXBUF without GSO: a frame may fit one buffer, and then the batched path serves (below). */
   private readonly mrgInOne: boolean;
   /** The fewest writable bytes a chain must offer (unusable()). */
@@ -161,7 +166,7 @@ export class RxService {
         return RX.THROTTLED; // frames wait in the backend
       }
     }
-    if (this.filter.passAll) {
+    if (this.filter.passAll && !this.portHolds) {
       if (!ctx.f.mrgRxbuf) return this.batched(max, false);
       if (this.mrgInOne) {
         const r = this.batched(max, true);
@@ -478,6 +483,7 @@ export class RxService {
         ctx.backendFailed(e.errno, chains, 0, popped);
         stop = MERGED_STOP.ERROR;
       }
+      this.portHolds = ahead && t.stashed;
       // Frames lost that the stop or the exception does not stand for (io_uring's rounds: several
       // READVs failed, or frames came after a failed one).
       const lost = t.readFailures;

@@ -141,6 +141,9 @@ enum MergedStop : uint32_t { kStopFrames = 0, kStopEmpty = 1, kStopNoRoom = 2, k
 // Or'ed into the status word by uringReadvMerged (IovecTable.stagedNext): the ring reads the next call's
 // frames through its stage, one READV per frame whatever `need` spans, so room for one frame is enough.
 constexpr uint32_t kStatusStaged = 0x100;
+// Or'ed in by uringReadvMerged (IovecTable.stashed): after the call the ring's stash holds frames it read
+// and could not place, so the next read of the queue must be a merged call, which places them first.
+constexpr uint32_t kStatusStashed = 0x200;
 
 // Copies up to `len` bytes from offset `at` of the stream the iovecs describe; returns the bytes copied.
 uint32_t GatherBytes(const struct iovec* iov, uint32_t n, uint64_t at, uint8_t* out, uint32_t len);

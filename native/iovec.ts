@@ -9,7 +9,8 @@
  *   used      [ u0, u1, ... ]  written by readvMerged: buffers frame i took
  *   (written)  the same words, written by readvBatch/uringReadvBatch: bytes put into frame i's buffers
  *   status    [ s ]            written by readvMerged: why it stopped (MERGED_STOP), and by
- *                              uringReadvMerged also whether its ring stages next (stagedNext);
+ *                              uringReadvMerged also whether its ring stages next (stagedNext)
+ *                              and whether its stash holds frames (stashed);
  *                              by readvBatch/uringReadvBatch: reads that failed past frame 0
  *                              (readFailures, readErrno)
  *
@@ -37,6 +38,8 @@ export const IOVEC_WORDS = 4;
 const TWO_32 = 0x1_0000_0000;
 /** The status word's stagedNext bit (native/batch.h kStatusStaged). */
 const STATUS_STAGED = 0x100;
+/** The status word's stashed bit (native/batch.h kStatusStashed). */
+const STATUS_STASHED = 0x200;
 /** errno EFAULT: what native/batch.cc throws for an entry outside its mapping. */
 const EFAULT = 14;
 
@@ -124,6 +127,15 @@ export class IovecTable {
    */
   get stagedNext(): boolean {
     return (this.words[this.words.length - 1]! & STATUS_STAGED) !== 0;
+  }
+
+  /**
+   * uringReadvMerged's output: its ring's stash holds frames it read and could not place (no room), so
+   * the queue's next read must be uringReadvMerged again, which places them first; a read that does
+   * not know the stash (a batch) would pass them over. False after any other call.
+   */
+  get stashed(): boolean {
+    return (this.words[this.words.length - 1]! & STATUS_STASHED) !== 0;
   }
 
   /**

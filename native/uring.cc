@@ -952,11 +952,12 @@ napi_value UringReadvMerged(napi_env env, napi_callback_info cbinfo) {
   const bool thrown = done == 0 && firstErr != 0;
   const uint32_t unreported = failures > 0 && (thrown || stop == kStopError) ? failures - 1 : failures;
   if (thrown) {
-    *m.status = ReadFailureBits(unreported, firstErr);
+    *m.status = ReadFailureBits(unreported, firstErr) | (r->stashN > 0 ? kStatusStashed : 0);
     ThrowNativeError(Napi::Env(env), firstErr, "readv", "ring " + std::to_string(m.handle) + ", READV 0 of a merged burst");
     return undefined;
   }
-  *m.status = stop | (staged && r->directCalls == 0 ? kStatusStaged : 0) | ReadFailureBits(unreported, firstErr);
+  *m.status = stop | (staged && r->directCalls == 0 ? kStatusStaged : 0) | (r->stashN > 0 ? kStatusStashed : 0) |
+              ReadFailureBits(unreported, firstErr);
   napi_create_uint32(env, done, &result);
   return result;
 }

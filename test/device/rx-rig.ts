@@ -1,0 +1,121 @@
+/**
+ * One RX queue whose loop runs in the test's own thread (device/loops.ts RxLoop over RxService), over
+ * real parts: a tap in a namespace, the harness's driver ring in guest memory shared with the native
+ * side, real eventfds. A test calls `loop.pass()` itself, and a frame observer plugged into the
+ * service runs at a chosen point of a burst, so that what the driver does on another CPU can be put
+ * exactly where a race would be.
+ */
+import { expect } from 'vitest';
+import * as native from '../../native/index.ts';
+import { MappingViews } from '../../native/iovec.ts';
+import { openPorts } from '../../device/backends.ts';
+import { decode, mask, type FeatureName } from '../../device/features.ts';
+import { PendingUsed } from '../../device/interrupt.ts';
+import { RxLoop } from '../../device/loops.ts';
+import { M } from '../../device/metrics.ts';
+import { RxFilter } from '../../device/rx-filter.ts';
+import { RxService } from '../../device/rx.ts';
+import { createQueue, ServiceContext } from '../../device/service.ts';
+import { TapBackend } from '../../device/tap-backend.ts';
+import { ethernet, mac } from '../../harness/frames.ts';
+import { GuestRam } from '../../harness/guest-ram.ts';
+import { createNetns, openPacketIn } from '../../harness/netns.ts';
+import { DriverRing } from '../../harness/virtio-net.ts';
+import type { RingFormat } from '../../vring/driver-queue.ts';
+import { trackBed } from '../helpers/bed.ts';
+
+export const GUEST_MAC = mac('52:54:00:12:34:56');
+const HOST_MAC = mac('02:00:00:00:00:01');
+
+export interface RxRig {
+  drv: DriverRing;
+  ctx: ServiceContext<unknown>;
+  loop: RxLoop;
+  /** The queue's counters (device/metrics.ts M). */
+  c: Float64Array;
+  /** The loop's control eventfd: a write ends its next sleep at once. */
+  ctlFd: number;
+  /** Posts one empty buffer of each length (a slot must be free); publishes; true when the driver kicked. */
+  post(lens: number[]): boolean;
+  /** Free driver slots (buffers that may still be posted). */
+  freeSlots(): number;
+  /** Writes a frame of `len` bytes (Ethernet header included) to the guest into the tap, its payload all `seq`. */
+  send(len: number, seq: number): void;
+  /** Takes the used entries so far: [length, the first byte of the payload (after the header) or -1]. */
+  used(): Array<{ len: number; head: Uint8Array }>;
+  close(): void;
+}
+
+/** Builds the rig and tracks it (closed after the test). Features: VERSION_1 and RING_EVENT_IDX, plus `extra`. */
+export function rxRig(opts: { format: RingFormat; size: number; slotSize: number; extra?: FeatureName[] }): RxRig {
+  const closers: Array<() => void> = [];
+  const close = (): void => {
+    for (const f of closers.splice(0).reverse()) f();
+  };
+  try {
+    const ns = createNetns('lgrxrig');
+    closers.push(() => ns.destroy());
+    const backend = native.withNetns(ns.path, () => new TapBackend({ name: 'lgrig0' }));
+    closers.push(() => backend.close());
+    ns.exec('ip', 'link', 'set', 'lgrig0', 'up');
+    const ram = new GuestRam(4 << 20);
+    closers.push(() => ram.close());
+    const drv = new DriverRing(ram, 0, opts.size, true, opts.slotSize, opts.format);
+    closers.push(() => {
+      native.close(drv.kickFd);
+      native.close(drv.callFd);
+    });
+    const names: FeatureName[] = ['VERSION_1', 'RING_EVENT_IDX', ...(opts.extra ?? []), ...(opts.format === 'packed' ? (['RING_PACKED'] as const) : [])];
+    const f = decode(mask(...names));
+    backend.configure(f);
+    const c = new Float64Array(M.COUNT);
+    const queue = createQueue(f, drv.setup);
+    queue.attach(ram.mem);
+    // Kicks off while the worker serves, as after any sleep of its loop: avail_event stays where it was.
+    queue.disableNotification();
+    const ports = openPorts(backend.port(0), { counters: c, frameFilter: undefined, mappings: new MappingViews(native.mappingBuffer) });
+    const ctx = new ServiceContext({ queue, mem: ram.mem, f, counters: c, pending: new PendingUsed(queue, drv.callFd, c), port: ports.rx, burst: 64 });
+    const ctlFd = native.eventfdCreate({ nonblocking: true });
+    closers.push(() => native.close(ctlFd));
+    const loop = new RxLoop(new RxService(ctx, new RxFilter(), { mtu: 1500 }), { kickFd: drv.kickFd, ctlFd, ctlFlag: new Int32Array(new SharedArrayBuffer(4)), busyPoll: 0 });
+    const pkt = openPacketIn(ns, 'lgrig0'); // closed with the namespace
+    const hdrLen = f.hdrLen;
+    let free = opts.size;
+    const rig: RxRig = {
+      drv, ctx: ctx as ServiceContext<unknown>, loop, c, ctlFd, close,
+      post(lens) {
+        for (const len of lens) {
+          const slot = drv.takeSlot();
+          if (slot < 0) throw new Error('no free driver slot');
+          free--;
+          drv.slotOf[drv.q.add([], [{ addr: drv.slots[slot]!, len }])] = slot;
+        }
+        drv.q.publish();
+        const kick = drv.q.needsKick();
+        if (kick) native.eventfdWrite(drv.kickFd, 1);
+        return kick;
+      },
+      freeSlots: () => free,
+      send(len, seq) {
+        const fr = ethernet(GUEST_MAC, HOST_MAC, 0x88b5, new Uint8Array(len - 14).fill(seq & 0xff));
+        expect(native.fdWrite(pkt, fr)).toBe(fr.length);
+      },
+      used() {
+        const out: Array<{ len: number; head: Uint8Array }> = [];
+        for (let h = drv.q.popUsed(); h >= 0; h = drv.q.popUsed()) {
+          const slot = drv.slotOf[h]!;
+          drv.slotOf[h] = -1;
+          const len = drv.q.lastUsedLen;
+          out.push({ len, head: ram.read(drv.slots[slot]!, Math.min(len, hdrLen + 15)) });
+          drv.giveSlot(slot);
+          free++;
+        }
+        return out;
+      },
+    };
+    return trackBed(rig);
+  } catch (e) {
+    close();
+    throw e;
+  }
+}
