@@ -8,6 +8,7 @@
  * room per frame). When it has none, the test writes the loop's control eventfd so that its sleep ends
  * at once; when it has, a pass must not sleep at all, so every pass must return well before the
  * sleep's 1-s cap. Every frame must reach the driver intact, in order, with num_buffers matching.
+ * LGNET_FUZZ_RUNS sets the number of sequences (25).
  */
 import fc from 'fast-check';
 import { expect, it } from 'vitest';
@@ -15,6 +16,7 @@ import * as native from '../../native/index.ts';
 import { SLEEP_MS } from '../../device/loops.ts';
 import { M } from '../../device/metrics.ts';
 import type { FrameObserver, FrameView } from '../../device/service.ts';
+import { fuzzRuns } from '../sandbox/vhost-user-fuzz-helpers.ts';
 import { rxRig, type RxRig } from './rx-rig.ts';
 
 const SIZE = 16;
@@ -155,6 +157,6 @@ function run(format: 'split' | 'packed', steps: Step[]): void {
 
 for (const format of ['split', 'packed'] as const) {
   it(`${format}: the RX loop never sleeps with work to do, and every frame arrives once, in order`, () => {
-    fc.assert(fc.property(fc.array(stepArb, { minLength: 1, maxLength: 30 }), (steps) => run(format, steps)), { numRuns: Number(process.env.RUNS ?? 25) });
+    fc.assert(fc.property(fc.array(stepArb, { minLength: 1, maxLength: 30 }), (steps) => run(format, steps)), { numRuns: fuzzRuns(25) });
   }, 120_000);
 }
