@@ -35,12 +35,14 @@ export interface RxRig {
   c: Float64Array;
   /** The loop's control eventfd: a write ends its next sleep at once. */
   ctlFd: number;
+  /** The queue's RX filter (promiscuous, as after reset; the device's MAC is GUEST_MAC). */
+  filter: RxFilter;
   /** Posts one empty buffer of each length (a slot must be free); publishes; true when the driver kicked. */
   post(lens: number[]): boolean;
   /** Free driver slots (buffers that may still be posted). */
   freeSlots(): number;
-  /** Writes a frame of `len` bytes (Ethernet header included) to the guest into the tap, its payload all `seq`. */
-  send(len: number, seq: number): void;
+  /** Writes a frame of `len` bytes (Ethernet header included) to `dst` (GUEST_MAC) into the tap, its payload all `seq`. */
+  send(len: number, seq: number, dst?: Uint8Array): void;
   /** Takes the used entries so far: [length, the first byte of the payload (after the header) or -1]. */
   used(): Array<{ len: number; head: Uint8Array }>;
   close(): void;
@@ -77,12 +79,14 @@ export function rxRig(opts: { format: RingFormat; size: number; slotSize: number
     const ctx = new ServiceContext({ queue, mem: ram.mem, f, counters: c, pending: new PendingUsed(queue, drv.callFd, c), port: ports.rx, burst: 64 });
     const ctlFd = native.eventfdCreate({ nonblocking: true });
     closers.push(() => native.close(ctlFd));
-    const loop = new RxLoop(new RxService(ctx, new RxFilter(), { mtu: 1500 }), { kickFd: drv.kickFd, ctlFd, ctlFlag: new Int32Array(new SharedArrayBuffer(4)), busyPoll: 0 });
+    const filter = new RxFilter();
+    filter.reset(GUEST_MAC, false);
+    const loop = new RxLoop(new RxService(ctx, filter, { mtu: 1500 }), { kickFd: drv.kickFd, ctlFd, ctlFlag: new Int32Array(new SharedArrayBuffer(4)), busyPoll: 0 });
     const pkt = openPacketIn(ns, 'lgrig0'); // closed with the namespace
     const hdrLen = f.hdrLen;
     let free = opts.size;
     const rig: RxRig = {
-      drv, ctx: ctx as ServiceContext<unknown>, loop, c, ctlFd, close,
+      drv, ctx: ctx as ServiceContext<unknown>, loop, c, ctlFd, filter, close,
       post(lens) {
         for (const len of lens) {
           const slot = drv.takeSlot();
@@ -96,8 +100,8 @@ export function rxRig(opts: { format: RingFormat; size: number; slotSize: number
         return kick;
       },
       freeSlots: () => free,
-      send(len, seq) {
-        const fr = ethernet(GUEST_MAC, HOST_MAC, 0x88b5, new Uint8Array(len - 14).fill(seq & 0xff));
+      send(len, seq, dst = GUEST_MAC) {
+        const fr = ethernet(dst, HOST_MAC, 0x88b5, new Uint8Array(len - 14).fill(seq & 0xff));
         expect(native.fdWrite(pkt, fr)).toBe(fr.length);
       },
       used() {
