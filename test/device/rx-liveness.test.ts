@@ -2,12 +2,14 @@
  * Property: the RX loop never sleeps while it has work, and delivers every frame once, in order.
  *
  * Random steps over one RX queue (rx-rig.ts: the loop in this thread, a real tap), set up as three
- * kinds of driver would, two of them also with the RX filter on (VARIANTS): frames into the tap, buffers posted by the driver, more posted by "the driver's other CPU" just as
- * a burst publishes (a frame observer), and used entries reaped. A model says when the device has work:
- * a frame waits and the buffers it has not used hold the room it asks for one frame (with MRG_RXBUF
- * room for the largest frame, without it one buffer). When it has none, the test writes the loop's control eventfd so that its sleep ends
- * at once; when it has, a pass must not sleep at all, so every pass must return well before the
- * sleep's 1-s cap. Every frame must reach the driver intact, in order, with num_buffers matching.
+ * kinds of driver would, two of them also with the RX filter on (VARIANTS): frames into the tap,
+ * buffers posted by the driver, more posted by "the driver's other CPU" just as a burst publishes (a
+ * frame observer), and used entries reaped. A model says when the device has work: a frame for the
+ * guest waits, and the buffers the device has not used hold the room it asks for one frame (with
+ * MRG_RXBUF room for the largest frame, without it one buffer). When it has none, the test writes the
+ * loop's control eventfd so that its sleep ends at once; when it has, a pass must not sleep at all,
+ * so every pass must return well before the sleep's 1-s cap. Every frame for the guest must reach
+ * the driver intact, in order, with num_buffers matching; every other one must be dropped and counted.
  * LGNET_FUZZ_RUNS sets the number of sequences (20).
  */
 import fc from 'fast-check';
