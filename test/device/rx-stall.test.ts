@@ -24,7 +24,7 @@ import { M } from '../../device/metrics.ts';
 import type { FrameObserver } from '../../device/service.ts';
 import { rxRig } from './rx-rig.ts';
 
-const lens = (r: ReturnType<ReturnType<typeof rxRig>['used']>) => r.map((u) => u.len);
+const lens = (used: Array<{ len: number }>): number[] => used.map((u) => u.len);
 
 for (const format of ['split', 'packed'] as const) {
   it(`${format}: buffers added between the pop that ran dry and the sleep, without a kick, take the waiting frame at once`, () => {
