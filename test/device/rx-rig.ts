@@ -41,10 +41,13 @@ export interface RxRig {
   post(lens: number[]): boolean;
   /** Free driver slots (buffers that may still be posted). */
   freeSlots(): number;
-  /** Writes a frame of `len` bytes (Ethernet header included) to `dst` (GUEST_MAC) into the tap, its payload all `seq`. */
-  send(len: number, seq: number, dst?: Uint8Array): void;
-  /** Takes the used entries so far: [length, the first byte of the payload (after the header) or -1]. */
-  used(): Array<{ len: number; head: Uint8Array }>;
+  /**
+   * Writes a frame of `len` bytes (Ethernet header, and the 802.1Q tag with `vid`, included) to `dst`
+   * (GUEST_MAC) into the tap, its payload all `seq`.
+   */
+  send(len: number, seq: number, dst?: Uint8Array, vid?: number): void;
+  /** Takes the used entries so far: the length written, the buffer's posted length, and its first bytes (header, Ethernet header, tag, one payload byte). */
+  used(): Array<{ len: number; cap: number; head: Uint8Array }>;
   close(): void;
 }
 
@@ -85,6 +88,7 @@ export function rxRig(opts: { format: RingFormat; size: number; slotSize: number
     const pkt = openPacketIn(ns, 'lgrig0'); // closed with the namespace
     const hdrLen = f.hdrLen;
     let free = opts.size;
+    const capOf = new Int32Array(opts.size);
     const rig: RxRig = {
       drv, ctx: ctx as ServiceContext<unknown>, loop, c, ctlFd, filter, close,
       post(lens) {
@@ -92,6 +96,7 @@ export function rxRig(opts: { format: RingFormat; size: number; slotSize: number
           const slot = drv.takeSlot();
           if (slot < 0) throw new Error('no free driver slot');
           free--;
+          capOf[slot] = len;
           drv.slotOf[drv.q.add([], [{ addr: drv.slots[slot]!, len }])] = slot;
         }
         drv.q.publish();
@@ -100,17 +105,19 @@ export function rxRig(opts: { format: RingFormat; size: number; slotSize: number
         return kick;
       },
       freeSlots: () => free,
-      send(len, seq, dst = GUEST_MAC) {
-        const fr = ethernet(dst, HOST_MAC, 0x88b5, new Uint8Array(len - 14).fill(seq & 0xff));
+      send(len, seq, dst = GUEST_MAC, vid) {
+        const body = new Uint8Array(len - 14).fill(seq & 0xff);
+        if (vid !== undefined) body.set([vid >> 8, vid & 0xff, 0x88, 0xb5]);
+        const fr = ethernet(dst, HOST_MAC, vid === undefined ? 0x88b5 : 0x8100, body);
         expect(native.fdWrite(pkt, fr)).toBe(fr.length);
       },
       used() {
-        const out: Array<{ len: number; head: Uint8Array }> = [];
+        const out: Array<{ len: number; cap: number; head: Uint8Array }> = [];
         for (let h = drv.q.popUsed(); h >= 0; h = drv.q.popUsed()) {
           const slot = drv.slotOf[h]!;
           drv.slotOf[h] = -1;
           const len = drv.q.lastUsedLen;
-          out.push({ len, head: ram.read(drv.slots[slot]!, Math.min(len, hdrLen + 15)) });
+          out.push({ len, cap: capOf[slot]!, head: ram.read(drv.slots[slot]!, Math.min(len, hdrLen + 19)) });
           drv.giveSlot(slot);
           free++;
         }
