@@ -9,20 +9,19 @@ import { expect } from 'vitest';
 import * as native from '../../native/index.ts';
 import { MappingViews } from '../../native/iovec.ts';
 import { openPorts } from '../../device/backends.ts';
-import { decode, mask, type FeatureName } from '../../device/features.ts';
+import type { FeatureName } from '../../device/features.ts';
 import { PendingUsed } from '../../device/interrupt.ts';
 import { RxLoop } from '../../device/loops.ts';
 import { M } from '../../device/metrics.ts';
 import { RxFilter } from '../../device/rx-filter.ts';
 import { RxService } from '../../device/rx.ts';
 import { createQueue, ServiceContext } from '../../device/service.ts';
-import { TapBackend } from '../../device/tap-backend.ts';
 import { ethernet, mac } from '../../harness/frames.ts';
 import { GuestRam } from '../../harness/guest-ram.ts';
-import { createNetns, openPacketIn } from '../../harness/netns.ts';
 import { DriverRing } from '../../harness/virtio-net.ts';
 import type { RingFormat } from '../../vring/driver-queue.ts';
 import { trackBed } from '../helpers/bed.ts';
+import { rigFeatures, tapLink, type TapLink } from './rig-link.ts';
 
 export const GUEST_MAC = mac('52:54:00:12:34:56');
 const HOST_MAC = mac('02:00:00:00:00:01');
@@ -51,18 +50,20 @@ export interface RxRig {
   close(): void;
 }
 
-/** Builds the rig and tracks it (closed after the test). Features: VERSION_1 and RING_EVENT_IDX, plus `extra`. */
-export function rxRig(opts: { format: RingFormat; size: number; slotSize: number; extra?: FeatureName[] }): RxRig {
+/**
+ * Builds the rig and tracks it (closed after the test). Features: rigFeatures(format, extra). Over
+ * `link` (LinkPool) if given, else over a link of its own, closed with it.
+ */
+export function rxRig(opts: { format: RingFormat; size: number; slotSize: number; extra?: FeatureName[]; link?: TapLink }): RxRig {
   const closers: Array<() => void> = [];
   const close = (): void => {
     for (const f of closers.splice(0).reverse()) f();
   };
   try {
-    const ns = createNetns('lgrxrig');
-    closers.push(() => ns.destroy());
-    const backend = native.withNetns(ns.path, () => new TapBackend({ name: 'lgrig0' }));
-    closers.push(() => backend.close());
-    ns.exec('ip', 'link', 'set', 'lgrig0', 'up');
+    const f = rigFeatures(opts.format, opts.extra);
+    const link = opts.link ?? tapLink('lgrxrig', f);
+    if (opts.link === undefined) closers.push(() => link.close());
+    const { backend, pkt } = link;
     const ram = new GuestRam(4 << 20);
     closers.push(() => ram.close());
     const drv = new DriverRing(ram, 0, opts.size, true, opts.slotSize, opts.format);
@@ -70,9 +71,6 @@ export function rxRig(opts: { format: RingFormat; size: number; slotSize: number
       native.close(drv.kickFd);
       native.close(drv.callFd);
     });
-    const names: FeatureName[] = ['VERSION_1', 'RING_EVENT_IDX', ...(opts.extra ?? []), ...(opts.format === 'packed' ? (['RING_PACKED'] as const) : [])];
-    const f = decode(mask(...names));
-    backend.configure(f);
     const c = new Float64Array(M.COUNT);
     const queue = createQueue(f, drv.setup);
     queue.attach(ram.mem);
@@ -85,7 +83,6 @@ export function rxRig(opts: { format: RingFormat; size: number; slotSize: number
     const filter = new RxFilter();
     filter.reset(GUEST_MAC, false);
     const loop = new RxLoop(new RxService(ctx, filter, { mtu: 1500 }), { kickFd: drv.kickFd, ctlFd, ctlFlag: new Int32Array(new SharedArrayBuffer(4)), busyPoll: 0 });
-    const pkt = openPacketIn(ns, 'lgrig0'); // closed with the namespace
     const hdrLen = f.hdrLen;
     let free = opts.size;
     const capOf = new Int32Array(opts.size);
@@ -124,6 +121,9 @@ export function rxRig(opts: { format: RingFormat; size: number; slotSize: number
         return out;
       },
     };
+    closers.push(() => {
+      link.dirty = false; // a run that closes its rig ended clean
+    });
     return trackBed(rig);
   } catch (e) {
     close();

@@ -1,0 +1,229 @@
+/**
+ * Property: the TX loop never sleeps while it has work, sends every good frame once, in order and
+ * intact, and completes and counts every chain it must not send.
+ *
+ * Random steps over one TX queue (tx-rig.ts: the loop in this thread, a real tap, an AF_PACKET socket
+ * on the namespace's side), set up as some kind of driver would (VARIANTS): chains posted by the
+ * driver, cut into buffers at random places (the header too) and, where negotiated, through indirect
+ * tables; more posted by "the driver's other CPU" while a burst is on (a frame observer); a clock
+ * moved for the rate limit. Some chains are malformed as a hostile driver may make them: too short,
+ * with a device-writable buffer, or with a header that asks for what was not negotiated or points
+ * outside the frame. Each must be completed with length 0 and counted under its reason, and never
+ * reach the tap.
+ *
+ * The model: the device has work when the driver posted chains it has not consumed and the rate
+ * limit, if any, lets a frame go. Then a pass must consume (all of them without a limit), and must not
+ * sleep; else the test writes the loop's control eventfd so that its sleep ends at once. A pass the
+ * rate limit stops must consume nothing. LGNET_FUZZ_RUNS sets the number of sequences (20).
+ */
+import fc from 'fast-check';
+import { expect, it } from 'vitest';
+import * as native from '../../native/index.ts';
+import { SLEEP_MS } from '../../device/loops.ts';
+import type { FeatureName } from '../../device/features.ts';
+import { M } from '../../device/metrics.ts';
+import { RateLimiter, type RateLimit } from '../../device/rate-limit.ts';
+import type { FrameObserver } from '../../device/service.ts';
+import { ethernet, mac } from '../../harness/frames.ts';
+import { fuzzRuns } from '../sandbox/vhost-user-fuzz-helpers.ts';
+import { LinkPool, rigFeatures, type TapLink } from './rig-link.ts';
+import { MAX_PIECES, txRig, type TxChain, type TxRig } from './tx-rig.ts';
+
+const HDR = 12;
+const TYPE = 0x88b5;
+const SRC = mac('52:54:00:12:34:56');
+const DST = mac('02:00:00:00:00:01');
+const NEEDS_CSUM = 1;
+const GSO_TCPV4 = 1;
+
+/**
+ * What a chain is: a frame that must go out, or a malformed chain and the counter it must land in.
+ * `csum`: NEEDS_CSUM with a checksum place inside the frame (needs CSUM); `csumOut`: one past its end;
+ * `gso`: TCPv4 segmentation without NEEDS_CSUM.
+ */
+type Kind = 'good' | 'csum' | 'short' | 'writable' | 'csumOut' | 'gso';
+
+interface Variant {
+  name: string;
+  size: number;
+  extra: FeatureName[];
+  kinds: readonly Kind[];
+  /** The counter each malformed kind lands in, with these features. */
+  drops: Partial<Record<Kind, number>>;
+  indirect?: boolean;
+  limit?: RateLimit;
+}
+
+const PLAIN_DROPS = { short: M.txDropShort, writable: M.txDropWritable, csum: M.txDropCsumNotNegotiated, gso: M.txDropGsoNotNegotiated };
+const LINUX: FeatureName[] = ['CSUM', 'HOST_TSO4', 'HOST_TSO6', 'HOST_ECN', 'RING_INDIRECT_DESC', 'MRG_RXBUF'];
+const LINUX_DROPS = { short: M.txDropShort, writable: M.txDropWritable, csumOut: M.txDropCsumOutOfRange, gso: M.txDropGsoWithoutCsum };
+
+const VARIANTS: Variant[] = [
+  // No offloads: a checksum or segmentation request is one the driver did not negotiate.
+  { name: 'plain', size: 16, extra: [], kinds: ['good', 'short', 'writable', 'csum', 'gso'], drops: PLAIN_DROPS },
+  // A Linux guest's TX features: partial checksums go out; indirect tables.
+  { name: "a Linux guest's features", size: 64, extra: LINUX, kinds: ['good', 'csum', 'short', 'writable', 'csumOut', 'gso'], drops: LINUX_DROPS, indirect: true },
+  // Rate limits (Firecracker's buckets).
+  { name: 'plain with a frames limit', size: 16, extra: [], kinds: ['good', 'short', 'writable'], drops: PLAIN_DROPS, limit: { ops: { size: 2, refillMs: 10 } } },
+  { name: "a Linux guest's features with a bytes limit", size: 64, extra: LINUX, kinds: ['good', 'csum', 'short'], drops: LINUX_DROPS, indirect: true, limit: { bytes: { size: 1500, refillMs: 10 } } },
+];
+
+interface Spec {
+  kind: Kind;
+  len: number;
+  /** Cut points as fractions of the chain's bytes (deduplicated, sorted, within it). */
+  cuts: number[];
+  indirect: boolean;
+}
+
+interface Step {
+  post: Spec[];
+  race: Spec[];
+  /** Milliseconds the rate limit's clock moves before the pass. */
+  dt: number;
+}
+
+/** Whether a chain of this kind must reach the tap. */
+const sends = (v: Variant, k: Kind): boolean => v.drops[k] === undefined;
+
+const stepArb = (v: Variant): fc.Arbitrary<Step> => {
+  const kind = fc.oneof({ arbitrary: fc.constantFrom(...v.kinds.filter((k) => sends(v, k))), weight: 3 }, { arbitrary: fc.constantFrom(...v.kinds), weight: 1 });
+  const spec = fc.record({
+    kind,
+    len: fc.integer({ min: 60, max: 1514 }),
+    cuts: fc.array(fc.double({ min: 0, max: 1, noNaN: true }), { maxLength: MAX_PIECES - 1 }),
+    indirect: v.indirect ? fc.boolean() : fc.constant(false),
+  });
+  const refill = Math.max(v.limit?.ops?.refillMs ?? 0, v.limit?.bytes?.refillMs ?? 0);
+  return fc.record({
+    post: fc.array(spec, { maxLength: v.size >> 1 }),
+    race: fc.array(spec, { maxLength: v.size >> 2 }),
+    // Mostly no time at all, so that the buckets run dry.
+    dt: fc.oneof({ arbitrary: fc.constant(0), weight: 2 }, { arbitrary: fc.integer({ min: 0, max: refill }), weight: 1 }),
+  });
+};
+
+/** A chain as the driver lays it out; `frame` is what must reach the tap (null: nothing). */
+function build(v: Variant, s: Spec, seq: number): { chain: TxChain; frame: Uint8Array | null; kind: Kind } {
+  const len = s.kind === 'short' ? 1 + (seq % 13) : s.len; // a short chain's frame: under an Ethernet header
+  const body = new Uint8Array(Math.max(0, len - 14)).fill(seq & 0xff);
+  const frame = len >= 14 ? ethernet(DST, SRC, TYPE, body) : new Uint8Array(len).fill(seq & 0xff);
+  const hdr = new Uint8Array(HDR);
+  const dv = new DataView(hdr.buffer);
+  if (s.kind === 'csum' || s.kind === 'csumOut') {
+    hdr[0] = NEEDS_CSUM;
+    // csum_start past where an IPv4 header would end (a tap refuses a transport offset before it, EINVAL),
+    // csum_offset that of TCP's checksum, or one byte too far for the frame.
+    dv.setUint16(6, 34, true);
+    dv.setUint16(8, s.kind === 'csum' ? 16 : len - 34 - 1, true);
+  }
+  if (s.kind === 'gso') {
+    hdr[1] = GSO_TCPV4;
+    dv.setUint16(4, 1400, true);
+  }
+  const bytes = new Uint8Array(HDR + len);
+  bytes.set(hdr);
+  bytes.set(frame, HDR);
+  const cuts = [...new Set(s.cuts.map((x) => Math.floor(x * bytes.length)).filter((x) => x > 0 && x < bytes.length))].sort((a, b) => a - b);
+  const chain: TxChain = { bytes, cuts, indirect: s.indirect, writable: s.kind === 'writable' ? 64 : undefined };
+  return { chain, frame: sends(v, s.kind) ? frame : null, kind: s.kind };
+}
+
+interface Posted {
+  frame: Uint8Array | null;
+  kind: Kind;
+}
+
+function run(v: Variant, format: 'split' | 'packed', steps: Step[], link: TapLink): void {
+  const r: TxRig = txRig({ format, size: v.size, extra: v.extra, link });
+  let now = 0;
+  const limiter = v.limit ? new RateLimiter(v.limit, () => now) : null;
+  const open = (): boolean => limiter === null || limiter.allowance(1) > 0;
+  /** Chains posted and not consumed, in ring order. */
+  const pending: Posted[] = [];
+  const dropped = new Map<number, number>();
+  let seq = 0;
+  let good = 0;
+  const post = (specs: Spec[]): void => {
+    let added = 0;
+    for (const s of specs) {
+      const b = build(v, s, ++seq);
+      if (!r.fits(b.chain)) break;
+      r.add(b.chain);
+      pending.push({ frame: b.frame, kind: b.kind });
+      added++;
+    }
+    if (added > 0) r.publish();
+  };
+  let race: Spec[] = [];
+  const driverCpu: FrameObserver = {
+    beginBurst() {},
+    onFrame() {},
+    endBurst() {
+      // The driver's other CPU posts while the burst is on (it was popped; these are after it).
+      post(race);
+      race = [];
+    },
+  };
+  r.ctx.plug(driverCpu);
+  if (limiter) r.ctx.limit(limiter);
+  const pass = (what: string): void => {
+    const gate = open();
+    const before = pending.length;
+    const work = gate && before > 0;
+    if (!work) native.eventfdWrite(r.ctlFd, 1);
+    const throttled = r.c[M.throttled]!;
+    const t0 = performance.now();
+    r.loop.pass();
+    const ms = performance.now() - t0;
+    if (native.poll(Int32Array.of(r.ctlFd), 0)) native.eventfdRead(r.ctlFd);
+    expect(ms, `${what}: the pass slept with work to do (${before} chains)`).toBeLessThan(SLEEP_MS / 2);
+    // TX completes every chain it pops within the pass, so the used entries say how far it got.
+    const used = r.used();
+    expect(used.every((len) => len === 0), 'a TX chain completed with a length').toBe(true);
+    const consumed = used.length;
+    expect(consumed, `${what}: completions for chains the driver did not post`).toBeLessThanOrEqual(before);
+    if (!gate) {
+      expect(consumed, `${what}: a chain went past the rate limit`).toBe(0);
+      if (before > 0) expect(r.c[M.throttled]).toBe(throttled + 1);
+    } else if (limiter === null) {
+      expect(consumed, `${what}: chains left in the ring`).toBe(before);
+    } else if (work) {
+      expect(consumed, `${what}: a pass with work consumed nothing`).toBeGreaterThan(0);
+    }
+    const taken = pending.splice(0, consumed);
+    const frames = taken.filter((p) => p.frame !== null).map((p) => p.frame!);
+    for (const p of taken) if (p.frame === null) dropped.set(v.drops[p.kind]!, (dropped.get(v.drops[p.kind]!) ?? 0) + 1);
+    good += frames.length;
+    const got = r.received(TYPE, frames.length, 2000);
+    expect(got.length, `${what}: frames on the tap`).toBe(frames.length);
+    for (let i = 0; i < frames.length; i++) expect(got[i], `${what}: frame ${i} of the pass`).toEqual(frames[i]);
+  };
+  for (const [i, s] of steps.entries()) {
+    post(s.post);
+    race = s.race;
+    now += s.dt;
+    pass(`step ${i}`);
+  }
+  race = [];
+  for (let i = 0; pending.length > 0 && i < 64; i++) {
+    now += 10;
+    pass(`drain ${i}`);
+  }
+  expect(pending).toEqual([]);
+  expect(r.received(TYPE, 1, 20), 'frames the device should not have sent').toEqual([]);
+  expect(r.c[M.frames]).toBe(good);
+  for (const counter of new Set(Object.values(v.drops))) expect(r.c[counter], `counter ${counter}`).toBe(dropped.get(counter) ?? 0);
+  expect(r.c[M.txDropBackend]! + r.c[M.txDropTooManyPieces]! + r.c[M.txDropTooBig]!).toBe(0);
+  r.close();
+}
+
+for (const v of VARIANTS) {
+  for (const format of ['split', 'packed'] as const) {
+    it(`${v.name}, ${format}: the TX loop never sleeps with work to do, sends every good frame once, in order, and counts the rest`, () => {
+      // One tap for the runs while they end clean: each run is a driver reset over the same backend.
+      const pool = new LinkPool('lgtxrig', rigFeatures(format, v.extra));
+      fc.assert(fc.property(fc.array(stepArb(v), { minLength: 1, maxLength: 30 }), (steps) => run(v, format, steps, pool.take())), { numRuns: fuzzRuns(20) });
+    }, 120_000);
+  }
+}

@@ -1,0 +1,159 @@
+/**
+ * One TX queue whose loop runs in the test's own thread (device/loops.ts TxLoop over TxService), over
+ * real parts: a tap in a namespace, the harness's driver ring in guest memory shared with the native
+ * side, real eventfds, and an AF_PACKET socket on the namespace's side of the tap that sees what the
+ * device wrote. As rx-rig.ts does for RX, a test calls `loop.pass()` itself, and a frame observer
+ * plugged into the service runs at a chosen point of a burst.
+ */
+import { expect } from 'vitest';
+import * as native from '../../native/index.ts';
+import { MappingViews } from '../../native/iovec.ts';
+import { openPorts } from '../../device/backends.ts';
+import type { FeatureName } from '../../device/features.ts';
+import { PendingUsed } from '../../device/interrupt.ts';
+import { TxLoop } from '../../device/loops.ts';
+import { M } from '../../device/metrics.ts';
+import { createQueue, ServiceContext } from '../../device/service.ts';
+import { TxService } from '../../device/tx.ts';
+import { GuestRam } from '../../harness/guest-ram.ts';
+import { DriverRing } from '../../harness/virtio-net.ts';
+import type { RingFormat } from '../../vring/driver-queue.ts';
+import { trackBed } from '../helpers/bed.ts';
+import { rigFeatures, tapLink, type TapLink } from './rig-link.ts';
+
+/** Where in a slot an indirect table goes (past the largest frame a test writes). */
+const INDIRECT_AT = 1984;
+/** Most buffers one chain of this rig has (its indirect table's room). */
+export const MAX_PIECES = 4;
+
+/** One chain as a driver posts it. */
+export interface TxChain {
+  /** virtio_net_hdr and frame, as the device should read them (at most 1984 bytes). */
+  bytes: Uint8Array;
+  /** Where `bytes` is cut into buffers (ascending offsets inside it; at most MAX_PIECES − 1). */
+  cuts: number[];
+  /** A device-writable buffer of this many bytes after the readable ones (a malformed TX chain). */
+  writable?: number;
+  /** Through an indirect table (RING_INDIRECT_DESC). */
+  indirect?: boolean;
+}
+
+export interface TxRig {
+  drv: DriverRing;
+  ctx: ServiceContext<unknown>;
+  loop: TxLoop;
+  /** The queue's counters (device/metrics.ts M). */
+  c: Float64Array;
+  /** The loop's control eventfd: a write ends its next sleep at once. */
+  ctlFd: number;
+  /** Whether the ring has room for a chain (a slot, and its descriptors). */
+  fits(ch: TxChain): boolean;
+  /** Adds a chain (it must fit), not yet visible to the device. */
+  add(ch: TxChain): void;
+  /** Publishes what was added; true when the driver kicked. */
+  publish(): boolean;
+  /** Takes the used entries so far: their lengths, in order. */
+  used(): number[];
+  /**
+   * Frames of EtherType `type` the tap gave the namespace, in order, until `count` came or `ms`
+   * passed (the kernel hands a tap's frames on in a softirq, which may run after the write returns).
+   */
+  received(type: number, count: number, ms: number): Uint8Array[];
+  close(): void;
+}
+
+/**
+ * Builds the rig and tracks it (closed after the test). Features: rigFeatures(format, extra). Over
+ * `link` (LinkPool) if given, else over a link of its own, closed with it.
+ */
+export function txRig(opts: { format: RingFormat; size: number; extra?: FeatureName[]; link?: TapLink }): TxRig {
+  const closers: Array<() => void> = [];
+  const close = (): void => {
+    for (const f of closers.splice(0).reverse()) f();
+  };
+  try {
+    const f = rigFeatures(opts.format, opts.extra);
+    const link = opts.link ?? tapLink('lgtxrig', f);
+    if (opts.link === undefined) closers.push(() => link.close());
+    const { backend, pkt } = link;
+    const ram = new GuestRam(4 << 20);
+    closers.push(() => ram.close());
+    const drv = new DriverRing(ram, 1, opts.size, true, 2048, opts.format);
+    closers.push(() => {
+      native.close(drv.kickFd);
+      native.close(drv.callFd);
+    });
+    const c = new Float64Array(M.COUNT);
+    const queue = createQueue(f, drv.setup);
+    queue.attach(ram.mem);
+    // Kicks off while the worker serves, as after any sleep of its loop.
+    queue.disableNotification();
+    const ports = openPorts(backend.port(0), { counters: c, frameFilter: undefined, mappings: new MappingViews(native.mappingBuffer) });
+    const ctx = new ServiceContext({ queue, mem: ram.mem, f, counters: c, pending: new PendingUsed(queue, drv.callFd, c), port: ports.tx, burst: 64 });
+    const ctlFd = native.eventfdCreate({ nonblocking: true });
+    closers.push(() => native.close(ctlFd));
+    const loop = new TxLoop(new TxService(ctx, { backendHdrLen: f.hdrLen }), { kickFd: drv.kickFd, ctlFd, ctlFlag: new Int32Array(new SharedArrayBuffer(4)), busyPoll: 0 });
+    const rxBuf = new Uint8Array(4096);
+    let free = opts.size;
+    const descs = (ch: TxChain): number => (ch.indirect ? 1 : ch.cuts.length + 1 + (ch.writable ? 1 : 0));
+    const rig: TxRig = {
+      drv, ctx: ctx as ServiceContext<unknown>, loop, c, ctlFd, close,
+      fits: (ch) => free > 0 && drv.q.freeCount >= descs(ch),
+      add(ch) {
+        const slot = drv.takeSlot();
+        if (slot < 0) throw new Error('no free driver slot');
+        free--;
+        const base = drv.slots[slot]!;
+        ram.write(base, ch.bytes);
+        const ends = [...ch.cuts, ch.bytes.length];
+        const readable = ends.map((end, i) => ({ addr: base + (i === 0 ? 0 : ends[i - 1]!), len: end - (i === 0 ? 0 : ends[i - 1]!) }));
+        const writable = ch.writable ? [{ addr: base + ch.bytes.length, len: ch.writable }] : [];
+        const head = drv.q.add(readable, writable, ch.indirect ? { indirectAt: base + INDIRECT_AT } : undefined);
+        if (head < 0) throw new Error('no free descriptors (fits() first)');
+        drv.slotOf[head] = slot;
+      },
+      publish() {
+        drv.q.publish();
+        const kick = drv.q.needsKick();
+        if (kick) native.eventfdWrite(drv.kickFd, 1);
+        return kick;
+      },
+      used() {
+        const out: number[] = [];
+        for (let h = drv.q.popUsed(); h >= 0; h = drv.q.popUsed()) {
+          const slot = drv.slotOf[h]!;
+          expect(slot, `used entry ${h} names no chain in flight`).toBeGreaterThanOrEqual(0);
+          drv.slotOf[h] = -1;
+          out.push(drv.q.lastUsedLen);
+          drv.giveSlot(slot);
+          free++;
+        }
+        return out;
+      },
+      received(type, count, ms) {
+        const out: Uint8Array[] = [];
+        const end = performance.now() + ms;
+        const fds = Int32Array.of(pkt);
+        while (out.length < count) {
+          const n = native.fdRead(pkt, rxBuf);
+          if (n < 0) {
+            const left = end - performance.now();
+            if (left <= 0) break;
+            native.poll(fds, Math.ceil(left));
+            continue;
+          }
+          // The namespace's own traffic on the link (IPv6 neighbour discovery) is not the test's.
+          if (n >= 14 && ((rxBuf[12]! << 8) | rxBuf[13]!) === type) out.push(rxBuf.slice(0, n));
+        }
+        return out;
+      },
+    };
+    closers.push(() => {
+      link.dirty = false; // a run that closes its rig ended clean
+    });
+    return trackBed(rig);
+  } catch (e) {
+    close();
+    throw e;
+  }
+}
