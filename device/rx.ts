@@ -329,7 +329,11 @@ export class RxService {
     }
     this.keep(settled, Math.max(n, held));
     this.publish(settled);
-    return got < slots || slots === 0 ? RX.BACKEND_EMPTY : RX.MORE;
+    // Empty only when the backend was read and came up short. A burst whose chains were all too short
+    // did not read it (a rate limit may have kept the burst that small while frames wait): had it
+    // said empty, the loop would sleep on a backend fd that a port may have drained already (a
+    // pair's eventfd is read before the ring is looked at, so frames left behind do not ring it).
+    return got < slots ? RX.BACKEND_EMPTY : RX.MORE;
   }
 
   /**

@@ -1,26 +1,43 @@
 /**
- * What rx-rig.ts and tx-rig.ts run their queue over: a tap in a namespace of its own, configured for
- * the driver's features, with an AF_PACKET socket on the namespace's side.
+ * What rx-rig.ts and tx-rig.ts run their queue over, configured for the driver's features:
+ *
+ * - a tap in a namespace of its own, with an AF_PACKET socket on the namespace's side (frames in
+ *   and out);
+ * - or side A of a pair backend (device/pair-backend.ts), whose frames come from side B's TX port,
+ *   as another device's TX worker would send them. Its RX port has no merged read, so MRG_RXBUF and
+ *   the RX filter take the per-frame path there.
  *
  * A property runs many sequences; each builds a fresh rig (guest memory, driver ring, queue, loop),
  * as a driver reset does, while the backend stays, as a device's tap does across resets. LinkPool
  * hands the same link to run after run while each ends clean, and a fresh one after a run that did
  * not (it may have left frames in the tap or in the port).
  */
+import { expect } from 'vitest';
 import * as native from '../../native/index.ts';
+import { IovecTable, MappingViews } from '../../native/iovec.ts';
+import type { Backend } from '../../device/backend.ts';
+import { openPorts } from '../../device/backends.ts';
 import { decode, mask, type FeatureName, type NegotiatedFeatures } from '../../device/features.ts';
+import { M } from '../../device/metrics.ts';
+import { PairBackend } from '../../device/pair-backend.ts';
 import { TapBackend } from '../../device/tap-backend.ts';
-import { createNetns, openPacketIn, type Netns } from '../../harness/netns.ts';
+import { GuestRam } from '../../harness/guest-ram.ts';
+import { createNetns, openPacketIn } from '../../harness/netns.ts';
 import type { RingFormat } from '../../vring/driver-queue.ts';
 import { trackBed } from '../helpers/bed.ts';
 
 /** The tap's name inside its namespace. */
 export const LINK_IF = 'lgrig0';
 
+export type LinkKind = 'tap' | 'pair';
+
 export interface TapLink {
-  ns: Netns;
-  backend: TapBackend;
-  /** AF_PACKET on LINK_IF in the namespace (nonblocking; closed with it). */
+  kind: LinkKind;
+  /** Where the rig's queue takes its port (pair 0). */
+  backend: Backend;
+  /** Puts a frame (Ethernet header on) where the rig's RX port reads it. */
+  inject(frame: Uint8Array): void;
+  /** The tap's AF_PACKET socket in the namespace (nonblocking; closed with it); -1 on a pair. */
   pkt: number;
   f: NegotiatedFeatures;
   /** Set while a rig runs on it; that rig's clean close() clears it. */
@@ -34,12 +51,19 @@ export function rigFeatures(format: RingFormat, extra: readonly FeatureName[] = 
 }
 
 /** Makes a link (tracked: closed after the test). */
-export function tapLink(prefix: string, f: NegotiatedFeatures): TapLink {
+export function tapLink(prefix: string, f: NegotiatedFeatures, kind: LinkKind = 'tap'): TapLink {
+  return kind === 'pair' ? pairLink(f) : tapInNs(prefix, f);
+}
+
+function tapInNs(prefix: string, f: NegotiatedFeatures): TapLink {
   const ns = createNetns(prefix);
   try {
     const backend = native.withNetns(ns.path, () => new TapBackend({ name: LINK_IF }));
     const link: TapLink = {
-      ns, backend, f, dirty: false, pkt: -1,
+      kind: 'tap', backend, f, dirty: false, pkt: -1,
+      inject(frame) {
+        expect(native.fdWrite(link.pkt, frame)).toBe(frame.length);
+      },
       close() {
         backend.close();
         ns.destroy();
@@ -56,21 +80,54 @@ export function tapLink(prefix: string, f: NegotiatedFeatures): TapLink {
   }
 }
 
+function pairLink(f: NegotiatedFeatures): TapLink {
+  const pair = new PairBackend({ slots: 64 });
+  const ram = new GuestRam(1 << 16);
+  const link: TapLink = {
+    kind: 'pair', backend: pair.a, f, dirty: false, pkt: -1,
+    inject: () => {},
+    close() {
+      pair.a.close();
+      pair.b.close();
+      ram.close();
+    },
+  };
+  trackBed(link);
+  pair.a.configure(f);
+  pair.b.configure(f);
+  // Side B's TX port, as B's TX worker has it: a frame (zero header first) from B's guest memory.
+  const tx = openPorts(pair.b.port(0), { counters: new Float64Array(M.COUNT), frameFilter: undefined, mappings: new MappingViews(native.mappingBuffer) }).tx;
+  const at = ram.alloc(f.hdrLen + 2048);
+  const table = new IovecTable(1, 1);
+  link.inject = (frame) => {
+    const bytes = new Uint8Array(f.hdrLen + frame.length);
+    bytes.set(frame, f.hdrLen);
+    ram.write(at, bytes);
+    table.reset();
+    table.push(ram.mappingId, at - ram.gpa, bytes.length);
+    table.endFrame();
+    expect(tx.send(table, 0), 'the pair\'s ring took the frame').toBe(1);
+  };
+  return link;
+}
+
 /** One link for a property's runs while they end clean (see the file's comment). */
 export class LinkPool {
   private link: TapLink | null = null;
   private readonly prefix: string;
   private readonly f: NegotiatedFeatures;
+  private readonly kind: LinkKind;
 
-  constructor(prefix: string, f: NegotiatedFeatures) {
+  constructor(prefix: string, f: NegotiatedFeatures, kind: LinkKind = 'tap') {
     this.prefix = prefix;
     this.f = f;
+    this.kind = kind;
   }
 
   take(): TapLink {
     if (this.link === null || this.link.dirty) {
       this.link?.close();
-      this.link = tapLink(this.prefix, this.f);
+      this.link = tapLink(this.prefix, this.f, this.kind);
     }
     this.link.dirty = true;
     return this.link;

@@ -27,7 +27,7 @@ import { RateLimiter, type RateLimit } from '../../device/rate-limit.ts';
 import type { FrameObserver, FrameView } from '../../device/service.ts';
 import { fuzzRuns } from '../sandbox/vhost-user-fuzz-helpers.ts';
 import { mac } from '../../harness/frames.ts';
-import { LinkPool, rigFeatures, type TapLink } from './rig-link.ts';
+import { LinkPool, rigFeatures, type LinkKind, type TapLink } from './rig-link.ts';
 import { GUEST_MAC, rxRig, type RxRig } from './rx-rig.ts';
 
 const HDR = 12;
@@ -50,6 +50,8 @@ interface Variant {
   short?: number;
   /** A rate limit, over the test's clock; a step moves that clock by up to one refill, most steps not at all. */
   limit?: RateLimit;
+  /** What the queue reads from (rig-link.ts): a tap (default), or a pair backend's ring. */
+  backend?: LinkKind;
 }
 
 /** What a driver's RX buffer must hold at least: the header, and without MRG_RXBUF the Ethernet header too. */
@@ -73,6 +75,11 @@ const VARIANTS: Variant[] = [
   // Rate limits (Firecracker's buckets): frames on the batched path, bytes on the merged one.
   { name: 'plain with a frames limit', size: 16, extra: [], bufs: [2048], need: 0, short: 20, limit: { ops: { size: 2, refillMs: 10 } } },
   { name: 'MRG_RXBUF with a bytes limit', size: 16, extra: ['MRG_RXBUF'], bufs: MIXED, need: MRG_NEED, short: 8, limit: { bytes: { size: 1500, refillMs: 10 } } },
+  // The pair backend (an embedding VMM's two devices back to back): its port has no merged read, so
+  // MRG_RXBUF and the filters take the per-frame path, and plain RX the batched one.
+  { name: 'MRG_RXBUF over a pair', size: 16, extra: ['MRG_RXBUF'], bufs: MIXED, need: MRG_NEED, short: 8, backend: 'pair' },
+  { name: 'plain with MAC and VLAN filters over a pair', size: 16, extra: ['CTRL_VQ', 'CTRL_RX', 'CTRL_VLAN'], bufs: [2048], need: 0, filter: true, vlan: true, short: 20, backend: 'pair' },
+  { name: 'plain with a frames limit over a pair', size: 16, extra: [], bufs: [2048], need: 0, short: 20, limit: { ops: { size: 2, refillMs: 10 } }, backend: 'pair' },
 ];
 
 /** A unicast address the filter does not hold. */
@@ -320,7 +327,7 @@ for (const v of VARIANTS) {
   for (const format of ['split', 'packed'] as const) {
     it(`${v.name}, ${format}: the RX loop never sleeps with work to do, and every frame arrives once, in order`, () => {
       // One tap for the runs while they end clean: each run is a driver reset over the same backend.
-      const pool = new LinkPool('lgrxrig', rigFeatures(format, v.extra));
+      const pool = new LinkPool('lgrxrig', rigFeatures(format, v.extra), v.backend);
       fc.assert(fc.property(fc.array(stepArb(v), { minLength: 1, maxLength: 30 }), (steps) => run(v, format, steps, pool.take())), { numRuns: fuzzRuns(20) });
     }, 120_000);
   }

@@ -15,13 +15,21 @@
  *    the batched path, which reads the tap and knows nothing of the stash: the frame would wait until
  *    a smaller buffer came, and frames read after it would pass it.
  *
- * rx-liveness.test.ts checks both in random sequences.
+ * 3. A burst that a rate limit keeps to one chain, and that chain too short for a frame, read nothing
+ *    from the backend. It said the backend was empty, so the loop slept on the backend's fd. A pair
+ *    backend's port reads its eventfd before it looks at the ring, so a frame that an earlier burst
+ *    (kept to one frame by the limit) left behind does not ring it again: the frame waited for the
+ *    sleep's cap although a buffer for it was in the ring.
+ *
+ * rx-liveness.test.ts checks all three in random sequences.
  */
 import { expect, it } from 'vitest';
 import * as native from '../../native/index.ts';
 import { SLEEP_MS } from '../../device/loops.ts';
 import { M } from '../../device/metrics.ts';
+import { RateLimiter } from '../../device/rate-limit.ts';
 import type { FrameObserver } from '../../device/service.ts';
+import { rigFeatures, tapLink } from './rig-link.ts';
 import { rxRig } from './rx-rig.ts';
 
 const lens = (used: Array<{ len: number }>): number[] => used.map((u) => u.len);
@@ -88,4 +96,26 @@ it('a frame read ahead and left without room is delivered first when room comes,
   expect(lens(u)).toEqual([72, 112]);
   expect(u.map((x) => x.head[12 + 14])).toEqual([2, 3]); // in order
   expect(r.c[M.rxDropBackend] + r.c[M.rxDropStopped]).toBe(0);
+});
+
+it('a burst that takes only a short buffer does not sleep on a pair backend while a frame waits', () => {
+  const link = tapLink('lgrxrig', rigFeatures('split'), 'pair');
+  const r = rxRig({ format: 'split', size: 8, slotSize: 2048, link });
+  let now = 0;
+  r.ctx.limit(new RateLimiter({ ops: { size: 1, refillMs: 10 } }, () => now)); // one frame per burst
+  r.post([2048, 20, 2048]); // the second is too short for a frame (header + Ethernet header: 26)
+  r.send(60, 1);
+  r.send(60, 2);
+  r.loop.pass(); // frame 1; frame 2 stays in the pair's ring
+  expect(r.c[M.frames]).toBe(1);
+  now += 10;
+  const t0 = performance.now();
+  r.loop.pass(); // the short buffer, given back empty
+  expect(performance.now() - t0, 'the pass slept with a frame and a buffer for it').toBeLessThan(SLEEP_MS / 2);
+  expect(r.c[M.rxDropShortBuffer]).toBe(1);
+  now += 10;
+  r.loop.pass();
+  const u = r.used();
+  expect(lens(u)).toEqual([72, 0, 72]);
+  expect(u[2]!.head[12 + 14]).toBe(2);
 });
