@@ -14,7 +14,7 @@
  * frame the RX filter refuses (another MAC, or a VLAN not in the table) must be dropped and counted.
  * A buffer too short for a frame, which a hostile driver may post, must come back empty and counted,
  * never between a frame's buffers. A pass the rate limit stops (its clock is the test's) must take
- * nothing. LGNET_FUZZ_RUNS sets the number of sequences (20).
+ * nothing. LGNET_FUZZ_RUNS sets the number of sequences (60).
  */
 import fc from 'fast-check';
 import { expect, it } from 'vitest';
@@ -328,7 +328,7 @@ for (const v of VARIANTS) {
     it(`${v.name}, ${format}: the RX loop never sleeps with work to do, and every frame arrives once, in order`, () => {
       // One tap for the runs while they end clean: each run is a driver reset over the same backend.
       const pool = new LinkPool('lgrxrig', rigFeatures(format, v.extra), v.backend);
-      fc.assert(fc.property(fc.array(stepArb(v), { minLength: 1, maxLength: 30 }), (steps) => run(v, format, steps, pool.take())), { numRuns: fuzzRuns(20) });
+      fc.assert(fc.property(fc.array(stepArb(v), { minLength: 1, maxLength: 30 }), (steps) => run(v, format, steps, pool.take())), { numRuns: fuzzRuns(60) });
     }, 120_000);
   }
 }
