@@ -15,14 +15,19 @@
 import { expect } from 'vitest';
 import * as native from '../../native/index.ts';
 import { IovecTable, MappingViews } from '../../native/iovec.ts';
-import type { Backend } from '../../device/backend.ts';
+import type { Backend, Ports } from '../../device/backend.ts';
 import { openPorts } from '../../device/backends.ts';
+import { PendingUsed } from '../../device/interrupt.ts';
+import type { LoopFds } from '../../device/loops.ts';
+import { createQueue } from '../../device/service.ts';
+import type { DeviceQueue } from '../../vring/index.ts';
 import { decode, mask, type FeatureName, type NegotiatedFeatures } from '../../device/features.ts';
 import { M } from '../../device/metrics.ts';
 import { PairBackend } from '../../device/pair-backend.ts';
 import { TapBackend } from '../../device/tap-backend.ts';
 import { GuestRam } from '../../harness/guest-ram.ts';
 import { createNetns, openPacketIn } from '../../harness/netns.ts';
+import { DriverRing } from '../../harness/virtio-net.ts';
 import type { RingFormat } from '../../vring/driver-queue.ts';
 import { trackBed } from '../helpers/bed.ts';
 
@@ -131,5 +136,61 @@ export class LinkPool {
     }
     this.link.dirty = true;
     return this.link;
+  }
+}
+
+/** What a rig builds for its queue, whichever direction: the driver's ring over fresh guest memory, the device's side of it, the port. */
+export interface RigBase {
+  f: NegotiatedFeatures;
+  link: TapLink;
+  ram: GuestRam;
+  drv: DriverRing;
+  /** The queue's counters (device/metrics.ts M). */
+  c: Float64Array;
+  queue: DeviceQueue;
+  pending: PendingUsed;
+  ports: Ports;
+  /** The loop's descriptors: the driver's kick, a control eventfd (a write ends the next sleep at once). */
+  fds: LoopFds;
+  /** Runs at close(), last first. */
+  closers: Array<() => void>;
+  close(): void;
+}
+
+/**
+ * Builds a rig's base over `link` (a LinkPool's) or a link of its own, closed with it. The queue's
+ * kicks are off, as while a worker serves. A clean close() marks the link clean for the next run.
+ */
+export function rigBase(opts: { format: RingFormat; size: number; slotSize: number; extra?: FeatureName[]; link?: TapLink }, prefix: string, index: number): RigBase {
+  const closers: Array<() => void> = [];
+  const close = (): void => {
+    for (const f of closers.splice(0).reverse()) f();
+  };
+  try {
+    const f = rigFeatures(opts.format, opts.extra);
+    const link = opts.link ?? tapLink(prefix, f);
+    closers.push(opts.link === undefined ? () => link.close() : () => {
+      link.dirty = false; // closed by a run that ended clean
+    });
+    const ram = new GuestRam(4 << 20);
+    closers.push(() => ram.close());
+    const drv = new DriverRing(ram, index, opts.size, true, opts.slotSize, opts.format);
+    closers.push(() => {
+      native.close(drv.kickFd);
+      native.close(drv.callFd);
+    });
+    const c = new Float64Array(M.COUNT);
+    const queue = createQueue(f, drv.setup);
+    queue.attach(ram.mem);
+    // Kicks off while the worker serves, as after any sleep of its loop: avail_event stays where it was.
+    queue.disableNotification();
+    const ports = openPorts(link.backend.port(0), { counters: c, frameFilter: undefined, mappings: new MappingViews(native.mappingBuffer) });
+    const ctlFd = native.eventfdCreate({ nonblocking: true });
+    closers.push(() => native.close(ctlFd));
+    const fds: LoopFds = { kickFd: drv.kickFd, ctlFd, ctlFlag: new Int32Array(new SharedArrayBuffer(4)), busyPoll: 0 };
+    return { f, link, ram, drv, c, queue, pending: new PendingUsed(queue, drv.callFd, c), ports, fds, closers, close };
+  } catch (e) {
+    close();
+    throw e;
   }
 }

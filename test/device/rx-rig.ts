@@ -6,21 +6,16 @@
  * exactly where a race would be.
  */
 import * as native from '../../native/index.ts';
-import { MappingViews } from '../../native/iovec.ts';
-import { openPorts } from '../../device/backends.ts';
 import type { FeatureName } from '../../device/features.ts';
-import { PendingUsed } from '../../device/interrupt.ts';
 import { RxLoop } from '../../device/loops.ts';
-import { M } from '../../device/metrics.ts';
 import { RxFilter } from '../../device/rx-filter.ts';
 import { RxService } from '../../device/rx.ts';
-import { createQueue, ServiceContext } from '../../device/service.ts';
+import { ServiceContext } from '../../device/service.ts';
 import { ethernet, mac } from '../../harness/frames.ts';
-import { GuestRam } from '../../harness/guest-ram.ts';
 import { DriverRing } from '../../harness/virtio-net.ts';
 import type { RingFormat } from '../../vring/driver-queue.ts';
 import { trackBed } from '../helpers/bed.ts';
-import { rigFeatures, tapLink, type TapLink } from './rig-link.ts';
+import { rigBase, type TapLink } from './rig-link.ts';
 
 export const GUEST_MAC = mac('52:54:00:12:34:56');
 const HOST_MAC = mac('02:00:00:00:00:01');
@@ -54,34 +49,13 @@ export interface RxRig {
  * `link` (LinkPool) if given, else over a link of its own, closed with it.
  */
 export function rxRig(opts: { format: RingFormat; size: number; slotSize: number; extra?: FeatureName[]; link?: TapLink }): RxRig {
-  const closers: Array<() => void> = [];
-  const close = (): void => {
-    for (const f of closers.splice(0).reverse()) f();
-  };
+  const { f, link, ram, drv, c, queue, pending, ports, fds, close } = rigBase(opts, 'lgrxrig', 0);
   try {
-    const f = rigFeatures(opts.format, opts.extra);
-    const link = opts.link ?? tapLink('lgrxrig', f);
-    if (opts.link === undefined) closers.push(() => link.close());
-    const { backend } = link;
-    const ram = new GuestRam(4 << 20);
-    closers.push(() => ram.close());
-    const drv = new DriverRing(ram, 0, opts.size, true, opts.slotSize, opts.format);
-    closers.push(() => {
-      native.close(drv.kickFd);
-      native.close(drv.callFd);
-    });
-    const c = new Float64Array(M.COUNT);
-    const queue = createQueue(f, drv.setup);
-    queue.attach(ram.mem);
-    // Kicks off while the worker serves, as after any sleep of its loop: avail_event stays where it was.
-    queue.disableNotification();
-    const ports = openPorts(backend.port(0), { counters: c, frameFilter: undefined, mappings: new MappingViews(native.mappingBuffer) });
-    const ctx = new ServiceContext({ queue, mem: ram.mem, f, counters: c, pending: new PendingUsed(queue, drv.callFd, c), port: ports.rx, burst: 64 });
-    const ctlFd = native.eventfdCreate({ nonblocking: true });
-    closers.push(() => native.close(ctlFd));
+    const ctx = new ServiceContext({ queue, mem: ram.mem, f, counters: c, pending, port: ports.rx, burst: 64 });
     const filter = new RxFilter();
     filter.reset(GUEST_MAC, false);
-    const loop = new RxLoop(new RxService(ctx, filter, { mtu: 1500 }), { kickFd: drv.kickFd, ctlFd, ctlFlag: new Int32Array(new SharedArrayBuffer(4)), busyPoll: 0 });
+    const loop = new RxLoop(new RxService(ctx, filter, { mtu: 1500 }), fds);
+    const ctlFd = fds.ctlFd;
     const hdrLen = f.hdrLen;
     let free = opts.size;
     const capOf = new Int32Array(opts.size);
@@ -120,9 +94,6 @@ export function rxRig(opts: { format: RingFormat; size: number; slotSize: number
         return out;
       },
     };
-    closers.push(() => {
-      link.dirty = false; // a run that closes its rig ended clean
-    });
     return trackBed(rig);
   } catch (e) {
     close();

@@ -7,19 +7,14 @@
  */
 import { expect } from 'vitest';
 import * as native from '../../native/index.ts';
-import { MappingViews } from '../../native/iovec.ts';
-import { openPorts } from '../../device/backends.ts';
 import type { FeatureName } from '../../device/features.ts';
-import { PendingUsed } from '../../device/interrupt.ts';
 import { TxLoop } from '../../device/loops.ts';
-import { M } from '../../device/metrics.ts';
-import { createQueue, ServiceContext } from '../../device/service.ts';
+import { ServiceContext } from '../../device/service.ts';
 import { TxService } from '../../device/tx.ts';
-import { GuestRam } from '../../harness/guest-ram.ts';
 import { DriverRing } from '../../harness/virtio-net.ts';
 import type { RingFormat } from '../../vring/driver-queue.ts';
 import { trackBed } from '../helpers/bed.ts';
-import { rigFeatures, tapLink, type TapLink } from './rig-link.ts';
+import { rigBase, type TapLink } from './rig-link.ts';
 
 /** Where in a slot an indirect table goes (past the largest frame a test writes). */
 const INDIRECT_AT = 1984;
@@ -67,32 +62,13 @@ export interface TxRig {
  * `link` (LinkPool) if given, else over a link of its own, closed with it.
  */
 export function txRig(opts: { format: RingFormat; size: number; extra?: FeatureName[]; link?: TapLink }): TxRig {
-  const closers: Array<() => void> = [];
-  const close = (): void => {
-    for (const f of closers.splice(0).reverse()) f();
-  };
+  const { f, link, ram, drv, c, queue, pending, ports, fds, close } = rigBase({ ...opts, slotSize: 2048 }, 'lgtxrig', 1);
   try {
-    const f = rigFeatures(opts.format, opts.extra);
-    const link = opts.link ?? tapLink('lgtxrig', f);
-    if (opts.link === undefined) closers.push(() => link.close());
-    const { backend, pkt } = link;
-    const ram = new GuestRam(4 << 20);
-    closers.push(() => ram.close());
-    const drv = new DriverRing(ram, 1, opts.size, true, 2048, opts.format);
-    closers.push(() => {
-      native.close(drv.kickFd);
-      native.close(drv.callFd);
-    });
-    const c = new Float64Array(M.COUNT);
-    const queue = createQueue(f, drv.setup);
-    queue.attach(ram.mem);
-    // Kicks off while the worker serves, as after any sleep of its loop.
-    queue.disableNotification();
-    const ports = openPorts(backend.port(0), { counters: c, frameFilter: undefined, mappings: new MappingViews(native.mappingBuffer) });
-    const ctx = new ServiceContext({ queue, mem: ram.mem, f, counters: c, pending: new PendingUsed(queue, drv.callFd, c), port: ports.tx, burst: 64 });
-    const ctlFd = native.eventfdCreate({ nonblocking: true });
-    closers.push(() => native.close(ctlFd));
-    const loop = new TxLoop(new TxService(ctx, { backendHdrLen: f.hdrLen }), { kickFd: drv.kickFd, ctlFd, ctlFlag: new Int32Array(new SharedArrayBuffer(4)), busyPoll: 0 });
+    if (link.kind !== 'tap') throw new Error('a TX rig reads what it sent from a tap');
+    const ctx = new ServiceContext({ queue, mem: ram.mem, f, counters: c, pending, port: ports.tx, burst: 64 });
+    const loop = new TxLoop(new TxService(ctx, { backendHdrLen: f.hdrLen }), fds);
+    const ctlFd = fds.ctlFd;
+    const pkt = link.pkt;
     const rxBuf = new Uint8Array(4096);
     let free = opts.size;
     const descs = (ch: TxChain): number => (ch.indirect ? 1 : ch.cuts.length + 1 + (ch.writable ? 1 : 0));
@@ -133,13 +109,13 @@ export function txRig(opts: { format: RingFormat; size: number; extra?: FeatureN
       received(type, count, ms) {
         const out: Uint8Array[] = [];
         const end = performance.now() + ms;
-        const fds = Int32Array.of(pkt);
+        const pktFds = Int32Array.of(pkt);
         while (out.length < count) {
           const n = native.fdRead(pkt, rxBuf);
           if (n < 0) {
             const left = end - performance.now();
             if (left <= 0) break;
-            native.poll(fds, Math.ceil(left));
+            native.poll(pktFds, Math.ceil(left));
             continue;
           }
           // The namespace's own traffic on the link (IPv6 neighbour discovery) is not the test's.
@@ -148,9 +124,6 @@ export function txRig(opts: { format: RingFormat; size: number; extra?: FeatureN
         return out;
       },
     };
-    closers.push(() => {
-      link.dirty = false; // a run that closes its rig ended clean
-    });
     return trackBed(rig);
   } catch (e) {
     close();
