@@ -36,7 +36,8 @@ export const LINK_IF = 'lgrig0';
 
 export type LinkKind = 'tap' | 'pair';
 
-export interface TapLink {
+/** A tap or a pair backend that rigs run their queue over (the file's comment). */
+export interface RigLink {
   kind: LinkKind;
   /** Where the rig's queue takes its port (pair 0). */
   backend: Backend;
@@ -44,7 +45,6 @@ export interface TapLink {
   inject(frame: Uint8Array): void;
   /** The tap's AF_PACKET socket in the namespace (nonblocking; closed with it); -1 on a pair. */
   pkt: number;
-  f: NegotiatedFeatures;
   /** Set while a rig runs on it; that rig's clean close() clears it. */
   dirty: boolean;
   close(): void;
@@ -55,17 +55,17 @@ export function rigFeatures(format: RingFormat, extra: readonly FeatureName[] = 
   return decode(mask('VERSION_1', 'RING_EVENT_IDX', ...extra, ...(format === 'packed' ? (['RING_PACKED'] as const) : [])));
 }
 
-/** Makes a link (tracked: closed after the test). */
-export function tapLink(prefix: string, f: NegotiatedFeatures, kind: LinkKind = 'tap'): TapLink {
+/** Makes a link (tracked: closed after the test); `prefix` names a tap's namespace. */
+export function makeLink(prefix: string, f: NegotiatedFeatures, kind: LinkKind = 'tap'): RigLink {
   return kind === 'pair' ? pairLink(f) : tapInNs(prefix, f);
 }
 
-function tapInNs(prefix: string, f: NegotiatedFeatures): TapLink {
+function tapInNs(prefix: string, f: NegotiatedFeatures): RigLink {
   const ns = createNetns(prefix);
   try {
     const backend = native.withNetns(ns.path, () => new TapBackend({ name: LINK_IF }));
-    const link: TapLink = {
-      kind: 'tap', backend, f, dirty: false, pkt: -1,
+    const link: RigLink = {
+      kind: 'tap', backend, dirty: false, pkt: -1,
       inject(frame) {
         expect(native.fdWrite(link.pkt, frame)).toBe(frame.length);
       },
@@ -85,26 +85,24 @@ function tapInNs(prefix: string, f: NegotiatedFeatures): TapLink {
   }
 }
 
-function pairLink(f: NegotiatedFeatures): TapLink {
+function pairLink(f: NegotiatedFeatures): RigLink {
   const pair = new PairBackend({ slots: 64 });
   const ram = new GuestRam(1 << 16);
-  const link: TapLink = {
-    kind: 'pair', backend: pair.a, f, dirty: false, pkt: -1,
-    inject: () => {},
+  const link = trackBed<RigLink>({
+    kind: 'pair', backend: pair.a, dirty: false, pkt: -1, inject,
     close() {
       pair.a.close();
       pair.b.close();
       ram.close();
     },
-  };
-  trackBed(link);
+  });
   pair.a.configure(f);
   pair.b.configure(f);
   // Side B's TX port, as B's TX worker has it: a frame (zero header first) from B's guest memory.
   const tx = openPorts(pair.b.port(0), { counters: new Float64Array(M.COUNT), frameFilter: undefined, mappings: new MappingViews(native.mappingBuffer) }).tx;
   const at = ram.alloc(f.hdrLen + 2048);
   const table = new IovecTable(1, 1);
-  link.inject = (frame) => {
+  function inject(frame: Uint8Array): void {
     const bytes = new Uint8Array(f.hdrLen + frame.length);
     bytes.set(frame, f.hdrLen);
     ram.write(at, bytes);
@@ -112,13 +110,13 @@ function pairLink(f: NegotiatedFeatures): TapLink {
     table.push(ram.mappingId, at - ram.gpa, bytes.length);
     table.endFrame();
     expect(tx.send(table, 0), 'the pair\'s ring took the frame').toBe(1);
-  };
+  }
   return link;
 }
 
 /** One link for a property's runs while they end clean (see the file's comment). */
 export class LinkPool {
-  private link: TapLink | null = null;
+  private link: RigLink | null = null;
   private readonly prefix: string;
   private readonly f: NegotiatedFeatures;
   private readonly kind: LinkKind;
@@ -129,10 +127,10 @@ export class LinkPool {
     this.kind = kind;
   }
 
-  take(): TapLink {
+  take(): RigLink {
     if (this.link === null || this.link.dirty) {
       this.link?.close();
-      this.link = tapLink(this.prefix, this.f, this.kind);
+      this.link = makeLink(this.prefix, this.f, this.kind);
     }
     this.link.dirty = true;
     return this.link;
@@ -142,7 +140,7 @@ export class LinkPool {
 /** What a rig builds for its queue, whichever direction: the driver's ring over fresh guest memory, the device's side of it, the port. */
 export interface RigBase {
   f: NegotiatedFeatures;
-  link: TapLink;
+  link: RigLink;
   ram: GuestRam;
   drv: DriverRing;
   /** The queue's counters (device/metrics.ts M). */
@@ -152,8 +150,6 @@ export interface RigBase {
   ports: Ports;
   /** The loop's descriptors: the driver's kick, a control eventfd (a write ends the next sleep at once). */
   fds: LoopFds;
-  /** Runs at close(), last first. */
-  closers: Array<() => void>;
   close(): void;
 }
 
@@ -161,14 +157,14 @@ export interface RigBase {
  * Builds a rig's base over `link` (a LinkPool's) or a link of its own, closed with it. The queue's
  * kicks are off, as while a worker serves. A clean close() marks the link clean for the next run.
  */
-export function rigBase(opts: { format: RingFormat; size: number; slotSize: number; extra?: FeatureName[]; link?: TapLink }, prefix: string, index: number): RigBase {
+export function rigBase(opts: { format: RingFormat; size: number; slotSize: number; extra?: FeatureName[]; link?: RigLink }, prefix: string, index: number): RigBase {
   const closers: Array<() => void> = [];
   const close = (): void => {
     for (const f of closers.splice(0).reverse()) f();
   };
   try {
     const f = rigFeatures(opts.format, opts.extra);
-    const link = opts.link ?? tapLink(prefix, f);
+    const link = opts.link ?? makeLink(prefix, f);
     closers.push(opts.link === undefined ? () => link.close() : () => {
       link.dirty = false; // closed by a run that ended clean
     });
@@ -188,7 +184,7 @@ export function rigBase(opts: { format: RingFormat; size: number; slotSize: numb
     const ctlFd = native.eventfdCreate({ nonblocking: true });
     closers.push(() => native.close(ctlFd));
     const fds: LoopFds = { kickFd: drv.kickFd, ctlFd, ctlFlag: new Int32Array(new SharedArrayBuffer(4)), busyPoll: 0 };
-    return { f, link, ram, drv, c, queue, pending: new PendingUsed(queue, drv.callFd, c), ports, fds, closers, close };
+    return { f, link, ram, drv, c, queue, pending: new PendingUsed(queue, drv.callFd, c), ports, fds, close };
   } catch (e) {
     close();
     throw e;

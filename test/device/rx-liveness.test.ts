@@ -27,7 +27,7 @@ import { RateLimiter, type RateLimit } from '../../device/rate-limit.ts';
 import type { FrameObserver, FrameView } from '../../device/service.ts';
 import { fuzzRuns } from '../sandbox/vhost-user-fuzz-helpers.ts';
 import { mac } from '../../harness/frames.ts';
-import { LinkPool, rigFeatures, type LinkKind, type TapLink } from './rig-link.ts';
+import { LinkPool, rigFeatures, type LinkKind, type RigLink } from './rig-link.ts';
 import { GUEST_MAC, rxRig, type RxRig } from './rx-rig.ts';
 
 const HDR = 12;
@@ -236,7 +236,7 @@ function reap(r: RxRig, m: Model): void {
   }
 }
 
-function run(v: Variant, format: 'split' | 'packed', steps: Step[], link: TapLink): void {
+function run(v: Variant, format: 'split' | 'packed', steps: Step[], link: RigLink): void {
   const r = rxRig({ format, size: v.size, slotSize: 2048, extra: v.extra, link });
   if (v.filter) r.filter.promisc = false;
   if (v.vlan) {

@@ -15,7 +15,7 @@ import { ethernet, mac } from '../../harness/frames.ts';
 import { DriverRing } from '../../harness/virtio-net.ts';
 import type { RingFormat } from '../../vring/driver-queue.ts';
 import { trackBed } from '../helpers/bed.ts';
-import { rigBase, type TapLink } from './rig-link.ts';
+import { rigBase, type RigLink } from './rig-link.ts';
 
 export const GUEST_MAC = mac('52:54:00:12:34:56');
 const HOST_MAC = mac('02:00:00:00:00:01');
@@ -48,7 +48,7 @@ export interface RxRig {
  * Builds the rig and tracks it (closed after the test). Features: rigFeatures(format, extra). Over
  * `link` (LinkPool) if given, else over a link of its own, closed with it.
  */
-export function rxRig(opts: { format: RingFormat; size: number; slotSize: number; extra?: FeatureName[]; link?: TapLink }): RxRig {
+export function rxRig(opts: { format: RingFormat; size: number; slotSize: number; extra?: FeatureName[]; link?: RigLink }): RxRig {
   const { f, link, ram, drv, c, queue, pending, ports, fds, close } = rigBase(opts, 'lgrxrig', 0);
   try {
     const ctx = new ServiceContext({ queue, mem: ram.mem, f, counters: c, pending, port: ports.rx, burst: 64 });

@@ -29,7 +29,7 @@ import { SLEEP_MS } from '../../device/loops.ts';
 import { M } from '../../device/metrics.ts';
 import { RateLimiter } from '../../device/rate-limit.ts';
 import type { FrameObserver } from '../../device/service.ts';
-import { rigFeatures, tapLink } from './rig-link.ts';
+import { makeLink, rigFeatures } from './rig-link.ts';
 import { rxRig } from './rx-rig.ts';
 
 const lens = (used: Array<{ len: number }>): number[] => used.map((u) => u.len);
@@ -99,7 +99,7 @@ it('a frame read ahead and left without room is delivered first when room comes,
 });
 
 it('a burst that takes only a short buffer does not sleep on a pair backend while a frame waits', () => {
-  const link = tapLink('lgrxrig', rigFeatures('split'), 'pair');
+  const link = makeLink('lgrxrig', rigFeatures('split'), 'pair');
   const r = rxRig({ format: 'split', size: 8, slotSize: 2048, link });
   let now = 0;
   r.ctx.limit(new RateLimiter({ ops: { size: 1, refillMs: 10 } }, () => now)); // one frame per burst

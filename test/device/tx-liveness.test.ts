@@ -21,20 +21,19 @@ import { expect, it } from 'vitest';
 import * as native from '../../native/index.ts';
 import { SLEEP_MS } from '../../device/loops.ts';
 import type { FeatureName } from '../../device/features.ts';
+import { GSO, HDR, HDR_F } from '../../device/header.ts';
 import { M } from '../../device/metrics.ts';
 import { RateLimiter, type RateLimit } from '../../device/rate-limit.ts';
 import type { FrameObserver } from '../../device/service.ts';
 import { ethernet, mac } from '../../harness/frames.ts';
 import { fuzzRuns } from '../sandbox/vhost-user-fuzz-helpers.ts';
-import { LinkPool, rigFeatures, type TapLink } from './rig-link.ts';
+import { LinkPool, rigFeatures, type RigLink } from './rig-link.ts';
 import { MAX_PIECES, txRig, type TxChain, type TxRig } from './tx-rig.ts';
 
-const HDR = 12;
+const HDR_LEN = HDR.LEN_V1;
 const TYPE = 0x88b5;
 const SRC = mac('52:54:00:12:34:56');
 const DST = mac('02:00:00:00:00:01');
-const NEEDS_CSUM = 1;
-const GSO_TCPV4 = 1;
 
 /**
  * What a chain is: a frame that must go out, or a malformed chain and the counter it must land in.
@@ -108,22 +107,22 @@ function build(v: Variant, s: Spec, seq: number): { chain: TxChain; frame: Uint8
   const len = s.kind === 'short' ? 1 + (seq % 13) : s.len; // a short chain's frame: under an Ethernet header
   const body = new Uint8Array(Math.max(0, len - 14)).fill(seq & 0xff);
   const frame = len >= 14 ? ethernet(DST, SRC, TYPE, body) : new Uint8Array(len).fill(seq & 0xff);
-  const hdr = new Uint8Array(HDR);
+  const hdr = new Uint8Array(HDR_LEN);
   const dv = new DataView(hdr.buffer);
   if (s.kind === 'csum' || s.kind === 'csumOut') {
-    hdr[0] = NEEDS_CSUM;
+    hdr[HDR.FLAGS] = HDR_F.NEEDS_CSUM;
     // csum_start past where an IPv4 header would end (a tap refuses a transport offset before it, EINVAL),
     // csum_offset that of TCP's checksum, or one byte too far for the frame.
-    dv.setUint16(6, 34, true);
-    dv.setUint16(8, s.kind === 'csum' ? 16 : len - 34 - 1, true);
+    dv.setUint16(HDR.CSUM_START, 34, true);
+    dv.setUint16(HDR.CSUM_OFFSET, s.kind === 'csum' ? 16 : len - 34 - 1, true);
   }
   if (s.kind === 'gso') {
-    hdr[1] = GSO_TCPV4;
-    dv.setUint16(4, 1400, true);
+    hdr[HDR.GSO_TYPE] = GSO.TCPV4;
+    dv.setUint16(HDR.GSO_SIZE, 1400, true);
   }
-  const bytes = new Uint8Array(HDR + len);
+  const bytes = new Uint8Array(HDR_LEN + len);
   bytes.set(hdr);
-  bytes.set(frame, HDR);
+  bytes.set(frame, HDR_LEN);
   const cuts = [...new Set(s.cuts.map((x) => Math.floor(x * bytes.length)).filter((x) => x > 0 && x < bytes.length))].sort((a, b) => a - b);
   const chain: TxChain = { bytes, cuts, indirect: s.indirect, writable: s.kind === 'writable' ? 64 : undefined };
   return { chain, frame: sends(v, s.kind) ? frame : null, kind: s.kind };
@@ -134,7 +133,7 @@ interface Posted {
   kind: Kind;
 }
 
-function run(v: Variant, format: 'split' | 'packed', steps: Step[], link: TapLink): void {
+function run(v: Variant, format: 'split' | 'packed', steps: Step[], link: RigLink): void {
   const r: TxRig = txRig({ format, size: v.size, extra: v.extra, link });
   let now = 0;
   const limiter = v.limit ? new RateLimiter(v.limit, () => now) : null;

@@ -14,7 +14,7 @@ import { TxService } from '../../device/tx.ts';
 import { DriverRing } from '../../harness/virtio-net.ts';
 import type { RingFormat } from '../../vring/driver-queue.ts';
 import { trackBed } from '../helpers/bed.ts';
-import { rigBase, type TapLink } from './rig-link.ts';
+import { rigBase, type RigLink } from './rig-link.ts';
 
 /** Where in a slot an indirect table goes (past the largest frame a test writes). */
 const INDIRECT_AT = 1984;
@@ -61,7 +61,7 @@ export interface TxRig {
  * Builds the rig and tracks it (closed after the test). Features: rigFeatures(format, extra). Over
  * `link` (LinkPool) if given, else over a link of its own, closed with it.
  */
-export function txRig(opts: { format: RingFormat; size: number; extra?: FeatureName[]; link?: TapLink }): TxRig {
+export function txRig(opts: { format: RingFormat; size: number; extra?: FeatureName[]; link?: RigLink }): TxRig {
   const { f, link, ram, drv, c, queue, pending, ports, fds, close } = rigBase({ ...opts, slotSize: 2048 }, 'lgtxrig', 1);
   try {
     if (link.kind !== 'tap') throw new Error('a TX rig reads what it sent from a tap');
