@@ -304,13 +304,16 @@ export interface TapLoopResult {
   fps: number;
 }
 
-/** Compiles the C baseline (scripts/bench/tap-loop.c) to `out` (default .cache/tap-loop) and returns its path. */
-export function buildTapLoop(out = join(ROOT, '.cache', 'tap-loop')): string {
+/** Compiles scripts/bench/NAME.c to `out` (default .cache/NAME) and returns its path. */
+export function buildBenchC(name: string, out = join(ROOT, '.cache', name)): string {
   mkdirSync(dirname(out), { recursive: true });
-  const r = spawnSync('cc', ['-O2', '-Wall', '-pthread', '-o', out, join(ROOT, 'scripts/bench/tap-loop.c')], { encoding: 'utf8' });
-  if (r.status !== 0) throw new Error(`cc failed: ${r.error?.message ?? r.stderr}`);
+  const r = spawnSync('cc', ['-O2', '-Wall', '-pthread', '-o', out, join(ROOT, `scripts/bench/${name}.c`)], { encoding: 'utf8' });
+  if (r.status !== 0) throw new Error(`cc failed on ${name}.c: ${r.error?.message ?? r.stderr}`);
   return out;
 }
+
+/** Compiles the C baseline (scripts/bench/tap-loop.c) to `out` (default .cache/tap-loop) and returns its path. */
+export const buildTapLoop = (out?: string): string => buildBenchC('tap-loop', out);
 
 /**
  * Runs tap-loop synchronously with `fd` as its fd 3 (no fd when `fd` < 0: the wake mode) and returns

@@ -44,6 +44,49 @@ export function traceOff(): string {
   return text;
 }
 
+/** How many times one thread made one system call. */
+export interface SyscallCount {
+  tid: number;
+  comm: string;
+  nr: number;
+  count: number;
+}
+
+/**
+ * Counts every system call entered by the threads of `pid` while `during` runs (raw_syscalls:sys_enter,
+ * kept in the trace buffer and counted afterwards; tracing is left off and empty). `lost` is true when
+ * the buffer overflowed, so that the counts are short: keep `during` short on a busy path.
+ */
+export async function countSyscalls<T>(pid: number, during: () => Promise<T>): Promise<{ result: T; counts: SyscallCount[]; lost: boolean }> {
+  tracefs();
+  const tids = readdirSync(`/proc/${pid}/task`).map(Number);
+  const comm = new Map(tids.map((t) => [t, readFileSync(`/proc/${pid}/task/${t}/comm`, 'utf8').trim()]));
+  put('tracing_on', '0');
+  put('trace', '');
+  put('buffer_size_kb', '32768');
+  put('set_event', '');
+  put('set_event_pid', tids.join(' '));
+  put('set_event', 'raw_syscalls:sys_enter\n');
+  let result: T;
+  let text: string;
+  put('tracing_on', '1');
+  try {
+    result = await during();
+  } finally {
+    text = traceOff();
+  }
+  const by = new Map<string, SyscallCount>();
+  for (const m of text.matchAll(/-(\d+)\s+\[\d+\][^\n]*?sys_enter: NR (\d+) /g)) {
+    const tid = Number(m[1]);
+    const nr = Number(m[2]);
+    const k = `${tid} ${nr}`;
+    const c = by.get(k) ?? by.set(k, { tid, comm: comm.get(tid) ?? String(tid), nr, count: 0 }).get(k)!;
+    c.count++;
+  }
+  const h = /entries-in-buffer\/entries-written: (\d+)\/(\d+)/.exec(text);
+  return { result: result!, counts: [...by.values()].sort((a, b) => b.count - a.count), lost: !h || h[1] !== h[2] };
+}
+
 /** One trace line. */
 export interface Ev {
   comm: string;

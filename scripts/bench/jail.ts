@@ -12,22 +12,35 @@
  * seccomp: one writev per frame on the readv/writev path, plus eventfd kicks and calls. The harness
  * runs in the child's main thread and is filtered too, so the cost is, if anything, overstated. Each
  * tap I/O path is measured on its own pair of children: io_uring (one io_uring_enter per burst,
- * allowed by the jail on lgnet's own rings only) and readv/writev per frame. Knobs:
- * LGNET_BENCH_JAIL_SECONDS (per measurement, default 1.5), LGNET_BENCH_JAIL_ROUNDS (default 7),
- * LGNET_BENCH_IO (uring, syscall, or both: the default).
+ * allowed by the jail on lgnet's own rings only) and readv/writev per frame.
+ *
+ * On this kind of shared VM single rounds spread far wider than 3 %, so the step also works the cost
+ * out from its parts. The jail's only cost on the frame path is the filters' work on each system call
+ * (the rest of it, the user, the limits, no_new_privs, is set once). So: what the two filters of a
+ * jailed queue worker add to each system call of its frame path, timed in C (seccomp-cost.c), times
+ * how many of each lgnet's threads make per frame on the jailed side (counted with ftrace, as root),
+ * against the queue workers' CPU per frame (schedstat). Knobs: LGNET_BENCH_JAIL_SECONDS (per
+ * measurement, default 1.5), LGNET_BENCH_JAIL_ROUNDS (default 7), LGNET_BENCH_IO (uring, syscall, or
+ * both: the default), LGNET_BENCH_JAIL_FILTER_CALLS and _ROUNDS (seccomp-cost: 50,000 calls of each
+ * system call per side and round, 10 rounds), LGNET_BENCH_JAIL_TRACE_SECONDS (the counted
+ * measurement, 0.25).
  */
 import { spawn, spawnSync, type ChildProcessWithoutNullStreams } from 'node:child_process';
-import { readdirSync, readFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { createInterface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
 
-import { envNum, isMain, median, progress, ROOT, writeResult } from './common.ts';
+import { buildBenchC, envNum, isMain, median, progress, ROOT, threadSchedstat, writeResult } from './common.ts';
+import { countSyscalls } from './ftrace.ts';
 
 import { mask } from '../../device/features.ts';
 import { NetDevice } from '../../device/net.ts';
 import { TapBackend, type TapIo } from '../../device/tap-backend.ts';
 import * as native from '../../native/index.ts';
 import { compilePolicy, enterJail } from '../../sandbox/jail.ts';
+import { currentArch, syscallTable } from '../../sandbox/jail-policy.ts';
 import { endTranspilerService } from '../transpiler.ts';
 import { ethernet } from '../../harness/frames.ts';
 import { GuestRam } from '../../harness/guest-ram.ts';
@@ -49,6 +62,52 @@ export interface JailCase {
   ratio: number;
   /** Median on / median off. */
   ratioOfMedians: number;
+  /** CPU time of lgnet's own threads (the queue workers) per frame in each round, ns, jail off and on. */
+  workerNsOff: number[];
+  workerNsOn: number[];
+  /** What the filters add per frame, from the system calls counted on the jailed side (absent: not counted). */
+  filter?: FilterShare;
+}
+
+/** One system call's cost without and with both filters (a jailed queue worker's), ns per call. */
+export interface SyscallCost {
+  name: string;
+  /** Medians over the rounds. */
+  offNs: number;
+  onNs: number;
+  /** The median of the rounds' on − off. */
+  deltaNs: number;
+}
+
+/** scripts/bench/seccomp-cost.c's figures. */
+export interface FilterCost {
+  calls: number;
+  blocks: number;
+  rounds: number;
+  syscalls: SyscallCost[];
+}
+
+/** The system calls a thread of the jailed side made per frame, and what the filters add to each. */
+export interface FilterRow {
+  comm: string;
+  syscall: string;
+  perFrame: number;
+  /** The filters' cost of one call; a call seccomp-cost does not time takes the largest it timed. */
+  deltaNs: number;
+  timed: boolean;
+}
+
+/** The filters' share of a frame: their cost summed over the queue workers' calls, against the workers' CPU per frame. */
+export interface FilterShare {
+  seconds: number;
+  frames: number;
+  /** False when the trace buffer overflowed (the counts are then short, and the figure left out). */
+  complete: boolean;
+  rows: FilterRow[];
+  /** Σ perFrame × deltaNs over lgnet's threads (the queue workers), ns. */
+  extraNsPerFrame: number;
+  /** extraNsPerFrame / the median of workerNsOn. */
+  share: number;
 }
 
 /** What the jail step writes (bench/results/jail.json). */
@@ -56,14 +115,18 @@ export interface JailResults {
   seconds: number;
   rounds: number;
   cases: JailCase[];
+  filterCost?: FilterCost;
+  /** Why the filters' share was not counted, where it was not. */
+  filterSkipped?: string;
 }
 
-/** What a child prints per measurement, one JSON line. */
-interface Measured { jail: boolean; fps: number; io: string; ioUring: number; txDropBackend: number }
+/** What a child prints per measurement, one JSON line: `frames` counts the warm-up's too. */
+interface Measured { jail: boolean; fps: number; frames: number; io: string; ioUring: number; txDropBackend: number }
 
 /**
  * The child: a device on a tap of its own in the namespace, jailed or not, then one measurement per
- * line on stdin (a frame length), one JSON line back each, until stdin ends.
+ * line on stdin, one JSON line back each, until stdin ends. A line is a frame length (a warm-up, then
+ * `seconds`), or a length and a number of seconds (no warm-up).
  */
 async function child(jail: boolean, nsPath: string, nsName: string, io: TapIo, seconds: number): Promise<void> {
   const tap = `lgbj${process.pid.toString(16)}`.slice(0, 15);
@@ -84,12 +147,12 @@ async function child(jail: boolean, nsPath: string, nsName: string, io: TapIo, s
   }
   process.stdout.write('ready\n');
   for (let r = await requests.next(); !r.done; r = await requests.next()) {
-    const len = Number(r.value);
+    const [len, secs] = r.value.split(' ').map(Number) as [number, number | undefined];
     const frame = ethernet(new Uint8Array([2, 0, 0, 0, 0, 2]), new Uint8Array([2, 0, 0, 0, 0, 1]), 0x88b5, new Uint8Array(len - 14));
-    drv.blastTx(frame, 0.3); // warm up
-    const res = drv.blastTx(frame, seconds);
+    const warm = secs === undefined ? drv.blastTx(frame, 0.3).frames : 0;
+    const res = drv.blastTx(frame, secs ?? seconds);
     const q = dev.metrics().queues[1]!;
-    const out: Measured = { jail, fps: res.frames / res.seconds, io: backend.io, ioUring: q.ioUring, txDropBackend: q.txDropBackend };
+    const out: Measured = { jail, fps: res.frames / res.seconds, frames: warm + res.frames, io: backend.io, ioUring: q.ioUring, txDropBackend: q.txDropBackend };
     process.stdout.write(JSON.stringify(out) + '\n');
   }
   await dev.close();
@@ -104,12 +167,14 @@ class Side {
   private stderr = '';
   readonly mode: 'off' | 'on';
   readonly io: TapIo;
+  readonly pid: number;
 
   constructor(mode: 'off' | 'on', ns: { path: string; name: string }, io: TapIo, seconds: number) {
     this.mode = mode;
     this.io = io;
     const self = fileURLToPath(import.meta.url);
     this.proc = spawn(process.execPath, ['--import', 'tsx', self, '--child', mode, ns.path, ns.name, io, String(seconds)], { cwd: ROOT });
+    this.pid = this.proc.pid!;
     this.proc.stderr.on('data', (d: Buffer) => (this.stderr += d.toString()));
     this.lines = createInterface({ input: this.proc.stdout })[Symbol.asyncIterator]();
   }
@@ -138,14 +203,20 @@ class Side {
     if (!want) throw new Error(`jail bench: the ${this.mode} child has seccomp mode ${mode} and at most ${most} filters on a thread`);
   }
 
-  async measure(len: number): Promise<number> {
-    this.proc.stdin.write(`${len}\n`);
+  /**
+   * One measurement (`seconds` given: that long, without a warm-up): frames/s, frames in all, and the
+   * CPU time lgnet's threads (the queue workers, `lgnet-…`) spent per frame, the warm-up's included.
+   */
+  async measure(len: number, seconds?: number): Promise<{ fps: number; frames: number; workerNs: number }> {
+    const before = threadSchedstat(this.pid, 'lgnet-').runNs;
+    this.proc.stdin.write(seconds === undefined ? `${len}\n` : `${len} ${seconds}\n`);
     const r = JSON.parse(await this.line(`measuring ${len} B`)) as Measured;
+    const workerNs = (threadSchedstat(this.pid, 'lgnet-').runNs - before) / r.frames;
     // A jail that refused the ring's io_uring_enter would show as backend drops, not as a slow run.
     if (r.io !== this.io || r.ioUring !== (this.io === 'uring' ? 1 : 0) || r.txDropBackend !== 0 || r.jail !== (this.mode === 'on')) {
       throw new Error(`jail bench: the ${this.mode} child ran ${JSON.stringify(r)}`);
     }
-    return r.fps;
+    return { fps: r.fps, frames: r.frames, workerNs };
   }
 
   /** Ends the child (stdin closed: it closes its device and exits) and waits for it. */
@@ -159,13 +230,74 @@ class Side {
   }
 }
 
+/**
+ * Times each system call of a queue worker's frame path without and with both of lgnet's filters
+ * (scripts/bench/seccomp-cost.c: per round a fresh process, whose bare and filtered threads take
+ * `blocks` turns each on one CPU), `calls` calls of each per round and side.
+ */
+export function filterCost(calls: number, blocks: number, rounds: number): FilterCost {
+  const bin = buildBenchC('seccomp-cost');
+  const dir = mkdtempSync(join(tmpdir(), 'lgnet-seccomp-'));
+  try {
+    // Any fd number will do: the program puts its ring there, and the filters are compiled for it.
+    const ringFd = 200;
+    const files = (['main', 'worker'] as const).map((role) => {
+      const f = join(dir, `${role}.bpf`);
+      writeFileSync(f, compilePolicy(role, { uringFds: [ringFd] }).program);
+      return f;
+    });
+    const r = spawnSync(bin, [...files, String(ringFd), String(calls), String(blocks), String(rounds)], { encoding: 'utf8', timeout: 600_000 });
+    if (r.status !== 0) throw new Error(`seccomp-cost failed (${r.status ?? r.signal}): ${r.stderr}`);
+    // Lines: "off|on ROUND name ns name ns …".
+    const by = new Map<string, { off: number[]; on: number[] }>();
+    for (const line of r.stdout.trim().split('\n')) {
+      const [side, , ...kv] = line.split(' ');
+      for (let k = 0; k + 1 < kv.length; k += 2) {
+        const e = by.get(kv[k]!) ?? by.set(kv[k]!, { off: [], on: [] }).get(kv[k]!)!;
+        e[side as 'off' | 'on'].push(Number(kv[k + 1]));
+      }
+    }
+    const syscalls = [...by].map(([name, x]) => ({ name, offNs: median(x.off), onNs: median(x.on), deltaNs: median(x.on.map((v, i) => v - x.off[i]!)) }));
+    return { calls, blocks, rounds, syscalls };
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+}
+
+/**
+ * The filters' share of a frame on the jailed side: every system call its threads make in `seconds`
+ * of blasting (ftrace), each weighed by what the filters add to it (`cost`), summed over lgnet's
+ * threads, against the queue workers' CPU per frame (`workerNs`, from the untraced rounds).
+ */
+async function filterShare(side: Side, len: number, seconds: number, cost: FilterCost, workerNs: number): Promise<FilterShare> {
+  const { result, counts, lost } = await countSyscalls(side.pid, () => side.measure(len, seconds));
+  const names = Object.fromEntries(Object.entries(syscallTable(currentArch()!)).map(([k, v]) => [v, k]));
+  const worst = Math.max(...cost.syscalls.map((x) => x.deltaNs));
+  const rows: FilterRow[] = counts.map((c) => {
+    const syscall = names[c.nr] ?? `nr ${c.nr}`;
+    const timed = cost.syscalls.find((x) => x.name === syscall);
+    return { comm: c.comm, syscall, perFrame: c.count / result.frames, deltaNs: timed ? Math.max(timed.deltaNs, 0) : worst, timed: timed !== undefined };
+  });
+  const extraNsPerFrame = rows.filter((x) => x.comm.startsWith('lgnet-')).reduce((a, x) => a + x.perFrame * x.deltaNs, 0);
+  return { seconds, frames: result.frames, complete: !lost, rows, extraNsPerFrame, share: extraNsPerFrame / workerNs };
+}
+
 /** Runs the jail on/off rounds of every case and writes jail.json. */
-export async function benchJail(o: { seconds?: number; rounds?: number; ios?: TapIo[]; lens?: number[]; outDir?: string } = {}): Promise<JailResults> {
+export async function benchJail(o: { seconds?: number; rounds?: number; ios?: TapIo[]; lens?: number[]; outDir?: string; filterCalls?: number; filterRounds?: number; traceSeconds?: number } = {}): Promise<JailResults> {
   const seconds = o.seconds ?? envNum('LGNET_BENCH_JAIL_SECONDS', 1.5);
   const rounds = o.rounds ?? envNum('LGNET_BENCH_JAIL_ROUNDS', 7);
   const ios: TapIo[] = o.ios ?? (process.env['LGNET_BENCH_IO'] ? [process.env['LGNET_BENCH_IO'] as TapIo] : ['uring', 'syscall']);
   const ns = createNetns('lgbjail');
   const results: JailResults = { seconds, rounds, cases: [] };
+  // What each filtered system call costs, timed once for all cases; the trace needs root and tracefs.
+  const counted = process.getuid?.() === 0 && existsSync('/sys/kernel/tracing');
+  if (counted) {
+    results.filterCost = filterCost(o.filterCalls ?? envNum('LGNET_BENCH_JAIL_FILTER_CALLS', 50_000), 50, o.filterRounds ?? envNum('LGNET_BENCH_JAIL_FILTER_ROUNDS', 10));
+    progress('jail', `the filters' cost per system call (ns, on − off): ${results.filterCost.syscalls.map((x) => `${x.name} ${x.deltaNs.toFixed(0)}`).join(', ')}`);
+  } else {
+    results.filterSkipped = 'not root, or no tracefs: the system calls per frame cannot be counted';
+    progress('jail', `the filters' share of a frame is not counted: ${results.filterSkipped}`);
+  }
   try {
     for (const io of ios) {
       const sides = { off: new Side('off', ns, io, seconds), on: new Side('on', ns, io, seconds) };
@@ -173,20 +305,27 @@ export async function benchJail(o: { seconds?: number; rounds?: number; ios?: Ta
         await Promise.all([sides.off.ready(), sides.on.ready()]);
         for (const len of o.lens ?? [64, 1514]) {
           const fps: Record<'on' | 'off', number[]> = { on: [], off: [] };
+          const cpu: Record<'on' | 'off', number[]> = { on: [], off: [] };
+          const one = async (side: 'on' | 'off'): Promise<void> => {
+            const m = await sides[side].measure(len);
+            fps[side].push(m.fps);
+            cpu[side].push(m.workerNs);
+          };
           for (let i = 0; i < rounds; i++) {
             // The order alternates, so that whatever the second of a pair pays (or gains) falls on both.
-            if (i % 2 === 0) {
-              fps.off.push(await sides.off.measure(len));
-              fps.on.push(await sides.on.measure(len));
-            } else {
-              fps.on.push(await sides.on.measure(len));
-              fps.off.push(await sides.off.measure(len));
-            }
+            await one(i % 2 === 0 ? 'off' : 'on');
+            await one(i % 2 === 0 ? 'on' : 'off');
           }
           const roundRatios = fps.on.map((v, k) => v / fps.off[k]!);
-          const x: JailCase = { io, len, off: fps.off, on: fps.on, roundRatios, ratio: median(roundRatios), ratioOfMedians: median(fps.on) / median(fps.off) };
+          const x: JailCase = { io, len, off: fps.off, on: fps.on, roundRatios, ratio: median(roundRatios), ratioOfMedians: median(fps.on) / median(fps.off), workerNsOff: cpu.off, workerNsOn: cpu.on };
           results.cases.push(x);
-          progress('jail', `${io} tx ${len} B: jail off ${(median(fps.off) / 1e6).toFixed(3)} M/s, on ${(median(fps.on) / 1e6).toFixed(3)} M/s, on/off per round ${x.ratio.toFixed(3)} (${Math.min(...roundRatios).toFixed(3)}–${Math.max(...roundRatios).toFixed(3)}), of the medians ${x.ratioOfMedians.toFixed(3)}`);
+          progress('jail', `${io} tx ${len} B: jail off ${(median(fps.off) / 1e6).toFixed(3)} M/s, on ${(median(fps.on) / 1e6).toFixed(3)} M/s, on/off per round ${x.ratio.toFixed(3)} (${Math.min(...roundRatios).toFixed(3)}–${Math.max(...roundRatios).toFixed(3)}), of the medians ${x.ratioOfMedians.toFixed(3)}; workers' CPU per frame off ${median(cpu.off).toFixed(0)} ns, on ${median(cpu.on).toFixed(0)} ns`);
+          if (results.filterCost) {
+            const f = await filterShare(sides.on, len, o.traceSeconds ?? envNum('LGNET_BENCH_JAIL_TRACE_SECONDS', 0.25), results.filterCost, median(cpu.on));
+            x.filter = f;
+            const top = f.rows.filter((r) => r.comm.startsWith('lgnet-')).slice(0, 3).map((r) => `${r.comm} ${r.syscall} ${r.perFrame.toPrecision(3)}`).join(', ');
+            progress('jail', `${io} tx ${len} B: the filters add ${f.extraNsPerFrame.toFixed(2)} ns per frame, ${(f.share * 100).toFixed(2)} % of the workers' CPU per frame${f.complete ? '' : ' (the trace overflowed: counts short)'}; system calls per frame: ${top}`);
+          }
         }
       } finally {
         await Promise.all([sides.off.close(), sides.on.close()]);

@@ -207,6 +207,23 @@ export function buildReport(dir = RESULTS_DIR): { markdown: string; chart: strin
       md.push(`| ${x.io === 'uring' ? 'io_uring' : 'readv/writev'} | ${x.len} B | ${M(stat(x.off).median)} | ${M(stat(x.on).median)} | ${spread(x.roundRatios)} | ${n(x.ratioOfMedians)} |`);
     }
     md.push('');
+    const fc = jail.filterCost;
+    if (fc) {
+      md.push(`The same cost from its parts. What both filters of a jailed queue worker add to each system call of its frame path (scripts/bench/seccomp-cost.c: a bare and a filtered thread on one CPU taking turns, ${fc.rounds} processes × ${fc.calls} calls of each, medians; on − off is the median of the rounds' differences, and a negative one counts as 0):`, '');
+      md.push('| system call | bare (ns) | filtered (ns) | on − off (ns) |', '|---|---|---|---|');
+      for (const c of fc.syscalls) md.push(`| \`${c.name}\` | ${n(c.offNs, 0)} | ${n(c.onNs, 0)} | ${n(c.deltaNs, 0)} |`);
+      md.push('', "Each counted against the system calls lgnet's threads made per frame on the jailed side (ftrace, one measurement without warm-up) and the queue workers' CPU per frame (schedstat, the median of the rounds):", '');
+      md.push("| tap I/O | frame | lgnet's system calls per frame | filters, ns per frame | workers' CPU per frame, off / on (ns) | filters' share |", '|---|---|---|---|---|---|');
+      for (const x of jail.cases) {
+        const f = x.filter;
+        if (!f) continue;
+        const calls = f.rows.filter((r) => r.comm.startsWith('lgnet-') && r.perFrame >= 1e-4).map((r) => `${r.syscall} ${r.perFrame.toPrecision(3)}`).join(', ');
+        md.push(`| ${x.io === 'uring' ? 'io_uring' : 'readv/writev'} | ${x.len} B | ${calls} | ${n(f.extraNsPerFrame, 2)} | ${n(stat(x.workerNsOff).median, 0)} / ${n(stat(x.workerNsOn).median, 0)} | **${n(f.share * 100, 2)} %**${f.complete ? '' : ' (trace overflowed: short)'} |`);
+      }
+      md.push('');
+    } else if (jail.filterSkipped) {
+      md.push(`The filters' share of a frame was not worked out: ${jail.filterSkipped}.`, '');
+    }
   }
   if (native || vring) {
     md.push('### Microbenchmarks', '');
