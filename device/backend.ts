@@ -47,6 +47,12 @@ export interface TxPort {
    * block. A frame the backend rejects throws; the caller counts it and carries on after it.
    */
   send(table: IovecTable, first: number): number;
+  /**
+   * Optional: after send(), 1 at each frame of the table that the port took but did not send, having
+   * counted it under a reason of its own (the pair backend's filter: txDropFiltered). The caller then
+   * completes it without counting it as a frame sent or in bytes. 0 (or absent) elsewhere.
+   */
+  readonly refused?: Uint8Array;
 }
 
 /** RX side of a backend: receives frames into guest buffers. */

@@ -163,6 +163,8 @@ class PairTxPort implements TxPort {
   private readonly hostFd: number;
   private readonly filter: FrameFilter | undefined;
   private readonly c: Float64Array;
+  /** TxPort.refused: the frames of the last call the filter kept from the ring and counted. */
+  refused = new Uint8Array(64);
 
   constructor(spec: PairPortSpec, ctx: PortContext) {
     this.ring = spec.out;
@@ -184,6 +186,8 @@ class PairTxPort implements TxPort {
     const tail = Atomics.load(ctl, TAIL >> 2);
     let done = 0;
     let committed = 0;
+    if (this.refused.length < table.frames) this.refused = new Uint8Array(table.maxFrames);
+    const refused = this.refused;
     for (let f = first; f < table.frames; f++) {
       if (head - tail > this.mask) break; // full: the rest is the caller's to count
       const slot = RING_HDR + (head & this.mask) * SLOT_STRIDE;
@@ -200,6 +204,7 @@ class PairTxPort implements TxPort {
       }
       done++;
       const verdict = this.filter ? this.filter(this.u8, slot + 4 + BASE_HDR, total - BASE_HDR, this.dir) : VERDICT.ACCEPT;
+      refused[f] = 0;
       if (verdict === VERDICT.ACCEPT) {
         this.dv.setUint32(slot, total, true);
         head++;
@@ -208,7 +213,9 @@ class PairTxPort implements TxPort {
         native.fdWrite(this.hostFd, this.u8.subarray(slot + 4, slot + 4 + total));
         this.c[M.txHost]! += 1;
       } else {
+        // Not sent: counted here, and neither a frame nor bytes for the caller (TxPort.refused).
         this.c[M.txDropFiltered]! += 1;
+        refused[f] = 1;
       }
     }
     if (committed > 0) {

@@ -159,11 +159,16 @@ export class TxService {
         }
         break;
       }
+      // Frames the port took but did not send are counted by the port, under their reason.
+      const refused = ctx.port.refused;
+      let moved = 0;
       for (let k = first; k < first + sent; k++) {
         q.addUsed(this.heads[k]!, 0);
+        if (refused !== undefined && refused[k] === 1) continue;
         c[M.bytes]! += this.lens[k]!;
+        moved++;
       }
-      c[M.frames]! += sent;
+      c[M.frames]! += moved;
       first += sent;
     }
   }

@@ -67,6 +67,9 @@ it('accept bridges both ways, deny drops and counts, host goes to the host tap',
   const ma = a.dev.metrics().queues[1]!;
   expect(ma.txDropFiltered).toBe(1);
   expect(ma.txHost).toBe(1);
+  // Sent: the two accepted and the one handed to the host; the denied one is a drop only.
+  expect(ma.frames).toBe(3);
+  expect(ma.bytes).toBe(100 + 100 + 1514);
   // The host frame arrived on the host tap, whole.
   const buf = new Uint8Array(2048);
   let n = -1;

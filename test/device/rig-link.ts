@@ -4,8 +4,9 @@
  * - a tap in a namespace of its own, with an AF_PACKET socket on the namespace's side (frames in
  *   and out);
  * - or side A of a pair backend (device/pair-backend.ts), whose frames come from side B's TX port,
- *   as another device's TX worker would send them. Its RX port has no merged read, so MRG_RXBUF and
- *   the RX filter take the per-frame path there.
+ *   as another device's TX worker would send them, and go to side B's RX port, read as B's RX worker
+ *   reads them. Its RX port has no merged read, so MRG_RXBUF and the RX filter take the per-frame
+ *   path there.
  *
  * A property runs many sequences; each builds a fresh rig (guest memory, driver ring, queue, loop),
  * as a driver reset does, while the backend stays, as a device's tap does across resets. LinkPool
@@ -29,6 +30,7 @@ import { GuestRam } from '../../harness/guest-ram.ts';
 import { createNetns, openPacketIn } from '../../harness/netns.ts';
 import { DriverRing } from '../../harness/virtio-net.ts';
 import type { RingFormat } from '../../vring/driver-queue.ts';
+import type { FrameFilter } from '../../device/backend.ts';
 import { trackBed } from '../helpers/bed.ts';
 
 /** The tap's name inside its namespace. */
@@ -43,6 +45,12 @@ export interface RigLink {
   backend: Backend;
   /** Puts a frame (Ethernet header on) where the rig's RX port reads it. */
   inject(frame: Uint8Array): void;
+  /**
+   * Frames of EtherType `type` that the rig's TX port sent, in order, until `count` came or `ms`
+   * passed (a tap's frames reach the namespace in a softirq, which may run after the write returns;
+   * a pair's are in its ring at once).
+   */
+  received(type: number, count: number, ms: number): Uint8Array[];
   /** The tap's AF_PACKET socket in the namespace (nonblocking; closed with it); -1 on a pair. */
   pkt: number;
   /** Set while a rig runs on it; that rig's clean close() clears it. */
@@ -55,19 +63,39 @@ export function rigFeatures(format: RingFormat, extra: readonly FeatureName[] = 
   return decode(mask('VERSION_1', 'RING_EVENT_IDX', ...extra, ...(format === 'packed' ? (['RING_PACKED'] as const) : [])));
 }
 
-/** Makes a link (tracked: closed after the test); `prefix` names a tap's namespace. */
-export function makeLink(prefix: string, f: NegotiatedFeatures, kind: LinkKind = 'tap'): RigLink {
-  return kind === 'pair' ? pairLink(f) : tapInNs(prefix, f);
+/** Makes a link (tracked: closed after the test); `prefix` names a tap's namespace, `slots` sizes a pair's rings (64). */
+export function makeLink(prefix: string, f: NegotiatedFeatures, kind: LinkKind = 'tap', slots = 64): RigLink {
+  return kind === 'pair' ? pairLink(f, slots) : tapInNs(prefix, f);
 }
+
+const etherType = (b: Uint8Array, at = 0): number => (b[at + 12]! << 8) | b[at + 13]!;
 
 function tapInNs(prefix: string, f: NegotiatedFeatures): RigLink {
   const ns = createNetns(prefix);
   try {
     const backend = native.withNetns(ns.path, () => new TapBackend({ name: LINK_IF }));
+    const rxBuf = new Uint8Array(4096);
     const link: RigLink = {
       kind: 'tap', backend, dirty: false, pkt: -1,
       inject(frame) {
         expect(native.fdWrite(link.pkt, frame)).toBe(frame.length);
+      },
+      received(type, count, ms) {
+        const out: Uint8Array[] = [];
+        const end = performance.now() + ms;
+        const pktFds = Int32Array.of(link.pkt);
+        while (out.length < count) {
+          const n = native.fdRead(link.pkt, rxBuf);
+          if (n < 0) {
+            const left = end - performance.now();
+            if (left <= 0) break;
+            native.poll(pktFds, Math.ceil(left));
+            continue;
+          }
+          // The namespace's own traffic on the link (IPv6 neighbour discovery) is not the test's.
+          if (n >= 14 && etherType(rxBuf) === type) out.push(rxBuf.slice(0, n));
+        }
+        return out;
       },
       close() {
         backend.close();
@@ -85,11 +113,11 @@ function tapInNs(prefix: string, f: NegotiatedFeatures): RigLink {
   }
 }
 
-function pairLink(f: NegotiatedFeatures): RigLink {
-  const pair = new PairBackend({ slots: 64 });
+function pairLink(f: NegotiatedFeatures, slots: number): RigLink {
+  const pair = new PairBackend({ slots });
   const ram = new GuestRam(1 << 16);
   const link = trackBed<RigLink>({
-    kind: 'pair', backend: pair.a, dirty: false, pkt: -1, inject,
+    kind: 'pair', backend: pair.a, dirty: false, pkt: -1, inject, received,
     close() {
       pair.a.close();
       pair.b.close();
@@ -98,10 +126,26 @@ function pairLink(f: NegotiatedFeatures): RigLink {
   });
   pair.a.configure(f);
   pair.b.configure(f);
-  // Side B's TX port, as B's TX worker has it: a frame (zero header first) from B's guest memory.
-  const tx = openPorts(pair.b.port(0), { counters: new Float64Array(M.COUNT), frameFilter: undefined, mappings: new MappingViews(native.mappingBuffer) }).tx;
+  // Side B's ports, as B's workers have them: TX sends a frame (zero header first) from B's guest
+  // memory; RX reads one into it.
+  const b = openPorts(pair.b.port(0), { counters: new Float64Array(M.COUNT), frameFilter: undefined, mappings: new MappingViews(native.mappingBuffer) });
+  const tx = b.tx;
   const at = ram.alloc(f.hdrLen + 2048);
+  const inAt = ram.alloc(f.hdrLen + 2048);
   const table = new IovecTable(1, 1);
+  const inTable = new IovecTable(1, 1);
+  function received(type: number, count: number): Uint8Array[] {
+    const out: Uint8Array[] = [];
+    while (out.length < count) {
+      inTable.reset();
+      inTable.push(ram.mappingId, inAt - ram.gpa, f.hdrLen + 2048);
+      inTable.endFrame();
+      if (b.rx.recv(inTable, 1) === 0) break;
+      const frame = ram.read(inAt + f.hdrLen, inTable.bytes[0]! - f.hdrLen);
+      if (etherType(frame) === type) out.push(frame);
+    }
+    return out;
+  }
   function inject(frame: Uint8Array): void {
     const bytes = new Uint8Array(f.hdrLen + frame.length);
     bytes.set(frame, f.hdrLen);
@@ -121,16 +165,19 @@ export class LinkPool {
   private readonly f: NegotiatedFeatures;
   private readonly kind: LinkKind;
 
-  constructor(prefix: string, f: NegotiatedFeatures, kind: LinkKind = 'tap') {
+  private readonly slots: number | undefined;
+
+  constructor(prefix: string, f: NegotiatedFeatures, kind: LinkKind = 'tap', slots?: number) {
     this.prefix = prefix;
     this.f = f;
     this.kind = kind;
+    this.slots = slots;
   }
 
   take(): RigLink {
     if (this.link === null || this.link.dirty) {
       this.link?.close();
-      this.link = makeLink(this.prefix, this.f, this.kind);
+      this.link = makeLink(this.prefix, this.f, this.kind, this.slots);
     }
     this.link.dirty = true;
     return this.link;
@@ -157,7 +204,7 @@ export interface RigBase {
  * Builds a rig's base over `link` (a LinkPool's) or a link of its own, closed with it. The queue's
  * kicks are off, as while a worker serves. A clean close() marks the link clean for the next run.
  */
-export function rigBase(opts: { format: RingFormat; size: number; slotSize: number; extra?: FeatureName[]; link?: RigLink }, prefix: string, index: number): RigBase {
+export function rigBase(opts: { format: RingFormat; size: number; slotSize: number; extra?: FeatureName[]; link?: RigLink; frameFilter?: FrameFilter }, prefix: string, index: number): RigBase {
   const closers: Array<() => void> = [];
   const close = (): void => {
     for (const f of closers.splice(0).reverse()) f();
@@ -180,7 +227,7 @@ export function rigBase(opts: { format: RingFormat; size: number; slotSize: numb
     queue.attach(ram.mem);
     // Kicks off while the worker serves, as after any sleep of its loop: avail_event stays where it was.
     queue.disableNotification();
-    const ports = openPorts(link.backend.port(0), { counters: c, frameFilter: undefined, mappings: new MappingViews(native.mappingBuffer) });
+    const ports = openPorts(link.backend.port(0), { counters: c, frameFilter: opts.frameFilter, mappings: new MappingViews(native.mappingBuffer) });
     const ctlFd = native.eventfdCreate({ nonblocking: true });
     closers.push(() => native.close(ctlFd));
     const fds: LoopFds = { kickFd: drv.kickFd, ctlFd, ctlFlag: new Int32Array(new SharedArrayBuffer(4)), busyPoll: 0 };

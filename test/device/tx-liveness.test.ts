@@ -15,6 +15,12 @@
  * limit, if any, lets a frame go. Then a pass must consume (all of them without a limit), and must not
  * sleep; else the test writes the loop's control eventfd so that its sleep ends at once. A pass the
  * rate limit stops must consume nothing. LGNET_FUZZ_RUNS sets the number of sequences (40).
+ *
+ * Over a pair backend (an embedding VMM's two devices back to back) the frames go into a ring of a few
+ * slots that the other side reads only now and then, through a filter hook that refuses some frames.
+ * A frame that meets a full ring is completed and counted as the backend's drop; one the filter
+ * refuses is counted as filtered; neither is a frame sent. So `frames` plus the drop counters is
+ * every chain consumed, and what the other side reads is exactly the frames the model let in.
  */
 import fc from 'fast-check';
 import { expect, it } from 'vitest';
@@ -23,24 +29,36 @@ import { SLEEP_MS } from '../../device/loops.ts';
 import type { FeatureName } from '../../device/features.ts';
 import { GSO, HDR, HDR_F } from '../../device/header.ts';
 import { M } from '../../device/metrics.ts';
+import { VERDICT } from '../../device/pair-backend.ts';
+import type { FrameFilter } from '../../device/backend.ts';
 import { RateLimiter, type RateLimit } from '../../device/rate-limit.ts';
 import type { FrameObserver } from '../../device/service.ts';
 import { ethernet, mac } from '../../harness/frames.ts';
 import { fuzzRuns } from '../sandbox/vhost-user-fuzz-helpers.ts';
-import { LinkPool, rigFeatures, type RigLink } from './rig-link.ts';
+import { LinkPool, rigFeatures, type LinkKind, type RigLink } from './rig-link.ts';
 import { MAX_PIECES, txRig, type TxChain, type TxRig } from './tx-rig.ts';
 
 const HDR_LEN = HDR.LEN_V1;
 const TYPE = 0x88b5;
+/** EtherTypes the pair's filter hook refuses: DENY, and HOST with no host tap (both counted as filtered). */
+const DENY_TYPE = 0x88b6;
+const HOST_TYPE = 0x88b7;
+/** Slots of a pair's rings here: fewer than a burst, so that the ring fills. */
+const PAIR_SLOTS = 8;
+
+const verdicts: FrameFilter = (b, off) => {
+  const t = (b[off + 12]! << 8) | b[off + 13]!;
+  return t === DENY_TYPE ? VERDICT.DENY : t === HOST_TYPE ? VERDICT.HOST : VERDICT.ACCEPT;
+};
 const SRC = mac('52:54:00:12:34:56');
 const DST = mac('02:00:00:00:00:01');
 
 /**
  * What a chain is: a frame that must go out, or a malformed chain and the counter it must land in.
  * `csum`: NEEDS_CSUM with a checksum place inside the frame (needs CSUM); `csumOut`: one past its end;
- * `gso`: TCPv4 segmentation without NEEDS_CSUM.
+ * `gso`: TCPv4 segmentation without NEEDS_CSUM. `deny`, `host`: good chains the pair's filter refuses.
  */
-type Kind = 'good' | 'csum' | 'short' | 'writable' | 'csumOut' | 'gso';
+type Kind = 'good' | 'csum' | 'short' | 'writable' | 'csumOut' | 'gso' | 'deny' | 'host';
 
 interface Variant {
   name: string;
@@ -51,6 +69,8 @@ interface Variant {
   drops: Partial<Record<Kind, number>>;
   indirect?: boolean;
   limit?: RateLimit;
+  /** The link (a tap by default). */
+  backend?: LinkKind;
 }
 
 const PLAIN_DROPS = { short: M.txDropShort, writable: M.txDropWritable, csum: M.txDropCsumNotNegotiated, gso: M.txDropGsoNotNegotiated };
@@ -65,6 +85,8 @@ const VARIANTS: Variant[] = [
   // Rate limits (Firecracker's buckets).
   { name: 'plain with a frames limit', size: 16, extra: [], kinds: ['good', 'short', 'writable'], drops: PLAIN_DROPS, limit: { ops: { size: 2, refillMs: 10 } } },
   { name: "a Linux guest's features with a bytes limit", size: 64, extra: LINUX, kinds: ['good', 'csum', 'short'], drops: LINUX_DROPS, indirect: true, limit: { bytes: { size: 1500, refillMs: 10 } } },
+  // A pair backend (no offloads): filter verdicts, and a frame ring that fills.
+  { name: 'over a pair with a filter', size: 16, extra: [], kinds: ['good', 'short', 'writable', 'csum', 'deny', 'host'], drops: { ...PLAIN_DROPS, deny: M.txDropFiltered, host: M.txDropFiltered }, backend: 'pair' },
 ];
 
 interface Spec {
@@ -80,6 +102,8 @@ interface Step {
   race: Spec[];
   /** Milliseconds the rate limit's clock moves before the pass. */
   dt: number;
+  /** Over a pair: the other side reads its ring after the pass. */
+  drain: boolean;
 }
 
 /** Whether a chain of this kind must reach the tap. */
@@ -99,6 +123,7 @@ const stepArb = (v: Variant): fc.Arbitrary<Step> => {
     race: fc.array(spec, { maxLength: v.size >> 2 }),
     // Mostly no time at all, so that the buckets run dry.
     dt: fc.oneof({ arbitrary: fc.constant(0), weight: 2 }, { arbitrary: fc.integer({ min: 0, max: refill }), weight: 1 }),
+    drain: fc.boolean(),
   });
 };
 
@@ -106,7 +131,8 @@ const stepArb = (v: Variant): fc.Arbitrary<Step> => {
 function build(v: Variant, s: Spec, seq: number): { chain: TxChain; frame: Uint8Array | null; kind: Kind } {
   const len = s.kind === 'short' ? 1 + (seq % 13) : s.len; // a short chain's frame: under an Ethernet header
   const body = new Uint8Array(Math.max(0, len - 14)).fill(seq & 0xff);
-  const frame = len >= 14 ? ethernet(DST, SRC, TYPE, body) : new Uint8Array(len).fill(seq & 0xff);
+  const type = s.kind === 'deny' ? DENY_TYPE : s.kind === 'host' ? HOST_TYPE : TYPE;
+  const frame = len >= 14 ? ethernet(DST, SRC, type, body) : new Uint8Array(len).fill(seq & 0xff);
   const hdr = new Uint8Array(HDR_LEN);
   const dv = new DataView(hdr.buffer);
   if (s.kind === 'csum' || s.kind === 'csumOut') {
@@ -134,7 +160,8 @@ interface Posted {
 }
 
 function run(v: Variant, format: 'split' | 'packed', steps: Step[], link: RigLink): void {
-  const r: TxRig = txRig({ format, size: v.size, extra: v.extra, link });
+  const pair = v.backend === 'pair';
+  const r: TxRig = txRig({ format, size: v.size, extra: v.extra, link, ...(pair ? { frameFilter: verdicts } : {}) });
   let now = 0;
   const limiter = v.limit ? new RateLimiter(v.limit, () => now) : null;
   const open = (): boolean => limiter === null || limiter.allowance(1) > 0;
@@ -143,6 +170,22 @@ function run(v: Variant, format: 'split' | 'packed', steps: Step[], link: RigLin
   const dropped = new Map<number, number>();
   let seq = 0;
   let good = 0;
+  /** Over a pair: frames in its ring that the other side has not read, in order. */
+  const inRing: Uint8Array[] = [];
+  const count = (counter: number): void => {
+    dropped.set(counter, (dropped.get(counter) ?? 0) + 1);
+  };
+  /** Compares what the link got with what the model sent, in order and byte for byte. */
+  const check = (what: string, frames: Uint8Array[], got: Uint8Array[]): void => {
+    expect(got.length, `${what}: frames the link got`).toBe(frames.length);
+    // Buffer.compare: a deep toEqual of every frame would take most of the run's time.
+    for (let i = 0; i < frames.length; i++) expect(Buffer.compare(got[i]!, frames[i]!), `${what}: frame ${i} differs`).toBe(0);
+  };
+  /** Over a pair: the other side reads its whole ring. */
+  const drain = (what: string): void => {
+    check(what, inRing, r.received(TYPE, inRing.length + 1, 0));
+    inRing.length = 0;
+  };
   const post = (specs: Spec[]): void => {
     let added = 0;
     for (const s of specs) {
@@ -166,7 +209,7 @@ function run(v: Variant, format: 'split' | 'packed', steps: Step[], link: RigLin
   };
   r.ctx.plug(driverCpu);
   if (limiter) r.ctx.limit(limiter);
-  const pass = (what: string): void => {
+  const pass = (what: string, drainAfter: boolean): void => {
     const gate = open();
     const before = pending.length;
     const work = gate && before > 0;
@@ -190,31 +233,41 @@ function run(v: Variant, format: 'split' | 'packed', steps: Step[], link: RigLin
     } else if (work) {
       expect(consumed, `${what}: a pass with work consumed nothing`).toBeGreaterThan(0);
     }
-    const taken = pending.splice(0, consumed);
-    const frames = taken.filter((p) => p.frame !== null).map((p) => p.frame!);
-    for (const p of taken) if (p.frame === null) dropped.set(v.drops[p.kind]!, (dropped.get(v.drops[p.kind]!) ?? 0) + 1);
-    good += frames.length;
-    const got = r.received(TYPE, frames.length, 2000);
-    expect(got.length, `${what}: frames on the tap`).toBe(frames.length);
-    // Byte for byte (Buffer.compare: a deep toEqual of every frame would take most of the run's time).
-    for (let i = 0; i < frames.length; i++) expect(Buffer.compare(got[i]!, frames[i]!), `${what}: frame ${i} of the pass differs`).toBe(0);
+    const frames: Uint8Array[] = [];
+    for (const p of pending.splice(0, consumed)) {
+      const refused = p.kind === 'deny' || p.kind === 'host';
+      if (p.frame === null && !refused) count(v.drops[p.kind]!); // malformed: never reaches the backend
+      else if (pair && inRing.length >= PAIR_SLOTS) count(M.txDropBackend); // a full ring takes nothing, refused or not
+      else if (refused) count(M.txDropFiltered);
+      else {
+        (pair ? inRing : frames).push(p.frame!);
+        good++;
+      }
+    }
+    if (pair) {
+      if (drainAfter) drain(`${what}, the other side`);
+    } else {
+      check(what, frames, r.received(TYPE, frames.length, 2000));
+    }
   };
   for (const [i, s] of steps.entries()) {
     post(s.post);
     race = s.race;
     now += s.dt;
-    pass(`step ${i}`);
+    pass(`step ${i}`, s.drain);
   }
   race = [];
   for (let i = 0; pending.length > 0 && i < 64; i++) {
     now += 10;
-    pass(`drain ${i}`);
+    pass(`drain ${i}`, true);
   }
   expect(pending).toEqual([]);
+  if (pair) drain('at the end');
   expect(r.received(TYPE, 1, 20), 'frames the device should not have sent').toEqual([]);
-  expect(r.c[M.frames]).toBe(good);
-  for (const counter of new Set(Object.values(v.drops))) expect(r.c[counter], `counter ${counter}`).toBe(dropped.get(counter) ?? 0);
-  expect(r.c[M.txDropBackend]! + r.c[M.txDropTooManyPieces]! + r.c[M.txDropTooBig]!).toBe(0);
+  // Every chain consumed is a frame sent or one drop, under its reason.
+  expect(r.c[M.frames], 'frames sent').toBe(good);
+  for (const counter of new Set([...Object.values(v.drops), M.txDropBackend])) expect(r.c[counter], `counter ${counter}`).toBe(dropped.get(counter) ?? 0);
+  expect(r.c[M.txDropTooManyPieces]! + r.c[M.txDropTooBig]!).toBe(0);
   r.close();
 }
 
@@ -222,7 +275,7 @@ for (const v of VARIANTS) {
   for (const format of ['split', 'packed'] as const) {
     it(`${v.name}, ${format}: the TX loop never sleeps with work to do, sends every good frame once, in order, and counts the rest`, () => {
       // One tap for the runs while they end clean: each run is a driver reset over the same backend.
-      const pool = new LinkPool('lgtxrig', rigFeatures(format, v.extra));
+      const pool = new LinkPool('lgtxrig', rigFeatures(format, v.extra), v.backend, PAIR_SLOTS);
       fc.assert(fc.property(fc.array(stepArb(v), { minLength: 1, maxLength: 30 }), (steps) => run(v, format, steps, pool.take())), { numRuns: fuzzRuns(40) });
     }, 120_000);
   }

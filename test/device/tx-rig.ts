@@ -1,12 +1,14 @@
 /**
  * One TX queue whose loop runs in the test's own thread (device/loops.ts TxLoop over TxService), over
- * real parts: a tap in a namespace, the harness's driver ring in guest memory shared with the native
- * side, real eventfds, and an AF_PACKET socket on the namespace's side of the tap that sees what the
- * device wrote. As rx-rig.ts does for RX, a test calls `loop.pass()` itself, and a frame observer
- * plugged into the service runs at a chosen point of a burst.
+ * real parts: the harness's driver ring in guest memory shared with the native side, real eventfds,
+ * and a link (rig-link.ts) that sees what the device sent: a tap in a namespace with an AF_PACKET
+ * socket on the namespace's side, or a pair backend whose other side's RX port reads it. As rx-rig.ts
+ * does for RX, a test calls `loop.pass()` itself, and a frame observer plugged into the service runs
+ * at a chosen point of a burst.
  */
 import { expect } from 'vitest';
 import * as native from '../../native/index.ts';
+import type { FrameFilter } from '../../device/backend.ts';
 import type { FeatureName } from '../../device/features.ts';
 import { TxLoop } from '../../device/loops.ts';
 import { ServiceContext } from '../../device/service.ts';
@@ -49,27 +51,22 @@ export interface TxRig {
   publish(): boolean;
   /** Takes the used entries so far: their lengths, in order. */
   used(): number[];
-  /**
-   * Frames of EtherType `type` the tap gave the namespace, in order, until `count` came or `ms`
-   * passed (the kernel hands a tap's frames on in a softirq, which may run after the write returns).
-   */
+  /** Frames of EtherType `type` the link got from the device, in order, until `count` came or `ms` passed (RigLink.received). */
   received(type: number, count: number, ms: number): Uint8Array[];
   close(): void;
 }
 
 /**
  * Builds the rig and tracks it (closed after the test). Features: rigFeatures(format, extra). Over
- * `link` (LinkPool) if given, else over a link of its own, closed with it.
+ * `link` (LinkPool) if given, else over a tap of its own, closed with it. `frameFilter` is the hook a
+ * pair's TX port runs on each frame.
  */
-export function txRig(opts: { format: RingFormat; size: number; extra?: FeatureName[]; link?: RigLink }): TxRig {
+export function txRig(opts: { format: RingFormat; size: number; extra?: FeatureName[]; link?: RigLink; frameFilter?: FrameFilter }): TxRig {
   const { f, link, ram, drv, c, queue, pending, ports, fds, close } = rigBase({ ...opts, slotSize: 2048 }, 'lgtxrig', 1);
   try {
-    if (link.kind !== 'tap') throw new Error('a TX rig reads what it sent from a tap');
     const ctx = new ServiceContext({ queue, mem: ram.mem, f, counters: c, pending, port: ports.tx, burst: 64 });
     const loop = new TxLoop(new TxService(ctx, { backendHdrLen: f.hdrLen }), fds);
     const ctlFd = fds.ctlFd;
-    const pkt = link.pkt;
-    const rxBuf = new Uint8Array(4096);
     let free = opts.size;
     const descs = (ch: TxChain): number => (ch.indirect ? 1 : ch.cuts.length + 1 + (ch.writable ? 1 : 0));
     const rig: TxRig = {
@@ -106,23 +103,7 @@ export function txRig(opts: { format: RingFormat; size: number; extra?: FeatureN
         }
         return out;
       },
-      received(type, count, ms) {
-        const out: Uint8Array[] = [];
-        const end = performance.now() + ms;
-        const pktFds = Int32Array.of(pkt);
-        while (out.length < count) {
-          const n = native.fdRead(pkt, rxBuf);
-          if (n < 0) {
-            const left = end - performance.now();
-            if (left <= 0) break;
-            native.poll(pktFds, Math.ceil(left));
-            continue;
-          }
-          // The namespace's own traffic on the link (IPv6 neighbour discovery) is not the test's.
-          if (n >= 14 && ((rxBuf[12]! << 8) | rxBuf[13]!) === type) out.push(rxBuf.slice(0, n));
-        }
-        return out;
-      },
+      received: (type, count, ms) => link.received(type, count, ms),
     };
     return trackBed(rig);
   } catch (e) {
