@@ -77,6 +77,8 @@ export interface SyscallCost {
   onNs: number;
   /** The median of the rounds' on − off. */
   deltaNs: number;
+  /** The median of the rounds' differences between two bare threads: the method's noise. */
+  noiseNs: number;
 }
 
 /** scripts/bench/seccomp-cost.c's figures. */
@@ -248,16 +250,17 @@ export function filterCost(calls: number, blocks: number, rounds: number): Filte
     });
     const r = spawnSync(bin, [...files, String(ringFd), String(calls), String(blocks), String(rounds)], { encoding: 'utf8', timeout: 600_000 });
     if (r.status !== 0) throw new Error(`seccomp-cost failed (${r.status ?? r.signal}): ${r.stderr}`);
-    // Lines: "off|on ROUND name ns name ns …".
-    const by = new Map<string, { off: number[]; on: number[] }>();
+    // Lines: "off|on|ctl ROUND name ns name ns …" (ctl: a second bare thread).
+    const by = new Map<string, { off: number[]; on: number[]; ctl: number[] }>();
     for (const line of r.stdout.trim().split('\n')) {
       const [side, , ...kv] = line.split(' ');
       for (let k = 0; k + 1 < kv.length; k += 2) {
-        const e = by.get(kv[k]!) ?? by.set(kv[k]!, { off: [], on: [] }).get(kv[k]!)!;
-        e[side as 'off' | 'on'].push(Number(kv[k + 1]));
+        const e = by.get(kv[k]!) ?? by.set(kv[k]!, { off: [], on: [], ctl: [] }).get(kv[k]!)!;
+        e[side as 'off' | 'on' | 'ctl'].push(Number(kv[k + 1]));
       }
     }
-    const syscalls = [...by].map(([name, x]) => ({ name, offNs: median(x.off), onNs: median(x.on), deltaNs: median(x.on.map((v, i) => v - x.off[i]!)) }));
+    const diff = (a: number[], b: number[]): number => median(a.map((v, i) => v - b[i]!));
+    const syscalls = [...by].map(([name, x]) => ({ name, offNs: median(x.off), onNs: median(x.on), deltaNs: diff(x.on, x.off), noiseNs: diff(x.ctl, x.off) }));
     return { calls, blocks, rounds, syscalls };
   } finally {
     rmSync(dir, { recursive: true, force: true });
@@ -293,7 +296,7 @@ export async function benchJail(o: { seconds?: number; rounds?: number; ios?: Ta
   const counted = process.getuid?.() === 0 && existsSync('/sys/kernel/tracing');
   if (counted) {
     results.filterCost = filterCost(o.filterCalls ?? envNum('LGNET_BENCH_JAIL_FILTER_CALLS', 50_000), 50, o.filterRounds ?? envNum('LGNET_BENCH_JAIL_FILTER_ROUNDS', 10));
-    progress('jail', `the filters' cost per system call (ns, on − off): ${results.filterCost.syscalls.map((x) => `${x.name} ${x.deltaNs.toFixed(0)}`).join(', ')}`);
+    progress('jail', `the filters' cost per system call (ns, on − off, and bare − bare): ${results.filterCost.syscalls.map((x) => `${x.name} ${x.deltaNs.toFixed(0)} (${x.noiseNs.toFixed(0)})`).join(', ')}`);
   } else {
     results.filterSkipped = 'not root, or no tracefs: the system calls per frame cannot be counted';
     progress('jail', `the filters' share of a frame is not counted: ${results.filterSkipped}`);

@@ -209,9 +209,9 @@ export function buildReport(dir = RESULTS_DIR): { markdown: string; chart: strin
     md.push('');
     const fc = jail.filterCost;
     if (fc) {
-      md.push(`The same cost from its parts. What both filters of a jailed queue worker add to each system call of its frame path (scripts/bench/seccomp-cost.c: a bare and a filtered thread on one CPU taking turns, ${fc.rounds} processes × ${fc.calls} calls of each, medians; on − off is the median of the rounds' differences, and a negative one counts as 0):`, '');
-      md.push('| system call | bare (ns) | filtered (ns) | on − off (ns) |', '|---|---|---|---|');
-      for (const c of fc.syscalls) md.push(`| \`${c.name}\` | ${n(c.offNs, 0)} | ${n(c.onNs, 0)} | ${n(c.deltaNs, 0)} |`);
+      md.push(`The same cost from its parts. What both filters of a jailed queue worker add to each system call of its frame path (scripts/bench/seccomp-cost.c: two bare threads and a filtered one on one CPU taking turns, ${fc.rounds} processes × ${fc.calls} calls of each, medians; on − off is the median of the rounds' differences, and a negative one counts as 0; bare − bare, the same between the two bare threads, is the method's noise):`, '');
+      md.push('| system call | bare (ns) | filtered (ns) | on − off (ns) | bare − bare (ns) |', '|---|---|---|---|---|');
+      for (const c of fc.syscalls) md.push(`| \`${c.name}\` | ${n(c.offNs, 0)} | ${n(c.onNs, 0)} | ${n(c.deltaNs, 0)} | ${n(c.noiseNs, 0)} |`);
       md.push('', "Each counted against the system calls lgnet's threads made per frame on the jailed side (ftrace, one measurement without warm-up) and the queue workers' CPU per frame (schedstat, the median of the rounds):", '');
       md.push("| tap I/O | frame | lgnet's system calls per frame | filters, ns per frame | workers' CPU per frame, off / on (ns) | filters' share |", '|---|---|---|---|---|---|');
       for (const x of jail.cases) {

@@ -5,12 +5,13 @@
  *   seccomp-cost MAIN WORKER RINGFD CALLS BLOCKS ROUNDS
  *
  * MAIN and WORKER are files holding compiled filters (struct sock_filter[], as compilePolicy returns
- * them), compiled with RINGFD as lgnet's io_uring ring. Each round is a fresh process with two threads
- * on one CPU: one bare, one that installs both filters on itself as a jailed queue worker has them
- * (the process-wide one, then the worker's). They take turns, BLOCKS times each, each turn timing
- * CALLS/BLOCKS calls of every system call below, so that the machine's drift falls on both. A round
- * prints two lines, "off|on ROUND name ns-per-call ...". A call the filter refuses fails the run, so a
- * figure is always of an allowed call.
+ * them), compiled with RINGFD as lgnet's io_uring ring. Each round is a fresh process with three
+ * threads on one CPU: one bare ("off"), one that installs both filters on itself as a jailed queue
+ * worker has them ("on": the process-wide one, then the worker's), and a second bare one ("ctl"),
+ * whose difference from "off" is the method's own noise. They take turns, BLOCKS times each, each turn
+ * timing CALLS/BLOCKS calls of every system call below, so that the machine's drift falls on all.
+ * A round prints three lines, "off|on|ctl ROUND name ns-per-call ...". A call the filter refuses
+ * fails the run, so a figure is always of an allowed call.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -78,9 +79,12 @@ static long call(int k, const struct fds *f) {
   return -1;
 }
 
+#define SIDES 3
+static const char *const SIDE_NAMES[SIDES] = {"off", "on", "ctl"};
+
 /* One thread of a round: bare, or under both filters (installed on this thread alone, as a queue worker's are). */
 struct side {
-  int on;
+  int id, on;
   long calls, blocks;
   const struct fds *f;
   struct sock_fprog *progs;
@@ -100,12 +104,12 @@ static void *run_side(void *arg) {
   for (int k = 0; k < K_COUNT; k++) {
     for (long i = 0; i < s->calls / s->blocks; i++) call(k, s->f); /* warm */
   }
-  /* Turns: in block b, first one side times every call kind while the other waits at the barrier,
-     then the other; which goes first alternates with b. */
+  /* Turns: in block b, one side at a time times every call kind while the others wait at the
+     barrier; the order rotates with b. */
   for (long b = 0; b < s->blocks; b++) {
-    for (int turn = 0; turn < 2; turn++) {
+    for (int turn = 0; turn < SIDES; turn++) {
       pthread_barrier_wait(s->bar);
-      if (((b + turn) & 1) != s->on || s->failed) continue;
+      if ((b + turn) % SIDES != s->id || s->failed) continue;
       for (int k = 0; k < K_COUNT; k++) {
         long n = s->calls / s->blocks;
         double t0 = now_ns();
@@ -123,7 +127,7 @@ static void *run_side(void *arg) {
   return NULL;
 }
 
-/* One round: a fresh process, both sides as threads on one CPU, taking turns. */
+/* One round: a fresh process, the sides as threads on one CPU, taking turns. */
 static void child(int round, int ringfd, long calls, long blocks, struct sock_fprog *progs) {
   struct fds f;
   struct io_uring_params params;
@@ -142,17 +146,17 @@ static void child(int round, int ringfd, long calls, long blocks, struct sock_fp
   CPU_SET(sched_getcpu(), &one);
   sched_setaffinity(0, sizeof one, &one);
   pthread_barrier_t bar;
-  pthread_barrier_init(&bar, NULL, 2);
-  struct side sides[2];
-  pthread_t th[2];
-  for (int i = 0; i < 2; i++) {
-    sides[i] = (struct side){.on = i, .calls = calls, .blocks = blocks, .f = &f, .progs = progs, .bar = &bar};
+  pthread_barrier_init(&bar, NULL, SIDES);
+  struct side sides[SIDES];
+  pthread_t th[SIDES];
+  for (int i = 0; i < SIDES; i++) {
+    sides[i] = (struct side){.id = i, .on = i == 1, .calls = calls, .blocks = blocks, .f = &f, .progs = progs, .bar = &bar};
     if (pthread_create(&th[i], NULL, run_side, &sides[i]) != 0) { perror("pthread_create"); _exit(3); }
   }
-  for (int i = 0; i < 2; i++) pthread_join(th[i], NULL);
-  for (int i = 0; i < 2; i++) {
+  for (int i = 0; i < SIDES; i++) pthread_join(th[i], NULL);
+  for (int i = 0; i < SIDES; i++) {
     if (sides[i].failed) _exit(4);
-    printf("%s %d", i ? "on" : "off", round);
+    printf("%s %d", SIDE_NAMES[i], round);
     for (int k = 0; k < K_COUNT; k++) printf(" %s %.2f", NAMES[k], sides[i].ns[k] / (double)(calls / blocks * blocks));
     printf("\n");
   }
