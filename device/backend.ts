@@ -49,8 +49,9 @@ export interface TxPort {
   send(table: IovecTable, first: number): number;
   /**
    * Optional: after send(), 1 at each frame of the table that the port took but did not send, having
-   * counted it under a reason of its own (the pair backend's filter: txDropFiltered). The caller then
-   * completes it without counting it as a frame sent or in bytes. 0 (or absent) elsewhere.
+   * counted it under a reason of its own (the pair backend: its filter's txDropFiltered, or a failed
+   * write to the host fd, txDropBackend). The caller then completes it without counting it as a frame
+   * sent or in bytes. 0 (or absent) elsewhere.
    */
   readonly refused?: Uint8Array;
 }

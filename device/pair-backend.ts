@@ -46,6 +46,9 @@ export interface PairPortSpec extends PortSpec {
   readonly hostFd: number;
 }
 
+const EIO = 5;
+const EAGAIN = 11;
+
 /** Base header bytes kept in a slot (flags … csum_offset). */
 const BASE_HDR = 10;
 /** Slot layout: u32 length of header + frame, then the bytes. */
@@ -210,8 +213,8 @@ class PairTxPort implements TxPort {
         head++;
         committed++;
       } else if (verdict === VERDICT.HOST && this.hostFd >= 0) {
-        native.fdWrite(this.hostFd, this.u8.subarray(slot + 4, slot + 4 + total));
-        this.c[M.txHost]! += 1;
+        if (this.toHost(slot + 4, total)) this.c[M.txHost]! += 1;
+        else refused[f] = 1; // counted as the backend's drop
       } else {
         // Not sent: counted here, and neither a frame nor bytes for the caller (TxPort.refused).
         this.c[M.txDropFiltered]! += 1;
@@ -223,6 +226,27 @@ class PairTxPort implements TxPort {
       native.eventfdWrite(this.ring.wakeFd, 1);
     }
     return done;
+  }
+
+  /**
+   * Writes a HOST verdict's header and frame to the host fd. A write that fails, would block or is cut
+   * short loses that frame alone: it is counted here as the backend's drop (errno in backendErrno, EIO
+   * for a short write), and the frames around it go on, so that no other frame is dropped for it.
+   */
+  private toHost(at: number, total: number): boolean {
+    let n: number;
+    try {
+      n = native.fdWrite(this.hostFd, this.u8.subarray(at, at + total));
+    } catch (e) {
+      if (!(e instanceof NativeError)) throw e;
+      this.c[M.txDropBackend]! += 1;
+      this.c[M.backendErrno] = e.errno;
+      return false;
+    }
+    if (n === total) return true;
+    this.c[M.txDropBackend]! += 1;
+    this.c[M.backendErrno] = n < 0 ? EAGAIN : EIO;
+    return false;
   }
 }
 

@@ -7,13 +7,13 @@
 import { afterAll, afterEach, expect, it } from 'vitest';
 import * as native from '../../native/index.ts';
 import { IovecTable, MappingViews } from '../../native/iovec.ts';
-import type { PortContext } from '../../device/backend.ts';
+import type { FrameFilter, PortContext } from '../../device/backend.ts';
 import { BACKEND_KINDS, openPorts } from '../../device/backends.ts';
 import { NetConfigError, NET_ERROR } from '../../device/errors.ts';
 import { decode, mask } from '../../device/features.ts';
-import { createCounters } from '../../device/metrics.ts';
+import { createCounters, M } from '../../device/metrics.ts';
 import { NetDevice } from '../../device/net.ts';
-import { PairBackend } from '../../device/pair-backend.ts';
+import { PairBackend, VERDICT } from '../../device/pair-backend.ts';
 import { ethernet } from '../../harness/frames.ts';
 import { GuestRam } from '../../harness/guest-ram.ts';
 import { VirtioNetDriver } from '../../harness/virtio-net.ts';
@@ -204,4 +204,35 @@ it('the registry refuses a spec of a kind it does not know', () => {
     expect((e as NetConfigError).code).toBe(NET_ERROR.UNKNOWN_BACKEND);
     expect((e as NetConfigError).message).toContain(`kind ${JSON.stringify(kind)}`);
   }
+});
+
+it('a HOST frame the host fd refuses is that frame\'s drop alone: the frames around it go on', () => {
+  // A host fd whose every write fails: a socket whose peer is gone (EPIPE; Node ignores SIGPIPE).
+  const [host, peer] = native.unixSocketpair();
+  native.close(peer);
+  const pair = new PairBackend({ slots: 4, hostFd: host });
+  const f = decode(mask('MAC', 'VERSION_1'));
+  pair.a.configure(f);
+  pair.b.configure(f);
+  const toHost: FrameFilter = (b, off) => (b[off + 14] === 2 ? VERDICT.HOST : VERDICT.ACCEPT);
+  const c = createCounters();
+  const a = openPorts(pair.a.port(0), { counters: c, frameFilter: toHost, mappings: new MappingViews(native.mappingBuffer) });
+  const b = openPorts(pair.b.port(0), { counters: createCounters(), frameFilter: undefined, mappings: new MappingViews(native.mappingBuffer) });
+  const id = native.mmapAnonymous(16384);
+  const ram = new Uint8Array(native.mappingBuffer(id));
+  cleanups.push(() => { native.munmap(id); pair.a.close(); pair.b.close(); native.close(host); });
+  // Three frames, 12-byte header then 60 bytes, tagged 1, 2 (to the host) and 3.
+  for (const [k, at] of [0, 128, 256].entries()) ram.set(frame(MAC_B, MAC_A, 0x88b5, k + 1, 60), at + 12);
+  const t = table(id, [[0, 72]], [[128, 72]], [[256, 72]]);
+  // All three taken; the second is the port's drop, counted with its errno, and not sent.
+  expect(a.tx.send(t, 0)).toBe(3);
+  expect([...a.tx.refused!.subarray(0, 3)]).toEqual([0, 1, 0]);
+  expect(c[M.txDropBackend]).toBe(1);
+  expect(c[M.backendErrno]).toBe(32); // EPIPE
+  expect(c[M.txHost]).toBe(0);
+  // The other side reads the first and the third.
+  const rt = table(id, [[4096, 2048]], [[8192, 2048]]);
+  expect(b.rx.recv(rt, 2)).toBe(2);
+  expect([ram[4096 + 12 + 14], ram[8192 + 12 + 14]]).toEqual([1, 3]);
+  expect(b.rx.recv(rt, 2)).toBe(0);
 });
