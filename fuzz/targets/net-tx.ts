@@ -2,10 +2,11 @@
  * The TX service (device/tx.ts) and its virtio_net_hdr checks (device/header.ts) on a split or a
  * packed ring:
  * chains of 1–4 readable pieces, sometimes a writable one, with header fields, frame lengths and
- * negotiated offloads from the input, and a backend that takes all, some or none of a burst, or
- * refuses a frame. Properties:
+ * negotiated offloads from the input, and a backend that takes all, some or none of a burst, refuses a
+ * frame, or takes some frames without sending them (counted by the port: TxPort.refused). Properties:
  *   - every chain comes back on the used ring, exactly once;
- *   - frames sent plus drops counted (by reason) equal the chains posted;
+ *   - frames sent plus drops counted (by reason) equal the chains posted, and `frames` and `bytes`
+ *     count exactly what the backend sent;
  *   - a chain is sent exactly when the spec (§5.1.6.2, checked here independently) allows it, and
  *     the backend gets its bytes unchanged, header included or skipped as configured.
  */
@@ -117,7 +118,12 @@ export default {
     const sent: Uint8Array[] = [];
     const behaviour = inp.u8();
     let refused = 0;
+    // With bit 2 of `behaviour`, the port takes some frames without sending them and counts them itself
+    // (as the pair backend's filter does): TxPort.refused marks them.
+    const portRefuses = (behaviour & 4) !== 0;
+    const marks = new Uint8Array(64);
     const port: TxPort = {
+      refused: marks,
       send(t: IovecTable, first: number): number {
         if ((behaviour & 3) === 1 && refused < 2) {
           refused++;
@@ -125,6 +131,12 @@ export default {
         }
         const last = (behaviour & 3) === 2 ? Math.min(t.frames, first + 1) : (behaviour & 3) === 3 ? first : t.frames;
         for (let fr = first; fr < last; fr++) {
+          marks[fr] = 0;
+          if (portRefuses && (fr + (behaviour >> 3)) % 3 === 0) {
+            marks[fr] = 1;
+            counters[M.txDropFiltered]! += 1;
+            continue;
+          }
           const parts: Uint8Array[] = [];
           for (let e = t.frameStart(fr); e < t.frameEnd[fr]!; e++) {
             const id = t.entries[4 * e]!;
@@ -149,13 +161,17 @@ export default {
     for (let h = drv.popUsed(); h >= 0; h = drv.popUsed()) back.set(h, (back.get(h) ?? 0) + 1);
     for (const p of posted) if (back.get(p.head) !== 1) throw new Error(`chain ${p.head} came back ${back.get(p.head) ?? 0} times`);
     if (back.size !== posted.length) throw new Error(`${back.size} chains came back, ${posted.length} were posted`);
-    // Sent + counted drops = posted.
-    const drops = TX_DROP_COUNTER.slice(1).reduce((a, k) => a + counters[k]!, 0) + counters[M.txDropBackend]!;
+    // Sent + counted drops = posted, and frames and bytes count only what the backend sent.
+    const portDropped = counters[M.txDropFiltered]!;
+    const drops = TX_DROP_COUNTER.slice(1).reduce((a, k) => a + counters[k]!, 0) + counters[M.txDropBackend]! + portDropped;
     if (counters[M.frames]! + drops !== posted.length) throw new Error(`frames ${counters[M.frames]} + drops ${drops} != ${posted.length} chains`);
+    if (counters[M.frames] !== sent.length) throw new Error(`frames ${counters[M.frames]}, ${sent.length} sent`);
+    const sentBytes = sent.reduce((a, x) => a + x.length - (skipHeader ? 0 : hdrLen), 0);
+    if (counters[M.bytes] !== sentBytes) throw new Error(`bytes ${counters[M.bytes]}, ${sentBytes} sent`);
     // What the spec allows is sent, in order, with its bytes; the rest is not.
     const allowed = posted.filter((p) => !p.writable && p.pieces <= MAX_IOV_PER_FRAME && specAllows(p.data.subarray(0, hdrLen), p.data.length - hdrLen, bits));
     const backendDropped = counters[M.txDropBackend]!;
-    if (allowed.length !== sent.length + backendDropped) throw new Error(`${allowed.length} chains allowed by the spec, ${sent.length} sent + ${backendDropped} refused by the backend`);
+    if (allowed.length !== sent.length + backendDropped + portDropped) throw new Error(`${allowed.length} chains allowed by the spec, ${sent.length} sent + ${backendDropped} refused by the backend + ${portDropped} by the port`);
     let k = 0;
     for (const s of sent) {
       // Frames the backend refused or could not take are skipped in order; the rest match.
