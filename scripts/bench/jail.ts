@@ -234,8 +234,8 @@ class Side {
 
 /**
  * Times each system call of a queue worker's frame path without and with both of lgnet's filters
- * (scripts/bench/seccomp-cost.c: per round a fresh process, whose bare and filtered threads take
- * `blocks` turns each on one CPU), `calls` calls of each per round and side.
+ * (scripts/bench/seccomp-cost.c: per round a fresh process, whose filtered thread and two bare ones
+ * take `blocks` turns each on one CPU), `calls` calls of each per round and thread.
  */
 export function filterCost(calls: number, blocks: number, rounds: number): FilterCost {
   const bin = buildBenchC('seccomp-cost');
