@@ -22,7 +22,7 @@ import * as native from '../../native/index.ts';
 import { bootGuest, ensureGuestImage } from '../qemu.ts';
 import { createTapNamespace } from '../netns.ts';
 import { envNum, isMain, machine, progress, stat, writeResult, type Stat } from './common.ts';
-import { startLgnet } from './lgnet-process.ts';
+import { startLgnet, type LgnetProcess } from './lgnet-process.ts';
 
 const HOST = '10.0.2.1';
 const GUEST = '10.0.2.2';
@@ -49,10 +49,10 @@ async function boot(v: Variant, pings: number): Promise<{ min: number; avg: numb
   const net = createTapNamespace({ hostCidr: `${HOST}/24` });
   const dir = mkdtempSync(join(tmpdir(), 'lgnet-placement-'));
   const socket = join(dir, 'lgnet.sock');
-  const lg = v.kind === 'lgnet'
-    ? await startLgnet({ ns: net.ns, socket, tap: net.tap, metricsPath: join(dir, 'm'), ...(v.workerCpus ? { extraArgs: ['--worker-cpus', v.workerCpus] } : {}) })
-    : undefined;
+  let lg: LgnetProcess | undefined;
   try {
+    // Inside the try: lgnet may refuse to start (a stale dist/), and the namespace must go all the same.
+    if (v.kind === 'lgnet') lg = await startLgnet({ ns: net.ns, socket, tap: net.tap, metricsPath: join(dir, 'm'), ...(v.workerCpus ? { extraArgs: ['--worker-cpus', v.workerCpus] } : {}) });
     const g = bootGuest({
       netns: net.ns,
       netdev: v.kind === 'lgnet' ? { type: 'vhost-user', socket, reconnect: 1 } : { type: 'tap', ifname: net.tap },
