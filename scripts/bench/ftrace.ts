@@ -19,19 +19,22 @@ export function tracefs(): void {
 /** Writes one tracefs control file. */
 export const put = (f: string, v: string): void => writeFileSync(join(T, f), v);
 
-/** Records the scheduler and read/write system calls of every thread of `pids` (tracing left off). */
-export function traceSetup(pids: number[]): void {
+/** Empties the buffer (per CPU, `bufferKb`) and selects `events` of threads `tids` alone, tracing left off. */
+function selectEvents(tids: ReadonlyArray<number | string>, events: readonly string[], bufferKb: number): void {
   put('tracing_on', '0');
   put('trace', '');
-  put('buffer_size_kb', '16384');
+  put('buffer_size_kb', String(bufferKb));
   put('set_event', '');
-  const tids = pids.flatMap((p) => readdirSync(`/proc/${p}/task`));
   put('set_event_pid', tids.join(' '));
-  for (const e of ['sched:sched_switch', 'sched:sched_wakeup', 'syscalls:sys_enter_write', 'syscalls:sys_enter_writev', 'syscalls:sys_enter_readv', 'syscalls:sys_enter_read', 'syscalls:sys_enter_io_uring_enter']) {
-    writeFileSync(join(T, 'set_event'), `${e}\n`, { flag: 'a' });
-  }
+  for (const e of events) writeFileSync(join(T, 'set_event'), `${e}\n`, { flag: 'a' });
+}
+
+/** Records the scheduler and read/write system calls of every thread of `pids` (tracing left off). */
+export function traceSetup(pids: number[]): void {
+  const events = ['sched:sched_switch', 'sched:sched_wakeup', 'syscalls:sys_enter_write', 'syscalls:sys_enter_writev', 'syscalls:sys_enter_readv', 'syscalls:sys_enter_read', 'syscalls:sys_enter_io_uring_enter'];
   // Every system call's entry and exit too, for reading a raw trace (LGNET_BENCH_TRACE_RAW).
-  if (process.env['LGNET_BENCH_TRACE_SYSCALLS']) writeFileSync(join(T, 'set_event'), 'raw_syscalls:sys_enter\nraw_syscalls:sys_exit\n', { flag: 'a' });
+  if (process.env['LGNET_BENCH_TRACE_SYSCALLS']) events.push('raw_syscalls:sys_enter', 'raw_syscalls:sys_exit');
+  selectEvents(pids.flatMap((p) => readdirSync(`/proc/${p}/task`)), events, 16384);
 }
 
 /** Stops tracing and returns what was recorded; the buffer and the event selection are cleared. */
@@ -61,12 +64,7 @@ export async function countSyscalls<T>(pid: number, during: () => Promise<T>): P
   tracefs();
   const tids = readdirSync(`/proc/${pid}/task`).map(Number);
   const comm = new Map(tids.map((t) => [t, readFileSync(`/proc/${pid}/task/${t}/comm`, 'utf8').trim()]));
-  put('tracing_on', '0');
-  put('trace', '');
-  put('buffer_size_kb', '32768');
-  put('set_event', '');
-  put('set_event_pid', tids.join(' '));
-  put('set_event', 'raw_syscalls:sys_enter\n');
+  selectEvents(tids, ['raw_syscalls:sys_enter'], 32768);
   let result: T;
   let text: string;
   put('tracing_on', '1');
