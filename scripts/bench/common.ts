@@ -3,7 +3,7 @@
  * /proc, the machine description, progress lines, result files, and a cleanup registry that runs on
  * normal exit, on an exception and on SIGINT/SIGTERM (namespaces, processes by pid, hugepage settings).
  */
-import { spawnSync } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
 import { existsSync, mkdirSync, readFileSync, readdirSync, writeFileSync } from 'node:fs';
 import { cpus, loadavg, totalmem } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
@@ -331,4 +331,27 @@ export function runTapLoopRaw(bin: string, fd: number, args: string[], seconds: 
 /** runTapLoopRaw for the modes that print a rate. */
 export function runTapLoop(bin: string, fd: number, args: string[], seconds: number, wrap: string[] = []): TapLoopResult {
   return JSON.parse(runTapLoopRaw(bin, fd, args, seconds, wrap)) as TapLoopResult;
+}
+
+/**
+ * Runs `measure` while tap-loop sends `len`-byte frames into the tap from an AF_PACKET socket, under
+ * `wrap` if given (e.g. taskset). `seconds` is how long `measure` runs (warm-up included): the sender
+ * runs a second longer, so that a short measurement does not wait for a long sender. With `offered`
+ * false the sender is stopped as soon as `measure` ends, and its own rate is not read.
+ */
+export async function withSender<T>(bin: string, pkt: number, len: number, seconds: number, measure: () => T | Promise<T>, wrap: string[] = [], offered = true): Promise<{ result: T; offered: number }> {
+  const argv = [...wrap, bin, 'send', '3', String(len), String(seconds + 1)];
+  const child = spawn(argv[0]!, argv.slice(1), { stdio: ['ignore', 'pipe', 'pipe', pkt] });
+  let out = '';
+  child.stdout!.on('data', (d: Buffer) => (out += d.toString()));
+  const exited = new Promise<void>((res) => child.on('close', () => res()));
+  await new Promise((res) => setTimeout(res, 200));
+  try {
+    const result = await measure();
+    if (!offered) return { result, offered: 0 };
+    await Promise.race([exited, new Promise((res) => setTimeout(res, (seconds + 5) * 1000))]);
+    return { result, offered: out ? (JSON.parse(out) as TapLoopResult).fps : 0 };
+  } finally {
+    if (child.exitCode === null && child.pid !== undefined) process.kill(child.pid, 'SIGKILL');
+  }
 }

@@ -53,7 +53,6 @@
  * { rxUsecs: 0, txUsecs: 0 }), =RX,TX with holds of RX and TX µs, LGNET_BENCH_BURST the device's chains per
  * burst and the C io_uring loops' operations per enter (default DEFAULT_BURST, 64).
  */
-import { spawn } from 'node:child_process';
 import { mkdirSync, writeFileSync } from 'node:fs';
 import { cpus, loadavg, tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -65,7 +64,7 @@ import { ethernet, icmpEchoRequest, ip4, isIcmpEchoReply, mac } from '../../harn
 import { GuestRam } from '../../harness/guest-ram.ts';
 import { VirtioNetDriver } from '../../harness/virtio-net.ts';
 import { createNetns, openPacketIn, type Netns } from '../../harness/netns.ts';
-import { buildTapLoop, ROOT, runTapLoop, runTapLoopRaw, stat, threadCpu, threadSchedstat } from './common.ts';
+import { buildTapLoop, ROOT, runTapLoop, runTapLoopRaw, stat, threadCpu, threadSchedstat, withSender } from './common.ts';
 import { isTapWrite, next, parse, put, traceOff, traceSetup, tracefs, workerHops, type Ev, type Hops } from './ftrace.ts';
 
 const SECONDS = Number(process.env['LGNET_BENCH_SECONDS'] ?? 2);
@@ -121,27 +120,6 @@ function harnessRx(s: Awaited<ReturnType<typeof setup>>, seconds: number): Rate 
   const r = s.drv.sinkRx(seconds);
   const frames = s.dev.metrics().queues[0]!.frames - m0;
   return { frames, seconds: r.seconds, fps: frames / r.seconds };
-}
-
-/**
- * Runs `measure` while tap-loop sends `len`-byte frames into the tap from an AF_PACKET socket, under
- * `wrap` if given (e.g. taskset). `seconds` is how long `measure` runs (warm-up included): the sender
- * runs a second longer, so that a short measurement does not wait for a long sender.
- */
-async function withSender<T>(bin: string, pkt: number, len: number, seconds: number, measure: () => T | Promise<T>, wrap: string[] = []): Promise<{ result: T; offered: number }> {
-  const argv = [...wrap, bin, 'send', '3', String(len), String(seconds + 1)];
-  const child = spawn(argv[0]!, argv.slice(1), { stdio: ['ignore', 'pipe', 'pipe', pkt] });
-  let out = '';
-  child.stdout!.on('data', (d: Buffer) => (out += d.toString()));
-  const exited = new Promise<void>((res) => child.on('close', () => res()));
-  await new Promise((res) => setTimeout(res, 200));
-  try {
-    const result = await measure();
-    await Promise.race([exited, new Promise((res) => setTimeout(res, (seconds + 5) * 1000))]);
-    return { result, offered: out ? (JSON.parse(out) as Rate).fps : 0 };
-  } finally {
-    if (child.exitCode === null && child.pid !== undefined) process.kill(child.pid, 'SIGKILL');
-  }
 }
 
 const fmt = (fps: number): string => `${(fps / 1e6).toFixed(3)} M/s`;

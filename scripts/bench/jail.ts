@@ -1,7 +1,8 @@
 /**
- * npm run bench's jail step (also `npx tsx scripts/bench/jail.ts`): what the jail costs, as TX frames/s
- * (harness → NetDevice → tap) with the jail on and off in the same run (target: on/off ≥ 0.97, a
- * cost under 3 %).
+ * npm run bench's jail step (also `npx tsx scripts/bench/jail.ts`): what the jail costs, as frames/s
+ * through an embedded device and a tap with the jail on and off in the same run (target: on/off ≥
+ * 0.97, a cost under 3 %), both ways: TX (the harness blasts, lgnet writes the tap) and RX (tap-loop
+ * feeds the tap from an AF_PACKET socket, lgnet reads it into the harness's buffers).
  *
  * A jail cannot be left, so the two sides are two child processes (this file with --child), one
  * jailed, each with its own device and tap in the same namespace. The parent asks them in turn over
@@ -9,7 +10,7 @@
  * the side not measuring sits idle (its workers asleep). Each round's on/off pairs two measurements
  * seconds apart, so the figure is the median of those per-round ratios (drift on this shared machine
  * hits both halves of a pair); the ratio of the medians is kept beside it. TX is the worst case for
- * seccomp: one writev per frame on the readv/writev path, plus eventfd kicks and calls. The harness
+ * seccomp on the readv/writev path: one writev per frame, plus eventfd kicks and calls. The harness
  * runs in the child's main thread and is filtered too, so the cost is, if anything, overstated. Each
  * tap I/O path is measured on its own pair of children: io_uring (one io_uring_enter per burst,
  * allowed by the jail on lgnet's own rings only) and readv/writev per frame.
@@ -21,9 +22,9 @@
  * how many of each lgnet's threads make per frame on the jailed side (counted with ftrace, as root),
  * against the queue workers' CPU per frame (schedstat). Knobs: LGNET_BENCH_JAIL_SECONDS (per
  * measurement, default 1.5), LGNET_BENCH_JAIL_ROUNDS (default 7), LGNET_BENCH_IO (uring, syscall, or
- * both: the default), LGNET_BENCH_JAIL_FILTER_CALLS and _ROUNDS (seccomp-cost: 50,000 calls of each
- * system call per side and round, 10 rounds), LGNET_BENCH_JAIL_TRACE_SECONDS (the counted
- * measurement, 0.25).
+ * both: the default), LGNET_BENCH_JAIL_DIRS (tx, rx, or tx,rx: the default), LGNET_BENCH_JAIL_FILTER_CALLS
+ * and _ROUNDS (seccomp-cost: 50,000 calls of each system call per side and round, 10 rounds),
+ * LGNET_BENCH_JAIL_TRACE_SECONDS (the counted measurement, 0.25).
  */
 import { spawn, spawnSync, type ChildProcessWithoutNullStreams } from 'node:child_process';
 import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
@@ -32,7 +33,7 @@ import { join } from 'node:path';
 import { createInterface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
 
-import { buildBenchC, envNum, isMain, median, progress, ROOT, threadSchedstat, writeResult } from './common.ts';
+import { buildBenchC, buildTapLoop, envNum, isMain, median, progress, ROOT, threadSchedstat, withSender, writeResult } from './common.ts';
 import { countSyscalls } from './ftrace.ts';
 
 import { mask } from '../../device/features.ts';
@@ -45,12 +46,16 @@ import { endTranspilerService } from '../transpiler.ts';
 import { ethernet } from '../../harness/frames.ts';
 import { GuestRam } from '../../harness/guest-ram.ts';
 import { VirtioNetDriver } from '../../harness/virtio-net.ts';
-import { createNetns } from '../../harness/netns.ts';
+import { createNetns, openPacketIn, type Netns } from '../../harness/netns.ts';
 
 const QSIZE = 256;
 
-/** One case of the jail step: a tap I/O path and a frame length. */
+/** Which way frames go: TX (the harness blasts, lgnet writes the tap) or RX (a C sender feeds the tap, lgnet reads it into the harness's buffers). */
+export type JailDir = 'tx' | 'rx';
+
+/** One case of the jail step: a direction, a tap I/O path and a frame length. */
 export interface JailCase {
+  dir: JailDir;
   io: TapIo;
   len: number;
   /** Frames/s of each round, jail off and on (off first in each round). */
@@ -122,13 +127,14 @@ export interface JailResults {
   filterSkipped?: string;
 }
 
-/** What a child prints per measurement, one JSON line: `frames` counts the warm-up's too. */
-interface Measured { jail: boolean; fps: number; frames: number; io: string; ioUring: number; txDropBackend: number }
+/** What a child prints per measurement, one JSON line: `frames` counts the warm-up's too; the counters are the measured queue's. */
+interface Measured { jail: boolean; dir: JailDir; fps: number; frames: number; io: string; ioUring: number; dropBackend: number; backendErrno: number; queueBroken: number }
 
 /**
  * The child: a device on a tap of its own in the namespace, jailed or not, then one measurement per
- * line on stdin, one JSON line back each, until stdin ends. A line is a frame length (a warm-up, then
- * `seconds`), or a length and a number of seconds (no warm-up).
+ * line on stdin, one JSON line back each, until stdin ends. A line is a direction and a frame length
+ * (a warm-up, then `seconds`), or those and a number of seconds (no warm-up). For RX the parent feeds
+ * the tap (named in the `ready` line) while the child recycles its RX buffers.
  */
 async function child(jail: boolean, nsPath: string, nsName: string, io: TapIo, seconds: number): Promise<void> {
   const tap = `lgbj${process.pid.toString(16)}`.slice(0, 15);
@@ -147,14 +153,33 @@ async function child(jail: boolean, nsPath: string, nsName: string, io: TapIo, s
     enterJail({ user: 'nobody', group: 'nogroup' });
     await dev.restrictWorkers(compilePolicy('worker').program);
   }
-  process.stdout.write('ready\n');
+  process.stdout.write(`ready ${tap}\n`);
   for (let r = await requests.next(); !r.done; r = await requests.next()) {
-    const [len, secs] = r.value.split(' ').map(Number) as [number, number | undefined];
-    const frame = ethernet(new Uint8Array([2, 0, 0, 0, 0, 2]), new Uint8Array([2, 0, 0, 0, 0, 1]), 0x88b5, new Uint8Array(len - 14));
-    const warm = secs === undefined ? drv.blastTx(frame, 0.3).frames : 0;
-    const res = drv.blastTx(frame, secs ?? seconds);
-    const q = dev.metrics().queues[1]!;
-    const out: Measured = { jail, fps: res.frames / res.seconds, frames: warm + res.frames, io: backend.io, ioUring: q.ioUring, txDropBackend: q.txDropBackend };
+    const [dir, l, s] = r.value.split(' ') as [JailDir, string, string | undefined];
+    const len = Number(l);
+    const secs = s === undefined ? undefined : Number(s);
+    let res: { frames: number; seconds: number };
+    let frames: number;
+    if (dir === 'tx') {
+      const frame = ethernet(new Uint8Array([2, 0, 0, 0, 0, 2]), new Uint8Array([2, 0, 0, 0, 0, 1]), 0x88b5, new Uint8Array(len - 14));
+      const warm = secs === undefined ? drv.blastTx(frame, 0.3).frames : 0;
+      res = drv.blastTx(frame, secs ?? seconds);
+      frames = warm + res.frames;
+    } else {
+      // The frames the RX queue delivered, as the device bench counts them (the sender runs throughout).
+      const delivered = (): number => dev.metrics().queues[0]!.frames;
+      const f0 = delivered();
+      if (secs === undefined) drv.sinkRx(0.3);
+      const f1 = delivered();
+      const t = drv.sinkRx(secs ?? seconds);
+      res = { frames: delivered() - f1, seconds: t.seconds };
+      frames = delivered() - f0;
+    }
+    const q = dev.metrics().queues[dir === 'tx' ? 1 : 0]!;
+    const out: Measured = {
+      jail, dir, fps: res.frames / res.seconds, frames, io: backend.io, ioUring: q.ioUring,
+      dropBackend: dir === 'tx' ? q.txDropBackend : q.rxDropBackend, backendErrno: q.backendErrno, queueBroken: q.queueBroken,
+    };
     process.stdout.write(JSON.stringify(out) + '\n');
   }
   await dev.close();
@@ -167,13 +192,22 @@ class Side {
   private readonly proc: ChildProcessWithoutNullStreams;
   private readonly lines: AsyncIterator<string>;
   private stderr = '';
+  private readonly ns: Netns;
+  private readonly sender: string;
+  private readonly seconds: number;
+  /** An AF_PACKET socket on the child's tap, for the RX sender (opened once the child is ready). */
+  private pkt = -1;
   readonly mode: 'off' | 'on';
   readonly io: TapIo;
   readonly pid: number;
 
-  constructor(mode: 'off' | 'on', ns: { path: string; name: string }, io: TapIo, seconds: number) {
+  /** `sender` is tap-loop, which feeds the child's tap for RX. */
+  constructor(mode: 'off' | 'on', ns: Netns, io: TapIo, seconds: number, sender: string) {
     this.mode = mode;
     this.io = io;
+    this.ns = ns;
+    this.sender = sender;
+    this.seconds = seconds;
     const self = fileURLToPath(import.meta.url);
     this.proc = spawn(process.execPath, ['--import', 'tsx', self, '--child', mode, ns.path, ns.name, io, String(seconds)], { cwd: ROOT });
     this.pid = this.proc.pid!;
@@ -190,7 +224,9 @@ class Side {
   /** Waits for the child's device, and checks from outside that the jailed side is filtered and the other is not. */
   async ready(): Promise<void> {
     const l = await this.line('it was ready');
-    if (l !== 'ready') throw new Error(`jail bench: the ${this.mode} child said ${l}`);
+    const tap = /^ready (\S+)$/.exec(l)?.[1];
+    if (!tap) throw new Error(`jail bench: the ${this.mode} child said ${l}`);
+    this.pkt = openPacketIn(this.ns, tap); // closed with the namespace
     // /proc/PID/task/TID/status: Seccomp 2 is filter mode; Seccomp_filters counts the stacked filters
     // (2 on a queue worker: the process-wide one and its own).
     let mode = -1;
@@ -208,14 +244,19 @@ class Side {
   /**
    * One measurement (`seconds` given: that long, without a warm-up): frames/s, frames in all, and the
    * CPU time lgnet's threads (the queue workers, `lgnet-…`) spent per frame, the warm-up's included.
+   * For RX, tap-loop feeds the child's tap throughout from an AF_PACKET socket.
    */
-  async measure(len: number, seconds?: number): Promise<{ fps: number; frames: number; workerNs: number }> {
+  async measure(dir: JailDir, len: number, seconds?: number): Promise<{ fps: number; frames: number; workerNs: number }> {
     const before = threadSchedstat(this.pid, 'lgnet-').runNs;
-    this.proc.stdin.write(seconds === undefined ? `${len}\n` : `${len} ${seconds}\n`);
-    const r = JSON.parse(await this.line(`measuring ${len} B`)) as Measured;
+    const ask = async (): Promise<Measured> => {
+      this.proc.stdin.write(seconds === undefined ? `${dir} ${len}\n` : `${dir} ${len} ${seconds}\n`);
+      return JSON.parse(await this.line(`measuring ${dir} ${len} B`)) as Measured;
+    };
+    const r = dir === 'tx' ? await ask() : (await withSender(this.sender, this.pkt, len, seconds ?? this.seconds + 0.3, ask, [], false)).result;
     const workerNs = (threadSchedstat(this.pid, 'lgnet-').runNs - before) / r.frames;
-    // A jail that refused the ring's io_uring_enter would show as backend drops, not as a slow run.
-    if (r.io !== this.io || r.ioUring !== (this.io === 'uring' ? 1 : 0) || r.txDropBackend !== 0 || r.jail !== (this.mode === 'on')) {
+    // A jail that refused the ring's io_uring_enter (or the readv) would show as backend drops or a
+    // broken queue, not as a slow run.
+    if (r.dir !== dir || r.io !== this.io || r.ioUring !== (this.io === 'uring' ? 1 : 0) || r.dropBackend !== 0 || r.backendErrno !== 0 || r.queueBroken !== 0 || !(r.frames > 0) || r.jail !== (this.mode === 'on')) {
       throw new Error(`jail bench: the ${this.mode} child ran ${JSON.stringify(r)}`);
     }
     return { fps: r.fps, frames: r.frames, workerNs };
@@ -272,8 +313,8 @@ export function filterCost(calls: number, blocks: number, rounds: number): Filte
  * of blasting (ftrace), each weighed by what the filters add to it (`cost`), summed over lgnet's
  * threads, against the queue workers' CPU per frame (`workerNs`, from the untraced rounds).
  */
-async function filterShare(side: Side, len: number, seconds: number, cost: FilterCost, workerNs: number): Promise<FilterShare> {
-  const { result, counts, lost } = await countSyscalls(side.pid, () => side.measure(len, seconds));
+async function filterShare(side: Side, dir: JailDir, len: number, seconds: number, cost: FilterCost, workerNs: number): Promise<FilterShare> {
+  const { result, counts, lost } = await countSyscalls(side.pid, () => side.measure(dir, len, seconds));
   const names = Object.fromEntries(Object.entries(syscallTable(currentArch()!)).map(([k, v]) => [v, k]));
   const worst = Math.max(...cost.syscalls.map((x) => x.deltaNs));
   const rows: FilterRow[] = counts.map((c) => {
@@ -286,10 +327,14 @@ async function filterShare(side: Side, len: number, seconds: number, cost: Filte
 }
 
 /** Runs the jail on/off rounds of every case and writes jail.json. */
-export async function benchJail(o: { seconds?: number; rounds?: number; ios?: TapIo[]; lens?: number[]; outDir?: string; filterCalls?: number; filterRounds?: number; traceSeconds?: number } = {}): Promise<JailResults> {
+export async function benchJail(o: { seconds?: number; rounds?: number; ios?: TapIo[]; dirs?: JailDir[]; lens?: number[]; outDir?: string; filterCalls?: number; filterRounds?: number; traceSeconds?: number } = {}): Promise<JailResults> {
   const seconds = o.seconds ?? envNum('LGNET_BENCH_JAIL_SECONDS', 1.5);
   const rounds = o.rounds ?? envNum('LGNET_BENCH_JAIL_ROUNDS', 7);
   const ios: TapIo[] = o.ios ?? (process.env['LGNET_BENCH_IO'] ? [process.env['LGNET_BENCH_IO'] as TapIo] : ['uring', 'syscall']);
+  const dirs: JailDir[] = o.dirs ?? (process.env['LGNET_BENCH_JAIL_DIRS'] ? (process.env['LGNET_BENCH_JAIL_DIRS'].split(',') as JailDir[]) : ['tx', 'rx']);
+  // The RX sender, compiled into a directory of this run's own (a checkout's .cache/ may be shared).
+  const cdir = mkdtempSync(join(tmpdir(), 'lgnet-jail-'));
+  const sender = buildTapLoop(join(cdir, 'tap-loop'));
   const ns = createNetns('lgbjail');
   const results: JailResults = { seconds, rounds, cases: [] };
   // What each filtered system call costs, timed once for all cases; the trace needs root and tracefs.
@@ -303,14 +348,14 @@ export async function benchJail(o: { seconds?: number; rounds?: number; ios?: Ta
   }
   try {
     for (const io of ios) {
-      const sides = { off: new Side('off', ns, io, seconds), on: new Side('on', ns, io, seconds) };
+      const sides = { off: new Side('off', ns, io, seconds, sender), on: new Side('on', ns, io, seconds, sender) };
       try {
         await Promise.all([sides.off.ready(), sides.on.ready()]);
-        for (const len of o.lens ?? [64, 1514]) {
+        for (const [dir, len] of dirs.flatMap((d) => (o.lens ?? [64, 1514]).map((l) => [d, l] as const))) {
           const fps: Record<'on' | 'off', number[]> = { on: [], off: [] };
           const cpu: Record<'on' | 'off', number[]> = { on: [], off: [] };
           const one = async (side: 'on' | 'off'): Promise<void> => {
-            const m = await sides[side].measure(len);
+            const m = await sides[side].measure(dir, len);
             fps[side].push(m.fps);
             cpu[side].push(m.workerNs);
           };
@@ -320,14 +365,14 @@ export async function benchJail(o: { seconds?: number; rounds?: number; ios?: Ta
             await one(i % 2 === 0 ? 'on' : 'off');
           }
           const roundRatios = fps.on.map((v, k) => v / fps.off[k]!);
-          const x: JailCase = { io, len, off: fps.off, on: fps.on, roundRatios, ratio: median(roundRatios), ratioOfMedians: median(fps.on) / median(fps.off), workerNsOff: cpu.off, workerNsOn: cpu.on };
+          const x: JailCase = { dir, io, len, off: fps.off, on: fps.on, roundRatios, ratio: median(roundRatios), ratioOfMedians: median(fps.on) / median(fps.off), workerNsOff: cpu.off, workerNsOn: cpu.on };
           results.cases.push(x);
-          progress('jail', `${io} tx ${len} B: jail off ${(median(fps.off) / 1e6).toFixed(3)} M/s, on ${(median(fps.on) / 1e6).toFixed(3)} M/s, on/off per round ${x.ratio.toFixed(3)} (${Math.min(...roundRatios).toFixed(3)}–${Math.max(...roundRatios).toFixed(3)}), of the medians ${x.ratioOfMedians.toFixed(3)}; workers' CPU per frame off ${median(cpu.off).toFixed(0)} ns, on ${median(cpu.on).toFixed(0)} ns`);
+          progress('jail', `${io} ${dir} ${len} B: jail off ${(median(fps.off) / 1e6).toFixed(3)} M/s, on ${(median(fps.on) / 1e6).toFixed(3)} M/s, on/off per round ${x.ratio.toFixed(3)} (${Math.min(...roundRatios).toFixed(3)}–${Math.max(...roundRatios).toFixed(3)}), of the medians ${x.ratioOfMedians.toFixed(3)}; workers' CPU per frame off ${median(cpu.off).toFixed(0)} ns, on ${median(cpu.on).toFixed(0)} ns`);
           if (results.filterCost) {
-            const f = await filterShare(sides.on, len, o.traceSeconds ?? envNum('LGNET_BENCH_JAIL_TRACE_SECONDS', 0.25), results.filterCost, median(cpu.on));
+            const f = await filterShare(sides.on, dir, len, o.traceSeconds ?? envNum('LGNET_BENCH_JAIL_TRACE_SECONDS', 0.25), results.filterCost, median(cpu.on));
             x.filter = f;
             const top = f.rows.filter((r) => r.comm.startsWith('lgnet-')).slice(0, 3).map((r) => `${r.comm} ${r.syscall} ${r.perFrame.toPrecision(3)}`).join(', ');
-            progress('jail', `${io} tx ${len} B: the filters add ${f.extraNsPerFrame.toFixed(2)} ns per frame, ${(f.share * 100).toFixed(2)} % of the workers' CPU per frame${f.complete ? '' : ' (the trace overflowed: counts short)'}; system calls per frame: ${top}`);
+            progress('jail', `${io} ${dir} ${len} B: the filters add ${f.extraNsPerFrame.toFixed(2)} ns per frame, ${(f.share * 100).toFixed(2)} % of the workers' CPU per frame${f.complete ? '' : ' (the trace overflowed: counts short)'}; system calls per frame: ${top}`);
           }
         }
       } finally {
@@ -336,6 +381,7 @@ export async function benchJail(o: { seconds?: number; rounds?: number; ios?: Ta
     }
   } finally {
     ns.destroy();
+    rmSync(cdir, { recursive: true, force: true });
   }
   writeResult('jail', results, o.outDir);
   return results;

@@ -200,11 +200,14 @@ export function buildReport(dir = RESULTS_DIR): { markdown: string; chart: strin
     md.push('');
   }
   if (jail?.cases?.length) {
-    md.push('### What the jail costs: TX frames/s with the jail on and off', '');
-    md.push(`The harness blasts 64- and 1514-byte frames through an embedded device to a tap, in two child processes asked in turn, jail off and on (the process-wide filter as \`nobody\`, and each queue worker's own), ${jail.rounds} rounds of ${jail.seconds} s. The figure is the median (min–max) of the rounds' on/off; the ratio of the medians beside it. Target ≥ 0.97 (a cost under 3 %):`, '');
-    md.push('| tap I/O | frame | jail off (M frames/s) | jail on (M frames/s) | on/off, per round | on/off of the medians |', '|---|---|---|---|---|---|');
+    md.push('### What the jail costs: frames/s with the jail on and off', '');
+    md.push(`Two child processes, each an embedded device on a tap of its own, asked in turn, jail off and on (the process-wide filter as \`nobody\`, and each queue worker's own), ${jail.rounds} rounds of ${jail.seconds} s. TX: the harness blasts 64- and 1514-byte frames through the device to the tap. RX: a C sender feeds the tap from an AF_PACKET socket and the harness gives the RX buffers back. The figure is the median (min–max) of the rounds' on/off; the ratio of the medians beside it. Target ≥ 0.97 (a cost under 3 %):`, '');
+    md.push('| way | tap I/O | frame | jail off (M frames/s) | jail on (M frames/s) | on/off, per round | on/off of the medians |', '|---|---|---|---|---|---|---|');
+    const io = (x: { io: string }): string => (x.io === 'uring' ? 'io_uring' : 'readv/writev');
+    // Results written before RX was measured have no `dir`: they were TX.
+    const way = (x: { dir?: string }): string => (x.dir ?? 'tx').toUpperCase();
     for (const x of jail.cases) {
-      md.push(`| ${x.io === 'uring' ? 'io_uring' : 'readv/writev'} | ${x.len} B | ${M(stat(x.off).median)} | ${M(stat(x.on).median)} | ${spread(x.roundRatios)} | ${n(x.ratioOfMedians)} |`);
+      md.push(`| ${way(x)} | ${io(x)} | ${x.len} B | ${M(stat(x.off).median)} | ${M(stat(x.on).median)} | ${spread(x.roundRatios)} | ${n(x.ratioOfMedians)} |`);
     }
     md.push('');
     const fc = jail.filterCost;
@@ -213,12 +216,12 @@ export function buildReport(dir = RESULTS_DIR): { markdown: string; chart: strin
       md.push('| system call | bare (ns) | filtered (ns) | on − off (ns) | bare − bare (ns) |', '|---|---|---|---|---|');
       for (const c of fc.syscalls) md.push(`| \`${c.name}\` | ${n(c.offNs, 0)} | ${n(c.onNs, 0)} | ${n(c.deltaNs, 0)} | ${n(c.noiseNs, 0)} |`);
       md.push('', "Each counted against the system calls lgnet's threads made per frame on the jailed side (ftrace, one measurement without warm-up) and the queue workers' CPU per frame (schedstat, the median of the rounds):", '');
-      md.push("| tap I/O | frame | lgnet's system calls per frame | filters, ns per frame | workers' CPU per frame, off / on (ns) | filters' share |", '|---|---|---|---|---|---|');
+      md.push("| way | tap I/O | frame | lgnet's system calls per frame | filters, ns per frame | workers' CPU per frame, off / on (ns) | filters' share |", '|---|---|---|---|---|---|---|');
       for (const x of jail.cases) {
         const f = x.filter;
         if (!f) continue;
         const calls = f.rows.filter((r) => r.comm.startsWith('lgnet-') && r.perFrame >= 1e-4).map((r) => `${r.syscall} ${r.perFrame.toPrecision(3)}`).join(', ');
-        md.push(`| ${x.io === 'uring' ? 'io_uring' : 'readv/writev'} | ${x.len} B | ${calls} | ${n(f.extraNsPerFrame, 2)} | ${n(stat(x.workerNsOff).median, 0)} / ${n(stat(x.workerNsOn).median, 0)} | **${n(f.share * 100, 2)} %**${f.complete ? '' : ' (trace overflowed: short)'} |`);
+        md.push(`| ${way(x)} | ${io(x)} | ${x.len} B | ${calls} | ${n(f.extraNsPerFrame, 2)} | ${n(stat(x.workerNsOff).median, 0)} / ${n(stat(x.workerNsOn).median, 0)} | **${n(f.share * 100, 2)} %**${f.complete ? '' : ' (trace overflowed: short)'} |`);
       }
       md.push('');
     } else if (jail.filterSkipped) {

@@ -52,10 +52,10 @@ static double now_ns(void) {
   return t.tv_sec * 1e9 + t.tv_nsec;
 }
 
-enum { K_GETPID, K_IO_URING_ENTER, K_WRITEV, K_WRITE, K_READ, K_PPOLL, K_FUTEX, K_COUNT };
-static const char *const NAMES[K_COUNT] = {"getpid", "io_uring_enter", "writev", "write", "read", "ppoll", "futex"};
+enum { K_GETPID, K_IO_URING_ENTER, K_WRITEV, K_WRITE, K_READ, K_PPOLL, K_FUTEX, K_READV, K_COUNT };
+static const char *const NAMES[K_COUNT] = {"getpid", "io_uring_enter", "writev", "write", "read", "ppoll", "futex", "readv"};
 
-struct fds { int ring, efd, null; };
+struct fds { int ring, efd, null, zero; };
 static int futex_word;
 
 /* One call of kind k; returns its result (a negative errno as -1 with errno set, as syscall() does). */
@@ -75,6 +75,7 @@ static long call(int k, const struct fds *f) {
     return syscall(SYS_ppoll, &p, 1, &zero, NULL, 8);
   }
   case K_FUTEX: return syscall(SYS_futex, &futex_word, FUTEX_WAKE_PRIVATE, 1, NULL, NULL, 0);
+  case K_READV: return syscall(SYS_readv, f->zero, &iov, 1); /* RX on the readv/writev path */
   }
   return -1;
 }
@@ -139,7 +140,8 @@ static void child(int round, int ringfd, long calls, long blocks, struct sock_fp
   f.ring = ringfd;
   f.efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
   f.null = open("/dev/null", O_WRONLY | O_CLOEXEC);
-  if (f.efd < 0 || f.null < 0) { perror("eventfd or /dev/null"); _exit(3); }
+  f.zero = open("/dev/zero", O_RDONLY | O_CLOEXEC);
+  if (f.efd < 0 || f.null < 0 || f.zero < 0) { perror("eventfd, /dev/null or /dev/zero"); _exit(3); }
   /* Both threads on the CPU this round started on: neither side gets another CPU's caches. */
   cpu_set_t one;
   CPU_ZERO(&one);

@@ -6,7 +6,7 @@
  *   1. micro     native (N-API, writevBatch/readvBatch vs C) and vring (device hot path)
  *   2. device    harness → lgnet → tap and back, beside the C tap loop (scripts/bench/device.ts)
  *      dpdk      the vhost-user harness drives lgnet serve, then DPDK testpmd (scripts/bench/dpdk.ts)
- *      jail      TX frames/s with the jail on and off, on both tap I/O paths (scripts/bench/jail.ts)
+ *      jail      TX and RX frames/s with the jail on and off, on both tap I/O paths (scripts/bench/jail.ts)
  *   3. guest     A B A B boots: lgnet vs QEMU's own tap virtio-net (scripts/bench/guest.ts)
  *   4.           scaling: 1 and 2 queue pairs (part of the guest step)
  *      placement the guest's ping with lgnet's workers and QEMU pinned, or not (scripts/bench/placement.ts)

@@ -57,25 +57,29 @@ describe.skipIf(process.getuid?.() !== 0)('bench smoke (tiny durations)', () => 
     if (before) expect(readFileSync(nr, 'utf8').trim(), 'hugepages restored').toBe(before);
   }, 40_000);
 
-  it('jail: TX with the jail off and on, in child processes', async () => {
-    const r = await benchJail({ seconds: 0.2, rounds: 1, ios: ['uring'], lens: [64], outDir: dir, filterCalls: 2000, filterRounds: 1, traceSeconds: 0.1 });
-    expect(r.cases.length).toBe(1);
-    const c = r.cases[0]!;
-    // Both children moved frames (a jailed child that could not reach its ring throws instead).
-    expect(c.off[0]).toBeGreaterThan(0);
-    expect(c.on[0]).toBeGreaterThan(0);
-    expect(c.workerNsOn[0]).toBeGreaterThan(0);
+  it('jail: TX and RX with the jail off and on, in child processes', async () => {
+    const r = await benchJail({ seconds: 0.2, rounds: 1, ios: ['uring'], dirs: ['tx', 'rx'], lens: [64], outDir: dir, filterCalls: 2000, filterRounds: 1, traceSeconds: 0.1 });
+    expect(r.cases.map((c) => c.dir)).toEqual(['tx', 'rx']);
+    for (const c of r.cases) {
+      // Both children moved frames (a jailed child that could not reach its ring, or whose RX queue
+      // failed on the tap, throws instead).
+      expect(c.off[0]).toBeGreaterThan(0);
+      expect(c.on[0]).toBeGreaterThan(0);
+      expect(c.workerNsOn[0]).toBeGreaterThan(0);
+    }
     expect(existsSync(join(dir, 'jail.json'))).toBe(true);
     // The cost from its parts: every system call timed bare and filtered (a call the filters refused
-    // would have failed the run), and the jailed TX worker's io_uring_enter counted per frame.
-    expect(r.filterCost?.syscalls.map((x) => x.name)).toEqual(['getpid', 'io_uring_enter', 'writev', 'write', 'read', 'ppoll', 'futex']);
+    // would have failed the run), and each jailed worker's io_uring_enter counted per frame.
+    expect(r.filterCost?.syscalls.map((x) => x.name)).toEqual(['getpid', 'io_uring_enter', 'writev', 'write', 'read', 'ppoll', 'futex', 'readv']);
     for (const x of r.filterCost!.syscalls) expect(Number.isFinite(x.offNs) && Number.isFinite(x.onNs) && x.offNs > 0).toBe(true);
-    const f = c.filter!;
-    expect(f.complete).toBe(true);
-    const enter = f.rows.find((x) => x.comm === 'lgnet-tx1' && x.syscall === 'io_uring_enter');
-    expect(enter?.perFrame).toBeGreaterThan(0);
-    expect(enter!.perFrame).toBeLessThan(1); // one per burst, not one per frame
-    expect(f.extraNsPerFrame).toBeGreaterThanOrEqual(0);
+    for (const [c, worker] of [[r.cases[0]!, 'lgnet-tx1'], [r.cases[1]!, 'lgnet-rx0']] as const) {
+      const f = c.filter!;
+      expect(f.complete).toBe(true);
+      const enter = f.rows.find((x) => x.comm === worker && x.syscall === 'io_uring_enter');
+      expect(enter?.perFrame, `${c.dir}: ${worker}'s io_uring_enter per frame`).toBeGreaterThan(0);
+      expect(enter!.perFrame).toBeLessThan(1); // one per burst, not one per frame
+      expect(f.extraNsPerFrame).toBeGreaterThanOrEqual(0);
+    }
   }, 60_000);
 
   it('guest A/B and scaling, then the report and the chart', async () => {
