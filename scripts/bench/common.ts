@@ -335,11 +335,11 @@ export function runTapLoop(bin: string, fd: number, args: string[], seconds: num
 
 /**
  * Runs `measure` while tap-loop sends `len`-byte frames into the tap from an AF_PACKET socket, under
- * `wrap` if given (e.g. taskset). `seconds` is how long `measure` runs (warm-up included): the sender
- * runs a second longer, so that a short measurement does not wait for a long sender. With `offered`
- * false the sender is stopped as soon as `measure` ends, and its own rate is not read.
+ * `wrap` if given (e.g. taskset). `seconds` is how long `measure` runs (warm-up included); the sender
+ * starts 0.2 s before it and is ended (SIGTERM, on which it reports) as soon as it returns, with
+ * `seconds` + 1 as its own limit. `offered` is the sender's rate over the time it ran.
  */
-export async function withSender<T>(bin: string, pkt: number, len: number, seconds: number, measure: () => T | Promise<T>, wrap: string[] = [], offered = true): Promise<{ result: T; offered: number }> {
+export async function withSender<T>(bin: string, pkt: number, len: number, seconds: number, measure: () => T | Promise<T>, wrap: string[] = []): Promise<{ result: T; offered: number }> {
   const argv = [...wrap, bin, 'send', '3', String(len), String(seconds + 1)];
   const child = spawn(argv[0]!, argv.slice(1), { stdio: ['ignore', 'pipe', 'pipe', pkt] });
   let out = '';
@@ -348,8 +348,8 @@ export async function withSender<T>(bin: string, pkt: number, len: number, secon
   await new Promise((res) => setTimeout(res, 200));
   try {
     const result = await measure();
-    if (!offered) return { result, offered: 0 };
-    await Promise.race([exited, new Promise((res) => setTimeout(res, (seconds + 5) * 1000))]);
+    if (child.exitCode === null && child.pid !== undefined) process.kill(child.pid, 'SIGTERM');
+    await Promise.race([exited, new Promise((res) => setTimeout(res, 5000))]);
     return { result, offered: out ? (JSON.parse(out) as TapLoopResult).fps : 0 };
   } finally {
     if (child.exitCode === null && child.pid !== undefined) process.kill(child.pid, 'SIGKILL');

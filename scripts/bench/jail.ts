@@ -252,7 +252,7 @@ class Side {
       this.proc.stdin.write(seconds === undefined ? `${dir} ${len}\n` : `${dir} ${len} ${seconds}\n`);
       return JSON.parse(await this.line(`measuring ${dir} ${len} B`)) as Measured;
     };
-    const r = dir === 'tx' ? await ask() : (await withSender(this.sender, this.pkt, len, seconds ?? this.seconds + 0.3, ask, [], false)).result;
+    const r = dir === 'tx' ? await ask() : (await withSender(this.sender, this.pkt, len, seconds ?? this.seconds + 0.3, ask)).result;
     const workerNs = (threadSchedstat(this.pid, 'lgnet-').runNs - before) / r.frames;
     // A jail that refused the ring's io_uring_enter (or the readv) would show as backend drops or a
     // broken queue, not as a slow run.

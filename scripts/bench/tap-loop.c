@@ -16,7 +16,8 @@
  *   tap-loop uread  FD HDRLEN SECONDS [BURST]   READVs into BURST buffers per io_uring_enter; poll when
  *                                               a whole round found nothing
  *   tap-loop send   FD FRAMELEN SECONDS         sendmmsg bursts of 32 on an AF_PACKET socket (a
- *                                               traffic source for the read loops)
+ *                                               traffic source for the read loops); SIGTERM ends
+ *                                               it early, and it still reports
  *   tap-loop ping   FD HDRLEN HEXFRAME COUNT GAP_US
  *                                               write one frame (an ICMP echo request), poll, read
  *                                               until an ICMP echo reply; COUNT times, GAP_US apart;
@@ -41,6 +42,7 @@
 #include <linux/io_uring.h>
 #include <poll.h>
 #include <sched.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -303,8 +305,16 @@ static int do_uread(int fd, int hdrlen, double seconds, int burst) {
   return 0;
 }
 
+/* SIGTERM ends a send early: its rate is still reported, over the time it sent. */
+static volatile sig_atomic_t send_stop;
+static void on_term(int sig) { (void)sig; send_stop = 1; }
+
 static int do_send(int fd, int len, double seconds) {
   enum { BURST = 32 };
+  struct sigaction sa;
+  memset(&sa, 0, sizeof sa);
+  sa.sa_handler = on_term;
+  sigaction(SIGTERM, &sa, NULL);
   static unsigned char frame[2048];
   if (len < 14 || len > (int)sizeof frame) return 2;
   fill_frame(frame, len);
@@ -317,7 +327,7 @@ static int do_send(int fd, int len, double seconds) {
   }
   long long frames = 0;
   double t0 = now(), t = t0;
-  while (t - t0 < seconds) {
+  while (t - t0 < seconds && !send_stop) {
     int r = sendmmsg(fd, msgs, BURST, 0);
     if (r > 0) frames += r;
     else if (r < 0 && errno != EINTR && errno != EAGAIN && errno != ENOBUFS) {
