@@ -348,10 +348,10 @@ export async function withSender<T>(bin: string, pkt: number, len: number, secon
   await new Promise((res) => setTimeout(res, 200));
   try {
     const result = await measure();
-    if (child.exitCode === null && child.pid !== undefined) process.kill(child.pid, 'SIGTERM');
+    if (child.exitCode === null) killPid(child.pid, 'SIGTERM');
     await Promise.race([exited, new Promise((res) => setTimeout(res, 5000))]);
     return { result, offered: out ? (JSON.parse(out) as TapLoopResult).fps : 0 };
   } finally {
-    if (child.exitCode === null && child.pid !== undefined) process.kill(child.pid, 'SIGKILL');
+    if (child.exitCode === null) killPid(child.pid, 'SIGKILL');
   }
 }
