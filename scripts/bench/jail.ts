@@ -332,10 +332,7 @@ export async function benchJail(o: { seconds?: number; rounds?: number; ios?: Ta
   const rounds = o.rounds ?? envNum('LGNET_BENCH_JAIL_ROUNDS', 7);
   const ios: TapIo[] = o.ios ?? (process.env['LGNET_BENCH_IO'] ? [process.env['LGNET_BENCH_IO'] as TapIo] : ['uring', 'syscall']);
   const dirs: JailDir[] = o.dirs ?? (process.env['LGNET_BENCH_JAIL_DIRS'] ? (process.env['LGNET_BENCH_JAIL_DIRS'].split(',') as JailDir[]) : ['tx', 'rx']);
-  // The RX sender, compiled into a directory of this run's own (a checkout's .cache/ may be shared).
-  const cdir = mkdtempSync(join(tmpdir(), 'lgnet-jail-'));
-  const sender = buildTapLoop(join(cdir, 'tap-loop'));
-  const ns = createNetns('lgbjail');
+  for (const d of dirs) if (d !== 'tx' && d !== 'rx') throw new Error(`jail bench: unknown direction ${JSON.stringify(d)} (LGNET_BENCH_JAIL_DIRS takes tx, rx or tx,rx)`);
   const results: JailResults = { seconds, rounds, cases: [] };
   // What each filtered system call costs, timed once for all cases; the trace needs root and tracefs.
   const counted = process.getuid?.() === 0 && existsSync('/sys/kernel/tracing');
@@ -346,7 +343,12 @@ export async function benchJail(o: { seconds?: number; rounds?: number; ios?: Ta
     results.filterSkipped = 'not root, or no tracefs: the system calls per frame cannot be counted';
     progress('jail', `the filters' share of a frame is not counted: ${results.filterSkipped}`);
   }
+  // The RX sender, compiled into a directory of this run's own (a checkout's .cache/ may be shared).
+  const cdir = mkdtempSync(join(tmpdir(), 'lgnet-jail-'));
+  let ns: Netns | undefined;
   try {
+    const sender = buildTapLoop(join(cdir, 'tap-loop'));
+    ns = createNetns('lgbjail');
     for (const io of ios) {
       const sides = { off: new Side('off', ns, io, seconds, sender), on: new Side('on', ns, io, seconds, sender) };
       try {
@@ -380,7 +382,7 @@ export async function benchJail(o: { seconds?: number; rounds?: number; ios?: Ta
       }
     }
   } finally {
-    ns.destroy();
+    ns?.destroy();
     rmSync(cdir, { recursive: true, force: true });
   }
   writeResult('jail', results, o.outDir);
