@@ -81,8 +81,11 @@ export async function startServing(opts: ServeOptions, log: Logger): Promise<Ser
     pcapFd = -1;
   };
   device.on('log', (e: { level?: string; msg?: string }) => {
-    const level = e.level === 'error' || e.level === 'warn' || e.level === 'debug' ? e.level : 'info';
-    log[level]({ ...e, component: 'device' }, e.msg ?? 'device');
+    // level and msg are pino's own keys: passed in the object as well, they would appear twice in the
+    // line, and a reader keeps the last, the level as a string where pino writes a number.
+    const { level: named, msg, ...fields } = e;
+    const level = named === 'error' || named === 'warn' || named === 'debug' ? named : 'info';
+    log[level]({ ...fields, component: 'device' }, msg ?? 'device');
   });
   const server = new VhostUserServer({
     device: netDeviceHooks(device), path: opts.socket, client: opts.client, reconnectMs: opts.reconnectMs, logger: log,

@@ -43,9 +43,36 @@ export function startLgnet(ns: Netns, args: string[], env: Record<string, string
 
 export interface LogLine { level: number; msg: string; [k: string]: unknown }
 
-/** lgnet's JSON log lines so far. */
+/** The keys of a JSON object's top level, in order and with repeats (JSON.parse keeps only the last). */
+export function topLevelKeys(line: string): string[] {
+  const keys: string[] = [];
+  let depth = 0;
+  let expectKey = false;
+  for (let i = 0; i < line.length; i++) {
+    const c = line[i];
+    if (c === '"') {
+      let j = i + 1;
+      while (line[j] !== '"') j += line[j] === '\\' ? 2 : 1;
+      if (depth === 1 && expectKey) keys.push(JSON.parse(line.slice(i, j + 1)) as string);
+      expectKey = false;
+      i = j;
+    } else if (c === '{' || c === '[') {
+      depth++;
+      expectKey = depth === 1;
+    } else if (c === '}' || c === ']') depth--;
+    else if (c === ',' && depth === 1) expectKey = true;
+  }
+  return keys;
+}
+
+/** lgnet's JSON log lines so far; throws on a line that names a key twice (a reader would keep the last). */
 export function logLines(l: Lgnet): LogLine[] {
-  return l.stderr().split('\n').filter(Boolean).map((x) => JSON.parse(x) as LogLine);
+  return l.stderr().split('\n').filter(Boolean).map((x) => {
+    const keys = topLevelKeys(x);
+    const twice = keys.filter((k, i) => keys.indexOf(k) !== i);
+    if (twice.length) throw new Error(`log line names ${twice.join(', ')} twice: ${x}`);
+    return JSON.parse(x) as LogLine;
+  });
 }
 
 /** Sends `sig` (default SIGKILL) by pid if the process still runs. */
