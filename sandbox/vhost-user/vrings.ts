@@ -141,7 +141,7 @@ export class Vrings {
     // with their wrap counters (QEMU's encoding), which PackedQueue.setBase checks.
     if (base > 0xffff && !this.target.packed) throw new VhostUserError(VU.BAD_VRING_STATE, `vring ${index}: base ${base} does not fit a split ring's 16-bit index`);
     await this.park(r);
-    r.base = base;
+    r.base = this.target.packed ? packedBaseOf(base) : base;
     await this.sync(r);
   }
 
@@ -344,4 +344,17 @@ export class Vrings {
       throw deviceError(e, `vring ${r.index} could not stop`);
     }
   }
+}
+
+/**
+ * A packed ring's SET_VRING_BASE as the device reads it. QEMU sends both halves: avail idx | wrap << 15
+ * below, used idx | wrap << 15 above. DPDK's virtio-user (and SPDK's) send the avail half alone, the
+ * used half 0, and DPDK's own back-end takes used = avail; read as QEMU's, their fresh start (0x8000)
+ * would put the whole ring in flight. A used half of 0 (slot 0, wrap 0) under an avail half with wrap
+ * 1 is either that or a whole ring in flight at exactly the lap's end (avail idx 0; any other idx is a
+ * base no ring can have), so it is read as the avail half alone.
+ */
+export function packedBaseOf(num: number): number {
+  const lo = num & 0xffff;
+  return num >>> 16 === 0 && (lo & 0x8000) !== 0 ? (lo | (lo << 16)) >>> 0 : num;
 }
