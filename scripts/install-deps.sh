@@ -19,6 +19,8 @@ set -euo pipefail
 #                      (its daemon is not needed: it is stopped and disabled if the package started it)
 #   build-essential, python3   node-gyp builds the native addon
 #   libclang-rt-14-dev libFuzzer, the engine under the coverage-guided fuzz targets (fuzz/engine)
+#   dpdk-dev           dpdk-testpmd: DPDK's virtio-user as a front-end of `lgnet serve` in the tests,
+#                      and DPDK's vhost back-end as the reference of `npm run bench` (bench:dpdk)
 #   ca-certificates    npm over TLS
 PKGS=(
   qemu-system-x86
@@ -37,6 +39,7 @@ PKGS=(
   build-essential
   python3
   libclang-rt-14-dev
+  dpdk-dev
   ca-certificates
 )
 
@@ -75,7 +78,7 @@ if ! apt-cache show linux-image-cloud-amd64 >/dev/null 2>&1; then
   $SUDO apt-get update -qq >/dev/null
 fi
 
-for tool in qemu-system-x86_64 busybox iperf3 cpio ip promtool; do
+for tool in qemu-system-x86_64 busybox iperf3 cpio ip promtool dpdk-testpmd; do
   command -v "$tool" >/dev/null || { echo "[install-deps] missing after install: $tool" >&2; exit 1; }
 done
 echo "[install-deps] ok: $(qemu-system-x86_64 --version | head -n1)"
