@@ -27,6 +27,7 @@ import { WorkerHost } from './worker-host.ts';
 import { filterState, memoryFromMappings, type QueueConfig, type WorkerLog, type WorkerRegion } from './worker-protocol.ts';
 import { DEFAULT_SNAPLEN } from './capture.ts';
 import { checkRateLimit } from './rate-limit.ts';
+import { LogLimiter } from './log-limit.ts';
 import { checkDeviceCoalesce, DEFAULT_COALESCE, queueCoalesce, type DeviceCoalesce } from './coalesce.ts';
 
 import type { DeviceMetrics, DirtyLogSpec, MemoryRegionSpec, NetDeviceOptions, QueueSetup } from './net-api.ts';
@@ -384,6 +385,7 @@ export class NetDevice extends EventEmitter {
     this.reattachTimer = null;
     await this.stop();
     await Promise.all(this.slots.map((s) => s.host.kill()));
+    this.logLimit.close(); // what it still holds is logged now
     for (const r of this.regions) native.munmap(r.mappingId);
     this.regions = [];
     this.mem = null;
@@ -614,7 +616,9 @@ export class NetDevice extends EventEmitter {
       target,
       stats: this.ctrlStats,
       isBroken: () => s.broken !== null || this.ctrlMemoryFault(s),
-      onRefused: (err) => this.emit('log', { level: 'warn', msg: 'control command refused', err }),
+      onRefused: (err) => this.logLimit.log('ctrl', { level: 'warn', msg: 'control command refused', err }, (held) => ({
+        level: 'warn', msg: `control commands refused: ${held} not logged one by one, the last:`, err, held,
+      })),
       onBroken: (code, message) => this.markBroken(s, code, message),
     });
     const w = this.workerLog(s);
@@ -647,16 +651,27 @@ export class NetDevice extends EventEmitter {
    * means for a tap. Its frames meanwhile are counted (txDropBackend, rxDropBackend), never lost.
    */
   private backendEdge(s: Slot, ok: boolean, errno: number): void {
+    const key = `backend ${s.index}`;
     if (ok) {
-      this.emit('log', { level: 'info', msg: 'backend works again', queue: s.index });
+      this.logLimit.log(key, { level: 'info', msg: 'backend works again', queue: s.index }, (held) => ({
+        level: 'info', msg: `backend works again, after ${held} changes of state not logged one by one`, queue: s.index, held,
+      }));
       return;
     }
     // libuv has no name for EBADFD (77, what a tap's fd returns once its interface is deleted).
     const name = errno === 77 ? 'EBADFD' : Object.entries(osConstants.errno).find(([, v]) => v === errno)?.[0] ?? `errno ${errno}`;
-    const why = name === 'EIO' ? 'the tap is down (ip link set up)' : name === 'EBADFD' ? 'the tap was deleted' : 'see the errno';
-    this.emit('log', { level: 'warn', msg: 'backend failing: frames are dropped and counted', queue: s.index, errno, code: name, why });
+    const why = name === 'EIO' ? 'the tap is down (ip link set up)'
+      : name === 'EBADFD' ? 'the tap was deleted'
+        : name === 'EINVAL' ? 'the kernel refused a frame, usually its virtio_net_hdr (a guest header the tap does not take)'
+          : 'see the errno';
+    this.logLimit.log(key, { level: 'warn', msg: 'backend failing: frames are dropped and counted', queue: s.index, errno, code: name, why }, (held) => ({
+      level: 'warn', msg: `backend failing: frames are dropped and counted (${held} changes of state not logged one by one)`, queue: s.index, errno, code: name, why, held,
+    }));
     if (name === 'EBADFD') this.startReattach();
   }
+
+  /** Bounds the log lines the guest can cause (backend edges, refused control commands): log-limit.ts. */
+  private readonly logLimit = new LogLimiter((e) => this.emit('log', e));
 
   private reattachTimer: ReturnType<typeof setInterval> | null = null;
 
