@@ -77,8 +77,9 @@ export const M = {
   backendErrno: 32,
   /** Guest pages written while dirty logging was on that lay beyond the end of the log (so not marked). */
   dirtyLogMissed: 33,
-  /** Times a queue started where its packed ring shows the device stopped, not at the front-end's base,
-   *  which the ring contradicted (QEMU 7.2 after a back-end crash; vring/packed-resume.ts). */
+  /** Times a queue started where its ring shows the device stopped, not at the front-end's base, which
+   *  the ring contradicted: a packed ring under QEMU 7.2 after a back-end crash (vring/packed-resume.ts),
+   *  a split ring under DPDK's virtio-user after its back-end reconnected (SplitQueue.resume). */
   ringBaseRecovered: 34,
   /** Times the queue found its guest memory shrunk under it (native/guard.cc): it stopped, NEEDS_RESET. */
   memoryFaults: 35,

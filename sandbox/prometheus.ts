@@ -45,7 +45,7 @@ export const QUEUE_FAMILIES = {
   lgnet_queue_throttled_total: { type: 'counter', help: 'Times the queue paused a burst for its rate limit.' },
   lgnet_queue_backend_last_errno: { type: 'gauge', help: 'errno of the last backend failure counted as a backend drop (0: none yet).' },
   lgnet_queue_dirty_log_missed_pages_total: { type: 'counter', help: 'Guest pages written during dirty logging that lay beyond the end of the log (not marked).' },
-  lgnet_queue_ring_base_recovered_total: { type: 'counter', help: "Times the queue started where its packed ring shows, not at the front-end's base, which the ring contradicted." },
+  lgnet_queue_ring_base_recovered_total: { type: 'counter', help: "Times the queue started where its ring shows, not at the front-end's base, which the ring contradicted." },
   lgnet_queue_memory_faults_total: { type: 'counter', help: 'Times the queue found its guest memory shrunk under it and stopped (the device needs a reset).' },
   lgnet_queue_io_uring: { type: 'gauge', help: 'Whether the queue moves its tap frames through a restricted io_uring ring (1) or readv/writev (0).' },
   lgnet_queue_rx_kept_buffers: { type: 'gauge', help: 'RX buffers (chains) the device holds, taken from the ring and not yet filled; given back when the queue stops.' },

@@ -33,7 +33,7 @@ export interface DeviceQueue {
   /** vhost-user SET_VRING_BASE with that ring format's `num`. */
   setBase(num: number): void;
   /** setBase() for a front-end that may have lost the position across a back-end crash; returns null
-   *  when `num` was taken as given, else why the ring's own position was taken (packed only). */
+   *  when `num` was taken as given, else why the ring's own position was taken. */
   resume(num: number): string | null;
   /** vhost-user GET_VRING_BASE's `num` in that ring format (flush first). */
   base(): number;

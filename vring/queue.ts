@@ -324,13 +324,24 @@ export class SplitQueue {
   }
 
   /**
-   * setBase() for a front-end that may have lost the position (a back-end restarted after a crash). A
-   * split ring needs nothing more: the front-end derives the base from used.idx, which is in shared
-   * memory. Returns null: the base was taken as given.
+   * setBase() for a front-end that may have lost the position (a back-end restarted after a crash).
+   * QEMU derives the base from used.idx, which is in shared memory. DPDK's virtio-user, when its
+   * back-end reconnects (server=1), sends 0 while its ring has gone on. A base is believed when the
+   * chains it puts in flight, base − used.idx, are no more than the driver has made available,
+   * avail.idx − used.idx; otherwise the queue resumes at used.idx, taking up again every chain the
+   * device did not complete, as DPDK's own back-end does. A ring whose indices are further apart than
+   * its size keeps the base (the first pop breaks the queue). Returns why the base was not taken, or
+   * null when it was. Attach first.
    */
   resume(availIdx: number): string | null {
     this.setBase(availIdx);
-    return null;
+    if (this.mem === null) return null;
+    const used = this.usedIdx;
+    const avail = Atomics.load(this.availU16, AVAIL_IDX_U16);
+    const posted = (avail - used) & 0xffff;
+    if (posted > this.size || ((availIdx - used) & 0xffff) <= posted) return null;
+    this.setBase(used);
+    return `front-end base ${availIdx} is outside the ring's window from used.idx ${used} to avail.idx ${avail}: resumed at used.idx`;
   }
 
   /**

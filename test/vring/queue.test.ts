@@ -336,6 +336,65 @@ describe('setBase and u16 wrap-around', () => {
     expect(r.d.getUsed()).toEqual({ head: h, len: 7 });
   });
 
+  /** A ring where the device completed `done` chains, then popped `held` more without completing them, and `more` wait. */
+  function ringAfter(done: number, held: number, more: number, startIdx = 0) {
+    const r = makeRig({ size: 8, startIdx });
+    const b = r.alloc(16);
+    for (let i = 0; i < done; i++) {
+      r.d.add([], [{ addr: b, len: 16 }]);
+      r.d.publish();
+      r.q.addUsed(r.q.pop()!.head, 1);
+      r.q.flush();
+      expect(r.d.getUsed()).not.toBeNull();
+    }
+    const heads: number[] = [];
+    for (let i = 0; i < held + more; i++) heads.push(r.d.add([], [{ addr: b, len: 16 }]));
+    r.d.publish();
+    for (let i = 0; i < held; i++) r.q.pop();
+    return { r, heads, used: (startIdx + done) & 0xffff };
+  }
+
+  it('resume() takes a base inside the window from used.idx to avail.idx as given', () => {
+    const { r, heads, used } = ringAfter(20, 2, 3, 65530);
+    for (const base of [used, (used + 2) & 0xffff, (used + 5) & 0xffff]) {
+      const q2 = new SplitQueue({ size: r.size, ...r.layout, indirect: true });
+      q2.attach(r.mem);
+      expect(q2.resume(base)).toBeNull();
+      expect(q2.lastAvail).toBe(base);
+    }
+    const q2 = new SplitQueue({ size: r.size, ...r.layout, indirect: true });
+    q2.attach(r.mem);
+    q2.resume((used + 2) & 0xffff); // a hand-over with 2 chains the old back-end keeps
+    expect(q2.pop()!.head).toBe(heads[2]);
+  });
+
+  it('resume() of a base outside that window (DPDK virtio-user sends 0 when its back-end reconnects) starts at used.idx and takes up the chains not completed', () => {
+    for (const stale of [0, 19, 26, 1000]) {
+      const { r, heads, used } = ringAfter(20, 2, 3);
+      const q2 = new SplitQueue({ size: r.size, ...r.layout, indirect: true });
+      q2.attach(r.mem);
+      const why = q2.resume(stale);
+      expect(why).toMatch(new RegExp(`front-end base ${stale} is outside the ring's window from used.idx ${used} to avail.idx 25`));
+      expect(q2.lastAvail).toBe(used);
+      const out: DescriptorChain[] = [];
+      expect(q2.popBurst(8, out)).toBe(5);
+      expect(out.map((c) => c.head)).toEqual(heads); // the 2 popped and never completed come first
+      for (const c of out) q2.addUsed(c.head, 3);
+      q2.flush();
+      expect(q2.broken).toBeNull();
+    }
+  });
+
+  it('resume() keeps the base of a ring whose indices are further apart than its size (the first pop breaks the queue)', () => {
+    const { r } = ringAfter(20, 0, 3);
+    r.mem.writeU16(r.layout.avail + 2, 20 + 9); // avail.idx 9 ahead of used.idx on an 8-entry ring
+    const q2 = new SplitQueue({ size: r.size, ...r.layout, indirect: true });
+    q2.attach(r.mem);
+    expect(q2.resume(0)).toBeNull();
+    expect(q2.lastAvail).toBe(0);
+    expect(() => q2.pop()).toThrow(/ahead of the last consumed index/);
+  });
+
   for (const eventIdx of [false, true]) {
     it(`runs through 65535 → 0 (eventIdx ${eventIdx})`, () => {
       const r = makeRig({ size: 8, startIdx: 65530, eventIdx });
