@@ -8,13 +8,14 @@
  *
  * ns B's kernel sends to HOST_A through its tap, testpmd forwards each frame onto the virtio-user TX
  * ring, lgnet writes it to its tap in ns A, and the answer comes back the same way through lgnet's RX.
- * Cases: split rings with lgnet as the socket server; packed rings (packed_vq=1) served by the same
- * lgnet process after the first front-end left; two queue pairs with lgnet as the client of a
- * virtio-user server (server=1). Each carries ping, a bounded ping flood, TCP both ways and UDP over
- * many ports, and ends with every queue unbroken and no frame dropped. Then, on each ring format,
- * lgnet is SIGKILLed under a virtio-user server and started again: DPDK hands a split ring over with
- * base 0 while the ring went on (lgnet resumes at used.idx), and resets a packed one. testpmd runs without hugepages
- * (--no-huge): its memory is then file-backed all the same, and shared over the socket.
+ * Cases: split rings with lgnet as the socket server; packed rings (packed_vq=1) and DPDK's
+ * vectorized RX path served by the same lgnet process, one front-end after the other; two queue pairs
+ * with lgnet as the client of a virtio-user server (server=1). Each carries ping and a bounded ping
+ * flood, the first ones TCP both ways and UDP over many ports too, and ends with every queue unbroken
+ * and no frame dropped. Then, on each ring format, lgnet is SIGKILLed under a virtio-user server and
+ * started again: DPDK hands a split ring over with base 0 while the ring went on (lgnet resumes at
+ * used.idx), and resets a packed one. testpmd runs without hugepages (--no-huge): its memory is then
+ * file-backed all the same, and shared over the socket.
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { spawnSync, type ChildProcess } from 'node:child_process';
@@ -57,7 +58,7 @@ interface Testpmd {
 async function startTestpmd(ns: Netns, socket: string, devargs: string, tap: string, queues: number): Promise<Testpmd> {
   const prefix = `lgnet-vu-${process.pid}-${tap}`;
   const child = ns.spawn([
-    'dpdk-testpmd', '-l', '0,1', '-n', '1', '--no-huge', '-m', '512', '--file-prefix', prefix, '--no-pci', '--log-level', 'lib.eal:warning',
+    'dpdk-testpmd', '-l', '0,1', '-n', '1', '--no-huge', '-m', '512', '--file-prefix', prefix, '--no-pci', '--log-level', 'lib.eal:warning', '--log-level', 'pmd.net.virtio.*:info',
     '--vdev', `net_virtio_user0,path=${socket},queues=${queues}${devargs}`, '--vdev', `net_tap0,iface=${tap}`,
     // --stats-period keeps testpmd forwarding without a terminal (it would exit at stdin's EOF).
     '--', '--forward-mode=io', '--auto-start', '--nb-cores=1', `--rxq=${queues}`, `--txq=${queues}`, '--total-num-mbufs=8192', '--stats-period', '5',
@@ -199,13 +200,26 @@ describe.skipIf(!pre.ok)('lgnet serve behind DPDK virtio-user (dpdk-testpmd)', (
     expect(lg, 'the first case started lgnet').toBeDefined();
     const socket = join(dir, 'vu0.sock');
     const before = await readMetrics(join(dir, 'lgdv0.json.sock'));
-    await frontEnd(socket, ',packed_vq=1', 'dpdv1', '10.81.0.2', 1);
+    const t = await frontEnd(socket, ',packed_vq=1', 'dpdv1', '10.81.0.2', 1);
     expect(await negotiated(join(dir, 'lgdv0.http.sock'))).toContain('RING_PACKED');
     await traffic(a, b, '10.81.0.1', '10.81.0.2', 5302);
     expectClean(before, await readMetrics(join(dir, 'lgdv0.json.sock')), 1);
     expect(lg!.child.exitCode).toBeNull();
     const bad = logLines(lg!).filter((l) => l.level >= 40 && l['code'] !== 'LGNET_JAIL_ROOT');
     expect(bad, JSON.stringify(bad)).toEqual([]);
+    await t.stop();
+    expect(await until(() => logLines(lg!).filter((l) => l.msg === 'connection closing').length === 2, 5000)).toBe(true);
+  });
+
+  it('split rings under DPDK\'s vectorized RX path (vectorized=1, mrg_rxbuf=0), the same lgnet process', { timeout: 90_000 }, async () => {
+    expect(lg, 'the first case started lgnet').toBeDefined();
+    const before = await readMetrics(join(dir, 'lgdv0.json.sock'));
+    const t = await frontEnd(join(dir, 'vu0.sock'), ',vectorized=1,mrg_rxbuf=0', 'dpdv9', '10.81.0.2', 1);
+    expect(t.output()).toMatch(/using vectorized Rx path/);
+    expect(await negotiated(join(dir, 'lgdv0.http.sock'))).not.toContain('MRG_RXBUF');
+    await traffic(a, b, '10.81.0.1', '10.81.0.2', 0, false);
+    expectClean(before, await readMetrics(join(dir, 'lgdv0.json.sock')), 1);
+    await t.stop();
   });
 
   it('two queue pairs, lgnet the client of a virtio-user server (server=1): every queue carries frames', { timeout: 90_000 }, async () => {
