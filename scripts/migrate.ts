@@ -461,6 +461,8 @@ export interface MigrationOptions {
   migrateTimeoutMs?: number;
   /** More `lgnet serve` arguments (both sides), e.g. ['--log-level', 'info']. */
   lgnetArgs?: string[];
+  /** Extra virtio-net-pci properties on every QEMU, e.g. { packed: 'on' } (BootOptions.deviceFlags). */
+  deviceFlags?: Record<string, string>;
   /** Progress lines (default: none). */
   log?: (msg: string) => void;
   /**
@@ -518,7 +520,7 @@ export interface LegResult {
 
 export interface MigrationRun {
   backend: 'lgnet' | 'qemu';
-  options: Required<Omit<MigrationOptions, 'log' | 'lgnetArgs' | 'onCleanup'>> & { lgnetArgs: string[] };
+  options: Required<Omit<MigrationOptions, 'log' | 'lgnetArgs' | 'onCleanup' | 'deviceFlags'>> & { lgnetArgs: string[]; deviceFlags: Record<string, string> };
   legs: LegResult[];
   /** Why the run stopped early, when something other than a migration broke (boot, a QEMU, a helper). */
   error?: string;
@@ -551,6 +553,7 @@ export async function runMigration(opts: MigrationOptions): Promise<MigrationRun
     downtimeLimitMs: opts.downtimeLimitMs ?? 50,
     migrateTimeoutMs: opts.migrateTimeoutMs ?? 90_000,
     lgnetArgs: opts.lgnetArgs ?? [],
+    deviceFlags: opts.deviceFlags ?? {},
   } as const;
   const log = opts.log ?? (() => {});
   if (o.seconds < 4 || o.warmupMs >= (o.seconds - 2) * 1000) throw new Error('seconds must be ≥ 4 and leave at least 2 s after the warm-up');
@@ -568,7 +571,7 @@ export async function runMigration(opts: MigrationOptions): Promise<MigrationRun
   };
   // Under TCG the RAM block must not be a multiple of 256 KiB (see the header): 8 KiB more.
   const memKiB = o.memMiB * 1024 + (detectAccel() === 'tcg' ? 8 : 0);
-  const bed = new Bed(o.backend, memKiB, o.pingIntervalMs, run.serial);
+  const bed = new Bed(o.backend, memKiB, o.pingIntervalMs, run.serial, o.deviceFlags);
   const unregister = opts.onCleanup?.(`migration bed ${bed.net.ns}`, () => bed.destroy());
   try {
     const net = bed.net;
@@ -763,12 +766,14 @@ class Bed {
   private readonly backend: 'lgnet' | 'qemu';
   private readonly memKiB: number;
   private readonly pingIntervalMs: number;
+  private readonly deviceFlags: Record<string, string>;
 
-  constructor(backend: 'lgnet' | 'qemu', memKiB: number, pingIntervalMs: number, serial: SerialLine[]) {
+  constructor(backend: 'lgnet' | 'qemu', memKiB: number, pingIntervalMs: number, serial: SerialLine[], deviceFlags: Record<string, string> = {}) {
     this.backend = backend;
     this.memKiB = memKiB;
     this.pingIntervalMs = pingIntervalMs;
     this.serial = serial;
+    this.deviceFlags = deviceFlags;
   }
 
   async startLgnets(args: string[]): Promise<void> {
@@ -787,6 +792,7 @@ class Bed {
       netdev: this.backend === 'lgnet' ? { type: 'vhost-user', socket: side.socket! } : { type: 'tap', ifname: side.tap },
       mac: GUEST_MAC,
       memKiB: this.memKiB,
+      deviceFlags: this.deviceFlags,
       guest: { ip: `${GUEST}/24`, peer: HOST, xferPort: XFER_PORT, jobs: ['console'], pingInterval: this.pingIntervalMs / 1000 },
       qmpSocket: qmpPath,
       ...(incoming ? { incoming: 'defer' } : {}),

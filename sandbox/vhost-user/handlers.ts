@@ -12,6 +12,7 @@
  * Spec: QEMU docs/interop/vhost-user.rst, "Front-end message types" (each entry names its request),
  * "Ring states", "Memory access".
  */
+import { names as featureNames } from '../../device/features.ts';
 import type { Logger } from '../log.ts';
 import { VhostUserError, VU } from './errors.ts';
 import type { DeviceHooks } from './hooks.ts';
@@ -138,6 +139,9 @@ export const HANDLERS: Readonly<Partial<Record<number, Entry>>> = {
       }
       c.features = bits;
       c.featuresSet = true;
+      // One line per change of the device's features (a connection sets them once or twice): what the
+      // driver took, for whoever wonders why a guest runs without MRG_RXBUF or on packed rings.
+      c.log.info({ features: featureNames(bits & ~VHOST_BITS) }, 'features negotiated');
       await c.dev.setLogging(logAll);
       if (!protocol) await c.vrings.enableAll();
       await c.vrings.memoryChanged(); // restarts what was running
