@@ -147,6 +147,12 @@ export interface Backend {
   reattach?(): boolean;
   /** A per-frame filter hook the TX workers must load when they start (pair backend). */
   frameFilter?(): FilterRef | undefined;
+  /**
+   * Whether the driver uses queue pair `pair` (never called for pair 0, which it always uses). A
+   * backend that spreads the host's frames over its queues stops sending to a pair not in use, where
+   * no one would read them. Absent: the backend does not spread frames over pairs.
+   */
+  setPairActive?(pair: number, active: boolean): void;
   /** Releases fds. */
   close(): void;
 }

@@ -167,6 +167,60 @@ export class NetDevice extends EventEmitter {
       this.slots.push(s);
     }
     this.filter.reset(mac, false);
+    // No driver yet: only pair 0 takes the host's frames (and a backend's pairs beyond the device's never).
+    for (let p = 1; p < opts.backend.queuePairs; p++) this.steer(p, false);
+  }
+
+  /** Whether the backend sends the host's frames to pair p (index p; pair 0 always). */
+  private readonly pairActive: boolean[] = [true];
+  /** setPairActive() was called: the caller, not the features and the control queue, says which pairs are used. */
+  private pairsByCaller = false;
+
+  /**
+   * Whether the driver uses queue pair `pair`. A backend that spreads the host's frames over its
+   * queues (a multi-queue tap) stops sending to a pair not in use, where no worker would read them: a
+   * guest with fewer vCPUs than pairs uses fewer pairs, and `ethtool -L` changes how many.
+   *
+   * By default the device decides from what the driver negotiated (pairsInUse): pair 0 alone, or up
+   * to what VIRTIO_NET_CTRL_MQ_VQ_PAIRS_SET asked. A VMM that keeps the control queue itself calls
+   * this instead, and from its first call on decides alone: the vhost-user server does, as QEMU
+   * enables and disables each pair's RX ring. Pair 0 is always in use.
+   */
+  setPairActive(pair: number, active: boolean): void {
+    if (!Number.isInteger(pair) || pair < 0 || pair >= this.maxQueuePairs) {
+      throw new RangeError(`queue pair ${pair} must be an integer in [0, ${this.maxQueuePairs - 1}]`);
+    }
+    this.pairsByCaller = true;
+    if (pair > 0) this.steer(pair, active);
+  }
+
+  /**
+   * Pairs the driver uses, from what it negotiated (virtio 1.2 §5.1.6.5.5): without MQ one; with MQ
+   * and a control queue, pair 0 until VIRTIO_NET_CTRL_MQ_VQ_PAIRS_SET, then what it set; with MQ and
+   * no control queue (no way to ask, outside the spec) every pair.
+   */
+  private pairsInUse(): number {
+    const f = this.negotiated.bits;
+    if ((f & mask('MQ')) === 0n) return 1;
+    return (f & mask('CTRL_VQ')) !== 0n ? this.activePairs : this.maxQueuePairs;
+  }
+
+  /** Steers the backend to pairsInUse(), unless a caller took that over (setPairActive). */
+  private steerToDriver(): void {
+    if (this.pairsByCaller) return;
+    const n = this.pairsInUse();
+    for (let p = 1; p < this.maxQueuePairs; p++) this.steer(p, p < n);
+  }
+
+  private steer(pair: number, active: boolean): void {
+    if ((this.pairActive[pair] ?? true) === active) return;
+    this.pairActive[pair] = active;
+    try {
+      this.backend.setPairActive?.(pair, active);
+    } catch (e) {
+      // Frames for that pair may then wait where nobody reads them, or not reach it: said, not fatal.
+      this.emit('log', { level: 'warn', msg: `backend could not ${active ? 'take frames for' : 'stop frames for'} queue pair ${pair}`, pair, err: (e as Error).message });
+    }
   }
 
   /** Data queues plus the control queue if offered. */
@@ -201,6 +255,7 @@ export class NetDevice extends EventEmitter {
     this.backend.configure(this.negotiated);
     if ((this.backend as { gone?: boolean }).gone === true) this.startReattach();
     this.filter.reset(this.config.mac, this.negotiated.bits & mask('CTRL_VLAN') ? true : false);
+    this.steerToDriver();
   }
 
   /**
@@ -375,6 +430,8 @@ export class NetDevice extends EventEmitter {
     this.logging = false;
     this.status = 0;
     this.activePairs = 1;
+    // Nobody serves any pair now: pair 0 alone takes the host's frames until a driver comes.
+    for (let p = 1; p < this.maxQueuePairs; p++) this.steer(p, false);
     this.config.status = STATUS.LINK_UP;
     this.filter.reset(this.config.mac, false);
   }
@@ -599,7 +656,10 @@ export class NetDevice extends EventEmitter {
       filterChanged: () => this.pushFilter(),
       setMac: (mac) => { this.config.mac = mac; },
       announceAcked: () => { this.config.status &= ~STATUS.ANNOUNCE; },
-      setQueuePairs: (n) => { this.activePairs = n; },
+      setQueuePairs: (n) => {
+        this.activePairs = n;
+        this.steerToDriver();
+      },
       setGuestOffloads: (bits) => {
         const base = this.accepted & ~GUEST_OFFLOAD_FEATURES;
         this.backend.configure(decode(base | bits));

@@ -201,6 +201,8 @@ export class TapBackend implements Backend {
     try {
       for (const fd of this.fds) native.tapAttach(fd, this.name, { vnetHdr: true, multiQueue: this.multiQueue });
       this.apply();
+      // TUNSETIFF attached every queue: the pairs not in use leave again.
+      for (const pair of this.inactive) native.tapSetQueue(this.fds[pair]!, false);
     } catch (e) {
       if (e instanceof native.NativeError && REATTACH_LATER.has(e.code)) {
         this.reattachError = e.code;
@@ -211,6 +213,29 @@ export class TapBackend implements Backend {
     this.gone = false;
     this.reattachError = null;
     return true;
+  }
+
+  /** Pairs whose tap queue is detached (setPairActive). */
+  private readonly inactive = new Set<number>();
+
+  /**
+   * Backend.setPairActive: a multi-queue tap detaches the queue of a pair the driver does not use
+   * (TUNSETQUEUE), so that the kernel steers the host's frames to the queues lgnet reads; a flow hashed
+   * to a queue no worker serves would otherwise wait there for good (a guest with fewer vCPUs than
+   * queue pairs, a VMM that sets up fewer pairs than `--queues`). Detaching drops what the queue held.
+   * While the tap is gone the state is kept and applied by reattach().
+   */
+  setPairActive(pair: number, active: boolean): void {
+    if (!Number.isInteger(pair) || pair < 1 || pair >= this.fds.length) throw new RangeError(`tap ${this.name}: no queue pair ${pair} to steer (1 to ${this.fds.length - 1})`);
+    if (active !== this.inactive.has(pair)) return;
+    if (!this.gone) native.tapSetQueue(this.fds[pair]!, active);
+    if (active) this.inactive.delete(pair);
+    else this.inactive.add(pair);
+  }
+
+  /** Pairs whose tap queue takes the host's frames now (pair 0 always). */
+  get activePairs(): number[] {
+    return this.fds.map((_, p) => p).filter((p) => !this.inactive.has(p));
   }
 
   port(pair: number): TapPortSpec {

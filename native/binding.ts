@@ -47,6 +47,7 @@ export interface RawBinding {
   tapSetOffload(fd: number, flags: number): void;
   tapAttach(fd: number, name: string, vnetHdr: boolean, multiQueue: boolean): void;
   tapGetFeatures(fd: number): number;
+  tapSetQueue(fd: number, attach: boolean): void;
 
   // batch.cc
   // words = IovecTable.words: entries (maxEntries × 4 u32), frameEnd (maxFrames u32), bytes (maxFrames i32).

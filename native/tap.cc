@@ -76,6 +76,21 @@ Napi::Value TapSetOffload(const Napi::CallbackInfo& info) {
   return env.Undefined();
 }
 
+// tapSetQueue(fd, attach): TUNSETQUEUE on one queue of a multi-queue tap. A detached queue takes no
+// frames from the host: the kernel steers to the queues still attached, and drops what the detached
+// one held. Attaching it again puts it back in the kernel's choice.
+Napi::Value TapSetQueue(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  REQUIRE_ARGUMENT_FD(0, fd)
+  REQUIRE_ARGUMENT_BOOLEAN(1, attach, "attach")
+  struct ifreq ifr;
+  std::memset(&ifr, 0, sizeof ifr);
+  ifr.ifr_flags = attach ? IFF_ATTACH_QUEUE : IFF_DETACH_QUEUE;
+  if (ioctl(fd, TUNSETQUEUE, &ifr) < 0)
+    return NativeFail(env, errno, "ioctl(TUNSETQUEUE)", std::string(attach ? "attach" : "detach") + " fd " + std::to_string(fd));
+  return env.Undefined();
+}
+
 Napi::Value TapGetFeatures(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   REQUIRE_ARGUMENT_FD(0, fd)
@@ -93,6 +108,7 @@ void RegisterTap(Napi::Env env, Napi::Object exports) {
   exports.Set("tapSetVnetHdrSize", Napi::Function::New(env, TapSetVnetHdrSize, "tapSetVnetHdrSize"));
   exports.Set("tapSetOffload", Napi::Function::New(env, TapSetOffload, "tapSetOffload"));
   exports.Set("tapGetFeatures", Napi::Function::New(env, TapGetFeatures, "tapGetFeatures"));
+  exports.Set("tapSetQueue", Napi::Function::New(env, TapSetQueue, "tapSetQueue"));
 }
 
 }  // namespace lgnet

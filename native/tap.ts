@@ -72,6 +72,17 @@ export function tapSetOffload(fd: number, flags: number): void {
   b.tapSetOffload(fd, flags);
 }
 
+/**
+ * TUNSETQUEUE on one queue (fd) of a multi-queue tap: detached, the kernel steers the host's frames to
+ * the queues still attached and drops what this one held; attached, it takes its share again. Throws
+ * NativeError (EINVAL: not a multi-queue tap, or already in that state).
+ */
+export function tapSetQueue(fd: number, attach: boolean): void {
+  checkFd(fd);
+  if (typeof attach !== 'boolean') throw new TypeError('attach must be a boolean');
+  b.tapSetQueue(fd, attach);
+}
+
 /** TUNGETFEATURES: the IFF flags this kernel's tun driver supports. */
 export function tapGetFeatures(fd: number): number {
   checkFd(fd);

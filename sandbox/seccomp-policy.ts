@@ -107,6 +107,7 @@ export const IOCTL = {
   TUNSETOFFLOAD: 0x400454d0, // TapBackend.configure: receive offloads follow what the guest accepted
   TUNSETVNETHDRSZ: 0x400454d8, // TapBackend.configure: 10 or 12 header bytes, decided at SET_FEATURES
   TUNGETFEATURES: 0x800454cf, // read-only: what this tun driver supports
+  TUNSETQUEUE: 0x400454d9, // TapBackend.setPairActive: a queue the guest does not use is detached (only the fd's own queue, of its own tap)
 } as const;
 
 const FCNTL = { F_DUPFD_CLOEXEC: 1030, F_GETFD: 1, F_SETFD: 2, F_GETFL: 3, F_SETFL: 4, F_ADD_SEALS: 1033 } as const;

@@ -62,6 +62,10 @@ export function netDeviceHooks(dev: NetDevice): DeviceHooks {
     setLogging: (on) => dev.setLogging(on),
     announce: (mac) => dev.announce(mac),
     isTx: (i) => i < 2 * dev.maxQueuePairs && (i & 1) === 1,
+    // A pair is in use while its RX ring is enabled: QEMU disables the pairs a guest does not use.
+    setEnabled: (i, on) => {
+      if (i < 2 * dev.maxQueuePairs && (i & 1) === 0) dev.setPairActive(i >> 1, on);
+    },
     readConfig: (o, n) => dev.readConfig(o, n),
     writeConfig: (o, d) => dev.writeConfig(o, d),
     reset: () => dev.reset(),

@@ -51,6 +51,8 @@ export interface QueueTarget {
   /** Whether the queue carries the driver's output (virtio-net: odd indices), which a started but
    *  disabled ring must still consume and discard. Absent: no queue is drained while disabled. */
   isTx?(index: number): boolean;
+  /** A ring was enabled or disabled (SET_VRING_ENABLE, or all at once without protocol features). */
+  setEnabled?(index: number, enabled: boolean): void;
 }
 
 /** A ring's region of the inflight buffer, or null when it has none. May throw VhostUserError. */
@@ -105,6 +107,9 @@ export class Vrings {
     this.inflightFor = inflightFor;
     for (let i = 0; i < target.queueCount; i++) {
       this.rings.push({ index: i, num: 0, base: 0, addr: null, kicked: false, kickFd: -1, callFd: -1, errFd: -1, enabled: false, running: false, discarding: false, servedSinceStart: false, gpas: null });
+      // Rings start disabled (spec, "Ring states"); the device hears it, since a front-end enables only
+      // the rings it uses and may never mention the others.
+      target.setEnabled?.(i, false);
     }
   }
 
@@ -193,14 +198,14 @@ export class Vrings {
 
   async setEnable(index: number, enabled: boolean): Promise<void> {
     const r = this.ring(index);
-    r.enabled = enabled;
+    this.enable(r, enabled);
     await this.sync(r);
   }
 
   /** Without protocol features every ring is enabled (spec, "Ring states"). */
   async enableAll(): Promise<void> {
     for (const r of this.rings) {
-      r.enabled = true;
+      this.enable(r, true);
       await this.sync(r);
     }
   }
@@ -208,9 +213,14 @@ export class Vrings {
   /** RESET_OWNER: every ring disabled (and so stopped); the front-end sets them up again. */
   async disableAll(): Promise<void> {
     for (const r of this.rings) {
-      r.enabled = false;
+      this.enable(r, false);
       await this.sync(r);
     }
+  }
+
+  private enable(r: Vring, on: boolean): void {
+    if (r.enabled !== on) this.target.setEnabled?.(r.index, on);
+    r.enabled = on;
   }
 
   /** GET_VRING_BASE: stops the ring, drops its kick and call fds, and returns the next avail index. */

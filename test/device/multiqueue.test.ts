@@ -11,7 +11,9 @@ import { fileURLToPath } from 'node:url';
 
 import { expect, it } from 'vitest';
 
+import { ACK, CTRL } from '../../device/ctrl.ts';
 import { ip4, udpFrame } from '../../harness/frames.ts';
+import { FLOWS, sprayFlows } from '../helpers/flows.ts';
 import { createBed, expectedPayload, udpSink, type Bed } from './helpers.ts';
 
 const FLOWS_FIXTURE = fileURLToPath(new URL('./fixtures/udp-flows.mjs', import.meta.url));
@@ -131,3 +133,22 @@ it('RX: each flow arrives on the pair the tap hashes it to, every time, and both
   expect([q[0]!.frames, q[2]!.frames]).toEqual(framesOn);
   console.log(`[multiqueue] ${queueOf.size} flows probed to find ${PER_QUEUE} per pair; RX frames per pair ${framesOn.join('/')}`);
 }, 60_000);
+
+// Embedded, the device decides which pairs take the host's frames from what the driver negotiated:
+// with MQ and a control queue, pair 0 alone until VIRTIO_NET_CTRL_MQ_VQ_PAIRS_SET (virtio 1.2
+// §5.1.6.5.5), then what it set. A flow the tap hashed to a pair the driver does not use would wait
+// there for good.
+it('RX with a control queue: pair 0 alone until MQ_VQ_PAIRS_SET, then both, then pair 0 again', async () => {
+  bed = await createBed({ accept: ['VERSION_1', 'MAC', 'MQ', 'CTRL_VQ', 'RING_EVENT_IDX'], queuePairs: 2, driver: { ctrl: { maxPairs: 2 } } });
+  const b = bed;
+  const pairs = (n: number): Uint8Array => new Uint8Array([n & 0xff, n >> 8]);
+  expect(await sprayFlows(b.ns, b.guestIp, b.drv, 2)).toEqual([FLOWS, 0]);
+  expect(await b.drv.ctrl(CTRL.MQ, CTRL.MQ_VQ_PAIRS_SET, pairs(2))).toBe(ACK.OK);
+  const both = await sprayFlows(b.ns, b.guestIp, b.drv, 2);
+  expect(both[0]! + both[1]!).toBe(FLOWS);
+  expect(both[0], `${both}`).toBeGreaterThan(0);
+  expect(both[1], `${both}`).toBeGreaterThan(0);
+  expect(await b.drv.ctrl(CTRL.MQ, CTRL.MQ_VQ_PAIRS_SET, pairs(1))).toBe(ACK.OK);
+  expect(await sprayFlows(b.ns, b.guestIp, b.drv, 2)).toEqual([FLOWS, 0]);
+  expect(b.dev.queuePairsActive).toBe(1);
+});

@@ -11,12 +11,12 @@
  *     serve runs with --pcap: tcpdump finds every jumbo echo, whole, in the capture.
  */
 import { describe, expect, it } from 'vitest';
-import { spawn, spawnSync } from 'node:child_process';
+import { spawnSync } from 'node:child_process';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { expectIntegrity, queue } from './lib/expect.ts';
-import { GUEST, HOST, jobResult, runOnLgnet, type RunResult } from './lib/run.ts';
+import { GUEST, HOST, jobResult, run, runOnLgnet, type RunResult } from './lib/run.ts';
 
 const MiB = 1 << 20;
 
@@ -65,21 +65,6 @@ describe.each(MATRIX)('QEMU guest on lgnet with virtio-net-pci $name', ({ name, 
     expect(r.lgnetExit).toBe(0);
   }, 120_000);
 });
-
-/** Runs argv and collects its output without blocking the event loop (serial lines keep flowing). */
-function run(argv: string[], timeoutMs: number): Promise<{ code: number | null; out: string }> {
-  return new Promise((resolve) => {
-    const c = spawn(argv[0]!, argv.slice(1), { stdio: ['ignore', 'pipe', 'pipe'] });
-    let out = '';
-    c.stdout!.on('data', (d: Buffer) => (out += d.toString()));
-    c.stderr!.on('data', (d: Buffer) => (out += d.toString()));
-    const t = setTimeout(() => c.pid !== undefined && process.kill(c.pid, 'SIGKILL'), timeoutMs);
-    c.on('close', (code) => {
-      clearTimeout(t);
-      resolve({ code, out });
-    });
-  });
-}
 
 /** Named counters of one protocol line pair of /proc/net/snmp ("Ip:", "Icmp:"). */
 function snmp(text: string, proto: string): Record<string, number> {

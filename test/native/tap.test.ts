@@ -24,12 +24,14 @@ import {
   tapGetFeatures,
   tapOpen,
   tapSetOffload,
+  tapSetQueue,
   tapSetVnetHdrSize,
   TUN_F,
   withNetns,
   writevBatch,
 } from '../../native/index.ts';
 import { createNetns, destroyAllNetns, netnsPrerequisites, openPacketIn, openTapIn, type Netns } from '../../harness/netns.ts';
+import { ip4, mac, udpFrame } from '../../harness/frames.ts';
 import { nativeErrorOf } from '../helpers/errors.ts';
 import { shrunkMemory } from '../helpers/shrunk.ts';
 
@@ -291,6 +293,41 @@ describe.runIf(pre.ok)('tap: bounds checks and errors', () => {
     const r = nativeErrorOf(() => readvBatch(fd, t));
     expect([r.code, r.syscall]).toEqual(['EBADF', 'readv']);
     expect(nativeErrorOf(() => tapSetVnetHdrSize(fd, 12)).syscall).toBe('ioctl(TUNSETVNETHDRSZ)');
+  });
+
+  it('tapSetQueue: a detached queue takes none of the frames sent to the tap; attached again, it takes its share', () => {
+    ns = createNetns();
+    const q0 = openTapIn(ns, { vnetHdr: false, multiQueue: true, nonblocking: true, address: false });
+    const q1 = withNetns(ns.path, () => tapOpen({ name: q0.name, vnetHdr: false, multiQueue: true, nonblocking: true }));
+    ns.track(q1.fd);
+    const wire = openPacketIn(ns, q0.name);
+    // One datagram per source port: the tap picks a queue for each by a hash of its flow.
+    const send = (flows: number, base: number): void => {
+      for (let k = 0; k < flows; k++) {
+        const f = udpFrame({ srcMac: mac('02:00:00:00:00:01'), dstMac: mac('02:00:00:00:00:02'), srcIp: ip4('10.9.0.1'), dstIp: ip4('10.9.0.2'), srcPort: base + k, dstPort: 9, payload: new Uint8Array(16) });
+        expect(fdWrite(wire, f)).toBe(f.length);
+      }
+    };
+    const buf = new Uint8Array(2048);
+    const drain = (fd: number): number => {
+      let n = 0;
+      while (fdRead(fd, buf) > 0) n++;
+      return n;
+    };
+    tapSetQueue(q1.fd, false);
+    expect(nativeErrorOf(() => tapSetQueue(q1.fd, false))).toMatchObject({ code: 'EINVAL', syscall: 'ioctl(TUNSETQUEUE)' });
+    send(64, 30000);
+    expect([drain(q0.fd), drain(q1.fd)]).toEqual([64, 0]);
+    tapSetQueue(q1.fd, true);
+    expect(nativeErrorOf(() => tapSetQueue(q1.fd, true)).code).toBe('EINVAL');
+    send(64, 31000);
+    const got = [drain(q0.fd), drain(q1.fd)];
+    expect(got[0]! + got[1]!).toBe(64);
+    expect(got[0], `${got}`).toBeGreaterThan(0); // 64 flows on one queue of two: 2^-63
+    expect(got[1], `${got}`).toBeGreaterThan(0);
+    // A single-queue tap has no queue to detach.
+    const single = openTapIn(ns, { vnetHdr: false, address: false });
+    expect(nativeErrorOf(() => tapSetQueue(single.fd, false)).code).toBe('EINVAL');
   });
 
   it('multi-queue taps attach by name; features and offloads', () => {

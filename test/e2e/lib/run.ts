@@ -4,6 +4,7 @@
  * blob server), QEMU booting the test guest on lgnet's socket. Whatever happens, QEMU, lgnet and the
  * servers are killed by pid and the tap and the namespace removed before runOnLgnet returns or throws.
  */
+import { spawn } from 'node:child_process';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -135,4 +136,19 @@ export async function runOnLgnet(o: RunOptions): Promise<RunResult> {
 /** The guest's result of one job (first of that name). */
 export function jobResult(out: GuestOutcome, job: string) {
   return out.results.find((r) => r.job === job);
+}
+
+/** Runs argv and collects its output without blocking the event loop (serial lines keep flowing). */
+export function run(argv: string[], timeoutMs: number): Promise<{ code: number | null; out: string }> {
+  return new Promise((resolve) => {
+    const c = spawn(argv[0]!, argv.slice(1), { stdio: ['ignore', 'pipe', 'pipe'] });
+    let out = '';
+    c.stdout!.on('data', (d: Buffer) => (out += d.toString()));
+    c.stderr!.on('data', (d: Buffer) => (out += d.toString()));
+    const t = setTimeout(() => c.pid !== undefined && process.kill(c.pid, 'SIGKILL'), timeoutMs);
+    c.on('close', (code) => {
+      clearTimeout(t);
+      resolve({ code, out });
+    });
+  });
 }
