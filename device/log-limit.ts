@@ -6,7 +6,8 @@
 // counters already count every frame; the log only needs to say what changed. So each key (a queue's
 // backend, the control queue) logs up to `burst` lines per period; past that, events are counted and
 // one summary line at the period's end says how many there were and what the last one was, so the
-// last word on a state is never lost.
+// last word on a state is never lost. Keys in use: a queue's backend edges, its breaks (a guest can
+// break a queue again after every reset), the control queue's refusals.
 
 /** A device log event (the shape of NetDevice's 'log' event). */
 export interface LogEvent {

@@ -789,7 +789,10 @@ export class NetDevice extends EventEmitter {
     }
     s.broken = `${code}: ${message}`;
     this.status |= 0x40;
-    this.emit('log', { level: 'error', msg: 'queue broken', queue: s.index, code, err: message });
+    // A guest can break the queue again after every reset it asks the VMM for: bounded (log-limit.ts).
+    this.logLimit.log(`broken ${s.index}`, { level: 'error', msg: 'queue broken', queue: s.index, code, err: message }, (held) => ({
+      level: 'error', msg: `queue broken: ${held} times not logged one by one, the last:`, queue: s.index, code, err: message, held,
+    }));
     this.emit('broken', { queue: s.index, code, message });
   }
 }

@@ -22,6 +22,7 @@
 import { EventEmitter } from 'node:events';
 import { lstatSync, unlinkSync } from 'node:fs';
 import * as native from '../../native/index.ts';
+import { LogLimiter } from '../../device/log-limit.ts';
 import { silentLogger, type Logger } from '../log.ts';
 import { Connection, createServerMetrics, type ServerMetrics } from './connection.ts';
 import type { VhostUserError } from './errors.ts';
@@ -124,7 +125,10 @@ export class VhostUserServer extends EventEmitter {
    */
   start(): void {
     this.unsubscribeBroken = this.device.onBroken((queue, code, message) => {
-      this.log.warn({ queue, code, err: message }, 'device queue broken');
+      // A guest can break a queue again after every reset: the lines are bounded (device/log-limit.ts).
+      this.brokenLog.log(`queue ${queue}`, { level: 'warn', msg: 'device queue broken', queue, code, err: message }, (held) => ({
+        level: 'warn', msg: `device queue broken: ${held} times not logged one by one, the last:`, queue, code, err: message, held,
+      }));
       this.conn?.vrings.signalError(queue);
     });
     if (this.client) {
@@ -191,9 +195,12 @@ export class VhostUserServer extends EventEmitter {
   }
 
   /** Drops the connection (device reset, fds closed), stops listening, removes the socket file (unless told not to). */
+  private readonly brokenLog = new LogLimiter(({ level, msg, ...fields }) => this.log[level](fields, msg));
+
   async close(): Promise<void> {
     if (this.stopped) return;
     this.stopped = true;
+    this.brokenLog.close();
     if (this.retryTimer) clearTimeout(this.retryTimer);
     this.retryTimer = null;
     const c = this.conn;

@@ -5,13 +5,19 @@
  * up to LOG_BURST lines per key and period, then one summary with the last state.
  *   - LogLimiter on a driven clock (fake timers);
  *   - a NetDevice fed 300 refused frames alternating with 300 good ones;
- *   - refused control commands in a loop.
+ *   - refused control commands in a loop;
+ *   - a queue broken again after every reset.
  */
 import { afterEach, describe, expect, it, vi } from 'vitest';
 import { ACK, CTRL } from '../../device/ctrl.ts';
 import { LOG_BURST, LOG_PERIOD_MS, LogLimiter, type LogEvent } from '../../device/log-limit.ts';
+import { mask } from '../../device/features.ts';
 import { udpFrame } from '../../harness/frames.ts';
+import { GuestRam } from '../../harness/guest-ram.ts';
 import { netnsPrerequisites } from '../../harness/netns.ts';
+import { SplitRingBuilder } from '../../harness/rings.ts';
+import { VirtioNetDriver } from '../../harness/virtio-net.ts';
+import * as native from '../../native/index.ts';
 import { createBed, expectedPayload, ip4, type Bed } from './helpers.ts';
 
 const pre = netnsPrerequisites();
@@ -131,5 +137,36 @@ describe.skipIf(!pre.ok)('a guest that makes the backend refuse every other fram
     const refused = logs.filter((e) => typeof e.msg === 'string' && e.msg.startsWith('control command'));
     expect(refused.length).toBeGreaterThan(0);
     expect(refused.length).toBeLessThanOrEqual(2 * (LOG_BURST + 1));
+  });
+  it('a guest that breaks its TX queue again after every reset: each break an event, the log bounded', async () => {
+    const b = (bed = await createBed({ accept: ['VERSION_1', 'MAC'] }));
+    const logs: LogEvent[] = [];
+    b.dev.on('log', (e: LogEvent) => logs.push(e));
+    let events = 0;
+    b.dev.on('broken', () => events++);
+    const N = 12;
+    for (let i = 0; i < N; i++) {
+      // A fresh guest each time, as after a reset: its TX ring gets a descriptor that chains to itself.
+      await b.dev.reset();
+      const ram = new GuestRam(48 << 20);
+      const drv = new VirtioNetDriver(ram, { features: b.dev.offered & mask('VERSION_1', 'MAC') });
+      try {
+        await drv.attach(b.dev);
+        const tx = drv.tx[0]!;
+        SplitRingBuilder.over(ram.mem, tx.setup, ram).addDescLoop([0], { len: 64 });
+        native.eventfdWrite(tx.kickFd, 1);
+        const deadline = Date.now() + 5000;
+        while (events <= i && Date.now() < deadline) await new Promise((r) => setTimeout(r, 5));
+        expect(events, `break ${i + 1}`).toBe(i + 1);
+      } finally {
+        await b.dev.reset();
+        drv.close();
+        ram.close();
+      }
+    }
+    const lines = logs.filter((e) => typeof e.msg === 'string' && e.msg.startsWith('queue broken'));
+    expect(lines.length).toBeGreaterThan(0);
+    expect(lines.length).toBeLessThanOrEqual(2 * (LOG_BURST + 1));
+    expect(lines[0]).toMatchObject({ level: 'error', queue: 1, code: 'VRING_DESC_LOOP' });
   });
 });
