@@ -154,7 +154,9 @@ export function fuzzCaseWith(rand: () => number): FuzzResult {
   const held: DescriptorChain[] = [];
   try {
     q.attach(mem);
-    q.setBase(base);
+    // Sometimes as a restarted back-end would: resume() may move to used.idx (memory the input wrote).
+    if (rand() < 0.25) q.resume(base);
+    else q.setBase(base);
     for (let step = 0; step < 2 * size + 4; step++) {
       const c = rand() < 0.5 ? q.pop() : (q.popBurst(1 + int(8), held, 0) > 0 ? held[0]! : null);
       if (c === null) break;
