@@ -4,17 +4,17 @@
  * avail half alone, 0x8000 at a fresh start. Read as QEMU's, that start put the whole ring in flight,
  * and the first chain broke the queue (VRING_TOO_MANY_IN_FLIGHT). Both must carry traffic for laps.
  */
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import * as native from '../../native/index.ts';
 import { mask } from '../../device/features.ts';
 import { BROADCAST, ip4, mac, udpFrame, UDP_OFFSET } from '../../harness/frames.ts';
 import { GuestRam } from '../../harness/guest-ram.ts';
-import { destroyAllNetns, netnsPrerequisites, openPacketIn } from '../../harness/netns.ts';
+import { netnsPrerequisites, openPacketIn } from '../../harness/netns.ts';
 import { VhostUserFrontend } from '../../harness/vhost-user-frontend.ts';
 import { VirtioNetDriver } from '../../harness/virtio-net.ts';
 import { packedBaseOf } from '../../sandbox/vhost-user/vrings.ts';
 import { encodePackedRingBase } from '../../vring/index.ts';
-import { createVuBed, expectedPayload, udpSend, until, VHOST_USER_NET_FEATURES, type VuBed } from './vhost-user-helpers.ts';
+import { expectedPayload, udpSend, until, VHOST_USER_NET_FEATURES, vuBedPerDescribe } from './vhost-user-helpers.ts';
 
 const pre = netnsPrerequisites();
 const MAGIC = 0x4c474e54;
@@ -44,16 +44,10 @@ describe.skipIf(!pre.ok).each([
   { sender: 'QEMU', base: (): number | undefined => undefined },
   { sender: 'DPDK virtio-user', base: (): number | undefined => 0x8000 },
 ])('a packed ring started with SET_VRING_BASE as $sender sends it', ({ base }) => {
-  let bed: VuBed;
-  beforeAll(async () => {
-    bed = await createVuBed();
-  });
-  afterAll(async () => {
-    await bed?.close();
-    destroyAllNetns();
-  });
+  const theBed = vuBedPerDescribe();
 
   it(`carries ${FRAMES} frames each way through a ${QSIZE}-entry ring, no queue broken`, async () => {
+    const bed = theBed();
     const ram = new GuestRam(24 << 20);
     const drv = new VirtioNetDriver(ram, { features: PACKED & bed.dev.offered, pairs: 1, queueSize: QSIZE });
     const fe = await VhostUserFrontend.connect(bed.path);

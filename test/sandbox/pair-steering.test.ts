@@ -8,28 +8,22 @@
  * Each case sends one datagram from each of 64 source ports of the host's namespace (64 flows: all on
  * one queue of two by chance is 2^-63) and counts what the guest receives on each pair.
  */
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { mask } from '../../device/features.ts';
 import { GuestRam } from '../../harness/guest-ram.ts';
-import { destroyAllNetns, netnsPrerequisites } from '../../harness/netns.ts';
+import { netnsPrerequisites } from '../../harness/netns.ts';
 import { VhostUserFrontend } from '../../harness/vhost-user-frontend.ts';
 import { VirtioNetDriver } from '../../harness/virtio-net.ts';
 import { FLOWS, sprayFlows } from '../helpers/flows.ts';
-import { createVuBed, until, type Guest, type VuBed } from './vhost-user-helpers.ts';
+import { until, vuBedPerDescribe, type Guest } from './vhost-user-helpers.ts';
 
 const pre = netnsPrerequisites();
 
 describe.skipIf(!pre.ok)('host frames go only to the queue pairs the guest uses (lgnet --queues 2)', () => {
-  let bed: VuBed;
-  beforeAll(async () => {
-    bed = await createVuBed({ pairs: 2 });
-  });
-  afterAll(async () => {
-    await bed?.close();
-    destroyAllNetns();
-  });
+  const theBed = vuBedPerDescribe({ pairs: 2 });
 
   it('QEMU for a guest using one pair: pair 1 disabled, every flow arrives on pair 0', async () => {
+    const bed = theBed();
     const g: Guest = await bed.guest();
     try {
       await g.fe.setVringEnable(2, false);
@@ -52,6 +46,7 @@ describe.skipIf(!pre.ok)('host frames go only to the queue pairs the guest uses 
   });
 
   it('a front-end that sets up pair 0 alone (QEMU queues=1) and never names pair 1: every flow arrives on pair 0', async () => {
+    const bed = theBed();
     const ram = new GuestRam(48 << 20);
     const drv = new VirtioNetDriver(ram, { features: bed.dev.offered & ~mask('RING_PACKED', 'MQ'), pairs: 1, queueSize: 256 });
     const fe = await VhostUserFrontend.connect(bed.path);

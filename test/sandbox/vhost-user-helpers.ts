@@ -21,7 +21,8 @@ import { netDeviceHooks, VhostUserServer } from '../../sandbox/vhost-user/server
 import { GuestRam } from '../../harness/guest-ram.ts';
 import { VirtioNetDriver } from '../../harness/virtio-net.ts';
 import { VhostUserFrontend } from '../../harness/vhost-user-frontend.ts';
-import { createNetns, type Netns } from '../../harness/netns.ts';
+import { afterAll, beforeAll } from 'vitest';
+import { createNetns, destroyAllNetns, type Netns } from '../../harness/netns.ts';
 import { trackBed } from '../helpers/bed.ts';
 
 export const UDP_FIXTURE = fileURLToPath(new URL('../device/fixtures/udp.mjs', import.meta.url));
@@ -103,6 +104,25 @@ export async function createVuBed(opts: { pairs?: number; config?: boolean } = {
       rmSync(dir, { recursive: true, force: true });
     },
   }, 'file');
+}
+
+/**
+ * A bed made in beforeAll of the calling describe and closed in its afterAll (namespaces too, even when
+ * a test failed); the returned getter reads it inside the tests.
+ */
+export function vuBedPerDescribe(opts: Parameters<typeof createVuBed>[0] = {}): () => VuBed {
+  let bed: VuBed | undefined;
+  beforeAll(async () => {
+    bed = await createVuBed(opts);
+  });
+  afterAll(async () => {
+    await bed?.close();
+    destroyAllNetns();
+  });
+  return () => {
+    if (!bed) throw new Error('the bed was not made (beforeAll failed)');
+    return bed;
+  };
 }
 
 /** Starts a UDP sink in the namespace; resolves once it listens. */
