@@ -233,11 +233,6 @@ export class TapBackend implements Backend {
     else this.inactive.add(pair);
   }
 
-  /** Pairs whose tap queue takes the host's frames now (pair 0 always). */
-  get activePairs(): number[] {
-    return this.fds.map((_, p) => p).filter((p) => !this.inactive.has(p));
-  }
-
   port(pair: number): TapPortSpec {
     const fd = this.fds[pair];
     if (fd === undefined) throw new RangeError(`tap ${this.name} has ${this.fds.length} queue pairs; no pair ${pair}`);

@@ -16,7 +16,7 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { expectIntegrity, queue } from './lib/expect.ts';
-import { GUEST, HOST, jobResult, run, runOnLgnet, type RunResult } from './lib/run.ts';
+import { GUEST, HOST, guestAwaitEchos, jobResult, run, runOnLgnet, type RunResult } from './lib/run.ts';
 
 const MiB = 1 << 20;
 
@@ -81,8 +81,7 @@ describe('QEMU guest on lgnet with MTU 9000', () => {
     let hostSnmp = '';
     // The guest answers the host's pings while it runs its own, then waits until it has answered 5
     // echo requests (at most 15 s) and prints its counters.
-    const waitEchos =
-      "i=0; while [ \"$(awk '/^Icmp:/ { n++; if (n == 1) { for (k = 1; k <= NF; k++) if ($k == \"InEchos\") c = k } else print $c }' /proc/net/snmp)\" -lt 5 ] && [ $i -lt 150 ]; do i=$((i + 1)); sleep 0.1; done; cat /proc/net/snmp";
+    const waitEchos = guestAwaitEchos(5, 15, 'cat /proc/net/snmp');
     // lgnet serve also captures (--pcap) every frame, read back with tcpdump below.
     const pcapDir = mkdtempSync(join(tmpdir(), 'lgnet-e2e-pcap-'));
     const pcap = join(pcapDir, 'mtu9000.pcap');

@@ -26,7 +26,7 @@ import { createTapNamespace, type TapNamespace } from '../../scripts/netns.ts';
 import { blobSha256, startBlobServer, type BlobServer } from './lib/blob.ts';
 import { killLgnet, startLgnet, stopLgnet, type Lgnet } from './lib/lgnet.ts';
 import { backendWarnings, expectIntegrity, queue } from './lib/expect.ts';
-import { GUEST, HOST, XFER_PORT, jobResult, run, runOnLgnet, type RunResult } from './lib/run.ts';
+import { GUEST, HOST, XFER_PORT, guestAwaitEchos, jobResult, run, runOnLgnet, type RunResult } from './lib/run.ts';
 
 const MiB = 1 << 20;
 
@@ -314,10 +314,7 @@ describe('QEMU guest on lgnet: two queue pairs offered, one vCPU (the guest uses
 
   beforeAll(async () => {
     // The guest waits until it has answered every echo (at most 30 s), then lists its queues.
-    const want = SOURCES.length * ECHOS;
-    const waitEchos =
-      `i=0; while [ "$(awk '/^Icmp:/ { n++; if (n == 1) { for (k = 1; k <= NF; k++) if ($k == "InEchos") c = k } else print $c }' /proc/net/snmp)" -lt ${want} ] && [ $i -lt 300 ]; do i=$((i + 1)); sleep 0.1; done; ` +
-      'ls /sys/class/net/eth0/queues';
+    const waitEchos = guestAwaitEchos(SOURCES.length * ECHOS, 30, 'ls /sys/class/net/eth0/queues');
     r = await runOnLgnet({
       queues: 2,
       vcpus: 1,

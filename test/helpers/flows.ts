@@ -11,25 +11,33 @@ import type { VirtioNetDriver } from '../../harness/virtio-net.ts';
 export const FLOWS = 64;
 const PORT = 7777;
 
-/** Payload [tag, flow]; exits 2 if a send has not completed in 10 s. */
+/** `perFlow` datagrams of payload [tag, flow] from each of `flows` sockets; exits 2 if sending has not ended in 10 s. */
 const SPRAY = `
 const dgram = require('node:dgram');
-const [dst, flows, tag, port] = [process.argv[1], Number(process.argv[2]), Number(process.argv[3]), Number(process.argv[4])];
+const [dst, flows, perFlow, tag, port] = process.argv.slice(1).map((a, i) => (i === 0 ? a : Number(a)));
 let open = flows;
 for (let f = 0; f < flows; f++) {
   const s = dgram.createSocket('udp4');
-  s.bind(0, () => s.send(Buffer.from([tag, f]), port, dst, () => { s.close(); --open || process.exit(0); }));
+  let left = perFlow;
+  const next = () => (left-- > 0 ? s.send(Buffer.from([tag, f]), port, dst, next) : (s.close(), --open || process.exit(0)));
+  s.bind(0, next);
 }
 setTimeout(() => process.exit(2), 10000);
 `;
+
+/** Sends `perFlow` UDP datagrams to dst:port from each of `flows` fresh sockets in `ns` (distinct source ports: distinct flow hashes). */
+export function sprayUdp(ns: Netns, dst: string, opts: { flows: number; perFlow?: number; tag?: number; port?: number }): void {
+  const argv = [dst, opts.flows, opts.perFlow ?? 1, opts.tag ?? 0, opts.port ?? PORT].map(String);
+  const r = spawnSync('ip', ['netns', 'exec', ns.name, process.execPath, '-e', SPRAY, ...argv], { encoding: 'utf8', timeout: 15_000 });
+  expect(r.status, r.stderr).toBe(0);
+}
 
 let runs = 0;
 
 /** Sprays FLOWS flows from `ns` at `dst` and returns how many distinct flows `drv` received on each of its `pairs`. */
 export async function sprayFlows(ns: Netns, dst: string, drv: VirtioNetDriver, pairs: number): Promise<number[]> {
   const tag = (++runs) & 0xff;
-  const r = spawnSync('ip', ['netns', 'exec', ns.name, process.execPath, '-e', SPRAY, dst, String(FLOWS), String(tag), String(PORT)], { encoding: 'utf8', timeout: 15_000 });
-  expect(r.status, r.stderr).toBe(0);
+  sprayUdp(ns, dst, { flows: FLOWS, tag });
   const seen = Array.from({ length: pairs }, () => new Set<number>());
   const take = (): void => {
     for (let p = 0; p < pairs; p++) {

@@ -24,6 +24,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { createNetns, destroyAllNetns, netnsPrerequisites, type Netns } from '../../harness/netns.ts';
 import { readMetrics, type MetricsDocument } from '../../sandbox/metrics-endpoint.ts';
+import { sprayUdp } from '../helpers/flows.ts';
 import { httpGet, parseExposition } from './metrics-helpers.ts';
 import { kill, logLines, startLgnet, type Lgnet } from './serve-process.ts';
 import { until } from './vhost-user-helpers.ts';
@@ -33,20 +34,6 @@ const haveTestpmd = spawnSync('sh', ['-c', 'command -v dpdk-testpmd'], { encodin
 const FLOOD = 2000;
 const UDP_PORTS = 64;
 const UDP_PER_PORT = 8;
-
-/** Sends UDP_PER_PORT datagrams from each of UDP_PORTS sockets (distinct source ports: distinct flow hashes). */
-const UDP_SPRAY = `
-const dgram = require('node:dgram');
-const [dst, ports, per] = [process.argv[1], Number(process.argv[2]), Number(process.argv[3])];
-let open = ports;
-for (let p = 0; p < ports; p++) {
-  const s = dgram.createSocket('udp4');
-  let left = per;
-  const next = () => (left-- > 0 ? s.send(Buffer.alloc(100, p), 9999, dst, next) : (s.close(), --open || process.exit(0)));
-  s.bind(0, next);
-}
-setTimeout(() => process.exit(2), 10000);
-`;
 
 interface Testpmd {
   child: ChildProcess;
@@ -141,10 +128,7 @@ async function traffic(a: Netns, b: Netns, ipA: string, ipB: string, iperfPort: 
       if (server.exitCode === null) server.kill('SIGKILL');
     }
   }
-  for (const [from, to] of [[b, ipA], [a, ipB]] as const) {
-    const r = spawnSync('ip', ['netns', 'exec', from.name, process.execPath, '-e', UDP_SPRAY, to, String(UDP_PORTS), String(UDP_PER_PORT)], { encoding: 'utf8', timeout: 15_000 });
-    expect(r.status, r.stderr).toBe(0);
-  }
+  for (const [from, to] of [[b, ipA], [a, ipB]] as const) sprayUdp(from, to, { flows: UDP_PORTS, perFlow: UDP_PER_PORT, port: 9999 });
 }
 
 describe.skipIf(!pre.ok)('lgnet serve behind DPDK virtio-user (dpdk-testpmd)', () => {

@@ -152,3 +152,12 @@ export function run(argv: string[], timeoutMs: number): Promise<{ code: number |
     });
   });
 }
+
+/**
+ * A guest shell command that waits until the guest has answered `count` ICMP echo requests
+ * (/proc/net/snmp InEchos), at most `seconds`, then runs `then`.
+ */
+export function guestAwaitEchos(count: number, seconds: number, then: string): string {
+  const inEchos = `awk '/^Icmp:/ { n++; if (n == 1) { for (k = 1; k <= NF; k++) if ($k == "InEchos") c = k } else print $c }' /proc/net/snmp`;
+  return `i=0; while [ "$(${inEchos})" -lt ${count} ] && [ $i -lt ${Math.round(seconds * 10)} ]; do i=$((i + 1)); sleep 0.1; done; ${then}`;
+}
