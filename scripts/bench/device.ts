@@ -143,7 +143,7 @@ function workerCpu(role: 'rx' | 'tx'): number {
  * sleeps) cannot starve the harness of the CPU it needs to give buffers back. Reports each case's median
  * rates, the median and range of the per-round ratios, and the RX worker's CPU time per frame.
  */
-async function benchMrg(ns: Netns, bin: string, seconds: number, rounds = MRG_ROUNDS): Promise<Record<string, unknown>> {
+async function benchMrg(ns: Netns, bin: string, seconds: number, rounds = MRG_ROUNDS, pinnedOnly = false): Promise<Record<string, unknown>> {
   const warmup = Math.min(WARMUP, seconds);
   const cases = [
     { name: 'rx64', len: 64, bufferSize: 2048 },
@@ -153,7 +153,7 @@ async function benchMrg(ns: Netns, bin: string, seconds: number, rounds = MRG_RO
   ];
   const plan = pinPlan();
   if (!plan) console.log('mrg: one CPU only, so no pinned case');
-  const placements = plan ? (['free', 'pinned'] as const) : (['free'] as const);
+  const placements = plan ? (pinnedOnly ? (['pinned'] as const) : (['free', 'pinned'] as const)) : (['free'] as const);
   // series[placement][case][plain|mrg|plainCpu|mrgCpu]: rates (frames/s) and RX worker ns per frame.
   const series: Record<string, Record<string, Record<string, number[]>>> = {};
   const push = (pl: string, name: string, key: string, v: number): void => void (((series[pl] ??= {})[name] ??= {})[key] ??= []).push(v);
@@ -199,9 +199,9 @@ async function benchMrg(ns: Netns, bin: string, seconds: number, rounds = MRG_RO
   };
   const out: Record<string, unknown> = { rounds, placement: plan ? { workerAndHarness: plan.worker, sender: plan.harness } : null };
   for (const c of cases) {
-    const free = summary(series['free']![c.name]!);
+    const free = series['free'] ? summary(series['free'][c.name]!) : null;
     const pinned = series['pinned'] ? summary(series['pinned'][c.name]!) : null;
-    out[c.name] = { bufferSize: c.bufferSize, ...free, ...(pinned ? { pinned } : {}) };
+    out[c.name] = { bufferSize: c.bufferSize, ...(free ?? {}), ...(pinned ? { pinned } : {}) };
     for (const [label, x] of [['free', free], ['pinned', pinned]] as const) {
       if (!x) continue;
       console.log(`${c.name.padEnd(8)} MRG_RXBUF (${c.bufferSize} B buffers), ${label.padEnd(6)}: lgnet ${fmt(stat(x.mrg).median)}  plain ${fmt(stat(x.plain).median)}  ` +
@@ -472,10 +472,10 @@ const pause = (us: number) => (us > 0 ? new Promise((r) => setTimeout(r, us / 10
  * lgnet's echo with its queue pair's two workers pinned to one CPU (NetDeviceOptions.cpus: the last
  * CPU this process may use), against the same unpinned, in alternating rounds on fresh devices.
  */
-async function benchPingPinned(ns: Netns, rounds = 3): Promise<Record<string, unknown>> {
+async function benchPingPinned(ns: Netns, pings: number, rounds: number): Promise<Record<string, unknown>> {
   const allowed = native.threadAffinity();
   const cpu = allowed[allowed.length - 1]!;
-  const per = Math.max(1, Math.floor(PINGS / rounds));
+  const per = Math.max(1, Math.floor(pings / rounds));
   const free: number[] = [];
   const pinned: number[] = [];
   const p50s: Array<{ free: number; pinned: number }> = [];
@@ -506,18 +506,24 @@ async function benchPingPinned(ns: Netns, rounds = 3): Promise<Record<string, un
   return { cpu, rounds, perRound: per, free: a, pinned: b, p50Rounds: p50s, p50Ratio: b.p50 / a.p50, avgRatio: b.avg / a.avg };
 }
 
-async function benchPing(ns: Netns, bin: string): Promise<Record<string, unknown>> {
-  const result = await benchPingFree(ns, bin);
-  return { ...result, pinned: await benchPingPinned(ns) };
+/**
+ * The echo's sizes: `pings` spaced echoes (PINGS in a full run), the spaced-wider series scaled by
+ * pings / PINGS, and the pinned comparison in `pinnedRounds` rounds.
+ */
+interface PingPlan { pings: number; pinnedRounds: number }
+
+async function benchPing(ns: Netns, bin: string, plan: PingPlan): Promise<Record<string, unknown>> {
+  const result = await benchPingFree(ns, bin, plan.pings);
+  return { ...result, pinned: await benchPingPinned(ns, plan.pings, plan.pinnedRounds) };
 }
 
 /** The echo through an unpinned device, traced, against the C floor and the C wake-up chains. */
-async function benchPingFree(ns: Netns, bin: string): Promise<Record<string, unknown>> {
+async function benchPingFree(ns: Netns, bin: string, pings: number): Promise<Record<string, unknown>> {
   const { s, frame, once } = await pingSetup(ns);
   try {
     const rx = s.drv.rx[0]!;
     const lg: number[] = [];
-    for (let i = 0; i < PINGS; i++) {
+    for (let i = 0; i < pings; i++) {
       lg.push(once());
       await pause(PING_GAP_US);
     }
@@ -526,7 +532,7 @@ async function benchPingFree(ns: Netns, bin: string): Promise<Record<string, unk
     const trace: Record<string, unknown> = {};
     for (const gapUs of [PING_GAP_US, 0]) {
       trace[`gap${gapUs}`] = await traceEchoes(s.drv.tx[0]!.kickFd, rx.callFd, async () => {
-        for (let i = 0; i < TRACED_PINGS; i++) {
+        for (let i = 0; i < Math.min(TRACED_PINGS, pings); i++) {
           once();
           await pause(gapUs);
         }
@@ -536,7 +542,9 @@ async function benchPingFree(ns: Netns, bin: string): Promise<Record<string, unk
     // echoes spaced wider, with the workers' CPU per time they are scheduled, beside C threads passing
     // a token through 4 eventfd wake-ups (as many as a guest's echo on lgnet) at the same spacing.
     const bySpacing: Record<string, { echoes: number; lgnet: ReturnType<typeof rttStat>; workerRunUsPerWake: number; workerWaitUsPerWake: number; cFourWakeUps: ReturnType<typeof rttStat> }> = {};
-    for (const [gapUs, n] of [[2000, 200], [10_000, 100], [50_000, 40]] as const) {
+    const scale = pings / PINGS;
+    for (const [gapUs, full] of [[2000, 200], [10_000, 100], [50_000, 40]] as const) {
+      const n = Math.max(5, Math.round(full * scale));
       const s0 = threadSchedstat(process.pid, 'lgnet-');
       const rtt: number[] = [];
       for (let i = 0; i < n; i++) {
@@ -556,7 +564,7 @@ async function benchPingFree(ns: Netns, bin: string): Promise<Record<string, unk
     }
     await s.dev.stopQueue(0); // the C loop reads the replies itself
     const hex = Buffer.from(frame).toString('hex');
-    const c = JSON.parse(runTapLoopRaw(bin, s.backend.fds[0]!, ['ping', String(HDR), hex, String(PINGS), String(PING_GAP_US)], PINGS * (PING_GAP_US / 1e6 + 0.01) + 10)) as { rtt: number[] };
+    const c = JSON.parse(runTapLoopRaw(bin, s.backend.fds[0]!, ['ping', String(HDR), hex, String(pings), String(PING_GAP_US)], pings * (PING_GAP_US / 1e6 + 0.01) + 10)) as { rtt: number[] };
     await s.dev.startQueue(0);
     const a = rttStat(lg);
     const b = rttStat(c.rtt);
@@ -564,7 +572,7 @@ async function benchPingFree(ns: Netns, bin: string): Promise<Record<string, unk
     // (vCPU → main loop → vCPU), lgnet's TX and RX workers make it 4 (3 in this harness, whose
     // "guest" is one thread).
     const wake: Record<string, ReturnType<typeof rttStat>> = {};
-    const tokens = Math.min(PINGS, 300);
+    const tokens = Math.min(pings, 300);
     for (const hops of [1, 2, 3]) {
       const w = JSON.parse(runTapLoopRaw(bin, -1, ['wake', String(hops), String(tokens), String(PING_GAP_US)], tokens * (PING_GAP_US / 1e6 + 0.01) + 10)) as { rtt: number[] };
       wake[`${hops + 1} wake-ups`] = rttStat(w.rtt);
@@ -579,16 +587,21 @@ async function benchPingFree(ns: Netns, bin: string): Promise<Record<string, unk
       const t = v as { n: number; hops: Record<string, { median: number }> };
       console.log(`  traced, ${k === 'gap0' ? 'back to back' : `${PING_GAP_US} µs apart`} (${t.n} echoes, median µs): ${Object.entries(t.hops).map(([h, x]) => `${h} ${x.median.toFixed(0)}`).join(', ')}`);
     }
-    return { pings: PINGS, gapUs: PING_GAP_US, lgnet: a, c: b, extraP50Us: a.p50 - b.p50, extraAvgUs: a.avg - b.avg, wake, trace, bySpacing, rx: { interrupts: m[0]!.interrupts, held: m[0]!.interruptsHeld, sleeps: m[0]!.sleeps }, tx: { interrupts: m[1]!.interrupts, held: m[1]!.interruptsHeld, sleeps: m[1]!.sleeps } };
+    return { pings, gapUs: PING_GAP_US, lgnet: a, c: b, extraP50Us: a.p50 - b.p50, extraAvgUs: a.avg - b.avg, wake, trace, bySpacing, rx: { interrupts: m[0]!.interrupts, held: m[0]!.interruptsHeld, sleeps: m[0]!.sleeps }, tx: { interrupts: m[1]!.interrupts, held: m[1]!.interruptsHeld, sleeps: m[1]!.sleeps } };
   } finally {
     await closeSetup(s);
   }
 }
 
-/** Runs the device benchmark; returns the results object (also used by the full bench suite). */
-/** `mrgRounds`: rounds of the MRG_RXBUF comparison (default LGNET_BENCH_MRG_ROUNDS, 3). */
-export async function benchDevice(opts: { seconds?: number; mrgRounds?: number } = {}): Promise<Record<string, unknown>> {
+/**
+ * Runs the device benchmark; returns the results object (also used by the full bench suite).
+ * `mrgRounds`: rounds of the MRG_RXBUF comparison (default LGNET_BENCH_MRG_ROUNDS, 3). `quick` (the
+ * smoke test): a fifth of the echoes, one pinned-echo round, and MRG_RXBUF in the pinned placement
+ * only, so that every step still runs.
+ */
+export async function benchDevice(opts: { seconds?: number; mrgRounds?: number; quick?: boolean } = {}): Promise<Record<string, unknown>> {
   const seconds = opts.seconds ?? SECONDS;
+  const pingPlan: PingPlan = opts.quick ? { pings: Math.max(20, Math.round(PINGS / 5)), pinnedRounds: 1 } : { pings: PINGS, pinnedRounds: 3 };
   // Compiled into the temporary directory, not .cache/, which a worktree may share with another
   // checkout whose bench may be running its own tap-loop at the time.
   const bin = buildTapLoop(join(tmpdir(), `lgnet-tap-loop-${process.pid}`));
@@ -600,11 +613,11 @@ export async function benchDevice(opts: { seconds?: number; mrgRounds?: number }
   let s: Awaited<ReturnType<typeof setup>> | undefined;
   try {
     if (ONLY === 'mrg') {
-      results['mrg'] = await benchMrg(ns, bin, seconds, opts.mrgRounds);
+      results['mrg'] = await benchMrg(ns, bin, seconds, opts.mrgRounds, opts.quick);
       return results;
     }
     if (ONLY === 'ping') {
-      results['ping'] = await benchPing(ns, bin);
+      results['ping'] = await benchPing(ns, bin, pingPlan);
       return results;
     }
     if (ONLY === 'io') {
@@ -680,8 +693,8 @@ export async function benchDevice(opts: { seconds?: number; mrgRounds?: number }
     await closeSetup(s);
     s = undefined;
 
-    results['ping'] = await benchPing(ns, bin);
-    results['mrg'] = await benchMrg(ns, bin, seconds, opts.mrgRounds);
+    results['ping'] = await benchPing(ns, bin, pingPlan);
+    results['mrg'] = await benchMrg(ns, bin, seconds, opts.mrgRounds, opts.quick);
     // Both paths in rounds: skipped in smoke-sized runs (under a second per measurement).
     if (seconds >= 1) results['io'] = await benchIo(ns, bin, seconds);
   } finally {

@@ -92,7 +92,7 @@ function reportMrg(md: string[], mrg: J | undefined): void {
     const x = mrg[k] as J | undefined;
     if (!x) continue;
     const pin = x['pinned'] as J | undefined;
-    md.push(`| ${label} | ${x['bufferSize']} | ${ratio(x)} | ${pin ? ratio(pin) : 'n/a'} | ${pin ? `${cpu(pin['mrgCpuNs'])} vs ${cpu(pin['plainCpuNs'])}` : 'n/a'} |`);
+    md.push(`| ${label} | ${x['bufferSize']} | ${x['ratioMedian'] === undefined ? 'n/a' : ratio(x)} | ${pin ? ratio(pin) : 'n/a'} | ${pin ? `${cpu(pin['mrgCpuNs'])} vs ${cpu(pin['plainCpuNs'])}` : 'n/a'} |`);
   }
   md.push('');
 }

@@ -38,12 +38,13 @@ describe.skipIf(process.getuid?.() !== 0)('bench smoke (tiny durations)', () => 
   }, 30_000);
 
   it('device beside the C loop', async () => {
-    const d = await quiet(() => benchDevice({ seconds: 0.2, mrgRounds: 1 }));
+    const d = await quiet(() => benchDevice({ seconds: 0.2, mrgRounds: 1, quick: true }));
     writeResult('device', d, dir);
     expect((d['tx64'] as { lgnet: number }).lgnet).toBeGreaterThan(0);
     expect((d['rx64'] as { lgnet: number }).lgnet).toBeGreaterThan(0);
     expect(d['mrg']).toBeDefined();
-    // Packed, dirty-log and MRG comparisons come on top of tx/rx: about a minute on 2 vCPUs.
+    expect((d['ping'] as { lgnet: { p50: number } }).lgnet.p50).toBeGreaterThan(0);
+    // Packed, dirty-log, echo and MRG comparisons come on top of tx/rx, shortened (quick).
   }, 180_000);
 
   it('dpdk: lgnet serve (and testpmd when installed) behind the vhost-user harness', async () => {
