@@ -68,6 +68,8 @@ export const NET_ERROR = {
   BAD_IO: 'NET_BAD_IO',
   /** io_uring was asked for (io 'uring', LGNET_IO=uring) but the kernel or a sandbox refuses it. */
   IO_URING_UNAVAILABLE: 'NET_IO_URING_UNAVAILABLE',
+  /** A tap fd handed to TapOptions.fds (`lgnet serve --tap-fd`) that is not a usable tap queue. */
+  BAD_TAP_FD: 'NET_BAD_TAP_FD',
 } as const;
 
 /** One of the codes in {@link NET_ERROR}. */

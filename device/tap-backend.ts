@@ -76,6 +76,62 @@ export interface TapOptions {
    * here, so a jailed process (where io_uring_setup is denied) must make its TapBackend before the jail.
    */
   io?: TapIo;
+  /**
+   * Tap fds already open, one per queue pair, instead of opening /dev/net/tun: handed down by a manager
+   * that made the tap (as libvirt gives QEMU `-netdev tap,fds=`), so that lgnet needs no privilege
+   * (CAP_NET_ADMIN) at all. Each must be attached to a tap (IFF_TAP, IFF_NO_PI) with IFF_VNET_HDR, all to
+   * the same one, which has IFF_MULTI_QUEUE when there is more than one; `name`, if given, must be
+   * its name, and `queuePairs`, if given, their count. Refused with NET_BAD_TAP_FD (the fds are then
+   * left open, as on any failure to make the backend). Once the backend is made it owns them: nonblocking, close-on-exec, closed by
+   * close(). The same fd twice, or two fds of one queue (dup), are the caller's mistake.
+   */
+  fds?: readonly number[];
+}
+
+/**
+ * A queue of a multi-queue tap handed over detached (TUNSETQUEUE) takes no frames: attach it. EINVAL:
+ * it already is.
+ */
+function attachQueue(fd: number, name: string): void {
+  try {
+    native.tapSetQueue(fd, true);
+  } catch (e) {
+    if (!(e instanceof NativeError)) throw e;
+    if (e.code === 'EINVAL') return;
+    throw new NetConfigError(NET_ERROR.BAD_TAP_FD, `tap fd ${fd}: a detached queue of ${name} that this process may not attach (${e.code}); attach it before handing it over, or make the tap this user's (ip tuntap add ${name} mode tap vnet_hdr multi_queue user U)`, { cause: e });
+  }
+}
+
+/** The interface of `fds` (TapOptions.fds) and whether it is multi-queue; throws NET_BAD_TAP_FD. */
+function checkTapFds(fds: readonly number[], opts: TapOptions): { name: string; multiQueue: boolean } {
+  const bad = (why: string, cause?: unknown): never => {
+    throw new NetConfigError(NET_ERROR.BAD_TAP_FD, `tap fds ${fds.join(',')}: ${why}`, cause === undefined ? undefined : { cause });
+  };
+  if (fds.length === 0) bad('none given; give one open tap fd per queue pair');
+  if (opts.queuePairs !== undefined && opts.queuePairs !== fds.length) bad(`${fds.length} fds for ${opts.queuePairs} queue pairs; give one fd per pair`);
+  if (new Set(fds).size !== fds.length) bad('an fd is given twice; give one fd per queue pair');
+  let name = '';
+  let flags = 0;
+  for (const fd of fds) {
+    if (!Number.isInteger(fd) || fd < 0) bad(`${fd} is not an fd number`);
+    let info: { name: string; flags: number };
+    try {
+      info = native.tapInfo(fd);
+    } catch (e) {
+      if (!(e instanceof NativeError)) throw e;
+      bad(e.code === 'EBADFD'
+        ? `fd ${fd} is a tun fd attached to no interface; attach it (TUNSETIFF) before handing it over`
+        : `fd ${fd} is not a tun fd (${e.code}); hand over an fd of /dev/net/tun attached to a tap`, e);
+    }
+    if (name !== '' && info!.name !== name) bad(`fd ${fd} is on ${info!.name}, the others on ${name}; all fds must be queues of one tap`);
+    name = info!.name;
+    flags = info!.flags;
+  }
+  const need = [['TAP', native.IFF.TAP], ['NO_PI', native.IFF.NO_PI], ['VNET_HDR', native.IFF.VNET_HDR]] as const;
+  const missing = need.filter(([, f]) => (flags & f) === 0).map(([k]) => `IFF_${k}`);
+  if (missing.length) bad(`${name} lacks ${missing.join(', ')}; make it a tap with a vnet header (ip tuntap add ${name} mode tap vnet_hdr${fds.length > 1 ? ' multi_queue' : ''}, or TUNSETIFF with IFF_TAP|IFF_NO_PI|IFF_VNET_HDR)`);
+  if (opts.name && opts.name !== name) bad(`they are queues of ${name}, not of ${opts.name}`);
+  return { name, multiQueue: (flags & native.IFF.MULTI_QUEUE) !== 0 };
 }
 
 /** A tap device opened with IFF_VNET_HDR, one fd per queue pair. */
@@ -100,13 +156,23 @@ export class TapBackend implements Backend {
   private vnetHdrLen = 12;
 
   constructor(opts: TapOptions = {}) {
-    this.queuePairs = opts.queuePairs ?? 1;
+    const given = opts.fds ? checkTapFds(opts.fds, opts) : null;
+    this.queuePairs = opts.fds?.length ?? opts.queuePairs ?? 1;
     const want = requestedIo(opts.io);
-    const multiQueue = this.queuePairs > 1;
+    const multiQueue = given ? given.multiQueue : this.queuePairs > 1;
     this.multiQueue = multiQueue;
-    let name = opts.name ?? '';
+    let name = given?.name ?? opts.name ?? '';
     try {
-      for (let i = 0; i < this.queuePairs; i++) {
+      if (given) {
+        for (const fd of opts.fds!) {
+          this.fds.push(fd);
+          native.setNonblocking(fd, true);
+          native.setCloexec(fd, true);
+          native.tapSetVnetHdrSize(fd, this.vnetHdrLen);
+          if (multiQueue) attachQueue(fd, name);
+        }
+      }
+      for (let i = this.fds.length; i < this.queuePairs; i++) {
         const t = native.tapOpen({ name, vnetHdr: true, multiQueue, nonblocking: true });
         name = t.name;
         this.fds.push(t.fd);
@@ -117,6 +183,7 @@ export class TapBackend implements Backend {
       this.io = chosen.io;
       this.ioReason = chosen.reason;
     } catch (e) {
+      if (given) this.fds.splice(0, opts.fds!.length); // not made: the caller keeps its fds
       this.close();
       throw e;
     }

@@ -20,6 +20,7 @@ export interface RawBinding {
   // fd.cc
   close(fd: number): void;
   setNonblocking(fd: number, on: boolean): void;
+  setCloexec(fd: number, on: boolean): void;
   fdRead(fd: number, buf: Uint8Array): number;
   fdWrite(fd: number, buf: Uint8Array): number;
 
@@ -48,6 +49,7 @@ export interface RawBinding {
   tapAttach(fd: number, name: string, vnetHdr: boolean, multiQueue: boolean): void;
   tapGetFeatures(fd: number): number;
   tapSetQueue(fd: number, attach: boolean): void;
+  tapInfo(fd: number): { name: string; flags: number };
 
   // batch.cc
   // words = IovecTable.words: entries (maxEntries × 4 u32), frameEnd (maxFrames u32), bytes (maxFrames i32).

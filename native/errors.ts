@@ -50,8 +50,13 @@ export class NativeError extends LgnetError {
   }
 }
 
+/** Linux errnos libuv has no name for, which lgnet meets (a tap's fd once its interface is gone). */
+const LINUX_ERRNO_NAMES: Readonly<Record<number, string>> = { 77: 'EBADFD' };
+
 function codeOf(errno: number): string {
   if (!Number.isInteger(errno) || errno <= 0) return `UNKNOWN_ERRNO_${errno}`;
+  const linux = LINUX_ERRNO_NAMES[errno];
+  if (linux) return linux;
   let name: string;
   try {
     name = getSystemErrorName(-errno);

@@ -28,6 +28,18 @@ Napi::Value SetNonblocking(const Napi::CallbackInfo& info) {
   return env.Undefined();
 }
 
+// setCloexec(fd, on): FD_CLOEXEC, for an fd another process handed down (a child must not inherit it).
+Napi::Value SetCloexec(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  REQUIRE_ARGUMENT_FD(0, fd)
+  REQUIRE_ARGUMENT_BOOLEAN(1, on, "on")
+  int flags = fcntl(fd, F_GETFD);
+  if (flags < 0) return NativeFail(env, errno, "fcntl", FdDetail(fd));
+  int wanted = on ? (flags | FD_CLOEXEC) : (flags & ~FD_CLOEXEC);
+  if (wanted != flags && fcntl(fd, F_SETFD, wanted) < 0) return NativeFail(env, errno, "fcntl", FdDetail(fd));
+  return env.Undefined();
+}
+
 // fdRead(fd, buf) -> bytes, 0 on EOF, -1 on EAGAIN.
 Napi::Value FdRead(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
@@ -63,6 +75,7 @@ Napi::Value FdWrite(const Napi::CallbackInfo& info) {
 void RegisterFd(Napi::Env env, Napi::Object exports) {
   exports.Set("close", Napi::Function::New(env, Close, "close"));
   exports.Set("setNonblocking", Napi::Function::New(env, SetNonblocking, "setNonblocking"));
+  exports.Set("setCloexec", Napi::Function::New(env, SetCloexec, "setCloexec"));
   exports.Set("fdRead", Napi::Function::New(env, FdRead, "fdRead"));
   exports.Set("fdWrite", Napi::Function::New(env, FdWrite, "fdWrite"));
 }

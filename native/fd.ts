@@ -35,6 +35,13 @@ export function setNonblocking(fd: number, on: boolean): void {
   b.setNonblocking(fd, on);
 }
 
+/** FD_CLOEXEC on or off: an fd handed down by another process is not handed on to a child of ours. */
+export function setCloexec(fd: number, on: boolean): void {
+  checkFd(fd);
+  if (typeof on !== 'boolean') throw new TypeError('on must be a boolean');
+  b.setCloexec(fd, on);
+}
+
 /** read(2) into buf: bytes read, 0 on EOF, -1 on EAGAIN. */
 export function fdRead(fd: number, buf: Uint8Array): number {
   checkFd(fd);

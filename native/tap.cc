@@ -91,6 +91,22 @@ Napi::Value TapSetQueue(const Napi::CallbackInfo& info) {
   return env.Undefined();
 }
 
+// tapInfo(fd) -> { name, flags }: TUNGETIFF, the interface an fd is attached to and its IFF flags (as
+// the interface has them: IFF_TAP, IFF_NO_PI, IFF_VNET_HDR, IFF_MULTI_QUEUE, IFF_PERSIST, ...), for an
+// fd another process opened. A detached queue still names its interface, with IFF_DETACH_QUEUE.
+// EBADFD: a tun fd attached to nothing; ENOTTY or EINVAL: not a tun fd.
+Napi::Value TapInfo(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  REQUIRE_ARGUMENT_FD(0, fd)
+  struct ifreq ifr;
+  std::memset(&ifr, 0, sizeof ifr);
+  if (ioctl(fd, TUNGETIFF, &ifr) < 0) return NativeFail(env, errno, "ioctl(TUNGETIFF)", "fd " + std::to_string(fd));
+  Napi::Object result = Napi::Object::New(env);
+  result.Set("name", Napi::String::New(env, std::string(ifr.ifr_name, strnlen(ifr.ifr_name, IFNAMSIZ))));
+  result.Set("flags", Napi::Number::New(env, (uint16_t)ifr.ifr_flags));
+  return result;
+}
+
 Napi::Value TapGetFeatures(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   REQUIRE_ARGUMENT_FD(0, fd)
@@ -109,6 +125,7 @@ void RegisterTap(Napi::Env env, Napi::Object exports) {
   exports.Set("tapSetOffload", Napi::Function::New(env, TapSetOffload, "tapSetOffload"));
   exports.Set("tapGetFeatures", Napi::Function::New(env, TapGetFeatures, "tapGetFeatures"));
   exports.Set("tapSetQueue", Napi::Function::New(env, TapSetQueue, "tapSetQueue"));
+  exports.Set("tapInfo", Napi::Function::New(env, TapInfo, "tapInfo"));
 }
 
 }  // namespace lgnet

@@ -26,6 +26,9 @@ export const IFF = {
   MULTI_QUEUE: 0x0100,
   NO_PI: 0x1000,
   VNET_HDR: 0x4000,
+  PERSIST: 0x0800,
+  /** TUNGETIFF on a queue detached with TUNSETQUEUE. */
+  DETACH_QUEUE: 0x0400,
 } as const;
 
 export interface TapOptions {
@@ -81,6 +84,17 @@ export function tapSetQueue(fd: number, attach: boolean): void {
   checkFd(fd);
   if (typeof attach !== 'boolean') throw new TypeError('attach must be a boolean');
   b.tapSetQueue(fd, attach);
+}
+
+/**
+ * TUNGETIFF: the interface a tun fd is attached to, and that interface's IFF flags ({@link IFF}): what
+ * an fd another process opened turns out to be (a detached queue of a multi-queue tap still names
+ * it, with IFF.DETACH_QUEUE). Throws NativeError (EBADFD: attached to nothing; ENOTTY or EINVAL: not a
+ * tun fd).
+ */
+export function tapInfo(fd: number): { name: string; flags: number } {
+  checkFd(fd);
+  return b.tapInfo(fd);
 }
 
 /** TUNGETFEATURES: the IFF flags this kernel's tun driver supports. */

@@ -3,7 +3,7 @@
  * in main.ts. Every flag is checked here, before anything is opened, so that a typo fails fast with a
  * message and exit status 2 (the vhost-user back-end conventions: fail early, exit non-zero).
  *
- *   lgnet serve --socket PATH [--client] [--tap NAME] [--queues N] [--mac MAC] [--mtu N]
+ *   lgnet serve --socket PATH [--client] [--tap NAME] [--tap-fd FD[,FD...]] [--queues N] [--mac MAC] [--mtu N]
  *               [--log-level LEVEL] [--reconnect-ms MS] [--metrics-listen ADDR] [--metrics-socket PATH]
  *               [--pcap FILE] [--{tx,rx}-rate-{bytes,ops} SIZE/MS] [--busy-poll US] [--io PATH] [--offer-config]
  *               [--worker-cpus LIST]
@@ -33,6 +33,8 @@ export interface ServeOptions {
   reconnectMs: number;
   /** Tap to create or attach to; '' lets the kernel pick a name. */
   tap: string;
+  /** --tap-fd: tap fds inherited from the caller, one per queue pair, instead of opening the tap. */
+  tapFds?: number[] | undefined;
   /** Queue pairs. */
   queues: number;
   mac: string | undefined;
@@ -127,6 +129,18 @@ export function parseCpuList(v: string): number[] {
   return out;
 }
 
+/** --tap-fd: "3" or "3,4": fds above stderr, each once. */
+function fdList(v: string): number[] {
+  const fds = v.split(',').map((x) => x.trim());
+  const out: number[] = [];
+  for (const x of fds) {
+    if (!/^\d{1,7}$/.test(x) || Number(x) < 3) throw new InvalidArgumentError(`'${x}' is not an fd number above 2 (stdin, stdout and stderr are not taps)`);
+    if (out.includes(Number(x))) throw new InvalidArgumentError(`fd ${x} is given twice; give one fd per queue pair`);
+    out.push(Number(x));
+  }
+  return out;
+}
+
 function tapName(v: string): string {
   if (Buffer.byteLength(v) > 15 || /[\s/:]/.test(v)) throw new InvalidArgumentError('an interface name is at most 15 bytes, without spaces, "/" or ":"');
   return v;
@@ -174,6 +188,7 @@ export function buildCli(actions: { serve: (opts: ServeOptions) => Promise<void>
     .option('--client', 'connect to the socket (the VMM listens) instead of listening', false)
     .addOption(new Option('--reconnect-ms <ms>', 'client mode: delay between connection attempts').argParser(int('--reconnect-ms', 10, 60_000)).default(1000))
     .addOption(new Option('--tap <name>', 'tap interface to create or attach to (default: the kernel picks)').argParser(tapName).default(''))
+    .addOption(new Option('--tap-fd <fds>', "serve the tap whose fds this process inherited, one per queue pair ('3', or '3,4' for two), instead of opening it: the caller made the tap (IFF_TAP|IFF_NO_PI|IFF_VNET_HDR, and IFF_MULTI_QUEUE for several), so lgnet needs no CAP_NET_ADMIN; --queues defaults to their count (docs/OPERATIONS.md)").argParser(fdList))
     .addOption(new Option('--queues <n>', 'queue pairs').argParser(int('--queues', 1, 64)).default(1))
     .addOption(new Option('--mac <mac>', 'MAC address in the device config (default: random, locally administered)').argParser(macAddress))
     .addOption(new Option('--mtu <n>', 'MTU in the device config').argParser(int('--mtu', 68, 65535)).default(1500))
@@ -198,13 +213,18 @@ export function buildCli(actions: { serve: (opts: ServeOptions) => Promise<void>
     .option('--user <user>', 'jail: drop to this user (name or uid)')
     .option('--group <group>', 'jail: drop to this group (name or gid)')
     .option('--print-policy', 'print the seccomp policy (every allowed syscall with its reason) and exit')
-    .action(async (o: Record<string, unknown>) => {
+    .action(async (o: Record<string, unknown>, cmd: Command) => {
+      const tapFds = o['tapFd'] as number[] | undefined;
+      if (tapFds && cmd.getOptionValueSource('queues') !== 'default' && o['queues'] !== tapFds.length) {
+        program.error(`error: --queues ${String(o['queues'])} with ${tapFds.length} --tap-fd fds; give one fd per queue pair, or drop --queues`, { exitCode: 2 });
+      }
       const opts: ServeOptions = {
         socket: o['socket'] as string,
         client: o['client'] === true,
         reconnectMs: o['reconnectMs'] as number,
         tap: o['tap'] as string,
-        queues: o['queues'] as number,
+        tapFds,
+        queues: tapFds?.length ?? (o['queues'] as number),
         mac: o['mac'] as string | undefined,
         mtu: o['mtu'] as number,
         busyPoll: o['busyPoll'] as number,

@@ -32,7 +32,7 @@
  * Spec: no vhost-user.rst section (the sandbox is lgnet's own). Design: DESIGN.md "The syscall boundary
  * and the jail", docs/SECURITY.md.
  */
-import { readdirSync } from 'node:fs';
+import { readdirSync, readFileSync } from 'node:fs';
 import { threadId, isMainThread } from 'node:worker_threads';
 
 import * as native from '../native/index.ts';
@@ -162,6 +162,7 @@ export function enterJail(opts: JailOptions = {}): JailReport {
 
   // 0. no process of ours may run outside the jail (needs /proc: before the chroot).
   refuseChildren(opts.keepChildren ?? []);
+  const caps = effectiveCaps();
 
   // a. names → ids, while /etc is still visible.
   const ids = resolveIds(opts.user, opts.group);
@@ -219,7 +220,9 @@ export function enterJail(opts: JailOptions = {}): JailReport {
     report.uid = ids.uid;
     report.steps.push(`setresuid ${ids.uid}`);
   } else if (process.getuid?.() === 0) {
-    warn(opts, 'lgnet jail: running as root without --user keeps root\'s uid and capabilities; seccomp still applies, but prefer --user nobody --group nogroup.', 'LGNET_JAIL_ROOT');
+    warn(opts, caps === 0n
+      ? 'lgnet jail: running as uid 0 without --user: no capabilities, but files owned by root stay open to it; seccomp still applies, but prefer --user nobody --group nogroup.'
+      : 'lgnet jail: running as root without --user keeps root\'s uid and capabilities; seccomp still applies, but prefer --user nobody --group nogroup.', 'LGNET_JAIL_ROOT');
   }
 
   // d. rlimits: no core dumps (guest memory must not land on disk), bounded fds.
@@ -296,4 +299,14 @@ export function enterWorkerJail(program?: Uint8Array): WorkerJailReport {
     fail(JAIL_ERROR.SECCOMP, 'seccomp', `worker thread ${threadId} cannot stack its filter`, todo, e);
   }
   return { role: 'worker', arch, instructions: prog.length / 8, syscalls: compiled?.syscalls.length ?? rulesFor('worker').length };
+}
+
+/** This process's effective capabilities (CapEff of /proc/self/status), or null where /proc is not readable. */
+function effectiveCaps(): bigint | null {
+  try {
+    const m = /^CapEff:\s*([0-9a-f]+)$/m.exec(readFileSync('/proc/self/status', 'utf8'));
+    return m ? BigInt(`0x${m[1]}`) : null;
+  } catch {
+    return null;
+  }
 }

@@ -55,7 +55,7 @@ export interface Serving {
 
 /** Steps 2–3: opens the tap, the device and the socket; enters the jail when asked. */
 export async function startServing(opts: ServeOptions, log: Logger): Promise<Serving> {
-  const backend = new TapBackend({ name: opts.tap, queuePairs: opts.queues, ...(opts.io ? { io: opts.io } : {}) });
+  const backend = new TapBackend({ name: opts.tap, queuePairs: opts.queues, ...(opts.tapFds ? { fds: opts.tapFds } : {}), ...(opts.io ? { io: opts.io } : {}) });
   log.info({ io: backend.io, why: backend.ioReason }, 'tap I/O');
   let device: NetDevice;
   let pcapFd = -1;

@@ -44,10 +44,24 @@ export async function createBed(opts: {
   device?: Partial<NetDeviceOptions>;
   /** The tap's I/O path (default: LGNET_IO, else io_uring where the kernel allows it). */
   io?: TapIo;
+  /**
+   * Hand the backend tap fds opened here (blocking, as a manager would open them: TapOptions.fds)
+   * instead of letting it open the tap.
+   */
+  tapFds?: boolean;
 } = {}): Promise<Bed> {
   const ns = createNetns('lgdev');
   const pairs = opts.queuePairs ?? 1;
-  const backend = native.withNetns(ns.path, () => new TapBackend({ name: 'lgtap0', queuePairs: pairs, ...(opts.io ? { io: opts.io } : {}) }));
+  const backend = native.withNetns(ns.path, () => {
+    const io = opts.io ? { io: opts.io } : {};
+    if (!opts.tapFds) return new TapBackend({ name: 'lgtap0', queuePairs: pairs, ...io });
+    const fds = Array.from({ length: pairs }, () => {
+      const fd = native.tapOpen({ name: 'lgtap0', vnetHdr: true, multiQueue: pairs > 1 }).fd;
+      native.setCloexec(fd, false); // as a child inherits it
+      return fd;
+    });
+    return new TapBackend({ fds, ...io });
+  });
   const n = (subnet = (subnet + 1) % 200) + 20;
   const hostIp = `10.${n}.0.1`;
   const guestIp = `10.${n}.0.2`;

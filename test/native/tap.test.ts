@@ -21,7 +21,10 @@ import {
   munmap,
   poll,
   readvBatch,
+  eventfdCreate,
+  setCloexec,
   tapGetFeatures,
+  tapInfo,
   tapOpen,
   tapSetOffload,
   tapSetQueue,
@@ -32,10 +35,13 @@ import {
 } from '../../native/index.ts';
 import { createNetns, destroyAllNetns, netnsPrerequisites, openPacketIn, openTapIn, type Netns } from '../../harness/netns.ts';
 import { ip4, mac, udpFrame } from '../../harness/frames.ts';
+import { openSync } from 'node:fs';
 import { nativeErrorOf } from '../helpers/errors.ts';
 import { shrunkMemory } from '../helpers/shrunk.ts';
 
 const pre = netnsPrerequisites();
+/** An fd of `path` opened read-write, as any process may. */
+const openRaw = (path: string): number => openSync(path, 'r+');
 if (!pre.ok) console.warn(`tap tests skipped: ${pre.why}`);
 
 const ETHERTYPE = 0x88b5; // IEEE local experimental
@@ -347,5 +353,42 @@ describe.runIf(pre.ok)('tap: bounds checks and errors', () => {
     const e = nativeErrorOf(() => withNetns(ns.path, () => tapOpen({ name: single.name, vnetHdr: false })));
     expect(e.syscall).toBe('ioctl(TUNSETIFF)');
     expect(e.code).toBe('EBUSY');
+  });
+
+  it('tapInfo names the interface of an fd (a detached queue too) and its flags; an unattached tun fd and an eventfd fail', () => {
+    ns = createNetns();
+    const mq = openTapIn(ns, { vnetHdr: true, multiQueue: true, nonblocking: true, address: false });
+    const q1 = withNetns(ns.path, () => tapOpen({ name: mq.name, vnetHdr: true, multiQueue: true }));
+    ns.track(q1.fd);
+    const a = tapInfo(mq.fd);
+    expect(a.name).toBe(mq.name);
+    expect(a.flags & (IFF.TAP | IFF.NO_PI | IFF.VNET_HDR | IFF.MULTI_QUEUE)).toBe(IFF.TAP | IFF.NO_PI | IFF.VNET_HDR | IFF.MULTI_QUEUE);
+    expect(a.flags & IFF.TUN).toBe(0);
+    expect(tapInfo(q1.fd)).toEqual(a);
+    const plain = openTapIn(ns, { vnetHdr: false, address: false });
+    const p = tapInfo(plain.fd);
+    expect(p.name).toBe(plain.name);
+    expect(p.flags & (IFF.VNET_HDR | IFF.MULTI_QUEUE)).toBe(0);
+    // A detached queue still names its interface (it can be attached again).
+    tapSetQueue(q1.fd, false);
+    expect(tapInfo(q1.fd)).toEqual({ name: a.name, flags: a.flags | IFF.DETACH_QUEUE });
+    tapSetQueue(q1.fd, true);
+    // A tun fd attached to nothing has no interface.
+    const bare = openRaw('/dev/net/tun');
+    try {
+      expect(nativeErrorOf(() => tapInfo(bare))).toMatchObject({ code: 'EBADFD', syscall: 'ioctl(TUNGETIFF)' });
+    } finally {
+      close(bare);
+    }
+    const efd = eventfdCreate({ nonblocking: true });
+    try {
+      expect(['ENOTTY', 'EINVAL']).toContain(nativeErrorOf(() => tapInfo(efd)).code);
+      // setCloexec on any fd, both ways.
+      setCloexec(efd, false);
+      setCloexec(efd, true);
+    } finally {
+      close(efd);
+    }
+    expect(nativeErrorOf(() => setCloexec(efd, true))).toMatchObject({ code: 'EBADF', syscall: 'fcntl' });
   });
 });
