@@ -16,9 +16,12 @@ export interface Lgnet {
   exited: Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
 }
 
-/** Starts `lgnet serve ARGS` in `ns`; resolves at its ready line (the first line on stdout). */
-export function startLgnet(ns: Netns, args: string[], env: Record<string, string> = {}): Promise<Lgnet> {
-  const child = spawn('ip', ['netns', 'exec', ns.name, LGNET, 'serve', ...args], { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, ...env } });
+/**
+ * Starts `lgnet serve ARGS` in `ns`; resolves at its ready line (the first line on stdout). `fds` are
+ * inherited as fds 3, 4, …; `wrap` runs before lgnet in the same process (e.g. setpriv).
+ */
+export function startLgnet(ns: Netns, args: string[], env: Record<string, string> = {}, opts: { fds?: number[]; wrap?: string[] } = {}): Promise<Lgnet> {
+  const child = spawn('ip', ['netns', 'exec', ns.name, ...(opts.wrap ?? []), LGNET, 'serve', ...args], { stdio: ['ignore', 'pipe', 'pipe', ...(opts.fds ?? [])], env: { ...process.env, ...env } });
   let out = '';
   let err = '';
   child.stdout!.setEncoding('utf8').on('data', (d: string) => (out += d));
