@@ -17,28 +17,22 @@ Napi::Value Close(const Napi::CallbackInfo& info) {
   return env.Undefined();
 }
 
-Napi::Value SetNonblocking(const Napi::CallbackInfo& info) {
+// (fd, on): one bit of the fd's flags (F_GETFL/F_SETFL or F_GETFD/F_SETFD) on or off.
+Napi::Value SetFlag(const Napi::CallbackInfo& info, int get, int set, int bit) {
   Napi::Env env = info.Env();
   REQUIRE_ARGUMENT_FD(0, fd)
   REQUIRE_ARGUMENT_BOOLEAN(1, on, "on")
-  int flags = fcntl(fd, F_GETFL);
+  int flags = fcntl(fd, get);
   if (flags < 0) return NativeFail(env, errno, "fcntl", FdDetail(fd));
-  int wanted = on ? (flags | O_NONBLOCK) : (flags & ~O_NONBLOCK);
-  if (wanted != flags && fcntl(fd, F_SETFL, wanted) < 0) return NativeFail(env, errno, "fcntl", FdDetail(fd));
+  int wanted = on ? (flags | bit) : (flags & ~bit);
+  if (wanted != flags && fcntl(fd, set, wanted) < 0) return NativeFail(env, errno, "fcntl", FdDetail(fd));
   return env.Undefined();
 }
 
+Napi::Value SetNonblocking(const Napi::CallbackInfo& info) { return SetFlag(info, F_GETFL, F_SETFL, O_NONBLOCK); }
+
 // setCloexec(fd, on): FD_CLOEXEC, for an fd another process handed down (a child must not inherit it).
-Napi::Value SetCloexec(const Napi::CallbackInfo& info) {
-  Napi::Env env = info.Env();
-  REQUIRE_ARGUMENT_FD(0, fd)
-  REQUIRE_ARGUMENT_BOOLEAN(1, on, "on")
-  int flags = fcntl(fd, F_GETFD);
-  if (flags < 0) return NativeFail(env, errno, "fcntl", FdDetail(fd));
-  int wanted = on ? (flags | FD_CLOEXEC) : (flags & ~FD_CLOEXEC);
-  if (wanted != flags && fcntl(fd, F_SETFD, wanted) < 0) return NativeFail(env, errno, "fcntl", FdDetail(fd));
-  return env.Undefined();
-}
+Napi::Value SetCloexec(const Napi::CallbackInfo& info) { return SetFlag(info, F_GETFD, F_SETFD, FD_CLOEXEC); }
 
 // fdRead(fd, buf) -> bytes, 0 on EOF, -1 on EAGAIN.
 Napi::Value FdRead(const Napi::CallbackInfo& info) {

@@ -16,23 +16,12 @@ import { TapBackend } from '../../device/tap-backend.ts';
 import { createNetns, netnsPrerequisites, openTapIn, type Netns } from '../../harness/netns.ts';
 import { ip4, udpFrame } from '../../harness/frames.ts';
 import * as native from '../../native/index.ts';
-import { nativeErrorOf } from '../helpers/errors.ts';
+import { nativeErrorOf, thrownBy } from '../helpers/errors.ts';
 import { FLOWS, sprayFlows } from '../helpers/flows.ts';
 import { createBed, expectedPayload, udpSink } from './helpers.ts';
 
 const pre = netnsPrerequisites();
 if (!pre.ok) console.warn(`tap fd tests skipped: ${pre.why}`);
-
-/** The NetConfigError `fn` throws. */
-function configErrorOf(fn: () => unknown): NetConfigError {
-  try {
-    fn();
-  } catch (e) {
-    if (e instanceof NetConfigError) return e;
-    throw e;
-  }
-  throw new Error('expected a NetConfigError');
-}
 
 /** Whether fd is open in this process. */
 const isOpen = (fd: number): boolean => {
@@ -99,7 +88,7 @@ describe.runIf(pre.ok)('tap fds handed to the backend', () => {
       ['none', () => new TapBackend({ fds: [] }), /none given/],
     ];
     for (const [what, fn, message] of cases) {
-      const e = configErrorOf(fn);
+      const e = thrownBy(fn, NetConfigError);
       expect(e.code, what).toBe(NET_ERROR.BAD_TAP_FD);
       expect(e.message, what).toMatch(message);
     }
