@@ -10,14 +10,15 @@
  *   2. the back-end is SIGKILLed under a running guest and started again on the same socket: the
  *      guest's pings resume within 5 s, then 8 MiB cross both ways intact, and no queue is stalled
  *   3. two queue pairs, two vCPUs: lgnet's metrics show frames on both RX and both TX queues; two
- *      pairs offered to one vCPU: the guest uses one, and the host reaches it from 16 addresses
+ *      pairs offered to one vCPU: the guest uses one, and the host reaches it from 16 addresses (that
+ *      lgnet runs with no capability, on the tap's fds handed over with --tap-fd)
  *   4. the handshake alone: QEMU prints no warning about lgnet as its back-end; with --offer-config it
  *      does (the CONFIG protocol feature, which QEMU's virtio-net refuses), which is why it is opt-in
  *
  * Every run also checks QEMU's stderr for warnings about the back-end (lib/expect.ts backendWarnings).
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { mkdtempSync, rmSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { readMetrics, type MetricsDocument } from '../../sandbox/metrics-endpoint.ts';
@@ -306,11 +307,14 @@ describe('QEMU guest on lgnet: two queue pairs, two vCPUs', () => {
 // disables the rings of the others. The multi-queue tap spreads the host's new flows over its queues
 // by hash, so lgnet must detach the queues of the pairs not in use: a flow hashed to one would wait
 // there for a reader that never comes (before that fix, about half the host's addresses got no echo).
-describe('QEMU guest on lgnet: two queue pairs offered, one vCPU (the guest uses one pair)', () => {
+// lgnet runs here as under a manager that made the tap: its two queues handed over as fds (--tap-fd),
+// no capability at all, so the detaching is done on fds lgnet did not open.
+describe('QEMU guest on lgnet: two queue pairs offered, one vCPU (the guest uses one pair); lgnet without capabilities on tap fds handed over', () => {
   const SOURCES = Array.from({ length: 16 }, (_, i) => `10.0.2.${100 + i}`);
   const ECHOS = 3;
   let r: RunResult;
   let pings: Array<{ src: string; code: number | null; out: string }> = [];
+  let capEff = '';
 
   beforeAll(async () => {
     // The guest waits until it has answered every echo (at most 30 s), then lists its queues.
@@ -318,8 +322,10 @@ describe('QEMU guest on lgnet: two queue pairs offered, one vCPU (the guest uses
     r = await runOnLgnet({
       queues: 2,
       vcpus: 1,
+      tapFds: true,
       guest: { jobs: ['cmd'], cmd: waitEchos },
-      during: async ({ net }) => {
+      during: async ({ net, lgnet }) => {
+        capEff = /^CapEff:\s*(\S+)$/m.exec(readFileSync(`/proc/${lgnet.pid}/status`, 'utf8'))?.[1] ?? '';
         for (const ip of SOURCES) net.exec(['ip', 'addr', 'add', `${ip}/24`, 'dev', net.tap]);
         // New flows from the host, one per source address: the tap picks a queue for each by hash.
         pings = await Promise.all(SOURCES.map(async (src) => ({
@@ -330,7 +336,9 @@ describe('QEMU guest on lgnet: two queue pairs offered, one vCPU (the guest uses
     console.info(`[e2e] two pairs, one vCPU, ${Math.round(r.wallMs)} ms: ${JSON.stringify(r.metrics?.queues.map((q) => ({ q: q.index, role: q.role, frames: q.frames })))}`);
   }, 200_000);
 
-  it('the guest runs one queue pair of the two offered', () => {
+  it('the guest runs one queue pair of the two offered, through an lgnet with no capability', () => {
+    expect(capEff).toBe('0000000000000000');
+    expect(r.lgnetLog).toContain('"tap":"lgtap0","queues":2');
     expect(r.outcome.ready?.carrier).toBe(1);
     const queues = (jobResult(r.outcome, 'cmd')?.output ?? '').split(/\s+/).filter((q) => /^(rx|tx)-\d+$/.test(q)).sort();
     expect(queues).toEqual(['rx-0', 'tx-0']);

@@ -33,10 +33,14 @@ function track(child: ChildProcess): void {
   });
 }
 
-/** Starts `lgnet serve` in the namespace; resolves once it printed its ready line. stderr (JSON logs) goes to log. */
-export function startLgnet(ns: string, socket: string, tap: string, log: string[], extra: string[] = []): Promise<Lgnet> {
-  const child = spawn('ip', ['netns', 'exec', ns, join(REPO_ROOT, 'bin/lgnet'), 'serve', '--socket', socket, '--tap', tap, '--log-level', 'debug', ...extra], {
-    stdio: ['ignore', 'pipe', 'pipe'],
+/**
+ * Starts `lgnet serve` in the namespace; resolves once it printed its ready line. stderr (JSON logs)
+ * goes to log. `fds` are inherited as fds 3, 4, … (for --tap-fd); `wrap` runs before lgnet in the same
+ * process (e.g. setpriv).
+ */
+export function startLgnet(ns: string, socket: string, tap: string, log: string[], extra: string[] = [], opts: { fds?: number[]; wrap?: string[] } = {}): Promise<Lgnet> {
+  const child = spawn('ip', ['netns', 'exec', ns, ...(opts.wrap ?? []), join(REPO_ROOT, 'bin/lgnet'), 'serve', '--socket', socket, '--tap', tap, '--log-level', 'debug', ...extra], {
+    stdio: ['ignore', 'pipe', 'pipe', ...(opts.fds ?? [])],
   });
   track(child);
   child.stderr!.setEncoding('utf8');

@@ -13,6 +13,7 @@ import { createTapNamespace, type TapNamespace } from '../../../scripts/netns.ts
 import { bootGuest, ensureGuestImage, type BootOptions, type GuestArgs, type GuestHandle, type GuestOutcome } from '../../../scripts/qemu.ts';
 import { blobSha256, startBlobServer, type BlobEvent } from './blob.ts';
 import { startLgnet, stopLgnet, type Lgnet } from './lgnet.ts';
+import * as native from '../../../native/index.ts';
 
 export const HOST = '10.0.2.1';
 export const GUEST = '10.0.2.2';
@@ -37,6 +38,11 @@ export interface RunOptions {
   timeoutMs?: number;
   /** More `lgnet serve` flags (e.g. --pcap FILE). */
   serveArgs?: string[];
+  /**
+   * Hand lgnet the tap as fds opened here (`--tap-fd`, one per pair), and run it with no capability
+   * (setpriv --bounding-set -all), as under a manager that made the tap.
+   */
+  tapFds?: boolean;
   /** Runs once the guest is ready (link up), while it does its jobs. */
   during?: (ctx: RunContext) => Promise<void>;
   onLine?: (line: string) => void;
@@ -79,12 +85,19 @@ export async function runOnLgnet(o: RunOptions): Promise<RunResult> {
     const blobSha = o.blob ? blobSha256(o.blob.seed, o.blob.size) : undefined;
     const blob = o.blob ? await startBlobServer(net, { host: HOST, port: XFER_PORT, ...o.blob }) : undefined;
     if (o.iperf) await net.startIperf3Server();
-    lgnet = await startLgnet(net.ns, socket, net.tap, log, [
-      '--metrics-socket', metricsSocket,
-      ...(queues > 1 ? ['--queues', String(queues)] : []),
-      ...(o.mtu ? ['--mtu', String(o.mtu)] : []),
-      ...(o.serveArgs ?? []),
-    ]);
+    const fds = o.tapFds
+      ? native.withNetns(`/var/run/netns/${net.ns}`, () => Array.from({ length: queues }, () => native.tapOpen({ name: net.tap, vnetHdr: true, multiQueue: queues > 1 }).fd))
+      : [];
+    try {
+      lgnet = await startLgnet(net.ns, socket, net.tap, log, [
+        '--metrics-socket', metricsSocket,
+        ...(fds.length ? ['--tap-fd', fds.map((_, i) => 3 + i).join(',')] : queues > 1 ? ['--queues', String(queues)] : []),
+        ...(o.mtu ? ['--mtu', String(o.mtu)] : []),
+        ...(o.serveArgs ?? []),
+      ], fds.length ? { fds, wrap: ['setpriv', '--bounding-set', '-all', '--inh-caps', '-all'] } : {});
+    } finally {
+      for (const fd of fds) native.close(fd); // lgnet has its own copies
+    }
     guest = bootGuest({
       netns: net.ns,
       netdev: { type: 'vhost-user', socket, reconnect: 1, queues },
