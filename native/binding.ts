@@ -116,6 +116,7 @@ export interface RawBinding {
   // unix-socket.cc
   unixListen(path: string, backlog: number): number;
   unixAccept(fd: number): number;
+  socketInfo(fd: number): { domain: number; type: number; listening: boolean; path: string };
   unixConnect(path: string): number;
   unixSocketpair(): [number, number];
   shutdown(fd: number): void;

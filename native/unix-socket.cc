@@ -7,6 +7,7 @@
 #include <sys/un.h>
 #include <unistd.h>
 
+#include <cstddef>
 #include <cstring>
 
 namespace lgnet {
@@ -45,6 +46,37 @@ Napi::Value UnixListen(const Napi::CallbackInfo& info) {
     return NativeFail(env, err, "listen", "'" + path + "'");
   }
   return Napi::Number::New(env, fd);
+}
+
+// socketInfo(fd) -> { domain, type, listening, path }: what a socket another process handed over is
+// (SO_DOMAIN, SO_TYPE, SO_ACCEPTCONN), and for AF_UNIX the path it is bound to (getsockname; an abstract
+// name as "@name", unbound ""). ENOTSOCK: not a socket.
+Napi::Value SocketInfo(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  REQUIRE_ARGUMENT_FD(0, fd)
+  int domain = 0, type = 0, listening = 0;
+  socklen_t len = sizeof(int);
+  if (getsockopt(fd, SOL_SOCKET, SO_DOMAIN, &domain, &len) < 0) return NativeFail(env, errno, "getsockopt(SO_DOMAIN)", "fd " + std::to_string(fd));
+  len = sizeof(int);
+  if (getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &len) < 0) return NativeFail(env, errno, "getsockopt(SO_TYPE)", "fd " + std::to_string(fd));
+  len = sizeof(int);
+  if (getsockopt(fd, SOL_SOCKET, SO_ACCEPTCONN, &listening, &len) < 0) return NativeFail(env, errno, "getsockopt(SO_ACCEPTCONN)", "fd " + std::to_string(fd));
+  std::string path;
+  if (domain == AF_UNIX) {
+    struct sockaddr_un addr;
+    std::memset(&addr, 0, sizeof addr);
+    socklen_t alen = sizeof addr;
+    if (getsockname(fd, (struct sockaddr*)&addr, &alen) < 0) return NativeFail(env, errno, "getsockname", "fd " + std::to_string(fd));
+    size_t n = alen > offsetof(struct sockaddr_un, sun_path) ? alen - offsetof(struct sockaddr_un, sun_path) : 0;
+    if (n > 0 && addr.sun_path[0] == '\0') path = "@" + std::string(addr.sun_path + 1, n - 1);
+    else path = std::string(addr.sun_path, strnlen(addr.sun_path, n));
+  }
+  Napi::Object result = Napi::Object::New(env);
+  result.Set("domain", Napi::Number::New(env, domain));
+  result.Set("type", Napi::Number::New(env, type));
+  result.Set("listening", Napi::Boolean::New(env, listening != 0));
+  result.Set("path", Napi::String::New(env, path));
+  return result;
 }
 
 // unixAccept(fd) -> connected fd (CLOEXEC), or -1 on EAGAIN.
@@ -186,6 +218,7 @@ Napi::Value RecvMsg(const Napi::CallbackInfo& info) {
 void RegisterUnixSocket(Napi::Env env, Napi::Object exports) {
   exports.Set("unixListen", Napi::Function::New(env, UnixListen, "unixListen"));
   exports.Set("unixAccept", Napi::Function::New(env, UnixAccept, "unixAccept"));
+  exports.Set("socketInfo", Napi::Function::New(env, SocketInfo, "socketInfo"));
   exports.Set("unixConnect", Napi::Function::New(env, UnixConnect, "unixConnect"));
   exports.Set("unixSocketpair", Napi::Function::New(env, UnixSocketpair, "unixSocketpair"));
   exports.Set("shutdown", Napi::Function::New(env, Shutdown, "shutdown"));

@@ -13,6 +13,19 @@ export function unixListen(path: string, backlog = 8): number {
   return b.unixListen(path, backlog);
 }
 
+/** Socket domains and types as socketInfo reports them (sys/socket.h). */
+export const SOCK = { AF_UNIX: 1, AF_INET: 2, AF_INET6: 10, STREAM: 1, DGRAM: 2, SEQPACKET: 5 } as const;
+
+/**
+ * What a socket fd is (SO_DOMAIN, SO_TYPE, SO_ACCEPTCONN) and, for AF_UNIX, the path it is bound to
+ * ("@name" for an abstract name, "" unbound): for a socket another process handed over. Throws
+ * NativeError (ENOTSOCK: not a socket).
+ */
+export function socketInfo(fd: number): { domain: number; type: number; listening: boolean; path: string } {
+  checkFd(fd);
+  return b.socketInfo(fd);
+}
+
 /** accept4(SOCK_CLOEXEC): the connected fd, or -1 on EAGAIN. */
 export function unixAccept(fd: number): number {
   checkFd(fd);

@@ -3,7 +3,7 @@
  * in main.ts. Every flag is checked here, before anything is opened, so that a typo fails fast with a
  * message and exit status 2 (the vhost-user back-end conventions: fail early, exit non-zero).
  *
- *   lgnet serve --socket PATH [--client] [--tap NAME] [--tap-fd FD[,FD...]] [--queues N] [--mac MAC] [--mtu N]
+ *   lgnet serve (--socket PATH [--client] | --socket-fd FD) [--tap NAME] [--tap-fd FD[,FD...]] [--queues N] [--mac MAC] [--mtu N]
  *               [--log-level LEVEL] [--reconnect-ms MS] [--metrics-listen ADDR] [--metrics-socket PATH]
  *               [--pcap FILE] [--{tx,rx}-rate-{bytes,ops} SIZE/MS] [--busy-poll US] [--io PATH] [--offer-config]
  *               [--worker-cpus LIST]
@@ -25,8 +25,10 @@ import type { StatsOptions } from './stats.ts';
 
 /** What `lgnet serve` was asked to do. */
 export interface ServeOptions {
-  /** The vhost-user socket path. */
+  /** The vhost-user socket path ('' with --socket-fd and no --socket). */
   socket: string;
+  /** --socket-fd: a listening vhost-user socket inherited from the caller, served instead of binding `socket`. */
+  socketFd?: number | undefined;
   /** Connect to the socket (the VMM listens) instead of listening on it. */
   client: boolean;
   /** Client mode: delay between connection attempts. */
@@ -129,6 +131,14 @@ export function parseCpuList(v: string): number[] {
   return out;
 }
 
+/** One fd number above stderr. */
+function fdNumber(name: string): (v: string) => number {
+  return (v) => {
+    if (!/^\d{1,7}$/.test(v.trim()) || Number(v) < 3) throw new InvalidArgumentError(`${name}: '${v}' is not an fd number above 2 (stdin, stdout and stderr are not sockets to serve)`);
+    return Number(v);
+  };
+}
+
 /** --tap-fd: "3" or "3,4": fds above stderr, each once. */
 function fdList(v: string): number[] {
   const fds = v.split(',').map((x) => x.trim());
@@ -185,6 +195,7 @@ export function buildCli(actions: { serve: (opts: ServeOptions) => Promise<void>
     .command('serve')
     .description('serve a tap to a VMM over a vhost-user socket')
     .option('--socket <path>', 'vhost-user unix socket path (required)')
+    .addOption(new Option('--socket-fd <fd>', 'serve the listening vhost-user socket this process inherited (systemd socket activation, or a manager that made it) instead of binding --socket; lgnet never removes its file').argParser(fdNumber('--socket-fd')))
     .option('--client', 'connect to the socket (the VMM listens) instead of listening', false)
     .addOption(new Option('--reconnect-ms <ms>', 'client mode: delay between connection attempts').argParser(int('--reconnect-ms', 10, 60_000)).default(1000))
     .addOption(new Option('--tap <name>', 'tap interface to create or attach to (default: the kernel picks)').argParser(tapName).default(''))
@@ -219,7 +230,8 @@ export function buildCli(actions: { serve: (opts: ServeOptions) => Promise<void>
         program.error(`error: --queues ${String(o['queues'])} with ${tapFds.length} --tap-fd fds; give one fd per queue pair, or drop --queues`, { exitCode: 2 });
       }
       const opts: ServeOptions = {
-        socket: o['socket'] as string,
+        socket: (o['socket'] as string | undefined) ?? '',
+        socketFd: o['socketFd'] as number | undefined,
         client: o['client'] === true,
         reconnectMs: o['reconnectMs'] as number,
         tap: o['tap'] as string,
@@ -244,7 +256,9 @@ export function buildCli(actions: { serve: (opts: ServeOptions) => Promise<void>
         user: o['user'] as string | undefined,
         group: o['group'] as string | undefined,
       };
-      if (!opts.printPolicy && !opts.socket) program.error("error: required option '--socket <path>' not specified", { exitCode: 2 });
+      if (!opts.printPolicy && !opts.socket && opts.socketFd === undefined) program.error("error: required option '--socket <path>' (or '--socket-fd <fd>') not specified", { exitCode: 2 });
+      if (opts.socketFd !== undefined && (opts.socket || opts.client)) program.error('error: --socket-fd is a listening socket already made: drop --socket and --client', { exitCode: 2 });
+      if (opts.socketFd !== undefined && opts.tapFds?.includes(opts.socketFd)) program.error(`error: fd ${opts.socketFd} is given as --socket-fd and as --tap-fd`, { exitCode: 2 });
       if (!opts.jail && (opts.chroot || opts.user || opts.group)) {
         program.error('--chroot, --user and --group belong to the jail; drop --no-sandbox to use them', { exitCode: 2 });
       }

@@ -88,7 +88,8 @@ export async function startServing(opts: ServeOptions, log: Logger): Promise<Ser
     log[level]({ ...fields, component: 'device' }, msg ?? 'device');
   });
   const server = new VhostUserServer({
-    device: netDeviceHooks(device), path: opts.socket, client: opts.client, reconnectMs: opts.reconnectMs, logger: log,
+    device: netDeviceHooks(device), client: opts.client, reconnectMs: opts.reconnectMs, logger: log,
+    ...(opts.socketFd !== undefined ? { listenFd: opts.socketFd } : { path: opts.socket }),
     ...(opts.offerConfig ? { config: true } : {}),
   });
   try {
@@ -131,7 +132,8 @@ export async function startServing(opts: ServeOptions, log: Logger): Promise<Ser
   // a helper process started first removes the socket file when lgnet exits (socket-reaper.ts).
   try {
     const reapers = [
-      ...(opts.client ? [] : [startSocketReaper(opts.socket)]),
+      // A socket handed over (--socket-fd) is its maker's to remove.
+      ...(opts.client || opts.socketFd !== undefined ? [] : [startSocketReaper(opts.socket)]),
       ...(opts.metricsSocket ? [startSocketReaper(opts.metricsSocket)] : []),
       ...(opts.metricsListen?.kind === 'unix' ? [startSocketReaper(opts.metricsListen.path)] : []),
     ];
@@ -192,8 +194,8 @@ export async function serve(opts: ServeOptions): Promise<void> {
     process.exit(1);
   }
   const metricsAt = s.metricsListener ? formatListenAddress(s.metricsListener.address) : undefined;
-  process.stdout.write(`lgnet ready socket=${opts.socket} tap=${s.tap} queues=${opts.queues} mode=${opts.client ? 'client' : 'server'}${metricsAt ? ` metrics=${metricsAt}` : ''}\n`);
-  log.info({ socket: opts.socket, tap: s.tap, queues: opts.queues, client: opts.client, ...(metricsAt ? { metrics: metricsAt } : {}) }, 'ready');
+  process.stdout.write(`lgnet ready socket=${s.server.path} tap=${s.tap} queues=${opts.queues} mode=${opts.client ? 'client' : 'server'}${metricsAt ? ` metrics=${metricsAt}` : ''}\n`);
+  log.info({ socket: s.server.path, tap: s.tap, queues: opts.queues, client: opts.client, ...(metricsAt ? { metrics: metricsAt } : {}) }, 'ready');
 
   let signalled = false;
   const onSignal = (sig: NodeJS.Signals) => {

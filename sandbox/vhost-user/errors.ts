@@ -78,6 +78,11 @@ export const VU = {
    * it was mapped. Seal memfds with F_SEAL_SHRINK, or never truncate memory a back-end maps.
    */
   MEM_FAULT: 'VU_MEM_FAULT',
+  /**
+   * Not a message: the listening socket handed to the server (VhostUserServerOptions.listenFd, `lgnet
+   * serve --socket-fd`) is not a listening AF_UNIX stream socket. The server does not start.
+   */
+  BAD_LISTEN_FD: 'VU_BAD_LISTEN_FD',
 } as const;
 
 export type VhostUserErrorCode = (typeof VU)[keyof typeof VU];

@@ -25,7 +25,7 @@ import * as native from '../../native/index.ts';
 import { LogLimiter } from '../../device/log-limit.ts';
 import { silentLogger, type Logger } from '../log.ts';
 import { Connection, createServerMetrics, type ServerMetrics } from './connection.ts';
-import type { VhostUserError } from './errors.ts';
+import { VU, VhostUserError } from './errors.ts';
 import type { DeviceHooks } from './hooks.ts';
 import { protocolMask } from './messages.ts';
 
@@ -48,8 +48,16 @@ export const DEFAULT_MAX_MEM_SLOTS = 32;
 
 export interface VhostUserServerOptions {
   device: DeviceHooks;
-  /** The socket path. */
-  path: string;
+  /** The socket path. With `listenFd`, only the socket's name in logs (default: the path it is bound to). */
+  path?: string;
+  /**
+   * A listening AF_UNIX stream socket another process made and handed over (systemd socket
+   * activation, a manager that sets the socket's owner and mode): served instead of binding `path`.
+   * Checked at start() (VU_BAD_LISTEN_FD, and it is left open); from then on the server owns it
+   * (nonblocking, close-on-exec, closed by close()) and never unlinks its file, which is the
+   * maker's. Server mode only.
+   */
+  listenFd?: number;
   /** Connect to `path` (the VMM listens) instead of listening on it. */
   client?: boolean;
   /** Client mode: delay between connection attempts. Default 1000 ms. */
@@ -94,6 +102,8 @@ export class VhostUserServer extends EventEmitter {
   private readonly device: DeviceHooks;
   private readonly reconnectMs: number;
   private listenFd = -1;
+  /** VhostUserServerOptions.listenFd, until start() takes it. */
+  private handedFd: number;
   private listenPoller: native.FdPoller | null = null;
   private conn: Connection | null = null;
   private retryTimer: NodeJS.Timeout | null = null;
@@ -103,15 +113,18 @@ export class VhostUserServer extends EventEmitter {
   constructor(opts: VhostUserServerOptions) {
     super();
     this.device = opts.device;
-    this.path = opts.path;
     this.client = opts.client === true;
+    if (opts.listenFd !== undefined && this.client) throw new RangeError('listenFd is a listening socket: server mode only');
+    if (opts.listenFd === undefined && !opts.path) throw new RangeError('a socket path, or listenFd, is needed');
+    this.handedFd = opts.listenFd ?? -1;
+    this.path = opts.path ?? (opts.listenFd !== undefined ? listenName(opts.listenFd) : '');
     this.reconnectMs = opts.reconnectMs ?? 1000;
     this.maxMemSlots = opts.maxMemSlots ?? DEFAULT_MAX_MEM_SLOTS;
     const protocol = opts.protocolFeatures ?? OFFERED_PROTOCOL_FEATURES;
     this.protocolOffered = opts.config === true ? protocol | CONFIG_BIT : opts.config === false ? protocol & ~CONFIG_BIT : protocol;
-    this.removeSocketOnClose = opts.removeSocketOnClose ?? true;
+    this.removeSocketOnClose = opts.listenFd === undefined && (opts.removeSocketOnClose ?? true);
     this.payloadTimeoutMs = opts.payloadTimeoutMs ?? 2000;
-    this.log = (opts.logger ?? silentLogger).child({ component: 'vhost-user', socket: opts.path });
+    this.log = (opts.logger ?? silentLogger).child({ component: 'vhost-user', socket: this.path });
   }
 
   /** The current connection, if a front-end is attached. */
@@ -135,8 +148,16 @@ export class VhostUserServer extends EventEmitter {
       this.tryConnect();
       return;
     }
-    removeStaleSocket(this.path);
-    this.listenFd = native.unixListen(this.path);
+    if (this.handedFd >= 0) {
+      checkListenFd(this.handedFd);
+      native.setNonblocking(this.handedFd, true);
+      native.setCloexec(this.handedFd, true);
+      this.listenFd = this.handedFd;
+      this.handedFd = -1;
+    } else {
+      removeStaleSocket(this.path);
+      this.listenFd = native.unixListen(this.path);
+    }
     this.listenPoller = new native.FdPoller(this.listenFd, () => this.onAcceptable());
     this.listenPoller.start(native.POLL.READABLE);
     this.log.info({}, 'listening');
@@ -224,6 +245,31 @@ export class VhostUserServer extends EventEmitter {
     this.unsubscribeBroken?.();
     this.unsubscribeBroken = null;
   }
+}
+
+/** A handed-over socket's name for logs: the path it is bound to, else `fd:N`. */
+function listenName(fd: number): string {
+  try {
+    return native.socketInfo(fd).path || `fd:${fd}`;
+  } catch {
+    return `fd:${fd}`; // start() says what is wrong with it
+  }
+}
+
+/** Throws VU_BAD_LISTEN_FD unless fd is a listening AF_UNIX stream socket. */
+function checkListenFd(fd: number): void {
+  let info: ReturnType<typeof native.socketInfo>;
+  try {
+    info = native.socketInfo(fd);
+  } catch (e) {
+    if (!(e instanceof native.NativeError)) throw e;
+    throw new VhostUserError(VU.BAD_LISTEN_FD, `fd ${fd} is not a socket (${e.code}); hand over a listening AF_UNIX stream socket (socket, bind, listen)`, { cause: e });
+  }
+  const what = info.domain !== native.SOCK.AF_UNIX ? `a socket of domain ${info.domain}, not AF_UNIX`
+    : info.type !== native.SOCK.STREAM ? `an AF_UNIX socket of type ${info.type}, not SOCK_STREAM`
+    : !info.listening ? `an AF_UNIX stream socket that does not listen${info.path ? ` (bound to ${info.path})` : ''}`
+    : '';
+  if (what) throw new VhostUserError(VU.BAD_LISTEN_FD, `fd ${fd} is ${what}; hand over a listening AF_UNIX stream socket (socket, bind, listen)`);
 }
 
 /** Unlinks a socket file nobody listens on; refuses to touch a live socket or a non-socket file. */

@@ -19,6 +19,8 @@ import {
   sendMsg,
   setNonblocking,
   shutdown,
+  SOCK,
+  socketInfo,
   unixAccept,
   unixConnect,
   unixListen,
@@ -173,5 +175,26 @@ describe('unix sockets', () => {
       }
     })();
     expect([bad!.code, bad!.syscall]).toEqual(['EBADF', 'recvmsg']);
+  });
+
+  it('socketInfo: a listening socket with its path, a connected pair, and what is not a socket', () => {
+    const dir = mkdtempSync(join(tmpdir(), 'lgnet-sockinfo-'));
+    dirs.push(dir);
+    const path = join(dir, 's.sock');
+    const l = track(unixListen(path));
+    expect(socketInfo(l)).toEqual({ domain: SOCK.AF_UNIX, type: SOCK.STREAM, listening: true, path });
+    const [a] = track(unixSocketpair());
+    expect(socketInfo(a)).toEqual({ domain: SOCK.AF_UNIX, type: SOCK.STREAM, listening: false, path: '' });
+    const c = track(unixConnect(path));
+    expect(socketInfo(c).listening).toBe(false);
+    const e = track(eventfdCreate({ nonblocking: true }));
+    let err: unknown;
+    try {
+      socketInfo(e);
+    } catch (x) {
+      err = x;
+    }
+    expect(err).toBeInstanceOf(NativeError);
+    expect((err as NativeError).code).toBe('ENOTSOCK');
   });
 });

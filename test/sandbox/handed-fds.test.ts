@@ -1,15 +1,17 @@
 /**
- * `lgnet serve --tap-fd`: a manager makes the tap and hands lgnet its fds (as libvirt hands QEMU
- * `-netdev tap,fds=`), so that lgnet runs with no capability at all. Here lgnet runs under
- * `setpriv --bounding-set -all` (uid 0 with an empty capability set: CapEff 0, checked) on the two
- * queues of a multi-queue tap this test made, jailed as always. The host's 64 flows reach the
- * harness guest over both pairs, its frames reach the host, a pair the front-end disables is
- * detached (TUNSETQUEUE on an fd lgnet did not open), and the same lgnet asked to open a tap itself
- * cannot. Fds that are not a usable tap are refused before anything is served.
+ * `lgnet serve --socket-fd --tap-fd`: a manager makes the vhost-user socket and the tap and hands lgnet
+ * their fds (as systemd hands a listening socket, and libvirt hands QEMU `-netdev tap,fds=`), so that
+ * lgnet runs with no capability at all. Here lgnet runs under `setpriv --bounding-set -all` (uid 0
+ * with an empty capability set: CapEff 0, checked), jailed as always, on a listening socket and the
+ * two queues of a multi-queue tap this test made. The host's 64 flows reach the harness guest over
+ * both pairs, its frames reach the host, a pair the front-end disables is detached (TUNSETQUEUE on an
+ * fd lgnet did not open), a second front-end is served on the same socket, and at exit the socket
+ * file stays, its maker's. The same lgnet asked to open a tap itself cannot. Fds that are not a
+ * usable tap or listening socket are refused before anything is served.
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { spawn } from 'node:child_process';
-import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { mkdtempSync, openSync, readFileSync, rmSync, statSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { mask } from '../../device/features.ts';
@@ -60,11 +62,12 @@ describe.skipIf(!pre.ok)('lgnet serve --tap-fd: a tap made by the caller, lgnet 
     rmSync(dir, { recursive: true, force: true });
   });
 
-  it('serves both queues of a multi-queue tap handed over as fds 3 and 4, and steers off a pair the front-end disables', async () => {
+  it('serves a listening socket handed over as fd 3 and both queues of a multi-queue tap as fds 4 and 5, steers off a pair the front-end disables, and leaves the socket to its maker', async () => {
     const q0 = openTapIn(ns, { name: 'lgtapfd0', vnetHdr: true, multiQueue: true, address: '10.79.0.1/24' });
     const q1 = ns.track(native.withNetns(ns.path, () => native.tapOpen({ name: 'lgtapfd0', vnetHdr: true, multiQueue: true }).fd));
     const socket = join(dir, 'lgnet.sock');
-    lg = await startLgnet(ns, ['--socket', socket, '--tap-fd', '3,4', '--log-level', 'info'], {}, { fds: [q0.fd, q1], wrap: NO_CAPS });
+    const listening = ns.track(native.unixListen(socket));
+    lg = await startLgnet(ns, ['--socket-fd', '3', '--tap-fd', '4,5', '--log-level', 'info'], {}, { fds: [listening, q0.fd, q1], wrap: NO_CAPS });
     expect(lg.stdout()).toBe(`lgnet ready socket=${socket} tap=lgtapfd0 queues=2 mode=server\n`);
     expect(capEff(lg.child.pid!)).toBe(0n);
     // The test's own copies go: from here the tap's queues are lgnet's alone.
@@ -110,8 +113,18 @@ describe.skipIf(!pre.ok)('lgnet serve --tap-fd: a tap made by the caller, lgnet 
       fe.close();
       ram.close();
     }
+    // The next front-end is accepted on the same socket.
+    const fe2 = await VhostUserFrontend.connect(socket);
+    try {
+      expect((await fe2.negotiate()).features & mask('MQ')).not.toBe(0n);
+    } finally {
+      fe2.close();
+    }
     process.kill(lg.child.pid!, 'SIGTERM');
     expect((await lg.exited).code).toBe(0);
+    // The socket is its maker's: the file stays, and the maker's copy still takes connections.
+    expect(statSync(socket).isSocket()).toBe(true);
+    native.close(native.unixConnect(socket));
     const warnings = logLines(lg).filter((x) => x.level >= 40 && x['code'] !== 'LGNET_JAIL_ROOT');
     expect(warnings, lg.stderr()).toEqual([]);
     lg = undefined;
@@ -125,7 +138,7 @@ describe.skipIf(!pre.ok)('lgnet serve --tap-fd: a tap made by the caller, lgnet 
     expect(String(line?.['err']), r.stderr).toMatch(/TUNSETIFF.*EPERM/);
   });
 
-  it('refuses fds that are not one vnet-header tap (exit 1, NET_BAD_TAP_FD), and counts that do not match (exit 2)', async () => {
+  it('refuses fds that are not one vnet-header tap (NET_BAD_TAP_FD) or a listening unix socket (VU_BAD_LISTEN_FD) with exit 1, and flags that do not fit with exit 2', async () => {
     const efd = ns.track(native.eventfdCreate({ nonblocking: false }));
     const plain = openTapIn(ns, { name: 'lgtapfdp', vnetHdr: false, address: false });
     for (const [fd, why] of [[efd, /not a tun fd/], [plain.fd, /lacks IFF_VNET_HDR/]] as const) {
@@ -135,6 +148,22 @@ describe.skipIf(!pre.ok)('lgnet serve --tap-fd: a tap made by the caller, lgnet 
       expect(line?.['code'], r.stderr).toBe('NET_BAD_TAP_FD');
       expect(String(line?.['err'])).toMatch(why);
     }
+    // A socket that does not listen, and a file that is no socket, as --socket-fd.
+    const [a, b] = native.unixSocketpair();
+    ns.track(a);
+    ns.track(b);
+    const file = ns.track(openSync(join(dir, 'not-a-socket'), 'w'));
+    const tap = openTapIn(ns, { name: 'lgtapfdq', vnetHdr: true, address: false });
+    for (const [fd, why] of [[a, /AF_UNIX stream socket that does not listen/], [file, /is not a socket \(ENOTSOCK\)/]] as const) {
+      const r = await runToEnd(ns, ['--socket-fd', '3', '--tap-fd', '4'], [fd, tap.fd]);
+      expect(r.code, r.stderr).toBe(1);
+      const line = r.stderr.split('\n').filter(Boolean).map((x) => JSON.parse(x) as Record<string, unknown>).find((x) => x['msg'] === 'lgnet serve could not start');
+      expect(line?.['code'], r.stderr).toBe('VU_BAD_LISTEN_FD');
+      expect(String(line?.['err'])).toMatch(why);
+    }
+    const both = await runToEnd(ns, ['--socket-fd', '3', '--socket', join(dir, 'x.sock')]);
+    expect(both.code).toBe(2);
+    expect(both.stderr).toContain('--socket-fd');
     const mismatch = await runToEnd(ns, ['--socket', join(dir, 'never.sock'), '--tap-fd', '3,4', '--queues', '1'], [plain.fd, efd]);
     expect(mismatch.code).toBe(2);
     expect(mismatch.stderr).toContain('one fd per queue pair');
