@@ -6,7 +6,9 @@
  * CONFIG protocol feature is offered only when asked for, and GET/SET_CONFIG only work once negotiated.
  */
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { statSync, unlinkSync } from 'node:fs';
 import { join } from 'node:path';
+import { nativeErrorOf } from '../helpers/errors.ts';
 import { mask } from '../../device/features.ts';
 import { NetDevice } from '../../device/net.ts';
 import { TapBackend } from '../../device/tap-backend.ts';
@@ -135,6 +137,39 @@ describe.skipIf(!pre.ok)('vhost-user server: harness front-end ↔ lgnet ↔ tap
       expect(await until(() => plain.connection === null)).toBe(true);
     } finally {
       await plain.close();
+    }
+  });
+
+  it('listenFd: a listening socket made elsewhere is served and closed, never unlinked; one that does not listen is refused and left open', async () => {
+    const path = join(bed.dir, 'handed.sock');
+    const made = native.unixListen(path);
+    const server = new VhostUserServer({ device: netDeviceHooks(bed.dev), listenFd: made });
+    expect(server.path).toBe(path); // named by its bound path
+    server.start();
+    try {
+      const fe = await VhostUserFrontend.connect(path);
+      try {
+        expect((await fe.negotiate()).protocolOffered).toBe(OFFERED_PROTOCOL_FEATURES);
+      } finally {
+        fe.close();
+      }
+    } finally {
+      await server.close();
+    }
+    expect(statSync(path).isSocket()).toBe(true); // the maker's file
+    expect(nativeErrorOf(() => native.socketInfo(made)).code).toBe('EBADF'); // the server's to close
+    unlinkSync(path);
+    const [a, b] = native.unixSocketpair();
+    try {
+      const refused = new VhostUserServer({ device: netDeviceHooks(bed.dev), listenFd: a });
+      expect(refused.path).toBe(`fd:${a}`);
+      expect(() => refused.start()).toThrow(expect.objectContaining({ code: VU.BAD_LISTEN_FD }));
+      await refused.close();
+      expect(native.socketInfo(a).listening).toBe(false); // left open
+      expect(() => new VhostUserServer({ device: netDeviceHooks(bed.dev), listenFd: a, client: true })).toThrow(RangeError);
+    } finally {
+      native.close(a);
+      native.close(b);
     }
   });
 
