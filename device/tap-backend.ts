@@ -81,9 +81,10 @@ export interface TapOptions {
    * that made the tap (as libvirt gives QEMU `-netdev tap,fds=`), so that lgnet needs no privilege
    * (CAP_NET_ADMIN) at all. Each must be attached to a tap (IFF_TAP, IFF_NO_PI) with IFF_VNET_HDR, all to
    * the same one, which has IFF_MULTI_QUEUE when there is more than one; `name`, if given, must be
-   * its name, and `queuePairs`, if given, their count. Refused with NET_BAD_TAP_FD (the fds are then
-   * left open, as on any failure to make the backend). Once the backend is made it owns them: nonblocking, close-on-exec, closed by
-   * close(). The same fd twice, or two fds of one queue (dup), are the caller's mistake.
+   * its name, and `queuePairs`, if given, their count. Refused with NET_BAD_TAP_FD; the fds are then
+   * left open, as on any failure to make the backend. Once the backend is made it owns them: made
+   * nonblocking (which the caller's copies share) and close-on-exec, a detached queue attached, closed
+   * by close(). Two fds of one queue (dup) are the caller's mistake.
    */
   fds?: readonly number[];
 }
