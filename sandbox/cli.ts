@@ -131,22 +131,25 @@ export function parseCpuList(v: string): number[] {
   return out;
 }
 
-/** One fd number above stderr. */
+/** An fd number above stderr (stdin, stdout and stderr are never a tap or a socket to serve). */
+function fdOf(name: string, v: string): number {
+  const x = v.trim();
+  if (!/^\d{1,7}$/.test(x) || Number(x) < 3) throw new InvalidArgumentError(`${name}: '${x}' is not an fd number above 2 (stdin, stdout and stderr are not served)`);
+  return Number(x);
+}
+
+/** --socket-fd: one fd. */
 function fdNumber(name: string): (v: string) => number {
-  return (v) => {
-    if (!/^\d{1,7}$/.test(v.trim()) || Number(v) < 3) throw new InvalidArgumentError(`${name}: '${v}' is not an fd number above 2 (stdin, stdout and stderr are not sockets to serve)`);
-    return Number(v);
-  };
+  return (v) => fdOf(name, v);
 }
 
 /** --tap-fd: "3" or "3,4": fds above stderr, each once. */
 function fdList(v: string): number[] {
-  const fds = v.split(',').map((x) => x.trim());
   const out: number[] = [];
-  for (const x of fds) {
-    if (!/^\d{1,7}$/.test(x) || Number(x) < 3) throw new InvalidArgumentError(`'${x}' is not an fd number above 2 (stdin, stdout and stderr are not taps)`);
-    if (out.includes(Number(x))) throw new InvalidArgumentError(`fd ${x} is given twice; give one fd per queue pair`);
-    out.push(Number(x));
+  for (const x of v.split(',')) {
+    const fd = fdOf('--tap-fd', x);
+    if (out.includes(fd)) throw new InvalidArgumentError(`--tap-fd: fd ${fd} is given twice; give one fd per queue pair`);
+    out.push(fd);
   }
   return out;
 }

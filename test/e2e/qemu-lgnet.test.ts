@@ -18,7 +18,7 @@
  * Every run also checks QEMU's stderr for warnings about the back-end (lib/expect.ts backendWarnings).
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { readMetrics, type MetricsDocument } from '../../sandbox/metrics-endpoint.ts';
@@ -27,6 +27,7 @@ import { createTapNamespace, type TapNamespace } from '../../scripts/netns.ts';
 import { blobSha256, startBlobServer, type BlobServer } from './lib/blob.ts';
 import { killLgnet, startLgnet, stopLgnet, type Lgnet } from './lib/lgnet.ts';
 import { backendWarnings, expectIntegrity, queue } from './lib/expect.ts';
+import { capEff } from '../helpers/caps.ts';
 import { GUEST, HOST, XFER_PORT, guestAwaitEchos, jobResult, run, runOnLgnet, type RunResult } from './lib/run.ts';
 
 const MiB = 1 << 20;
@@ -314,7 +315,7 @@ describe('QEMU guest on lgnet: two queue pairs offered, one vCPU (the guest uses
   const ECHOS = 3;
   let r: RunResult;
   let pings: Array<{ src: string; code: number | null; out: string }> = [];
-  let capEff = '';
+  let caps = -1n;
 
   beforeAll(async () => {
     // The guest waits until it has answered every echo (at most 30 s), then lists its queues.
@@ -325,7 +326,7 @@ describe('QEMU guest on lgnet: two queue pairs offered, one vCPU (the guest uses
       tapFds: true,
       guest: { jobs: ['cmd'], cmd: waitEchos },
       during: async ({ net, lgnet }) => {
-        capEff = /^CapEff:\s*(\S+)$/m.exec(readFileSync(`/proc/${lgnet.pid}/status`, 'utf8'))?.[1] ?? '';
+        caps = capEff(lgnet.pid);
         for (const ip of SOURCES) net.exec(['ip', 'addr', 'add', `${ip}/24`, 'dev', net.tap]);
         // New flows from the host, one per source address: the tap picks a queue for each by hash.
         pings = await Promise.all(SOURCES.map(async (src) => ({
@@ -337,7 +338,7 @@ describe('QEMU guest on lgnet: two queue pairs offered, one vCPU (the guest uses
   }, 200_000);
 
   it('the guest runs one queue pair of the two offered, through an lgnet with no capability', () => {
-    expect(capEff).toBe('0000000000000000');
+    expect(caps).toBe(0n);
     expect(r.lgnetLog).toContain('"tap":"lgtap0","queues":2');
     expect(r.outcome.ready?.carrier).toBe(1);
     const queues = (jobResult(r.outcome, 'cmd')?.output ?? '').split(/\s+/).filter((q) => /^(rx|tx)-\d+$/.test(q)).sort();

@@ -11,7 +11,7 @@
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { spawn } from 'node:child_process';
-import { mkdtempSync, openSync, readFileSync, rmSync, statSync } from 'node:fs';
+import { mkdtempSync, openSync, rmSync, statSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { mask } from '../../device/features.ts';
@@ -21,17 +21,16 @@ import { createNetns, destroyAllNetns, netnsPrerequisites, openTapIn, type Netns
 import { VhostUserFrontend } from '../../harness/vhost-user-frontend.ts';
 import { VirtioNetDriver } from '../../harness/virtio-net.ts';
 import * as native from '../../native/index.ts';
+import { capEff, NO_CAPS } from '../helpers/caps.ts';
 import { FLOWS, sprayFlows } from '../helpers/flows.ts';
 import { LGNET, kill, logLines, startLgnet, type Lgnet } from './serve-process.ts';
 import { expectedPayload, udpSink } from './vhost-user-helpers.ts';
 
 const pre = netnsPrerequisites();
-/** uid 0 with every capability gone from the bounding set: exec gives it none. */
-const NO_CAPS = ['setpriv', '--bounding-set', '-all', '--inh-caps', '-all'];
 
-/** A process's effective capabilities, from /proc. */
-function capEff(pid: number): bigint {
-  return BigInt(`0x${/^CapEff:\s*([0-9a-f]+)$/m.exec(readFileSync(`/proc/${pid}/status`, 'utf8'))![1]}`);
+/** lgnet's log line that says why it could not start, from a run's stderr. */
+function startFailure(stderr: string): Record<string, unknown> | undefined {
+  return stderr.split('\n').filter(Boolean).map((x) => JSON.parse(x) as Record<string, unknown>).find((x) => x['msg'] === 'lgnet serve could not start');
 }
 
 /** Runs `lgnet serve ARGS` (with `fds` as 3, 4, …) to its end: for the runs that must not start. */
@@ -134,7 +133,7 @@ describe.skipIf(!pre.ok)('lgnet serve --tap-fd: a tap made by the caller, lgnet 
     const r = await runToEnd(ns, ['--socket', join(dir, 'never.sock'), '--tap', 'lgtapfdx']);
     expect(r.code).toBe(1);
     expect(r.stdout).toBe('');
-    const line = r.stderr.split('\n').filter(Boolean).map((x) => JSON.parse(x) as Record<string, unknown>).find((x) => x['msg'] === 'lgnet serve could not start');
+    const line = startFailure(r.stderr);
     expect(String(line?.['err']), r.stderr).toMatch(/TUNSETIFF.*EPERM/);
   });
 
@@ -144,7 +143,7 @@ describe.skipIf(!pre.ok)('lgnet serve --tap-fd: a tap made by the caller, lgnet 
     for (const [fd, why] of [[efd, /not a tun fd/], [plain.fd, /lacks IFF_VNET_HDR/]] as const) {
       const r = await runToEnd(ns, ['--socket', join(dir, 'never.sock'), '--tap-fd', '3'], [fd]);
       expect(r.code, r.stderr).toBe(1);
-      const line = r.stderr.split('\n').filter(Boolean).map((x) => JSON.parse(x) as Record<string, unknown>).find((x) => x['msg'] === 'lgnet serve could not start');
+      const line = startFailure(r.stderr);
       expect(line?.['code'], r.stderr).toBe('NET_BAD_TAP_FD');
       expect(String(line?.['err'])).toMatch(why);
     }
@@ -157,7 +156,7 @@ describe.skipIf(!pre.ok)('lgnet serve --tap-fd: a tap made by the caller, lgnet 
     for (const [fd, why] of [[a, /AF_UNIX stream socket that does not listen/], [file, /is not a socket \(ENOTSOCK\)/]] as const) {
       const r = await runToEnd(ns, ['--socket-fd', '3', '--tap-fd', '4'], [fd, tap.fd]);
       expect(r.code, r.stderr).toBe(1);
-      const line = r.stderr.split('\n').filter(Boolean).map((x) => JSON.parse(x) as Record<string, unknown>).find((x) => x['msg'] === 'lgnet serve could not start');
+      const line = startFailure(r.stderr);
       expect(line?.['code'], r.stderr).toBe('VU_BAD_LISTEN_FD');
       expect(String(line?.['err'])).toMatch(why);
     }

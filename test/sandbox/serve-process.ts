@@ -20,7 +20,7 @@ export interface Lgnet {
  * Starts `lgnet serve ARGS` in `ns`; resolves at its ready line (the first line on stdout). `fds` are
  * inherited as fds 3, 4, …; `wrap` runs before lgnet in the same process (e.g. setpriv).
  */
-export function startLgnet(ns: Netns, args: string[], env: Record<string, string> = {}, opts: { fds?: number[]; wrap?: string[] } = {}): Promise<Lgnet> {
+export function startLgnet(ns: Netns, args: string[], env: Record<string, string> = {}, opts: { fds?: number[]; wrap?: readonly string[] } = {}): Promise<Lgnet> {
   const child = spawn('ip', ['netns', 'exec', ns.name, ...(opts.wrap ?? []), LGNET, 'serve', ...args], { stdio: ['ignore', 'pipe', 'pipe', ...(opts.fds ?? [])], env: { ...process.env, ...env } });
   let out = '';
   let err = '';

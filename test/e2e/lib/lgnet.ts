@@ -38,7 +38,7 @@ function track(child: ChildProcess): void {
  * goes to log. `fds` are inherited as fds 3, 4, … (for --tap-fd); `wrap` runs before lgnet in the same
  * process (e.g. setpriv).
  */
-export function startLgnet(ns: string, socket: string, tap: string, log: string[], extra: string[] = [], opts: { fds?: number[]; wrap?: string[] } = {}): Promise<Lgnet> {
+export function startLgnet(ns: string, socket: string, tap: string, log: string[], extra: string[] = [], opts: { fds?: number[]; wrap?: readonly string[] } = {}): Promise<Lgnet> {
   const child = spawn('ip', ['netns', 'exec', ns, ...(opts.wrap ?? []), join(REPO_ROOT, 'bin/lgnet'), 'serve', '--socket', socket, '--tap', tap, '--log-level', 'debug', ...extra], {
     stdio: ['ignore', 'pipe', 'pipe', ...(opts.fds ?? [])],
   });

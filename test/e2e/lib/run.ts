@@ -14,6 +14,7 @@ import { bootGuest, ensureGuestImage, type BootOptions, type GuestArgs, type Gue
 import { blobSha256, startBlobServer, type BlobEvent } from './blob.ts';
 import { startLgnet, stopLgnet, type Lgnet } from './lgnet.ts';
 import * as native from '../../../native/index.ts';
+import { NO_CAPS } from '../../helpers/caps.ts';
 
 export const HOST = '10.0.2.1';
 export const GUEST = '10.0.2.2';
@@ -86,7 +87,7 @@ export async function runOnLgnet(o: RunOptions): Promise<RunResult> {
     const blob = o.blob ? await startBlobServer(net, { host: HOST, port: XFER_PORT, ...o.blob }) : undefined;
     if (o.iperf) await net.startIperf3Server();
     const fds = o.tapFds
-      ? native.withNetns(`/var/run/netns/${net.ns}`, () => Array.from({ length: queues }, () => native.tapOpen({ name: net.tap, vnetHdr: true, multiQueue: queues > 1 }).fd))
+      ? native.withNetns(`/run/netns/${net.ns}`, () => Array.from({ length: queues }, () => native.tapOpen({ name: net.tap, vnetHdr: true, multiQueue: queues > 1 }).fd))
       : [];
     try {
       lgnet = await startLgnet(net.ns, socket, net.tap, log, [
@@ -94,7 +95,7 @@ export async function runOnLgnet(o: RunOptions): Promise<RunResult> {
         ...(fds.length ? ['--tap-fd', fds.map((_, i) => 3 + i).join(',')] : queues > 1 ? ['--queues', String(queues)] : []),
         ...(o.mtu ? ['--mtu', String(o.mtu)] : []),
         ...(o.serveArgs ?? []),
-      ], fds.length ? { fds, wrap: ['setpriv', '--bounding-set', '-all', '--inh-caps', '-all'] } : {});
+      ], fds.length ? { fds, wrap: NO_CAPS } : {});
     } finally {
       for (const fd of fds) native.close(fd); // lgnet has its own copies
     }
