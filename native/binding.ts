@@ -118,6 +118,7 @@ export interface RawBinding {
   unixAccept(fd: number): number;
   socketInfo(fd: number): { domain: number; type: number; listening: boolean; path: string };
   unixConnect(path: string): number;
+  unixDgramConnect(path: string): number;
   unixSocketpair(): [number, number];
   shutdown(fd: number): void;
   sendMsg(fd: number, data: Uint8Array, fds: Int32Array): number;

@@ -111,6 +111,33 @@ Napi::Value UnixConnect(const Napi::CallbackInfo& info) {
   return Napi::Number::New(env, fd);
 }
 
+// unixDgramConnect(path) -> fd: a nonblocking AF_UNIX datagram socket connected to path, or to the
+// abstract name after '@' (the forms systemd's NOTIFY_SOCKET takes). Nonblocking, so that a receiver
+// whose queue is full costs a lost message (EAGAIN from sendMsg), never a stalled main thread.
+Napi::Value UnixDgramConnect(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  REQUIRE_ARGUMENT_STRING(0, path, "path")
+  struct sockaddr_un addr;
+  if (!FillAddr(env, path, &addr)) return env.Undefined();
+  socklen_t alen = sizeof addr;
+  if (path[0] == '@') {
+    if (path.size() < 2) LGNET_THROW_RANGE("an abstract socket name needs at least one byte after '@'");
+    addr.sun_path[0] = '\0';
+    alen = (socklen_t)(offsetof(struct sockaddr_un, sun_path) + path.size());
+  }
+  int fd = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+  if (fd < 0) return NativeFail(env, errno, "socket", "AF_UNIX datagram");
+  int r;
+  do r = connect(fd, (struct sockaddr*)&addr, alen);
+  while (r < 0 && errno == EINTR);
+  if (r < 0) {
+    int err = errno;
+    close(fd);
+    return NativeFail(env, err, "connect", "'" + path + "'");
+  }
+  return Napi::Number::New(env, fd);
+}
+
 Napi::Value UnixSocketpair(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   int sv[2];
@@ -220,6 +247,7 @@ void RegisterUnixSocket(Napi::Env env, Napi::Object exports) {
   exports.Set("unixAccept", Napi::Function::New(env, UnixAccept, "unixAccept"));
   exports.Set("socketInfo", Napi::Function::New(env, SocketInfo, "socketInfo"));
   exports.Set("unixConnect", Napi::Function::New(env, UnixConnect, "unixConnect"));
+  exports.Set("unixDgramConnect", Napi::Function::New(env, UnixDgramConnect, "unixDgramConnect"));
   exports.Set("unixSocketpair", Napi::Function::New(env, UnixSocketpair, "unixSocketpair"));
   exports.Set("shutdown", Napi::Function::New(env, Shutdown, "shutdown"));
   exports.Set("sendMsg", Napi::Function::New(env, SendMsg, "sendMsg"));

@@ -37,6 +37,16 @@ export function unixConnect(path: string): number {
   return b.unixConnect(path);
 }
 
+/**
+ * A nonblocking AF_UNIX datagram socket connected to `path`, or to the abstract name after a leading
+ * '@' (how systemd's NOTIFY_SOCKET names either). Send on it with sendMsg: -1 means the receiver's
+ * queue was full and the datagram was not sent.
+ */
+export function unixDgramConnect(path: string): number {
+  checkString(path, 'path');
+  return b.unixDgramConnect(path);
+}
+
 export function unixSocketpair(): [number, number] {
   return b.unixSocketpair();
 }

@@ -3,14 +3,16 @@
  * in main.ts. Every flag is checked here, before anything is opened, so that a typo fails fast with a
  * message and exit status 2 (the vhost-user back-end conventions: fail early, exit non-zero).
  *
- *   lgnet serve (--socket PATH [--client] | --socket-fd FD) [--tap NAME] [--tap-fd FD[,FD...]] [--queues N] [--mac MAC] [--mtu N]
+ *   lgnet serve (--socket PATH [--client] | --socket-fd FD)   (also --socket-path PATH, --fd FD: the vhost-user conventions' names) [--tap NAME] [--tap-fd FD[,FD...]] [--queues N] [--mac MAC] [--mtu N]
  *               [--log-level LEVEL] [--reconnect-ms MS] [--metrics-listen ADDR] [--metrics-socket PATH]
  *               [--pcap FILE] [--{tx,rx}-rate-{bytes,ops} SIZE/MS] [--busy-poll US] [--io PATH] [--offer-config]
  *               [--worker-cpus LIST]
  *               [--coalesce-rx-usecs US] [--coalesce-tx-usecs US] [--coalesce-buffers N]
  *               [--guest-announce]
  *               [--no-sandbox | [--chroot DIR] [--user U] [--group G]]
+ *   lgnet serve --print-capabilities                            (the vhost-user conventions; other options ignored)
  *   lgnet stats ADDR [--once] [--json] [--interval MS]
+ *   lgnet describe                                              (the vhost-user back-end JSON file for QEMU's schema)
  *   lgnet --version
  */
 import type { TapIo } from '../device/tap-backend.ts';
@@ -185,7 +187,7 @@ export function packageVersion(): string {
  * Builds the program. `serve` is called with validated options; the caller runs `parseAsync`.
  * Errors in arguments exit with status 2 (commander's exitOverride is left to the caller).
  */
-export function buildCli(actions: { serve: (opts: ServeOptions) => Promise<void>; stats?: (opts: StatsOptions) => Promise<void> }): Command {
+export function buildCli(actions: { serve: (opts: ServeOptions) => Promise<void>; stats?: (opts: StatsOptions) => Promise<void>; describe?: () => void }): Command {
   const program = new Command('lgnet')
     .description('lgnet: a virtio-net device in TypeScript (vhost-user back-end)')
     .version(packageVersion(), '-V, --version', 'print the version and exit')
@@ -199,6 +201,10 @@ export function buildCli(actions: { serve: (opts: ServeOptions) => Promise<void>
     .description('serve a tap to a VMM over a vhost-user socket')
     .option('--socket <path>', 'vhost-user unix socket path (required)')
     .addOption(new Option('--socket-fd <fd>', 'serve the listening vhost-user socket this process inherited (systemd socket activation, or a manager that made it) instead of binding --socket; lgnet never removes its file').argParser(fdNumber('--socket-fd')))
+    // The names QEMU's vhost-user back-end conventions give the same two options (docs/interop/vhost-user.rst).
+    .option('--socket-path <path>', '--socket, by the name of the vhost-user back-end conventions')
+    .addOption(new Option('--fd <fd>', '--socket-fd, by the name of the vhost-user back-end conventions').argParser(fdNumber('--fd')))
+    .option('--print-capabilities', 'print the back-end\'s capabilities as the vhost-user conventions define them ({"type": "net"}) and exit; every other option is ignored')
     .option('--client', 'connect to the socket (the VMM listens) instead of listening', false)
     .addOption(new Option('--reconnect-ms <ms>', 'client mode: delay between connection attempts').argParser(int('--reconnect-ms', 10, 60_000)).default(1000))
     .addOption(new Option('--tap <name>', 'tap interface to create or attach to (default: the kernel picks)').argParser(tapName).default(''))
@@ -232,9 +238,11 @@ export function buildCli(actions: { serve: (opts: ServeOptions) => Promise<void>
       if (tapFds && cmd.getOptionValueSource('queues') !== 'default' && o['queues'] !== tapFds.length) {
         program.error(`error: --queues ${String(o['queues'])} with ${tapFds.length} --tap-fd fds; give one fd per queue pair, or drop --queues`, { exitCode: 2 });
       }
+      if (o['socket'] !== undefined && o['socketPath'] !== undefined) program.error('error: --socket and --socket-path name the same thing: give one', { exitCode: 2 });
+      if (o['socketFd'] !== undefined && o['fd'] !== undefined) program.error('error: --socket-fd and --fd name the same thing: give one', { exitCode: 2 });
       const opts: ServeOptions = {
-        socket: (o['socket'] as string | undefined) ?? '',
-        socketFd: o['socketFd'] as number | undefined,
+        socket: (o['socket'] as string | undefined) ?? (o['socketPath'] as string | undefined) ?? '',
+        socketFd: (o['socketFd'] ?? o['fd']) as number | undefined,
         client: o['client'] === true,
         reconnectMs: o['reconnectMs'] as number,
         tap: o['tap'] as string,
@@ -260,7 +268,7 @@ export function buildCli(actions: { serve: (opts: ServeOptions) => Promise<void>
         group: o['group'] as string | undefined,
       };
       if (!opts.printPolicy && !opts.socket && opts.socketFd === undefined) program.error("error: required option '--socket <path>' (or '--socket-fd <fd>') not specified", { exitCode: 2 });
-      if (opts.socketFd !== undefined && (opts.socket || opts.client)) program.error('error: --socket-fd is a listening socket already made: drop --socket and --client', { exitCode: 2 });
+      if (opts.socketFd !== undefined && (opts.socket || opts.client)) program.error('error: --socket-fd (--fd) is a listening socket already made: drop --socket (--socket-path) and --client', { exitCode: 2 });
       if (opts.socketFd !== undefined && opts.tapFds?.includes(opts.socketFd)) program.error(`error: fd ${opts.socketFd} is given as --socket-fd and as --tap-fd`, { exitCode: 2 });
       if (!opts.jail && (opts.chroot || opts.user || opts.group)) {
         program.error('--chroot, --user and --group belong to the jail; drop --no-sandbox to use them', { exitCode: 2 });
@@ -280,6 +288,14 @@ export function buildCli(actions: { serve: (opts: ServeOptions) => Promise<void>
       .action(async (address: ListenAddress, o: Record<string, unknown>) => {
         await stats({ address, once: o['once'] === true, json: o['json'] === true, intervalMs: o['interval'] as number });
       });
+  }
+
+  const describe = actions.describe;
+  if (describe) {
+    program
+      .command('describe')
+      .description("print the vhost-user back-end JSON file (QEMU's vhost-user.json schema) that lets management software find lgnet-vhost-user: save it as /etc/qemu/vhost-user/50-lgnet.json (docs/OPERATIONS.md)")
+      .action(() => describe());
   }
 
   return program;

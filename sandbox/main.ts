@@ -30,6 +30,8 @@ import { PrometheusExporter } from './prometheus.ts';
 import { runStats, type StatsOptions } from './stats.ts';
 import { netDeviceHooks, VhostUserServer } from './vhost-user/server.ts';
 import { closePcap, openPcap } from '../device/capture.ts';
+import { backendDescription, CAPABILITIES } from './describe.ts';
+import { ServiceNotifier } from './notify.ts';
 
 /**
  * Device features offered over vhost-user. QEMU keeps the control queue (and with it the RX filter,
@@ -186,17 +188,17 @@ export async function serve(opts: ServeOptions): Promise<void> {
     return;
   }
   const log = createLogger({ level: opts.logLevel });
+  // A service manager's socket (systemd Type=notify) is connected now: the jail forbids it later.
+  const notifier = ServiceNotifier.fromEnv(log);
   let s: Serving;
   try {
     s = await startServing(opts, log);
   } catch (e) {
-    log.error({ err: (e as Error).message, code: (e as { code?: string }).code }, 'lgnet serve could not start');
+    const err = e as { message: string; code?: string; errno?: number };
+    log.error({ err: err.message, code: err.code }, 'lgnet serve could not start');
+    notifier?.failed(`could not start: ${err.message}`, err.errno);
     process.exit(1);
   }
-  const metricsAt = s.metricsListener ? formatListenAddress(s.metricsListener.address) : undefined;
-  process.stdout.write(`lgnet ready socket=${s.server.path} tap=${s.tap} queues=${opts.queues} mode=${opts.client ? 'client' : 'server'}${metricsAt ? ` metrics=${metricsAt}` : ''}\n`);
-  log.info({ socket: s.server.path, tap: s.tap, queues: opts.queues, client: opts.client, ...(metricsAt ? { metrics: metricsAt } : {}) }, 'ready');
-
   let signalled = false;
   const onSignal = (sig: NodeJS.Signals) => {
     if (signalled) {
@@ -205,8 +207,10 @@ export async function serve(opts: ServeOptions): Promise<void> {
     }
     signalled = true;
     log.info({ signal: sig }, 'stopping');
+    notifier?.stopping(`stopping on ${sig}`);
     s.stop().then(
       () => {
+        notifier?.close();
         log.info({}, 'stopped');
         process.exit(0);
       },
@@ -226,6 +230,18 @@ export async function serve(opts: ServeOptions): Promise<void> {
     log.info({ signal: 'SIGUSR1', connected: c !== null }, 'dropping the front-end connection on request');
     c?.drop('SIGUSR1: dropped on request');
   });
+  // Ready only once the signals are handled: a manager may send SIGTERM the moment it hears.
+  const metricsAt = s.metricsListener ? formatListenAddress(s.metricsListener.address) : undefined;
+  process.stdout.write(`lgnet ready socket=${s.server.path} tap=${s.tap} queues=${opts.queues} mode=${opts.client ? 'client' : 'server'}${metricsAt ? ` metrics=${metricsAt}` : ''}\n`);
+  log.info({ socket: s.server.path, tap: s.tap, queues: opts.queues, client: opts.client, ...(metricsAt ? { metrics: metricsAt } : {}), ...(notifier ? { notify: notifier.address, watchdogUsec: notifier.watchdogUsec } : {}) }, 'ready');
+  if (notifier) {
+    // What `systemctl status` shows; a front-end may have connected already, during the jail's setup.
+    const pairs = `tap ${s.tap}, ${opts.queues} queue pair${opts.queues > 1 ? 's' : ''}`;
+    const now = (): string => (s.server.connection ? `${pairs}: serving a front-end on ${s.server.path}` : `${pairs}: ${opts.client ? 'connecting to' : 'waiting for a front-end on'} ${s.server.path}`);
+    notifier.ready(now());
+    s.server.on('connection', () => notifier.status(now()));
+    s.server.on('disconnect', () => notifier.status(now()));
+  }
 }
 
 /** `lgnet stats`: reads a running lgnet's endpoint until Ctrl-C (or once). Exit 1 when it cannot. */
@@ -245,9 +261,20 @@ export async function stats(opts: StatsOptions): Promise<void> {
   }
 }
 
+/** `lgnet describe`: the vhost-user back-end JSON file naming this installation's lgnet-vhost-user. */
+export function describe(): void {
+  process.stdout.write(JSON.stringify(backendDescription(), null, 2) + '\n');
+}
+
 /** Runs the CLI on argv (node, script, ...args). */
 export async function main(argv: string[] = process.argv): Promise<void> {
-  await buildCli({ serve, stats }).parseAsync(argv);
+  // The vhost-user conventions: --print-capabilities answers and exits 0 whatever else the command
+  // line holds, so it is looked for before any option is parsed (and a bad one refused).
+  if (argv[2] === 'serve' && argv.slice(3).includes('--print-capabilities')) {
+    process.stdout.write(JSON.stringify(CAPABILITIES) + '\n');
+    return;
+  }
+  await buildCli({ serve, stats, describe }).parseAsync(argv);
 }
 
 function isEntry(): boolean {

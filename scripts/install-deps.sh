@@ -22,6 +22,8 @@ set -euo pipefail
 #   dpdk-dev           dpdk-testpmd: DPDK's virtio-user as a front-end of `lgnet serve` in the tests,
 #                      and DPDK's vhost back-end as the reference of `npm run bench` (bench:dpdk)
 #   ca-certificates    npm over TLS
+#   systemd            systemd-socket-activate: the tests start lgnet-vhost-user socket-activated (--fd 3), as a
+#                      systemd socket unit does (nothing is started: only the program is used)
 PKGS=(
   qemu-system-x86
   busybox-static
@@ -41,6 +43,7 @@ PKGS=(
   libclang-rt-14-dev
   dpdk-dev
   ca-certificates
+  systemd
 )
 
 SUDO=""
@@ -78,7 +81,7 @@ if ! apt-cache show linux-image-cloud-amd64 >/dev/null 2>&1; then
   $SUDO apt-get update -qq >/dev/null
 fi
 
-for tool in qemu-system-x86_64 busybox iperf3 cpio ip promtool dpdk-testpmd; do
+for tool in qemu-system-x86_64 busybox iperf3 cpio ip promtool dpdk-testpmd systemd-socket-activate; do
   command -v "$tool" >/dev/null || { echo "[install-deps] missing after install: $tool" >&2; exit 1; }
 done
 echo "[install-deps] ok: $(qemu-system-x86_64 --version | head -n1)"
