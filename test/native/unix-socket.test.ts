@@ -2,7 +2,8 @@
  * Unix sockets with fd passing: an eventfd sent with SCM_RIGHTS still wakes its reader on the other
  * side; extra fds beyond maxFds are closed and reported; nothing leaks (counted in /proc/self/fd).
  */
-import { mkdtempSync, readdirSync, rmSync } from 'node:fs';
+import { spawn } from 'node:child_process';
+import { mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 
@@ -23,6 +24,7 @@ import {
   socketInfo,
   unixAccept,
   unixConnect,
+  unixDgramConnect,
   unixListen,
   unixSocketpair,
 } from '../../native/index.ts';
@@ -196,5 +198,42 @@ describe('unix sockets', () => {
     }
     expect(err).toBeInstanceOf(NativeError);
     expect((err as NativeError).code).toBe('ENOTSOCK');
+  });
+
+  it('unixDgramConnect: a nonblocking, close-on-exec datagram socket to a path or an @abstract name; what cannot be reached throws', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'lgnet-dgram-'));
+    dirs.push(dir);
+    const path = join(dir, 'd.sock');
+    // A receiver that binds both forms and never reads (Node has no unix datagram sockets).
+    const abstract = `@lgnet-dgram-${process.pid}`;
+    const py = spawn('python3', ['-c', 'import socket,sys,time\na=socket.socket(socket.AF_UNIX,socket.SOCK_DGRAM)\na.bind(sys.argv[1])\nb=socket.socket(socket.AF_UNIX,socket.SOCK_DGRAM)\nb.bind("\\0"+sys.argv[2][1:])\nprint("b",flush=True)\ntime.sleep(60)', path, abstract], { stdio: ['ignore', 'pipe', 'inherit'] });
+    try {
+      await new Promise((resolve) => py.stdout!.once('data', resolve));
+      for (const to of [path, abstract]) {
+        const fd = track(unixDgramConnect(to));
+        expect(socketInfo(fd)).toMatchObject({ domain: SOCK.AF_UNIX, type: SOCK.DGRAM, listening: false });
+        const flags = parseInt(/flags:\s+(\d+)/.exec(readFileSync(`/proc/self/fdinfo/${fd}`, 'utf8'))![1]!, 8);
+        expect(flags & 0o2000000, 'O_CLOEXEC').not.toBe(0);
+        expect(flags & 0o4000, 'O_NONBLOCK').not.toBe(0);
+        // Nobody reads: the queue fills and a send says so (-1) instead of blocking.
+        let sent = 0;
+        while (sendMsg(fd, new Uint8Array([1])) > 0) if (++sent > 10_000) break;
+        expect(sent).toBeGreaterThan(0);
+        expect(sent).toBeLessThan(10_000);
+      }
+    } finally {
+      process.kill(py.pid!, 'SIGKILL');
+    }
+    const code = (f: () => unknown): string | undefined => {
+      try {
+        f();
+      } catch (e) {
+        return (e as NativeError).code;
+      }
+      return undefined;
+    };
+    expect(code(() => unixDgramConnect(join(dir, 'none.sock')))).toBe('ENOENT');
+    expect(code(() => unixDgramConnect(`@lgnet-nobody-${process.pid}`))).toBe('ECONNREFUSED');
+    expect(() => unixDgramConnect('@')).toThrow(RangeError);
   });
 });

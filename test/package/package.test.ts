@@ -4,9 +4,10 @@
  *
  *   tarball with a prebuild   (npm pack: prepack compiles dist/ and runs prebuildify)
  *     project 1  npm install                 imports, a pair of embedded devices driven by harness
- *                                            guests, npx lgnet --version, npx lgnet serve on a tap
+ *                                            guests, npx lgnet --version, npx lgnet serve on a tap,
+ *                                            lgnet describe and lgnet-vhost-user --print-capabilities
  *     project 2  npm install --ignore-scripts   the addon loads from prebuilds/: no compiler involved
- *     global     npm install --global            the lgnet on PATH runs
+ *     global     npm install --global            the lgnet on PATH runs; describe names its lgnet-vhost-user
  *   tarball without one        (the same tree, prebuilds/ removed)
  *     project 3  npm install, with lgnet in allowScripts    node-gyp builds the addon at install
  *
@@ -14,7 +15,7 @@
  * temporary directory, so neither the clone's build/ nor its prebuilds/ leak into the tarballs.
  */
 import { execFileSync, spawnSync, type SpawnSyncReturns } from 'node:child_process';
-import { cpSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
+import { cpSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, realpathSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -83,7 +84,7 @@ afterAll(() => rmSync(work, { recursive: true, force: true }));
 describe('the tarball', () => {
   it('ships the compiled entry points, the prebuild, the addon sources and no test or CI file', () => {
     const files = tarList(withPrebuild);
-    for (const f of ['package.json', 'README.md', 'LICENSE', 'bin/lgnet', 'binding.gyp', 'native/addon.cc',
+    for (const f of ['package.json', 'README.md', 'LICENSE', 'bin/lgnet', 'bin/lgnet-vhost-user', 'binding.gyp', 'native/addon.cc',
       'dist/index.js', 'dist/index.d.ts', 'dist/harness/index.js', 'dist/harness/index.d.ts',
       'dist/vring/index.js', 'dist/vring/index.d.ts', 'dist/sandbox/main.js', 'dist/device/worker.js']) {
       expect(files, f).toContain(f);
@@ -122,6 +123,13 @@ describe('installed with its prebuild', () => {
     expect(r.stdout.trim()).toBe(VERSION);
   }, 60_000);
 
+  it('npx lgnet describe names the installed lgnet-vhost-user, which answers --print-capabilities', () => {
+    const d = JSON.parse(run('npx', ['--no-install', 'lgnet', 'describe'], dir, { timeoutMs: 60_000 }).stdout) as { type: string; binary: string };
+    expect(d.binary).toBe(realpathSync(join(dir, 'node_modules/lgnet/bin/lgnet-vhost-user')));
+    expect(run(d.binary, ['--print-capabilities'], tmpdir(), { timeoutMs: 60_000 }).stdout).toBe('{"type":"net"}\n');
+    expect(run('npx', ['--no-install', 'lgnet-vhost-user', '--print-capabilities'], dir, { timeoutMs: 60_000 }).stdout).toBe(`{"type":"${d.type}"}\n`);
+  }, 60_000);
+
   it.skipIf(!netnsPrerequisites().ok)('npx lgnet serve, inside a namespace, serves a harness vhost-user session on a tap', () => {
     writeFileSync(join(dir, 'serve.mjs'), readFileSync(join(FIXTURES, 'serve.mjs')));
     const r = run(process.execPath, ['serve.mjs'], dir, { timeoutMs: 90_000, env: { NODE_OPTIONS: '' } });
@@ -134,12 +142,16 @@ describe('installed with its prebuild', () => {
 });
 
 describe('installed globally', () => {
-  it('the lgnet on PATH prints the version', () => {
+  it('the lgnet on PATH prints the version, and describe names its lgnet-vhost-user', () => {
     // --prefix keeps the "global" install inside this test's directory.
     const prefix = join(work, 'global');
     run('npm', ['install', '--global', '--prefix', prefix, '--no-audit', '--no-fund', withPrebuild], work);
     const r = run(join(prefix, 'bin', 'lgnet'), ['--version'], tmpdir(), { timeoutMs: 60_000 });
     expect(r.stdout.trim()).toBe(VERSION);
+    // What management software would be given: the global install's program, by its real path.
+    const d = JSON.parse(run(join(prefix, 'bin', 'lgnet'), ['describe'], tmpdir(), { timeoutMs: 60_000 }).stdout) as { binary: string };
+    expect(d.binary).toBe(realpathSync(join(prefix, 'lib/node_modules/lgnet/bin/lgnet-vhost-user')));
+    expect(run(d.binary, ['--print-capabilities'], tmpdir(), { timeoutMs: 60_000 }).stdout).toBe('{"type":"net"}\n');
   }, SLOW);
 });
 
