@@ -93,15 +93,12 @@ Napi::Value UnixAccept(const Napi::CallbackInfo& info) {
   return Napi::Number::New(env, c);
 }
 
-Napi::Value UnixConnect(const Napi::CallbackInfo& info) {
-  Napi::Env env = info.Env();
-  REQUIRE_ARGUMENT_STRING(0, path, "path")
-  struct sockaddr_un addr;
-  if (!FillAddr(env, path, &addr)) return env.Undefined();
-  int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  if (fd < 0) return NativeFail(env, errno, "socket", "AF_UNIX");
+// A new AF_UNIX socket of `type` connected to addr (alen bytes of it), or a thrown NativeError.
+Napi::Value ConnectNew(Napi::Env env, int type, const struct sockaddr_un& addr, socklen_t alen, const std::string& path) {
+  int fd = socket(AF_UNIX, type | SOCK_CLOEXEC, 0);
+  if (fd < 0) return NativeFail(env, errno, "socket", (type & 0xf) == SOCK_DGRAM ? "AF_UNIX datagram" : "AF_UNIX");
   int r;
-  do r = connect(fd, (struct sockaddr*)&addr, sizeof addr);
+  do r = connect(fd, (const struct sockaddr*)&addr, alen);
   while (r < 0 && errno == EINTR);
   if (r < 0) {
     int err = errno;
@@ -109,6 +106,14 @@ Napi::Value UnixConnect(const Napi::CallbackInfo& info) {
     return NativeFail(env, err, "connect", "'" + path + "'");
   }
   return Napi::Number::New(env, fd);
+}
+
+Napi::Value UnixConnect(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  REQUIRE_ARGUMENT_STRING(0, path, "path")
+  struct sockaddr_un addr;
+  if (!FillAddr(env, path, &addr)) return env.Undefined();
+  return ConnectNew(env, SOCK_STREAM, addr, sizeof addr, path);
 }
 
 // unixDgramConnect(path) -> fd: a nonblocking AF_UNIX datagram socket connected to path, or to the
@@ -125,17 +130,7 @@ Napi::Value UnixDgramConnect(const Napi::CallbackInfo& info) {
     addr.sun_path[0] = '\0';
     alen = (socklen_t)(offsetof(struct sockaddr_un, sun_path) + path.size());
   }
-  int fd = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
-  if (fd < 0) return NativeFail(env, errno, "socket", "AF_UNIX datagram");
-  int r;
-  do r = connect(fd, (struct sockaddr*)&addr, alen);
-  while (r < 0 && errno == EINTR);
-  if (r < 0) {
-    int err = errno;
-    close(fd);
-    return NativeFail(env, err, "connect", "'" + path + "'");
-  }
-  return Napi::Number::New(env, fd);
+  return ConnectNew(env, SOCK_DGRAM | SOCK_NONBLOCK, addr, alen, path);
 }
 
 Napi::Value UnixSocketpair(const Napi::CallbackInfo& info) {
