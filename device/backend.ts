@@ -150,9 +150,10 @@ export interface Backend {
   /**
    * Whether the driver uses queue pair `pair` (never called for pair 0, which it always uses). A
    * backend that spreads the host's frames over its queues stops sending to a pair not in use, where
-   * no one would read them. Absent: the backend does not spread frames over pairs.
+   * no one would read them. Returns how many frames it held for that pair and dropped in doing so (the
+   * device counts them in rxDropDetached). Absent: the backend does not spread frames over pairs.
    */
-  setPairActive?(pair: number, active: boolean): void;
+  setPairActive?(pair: number, active: boolean): number | void;
   /** Releases fds. */
   close(): void;
 }

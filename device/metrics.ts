@@ -95,8 +95,12 @@ export const M = {
   /** Frames read from the backend ahead of the guest's buffers (the io_uring stage) and dropped when the
    *  queue stopped before buffers came for them. */
   rxDropStopped: 39,
+  /** Frames the backend held for this queue's pair when the pair went out of use (a multi-queue tap's
+   *  queue detached, which would discard them unseen): read out and dropped, so that they are counted.
+   *  Written by the thread that steers the backend, never by the queue's worker. */
+  rxDropDetached: 40,
   /** Count of counters. */
-  COUNT: 40,
+  COUNT: 41,
 } as const;
 
 export type MetricName = Exclude<keyof typeof M, 'COUNT'>;

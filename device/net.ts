@@ -216,7 +216,10 @@ export class NetDevice extends EventEmitter {
     if ((this.pairActive[pair] ?? true) === active) return;
     this.pairActive[pair] = active;
     try {
-      this.backend.setPairActive?.(pair, active);
+      const dropped = this.backend.setPairActive?.(pair, active) ?? 0;
+      // The RX queue's worker never writes this counter: the main thread is its only writer.
+      const rx = this.slots[2 * pair];
+      if (dropped > 0 && rx) rx.counters[M.rxDropDetached]! += dropped;
     } catch (e) {
       // Frames for that pair may then wait where nobody reads them, or not reach it: said, not fatal.
       this.emit('log', { level: 'warn', msg: `backend could not ${active ? 'take frames for' : 'stop frames for'} queue pair ${pair}`, pair, err: (e as Error).message });

@@ -290,16 +290,45 @@ export class TapBackend implements Backend {
    * Backend.setPairActive: a multi-queue tap detaches the queue of a pair the driver does not use
    * (TUNSETQUEUE), so that the kernel steers the host's frames to the queues lgnet reads; a flow hashed
    * to a queue no worker serves would otherwise wait there for good (a guest with fewer vCPUs than
-   * queue pairs, a VMM that sets up fewer pairs than `--queues`). Detaching drops what the queue held.
-   * While the tap is gone the state is kept and applied by reattach().
+   * queue pairs, a VMM that sets up fewer pairs than `--queues`). Detaching would discard what the
+   * queue holds without a trace, so it is read out first and the frames are returned as dropped; only
+   * those that land between that read and the detach go uncounted. While the tap is gone the state is
+   * kept and applied by reattach().
    */
-  setPairActive(pair: number, active: boolean): void {
+  setPairActive(pair: number, active: boolean): number {
     if (!Number.isInteger(pair) || pair < 1 || pair >= this.fds.length) throw new RangeError(`tap ${this.name}: no queue pair ${pair} to steer (1 to ${this.fds.length - 1})`);
-    if (active !== this.inactive.has(pair)) return;
-    if (!this.gone) native.tapSetQueue(this.fds[pair]!, active);
+    if (active !== this.inactive.has(pair)) return 0;
+    let dropped = 0;
+    if (!this.gone) {
+      if (!active) dropped = this.drain(this.fds[pair]!);
+      native.tapSetQueue(this.fds[pair]!, active);
+    }
     if (active) this.inactive.delete(pair);
     else this.inactive.add(pair);
+    return dropped;
   }
+
+  /** Reads a queue's waiting frames (the fd is nonblocking) and returns how many; bounded by the queue's length. */
+  private drain(fd: number): number {
+    // A GSO frame is up to 64 KiB plus its header; the kernel truncates nothing we count either way.
+    const buf = (this.drainBuf ??= new Uint8Array(65_536 + this.vnetHdrLen));
+    let n = 0;
+    // txqueuelen bounds what a queue holds (1000 by default); the cap only guards against a writer
+    // that keeps the queue full while it is read.
+    while (n < 1 << 16) {
+      let r: number;
+      try {
+        r = native.fdRead(fd, buf);
+      } catch {
+        break; // the interface went away meanwhile: what it held went with it
+      }
+      if (r <= 0) break;
+      n++;
+    }
+    return n;
+  }
+
+  private drainBuf: Uint8Array | undefined;
 
   port(pair: number): TapPortSpec {
     const fd = this.fds[pair];

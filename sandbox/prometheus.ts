@@ -100,6 +100,7 @@ export const QUEUE_SERIES: Readonly<Record<MetricName, QueueSeries>> = {
   rxDropBackend: drop('backend', 'rx'),
   rxDropTooManyPieces: drop('too_many_pieces', 'rx'),
   rxDropStopped: drop('stopped', 'rx'),
+  rxDropDetached: drop('detached', 'rx'),
   rxNoBuffers: { metric: 'lgnet_queue_rx_no_buffers_total', only: 'rx' },
   queueBroken: { metric: 'lgnet_queue_broken_total' },
   txHost: { metric: 'lgnet_queue_tx_host_frames_total', only: 'tx' },
