@@ -7,10 +7,12 @@
  *      /proc files its process metrics re-read
  *   3. the jail (unless --no-sandbox, which warns loudly): chroot, uid drop, rlimits, no_new_privs,
  *      seccomp on every thread, then each queue worker's narrower filter
- *   4. print exactly one line on stdout: `lgnet ready socket=… tap=… queues=… mode=…` (and
- *      ` metrics=ADDR` with --metrics-listen, the port the kernel picked for PORT 0)
- *   5. serve until SIGINT/SIGTERM: drop the connection (workers stop and flush their used rings),
- *      close the device and the tap, remove the socket file (jailed: the socket reaper does), exit 0
+ *   4. once SIGINT/SIGTERM are handled, print exactly one line on stdout: `lgnet ready socket=… tap=…
+ *      queues=… mode=…` (and ` metrics=ADDR` with --metrics-listen, the port the kernel picked for
+ *      PORT 0), and tell a service manager READY=1 (notify.ts; its socket was connected in step 2)
+ *   5. serve until SIGINT/SIGTERM: STOPPING=1, drop the connection (workers stop and flush their used
+ *      rings), close the device and the tap, remove the socket file (jailed: the socket reaper does),
+ *      exit 0
  *
  * Logs are JSON lines on stderr (log.ts). A start-up failure logs the reason and exits 1.
  */
