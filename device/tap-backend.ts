@@ -285,6 +285,8 @@ export class TapBackend implements Backend {
 
   /** Pairs whose tap queue is detached (setPairActive). */
   private readonly inactive = new Set<number>();
+  /** drain()'s buffer, made the first time a queue is detached. */
+  private drainBuf: Uint8Array | undefined;
 
   /**
    * Backend.setPairActive: a multi-queue tap detaches the queue of a pair the driver does not use
@@ -319,7 +321,8 @@ export class TapBackend implements Backend {
       let r: number;
       try {
         r = native.fdRead(fd, buf);
-      } catch {
+      } catch (e) {
+        if (!(e instanceof native.NativeError)) throw e;
         break; // the interface went away meanwhile: what it held went with it
       }
       if (r <= 0) break;
@@ -327,8 +330,6 @@ export class TapBackend implements Backend {
     }
     return n;
   }
-
-  private drainBuf: Uint8Array | undefined;
 
   port(pair: number): TapPortSpec {
     const fd = this.fds[pair];

@@ -23,6 +23,29 @@ while True:
     print(json.dumps({'pid': pid, 'text': data.decode()}), flush=True)
 `;
 
+/**
+ * Datagram sockets bound at `addresses` (paths, or '@name' for abstract ones) by a process that never
+ * reads them, so that their queues fill; resolves once all are bound. End it by its pid.
+ */
+export async function stuckReceiver(addresses: string[]): Promise<ChildProcess> {
+  const script = `
+import socket, sys, time
+held = []
+for a in sys.argv[1:]:
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    s.bind('\\0' + a[1:] if a.startswith('@') else a)
+    held.append(s)
+print('bound', flush=True)
+time.sleep(60)
+`;
+  const py = spawn('python3', ['-c', script, ...addresses], { stdio: ['ignore', 'pipe', 'inherit'] });
+  await new Promise((resolve, reject) => {
+    py.stdout!.once('data', resolve);
+    py.once('exit', (code) => reject(new Error(`the stuck receiver exited (${code}) before binding ${addresses.join(', ')}`)));
+  });
+  return py;
+}
+
 /** One datagram: its sender and its KEY=value fields. */
 export interface NotifyMessage {
   pid: number;

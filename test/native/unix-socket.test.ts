@@ -2,7 +2,6 @@
  * Unix sockets with fd passing: an eventfd sent with SCM_RIGHTS still wakes its reader on the other
  * side; extra fds beyond maxFds are closed and reported; nothing leaks (counted in /proc/self/fd).
  */
-import { spawn } from 'node:child_process';
 import { mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -28,6 +27,7 @@ import {
   unixListen,
   unixSocketpair,
 } from '../../native/index.ts';
+import { stuckReceiver } from '../helpers/notify.ts';
 import { spawnNativeWorker, terminateAllWorkers, within } from './worker-client.ts';
 
 const fds = new Set<number>();
@@ -206,9 +206,8 @@ describe('unix sockets', () => {
     const path = join(dir, 'd.sock');
     // A receiver that binds both forms and never reads (Node has no unix datagram sockets).
     const abstract = `@lgnet-dgram-${process.pid}`;
-    const py = spawn('python3', ['-c', 'import socket,sys,time\na=socket.socket(socket.AF_UNIX,socket.SOCK_DGRAM)\na.bind(sys.argv[1])\nb=socket.socket(socket.AF_UNIX,socket.SOCK_DGRAM)\nb.bind("\\0"+sys.argv[2][1:])\nprint("b",flush=True)\ntime.sleep(60)', path, abstract], { stdio: ['ignore', 'pipe', 'inherit'] });
+    const py = await stuckReceiver([path, abstract]);
     try {
-      await new Promise((resolve) => py.stdout!.once('data', resolve));
       for (const to of [path, abstract]) {
         const fd = track(unixDgramConnect(to));
         expect(socketInfo(fd)).toMatchObject({ domain: SOCK.AF_UNIX, type: SOCK.DGRAM, listening: false });

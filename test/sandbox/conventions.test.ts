@@ -24,7 +24,7 @@ import type { Logger } from '../../sandbox/log.ts';
 import { NOTIFY_WARN, ServiceNotifier } from '../../sandbox/notify.ts';
 import { REPO_ROOT } from '../../scripts/qemu.ts';
 import { FLOWS, sprayFlows } from '../helpers/flows.ts';
-import { notifyReceiver, type NotifyReceiver } from '../helpers/notify.ts';
+import { notifyReceiver, stuckReceiver, type NotifyReceiver } from '../helpers/notify.ts';
 import { LGNET } from './serve-process.ts';
 import { expectedPayload, udpSink } from './vhost-user-helpers.ts';
 
@@ -127,16 +127,9 @@ describe('ServiceNotifier on a real datagram socket', () => {
     }
   });
 
-  /** A datagram socket bound at `path` by a process that never reads it; resolves once bound. */
-  async function stuckReceiver(path: string): Promise<ChildProcess> {
-    const py = spawn('python3', ['-c', 'import socket,sys,time\ns=socket.socket(socket.AF_UNIX,socket.SOCK_DGRAM)\ns.bind(sys.argv[1])\nprint("b",flush=True)\ntime.sleep(60)', path], { stdio: ['ignore', 'pipe', 'inherit'] });
-    await new Promise((resolve) => py.stdout!.once('data', resolve));
-    return py;
-  }
-
   it('never blocks on a manager that does not read: the messages its queue has no room for are counted and logged', async () => {
     const path = join(dir, 'stuck.sock');
-    const py = await stuckReceiver(path);
+    const py = await stuckReceiver([path]);
     try {
       const c = capture();
       const n = ServiceNotifier.fromEnv(c.log, { NOTIFY_SOCKET: path })!;
@@ -160,7 +153,7 @@ describe('ServiceNotifier on a real datagram socket', () => {
     expect(ServiceNotifier.fromEnv(c.log, { NOTIFY_SOCKET: 'vsock:2:1234' })).toBeNull();
     expect(c.warnings.map((w) => w['code'])).toEqual([NOTIFY_WARN.UNREACHABLE, NOTIFY_WARN.UNREACHABLE]);
     const path = join(dir, 'w.sock');
-    const py = await stuckReceiver(path);
+    const py = await stuckReceiver([path]);
     try {
       const other = ServiceNotifier.fromEnv(c.log, { NOTIFY_SOCKET: path, WATCHDOG_USEC: '100000', WATCHDOG_PID: String(process.pid + 1) })!;
       expect(other.watchdogUsec).toBe(0);
