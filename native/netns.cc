@@ -49,7 +49,9 @@ Napi::Value NetnsLeave(const Napi::CallbackInfo& info) {
 }
 
 // packetOpen(ifname) -> AF_PACKET SOCK_RAW ETH_P_ALL socket bound to ifname (in the calling thread's
-// namespace), CLOEXEC and nonblocking.
+// namespace), CLOEXEC and nonblocking. Its receive buffer is raised to 8 MiB where the caller may
+// (SO_RCVBUFFORCE, CAP_NET_ADMIN): a tap's skbs take ~1-2 KiB each, so the default buffer drops a
+// capture of a few hundred frames that is read only after the burst.
 Napi::Value PacketOpen(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   REQUIRE_ARGUMENT_STRING(0, ifname, "ifname")
@@ -58,6 +60,10 @@ Napi::Value PacketOpen(const Napi::CallbackInfo& info) {
   if (index == 0) return NativeFail(env, errno, "if_nametoindex", "'" + ifname + "'");
   int fd = socket(AF_PACKET, SOCK_RAW | SOCK_CLOEXEC | SOCK_NONBLOCK, htons(ETH_P_ALL));
   if (fd < 0) return NativeFail(env, errno, "socket", "AF_PACKET for '" + ifname + "'");
+  int rcvbuf = 8 << 20;
+  if (setsockopt(fd, SOL_SOCKET, SO_RCVBUFFORCE, &rcvbuf, sizeof rcvbuf) < 0) {
+    (void)setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &rcvbuf, sizeof rcvbuf);  // capped by rmem_max; best effort
+  }
   struct sockaddr_ll sll;
   std::memset(&sll, 0, sizeof sll);
   sll.sll_family = AF_PACKET;
