@@ -3,7 +3,8 @@
  * in main.ts. Every flag is checked here, before anything is opened, so that a typo fails fast with a
  * message and exit status 2 (the vhost-user back-end conventions: fail early, exit non-zero).
  *
- *   lgnet serve (--socket PATH [--client] | --socket-fd FD)   (also --socket-path PATH, --fd FD: the vhost-user conventions' names) [--tap NAME] [--tap-fd FD[,FD...]] [--queues N] [--mac MAC] [--mtu N]
+ *   lgnet serve (--socket PATH [--client] | --socket-fd FD | neither, under socket activation: LISTEN_FDS)
+ *               (also --socket-path PATH, --fd FD: the vhost-user conventions' names) [--tap NAME] [--tap-fd FD[,FD...]] [--queues N] [--mac MAC] [--mtu N]
  *               [--log-level LEVEL] [--reconnect-ms MS] [--metrics-listen ADDR] [--metrics-socket PATH]
  *               [--pcap FILE] [--{tx,rx}-rate-{bytes,ops} SIZE/MS] [--busy-poll US] [--io PATH] [--offer-config]
  *               [--worker-cpus LIST]
@@ -24,6 +25,7 @@ import { DEFAULT_COALESCE, MAX_COALESCE_BUFFERS, MAX_COALESCE_USECS, type Device
 import { parseListenAddress, type ListenAddress } from './metrics-listen.ts';
 import { MAX_CPUS } from '../native/checks.ts';
 import type { StatsOptions } from './stats.ts';
+import { chooseListenFd, takeListenFds, type ListenFds } from './listen-fds.ts';
 
 /** What `lgnet serve` was asked to do. */
 export interface ServeOptions {
@@ -31,6 +33,11 @@ export interface ServeOptions {
   socket: string;
   /** --socket-fd: a listening vhost-user socket inherited from the caller, served instead of binding `socket`. */
   socketFd?: number | undefined;
+  /**
+   * The sockets a service manager handed over (LISTEN_FDS, listen-fds.ts), taken out of the environment.
+   * With neither --socket nor --socket-fd, socketFd is chosen from them.
+   */
+  listenFds?: ListenFds | undefined;
   /** Connect to the socket (the VMM listens) instead of listening on it. */
   client: boolean;
   /** Client mode: delay between connection attempts. */
@@ -200,7 +207,7 @@ export function buildCli(actions: { serve: (opts: ServeOptions) => Promise<void>
     .command('serve')
     .description('serve a tap to a VMM over a vhost-user socket')
     .option('--socket <path>', 'vhost-user unix socket path (required)')
-    .addOption(new Option('--socket-fd <fd>', 'serve the listening vhost-user socket this process inherited (systemd socket activation, or a manager that made it) instead of binding --socket; lgnet never removes its file').argParser(fdNumber('--socket-fd')))
+    .addOption(new Option('--socket-fd <fd>', "serve the listening vhost-user socket this process inherited (a manager that made it) instead of binding --socket; lgnet never removes its file. Under systemd socket activation (LISTEN_FDS) it is not needed: with neither --socket nor --socket-fd lgnet serves the socket handed over, or among several the one named 'vhost-user'").argParser(fdNumber('--socket-fd')))
     // The names QEMU's vhost-user back-end conventions give the same two options (docs/interop/vhost-user.rst).
     .option('--socket-path <path>', '--socket, by the name of the vhost-user back-end conventions')
     .addOption(new Option('--fd <fd>', '--socket-fd, by the name of the vhost-user back-end conventions').argParser(fdNumber('--fd')))
@@ -240,9 +247,17 @@ export function buildCli(actions: { serve: (opts: ServeOptions) => Promise<void>
       }
       if (o['socket'] !== undefined && o['socketPath'] !== undefined) program.error('error: --socket and --socket-path name the same thing: give one', { exitCode: 2 });
       if (o['socketFd'] !== undefined && o['fd'] !== undefined) program.error('error: --socket-fd and --fd name the same thing: give one', { exitCode: 2 });
+      // Taken out of the environment even when a flag names the socket: no child of lgnet reads it as its own.
+      let listenFds: ListenFds | undefined;
+      try {
+        listenFds = takeListenFds();
+      } catch (e) {
+        program.error(`error: ${(e as Error).message}`, { exitCode: 2 });
+      }
       const opts: ServeOptions = {
         socket: (o['socket'] as string | undefined) ?? (o['socketPath'] as string | undefined) ?? '',
         socketFd: (o['socketFd'] ?? o['fd']) as number | undefined,
+        listenFds,
         client: o['client'] === true,
         reconnectMs: o['reconnectMs'] as number,
         tap: o['tap'] as string,
@@ -267,7 +282,12 @@ export function buildCli(actions: { serve: (opts: ServeOptions) => Promise<void>
         user: o['user'] as string | undefined,
         group: o['group'] as string | undefined,
       };
-      if (!opts.printPolicy && !opts.socket && opts.socketFd === undefined) program.error("error: required option '--socket <path>' (or '--socket-fd <fd>') not specified", { exitCode: 2 });
+      if (!opts.printPolicy && !opts.socket && opts.socketFd === undefined && listenFds && !opts.client) {
+        const fd = chooseListenFd(listenFds);
+        if (typeof fd === 'string') return program.error(`error: ${fd}`, { exitCode: 2 });
+        opts.socketFd = fd;
+      }
+      if (!opts.printPolicy && !opts.socket && opts.socketFd === undefined) program.error("error: required option '--socket <path>' (or '--socket-fd <fd>', or a socket handed over by socket activation: LISTEN_FDS) not specified", { exitCode: 2 });
       if (opts.socketFd !== undefined && (opts.socket || opts.client)) program.error('error: --socket-fd (--fd) is a listening socket already made: drop --socket (--socket-path) and --client', { exitCode: 2 });
       if (opts.socketFd !== undefined && opts.tapFds?.includes(opts.socketFd)) program.error(`error: fd ${opts.socketFd} is given as --socket-fd and as --tap-fd`, { exitCode: 2 });
       if (!opts.jail && (opts.chroot || opts.user || opts.group)) {

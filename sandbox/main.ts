@@ -34,6 +34,7 @@ import { netDeviceHooks, VhostUserServer } from './vhost-user/server.ts';
 import { closePcap, openPcap } from '../device/capture.ts';
 import { backendDescription, CAPABILITIES } from './describe.ts';
 import { ServiceNotifier } from './notify.ts';
+import * as native from '../native/index.ts';
 
 /**
  * Device features offered over vhost-user. QEMU keeps the control queue (and with it the RX filter,
@@ -190,6 +191,15 @@ export async function serve(opts: ServeOptions): Promise<void> {
     return;
   }
   const log = createLogger({ level: opts.logLevel });
+  if (opts.listenFds) {
+    // As sd_listen_fds does: no child of lgnet (the socket reaper) inherits a socket handed over.
+    for (const fd of opts.listenFds.fds) {
+      try {
+        native.setCloexec(fd, true);
+      } catch { /* not open: said below when it is the one served */ }
+    }
+    log.info({ fds: opts.listenFds.fds, names: opts.listenFds.names, serving: opts.socketFd }, 'sockets handed over by a service manager (LISTEN_FDS)');
+  }
   // A service manager's socket (systemd Type=notify) is connected now: the jail forbids it later.
   const notifier = ServiceNotifier.fromEnv(log);
   let s: Serving;

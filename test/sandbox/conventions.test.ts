@@ -10,7 +10,7 @@
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
-import { accessSync, constants, existsSync, mkdtempSync, realpathSync, rmSync, statSync } from 'node:fs';
+import { accessSync, constants, existsSync, mkdtempSync, readdirSync, readFileSync, readlinkSync, realpathSync, rmSync, statSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { isAbsolute, join } from 'node:path';
 import { mask } from '../../device/features.ts';
@@ -244,6 +244,70 @@ describe.skipIf(!pre.ok)('lgnet-vhost-user under a service manager', () => {
     expect(statSync(socket).isSocket()).toBe(true);
     const warnings = jsonLines(r.stderr()).filter((x) => (x['level'] as number) >= 40 && x['code'] !== 'LGNET_JAIL_ROOT');
     expect(warnings, r.stderr()).toEqual([]);
+  });
+
+  it.skipIf(!activate)('socket activation without --fd: serves the socket handed over (LISTEN_FDS), among two the one named vhost-user, and no child inherits either', async () => {
+    const other = join(dir, 'other.sock');
+    const socket = join(dir, 'named.sock');
+    const metricsSock = join(dir, 'named-metrics.sock');
+    const r = run(['ip', 'netns', 'exec', ns.name, activate, '-l', other, '-l', socket, '--fdname=metrics:vhost-user',
+      VH, '--tap', 'lgconv4', '--metrics-socket', metricsSock, '--log-level', 'info']);
+    runs.push(r);
+    const deadline = Date.now() + 10_000;
+    while (!existsSync(socket) && Date.now() < deadline) await new Promise((res) => setTimeout(res, 20));
+    const fe = await VhostUserFrontend.connect(socket, { timeoutMs: 30_000 });
+    try {
+      await fe.negotiate({ features: (offered) => offered & ~mask('RING_PACKED') });
+      while (!r.stdout().includes('\n') && Date.now() < deadline + 20_000) await new Promise((res) => setTimeout(res, 20));
+      expect(r.stdout()).toBe(`lgnet ready socket=${socket} tap=lgconv4 queues=1 mode=server\n`);
+      const handed = jsonLines(r.stderr()).find((x) => x['msg'] === 'sockets handed over by a service manager (LISTEN_FDS)');
+      expect(handed).toMatchObject({ fds: [3, 4], names: ['metrics', 'vhost-user'], serving: 4 });
+      // The socket reaper (for --metrics-socket) is lgnet's child: neither handed-over socket nor the
+      // hand-over's variables reach it.
+      const pid = r.child.pid!;
+      const inodes = [3, 4].map((fd) => readlinkSync(`/proc/${pid}/fd/${fd}`));
+      expect(inodes.every((x) => x.startsWith('socket:['))).toBe(true);
+      const kids = readdirSync(`/proc/${pid}/task`).flatMap((t) => readFileSync(`/proc/${pid}/task/${t}/children`, 'utf8').trim().split(/\s+/).filter(Boolean));
+      expect(kids.length).toBeGreaterThanOrEqual(1);
+      for (const k of kids) {
+        const fds = readdirSync(`/proc/${k}/fd`).map((fd) => { try { return readlinkSync(`/proc/${k}/fd/${fd}`); } catch { return ''; } });
+        expect(fds.filter((x) => inodes.includes(x)), `child ${k}'s fds`).toEqual([]);
+        expect(readFileSync(`/proc/${k}/environ`, 'utf8').split('\0').filter((e) => e.startsWith('LISTEN_')), `child ${k}'s environment`).toEqual([]);
+      }
+    } finally {
+      fe.close();
+    }
+    process.kill(r.child.pid!, 'SIGTERM');
+    expect(await r.exited).toBe(0);
+
+    // One socket, no names: that one.
+    const single = join(dir, 'single.sock');
+    const one = run(['ip', 'netns', 'exec', ns.name, activate, '-l', single, VH, '--tap', 'lgconv5', '--log-level', 'warn']);
+    runs.push(one);
+    while (!existsSync(single) && Date.now() < deadline + 30_000) await new Promise((res) => setTimeout(res, 20));
+    const fe1 = await VhostUserFrontend.connect(single, { timeoutMs: 30_000 });
+    try {
+      expect((await fe1.negotiate({ features: (offered) => offered & ~mask('RING_PACKED') })).features & mask('VERSION_1')).toBe(mask('VERSION_1'));
+    } finally {
+      fe1.close();
+    }
+    process.kill(one.child.pid!, 'SIGTERM');
+    expect(await one.exited).toBe(0);
+    expect(one.stdout()).toBe(`lgnet ready socket=${single} tap=lgconv5 queues=1 mode=server\n`);
+
+    // Two sockets and no name to choose by: refused before anything is opened, exit 2.
+    const a = join(dir, 'a.sock');
+    const b = join(dir, 'b.sock');
+    const two = run(['ip', 'netns', 'exec', ns.name, activate, '-l', a, '-l', b, VH, '--tap', 'lgconv6']);
+    runs.push(two);
+    while (!existsSync(b) && Date.now() < deadline + 40_000) await new Promise((res) => setTimeout(res, 20));
+    const c = native.unixConnect(a);
+    try {
+      expect(await two.exited).toBe(2);
+    } finally {
+      native.close(c);
+    }
+    expect(two.stderr()).toContain("2 sockets were handed over (LISTEN_FDS), without names: name lgnet's FileDescriptorName=vhost-user");
   });
 
   it('--socket-path with an abstract NOTIFY_SOCKET: READY=1 comes once the socket accepts, and a start-up failure is told with its errno', async () => {

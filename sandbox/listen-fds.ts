@@ -1,0 +1,57 @@
+/**
+ * systemd's socket-activation hand-over (sd_listen_fds(3)): a manager that made the listening sockets
+ * starts lgnet with them as fds 3, 4, … and says so in LISTEN_FDS (their count), LISTEN_PID (the pid
+ * they are meant for) and optionally LISTEN_FDNAMES (colon-separated names, FileDescriptorName= in a
+ * .socket unit). `lgnet serve` given neither --socket nor --socket-fd serves the one it was handed.
+ *
+ * Like sd_listen_fds(unset_environment=1), the variables are taken out of the environment whatever
+ * they hold, so that no child of lgnet (the socket reaper) reads a hand-over that is not its own.
+ */
+
+/** The first fd a manager hands over (SD_LISTEN_FDS_START). */
+export const LISTEN_FDS_START = 3;
+
+/** The name that picks lgnet's vhost-user socket among several handed over (FileDescriptorName=). */
+export const VHOST_USER_FD_NAME = 'vhost-user';
+
+/** What a manager handed over: fds from LISTEN_FDS_START, each with its name ('' when none was given). */
+export interface ListenFds {
+  fds: number[];
+  names: string[];
+}
+
+const KEYS = ['LISTEN_PID', 'LISTEN_FDS', 'LISTEN_FDNAMES'] as const;
+
+/**
+ * Reads and removes the hand-over variables. undefined when there is none for this process: no
+ * LISTEN_PID (sd_listen_fds requires it), one naming another process, or LISTEN_FDS not a count of at
+ * least one. Throws RangeError on a LISTEN_FDS too large to be real fds.
+ */
+export function takeListenFds(env: NodeJS.ProcessEnv = process.env, pid: number = process.pid): ListenFds | undefined {
+  const [p, n, names] = KEYS.map((k) => env[k]);
+  for (const k of KEYS) delete env[k];
+  if (p === undefined || !/^\d{1,10}$/.test(p) || Number(p) !== pid) return undefined;
+  if (n === undefined || !/^\d{1,10}$/.test(n) || Number(n) < 1) return undefined;
+  const count = Number(n);
+  // An fd number above any rlimit a process can have: a corrupt variable, not a hand-over.
+  if (count > 1 << 20) throw new RangeError(`LISTEN_FDS=${n} is more fds than a process can hold`);
+  const fds = Array.from({ length: count }, (_, i) => LISTEN_FDS_START + i);
+  // Names that do not match the count are ignored, as sd_listen_fds_with_names does not (it fails):
+  // the fds are still this process's, only their names are unknown.
+  const split = names?.split(':');
+  return { fds, names: split && split.length === count ? split : fds.map(() => '') };
+}
+
+/**
+ * The fd lgnet serves from a hand-over: the only one, or the one named VHOST_USER_FD_NAME among
+ * several. A string says why none can be chosen.
+ */
+export function chooseListenFd(h: ListenFds): number | string {
+  if (h.fds.length === 1) return h.fds[0]!;
+  const named = h.fds.filter((_, i) => h.names[i] === VHOST_USER_FD_NAME);
+  if (named.length === 1) return named[0]!;
+  const which = h.names.some((x) => x) ? `named ${h.names.map((x) => x || '(none)').join(', ')}` : 'without names';
+  return named.length > 1
+    ? `${named.length} of the ${h.fds.length} sockets handed over (LISTEN_FDS) are named '${VHOST_USER_FD_NAME}': name one so`
+    : `${h.fds.length} sockets were handed over (LISTEN_FDS), ${which}: name lgnet's FileDescriptorName=${VHOST_USER_FD_NAME} in the .socket unit, or give --socket-fd`;
+}
