@@ -50,6 +50,7 @@ export interface RawBinding {
   tapGetFeatures(fd: number): number;
   tapSetQueue(fd: number, attach: boolean): void;
   tapInfo(fd: number): { name: string; flags: number };
+  tapNetnsInode(fd: number): number;
 
   // batch.cc
   // words = IovecTable.words: entries (maxEntries × 4 u32), frameEnd (maxFrames u32), bytes (maxFrames i32).

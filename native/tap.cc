@@ -7,6 +7,7 @@
 #include <linux/if_tun.h>
 #include <net/if.h>
 #include <sys/ioctl.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <cstring>
@@ -116,6 +117,29 @@ Napi::Value TapGetFeatures(const Napi::CallbackInfo& info) {
   return Napi::Number::New(env, features);
 }
 
+#ifndef TUNGETDEVNETNS
+#define TUNGETDEVNETNS _IO('T', 227)
+#endif
+
+// tapNetnsInode(fd) -> the inode of the network namespace the tap's interface lives in (what
+// /proc/self/ns/net's inode is for this process's), or -1 when the kernel will not say: EPERM
+// (TUNGETDEVNETNS asks CAP_NET_ADMIN over that namespace), or ENOTTY/EINVAL before Linux 5.2.
+Napi::Value TapNetnsInode(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  REQUIRE_ARGUMENT_FD(0, fd)
+  int ns = ioctl(fd, TUNGETDEVNETNS);
+  if (ns < 0) {
+    if (errno == EPERM || errno == ENOTTY || errno == EINVAL) return Napi::Number::New(env, -1);
+    return NativeFail(env, errno, "ioctl(TUNGETDEVNETNS)", "fd " + std::to_string(fd));
+  }
+  struct stat st;
+  int rc = fstat(ns, &st);
+  int err = errno;
+  close(ns);
+  if (rc < 0) return NativeFail(env, err, "fstat", "the namespace of tap fd " + std::to_string(fd));
+  return Napi::Number::New(env, (double)st.st_ino);
+}
+
 }  // namespace
 
 void RegisterTap(Napi::Env env, Napi::Object exports) {
@@ -126,6 +150,7 @@ void RegisterTap(Napi::Env env, Napi::Object exports) {
   exports.Set("tapGetFeatures", Napi::Function::New(env, TapGetFeatures, "tapGetFeatures"));
   exports.Set("tapSetQueue", Napi::Function::New(env, TapSetQueue, "tapSetQueue"));
   exports.Set("tapInfo", Napi::Function::New(env, TapInfo, "tapInfo"));
+  exports.Set("tapNetnsInode", Napi::Function::New(env, TapNetnsInode, "tapNetnsInode"));
 }
 
 }  // namespace lgnet

@@ -97,6 +97,16 @@ export function tapInfo(fd: number): { name: string; flags: number } {
   return b.tapInfo(fd);
 }
 
+/**
+ * TUNGETDEVNETNS: the inode of the network namespace the tap's interface is in (compare with
+ * /proc/self/ns/net's), or -1 when the kernel will not say (no CAP_NET_ADMIN over that namespace, or
+ * a kernel before 5.2). Throws NativeError for an fd that is not a tun fd attached to an interface.
+ */
+export function tapNetnsInode(fd: number): number {
+  checkFd(fd);
+  return b.tapNetnsInode(fd);
+}
+
 /** TUNGETFEATURES: the IFF flags this kernel's tun driver supports. */
 export function tapGetFeatures(fd: number): number {
   checkFd(fd);

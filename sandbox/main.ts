@@ -28,6 +28,7 @@ import { startSocketReaper } from './socket-reaper.ts';
 import { openMetricsEndpoint, type MetricsEndpoint } from './metrics-endpoint.ts';
 import { formatListenAddress, openMetricsListener, type MetricsListener } from './metrics-listen.ts';
 import { ProcessSampler } from './metrics-process.ts';
+import { TapCounters } from './metrics-tap.ts';
 import { PrometheusExporter } from './prometheus.ts';
 import { runStats, type StatsOptions } from './stats.ts';
 import { netDeviceHooks, VhostUserServer } from './vhost-user/server.ts';
@@ -111,16 +112,20 @@ export async function startServing(opts: ServeOptions, log: Logger): Promise<Ser
   let metrics: MetricsEndpoint | undefined;
   let listener: MetricsListener | undefined;
   let sampler: ProcessSampler | undefined;
+  let tapCounters: TapCounters | undefined;
   const closeMetrics = async (): Promise<void> => {
     await metrics?.close();
     await listener?.close();
     sampler?.close();
+    tapCounters?.close();
   };
   try {
     if (opts.metricsSocket) metrics = await openMetricsEndpoint(opts.metricsSocket, () => device.metrics());
     if (opts.metricsListen) {
       sampler = new ProcessSampler();
-      const exporter = new PrometheusExporter({ device: () => device.metrics(), server, process: sampler, version: packageVersion() });
+      tapCounters = new TapCounters(backend.name, backend.fds[0]);
+      if (tapCounters.unavailable) log.warn({ code: 'LGNET_TAP_COUNTERS_UNAVAILABLE', tap: backend.name, why: tapCounters.unavailable }, "the tap's kernel counters are not served (lgnet_tap_*): read them with `ip -s link show` in the tap's namespace");
+      const exporter = new PrometheusExporter({ device: () => device.metrics(), server, process: sampler, tap: tapCounters, version: packageVersion() });
       listener = await openMetricsListener(opts.metricsListen, exporter);
     }
   } catch (e) {

@@ -20,6 +20,7 @@ import type { DeviceMetrics } from '../device/net.ts';
 import { names as featureNames } from '../device/features.ts';
 import type { MetricName } from '../device/metrics.ts';
 import type { ProcessSample, ProcessSampler } from './metrics-process.ts';
+import type { TapCounters, TapDirection } from './metrics-tap.ts';
 import type { ServerMetrics } from './vhost-user/connection.ts';
 import { F_LOG_ALL, protocolNames } from './vhost-user/messages.ts';
 
@@ -129,6 +130,8 @@ export interface ExporterSources {
   server?: ServerSource;
   /** Process figures; omitted, no process_* metrics are served. */
   process?: ProcessSampler;
+  /** The tap interface's kernel counters; omitted, no lgnet_tap_* metrics are served. */
+  tap?: TapCounters;
   /** lgnet's version, for lgnet_build_info. */
   version?: string;
 }
@@ -248,6 +251,27 @@ export class PrometheusExporter {
         setCounter(cpuUser, s.cpuUserSeconds);
         setCounter(cpuSystem, s.cpuSystemSeconds);
         start.set(s.startTimeSeconds);
+      });
+    }
+
+    // ── the tap, as the kernel counts it ──
+    const tap = sources.tap;
+    if (tap) {
+      const labels = ['interface', 'direction'] as const;
+      const families: Array<[Counter<(typeof labels)[number]>, keyof TapDirection]> = [
+        [counter('lgnet_tap_frames_total', 'Frames the kernel counted on the tap interface: to_guest, queued for lgnet to read (its transmit side); from_guest, written by lgnet (its receive side).', labels), 'frames'],
+        [counter('lgnet_tap_bytes_total', 'Bytes of those frames, as the kernel counted them on the tap interface.', labels), 'bytes'],
+        [counter('lgnet_tap_dropped_frames_total', 'Frames the kernel dropped on the tap interface, which lgnet never saw (to_guest: its queue to lgnet was full, the guest giving no RX buffers or lgnet behind) or saw accepted (from_guest).', labels), 'dropped'],
+        [counter('lgnet_tap_errors_total', 'Errors the kernel counted on the tap interface.', labels), 'errors'],
+      ];
+      this.update.push(() => {
+        const s = tap.sample();
+        for (const [c] of families) c.reset();
+        if (!s) return; // the interface is gone or renamed: no series rather than zeros
+        for (const [c, key] of families) {
+          c.inc({ interface: tap.name, direction: 'to_guest' }, s.toGuest[key]);
+          c.inc({ interface: tap.name, direction: 'from_guest' }, s.fromGuest[key]);
+        }
       });
     }
 

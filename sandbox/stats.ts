@@ -8,6 +8,9 @@
  *   irq/frame, kick/frame interrupts raised and kicks taken per frame moved: batching at work (→ 0)
  *   asleep                the share of the interval the queue's worker slept
  *
+ * and above them the tap as the kernel counts it (lgnet_tap_*): frames and drops each way, the drops
+ * to the guest being frames lost before lgnet could read them.
+ *
  * A live view redraws every interval until Ctrl-C; `--once` prints one interval and exits; `--json`
  * prints the same figures as JSON (one document per interval), for scripts.
  */
@@ -86,6 +89,15 @@ export interface StatsReport {
   queues: QueueStats[];
   vhost_user: { connected: boolean; connections_total: number; reconnects_total: number; messages_total: number; errors_total: number } | null;
   process: { rss_bytes: number | null; open_fds: number | null; threads: number | null; cpu_ratio: number; cpu_seconds_total: number };
+  /** The tap's kernel counters (lgnet_tap_*), null when lgnet does not serve them. */
+  tap: { interface: string; to_guest: TapStats; from_guest: TapStats } | null;
+}
+
+/** One direction of the tap over one interval, as the kernel counts it. */
+export interface TapStats {
+  frames_per_s: number;
+  dropped_per_s: number;
+  dropped_total: number;
 }
 
 /** Sample values of a family, keyed by the labels given (joined with '/'). */
@@ -152,6 +164,15 @@ export function computeStats(address: string, a: MetricsSnapshot, b: MetricsSnap
   const sum = (name: string) => [...series(b, name, 'request', 'code').values()].reduce((x, y) => x + y, 0);
   const cpu0 = scalar(a, 'process_cpu_seconds_total') ?? 0;
   const cpu1 = scalar(b, 'process_cpu_seconds_total') ?? 0;
+  const tf0 = series(a, 'lgnet_tap_frames_total', 'interface', 'direction');
+  const tf1 = series(b, 'lgnet_tap_frames_total', 'interface', 'direction');
+  const td0 = series(a, 'lgnet_tap_dropped_frames_total', 'interface', 'direction');
+  const td1 = series(b, 'lgnet_tap_dropped_frames_total', 'interface', 'direction');
+  const ifname = [...tf1.keys()][0]?.split('/')[0];
+  const tapDir = (dir: string): TapStats => {
+    const k = `${ifname}/${dir}`;
+    return { frames_per_s: rate(delta(tf0, tf1, k) / dt), dropped_per_s: rate(delta(td0, td1, k) / dt), dropped_total: td1.get(k) ?? 0 };
+  };
   return {
     pid: b.pid,
     address,
@@ -172,6 +193,7 @@ export function computeStats(address: string, a: MetricsSnapshot, b: MetricsSnap
       cpu_ratio: share(Math.max(0, cpu1 - cpu0) / dt),
       cpu_seconds_total: cpu1,
     },
+    tap: ifname === undefined ? null : { interface: ifname, to_guest: tapDir('to_guest'), from_guest: tapDir('from_guest') },
   };
 }
 
@@ -202,6 +224,11 @@ export function renderStats(r: StatsReport): string {
   const v = r.vhost_user;
   if (v) {
     head.push(`vhost-user  ${v.connected ? 'connected' : 'no front-end'}  connections ${v.connections_total} (reconnects ${v.reconnects_total})  messages ${v.messages_total}  errors ${v.errors_total}`);
+  }
+  const t = r.tap;
+  if (t) {
+    const dir = (x: TapStats) => `${si(x.frames_per_s, '')} frames/s, dropped ${si(x.dropped_per_s, '')}/s (${x.dropped_total} in all)`;
+    head.push(`tap ${t.interface}  to guest ${dir(t.to_guest)}  from guest ${dir(t.from_guest)}`);
   }
   const cols = ['queue', 'dir', 'frames/s', 'bytes/s', 'irq/frame', 'kick/frame', 'asleep', 'drops/s'];
   const rows = r.queues.map((q) => {

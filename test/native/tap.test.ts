@@ -25,6 +25,7 @@ import {
   setCloexec,
   tapGetFeatures,
   tapInfo,
+  tapNetnsInode,
   tapOpen,
   tapSetOffload,
   tapSetQueue,
@@ -35,7 +36,7 @@ import {
 } from '../../native/index.ts';
 import { createNetns, destroyAllNetns, netnsPrerequisites, openPacketIn, openTapIn, type Netns } from '../../harness/netns.ts';
 import { ip4, mac, udpFrame } from '../../harness/frames.ts';
-import { openSync } from 'node:fs';
+import { openSync, statSync } from 'node:fs';
 import { nativeErrorOf } from '../helpers/errors.ts';
 import { shrunkMemory } from '../helpers/shrunk.ts';
 
@@ -390,5 +391,19 @@ describe.runIf(pre.ok)('tap: bounds checks and errors', () => {
       close(efd);
     }
     expect(nativeErrorOf(() => setCloexec(efd, true))).toMatchObject({ code: 'EBADF', syscall: 'fcntl' });
+  });
+
+  it("tapNetnsInode names the namespace of the tap's interface, not the caller's; an unattached tun fd fails", () => {
+    ns = createNetns();
+    const t = openTapIn(ns, { vnetHdr: true, nonblocking: true, address: false });
+    const inode = tapNetnsInode(t.fd);
+    expect(inode).toBe(statSync(ns.path).ino);
+    expect(inode).not.toBe(statSync('/proc/self/ns/net').ino);
+    const bare = openRaw('/dev/net/tun');
+    try {
+      expect(nativeErrorOf(() => tapNetnsInode(bare))).toMatchObject({ code: 'EBADFD', syscall: 'ioctl(TUNGETDEVNETNS)' });
+    } finally {
+      close(bare);
+    }
   });
 });

@@ -166,6 +166,11 @@ describe.skipIf(!pre.ok)('lgnet serve --metrics-listen, jailed, and lgnet stats'
     expect(valueOf(first.samples, 'process_open_fds')).toBeGreaterThan(10);
     expect(valueOf(first.samples, 'process_max_fds')).toBe(1024);
     expect(valueOf(first.samples, 'process_cpu_seconds_total')).toBeGreaterThan(0);
+    // The tap's kernel counters, re-read in the jail through /proc/self/net/dev opened before it: the
+    // 200 frames lgnet wrote are the interface's received frames (nothing else writes to the tap).
+    expect(valueOf(first.samples, 'lgnet_tap_frames_total', { interface: 'lgopst0', direction: 'from_guest' })).toBe(200);
+    expect(valueOf(first.samples, 'lgnet_tap_frames_total', { interface: 'lgopst0', direction: 'to_guest' })).toBeGreaterThanOrEqual(50);
+    expect(valueOf(first.samples, 'lgnet_tap_dropped_frames_total', { interface: 'lgopst0', direction: 'to_guest' })).toBe(0);
     const check = promtool(first.text);
     expect(check, check.output).toEqual({ status: 0, output: '' });
 
@@ -227,6 +232,12 @@ describe.skipIf(!pre.ok)('lgnet serve --metrics-listen, jailed, and lgnet stats'
     expect(tx.asleep).toBeLessThanOrEqual(1);
     expect(report.vhost_user).toMatchObject({ connected: true, connections_total: 1, errors_total: 0 });
     expect(report.process.rss_bytes).toBeGreaterThan(20 << 20);
+    // The tap as the kernel counts it: what the guest sent in the interval arrived on the interface.
+    expect(report.tap?.interface).toBe('lgopst0');
+    expect(report.tap!.from_guest.frames_per_s).toBeGreaterThan(0);
+    // A snapshot may fall inside a burst of 10 that the kernel counted and lgnet has yet to.
+    expect(Math.abs(report.tap!.from_guest.frames_per_s - tx.frames_per_s)).toBeLessThanOrEqual(20 + tx.frames_per_s / 10);
+    expect(report.tap!.to_guest.dropped_total).toBe(0);
 
     // The text view, once.
     const text = await runStats([metricsPath, '--once', '--interval', '200']);
@@ -234,6 +245,7 @@ describe.skipIf(!pre.ok)('lgnet serve --metrics-listen, jailed, and lgnet stats'
     expect(text.stdout).toMatch(new RegExp(`^lgnet pid ${s.l.child.pid} at ${metricsPath}`));
     expect(text.stdout).toMatch(/^queue\s+dir\s+frames\/s\s+bytes\/s\s+irq\/frame\s+kick\/frame\s+asleep\s+drops\/s$/m);
     expect(text.stdout).toMatch(/^1\s+tx\s+/m);
+    expect(text.stdout).toMatch(/^tap lgopst0  to guest .* frames\/s, dropped 0\/s \(0 in all\)  from guest /m);
 
     // A clean stop: exit 0, both metrics sockets removed by the reapers.
     s.close();
