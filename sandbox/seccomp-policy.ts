@@ -222,7 +222,7 @@ const CONTROL: readonly SyscallRule[] = [
   { name: 'getrlimit', reason: 'read-only rlimit queries' },
   { name: 'prlimit64', reason: 'glibc getrlimit: pid 0 and no new limit (read only)', when: [[{ arg: 0, oneOf: { 'this process': 0 }, wide: true }, { arg: 2, oneOf: { NULL: 0 }, wide: true }]] },
   { name: 'getrusage', reason: 'process.cpuUsage/resourceUsage for metrics' },
-  { name: 'pread64', reason: '--metrics-listen: re-reads /proc/self/status (RSS, threads) at offset 0 through the fd opened before the jail (metrics-process.ts)' },
+  { name: 'pread64', reason: '--metrics-listen: re-reads /proc/self/status (RSS, threads) and /proc/self/net/dev (the tap counters) at offset 0 through the fds opened before the jail (metrics-process.ts, metrics-tap.ts)' },
   { name: 'sysinfo', reason: 'os.freemem/os.totalmem for metrics' },
   { name: 'uname', reason: 'os.hostname/os.release for logs' },
   { name: 'getcwd', reason: 'process.cwd() (after --chroot it is "/")' },
