@@ -22,10 +22,10 @@ import { Command, InvalidArgumentError, Option } from 'commander';
 import { LOG_LEVELS, type LogLevel } from './log.ts';
 import { parseBucket, type BucketSpec, type RateLimit } from '../device/rate-limit.ts';
 import { DEFAULT_COALESCE, MAX_COALESCE_BUFFERS, MAX_COALESCE_USECS, type DeviceCoalesce } from '../device/coalesce.ts';
-import { parseListenAddress, type ListenAddress } from './metrics-listen.ts';
+import { parseListenAddress, type ListenAddress, type MetricsBind } from './metrics-listen.ts';
 import { MAX_CPUS } from '../native/checks.ts';
 import type { StatsOptions } from './stats.ts';
-import { chooseListenFd, takeListenFds, type ListenFds } from './listen-fds.ts';
+import { chooseListenFd, metricsListenFd, takeListenFds, type ListenFds } from './listen-fds.ts';
 
 /** What `lgnet serve` was asked to do. */
 export interface ServeOptions {
@@ -62,7 +62,7 @@ export interface ServeOptions {
   /** Unix socket that answers each connection with the device metrics as JSON (metrics-endpoint.ts). */
   metricsSocket: string | undefined;
   /** --metrics-listen: the Prometheus endpoint (metrics-listen.ts). */
-  metricsListen?: ListenAddress | undefined;
+  metricsListen?: MetricsBind | undefined;
   /** pcap file every data queue's frames are captured to (device/capture.ts). */
   pcap?: string | undefined;
   /** Rate limits per queue (device/rate-limit.ts). */
@@ -226,7 +226,7 @@ export function buildCli(actions: { serve: (opts: ServeOptions) => Promise<void>
     .addOption(new Option('--coalesce-buffers <n>', 'interrupt coalescing: used buffers pending that end a hold at once').argParser(int('--coalesce-buffers', 1, MAX_COALESCE_BUFFERS)).default(DEFAULT_COALESCE.buffers))
     .addOption(new Option('--io <path>', "tap I/O: 'auto' (io_uring where the kernel allows it, else readv/writev; the default), 'uring' (a restricted io_uring ring per queue, made before the jail, or fail) or 'syscall' (readv/writev per frame); also LGNET_IO").choices(['syscall', 'uring', 'auto']))
     .addOption(new Option('--log-level <level>', 'log level (JSON logs on stderr)').choices(LOG_LEVELS as string[]).default('info'))
-    .addOption(new Option('--metrics-listen <addr>', 'serve Prometheus metrics over HTTP (GET /metrics) on a unix socket path, 127.0.0.1:PORT or [::1]:PORT; bound before the jail; read it with `lgnet stats ADDR` (docs/OPERATIONS.md)').argParser(listenAddress('--metrics-listen')))
+    .addOption(new Option('--metrics-listen <addr>', "serve Prometheus metrics over HTTP (GET /metrics) on a unix socket path, 127.0.0.1:PORT or [::1]:PORT; bound before the jail; read it with `lgnet stats ADDR` (docs/OPERATIONS.md). Under socket activation, a socket named 'metrics' (FileDescriptorName=metrics) is served without this option").argParser(listenAddress('--metrics-listen')))
     .option('--metrics-socket <path>', 'unix socket that answers every connection with one JSON line of live per-queue counters (frames, bytes, interrupts, drops) and closes; read it with `socat - UNIX-CONNECT:PATH`')
     .option('--pcap <file>', 'capture every frame of every data queue to this pcap file (tcpdump -r FILE); created before the jail, appended to by the queue workers')
     .addOption(new Option('--tx-rate-bytes <size/ms>', 'limit each TX queue (guest to tap) to SIZE bytes per MS milliseconds, a token bucket (e.g. 125000000/1000 = 1 Gbit/s)').argParser(bucket('--tx-rate-bytes')))
@@ -286,6 +286,11 @@ export function buildCli(actions: { serve: (opts: ServeOptions) => Promise<void>
         const fd = chooseListenFd(listenFds);
         if (typeof fd === 'string') return program.error(`error: ${fd}`, { exitCode: 2 });
         opts.socketFd = fd;
+      }
+      if (!opts.printPolicy && !opts.metricsListen && listenFds) {
+        const fd = metricsListenFd(listenFds);
+        if (typeof fd === 'string') return program.error(`error: ${fd}`, { exitCode: 2 });
+        if (fd !== undefined) opts.metricsListen = { kind: 'fd', fd };
       }
       if (!opts.printPolicy && !opts.socket && opts.socketFd === undefined) program.error("error: required option '--socket <path>' (or '--socket-fd <fd>', or a socket handed over by socket activation: LISTEN_FDS) not specified", { exitCode: 2 });
       if (opts.socketFd !== undefined && (opts.socket || opts.client)) program.error('error: --socket-fd (--fd) is a listening socket already made: drop --socket (--socket-path) and --client', { exitCode: 2 });

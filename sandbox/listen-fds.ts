@@ -2,7 +2,8 @@
  * systemd's socket-activation hand-over (sd_listen_fds(3)): a manager that made the listening sockets
  * starts lgnet with them as fds 3, 4, … and says so in LISTEN_FDS (their count), LISTEN_PID (the pid
  * they are meant for) and optionally LISTEN_FDNAMES (colon-separated names, FileDescriptorName= in a
- * .socket unit). `lgnet serve` given neither --socket nor --socket-fd serves the one it was handed.
+ * .socket unit). `lgnet serve` given neither --socket nor --socket-fd serves the one it was handed,
+ * and without --metrics-listen serves its Prometheus endpoint on a socket named `metrics`.
  *
  * Like sd_listen_fds(unset_environment=1), the variables are taken out of the environment whatever
  * they hold, so that no child of lgnet (the socket reaper) reads a hand-over that is not its own.
@@ -13,6 +14,9 @@ export const LISTEN_FDS_START = 3;
 
 /** The name that picks lgnet's vhost-user socket among several handed over (FileDescriptorName=). */
 export const VHOST_USER_FD_NAME = 'vhost-user';
+
+/** The name of a handed-over socket that lgnet serves its Prometheus endpoint on (--metrics-listen). */
+export const METRICS_FD_NAME = 'metrics';
 
 /** What a manager handed over: fds from LISTEN_FDS_START, each with its name ('' when none was given). */
 export interface ListenFds {
@@ -43,15 +47,23 @@ export function takeListenFds(env: NodeJS.ProcessEnv = process.env, pid: number 
 }
 
 /**
- * The fd lgnet serves from a hand-over: the only one, or the one named VHOST_USER_FD_NAME among
- * several. A string says why none can be chosen.
+ * The vhost-user socket of a hand-over: the only one not named METRICS_FD_NAME, or among several the
+ * one named VHOST_USER_FD_NAME. A string says why none can be chosen.
  */
 export function chooseListenFd(h: ListenFds): number | string {
-  if (h.fds.length === 1) return h.fds[0]!;
+  const candidates = h.fds.filter((_, i) => h.names[i] !== METRICS_FD_NAME);
+  if (candidates.length === 1) return candidates[0]!;
   const named = h.fds.filter((_, i) => h.names[i] === VHOST_USER_FD_NAME);
   if (named.length === 1) return named[0]!;
   const which = h.names.some((x) => x) ? `named ${h.names.map((x) => x || '(none)').join(', ')}` : 'without names';
-  return named.length > 1
-    ? `${named.length} of the ${h.fds.length} sockets handed over (LISTEN_FDS) are named '${VHOST_USER_FD_NAME}': name one so`
-    : `${h.fds.length} sockets were handed over (LISTEN_FDS), ${which}: name lgnet's FileDescriptorName=${VHOST_USER_FD_NAME} in the .socket unit, or give --socket-fd`;
+  if (named.length > 1) return `${named.length} of the ${h.fds.length} sockets handed over (LISTEN_FDS) are named '${VHOST_USER_FD_NAME}': name one so`;
+  if (candidates.length === 0) return `the socket${h.fds.length > 1 ? 's' : ''} handed over (LISTEN_FDS) ${h.fds.length > 1 ? 'are' : 'is'} named '${METRICS_FD_NAME}': hand over the vhost-user socket too, or give --socket or --socket-fd`;
+  return `${h.fds.length} sockets were handed over (LISTEN_FDS), ${which}: name lgnet's FileDescriptorName=${VHOST_USER_FD_NAME} in the .socket unit, or give --socket-fd`;
+}
+
+/** The socket named METRICS_FD_NAME in a hand-over, undefined when none is; a string when several are. */
+export function metricsListenFd(h: ListenFds): number | undefined | string {
+  const named = h.fds.filter((_, i) => h.names[i] === METRICS_FD_NAME);
+  if (named.length > 1) return `${named.length} of the sockets handed over (LISTEN_FDS) are named '${METRICS_FD_NAME}': name one so`;
+  return named[0];
 }

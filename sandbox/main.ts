@@ -203,7 +203,8 @@ export async function serve(opts: ServeOptions): Promise<void> {
         native.setCloexec(fd, true);
       } catch { /* not open: said below when it is the one served */ }
     }
-    log.info({ fds: opts.listenFds.fds, names: opts.listenFds.names, serving: opts.socketFd }, 'sockets handed over by a service manager (LISTEN_FDS)');
+    const metricsFd = opts.metricsListen?.kind === 'fd' ? opts.metricsListen.fd : undefined;
+    log.info({ fds: opts.listenFds.fds, names: opts.listenFds.names, serving: opts.socketFd, ...(metricsFd !== undefined ? { metrics: metricsFd } : {}) }, 'sockets handed over by a service manager (LISTEN_FDS)');
   }
   // A service manager's socket (systemd Type=notify) is connected now: the jail forbids it later.
   const notifier = ServiceNotifier.fromEnv(log);

@@ -18,6 +18,7 @@ import { lstatSync, unlinkSync } from 'node:fs';
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import type { Socket } from 'node:net';
 import { LgnetError } from '../errors/index.ts';
+import * as native from '../native/index.ts';
 import type { HttpStatus, PrometheusExporter } from './prometheus.ts';
 
 /** Stable codes of the metrics endpoint and of `lgnet stats`. */
@@ -44,6 +45,13 @@ export class MetricsError extends LgnetError {
 
 /** Where the endpoint listens. */
 export type ListenAddress = { kind: 'unix'; path: string } | { kind: 'tcp'; host: '127.0.0.1' | '::1'; port: number };
+
+/**
+ * What the endpoint is opened on: an address to bind, or a listening socket a service manager made
+ * (systemd socket activation, a socket named `metrics`: sandbox/listen-fds.ts). A TCP one must be on
+ * loopback, as an address given on the command line must.
+ */
+export type MetricsBind = ListenAddress | { kind: 'fd'; fd: number };
 
 /** sun_path holds 108 bytes with the terminating NUL. */
 const MAX_UNIX_PATH = 107;
@@ -99,8 +107,13 @@ function removeStaleSocket(path: string): void {
   unlinkSync(path);
 }
 
+/** Where a bind is, for messages. */
+function describeBind(b: MetricsBind): string {
+  return b.kind === 'fd' ? `the socket handed over as fd ${b.fd}` : formatListenAddress(b);
+}
+
 /** Opens the endpoint; resolves once it accepts connections. */
-export async function openMetricsListener(address: ListenAddress, exporter: PrometheusExporter): Promise<MetricsListener> {
+export async function openMetricsListener(address: MetricsBind, exporter: PrometheusExporter): Promise<MetricsListener> {
   if (address.kind === 'unix') removeStaleSocket(address.path);
   const sockets = new Set<Socket>();
   const server: Server = createServer({
@@ -125,18 +138,37 @@ export async function openMetricsListener(address: ListenAddress, exporter: Prom
     socket.end(`HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain; charset=utf-8\r\nConnection: close\r\nContent-Length: ${BAD_REQUEST_BODY.length}\r\n\r\n${BAD_REQUEST_BODY}`);
   });
   await new Promise<void>((resolve, reject) => {
-    const fail = (e: Error) => reject(new MetricsError(METRICS_ERROR.LISTEN_FAILED, `cannot listen on ${formatListenAddress(address)}: ${e.message}`, { cause: e }));
+    const fail = (e: Error) => reject(new MetricsError(METRICS_ERROR.LISTEN_FAILED, `cannot listen on ${describeBind(address)}: ${e.message}`, { cause: e }));
     server.once('error', fail);
     const done = () => {
       server.off('error', fail);
       resolve();
     };
     if (address.kind === 'unix') server.listen(address.path, done);
+    else if (address.kind === 'fd') server.listen({ fd: address.fd }, done);
     else server.listen({ host: address.host, port: address.port, ipv6Only: address.host === '::1' }, done);
   });
   server.on('error', () => { /* after listen: accept errors (EMFILE) are retried by libuv; nothing to do */ });
   const bound = server.address();
-  const actual: ListenAddress = address.kind === 'tcp' && bound && typeof bound === 'object' ? { ...address, port: bound.port } : address;
+  let actual: ListenAddress;
+  if (address.kind === 'fd') {
+    if (typeof bound === 'string' || bound === null) {
+      // Node names a pipe it did not bind ''; the kernel knows its path.
+      let path = bound || '';
+      try {
+        path ||= native.socketInfo(address.fd).path;
+      } catch { /* named by its fd below */ }
+      actual = { kind: 'unix', path: path || `fd ${address.fd}` };
+    } else if (bound.address === '127.0.0.1' || bound.address === '::1') {
+      actual = { kind: 'tcp', host: bound.address, port: bound.port };
+    } else {
+      // The same rule as for an address on the command line: the endpoint is for this host.
+      await new Promise<void>((done) => server.close(() => done()));
+      throw new MetricsError(METRICS_ERROR.BAD_ADDRESS, `the metrics socket handed over as fd ${address.fd} listens on ${bound.address}:${bound.port}, not on loopback; make it listen on 127.0.0.1, [::1] or a unix path (ListenStream=127.0.0.1:${bound.port})`);
+    }
+  } else {
+    actual = address.kind === 'tcp' && bound && typeof bound === 'object' ? { ...address, port: bound.port } : address;
+  }
   let closing: Promise<void> | null = null;
   return {
     address: actual,

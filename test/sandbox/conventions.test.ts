@@ -27,6 +27,7 @@ import { FLOWS, sprayFlows } from '../helpers/flows.ts';
 import { notifyReceiver, stuckReceiver, type NotifyReceiver } from '../helpers/notify.ts';
 import { LGNET } from './serve-process.ts';
 import { expectedPayload, udpSink } from './vhost-user-helpers.ts';
+import { httpGet } from './metrics-helpers.ts';
 
 const VH = join(REPO_ROOT, 'bin/lgnet-vhost-user');
 const pre = netnsPrerequisites();
@@ -259,9 +260,13 @@ describe.skipIf(!pre.ok)('lgnet-vhost-user under a service manager', () => {
     try {
       await fe.negotiate({ features: (offered) => offered & ~mask('RING_PACKED') });
       while (!r.stdout().includes('\n') && Date.now() < deadline + 20_000) await new Promise((res) => setTimeout(res, 20));
-      expect(r.stdout()).toBe(`lgnet ready socket=${socket} tap=lgconv4 queues=1 mode=server\n`);
+      // The one named metrics is the Prometheus endpoint's.
+      expect(r.stdout()).toBe(`lgnet ready socket=${socket} tap=lgconv4 queues=1 mode=server metrics=${other}\n`);
       const handed = jsonLines(r.stderr()).find((x) => x['msg'] === 'sockets handed over by a service manager (LISTEN_FDS)');
-      expect(handed).toMatchObject({ fds: [3, 4], names: ['metrics', 'vhost-user'], serving: 4 });
+      expect(handed).toMatchObject({ fds: [3, 4], names: ['metrics', 'vhost-user'], serving: 4, metrics: 3 });
+      const scrape = await httpGet({ kind: 'unix', path: other }, '/metrics');
+      expect(scrape.status).toBe(200);
+      expect(scrape.body).toMatch(/^lgnet_tap_frames_total\{interface="lgconv4",direction="to_guest"\} \d+$/m);
       // The socket reaper (for --metrics-socket) is lgnet's child: neither handed-over socket nor the
       // hand-over's variables reach it.
       const pid = r.child.pid!;
@@ -308,6 +313,47 @@ describe.skipIf(!pre.ok)('lgnet-vhost-user under a service manager', () => {
       native.close(c);
     }
     expect(two.stderr()).toContain("2 sockets were handed over (LISTEN_FDS), without names: name lgnet's FileDescriptorName=vhost-user");
+  });
+
+  it.skipIf(!activate)('socket activation hands over the metrics socket too (named metrics): served on loopback, refused on any other address', async () => {
+    const socket = join(dir, 'with-metrics.sock');
+    const r = run(['ip', 'netns', 'exec', ns.name, activate, '-l', socket, '-l', '127.0.0.1:9102', '--fdname=vhost-user:metrics',
+      VH, '--tap', 'lgconv7', '--log-level', 'warn']);
+    runs.push(r);
+    const deadline = Date.now() + 20_000;
+    while (!existsSync(socket) && Date.now() < deadline) await new Promise((res) => setTimeout(res, 20));
+    const fe = await VhostUserFrontend.connect(socket, { timeoutMs: 30_000 });
+    try {
+      await fe.negotiate({ features: (offered) => offered & ~mask('RING_PACKED') });
+      while (!r.stdout().includes('\n') && Date.now() < deadline) await new Promise((res) => setTimeout(res, 20));
+      expect(r.stdout()).toBe(`lgnet ready socket=${socket} tap=lgconv7 queues=1 mode=server metrics=127.0.0.1:9102\n`);
+      // What an operator runs: lgnet stats on that address, in the namespace whose loopback it is.
+      const st = spawnSync('ip', ['netns', 'exec', ns.name, LGNET, 'stats', '127.0.0.1:9102', '--once', '--json', '--interval', '200'], { encoding: 'utf8', timeout: 30_000 });
+      expect(st.status, st.stderr).toBe(0);
+      const report = JSON.parse(st.stdout) as { pid: number; tap: { interface: string } | null; vhost_user: { connected: boolean } | null };
+      expect(report.pid).toBe(r.child.pid);
+      expect(report.tap?.interface).toBe('lgconv7');
+      expect(report.vhost_user?.connected).toBe(true);
+    } finally {
+      fe.close();
+    }
+    process.kill(r.child.pid!, 'SIGTERM');
+    expect(await r.exited).toBe(0);
+
+    // The endpoint is for this host: a socket on every address is refused, as --metrics-listen 0.0.0.0:P is.
+    const open = join(dir, 'with-open-metrics.sock');
+    const bad = run(['ip', 'netns', 'exec', ns.name, activate, '-l', open, '-l', '0.0.0.0:9103', '--fdname=vhost-user:metrics',
+      VH, '--tap', 'lgconv8', '--log-level', 'warn']);
+    runs.push(bad);
+    while (!existsSync(open) && Date.now() < deadline + 10_000) await new Promise((res) => setTimeout(res, 20));
+    const c = native.unixConnect(open);
+    try {
+      expect(await bad.exited).toBe(1);
+    } finally {
+      native.close(c);
+    }
+    expect(jsonLines(bad.stderr()).find((x) => x['msg'] === 'lgnet serve could not start')).toMatchObject({ code: 'LGNET_METRICS_BAD_ADDRESS' });
+    expect(bad.stderr()).toContain('listens on 0.0.0.0:9103, not on loopback');
   });
 
   it('--socket-path with an abstract NOTIFY_SOCKET: READY=1 comes once the socket accepts, and a start-up failure is told with its errno', async () => {
