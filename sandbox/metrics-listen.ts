@@ -138,7 +138,8 @@ export async function openMetricsListener(address: MetricsBind, exporter: Promet
     socket.end(`HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain; charset=utf-8\r\nConnection: close\r\nContent-Length: ${BAD_REQUEST_BODY.length}\r\n\r\n${BAD_REQUEST_BODY}`);
   });
   await new Promise<void>((resolve, reject) => {
-    const fail = (e: Error) => reject(new MetricsError(METRICS_ERROR.LISTEN_FAILED, `cannot listen on ${describeBind(address)}: ${e.message}`, { cause: e }));
+    const hint = address.kind === 'fd' ? ' (it must be a stream socket: ListenStream= in the .socket unit)' : '';
+    const fail = (e: Error) => reject(new MetricsError(METRICS_ERROR.LISTEN_FAILED, `cannot listen on ${describeBind(address)}: ${e.message}${hint}`, { cause: e }));
     server.once('error', fail);
     const done = () => {
       server.off('error', fail);
