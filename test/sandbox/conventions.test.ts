@@ -247,6 +247,20 @@ describe.skipIf(!pre.ok)('lgnet-vhost-user under a service manager', () => {
     expect(warnings, r.stderr()).toEqual([]);
   });
 
+  /** systemd-socket-activate with `args` in the namespace, started by one connection to `connectTo`, run to its exit. */
+  async function activatedOnce(args: string[], connectTo: string): Promise<{ run: Run; code: number | null }> {
+    const r = run(['ip', 'netns', 'exec', ns.name, activate, ...args]);
+    runs.push(r);
+    const deadline = Date.now() + 20_000;
+    while (!existsSync(connectTo) && Date.now() < deadline) await new Promise((res) => setTimeout(res, 20));
+    const c = native.unixConnect(connectTo);
+    try {
+      return { run: r, code: await r.exited };
+    } finally {
+      native.close(c);
+    }
+  }
+
   it.skipIf(!activate)('socket activation without --fd: serves the socket handed over (LISTEN_FDS), among two the one named vhost-user, and no child inherits either', async () => {
     const other = join(dir, 'other.sock');
     const socket = join(dir, 'named.sock');
@@ -303,16 +317,9 @@ describe.skipIf(!pre.ok)('lgnet-vhost-user under a service manager', () => {
     // Two sockets and no name to choose by: refused before anything is opened, exit 2.
     const a = join(dir, 'a.sock');
     const b = join(dir, 'b.sock');
-    const two = run(['ip', 'netns', 'exec', ns.name, activate, '-l', a, '-l', b, VH, '--tap', 'lgconv6']);
-    runs.push(two);
-    while (!existsSync(b) && Date.now() < deadline + 40_000) await new Promise((res) => setTimeout(res, 20));
-    const c = native.unixConnect(a);
-    try {
-      expect(await two.exited).toBe(2);
-    } finally {
-      native.close(c);
-    }
-    expect(two.stderr()).toContain("2 sockets were handed over (LISTEN_FDS), without names: name lgnet's FileDescriptorName=vhost-user");
+    const two = await activatedOnce(['-l', a, '-l', b, VH, '--tap', 'lgconv6'], a);
+    expect(two.code).toBe(2);
+    expect(two.run.stderr()).toContain("2 sockets were handed over (LISTEN_FDS), without names: name lgnet's FileDescriptorName=vhost-user");
   });
 
   it.skipIf(!activate)('socket activation hands over the metrics socket too (named metrics): served on loopback, refused on any other address', async () => {
@@ -342,18 +349,10 @@ describe.skipIf(!pre.ok)('lgnet-vhost-user under a service manager', () => {
 
     // The endpoint is for this host: a socket on every address is refused, as --metrics-listen 0.0.0.0:P is.
     const open = join(dir, 'with-open-metrics.sock');
-    const bad = run(['ip', 'netns', 'exec', ns.name, activate, '-l', open, '-l', '0.0.0.0:9103', '--fdname=vhost-user:metrics',
-      VH, '--tap', 'lgconv8', '--log-level', 'warn']);
-    runs.push(bad);
-    while (!existsSync(open) && Date.now() < deadline + 10_000) await new Promise((res) => setTimeout(res, 20));
-    const c = native.unixConnect(open);
-    try {
-      expect(await bad.exited).toBe(1);
-    } finally {
-      native.close(c);
-    }
-    expect(jsonLines(bad.stderr()).find((x) => x['msg'] === 'lgnet serve could not start')).toMatchObject({ code: 'LGNET_METRICS_BAD_ADDRESS' });
-    expect(bad.stderr()).toContain('listens on 0.0.0.0:9103, not on loopback');
+    const bad = await activatedOnce(['-l', open, '-l', '0.0.0.0:9103', '--fdname=vhost-user:metrics', VH, '--tap', 'lgconv8', '--log-level', 'warn'], open);
+    expect(bad.code).toBe(1);
+    expect(jsonLines(bad.run.stderr()).find((x) => x['msg'] === 'lgnet serve could not start')).toMatchObject({ code: 'LGNET_METRICS_BAD_ADDRESS' });
+    expect(bad.run.stderr()).toContain('listens on 0.0.0.0:9103, not on loopback');
   });
 
   it('--socket-path with an abstract NOTIFY_SOCKET: READY=1 comes once the socket accepts, and a start-up failure is told with its errno', async () => {
