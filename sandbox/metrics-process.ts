@@ -11,7 +11,8 @@
  *
  *   ProcessSampler (opened in `lgnet serve` step 2) ──▶ sample() per scrape (sandbox/prometheus.ts)
  */
-import { closeSync, fstatSync, openSync, readdirSync, readFileSync, readSync } from 'node:fs';
+import { fstatSync, readdirSync, readFileSync } from 'node:fs';
+import { ProcFile } from './proc-file.ts';
 
 /** Above this fd limit, open fds are not counted by fstat (too slow for a scrape). */
 const MAX_PROBED_FDS = 65536;
@@ -36,18 +37,13 @@ export interface ProcessSample {
 
 /** Reads the process's own figures; open it before the jail (see the file header). */
 export class ProcessSampler {
-  private statusFd = -1;
-  private readonly buf = Buffer.alloc(8192);
+  /** No /proc: memory and threads stay unknown (read() answers undefined). */
+  private readonly status = new ProcFile('/proc/self/status');
   private fdLimit: number | undefined;
   private listable = true;
   private readonly startTime = Math.round((Date.now() / 1000 - process.uptime()) * 1000) / 1000;
 
   constructor() {
-    try {
-      this.statusFd = openSync('/proc/self/status', 'r');
-    } catch {
-      this.statusFd = -1; // no /proc: memory and threads stay unknown
-    }
     this.fdLimit = softFdLimit();
   }
 
@@ -76,19 +72,12 @@ export class ProcessSampler {
 
   /** Closes /proc/self/status (idempotent). */
   close(): void {
-    if (this.statusFd >= 0) closeSync(this.statusFd);
-    this.statusFd = -1;
+    this.status.close();
   }
 
   private readStatus(): { rssKb: number | undefined; threads: number | undefined } | undefined {
-    if (this.statusFd < 0) return undefined;
-    let n: number;
-    try {
-      n = readSync(this.statusFd, this.buf, 0, this.buf.length, 0);
-    } catch {
-      return undefined;
-    }
-    const text = this.buf.toString('latin1', 0, n);
+    const text = this.status.read();
+    if (text === undefined) return undefined;
     const field = (name: string): number | undefined => {
       const m = new RegExp(`^${name}:\\s+(\\d+)`, 'm').exec(text);
       return m ? Number(m[1]) : undefined;

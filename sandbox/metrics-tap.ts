@@ -12,8 +12,9 @@
  *
  *   TapCounters (opened in `lgnet serve` step 2) ──▶ sample() per scrape (sandbox/prometheus.ts)
  */
-import { closeSync, openSync, readSync, statSync } from 'node:fs';
+import { statSync } from 'node:fs';
 import * as native from '../native/index.ts';
+import { ProcFile } from './proc-file.ts';
 
 /** One direction of the tap's counters. */
 export interface TapDirection {
@@ -39,8 +40,7 @@ export type TapCountersUnavailable = 'no /proc/self/net/dev' | 'the tap is in an
 export class TapCounters {
   /** The tap's interface name. */
   readonly name: string;
-  private fd = -1;
-  private readonly buf = Buffer.alloc(64 * 1024);
+  private readonly file: ProcFile | undefined;
   /** Why sample() answers undefined, when it always will. */
   readonly unavailable: TapCountersUnavailable | undefined;
 
@@ -54,31 +54,20 @@ export class TapCounters {
       this.unavailable = 'the tap is in another network namespace';
       return;
     }
-    try {
-      this.fd = openSync('/proc/self/net/dev', 'r');
-    } catch {
-      this.unavailable = 'no /proc/self/net/dev';
-      return;
-    }
-    if (!this.sample()) this.unavailable = 'the tap is not listed';
+    this.file = new ProcFile('/proc/self/net/dev', 64 * 1024);
+    if (!this.file.isOpen) this.unavailable = 'no /proc/self/net/dev';
+    else if (!this.sample()) this.unavailable = 'the tap is not listed';
   }
 
   /** The counters now, or undefined when the interface is not listed (gone, renamed, or never here). */
   sample(): TapSample | undefined {
-    if (this.fd < 0) return undefined;
-    let n: number;
-    try {
-      n = readSync(this.fd, this.buf, 0, this.buf.length, 0);
-    } catch {
-      return undefined;
-    }
-    return parseNetDev(this.buf.toString('latin1', 0, n), this.name);
+    const text = this.file?.read();
+    return text === undefined ? undefined : parseNetDev(text, this.name);
   }
 
   /** Closes the file (idempotent). */
   close(): void {
-    if (this.fd >= 0) closeSync(this.fd);
-    this.fd = -1;
+    this.file?.close();
   }
 }
 

@@ -261,7 +261,7 @@ export class PrometheusExporter {
       const families: Array<[Counter<(typeof labels)[number]>, keyof TapDirection]> = [
         [counter('lgnet_tap_frames_total', 'Frames the kernel counted on the tap interface: to_guest, queued for lgnet to read (its transmit side); from_guest, written by lgnet (its receive side).', labels), 'frames'],
         [counter('lgnet_tap_bytes_total', 'Bytes of those frames, as the kernel counted them on the tap interface.', labels), 'bytes'],
-        [counter('lgnet_tap_dropped_frames_total', 'Frames the kernel dropped on the tap interface, which lgnet never saw (to_guest: its queue to lgnet was full, the guest giving no RX buffers or lgnet behind) or saw accepted (from_guest).', labels), 'dropped'],
+        [counter('lgnet_tap_dropped_frames_total', 'Frames the kernel dropped on the tap interface: to_guest, before lgnet could read them (its queue to lgnet was full: the guest gave no RX buffers, or lgnet fell behind); from_guest, after lgnet wrote them.', labels), 'dropped'],
         [counter('lgnet_tap_errors_total', 'Errors the kernel counted on the tap interface.', labels), 'errors'],
       ];
       this.update.push(() => {
