@@ -63,6 +63,11 @@ export class CtrlLoop {
     this.serve();
   }
 
+  /** Signals on `fd` from now on (−1: none). */
+  setCallFd(fd: number): void {
+    this.pending.setCallFd(fd);
+  }
+
   /** Stops watching; returns the next avail index to process. */
   stop(): number {
     this.poller.close();

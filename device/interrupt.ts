@@ -29,7 +29,7 @@ export class PendingUsed {
   /** Clock time (µs, nowUs) until which the pending completions are held; 0 when none are. */
   heldUntil = 0;
   private readonly queue: DeviceQueue;
-  private readonly callFd: number;
+  private callFd: number;
   private readonly c: Float64Array;
   private readonly rule: Coalescer | null;
 
@@ -72,6 +72,14 @@ export class PendingUsed {
     if (this.heldUntil === 0) this.c[M.interruptsHeld]! += 1;
     this.heldUntil = at;
     return -1;
+  }
+
+  /**
+   * Signals on `fd` from now on (−1: none). Completions still pending or held go there when their
+   * time comes, as they would have gone to the old one.
+   */
+  setCallFd(fd: number): void {
+    this.callFd = fd;
   }
 
   /** Signals now if due. */

@@ -273,8 +273,11 @@ export class NetDevice extends EventEmitter {
         const mappingId = native.mmap(s.fd, s.mmapOffset ?? 0, s.size);
         regions.push({ gpa: s.gpa, size: s.size, mappingId, mappingOffset: 0, ...(s.uaddr !== undefined ? { uaddr: s.uaddr } : {}) });
       }
-      this.mem = memoryFromMappings(regions); // validates overlaps and sizes
+      // The workers wrap the new mappings while this thread does (each wrap costs V8 a collection).
+      this.tellWorkersMemory(regions);
+      this.mem = memoryFromMappings(regions, native.mappingBuffer); // validates overlaps and sizes
     } catch (e) {
+      this.tellWorkersMemory(this.regions);
       for (const r of regions) native.munmap(r.mappingId);
       throw e;
     }
@@ -287,6 +290,12 @@ export class NetDevice extends EventEmitter {
     for (const r of old) native.munmap(r.mappingId);
   }
 
+  /** Every started worker wraps these regions' mappings now and forgets any other (no answer). */
+  private tellWorkersMemory(regions: WorkerRegion[]): void {
+    const ids = regions.map((r) => r.mappingId);
+    for (const s of this.slots) if (s.host.started) s.host.send({ cmd: 'memory', ids });
+  }
+
   /**
    * Forgets guest memory (a VMM went away). Every queue must be stopped first; the mappings are
    * released at once.
@@ -295,6 +304,7 @@ export class NetDevice extends EventEmitter {
     if (this.slots.some((s) => s.running) || this.ctrl) {
       throw new NetStateError(NET_ERROR.QUEUE_RUNNING, 'stop every queue before releasing guest memory');
     }
+    this.tellWorkersMemory([]);
     for (const r of this.regions) native.munmap(r.mappingId);
     this.regions = [];
     this.mem = null;
@@ -390,6 +400,31 @@ export class NetDevice extends EventEmitter {
     };
     s.running = true;
     await s.host.command({ cmd: 'configure', config }, ['running', 'broken']);
+  }
+
+  /**
+   * Changes where queue `index` signals the driver (its call eventfd; −1 for none, a driver that polls)
+   * without stopping it: a running queue takes the new fd between two bursts, and this resolves once
+   * the old one is no longer used, so the caller may close it then. vhost-user's SET_VRING_CALL, which
+   * QEMU sends right after each ring starts and again whenever it masks or unmasks the interrupt.
+   */
+  async setCallFd(index: number, fd: number): Promise<void> {
+    const s = this.slot(index);
+    if (!s.setup) throw new NetStateError(NET_ERROR.QUEUE_NOT_SET_UP, `queue ${index} has no setup; call setupQueue first`);
+    s.setup.callFd = fd;
+    if (index === this.ctrlIndex) {
+      this.ctrl?.setCallFd(fd);
+      return;
+    }
+    if (!s.running) return;
+    try {
+      await s.host.command({ cmd: 'call', fd }, ['call']);
+    } catch (e) {
+      // It did not answer: it must not write the old fd after its owner closes it. Replaced next start.
+      await s.host.kill();
+      s.running = false;
+      throw e;
+    }
   }
 
   /** Stops queue `index` and returns the next avail index it would have processed. */

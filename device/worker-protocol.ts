@@ -11,6 +11,8 @@
  *   { cmd: 'resume', regions? }               ────────▶ rebinds memory, serves on
  *   { cmd: 'filter', filter }                 ────────▶ RX filter update
  *   { cmd: 'log', log }                       ────────▶ dirty logging on/off  ◀── 'logging'
+ *   { cmd: 'call', fd }                       ────────▶ new call eventfd       ◀── 'call'
+ *   { cmd: 'memory', ids }                    ────────▶ wraps the guest mappings now, forgets others
  *   { cmd: 'stop' }                           ────────▶ quiesces, back to idle ◀── 'stopped' (lastAvail)
  *   { cmd: 'seccomp', program }               ────────▶ installs its filter    ◀── 'sealed'
  *   { cmd: 'exit' }                           ────────▶ ends the thread
@@ -105,6 +107,10 @@ export type WorkerCommand =
   | { cmd: 'stop' }
   | { cmd: 'filter'; filter: FilterState }
   | { cmd: 'log'; log: WorkerLog | null }
+  /** The guest memory's mappings: wrap them now (keepGuestMappings), before a queue needs them. */
+  | { cmd: 'memory'; ids: number[] }
+  /** Signal interrupts on `fd` from now on (−1: none); answered once the old fd is no longer used. */
+  | { cmd: 'call'; fd: number }
   | { cmd: 'seccomp'; program: Uint8Array }
   | { cmd: 'exit' };
 
@@ -115,6 +121,7 @@ export type WorkerEvent =
   | { ev: 'paused'; lastAvail: number }
   | { ev: 'stopped'; lastAvail: number }
   | { ev: 'logging' }
+  | { ev: 'call' }
   /** The backend started failing (ok false: the first drop, with its errno) or works again (ok true). */
   | { ev: 'backend'; ok: boolean; errno: number }
   /** The queue started at the position its packed ring shows, not the front-end's base (message: why). */
@@ -122,12 +129,49 @@ export type WorkerEvent =
   | { ev: 'broken'; code: string; message: string }
   | { ev: 'sealed'; error?: { code: string; message: string } };
 
-/** Builds a GuestMemory over the native mappings, with views owned by the calling thread. */
-export function memoryFromMappings(regions: WorkerRegion[]): GuestMemory {
+/**
+ * This thread's ArrayBuffers over guest memory, by mapping id. V8 counts a wrapped mapping's whole size
+ * as memory its heap keeps alive, and a wrap of more than 64 MiB makes it collect garbage on the spot
+ * ("external memory pressure": 10–30 ms on a 256 MiB guest here). So each thread wraps a guest mapping
+ * once, keeps it while the mapping is the device's memory, and a queue's restart reuses it.
+ */
+const wrapped = new Map<number, ArrayBuffer>();
+
+/** This thread's ArrayBuffer over guest mapping `id`, wrapped on first use. */
+export function guestMappingBuffer(id: number): ArrayBuffer {
+  let b = wrapped.get(id);
+  if (b === undefined) {
+    b = native.mappingBuffer(id);
+    wrapped.set(id, b);
+  }
+  return b;
+}
+
+/**
+ * Keeps this thread's buffers over the mappings `ids` only, wrapping those it lacks now (off a queue's
+ * start: the memory's arrival), and lets the others go to the garbage collector, and their mappings
+ * with them. An id already unmapped is skipped.
+ */
+export function keepGuestMappings(ids: readonly number[]): void {
+  for (const id of wrapped.keys()) if (!ids.includes(id)) wrapped.delete(id);
+  for (const id of ids) {
+    try {
+      guestMappingBuffer(id);
+    } catch (e) {
+      if (!(e instanceof native.NativeError)) throw e;
+    }
+  }
+}
+
+/**
+ * Builds a GuestMemory over the native mappings, with views owned by the calling thread: by default
+ * this thread's kept buffers (a queue worker's); `wrap` another way to get them.
+ */
+export function memoryFromMappings(regions: WorkerRegion[], wrap: (id: number) => ArrayBuffer = guestMappingBuffer): GuestMemory {
   return new GuestMemory(regions.map((r) => ({
     gpa: r.gpa,
     size: r.size,
-    buffer: native.mappingBuffer(r.mappingId),
+    buffer: wrap(r.mappingId),
     bufferOffset: r.mappingOffset,
     mappingId: r.mappingId,
     mappingOffset: r.mappingOffset,

@@ -40,7 +40,7 @@ import * as backends from './backends.ts';
 import { createQueue, ServiceContext } from './service.ts';
 import { TxService } from './tx.ts';
 import {
-  applyFilter, memoryFromMappings, type QueueConfig, type WorkerBoot, type WorkerCommand, type WorkerEvent, type WorkerLog, type WorkerRegion,
+  applyFilter, keepGuestMappings, memoryFromMappings, type QueueConfig, type WorkerBoot, type WorkerCommand, type WorkerEvent, type WorkerLog, type WorkerRegion,
 } from './worker-protocol.ts';
 
 const State = { IDLE: 0, RUNNING: 1, PAUSED: 2, BROKEN: 3, EXIT: 4 } as const;
@@ -261,6 +261,14 @@ export class QueueWorker {
         // Applied between bursts: every write after the answer is logged (or, off, none need be).
         this.q?.setLog(m.log, this.c);
         this.post({ ev: 'logging' });
+        return;
+      case 'memory':
+        keepGuestMappings(m.ids);
+        return;
+      case 'call':
+        // Between two passes, so no signal is in flight: the answer means the old fd is unused.
+        this.q?.pending.setCallFd(m.fd);
+        this.post({ ev: 'call' });
         return;
       case 'seccomp':
         // The sandbox's narrower filter for this thread alone (stacked on the process-wide one).

@@ -277,7 +277,9 @@ export class Connection implements Session {
         throw new VhostUserError(VU.BAD_FD_COUNT, `${name} carried ${m.fds.length} fds; it takes ${lo === hi ? lo : `${lo} to ${hi}`}`);
       }
       this.log.debug({ req: name, size: m.payload.length, fds: m.fds.length }, 'message');
+      const t0 = performance.now();
       const reply = await entry.handle(this, m);
+      this.log.debug({ req: name, ms: Math.round((performance.now() - t0) * 100) / 100 }, 'handled');
       if (reply) this.send(m.request, reply.payload, reply.fds);
       else if (m.flags & FLAGS.NEED_REPLY && !entry.replies) this.send(m.request, encodeU64(0));
     } catch (e) {

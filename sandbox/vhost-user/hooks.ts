@@ -58,6 +58,7 @@ export function netDeviceHooks(dev: NetDevice): DeviceHooks {
     startQueue: (i) => dev.startQueue(i),
     stopQueue: (i) => dev.stopQueue(i),
     setUsedLog: (i, gpa) => dev.setUsedLog(i, gpa),
+    setCallFd: (i, fd) => dev.setCallFd(i, fd),
     setDirtyLog: (spec) => dev.setDirtyLog(spec),
     setLogging: (on) => dev.setLogging(on),
     announce: (mac) => dev.announce(mac),

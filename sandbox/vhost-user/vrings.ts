@@ -48,6 +48,9 @@ export interface QueueTarget {
   stopQueue(index: number): Promise<number>;
   /** Where a running queue logs its used ring (null: not logged), changed without stopping it. */
   setUsedLog(index: number, gpa: number | null): Promise<void>;
+  /** A running queue's call eventfd, changed without stopping it; resolves once the old one is unused.
+   *  Absent: the ring is stopped and started again over the new fd. */
+  setCallFd?(index: number, fd: number): Promise<void>;
   /** Whether the queue carries the driver's output (virtio-net: odd indices), which a started but
    *  disabled ring must still consume and discard. Absent: no queue is drained while disabled. */
   isTx?(index: number): boolean;
@@ -182,6 +185,21 @@ export class Vrings {
   /** SET_VRING_CALL: fd (owned from now on) or -1 with NOFD (the front-end polls the used ring). */
   async setCall(index: number, fd: number): Promise<void> {
     const r = this.ring(index);
+    const old = r.callFd;
+    if (r.running && this.target.setCallFd) {
+      // QEMU sends this right after each ring's KICK, and at every interrupt mask change: a stop and a
+      // start would cost a worker round trip each, at every migration's resume.
+      try {
+        await this.target.setCallFd(r.index, fd);
+      } catch (e) {
+        r.running = false; // the device ended the worker that did not answer
+        throw deviceError(e, `vring ${r.index} could not take its new call fd`);
+      } finally {
+        r.callFd = fd;
+        native.closeQuietly(old);
+      }
+      return;
+    }
     const wasRunning = r.running;
     if (wasRunning) await this.park(r);
     native.closeQuietly(r.callFd);

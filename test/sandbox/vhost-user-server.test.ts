@@ -5,7 +5,7 @@
  * ready for the next one, whose traffic flows again; client mode reconnects to a restarted VMM. The
  * CONFIG protocol feature is offered only when asked for, and GET/SET_CONFIG only work once negotiated.
  */
-import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, afterEach, beforeAll, describe, expect, it, vi } from 'vitest';
 import { statSync, unlinkSync } from 'node:fs';
 import { join } from 'node:path';
 import { nativeErrorOf } from '../helpers/errors.ts';
@@ -19,7 +19,7 @@ import { encodeConfig, encodeU64, FLAGS, PROTOCOL_F, protocolMask, REQ } from '.
 import { netDeviceHooks, OFFERED_PROTOCOL_FEATURES, VhostUserServer } from '../../sandbox/vhost-user/server.ts';
 import { ip4, mac, udpFrame, UDP_OFFSET } from '../../harness/frames.ts';
 import { GuestRam } from '../../harness/guest-ram.ts';
-import { VirtioNetDriver } from '../../harness/virtio-net.ts';
+import { VirtioNetDriver, waitReadable } from '../../harness/virtio-net.ts';
 import { VhostUserFrontend } from '../../harness/vhost-user-frontend.ts';
 import { INFLIGHT, inflightQueueRegionSize } from '../../vring/index.ts';
 import { destroyAllNetns, netnsPrerequisites } from '../../harness/netns.ts';
@@ -401,6 +401,32 @@ describe.skipIf(!pre.ok)('vhost-user server: harness front-end ↔ lgnet ↔ tap
       await expectTraffic(bed, g, 5600);
       expect(bed.server.connection!.vrings.fdCount()).toBe(4);
     } finally {
+      g.close();
+    }
+  });
+
+  it('SET_VRING_CALL to another eventfd (QEMU masking the interrupt): the running ring is not restarted, and signals only the new fd', async () => {
+    const g = await bed.guest();
+    const masked = native.eventfdCreate({ nonblocking: true });
+    // Observes the device's own stopQueue (a restart would stop the ring first); it still runs.
+    const stops = vi.spyOn(bed.dev, 'stopQueue');
+    try {
+      await g.fe.setVringCall(0, masked);
+      expect(stops, 'the ring went on without a stop and a start').not.toHaveBeenCalled();
+      expect(bed.server.connection!.vrings.state(0).running).toBe(true);
+      const sender = udpSend(bed.ns, bed.guestIp, 5611, 200, 1, 0);
+      expect(await waitReadable(masked, 5000), 'the interrupt went to the new fd').toBe(true);
+      sender.kill();
+      expect(await waitReadable(g.drv.rx[0]!.callFd, 100), 'the driver\'s old fd is not written').toBe(false);
+      expect((await g.drv.waitRx(1, { timeoutMs: 5000 })).length).toBe(1);
+      // Unmasked: back to the driver's fd, and traffic both ways as before.
+      await g.fe.setVringCall(0, g.drv.rx[0]!.callFd);
+      expect(stops).not.toHaveBeenCalled();
+      await expectTraffic(bed, g, 5612);
+      expect(bed.server.connection!.vrings.fdCount()).toBe(4);
+    } finally {
+      stops.mockRestore();
+      native.close(masked);
       g.close();
     }
   });
