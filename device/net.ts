@@ -13,7 +13,7 @@
 import { constants as osConstants } from 'node:os';
 import { EventEmitter } from 'node:events';
 import * as native from '../native/index.ts';
-import { DirtyLog, LOG_PAGE_SIZE, dirtyLogSize, isQueueSize, type GuestMemory } from '../vring/index.ts';
+import { DirtyLog, GuestMemory, LOG_PAGE_SIZE, dirtyLogSize, isQueueSize } from '../vring/index.ts';
 import { rarpFrame } from './announce.ts';
 import type { Backend } from './backend.ts';
 import { CFG, NetConfig, parseMac, STATUS } from './config.ts';
@@ -100,6 +100,9 @@ export class NetDevice extends EventEmitter {
   private readonly filter = new RxFilter();
   private readonly slots: Slot[] = [];
   private regions: WorkerRegion[] = [];
+  /** The regions' addresses (GuestMemory.addressMap): all this thread needs unless it serves a queue. */
+  private map: GuestMemory | null = null;
+  /** The regions' bytes on this thread, wrapped when first needed (the control queue, `memory`). */
   private mem: GuestMemory | null = null;
   private activePairs = 1;
   /** The control queue's loop while it runs (main thread). */
@@ -268,25 +271,29 @@ export class NetDevice extends EventEmitter {
    */
   async setMemory(specs: MemoryRegionSpec[]): Promise<void> {
     const regions: WorkerRegion[] = [];
+    let map: GuestMemory;
     try {
       for (const s of specs) {
         const mappingId = native.mmap(s.fd, s.mmapOffset ?? 0, s.size);
         regions.push({ gpa: s.gpa, size: s.size, mappingId, mappingOffset: 0, ...(s.uaddr !== undefined ? { uaddr: s.uaddr } : {}) });
       }
-      // The workers wrap the new mappings while this thread does (each wrap costs V8 a collection).
-      this.tellWorkersMemory(regions);
-      this.mem = memoryFromMappings(regions, native.mappingBuffer); // validates overlaps and sizes
+      // Validates overlaps and sizes, without wrapping the bytes: this thread wraps them only if it
+      // serves a queue (the control queue), since each wrap of a large mapping costs V8 a collection.
+      map = GuestMemory.addressMap(regions);
     } catch (e) {
-      this.tellWorkersMemory(this.regions);
       for (const r of regions) native.munmap(r.mappingId);
       throw e;
     }
+    // The workers wrap the new mappings now, each on its own thread, before a queue needs them.
+    this.tellWorkersMemory(regions);
     const old = this.regions;
     this.regions = regions;
+    this.map = map;
+    this.mem = null;
     const running = this.slots.filter((s) => s.running);
     await Promise.all(running.map((s) => s.host.command({ cmd: 'pause' }, ['paused'])));
     for (const s of running) s.host.send({ cmd: 'resume', regions });
-    if (this.ctrl) this.ctrl.queue.attach(this.mem);
+    if (this.ctrl) this.ctrl.queue.attach(this.bytes());
     for (const r of old) native.munmap(r.mappingId);
   }
 
@@ -307,6 +314,7 @@ export class NetDevice extends EventEmitter {
     this.tellWorkersMemory([]);
     for (const r of this.regions) native.munmap(r.mappingId);
     this.regions = [];
+    this.map = null;
     this.mem = null;
     this.dropDirtyLog();
   }
@@ -325,8 +333,22 @@ export class NetDevice extends EventEmitter {
     return new GuestMemoryFaultError(id, r ? `guest memory region 0x${r.gpa.toString(16)}+0x${r.size.toString(16)}` : 'the dirty log');
   }
 
-  /** The guest memory as the main thread sees it (null before setMemory). */
+  /** The guest memory as the main thread sees it, bytes and all (null before setMemory). */
   get memory(): GuestMemory | null {
+    return this.map === null ? null : this.bytes();
+  }
+
+  /**
+   * Where guest memory is, without wrapping its bytes on this thread (null before setMemory): enough to
+   * translate ring addresses and check a ring's placement (GuestMemory.addressMap).
+   */
+  get memoryMap(): GuestMemory | null {
+    return this.map;
+  }
+
+  /** This thread's GuestMemory over the regions' bytes, wrapped on first use. Needs setMemory first. */
+  private bytes(): GuestMemory {
+    this.mem ??= memoryFromMappings(this.regions, native.mappingBuffer);
     return this.mem;
   }
 
@@ -375,7 +397,7 @@ export class NetDevice extends EventEmitter {
   async startQueue(index: number): Promise<void> {
     const s = this.slot(index);
     if (!s.setup) throw new NetStateError(NET_ERROR.QUEUE_NOT_SET_UP, `queue ${index} has no setup; call setupQueue first`);
-    if (!this.mem) throw new NetStateError(NET_ERROR.NO_MEMORY, `queue ${index} cannot start before setMemory`);
+    if (!this.map) throw new NetStateError(NET_ERROR.NO_MEMORY, `queue ${index} cannot start before setMemory`);
     if (index === this.ctrlIndex) return this.startCtrl(s);
     if (s.running) return;
     await this.ensureWorker(s);
@@ -483,6 +505,7 @@ export class NetDevice extends EventEmitter {
     this.logLimit.close(); // what it still holds is logged now
     for (const r of this.regions) native.munmap(r.mappingId);
     this.regions = [];
+    this.map = null;
     this.mem = null;
     this.dropDirtyLog();
     this.backend.close();
@@ -556,7 +579,7 @@ export class NetDevice extends EventEmitter {
    * round of its RAM copy and once more after stop(). Ends with stopDirtyLog().
    */
   async startDirtyLog(): Promise<DirtyLog> {
-    if (!this.mem) throw new NetStateError(NET_ERROR.NO_MEMORY, 'dirty logging needs guest memory; call setMemory first');
+    if (!this.map) throw new NetStateError(NET_ERROR.NO_MEMORY, 'dirty logging needs guest memory; call setMemory first');
     const size = dirtyLogSize(this.memoryEnd());
     const fd = native.memfdCreate('lgnet-dirty-log', size);
     let view: DirtyLog | null;
@@ -707,7 +730,7 @@ export class NetDevice extends EventEmitter {
       ring: { size: setup.size, desc: setup.desc, avail: setup.avail, used: setup.used, lastAvail: setup.lastAvail ?? 0 },
       kickFd: setup.kickFd,
       callFd: setup.callFd,
-      mem: this.mem!,
+      mem: this.bytes(),
       features: this.negotiated,
       counters: s.counters,
       burst: this.burst,

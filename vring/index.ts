@@ -21,6 +21,7 @@ export {
   ADDR_LIMIT,
   type Region,
   type RegionSpec,
+  type AddressSpec,
   type RangeLocation,
 } from './memory.ts';
 export { DescriptorChain, LOCATE_MAX } from './chain.ts';

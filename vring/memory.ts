@@ -47,6 +47,16 @@ export interface RegionSpec {
   uaddr?: number;
 }
 
+/**
+ * A region of an address map (GuestMemory.addressMap): where it is, without its bytes. `mappingOffset`
+ * also stands for the offset in the buffer a thread will wrap, so ring alignment is checked as it will be.
+ */
+export type AddressSpec = Omit<RegionSpec, 'buffer' | 'bufferOffset'>;
+
+const NO_BYTES = new ArrayBuffer(0);
+/** Set by addressMap() for the one construction it makes. */
+let buildingAddressMap = false;
+
 /** A validated region (or 1 GiB chunk of one). Offsets used with `u8`/`dv` are region-relative. */
 export interface Region {
   readonly gpa: number;
@@ -170,12 +180,32 @@ function isAddr(n: unknown): n is number {
 export class GuestMemory {
   /** Regions sorted by gpa (large ones split into 1 GiB chunks). */
   readonly regions: readonly Region[];
+  /** False for an address map (addressMap()): translation only, no queue can attach to it. */
+  readonly hasBytes: boolean;
   private lastHit = 0;
   private readonly scratch: PieceList;
 
+  /**
+   * The regions' addresses without their bytes: what translating a vhost-user ring address and checking
+   * a ring's placement need (uaddrToGpa, contiguous, isMapped), validated as the constructor does. A
+   * thread that only checks addresses need not wrap guest memory, which for V8 is a garbage collection
+   * per wrap of a large mapping.
+   */
+  static addressMap(specs: AddressSpec[]): GuestMemory {
+    buildingAddressMap = true;
+    try {
+      return new GuestMemory(specs.map((s) => ({ ...s, buffer: NO_BYTES, bufferOffset: s.mappingOffset ?? 0 })));
+    } finally {
+      buildingAddressMap = false;
+    }
+  }
+
   /** Validates: non-zero size, no overflow, inside its buffer, no overlap in gpa nor in uaddr. Sorts. */
   constructor(specs: RegionSpec[]) {
+    const withBytes = !buildingAddressMap;
+    buildingAddressMap = false;
     if (!Array.isArray(specs) || specs.length === 0) throw badRegion('no regions');
+    this.hasBytes = withBytes;
     const regions: Region[] = [];
     specs.forEach((s, source) => {
       const bufferOffset = s.bufferOffset ?? 0;
@@ -187,7 +217,7 @@ export class GuestMemory {
       if (!(s.buffer instanceof ArrayBuffer || s.buffer instanceof SharedArrayBuffer)) {
         throw badRegion(`region ${source}: buffer is not an ArrayBuffer`);
       }
-      if (!isAddr(bufferOffset) || bufferOffset + s.size > s.buffer.byteLength) {
+      if (!isAddr(bufferOffset) || (withBytes && bufferOffset + s.size > s.buffer.byteLength)) {
         throw badRegion(`region ${source}: [${bufferOffset}, +${s.size}) is outside its ${s.buffer.byteLength}-byte buffer`);
       }
       if (!Number.isSafeInteger(mappingId) || mappingId < -1) throw badRegion(`region ${source}: bad mappingId`);
@@ -200,8 +230,8 @@ export class GuestMemory {
           gpa: s.gpa + off,
           size,
           end: s.gpa + off + size,
-          u8: new Uint8Array(s.buffer, bo, size),
-          dv: new DataView(s.buffer, bo, size),
+          u8: withBytes ? new Uint8Array(s.buffer, bo, size) : new Uint8Array(NO_BYTES),
+          dv: withBytes ? new DataView(s.buffer, bo, size) : new DataView(NO_BYTES),
           buffer: s.buffer,
           bufferOffset: bo,
           mappingId,

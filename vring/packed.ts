@@ -289,6 +289,7 @@ export class PackedQueue {
    */
   attach(mem: GuestMemory): void {
     if (this.broken) throw this.broken;
+    if (!mem.hasBytes) throw new RangeError('attach(mem): an address map (GuestMemory.addressMap) has no bytes to serve a queue');
     const size = this.size;
     let locs: PackedRingLocations;
     try {

@@ -48,7 +48,7 @@ export function netDeviceHooks(dev: NetDevice): DeviceHooks {
     get queueNum() { return dev.maxQueuePairs; },
     get queueCount() { return dev.queueCount; },
     get configSize() { return dev.config.bytes.length; },
-    get memory() { return dev.memory; },
+    get memory() { return dev.memoryMap; }, // addresses only: the server never reads guest bytes
     get packed() { return dev.features.packed; },
     get status() { return dev.status; },
     set status(s: number) { dev.status = s; },

@@ -40,6 +40,8 @@ import { addrOf, VRING_F_LOG, type VringAddr } from './messages.ts';
 /** What the vrings need from the device. */
 export interface QueueTarget {
   readonly queueCount: number;
+  /** Where guest memory is (null before a table): ring addresses are translated and checked in it. An
+   *  address map (GuestMemory.addressMap) will do. */
   readonly memory: GuestMemory | null;
   /** VIRTIO_F_RING_PACKED was negotiated: ring bases are packed encodings, ring areas packed ones. */
   readonly packed?: boolean;
