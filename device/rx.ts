@@ -146,7 +146,7 @@ export class RxService {
     // Frames (batched) or buffers (merged): a burst, plus room for one frame over MAX_IOV_PER_FRAME
     // single-piece buffers. Entries: a burst of chains in their most pieces, or two frames' worth.
     const slots = ctx.burst + MAX_IOV_PER_FRAME;
-    this.table = new IovecTable(Math.max(ctx.burst * MAX_IOV_PER_CHAIN, 2 * MAX_IOV_PER_FRAME, slots), slots);
+    this.table = IovecTable.take(Math.max(ctx.burst * MAX_IOV_PER_CHAIN, 2 * MAX_IOV_PER_FRAME, slots), slots);
     this.slotChain = new Uint16Array(ctx.burst);
     this.bufChain = new Uint16Array(slots);
     this.canMerge = typeof ctx.port.recvMerged === 'function' && this.skip === 0;
@@ -179,6 +179,11 @@ export class RxService {
   }
 
   /** Whether the device has buffers to read into: chains kept from the last burst, or more in the ring. */
+  /** Gives the service's iovec table back for the next queue this thread starts; the service is done. */
+  dispose(): void {
+    this.table.giveBack();
+  }
+
   hasBuffers(): boolean {
     return this.held > 0 || this.ctx.queue.availPending() > 0;
   }

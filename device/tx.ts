@@ -46,12 +46,17 @@ export class TxService {
     this.ctx = ctx;
     this.discard = opts.discard === true;
     this.skip = opts.backendHdrLen === 0 ? ctx.f.hdrLen : 0;
-    this.table = new IovecTable(ctx.burst * MAX_IOV_PER_FRAME, ctx.burst);
+    this.table = IovecTable.take(ctx.burst * MAX_IOV_PER_FRAME, ctx.burst);
     this.heads = new Uint16Array(ctx.burst);
     this.lens = new Uint32Array(ctx.burst);
   }
 
   /** One burst. Returns the number of chains consumed (0: the ring was empty, or the rate limit said wait). */
+  /** Gives the service's iovec table back for the next queue this thread starts; the service is done. */
+  dispose(): void {
+    this.table.giveBack();
+  }
+
   processTx(): number {
     const ctx = this.ctx;
     const q = ctx.queue;

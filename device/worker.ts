@@ -50,6 +50,7 @@ class ActiveQueue {
   readonly queue: DeviceQueue;
   readonly pending: PendingUsed;
   readonly loop: TxLoop | RxLoop;
+  private readonly service: TxService | RxService;
   private ctx!: ServiceContext<unknown>;
   /** Why the queue started elsewhere than the front-end's base, or null (DeviceQueue.resume). */
   readonly resumed: string | null;
@@ -84,10 +85,14 @@ class ActiveQueue {
     const fds: LoopFds = { kickFd: cfg.kickFd, ctlFd: boot.ctlFd, ctlFlag: boot.ctlFlag, busyPoll: cfg.busyPoll };
     if (boot.role === 'tx') {
       const ctx = this.observed(new ServiceContext({ ...parts, port: ports.tx }), cfg);
-      this.loop = new TxLoop(new TxService(ctx, { backendHdrLen: f.hdrLen, discard: cfg.discard }), fds);
+      const tx = new TxService(ctx, { backendHdrLen: f.hdrLen, discard: cfg.discard });
+      this.service = tx;
+      this.loop = new TxLoop(tx, fds);
     } else {
       const ctx = this.observed(new ServiceContext({ ...parts, port: ports.rx }), cfg);
-      this.loop = new RxLoop(new RxService(ctx, rxFilter, { mtu: cfg.mtu }), fds);
+      const rx = new RxService(ctx, rxFilter, { mtu: cfg.mtu });
+      this.service = rx;
+      this.loop = new RxLoop(rx, fds);
     }
     // A packed ring's base from a front-end that lost it across a back-end crash is corrected from the
     // ring itself (vring/packed-resume.ts), counted, and reported for the log.
@@ -158,6 +163,7 @@ class ActiveQueue {
       if (!(e instanceof native.NativeError)) throw e;
     }
     this.capture?.close();
+    this.service.dispose();
   }
 }
 
@@ -252,6 +258,9 @@ export class QueueWorker {
         this.q = null;
         this.post({ ev: 'stopped', lastAvail });
         this.state = State.IDLE;
+        // After the answer: what the queue held (its tables, chains and views) is garbage now, and this
+        // small heap would not collect it before many restarts (each driver reset is one) piled it up.
+        native.collectGarbage();
         return;
       }
       case 'filter':

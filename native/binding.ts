@@ -35,6 +35,7 @@ export interface RawBinding {
   mmapAnonymous(length: number): number;
   mappingBuffer(id: number): ArrayBuffer;
   mappingSize(id: number): number;
+  collectGarbage(): void;
   mappingFaults(id: number): number;
   munmap(id: number): void;
 

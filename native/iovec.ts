@@ -75,6 +75,15 @@ export class MappingViews {
   }
 }
 
+/**
+ * Tables given back (IovecTable.giveBack) for this thread's next table of the same shape. A queue's
+ * start makes a table of up to 270 KiB; each restart (every driver reset, every migration) would leave
+ * the old one for a collector that V8 runs only once 64 MiB of such buffers have built up.
+ */
+const spares = new Map<string, IovecTable[]>();
+/** Tables kept per shape: a device's queues of one kind, restarted one after the other. */
+const SPARES_PER_SHAPE = 4;
+
 export class IovecTable {
   readonly maxEntries: number;
   readonly maxFrames: number;
@@ -96,6 +105,24 @@ export class IovecTable {
   count = 0;
   /** Frames ended so far. */
   frames = 0;
+
+  /** A table of this shape, as new: one given back on this thread if there is one, else a new one. */
+  static take(maxEntries: number, maxFrames: number): IovecTable {
+    const t = spares.get(`${maxEntries}/${maxFrames}`)?.pop();
+    if (t === undefined) return new IovecTable(maxEntries, maxFrames);
+    t.words.fill(0);
+    t.count = 0;
+    t.frames = 0;
+    return t;
+  }
+
+  /** Gives this table back for a later take() on this thread; its last user no longer touches it. */
+  giveBack(): void {
+    const key = `${this.maxEntries}/${this.maxFrames}`;
+    let list = spares.get(key);
+    if (list === undefined) spares.set(key, (list = []));
+    if (list.length < SPARES_PER_SHAPE && !list.includes(this)) list.push(this);
+  }
 
   constructor(maxEntries: number, maxFrames: number) {
     if (!Number.isInteger(maxEntries) || maxEntries < 1 || maxEntries > 0x100000) {

@@ -120,6 +120,16 @@ export class FaultWatch {
   }
 }
 
+/**
+ * A full garbage collection of the calling thread's isolate, now (through V8's external memory count:
+ * N-API has no direct call). For a thread whose heap is small but that lets go of large buffers at
+ * known moments (a queue worker when its queue stops), which V8 would otherwise keep until 64 MiB of
+ * them had built up.
+ */
+export function collectGarbage(): void {
+  b.collectGarbage();
+}
+
 export function mappingSize(id: number): number {
   checkInt(id, 'mapping id', 0, UINT32_MAX);
   return b.mappingSize(id);

@@ -29,6 +29,24 @@ function fixture(): { bufs: Map<number, ArrayBuffer>; maps: MappingViews; resolv
 
 
 describe('IovecTable', () => {
+  it('take() gives back a table given back on this thread, as new; another shape is a new table', () => {
+    const a = IovecTable.take(64, 8);
+    a.push(1, 4096, 100);
+    a.endFrame();
+    a.bytes[0] = 100;
+    a.giveBack();
+    a.giveBack(); // twice: kept once
+    const b = IovecTable.take(64, 8);
+    expect(b).toBe(a);
+    expect(b.count).toBe(0);
+    expect(b.frames).toBe(0);
+    expect(Array.from(b.words).every((w) => w === 0)).toBe(true);
+    expect(IovecTable.take(64, 8), 'the one kept was taken').not.toBe(a);
+    b.giveBack();
+    expect(IovecTable.take(64, 9), 'another shape').not.toBe(a);
+    expect(IovecTable.take(64, 8)).toBe(a);
+  });
+
   it('lays entries, frameEnd and bytes over one buffer and splits offsets into 32-bit halves', () => {
     const t = new IovecTable(4, 2);
     expect(t.words.length).toBe(4 * IOVEC_WORDS + 3 * 2 + 1); // entries, frameEnd, bytes, used, status

@@ -8,6 +8,7 @@ import { afterAll, afterEach, describe, expect, it } from 'vitest';
 
 import {
   close,
+  collectGarbage,
   IovecTable,
   mappingBuffer,
   mappingSize,
@@ -153,5 +154,23 @@ describe('mapping registry', () => {
       seen.add(id);
       munmap(id);
     }
+  });
+});
+
+describe('collectGarbage', () => {
+  it('collects what this thread dropped, now: a finalizer runs without any allocation to prompt it', async () => {
+    const finalized: string[] = [];
+    const registry = new FinalizationRegistry((what: string) => finalized.push(what));
+    // An old-space object (it survives a young collection first), as a stopped queue's tables are.
+    let held: { bytes: Uint8Array } | null = { bytes: new Uint8Array(300 << 10) };
+    registry.register(held, 'dropped');
+    collectGarbage();
+    await new Promise((r) => setTimeout(r, 20));
+    expect(finalized, 'still referenced: not collected').toEqual([]);
+    held = null;
+    collectGarbage();
+    for (let i = 0; i < 20 && finalized.length === 0; i++) await new Promise((r) => setTimeout(r, 10));
+    expect(finalized).toEqual(['dropped']);
+    expect(held).toBeNull();
   });
 });
