@@ -177,6 +177,8 @@ export class QueueWorker {
   private readonly frameFilter: FrameFilter | undefined;
   private state: number = State.IDLE;
   private q: ActiveQueue | null = null;
+  /** A queue was let go since the last collection: its tables, chains and views are garbage. */
+  private garbage = false;
 
   constructor(boot: WorkerBoot, frameFilter?: FrameFilter) {
     this.boot = boot;
@@ -194,7 +196,7 @@ export class QueueWorker {
       // A busy worker never sleeps on its control fd: look at the flag on every pass (no syscall).
       if (Atomics.load(flag, 0) !== 0) this.control();
       if (this.state !== State.RUNNING) {
-        native.poll(this.ctlOnly, SLEEP_MS);
+        if (native.poll(this.ctlOnly, SLEEP_MS) === 0) this.collect(); // idle for a while
         this.control();
         continue;
       }
@@ -223,8 +225,10 @@ export class QueueWorker {
   private command(m: WorkerCommand): void {
     switch (m.cmd) {
       case 'configure':
+        if (this.q !== null) this.garbage = true;
         this.q?.dispose();
         this.q = null;
+        this.collect();
         applyFilter(this.rxFilter, m.config.filter);
         try {
           this.q = new ActiveQueue(this.boot, m.config, this.rxFilter, this.frameFilter);
@@ -258,9 +262,7 @@ export class QueueWorker {
         this.q = null;
         this.post({ ev: 'stopped', lastAvail });
         this.state = State.IDLE;
-        // After the answer: what the queue held (its tables, chains and views) is garbage now, and this
-        // small heap would not collect it before many restarts (each driver reset is one) piled it up.
-        native.collectGarbage();
+        this.garbage = true;
         return;
       }
       case 'filter':
@@ -295,6 +297,18 @@ export class QueueWorker {
         this.state = State.EXIT;
         return;
     }
+  }
+
+  /**
+   * Collects what stopped queues left, if any. This small heap would not collect it on its own before
+   * many restarts (each driver reset is one) had piled it up. Never at the stop itself: a migration's
+   * source stops its rings within the downtime, where a collection takes CPU from QEMU's last copy.
+   * So at the next start, or once the worker has been idle a while.
+   */
+  private collect(): void {
+    if (!this.garbage) return;
+    this.garbage = false;
+    native.collectGarbage();
   }
 
   /** Backend drops as of the last pass, frames as of the last drop, and whether it is failing. */
