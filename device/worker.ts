@@ -45,6 +45,9 @@ import {
 
 const State = { IDLE: 0, RUNNING: 1, PAUSED: 2, BROKEN: 3, EXIT: 4 } as const;
 
+/** Queues let go before a start collects their garbage (QueueWorker.collect). */
+const COLLECT_AFTER = 8;
+
 /** A configured queue: the ring, its service context, and the loop that serves it. */
 class ActiveQueue {
   readonly queue: DeviceQueue;
@@ -177,8 +180,8 @@ export class QueueWorker {
   private readonly frameFilter: FrameFilter | undefined;
   private state: number = State.IDLE;
   private q: ActiveQueue | null = null;
-  /** A queue was let go since the last collection: its tables, chains and views are garbage. */
-  private garbage = false;
+  /** Queues let go since the last collection: their tables, chains and views are garbage. */
+  private disposed = 0;
 
   constructor(boot: WorkerBoot, frameFilter?: FrameFilter) {
     this.boot = boot;
@@ -225,10 +228,10 @@ export class QueueWorker {
   private command(m: WorkerCommand): void {
     switch (m.cmd) {
       case 'configure':
-        if (this.q !== null) this.garbage = true;
+        if (this.q !== null) this.disposed++;
         this.q?.dispose();
         this.q = null;
-        this.collect();
+        if (this.disposed >= COLLECT_AFTER) this.collect();
         applyFilter(this.rxFilter, m.config.filter);
         try {
           this.q = new ActiveQueue(this.boot, m.config, this.rxFilter, this.frameFilter);
@@ -262,7 +265,7 @@ export class QueueWorker {
         this.q = null;
         this.post({ ev: 'stopped', lastAvail });
         this.state = State.IDLE;
-        this.garbage = true;
+        this.disposed++;
         return;
       }
       case 'filter':
@@ -301,13 +304,14 @@ export class QueueWorker {
 
   /**
    * Collects what stopped queues left, if any. This small heap would not collect it on its own before
-   * many restarts (each driver reset is one) had piled it up. Never at the stop itself: a migration's
-   * source stops its rings within the downtime, where a collection takes CPU from QEMU's last copy.
-   * So at the next start, or once the worker has been idle a while.
+   * many restarts (each driver reset is one) had piled it up. A collection costs 10–20 ms, so never at
+   * the stop itself (a migration's source stops its rings within the downtime, where it would take
+   * CPU from QEMU's last copy) and rarely at a start: once the worker has been idle a while, or at a
+   * start after COLLECT_AFTER queues were let go.
    */
   private collect(): void {
-    if (!this.garbage) return;
-    this.garbage = false;
+    if (this.disposed === 0) return;
+    this.disposed = 0;
     native.collectGarbage();
   }
 
