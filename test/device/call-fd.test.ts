@@ -6,20 +6,12 @@
 import { expect, it } from 'vitest';
 import * as native from '../../native/index.ts';
 import { waitReadable } from '../../harness/virtio-net.ts';
-import { createBed, udpSend, type Bed } from './helpers.ts';
+import { createBed, udpSend, until, type Bed } from './helpers.ts';
 
 // createBed() tracks what it makes: closed after each test (test/helpers/bed.ts).
 let bed: Bed | undefined;
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
-
-async function until(what: string, cond: () => boolean, timeoutMs = 5000): Promise<void> {
-  const end = Date.now() + timeoutMs;
-  while (!cond()) {
-    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
-    await sleep(10);
-  }
-}
 
 it('a running RX queue moves its interrupts to the new call fd at once, and never writes the old one again', async () => {
   bed = await createBed({ accept: ['VERSION_1', 'RING_EVENT_IDX', 'MAC'] });

@@ -123,3 +123,12 @@ export function expectedPayload(size: number, seq: number): Uint8Array {
 }
 
 export { ip4 };
+
+/** Waits until `cond()` holds, polling every 10 ms; throws "timed out waiting for WHAT" after `timeoutMs`. */
+export async function until(what: string, cond: () => boolean, timeoutMs = 5000): Promise<void> {
+  const end = Date.now() + timeoutMs;
+  while (!cond()) {
+    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 10));
+  }
+}

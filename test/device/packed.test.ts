@@ -93,7 +93,7 @@ async function sniffed(p: Packed, count: number, timeoutMs = 5000): Promise<Map<
     const f = buf.slice(0, len);
     const seq = seqOf(f, p.run);
     if (seq < 0) continue;
-    got.set(seq, [...(got.get(seq) ?? []), f]);
+    add(got, seq, f);
     n++;
   }
   // A moment more: a duplicate would show up now.
@@ -102,9 +102,16 @@ async function sniffed(p: Packed, count: number, timeoutMs = 5000): Promise<Map<
   for (let len = native.fdRead(p.sniff, buf); len >= 0; len = native.fdRead(p.sniff, buf)) {
     const f = buf.slice(0, len);
     const seq = seqOf(f, p.run);
-    if (seq >= 0) got.set(seq, [...(got.get(seq) ?? []), f]);
+    if (seq >= 0) add(got, seq, f);
   }
   return got;
+}
+
+/** Appends in place: a capture can hold thousands of one frame (blastTx's), and copying is quadratic. */
+function add(got: Map<number, Uint8Array[]>, seq: number, f: Uint8Array): void {
+  const list = got.get(seq);
+  if (list) list.push(f);
+  else got.set(seq, [f]);
 }
 
 /** Sends frames `from`…`to`−1 guest → tap, waiting for completions whenever the ring is full. */
@@ -158,7 +165,7 @@ async function received(p: Packed, count: number, timeoutMs = 8000): Promise<{ g
     for (const r of await p.bed.drv.waitRx(1, { timeoutMs: Math.max(1, Math.min(200, deadline - Date.now())) })) {
       const seq = seqOf(r.frame, p.run);
       if (seq < 0) continue;
-      got.set(seq, [...(got.get(seq) ?? []), r.frame]);
+      add(got, seq, r.frame);
       numBuffers.push(r.numBuffers);
       n++;
     }
@@ -166,7 +173,7 @@ async function received(p: Packed, count: number, timeoutMs = 8000): Promise<{ g
   await new Promise((r) => setTimeout(r, 50));
   for (const r of p.bed.drv.receive()) {
     const seq = seqOf(r.frame, p.run);
-    if (seq >= 0) got.set(seq, [...(got.get(seq) ?? []), r.frame]);
+    if (seq >= 0) add(got, seq, r.frame);
   }
   return { got, numBuffers };
 }

@@ -7,7 +7,7 @@
 import type { ChildProcess } from 'node:child_process';
 import { once } from 'node:events';
 import { expect, it } from 'vitest';
-import { createBed, udpSend, type Bed } from './helpers.ts';
+import { createBed, udpSend, until, type Bed } from './helpers.ts';
 
 // createBed() tracks what it makes: closed after each test (test/helpers/bed.ts).
 let bed: Bed | undefined;
@@ -17,14 +17,6 @@ const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 /** Resolves when the child has exited (at once if it already has). */
 async function exited(child: ChildProcess): Promise<void> {
   if (child.exitCode === null && child.signalCode === null) await once(child, 'exit');
-}
-
-async function until(what: string, cond: () => boolean, timeoutMs = 5000): Promise<void> {
-  const end = Date.now() + timeoutMs;
-  while (!cond()) {
-    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
-    await sleep(10);
-  }
 }
 
 it('one frame on an idle queue: its interrupt goes out as the worker goes back to sleep on the tap', async () => {
