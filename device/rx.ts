@@ -178,12 +178,12 @@ export class RxService {
     return this.perFrame(max);
   }
 
-  /** Whether the device has buffers to read into: chains kept from the last burst, or more in the ring. */
   /** Gives the service's iovec table back for the next queue this thread starts; the service is done. */
   dispose(): void {
     this.table.giveBack();
   }
 
+  /** Whether the device has buffers to read into: chains kept from the last burst, or more in the ring. */
   hasBuffers(): boolean {
     return this.held > 0 || this.ctx.queue.availPending() > 0;
   }

@@ -51,12 +51,12 @@ export class TxService {
     this.lens = new Uint32Array(ctx.burst);
   }
 
-  /** One burst. Returns the number of chains consumed (0: the ring was empty, or the rate limit said wait). */
   /** Gives the service's iovec table back for the next queue this thread starts; the service is done. */
   dispose(): void {
     this.table.giveBack();
   }
 
+  /** One burst. Returns the number of chains consumed (0: the ring was empty, or the rate limit said wait). */
   processTx(): number {
     const ctx = this.ctx;
     const q = ctx.queue;

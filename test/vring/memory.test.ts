@@ -2,7 +2,7 @@
 // frontend addresses, and the bounds-checked helpers. Plus the ring layout arithmetic.
 
 import { describe, expect, it } from 'vitest';
-import { DescriptorError, GuestMemory, MemoryError, PieceList, splitRingLayout, availAreaSize, usedAreaSize } from '../../vring/index.ts';
+import { DescriptorError, GuestMemory, MemoryError, PieceList, SplitQueue, ringUaddrToGpa, splitRingLayout, availAreaSize, usedAreaSize } from '../../vring/index.ts';
 
 const buf = (n: number): ArrayBuffer => new ArrayBuffer(n);
 
@@ -86,5 +86,35 @@ describe('layout', () => {
     expect(availAreaSize(256)).toBe(518);
     expect(usedAreaSize(256)).toBe(2054);
     expect(splitRingLayout(4, 0, 4)).toEqual({ desc: 0, avail: 64, used: 80, end: 80 + 38 });
+  });
+});
+
+describe('GuestMemory.addressMap', () => {
+  const regions = [
+    { gpa: 0, size: 0x10_0000, uaddr: 0x7f00_0000_0000, mappingId: 1, mappingOffset: 0 },
+    { gpa: 0x100_0000, size: 0x10_0000, uaddr: 0x7f00_1000_0000, mappingId: 2, mappingOffset: 0 },
+  ];
+
+  it('translates and checks ring addresses as a GuestMemory over the same regions does, without any bytes', () => {
+    const map = GuestMemory.addressMap(regions);
+    const full = new GuestMemory(regions.map((r) => ({ ...r, buffer: new ArrayBuffer(r.size) })));
+    expect(map.hasBytes).toBe(false);
+    expect(full.hasBytes).toBe(true);
+    const L = splitRingLayout(256, 0x100_1000);
+    const uaddr = { desc: 0x7f00_1000_1000, avail: 0x7f00_1000_1000 + (L.avail - L.desc), used: 0x7f00_1000_1000 + (L.used - L.desc) };
+    expect(ringUaddrToGpa(map, 256, uaddr)).toEqual(ringUaddrToGpa(full, 256, uaddr));
+    expect(() => ringUaddrToGpa(map, 256, { ...uaddr, used: 0x7f00_0fff_fff0 })).toThrow();
+    expect(map.uaddrToGpa(0x7f00_0000_0010, 16)).toBe(0x10);
+    expect(() => map.uaddrToGpa(0x7f00_0000_0000 + 0x10_0000 - 8, 16)).toThrow(MemoryError);
+  });
+
+  it('validates as the constructor does, and a queue refuses to attach to it', () => {
+    expect(() => GuestMemory.addressMap([])).toThrow(MemoryError);
+    expect(() => GuestMemory.addressMap([regions[0]!, { ...regions[1]!, gpa: 0x8_0000 }])).toThrow(MemoryError);
+    const L = splitRingLayout(8, 0x1000);
+    const q = new SplitQueue({ size: 8, desc: L.desc, avail: L.avail, used: L.used });
+    expect(() => q.attach(GuestMemory.addressMap(regions))).toThrow(/address map/);
+    // The next GuestMemory built is a whole one again.
+    expect(new GuestMemory([{ gpa: 0, size: 4096, buffer: new ArrayBuffer(4096) }]).hasBytes).toBe(true);
   });
 });
