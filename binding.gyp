@@ -16,7 +16,8 @@
         "native/poller.cc",
         "native/unix-socket.cc",
         "native/netns.cc",
-        "native/hardening.cc"
+        "native/hardening.cc",
+        "native/userfault.cc"
       ],
       "include_dirs": [
         "<!(node -p \"require('node-addon-api').include_dir\")"

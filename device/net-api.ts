@@ -67,6 +67,13 @@ export interface MemoryRegionSpec {
   mmapOffset?: number;
   /** The VMM's virtual address of the region (vhost-user ring addresses use it). */
   uaddr?: number;
+  /**
+   * The region is one of the current ones, given again with the same fd, which the caller kept open:
+   * its mapping stays where it is instead of being made again. A region that matches none (gpa, size,
+   * offset, uaddr and fd) is mapped as usual. Postcopy migration needs this: the front-end was told
+   * where each mapping is, and adding a region must not move the others.
+   */
+  keep?: boolean;
 }
 
 /** Where a virtqueue lives and how it signals. */

@@ -100,6 +100,8 @@ export class NetDevice extends EventEmitter {
   private readonly filter = new RxFilter();
   private readonly slots: Slot[] = [];
   private regions: WorkerRegion[] = [];
+  /** What each region's mapping was made from (setMemory's `keep` matches on it). */
+  private readonly sources = new Map<number, { fd: number; offset: number }>();
   /** The regions' addresses (GuestMemory.addressMap): all this thread needs unless it serves a queue. */
   private map: GuestMemory | null = null;
   /** The regions' bytes on this thread, wrapped when first needed (the control queue, `memory`). */
@@ -271,17 +273,30 @@ export class NetDevice extends EventEmitter {
    */
   async setMemory(specs: MemoryRegionSpec[]): Promise<void> {
     const regions: WorkerRegion[] = [];
+    const made: number[] = [];
     let map: GuestMemory;
     try {
       for (const s of specs) {
-        const mappingId = native.mmap(s.fd, s.mmapOffset ?? 0, s.size);
+        const offset = s.mmapOffset ?? 0;
+        const kept = s.keep === true ? this.regions.find((r) => {
+          const from = this.sources.get(r.mappingId);
+          return r.gpa === s.gpa && r.size === s.size && r.uaddr === s.uaddr && from?.fd === s.fd && from.offset === offset;
+        }) : undefined;
+        const mappingId = kept ? kept.mappingId : native.mmap(s.fd, offset, s.size);
+        if (!kept) {
+          made.push(mappingId);
+          this.sources.set(mappingId, { fd: s.fd, offset });
+        }
         regions.push({ gpa: s.gpa, size: s.size, mappingId, mappingOffset: 0, ...(s.uaddr !== undefined ? { uaddr: s.uaddr } : {}) });
       }
       // Validates overlaps and sizes, without wrapping the bytes: this thread wraps them only if it
       // serves a queue (the control queue), since each wrap of a large mapping costs V8 a collection.
       map = GuestMemory.addressMap(regions);
     } catch (e) {
-      for (const r of regions) native.munmap(r.mappingId);
+      for (const id of made) {
+        native.munmap(id);
+        this.sources.delete(id);
+      }
       throw e;
     }
     // The workers wrap the new mappings now, each on its own thread, before a queue needs them.
@@ -294,7 +309,11 @@ export class NetDevice extends EventEmitter {
     await Promise.all(running.map((s) => s.host.command({ cmd: 'pause' }, ['paused'])));
     for (const s of running) s.host.send({ cmd: 'resume', regions });
     if (this.ctrl) this.ctrl.queue.attach(this.bytes());
-    for (const r of old) native.munmap(r.mappingId);
+    for (const r of old) {
+      if (regions.some((n) => n.mappingId === r.mappingId)) continue;
+      native.munmap(r.mappingId);
+      this.sources.delete(r.mappingId);
+    }
   }
 
   /** Every started worker wraps these regions' mappings now and forgets any other (no answer). */
@@ -313,6 +332,7 @@ export class NetDevice extends EventEmitter {
     }
     this.tellWorkersMemory([]);
     for (const r of this.regions) native.munmap(r.mappingId);
+    this.sources.clear();
     this.regions = [];
     this.map = null;
     this.mem = null;
@@ -504,6 +524,7 @@ export class NetDevice extends EventEmitter {
     await Promise.all(this.slots.map((s) => s.host.kill()));
     this.logLimit.close(); // what it still holds is logged now
     for (const r of this.regions) native.munmap(r.mappingId);
+    this.sources.clear();
     this.regions = [];
     this.map = null;
     this.mem = null;

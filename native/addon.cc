@@ -28,6 +28,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   RegisterUnixSocket(env, exports);
   RegisterNetns(env, exports);
   RegisterHardening(env, exports);
+  RegisterUserfault(env, exports);
   return exports;
 }
 

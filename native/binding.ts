@@ -144,4 +144,12 @@ export interface RawBinding {
   setrlimit(resource: number, soft: number, hard: number): void;
   getrlimit(resource: number): { soft: number; hard: number };
   chroot(path: string): void;
+
+  // userfault.cc
+  userfaultfdDevice(): number;
+  userfaultfdNew(deviceFd: number): number;
+  userfaultRegister(uffd: number, mappingId: number): number;
+  userfaultUnregister(uffd: number, mappingId: number): void;
+  userfaultRead(uffd: number): number;
+  userfaultWake(uffd: number, address: number, length: number): void;
 }

@@ -35,6 +35,7 @@ void RegisterPoller(Napi::Env env, Napi::Object exports);
 void RegisterUnixSocket(Napi::Env env, Napi::Object exports);
 void RegisterNetns(Napi::Env env, Napi::Object exports);
 void RegisterHardening(Napi::Env env, Napi::Object exports);
+void RegisterUserfault(Napi::Env env, Napi::Object exports);
 
 inline bool IsInteger(double v) { return std::isfinite(v) && std::trunc(v) == v; }
 

@@ -12,6 +12,7 @@
  *                  uringReadvMerged, uringRxStash
  *   sleeping       eventfd*, poll, waitKick (worker threads); FdPoller (event-loop threads)
  *   control        unix sockets with SCM_RIGHTS (vhost-user)
+ *   postcopy       userfaultfdDevice/New, userfaultRegister/Unregister (front-end side: userfaultRead/Wake)
  *   sandbox/tests  netnsEnter/Leave, packetOpen, fdRead/Write, no_new_privs, seccomp, set*id, rlimits
  *
  * Each part lives in the file named after its .cc; this file is the facade the rest of lgnet imports
@@ -31,3 +32,4 @@ export * from './poller.ts';
 export * from './unix-socket.ts';
 export * from './netns.ts';
 export * from './hardening.ts';
+export * from './userfault.ts';

@@ -76,6 +76,8 @@ export interface JailOptions {
    * process now (native.uringFds(): lgnet's own, all restricted); [] denies io_uring_enter.
    */
   uringFds?: readonly number[];
+  /** Postcopy migration: allow the userfaultfd ioctls (seccomp-policy.ts, PolicyOptions.postcopy). */
+  postcopy?: boolean;
   /**
    * Child processes the caller started on purpose and vouches for: they keep running outside the jail
    * (lgnet serve's socket reapers, which only wait for a pipe to close). Any other live child makes
@@ -151,7 +153,7 @@ export function enterJail(opts: JailOptions = {}): JailReport {
   let policy: CompiledPolicy;
   try {
     policy = compilePolicy('main', {
-      arch, unixConnect: opts.unixConnect === true, tapReattach: opts.user !== undefined,
+      arch, unixConnect: opts.unixConnect === true, tapReattach: opts.user !== undefined, postcopy: opts.postcopy === true,
       ...(opts.uringFds ? { uringFds: opts.uringFds } : {}),
       ...(opts.seccompDefault ? { defaultAction: opts.seccompDefault } : {}),
     });

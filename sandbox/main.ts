@@ -93,10 +93,23 @@ export async function startServing(opts: ServeOptions, log: Logger): Promise<Ser
     const level = named === 'error' || named === 'warn' || named === 'debug' ? named : 'info';
     log[level]({ ...fields, component: 'device' }, msg ?? 'device');
   });
+  // --postcopy: /dev/userfaultfd is opened now; after the jail (chroot, no open) it could not be.
+  let userfaultfd = -1;
+  if (opts.postcopy) {
+    try {
+      userfaultfd = native.userfaultfdDevice();
+      log.info({}, 'postcopy migration offered (PAGEFAULT): /dev/userfaultfd is open');
+    } catch (e) {
+      log.error({ err: (e as Error).message }, '--postcopy needs /dev/userfaultfd: Linux 6.1 or later, readable and writable by the user lgnet starts as; serve without --postcopy otherwise');
+      await closeDevice();
+      throw e;
+    }
+  }
   const server = new VhostUserServer({
     device: netDeviceHooks(device), client: opts.client, reconnectMs: opts.reconnectMs, logger: log,
     ...(opts.socketFd !== undefined ? { listenFd: opts.socketFd } : { path: opts.socket }),
     ...(opts.offerConfig ? { config: true } : {}),
+    ...(userfaultfd >= 0 ? { userfaultfd } : {}),
   });
   try {
     // Queue workers start now and idle until a front-end starts their rings: after the jail no code
@@ -155,6 +168,7 @@ export async function startServing(opts: ServeOptions, log: Logger): Promise<Ser
       ...(opts.group ? { group: opts.group } : {}),
       unixConnect: opts.client,
       uringFds: backend.ringFds,
+      postcopy: userfaultfd >= 0,
       onWarning: (message, code) => log.warn({ code }, message),
     });
     if (report.sandboxed) {

@@ -68,6 +68,12 @@ export interface PolicyOptions {
    * is allowed with one of them as its fd, nothing else. Empty or absent: io_uring_enter is denied.
    */
   uringFds?: readonly number[];
+  /**
+   * Postcopy migration (`--postcopy`): allow the ioctls that make a userfaultfd from the
+   * /dev/userfaultfd fd opened before the jail and register guest memory with it. The userfaultfd
+   * system call itself stays denied.
+   */
+  postcopy?: boolean;
 }
 
 /** Placeholder in a pin: replaced by the process id when the policy is compiled. */
@@ -108,6 +114,14 @@ export const IOCTL = {
   TUNSETVNETHDRSZ: 0x400454d8, // TapBackend.configure: 10 or 12 header bytes, decided at SET_FEATURES
   TUNGETFEATURES: 0x800454cf, // read-only: what this tun driver supports
   TUNSETQUEUE: 0x400454d9, // TapBackend.setPairActive: a queue the guest does not use is detached (only the fd's own queue, of its own tap)
+} as const;
+
+/** userfaultfd ioctls (linux/userfaultfd.h) for postcopy: make one from the device, set it up, (un)register memory. */
+export const UFFD_IOCTL = {
+  USERFAULTFD_IOC_NEW: 0xaa00, // on the /dev/userfaultfd fd: a new userfaultfd
+  UFFDIO_API: 0xc018aa3f, // the handshake on a new userfaultfd
+  UFFDIO_REGISTER: 0xc020aa00, // guest memory mapped for a postcopy memory table
+  UFFDIO_UNREGISTER: 0x8010aa01, // POSTCOPY_END, or a connection that ends mid-postcopy
 } as const;
 
 const FCNTL = { F_DUPFD_CLOEXEC: 1030, F_GETFD: 1, F_SETFD: 2, F_GETFL: 3, F_SETFL: 4, F_ADD_SEALS: 1033 } as const;
@@ -201,6 +215,7 @@ const CONTROL: readonly SyscallRule[] = [
   { name: 'lseek', reason: 'libuv/Node stdio on files' },
   { name: 'fcntl', reason: 'nonblocking and close-on-exec flags on fds (native setNonblocking, libuv); F_SEAL_SHRINK on memfds it maps (native mmap)', when: [[{ arg: 1, oneOf: FCNTL }]] },
   { name: 'ioctl', reason: 'libuv FIONBIO/FIOCLEX, tty queries for stdio, and the tap ioctls set at SET_FEATURES (TUNSETIFF only with --user, below)', when: [[{ arg: 1, oneOf: IOCTL }]] },
+  { name: 'ioctl', reason: 'with --postcopy: a userfaultfd made from /dev/userfaultfd (opened before the jail) at POSTCOPY_ADVISE, and guest memory registered with it', when: [[{ arg: 1, oneOf: UFFD_IOCTL }]], option: 'postcopy' },
   { name: 'ioctl', reason: 'with --user: TUNSETIFF on the tap fds, to attach them again after the tap was deleted and made again (only to taps that user owns)', when: [[{ arg: 1, oneOf: { TUNSETIFF: 0x400454ca } }]], option: 'tapReattach' },
   { name: 'clone', reason: 'new threads only (a Worker, libuv threadpool, V8 platform): CLONE_THREAD|VM|SIGHAND|FS|FILES required, namespaces and tracing forbidden', when: [[{ arg: 0, allOf: THREAD_FLAGS }, { arg: 0, noneOf: CLONE_FORBIDDEN }]] },
   { name: 'clone3', reason: 'its flags sit in memory where seccomp cannot look: ENOSYS makes glibc fall back to clone', errno: ENOSYS },

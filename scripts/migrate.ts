@@ -58,7 +58,7 @@
  * judge it. Every process is killed by pid and the namespace removed, also when something throws.
  */
 import type { ChildProcess } from 'node:child_process';
-import { mkdtempSync, rmSync } from 'node:fs';
+import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { createServer } from 'node:http';
 import { connect, type Socket } from 'node:net';
 import { tmpdir } from 'node:os';
@@ -461,6 +461,13 @@ export interface MigrationOptions {
   migrateTimeoutMs?: number;
   /** More `lgnet serve` arguments (both sides), e.g. ['--log-level', 'info']. */
   lgnetArgs?: string[];
+  /**
+   * Postcopy: both QEMUs get the postcopy-ram capability, and the source switches to postcopy
+   * (migrate-start-postcopy) this many ms after `migrate`, so that the guest runs on the destination
+   * while most of its memory is still on the source. lgnet needs `--postcopy` (added to lgnetArgs).
+   * Default: precopy only.
+   */
+  postcopyAfterMs?: number;
   /** Extra virtio-net-pci properties on every QEMU, e.g. { packed: 'on' } (BootOptions.deviceFlags). */
   deviceFlags?: Record<string, string>;
   /** Progress lines (default: none). */
@@ -498,8 +505,15 @@ export interface LegResult {
    * ping gap (hostPing.maxGapMs) is what a peer sees, device start and bridge learning included.
    */
   stopToResumeMs?: number;
-  /** ram section of query-migrate (transferred, dirty-sync-count, ...). */
+  /** ram section of query-migrate (transferred, dirty-sync-count, postcopy-requests, ...). */
   ram?: Record<string, number>;
+  /** The MIGRATION states the source went through, in order (postcopy: ..., 'postcopy-active', 'completed'). */
+  states?: string[];
+  /**
+   * Postcopy on lgnet, from the destination QEMU's trace: faults of lgnet's threads that QEMU read from
+   * lgnet's userfaultfd and matched to a region, and wake-ups it sent back once the page was in.
+   */
+  postcopyFaults?: { served: number; woken: number };
   /** Wall-clock ms: migrate issued, source completed (QEMU's event time). */
   startedAt?: number;
   completedAt?: number;
@@ -520,7 +534,7 @@ export interface LegResult {
 
 export interface MigrationRun {
   backend: 'lgnet' | 'qemu';
-  options: Required<Omit<MigrationOptions, 'log' | 'lgnetArgs' | 'onCleanup' | 'deviceFlags'>> & { lgnetArgs: string[]; deviceFlags: Record<string, string> };
+  options: Required<Omit<MigrationOptions, 'log' | 'lgnetArgs' | 'onCleanup' | 'deviceFlags' | 'postcopyAfterMs'>> & { lgnetArgs: string[]; deviceFlags: Record<string, string>; postcopyAfterMs: number | undefined };
   legs: LegResult[];
   /** Why the run stopped early, when something other than a migration broke (boot, a QEMU, a helper). */
   error?: string;
@@ -552,8 +566,9 @@ export async function runMigration(opts: MigrationOptions): Promise<MigrationRun
     maxBandwidth: opts.maxBandwidth ?? 10 * 1024 * MiB,
     downtimeLimitMs: opts.downtimeLimitMs ?? 50,
     migrateTimeoutMs: opts.migrateTimeoutMs ?? 90_000,
-    lgnetArgs: opts.lgnetArgs ?? [],
+    lgnetArgs: [...(opts.lgnetArgs ?? []), ...(opts.postcopyAfterMs !== undefined && opts.backend === 'lgnet' ? ['--postcopy'] : [])] as string[],
     deviceFlags: opts.deviceFlags ?? {},
+    postcopyAfterMs: opts.postcopyAfterMs,
   } as const;
   const log = opts.log ?? (() => {});
   if (o.seconds < 4 || o.warmupMs >= (o.seconds - 2) * 1000) throw new Error('seconds must be ≥ 4 and leave at least 2 s after the warm-up');
@@ -638,7 +653,7 @@ async function migrateLeg(
   r: LegResult,
   o: {
     backend: string; seconds: number; warmupMs: number; iperfDir: string; pingIntervalMs: number; maxBandwidth: number;
-    downtimeLimitMs: number; migrateTimeoutMs: number; expectedSha: string; log: (m: string) => void;
+    downtimeLimitMs: number; migrateTimeoutMs: number; expectedSha: string; log: (m: string) => void; postcopyAfterMs: number | undefined;
     blob: { events: PacedBlobEvent[] } | undefined;
   },
 ): Promise<Vm> {
@@ -646,8 +661,10 @@ async function migrateLeg(
   const tag = `leg${r.leg}`;
   const legSerial = bed.serial.length;
   o.log(`${o.backend} leg ${r.leg}: ${r.from} → ${r.to}: starting the destination`);
-  const dst = await bed.startVm(bed.sides[r.to], true);
+  const traceFile = o.postcopyAfterMs !== undefined && o.backend === 'lgnet' ? join(bed.dir, `trace-leg${r.leg}.log`) : undefined;
+  const dst = await bed.startVm(bed.sides[r.to], true, traceFile);
   const migUri = `unix:${join(bed.dir, `mig-${r.leg}.sock`)}`;
+  if (o.postcopyAfterMs !== undefined) await dst.qmp.execute('migrate-set-capabilities', { capabilities: [{ capability: 'postcopy-ram', state: true }] });
   await dst.qmp.execute('migrate-incoming', { uri: migUri });
   const watch = await startAnnounceWatch(net, bed.sides[r.to].tap, GUEST_MAC);
   const pinger = startHostPinger(net, GUEST, o.pingIntervalMs, o.seconds + 60);
@@ -660,9 +677,15 @@ async function migrateLeg(
   let running = src;
   try {
     await src.qmp.execute('migrate-set-parameters', { 'max-bandwidth': o.maxBandwidth, 'downtime-limit': o.downtimeLimitMs });
+    if (o.postcopyAfterMs !== undefined) await src.qmp.execute('migrate-set-capabilities', { capabilities: [{ capability: 'postcopy-ram', state: true }] });
     o.log(`${o.backend} leg ${r.leg}: migrate ${migUri}`);
     r.startedAt = Date.now();
     await src.qmp.execute('migrate', { uri: migUri });
+    if (o.postcopyAfterMs !== undefined) {
+      await sleep(o.postcopyAfterMs);
+      o.log(`${o.backend} leg ${r.leg}: migrate-start-postcopy`);
+      await src.qmp.execute('migrate-start-postcopy');
+    }
     let end: QmpEvent;
     try {
       end = await src.qmp.waitEvent((e) => e.event === 'MIGRATION' && ['completed', 'failed', 'cancelled'].includes(e.data?.status), o.migrateTimeoutMs, srcEv);
@@ -678,6 +701,7 @@ async function migrateLeg(
       info = await src.qmp.execute('query-migrate');
     }
     r.status = info.status ?? end.data.status;
+    r.states = src.qmp.events.slice(srcEv).filter((e) => e.event === 'MIGRATION').map((e) => String(e.data?.status));
     r.totalTimeMs = info['total-time'];
     r.downtimeMs = info.downtime;
     r.setupTimeMs = info['setup-time'];
@@ -702,6 +726,13 @@ async function migrateLeg(
 
   // The other QEMU goes; where the guest runs now, it reports the load (waiting for its end).
   await bed.quitVm(running === src ? dst : src);
+  if (traceFile) {
+    const lines = existsSync(traceFile) ? readFileSync(traceFile, 'utf8').split('\n') : [];
+    r.postcopyFaults = {
+      served: lines.filter((l) => l.includes('vhost_user_postcopy_fault_handler_found')).length,
+      woken: lines.filter((l) => l.includes('vhost_user_postcopy_waker_found')).length,
+    };
+  }
   let reported = false;
   if (running.outcome === undefined) {
     try {
@@ -784,9 +815,12 @@ class Bed {
   }
 
   /** A QEMU on a side: the first boots the guest, the others wait for it (-incoming defer). */
-  async startVm(side: Side, incoming: boolean): Promise<Vm> {
+  async startVm(side: Side, incoming: boolean, traceFile?: string): Promise<Vm> {
     const name = `q${this.vms.length + 1}`;
     const qmpPath = join(this.dir, `${name}.qmp`);
+    // QEMU's trace of the faults it served from a vhost-user back-end's userfaultfd (postcopy), to a
+    // file of its own so that stderr stays what the tests read for warnings.
+    const trace = traceFile ? ['-trace', 'vhost_user_postcopy_fault_handler_found', '-trace', 'vhost_user_postcopy_waker_found', '-D', traceFile] : [];
     const guest = bootGuest({
       netns: this.net.ns,
       netdev: this.backend === 'lgnet' ? { type: 'vhost-user', socket: side.socket! } : { type: 'tap', ifname: side.tap },
@@ -796,6 +830,7 @@ class Bed {
       guest: { ip: `${GUEST}/24`, peer: HOST, xferPort: XFER_PORT, jobs: ['console'], pingInterval: this.pingIntervalMs / 1000 },
       qmpSocket: qmpPath,
       ...(incoming ? { incoming: 'defer' } : {}),
+      ...(trace.length > 0 ? { extraArgs: trace } : {}),
       timeoutMs: 600_000, // a safety net only: every QEMU is quit or killed explicitly
       onLine: (line) => this.serial.push({ qemu: name, at: Date.now(), line }),
     });

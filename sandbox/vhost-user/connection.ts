@@ -28,9 +28,10 @@ import { HANDLERS, type Message, type Session } from './handlers.ts';
 import type { DeviceHooks } from './hooks.ts';
 import { InflightBuffer } from './inflight.ts';
 import { MemTable } from './mem-table.ts';
+import type { Postcopy } from './postcopy.ts';
 import {
-  checkPayloadSize, decodeHeader, encodeMessage, encodeU64, F_LOG_ALL, F_PROTOCOL_FEATURES, FLAGS, HEADER_SIZE, isKnownRequest,
-  MAX_FDS, MAX_PAYLOAD, PROTOCOL_F, requestName, type ProtocolFeatureName,
+  checkPayloadSize, decodeHeader, decodeU64, encodeMessage, encodeU64, F_LOG_ALL, F_PROTOCOL_FEATURES, FLAGS, HEADER_SIZE, isKnownRequest,
+  MAX_FDS, MAX_PAYLOAD, PROTOCOL_F, REQ, requestName, type ProtocolFeatureName,
 } from './messages.ts';
 import { Vrings } from './vrings.ts';
 
@@ -72,6 +73,8 @@ export interface ConnectionOwner {
   readonly maxMemSlots: number;
   readonly protocolOffered: bigint;
   readonly payloadTimeoutMs: number;
+  /** An open /dev/userfaultfd for postcopy, or -1. */
+  readonly userfaultfd: number;
   readonly metrics: ServerMetrics;
   /** The server's `refused` event. */
   emit(event: 'refused', err: VhostUserError): boolean;
@@ -110,6 +113,7 @@ export class Connection implements Session {
   protocolFeatures = 0n;
   owner = false;
   mtu = 0;
+  postcopy: Postcopy | null = null;
   private readonly poller: native.FdPoller;
   private readonly queue: Message[] = [];
   private pumping = false;
@@ -264,6 +268,10 @@ export class Connection implements Session {
     const key = requestKey(m.request);
     sm.requests[key] = (sm.requests[key] ?? 0) + 1;
     try {
+      if (this.postcopy?.listening && isPostcopyAck(m)) {
+        await this.postcopyAck(m);
+        return;
+      }
       const entry = HANDLERS[m.request];
       if (!entry) {
         if (isKnownRequest(m.request)) throw new VhostUserError(VU.UNSUPPORTED_REQUEST, `${name} is not supported by lgnet (its protocol feature is not offered)`);
@@ -299,6 +307,18 @@ export class Connection implements Session {
       m.fds.length = 0;
     }
     this.checkMemory();
+  }
+
+  /**
+   * The front-end took the bases a postcopy memory table was answered with: from now on the memory may
+   * be touched (and fault), so the rings may run.
+   */
+  private async postcopyAck(m: Message): Promise<void> {
+    const v = decodeU64(m.payload);
+    if (v !== 0n) throw new VhostUserError(VU.POSTCOPY_STATE, `the front-end refused the postcopy memory table (acknowledged ${v})`);
+    this.postcopy!.awaitingAck = false;
+    this.log.debug({ req: requestName(m.request) }, 'postcopy memory table acknowledged');
+    await this.vrings.memoryChanged();
   }
 
   /** Fails the connection if guest memory took a fault on this thread (one load when none did). */
@@ -369,6 +389,11 @@ export class Connection implements Session {
         this.log.error({ err: (e as Error).message, step: what }, 'teardown step failed');
       }
     };
+    // First, so that a worker waiting on a fault the front-end will never serve gets to stop.
+    await step('postcopy', () => {
+      this.postcopy?.end();
+      this.postcopy = null;
+    });
     await step('vrings', () => this.vrings.close());
     await step('device reset', () => this.dev.reset());
     await step('memory', () => this.dev.releaseMemory());
@@ -378,6 +403,14 @@ export class Connection implements Session {
     this.resolveClosed();
     this.server.connectionClosed(this, this.teardownError);
   }
+}
+
+/**
+ * The acknowledgement of a postcopy memory table: QEMU repeats the request it last sent (SET_MEM_TABLE,
+ * ADD_MEM_REG or REM_MEM_REG, or none when the table did not change) with a u64 as its payload.
+ */
+function isPostcopyAck(m: Message): boolean {
+  return m.payload.length === 8 && m.fds.length === 0 && (m.request === REQ.SET_MEM_TABLE || m.request === REQ.ADD_MEM_REG || m.request === REQ.REM_MEM_REG || m.request === 0);
 }
 
 function toVhostUserError(e: unknown, request: number | undefined): VhostUserError {

@@ -79,6 +79,13 @@ export const VU = {
    */
   MEM_FAULT: 'VU_MEM_FAULT',
   /**
+   * Postcopy migration out of order (POSTCOPY_LISTEN before POSTCOPY_ADVISE), or the front-end refused
+   * the memory table's bases (its acknowledgement was not 0).
+   */
+  POSTCOPY_STATE: 'VU_POSTCOPY_STATE',
+  /** POSTCOPY_ADVISE: no userfaultfd could be made, or a mapping could not be registered with it. */
+  POSTCOPY_FAILED: 'VU_POSTCOPY_FAILED',
+  /**
    * Not a message: the listening socket handed to the server (VhostUserServerOptions.listenFd, `lgnet
    * serve --socket-fd`) is not a listening AF_UNIX stream socket. The server does not start.
    */

@@ -18,10 +18,11 @@ import { VhostUserError, VU } from './errors.ts';
 import type { DeviceHooks } from './hooks.ts';
 import type { InflightBuffer } from './inflight.ts';
 import type { MemTable } from './mem-table.ts';
+import { Postcopy } from './postcopy.ts';
 import {
   decodeConfig, decodeInflight, decodeLog, decodeMemTable, decodeSingleMemRegion, decodeU64, decodeVringAddr, decodeVringFile,
-  decodeVringState, encodeConfig, encodeInflight, encodeU64, encodeVringState, F_LOG_ALL, F_PROTOCOL_FEATURES, protocolNames, REQ,
-  type ProtocolFeatureName,
+  decodeVringState, encodeConfig, encodeInflight, encodeMemTable, encodeSingleMemRegion, encodeU64, encodeVringState, F_LOG_ALL, F_PROTOCOL_FEATURES, protocolNames, REQ,
+  type ProtocolFeatureName, type WireMemRegion,
 } from './messages.ts';
 import type { Vrings } from './vrings.ts';
 
@@ -48,7 +49,7 @@ export interface Session {
   readonly inflight: InflightBuffer;
   readonly log: Logger;
   /** The server's settings and the counter handlers bump. */
-  readonly server: { readonly protocolOffered: bigint; readonly maxMemSlots: number; readonly metrics: { rarp: number } };
+  readonly server: { readonly protocolOffered: bigint; readonly maxMemSlots: number; readonly userfaultfd: number; readonly metrics: { rarp: number } };
   /** GET_FEATURES' answer: the device's bits plus VHOST_USER_F_PROTOCOL_FEATURES. */
   readonly offeredFeatures: bigint;
   features: bigint;
@@ -57,6 +58,8 @@ export interface Session {
   protocolFeatures: bigint;
   owner: boolean;
   mtu: number;
+  /** Postcopy migration, from POSTCOPY_ADVISE to POSTCOPY_END (postcopy.ts). */
+  postcopy: Postcopy | null;
 }
 
 type Handler = (c: Session, m: Message) => Promise<Reply | undefined> | Reply | undefined;
@@ -109,6 +112,22 @@ function vringFdEntry(set: (c: Session, index: number, fd: number) => Promise<vo
       return undefined;
     },
   };
+}
+
+/**
+ * Postcopy, listening: registers the memory table's new mappings with the userfaultfd, and returns
+ * `wire` with each region's user address replaced by where it is mapped here, the answer the front-end
+ * translates faults with. Nothing may touch the memory until it acknowledges (connection.ts).
+ */
+function postcopyBases(c: Session, wire: readonly WireMemRegion[]): WireMemRegion[] {
+  const pc = c.postcopy!;
+  const bases = pc.register(c.dev.memory?.regions ?? []);
+  pc.awaitingAck = true;
+  return wire.map((r) => {
+    const base = bases.get(Number(r.gpa));
+    if (base === undefined) throw new VhostUserError(VU.POSTCOPY_FAILED, `region 0x${r.gpa.toString(16)} is not mapped`);
+    return { ...r, uaddr: BigInt(base) };
+  });
 }
 
 /** The dispatch table: one small handler per request, as libvhost-user does. */
@@ -185,6 +204,7 @@ export const HANDLERS: Readonly<Partial<Record<number, Entry>>> = {
       const wire = decodeMemTable(m.payload);
       await c.mem.replace(wire, m.fds);
       m.fds.forEach((_, i) => take(m, i));
+      if (c.postcopy?.listening) return { payload: encodeMemTable(postcopyBases(c, wire)) };
       await c.vrings.memoryChanged();
       return undefined;
     },
@@ -218,7 +238,9 @@ export const HANDLERS: Readonly<Partial<Record<number, Entry>>> = {
   [REQ.ADD_MEM_REG]: {
     fds: () => 1,
     async handle(c, m) {
-      if (await c.mem.add(decodeSingleMemRegion(m.payload), m.fds[0]!)) take(m, 0); // else a duplicate: its fd is closed
+      const wire = decodeSingleMemRegion(m.payload);
+      if (await c.mem.add(wire, m.fds[0]!)) take(m, 0); // else a duplicate: its fd is closed
+      if (c.postcopy?.listening) return { payload: encodeSingleMemRegion(postcopyBases(c, [wire])[0]!) };
       await c.vrings.memoryChanged();
       return undefined;
     },
@@ -229,7 +251,45 @@ export const HANDLERS: Readonly<Partial<Record<number, Entry>>> = {
     fds: () => [0, 1],
     async handle(c, m) {
       await c.mem.remove(decodeSingleMemRegion(m.payload));
+      if (c.postcopy?.listening) {
+        postcopyBases(c, []); // the removed mapping is forgotten; the acknowledgement follows
+        return undefined;
+      }
       await c.vrings.memoryChanged();
+      return undefined;
+    },
+  },
+
+  // Postcopy migration (postcopy.ts). QEMU sends ADVISE when the migration is set up, LISTEN when the
+  // destination is about to run the guest, END once every page has arrived.
+  [REQ.POSTCOPY_ADVISE]: {
+    protocol: 'PAGEFAULT',
+    replies: true,
+    handle(c) {
+      c.postcopy?.end(); // advised again: the earlier one is over
+      c.postcopy = null;
+      c.postcopy = Postcopy.advise(c.server.userfaultfd);
+      c.log.info({ uffd: c.postcopy.uffd }, 'postcopy advised: userfaultfd sent');
+      return { payload: new Uint8Array(0), fds: [c.postcopy.uffd] };
+    },
+  },
+
+  [REQ.POSTCOPY_LISTEN]: {
+    protocol: 'PAGEFAULT',
+    handle(c) {
+      if (!c.postcopy) throw new VhostUserError(VU.POSTCOPY_STATE, 'POSTCOPY_LISTEN before POSTCOPY_ADVISE');
+      c.postcopy.listening = true;
+      c.log.info({}, 'postcopy listening');
+      return undefined;
+    },
+  },
+
+  [REQ.POSTCOPY_END]: {
+    protocol: 'PAGEFAULT',
+    handle(c) {
+      c.postcopy?.end();
+      c.postcopy = null;
+      c.log.info({}, 'postcopy ended');
       return undefined;
     },
   },

@@ -144,7 +144,8 @@ export class MemTable {
 
   private async install(regions: MemRegion[]): Promise<void> {
     try {
-      await this.target.setMemory(regions.map((r) => ({ gpa: r.gpa, size: r.size, fd: r.fd, mmapOffset: r.mmapOffset, uaddr: r.uaddr })));
+      // A region already installed keeps its mapping (and its address, which postcopy gave out).
+      await this.target.setMemory(regions.map((r) => ({ gpa: r.gpa, size: r.size, fd: r.fd, mmapOffset: r.mmapOffset, uaddr: r.uaddr, keep: this.regions.includes(r) })));
     } catch (e) {
       if (e instanceof VhostUserError) throw e;
       throw new VhostUserError(VU.MEM_MAP_FAILED, `the device could not map the memory table: ${(e as Error).message}`, { cause: e });

@@ -218,6 +218,9 @@ export const PAYLOAD_SIZE: Readonly<Record<number, number | ((size: number) => b
   [REQ.REM_MEM_REG]: SINGLE_MEM_REGION_SIZE,
   [REQ.SET_STATUS]: U64_SIZE,
   [REQ.GET_STATUS]: 0,
+  [REQ.POSTCOPY_ADVISE]: 0,
+  [REQ.POSTCOPY_LISTEN]: 0,
+  [REQ.POSTCOPY_END]: 0,
 };
 
 /** Throws VU_BAD_SIZE unless `size` fits `request`. Unknown requests are not checked here. */

@@ -42,6 +42,8 @@ export { netDeviceHooks, type DeviceHooks } from './hooks.ts';
 export const OFFERED_PROTOCOL_FEATURES: bigint = protocolMask('MQ', 'REPLY_ACK', 'NET_MTU', 'CONFIGURE_MEM_SLOTS', 'STATUS', 'INFLIGHT_SHMFD', 'RARP', 'LOG_SHMFD');
 
 const CONFIG_BIT = protocolMask('CONFIG');
+/** Offered only with a userfaultfd device (VhostUserServerOptions.userfaultfd). */
+const PAGEFAULT_BIT = protocolMask('PAGEFAULT');
 
 /** Memory slots offered through GET_MAX_MEM_SLOTS (ADD_MEM_REG). */
 export const DEFAULT_MAX_MEM_SLOTS = 32;
@@ -78,6 +80,12 @@ export interface VhostUserServerOptions {
   logger?: Logger;
   /** How long the rest of a message may take to arrive after its header. Default 2000 ms. */
   payloadTimeoutMs?: number;
+  /**
+   * An open /dev/userfaultfd (native.userfaultfdDevice(), opened before any jail): offer postcopy
+   * migration (PROTOCOL_F_PAGEFAULT), each POSTCOPY_ADVISE making a userfaultfd from it. The server
+   * does not close it. Default: postcopy is not offered.
+   */
+  userfaultfd?: number;
 }
 
 // ---- the server ------------------------------------------------------------------------------------
@@ -93,6 +101,8 @@ export class VhostUserServer extends EventEmitter {
   readonly maxMemSlots: number;
   readonly protocolOffered: bigint;
   readonly payloadTimeoutMs: number;
+  /** VhostUserServerOptions.userfaultfd, or -1 (postcopy not offered). */
+  readonly userfaultfd: number;
   /**
    * close() removes the socket file (see VhostUserServerOptions). Settable until close(): `lgnet serve`
    * clears it once it is jailed.
@@ -121,7 +131,9 @@ export class VhostUserServer extends EventEmitter {
     this.reconnectMs = opts.reconnectMs ?? 1000;
     this.maxMemSlots = opts.maxMemSlots ?? DEFAULT_MAX_MEM_SLOTS;
     const protocol = opts.protocolFeatures ?? OFFERED_PROTOCOL_FEATURES;
-    this.protocolOffered = opts.config === true ? protocol | CONFIG_BIT : opts.config === false ? protocol & ~CONFIG_BIT : protocol;
+    const offered = opts.config === true ? protocol | CONFIG_BIT : opts.config === false ? protocol & ~CONFIG_BIT : protocol;
+    this.userfaultfd = opts.userfaultfd ?? -1;
+    this.protocolOffered = this.userfaultfd >= 0 ? offered | PAGEFAULT_BIT : offered & ~PAGEFAULT_BIT;
     this.removeSocketOnClose = opts.listenFd === undefined && (opts.removeSocketOnClose ?? true);
     this.payloadTimeoutMs = opts.payloadTimeoutMs ?? 2000;
     this.log = (opts.logger ?? silentLogger).child({ component: 'vhost-user', socket: this.path });
