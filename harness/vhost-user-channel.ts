@@ -50,7 +50,7 @@ export class FrontendError extends LgnetError {
 /** Requests that always have a reply. */
 export const REPLYING = new Set<number>([
   REQ.GET_FEATURES, REQ.GET_PROTOCOL_FEATURES, REQ.GET_VRING_BASE, REQ.GET_QUEUE_NUM, REQ.GET_CONFIG,
-  REQ.GET_INFLIGHT_FD, REQ.GET_MAX_MEM_SLOTS, REQ.GET_STATUS,
+  REQ.GET_INFLIGHT_FD, REQ.GET_MAX_MEM_SLOTS, REQ.GET_STATUS, REQ.POSTCOPY_ADVISE,
 ]);
 
 /** The socket and its framing; VhostUserFrontend builds on it. */

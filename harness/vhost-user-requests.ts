@@ -9,7 +9,7 @@
  * "Memory access", "Ring states", "Inflight I/O tracking".
  */
 import {
-  decodeConfig, decodeInflight, decodeU64, decodeVringState, encodeConfig, encodeInflight, encodeLog, encodeMemTable,
+  decodeConfig, decodeInflight, decodeMemTable, decodeU64, decodeVringState, encodeConfig, encodeInflight, encodeLog, encodeMemTable,
   encodeSingleMemRegion, encodeU64, encodeVringAddr, encodeVringFile, encodeVringState, FLAGS, PROTOCOL_F, REQ, requestName,
 } from '../sandbox/vhost-user/messages.ts';
 import * as native from '../native/index.ts';
@@ -185,6 +185,52 @@ export class FrontendRequests extends FrontendChannel {
     if (m.payload.length === 8 && decodeU64(m.payload) !== 0n) {
       throw new FrontendError(FRONTEND_ERROR.NACK, `SET_LOG_BASE was refused (reply ${decodeU64(m.payload)})`);
     }
+  }
+
+  // ---- postcopy migration (PROTOCOL_F_PAGEFAULT), the destination's side as QEMU drives it
+
+  /**
+   * POSTCOPY_ADVISE: the back-end's userfaultfd (the caller closes it). Faults of the back-end's threads
+   * in its registered mappings are read from it (native.userfaultRead) and, once the page is in the
+   * shared memory, woken (native.userfaultWake) at the back-end's address.
+   */
+  async postcopyAdvise(): Promise<number> {
+    const m = (await this.request(REQ.POSTCOPY_ADVISE, new Uint8Array(0), { needReply: false }))!;
+    if (m.fds.length !== 1 || m.payload.length !== 0) {
+      for (const fd of m.fds) native.closeQuietly(fd);
+      throw new FrontendError(FRONTEND_ERROR.BAD_REPLY, `POSTCOPY_ADVISE reply carried ${m.fds.length} fds and ${m.payload.length} bytes, not one fd and none`);
+    }
+    return m.fds[0]!;
+  }
+
+  /** POSTCOPY_LISTEN (always acknowledged, as QEMU asks). */
+  async postcopyListen(): Promise<void> {
+    await this.request(REQ.POSTCOPY_LISTEN, new Uint8Array(0), { needReply: true });
+  }
+
+  /** POSTCOPY_END (always acknowledged, as QEMU asks). */
+  async postcopyEnd(): Promise<void> {
+    await this.request(REQ.POSTCOPY_END, new Uint8Array(0), { needReply: true });
+  }
+
+  /**
+   * SET_MEM_TABLE while postcopy listens: the back-end answers with the table, each region's user
+   * address replaced by where the back-end mapped it, and waits for an acknowledgement (the same
+   * request with a u64 0) before it touches the memory. Returns those bases, in the regions' order.
+   */
+  async setMemTablePostcopy(regions: readonly FrontendRegion[]): Promise<number[]> {
+    this.sendRequest(REQ.SET_MEM_TABLE, encodeMemTable(regions), { fds: regions.map((r) => r.fd) });
+    const m = await this.readMessage();
+    for (const f of m.fds) native.closeQuietly(f);
+    if (m.request !== REQ.SET_MEM_TABLE || !(m.flags & FLAGS.REPLY)) {
+      throw new FrontendError(FRONTEND_ERROR.BAD_REPLY, `expected the postcopy SET_MEM_TABLE reply, got ${requestName(m.request)} flags 0x${m.flags.toString(16)}`);
+    }
+    const answered = decodeMemTable(m.payload);
+    if (answered.length !== regions.length || answered.some((r, i) => Number(r.gpa) !== regions[i]!.gpa)) {
+      throw new FrontendError(FRONTEND_ERROR.BAD_REPLY, 'the postcopy SET_MEM_TABLE reply does not list the regions sent');
+    }
+    this.sendRequest(REQ.SET_MEM_TABLE, encodeU64(0));
+    return answered.map((r) => Number(r.uaddr));
   }
 
   /** A cheap round trip: every earlier message has been handled when it returns (QEMU's trick without REPLY_ACK). */

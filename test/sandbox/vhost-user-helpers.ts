@@ -54,7 +54,7 @@ let subnet = 0;
  * `config` (default true): the bed's server offers the CONFIG protocol feature, which `lgnet serve`
  * offers only with --offer-config, so that the suites reach GET/SET_CONFIG (the fuzz included).
  */
-export async function createVuBed(opts: { pairs?: number; config?: boolean } = {}): Promise<VuBed> {
+export async function createVuBed(opts: { pairs?: number; config?: boolean; userfaultfd?: number } = {}): Promise<VuBed> {
   const ns = createNetns('lgvu');
   const pairs = opts.pairs ?? 1;
   const dir = mkdtempSync(join(tmpdir(), 'lgnet-vu-'));
@@ -68,7 +68,7 @@ export async function createVuBed(opts: { pairs?: number; config?: boolean } = {
   ns.exec('ip', 'link', 'set', 'lgtap0', 'up');
   ns.exec('ip', 'neigh', 'add', guestIp, 'lladdr', guestMac, 'dev', 'lgtap0');
   const dev = new NetDevice({ backend, mac: guestMac, mtu: 1500, queuePairs: pairs, features: VHOST_USER_NET_FEATURES });
-  const server = new VhostUserServer({ device: netDeviceHooks(dev), path, config: opts.config ?? true });
+  const server = new VhostUserServer({ device: netDeviceHooks(dev), path, config: opts.config ?? true, ...(opts.userfaultfd !== undefined ? { userfaultfd: opts.userfaultfd } : {}) });
   server.start();
   const guests = new Set<Guest>();
   // Made in beforeAll: closed after its file at the latest, even when a test fails (test/helpers/bed.ts).
