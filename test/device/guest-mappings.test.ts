@@ -63,3 +63,36 @@ it('guest memory replaced under a running queue: frames go on in the new mapping
   expect(rx().queueBroken).toBe(0);
   expect(rx().memoryFaults).toBe(0);
 });
+
+it("setMemory with keep: a region given again with its fd keeps its mapping (and address) under a running queue; one that changed is mapped anew", async () => {
+  bed = await createBed({ accept: ['VERSION_1', 'RING_EVENT_IDX', 'MAC'], ramMiB: 64 });
+  const b = bed;
+  const id = () => b.dev.memoryMap!.regions[0]!.mappingId;
+  const first = id();
+  const second = native.memfdCreate('lgtest-second', 1 << 20);
+  try {
+    // A second region added beside the first, as ADD_MEM_REG does: the first stays where it is.
+    const extra = { gpa: 1 << 30, size: 1 << 20, fd: second, mmapOffset: 0, uaddr: 0x7e00_0000_0000 };
+    await b.dev.setMemory([{ ...b.ram.region(), keep: true }, extra]);
+    expect(id()).toBe(first);
+    const extraId = b.dev.memoryMap!.regions[1]!.mappingId;
+    udpSend(b, 6321, 100, 3, 10);
+    expect((await b.drv.waitRx(3, { timeoutMs: 5000 })).length).toBe(3);
+    // And removed again: the first still stays; the second's mapping is released.
+    await b.dev.setMemory([{ ...b.ram.region(), keep: true }]);
+    expect(id()).toBe(first);
+    expect(() => native.mappingSize(extraId)).toThrow(native.NativeError);
+    // keep with something changed (here the user address) is a new region: mapped anew.
+    await b.dev.setMemory([{ ...b.ram.region(), uaddr: b.ram.uaddr + (1 << 30), keep: true }]);
+    expect(id()).not.toBe(first);
+    expect(() => native.mappingSize(first)).toThrow(native.NativeError);
+    // Without keep, the same region is mapped anew too (an fd number alone proves nothing).
+    const third = id();
+    await b.dev.setMemory([{ ...b.ram.region(), uaddr: b.ram.uaddr + (1 << 30) }]);
+    expect(id()).not.toBe(third);
+    udpSend(b, 6321, 100, 3, 10);
+    expect((await b.drv.waitRx(3, { timeoutMs: 5000 })).length).toBe(3);
+  } finally {
+    native.close(second);
+  }
+});

@@ -10,7 +10,7 @@ import { describe, expect, it } from 'vitest';
 
 import { compilePolicy, formatPolicy, JailError, resolveIds, syscallTable } from '../../sandbox/jail.ts';
 import { assemble, AUDIT_ARCH, BpfAssemblyError, compileFilter, decode, disassemble, evaluate, SECCOMP_RET, verify, X32_SYSCALL_BIT, type Item, type SeccompArch } from '../../sandbox/seccomp-bpf.ts';
-import { CLONE, IOCTL, MUST_DENY, POLICY, ROLES, rulesFor } from '../../sandbox/seccomp-policy.ts';
+import { CLONE, IOCTL, MUST_DENY, POLICY, ROLES, rulesFor, UFFD_IOCTL } from '../../sandbox/seccomp-policy.ts';
 import { SYSCALLS_X86_64 } from '../../sandbox/syscalls-x86_64.ts';
 import { SYSCALLS_AARCH64 } from '../../sandbox/syscalls-aarch64.ts';
 import { fixture } from './child.ts';
@@ -20,7 +20,7 @@ const EPERM = (SECCOMP_RET.ERRNO | 1) >>> 0;
 const ENOSYS = (SECCOMP_RET.ERRNO | 38) >>> 0;
 const PID = 4242;
 
-function verdict(role: 'main' | 'worker', name: string, args: Array<number | bigint> = [], arch: SeccompArch = 'x86_64', options: { tapReattach?: boolean } = {}): number {
+function verdict(role: 'main' | 'worker', name: string, args: Array<number | bigint> = [], arch: SeccompArch = 'x86_64', options: { tapReattach?: boolean; postcopy?: boolean } = {}): number {
   const table = syscallTable(arch);
   const nr = table[name];
   if (nr === undefined) throw new Error(`no ${name} on ${arch}`);
@@ -143,6 +143,19 @@ describe('argument pins (x86_64)', () => {
     expect(verdict('worker', 'ioctl', [3, 0x400454ca], 'x86_64', user)).toBe(EPERM);
   });
 
+  it('userfaultfd: the system call never; its ioctls only with --postcopy (postcopy), and never in a worker', () => {
+    expect(verdict('main', 'userfaultfd', [0x80800])).toBe(EPERM);
+    expect(verdict('main', 'userfaultfd', [0x80800], 'x86_64', { postcopy: true })).toBe(EPERM);
+    for (const [name, req] of Object.entries(UFFD_IOCTL)) {
+      expect(verdict('main', 'ioctl', [7, req]), `${name} without --postcopy`).toBe(EPERM);
+      expect(verdict('main', 'ioctl', [7, req], 'x86_64', { postcopy: true }), name).toBe(ALLOW);
+      expect(verdict('worker', 'ioctl', [7, req], 'x86_64', { postcopy: true }), `${name} in a worker`).toBe(EPERM);
+    }
+    // UFFDIO_COPY/ZEROPAGE/WAKE place or wake pages: the front-end's job, never lgnet's.
+    for (const req of [0xc028aa03, 0xc020aa04, 0x8010aa02]) expect(verdict('main', 'ioctl', [7, req], 'x86_64', { postcopy: true })).toBe(EPERM);
+    for (const [name, req] of Object.entries(IOCTL)) expect(verdict('main', 'ioctl', [3, req], 'x86_64', { postcopy: true }), name).toBe(ALLOW);
+  });
+
   it('mmap: shared guest memory RW yes; executable only anonymous+private', () => {
     const RW = 3, RX = 5, RWX = 7, SHARED = 1, PRIVATE = 2, ANON = 0x20, FIXED = 0x10, NORESERVE = 0x4000;
     expect(verdict('main', 'mmap', [0, 4096, RW, SHARED, 9, 0])).toBe(ALLOW);
@@ -226,7 +239,7 @@ describe('the policy as data', () => {
     for (const role of ROLES) {
       const names = POLICY[role].filter((r) => r.option === undefined).map((r) => r.name);
       expect(new Set(names).size, role).toBe(names.length);
-      for (const opt of ['unixConnect', 'tapReattach'] as const) {
+      for (const opt of ['unixConnect', 'tapReattach', 'postcopy'] as const) {
         const on = rulesFor(role, { [opt]: true }).map((r) => r.name);
         expect(new Set(on).size, `${role} with ${opt}`).toBe(on.length);
       }
