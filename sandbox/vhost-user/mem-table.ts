@@ -3,9 +3,10 @@
  * ADD/REM_MEM_REG, each with the fd it sent. It validates every rule of DESIGN.md's list (count
  * limited, non-zero size, no overflow of gpa/uaddr/mmap_offset + size, no overlap in guest physical or
  * front-end virtual addresses) before anything is mapped, then hands the whole table to the device
- * (setMemory maps each fd MAP_SHARED and releases the previous mappings).
+ * (setMemory maps each new region's fd MAP_SHARED and releases the mappings that went). A region
+ * ADD/REM_MEM_REG leave alone keeps its mapping (`keep`), at the address postcopy may have given out.
  *
- * Fd ownership: the table keeps one fd per region (ADD/REM_MEM_REG re-map the whole table, so the
+ * Fd ownership: the table keeps one fd per region (the device matches a kept region by it, so the
  * fds must stay open); a replaced or removed region's fd is closed at once; close() closes them all.
  * Spec: vhost-user.rst, "Memory access", SET_MEM_TABLE, ADD_MEM_REG, REM_MEM_REG.
  */
