@@ -15,7 +15,11 @@
  *
  * Output: bench/results/migration.json, migration.md (the table) and migration-chart.svg.
  * Env knobs: LGNET_BENCH_MIGRATION_ROUNDS (3), LGNET_BENCH_MIGRATION_SECONDS (12: load per leg),
- * LGNET_BENCH_MIGRATION_IPERF (rx: host→guest, or tx), LGNET_BENCH_SERVE_ARGS (more lgnet serve flags).
+ * LGNET_BENCH_MIGRATION_IPERF (rx: host→guest, or tx), LGNET_BENCH_SERVE_ARGS (more lgnet serve flags),
+ * LGNET_BENCH_MIGRATION_POSTCOPY (ms after `migrate` to switch to postcopy; unset: precopy only). With
+ * postcopy (`npm run bench:migration-postcopy`: 200 ms) both back-ends migrate that way, lgnet with
+ * --postcopy, the table adds the RAM sent after the switch and the faults QEMU served from lgnet's
+ * userfaultfd, and the files are migration-postcopy.{json,md} and migration-postcopy-chart.svg.
  * About 85 s per round under TCG on 2 vCPUs. A back-end that cannot migrate (lgnet without LOG_SHMFD)
  * has its legs recorded with the reason; the step then fails after writing the results.
  */
@@ -30,6 +34,8 @@ export interface MigrationBenchOptions {
   rounds?: number;
   seconds?: number;
   iperfDir?: 'rx' | 'tx';
+  /** Switch to postcopy this many ms after `migrate` (-1: precopy only, the default). */
+  postcopyAfterMs?: number;
   outDir?: string;
 }
 
@@ -53,6 +59,9 @@ export interface MigrationRow {
   dirtySyncs: number;
   blobIntact: boolean;
   announce: string;
+  /** Postcopy: RAM sent after the switch, and (lgnet) the faults QEMU served from lgnet's userfaultfd. */
+  postcopyMiB: number;
+  postcopyFaults: number;
 }
 
 export const MIGRATION_METRICS: Array<{ key: keyof MigrationRow; label: string; unit: string; better: 'higher' | 'lower' }> = [
@@ -66,6 +75,8 @@ export const MIGRATION_METRICS: Array<{ key: keyof MigrationRow; label: string; 
   { key: 'setupTimeMs', label: 'setup time', unit: 'ms', better: 'lower' },
   { key: 'transferredMiB', label: 'RAM sent', unit: 'MiB', better: 'lower' },
   { key: 'dirtySyncs', label: 'dirty-bitmap syncs', unit: '', better: 'lower' },
+  { key: 'postcopyMiB', label: 'RAM sent after the switch to postcopy', unit: 'MiB', better: 'lower' },
+  { key: 'postcopyFaults', label: "lgnet's faults served through its userfaultfd", unit: '', better: 'lower' },
 ];
 
 export interface MigrationResults {
@@ -99,6 +110,8 @@ function rowsOf(variant: 'lgnet' | 'qemu', round: number, run: MigrationRun): Mi
       dirtySyncs: num(l.ram?.['dirty-sync-count']),
       blobIntact: !!l.blob && l.blob.sha256 === l.blob.expectedSha256 && l.blob.rc === 0,
       announce: [...new Set(l.announce.map((a) => a.kind))].join('+'),
+      postcopyMiB: num(l.ram?.['postcopy-bytes'] !== undefined && l.states?.includes('postcopy-active') ? l.ram['postcopy-bytes'] / 2 ** 20 : undefined),
+      postcopyFaults: num(l.postcopyFaults?.served),
     };
   });
 }
@@ -108,7 +121,10 @@ export async function benchMigration(opts: MigrationBenchOptions = {}): Promise<
     rounds: opts.rounds ?? envNum('LGNET_BENCH_MIGRATION_ROUNDS', 3),
     seconds: opts.seconds ?? envNum('LGNET_BENCH_MIGRATION_SECONDS', 12),
     iperfDir: opts.iperfDir ?? ((process.env['LGNET_BENCH_MIGRATION_IPERF'] ?? 'rx') as 'rx' | 'tx'),
+    postcopyAfterMs: opts.postcopyAfterMs ?? envNum('LGNET_BENCH_MIGRATION_POSTCOPY', -1),
   };
+  const postcopy = o.postcopyAfterMs >= 0;
+  const name = postcopy ? 'migration-postcopy' : 'migration';
   if (o.iperfDir !== 'rx' && o.iperfDir !== 'tx') throw new Error(`LGNET_BENCH_MIGRATION_IPERF must be rx or tx, got ${o.iperfDir}`);
   const accel = detectAccel();
   const serveArgs = ['--log-level', 'warn', ...(process.env['LGNET_BENCH_SERVE_ARGS'] ?? '').split(/\s+/).filter(Boolean)];
@@ -125,6 +141,7 @@ export async function benchMigration(opts: MigrationBenchOptions = {}): Promise<
         seconds: o.seconds,
         iperfDir: o.iperfDir,
         lgnetArgs: serveArgs,
+        ...(postcopy ? { postcopyAfterMs: o.postcopyAfterMs } : {}),
         onCleanup,
       });
       const rs = rowsOf(variant, round, run);
@@ -161,10 +178,10 @@ export async function benchMigration(opts: MigrationBenchOptions = {}): Promise<
     failures,
   };
   const dir = opts.outDir ?? RESULTS_DIR;
-  const path = writeResult('migration', res, dir);
-  writeFileSync(join(dir, 'migration.md'), migrationMarkdown(res));
-  writeFileSync(join(dir, 'migration-chart.svg'), migrationChart(res));
-  progress('migration', `wrote ${path}, migration.md, migration-chart.svg`);
+  const path = writeResult(name, res, dir);
+  writeFileSync(join(dir, `${name}.md`), migrationMarkdown(res));
+  writeFileSync(join(dir, `${name}-chart.svg`), migrationChart(res));
+  progress('migration', `wrote ${path}, ${name}.md, ${name}-chart.svg`);
   const completed = (v: string) => rows.filter((r) => r.variant === v && r.status === 'completed' && !r.error).length;
   if (completed('qemu') < rows.filter((r) => r.variant === 'qemu').length) {
     throw new Error(`QEMU's own virtio-net did not migrate every time (${completed('qemu')} of ${rows.filter((r) => r.variant === 'qemu').length}): ${failures['qemu']?.split('\n')[0] ?? ''}`);
@@ -180,6 +197,7 @@ function missingRow(variant: 'lgnet' | 'qemu', round: number, leg: number, why: 
     variant, round, leg, direction: leg % 2 ? 'A→B' : 'B→A', status: 'not run', error: `an earlier leg failed: ${(why ?? '').split('\n')[0]}`,
     totalTimeMs: NaN, downtimeMs: NaN, stopToResumeMs: NaN, setupTimeMs: NaN, hostMaxGapMs: NaN, firstReplyMs: NaN,
     guestPingLossPct: NaN, iperfGbps: NaN, transferredMiB: NaN, dirtySyncs: NaN, blobIntact: false, announce: '',
+    postcopyMiB: NaN, postcopyFaults: NaN,
   };
 }
 
@@ -190,18 +208,19 @@ const st = (s: Stat | undefined) => (s && s.n ? `${p4(s.median)} [${p4(s.min)}�
 export function migrationMarkdown(r: MigrationResults): string {
   const md: string[] = [];
   const p = r.parameters;
-  md.push(`### Live migration under iperf3 load: lgnet (vhost-user) vs QEMU's own virtio-net (tap, vhost=off)`, '');
+  const pc = r.options.postcopyAfterMs >= 0;
+  md.push(`### Live migration${pc ? ' (postcopy)' : ''} under iperf3 load: lgnet (vhost-user) vs QEMU's own virtio-net (tap, vhost=off)`, '');
   md.push(
     `${r.options.rounds} rounds, each one boot per back-end migrated A → B → A (${r.rows.length / 2} migrations each); ${r.options.seconds} s of load per leg ` +
       `(iperf3 TCP ${r.options.iperfDir === 'rx' ? 'host→guest' : 'guest→host'}, ping every 50 ms both ways, a paced 24 MiB blob host→guest); ` +
       `${p.memMiB} MiB guest${r.machine.accel === 'tcg' ? ' (+ 8 KiB under TCG)' : ''}, accel ${r.machine.accel}; max-bandwidth ${p4(p.maxBandwidth / 2 ** 30)} GiB/s, downtime-limit ${p.downtimeLimitMs} ms ` +
-      `(see scripts/migrate.ts for why). Median [min–max]; ratio = median lgnet / median QEMU.`,
+      `(see scripts/migrate.ts for why).${pc ? ` Postcopy: both QEMUs have postcopy-ram, lgnet --postcopy; the source switches ${r.options.postcopyAfterMs} ms after \`migrate\`.` : ''} Median [min–max]; ratio = median lgnet / median QEMU.`,
     '',
   );
   md.push('| metric | lgnet | QEMU | lgnet/QEMU | target |', '|---|---|---|---|---|');
   for (const m of MIGRATION_METRICS) {
     const s = r.summary[m.key];
-    if (!s) continue;
+    if (!s || (!pc && (m.key === 'postcopyMiB' || m.key === 'postcopyFaults'))) continue;
     const target = m.key === 'downtimeMs' || m.key === 'stopToResumeMs' ? '≤ 50 ms' : '';
     md.push(`| ${m.label}${m.unit ? ` (${m.unit})` : ''} | ${st(s.lgnet)} | ${st(s.qemu)} | ${Number.isFinite(s.ratio) ? `**${s.ratio.toFixed(2)}**` : '—'} | ${target} |`);
   }
@@ -211,7 +230,7 @@ export function migrationMarkdown(r: MigrationResults): string {
     md.push(`Migrations that failed or lost data: ${bad.map((x) => `${x.variant} round ${x.round} leg ${x.leg} (${x.direction}): ${x.status}${x.error ? ` — ${x.error.split('\n')[0]}` : ''}${x.status === 'completed' && !x.blobIntact ? ' — blob sha256 mismatch' : ''}`).join(' / ')}`, '');
   }
   md.push('```');
-  md.push('npm run bench:migration');
+  md.push(pc ? `LGNET_BENCH_MIGRATION_POSTCOPY=${r.options.postcopyAfterMs} npm run bench:migration` : 'npm run bench:migration');
   if (r.commands.qemu.length) md.push(`# QEMU destination (tap): ${r.commands.qemu.join(' ')}`);
   if (r.commands.lgnetQemu.length) md.push(`# QEMU destination (lgnet): ${r.commands.lgnetQemu.join(' ')}`);
   md.push('```');
@@ -234,7 +253,7 @@ export function migrationChart(r: MigrationResults): string {
   }
   const mc = r.machine;
   return renderChart({
-    title: 'Live migration under iperf3 load: lgnet vs QEMU userspace virtio-net',
+    title: `Live migration${r.options.postcopyAfterMs >= 0 ? ' (postcopy)' : ''} under iperf3 load: lgnet vs QEMU userspace virtio-net`,
     subtitle: `${mc.cpu}, ${mc.cores} vCPUs, ${mc.accel}, ${mc.qemu.replace('QEMU emulator version ', 'QEMU ')}, ${mc.date.slice(0, 10)}; bars = median, whiskers = min–max`,
     panels,
     columns: 3,
@@ -246,7 +265,7 @@ if (isMain(import.meta.url)) {
     const r = await benchMigration();
     console.log('\n' + migrationMarkdown(r));
   } catch (e) {
-    const md = join(RESULTS_DIR, 'migration.md');
+    const md = join(RESULTS_DIR, envNum('LGNET_BENCH_MIGRATION_POSTCOPY', -1) >= 0 ? 'migration-postcopy.md' : 'migration.md');
     if (existsSync(md)) console.log('\n' + readFileSync(md, 'utf8'));
     console.error(`\n${(e as Error).message}`);
     process.exit(1);
