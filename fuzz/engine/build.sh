@@ -16,6 +16,6 @@ fi
 echo "fuzz:build: building the jazzer.js engine against libFuzzer 14"
 rm -rf src && mkdir -p src/shared
 cp "$jazzer"/*.cpp "$jazzer"/*.h src/ && cp "$jazzer"/shared/*.cpp "$jazzer"/shared/*.h src/shared/
-node-gyp rebuild --loglevel=warn >build.log 2>&1 || { tail -n 40 build.log >&2; exit 1; }
+JOBS="${JOBS:-max}" node-gyp rebuild --loglevel=warn >build.log 2>&1 || { tail -n 40 build.log >&2; exit 1; }
 mkdir -p "$(dirname "$out")"
 cp build/Release/jazzerjs.node "$out"

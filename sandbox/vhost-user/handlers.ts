@@ -267,7 +267,7 @@ export const HANDLERS: Readonly<Partial<Record<number, Entry>>> = {
     replies: true,
     handle(c) {
       c.postcopy?.end(); // advised again: the earlier one is over
-      c.postcopy = null;
+      c.postcopy = null; // and none is left if this one cannot be made
       c.postcopy = Postcopy.advise(c.server.userfaultfd);
       c.log.info({ uffd: c.postcopy.uffd }, 'postcopy advised: userfaultfd sent');
       return { payload: new Uint8Array(0), fds: [c.postcopy.uffd] };

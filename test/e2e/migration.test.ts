@@ -19,7 +19,8 @@
  *   1. QEMU's own virtio-net (-netdev tap,vhost=off): the reference, which proves the set-up;
  *   2. lgnet (vhost-user): `lgnet serve` A on tap A and B on tap B; this needs lgnet's dirty log
  *      (LOG_SHMFD, VHOST_F_LOG_ALL), ring hand-over and an announce.
- * Then two shorter runs on lgnet: packed rings (packed=on) there and back, and --guest-announce.
+ * Then three shorter runs on lgnet: packed rings (packed=on) there and back, --guest-announce, and a
+ * postcopy migration (--postcopy, QEMU's postcopy-ram).
  * Each takes about 40 s under TCG on 2 vCPUs. Why the migration parameters and the guest's RAM size
  * are what they are (QEMU 7.2 under TCG loses dirty pages otherwise): scripts/migrate.ts.
  */
@@ -228,17 +229,18 @@ describe('live migration, lgnet --guest-announce: the guest announces itself thr
 // guest runs on the destination while most of its RAM is still on the source. lgnet's workers then
 // touch ring and buffer pages that are not there yet; each such fault reaches QEMU through the
 // userfaultfd lgnet gave it at POSTCOPY_ADVISE, and QEMU's trace counts the faults it served.
-describe('live migration, lgnet postcopy (postcopy-ram, --postcopy): there and back', () => {
+// One leg (A → B) keeps CI short; `npm run bench:migration-postcopy` goes there and back, 3 rounds.
+describe('live migration, lgnet postcopy (postcopy-ram, --postcopy): A → B under load', () => {
   let run: MigrationRun;
   beforeAll(async () => {
-    run = await runMigration({ backend: 'lgnet', legs: 2, seconds: 8, blobBytes: 8 * MiB, iperfDir: 'rx', postcopyAfterMs: 200 });
+    run = await runMigration({ backend: 'lgnet', legs: 1, seconds: 6, blobBytes: 4 * MiB, iperfDir: 'rx', postcopyAfterMs: 200 });
     console.info(
       `[migration lgnet postcopy] ${(run.wallMs / 1000).toFixed(1)} s\n` +
         run.legs.map((l) => `  ${describeLeg(l)}; states ${l.states?.join('→')}; postcopy ${l.ram?.['postcopy-bytes']} bytes, lgnet faults served ${l.postcopyFaults?.served}`).join('\n'),
     );
   }, 240_000);
 
-  for (const leg of [1, 2]) {
+  for (const leg of [1]) {
     it(`leg ${leg}: goes through postcopy and completes; lgnet's own faults were served; the blob arrives intact, ping lost at most 5%, the host reaches the guest within 1 s`, () => {
       expect(run.error).toBeUndefined();
       const r = run.legs[leg - 1];
@@ -257,12 +259,13 @@ describe('live migration, lgnet postcopy (postcopy-ram, --postcopy): there and b
     });
   }
 
-  it('each destination lgnet was advised, listened and ended postcopy, and refused nothing', () => {
-    for (const log of [run.lgnetLogs.B, run.lgnetLogs.A]) {
-      expect(log).toContain('postcopy advised');
-      expect(log).toContain('postcopy listening');
-      expect(log).toContain('postcopy memory table acknowledged');
-      expect(log).toContain('postcopy ended');
+  it('the destination lgnet was advised, listened and ended postcopy; neither lgnet refused a message', () => {
+    const dst = run.lgnetLogs.B;
+    expect(dst).toContain('postcopy advised');
+    expect(dst).toContain('postcopy listening');
+    expect(dst).toContain('postcopy memory table acknowledged');
+    expect(dst).toContain('postcopy ended');
+    for (const log of [run.lgnetLogs.A, run.lgnetLogs.B]) {
       expect(log).not.toContain('message refused');
       expect(log).not.toContain('queue broken');
     }

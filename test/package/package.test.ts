@@ -169,7 +169,8 @@ describe('installed from a tarball without a prebuild, install script allowed', 
   it('node-gyp builds the addon at install, and lgnet loads it from build/', () => {
     // npm runs a dependency's install script only when the project allows it (allowScripts).
     const dir = project('p3', { allowScripts: { lgnet: true } });
-    run('npm', ['install', '--no-audit', '--no-fund', withoutPrebuild], dir);
+    // JOBS: node-gyp's make runs one compiler per CPU (the build is what is tested, not its speed).
+    run('npm', ['install', '--no-audit', '--no-fund', withoutPrebuild], dir, { env: { JOBS: 'max' } });
     expect(readdirSync(join(dir, 'node_modules/lgnet'))).not.toContain('prebuilds');
     const r = run(process.execPath, ['-e', "import('lgnet').then((m) => console.log(m.native.nativePath))"], dir, { timeoutMs: 60_000 });
     expect(r.stdout.trim()).toBe(join(dir, 'node_modules/lgnet/build/Release/lgnet.node'));
