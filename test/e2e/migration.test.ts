@@ -31,6 +31,19 @@ import { backendWarnings } from './lib/expect.ts';
 const MiB = 1 << 20;
 const BLOB = 24 * MiB;
 
+/** A shorter run's leg: it completed, the blob arrived intact, ping lost ≤ 5 %, the host reached the guest within 1 s. */
+function expectDelivered(r: LegResult | undefined, leg: number): LegResult {
+  expect(r, `leg ${leg} ran`).toBeDefined();
+  expect(r!.status, r!.error).toBe('completed');
+  expect(r!.blob?.rc).toBe(0);
+  expect(r!.blob?.sha256).toBe(r!.blob?.expectedSha256);
+  expect(r!.guestPing?.lossPct).toBeLessThanOrEqual(5);
+  expect(r!.hostPing.firstReplyAfterCompleteMs).toBeDefined();
+  expect(r!.hostPing.firstReplyAfterCompleteMs!).toBeLessThanOrEqual(1000);
+  expect(r!.guestErrors).toEqual([]);
+  return r!;
+}
+
 function migrationSuite(backend: 'qemu' | 'lgnet', title: string): void {
   describe(title, () => {
     let run: MigrationRun;
@@ -178,15 +191,7 @@ describe('live migration, lgnet on packed rings (packed=on): there and back', ()
 
   for (const leg of [1, 2]) {
     it(`leg ${leg}: completes, the blob arrives intact, ping lost at most 5%, the host reaches the guest within 1 s`, () => {
-      const r = run.legs[leg - 1];
-      expect(r, `leg ${leg} ran`).toBeDefined();
-      expect(r!.status, r!.error).toBe('completed');
-      expect(r!.blob?.rc).toBe(0);
-      expect(r!.blob?.sha256).toBe(r!.blob?.expectedSha256);
-      expect(r!.guestPing?.lossPct).toBeLessThanOrEqual(5);
-      expect(r!.hostPing.firstReplyAfterCompleteMs).toBeDefined();
-      expect(r!.hostPing.firstReplyAfterCompleteMs!).toBeLessThanOrEqual(1000);
-      expect(r!.guestErrors).toEqual([]);
+      expectDelivered(run.legs[leg - 1], leg);
     });
   }
 
@@ -243,19 +248,11 @@ describe('live migration, lgnet postcopy (postcopy-ram, --postcopy): A → B und
   for (const leg of [1]) {
     it(`leg ${leg}: goes through postcopy and completes; lgnet's own faults were served; the blob arrives intact, ping lost at most 5%, the host reaches the guest within 1 s`, () => {
       expect(run.error).toBeUndefined();
-      const r = run.legs[leg - 1];
-      expect(r, `leg ${leg} ran`).toBeDefined();
-      expect(r!.status, r!.error).toBe('completed');
-      expect(r!.states).toContain('postcopy-active');
-      expect(r!.ram?.['postcopy-bytes']).toBeGreaterThan(0);
-      expect(r!.postcopyFaults?.served, 'faults QEMU read from lgnet\'s userfaultfd').toBeGreaterThan(0);
-      expect(r!.iperf?.rc, r!.iperf?.output).toBe(0);
-      expect(r!.blob?.rc).toBe(0);
-      expect(r!.blob?.sha256).toBe(r!.blob?.expectedSha256);
-      expect(r!.guestPing?.lossPct).toBeLessThanOrEqual(5);
-      expect(r!.hostPing.firstReplyAfterCompleteMs).toBeDefined();
-      expect(r!.hostPing.firstReplyAfterCompleteMs!).toBeLessThanOrEqual(1000);
-      expect(r!.guestErrors).toEqual([]);
+      const r = expectDelivered(run.legs[leg - 1], leg);
+      expect(r.states).toContain('postcopy-active');
+      expect(r.ram?.['postcopy-bytes']).toBeGreaterThan(0);
+      expect(r.postcopyFaults?.served, 'faults QEMU read from lgnet\'s userfaultfd').toBeGreaterThan(0);
+      expect(r.iperf?.rc, r.iperf?.output).toBe(0);
     });
   }
 
