@@ -7,8 +7,8 @@ import fc from 'fast-check';
 
 import * as native from '../../native/index.ts';
 import { mask } from '../../device/features.ts';
-import { FLAGS, REQ } from '../../sandbox/vhost-user/messages.ts';
-import { VhostUserFrontend } from '../../harness/vhost-user-frontend.ts';
+import { FLAGS, protocolMask, REQ } from '../../sandbox/vhost-user/messages.ts';
+import { FRONTEND_PROTOCOL_FEATURES, VhostUserFrontend } from '../../harness/vhost-user-frontend.ts';
 
 const V = FLAGS.VERSION;
 
@@ -74,9 +74,13 @@ export const message: fc.Arbitrary<FuzzMessage> = fc
     return { request: r.request, flags: r.flagsRandom === 0 ? r.flags : V, payload, fds: r.fdKinds.slice(0, n) };
   });
 
-/** How a sequence starts: 0 bare, 1 negotiated with memory, 2 also with both rings running. */
+/**
+ * How a sequence starts: 0 bare, 1 negotiated with memory, 2 also with both rings running, 3 as 2 but
+ * in a postcopy migration that the front-end never serves (advised, listening, the memory table
+ * answered and acknowledged; its copy of the userfaultfd closed at once), where the back-end offers it.
+ */
 export const start = fc.record({
-  mode: fc.integer({ min: 0, max: 2 }),
+  mode: fc.integer({ min: 0, max: 3 }),
   seed: fc.integer({ min: 1, max: 0x7fffffff }),
   size: fc.constantFrom(16, 64, 256),
   rings: fc.array(fc.array(fc.integer({ min: 0, max: RAM_SIZE - 8192 }), { minLength: 3, maxLength: 3 }), { minLength: 2, maxLength: 2 }),
@@ -119,10 +123,17 @@ export async function playSequence(path: string, ram: FuzzRam, st: typeof start 
   try {
     if (st.mode >= 1) {
       // Split rings: the rings below are laid out (and fuzzed) as split rings.
-      await fe.negotiate({ features: (offered) => offered & ~mask('RING_PACKED') });
-      await fe.setMemTable([{ gpa: 0, size: RAM_SIZE, uaddr: RAM_UADDR, mmapOffset: 0, fd: ram.fd }]);
+      const neg = await fe.negotiate({ features: (offered) => offered & ~mask('RING_PACKED'), protocolFeatures: FRONTEND_PROTOCOL_FEATURES | protocolMask('PAGEFAULT') });
+      const region = { gpa: 0, size: RAM_SIZE, uaddr: RAM_UADDR, mmapOffset: 0, fd: ram.fd };
+      if (st.mode === 3 && neg.protocolFeatures & protocolMask('PAGEFAULT')) {
+        native.close(await fe.postcopyAdvise());
+        await fe.postcopyListen();
+        await fe.setMemTablePostcopy([region]);
+      } else {
+        await fe.setMemTable([region]);
+      }
     }
-    if (st.mode === 2) {
+    if (st.mode >= 2) {
       for (const [index, at] of st.rings.entries()) {
         await fe.setVringNum(index, st.size);
         await fe.setVringBase(index, 0);
