@@ -10,7 +10,7 @@
  *     queue behind, and no object: torn-down connections are collected;
  *   - every refusal is a typed error: a message refused for an untyped exception (a bug) is a finding.
  */
-import { readdirSync } from 'node:fs';
+import { existsSync, readdirSync } from 'node:fs';
 
 import { mask } from '../../device/features.ts';
 import { NetDevice } from '../../device/net.ts';
@@ -20,7 +20,7 @@ import { FRONTEND_ERROR, FrontendError, REPLYING } from '../../harness/vhost-use
 import { VhostUserFrontend } from '../../harness/vhost-user-frontend.ts';
 import * as native from '../../native/index.ts';
 import { VHOST_USER_NET_FEATURES } from '../../sandbox/main.ts';
-import { Connection, OFFERED_PROTOCOL_FEATURES, VhostUserServer, netDeviceHooks } from '../../sandbox/vhost-user/server.ts';
+import { Connection, VhostUserServer, netDeviceHooks } from '../../sandbox/vhost-user/server.ts';
 import { VU, type VhostUserError } from '../../sandbox/vhost-user/errors.ts';
 import {
   FLAGS, PAYLOAD_SIZE, REQ, encodeMemTable, encodeMessage, encodeU64, encodeVringAddr, encodeVringFile, encodeVringState,
@@ -35,7 +35,10 @@ await dev.startWorkers();
 const hooks = netDeviceHooks(dev);
 // A payload that never comes is refused after payloadTimeoutMs; 20 ms instead of 2 s keeps such
 // inputs from stalling the run (the path is the same).
-const server = new VhostUserServer({ device: hooks, path: '/nonexistent/lgnet-fuzz.sock', config: true, payloadTimeoutMs: 20 });
+// With /dev/userfaultfd the server offers postcopy (PAGEFAULT), and the prefix negotiates it: random
+// POSTCOPY_* messages and memory tables answered with bases are reached too.
+const uffdDevice = existsSync('/dev/userfaultfd') ? native.userfaultfdDevice() : -1;
+const server = new VhostUserServer({ device: hooks, path: '/nonexistent/lgnet-fuzz.sock', config: true, payloadTimeoutMs: 20, ...(uffdDevice >= 0 ? { userfaultfd: uffdDevice } : {}) });
 const ram = native.memfdCreate('lgnet-fuzz-ram', RAM_SIZE);
 const ramMapping = native.mmap(ram, 0, RAM_SIZE);
 const ramWords = new Uint32Array(native.mappingBuffer(ramMapping));
@@ -103,7 +106,7 @@ function prefix(inp: Input, mode: number): Msg[] {
   const out: Msg[] = [
     { bytes: encodeMessage(REQ.SET_OWNER, V), fds: [] },
     { bytes: encodeMessage(REQ.SET_FEATURES, V, encodeU64((hooks.offered & ~mask('RING_PACKED')) | (1n << 30n))), fds: [] },
-    { bytes: encodeMessage(REQ.SET_PROTOCOL_FEATURES, V, encodeU64(OFFERED_PROTOCOL_FEATURES)), fds: [] },
+    { bytes: encodeMessage(REQ.SET_PROTOCOL_FEATURES, V, encodeU64(server.protocolOffered)), fds: [] },
     { bytes: encodeMessage(REQ.SET_MEM_TABLE, V, encodeMemTable([{ gpa: 0, size: RAM_SIZE, uaddr: RAM_UADDR }])), fds: ['ram'] },
   ];
   if (mode < 2) return out;

@@ -367,6 +367,9 @@ export class Connection implements Session {
     this.closing = true;
     this.log.info({ reason }, 'connection closing');
     this.poller.close();
+    // Now, not in the teardown: a handler in progress (a ring's stop) may be waiting on a worker that
+    // waits on a fault this front-end will never serve, and the teardown waits for that handler.
+    this.endPostcopy();
     if (this.partial) {
       clearTimeout(this.partial.timer);
       for (const fd of this.partial.fds) native.closeQuietly(fd);
@@ -374,6 +377,13 @@ export class Connection implements Session {
     }
     for (const m of this.queue.splice(0)) for (const fd of m.fds) if (fd >= 0) native.closeQuietly(fd);
     if (!this.pumping) void this.teardown();
+  }
+
+  /** Unregisters guest memory from the userfaultfd, waking every thread that waits on a fault. */
+  private endPostcopy(): void {
+    const pc = this.postcopy;
+    this.postcopy = null;
+    pc?.end();
   }
 
   private tornDown = false;
@@ -390,10 +400,7 @@ export class Connection implements Session {
       }
     };
     // First, so that a worker waiting on a fault the front-end will never serve gets to stop.
-    await step('postcopy', () => {
-      this.postcopy?.end();
-      this.postcopy = null;
-    });
+    await step('postcopy', () => this.endPostcopy());
     await step('vrings', () => this.vrings.close());
     await step('device reset', () => this.dev.reset());
     await step('memory', () => this.dev.releaseMemory());

@@ -17,7 +17,7 @@ import { FRONTEND_PROTOCOL_FEATURES, VhostUserFrontend } from '../../harness/vho
 import type { RxFrame } from '../../harness/virtio-net.ts';
 import { destroyAllNetns, netnsPrerequisites } from '../../harness/netns.ts';
 import { VU } from '../../sandbox/vhost-user/errors.ts';
-import { PROTOCOL_F, protocolMask } from '../../sandbox/vhost-user/messages.ts';
+import { encodeVringState, PROTOCOL_F, protocolMask, REQ } from '../../sandbox/vhost-user/messages.ts';
 import { netDeviceHooks, VhostUserServer } from '../../sandbox/vhost-user/server.ts';
 import { createVuBed, expectedPayload, udpSend, until, type Guest, type VuBed } from './vhost-user-helpers.ts';
 
@@ -151,6 +151,34 @@ describe.skipIf(device.fd < 0)('postcopy: lgnet waits on its userfaultfd for pag
       const frames = await next.drv.waitRx(3, { timeoutMs: 5000 });
       sender.kill();
       expect(udpTo(frames, 5704).length).toBe(3);
+    } finally {
+      next.close();
+    }
+  });
+
+  it('a front-end that asks GET_VRING_BASE while a worker waits on a fault it never serves, then hangs up: the connection still ends', async () => {
+    const g = await bed.guest({ attach: false });
+    const { uffd } = await attachPostcopy(g);
+    try {
+      const sender = udpSend(bed.ns, bed.guestIp, 5705, 200, 1, 0);
+      expect(await until(() => native.userfaultRead(uffd) >= 0, 10_000, 5), 'a fault to leave unserved').toBe(true);
+      sender.kill();
+      // The RX ring's stop waits for its worker, which waits on the fault: the request stays unanswered.
+      g.fe.sendRequest(REQ.GET_VRING_BASE, encodeVringState({ index: 0, num: 0 }));
+      await sleep(200);
+      const gone = new Promise((resolve) => bed.server.once('disconnect', resolve));
+      g.close();
+      const ended = await Promise.race([gone.then(() => true), sleep(10_000).then(() => false)]);
+      expect(ended, 'the connection was torn down').toBe(true);
+    } finally {
+      native.closeQuietly(uffd);
+    }
+    const next = await bed.guest();
+    try {
+      const sender = udpSend(bed.ns, bed.guestIp, 5706, 200, 3, 20);
+      const frames = await next.drv.waitRx(3, { timeoutMs: 5000 });
+      sender.kill();
+      expect(udpTo(frames, 5706).length).toBe(3);
     } finally {
       next.close();
     }
