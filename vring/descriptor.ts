@@ -21,6 +21,7 @@
 
 import type { DescriptorChain } from './chain.ts';
 import { DescriptorError, MemoryError, VringErrorCode } from './errors.ts';
+import { IOTLB_ACCESS } from './iotlb.ts';
 import { DESC_SIZE, VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE } from './layout.ts';
 import { ADDR_LIMIT, PieceList, type GuestMemory } from './memory.ts';
 
@@ -124,13 +125,13 @@ export class DescriptorWalker {
     const addr = hi * TWO32 + lo;
     const mem = this.mem!;
     if ((flags & VRING_DESC_F_WRITE) !== 0) {
-      mem.translate(addr, len, c.writable);
+      mem.translate(addr, len, c.writable, IOTLB_ACCESS.WRITE);
       c.writableLen += len;
     } else {
       if (c.writableLen !== 0) {
         throw descError(VringErrorCode.READ_AFTER_WRITE, this.where(head), 'a device-readable descriptor follows a device-writable one');
       }
-      mem.translate(addr, len, c.readable);
+      mem.translate(addr, len, c.readable, IOTLB_ACCESS.READ);
       c.readableLen += len;
     }
     c.descCount++;

@@ -21,6 +21,9 @@ export const VringErrorCode = {
   NO_MAPPING: 'VRING_NO_MAPPING',
   /** The region table itself is bad: zero size, overlap, overflow, outside its buffer. */
   BAD_REGION: 'VRING_BAD_REGION',
+  /** Behind an IOMMU (VIRTIO_F_ACCESS_PLATFORM): the mapping of an I/O virtual address does not allow
+   *  the access (a device write to a read-only mapping, or the reverse). */
+  IOMMU_DENIED: 'VRING_IOMMU_DENIED',
 
   // ---- RingLayoutError: queue size, alignment or placement (§2.6, §2.7 "Virtqueue Alignment").
   /** Queue size is 0, not a power of 2, above 32768 or above the device's maximum. */

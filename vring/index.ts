@@ -25,6 +25,7 @@ export {
   type RangeLocation,
 } from './memory.ts';
 export { DescriptorChain, LOCATE_MAX } from './chain.ts';
+export { Iotlb, IotlbMiss, IOTLB_ACCESS, IOTLB_CAPACITY, iotlbBytes, type IotlbEntry } from './iotlb.ts';
 export {
   SplitQueue,
   mapRing,

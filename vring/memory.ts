@@ -23,6 +23,7 @@
 // Spec: virtio 1.2 §2.7.5 (buffers are guest physical addresses); vhost-user "memory regions".
 
 import { DescriptorError, MemoryError, VringErrorCode } from './errors.ts';
+import { IOTLB_ACCESS, type Iotlb } from './iotlb.ts';
 
 /** Largest region we keep unsplit: offsets inside a region stay well within u32. */
 export const REGION_CHUNK = 1 << 30;
@@ -184,6 +185,13 @@ export class GuestMemory {
   readonly hasBytes: boolean;
   private lastHit = 0;
   private readonly scratch: PieceList;
+  /**
+   * Behind an IOMMU: descriptor addresses are I/O virtual addresses, looked up here and then found by
+   * their front-end address (setIotlb). Null: they are guest physical addresses.
+   */
+  iotlb: Iotlb | null = null;
+  /** Region indices sorted by front-end address (regions without one left out), for the IOTLB path. */
+  private byUaddr: number[] = [];
 
   /**
    * The regions' addresses without their bytes: what translating a vhost-user ring address and checking
@@ -254,6 +262,7 @@ export class GuestMemory {
       if (r.uaddr < p.uaddr + p.size) throw badRegion(`regions ${p.source} and ${r.source} overlap at uaddr ${hex(r.uaddr)}`);
     }
     this.regions = regions;
+    this.byUaddr = regions.map((_, i) => i).filter((i) => regions[i]!.uaddr !== -1).sort((a, b) => regions[a]!.uaddr - regions[b]!.uaddr);
     // A range touches each region at most once, so this never overflows.
     this.scratch = new PieceList(regions.length + 1);
   }
@@ -279,7 +288,8 @@ export class GuestMemory {
    * is unmapped or the range wraps, and DescriptorError if `out` is full. The region hit last is tried
    * first, so a queue whose buffers live in one region pays one compare.
    */
-  translate(gpa: number, len: number, out: PieceList): void {
+  translate(gpa: number, len: number, out: PieceList, access: number = IOTLB_ACCESS.READ): void {
+    if (this.iotlb !== null) return this.translateIova(gpa, len, out, access);
     const i = this.lastHit;
     const r = this.regions[i]!;
     const off = gpa - r.gpa;
@@ -314,6 +324,98 @@ export class GuestMemory {
       remaining -= n;
     }
     this.lastHit = first;
+  }
+
+  /**
+   * Translate descriptors' addresses through `iotlb` from now on (null: they are guest physical again).
+   * Ring addresses are not affected: the owner translates them once, to guest physical, before a queue
+   * attaches.
+   */
+  setIotlb(iotlb: Iotlb | null): void {
+    this.iotlb = iotlb;
+  }
+
+  /**
+   * The IOMMU path of translate(): [iova, iova+len) through the IOTLB (IotlbMiss when a mapping is
+   * missing, MemoryError VRING_IOMMU_DENIED when one forbids `access`), then each front-end range to
+   * the regions that hold it. A front-end address outside every region is refused like an unmapped
+   * guest address: the IOTLB cannot widen what the device reaches.
+   */
+  private translateIova(iova: number, len: number, out: PieceList, access: number): void {
+    if (!isAddr(len)) throw new RangeError(`bad length ${len}`);
+    if (len === 0) return;
+    if (!isAddr(iova) || iova > ADDR_LIMIT - len) {
+      throw new MemoryError(VringErrorCode.ADDR_WRAP, `I/O virtual address ${String(iova)} + length ${len} is beyond the addressable range; the access is refused`);
+    }
+    const t = this.iotlb!;
+    let cur = iova;
+    let remaining = len;
+    while (remaining > 0) {
+      t.lookup(cur, access);
+      const n = Math.min(remaining, t.hitEnd - cur);
+      let u = t.hitUaddr + (cur - t.hitIova);
+      let m = n;
+      while (m > 0) {
+        const idx = this.findUaddr(u);
+        if (idx < 0) {
+          throw new MemoryError(
+            VringErrorCode.UNMAPPED,
+            `I/O virtual address ${hex(cur)} maps to front-end address ${hex(u)}, which is in no memory region; the access is refused`,
+          );
+        }
+        const r = this.regions[idx]!;
+        const off = u - r.uaddr;
+        const k = Math.min(m, r.size - off);
+        out.push(idx, off, k);
+        u += k;
+        m -= k;
+      }
+      cur += n;
+      remaining -= n;
+    }
+  }
+
+  /** Index of the region holding front-end address `u`, or -1. */
+  private findUaddr(u: number): number {
+    const order = this.byUaddr;
+    const regs = this.regions;
+    let lo = 0;
+    let hi = order.length - 1;
+    while (lo <= hi) {
+      const mid = (lo + hi) >>> 1;
+      const r = regs[order[mid]!]!;
+      if (u < r.uaddr) hi = mid - 1;
+      else if (u >= r.uaddr + r.size) lo = mid + 1;
+      else return order[mid]!;
+    }
+    return -1;
+  }
+
+  /**
+   * Translate an I/O virtual address range that must be one contiguous front-end range (a ring area)
+   * to the front-end address of its first byte: what uaddrToGpa then takes. Throws IotlbMiss or
+   * MemoryError as translate() does.
+   */
+  iovaToUaddr(iova: number, len: number, access: number): number {
+    const t = this.iotlb;
+    if (t === null) throw new RangeError('iovaToUaddr: no IOTLB');
+    if (!isAddr(iova) || !isAddr(len) || iova > ADDR_LIMIT - len) {
+      throw new MemoryError(VringErrorCode.ADDR_WRAP, `I/O virtual range [${String(iova)}, +${len}) is not addressable; refused`);
+    }
+    t.lookup(iova, access);
+    const uaddr = t.hitUaddr + (iova - t.hitIova);
+    let cur = t.hitEnd;
+    let expect = t.hitUaddr + (t.hitEnd - t.hitIova);
+    // The range may run over several mappings, as long as they continue the same front-end range.
+    while (cur < iova + len) {
+      t.lookup(cur, access);
+      if (t.hitUaddr + (cur - t.hitIova) !== expect) {
+        throw new MemoryError(VringErrorCode.UNMAPPED, `I/O virtual range [${hex(iova)}, +${len}) is not one contiguous front-end range; refused`);
+      }
+      expect = t.hitUaddr + (t.hitEnd - t.hitIova);
+      cur = t.hitEnd;
+    }
+    return uaddr;
   }
 
   private unmapped(gpa: number, len: number, at: number): MemoryError {

@@ -32,6 +32,7 @@
 
 import { DescriptorChain } from './chain.ts';
 import { RingLayoutError, RingStateError, DescriptorError, MemoryError, VringError, VringErrorCode } from './errors.ts';
+import { IotlbMiss } from './iotlb.ts';
 import { VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE } from './layout.ts';
 import type { DirtyLog } from './dirty-log.ts';
 import type { InflightLog, InflightRecovery } from './inflight.ts';
@@ -440,6 +441,7 @@ export class PackedQueue {
       if (c !== null && this.eventIdx && this.notifyEnabled) this.storeDeviceEvent(VRING_PACKED_EVENT_FLAG_DESC, this.lastAvail);
       return c;
     } catch (e) {
+      if (e instanceof IotlbMiss) return null; // the chain stays in the ring until its mapping comes
       throw this.fail(e);
     }
   }
@@ -452,10 +454,15 @@ export class PackedQueue {
     this.checkUsable();
     try {
       let n = 0;
-      while (n < max) {
-        const c = this.popOne();
-        if (c === null) break;
-        out[at + n++] = c;
+      try {
+        while (n < max) {
+          const c = this.popOne();
+          if (c === null) break;
+          out[at + n++] = c;
+        }
+      } catch (e) {
+        if (!(e instanceof IotlbMiss)) throw e;
+        // Behind an IOMMU, a chain whose mapping has not come yet: it stays in the ring (iotlb.ts).
       }
       if (n > 0 && this.eventIdx && this.notifyEnabled) this.storeDeviceEvent(VRING_PACKED_EVENT_FLAG_DESC, this.lastAvail);
       return n;

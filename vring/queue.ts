@@ -52,6 +52,7 @@ import {
   usedAvailEventOffset,
 } from './layout.ts';
 import type { DirtyLog } from './dirty-log.ts';
+import { IotlbMiss } from './iotlb.ts';
 import type { InflightLog, InflightRecovery } from './inflight.ts';
 import type { GuestMemory, RangeLocation } from './memory.ts';
 
@@ -438,6 +439,7 @@ export class SplitQueue {
       if (this.eventIdx && this.notifyEnabled) this.storeAvailEvent(this.lastAvail);
       return c;
     } catch (e) {
+      if (e instanceof IotlbMiss) return null; // the chain stays in the ring until its mapping comes
       throw this.fail(e);
     }
   }
@@ -451,8 +453,20 @@ export class SplitQueue {
     try {
       this.refreshAvail();
       let n = 0;
-      while (n < max && this.resubmitPos < this.resubmit.length) out[at + n++] = this.popResubmitted();
-      while (n < max && this.lastAvail !== this.shadowAvail) out[at + n++] = this.popOne();
+      try {
+        // Not out[at + n++] = pop…(): n would count a pop that throws.
+        while (n < max && this.resubmitPos < this.resubmit.length) {
+          out[at + n] = this.popResubmitted();
+          n++;
+        }
+        while (n < max && this.lastAvail !== this.shadowAvail) {
+          out[at + n] = this.popOne();
+          n++;
+        }
+      } catch (e) {
+        if (!(e instanceof IotlbMiss)) throw e;
+        // Behind an IOMMU, a chain whose mapping has not come yet: it stays in the ring (iotlb.ts).
+      }
       if (n > 0 && this.eventIdx && this.notifyEnabled) this.storeAvailEvent(this.lastAvail);
       return n;
     } catch (e) {
