@@ -18,7 +18,7 @@
  */
 import { VhostUserError, VU } from './errors.ts';
 import {
-  CONFIG_HEADER_SIZE, INFLIGHT_FIELDS_SIZE, INFLIGHT_SIZE, LOG_SIZE, MAX_PAYLOAD, MEM_REGION_SIZE, MEMORY_HEADER_SIZE,
+  CONFIG_HEADER_SIZE, INFLIGHT_FIELDS_SIZE, INFLIGHT_SIZE, IOTLB_MSG_SIZE, LOG_SIZE, MAX_PAYLOAD, MEM_REGION_SIZE, MEMORY_HEADER_SIZE,
   SINGLE_MEM_REGION_SIZE, U64_SIZE, VHOST_MEMORY_BASELINE_NREGIONS, VRING_ADDR_SIZE, VRING_STATE_SIZE,
 } from './payloads.ts';
 
@@ -77,6 +77,13 @@ export function encodeMessage(request: number, flags: number, payload: Uint8Arra
 }
 
 // ---- request numbers -----------------------------------------------------------------------------------
+
+/** Back-end → front-end request numbers, on the back-end channel (SET_SLAVE_REQ_FD). */
+export const BACKEND_REQ = {
+  IOTLB_MSG: 1,
+  CONFIG_CHANGE_MSG: 2,
+  VRING_HOST_NOTIFIER_MSG: 3,
+} as const;
 
 /** Front-end → back-end request numbers (vhost-user.rst, "Front-end message types"). */
 export const REQ = {
@@ -221,6 +228,8 @@ export const PAYLOAD_SIZE: Readonly<Record<number, number | ((size: number) => b
   [REQ.POSTCOPY_ADVISE]: 0,
   [REQ.POSTCOPY_LISTEN]: 0,
   [REQ.POSTCOPY_END]: 0,
+  [REQ.SET_SLAVE_REQ_FD]: 0,
+  [REQ.IOTLB_MSG]: IOTLB_MSG_SIZE,
 };
 
 /** Throws VU_BAD_SIZE unless `size` fits `request`. Unknown requests are not checked here. */

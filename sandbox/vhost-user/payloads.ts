@@ -282,3 +282,34 @@ export function encodeVringFile(index: number, noFd: boolean): Uint8Array {
   return encodeU64(BigInt((index & VRING_IDX_MASK) | (noFd ? VRING_NOFD_MASK : 0)));
 }
 
+
+/** struct vhost_iotlb_msg as QEMU sends it: iova, size, uaddr (u64 each), perm, type (u8), padded to 8. */
+export const IOTLB_MSG_SIZE = 32;
+
+/** vhost_iotlb_msg.type. */
+export const IOTLB_TYPE = { MISS: 1, UPDATE: 2, INVALIDATE: 3, ACCESS_FAIL: 4 } as const;
+
+export interface IotlbPayload {
+  iova: bigint;
+  size: bigint;
+  uaddr: bigint;
+  /** VHOST_ACCESS_RO 1, WO 2, RW 3. */
+  perm: number;
+  type: number;
+}
+
+export function decodeIotlb(b: Uint8Array): IotlbPayload {
+  const dv = need(b, IOTLB_MSG_SIZE, 'IOTLB message');
+  return { iova: dv.getBigUint64(0, true), size: dv.getBigUint64(8, true), uaddr: dv.getBigUint64(16, true), perm: dv.getUint8(24), type: dv.getUint8(25) };
+}
+
+export function encodeIotlb(p: { iova: bigint | number; size?: bigint | number; uaddr?: bigint | number; perm: number; type: number }): Uint8Array {
+  const b = new Uint8Array(IOTLB_MSG_SIZE);
+  const dv = view(b);
+  dv.setBigUint64(0, BigInt(p.iova), true);
+  dv.setBigUint64(8, BigInt(p.size ?? 0), true);
+  dv.setBigUint64(16, BigInt(p.uaddr ?? 0), true);
+  dv.setUint8(24, p.perm);
+  dv.setUint8(25, p.type);
+  return b;
+}
