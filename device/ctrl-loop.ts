@@ -37,6 +37,8 @@ export interface CtrlLoopOptions {
   onRefused(error: string): void;
   /** The ring is broken: a typed error's code, or WORKER_ERROR for a bug. */
   onBroken(code: string, message: string): void;
+  /** Behind an IOMMU: a command's buffer has no mapping yet (it stays in the ring until the owner serves again). */
+  onIotlbMiss?(iova: number, access: number): void;
 }
 
 export class CtrlLoop {
@@ -74,13 +76,15 @@ export class CtrlLoop {
     return this.queue.base();
   }
 
-  /** One wake-up: drain the ring, then signal once. */
-  serve(): void {
+  /** One wake-up: drain the ring, then signal once. `kicked` false: no kick to read (an IOTLB retry). */
+  serve(kicked = true): void {
     const o = this.opts;
     if (o.isBroken()) return;
-    try {
-      native.eventfdRead(o.kickFd);
-    } catch { /* a blocking kick fd with nothing to read: fine (main thread, not the data path) */ }
+    if (kicked) {
+      try {
+        native.eventfdRead(o.kickFd);
+      } catch { /* a blocking kick fd with nothing to read: fine (main thread, not the data path) */ }
+    }
     const q = this.queue;
     try {
       for (;;) {
@@ -100,6 +104,12 @@ export class CtrlLoop {
         this.pending.pending += n;
       }
       this.pending.signal();
+      // Behind an IOMMU, a command whose mapping has not come yet: asked for; iotlbChanged serves again.
+      const t = o.mem.iotlb;
+      if (t && t.stalled) {
+        o.counters[M.iotlbMisses]! += 1;
+        o.onIotlbMiss?.(t.missIova, t.missAccess);
+      }
     } catch (e) {
       // As a data queue's worker does: a typed error keeps its code, anything else is a bug.
       o.counters[M.queueBroken]! += 1;

@@ -46,7 +46,12 @@ export interface LoopFds {
   ctlFlag: Int32Array;
   /** Microseconds of busy polling before sleeping (0: off). */
   busyPoll: number;
+  /** Behind an IOMMU: tells the owner a buffer's mapping is missing (the worker posts it to the main thread). */
+  reportMiss?: (iova: number, access: number) => void;
 }
+
+/** How long a queue waits for an IOTLB mapping before it asks again (a miss message may be lost with a front-end that restarts). */
+export const IOTLB_RETRY_MS = 200;
 
 /** What both loops share: where avail.idx is, the bounded busy poll, the throttle sleep and waitKick. */
 abstract class ServiceLoop<P> {
@@ -66,6 +71,42 @@ abstract class ServiceLoop<P> {
 
   /** Gives back what the service holds of the ring beyond a pass (RX: kept chains), so that the queue's position is exact. */
   release(): void {}
+
+  /** The miss this loop last reported: [generation, iova, access], so one miss is asked for once. */
+  private readonly reported = [-1, 0, 0];
+
+  /**
+   * Behind an IOMMU, the ring's next chain has no mapping yet (it stays in the ring, vring/iotlb.ts):
+   * what was done goes to the guest, the miss goes to the owner once, and the worker sleeps until the
+   * table changes (the owner writes the control eventfd then) or IOTLB_RETRY_MS pass, when it asks
+   * again. True when the control eventfd woke it, so that the worker drains it.
+   */
+  protected waitIotlb(): boolean {
+    const t = this.ctx.mem.iotlb!;
+    const c = this.ctx.c;
+    const r = this.reported;
+    this.ctx.pending.signal();
+    if (r[0] !== t.missGeneration || r[1] !== t.missIova || r[2] !== t.missAccess) {
+      r[0] = t.missGeneration;
+      r[1] = t.missIova;
+      r[2] = t.missAccess;
+      c[M.iotlbMisses]! += 1;
+      this.fds.reportMiss?.(t.missIova, t.missAccess);
+    }
+    const t0 = performance.now();
+    c[M.sleeps]! += 1;
+    const woke = native.poll(this.ctlOnly, IOTLB_RETRY_MS);
+    c[M.blockedNs]! += (performance.now() - t0) * 1e6;
+    if (woke === 0) r[0] = -1; // no answer: ask again
+    t.clearMiss();
+    return woke !== 0;
+  }
+
+  /** True when the ring's next chain waits for an IOTLB mapping (one null check without an IOMMU). */
+  protected get iotlbStalled(): boolean {
+    const t = this.ctx.mem.iotlb;
+    return t !== null && t.stalled;
+  }
 
   /** Many completions pending: signal now rather than starve the driver until the next sleep. */
   protected signalIfMany(): void {
@@ -144,6 +185,7 @@ export class TxLoop extends ServiceLoop<TxPort> {
       this.signalIfMany();
       return false;
     }
+    if (this.iotlbStalled) return this.waitIotlb();
     if (tx.throttledMs > 0) return this.throttle(tx.throttledMs);
     if (this.busyPoll(() => q.availPending() > 0)) return false;
     return this.sleepOnKick();
@@ -197,6 +239,7 @@ export class RxLoop extends ServiceLoop<RxPort> {
       case RX.BACKEND_EMPTY:
         return this.waitForBackend();
       default:
+        if (this.iotlbStalled) return this.waitIotlb();
         return this.waitForBuffers();
     }
   }

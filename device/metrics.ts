@@ -99,8 +99,11 @@ export const M = {
    *  queue detached, which would discard them unseen): read out and dropped, so that they are counted.
    *  Written by the thread that steers the backend, never by the queue's worker. */
   rxDropDetached: 40,
+  /** Behind an IOMMU: times the queue found no IOTLB mapping for a buffer and asked the front-end for
+   *  one (the chain waits in the ring meanwhile; vring/iotlb.ts). */
+  iotlbMisses: 41,
   /** Count of counters. */
-  COUNT: 41,
+  COUNT: 42,
 } as const;
 
 export type MetricName = Exclude<keyof typeof M, 'COUNT'>;

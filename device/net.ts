@@ -13,7 +13,7 @@
 import { constants as osConstants } from 'node:os';
 import { EventEmitter } from 'node:events';
 import * as native from '../native/index.ts';
-import { DirtyLog, GuestMemory, LOG_PAGE_SIZE, dirtyLogSize, isQueueSize } from '../vring/index.ts';
+import { DirtyLog, GuestMemory, LOG_PAGE_SIZE, dirtyLogSize, isQueueSize, type Iotlb } from '../vring/index.ts';
 import { rarpFrame } from './announce.ts';
 import type { Backend } from './backend.ts';
 import { CFG, NetConfig, parseMac, STATUS } from './config.ts';
@@ -78,7 +78,8 @@ const REATTACH_MS = 1000;
 
 /**
  * A virtio-net device. Events: `broken` ({queue, code, message}) when a guest breaks a ring,
- * `log` ({level, msg, ...}) for things an operator should see.
+ * `log` ({level, msg, ...}) for things an operator should see, and behind an IOMMU (setIotlb)
+ * `iotlbMiss` ({queue, iova, access}) when a queue needs a mapping it does not have.
  */
 export class NetDevice extends EventEmitter {
   readonly config: NetConfig;
@@ -116,6 +117,8 @@ export class NetDevice extends EventEmitter {
   private logging = false;
   /** SIGBUS faults in the device's mappings, looked at from the main thread (native/guard.cc). */
   private readonly faults = new native.FaultWatch();
+  /** Behind an IOMMU: the IOTLB descriptor addresses go through (setIotlb), or null. */
+  private iotlb: Iotlb | null = null;
 
   constructor(opts: NetDeviceOptions) {
     super();
@@ -161,6 +164,7 @@ export class NetDevice extends EventEmitter {
           ...(cpus ? { cpu: cpus[(i >> 1) % cpus.length]! } : {}),
           onEvent: (e) => {
             if (e.ev === 'broken') this.markBroken(s, e.code, e.message);
+            else if (e.ev === 'iotlbMiss') this.emit('iotlbMiss', { queue: s.index, iova: e.iova, access: e.access });
             else if (e.ev === 'backend') this.backendEdge(s, e.ok, e.errno);
             else if (e.ev === 'resumed') {
               this.emit('log', { level: 'warn', msg: 'queue resumed where its ring shows, not at the front-end\'s base', queue: s.index, lastAvail: e.lastAvail, why: e.message });
@@ -369,7 +373,35 @@ export class NetDevice extends EventEmitter {
   /** This thread's GuestMemory over the regions' bytes, wrapped on first use. Needs setMemory first. */
   private bytes(): GuestMemory {
     this.mem ??= memoryFromMappings(this.regions, native.mappingBuffer);
+    this.mem.setIotlb(this.iotlb); // translate() only: read() and write() stay guest physical
     return this.mem;
+  }
+
+  /**
+   * Behind an IOMMU (VIRTIO_F_ACCESS_PLATFORM under a virtual IOMMU): the addresses in descriptors are
+   * I/O virtual addresses, translated through `iotlb` (vring/iotlb.ts), which the caller fills and
+   * empties (vhost-user IOTLB_MSG); null: they are guest physical again. Ring addresses given to
+   * setupQueue stay guest physical: translating them is the caller's (the vhost-user server does it
+   * through the same table). Takes effect at each queue's next start; the server sets it when
+   * features are negotiated, with every queue stopped. A queue that finds no mapping for a chain
+   * leaves it in the ring, emits `iotlbMiss` and waits for iotlbChanged().
+   */
+  setIotlb(iotlb: Iotlb | null): void {
+    this.iotlb = iotlb;
+    this.mem?.setIotlb(iotlb);
+  }
+
+  /**
+   * Mappings were added to the IOTLB: queues waiting for one look again now (their control eventfd is
+   * written; a queue that is not waiting reads it as a no-op), the control queue too.
+   */
+  iotlbChanged(): void {
+    for (const s of this.slots) if (s.running && s.host.started) s.host.wake();
+    const t = this.mem?.iotlb;
+    if (this.ctrl && t && t.missGeneration >= 0 && !t.stalled) {
+      t.clearMiss();
+      this.ctrl.serve(false);
+    }
   }
 
   /** Records where queue `index` lives. Takes effect at startQueue. */
@@ -439,6 +471,7 @@ export class NetDevice extends EventEmitter {
       mtu: this.config.mtu,
       filter: filterState(this.filter),
       log: this.workerLog(s),
+      iotlb: this.iotlb?.buffer ?? null,
     };
     s.running = true;
     await s.host.command({ cmd: 'configure', config }, ['running', 'broken']);
@@ -762,6 +795,7 @@ export class NetDevice extends EventEmitter {
         level: 'warn', msg: `control commands refused: ${held} not logged one by one, the last:`, err, held,
       })),
       onBroken: (code, message) => this.markBroken(s, code, message),
+      onIotlbMiss: (iova, access) => this.emit('iotlbMiss', { queue: s.index, iova, access }),
     });
     const w = this.workerLog(s);
     if (w) this.ctrl.queue.setDirtyLog(this.dirty!.view, w.usedGpa);

@@ -104,6 +104,11 @@ export class WorkerHost {
     return this.spawning;
   }
 
+  /** Wakes the worker without a command (its control eventfd): a queue waiting for an IOTLB mapping looks again. */
+  wake(): void {
+    if (this.ctlFd >= 0) native.eventfdWrite(this.ctlFd, 1);
+  }
+
   /** Posts a command without waiting for an answer. */
   send(m: WorkerCommand): void {
     this.control!.postMessage(m);

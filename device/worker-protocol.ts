@@ -97,6 +97,8 @@ export interface QueueConfig {
   filter: FilterState;
   /** Dirty logging from the start, or null. */
   log: WorkerLog | null;
+  /** Behind an IOMMU: the device's IOTLB (vring/iotlb.ts), which descriptor addresses go through; or null. */
+  iotlb: SharedArrayBuffer | null;
 }
 
 /** Main thread → worker. */
@@ -127,6 +129,8 @@ export type WorkerEvent =
   /** The queue started at the position its packed ring shows, not the front-end's base (message: why). */
   | { ev: 'resumed'; lastAvail: number; message: string }
   | { ev: 'broken'; code: string; message: string }
+  /** Behind an IOMMU: no mapping for `iova` (access: IOTLB_ACCESS); the queue waits for one. */
+  | { ev: 'iotlbMiss'; iova: number; access: number }
   | { ev: 'sealed'; error?: { code: string; message: string } };
 
 /**

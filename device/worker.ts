@@ -25,7 +25,7 @@ import { isMainThread, receiveMessageOnPort, workerData, type MessagePort } from
 import * as native from '../native/index.ts';
 import { MappingViews } from '../native/iovec.ts';
 import { LgnetError } from '../errors/index.ts';
-import { DirtyLog, InflightLog, inflightQueueRegionSize, type DeviceQueue } from '../vring/index.ts';
+import { DirtyLog, InflightLog, inflightQueueRegionSize, Iotlb, type DeviceQueue } from '../vring/index.ts';
 import { decode } from './features.ts';
 import { PcapWriter } from './capture.ts';
 import { PendingUsed } from './interrupt.ts';
@@ -68,6 +68,8 @@ class ActiveQueue {
   private readonly dropHeld: () => number;
   private readonly counters: Float64Array;
   private readonly faults = new native.FaultWatch();
+  /** Behind an IOMMU: this thread's view of the device's IOTLB, or null. */
+  private readonly iotlb: Iotlb | null;
 
   constructor(boot: WorkerBoot, cfg: QueueConfig, rxFilter: RxFilter, frameFilter: FrameFilter | undefined) {
     const c = boot.counters;
@@ -82,10 +84,15 @@ class ActiveQueue {
     this.dropHeld = boot.role === 'rx' && rx.dropHeld !== undefined ? () => rx.dropHeld!() : () => 0;
     this.regions = cfg.regions;
     this.watchMappings();
+    this.iotlb = cfg.iotlb === null ? null : new Iotlb(cfg.iotlb);
     const mem = memoryFromMappings(cfg.regions);
+    mem.setIotlb(this.iotlb);
     this.queue.attach(mem); // a ring that does not fit throws, and the queue is reported broken
     const parts = { queue: this.queue, mem, f, counters: c, pending: this.pending, burst: cfg.burst };
-    const fds: LoopFds = { kickFd: cfg.kickFd, ctlFd: boot.ctlFd, ctlFlag: boot.ctlFlag, busyPoll: cfg.busyPoll };
+    const fds: LoopFds = {
+      kickFd: cfg.kickFd, ctlFd: boot.ctlFd, ctlFlag: boot.ctlFlag, busyPoll: cfg.busyPoll,
+      ...(this.iotlb ? { reportMiss: (iova: number, access: number) => boot.control.postMessage({ ev: 'iotlbMiss', iova, access } satisfies WorkerEvent) } : {}),
+    };
     if (boot.role === 'tx') {
       const ctx = this.observed(new ServiceContext({ ...parts, port: ports.tx }), cfg);
       const tx = new TxService(ctx, { backendHdrLen: f.hdrLen, discard: cfg.discard });
@@ -135,6 +142,7 @@ class ActiveQueue {
     this.regions = regions;
     this.watchMappings();
     const mem = memoryFromMappings(regions);
+    mem.setIotlb(this.iotlb);
     this.queue.attach(mem);
     this.ctx.mem = mem;
     this.views.clear(); // the loop caches nothing of memory: it asks the queue's watch() at every sleep

@@ -48,6 +48,7 @@ export const QUEUE_FAMILIES = {
   lgnet_queue_dirty_log_missed_pages_total: { type: 'counter', help: 'Guest pages written during dirty logging that lay beyond the end of the log (not marked).' },
   lgnet_queue_ring_base_recovered_total: { type: 'counter', help: "Times the queue started where its ring shows, not at the front-end's base, which the ring contradicted." },
   lgnet_queue_memory_faults_total: { type: 'counter', help: 'Times the queue found its guest memory shrunk under it and stopped (the device needs a reset).' },
+  lgnet_queue_iotlb_misses_total: { type: 'counter', help: 'Behind an IOMMU: times the queue found no IOTLB mapping for a buffer and asked the front-end for one.' },
   lgnet_queue_io_uring: { type: 'gauge', help: 'Whether the queue moves its tap frames through a restricted io_uring ring (1) or readv/writev (0).' },
   lgnet_queue_rx_kept_buffers: { type: 'gauge', help: 'RX buffers (chains) the device holds, taken from the ring and not yet filled; given back when the queue stops.' },
 } as const satisfies Record<string, { type: 'counter' | 'gauge'; help: string }>;
@@ -113,6 +114,7 @@ export const QUEUE_SERIES: Readonly<Record<MetricName, QueueSeries>> = {
   dirtyLogMissed: { metric: 'lgnet_queue_dirty_log_missed_pages_total' },
   ringBaseRecovered: { metric: 'lgnet_queue_ring_base_recovered_total' },
   memoryFaults: { metric: 'lgnet_queue_memory_faults_total' },
+  iotlbMisses: { metric: 'lgnet_queue_iotlb_misses_total' },
   ioUring: { metric: 'lgnet_queue_io_uring' },
   rxKept: { metric: 'lgnet_queue_rx_kept_buffers', only: 'rx' },
 };
