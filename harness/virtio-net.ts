@@ -9,6 +9,10 @@
  * vring DriverVirtqueue (vring/driver-queue.ts), so nothing below depends on the format; a packed
  * queue's setup names its descriptor ring `desc`, its driver event area `avail` and its device event
  * area `used`, as vhost-user SET_VRING_ADDR carries them.
+ *
+ * IOMMU: with `dmaOffset` (VIRTIO_F_ACCESS_PLATFORM behind HarnessIommu) every descriptor and indirect
+ * table address the queues write is an IOVA, gpa + dmaOffset; setups, slots and the driver's own reads
+ * and writes stay guest physical (the front-end turns ring addresses into IOVAs itself).
  */
 import * as native from '../native/index.ts';
 import {
@@ -57,6 +61,11 @@ export interface NetDriverOptions {
   rxBufferSize?: number;
   /** Set up the control queue (index 2·maxPairs). */
   ctrl?: { maxPairs: number };
+  /**
+   * Behind an IOMMU (VIRTIO_F_ACCESS_PLATFORM): descriptors and indirect tables carry the I/O virtual
+   * address gpa + dmaOffset (HarnessIommu's `offset`) instead of the guest physical one. Default 0.
+   */
+  dmaOffset?: number;
 }
 
 /** Entries of each indirect table the driver keeps for TX. */
@@ -125,9 +134,10 @@ export class DriverRing {
   readonly slots: number[];
   private readonly freeSlots: number[] = [];
 
-  constructor(ram: GuestRam, index: number, size: number, eventIdx: boolean, slotSize: number, format: RingFormat = 'split') {
+  /** `dmaOffset`: added to every address the queue writes into a descriptor (the IOVA behind an IOMMU). */
+  constructor(ram: GuestRam, index: number, size: number, eventIdx: boolean, slotSize: number, format: RingFormat = 'split', dmaOffset = 0) {
     const l = driverRingLayout(format, size, ram.alloc(driverRingSpan(format, size) + 4096, 4096));
-    this.q = createDriverQueue(ram.mem, { format, size, desc: l.desc, avail: l.avail, used: l.used, eventIdx });
+    this.q = createDriverQueue(ram.mem, { format, size, desc: l.desc, avail: l.avail, used: l.used, eventIdx, dmaOffset });
     this.q.init();
     this.format = format;
     this.index = index;
@@ -197,6 +207,8 @@ export class VirtioNetDriver {
   readonly hdrLen: number;
   readonly mrg: boolean;
   readonly rxBufferSize: number;
+  /** Added to every address written into a descriptor: 0, or the IOMMU's IOVA offset (NetDriverOptions.dmaOffset). */
+  readonly dmaOffset: number;
   readonly rx: DriverRing[] = [];
   readonly tx: DriverRing[] = [];
   readonly ctrlRing: DriverRing | null = null;
@@ -213,11 +225,12 @@ export class VirtioNetDriver {
     const bigRx = has(opts.features, 'GUEST_TSO4') || has(opts.features, 'GUEST_TSO6') || has(opts.features, 'GUEST_UFO');
     this.rxBufferSize = opts.rxBufferSize ?? (this.mrg ? 2048 : this.hdrLen + (bigRx ? 65_562 : 9_018));
     const size = opts.queueSize ?? 256;
+    const dma = (this.dmaOffset = opts.dmaOffset ?? 0);
     for (let p = 0; p < (opts.pairs ?? 1); p++) {
-      this.rx.push(new DriverRing(ram, 2 * p, size, eventIdx, this.rxBufferSize, format));
-      this.tx.push(new DriverRing(ram, 2 * p + 1, size, eventIdx, TX_SLOT, format));
+      this.rx.push(new DriverRing(ram, 2 * p, size, eventIdx, this.rxBufferSize, format, dma));
+      this.tx.push(new DriverRing(ram, 2 * p + 1, size, eventIdx, TX_SLOT, format, dma));
     }
-    if (opts.ctrl) this.ctrlRing = new DriverRing(ram, 2 * opts.ctrl.maxPairs, 64, eventIdx, 1024, format);
+    if (opts.ctrl) this.ctrlRing = new DriverRing(ram, 2 * opts.ctrl.maxPairs, 64, eventIdx, 1024, format, dma);
     this.hdrScratch = new Uint8Array(12);
   }
 

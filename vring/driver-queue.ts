@@ -88,6 +88,11 @@ export interface DriverVirtqueueOptions extends DriverRingAddresses {
   size: number;
   /** VIRTIO_F_RING_EVENT_IDX negotiated. */
   eventIdx?: boolean;
+  /**
+   * Added to every address written into a descriptor, buffers and indirect tables (default 0): behind
+   * an IOMMU the device sees I/O virtual addresses gpa + dmaOffset; the driver still uses the gpa.
+   */
+  dmaOffset?: number;
 }
 
 /** The driver side of one virtqueue: what createDriverQueue() returns, for either ring format. */
@@ -96,6 +101,8 @@ export interface DriverVirtqueue {
   readonly mem: GuestMemory;
   readonly size: number;
   readonly eventIdx: boolean;
+  /** What add() adds to every address it writes into a descriptor (0 without an IOMMU). */
+  readonly dmaOffset: number;
   /** Length of the completion returned by the last successful popUsed(). */
   lastUsedLen: number;
   /** Free descriptor slots: a direct chain of n buffers needs n, an indirect one 1. */
@@ -159,7 +166,7 @@ export function driverRingLayout(format: RingFormat, size: number, base: number)
 
 /** The driver side of a ring of either format over `mem`; validates the layout. Call init() before use. */
 export function createDriverQueue(mem: GuestMemory, opts: DriverVirtqueueOptions): DriverVirtqueue {
-  const base = { size: opts.size, desc: opts.desc, eventIdx: opts.eventIdx ?? false };
+  const base = { size: opts.size, desc: opts.desc, eventIdx: opts.eventIdx ?? false, dmaOffset: opts.dmaOffset ?? 0 };
   return opts.format === 'packed'
     ? new PackedDriverVirtqueue(mem, { ...base, driver: opts.avail, device: opts.used })
     : new SplitDriverVirtqueue(mem, { ...base, avail: opts.avail, used: opts.used });

@@ -49,6 +49,18 @@ export interface DriverQueueOptions {
   used: number;
   /** VIRTIO_F_EVENT_IDX negotiated. */
   eventIdx?: boolean;
+  /**
+   * Added to every address written into a descriptor (buffers and indirect tables), default 0: behind
+   * an IOMMU (VIRTIO_F_ACCESS_PLATFORM) the device is given I/O virtual addresses, here gpa + dmaOffset,
+   * while the driver itself still reads and writes the bytes at the guest physical address.
+   */
+  dmaOffset?: number;
+}
+
+/** Checks a dmaOffset option: a non-negative integer below 2^53. */
+export function checkDmaOffset(off: number): number {
+  if (!Number.isSafeInteger(off) || off < 0) throw new RangeError(`dmaOffset ${off}: not an integer in [0, 2^53)`);
+  return off;
 }
 
 /** A completion taken from the used ring. */
@@ -65,6 +77,8 @@ export class DriverQueue {
   readonly avail: number;
   readonly used: number;
   readonly eventIdx: boolean;
+  /** What add() adds to every address it writes into a descriptor (the IOVA = gpa + dmaOffset); 0 without an IOMMU. */
+  readonly dmaOffset: number;
   /** Length of the element returned by the last successful popUsed(). */
   lastUsedLen = 0;
 
@@ -97,6 +111,7 @@ export class DriverQueue {
     this.avail = opts.avail;
     this.used = opts.used;
     this.eventIdx = opts.eventIdx ?? false;
+    this.dmaOffset = checkDmaOffset(opts.dmaOffset ?? 0);
     const size = this.size;
     this.mask = size - 1;
     this.descU32 = new Uint32Array(locs.desc.buffer, locs.desc.byteOffset, 4 * size);
@@ -177,35 +192,38 @@ export class DriverQueue {
    * Add a chain: `readable` buffers (device reads) then `writable` ones (device writes). Direct, or
    * through an indirect table written at guest address `opts.indirectAt` (16 bytes per buffer).
    * Returns the head, or -1 when there are not enough free descriptors. The head is made available
-   * to the device only at the next publish(). Lengths and addresses are written as given (u32 / < 2^53):
-   * the harness can build invalid chains on purpose.
+   * to the device only at the next publish(). Lengths and addresses are written as given (u32 / < 2^53),
+   * plus dmaOffset: the harness can build invalid chains on purpose.
    */
   add(readable: readonly GuestBuffer[], writable: readonly GuestBuffer[], opts?: { indirectAt?: number }): number {
     const n = readable.length + writable.length;
     if (n === 0) throw new RangeError('add: a chain needs at least one buffer');
+    const off = this.dmaOffset;
     for (let i = 0; i < n; i++) {
       const b = i < readable.length ? readable[i]! : writable[i - readable.length]!;
-      if (!Number.isSafeInteger(b.addr) || b.addr < 0 || (b.len >>> 0) !== b.len) throw new RangeError(`add: bad buffer ${b.addr}/${b.len}`);
+      if (!Number.isSafeInteger(b.addr + off) || b.addr < 0 || (b.len >>> 0) !== b.len) throw new RangeError(`add: bad buffer ${b.addr}/${b.len}`);
     }
     let head: number;
     if (opts?.indirectAt !== undefined) {
       if (this.freeTop < 1) return -1;
       const table = opts.indirectAt;
+      if (off !== 0 && !Number.isSafeInteger(table + off)) throw new RangeError(`add: bad indirect table address ${table}`);
       const bytes = new Uint8Array(n * DESC_SIZE);
       const dv = new DataView(bytes.buffer);
       for (let i = 0; i < n; i++) {
         const b = i < readable.length ? readable[i]! : writable[i - readable.length]!;
         const flags = (i >= readable.length ? VRING_DESC_F_WRITE : 0) | (i < n - 1 ? VRING_DESC_F_NEXT : 0);
         const o = i * DESC_SIZE;
-        dv.setUint32(o, b.addr >>> 0, true);
-        dv.setUint32(o + 4, Math.floor(b.addr / TWO32), true);
+        const a = b.addr + off;
+        dv.setUint32(o, a >>> 0, true);
+        dv.setUint32(o + 4, Math.floor(a / TWO32), true);
         dv.setUint32(o + 8, b.len, true);
         dv.setUint16(o + 12, flags, true);
         dv.setUint16(o + 14, i < n - 1 ? i + 1 : 0, true);
       }
       this.mem.write(table, bytes);
       head = this.freeStack[--this.freeTop]!;
-      this.writeDesc(head, table, n * DESC_SIZE, VRING_DESC_F_INDIRECT, 0);
+      this.writeDesc(head, table + off, n * DESC_SIZE, VRING_DESC_F_INDIRECT, 0);
       this.chainLen[head] = 1;
     } else {
       if (this.freeTop < n) return -1;
@@ -218,7 +236,7 @@ export class DriverQueue {
           this.descU32[(prev << 2) + 3] = this.descU32[(prev << 2) + 3]! | VRING_DESC_F_NEXT | (d << 16);
         }
         const b = i < readable.length ? readable[i]! : writable[i - readable.length]!;
-        this.writeDesc(d, b.addr, b.len, i >= readable.length ? VRING_DESC_F_WRITE : 0, 0);
+        this.writeDesc(d, b.addr + off, b.len, i >= readable.length ? VRING_DESC_F_WRITE : 0, 0);
         prev = d;
       }
       this.chainLen[head] = n;

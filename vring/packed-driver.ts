@@ -19,7 +19,7 @@
 import { RingStateError, VringErrorCode } from './errors.ts';
 import { VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE } from './layout.ts';
 import type { GuestMemory } from './memory.ts';
-import type { GuestBuffer, UsedElement } from './driver.ts';
+import { checkDmaOffset, type GuestBuffer, type UsedElement } from './driver.ts';
 import { mapPackedRing, packedNeedEvent } from './packed.ts';
 import {
   EVENT_AREA_SIZE,
@@ -65,6 +65,8 @@ export interface PackedDriverQueueOptions {
   device: number;
   /** VIRTIO_F_RING_EVENT_IDX negotiated. */
   eventIdx?: boolean;
+  /** Added to every address written into a descriptor (buffers, indirect tables): the IOVA behind an IOMMU. Default 0. */
+  dmaOffset?: number;
 }
 
 /** Driver side of a packed virtqueue over `mem`. */
@@ -75,6 +77,8 @@ export class PackedDriverQueue {
   readonly driver: number;
   readonly device: number;
   readonly eventIdx: boolean;
+  /** What add() adds to every address it writes into a descriptor (the IOVA = gpa + dmaOffset); 0 without an IOMMU. */
+  readonly dmaOffset: number;
   /** Length of the buffer returned by the last successful popUsed() (0 when the device wrote nothing). */
   lastUsedLen = 0;
 
@@ -116,6 +120,7 @@ export class PackedDriverQueue {
     this.driver = opts.driver;
     this.device = opts.device;
     this.eventIdx = opts.eventIdx ?? false;
+    this.dmaOffset = checkDmaOffset(opts.dmaOffset ?? 0);
     const size = this.size;
     this.mod = 2 * size;
     this.descU32 = new Uint32Array(locs.desc.buffer, locs.desc.byteOffset, DESC_U32 * size);
@@ -213,16 +218,18 @@ export class PackedDriverQueue {
    * consecutive slots linked by NEXT, or through an indirect table written at guest address
    * `opts.indirectAt` (16 bytes per element) in one slot. Returns its buffer id, or -1 when there are
    * not enough free slots or ids. The tail is written now; the head's flags, which hand the buffer over,
-   * at the next publish(). Lengths and addresses are written as given (u32 / < 2^53).
+   * at the next publish(). Lengths and addresses are written as given (u32 / < 2^53), plus dmaOffset.
    */
   add(readable: readonly GuestBuffer[], writable: readonly GuestBuffer[], opts?: { indirectAt?: number }): number {
     const n = readable.length + writable.length;
     if (n === 0) throw new RangeError('add: a buffer needs at least one element');
+    const off = this.dmaOffset;
     for (let i = 0; i < n; i++) {
       const b = i < readable.length ? readable[i]! : writable[i - readable.length]!;
-      if (!Number.isSafeInteger(b.addr) || b.addr < 0 || (b.len >>> 0) !== b.len) throw new RangeError(`add: bad buffer ${b.addr}/${b.len}`);
+      if (!Number.isSafeInteger(b.addr + off) || b.addr < 0 || (b.len >>> 0) !== b.len) throw new RangeError(`add: bad buffer ${b.addr}/${b.len}`);
     }
     const indirect = opts?.indirectAt !== undefined;
+    if (indirect && off !== 0 && !Number.isSafeInteger(opts.indirectAt! + off)) throw new RangeError(`add: bad indirect table address ${opts.indirectAt}`);
     const slots = indirect ? 1 : n;
     if (this.freeTop === 0 || this.freeSlots < slots) return -1;
     const id = this.freeIds[--this.freeTop]!;
@@ -237,14 +244,15 @@ export class PackedDriverQueue {
       for (let i = 0; i < n; i++) {
         const b = i < readable.length ? readable[i]! : writable[i - readable.length]!;
         const o = i * PACKED_DESC_SIZE;
-        dv.setUint32(o + PACKED_DESC_ADDR, b.addr >>> 0, true);
-        dv.setUint32(o + PACKED_DESC_ADDR + 4, Math.floor(b.addr / TWO32), true);
+        const a = b.addr + off;
+        dv.setUint32(o + PACKED_DESC_ADDR, a >>> 0, true);
+        dv.setUint32(o + PACKED_DESC_ADDR + 4, Math.floor(a / TWO32), true);
         dv.setUint32(o + PACKED_DESC_LEN, b.len, true);
         // §2.8.7: WRITE is the only flag an indirect entry carries; id is reserved.
         dv.setUint16(o + PACKED_DESC_FLAGS, i >= readable.length ? VRING_DESC_F_WRITE : 0, true);
       }
       this.mem.write(table, bytes);
-      this.writeDesc(firstSlot, table, n * PACKED_DESC_SIZE, id);
+      this.writeDesc(firstSlot, table + off, n * PACKED_DESC_SIZE, id);
       headFlags = VRING_DESC_F_INDIRECT | this.availBits(first);
     } else {
       headFlags = 0;
@@ -253,7 +261,7 @@ export class PackedDriverQueue {
         const b = i < readable.length ? readable[i]! : writable[i - readable.length]!;
         const slot = lin < size ? lin : lin - size;
         // Every element carries the id; the spec reads it from the last (§2.8.6).
-        this.writeDesc(slot, b.addr, b.len, id);
+        this.writeDesc(slot, b.addr + off, b.len, id);
         const f = (i >= readable.length ? VRING_DESC_F_WRITE : 0) | (i < n - 1 ? VRING_DESC_F_NEXT : 0) | this.availBits(lin);
         if (i === 0) headFlags = f;
         else Atomics.store(this.descU16, slot * DESC_U16 + FLAGS_U16, f);
