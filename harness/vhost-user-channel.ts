@@ -99,7 +99,7 @@ export class FrontendChannel {
     const needReply = opts.needReply ?? this.replyAck;
     this.sendRequest(request, payload, { ...(opts.fds ? { fds: opts.fds } : {}), needReply });
     if (!REPLYING.has(request) && !needReply) return undefined;
-    const m = await this.readMessage();
+    const m = await this.replyInTurn(() => this.readMessage());
     if (m.request !== request || !(m.flags & FLAGS.REPLY)) {
       for (const fd of m.fds) native.close(fd);
       throw new FrontendError(FRONTEND_ERROR.BAD_REPLY, `expected a ${requestName(request)} reply, got ${requestName(m.request)} flags 0x${m.flags.toString(16)}`);
@@ -109,6 +109,25 @@ export class FrontendChannel {
       if (v !== 0n) throw new FrontendError(FRONTEND_ERROR.NACK, `${requestName(request)} was refused (REPLY_ACK ${v})`);
     }
     return m;
+  }
+
+  private replyTurn: Promise<void> = Promise.resolve();
+
+  /**
+   * Runs `read` (which takes a reply) once every request sent earlier has taken its own. A back-end
+   * answers in the order it was asked, and a HarnessIommu answers IOTLB misses on this channel while
+   * another request may be waiting for its reply: each reply must go to the request it belongs to.
+   */
+  protected async replyInTurn<T>(read: () => Promise<T>): Promise<T> {
+    const before = this.replyTurn;
+    let done!: () => void;
+    this.replyTurn = new Promise((r) => (done = r));
+    try {
+      await before;
+      return await read();
+    } finally {
+      done();
+    }
   }
 
   /** The next message from the back-end. */

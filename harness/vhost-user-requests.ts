@@ -6,11 +6,11 @@
  *   FrontendChannel (socket, framing) ◀── FrontendRequests (this file) ◀── VhostUserFrontend (driver setup)
  *
  * Spec: QEMU docs/interop/vhost-user.rst, "Front-end message types" (each method names its request),
- * "Memory access", "Ring states", "Inflight I/O tracking".
+ * "Memory access", "Ring states", "Inflight I/O tracking", "IOMMU support".
  */
 import {
-  decodeConfig, decodeInflight, decodeMemTable, decodeU64, decodeVringState, encodeConfig, encodeInflight, encodeLog, encodeMemTable,
-  encodeSingleMemRegion, encodeU64, encodeVringAddr, encodeVringFile, encodeVringState, FLAGS, PROTOCOL_F, REQ, requestName,
+  decodeConfig, decodeInflight, decodeMemTable, decodeU64, decodeVringState, encodeConfig, encodeInflight, encodeIotlb, encodeLog, encodeMemTable,
+  encodeSingleMemRegion, encodeU64, encodeVringAddr, encodeVringFile, encodeVringState, FLAGS, IOTLB_TYPE, PROTOCOL_F, REQ, requestName,
 } from '../sandbox/vhost-user/messages.ts';
 import * as native from '../native/index.ts';
 import { FrontendChannel, FrontendError, FRONTEND_ERROR } from './vhost-user-channel.ts';
@@ -176,7 +176,7 @@ export class FrontendRequests extends FrontendChannel {
   async setLogBase(fd: number, size: number | bigint, offset: number | bigint = 0): Promise<void> {
     this.sendRequest(REQ.SET_LOG_BASE, encodeLog({ mmapSize: size, mmapOffset: offset }), { fds: [fd], needReply: false });
     if (!(this.protocolFeatures & (1n << BigInt(PROTOCOL_F.LOG_SHMFD)))) return;
-    const m = await this.readMessage();
+    const m = await this.replyInTurn(() => this.readMessage());
     for (const f of m.fds) native.closeQuietly(f);
     if (m.request !== REQ.SET_LOG_BASE || !(m.flags & FLAGS.REPLY)) {
       throw new FrontendError(FRONTEND_ERROR.BAD_REPLY, `expected a SET_LOG_BASE reply, got ${requestName(m.request)} flags 0x${m.flags.toString(16)}`);
@@ -220,7 +220,7 @@ export class FrontendRequests extends FrontendChannel {
    */
   async setMemTablePostcopy(regions: readonly FrontendRegion[]): Promise<number[]> {
     this.sendRequest(REQ.SET_MEM_TABLE, encodeMemTable(regions), { fds: regions.map((r) => r.fd) });
-    const m = await this.readMessage();
+    const m = await this.replyInTurn(() => this.readMessage());
     for (const f of m.fds) native.closeQuietly(f);
     if (m.request !== REQ.SET_MEM_TABLE || !(m.flags & FLAGS.REPLY)) {
       throw new FrontendError(FRONTEND_ERROR.BAD_REPLY, `expected the postcopy SET_MEM_TABLE reply, got ${requestName(m.request)} flags 0x${m.flags.toString(16)}`);
@@ -231,6 +231,31 @@ export class FrontendRequests extends FrontendChannel {
     }
     this.sendRequest(REQ.SET_MEM_TABLE, encodeU64(0));
     return answered.map((r) => Number(r.uaddr));
+  }
+
+  // ---- IOMMU (VIRTIO_F_ACCESS_PLATFORM): the vIOMMU's side, as QEMU's vhost code plays it
+
+  /**
+   * SET_SLAVE_REQ_FD (needs PROTOCOL_F_SLAVE_REQ): hands the back-end its end of the back-end channel,
+   * on which it sends IOTLB misses. The fd is duplicated into the back-end; the caller still closes its
+   * copy.
+   */
+  async setBackendReqFd(fd: number): Promise<void> {
+    await this.request(REQ.SET_SLAVE_REQ_FD, new Uint8Array(0), { fds: [fd] });
+  }
+
+  /**
+   * IOTLB_MSG UPDATE: I/O virtual addresses [iova, iova + size) map to front-end virtual addresses from
+   * uaddr, with perm 1 (read only), 2 (write only) or 3 (read/write). Acknowledged when REPLY_ACK is
+   * negotiated (as QEMU asks), so the back-end holds the mapping when this resolves.
+   */
+  async iotlbUpdate(iova: number | bigint, size: number | bigint, uaddr: number | bigint, perm: number): Promise<void> {
+    await this.request(REQ.IOTLB_MSG, encodeIotlb({ iova, size, uaddr, perm, type: IOTLB_TYPE.UPDATE }));
+  }
+
+  /** IOTLB_MSG INVALIDATE: the back-end must drop every mapping of [iova, iova + size). Acknowledged like iotlbUpdate. */
+  async iotlbInvalidate(iova: number | bigint, size: number | bigint): Promise<void> {
+    await this.request(REQ.IOTLB_MSG, encodeIotlb({ iova, size, perm: 0, type: IOTLB_TYPE.INVALIDATE }));
   }
 
   /** A cheap round trip: every earlier message has been handled when it returns (QEMU's trick without REPLY_ACK). */
