@@ -12,6 +12,8 @@
  *   netns               throw-away network namespaces with taps inside (root), cleaned up at exit
  *   DirtyLog, DirtyLogAudit   migration's dirty log as the VMM holds it, and an auditor of a back-end's
  *                       marks: every page it wrote must be logged
+ *   HarnessIommu        a vIOMMU (VIRTIO_F_ACCESS_PLATFORM) in front of the RAM: serves a back-end's
+ *                       IOTLB misses, denies or restricts ranges, invalidates
  *
  * It uses vring/ (the driver half of the rings) and native/ (memfd, eventfd, sockets). docs/HARNESS.md
  * has a walk-through.
@@ -22,6 +24,9 @@ export {
   VhostUserFrontend, FrontendListener, FrontendError, FRONTEND_ERROR, FRONTEND_PROTOCOL_FEATURES, type FrontendErrorCode,
   type FrontendRegion, type ReceivedMessage, type NegotiateOptions, type Negotiated,
 } from './vhost-user-frontend.ts';
+export {
+  HarnessIommu, IOMMU_PERM, DEFAULT_IOVA_OFFSET, type HarnessIommuOptions, type IommuMiss, type MissAnswer,
+} from './iommu.ts';
 export * as frames from './frames.ts';
 export {
   DirtyLog, DirtyLogAudit, DIRTY_PAGE_SIZE, usedNotTaken,

@@ -13,15 +13,18 @@
  *
  * Addresses: the driver's ring addresses are guest physical; SET_VRING_ADDR takes front-end virtual
  * ones, here ram.uaddr + (gpa - ram.gpa), consistent with the region's user address in the table.
+ * Behind a vIOMMU (`iommu`, VIRTIO_F_ACCESS_PLATFORM) it takes I/O virtual addresses instead, gpa +
+ * iommu.offset, and so does the dirty log's used-ring address (QEMU's used_phys is then an IOVA too).
  *
  *   vhost-user-channel.ts    the socket, framing, fds, reply timeouts, FrontendError
  *   vhost-user-requests.ts   one typed method per request
  *   vhost-user-frontend.ts   (this file) connect/listen, negotiate, attachDriver, startRing, stopDriver,
  *                            startDirtyLog/stopDirtyLog (migration's dirty log; dirty-log.ts checks it)
+ *   iommu.ts                 HarnessIommu, the vIOMMU: serves the back-end's IOTLB misses
  *
  * Spec: QEMU docs/interop/vhost-user.rst, the front-end's side of "Front-end message types", "Ring
  * states" (rings start disabled with VHOST_USER_F_PROTOCOL_FEATURES), "Protocol features",
- * "Migration" (dirty logging).
+ * "Migration" (dirty logging), "IOMMU support".
  */
 import { existsSync, unlinkSync } from 'node:fs';
 import * as native from '../native/index.ts';
@@ -29,6 +32,7 @@ import type { GuestRam } from './guest-ram.ts';
 import type { VirtioNetDriver } from './virtio-net.ts';
 import { F_LOG_ALL, F_PROTOCOL_FEATURES, PROTOCOL_F, protocolMask, VRING_F_LOG } from '../sandbox/vhost-user/messages.ts';
 import { DirtyLog } from './dirty-log.ts';
+import type { HarnessIommu } from './iommu.ts';
 import { FrontendError, FRONTEND_ERROR, sleep } from './vhost-user-channel.ts';
 import { FrontendRequests, type FrontendRegion } from './vhost-user-requests.ts';
 
@@ -39,6 +43,10 @@ export type { FrontendRegion } from './vhost-user-requests.ts';
 const PROTOCOL_BIT = 1n << BigInt(F_PROTOCOL_FEATURES);
 const LOG_ALL_BIT = 1n << BigInt(F_LOG_ALL);
 const LOG_SHMFD_BIT = 1n << BigInt(PROTOCOL_F.LOG_SHMFD);
+/** VIRTIO_F_ACCESS_PLATFORM: the device reaches memory through the platform's IOMMU. */
+const ACCESS_PLATFORM_BIT = 1n << 33n;
+/** What QEMU requires of a back-end behind a vIOMMU: a channel for misses, and acknowledged updates. */
+const IOMMU_PROTOCOL: bigint = protocolMask('SLAVE_REQ', 'REPLY_ACK');
 
 /** Protocol features the harness understands and asks for by default. */
 export const FRONTEND_PROTOCOL_FEATURES: bigint = protocolMask('MQ', 'REPLY_ACK', 'CONFIG', 'NET_MTU', 'CONFIGURE_MEM_SLOTS', 'STATUS', 'INFLIGHT_SHMFD', 'RARP', 'LOG_SHMFD');
@@ -48,6 +56,13 @@ export interface NegotiateOptions {
   features?: bigint | ((offered: bigint) => bigint);
   /** Protocol features wanted; intersected with the offer. Default FRONTEND_PROTOCOL_FEATURES. */
   protocolFeatures?: bigint;
+  /**
+   * Put the device behind this vIOMMU, as QEMU does for iommu_platform=on: ACCESS_PLATFORM is added to
+   * the features, SLAVE_REQ and REPLY_ACK to the protocol features (FrontendError NOT_OFFERED unless the
+   * back-end offers all three), and SET_SLAVE_REQ_FD follows SET_PROTOCOL_FEATURES. From then on ring
+   * addresses are sent as IOVAs.
+   */
+  iommu?: HarnessIommu;
 }
 
 export interface Negotiated {
@@ -65,6 +80,12 @@ export interface Negotiated {
 
 /** A vhost-user front-end playing the VMM: every request of FrontendRequests, and a driver's setup. */
 export class VhostUserFrontend extends FrontendRequests {
+  /**
+   * The vIOMMU the device sits behind (set by negotiate / attachDriver with `iommu`): while set, every
+   * ring address (SET_VRING_ADDR, the dirty log's) is sent as an IOVA.
+   */
+  iommu: HarnessIommu | null = null;
+
   private constructor(fd: number, timeoutMs: number) {
     super(fd, timeoutMs);
   }
@@ -101,16 +122,31 @@ export class VhostUserFrontend extends FrontendRequests {
     let protocolFeatures = 0n;
     let queueNum: number | undefined;
     let maxMemSlots: number | undefined;
+    const iommu = opts.iommu;
+    if (iommu) {
+      if (!(offered & ACCESS_PLATFORM_BIT)) throw new FrontendError(FRONTEND_ERROR.NOT_OFFERED, 'the back-end does not offer VIRTIO_F_ACCESS_PLATFORM (bit 33)');
+      if (!(offered & PROTOCOL_BIT)) throw new FrontendError(FRONTEND_ERROR.NOT_OFFERED, 'IOMMU support needs protocol features (SLAVE_REQ, REPLY_ACK)');
+    }
     if (offered & PROTOCOL_BIT) {
       protocolOffered = await this.getProtocolFeatures();
-      protocolFeatures = protocolOffered & (opts.protocolFeatures ?? FRONTEND_PROTOCOL_FEATURES);
+      protocolFeatures = protocolOffered & ((opts.protocolFeatures ?? FRONTEND_PROTOCOL_FEATURES) | (iommu ? IOMMU_PROTOCOL : 0n));
+      if (iommu && (protocolFeatures & IOMMU_PROTOCOL) !== IOMMU_PROTOCOL) {
+        // QEMU refuses the device the same way: "IOMMU support requires reply-ack and slave-req protocol features".
+        throw new FrontendError(FRONTEND_ERROR.NOT_OFFERED, 'IOMMU support requires the SLAVE_REQ and REPLY_ACK protocol features');
+      }
       await this.setProtocolFeatures(protocolFeatures);
       if (protocolFeatures & (1n << BigInt(PROTOCOL_F.MQ))) queueNum = await this.getQueueNum();
       if (protocolFeatures & (1n << BigInt(PROTOCOL_F.CONFIGURE_MEM_SLOTS))) maxMemSlots = await this.getMaxMemSlots();
+      // QEMU's order (vhost_user_backend_init): the back-end channel right after the protocol features.
+      if (iommu) {
+        await iommu.attach();
+        this.iommu = iommu;
+      }
     }
     await this.setOwner();
     const device = offered & ~PROTOCOL_BIT;
-    const wanted = typeof opts.features === 'function' ? opts.features(device) : (opts.features ?? device);
+    let wanted = typeof opts.features === 'function' ? opts.features(device) : (opts.features ?? device);
+    if (iommu) wanted |= ACCESS_PLATFORM_BIT;
     const extra = wanted & ~offered;
     if (extra) throw new FrontendError(FRONTEND_ERROR.NOT_OFFERED, `features 0x${extra.toString(16)} are not offered by the back-end`);
     const features = wanted | (offered & PROTOCOL_BIT);
@@ -138,24 +174,56 @@ export class VhostUserFrontend extends FrontendRequests {
    * 1) for a fresh packed one — a packed ring's base is encodePackedRingBase's, as in QEMU and DPDK.
    * For packed rings ADDR carries the descriptor ring, the driver event area (avail) and the device
    * event area (used). Returns the negotiation. Afterwards post RX buffers with drv.fillRx().
+   *
+   * `iommu` puts the device behind that vIOMMU (see NegotiateOptions.iommu; with `negotiate: false`
+   * SLAVE_REQ must already be negotiated, and SET_SLAVE_REQ_FD is sent here unless the IOMMU is
+   * attached). The driver must write IOVAs (its dmaOffset equal to iommu.offset) and ram must be the
+   * IOMMU's. Rings are then given as IOVAs and, once the driver is up, each used ring's translation is
+   * pushed as QEMU's vhost_dev_start does (unless iommu.pushUsed is false).
    */
-  async attachDriver(drv: VirtioNetDriver, ram: GuestRam, opts: { negotiate?: boolean; enable?: boolean; base?: (index: number) => number; protocolFeatures?: bigint } = {}): Promise<Negotiated | undefined> {
+  async attachDriver(
+    drv: VirtioNetDriver,
+    ram: GuestRam,
+    opts: { negotiate?: boolean; enable?: boolean; base?: (index: number) => number; protocolFeatures?: bigint; iommu?: HarnessIommu } = {},
+  ): Promise<Negotiated | undefined> {
+    const iommu = opts.iommu;
+    if (iommu) {
+      if (iommu.fe !== this || iommu.ram !== ram) throw new RangeError('attachDriver: the IOMMU belongs to another front-end or RAM');
+      if (drv.dmaOffset !== iommu.offset) {
+        throw new RangeError(`attachDriver: the driver writes gpa + 0x${drv.dmaOffset.toString(16)}, the IOMMU maps gpa + 0x${iommu.offset.toString(16)} (NetDriverOptions.dmaOffset)`);
+      }
+    }
     let neg: Negotiated | undefined;
     if (opts.negotiate !== false) {
-      neg = await this.negotiate({ features: drv.features, ...(opts.protocolFeatures !== undefined ? { protocolFeatures: opts.protocolFeatures } : {}) });
+      neg = await this.negotiate({
+        features: drv.features,
+        ...(opts.protocolFeatures !== undefined ? { protocolFeatures: opts.protocolFeatures } : {}),
+        ...(iommu ? { iommu } : {}),
+      });
+    } else if (iommu) {
+      if (!iommu.attached) await iommu.attach();
+      this.iommu = iommu;
     }
     await this.setMemTable([VhostUserFrontend.regionOf(ram)]);
     for (const { index, setup } of drv.queueSetups()) await this.startRing(ram, index, setup, opts.base?.(index) ?? setup.lastAvail ?? 0, opts.enable !== false);
     // Like QEMU: the driver is up (ACKNOWLEDGE | DRIVER | FEATURES_OK | DRIVER_OK). Some back-ends
     // (DPDK's vhost library) do not start forwarding before they see it.
     if (this.protocolFeatures & (1n << BigInt(PROTOCOL_F.STATUS))) await this.setStatus(1 | 2 | 8 | 4);
+    // QEMU then pushes every used ring's translation ("vhost-kernel code requires for this").
+    if (iommu?.pushUsed) for (const { setup } of drv.queueSetups()) await iommu.prefetch(setup.used);
     if (!this.replyAck) await this.barrier();
     return neg;
+  }
+
+  /** The address SET_VRING_ADDR carries for a ring area at `gpa`: its IOVA behind an IOMMU, else its front-end address. */
+  ringAddress(ram: GuestRam, gpa: number): number {
+    return this.iommu ? this.iommu.toIova(gpa) : VhostUserFrontend.uaddrOf(ram, gpa);
   }
 
   /**
    * One ring: NUM, BASE, ADDR, KICK, CALL, ENABLE (when protocol features are in use). `base` defaults
    * to setup.lastAvail, else 0; for a packed ring it is the packed encoding (encodePackedRingBase).
+   * ADDR carries IOVAs while an IOMMU is set (ringAddress).
    */
   async startRing(
     ram: GuestRam,
@@ -164,7 +232,7 @@ export class VhostUserFrontend extends FrontendRequests {
     base = setup.lastAvail ?? 0,
     enable = true,
   ): Promise<void> {
-    const u = (gpa: number) => VhostUserFrontend.uaddrOf(ram, gpa);
+    const u = (gpa: number) => this.ringAddress(ram, gpa);
     await this.setVringNum(index, setup.size);
     await this.setVringBase(index, base);
     await this.setVringAddr(index, { desc: u(setup.desc), used: u(setup.used), avail: u(setup.avail) });
@@ -183,7 +251,7 @@ export class VhostUserFrontend extends FrontendRequests {
    * Starts dirty logging the way QEMU's vhost_migration_log does, on a driver already attached:
    * SET_LOG_BASE (the log, `opts.log` or a new DirtyLog covering ram), SET_FEATURES with
    * VHOST_F_LOG_ALL, then SET_VRING_ADDR with VHOST_VRING_F_LOG and log = the used ring's guest
-   * physical address for each of the driver's queues. Negotiates nothing: VHOST_F_LOG_ALL must be
+   * physical address (its IOVA behind an IOMMU) for each of the driver's queues. Negotiates nothing: VHOST_F_LOG_ALL must be
    * offered and LOG_SHMFD negotiated (FrontendError NOT_OFFERED otherwise). `setBase: false` skips
    * SET_LOG_BASE, to switch logging on again over the log the back-end already holds.
    * Returns the log; the caller closes it (the back-end keeps its own mapping).
@@ -222,10 +290,12 @@ export class VhostUserFrontend extends FrontendRequests {
 
   /** SET_VRING_ADDR for each of the driver's queues, with or without VHOST_VRING_F_LOG. */
   private async setRingLogging(drv: VirtioNetDriver, ram: GuestRam, on: boolean): Promise<void> {
-    const u = (gpa: number) => VhostUserFrontend.uaddrOf(ram, gpa);
+    const u = (gpa: number) => this.ringAddress(ram, gpa);
     for (const { index, setup } of drv.queueSetups()) {
-      // log_guest_addr is guest physical, unlike the three ring addresses (spec, "Migration").
-      await this.setVringAddr(index, { desc: u(setup.desc), used: u(setup.used), avail: u(setup.avail), log: setup.used, flags: on ? VRING_F_LOG : 0 });
+      // log_guest_addr is guest physical, unlike the three ring addresses (spec, "Migration"); behind an
+      // IOMMU QEMU sends the driver's used-ring address, an IOVA, and the back-end translates it.
+      const log = this.iommu ? this.iommu.toIova(setup.used) : setup.used;
+      await this.setVringAddr(index, { desc: u(setup.desc), used: u(setup.used), avail: u(setup.avail), log, flags: on ? VRING_F_LOG : 0 });
     }
   }
 
