@@ -9,7 +9,7 @@
  *               [--pcap FILE] [--{tx,rx}-rate-{bytes,ops} SIZE/MS] [--busy-poll US] [--io PATH] [--offer-config]
  *               [--worker-cpus LIST]
  *               [--coalesce-rx-usecs US] [--coalesce-tx-usecs US] [--coalesce-buffers N]
- *               [--guest-announce] [--postcopy]
+ *               [--guest-announce] [--postcopy] [--iommu]
  *               [--no-sandbox | [--chroot DIR] [--user U] [--group G]]
  *   lgnet serve --print-capabilities                            (the vhost-user conventions; other options ignored)
  *   lgnet stats ADDR [--once] [--json] [--interval MS]
@@ -73,6 +73,8 @@ export interface ServeOptions {
   guestAnnounce?: boolean;
   /** --postcopy: offer postcopy live migration (PROTOCOL_F_PAGEFAULT) through /dev/userfaultfd. */
   postcopy?: boolean;
+  /** --iommu: offer VIRTIO_F_ACCESS_PLATFORM, so a guest behind a virtual IOMMU (or a confidential one) can use the device. */
+  iommu?: boolean;
   /** Enter the jail (sandbox/jail.ts) once everything is open; on unless --no-sandbox. */
   jail: boolean;
   /** --print-policy: print the seccomp policy and exit. */
@@ -236,6 +238,7 @@ export function buildCli(actions: { serve: (opts: ServeOptions) => Promise<void>
     .addOption(new Option('--rx-rate-bytes <size/ms>', 'limit each RX queue (tap to guest) to SIZE bytes per MS milliseconds').argParser(bucket('--rx-rate-bytes')))
     .addOption(new Option('--rx-rate-ops <size/ms>', 'limit each RX queue to SIZE frames per MS milliseconds').argParser(bucket('--rx-rate-ops')))
     .option('--guest-announce', 'offer GUEST_ANNOUNCE: after a migration the front-end asks the guest to announce itself (gratuitous ARP through its TX queue) instead of sending SEND_RARP, which lgnet answers with a RARP broadcast')
+    .option('--iommu', 'offer VIRTIO_F_ACCESS_PLATFORM (QEMU: iommu_platform=on), with the back-end channel for IOTLB misses: behind a virtual IOMMU (intel-iommu,device-iotlb=on with ats=on) descriptors hold I/O virtual addresses that lgnet asks the front-end to translate; without one, QEMU turns the feature off and nothing changes')
     .option('--postcopy', 'offer postcopy live migration (the PAGEFAULT protocol feature): /dev/userfaultfd (Linux 6.1+) is opened before the jail, and the jail allows the userfaultfd ioctls; a destination lgnet needs it for QEMU\'s postcopy-ram')
     .option('--offer-config', 'offer the vhost-user CONFIG protocol feature, for front-ends that read the device config (MAC, MTU, link) from the back-end (cloud-hypervisor, UML); QEMU does not read it and warns when it is offered')
     .option('--no-sandbox', 'do NOT enter the jail (chroot, uid drop, rlimits, no_new_privs, seccomp); for debugging only')
@@ -280,6 +283,7 @@ export function buildCli(actions: { serve: (opts: ServeOptions) => Promise<void>
         offerConfig: o['offerConfig'] === true,
         guestAnnounce: o['guestAnnounce'] === true,
         postcopy: o['postcopy'] === true,
+        iommu: o['iommu'] === true,
         jail: o['sandbox'] !== false,
         printPolicy: o['printPolicy'] === true,
         chroot: o['chroot'] as string | undefined,

@@ -70,7 +70,7 @@ export async function startServing(opts: ServeOptions, log: Logger): Promise<Ser
     if (opts.pcap) pcapFd = openPcap(opts.pcap);
     device = new NetDevice({
       backend, mtu: opts.mtu, queuePairs: opts.queues, busyPoll: opts.busyPoll, coalesce: opts.coalesce,
-      features: VHOST_USER_NET_FEATURES | (opts.guestAnnounce ? mask('GUEST_ANNOUNCE') : 0n),
+      features: VHOST_USER_NET_FEATURES | (opts.guestAnnounce ? mask('GUEST_ANNOUNCE') : 0n) | (opts.iommu ? mask('ACCESS_PLATFORM') : 0n),
       ...(opts.mac ? { mac: opts.mac } : {}), ...(pcapFd >= 0 ? { capture: { fd: pcapFd } } : {}),
       ...(opts.rateLimit ? { rateLimit: opts.rateLimit } : {}),
       ...(opts.workerCpus ? { cpus: opts.workerCpus } : {}),

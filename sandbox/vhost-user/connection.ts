@@ -27,6 +27,7 @@ import { VhostUserError, VU, type VhostUserErrorCode } from './errors.ts';
 import { HANDLERS, type Message, type Session } from './handlers.ts';
 import type { DeviceHooks } from './hooks.ts';
 import { InflightBuffer } from './inflight.ts';
+import { BackendIommu } from './iommu.ts';
 import { MemTable } from './mem-table.ts';
 import type { Postcopy } from './postcopy.ts';
 import {
@@ -114,6 +115,9 @@ export class Connection implements Session {
   owner = false;
   mtu = 0;
   postcopy: Postcopy | null = null;
+  /** Behind an IOMMU: the IOTLB and the back-end channel (iommu.ts). */
+  readonly iommu: BackendIommu;
+  private readonly unsubscribeMiss: () => void;
   private readonly poller: native.FdPoller;
   private readonly queue: Message[] = [];
   private pumping = false;
@@ -145,6 +149,8 @@ export class Connection implements Session {
     this.unsubscribeBroken = dev.onBroken((_queue, code, message) => {
       if (code === NET_ERROR.GUEST_MEMORY_FAULT) this.memoryFault(message);
     });
+    this.iommu = new BackendIommu(this.log);
+    this.unsubscribeMiss = dev.onIotlbMiss?.((_queue, iova, access) => this.iommu.miss(iova, access)) ?? (() => {});
     this.poller = new native.FdPoller(fd, () => this.onReadable());
     this.poller.start(native.POLL.READABLE);
   }
@@ -392,6 +398,7 @@ export class Connection implements Session {
     if (this.tornDown) return;
     this.tornDown = true;
     this.unsubscribeBroken();
+    this.unsubscribeMiss();
     const step = async (what: string, f: () => unknown): Promise<void> => {
       try {
         await f();
@@ -404,6 +411,10 @@ export class Connection implements Session {
     await step('vrings', () => this.vrings.close());
     await step('device reset', () => this.dev.reset());
     await step('memory', () => this.dev.releaseMemory());
+    await step('iommu', () => {
+      this.dev.setIotlb?.(null);
+      this.iommu.close();
+    });
     this.mem.close();
     await step('inflight', () => this.inflight.drop());
     native.closeQuietly(this.fd);

@@ -86,6 +86,12 @@ export const VU = {
   /** POSTCOPY_ADVISE: no userfaultfd could be made, or a mapping could not be registered with it. */
   POSTCOPY_FAILED: 'VU_POSTCOPY_FAILED',
   /**
+   * IOTLB_MSG that cannot be taken: VIRTIO_F_ACCESS_PLATFORM was not negotiated, the type is not one a
+   * front-end sends (UPDATE, INVALIDATE), or an update's range is empty, wraps, or has a permission
+   * other than RO, WO or RW.
+   */
+  BAD_IOTLB: 'VU_BAD_IOTLB',
+  /**
    * Not a message: the listening socket handed to the server (VhostUserServerOptions.listenFd, `lgnet
    * serve --socket-fd`) is not a listening AF_UNIX stream socket. The server does not start.
    */

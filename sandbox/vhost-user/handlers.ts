@@ -18,10 +18,11 @@ import { VhostUserError, VU } from './errors.ts';
 import type { DeviceHooks } from './hooks.ts';
 import type { InflightBuffer } from './inflight.ts';
 import type { MemTable } from './mem-table.ts';
+import type { BackendIommu } from './iommu.ts';
 import { Postcopy } from './postcopy.ts';
 import {
-  decodeConfig, decodeInflight, decodeLog, decodeMemTable, decodeSingleMemRegion, decodeU64, decodeVringAddr, decodeVringFile,
-  decodeVringState, encodeConfig, encodeInflight, encodeMemTable, encodeSingleMemRegion, encodeU64, encodeVringState, F_LOG_ALL, F_PROTOCOL_FEATURES, protocolNames, REQ,
+  decodeConfig, decodeInflight, decodeIotlb, decodeLog, decodeMemTable, decodeSingleMemRegion, decodeU64, decodeVringAddr, decodeVringFile,
+  decodeVringState, encodeConfig, encodeInflight, encodeMemTable, encodeSingleMemRegion, encodeU64, encodeVringState, F_LOG_ALL, F_PROTOCOL_FEATURES, IOTLB_TYPE, protocolNames, REQ,
   type ProtocolFeatureName, type WireMemRegion,
 } from './messages.ts';
 import type { Vrings } from './vrings.ts';
@@ -60,6 +61,8 @@ export interface Session {
   mtu: number;
   /** Postcopy migration, from POSTCOPY_ADVISE to POSTCOPY_END (postcopy.ts). */
   postcopy: Postcopy | null;
+  /** Behind an IOMMU: the IOTLB and the back-end channel (iommu.ts). */
+  readonly iommu: BackendIommu;
 }
 
 type Handler = (c: Session, m: Message) => Promise<Reply | undefined> | Reply | undefined;
@@ -84,6 +87,9 @@ function take(m: Message, i: number): number {
 }
 
 const PROTOCOL_BIT = 1n << BigInt(F_PROTOCOL_FEATURES);
+/** VIRTIO_F_ACCESS_PLATFORM: with it, ring and descriptor addresses are I/O virtual addresses. */
+const ACCESS_PLATFORM_BIT = 1n << 33n;
+const ADDR_LIMIT = 2n ** 53n;
 const LOG_ALL_BIT = 1n << BigInt(F_LOG_ALL);
 /** Bits of SET_FEATURES that belong to vhost-user, not to the device. */
 const VHOST_BITS = PROTOCOL_BIT | LOG_ALL_BIT;
@@ -158,6 +164,10 @@ export const HANDLERS: Readonly<Partial<Record<number, Entry>>> = {
       }
       c.features = bits;
       c.featuresSet = true;
+      // Behind an IOMMU from now on, or no longer: every ring is stopped, so each starts translating anew.
+      const iommu = (bits & ACCESS_PLATFORM_BIT) !== 0n;
+      c.dev.setIotlb?.(iommu ? c.iommu.iotlb : null);
+      c.vrings.setIommu(iommu ? c.iommu.rings : null);
       // One line per change of the device's features (a connection sets them once or twice): what the
       // driver took, for whoever wonders why a guest runs without MRG_RXBUF or on packed rings.
       c.log.info({ features: featureNames(bits & ~VHOST_BITS) }, 'features negotiated');
@@ -192,6 +202,9 @@ export const HANDLERS: Readonly<Partial<Record<number, Entry>>> = {
     async handle(c) {
       await c.vrings.close();
       await c.dev.reset();
+      c.dev.setIotlb?.(null);
+      c.vrings.setIommu(null);
+      c.iommu.iotlb.clear();
       c.features = 0n;
       c.featuresSet = false;
       return undefined;
@@ -291,6 +304,50 @@ export const HANDLERS: Readonly<Partial<Record<number, Entry>>> = {
       c.postcopy = null;
       c.log.info({}, 'postcopy ended');
       return undefined;
+    },
+  },
+
+  // The back-end channel: lgnet writes IOTLB misses on it (iommu.ts), and nothing else.
+  [REQ.SET_SLAVE_REQ_FD]: {
+    protocol: 'SLAVE_REQ',
+    fds: () => 1,
+    handle(c, m) {
+      c.iommu.setChannel(take(m, 0));
+      return undefined;
+    },
+  },
+
+  // Behind an IOMMU: the front-end adds mappings (UPDATE, its answer to a miss or its own push) and
+  // takes them back (INVALIDATE). Rings and queues that waited for a mapping look again after an update.
+  [REQ.IOTLB_MSG]: {
+    async handle(c, m) {
+      if ((c.features & ACCESS_PLATFORM_BIT) === 0n) {
+        throw new VhostUserError(VU.BAD_IOTLB, 'IOTLB_MSG without VIRTIO_F_ACCESS_PLATFORM negotiated: ring addresses are not I/O virtual addresses here');
+      }
+      const msg = decodeIotlb(m.payload);
+      const t = c.iommu.iotlb;
+      if (msg.type === IOTLB_TYPE.UPDATE) {
+        if (msg.size === 0n || msg.iova + msg.size > ADDR_LIMIT || msg.uaddr + msg.size > ADDR_LIMIT) {
+          throw new VhostUserError(VU.BAD_IOTLB, `IOTLB update [0x${msg.iova.toString(16)}, +0x${msg.size.toString(16)}) → 0x${msg.uaddr.toString(16)} is empty or beyond 2^53`);
+        }
+        try {
+          t.update(Number(msg.iova), Number(msg.size), Number(msg.uaddr), msg.perm);
+        } catch (e) {
+          throw new VhostUserError(VU.BAD_IOTLB, (e as Error).message, { cause: e });
+        }
+        c.dev.iotlbChanged?.();
+        await c.vrings.iotlbChanged();
+        return undefined;
+      }
+      if (msg.type === IOTLB_TYPE.INVALIDATE) {
+        // Nothing is mapped at or above 2^53, so a range reaching past it is cut there.
+        if (msg.iova < ADDR_LIMIT) {
+          const end = msg.iova + msg.size > ADDR_LIMIT ? ADDR_LIMIT : msg.iova + msg.size;
+          t.invalidate(Number(msg.iova), Number(end - msg.iova));
+        }
+        return undefined;
+      }
+      throw new VhostUserError(VU.BAD_IOTLB, `IOTLB message type ${msg.type} is not one a front-end sends (UPDATE ${IOTLB_TYPE.UPDATE}, INVALIDATE ${IOTLB_TYPE.INVALIDATE})`);
     },
   },
 

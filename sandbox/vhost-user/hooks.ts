@@ -9,6 +9,7 @@
  * GET_QUEUE_NUM, GET/SET_CONFIG, SET_STATUS, RESET_DEVICE).
  */
 import type { DirtyLogSpec, MemoryRegionSpec, NetDevice } from '../../device/net.ts';
+import type { Iotlb } from '../../vring/index.ts';
 import type { MemoryTarget } from './mem-table.ts';
 import type { QueueTarget } from './vrings.ts';
 
@@ -39,6 +40,15 @@ export interface DeviceHooks extends QueueTarget, MemoryTarget {
   announce(mac: Uint8Array): boolean;
   /** Subscribes to "queue broken" reports; returns the unsubscribe function. */
   onBroken(cb: (queue: number, code: string, message: string) => void): () => void;
+  /**
+   * Behind an IOMMU (VIRTIO_F_ACCESS_PLATFORM negotiated): descriptor addresses go through `iotlb`
+   * (null: they are guest physical). Called at SET_FEATURES, with every queue stopped.
+   */
+  setIotlb?(iotlb: Iotlb | null): void;
+  /** Mappings were added to the IOTLB: queues waiting for one look again. */
+  iotlbChanged?(): void;
+  /** Subscribes to the queues' IOTLB misses; returns the unsubscribe function. */
+  onIotlbMiss?(cb: (queue: number, iova: number, access: number) => void): () => void;
 }
 
 /** Adapts a NetDevice. */
@@ -75,6 +85,13 @@ export function netDeviceHooks(dev: NetDevice): DeviceHooks {
       const h = (e: { queue: number; code: string; message: string }) => cb(e.queue, e.code, e.message);
       dev.on('broken', h);
       return () => dev.off('broken', h);
+    },
+    setIotlb: (iotlb) => dev.setIotlb(iotlb),
+    iotlbChanged: () => dev.iotlbChanged(),
+    onIotlbMiss(cb) {
+      const h = (e: { queue: number; iova: number; access: number }) => cb(e.queue, e.iova, e.access);
+      dev.on('iotlbMiss', h);
+      return () => dev.off('iotlbMiss', h);
     },
   };
 }

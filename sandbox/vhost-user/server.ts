@@ -42,6 +42,9 @@ export { netDeviceHooks, type DeviceHooks } from './hooks.ts';
 export const OFFERED_PROTOCOL_FEATURES: bigint = protocolMask('MQ', 'REPLY_ACK', 'NET_MTU', 'CONFIGURE_MEM_SLOTS', 'STATUS', 'INFLIGHT_SHMFD', 'RARP', 'LOG_SHMFD');
 
 const CONFIG_BIT = protocolMask('CONFIG');
+/** Offered with a device that offers VIRTIO_F_ACCESS_PLATFORM: the back-end channel, for IOTLB misses. */
+const BACKEND_CHANNEL_BITS = protocolMask('SLAVE_REQ', 'REPLY_ACK');
+const ACCESS_PLATFORM_BIT = 1n << 33n;
 /** Offered only with a userfaultfd device (VhostUserServerOptions.userfaultfd). */
 const PAGEFAULT_BIT = protocolMask('PAGEFAULT');
 
@@ -133,7 +136,10 @@ export class VhostUserServer extends EventEmitter {
     const protocol = opts.protocolFeatures ?? OFFERED_PROTOCOL_FEATURES;
     const offered = opts.config === true ? protocol | CONFIG_BIT : opts.config === false ? protocol & ~CONFIG_BIT : protocol;
     this.userfaultfd = opts.userfaultfd ?? -1;
-    this.protocolOffered = this.userfaultfd >= 0 ? offered | PAGEFAULT_BIT : offered & ~PAGEFAULT_BIT;
+    const withPagefault = this.userfaultfd >= 0 ? offered | PAGEFAULT_BIT : offered & ~PAGEFAULT_BIT;
+    // A device behind an IOMMU asks for translations on the back-end channel, and QEMU insists on
+    // REPLY_ACK with it: both come with ACCESS_PLATFORM, and the channel only with it.
+    this.protocolOffered = (opts.device.offered & ACCESS_PLATFORM_BIT) !== 0n ? withPagefault | BACKEND_CHANNEL_BITS : withPagefault & ~protocolMask('SLAVE_REQ');
     this.removeSocketOnClose = opts.listenFd === undefined && (opts.removeSocketOnClose ?? true);
     this.payloadTimeoutMs = opts.payloadTimeoutMs ?? 2000;
     this.log = (opts.logger ?? silentLogger).child({ component: 'vhost-user', socket: this.path });

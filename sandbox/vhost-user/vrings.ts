@@ -32,7 +32,8 @@
 import * as native from '../../native/index.ts';
 import type { QueueSetup } from '../../device/net.ts';
 import {
-  MAX_QUEUE_SIZE, VringError, isQueueSize, packedRingUaddrToGpa, ringUaddrToGpa, type GuestMemory, type RingAddresses,
+  availAreaSize, descAreaSize, EVENT_AREA_SIZE, IOTLB_ACCESS, IotlbMiss, MAX_QUEUE_SIZE, packedDescAreaSize, usedAreaSize, VringError, isQueueSize,
+  packedRingUaddrToGpa, ringUaddrToGpa, type GuestMemory, type RingAddresses,
 } from '../../vring/index.ts';
 import { VhostUserError, VU } from './errors.ts';
 import { addrOf, VRING_F_LOG, type VringAddr } from './messages.ts';
@@ -59,6 +60,19 @@ export interface QueueTarget {
   /** A ring was enabled or disabled (SET_VRING_ENABLE, or all at once without protocol features). */
   setEnabled?(index: number, enabled: boolean): void;
 }
+
+/**
+ * Behind an IOMMU (VIRTIO_F_ACCESS_PLATFORM): ring addresses are I/O virtual addresses. toUaddr finds
+ * the front-end range one maps to (throws IotlbMiss when the IOTLB has no mapping yet, MemoryError
+ * when one forbids the access); miss asks the front-end for it.
+ */
+export interface RingIommu {
+  toUaddr(iova: number, len: number, access: number): number;
+  miss(iova: number, access: number): void;
+}
+
+/** A ring waits for its IOTLB mappings: it starts when they come (Vrings.iotlbChanged), not an error. */
+class RingAwaitsIotlb extends Error {}
 
 /** A ring's region of the inflight buffer, or null when it has none. May throw VhostUserError. */
 export type InflightLookup = (index: number, num: number) => { mappingId: number; offset: number } | null;
@@ -96,6 +110,8 @@ function deviceError(e: unknown, what: string): VhostUserError {
 
 export class Vrings {
   private readonly rings: Vring[] = [];
+  /** Behind an IOMMU, how ring addresses are translated (setIommu); null: they are front-end addresses. */
+  private iommu: RingIommu | null = null;
 
   /**
    * @param target the device
@@ -166,7 +182,7 @@ export class Vrings {
     if (r.running && old !== null && old.desc === addr.desc && old.used === addr.used && old.avail === addr.avail) {
       // Only the logging changed (QEMU sends this as migration starts and ends): no stop, no stall.
       r.addr = addr;
-      await this.target.setUsedLog(r.index, usedLogOf(addr));
+      await this.target.setUsedLog(r.index, this.usedLog(r, r.gpas));
       return;
     }
     await this.park(r);
@@ -256,6 +272,23 @@ export class Vrings {
     return r.base;
   }
 
+  /**
+   * Ring addresses are I/O virtual addresses from now on (null: front-end virtual ones again). Set at
+   * SET_FEATURES, when every ring is stopped.
+   */
+  setIommu(iommu: RingIommu | null): void {
+    this.iommu = iommu;
+  }
+
+  /**
+   * The IOTLB gained mappings: rings that waited for theirs start. Running rings are left alone,
+   * whatever the IOTLB says now: they keep the guest physical addresses they started with, and an
+   * invalidation (a guest's lazy IOTLB flush takes back every mapping) does not stop them.
+   */
+  async iotlbChanged(): Promise<void> {
+    for (const r of this.rings) if (!r.running) await this.sync(r);
+  }
+
   /** Signals the error eventfd of a queue the device marked broken. */
   signalError(index: number): void {
     const r = this.rings[index];
@@ -282,7 +315,9 @@ export class Vrings {
         try {
           g = this.translate(r);
         } catch (e) {
-          if (!(e instanceof VhostUserError)) throw e;
+          if (e instanceof RingAwaitsIotlb) {
+            if (r.running) continue; // the IOTLB lost the ring's mapping, not the memory: keep running
+          } else if (!(e instanceof VhostUserError)) throw e;
         }
       }
       if (r.running && (g === null || g.desc !== r.gpas!.desc || g.avail !== r.gpas!.avail || g.used !== r.gpas!.used)) await this.park(r);
@@ -326,15 +361,44 @@ export class Vrings {
     const mem = this.target.memory;
     if (!mem || !this.memoryReady()) throw new VhostUserError(VU.NO_MEMORY, `vring ${r.index} cannot start before a memory table`);
     try {
+      const a = this.iommu ? this.ringUaddrs(r, this.iommu) : r.addr!;
       if (this.target.packed) {
-        const g = packedRingUaddrToGpa(mem, r.num, { desc: r.addr!.desc, driver: r.addr!.avail, device: r.addr!.used });
+        const g = packedRingUaddrToGpa(mem, r.num, { desc: a.desc, driver: a.avail, device: a.used });
         return { desc: g.desc, avail: g.driver, used: g.device };
       }
-      return ringUaddrToGpa(mem, r.num, r.addr!);
+      return ringUaddrToGpa(mem, r.num, a);
     } catch (e) {
+      if (e instanceof IotlbMiss) {
+        this.iommu!.miss(e.iova, e.access);
+        throw new RingAwaitsIotlb(`vring ${r.index} waits for the IOTLB mapping of 0x${e.iova.toString(16)}`);
+      }
       if (!(e instanceof VringError)) throw e;
       throw new VhostUserError(VU.BAD_RING_ADDR, `vring ${r.index}: ${e.message}`, { cause: e });
     }
+  }
+
+  /**
+   * Behind an IOMMU: the front-end addresses of the ring's areas, each looked up in the IOTLB for the
+   * access the device makes there (it reads the descriptors and the driver's area, writes the used
+   * ring or device area; a packed ring's descriptors both).
+   */
+  private ringUaddrs(r: Vring, iommu: RingIommu): { desc: number; avail: number; used: number } {
+    const { READ, WRITE, RW } = IOTLB_ACCESS;
+    const a = r.addr!;
+    if (this.target.packed) {
+      return { desc: iommu.toUaddr(a.desc, packedDescAreaSize(r.num), RW), avail: iommu.toUaddr(a.avail, EVENT_AREA_SIZE, READ), used: iommu.toUaddr(a.used, EVENT_AREA_SIZE, WRITE) };
+    }
+    return { desc: iommu.toUaddr(a.desc, descAreaSize(r.num), READ), avail: iommu.toUaddr(a.avail, availAreaSize(r.num), READ), used: iommu.toUaddr(a.used, usedAreaSize(r.num), WRITE) };
+  }
+
+  /**
+   * Where the running ring logs its used ring: log_guest_addr with VHOST_VRING_F_LOG, except behind an
+   * IOMMU, where QEMU sends the used ring's I/O virtual address there (as DPDK reads it): the guest
+   * physical address the ring started at is what the log is indexed by.
+   */
+  private usedLog(r: Vring, g: RingAddresses | null): number | null {
+    const log = usedLogOf(r.addr!);
+    return log !== null && this.iommu && g ? g.used : log;
   }
 
   /** Starts the worker when the ring is started and fully described: serving if enabled, discarding
@@ -346,11 +410,17 @@ export class Vrings {
     const should = described && (r.enabled || discard);
     if (r.running && (!should || r.discarding !== discard)) await this.park(r);
     if (should && !r.running) {
-      const g = this.translate(r);
+      let g: RingAddresses;
+      try {
+        g = this.translate(r);
+      } catch (e) {
+        if (e instanceof RingAwaitsIotlb) return; // asked for: iotlbChanged() starts it
+        throw e;
+      }
       const inflight = this.target.packed ? null : this.inflightFor(r.index, r.num);
       try {
         this.target.setupQueue(r.index, {
-          size: r.num, desc: g.desc, avail: g.avail, used: g.used, kickFd: r.kickFd, callFd: r.callFd, lastAvail: r.base, logUsed: usedLogOf(r.addr!),
+          size: r.num, desc: g.desc, avail: g.avail, used: g.used, kickFd: r.kickFd, callFd: r.callFd, lastAvail: r.base, logUsed: this.usedLog(r, g),
           ...(discard ? { discard } : {}), ...(inflight ? { inflight } : {}),
         });
         await this.target.startQueue(r.index);

@@ -30,6 +30,8 @@ export interface RunOptions {
   vcpus?: number;
   memMiB?: number;
   deviceFlags?: BootOptions['deviceFlags'];
+  /** A virtual IOMMU in front of the NIC (scripts/qemu.ts BootOptions.iommu); lgnet serves with --iommu. */
+  iommu?: BootOptions['iommu'];
   /** Guest arguments; ip and peer default to GUEST/24 and HOST. */
   guest: GuestArgs;
   /** Start the integrity blob server (job 'integrity'). */
@@ -94,6 +96,7 @@ export async function runOnLgnet(o: RunOptions): Promise<RunResult> {
         '--metrics-socket', metricsSocket,
         ...(fds.length ? ['--tap-fd', fds.map((_, i) => 3 + i).join(',')] : queues > 1 ? ['--queues', String(queues)] : []),
         ...(o.mtu ? ['--mtu', String(o.mtu)] : []),
+        ...(o.iommu ? ['--iommu'] : []),
         ...(o.serveArgs ?? []),
       ], fds.length ? { fds, wrap: NO_CAPS } : {});
     } finally {
@@ -106,6 +109,7 @@ export async function runOnLgnet(o: RunOptions): Promise<RunResult> {
       ...(o.memMiB ? { memMiB: o.memMiB } : {}),
       ...(o.mtu ? { mtu: o.mtu } : {}),
       ...(o.deviceFlags ? { deviceFlags: o.deviceFlags } : {}),
+      ...(o.iommu ? { iommu: o.iommu } : {}),
       guest: { ip: `${GUEST}/24`, peer: HOST, xferPort: XFER_PORT, ...(o.mtu ? { mtu: o.mtu } : {}), ...o.guest },
       timeoutMs: o.timeoutMs ?? 120_000,
       ...(o.onLine ? { onLine: o.onLine } : {}),

@@ -1,0 +1,81 @@
+/**
+ * A connection's side of a virtual IOMMU (VIRTIO_F_ACCESS_PLATFORM negotiated with a front-end that
+ * has one, QEMU's `intel-iommu,device-iotlb=on` with `iommu_platform=on,ats=on`): the IOTLB, the
+ * back-end channel the misses go out on, and the ring translation the vrings use.
+ *
+ *   worker: no mapping for a chain ──iotlbMiss──▶ BackendIommu.miss ──BACKEND_IOTLB_MSG MISS──▶ front-end
+ *   front-end ──IOTLB_MSG UPDATE──▶ handlers.ts ──▶ Iotlb.update ──▶ device.iotlbChanged (queues retry),
+ *                                                                 vrings.iotlbChanged (rings start)
+ *   front-end ──IOTLB_MSG INVALIDATE──▶ Iotlb.invalidate
+ *
+ * The back-end channel is the front-end's socket: lgnet only writes MISS messages to it, nonblocking,
+ * never waits for an answer on it, and drops a message the socket cannot take (the queue asks again
+ * after IOTLB_RETRY_MS), so a front-end that never reads cannot stall the main thread.
+ * Spec: vhost-user.rst, "IOMMU support", VHOST_USER_SET_BACKEND_REQ_FD, VHOST_USER_BACKEND_IOTLB_MSG.
+ */
+import * as native from '../../native/index.ts';
+import { Iotlb } from '../../vring/index.ts';
+import type { Logger } from '../log.ts';
+import { BACKEND_REQ, encodeIotlb, encodeMessage, IOTLB_TYPE } from './messages.ts';
+import type { RingIommu } from './vrings.ts';
+
+/** vhost-user header flags: version 1, no reply wanted. */
+const VERSION = 0x1;
+
+export class BackendIommu {
+  readonly iotlb = new Iotlb();
+  /** The back-end channel (SET_SLAVE_REQ_FD), or -1. */
+  private fd = -1;
+  /** MISS messages written, and those the channel could not take (or that had no channel). */
+  misses = 0;
+  missesDropped = 0;
+  private readonly log: Logger;
+
+  constructor(log: Logger) {
+    this.log = log;
+  }
+
+  /** SET_SLAVE_REQ_FD: the channel from now on (owned; a previous one is closed). */
+  setChannel(fd: number): void {
+    native.closeQuietly(this.fd);
+    native.setNonblocking(fd, true);
+    this.fd = fd;
+  }
+
+  get hasChannel(): boolean {
+    return this.fd >= 0;
+  }
+
+  /** Asks the front-end for the mapping of `iova` (access: IOTLB_ACCESS, which is VHOST_ACCESS_*). */
+  miss(iova: number, access: number): void {
+    if (this.fd < 0) {
+      this.missesDropped++;
+      this.log.warn({ iova: `0x${iova.toString(16)}` }, 'IOTLB miss with no back-end channel (SET_SLAVE_REQ_FD): the queue waits');
+      return;
+    }
+    const msg = encodeMessage(BACKEND_REQ.IOTLB_MSG, VERSION, encodeIotlb({ iova, perm: access, type: IOTLB_TYPE.MISS }));
+    let sent = -1;
+    try {
+      sent = native.sendMsg(this.fd, msg);
+    } catch (e) {
+      this.log.warn({ err: (e as Error).message }, 'IOTLB miss: the back-end channel failed; closed');
+      native.closeQuietly(this.fd);
+      this.fd = -1;
+    }
+    if (sent === msg.length) this.misses++;
+    else this.missesDropped++; // full (or a partial write, which the front-end reads as a short message)
+  }
+
+  /** The vrings' translation of ring addresses through the IOTLB. */
+  readonly rings: RingIommu = {
+    toUaddr: (iova, len, access) => this.iotlb.toUaddr(iova, len, access),
+    miss: (iova, access) => this.miss(iova, access),
+  };
+
+  /** Closes the channel and empties the table (the connection ended, or the device was reset). */
+  close(): void {
+    native.closeQuietly(this.fd);
+    this.fd = -1;
+    this.iotlb.clear();
+  }
+}
