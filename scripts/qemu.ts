@@ -381,6 +381,10 @@ export function qemuArgs(opts: BootOptions, accel: 'kvm' | 'tcg', image: { kerne
     dev.ats = 'on';
     // Before the NIC: a PCI device is put behind the IOMMU only if the IOMMU exists when it is created.
     args.push('-device', 'intel-iommu,intremap=off,device-iotlb=on');
+    // Behind a PCIe root port: on the root bus the NIC is conventional PCI, has no ATS capability, and
+    // the guest then sends no device-IOTLB invalidations, the only ones QEMU 7.2 passes to a vhost back-end.
+    args.push('-device', 'pcie-root-port,id=rp0,bus=pcie.0,chassis=1');
+    dev.bus = 'rp0';
   }
   Object.assign(dev, opts.deviceFlags ?? {});
   args.push('-device', ['virtio-net-pci', ...Object.entries(dev).map(([k, v]) => `${k}=${v}`)].join(','));

@@ -70,8 +70,9 @@ export class DescriptorWalker {
     this.desc = desc;
     this.size = size;
     this.indirectAllowed = indirectAllowed;
-    // A range touches each region at most once: the table can never overflow this.
-    this.tablePieces = new PieceList(mem.regions.length + 1);
+    // A range touches each region at most once (behind an IOMMU, once per page it spans): the table
+    // can never outgrow this.
+    this.tablePieces = new PieceList(mem.regions.length + 1, mem.regions.length + 1 + (mem.iotlb ? 4096 : 0));
   }
 
   /** "head 7": where messages say the chain starts. */

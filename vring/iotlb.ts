@@ -173,6 +173,30 @@ export class Iotlb {
     }
   }
 
+  /**
+   * The front-end address of [iova, iova+len), which must be one contiguous front-end range (a ring
+   * area), possibly over several mappings. Throws IotlbMiss or MemoryError as lookup() does, and
+   * MemoryError when the mappings do not continue one another.
+   */
+  toUaddr(iova: number, len: number, access: number): number {
+    if (!isAddr(iova) || !isAddr(len) || iova > LIMIT - len) {
+      throw new MemoryError(VringErrorCode.ADDR_WRAP, `I/O virtual range [${String(iova)}, +${String(len)}) is not addressable; refused`);
+    }
+    this.lookup(iova, access);
+    const uaddr = this.hitUaddr + (iova - this.hitIova);
+    let cur = this.hitEnd;
+    let expect = this.hitUaddr + (this.hitEnd - this.hitIova);
+    while (cur < iova + len) {
+      this.lookup(cur, access);
+      if (this.hitUaddr + (cur - this.hitIova) !== expect) {
+        throw new MemoryError(VringErrorCode.UNMAPPED, `I/O virtual range [0x${iova.toString(16)}, +${len}) is not one contiguous front-end range; refused`);
+      }
+      expect = this.hitUaddr + (this.hitEnd - this.hitIova);
+      cur = this.hitEnd;
+    }
+    return uaddr;
+  }
+
   /** True when this reader missed and the table has not changed since: nothing to retry yet. */
   get stalled(): boolean {
     return this.missGeneration >= 0 && this.missGeneration === Atomics.load(this.hdr, GEN);

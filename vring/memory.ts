@@ -391,33 +391,6 @@ export class GuestMemory {
     return -1;
   }
 
-  /**
-   * Translate an I/O virtual address range that must be one contiguous front-end range (a ring area)
-   * to the front-end address of its first byte: what uaddrToGpa then takes. Throws IotlbMiss or
-   * MemoryError as translate() does.
-   */
-  iovaToUaddr(iova: number, len: number, access: number): number {
-    const t = this.iotlb;
-    if (t === null) throw new RangeError('iovaToUaddr: no IOTLB');
-    if (!isAddr(iova) || !isAddr(len) || iova > ADDR_LIMIT - len) {
-      throw new MemoryError(VringErrorCode.ADDR_WRAP, `I/O virtual range [${String(iova)}, +${len}) is not addressable; refused`);
-    }
-    t.lookup(iova, access);
-    const uaddr = t.hitUaddr + (iova - t.hitIova);
-    let cur = t.hitEnd;
-    let expect = t.hitUaddr + (t.hitEnd - t.hitIova);
-    // The range may run over several mappings, as long as they continue the same front-end range.
-    while (cur < iova + len) {
-      t.lookup(cur, access);
-      if (t.hitUaddr + (cur - t.hitIova) !== expect) {
-        throw new MemoryError(VringErrorCode.UNMAPPED, `I/O virtual range [${hex(iova)}, +${len}) is not one contiguous front-end range; refused`);
-      }
-      expect = t.hitUaddr + (t.hitEnd - t.hitIova);
-      cur = t.hitEnd;
-    }
-    return uaddr;
-  }
-
   private unmapped(gpa: number, len: number, at: number): MemoryError {
     return new MemoryError(
       VringErrorCode.UNMAPPED,

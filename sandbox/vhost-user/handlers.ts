@@ -340,9 +340,11 @@ export const HANDLERS: Readonly<Partial<Record<number, Entry>>> = {
         return undefined;
       }
       if (msg.type === IOTLB_TYPE.INVALIDATE) {
-        // Nothing is mapped at or above 2^53, so a range reaching past it is cut there.
+        // Nothing is mapped at or above 2^53, so a range reaching past it is cut there. Size 0 is a
+        // range that wrapped: QEMU 7.2 turns a guest's flush of its whole device IOTLB into iova 0,
+        // size 0 (2^64 overflowed), which vhost's own [iova, iova + size - 1] reads as everything.
         if (msg.iova < ADDR_LIMIT) {
-          const end = msg.iova + msg.size > ADDR_LIMIT ? ADDR_LIMIT : msg.iova + msg.size;
+          const end = msg.size === 0n || msg.iova + msg.size > ADDR_LIMIT ? ADDR_LIMIT : msg.iova + msg.size;
           t.invalidate(Number(msg.iova), Number(end - msg.iova));
         }
         return undefined;
@@ -374,6 +376,10 @@ export const HANDLERS: Readonly<Partial<Record<number, Entry>>> = {
     async handle(c, m) {
       const s = decodeVringState(m.payload);
       const base = await c.vrings.getBase(s.index);
+      // QEMU forwards the guest's IOMMU invalidations only while the device runs: what the IOTLB holds
+      // from now on may go stale unseen (a guest that reloads its driver maps new rings at old IOVAs).
+      // Emptied, it is asked again for what is used.
+      if (c.features & ACCESS_PLATFORM_BIT) c.iommu.iotlb.clear();
       return { payload: encodeVringState({ index: s.index, num: base }) };
     },
   },
