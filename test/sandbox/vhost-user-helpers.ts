@@ -37,7 +37,7 @@ export interface VuBed {
   guestIp: string;
   guestMac: string;
   /** A fresh harness guest: RAM, driver, front-end attached over the socket. */
-  guest(opts?: { accept?: FeatureName[]; attach?: boolean }): Promise<Guest>;
+  guest(opts?: { accept?: FeatureName[]; attach?: boolean; dmaOffset?: number }): Promise<Guest>;
   close(): Promise<void>;
 }
 
@@ -54,7 +54,7 @@ let subnet = 0;
  * `config` (default true): the bed's server offers the CONFIG protocol feature, which `lgnet serve`
  * offers only with --offer-config, so that the suites reach GET/SET_CONFIG (the fuzz included).
  */
-export async function createVuBed(opts: { pairs?: number; config?: boolean; userfaultfd?: number } = {}): Promise<VuBed> {
+export async function createVuBed(opts: { pairs?: number; config?: boolean; userfaultfd?: number; features?: bigint } = {}): Promise<VuBed> {
   const ns = createNetns('lgvu');
   const pairs = opts.pairs ?? 1;
   const dir = mkdtempSync(join(tmpdir(), 'lgnet-vu-'));
@@ -67,7 +67,7 @@ export async function createVuBed(opts: { pairs?: number; config?: boolean; user
   ns.exec('ip', 'addr', 'add', `${hostIp}/24`, 'dev', 'lgtap0');
   ns.exec('ip', 'link', 'set', 'lgtap0', 'up');
   ns.exec('ip', 'neigh', 'add', guestIp, 'lladdr', guestMac, 'dev', 'lgtap0');
-  const dev = new NetDevice({ backend, mac: guestMac, mtu: 1500, queuePairs: pairs, features: VHOST_USER_NET_FEATURES });
+  const dev = new NetDevice({ backend, mac: guestMac, mtu: 1500, queuePairs: pairs, features: VHOST_USER_NET_FEATURES | (opts.features ?? 0n) });
   const server = new VhostUserServer({ device: netDeviceHooks(dev), path, config: opts.config ?? true, ...(opts.userfaultfd !== undefined ? { userfaultfd: opts.userfaultfd } : {}) });
   server.start();
   const guests = new Set<Guest>();
@@ -78,7 +78,7 @@ export async function createVuBed(opts: { pairs?: number; config?: boolean; user
       const ram = new GuestRam((24 + 24 * pairs) << 20);
       // Split rings unless a test asks for RING_PACKED.
       const accept = g.accept ? mask(...g.accept) : dev.offered & ~mask('RING_PACKED');
-      const drv = new VirtioNetDriver(ram, { features: accept & dev.offered, pairs, queueSize: 256 });
+      const drv = new VirtioNetDriver(ram, { features: accept & dev.offered, pairs, queueSize: 256, ...(g.dmaOffset !== undefined ? { dmaOffset: g.dmaOffset } : {}) });
       const fe = await VhostUserFrontend.connect(path);
       const guest: Guest = {
         ram, drv, fe,

@@ -1,0 +1,205 @@
+/**
+ * lgnet behind a virtual IOMMU (VIRTIO_F_ACCESS_PLATFORM, `lgnet serve --iommu`), with the harness
+ * playing QEMU's intel-iommu (harness/iommu.ts) over a real back-end channel and a real tap: the
+ * driver writes I/O virtual addresses (gpa + an offset no guest physical address reaches), lgnet asks
+ * for each mapping it lacks with an IOTLB MISS, and frames cross both ways through the mappings.
+ * Then: a buffer whose mapping is withheld waits in the ring and is served once the mapping comes; a
+ * mapping that forbids the device's write breaks the queue (VRING_IOMMU_DENIED) without touching the
+ * connection; an invalidation makes lgnet ask again; IOTLB messages it cannot take are refused.
+ * The whole thing under a QEMU guest: test/e2e/qemu-lgnet-features.test.ts (intel-iommu).
+ */
+import { describe, expect, it } from 'vitest';
+import { ip4, mac, UDP_OFFSET, udpFrame } from '../../harness/frames.ts';
+import { DEFAULT_IOVA_OFFSET, HarnessIommu, IOMMU_PERM } from '../../harness/iommu.ts';
+import { netnsPrerequisites } from '../../harness/netns.ts';
+import type { RxFrame } from '../../harness/virtio-net.ts';
+import { mask, names as featureNames, type FeatureName } from '../../device/features.ts';
+import { VU } from '../../sandbox/vhost-user/errors.ts';
+import { encodeIotlb, IOTLB_TYPE, protocolMask, REQ } from '../../sandbox/vhost-user/messages.ts';
+import { VringErrorCode } from '../../vring/index.ts';
+import { expectedPayload, udpSend, udpSink, until, vuBedPerDescribe, type Guest, type VuBed } from './vhost-user-helpers.ts';
+
+const pre = netnsPrerequisites();
+if (!pre.ok) console.warn(`[skip] iommu: ${pre.why}`);
+const ACCESS_PLATFORM = mask('ACCESS_PLATFORM');
+
+function udpTo(frames: RxFrame[], port: number): RxFrame[] {
+  return frames.filter((f) => f.frame.length >= 42 && f.frame[23] === 17 && ((f.frame[36]! << 8) | f.frame[37]!) === port);
+}
+
+function payloadOf(f: RxFrame, size: number): Buffer {
+  return Buffer.from(f.frame.subarray(UDP_OFFSET + 8, UDP_OFFSET + 8 + size));
+}
+
+/** A harness guest behind a fresh vIOMMU, attached and with RX buffers posted. */
+async function guestBehindIommu(bed: VuBed, opts: { packed?: boolean } = {}): Promise<{ g: Guest; iommu: HarnessIommu }> {
+  const g = await bed.guest({
+    attach: false,
+    dmaOffset: DEFAULT_IOVA_OFFSET,
+    accept: (featureNames(bed.dev.offered) as FeatureName[]).filter((f) => opts.packed || f !== 'RING_PACKED'),
+  });
+  const iommu = new HarnessIommu(g.fe, g.ram);
+  await g.fe.attachDriver(g.drv, g.ram, { iommu });
+  g.drv.fillRx(0);
+  const close = g.close;
+  return { g: { ...g, close: () => { iommu.close(); close(); } }, iommu };
+}
+
+function queueMetric(bed: VuBed, index: number): { iotlbMisses: number; queueBroken: number; frames: number; broken: string | null } {
+  return bed.dev.metrics().queues.find((q) => q.index === index)!;
+}
+
+describe.skipIf(!pre.ok)('lgnet behind a virtual IOMMU (ACCESS_PLATFORM)', () => {
+  const bed = vuBedPerDescribe({ features: ACCESS_PLATFORM });
+
+  it('offers ACCESS_PLATFORM with the back-end channel and REPLY_ACK; without it, neither', async () => {
+    const b = bed();
+    const g = await b.guest({ attach: false });
+    try {
+      expect((await g.fe.getFeatures()) & ACCESS_PLATFORM).toBe(ACCESS_PLATFORM);
+      const p = await g.fe.getProtocolFeatures();
+      expect(p & protocolMask('SLAVE_REQ', 'REPLY_ACK')).toBe(protocolMask('SLAVE_REQ', 'REPLY_ACK'));
+    } finally {
+      g.close();
+    }
+  });
+
+  for (const packed of [false, true]) {
+    it(`${packed ? 'packed' : 'split'} rings: frames cross both ways through I/O virtual addresses lgnet asked the IOMMU for`, async () => {
+      const b = bed();
+      const { g, iommu } = await guestBehindIommu(b, { packed });
+      try {
+        const missesBefore = queueMetric(b, 0).iotlbMisses + queueMetric(b, 1).iotlbMisses;
+        // Host → guest: RX buffers are reached through their IOVAs.
+        const sender = udpSend(b.ns, b.guestIp, 5801, 300, 3, 20);
+        const rx = udpTo(await g.drv.waitRx(3, { timeoutMs: 10_000 }), 5801);
+        sender.kill();
+        expect(rx.length).toBe(3);
+        for (let i = 0; i < 3; i++) expect(payloadOf(rx[i]!, 300).equals(Buffer.from(expectedPayload(300, i)))).toBe(true);
+        // Guest → host: TX buffers likewise.
+        const tapMac = mac(b.ns.exec('cat', '/sys/class/net/lgtap0/address').trim());
+        const sink = await udpSink(b.ns, b.hostIp, 5802, 2, 10_000);
+        for (let i = 0; i < 2; i++) {
+          const payload = expectedPayload(400, i);
+          expect(g.drv.send(udpFrame({ srcMac: mac(b.guestMac), dstMac: tapMac, srcIp: ip4(b.guestIp), dstIp: ip4(b.hostIp), srcPort: 1234, dstPort: 5802, payload }))).toBe(true);
+        }
+        const got = await sink.datagrams();
+        expect(got.map((d) => d.len)).toEqual([400, 400]);
+        expect(got[1]!.hex).toBe(Buffer.from(expectedPayload(400, 1)).toString('hex'));
+        // Every translation came from the IOMMU: the misses named IOVAs, never guest physical addresses.
+        const served = iommu.misses.filter((m) => m.answer === 'update');
+        expect(served.length).toBeGreaterThan(0);
+        for (const m of iommu.misses) expect(m.iova).toBeGreaterThanOrEqual(DEFAULT_IOVA_OFFSET);
+        expect(served.some((m) => m.perm === IOMMU_PERM.WO || m.perm === IOMMU_PERM.RW), 'an RX buffer asked for writing').toBe(true);
+        expect(queueMetric(b, 0).iotlbMisses + queueMetric(b, 1).iotlbMisses).toBeGreaterThan(missesBefore);
+        expect(iommu.unexpected).toBe(0);
+        expect(queueMetric(b, 0).broken).toBeNull();
+        expect(queueMetric(b, 1).broken).toBeNull();
+      } finally {
+        g.close();
+      }
+    });
+  }
+
+  it('a frame whose buffer mapping is withheld waits in the ring, and arrives once the IOMMU serves it', async () => {
+    const b = bed();
+    const { g, iommu } = await guestBehindIommu(b);
+    try {
+      // Everything lgnet knows goes; from now on misses are only recorded.
+      await iommu.invalidateAll();
+      iommu.serve = false;
+      const before = iommu.misses.length;
+      const sender = udpSend(b.ns, b.guestIp, 5803, 200, 1);
+      await iommu.waitMisses(before + 1, 5000);
+      await new Promise((r) => setTimeout(r, 400)); // two of lgnet's retries
+      expect(udpTo(g.drv.receive(0), 5803)).toEqual([]);
+      const asked = iommu.misses.slice(before);
+      expect(asked.every((m) => m.answer === 'off')).toBe(true);
+      expect(asked.length, 'lgnet asks again while nothing answers').toBeGreaterThanOrEqual(2);
+      iommu.serve = true;
+      const rx = udpTo(await g.drv.waitRx(1, { timeoutMs: 5000 }), 5803);
+      sender.kill();
+      expect(rx.length).toBe(1);
+      expect(payloadOf(rx[0]!, 200).equals(Buffer.from(expectedPayload(200, 0)))).toBe(true);
+      expect(queueMetric(b, 0).broken).toBeNull();
+    } finally {
+      g.close();
+    }
+  });
+
+  it('a read-only mapping under an RX buffer breaks the RX queue (VRING_IOMMU_DENIED), counted; the connection stays', async () => {
+    const b = bed();
+    const { g, iommu } = await guestBehindIommu(b);
+    const broken: Array<{ queue: number; code: string }> = [];
+    const onBroken = (e: { queue: number; code: string }) => broken.push(e);
+    b.dev.on('broken', onBroken);
+    try {
+      await iommu.invalidateAll();
+      const slots = g.drv.rx[0]!.slots;
+      const lo = Math.min(...slots);
+      iommu.readOnly(lo, Math.max(...slots) + g.drv.rxBufferSize - lo);
+      const brokenBefore = queueMetric(b, 0).queueBroken;
+      const sender = udpSend(b.ns, b.guestIp, 5804, 200, 3, 50);
+      expect(await until(() => broken.some((e) => e.queue === 0), 5000)).toBe(true);
+      sender.kill();
+      expect(broken.find((e) => e.queue === 0)!.code).toBe(VringErrorCode.IOMMU_DENIED);
+      expect(queueMetric(b, 0).queueBroken).toBe(brokenBefore + 1);
+      expect(udpTo(g.drv.receive(0), 5804)).toEqual([]);
+      expect(await g.fe.getStatus()).toBeGreaterThanOrEqual(0); // the connection still answers
+    } finally {
+      b.dev.off('broken', onBroken);
+      g.close();
+    }
+  });
+
+  it('an invalidation takes mappings back: lgnet asks for them again before using them', async () => {
+    const b = bed();
+    const { g, iommu } = await guestBehindIommu(b);
+    try {
+      const first = udpSend(b.ns, b.guestIp, 5805, 100, 2, 20);
+      expect(udpTo(await g.drv.waitRx(2, { timeoutMs: 5000 }), 5805).length).toBe(2);
+      first.kill();
+      const before = iommu.misses.length;
+      await iommu.invalidateAll();
+      const second = udpSend(b.ns, b.guestIp, 5806, 100, 2, 20);
+      expect(udpTo(await g.drv.waitRx(2, { timeoutMs: 5000 }), 5806).length).toBe(2);
+      second.kill();
+      expect(iommu.misses.length).toBeGreaterThan(before);
+    } finally {
+      g.close();
+    }
+  });
+
+  it('refuses IOTLB messages it cannot take: an update that wraps, a MISS from the front-end (VU_BAD_IOTLB)', async () => {
+    const b = bed();
+    for (const msg of [
+      encodeIotlb({ iova: 2n ** 64n - 4096n, size: 8192, uaddr: 0x7f00_0000_0000, perm: 3, type: IOTLB_TYPE.UPDATE }),
+      encodeIotlb({ iova: 0x1000, size: 4096, uaddr: 0x7f00_0000_0000, perm: 7, type: IOTLB_TYPE.UPDATE }),
+      encodeIotlb({ iova: 0x1000, perm: 3, type: IOTLB_TYPE.MISS }),
+    ]) {
+      const { g } = await guestBehindIommu(b);
+      try {
+        const refusedBefore = b.server.metrics.errors[VU.BAD_IOTLB] ?? 0;
+        g.fe.sendRequest(REQ.IOTLB_MSG, msg);
+        expect(await g.fe.waitClosed(3000)).toBe(true);
+        expect(b.server.metrics.errors[VU.BAD_IOTLB]).toBe(refusedBefore + 1);
+      } finally {
+        g.close();
+      }
+      expect(await until(() => b.server.connection === null, 5000)).toBe(true); // one front-end at a time
+    }
+  });
+
+  it('refuses IOTLB_MSG when ACCESS_PLATFORM was not negotiated', async () => {
+    const b = bed();
+    const g = await b.guest({ accept: ['VERSION_1', 'MRG_RXBUF'] });
+    try {
+      const before = b.server.metrics.errors[VU.BAD_IOTLB] ?? 0;
+      g.fe.sendRequest(REQ.IOTLB_MSG, encodeIotlb({ iova: 0x1000, size: 4096, uaddr: 0x7f00_0000_0000, perm: 3, type: IOTLB_TYPE.UPDATE }));
+      expect(await g.fe.waitClosed(3000)).toBe(true);
+      expect(b.server.metrics.errors[VU.BAD_IOTLB]).toBe(before + 1);
+    } finally {
+      g.close();
+    }
+  });
+});
