@@ -19,6 +19,7 @@ const SIZES: Partial<Record<number, number[]>> = {
   [REQ.SET_VRING_CALL]: [8], [REQ.SET_VRING_ERR]: [8], [REQ.SET_MEM_TABLE]: [8, 40, 72], [REQ.ADD_MEM_REG]: [40],
   [REQ.REM_MEM_REG]: [40], [REQ.GET_CONFIG]: [12 + 6, 12 + 12], [REQ.SET_CONFIG]: [12 + 6], [REQ.SEND_RARP]: [8],
   [REQ.NET_SET_MTU]: [8], [REQ.SET_STATUS]: [8], [REQ.GET_INFLIGHT_FD]: [24], [REQ.SET_INFLIGHT_FD]: [24],
+  [REQ.IOTLB_MSG]: [32], [REQ.SET_SLAVE_REQ_FD]: [0],
 };
 const REQUESTS = Object.values(REQ);
 /** The messages that set a ring up and start it: favoured, so that rings do start on random layouts. */
@@ -30,7 +31,7 @@ export interface FuzzMessage { request: number; flags: number; payload: Uint8Arr
 function fdsFor(request: number, payload: Uint8Array): number {
   switch (request) {
     case REQ.SET_MEM_TABLE: return payload.length >= 8 ? Math.min(8, payload[0]!) : 0;
-    case REQ.ADD_MEM_REG: case REQ.SET_INFLIGHT_FD: return 1;
+    case REQ.ADD_MEM_REG: case REQ.SET_INFLIGHT_FD: case REQ.SET_SLAVE_REQ_FD: return 1;
     case REQ.SET_VRING_KICK: case REQ.SET_VRING_CALL: case REQ.SET_VRING_ERR: return payload.length >= 8 && payload[1]! & 1 ? 0 : 1;
     default: return 0;
   }
@@ -39,6 +40,8 @@ function fdsFor(request: number, payload: Uint8Array): number {
 /** Guest RAM the handshake installs; ring addresses in random messages often point into it. */
 export const RAM_UADDR = 0x7f00_0000_0000;
 export const RAM_SIZE = 1 << 20;
+/** Behind the IOMMU of start mode 4: the RAM's I/O virtual addresses start here. */
+export const RAM_IOVA = 0x10_0000_0000;
 
 export const message: fc.Arbitrary<FuzzMessage> = fc
   .record({
@@ -70,6 +73,14 @@ export const message: fc.Arbitrary<FuzzMessage> = fc
       r.inRam.forEach((o, i) => dv.setBigUint64(8 + 8 * i, BigInt(RAM_UADDR + (o & ~0xf)), true));
     }
     if (r.request === REQ.SET_VRING_NUM && payload.length === 8 && r.small) dv.setUint32(4, 1 << (r.small * 3 + 2), true);
+    if (r.request === REQ.IOTLB_MSG && payload.length === 32 && r.small) {
+      // An update or an invalidation near the RAM's IOVAs, mapping into the RAM (or just past it).
+      dv.setBigUint64(0, BigInt(RAM_IOVA + (r.inRam[0]! & ~0xfff)), true);
+      dv.setBigUint64(8, BigInt(r.small * 4096 * (1 + (r.inRam[2]! & 7))), true);
+      dv.setBigUint64(16, BigInt(RAM_UADDR + (r.inRam[1]! & ~0xfff)), true);
+      dv.setUint8(24, 1 + (r.inRam[2]! % 3));
+      dv.setUint8(25, r.small === 1 ? 2 : 3);
+    }
     const n = r.fdsRandom === 0 ? r.small : fdsFor(r.request, payload);
     return { request: r.request, flags: r.flagsRandom === 0 ? r.flags : V, payload, fds: r.fdKinds.slice(0, n) };
   });
@@ -77,10 +88,12 @@ export const message: fc.Arbitrary<FuzzMessage> = fc
 /**
  * How a sequence starts: 0 bare, 1 negotiated with memory, 2 also with both rings running, 3 as 2 but
  * in a postcopy migration that the front-end never serves (advised, listening, the memory table
- * answered and acknowledged; its copy of the userfaultfd closed at once), where the back-end offers it.
+ * answered and acknowledged; its copy of the userfaultfd closed at once), where the back-end offers it,
+ * 4 as 2 but behind an IOMMU (ACCESS_PLATFORM, a back-end channel nobody reads, the whole RAM mapped
+ * at RAM_IOVA, rings at IOVAs), where the back-end offers it.
  */
 export const start = fc.record({
-  mode: fc.integer({ min: 0, max: 3 }),
+  mode: fc.integer({ min: 0, max: 4 }),
   seed: fc.integer({ min: 1, max: 0x7fffffff }),
   size: fc.constantFrom(16, 64, 256),
   rings: fc.array(fc.array(fc.integer({ min: 0, max: RAM_SIZE - 8192 }), { minLength: 3, maxLength: 3 }), { minLength: 2, maxLength: 2 }),
@@ -120,10 +133,17 @@ export async function playSequence(path: string, ram: FuzzRam, st: typeof start 
   fillRandom(ram.words, st.seed);
   const fe = await VhostUserFrontend.connect(path);
   let sent = 0;
+  /** Mode 4: this end of the back-end channel, and where ring addresses start (IOVAs then). */
+  let channel = -1;
+  let ringBase = RAM_UADDR;
   try {
     if (st.mode >= 1) {
       // Split rings: the rings below are laid out (and fuzzed) as split rings.
-      const neg = await fe.negotiate({ features: (offered) => offered & ~mask('RING_PACKED'), protocolFeatures: FRONTEND_PROTOCOL_FEATURES | protocolMask('PAGEFAULT') });
+      // Modes 1–3 without ACCESS_PLATFORM: their ring addresses are front-end addresses.
+      const neg = await fe.negotiate({
+        features: (offered) => offered & ~mask('RING_PACKED') & (st.mode === 4 ? ~0n : ~mask('ACCESS_PLATFORM')),
+        protocolFeatures: FRONTEND_PROTOCOL_FEATURES | protocolMask('PAGEFAULT', ...(st.mode === 4 ? ['SLAVE_REQ' as const] : [])),
+      });
       const region = { gpa: 0, size: RAM_SIZE, uaddr: RAM_UADDR, mmapOffset: 0, fd: ram.fd };
       if (st.mode === 3 && neg.protocolFeatures & protocolMask('PAGEFAULT')) {
         native.close(await fe.postcopyAdvise());
@@ -132,12 +152,23 @@ export async function playSequence(path: string, ram: FuzzRam, st: typeof start 
       } else {
         await fe.setMemTable([region]);
       }
+      if (st.mode === 4 && neg.features & mask('ACCESS_PLATFORM')) {
+        const [mine, theirs] = native.unixSocketpair();
+        channel = mine; // never read: lgnet's misses fill it and are dropped
+        try {
+          await fe.setBackendReqFd(theirs);
+        } finally {
+          native.close(theirs);
+        }
+        await fe.iotlbUpdate(RAM_IOVA, RAM_SIZE, RAM_UADDR, 3);
+        ringBase = RAM_IOVA;
+      }
     }
     if (st.mode >= 2) {
       for (const [index, at] of st.rings.entries()) {
         await fe.setVringNum(index, st.size);
         await fe.setVringBase(index, 0);
-        await fe.setVringAddr(index, { desc: RAM_UADDR + (at[0]! & ~0xf), avail: RAM_UADDR + (at[1]! & ~0x1), used: RAM_UADDR + (at[2]! & ~0x3) });
+        await fe.setVringAddr(index, { desc: ringBase + (at[0]! & ~0xf), avail: ringBase + (at[1]! & ~0x1), used: ringBase + (at[2]! & ~0x3) });
         await fe.setVringKick(index, ram.kick);
         await fe.setVringCall(index, null);
         await fe.setVringEnable(index, true);
@@ -158,6 +189,7 @@ export async function playSequence(path: string, ram: FuzzRam, st: typeof start 
     await new Promise((r) => setTimeout(r, 2));
   } finally {
     fe.close();
+    native.closeQuietly(channel);
   }
   return sent;
 }

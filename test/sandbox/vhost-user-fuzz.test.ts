@@ -14,6 +14,7 @@ import * as native from '../../native/index.ts';
 
 import { ip4, mac, udpFrame } from '../../harness/frames.ts';
 import { destroyAllNetns, netnsPrerequisites } from '../../harness/netns.ts';
+import { mask } from '../../device/features.ts';
 import { FuzzRam, fuzzRuns, fuzzTimeout, message, playSequence, SEQUENCE_TIMEOUT_MS, SequenceTimes, start } from './vhost-user-fuzz-helpers.ts';
 import { createVuBed, expectedPayload, fdCount, udpSink, until, type VuBed } from './vhost-user-helpers.ts';
 
@@ -35,7 +36,8 @@ describe.skipIf(!pre.ok)('vhost-user server: random front-ends', () => {
     // messages reach it (docs/SECURITY.md, "Postcopy").
     uffdDevice = existsSync('/dev/userfaultfd') ? native.userfaultfdDevice() : -1;
     if (uffdDevice < 0) console.warn('[fuzz] no /dev/userfaultfd (Linux before 6.1): postcopy is not offered, start mode 3 runs as mode 2');
-    bed = await createVuBed(uffdDevice >= 0 ? { userfaultfd: uffdDevice } : {});
+    // ACCESS_PLATFORM offered: start mode 4 and random IOTLB messages reach the IOMMU paths.
+    bed = await createVuBed({ features: mask('ACCESS_PLATFORM'), ...(uffdDevice >= 0 ? { userfaultfd: uffdDevice } : {}) });
     ram = new FuzzRam();
   });
   afterAll(async () => {
@@ -81,7 +83,9 @@ describe.skipIf(!pre.ok)('vhost-user server: random front-ends', () => {
     expect(await until(() => fdCount() <= fds0 && fuzzMappings().length <= maps0, 5000), `fds ${fdCount()} vs ${fds0}, mappings left: ${fuzzMappings().join('\n')}`).toBe(true);
     const q = bed.dev.metrics().queues;
     const advised = bed.server.metrics.requests['POSTCOPY_ADVISE'] ?? 0;
-    console.log(`[fuzz] ${times.summary()}, ${bed.server.metrics.messages} messages (${advised} POSTCOPY_ADVISE), queues broken ${q.map((x) => x.queueBroken).join("/")}, errors by code: ${JSON.stringify(bed.server.metrics.errors)}`);
+    const iotlb = bed.server.metrics.requests['IOTLB_MSG'] ?? 0;
+    expect(iotlb, 'sequences behind an IOMMU').toBeGreaterThan(0);
+    console.log(`[fuzz] ${times.summary()}, ${bed.server.metrics.messages} messages (${advised} POSTCOPY_ADVISE, ${iotlb} IOTLB_MSG), queues broken ${q.map((x) => x.queueBroken).join("/")}, errors by code: ${JSON.stringify(bed.server.metrics.errors)}`);
     if (uffdDevice >= 0) expect(advised, 'sequences in a postcopy migration').toBeGreaterThan(0);
   }, fuzzTimeout(RUNS, 30_000));
 });

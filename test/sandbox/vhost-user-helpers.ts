@@ -76,8 +76,8 @@ export async function createVuBed(opts: { pairs?: number; config?: boolean; user
     ns, dev, server, dir, path, hostIp, guestIp, guestMac,
     async guest(g = {}) {
       const ram = new GuestRam((24 + 24 * pairs) << 20);
-      // Split rings unless a test asks for RING_PACKED.
-      const accept = g.accept ? mask(...g.accept) : dev.offered & ~mask('RING_PACKED');
+      // Split rings unless a test asks for RING_PACKED; no IOMMU unless it asks for ACCESS_PLATFORM.
+      const accept = g.accept ? mask(...g.accept) : dev.offered & ~mask('RING_PACKED', 'ACCESS_PLATFORM');
       const drv = new VirtioNetDriver(ram, { features: accept & dev.offered, pairs, queueSize: 256, ...(g.dmaOffset !== undefined ? { dmaOffset: g.dmaOffset } : {}) });
       const fe = await VhostUserFrontend.connect(path);
       const guest: Guest = {
