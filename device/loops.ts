@@ -72,32 +72,34 @@ abstract class ServiceLoop<P> {
   /** Gives back what the service holds of the ring beyond a pass (RX: kept chains), so that the queue's position is exact. */
   release(): void {}
 
-  /** The miss this loop last reported: [generation, iova, access], so one miss is asked for once. */
+  /** The miss this loop last reported: [page, access, when (ms)], so that a miss is asked for once. */
   private readonly reported = [-1, 0, 0];
 
   /**
    * Behind an IOMMU, the ring's next chain has no mapping yet (it stays in the ring, vring/iotlb.ts):
-   * what was done goes to the guest, the miss goes to the owner once, and the worker sleeps until the
-   * table changes (the owner writes the control eventfd then) or IOTLB_RETRY_MS pass, when it asks
-   * again. True when the control eventfd woke it, so that the worker drains it.
+   * what was done goes to the guest, the miss goes to the owner, and the worker sleeps until the table
+   * changes (the owner writes the control eventfd then) or IOTLB_RETRY_MS pass. The same page is asked
+   * for again only after IOTLB_RETRY_MS: a change that brought another queue's mapping must not make
+   * this one ask again, or every answer would bring more questions. True when the control eventfd woke
+   * it, so that the worker drains it.
    */
   protected waitIotlb(): boolean {
     const t = this.ctx.mem.iotlb!;
     const c = this.ctx.c;
     const r = this.reported;
     this.ctx.pending.signal();
-    if (r[0] !== t.missGeneration || r[1] !== t.missIova || r[2] !== t.missAccess) {
-      r[0] = t.missGeneration;
-      r[1] = t.missIova;
-      r[2] = t.missAccess;
+    const page = Math.floor(t.missIova / 4096);
+    const t0 = performance.now();
+    if (r[0] !== page || r[1] !== t.missAccess || t0 - r[2]! >= IOTLB_RETRY_MS) {
+      r[0] = page;
+      r[1] = t.missAccess;
+      r[2] = t0;
       c[M.iotlbMisses]! += 1;
       this.fds.reportMiss?.(t.missIova, t.missAccess);
     }
-    const t0 = performance.now();
     c[M.sleeps]! += 1;
     const woke = native.poll(this.ctlOnly, IOTLB_RETRY_MS);
     c[M.blockedNs]! += (performance.now() - t0) * 1e6;
-    if (woke === 0) r[0] = -1; // no answer: ask again
     t.clearMiss();
     return woke !== 0;
   }
