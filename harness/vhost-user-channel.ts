@@ -80,6 +80,8 @@ export class FrontendChannel {
 
   /** Writes bytes (and fds) as they are: for hostile tests. Returns bytes written (-1: would block). */
   sendRaw(bytes: Uint8Array, fds: readonly number[] = []): number {
+    // Once closed, the fd's number may already be another socket's (a HarnessIommu answering late).
+    if (this.closedFd) throw new FrontendError(FRONTEND_ERROR.CLOSED, 'this front-end was closed');
     return native.sendMsg(this.fd, bytes, fds);
   }
 
