@@ -93,13 +93,14 @@ describe('GuestMemory behind an IOMMU', () => {
     expect(() => device.translate(0x2000, 0x2000, new PieceList(4), READ)).toThrow(/in no memory region/);
   });
 
-  it('translates a ring area to one contiguous front-end range, or refuses', () => {
-    const { device, iotlb } = memories();
+  it('translates a ring area to one contiguous front-end range, or refuses (Iotlb.toUaddr)', () => {
+    const { iotlb } = memories();
     iotlb.update(0x10000, 0x1000, UADDR + 0x4000, RW);
     iotlb.update(0x11000, 0x1000, UADDR + 0x5000, RW);
-    expect(device.iovaToUaddr(0x10800, 0x1000, READ)).toBe(UADDR + 0x4800);
+    expect(iotlb.toUaddr(0x10800, 0x1000, READ)).toBe(UADDR + 0x4800);
     iotlb.update(0x11000, 0x1000, UADDR + 0x7000, RW);
-    expect(() => device.iovaToUaddr(0x10800, 0x1000, READ)).toThrow(/not one contiguous/);
+    expect(() => iotlb.toUaddr(0x10800, 0x1000, READ)).toThrow(/not one contiguous/);
+    expect(() => iotlb.toUaddr(0x11800, 0x1000, READ)).toThrow(IotlbMiss); // runs into a page not mapped yet
   });
 });
 
