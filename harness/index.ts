@@ -25,7 +25,7 @@ export {
   type FrontendRegion, type ReceivedMessage, type NegotiateOptions, type Negotiated,
 } from './vhost-user-frontend.ts';
 export {
-  HarnessIommu, IOMMU_PERM, DEFAULT_IOVA_OFFSET, type HarnessIommuOptions, type IommuMiss, type MissAnswer,
+  HarnessIommu, IOMMU_PERM, DEFAULT_IOVA_OFFSET, type HarnessIommuOptions, type IommuMiss, type MissAnswer, type IommuFrontend,
 } from './iommu.ts';
 export * as frames from './frames.ts';
 export {

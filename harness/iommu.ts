@@ -22,7 +22,13 @@ import {
 } from '../sandbox/vhost-user/messages.ts';
 import type { GuestRam } from './guest-ram.ts';
 import { FrontendError, FRONTEND_ERROR } from './vhost-user-channel.ts';
-import type { VhostUserFrontend } from './vhost-user-frontend.ts';
+import type { FrontendRequests } from './vhost-user-requests.ts';
+
+/**
+ * What the IOMMU needs of its front-end (a VhostUserFrontend): the negotiated protocol features and the
+ * three requests it sends. Named by shape, so that the front-end, which takes an IOMMU, is not imported.
+ */
+export type IommuFrontend = Pick<FrontendRequests, 'protocolFeatures' | 'setBackendReqFd' | 'iotlbUpdate' | 'iotlbInvalidate'>;
 
 /** Permission of a mapping (vhost's VHOST_ACCESS_*): read only, write only, read/write. */
 export const IOMMU_PERM = { RO: 1, WO: 2, RW: 3 } as const;
@@ -69,7 +75,7 @@ interface Rule {
 
 /** A vIOMMU in front of a GuestRam, serving a vhost-user back-end's IOTLB misses over a front-end. */
 export class HarnessIommu {
-  readonly fe: VhostUserFrontend;
+  readonly fe: IommuFrontend;
   readonly ram: GuestRam;
   /** iova = gpa + offset. */
   readonly offset: number;
@@ -109,7 +115,7 @@ export class HarnessIommu {
    * Makes the back-end channel (a socketpair) and starts reading its end. Nothing is sent before
    * attach() (or attachDriver / negotiate with `iommu`, which call it).
    */
-  constructor(fe: VhostUserFrontend, ram: GuestRam, opts: HarnessIommuOptions = {}) {
+  constructor(fe: IommuFrontend, ram: GuestRam, opts: HarnessIommuOptions = {}) {
     const pageSize = opts.pageSize ?? 4096;
     if (!Number.isSafeInteger(pageSize) || pageSize < 4096 || (pageSize & (pageSize - 1)) !== 0) {
       throw new RangeError(`pageSize ${pageSize}: not a power of 2 of at least 4096`);

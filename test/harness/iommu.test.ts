@@ -12,7 +12,7 @@ import * as native from '../../native/index.ts';
 import { mask } from '../../device/features.ts';
 import { ethernet } from '../../harness/frames.ts';
 import { GuestRam } from '../../harness/guest-ram.ts';
-import { DEFAULT_IOVA_OFFSET, HarnessIommu, IOMMU_PERM } from '../../harness/iommu.ts';
+import { DEFAULT_IOVA_OFFSET, HarnessIommu, IOMMU_PERM, type IommuFrontend } from '../../harness/iommu.ts';
 import { VhostUserFrontend } from '../../harness/vhost-user-frontend.ts';
 import { VirtioNetDriver } from '../../harness/virtio-net.ts';
 import {
@@ -342,7 +342,7 @@ describe('HarnessIommu: the back-end channel', () => {
     expect(() => new HarnessIommu(r0(), ram, { offset: 2 ** 53 - PAGE })).toThrow(RangeError);
     expect(() => new HarnessIommu(r0(), ram, { pageSize: 0x3000 })).toThrow(RangeError);
     expect(() => iommu.toGpa(5)).toThrow(RangeError);
-    function r0(): VhostUserFrontend {
+    function r0(): IommuFrontend {
       return iommu.fe;
     }
   });
