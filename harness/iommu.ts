@@ -18,10 +18,10 @@
  */
 import * as native from '../native/index.ts';
 import {
-  BACKEND_REQ, decodeHeader, decodeIotlb, encodeMessage, encodeU64, FLAGS, HEADER_SIZE, IOTLB_MSG_SIZE, IOTLB_TYPE, PROTOCOL_F,
+  BACKEND_REQ, decodeIotlb, encodeMessage, encodeU64, FLAGS, IOTLB_MSG_SIZE, IOTLB_TYPE, PROTOCOL_F,
 } from '../sandbox/vhost-user/messages.ts';
 import type { GuestRam } from './guest-ram.ts';
-import { FrontendError, FRONTEND_ERROR } from './vhost-user-channel.ts';
+import { FrontendError, FRONTEND_ERROR, readAvailable, splitMessages } from './vhost-user-channel.ts';
 import type { FrontendRequests } from './vhost-user-requests.ts';
 
 /**
@@ -103,7 +103,7 @@ export class HarnessIommu {
   readonly fd: number;
   private peer: number;
   private poller: native.FdPoller | null;
-  private inbox = new Uint8Array(0);
+  private inbox: Uint8Array = new Uint8Array(0);
   private readonly rbuf = new Uint8Array(4096);
   private rules: Rule[] = [];
   private work: Promise<void> = Promise.resolve();
@@ -329,39 +329,17 @@ export class HarnessIommu {
 
   private onReadable(): void {
     if (this.closed) return;
-    for (;;) {
-      let r: native.RecvResult;
-      try {
-        r = native.recvMsg(this.fd, this.rbuf, 8);
-      } catch {
-        this.backendGone = true;
-        break;
-      }
-      // No back-end message of interest here carries fds.
-      for (const fd of r.fds) native.closeQuietly(fd);
-      if (r.bytes < 0) break;
-      if (r.bytes === 0) {
-        this.backendGone = true;
-        break;
-      }
-      const merged = new Uint8Array(this.inbox.length + r.bytes);
-      merged.set(this.inbox, 0);
-      merged.set(this.rbuf.subarray(0, r.bytes), this.inbox.length);
-      this.inbox = merged;
-    }
-    while (this.inbox.length >= HEADER_SIZE) {
-      const h = decodeHeader(this.inbox.subarray(0, HEADER_SIZE));
-      if (h.size > MAX_BACKEND_PAYLOAD) {
-        // The framing is lost: nothing after it can be read as messages.
-        this.unexpected++;
-        this.inbox = new Uint8Array(0);
-        this.backendGone = true;
-        break;
-      }
-      if (this.inbox.length < HEADER_SIZE + h.size) break;
-      const payload = this.inbox.slice(HEADER_SIZE, HEADER_SIZE + h.size);
-      this.inbox = this.inbox.slice(HEADER_SIZE + h.size);
-      this.onMessage(h.request, h.flags, payload);
+    const got = readAvailable(this.fd, this.rbuf, this.inbox);
+    // No back-end message of interest here carries fds.
+    for (const fd of got.fds) native.closeQuietly(fd);
+    if (got.eof) this.backendGone = true;
+    const { messages, rest, lost } = splitMessages(got.inbox, MAX_BACKEND_PAYLOAD);
+    this.inbox = rest;
+    for (const m of messages) this.onMessage(m.request, m.flags, m.payload);
+    if (lost) {
+      // The framing is lost: nothing after it can be read as messages.
+      this.unexpected++;
+      this.backendGone = true;
     }
     if (this.backendGone) {
       this.poller?.close();

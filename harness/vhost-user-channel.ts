@@ -61,7 +61,7 @@ export class FrontendChannel {
   /** Default timeout of a reply. */
   timeoutMs: number;
   private poller: native.FdPoller | null;
-  private inbox = new Uint8Array(0);
+  private inbox: Uint8Array = new Uint8Array(0);
   private inboxFds: number[] = [];
   private messages: ReceivedMessage[] = [];
   private waiters: Array<() => void> = [];
@@ -193,32 +193,12 @@ export class FrontendChannel {
   }
 
   private onReadable(): void {
-    for (;;) {
-      let r: native.RecvResult;
-      try {
-        r = native.recvMsg(this.fd, this.rbuf, 8);
-      } catch {
-        this.eof = true;
-        break;
-      }
-      this.inboxFds.push(...r.fds);
-      if (r.bytes < 0) break;
-      if (r.bytes === 0) {
-        this.eof = true;
-        break;
-      }
-      const merged = new Uint8Array(this.inbox.length + r.bytes);
-      merged.set(this.inbox, 0);
-      merged.set(this.rbuf.subarray(0, r.bytes), this.inbox.length);
-      this.inbox = merged;
-    }
-    while (this.inbox.length >= HEADER_SIZE) {
-      const h = decodeHeader(this.inbox.subarray(0, HEADER_SIZE));
-      if (this.inbox.length < HEADER_SIZE + h.size) break;
-      const payload = this.inbox.slice(HEADER_SIZE, HEADER_SIZE + h.size);
-      this.inbox = this.inbox.slice(HEADER_SIZE + h.size);
-      this.messages.push({ request: h.request, flags: h.flags, payload, fds: this.inboxFds.splice(0) });
-    }
+    const got = readAvailable(this.fd, this.rbuf, this.inbox);
+    this.inboxFds.push(...got.fds);
+    if (got.eof) this.eof = true;
+    const { messages, rest } = splitMessages(got.inbox);
+    this.inbox = rest;
+    for (const m of messages) this.messages.push({ ...m, fds: this.inboxFds.splice(0) });
     if (this.eof) this.poller?.close();
     this.wake();
   }
@@ -230,6 +210,45 @@ export class FrontendChannel {
 }
 
 /** Resolves after ms milliseconds. */
+/**
+ * Reads everything a nonblocking socket holds now onto the end of `inbox`: the bytes, the fds that came
+ * with them, and whether the peer is gone (end of file, or an error). The channel's and the IOMMU's reader.
+ */
+export function readAvailable(fd: number, rbuf: Uint8Array, inbox: Uint8Array): { inbox: Uint8Array; fds: number[]; eof: boolean } {
+  const fds: number[] = [];
+  for (;;) {
+    let r: native.RecvResult;
+    try {
+      r = native.recvMsg(fd, rbuf, 8);
+    } catch {
+      return { inbox, fds, eof: true };
+    }
+    fds.push(...r.fds);
+    if (r.bytes < 0) return { inbox, fds, eof: false };
+    if (r.bytes === 0) return { inbox, fds, eof: true };
+    const merged = new Uint8Array(inbox.length + r.bytes);
+    merged.set(inbox, 0);
+    merged.set(rbuf.subarray(0, r.bytes), inbox.length);
+    inbox = merged;
+  }
+}
+
+/**
+ * Splits the whole vhost-user messages off the front of `inbox`. A header announcing more than
+ * `maxPayload` bytes loses the framing: `lost` is set and nothing after it is read.
+ */
+export function splitMessages(inbox: Uint8Array, maxPayload = Infinity): { messages: Array<{ request: number; flags: number; payload: Uint8Array }>; rest: Uint8Array; lost: boolean } {
+  const messages: Array<{ request: number; flags: number; payload: Uint8Array }> = [];
+  while (inbox.length >= HEADER_SIZE) {
+    const h = decodeHeader(inbox.subarray(0, HEADER_SIZE));
+    if (h.size > maxPayload) return { messages, rest: new Uint8Array(0), lost: true };
+    if (inbox.length < HEADER_SIZE + h.size) break;
+    messages.push({ request: h.request, flags: h.flags, payload: inbox.slice(HEADER_SIZE, HEADER_SIZE + h.size) });
+    inbox = inbox.slice(HEADER_SIZE + h.size);
+  }
+  return { messages, rest: inbox, lost: false };
+}
+
 export function sleep(ms: number): Promise<void> {
   return new Promise((r) => setTimeout(r, ms));
 }
