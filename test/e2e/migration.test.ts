@@ -231,10 +231,12 @@ describe('live migration, lgnet --guest-announce: the guest announces itself thr
 });
 
 // Postcopy (lgnet --postcopy, QEMU's postcopy-ram): the source switches right after `migrate`, so the
-// guest runs on the destination while most of its RAM is still on the source (200 ms later, on a fast
-// machine, left so little that one CI run saw lgnet take no fault at all). lgnet's workers then
+// guest runs on the destination while most of its RAM is still on the source. lgnet's workers then
 // touch ring and buffer pages that are not there yet; each such fault reaches QEMU through the
-// userfaultfd lgnet gave it at POSTCOPY_ADVISE, and QEMU's trace counts the faults it served.
+// userfaultfd lgnet gave it at POSTCOPY_ADVISE, and QEMU's trace counts the faults it served. How many
+// is a race with the guest's vCPU, which touches most of those pages first: 0 to 4 per leg on a fast
+// machine (5 to 17 on a slower one), so the count is reported, not asserted. That lgnet's faults do
+// wait for QEMU and are served is asserted where it can be made to happen: test/sandbox/postcopy.test.ts.
 // One leg (A → B) keeps CI short; `npm run bench:migration-postcopy` goes there and back, 3 rounds.
 describe('live migration, lgnet postcopy (postcopy-ram, --postcopy): A → B under load', () => {
   let run: MigrationRun;
@@ -247,12 +249,12 @@ describe('live migration, lgnet postcopy (postcopy-ram, --postcopy): A → B und
   }, 240_000);
 
   for (const leg of [1]) {
-    it(`leg ${leg}: goes through postcopy and completes; lgnet's own faults were served; the blob arrives intact, ping lost at most 5%, the host reaches the guest within 1 s`, () => {
+    it(`leg ${leg}: goes through postcopy and completes; the blob arrives intact, ping lost at most 5%, the host reaches the guest within 1 s`, () => {
       expect(run.error).toBeUndefined();
       const r = expectDelivered(run.legs[leg - 1], leg);
       expect(r.states).toContain('postcopy-active');
       expect(r.ram?.['postcopy-bytes']).toBeGreaterThan(0);
-      expect(r.postcopyFaults?.served, 'faults QEMU read from lgnet\'s userfaultfd').toBeGreaterThan(0);
+      expect(r.postcopyFaults, 'the destination QEMU\'s fault trace was read').toBeDefined();
       expect(r.iperf?.rc, r.iperf?.output).toBe(0);
     });
   }
