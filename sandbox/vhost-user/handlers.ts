@@ -18,6 +18,7 @@ import { VhostUserError, VU } from './errors.ts';
 import type { DeviceHooks } from './hooks.ts';
 import type { InflightBuffer } from './inflight.ts';
 import type { MemTable } from './mem-table.ts';
+import { ADDR_LIMIT as VRING_ADDR_LIMIT } from '../../vring/index.ts';
 import type { BackendIommu } from './iommu.ts';
 import { Postcopy } from './postcopy.ts';
 import {
@@ -89,7 +90,8 @@ function take(m: Message, i: number): number {
 const PROTOCOL_BIT = 1n << BigInt(F_PROTOCOL_FEATURES);
 /** VIRTIO_F_ACCESS_PLATFORM: with it, ring and descriptor addresses are I/O virtual addresses. */
 const ACCESS_PLATFORM_BIT = 1n << 33n;
-const ADDR_LIMIT = 2n ** 53n;
+/** Nothing lgnet maps lies at or above it (vring's ADDR_LIMIT). */
+const ADDR_LIMIT = BigInt(VRING_ADDR_LIMIT);
 const LOG_ALL_BIT = 1n << BigInt(F_LOG_ALL);
 /** Bits of SET_FEATURES that belong to vhost-user, not to the device. */
 const VHOST_BITS = PROTOCOL_BIT | LOG_ALL_BIT;

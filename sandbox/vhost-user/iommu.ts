@@ -26,9 +26,8 @@ export class BackendIommu {
   readonly iotlb = new Iotlb();
   /** The back-end channel (SET_SLAVE_REQ_FD), or -1. */
   private fd = -1;
-  /** MISS messages written, and those the channel could not take (or that had no channel). */
-  misses = 0;
-  missesDropped = 0;
+  /** A line was logged about a miss that could not go out: one per connection is enough. */
+  private warned = false;
   private readonly log: Logger;
 
   constructor(log: Logger) {
@@ -42,28 +41,26 @@ export class BackendIommu {
     this.fd = fd;
   }
 
-  get hasChannel(): boolean {
-    return this.fd >= 0;
-  }
-
   /** Asks the front-end for the mapping of `iova` (access: IOTLB_ACCESS, which is VHOST_ACCESS_*). */
   miss(iova: number, access: number): void {
     if (this.fd < 0) {
-      this.missesDropped++;
-      this.log.warn({ iova: `0x${iova.toString(16)}` }, 'IOTLB miss with no back-end channel (SET_SLAVE_REQ_FD): the queue waits');
+      this.warnOnce({ iova: `0x${iova.toString(16)}` }, 'IOTLB miss with no back-end channel (SET_SLAVE_REQ_FD): the queue waits, asking again every 200 ms');
       return;
     }
-    const msg = encodeMessage(BACKEND_REQ.IOTLB_MSG, VERSION, encodeIotlb({ iova, perm: access, type: IOTLB_TYPE.MISS }));
-    let sent = -1;
+    // A socket that cannot take it now (full) drops it: the queue asks again after IOTLB_RETRY_MS.
     try {
-      sent = native.sendMsg(this.fd, msg);
+      native.sendMsg(this.fd, encodeMessage(BACKEND_REQ.IOTLB_MSG, VERSION, encodeIotlb({ iova, perm: access, type: IOTLB_TYPE.MISS })));
     } catch (e) {
-      this.log.warn({ err: (e as Error).message }, 'IOTLB miss: the back-end channel failed; closed');
+      this.warnOnce({ err: (e as Error).message }, 'IOTLB miss: the back-end channel failed; closed');
       native.closeQuietly(this.fd);
       this.fd = -1;
     }
-    if (sent === msg.length) this.misses++;
-    else this.missesDropped++; // full (or a partial write, which the front-end reads as a short message)
+  }
+
+  private warnOnce(fields: Record<string, unknown>, msg: string): void {
+    if (this.warned) return;
+    this.warned = true;
+    this.log.warn(fields, msg);
   }
 
   /** The vrings' translation of ring addresses through the IOTLB. */
