@@ -84,11 +84,15 @@ async function setupHugepages(pages: number): Promise<{ ok: boolean; dir?: strin
   const undo = onCleanup('hugepages', async () => {
     if (mounted && dir) spawnSync('umount', [dir], { timeout: 10_000 });
     if (dir) rmSync(dir, { recursive: true, force: true });
-    // Pages a just-killed testpmd still holds become surplus and are freed a moment later: write the
-    // original count until it reads back (bounded).
+    // Pages a just-killed testpmd still holds become surplus when the count drops. The kernel does not
+    // always free a surplus page once it is released (CI saw one stay, free, for good); writing the
+    // current total first makes it persistent again, and then lowering the count frees it. Repeat until
+    // the original count reads back (bounded).
     for (let i = 0; i < 30; i++) {
       try {
-        if (Number(readFileSync(HUGE_NR, 'utf8').trim()) === orig) break;
+        const now = Number(readFileSync(HUGE_NR, 'utf8').trim());
+        if (now === orig) break;
+        if (now > orig) writeFileSync(HUGE_NR, String(now));
         writeFileSync(HUGE_NR, String(orig));
       } catch {
         /* reported by the caller's check */
