@@ -72,16 +72,18 @@ abstract class ServiceLoop<P> {
   /** Gives back what the service holds of the ring beyond a pass (RX: kept chains), so that the queue's position is exact. */
   release(): void {}
 
-  /** The miss this loop last reported: [page, access, when (ms)], so that a miss is asked for once. */
-  private readonly reported = [-1, 0, 0];
+  /** The miss this loop last reported: [page, access, when (ms), ring position], so that a miss is asked for once. */
+  private readonly reported = [-1, 0, 0, -1];
 
   /**
    * Behind an IOMMU, the ring's next chain has no mapping yet (it stays in the ring, vring/iotlb.ts):
    * what was done goes to the guest, the miss goes to the owner, and the worker sleeps until the table
-   * changes (the owner writes the control eventfd then) or IOTLB_RETRY_MS pass. The same page is asked
-   * for again only after IOTLB_RETRY_MS: a change that brought another queue's mapping must not make
-   * this one ask again, or every answer would bring more questions. True when the control eventfd woke
-   * it, so that the worker drains it.
+   * changes (the owner writes the control eventfd then) or IOTLB_RETRY_MS pass. The same page at the
+   * same ring position is asked for again only after IOTLB_RETRY_MS: a change that brought another
+   * queue's mapping must not make this one ask again, or every answer would bring more questions. Once
+   * the ring has moved on, the same page is a new question: a guest that unmaps each buffer after use
+   * hands the same IOVA out again at once, and waiting out the retry there cost every frame up to 200 ms.
+   * True when the control eventfd woke it, so that the worker drains it.
    */
   protected waitIotlb(): boolean {
     const t = this.ctx.mem.iotlb!;
@@ -90,10 +92,12 @@ abstract class ServiceLoop<P> {
     this.ctx.pending.signal();
     const page = Math.floor(t.missIova / 4096);
     const t0 = performance.now();
-    if (r[0] !== page || r[1] !== t.missAccess || t0 - r[2]! >= IOTLB_RETRY_MS) {
+    const at = this.ctx.queue.lastAvail;
+    if (r[0] !== page || r[1] !== t.missAccess || r[3] !== at || t0 - r[2]! >= IOTLB_RETRY_MS) {
       r[0] = page;
       r[1] = t.missAccess;
       r[2] = t0;
+      r[3] = at;
       c[M.iotlbMisses]! += 1;
       this.fds.reportMiss?.(t.missIova, t.missAccess);
     }
