@@ -52,6 +52,13 @@ export interface LoopFds {
 
 /** How long a queue waits for an IOTLB mapping before it asks again (a miss message may be lost with a front-end that restarts). */
 export const IOTLB_RETRY_MS = 200;
+/** The IOTLB's page: what a miss names and a vIOMMU answers at the least. */
+const PAGE = 4096;
+const DBG = !!process.env['LGNET_DBG_IOTLB'];
+/** Pages of one buffer asked for together at most (1 MiB): a bound on one miss's messages. */
+const MAX_ASK_PAGES = 256;
+/** Asks remembered at one ring position at most, before the memory is dropped. */
+const MAX_ASKED = 4096;
 
 /** What both loops share: where avail.idx is, the bounded busy poll, the throttle sleep and waitKick. */
 abstract class ServiceLoop<P> {
@@ -72,38 +79,56 @@ abstract class ServiceLoop<P> {
   /** Gives back what the service holds of the ring beyond a pass (RX: kept chains), so that the queue's position is exact. */
   release(): void {}
 
-  /** The miss this loop last reported: [page, access, when (ms), ring position], so that a miss is asked for once. */
-  private readonly reported = [-1, 0, 0, -1];
+  /** Pages this loop asked for at ring position `askedAt`, with the table's `drops` at `askedDrops`: page * 4 + access → when (ms). */
+  private readonly asked = new Map<number, number>();
+  private askedAt = -1;
+  private askedDrops = -1;
 
   /**
    * Behind an IOMMU, the ring's next chain has no mapping yet (it stays in the ring, vring/iotlb.ts):
-   * what was done goes to the guest, the miss goes to the owner, and the worker sleeps until the table
-   * changes (the owner writes the control eventfd then) or IOTLB_RETRY_MS pass. The same page at the
-   * same ring position is asked for again only after IOTLB_RETRY_MS: a change that brought another
-   * queue's mapping must not make this one ask again, or every answer would bring more questions. Once
-   * the ring has moved on, the same page is a new question: a guest that unmaps each buffer after use
-   * hands the same IOVA out again at once, and waiting out the retry there cost every frame up to 200 ms.
-   * True when the control eventfd woke it, so that the worker drains it.
+   * what was done goes to the guest, the misses go to the owner, and the worker sleeps until the table
+   * changes (the owner writes the control eventfd then) or IOTLB_RETRY_MS pass.
+   *
+   * It asks for every page of the buffer it stopped in that has no mapping, not the first alone: a
+   * 64 KiB segment spans 17 pages, and one at a time made that 17 round trips to the front-end. Pages
+   * beyond the buffer are never asked for: the guest may not have mapped them, and a vIOMMU reports
+   * a fault to the guest for each.
+   *
+   * A page already asked for is asked again only after IOTLB_RETRY_MS, while its answer may still be
+   * on the way: an answer meant for another page or queue must not bring more questions. The slate is
+   * clean again once the ring has moved on (a guest that unmaps each buffer after use hands the same
+   * IOVA out again at once) or the table lost mappings (the answer may have come and gone: a guest's
+   * lazy flush empties the table every few milliseconds, between the answers for one chain's
+   * descriptors). Neither is brought about by an answer, so answers cannot breed questions. True when
+   * the control eventfd woke it, so that the worker drains it.
    */
   protected waitIotlb(): boolean {
     const t = this.ctx.mem.iotlb!;
     const c = this.ctx.c;
-    const r = this.reported;
     this.ctx.pending.signal();
-    const page = Math.floor(t.missIova / 4096);
     const t0 = performance.now();
     const at = this.ctx.queue.lastAvail;
-    if (r[0] !== page || r[1] !== t.missAccess || r[3] !== at || t0 - r[2]! >= IOTLB_RETRY_MS) {
-      r[0] = page;
-      r[1] = t.missAccess;
-      r[2] = t0;
-      r[3] = at;
+    const drops = t.drops;
+    if (at !== this.askedAt || drops !== this.askedDrops || this.asked.size > MAX_ASKED) {
+      this.asked.clear();
+      this.askedAt = at;
+      this.askedDrops = drops;
+    }
+    const first = Math.floor(t.missIova / PAGE);
+    const last = Math.min(Math.ceil(t.missEnd / PAGE) - 1, first + MAX_ASK_PAGES - 1);
+    for (let p = first; p <= last; p++) {
+      if (p !== first && t.has(p * PAGE)) continue;
+      const key = p * 4 + t.missAccess;
+      const when = this.asked.get(key);
+      if (when !== undefined && t0 - when < IOTLB_RETRY_MS) continue;
+      this.asked.set(key, t0);
       c[M.iotlbMisses]! += 1;
-      this.fds.reportMiss?.(t.missIova, t.missAccess);
+      this.fds.reportMiss?.(p === first ? t.missIova : p * PAGE, t.missAccess);
     }
     c[M.sleeps]! += 1;
     const woke = native.poll(this.ctlOnly, IOTLB_RETRY_MS);
     c[M.blockedNs]! += (performance.now() - t0) * 1e6;
+    if (woke === 0 && DBG) process.stderr.write(`IOTLBDBG timeout q at=${at} iova=0x${t.missIova.toString(16)} end=0x${t.missEnd.toString(16)} acc=${t.missAccess} asked=${this.asked.size} has=${t.has(t.missIova)} size=${t.size}\n`);
     t.clearMiss();
     return woke !== 0;
   }

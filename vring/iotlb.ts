@@ -32,10 +32,11 @@ export const IOTLB_ACCESS = { READ: 1, WRITE: 2, RW: 3 } as const;
 /** Mappings one table holds; an update beyond that empties it first (misses bring back what is used). */
 export const IOTLB_CAPACITY = 2048;
 
-const HDR_I32 = 4; // seq, count, generation, (spare)
+const HDR_I32 = 4; // seq, count, generation, drops
 const SEQ = 0;
 const COUNT = 1;
 const GEN = 2;
+const DROPS = 3;
 const ENTRY_F64 = 4; // iova, end, uaddr, perm
 const LIMIT = 2 ** 53;
 
@@ -87,9 +88,10 @@ export class Iotlb {
   private hitSeq = -1;
   /** The generation at which this reader last missed, or -1: the worker sleeps until it moves. */
   missGeneration = -1;
-  /** The last miss of this reader. */
+  /** The last miss of this reader, and the end of the range the access wanted (the rest of its buffer). */
   missIova = 0;
   missAccess = 0;
+  missEnd = 0;
 
   constructor(buffer: SharedArrayBuffer = new SharedArrayBuffer(iotlbBytes())) {
     if (!(buffer instanceof SharedArrayBuffer) || buffer.byteLength < iotlbBytes(1)) throw new RangeError('Iotlb: needs a SharedArrayBuffer of iotlbBytes(capacity)');
@@ -109,13 +111,22 @@ export class Iotlb {
     return Atomics.load(this.hdr, GEN);
   }
 
+  /**
+   * Moves on every change that took mappings away (an invalidation, an update over older mappings, a
+   * clear): an answer to a miss may have come and gone since, so the reader may ask again.
+   */
+  get drops(): number {
+    return Atomics.load(this.hdr, DROPS);
+  }
+
   // ---- the reader side (any thread)
 
   /**
    * Find the mapping holding `iova` and check it allows `access`; leaves it in hit*. Throws IotlbMiss
-   * when there is none (recorded in miss*), MemoryError VRING_IOMMU_DENIED when it forbids the access.
+   * when there is none (recorded in miss*, with `end`, where the caller's range ends), MemoryError
+   * VRING_IOMMU_DENIED when it forbids the access.
    */
-  lookup(iova: number, access: number): void {
+  lookup(iova: number, access: number, end = iova + 1): void {
     const hdr = this.hdr;
     let seq = Atomics.load(hdr, SEQ);
     if (seq === this.hitSeq && iova >= this.hitIova && iova < this.hitEnd) return this.checkPerm(iova, access);
@@ -128,6 +139,7 @@ export class Iotlb {
             this.missGeneration = Atomics.load(hdr, GEN);
             this.missIova = iova;
             this.missAccess = access;
+            this.missEnd = end;
             throw new IotlbMiss(iova, access);
           }
           this.hitSeq = seq;
@@ -140,6 +152,20 @@ export class Iotlb {
       // The writer is in the middle of an update: it holds the lock for microseconds.
       if (tries > 1_000_000) throw new MemoryError(VringErrorCode.IOMMU_DENIED, 'the IOTLB stayed locked by its writer; the access is refused');
     }
+  }
+
+  /** True when a mapping holds `iova` now (any permission): a probe that leaves no hit behind. */
+  has(iova: number): boolean {
+    for (let tries = 0; tries < 1_000_000; tries++) {
+      const seq = Atomics.load(this.hdr, SEQ);
+      if ((seq & 1) !== 0) continue;
+      const found = this.search(iova);
+      if (Atomics.load(this.hdr, SEQ) !== seq) continue;
+      this.hitSeq = -1; // search() overwrote hit*
+      return found;
+    }
+    this.hitSeq = -1;
+    return false;
   }
 
   /** Binary search under the caller's sequence; sets hit* when found. */
@@ -182,12 +208,12 @@ export class Iotlb {
     if (!isAddr(iova) || !isAddr(len) || iova > LIMIT - len) {
       throw new MemoryError(VringErrorCode.ADDR_WRAP, `I/O virtual range [${String(iova)}, +${String(len)}) is not addressable; refused`);
     }
-    this.lookup(iova, access);
+    this.lookup(iova, access, iova + len);
     const uaddr = this.hitUaddr + (iova - this.hitIova);
     let cur = this.hitEnd;
     let expect = this.hitUaddr + (this.hitEnd - this.hitIova);
     while (cur < iova + len) {
-      this.lookup(cur, access);
+      this.lookup(cur, access, iova + len);
       if (this.hitUaddr + (cur - this.hitIova) !== expect) {
         throw new MemoryError(VringErrorCode.UNMAPPED, `I/O virtual range [0x${iova.toString(16)}, +${len}) is not one contiguous front-end range; refused`);
       }
@@ -233,11 +259,17 @@ export class Iotlb {
     if (!isAddr(iova) || !isAddr(size) || size === 0 || iova > LIMIT - size) throw new RangeError(`IOTLB update [0x${iova.toString(16)}, +${size}) is empty or not addressable`);
     if (!isAddr(uaddr) || uaddr > LIMIT - size) throw new RangeError(`IOTLB update: front-end address 0x${uaddr.toString(16)} + ${size} is not addressable`);
     if (perm !== IOTLB_ACCESS.READ && perm !== IOTLB_ACCESS.WRITE && perm !== IOTLB_ACCESS.RW) throw new RangeError(`IOTLB update: permission ${perm} is not RO (1), WO (2) or RW (3)`);
-    const list = this.entries().filter((m) => m.iova + m.size <= iova || m.iova >= iova + size);
-    if (list.length >= this.capacity) list.length = 0; // full: start again, misses refill what is in use
+    const all = this.entries();
+    let list = all.filter((m) => m.iova + m.size <= iova || m.iova >= iova + size);
+    // An answer that comes twice replaces its own mapping: only a page no longer mapped is a drop.
+    let dropped = all.some((m) => (m.iova < iova || m.iova + m.size > iova + size) && !list.includes(m));
+    if (list.length >= this.capacity) {
+      dropped = true;
+      list = []; // full: start again, misses refill what is in use
+    }
     list.push({ iova, size, uaddr, perm });
     list.sort((a, b) => a.iova - b.iova);
-    this.write(list);
+    this.write(list, dropped);
   }
 
   /** Drop every mapping that overlaps [iova, iova+size) (vhost's rule: whole mappings go). Returns how many. */
@@ -246,16 +278,16 @@ export class Iotlb {
     const end = size === 0 ? iova : Math.min(LIMIT, iova + size);
     const all = this.entries();
     const keep = all.filter((m) => m.iova + m.size <= iova || m.iova >= end);
-    if (keep.length !== all.length) this.write(keep);
+    if (keep.length !== all.length) this.write(keep, true);
     return all.length - keep.length;
   }
 
   /** Drop every mapping (a new connection, a reset). */
   clear(): void {
-    this.write([]);
+    this.write([], true);
   }
 
-  private write(list: IotlbEntry[]): void {
+  private write(list: IotlbEntry[], dropped: boolean): void {
     const hdr = this.hdr;
     Atomics.add(hdr, SEQ, 1); // odd: readers retry
     const e = this.e;
@@ -267,6 +299,7 @@ export class Iotlb {
       e[b + 3] = m.perm;
     });
     Atomics.store(hdr, COUNT, list.length);
+    if (dropped) Atomics.add(hdr, DROPS, 1);
     Atomics.add(hdr, GEN, 1);
     Atomics.add(hdr, SEQ, 1); // even again
   }

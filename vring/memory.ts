@@ -351,7 +351,7 @@ export class GuestMemory {
     let cur = iova;
     let remaining = len;
     while (remaining > 0) {
-      t.lookup(cur, access);
+      t.lookup(cur, access, iova + len);
       const n = Math.min(remaining, t.hitEnd - cur);
       let u = t.hitUaddr + (cur - t.hitIova);
       let m = n;

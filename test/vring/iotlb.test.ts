@@ -62,6 +62,53 @@ describe('Iotlb', () => {
     expect(t.entries().map((e) => e.iova)).toEqual([0x3000]);
   });
 
+  it('counts the changes that took mappings away (drops), not an answer that came twice', () => {
+    const t = new Iotlb(new SharedArrayBuffer(16 + 32 * 3)); // 3 mappings
+    let d = t.drops;
+    const moved = (): boolean => {
+      const now = t.drops;
+      const m = now !== d;
+      d = now;
+      return m;
+    };
+    t.update(0x1000, 0x1000, UADDR, RW);
+    expect(moved(), 'a new mapping').toBe(false);
+    t.update(0x1000, 0x1000, UADDR, RW);
+    expect(moved(), 'the same answer again').toBe(false);
+    t.update(0x1000, 0x1000, UADDR + 0x1000, READ);
+    expect(moved(), 'the same page, another answer: still mapped').toBe(false);
+    t.update(0x1800, 0x1000, UADDR, RW);
+    expect(moved(), 'an update over part of a mapping drops the rest of it').toBe(true);
+    expect(t.invalidate(0x8000, 0x1000)).toBe(0);
+    expect(moved(), 'an invalidation that drops nothing').toBe(false);
+    expect(t.invalidate(0x1000, 0x1000)).toBe(1);
+    expect(moved(), 'an invalidation that drops').toBe(true);
+    t.update(0x4000, 0x1000, UADDR, RW);
+    t.update(0x5000, 0x1000, UADDR, RW);
+    t.update(0x6000, 0x1000, UADDR, RW);
+    expect(moved()).toBe(false);
+    t.update(0x7000, 0x1000, UADDR, RW); // full: emptied first
+    expect(moved(), 'a full table that starts again').toBe(true);
+    t.clear();
+    expect(moved(), 'clear').toBe(true);
+  });
+
+  it('has() probes without leaving a hit behind; a miss records where its range ends', () => {
+    const t = new Iotlb();
+    t.update(0x1000, 0x1000, UADDR, RW);
+    t.lookup(0x1000, READ);
+    expect(t.has(0x5000)).toBe(false);
+    expect(t.has(0x1fff)).toBe(true);
+    t.update(0x9000, 0x1000, UADDR + 0x9000, RW);
+    expect(t.has(0x9000)).toBe(true);
+    t.lookup(0x1800, READ); // a lookup after a probe finds its own mapping
+    expect(t.hitUaddr).toBe(UADDR);
+    const { device, iotlb } = memories();
+    iotlb.update(0xa000, 0x1000, UADDR, RW);
+    expect(() => device.translate(0xa800, 0x3000, new PieceList(4), READ)).toThrow(IotlbMiss);
+    expect([iotlb.missIova, iotlb.missEnd]).toEqual([0xb000, 0xd800]);
+  });
+
   it('is shared: a second view over the same buffer sees the writer', () => {
     const a = new Iotlb();
     const b = new Iotlb(a.buffer);
