@@ -54,7 +54,6 @@ export interface LoopFds {
 export const IOTLB_RETRY_MS = 200;
 /** The IOTLB's page: what a miss names and a vIOMMU answers at the least. */
 const PAGE = 4096;
-const DBG = !!process.env['LGNET_DBG_IOTLB'];
 /** Pages of one buffer asked for together at most (1 MiB): a bound on one miss's messages. */
 const MAX_ASK_PAGES = 256;
 /** Asks remembered at one ring position at most, before the memory is dropped. */
@@ -128,7 +127,6 @@ abstract class ServiceLoop<P> {
     c[M.sleeps]! += 1;
     const woke = native.poll(this.ctlOnly, IOTLB_RETRY_MS);
     c[M.blockedNs]! += (performance.now() - t0) * 1e6;
-    if (woke === 0 && DBG) process.stderr.write(`IOTLBDBG timeout q at=${at} iova=0x${t.missIova.toString(16)} end=0x${t.missEnd.toString(16)} acc=${t.missAccess} asked=${this.asked.size} has=${t.has(t.missIova)} size=${t.size}\n`);
     t.clearMiss();
     return woke !== 0;
   }
