@@ -123,7 +123,7 @@ async function setupHugepages(pages: number): Promise<{ ok: boolean; dir?: strin
 
 // ---- back-ends --------------------------------------------------------------------------------------
 
-interface Backend {
+export interface Backend {
   name: 'lgnet' | 'testpmd';
   pid: number;
   tap: string;
@@ -131,11 +131,15 @@ interface Backend {
   stop(): Promise<void>;
 }
 
-async function startTestpmd(ns: Netns, socket: string, tap: string, huge: { dir?: string } | undefined, log: string[]): Promise<Backend> {
+/**
+ * testpmd forwarding (io) between a vhost-user port on `socket` and a tap PMD port that makes `tap` in
+ * `ns`. `vhostArgs` adds net_vhost devargs (e.g. ',iommu-support=1'). Resolves once both ports are up.
+ */
+export async function startTestpmd(ns: Netns, socket: string, tap: string, huge: { dir?: string } | undefined, log: string[], vhostArgs = ''): Promise<Backend> {
   const mem = huge?.dir ? ['--in-memory', '--huge-dir', huge.dir] : ['--no-huge', '-m', '512', '--file-prefix', `lgnet-bench-${process.pid}`];
   const argv = [
     'dpdk-testpmd', '-l', '0,1', '-n', '1', ...mem, '--no-pci', '--log-level', 'lib.eal:warning',
-    '--vdev', `net_vhost0,iface=${socket},queues=1`, '--vdev', `net_tap0,iface=${tap}`,
+    '--vdev', `net_vhost0,iface=${socket},queues=1${vhostArgs}`, '--vdev', `net_tap0,iface=${tap}`,
     '--', '--forward-mode=io', '--auto-start', '--nb-cores=1', '--rxq=1', '--txq=1', '--total-num-mbufs=16384', '--stats-period', '1',
   ];
   const child: ChildProcess = spawn('ip', ['netns', 'exec', ns.name, ...argv], { stdio: ['ignore', 'pipe', 'pipe'] });

@@ -12,17 +12,20 @@
  *      placement the guest's ping with lgnet's workers and QEMU pinned, or not (scripts/bench/placement.ts)
  *   5. migration live migration there and back under iperf3 load, lgnet vs QEMU's own tap virtio-net
  *                (scripts/bench/migration.ts; its table and chart: bench/results/migration.md, -chart.svg)
+ *   6. iommu     a guest behind intel-iommu, and with iommu_platform=on alone: lgnet vs QEMU's own
+ *                virtio-net vs DPDK's vhost (scripts/bench/iommu.ts; bench/results/iommu.md, -chart.svg)
  *
- * Options: --only native,vring,device,dpdk,jail,guest,placement,migration (or LGNET_BENCH_STEPS), --no-docs (do not touch
+ * Options: --only native,vring,device,dpdk,jail,guest,placement,migration,iommu (or LGNET_BENCH_STEPS), --no-docs (do not touch
  * docs/). Knobs for longer runs: LGNET_BENCH_ROUNDS, LGNET_BENCH_GUEST_SECONDS, LGNET_BENCH_SECONDS,
  * LGNET_BENCH_DPDK_SECONDS, LGNET_BENCH_JAIL_SECONDS, LGNET_BENCH_SOAK_SECONDS, LGNET_BENCH_MIGRATION_ROUNDS (see each script).
- * The default run takes about 23 minutes on 2 vCPUs: the device step 9, the guest step 6–7, migration 3,
+ * The default run takes about 25 minutes on 2 vCPUs: the device step 9, the guest step 6–7, migration 3, iommu 2,
  * jail and placement 2 each. A step that fails is reported and the others still run; the exit status
  * is 1 then.
  */
 import { benchDevice } from './device.ts';
 import { benchDpdk, printDpdk } from './dpdk.ts';
 import { benchGuest } from './guest.ts';
+import { benchIommu } from './iommu.ts';
 import { benchJail } from './jail.ts';
 import { benchMigration } from './migration.ts';
 import { benchNative } from './native.ts';
@@ -31,7 +34,7 @@ import { benchVring } from './vring.ts';
 import { envNum, machine, progress, RESULTS_DIR, writeResult } from './common.ts';
 import { writeReport, type SuiteInfo } from './report.ts';
 
-const STEPS = ['native', 'vring', 'device', 'dpdk', 'jail', 'guest', 'placement', 'migration'] as const;
+const STEPS = ['native', 'vring', 'device', 'dpdk', 'jail', 'guest', 'placement', 'migration', 'iommu'] as const;
 type Step = (typeof STEPS)[number];
 
 const argv = process.argv.slice(2);
@@ -49,6 +52,7 @@ const run: Record<Step, () => Promise<unknown>> = {
   guest: () => benchGuest(),
   placement: async () => writeResult('placement', await benchPlacement()),
   migration: () => benchMigration(),
+  iommu: () => benchIommu(),
 };
 
 const t0 = performance.now();

@@ -12,6 +12,7 @@ import { join } from 'node:path';
 import { benchDevice } from '../../scripts/bench/device.ts';
 import { benchDpdk } from '../../scripts/bench/dpdk.ts';
 import { benchGuest } from '../../scripts/bench/guest.ts';
+import { benchIommu } from '../../scripts/bench/iommu.ts';
 import { benchJail } from '../../scripts/bench/jail.ts';
 import { benchNative } from '../../scripts/bench/native.ts';
 import { benchPlacement } from '../../scripts/bench/placement.ts';
@@ -108,6 +109,19 @@ describe.skipIf(process.getuid?.() !== 0)('bench smoke (tiny durations)', () => 
     expect(svg.startsWith('<svg')).toBe(true);
     expect(svg).toContain('TCP guest→host');
   }, 90_000);
+
+  it('iommu: a guest with iommu_platform=on on lgnet, QEMU\'s own device and DPDK (when installed)', async () => {
+    const r = await benchIommu({ rounds: 1, seconds: 1, pingCount: 3, pingInterval: 0.05, modes: ['platform-only'], install: false, outDir: dir });
+    expect(r.rows.map((x) => x.variant)).toEqual(r.dpdk.status === 'ran' ? ['qemu', 'lgnet', 'dpdk'] : ['qemu', 'lgnet']);
+    for (const x of r.rows) {
+      expect(x.ok, `${x.variant}: ${x.errors.join('; ')}`).toBe(true);
+      expect(x.tcpTxMbps).toBeGreaterThan(0);
+      expect(x.pingAvgMs).toBeGreaterThan(0);
+    }
+    expect(r.rows.find((x) => x.variant === 'lgnet')!.frames).toBeGreaterThan(0);
+    expect(readFileSync(join(dir, 'iommu.md'), 'utf8')).toContain('lgnet/QEMU');
+    expect(readFileSync(join(dir, 'iommu-chart.svg'), 'utf8').startsWith('<svg')).toBe(true);
+  }, 120_000);
 
   it('placement: the guest pings under each thread placement', async () => {
     const p = (await quiet(() => benchPlacement({ rounds: 1, pings: 5 }))) as { skipped?: string; summary?: Record<string, { min: { median: number }; ratio?: { min: number } }> };
