@@ -11,8 +11,10 @@
  *
  *   intel          q35 with intel-iommu and a device IOTLB, the NIC behind a PCIe root port: the guest
  *                  maps and unmaps every buffer, and flushes lazily
- *   platform-only  iommu_platform=on without an IOMMU, as a confidential guest negotiates it: QEMU's
- *                  translations are the identity and cover whole regions, so misses are few
+ *   platform-only  iommu_platform=on without an IOMMU, as a confidential guest negotiates it: with no
+ *                  IOMMU to translate, QEMU keeps the feature from a vhost-user back-end, which serves
+ *                  guest physical addresses (lgnet asks for no mapping); the guest side still pays for
+ *                  its DMA API
  *
  * Each boot: ping (PING_COUNT at PING_INTERVAL), then iperf3 TCP guest→host and host→guest (SECONDS
  * each). For lgnet also its IOTLB misses (lgnet_queue_iotlb_misses_total) per frame. Medians over
