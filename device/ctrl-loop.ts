@@ -15,6 +15,7 @@ import { MAX_CTRL_LEN, processCtrl, type CtrlTarget } from './ctrl.ts';
 import { NET_ERROR } from './errors.ts';
 import type { NegotiatedFeatures } from './features.ts';
 import { PendingUsed } from './interrupt.ts';
+import { IOTLB_RETRY_MS, IotlbAsks } from './iotlb-asks.ts';
 import { createQueue } from './service.ts';
 import { M } from './metrics.ts';
 
@@ -48,6 +49,10 @@ export class CtrlLoop {
   private readonly poller: native.FdPoller;
   private readonly chains: DescriptorChain[] = [];
   private readonly buf = new Uint8Array(MAX_CTRL_LEN);
+  /** Behind an IOMMU: what the queue asked for (iotlb-asks.ts), and the retry when no answer comes. */
+  private readonly asks = new IotlbAsks();
+  private retry: NodeJS.Timeout | null = null;
+  private stopped = false;
 
   constructor(opts: CtrlLoopOptions) {
     this.opts = opts;
@@ -70,8 +75,23 @@ export class CtrlLoop {
     this.pending.setCallFd(fd);
   }
 
+  /** Serve again in IOTLB_RETRY_MS, whatever happens meanwhile (one timer at a time; not after stop). */
+  private armRetry(): void {
+    if (this.retry || this.stopped) return;
+    this.retry = setTimeout(() => {
+      this.retry = null;
+      if (this.stopped) return;
+      this.opts.mem.iotlb?.clearMiss();
+      this.serve(false);
+    }, IOTLB_RETRY_MS);
+    this.retry.unref();
+  }
+
   /** Stops watching; returns the next avail index to process. */
   stop(): number {
+    this.stopped = true;
+    if (this.retry) clearTimeout(this.retry);
+    this.retry = null;
     this.poller.close();
     return this.queue.base();
   }
@@ -104,11 +124,12 @@ export class CtrlLoop {
         this.pending.pending += n;
       }
       this.pending.signal();
-      // Behind an IOMMU, a command whose mapping has not come yet: asked for; iotlbChanged serves again.
+      // Behind an IOMMU, a command whose mapping has not come yet: asked for; iotlbChanged serves
+      // again, or the retry does when no answer came (a guest's driver spins on its command).
       const t = o.mem.iotlb;
       if (t && t.stalled) {
-        o.counters[M.iotlbMisses]! += 1;
-        o.onIotlbMiss?.(t.missIova, t.missAccess);
+        o.counters[M.iotlbMisses]! += this.asks.ask(t, q.lastAvail, performance.now(), (iova, access) => o.onIotlbMiss?.(iova, access));
+        this.armRetry();
       }
     } catch (e) {
       // As a data queue's worker does: a typed error keeps its code, anything else is a bug.

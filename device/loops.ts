@@ -28,6 +28,7 @@
 import * as native from '../native/index.ts';
 import type { QueueWatch } from '../vring/index.ts';
 import type { RxPort, TxPort } from './backend.ts';
+import { IOTLB_RETRY_MS, IotlbAsks } from './iotlb-asks.ts';
 import { M } from './metrics.ts';
 import { RX, type RxService } from './rx.ts';
 import type { ServiceContext } from './service.ts';
@@ -50,14 +51,6 @@ export interface LoopFds {
   reportMiss?: (iova: number, access: number) => void;
 }
 
-/** How long a queue waits for an IOTLB mapping before it asks again (a miss message may be lost with a front-end that restarts). */
-export const IOTLB_RETRY_MS = 200;
-/** The IOTLB's page: what a miss names and a vIOMMU answers at the least. */
-const PAGE = 4096;
-/** Pages of one buffer asked for together at most (1 MiB): a bound on one miss's messages. */
-const MAX_ASK_PAGES = 256;
-/** Asks remembered at one ring position at most, before the memory is dropped. */
-const MAX_ASKED = 4096;
 
 /** What both loops share: where avail.idx is, the bounded busy poll, the throttle sleep and waitKick. */
 abstract class ServiceLoop<P> {
@@ -78,52 +71,22 @@ abstract class ServiceLoop<P> {
   /** Gives back what the service holds of the ring beyond a pass (RX: kept chains), so that the queue's position is exact. */
   release(): void {}
 
-  /** Pages this loop asked for at ring position `askedAt`, with the table's `drops` at `askedDrops`: page * 4 + access → when (ms). */
-  private readonly asked = new Map<number, number>();
-  private askedAt = -1;
-  private askedDrops = -1;
+  /** What this queue asked the owner for, and when it asks again (iotlb-asks.ts). */
+  private readonly asks = new IotlbAsks();
+  private readonly reportMiss = (iova: number, access: number): void => this.fds.reportMiss?.(iova, access);
 
   /**
    * Behind an IOMMU, the ring's next chain has no mapping yet (it stays in the ring, vring/iotlb.ts):
-   * what was done goes to the guest, the misses go to the owner, and the worker sleeps until the table
-   * changes (the owner writes the control eventfd then) or IOTLB_RETRY_MS pass.
-   *
-   * It asks for every page of the buffer it stopped in that has no mapping, not the first alone: a
-   * 64 KiB segment spans 17 pages, and one at a time made that 17 round trips to the front-end. Pages
-   * beyond the buffer are never asked for: the guest may not have mapped them, and a vIOMMU reports
-   * a fault to the guest for each.
-   *
-   * A page already asked for is asked again only after IOTLB_RETRY_MS, while its answer may still be
-   * on the way: an answer meant for another page or queue must not bring more questions. The slate is
-   * clean again once the ring has moved on (a guest that unmaps each buffer after use hands the same
-   * IOVA out again at once) or the table lost mappings (the answer may have come and gone: a guest's
-   * lazy flush empties the table every few milliseconds, between the answers for one chain's
-   * descriptors). Neither is brought about by an answer, so answers cannot breed questions. True when
-   * the control eventfd woke it, so that the worker drains it.
+   * what was done goes to the guest, the missing pages go to the owner (IotlbAsks), and the worker
+   * sleeps until the table changes (the owner writes the control eventfd then) or IOTLB_RETRY_MS pass.
+   * True when the control eventfd woke it, so that the worker drains it.
    */
   protected waitIotlb(): boolean {
     const t = this.ctx.mem.iotlb!;
     const c = this.ctx.c;
     this.ctx.pending.signal();
     const t0 = performance.now();
-    const at = this.ctx.queue.lastAvail;
-    const drops = t.drops;
-    if (at !== this.askedAt || drops !== this.askedDrops || this.asked.size > MAX_ASKED) {
-      this.asked.clear();
-      this.askedAt = at;
-      this.askedDrops = drops;
-    }
-    const first = Math.floor(t.missIova / PAGE);
-    const last = Math.min(Math.ceil(t.missEnd / PAGE) - 1, first + MAX_ASK_PAGES - 1);
-    for (let p = first; p <= last; p++) {
-      if (p !== first && t.has(p * PAGE)) continue;
-      const key = p * 4 + t.missAccess;
-      const when = this.asked.get(key);
-      if (when !== undefined && t0 - when < IOTLB_RETRY_MS) continue;
-      this.asked.set(key, t0);
-      c[M.iotlbMisses]! += 1;
-      this.fds.reportMiss?.(p === first ? t.missIova : p * PAGE, t.missAccess);
-    }
+    c[M.iotlbMisses]! += this.asks.ask(t, this.ctx.queue.lastAvail, t0, this.reportMiss);
     c[M.sleeps]! += 1;
     const woke = native.poll(this.ctlOnly, IOTLB_RETRY_MS);
     c[M.blockedNs]! += (performance.now() - t0) * 1e6;

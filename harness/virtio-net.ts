@@ -24,6 +24,7 @@ import {
   PACKED_DESC_SIZE,
   type DriverVirtqueue,
   type GuestBuffer,
+  type Iotlb,
   type RingFormat,
 } from '../vring/index.ts';
 import type { NetDevice, QueueSetup } from '../device/net.ts';
@@ -245,9 +246,14 @@ export class VirtioNetDriver {
     return out;
   }
 
-  /** Drives an embedded NetDevice: features, memory, queues, start; then posts RX buffers. */
-  async attach(dev: NetDevice): Promise<void> {
+  /**
+   * Drives an embedded NetDevice: features, memory, queues, start; then posts RX buffers. `iotlb`:
+   * behind an IOMMU (ACCESS_PLATFORM, a driver with `dmaOffset`), the table the device translates
+   * through, given before the queues start; the caller fills it on the device's `iotlbMiss`.
+   */
+  async attach(dev: NetDevice, opts: { iotlb?: Iotlb } = {}): Promise<void> {
     dev.setFeatures(this.features);
+    if (opts.iotlb) dev.setIotlb(opts.iotlb);
     await dev.setMemory([this.ram.region()]);
     for (const { index, setup } of this.queueSetups()) dev.setupQueue(index, setup);
     for (let p = 0; p < this.rx.length; p++) this.fillRx(p);

@@ -16,6 +16,7 @@ import { VirtioNetDriver, type NetDriverOptions } from '../../harness/virtio-net
 import { ip4, mac } from '../../harness/frames.ts';
 import { createNetns, type Netns } from '../../harness/netns.ts';
 import { trackBed } from '../helpers/bed.ts';
+import type { Iotlb } from '../../vring/index.ts';
 
 export const UDP_FIXTURE = fileURLToPath(new URL('./fixtures/udp.mjs', import.meta.url));
 
@@ -49,6 +50,8 @@ export async function createBed(opts: {
    * instead of letting it open the tap.
    */
   tapFds?: boolean;
+  /** Behind an IOMMU: the device translates through this table from the start (VirtioNetDriver.attach). */
+  iotlb?: Iotlb;
 } = {}): Promise<Bed> {
   const ns = createNetns('lgdev');
   const pairs = opts.queuePairs ?? 1;
@@ -76,7 +79,7 @@ export async function createBed(opts: {
   // Split rings unless a test asks for RING_PACKED (test/device/packed.test.ts does).
   const accept = opts.accept ? mask(...opts.accept) : dev.offered & ~mask('RING_PACKED');
   const drv = new VirtioNetDriver(ram, { features: accept & dev.offered, pairs, ...opts.driver });
-  await drv.attach(dev);
+  await drv.attach(dev, opts.iotlb ? { iotlb: opts.iotlb } : {});
   // Closed after the test that made it, even when the test fails (test/helpers/bed.ts).
   return trackBed({
     ns, backend, dev, ram, drv, hostIp, guestIp, guestMac: mac(guestMacText), tapMac,
