@@ -54,6 +54,7 @@ export interface IommuRow {
   errors: string[];
   pingMinMs: number;
   pingAvgMs: number;
+  pingLossPct: number;
   tcpTxMbps: number;
   tcpRxMbps: number;
   /** lgnet only: IOTLB misses asked for and frames moved over the boot, all queues. */
@@ -96,7 +97,7 @@ const num = (v: unknown): number => (typeof v === 'number' && Number.isFinite(v)
 
 function rowOf(mode: IommuMode, variant: IommuVariant, round: number, o: GuestOutcome | Error): IommuRow {
   if (o instanceof Error) {
-    return { mode, variant, round, ok: false, errors: [o.message.split('\n')[0]!], pingMinMs: NaN, pingAvgMs: NaN, tcpTxMbps: NaN, tcpRxMbps: NaN };
+    return { mode, variant, round, ok: false, errors: [o.message.split('\n')[0]!], pingMinMs: NaN, pingAvgMs: NaN, pingLossPct: NaN, tcpTxMbps: NaN, tcpRxMbps: NaN };
   }
   const r = (job: string) => o.results.find((x) => x.job === job);
   const mbps = (job: string) => {
@@ -105,14 +106,24 @@ function rowOf(mode: IommuMode, variant: IommuVariant, round: number, o: GuestOu
   };
   const ping = r('ping');
   const pingOk = ping !== undefined && ping.rc === 0;
-  return {
+  const row: IommuRow = {
     mode, variant, round, ok: o.ok,
     errors: [...o.errors, ...(o.timedOut ? ['timed out'] : [])],
     pingMinMs: pingOk ? num(ping['rtt_min_ms']) : NaN,
     pingAvgMs: pingOk ? num(ping['rtt_avg_ms']) : NaN,
+    pingLossPct: ping ? num(ping['loss_pct']) : NaN,
     tcpTxMbps: mbps('iperf3-client-tx'),
     tcpRxMbps: mbps('iperf3-client-rx'),
   };
+  // A boot counts only with every figure: the guest reports an iperf3 that printed an error as done.
+  for (const [k, what] of [['pingAvgMs', 'ping'], ['tcpTxMbps', 'iperf3 guest→host'], ['tcpRxMbps', 'iperf3 host→guest']] as const) {
+    if (!Number.isFinite(row[k])) {
+      row.ok = false;
+      if (!row.errors.some((e) => e.startsWith(what))) row.errors.push(`${what}: no result`);
+    }
+  }
+  if (row.pingLossPct > 0) row.errors.push(`ping lost ${row.pingLossPct}%`);
+  return row;
 }
 
 function sumQueues(s: LgnetSnapshot | undefined, k: 'iotlbMisses' | 'frames'): number {
@@ -197,7 +208,8 @@ export async function benchIommu(opts: IommuBenchOptions = {}): Promise<IommuRes
   for (const mode of modes) {
     const per = {} as IommuResults['summary'][string];
     for (const m of METRICS) {
-      const s = Object.fromEntries(VARIANTS.map((v) => [v, stat(rows.filter((r) => r.mode === mode && r.variant === v).map((r) => r[m.key]))])) as Record<IommuVariant, Stat>;
+      // Over the boots that gave every figure: a boot that lost most pings or had no TCP is listed apart.
+      const s = Object.fromEntries(VARIANTS.map((v) => [v, stat(rows.filter((r) => r.mode === mode && r.variant === v && r.ok).map((r) => r[m.key]))])) as Record<IommuVariant, Stat>;
       per[m.key] = { ...s, vsQemu: s.lgnet.median / s.qemu.median, vsDpdk: s.lgnet.median / s.dpdk.median };
     }
     summary[mode] = per;
@@ -231,7 +243,7 @@ export function iommuMarkdown(r: IommuResults): string {
   md.push(
     `${r.options.rounds} rounds, one boot per back-end and setting each; ${r.options.pingCount} pings ${r.options.pingInterval} s apart, then iperf3 TCP ${r.options.seconds} s each way; ` +
       `accel ${r.machine.accel}. QEMU's own: -netdev tap, vhost=off. DPDK: ${r.dpdk.status === 'ran' ? `dpdk-testpmd ${r.dpdk.version ?? ''} (net_vhost iommu-support=1, io forwarding to a tap PMD, --no-huge)` : `not run (${r.dpdk.why ?? ''})`}. ` +
-      'Median [min–max]; ratios of medians.',
+      'Median [min–max] over the boots that gave every figure; ratios of medians.',
     '',
   );
   for (const mode of r.options.modes) {
@@ -245,8 +257,8 @@ export function iommuMarkdown(r: IommuResults): string {
     }
     md.push('');
   }
-  const bad = r.rows.filter((x) => !x.ok);
-  if (bad.length) md.push(`Boots that failed: ${bad.map((x) => `${x.variant} ${x.mode} round ${x.round}: ${x.errors.join('; ') || 'no result'}`).join(' / ')}`, '');
+  const bad = r.rows.filter((x) => !x.ok || x.errors.length);
+  if (bad.length) md.push(`Boots that failed or lost pings: ${bad.map((x) => `${x.variant} ${x.mode} round ${x.round}: ${x.errors.join('; ') || 'no result'}`).join(' / ')}`, '');
   md.push('```', 'npm run bench:iommu', '```');
   return md.join('\n') + '\n';
 }
