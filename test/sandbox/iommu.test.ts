@@ -45,6 +45,17 @@ async function guestBehindIommu(bed: VuBed, opts: { packed?: boolean } = {}): Pr
   return { g: { ...g, close: () => { iommu.close(); close(); } }, iommu };
 }
 
+/** The pages lgnet asked for reading (TX buffers) since miss number `from`, in the order first asked. */
+function readPages(iommu: HarnessIommu, from: number): number[] {
+  return [...new Set(iommu.misses.slice(from).filter((m) => m.perm === IOMMU_PERM.RO).map((m) => Math.floor(m.iova / 4096)))];
+}
+
+/** Queues one UDP datagram from the harness guest to the host side of the tap (to `port`). */
+function sendToHost(b: VuBed, g: Guest, port: number, payload: Uint8Array, opts: { split?: number[] } = {}): boolean {
+  const tapMac = mac(b.ns.exec('cat', '/sys/class/net/lgtap0/address').trim());
+  return g.drv.send(udpFrame({ srcMac: mac(b.guestMac), dstMac: tapMac, srcIp: ip4(b.guestIp), dstIp: ip4(b.hostIp), srcPort: 1234, dstPort: port, payload }), opts);
+}
+
 function queueMetric(bed: VuBed, index: number): { iotlbMisses: number; queueBroken: number; frames: number; broken: string | null } {
   return bed.dev.metrics().queues.find((q) => q.index === index)!;
 }
@@ -77,12 +88,8 @@ describe.skipIf(!pre.ok)('lgnet behind a virtual IOMMU (ACCESS_PLATFORM)', () =>
         expect(rx.length).toBe(3);
         for (let i = 0; i < 3; i++) expect(payloadOf(rx[i]!, 300).equals(Buffer.from(expectedPayload(300, i)))).toBe(true);
         // Guest → host: TX buffers likewise.
-        const tapMac = mac(b.ns.exec('cat', '/sys/class/net/lgtap0/address').trim());
         const sink = await udpSink(b.ns, b.hostIp, 5802, 2, 10_000);
-        for (let i = 0; i < 2; i++) {
-          const payload = expectedPayload(400, i);
-          expect(g.drv.send(udpFrame({ srcMac: mac(b.guestMac), dstMac: tapMac, srcIp: ip4(b.guestIp), dstIp: ip4(b.hostIp), srcPort: 1234, dstPort: 5802, payload }))).toBe(true);
-        }
+        for (let i = 0; i < 2; i++) expect(sendToHost(b, g, 5802, expectedPayload(400, i))).toBe(true);
         const got = await sink.datagrams();
         expect(got.map((d) => d.len)).toEqual([400, 400]);
         expect(got[1]!.hex).toBe(Buffer.from(expectedPayload(400, 1)).toString('hex'));
@@ -173,16 +180,15 @@ describe.skipIf(!pre.ok)('lgnet behind a virtual IOMMU (ACCESS_PLATFORM)', () =>
   it('a buffer over several unmapped pages: lgnet asks for all of them together, not one per answer', async () => {
     const b = bed();
     const { g, iommu } = await guestBehindIommu(b);
-    const tapMac = mac(b.ns.exec('cat', '/sys/class/net/lgtap0/address').trim());
     try {
       await iommu.invalidateAll();
       iommu.serve = false;
       const before = iommu.misses.length;
       const sink = await udpSink(b.ns, b.hostIp, 5807, 1, 10_000);
       const payload = expectedPayload(12_000, 0);
-      expect(g.drv.send(udpFrame({ srcMac: mac(b.guestMac), dstMac: tapMac, srcIp: ip4(b.guestIp), dstIp: ip4(b.hostIp), srcPort: 1234, dstPort: 5807, payload }))).toBe(true);
+      expect(sendToHost(b, g, 5807, payload)).toBe(true);
       // The TX buffer (read by the device) spans 3 or 4 pages; nothing is answered.
-      const txPages = (): number[] => [...new Set(iommu.misses.slice(before).filter((m) => m.perm === IOMMU_PERM.RO).map((m) => Math.floor(m.iova / 4096)))].sort((x, y) => x - y);
+      const txPages = (): number[] => readPages(iommu, before).sort((x, y) => x - y);
       const all = await until(() => txPages().length >= 3, 1000);
       expect(all, `lgnet asked for pages ${txPages().map((p) => p.toString(16)).join(', ')} while none was answered`).toBe(true);
       const pages = txPages();
@@ -201,16 +207,15 @@ describe.skipIf(!pre.ok)('lgnet behind a virtual IOMMU (ACCESS_PLATFORM)', () =>
   it('a mapping taken back while its chain waits for another page is asked for again at once, not after the retry', async () => {
     const b = bed();
     const { g, iommu } = await guestBehindIommu(b);
-    const tapMac = mac(b.ns.exec('cat', '/sys/class/net/lgtap0/address').trim());
     try {
       await iommu.invalidateAll();
       iommu.serve = false;
       const before = iommu.misses.length;
-      const txPages = (from: number): number[] => [...new Set(iommu.misses.slice(from).filter((m) => m.perm === IOMMU_PERM.RO).map((m) => Math.floor(m.iova / 4096)))];
+      const txPages = (from: number): number[] => readPages(iommu, from);
       const sink = await udpSink(b.ns, b.hostIp, 5808, 1, 10_000);
       const payload = expectedPayload(5000, 0);
       // Two descriptors: the 12-byte header in page A, the frame from A over the next page or two.
-      expect(g.drv.send(udpFrame({ srcMac: mac(b.guestMac), dstMac: tapMac, srcIp: ip4(b.guestIp), dstIp: ip4(b.hostIp), srcPort: 1234, dstPort: 5808, payload }), { split: [12] })).toBe(true);
+      expect(sendToHost(b, g, 5808, payload, { split: [12] })).toBe(true);
       expect(await until(() => txPages(before).length >= 1, 2000, 2)).toBe(true);
       const [a] = txPages(before);
       expect(txPages(before), 'the header alone first').toEqual([a]);
