@@ -51,7 +51,6 @@ export interface LoopFds {
   reportMiss?: (iova: number, access: number) => void;
 }
 
-
 /** What both loops share: where avail.idx is, the bounded busy poll, the throttle sleep and waitKick. */
 abstract class ServiceLoop<P> {
   protected readonly ctx: ServiceContext<P>;

@@ -260,9 +260,11 @@ export class Iotlb {
     if (!isAddr(uaddr) || uaddr > LIMIT - size) throw new RangeError(`IOTLB update: front-end address 0x${uaddr.toString(16)} + ${size} is not addressable`);
     if (perm !== IOTLB_ACCESS.READ && perm !== IOTLB_ACCESS.WRITE && perm !== IOTLB_ACCESS.RW) throw new RangeError(`IOTLB update: permission ${perm} is not RO (1), WO (2) or RW (3)`);
     const all = this.entries();
-    let list = all.filter((m) => m.iova + m.size <= iova || m.iova >= iova + size);
-    // An answer that comes twice replaces its own mapping: only a page no longer mapped is a drop.
-    let dropped = all.some((m) => (m.iova < iova || m.iova + m.size > iova + size) && !list.includes(m));
+    const end = iova + size;
+    let list = all.filter((m) => m.iova + m.size <= iova || m.iova >= end);
+    // An answer that comes twice replaces its own mapping: only an overlapped mapping that reached
+    // beyond the new one leaves pages unmapped, a drop.
+    let dropped = all.some((m) => m.iova + m.size > iova && m.iova < end && (m.iova < iova || m.iova + m.size > end));
     if (list.length >= this.capacity) {
       dropped = true;
       list = []; // full: start again, misses refill what is in use
