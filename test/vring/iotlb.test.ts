@@ -1,6 +1,7 @@
 // Behind an IOMMU: the IOTLB table itself, GuestMemory translating I/O virtual addresses through it, and
 // both ring formats leaving a chain in the ring when its mapping is missing.
 
+import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
 import {
   DriverQueue, GuestMemory, Iotlb, IotlbMiss, IOTLB_ACCESS, MemoryError, PackedDriverQueue, PackedQueue, PieceList, SplitQueue,
@@ -107,6 +108,65 @@ describe('Iotlb', () => {
     iotlb.update(0xa000, 0x1000, UADDR, RW);
     expect(() => device.translate(0xa800, 0x3000, new PieceList(4), READ)).toThrow(IotlbMiss);
     expect([iotlb.missIova, iotlb.missEnd]).toEqual([0xb000, 0xd800]);
+  });
+
+  it('property: against a model, lookups and has() agree with the mappings, and drops moves exactly when pages lost their mapping (updates) or at least then (all changes)', () => {
+    type Op = { kind: 'update'; page: number; pages: number; perm: number } | { kind: 'invalidate'; page: number; pages: number } | { kind: 'clear' };
+    const P = 0x1000;
+    const opArb: fc.Arbitrary<Op> = fc.oneof(
+      { weight: 6, arbitrary: fc.record({ kind: fc.constant('update' as const), page: fc.integer({ min: 0, max: 31 }), pages: fc.integer({ min: 1, max: 4 }), perm: fc.constantFrom(READ, WRITE, RW) }) },
+      { weight: 3, arbitrary: fc.record({ kind: fc.constant('invalidate' as const), page: fc.integer({ min: 0, max: 31 }), pages: fc.integer({ min: 1, max: 8 }) }) },
+      { weight: 1, arbitrary: fc.record({ kind: fc.constant('clear' as const) }) },
+    );
+    fc.assert(
+      fc.property(fc.array(opArb, { maxLength: 60 }), (ops) => {
+        const t = new Iotlb(new SharedArrayBuffer(16 + 32 * 6)); // 6 mappings: full tables happen
+        let model: Array<{ iova: number; size: number; uaddr: number; perm: number }> = [];
+        const covered = (m: typeof model, a: number) => m.find((x) => a >= x.iova && a < x.iova + x.size);
+        for (const op of ops) {
+          const before = model;
+          const d0 = t.drops;
+          if (op.kind === 'update') {
+            const iova = op.page * P;
+            const size = op.pages * P;
+            const uaddr = UADDR + op.page * 0x10_000;
+            let keep = model.filter((x) => x.iova + x.size <= iova || x.iova >= iova + size);
+            if (keep.length >= t.capacity) keep = [];
+            model = [...keep, { iova, size, uaddr, perm: op.perm }].sort((a, b) => a.iova - b.iova);
+            t.update(iova, size, uaddr, op.perm);
+          } else if (op.kind === 'invalidate') {
+            const iova = op.page * P;
+            const size = op.pages * P;
+            model = model.filter((x) => x.iova + x.size <= iova || x.iova >= iova + size);
+            t.invalidate(iova, size);
+          } else {
+            model = [];
+            t.clear();
+          }
+          expect(t.entries()).toEqual(model);
+          let lost = false;
+          for (let a = 0; a < 40 * P; a += P / 2) {
+            const m = covered(model, a);
+            if (covered(before, a) && !m) lost = true;
+            expect(t.has(a)).toBe(m !== undefined);
+            for (const access of [READ, WRITE]) {
+              if (!m) {
+                expect(() => t.lookup(a, access)).toThrow(IotlbMiss);
+              } else if ((m.perm & access) !== access) {
+                expect(() => t.lookup(a, access)).toThrow(MemoryError);
+              } else {
+                t.lookup(a, access);
+                expect(t.hitUaddr + (a - t.hitIova)).toBe(m.uaddr + (a - m.iova));
+              }
+            }
+          }
+          const moved = t.drops !== d0;
+          if (lost) expect(moved, `${JSON.stringify(op)} took mappings away`).toBe(true);
+          if (op.kind === 'update') expect(moved, `${JSON.stringify(op)}: drops moves for an update only when pages lost their mapping`).toBe(lost);
+        }
+      }),
+      { numRuns: 300 },
+    );
   });
 
   it('is shared: a second view over the same buffer sees the writer', () => {
