@@ -45,6 +45,13 @@ async function guestBehindIommu(bed: VuBed, opts: { packed?: boolean } = {}): Pr
   return { g: { ...g, close: () => { iommu.close(); close(); } }, iommu };
 }
 
+/** Everything lgnet knows is taken back, and from now on misses are only recorded: returns how many came before. */
+async function withhold(iommu: HarnessIommu): Promise<number> {
+  await iommu.invalidateAll();
+  iommu.serve = false;
+  return iommu.misses.length;
+}
+
 /** The pages lgnet asked for reading (TX buffers) since miss number `from`, in the order first asked. */
 function readPages(iommu: HarnessIommu, from: number): number[] {
   return [...new Set(iommu.misses.slice(from).filter((m) => m.perm === IOMMU_PERM.RO).map((m) => Math.floor(m.iova / 4096)))];
@@ -112,10 +119,7 @@ describe.skipIf(!pre.ok)('lgnet behind a virtual IOMMU (ACCESS_PLATFORM)', () =>
     const b = bed();
     const { g, iommu } = await guestBehindIommu(b);
     try {
-      // Everything lgnet knows goes; from now on misses are only recorded.
-      await iommu.invalidateAll();
-      iommu.serve = false;
-      const before = iommu.misses.length;
+      const before = await withhold(iommu);
       const sender = udpSend(b.ns, b.guestIp, 5803, 200, 1);
       await iommu.waitMisses(before + 1, 5000);
       await new Promise((r) => setTimeout(r, 400)); // two of lgnet's retries
@@ -181,9 +185,7 @@ describe.skipIf(!pre.ok)('lgnet behind a virtual IOMMU (ACCESS_PLATFORM)', () =>
     const b = bed();
     const { g, iommu } = await guestBehindIommu(b);
     try {
-      await iommu.invalidateAll();
-      iommu.serve = false;
-      const before = iommu.misses.length;
+      const before = await withhold(iommu);
       const sink = await udpSink(b.ns, b.hostIp, 5807, 1, 10_000);
       const payload = expectedPayload(12_000, 0);
       expect(sendToHost(b, g, 5807, payload)).toBe(true);
@@ -208,9 +210,7 @@ describe.skipIf(!pre.ok)('lgnet behind a virtual IOMMU (ACCESS_PLATFORM)', () =>
     const b = bed();
     const { g, iommu } = await guestBehindIommu(b);
     try {
-      await iommu.invalidateAll();
-      iommu.serve = false;
-      const before = iommu.misses.length;
+      const before = await withhold(iommu);
       const txPages = (from: number): number[] => readPages(iommu, from);
       const sink = await udpSink(b.ns, b.hostIp, 5808, 1, 10_000);
       const payload = expectedPayload(5000, 0);
