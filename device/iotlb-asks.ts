@@ -59,11 +59,4 @@ export class IotlbAsks {
     }
     return n;
   }
-
-  /** Forget every ask (a queue that starts again). */
-  clear(): void {
-    this.asked.clear();
-    this.at = -1;
-    this.drops = -1;
-  }
 }

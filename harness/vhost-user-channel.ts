@@ -209,7 +209,6 @@ export class FrontendChannel {
   }
 }
 
-/** Resolves after ms milliseconds. */
 /**
  * Reads everything a nonblocking socket holds now onto the end of `inbox`: the bytes, the fds that came
  * with them, and whether the peer is gone (end of file, or an error). The channel's and the IOMMU's reader.
@@ -249,6 +248,7 @@ export function splitMessages(inbox: Uint8Array, maxPayload = Infinity): { messa
   return { messages, rest: inbox, lost: false };
 }
 
+/** Resolves after ms milliseconds. */
 export function sleep(ms: number): Promise<void> {
   return new Promise((r) => setTimeout(r, ms));
 }
