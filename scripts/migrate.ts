@@ -470,6 +470,11 @@ export interface MigrationOptions {
   postcopyAfterMs?: number;
   /** Extra virtio-net-pci properties on every QEMU, e.g. { packed: 'on' } (BootOptions.deviceFlags). */
   deviceFlags?: Record<string, string>;
+  /**
+   * A virtual IOMMU in front of the NIC on every QEMU (BootOptions.iommu): 'intel' puts it behind an
+   * intel-iommu with a device IOTLB. lgnet needs `--iommu` (added to lgnetArgs).
+   */
+  iommu?: 'intel' | 'platform-only';
   /** Progress lines (default: none). */
   log?: (msg: string) => void;
   /**
@@ -534,7 +539,7 @@ export interface LegResult {
 
 export interface MigrationRun {
   backend: 'lgnet' | 'qemu';
-  options: Required<Omit<MigrationOptions, 'log' | 'lgnetArgs' | 'onCleanup' | 'deviceFlags' | 'postcopyAfterMs'>> & { lgnetArgs: string[]; deviceFlags: Record<string, string>; postcopyAfterMs: number | undefined };
+  options: Required<Omit<MigrationOptions, 'log' | 'lgnetArgs' | 'onCleanup' | 'deviceFlags' | 'postcopyAfterMs' | 'iommu'>> & { lgnetArgs: string[]; deviceFlags: Record<string, string>; postcopyAfterMs: number | undefined; iommu: 'intel' | 'platform-only' | undefined };
   legs: LegResult[];
   /** Why the run stopped early, when something other than a migration broke (boot, a QEMU, a helper). */
   error?: string;
@@ -566,9 +571,14 @@ export async function runMigration(opts: MigrationOptions): Promise<MigrationRun
     maxBandwidth: opts.maxBandwidth ?? 10 * 1024 * MiB,
     downtimeLimitMs: opts.downtimeLimitMs ?? 50,
     migrateTimeoutMs: opts.migrateTimeoutMs ?? 90_000,
-    lgnetArgs: [...(opts.lgnetArgs ?? []), ...(opts.postcopyAfterMs !== undefined && opts.backend === 'lgnet' ? ['--postcopy'] : [])] as string[],
+    lgnetArgs: [
+      ...(opts.lgnetArgs ?? []),
+      ...(opts.postcopyAfterMs !== undefined && opts.backend === 'lgnet' ? ['--postcopy'] : []),
+      ...(opts.iommu !== undefined && opts.backend === 'lgnet' ? ['--iommu'] : []),
+    ] as string[],
     deviceFlags: opts.deviceFlags ?? {},
     postcopyAfterMs: opts.postcopyAfterMs,
+    iommu: opts.iommu,
   } as const;
   const log = opts.log ?? (() => {});
   if (o.seconds < 4 || o.warmupMs >= (o.seconds - 2) * 1000) throw new Error('seconds must be ≥ 4 and leave at least 2 s after the warm-up');
@@ -586,7 +596,7 @@ export async function runMigration(opts: MigrationOptions): Promise<MigrationRun
   };
   // Under TCG the RAM block must not be a multiple of 256 KiB (see the header): 8 KiB more.
   const memKiB = o.memMiB * 1024 + (detectAccel() === 'tcg' ? 8 : 0);
-  const bed = new Bed(o.backend, memKiB, o.pingIntervalMs, run.serial, o.deviceFlags);
+  const bed = new Bed(o.backend, memKiB, o.pingIntervalMs, run.serial, o.deviceFlags, o.iommu);
   const unregister = opts.onCleanup?.(`migration bed ${bed.net.ns}`, () => bed.destroy());
   try {
     const net = bed.net;
@@ -799,12 +809,15 @@ class Bed {
   private readonly pingIntervalMs: number;
   private readonly deviceFlags: Record<string, string>;
 
-  constructor(backend: 'lgnet' | 'qemu', memKiB: number, pingIntervalMs: number, serial: SerialLine[], deviceFlags: Record<string, string> = {}) {
+  private readonly iommu: 'intel' | 'platform-only' | undefined;
+
+  constructor(backend: 'lgnet' | 'qemu', memKiB: number, pingIntervalMs: number, serial: SerialLine[], deviceFlags: Record<string, string> = {}, iommu?: 'intel' | 'platform-only') {
     this.backend = backend;
     this.memKiB = memKiB;
     this.pingIntervalMs = pingIntervalMs;
     this.serial = serial;
     this.deviceFlags = deviceFlags;
+    this.iommu = iommu;
   }
 
   async startLgnets(args: string[]): Promise<void> {
@@ -827,6 +840,7 @@ class Bed {
       mac: GUEST_MAC,
       memKiB: this.memKiB,
       deviceFlags: this.deviceFlags,
+      ...(this.iommu ? { iommu: this.iommu } : {}),
       guest: { ip: `${GUEST}/24`, peer: HOST, xferPort: XFER_PORT, jobs: ['console'], pingInterval: this.pingIntervalMs / 1000 },
       qmpSocket: qmpPath,
       ...(incoming ? { incoming: 'defer' } : {}),
