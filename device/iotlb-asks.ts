@@ -14,6 +14,11 @@
  * use hands the same IOVA out again at once) or the table lost mappings since (Iotlb.drops: a guest's
  * lazy flush empties the table every few milliseconds, between the answers for one chain's
  * descriptors). Neither is brought about by an answer, so answers cannot breed questions.
+ *
+ * While it waits, a queue says what for (IotlbWait, shared with the owner's thread): the owner wakes it
+ * once every page of that buffer is mapped, or once the table lost mappings, not at every answer. A
+ * front-end answers one MISS at a time, and a worker woken by each answer walked its ring again only to
+ * stop at the next page, on CPUs the front-end's answers need.
  */
 import type { Iotlb } from '../vring/index.ts';
 
@@ -25,6 +30,70 @@ const PAGE = 4096;
 const MAX_ASK_PAGES = 256;
 /** Asks remembered at one ring position at most, before the memory is dropped. */
 const MAX_ASKED = 4096;
+
+/** What a queue's asks cover: [the address it missed, the end of its buffer), at most MAX_ASK_PAGES pages. */
+function askedRange(t: Iotlb): { from: number; to: number } {
+  const first = Math.floor(t.missIova / PAGE);
+  return { from: t.missIova, to: Math.min(t.missEnd, (first + MAX_ASK_PAGES) * PAGE) };
+}
+
+/** Bytes of the SharedArrayBuffer one IotlbWait needs. */
+export const IOTLB_WAIT_BYTES = 32;
+const W_STATE = 0; // Int32 index: 1 while the queue waits
+const W_FROM = 1; // Float64 indexes: the range waited for, and the table's drops when it began
+const W_TO = 2;
+const W_DROPS = 3;
+
+/**
+ * What a waiting queue waits for, in shared memory: written by its worker (wait/done), read by the
+ * owner's thread after the table changed (ready). The worker publishes before it asks and checks again
+ * before it sleeps, and the owner checks after it changed the table, so one of the two always sees the
+ * other (sequentially consistent Atomics on the state word).
+ */
+export class IotlbWait {
+  readonly buffer: SharedArrayBuffer;
+  private readonly state: Int32Array;
+  private readonly f: Float64Array;
+
+  constructor(buffer: SharedArrayBuffer = new SharedArrayBuffer(IOTLB_WAIT_BYTES)) {
+    if (!(buffer instanceof SharedArrayBuffer) || buffer.byteLength < IOTLB_WAIT_BYTES) throw new RangeError('IotlbWait: needs a SharedArrayBuffer of IOTLB_WAIT_BYTES');
+    this.buffer = buffer;
+    this.state = new Int32Array(buffer, 0, 2);
+    this.f = new Float64Array(buffer, 0, 4);
+  }
+
+  /** Worker: from now on it waits for the buffer `t` missed in (its miss* fields). */
+  wait(t: Iotlb): void {
+    const r = askedRange(t);
+    this.f[W_FROM] = r.from;
+    this.f[W_TO] = r.to;
+    this.f[W_DROPS] = t.drops;
+    Atomics.store(this.state, W_STATE, 1);
+  }
+
+  /** Worker: it no longer waits. */
+  done(): void {
+    Atomics.store(this.state, W_STATE, 0);
+  }
+
+  /** True when the queue is waiting. */
+  get waiting(): boolean {
+    return Atomics.load(this.state, W_STATE) === 1;
+  }
+
+  /**
+   * The owner, after changing `t` (or the worker, before it sleeps): true when the queue waits and has
+   * something to do now: every page it waits for is mapped, or the table lost mappings since it asked.
+   */
+  ready(t: Iotlb): boolean {
+    if (Atomics.load(this.state, W_STATE) !== 1) return false;
+    if (t.drops !== this.f[W_DROPS]) return true;
+    const to = this.f[W_TO]!;
+    // The address missed, then each later page of the buffer from its start.
+    for (let a = this.f[W_FROM]!; a < to; a = (Math.floor(a / PAGE) + 1) * PAGE) if (!t.has(a)) return false;
+    return true;
+  }
+}
 
 export class IotlbAsks {
   /** Pages asked for at ring position `at`, with the table's drops at `drops`: page * 4 + access → when (ms). */
@@ -46,7 +115,7 @@ export class IotlbAsks {
     }
     const access = t.missAccess;
     const first = Math.floor(t.missIova / PAGE);
-    const last = Math.min(Math.ceil(t.missEnd / PAGE) - 1, first + MAX_ASK_PAGES - 1);
+    const last = Math.ceil(askedRange(t).to / PAGE) - 1;
     let n = 0;
     for (let p = first; p <= last; p++) {
       if (p !== first && t.has(p * PAGE)) continue;

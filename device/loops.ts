@@ -28,7 +28,7 @@
 import * as native from '../native/index.ts';
 import type { QueueWatch } from '../vring/index.ts';
 import type { RxPort, TxPort } from './backend.ts';
-import { IOTLB_RETRY_MS, IotlbAsks } from './iotlb-asks.ts';
+import { IOTLB_RETRY_MS, IotlbAsks, type IotlbWait } from './iotlb-asks.ts';
 import { M } from './metrics.ts';
 import { RX, type RxService } from './rx.ts';
 import type { ServiceContext } from './service.ts';
@@ -49,6 +49,8 @@ export interface LoopFds {
   busyPoll: number;
   /** Behind an IOMMU: tells the owner a buffer's mapping is missing (the worker posts it to the main thread). */
   reportMiss?: (iova: number, access: number) => void;
+  /** Behind an IOMMU: what the queue waits for, where the owner sees it (iotlb-asks.ts); else none. */
+  iotlbWait?: IotlbWait;
 }
 
 /** What both loops share: where avail.idx is, the bounded busy poll, the throttle sleep and waitKick. */
@@ -77,18 +79,26 @@ abstract class ServiceLoop<P> {
   /**
    * Behind an IOMMU, the ring's next chain has no mapping yet (it stays in the ring, vring/iotlb.ts):
    * what was done goes to the guest, the missing pages go to the owner (IotlbAsks), and the worker
-   * sleeps until the table changes (the owner writes the control eventfd then) or IOTLB_RETRY_MS pass.
-   * True when the control eventfd woke it, so that the worker drains it.
+   * sleeps until they are all mapped or the table lost mappings (the owner writes the control eventfd
+   * then, IotlbWait), or IOTLB_RETRY_MS pass. True when the control eventfd woke it, so that the worker
+   * drains it.
    */
   protected waitIotlb(): boolean {
     const t = this.ctx.mem.iotlb!;
     const c = this.ctx.c;
+    const w = this.fds.iotlbWait;
     this.ctx.pending.signal();
     const t0 = performance.now();
+    w?.wait(t); // before the asks: their answers find it
     c[M.iotlbMisses]! += this.asks.ask(t, this.ctx.queue.lastAvail, t0, this.reportMiss);
-    c[M.sleeps]! += 1;
-    const woke = native.poll(this.ctlOnly, IOTLB_RETRY_MS);
-    c[M.blockedNs]! += (performance.now() - t0) * 1e6;
+    let woke = 0;
+    // Answered meanwhile (by an answer to another queue's ask, say): no sleep.
+    if (!w?.ready(t)) {
+      c[M.sleeps]! += 1;
+      woke = native.poll(this.ctlOnly, IOTLB_RETRY_MS);
+      c[M.blockedNs]! += (performance.now() - t0) * 1e6;
+    }
+    w?.done();
     t.clearMiss();
     return woke !== 0;
   }

@@ -19,6 +19,7 @@ import type { Backend } from './backend.ts';
 import { CFG, NetConfig, parseMac, STATUS } from './config.ts';
 import type { CtrlTarget } from './ctrl.ts';
 import { CtrlLoop } from './ctrl-loop.ts';
+import { IotlbWait } from './iotlb-asks.ts';
 import { GuestMemoryFaultError, NET_ERROR, NetConfigError, NetStateError, WorkerError } from './errors.ts';
 import { decode, DEFAULT_OFFERED, GUEST_OFFLOAD_FEATURES, mask, names, OFFLOAD_FEATURES, type NegotiatedFeatures } from './features.ts';
 import { createCounters, M, snapshot } from './metrics.ts';
@@ -43,6 +44,8 @@ interface Slot {
   /** A queue is configured on the worker. */
   running: boolean;
   broken: string | null;
+  /** Behind an IOMMU: what the queue's worker waits for (iotlbChanged wakes it once that is mapped). */
+  iotlbWait: IotlbWait;
 }
 
 function randomMac(): Uint8Array {
@@ -157,7 +160,7 @@ export class NetDevice extends EventEmitter {
     for (let i = 0; i < this.queueCount; i++) {
       const counters = createCounters();
       const s: Slot = {
-        index: i, counters, running: false, broken: null,
+        index: i, counters, running: false, broken: null, iotlbWait: new IotlbWait(),
         host: new WorkerHost({
           index: i,
           counters,
@@ -392,11 +395,13 @@ export class NetDevice extends EventEmitter {
   }
 
   /**
-   * Mappings were added to the IOTLB: queues waiting for one look again now (their control eventfd is
-   * written; a queue that is not waiting reads it as a no-op), the control queue too.
+   * The IOTLB changed (mappings added or taken back): a queue waiting for mappings looks again now
+   * (its control eventfd is written) once every page of the buffer it waits for is mapped, or once the
+   * table lost mappings since it asked (it asks again); the control queue once its mapping came.
    */
   iotlbChanged(): void {
-    for (const s of this.slots) if (s.running && s.host.started) s.host.wake();
+    const it = this.iotlb;
+    if (it) for (const s of this.slots) if (s.running && s.host.started && s.iotlbWait.ready(it)) s.host.wake();
     const t = this.mem?.iotlb;
     if (this.ctrl && t && t.missGeneration >= 0 && !t.stalled) {
       t.clearMiss();
@@ -472,6 +477,7 @@ export class NetDevice extends EventEmitter {
       filter: filterState(this.filter),
       log: this.workerLog(s),
       iotlb: this.iotlb?.buffer ?? null,
+      iotlbWait: this.iotlb ? s.iotlbWait.buffer : null,
     };
     s.running = true;
     await s.host.command({ cmd: 'configure', config }, ['running', 'broken']);

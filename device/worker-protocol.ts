@@ -99,6 +99,8 @@ export interface QueueConfig {
   log: WorkerLog | null;
   /** Behind an IOMMU: the device's IOTLB (vring/iotlb.ts), which descriptor addresses go through; or null. */
   iotlb: SharedArrayBuffer | null;
+  /** Behind an IOMMU: what the queue waits for, read by the main thread (device/iotlb-asks.ts IotlbWait). */
+  iotlbWait: SharedArrayBuffer | null;
 }
 
 /** Main thread → worker. */

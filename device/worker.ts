@@ -29,6 +29,7 @@ import { DirtyLog, InflightLog, inflightQueueRegionSize, Iotlb, type DeviceQueue
 import { decode } from './features.ts';
 import { PcapWriter } from './capture.ts';
 import { PendingUsed } from './interrupt.ts';
+import { IotlbWait } from './iotlb-asks.ts';
 import { RateLimiter } from './rate-limit.ts';
 import { M } from './metrics.ts';
 import { GuestMemoryFaultError, NET_ERROR } from './errors.ts';
@@ -91,7 +92,12 @@ class ActiveQueue {
     const parts = { queue: this.queue, mem, f, counters: c, pending: this.pending, burst: cfg.burst };
     const fds: LoopFds = {
       kickFd: cfg.kickFd, ctlFd: boot.ctlFd, ctlFlag: boot.ctlFlag, busyPoll: cfg.busyPoll,
-      ...(this.iotlb ? { reportMiss: (iova: number, access: number) => boot.control.postMessage({ ev: 'iotlbMiss', iova, access } satisfies WorkerEvent) } : {}),
+      ...(this.iotlb
+        ? {
+            reportMiss: (iova: number, access: number) => boot.control.postMessage({ ev: 'iotlbMiss', iova, access } satisfies WorkerEvent),
+            ...(cfg.iotlbWait ? { iotlbWait: new IotlbWait(cfg.iotlbWait) } : {}),
+          }
+        : {}),
     };
     if (boot.role === 'tx') {
       const ctx = this.observed(new ServiceContext({ ...parts, port: ports.tx }), cfg);

@@ -320,7 +320,8 @@ export const HANDLERS: Readonly<Partial<Record<number, Entry>>> = {
   },
 
   // Behind an IOMMU: the front-end adds mappings (UPDATE, its answer to a miss or its own push) and
-  // takes them back (INVALIDATE). Rings and queues that waited for a mapping look again after an update.
+  // takes them back (INVALIDATE). Rings that waited for a mapping look again after an update; queues
+  // once what they wait for is all mapped, or was taken back (NetDevice.iotlbChanged).
   [REQ.IOTLB_MSG]: {
     async handle(c, m) {
       if ((c.features & ACCESS_PLATFORM_BIT) === 0n) {
@@ -347,7 +348,8 @@ export const HANDLERS: Readonly<Partial<Record<number, Entry>>> = {
         // size 0 (2^64 overflowed), which vhost's own [iova, iova + size - 1] reads as everything.
         if (msg.iova < ADDR_LIMIT) {
           const end = msg.size === 0n || msg.iova + msg.size > ADDR_LIMIT ? ADDR_LIMIT : msg.iova + msg.size;
-          t.invalidate(Number(msg.iova), Number(end - msg.iova));
+          // A queue waiting for mappings asks again for what was taken back, not after its retry.
+          if (t.invalidate(Number(msg.iova), Number(end - msg.iova)) > 0) c.dev.iotlbChanged?.();
         }
         return undefined;
       }

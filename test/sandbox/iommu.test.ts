@@ -64,7 +64,7 @@ function sendToHost(b: VuBed, g: Guest, port: number, payload: Uint8Array, opts:
   return g.drv.send(udpFrame({ srcMac: mac(b.guestMac), dstMac: tapMac, srcIp: ip4(b.guestIp), dstIp: ip4(b.hostIp), srcPort: 1234, dstPort: port, payload }), opts);
 }
 
-function queueMetric(bed: VuBed, index: number): { iotlbMisses: number; queueBroken: number; frames: number; dirtyLogMissed: number; broken: string | null } {
+function queueMetric(bed: VuBed, index: number): { iotlbMisses: number; queueBroken: number; frames: number; dirtyLogMissed: number; sleeps: number; broken: string | null } {
   return bed.dev.metrics().queues.find((q) => q.index === index)!;
 }
 
@@ -202,6 +202,36 @@ describe.skipIf(!pre.ok)('lgnet behind a virtual IOMMU (ACCESS_PLATFORM)', () =>
       expect(got.map((d) => d.len)).toEqual([12_000]);
       expect(got[0]!.hex).toBe(Buffer.from(payload).toString('hex'));
       expect(queueMetric(b, 1).broken).toBeNull();
+    } finally {
+      g.close();
+    }
+  });
+
+  it('a queue waiting for a buffer over several pages sleeps through the answers until the last, then sends it', async () => {
+    const b = bed();
+    const { g, iommu } = await guestBehindIommu(b);
+    try {
+      const before = await withhold(iommu);
+      const sink = await udpSink(b.ns, b.hostIp, 5811, 1, 10_000);
+      const payload = expectedPayload(12_000, 0);
+      expect(sendToHost(b, g, 5811, payload)).toBe(true);
+      const txPages = (): number[] => readPages(iommu, before).sort((x, y) => x - y);
+      expect(await until(() => txPages().length >= 3, 1000), 'the buffer\'s pages asked for').toBe(true);
+      await new Promise((r) => setTimeout(r, 10)); // the rest of that batch, sent together
+      const pages = txPages();
+      const sleeps = queueMetric(b, 1).sleeps;
+      // All but the last answered, one at a time: each answer used to wake the worker for nothing.
+      for (const p of pages.slice(0, -1)) {
+        await iommu.map(iommu.toGpa(p * 4096), 4096);
+        await new Promise((r) => setTimeout(r, 15));
+      }
+      expect(queueMetric(b, 1).sleeps - sleeps, `TX worker woke while page ${pages.at(-1)!.toString(16)} was still unmapped`).toBe(0);
+      expect(udpTo(g.drv.receive(0), 5811)).toEqual([]);
+      await iommu.map(iommu.toGpa(pages.at(-1)! * 4096), 4096);
+      iommu.serve = true;
+      const got = await sink.datagrams();
+      expect(got.map((d) => d.len)).toEqual([12_000]);
+      expect(got[0]!.hex).toBe(Buffer.from(payload).toString('hex'));
     } finally {
       g.close();
     }
