@@ -27,6 +27,7 @@ export { NET_ERROR, NetError, NetConfigError, NetStateError, WorkerError, type N
 export { openPcap, closePcap, pcapFileHeader, DEFAULT_SNAPLEN } from './device/capture.ts';
 export { TokenBucket, RateLimiter, parseBucket, type RateLimit, type BucketSpec } from './device/rate-limit.ts';
 export { Coalescer, DEFAULT_COALESCE, type CoalesceOptions, type DeviceCoalesce } from './device/coalesce.ts';
+export type { IotlbMissSink } from './device/iotlb-asks.ts';
 
 // The vhost-user backend and the process around it.
 export { VhostUserServer, netDeviceHooks, type VhostUserServerOptions, type DeviceHooks } from './sandbox/vhost-user/server.ts';

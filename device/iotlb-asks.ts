@@ -20,6 +20,7 @@
  * front-end answers one MISS at a time, and a worker woken by each answer walked its ring again only to
  * stop at the next page, on CPUs the front-end's answers need.
  */
+import * as native from '../native/index.ts';
 import type { Iotlb } from '../vring/index.ts';
 
 /** How long a queue waits for an IOTLB mapping before it asks again (a miss message may be lost with a front-end that restarts). */
@@ -128,4 +129,60 @@ export class IotlbAsks {
     }
     return n;
   }
+}
+
+/**
+ * Where a queue's worker writes its misses itself, one message per page, instead of posting them to the
+ * owner's thread (a thread hop per miss; vhost-user: BACKEND_IOTLB_MSG MISS on the back-end channel).
+ */
+export interface IotlbMissSink {
+  /** A nonblocking stream the owner keeps open while any queue holds it (NetDevice.setIotlbMissSink). */
+  fd: number;
+  /** The message to write, with the IOVA (u64, little-endian) at `iovaAt` and the access (u8) at `accessAt`. */
+  message: Uint8Array;
+  iovaAt: number;
+  accessAt: number;
+}
+
+/**
+ * A queue's way to ask for a page: written on the sink when there is one, else handed to `fallback`
+ * (the owner's thread). A sink that cannot take a message now drops it (the queue asks again after
+ * IOTLB_RETRY_MS); one that fails is given up, and the owner's thread takes the misses from then on.
+ */
+export class MissReporter {
+  private sink: IotlbMissSink | null = null;
+  private msg = new Uint8Array(0);
+  private dv = new DataView(this.msg.buffer);
+  private readonly fallback: (iova: number, access: number) => void;
+
+  constructor(sink: IotlbMissSink | null, fallback: (iova: number, access: number) => void) {
+    this.fallback = fallback;
+    this.setSink(sink);
+  }
+
+  setSink(sink: IotlbMissSink | null): void {
+    this.sink = sink;
+    if (sink) {
+      this.msg = Uint8Array.from(sink.message);
+      this.dv = new DataView(this.msg.buffer);
+    }
+  }
+
+  readonly report = (iova: number, access: number): void => {
+    const s = this.sink;
+    if (s !== null) {
+      this.dv.setUint32(s.iovaAt, iova >>> 0, true);
+      this.dv.setUint32(s.iovaAt + 4, Math.floor(iova / 2 ** 32), true);
+      this.msg[s.accessAt] = access;
+      let n = 0;
+      try {
+        n = native.fdWrite(s.fd, this.msg);
+      } catch {
+        n = 0; // the channel failed: the owner's thread judges it from here on
+      }
+      if (n === this.msg.length || n === -1) return; // written, or full (-1, EAGAIN): dropped, asked again later
+      this.sink = null;
+    }
+    this.fallback(iova, access);
+  };
 }

@@ -19,7 +19,7 @@ import type { Backend } from './backend.ts';
 import { CFG, NetConfig, parseMac, STATUS } from './config.ts';
 import type { CtrlTarget } from './ctrl.ts';
 import { CtrlLoop } from './ctrl-loop.ts';
-import { IotlbWait } from './iotlb-asks.ts';
+import { IotlbWait, type IotlbMissSink } from './iotlb-asks.ts';
 import { GuestMemoryFaultError, NET_ERROR, NetConfigError, NetStateError, WorkerError } from './errors.ts';
 import { decode, DEFAULT_OFFERED, GUEST_OFFLOAD_FEATURES, mask, names, OFFLOAD_FEATURES, type NegotiatedFeatures } from './features.ts';
 import { createCounters, M, snapshot } from './metrics.ts';
@@ -122,6 +122,8 @@ export class NetDevice extends EventEmitter {
   private readonly faults = new native.FaultWatch();
   /** Behind an IOMMU: the IOTLB descriptor addresses go through (setIotlb), or null. */
   private iotlb: Iotlb | null = null;
+  /** Behind an IOMMU: where the data queues write their misses themselves (setIotlbMissSink), or null. */
+  private missSink: IotlbMissSink | null = null;
 
   constructor(opts: NetDeviceOptions) {
     super();
@@ -409,6 +411,27 @@ export class NetDevice extends EventEmitter {
     }
   }
 
+  /**
+   * Behind an IOMMU: the data queues write their misses on `sink.fd` themselves, one `sink.message` per
+   * page with its IOVA and access filled in, rather than emitting `iotlbMiss` (which the control queue
+   * still does, and a queue falls back to if a write fails). The owner keeps the fd open until a later
+   * call (null: emit again) has resolved: every running queue has then let go of the old one. A queue
+   * that does not answer is stopped, as for setCallFd.
+   */
+  async setIotlbMissSink(sink: IotlbMissSink | null): Promise<void> {
+    this.missSink = sink;
+    for (const s of this.slots) {
+      if (!s.running || s.index === this.ctrlIndex) continue;
+      try {
+        await s.host.command({ cmd: 'missSink', sink }, ['missSink']);
+      } catch (e) {
+        await s.host.kill(); // it must not write the old fd after its owner closes it; replaced next start
+        s.running = false;
+        throw e;
+      }
+    }
+  }
+
   /** Records where queue `index` lives. Takes effect at startQueue. */
   setupQueue(index: number, setup: QueueSetup): void {
     const s = this.slot(index);
@@ -478,6 +501,7 @@ export class NetDevice extends EventEmitter {
       log: this.workerLog(s),
       iotlb: this.iotlb?.buffer ?? null,
       iotlbWait: this.iotlb ? s.iotlbWait.buffer : null,
+      missSink: this.iotlb ? this.missSink : null,
     };
     s.running = true;
     await s.host.command({ cmd: 'configure', config }, ['running', 'broken']);

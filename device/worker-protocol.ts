@@ -12,6 +12,7 @@
  *   { cmd: 'filter', filter }                 ────────▶ RX filter update
  *   { cmd: 'log', log }                       ────────▶ dirty logging on/off  ◀── 'logging'
  *   { cmd: 'call', fd }                       ────────▶ new call eventfd       ◀── 'call'
+ *   { cmd: 'missSink', sink }                 ────────▶ where misses go        ◀── 'missSink'
  *   { cmd: 'memory', ids }                    ────────▶ wraps the guest mappings now, forgets others
  *   { cmd: 'stop' }                           ────────▶ quiesces, back to idle ◀── 'stopped' (lastAvail)
  *   { cmd: 'seccomp', program }               ────────▶ installs its filter    ◀── 'sealed'
@@ -30,6 +31,7 @@ import type { FilterRef } from './backend.ts';
 import type { RateLimit } from './rate-limit.ts';
 import type { CoalesceOptions } from './coalesce.ts';
 import type { RxFilter } from './rx-filter.ts';
+import type { IotlbMissSink } from './iotlb-asks.ts';
 
 /** A region of guest memory as a worker receives it: a mapping id from the native registry. */
 export interface WorkerRegion {
@@ -101,6 +103,8 @@ export interface QueueConfig {
   iotlb: SharedArrayBuffer | null;
   /** Behind an IOMMU: what the queue waits for, read by the main thread (device/iotlb-asks.ts IotlbWait). */
   iotlbWait: SharedArrayBuffer | null;
+  /** Behind an IOMMU: where the worker writes its misses itself (NetDevice.setIotlbMissSink), or null. */
+  missSink: IotlbMissSink | null;
 }
 
 /** Main thread → worker. */
@@ -115,6 +119,8 @@ export type WorkerCommand =
   | { cmd: 'memory'; ids: number[] }
   /** Signal interrupts on `fd` from now on (−1: none); answered once the old fd is no longer used. */
   | { cmd: 'call'; fd: number }
+  /** Write misses on this sink from now on (null: post them); answered once the old one is no longer used. */
+  | { cmd: 'missSink'; sink: IotlbMissSink | null }
   | { cmd: 'seccomp'; program: Uint8Array }
   | { cmd: 'exit' };
 
@@ -126,6 +132,7 @@ export type WorkerEvent =
   | { ev: 'stopped'; lastAvail: number }
   | { ev: 'logging' }
   | { ev: 'call' }
+  | { ev: 'missSink' }
   /** The backend started failing (ok false: the first drop, with its errno) or works again (ok true). */
   | { ev: 'backend'; ok: boolean; errno: number }
   /** The queue started at the position its packed ring shows, not the front-end's base (message: why). */

@@ -29,7 +29,7 @@ import { DirtyLog, InflightLog, inflightQueueRegionSize, Iotlb, type DeviceQueue
 import { decode } from './features.ts';
 import { PcapWriter } from './capture.ts';
 import { PendingUsed } from './interrupt.ts';
-import { IotlbWait } from './iotlb-asks.ts';
+import { IotlbWait, MissReporter } from './iotlb-asks.ts';
 import { RateLimiter } from './rate-limit.ts';
 import { M } from './metrics.ts';
 import { GuestMemoryFaultError, NET_ERROR } from './errors.ts';
@@ -71,6 +71,8 @@ class ActiveQueue {
   private readonly faults = new native.FaultWatch();
   /** Behind an IOMMU: this thread's view of the device's IOTLB, or null. */
   private readonly iotlb: Iotlb | null;
+  /** Behind an IOMMU: where the queue's misses go (the owner's channel itself, or the main thread). */
+  readonly misses: MissReporter;
 
   constructor(boot: WorkerBoot, cfg: QueueConfig, rxFilter: RxFilter, frameFilter: FrameFilter | undefined) {
     const c = boot.counters;
@@ -86,6 +88,7 @@ class ActiveQueue {
     this.regions = cfg.regions;
     this.watchMappings();
     this.iotlb = cfg.iotlb === null ? null : new Iotlb(cfg.iotlb);
+    this.misses = new MissReporter(cfg.missSink, (iova, access) => boot.control.postMessage({ ev: 'iotlbMiss', iova, access } satisfies WorkerEvent));
     const mem = memoryFromMappings(cfg.regions);
     mem.setIotlb(this.iotlb);
     this.queue.attach(mem); // a ring that does not fit throws, and the queue is reported broken
@@ -94,7 +97,7 @@ class ActiveQueue {
       kickFd: cfg.kickFd, ctlFd: boot.ctlFd, ctlFlag: boot.ctlFlag, busyPoll: cfg.busyPoll,
       ...(this.iotlb
         ? {
-            reportMiss: (iova: number, access: number) => boot.control.postMessage({ ev: 'iotlbMiss', iova, access } satisfies WorkerEvent),
+            reportMiss: this.misses.report,
             ...(cfg.iotlbWait ? { iotlbWait: new IotlbWait(cfg.iotlbWait) } : {}),
           }
         : {}),
@@ -297,6 +300,11 @@ export class QueueWorker {
         // Between two passes, so no signal is in flight: the answer means the old fd is unused.
         this.q?.pending.setCallFd(m.fd);
         this.post({ ev: 'call' });
+        return;
+      case 'missSink':
+        // Likewise: no miss is being written, so the owner may close the old sink after the answer.
+        this.q?.misses.setSink(m.sink);
+        this.post({ ev: 'missSink' });
         return;
       case 'seccomp':
         // The sandbox's narrower filter for this thread alone (stacked on the process-wide one).

@@ -411,7 +411,8 @@ export class Connection implements Session {
     await step('vrings', () => this.vrings.close());
     await step('device reset', () => this.dev.reset());
     await step('memory', () => this.dev.releaseMemory());
-    await step('iommu', () => {
+    await step('iommu', async () => {
+      await this.dev.setIotlbMissSink?.(null); // the workers let go of the channel before it is closed
       this.dev.setIotlb?.(null);
       this.iommu.close();
     });

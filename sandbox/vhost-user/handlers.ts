@@ -309,12 +309,15 @@ export const HANDLERS: Readonly<Partial<Record<number, Entry>>> = {
     },
   },
 
-  // The back-end channel: lgnet writes IOTLB misses on it (iommu.ts), and nothing else.
+  // The back-end channel: lgnet writes IOTLB misses on it (iommu.ts), and nothing else. The data
+  // queues' workers write on it too: the device lets go of the old one before it is closed.
   [REQ.SET_SLAVE_REQ_FD]: {
     protocol: 'SLAVE_REQ',
     fds: () => 1,
-    handle(c, m) {
+    async handle(c, m) {
+      await c.dev.setIotlbMissSink?.(null); // if it throws, the fd is not taken: the message's fds are closed
       c.iommu.setChannel(take(m, 0));
+      await c.dev.setIotlbMissSink?.(c.iommu.sink());
       return undefined;
     },
   },

@@ -8,6 +8,7 @@
  * Spec: QEMU docs/interop/vhost-user.rst, "Front-end message types" (what each hook answers: GET_FEATURES,
  * GET_QUEUE_NUM, GET/SET_CONFIG, SET_STATUS, RESET_DEVICE).
  */
+import type { IotlbMissSink } from '../../device/iotlb-asks.ts';
 import type { DirtyLogSpec, MemoryRegionSpec, NetDevice } from '../../device/net.ts';
 import type { Iotlb } from '../../vring/index.ts';
 import type { MemoryTarget } from './mem-table.ts';
@@ -45,8 +46,13 @@ export interface DeviceHooks extends QueueTarget, MemoryTarget {
    * (null: they are guest physical). Called at SET_FEATURES, with every queue stopped.
    */
   setIotlb?(iotlb: Iotlb | null): void;
-  /** Mappings were added to the IOTLB: queues waiting for one look again. */
+  /** The IOTLB changed: queues waiting for mappings look again once theirs came or were taken back. */
   iotlbChanged?(): void;
+  /**
+   * The data queues write their misses on this sink themselves (null: they emit them again); resolves
+   * once no queue uses the previous one, so that its fd may be closed.
+   */
+  setIotlbMissSink?(sink: IotlbMissSink | null): Promise<void>;
   /** Subscribes to the queues' IOTLB misses; returns the unsubscribe function. */
   onIotlbMiss?(cb: (queue: number, iova: number, access: number) => void): () => void;
 }
@@ -88,6 +94,7 @@ export function netDeviceHooks(dev: NetDevice): DeviceHooks {
     },
     setIotlb: (iotlb) => dev.setIotlb(iotlb),
     iotlbChanged: () => dev.iotlbChanged(),
+    setIotlbMissSink: (sink) => dev.setIotlbMissSink(sink),
     onIotlbMiss(cb) {
       const h = (e: { queue: number; iova: number; access: number }) => cb(e.queue, e.iova, e.access);
       dev.on('iotlbMiss', h);

@@ -285,6 +285,9 @@ export function encodeVringFile(index: number, noFd: boolean): Uint8Array {
 
 /** struct vhost_iotlb_msg as QEMU sends it: iova, size, uaddr (u64 each), perm, type (u8), padded to 8. */
 export const IOTLB_MSG_SIZE = 32;
+/** Where struct vhost_iotlb_msg keeps the IOVA (u64) and the permission (u8). */
+export const IOTLB_IOVA_AT = 0;
+export const IOTLB_PERM_AT = 24;
 
 /** vhost_iotlb_msg.type. */
 export const IOTLB_TYPE = { MISS: 1, UPDATE: 2, INVALIDATE: 3, ACCESS_FAIL: 4 } as const;
@@ -306,10 +309,10 @@ export function decodeIotlb(b: Uint8Array): IotlbPayload {
 export function encodeIotlb(p: { iova: bigint | number; size?: bigint | number; uaddr?: bigint | number; perm: number; type: number }): Uint8Array {
   const b = new Uint8Array(IOTLB_MSG_SIZE);
   const dv = view(b);
-  dv.setBigUint64(0, BigInt(p.iova), true);
+  dv.setBigUint64(IOTLB_IOVA_AT, BigInt(p.iova), true);
   dv.setBigUint64(8, BigInt(p.size ?? 0), true);
   dv.setBigUint64(16, BigInt(p.uaddr ?? 0), true);
-  dv.setUint8(24, p.perm);
+  dv.setUint8(IOTLB_PERM_AT, p.perm);
   dv.setUint8(25, p.type);
   return b;
 }

@@ -116,6 +116,57 @@ describe.skipIf(!pre.ok)('lgnet behind a virtual IOMMU (ACCESS_PLATFORM)', () =>
     });
   }
 
+  it("the data queues' workers write their misses on the back-end channel themselves: none passes through the main thread", async () => {
+    const b = bed();
+    const { g, iommu } = await guestBehindIommu(b);
+    const posted: number[] = [];
+    const onMiss = (e: { queue: number }) => posted.push(e.queue);
+    b.dev.on('iotlbMiss', onMiss);
+    try {
+      await iommu.invalidateAll();
+      const before = iommu.misses.length;
+      const sender = udpSend(b.ns, b.guestIp, 5812, 300, 2, 20);
+      expect(udpTo(await g.drv.waitRx(2, { timeoutMs: 5000 }), 5812).length).toBe(2);
+      sender.kill();
+      const sink = await udpSink(b.ns, b.hostIp, 5813, 1, 10_000);
+      expect(sendToHost(b, g, 5813, expectedPayload(300, 0))).toBe(true);
+      expect((await sink.datagrams()).length).toBe(1);
+      const asked = iommu.misses.slice(before);
+      expect(asked.some((m) => m.perm === IOMMU_PERM.WO || m.perm === IOMMU_PERM.RW), 'RX asked').toBe(true);
+      expect(asked.some((m) => m.perm === IOMMU_PERM.RO), 'TX asked').toBe(true);
+      expect(posted, 'misses posted to the main thread (NetDevice iotlbMiss events)').toEqual([]);
+    } finally {
+      b.dev.off('iotlbMiss', onMiss);
+      g.close();
+    }
+  });
+
+  it('the back-end channel replaced while the rings run: misses go to the new one, the old one is closed, frames still cross', async () => {
+    const b = bed();
+    const { g, iommu } = await guestBehindIommu(b);
+    const second = new HarnessIommu(g.fe, g.ram);
+    try {
+      await second.attach(); // SET_SLAVE_REQ_FD again, rings running
+      expect(await until(() => iommu.backendClosed, 2000), 'lgnet closed its end of the first channel').toBe(true);
+      const onFirst = iommu.misses.length;
+      await iommu.invalidateAll();
+      const sender = udpSend(b.ns, b.guestIp, 5814, 300, 2, 20);
+      expect(udpTo(await g.drv.waitRx(2, { timeoutMs: 5000 }), 5814).length).toBe(2);
+      sender.kill();
+      const sink = await udpSink(b.ns, b.hostIp, 5815, 1, 10_000);
+      expect(sendToHost(b, g, 5815, expectedPayload(300, 1))).toBe(true);
+      expect((await sink.datagrams()).length).toBe(1);
+      expect(iommu.misses.length, 'misses on the old channel').toBe(onFirst);
+      expect(second.misses.filter((m) => m.answer === 'update').length).toBeGreaterThan(0);
+      expect(second.unexpected).toBe(0);
+      expect(queueMetric(b, 0).broken).toBeNull();
+      expect(queueMetric(b, 1).broken).toBeNull();
+    } finally {
+      second.close();
+      g.close();
+    }
+  });
+
   it('a frame whose buffer mapping is withheld waits in the ring, and arrives once the IOMMU serves it', async () => {
     const b = bed();
     const { g, iommu } = await guestBehindIommu(b);
