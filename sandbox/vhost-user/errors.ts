@@ -92,6 +92,11 @@ export const VU = {
    */
   BAD_IOTLB: 'VU_BAD_IOTLB',
   /**
+   * SET_SLAVE_REQ_FD carried an fd that is not a connected AF_UNIX stream socket: lgnet's queue workers
+   * write IOTLB misses on that fd, and a pipe, file or tap would take them as data.
+   */
+  BAD_CHANNEL_FD: 'VU_BAD_CHANNEL_FD',
+  /**
    * Not a message: the listening socket handed to the server (VhostUserServerOptions.listenFd, `lgnet
    * serve --socket-fd`) is not a listening AF_UNIX stream socket. The server does not start.
    */

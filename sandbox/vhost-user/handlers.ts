@@ -19,6 +19,7 @@ import type { DeviceHooks } from './hooks.ts';
 import type { InflightBuffer } from './inflight.ts';
 import type { MemTable } from './mem-table.ts';
 import { ADDR_LIMIT as VRING_ADDR_LIMIT } from '../../vring/index.ts';
+import * as native from '../../native/index.ts';
 import type { BackendIommu } from './iommu.ts';
 import { Postcopy } from './postcopy.ts';
 import {
@@ -315,6 +316,15 @@ export const HANDLERS: Readonly<Partial<Record<number, Entry>>> = {
     protocol: 'SLAVE_REQ',
     fds: () => 1,
     async handle(c, m) {
+      let info: { domain: number; type: number; listening: boolean } | null = null;
+      try {
+        info = native.socketInfo(m.fds[0]!);
+      } catch {
+        /* not a socket */
+      }
+      if (!info || info.domain !== native.SOCK.AF_UNIX || info.type !== native.SOCK.STREAM || info.listening) {
+        throw new VhostUserError(VU.BAD_CHANNEL_FD, 'SET_SLAVE_REQ_FD: the back-end channel must be a connected AF_UNIX stream socket (QEMU: socketpair); refused');
+      }
       await c.dev.setIotlbMissSink?.(null); // if it throws, the fd is not taken: the message's fds are closed
       c.iommu.setChannel(take(m, 0));
       await c.dev.setIotlbMissSink?.(c.iommu.sink());

@@ -8,7 +8,10 @@
  * connection; an invalidation makes lgnet ask again; IOTLB messages it cannot take are refused.
  * The whole thing under a QEMU guest: test/e2e/qemu-lgnet-features.test.ts (intel-iommu).
  */
+import { rmSync } from 'node:fs';
+import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
+import * as native from '../../native/index.ts';
 import { DirtyLogAudit } from '../../harness/dirty-log.ts';
 import { ip4, mac, UDP_OFFSET, udpFrame } from '../../harness/frames.ts';
 import { DEFAULT_IOVA_OFFSET, HarnessIommu, IOMMU_PERM } from '../../harness/iommu.ts';
@@ -378,6 +381,27 @@ describe.skipIf(!pre.ok)('lgnet behind a virtual IOMMU (ACCESS_PLATFORM)', () =>
         g.close();
       }
       expect(await until(() => b.server.connection === null, 5000)).toBe(true); // one front-end at a time
+    }
+  });
+
+  it('refuses a back-end channel that is not a connected unix stream socket (VU_BAD_CHANNEL_FD): the workers would write misses into it', async () => {
+    const b = bed();
+    const listenPath = join(b.dir, 'not-a-channel.sock');
+    for (const [what, make] of [['an eventfd', () => native.eventfdCreate()], ['a listening socket', () => native.unixListen(listenPath)]] as const) {
+      const g = await b.guest({ attach: false });
+      const fd = make();
+      try {
+        await g.fe.negotiate({ features: (o) => o & (ACCESS_PLATFORM | mask('VERSION_1')), protocolFeatures: protocolMask('SLAVE_REQ', 'REPLY_ACK') });
+        const before = b.server.metrics.errors[VU.BAD_CHANNEL_FD] ?? 0;
+        g.fe.sendRequest(REQ.SET_SLAVE_REQ_FD, new Uint8Array(0), { fds: [fd] });
+        expect(await g.fe.waitClosed(3000), what).toBe(true);
+        expect(b.server.metrics.errors[VU.BAD_CHANNEL_FD], what).toBe(before + 1);
+      } finally {
+        native.closeQuietly(fd);
+        rmSync(listenPath, { force: true });
+        g.close();
+      }
+      expect(await until(() => b.server.connection === null, 5000)).toBe(true);
     }
   });
 
