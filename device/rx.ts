@@ -121,8 +121,6 @@ export class RxService {
    */
   private keptBufs = 0;
   private keptRoom = 0;
-  /** Behind an IOMMU: the IOTLB's drops when the kept chains were popped (Iotlb.drops). */
-  private keptDrops = 0;
   /** The port's last merged call said its next one stages (IovecTable.stagedNext): offer one frame's room. */
   private stagedNext = false;
   /**
@@ -159,14 +157,6 @@ export class RxService {
   processRx(): number {
     const ctx = this.ctx;
     ctx.observer?.beginBurst();
-    // Behind an IOMMU, kept chains were translated through mappings the table may have lost since (an
-    // invalidation): they go back to the ring and are walked, and asked for, again.
-    const t = ctx.mem.iotlb;
-    if (t !== null) {
-      const drops = t.drops;
-      if (this.held > 0 && drops !== this.keptDrops) this.release();
-      this.keptDrops = drops;
-    }
     let max = ctx.burst;
     const limiter = ctx.limiter;
     if (limiter !== null) {
