@@ -77,11 +77,6 @@ export class IotlbWait {
     Atomics.store(this.state, W_STATE, 0);
   }
 
-  /** True when the queue is waiting. */
-  get waiting(): boolean {
-    return Atomics.load(this.state, W_STATE) === 1;
-  }
-
   /**
    * The owner, after changing `t` (or the worker, before it sleeps): true when the queue waits and has
    * something to do now: every page it waits for is mapped, or the table lost mappings since it asked.

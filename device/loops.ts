@@ -47,7 +47,7 @@ export interface LoopFds {
   ctlFlag: Int32Array;
   /** Microseconds of busy polling before sleeping (0: off). */
   busyPoll: number;
-  /** Behind an IOMMU: tells the owner a buffer's mapping is missing (the worker posts it to the main thread). */
+  /** Behind an IOMMU: asks for a page without a mapping (on the owner's channel, or through the main thread: MissReporter). */
   reportMiss?: (iova: number, access: number) => void;
   /** Behind an IOMMU: what the queue waits for, where the owner sees it (iotlb-asks.ts); else none. */
   iotlbWait?: IotlbWait;
