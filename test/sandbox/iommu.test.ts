@@ -273,13 +273,16 @@ describe.skipIf(!pre.ok)('lgnet behind a virtual IOMMU (ACCESS_PLATFORM)', () =>
       expect(await until(() => txPages().length >= 3, 1000), 'the buffer\'s pages asked for').toBe(true);
       await new Promise((r) => setTimeout(r, 10)); // the rest of that batch, sent together
       const pages = txPages();
-      const sleeps = queueMetric(b, 1).sleeps;
+      const { sleeps, iotlbMisses } = queueMetric(b, 1);
       // All but the last answered, one at a time: each answer used to wake the worker for nothing.
       for (const p of pages.slice(0, -1)) {
         await iommu.map(iommu.toGpa(p * 4096), 4096);
-        await new Promise((r) => setTimeout(r, 15));
+        await new Promise((r) => setTimeout(r, 10));
       }
-      expect(queueMetric(b, 1).sleeps - sleeps, `TX worker woke while page ${pages.at(-1)!.toString(16)} was still unmapped`).toBe(0);
+      // A wake-up of its own after IOTLB_RETRY_MS (a slow machine) asks for the last page again: only
+      // those may show; a wake-up at an answer asks for nothing (its pages were asked just before).
+      const m = queueMetric(b, 1);
+      expect(m.sleeps - sleeps, `TX worker woke while page ${pages.at(-1)!.toString(16)} was still unmapped`).toBeLessThanOrEqual(m.iotlbMisses - iotlbMisses);
       expect(udpTo(g.drv.receive(0), 5811)).toEqual([]);
       await iommu.map(iommu.toGpa(pages.at(-1)! * 4096), 4096);
       iommu.serve = true;
