@@ -48,6 +48,8 @@ export const NET_ERROR = {
   BAD_DIRTY_LOG: 'NET_BAD_DIRTY_LOG',
   /** NetDeviceOptions.cpus names no CPU, or one this process may not run on. */
   BAD_CPUS: 'NET_BAD_CPUS',
+  /** setIotlbMissSink: an fd that is not one, or a message too short for the IOVA and access offsets. */
+  BAD_IOTLB_SINK: 'NET_BAD_IOTLB_SINK',
   /** A queue worker could not install its seccomp filter. */
   WORKER_SECCOMP: 'NET_WORKER_SECCOMP',
   /** A queue worker could not start. */

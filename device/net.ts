@@ -419,6 +419,13 @@ export class NetDevice extends EventEmitter {
    * that does not answer is stopped, as for setCallFd.
    */
   async setIotlbMissSink(sink: IotlbMissSink | null): Promise<void> {
+    if (sink !== null) {
+      const { fd, message, iovaAt, accessAt } = sink;
+      const at = (x: number, n: number): boolean => Number.isInteger(x) && x >= 0 && x + n <= message.length;
+      if (!Number.isInteger(fd) || fd < 0 || !(message instanceof Uint8Array) || !at(iovaAt, 8) || !at(accessAt, 1)) {
+        throw new NetConfigError(NET_ERROR.BAD_IOTLB_SINK, 'setIotlbMissSink: fd must be an open fd, and message must hold the IOVA (8 bytes at iovaAt) and the access (1 byte at accessAt)');
+      }
+    }
     this.missSink = sink;
     for (const s of this.slots) {
       if (!s.running || s.index === this.ctrlIndex) continue;

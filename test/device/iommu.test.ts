@@ -9,6 +9,8 @@
 import { expect, it } from 'vitest';
 import { ACK, CTRL } from '../../device/ctrl.ts';
 import { DEFAULT_OFFERED, mask } from '../../device/features.ts';
+import * as native from '../../native/index.ts';
+import { NET_ERROR } from '../../device/errors.ts';
 import { Iotlb, IOTLB_ACCESS } from '../../vring/index.ts';
 import { createBed, expectedPayload, udpSend, until, type Bed } from './helpers.ts';
 
@@ -78,4 +80,54 @@ it('the control queue: a command whose mapping is withheld is asked for again by
   const q = b.dev.metrics().queues.find((x) => x.index === ctrlQ)!;
   expect(q.broken).toBeNull();
   expect(q.iotlbMisses).toBeGreaterThanOrEqual(3);
+});
+
+it('an embedder’s miss sink: the data queues write their misses on it (none as events), and the frame arrives once they are mapped; a bad sink is refused', async () => {
+  const { b, iotlb, misses, owner } = await iommuBed();
+  owner.serve = false; // misses must not come as events: any that do are recorded, not answered
+  const [mine, theirs] = native.unixSocketpair();
+  try {
+    native.setNonblocking(mine, true);
+    native.setNonblocking(theirs, true);
+    for (const bad of [
+      { fd: -1, message: new Uint8Array(16), iovaAt: 0, accessAt: 8 },
+      { fd: mine, message: new Uint8Array(8), iovaAt: 4, accessAt: 0 },
+      { fd: mine, message: new Uint8Array(16), iovaAt: 0, accessAt: 16 },
+    ]) {
+      await expect(b.dev.setIotlbMissSink(bad)).rejects.toMatchObject({ code: NET_ERROR.BAD_IOTLB_SINK });
+    }
+    // Each record: a marker byte, the IOVA (u64 little-endian) at 4, the access at 12.
+    const message = new Uint8Array(16);
+    message[0] = 0x5a;
+    await b.dev.setIotlbMissSink({ fd: mine, message, iovaAt: 4, accessAt: 12 });
+    const r = b.ram.region();
+    const buf = new Uint8Array(16 * 64);
+    let answered = 0;
+    const answer = (): void => {
+      const n = native.fdRead(theirs, buf);
+      for (let o = 0; o + 16 <= n; o += 16) {
+        expect(buf[o]).toBe(0x5a);
+        const dv = new DataView(buf.buffer, o, 16);
+        const page = Math.floor((dv.getUint32(4, true) + dv.getUint32(8, true) * 2 ** 32) / PAGE) * PAGE;
+        iotlb.update(page, PAGE, r.uaddr + (page - OFFSET - r.gpa), IOTLB_ACCESS.RW);
+        answered++;
+      }
+      if (n > 0) b.dev.iotlbChanged();
+    };
+    const sender = udpSend(b, 6510, 200, 2, 20);
+    const got: number[] = [];
+    await until('both frames, the misses answered from the sink', () => {
+      answer();
+      got.push(...b.drv.receive().filter((f) => f.frame.length >= 42 && f.frame[23] === 17).map((f) => f.frame.length));
+      return got.length >= 2;
+    });
+    sender.kill();
+    expect(got.length).toBe(2);
+    expect(answered, 'misses read from the sink').toBeGreaterThan(0);
+    expect(misses.filter((m) => m.queue < 2), 'data-queue misses emitted as events').toEqual([]);
+    await b.dev.setIotlbMissSink(null);
+  } finally {
+    native.closeQuietly(mine);
+    native.closeQuietly(theirs);
+  }
 });
