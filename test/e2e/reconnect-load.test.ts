@@ -80,11 +80,30 @@ describe.each([
   let after: LoadReport = { errors: [] };
   let metrics: MetricsDocument | undefined;
   let outcome: GuestOutcome | undefined;
+  let metricsSocket = '';
+  let iperfServer = '';
+
+  /** The guest's last 40 serial lines that are not iperf3's JSON (its events, errors, kernel messages). */
+  function serialTail(): string {
+    return guest!.serial().split('\n').filter((l) => !/^\s|^[{}\]]/.test(l)).slice(-40).join('\n');
+  }
 
   /** Types a console command and waits for its acknowledgement. */
   async function command(cmd: string, tag: string, timeoutMs: number): Promise<void> {
     guest!.write(`${cmd}\n`);
-    await guest!.waitForLine(new RegExp(`^LGNET-ACK \\{"cmd":"${cmd.split(' ')[0]}","tag":"${tag}"`), timeoutMs);
+    try {
+      await guest!.waitForLine(new RegExp(`^LGNET-ACK \\{"cmd":"${cmd.split(' ')[0]}","tag":"${tag}"`), timeoutMs);
+    } catch (e) {
+      // A hang says little by itself: print where each queue stood and what the guest printed last.
+      const doc = await readMetrics(metricsSocket).catch((m: Error) => m.message);
+      const queues = typeof doc === 'string' ? doc : doc.queues.map((q) => ({ index: q.index, running: q.running, broken: q.broken,
+        frames: q.frames, kicks: q.kicks, interrupts: q.interrupts, suppressed: q.interruptsSuppressed, sleeps: q.sleeps,
+        rxNoBuffers: q.rxNoBuffers, kept: q.rxKept, recovered: q.ringBaseRecovered, inflight: q.inflightResubmitted }));
+      console.error(`[e2e] '${cmd}' unanswered (${name}); lgnet queues: ${JSON.stringify(queues)}\n` +
+        `guest serial (tail, iperf3's JSON left out):\n${serialTail()}\nlgnet log (info and above, tail):\n${log.join('').split('\n').filter((l) => !l.includes('"level":20')).slice(-20).join('\n')}\n` +
+        `iperf3 server (tail):\n${iperfServer}`);
+      throw e;
+    }
   }
 
   beforeAll(async () => {
@@ -92,11 +111,12 @@ describe.each([
     net = createTapNamespace({ hostCidr: `${HOST}/24` });
     dir = mkdtempSync(join(tmpdir(), 'lgnet-e2e-'));
     const socket = join(dir, 'lgnet.sock');
-    const metricsSocket = join(dir, 'lgnet.metrics');
+    metricsSocket = join(dir, 'lgnet.metrics');
     const lgnetArgs = ['--metrics-socket', metricsSocket, ...(client ? ['--client', '--reconnect-ms', '100'] : [])];
     sha = blobSha256('e2e-reconnect-load', BLOB);
     await startBlobServer(net, { host: HOST, port: XFER_PORT, seed: 'e2e-reconnect-load', size: BLOB });
-    await net.startIperf3Server({ port: 5201 });
+    const server = await net.startIperf3Server({ port: 5201 });
+    for (const s of [server.stdout, server.stderr]) s?.on('data', (d: Buffer) => (iperfServer = (iperfServer + d.toString()).slice(-3000)));
     if (!client) lgnets.push(await startLgnet(net.ns, socket, net.tap, log, lgnetArgs));
     guest = bootGuest({
       netns: net.ns,
