@@ -11,7 +11,7 @@
  */
 
 // The device (embedding API).
-export { NetDevice, type NetDeviceOptions, type MemoryRegionSpec, type QueueSetup, type DeviceMetrics, type DirtyLogSpec } from './device/net.ts';
+export { NetDevice, type NetDeviceOptions, type MemoryRegionSpec, type QueueSetup, type DeviceMetrics, type DirtyLogSpec, type QueueInspection } from './device/net.ts';
 export { DirtyLog, dirtyLogSize } from './vring/dirty-log.ts';
 export { rarpFrame } from './device/announce.ts';
 export { TapBackend, type TapOptions, type TapIo } from './device/tap-backend.ts';
@@ -28,6 +28,7 @@ export { openPcap, closePcap, pcapFileHeader, DEFAULT_SNAPLEN } from './device/c
 export { TokenBucket, RateLimiter, parseBucket, type RateLimit, type BucketSpec } from './device/rate-limit.ts';
 export { Coalescer, DEFAULT_COALESCE, type CoalesceOptions, type DeviceCoalesce } from './device/coalesce.ts';
 export type { IotlbMissSink } from './device/iotlb-asks.ts';
+export type { WorkerInspection, SleepReason } from './device/worker-protocol.ts';
 
 // The vhost-user backend and the process around it.
 export { VhostUserServer, netDeviceHooks, type VhostUserServerOptions, type DeviceHooks } from './sandbox/vhost-user/server.ts';

@@ -32,6 +32,7 @@ import { IOTLB_RETRY_MS, IotlbAsks, type IotlbWait } from './iotlb-asks.ts';
 import { M } from './metrics.ts';
 import { RX, type RxService } from './rx.ts';
 import type { ServiceContext } from './service.ts';
+import type { SleepReason } from './worker-protocol.ts';
 import type { TxService } from './tx.ts';
 
 /** How long one sleep lasts at most; the loop re-checks after it, so a lost wake-up costs this, not a hang. */
@@ -66,6 +67,11 @@ abstract class ServiceLoop<P> {
     this.ctlOnly = Int32Array.of(fds.ctlFd);
   }
 
+  /** What the last sleep waited on (null before the first) and how long it lasted, for NetDevice.inspect.
+   *  Two fields, not an object: set at every sleep, so no allocation. */
+  lastSleepOn: SleepReason | null = null;
+  lastSleepMs = 0;
+
   /** One pass: service, signal, sleep. True when the control eventfd woke it. */
   abstract pass(): boolean;
 
@@ -96,7 +102,10 @@ abstract class ServiceLoop<P> {
     if (!w?.ready(t)) {
       c[M.sleeps]! += 1;
       woke = native.poll(this.ctlOnly, IOTLB_RETRY_MS);
-      c[M.blockedNs]! += (performance.now() - t0) * 1e6;
+      const t1 = performance.now();
+      c[M.blockedNs]! += (t1 - t0) * 1e6;
+      this.lastSleepOn = 'iotlb';
+      this.lastSleepMs = t1 - t0;
     }
     w?.done();
     t.clearMiss();
@@ -125,7 +134,10 @@ abstract class ServiceLoop<P> {
     c[M.throttled]! += 1;
     const t0 = performance.now();
     native.poll(this.ctlOnly, Math.min(Math.ceil(ms), SLEEP_MS));
-    c[M.blockedNs]! += (performance.now() - t0) * 1e6;
+    const t1 = performance.now();
+    c[M.blockedNs]! += (t1 - t0) * 1e6;
+    this.lastSleepOn = 'throttle';
+    this.lastSleepMs = t1 - t0;
     return false; // a command also set ctlFlag, which the worker looks at on its next pass
   }
 
@@ -164,6 +176,8 @@ abstract class ServiceLoop<P> {
     const woke = native.waitKick(this.fds.kickFd, loc.mappingId, loc.mappingOffset + loc.offset, seen, timeout, this.ctlOnly, signalFd, backendFd);
     const t1 = performance.now();
     c[M.blockedNs]! += (t1 - t0) * 1e6;
+    this.lastSleepOn = w === null ? 'backend' : backendFd >= 0 ? 'kick+backend' : 'kick';
+    this.lastSleepMs = t1 - t0;
     if (p.heldUntil > 0 && t1 * 1000 >= p.heldUntil) p.signal();
     if (woke & native.WAKE.KICK) c[M.kicks]! += 1;
     return (woke & native.WAKE.EXTRA0) !== 0;

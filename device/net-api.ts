@@ -7,6 +7,7 @@ import type { Backend } from './backend.ts';
 import type { QueueMetrics } from './metrics.ts';
 import type { DeviceCoalesce } from './coalesce.ts';
 import type { RateLimit } from './rate-limit.ts';
+import type { WorkerInspection } from './worker-protocol.ts';
 
 /** Options of {@link NetDevice}. */
 export interface NetDeviceOptions {
@@ -124,4 +125,16 @@ export interface DirtyLogSpec {
 export interface DeviceMetrics {
   queues: Array<{ index: number; role: 'rx' | 'tx' | 'ctrl'; running: boolean; broken: string | null } & QueueMetrics>;
   ctrl: { commands: number; errors: number };
+}
+
+/**
+ * One queue as NetDevice.inspect() found it: its worker's answer (the ring read between two passes),
+ * or why there is none.
+ */
+export interface QueueInspection extends Omit<WorkerInspection, 'state'> {
+  index: number;
+  role: 'rx' | 'tx' | 'ctrl';
+  /** WorkerInspection's states; 'stopped': the queue is not started (nothing asked); 'unanswered': its
+   *  worker did not answer in time (it is stuck in a pass: a bug to report, with this document). */
+  state: WorkerInspection['state'] | 'stopped' | 'unanswered';
 }

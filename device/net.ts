@@ -31,9 +31,9 @@ import { checkRateLimit } from './rate-limit.ts';
 import { LogLimiter } from './log-limit.ts';
 import { checkDeviceCoalesce, DEFAULT_COALESCE, queueCoalesce, type DeviceCoalesce } from './coalesce.ts';
 
-import type { DeviceMetrics, DirtyLogSpec, MemoryRegionSpec, NetDeviceOptions, QueueSetup } from './net-api.ts';
+import type { DeviceMetrics, DirtyLogSpec, MemoryRegionSpec, NetDeviceOptions, QueueSetup, QueueInspection } from './net-api.ts';
 
-export type { NetDeviceOptions, MemoryRegionSpec, QueueSetup, DeviceMetrics, DirtyLogSpec } from './net-api.ts';
+export type { NetDeviceOptions, MemoryRegionSpec, QueueSetup, DeviceMetrics, DirtyLogSpec, QueueInspection } from './net-api.ts';
 
 interface Slot {
   index: number;
@@ -771,6 +771,34 @@ export class NetDevice extends EventEmitter {
       })),
       ctrl: { ...this.ctrlStats },
     };
+  }
+
+  /**
+   * Where every queue and its ring stand now: each running queue's worker reads its ring between two
+   * passes and answers, the control queue is read here. For an operator or a test looking at a queue
+   * that stalls (what QEMU's x-query-virtio-queue-status shows). A worker that does not answer within
+   * `timeoutMs` is reported 'unanswered' and left running. Never throws for a queue's state.
+   */
+  async inspect(timeoutMs = 1000): Promise<QueueInspection[]> {
+    const none = { ring: null, lastSleep: null, interruptHeld: false };
+    return Promise.all(this.slots.map(async (s): Promise<QueueInspection> => {
+      const role = s.index === this.ctrlIndex ? 'ctrl' as const : s.index & 1 ? 'tx' as const : 'rx' as const;
+      if (role === 'ctrl') {
+        const q = this.ctrl?.queue;
+        if (!q) return { index: s.index, role, state: 'stopped', ...none };
+        try {
+          return { index: s.index, role, state: q.broken ? 'broken' : 'running', ...none, ring: q.inspect() };
+        } catch (e) {
+          return { index: s.index, role, state: 'broken', ...none, error: (e as Error).message };
+        }
+      }
+      if (!s.running) return { index: s.index, role, state: 'stopped', ...none };
+      try {
+        const e = await s.host.command({ cmd: 'inspect' }, ['inspect'], timeoutMs);
+        if (e.ev === 'inspect') return { index: s.index, role, ...e.inspection };
+      } catch { /* reported as unanswered */ }
+      return { index: s.index, role, state: 'unanswered', ...none };
+    }));
   }
 
   // ---- workers

@@ -116,9 +116,10 @@ export class WorkerHost {
     native.eventfdWrite(this.ctlFd, 1); // wakes a sleeping one
   }
 
-  /** Posts a command and resolves with the first of the events `evs` that the worker posts after it. */
-  command(m: WorkerCommand, evs: ReadonlyArray<EventName>): Promise<WorkerEvent> {
-    const p = this.waitFor(evs);
+  /** Posts a command and resolves with the first of the events `evs` that the worker posts after it
+   *  (rejects with WORKER_TIMEOUT after `timeoutMs`). */
+  command(m: WorkerCommand, evs: ReadonlyArray<EventName>, timeoutMs: number = WORKER_TIMEOUT_MS): Promise<WorkerEvent> {
+    const p = this.waitFor(evs, timeoutMs);
     this.send(m);
     return p;
   }
@@ -138,12 +139,12 @@ export class WorkerHost {
     }
   }
 
-  private waitFor(evs: ReadonlyArray<EventName>): Promise<WorkerEvent> {
+  private waitFor(evs: ReadonlyArray<EventName>, timeoutMs: number = WORKER_TIMEOUT_MS): Promise<WorkerEvent> {
     return new Promise((resolve, reject) => {
       const timer = setTimeout(() => {
         this.waiters = this.waiters.filter((w) => w !== waiter);
-        reject(new WorkerError(NET_ERROR.WORKER_TIMEOUT, `queue ${this.opts.index}'s worker did not report "${evs.join('" or "')}" within ${WORKER_TIMEOUT_MS} ms`));
-      }, WORKER_TIMEOUT_MS);
+        reject(new WorkerError(NET_ERROR.WORKER_TIMEOUT, `queue ${this.opts.index}'s worker did not report "${evs.join('" or "')}" within ${timeoutMs} ms`));
+      }, timeoutMs);
       const waiter = { evs, resolve: (e: WorkerEvent) => { clearTimeout(timer); resolve(e); } };
       this.waiters.push(waiter);
     });

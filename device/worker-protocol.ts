@@ -16,6 +16,7 @@
  *   { cmd: 'memory', ids }                    ────────▶ wraps the guest mappings now, forgets others
  *   { cmd: 'stop' }                           ────────▶ quiesces, back to idle ◀── 'stopped' (lastAvail)
  *   { cmd: 'seccomp', program }               ────────▶ installs its filter    ◀── 'sealed'
+ *   { cmd: 'inspect' }                        ────────▶ reads its ring         ◀── 'inspect'
  *   { cmd: 'exit' }                           ────────▶ ends the thread
  *
  * Every command goes on the worker's MessagePort, then sets `ctlFlag` (seen by a busy worker on its next
@@ -32,6 +33,25 @@ import type { RateLimit } from './rate-limit.ts';
 import type { CoalesceOptions } from './coalesce.ts';
 import type { RxFilter } from './rx-filter.ts';
 import type { IotlbMissSink } from './iotlb-asks.ts';
+import type { RingInspection } from '../vring/index.ts';
+
+/** What a queue's worker waited on in its last sleep (device/loops.ts). */
+export type SleepReason = 'kick' | 'backend' | 'kick+backend' | 'throttle' | 'iotlb';
+
+/** A queue's worker as it stands when it answers an inspection (NetDevice.inspect). */
+export interface WorkerInspection {
+  /** The worker's state: serving, paused (a memory change or migration), broken, or with no queue. */
+  state: 'idle' | 'running' | 'paused' | 'broken';
+  /** The ring, read by the worker between two passes; null with no queue, or when it cannot be read. */
+  ring: RingInspection | null;
+  /** Why `ring` is null, when a queue is there. */
+  error?: string;
+  /** What the worker waited on in its last sleep, and for how long (the command that asked woke it
+   *  from there when it was asleep); null before its first sleep. */
+  lastSleep: { on: SleepReason; ms: number } | null;
+  /** An interrupt is held for coalescing (it goes out by its deadline). */
+  interruptHeld: boolean;
+}
 
 /** A region of guest memory as a worker receives it: a mapping id from the native registry. */
 export interface WorkerRegion {
@@ -122,6 +142,8 @@ export type WorkerCommand =
   /** Write misses on this sink from now on (null: post them); answered once the old one is no longer used. */
   | { cmd: 'missSink'; sink: IotlbMissSink | null }
   | { cmd: 'seccomp'; program: Uint8Array }
+  /** Answer with where the queue and its ring stand (between two passes). */
+  | { cmd: 'inspect' }
   | { cmd: 'exit' };
 
 /** Worker → main thread. */
@@ -140,7 +162,8 @@ export type WorkerEvent =
   | { ev: 'broken'; code: string; message: string }
   /** Behind an IOMMU: no mapping for `iova` (access: IOTLB_ACCESS); the queue waits for one. */
   | { ev: 'iotlbMiss'; iova: number; access: number }
-  | { ev: 'sealed'; error?: { code: string; message: string } };
+  | { ev: 'sealed'; error?: { code: string; message: string } }
+  | { ev: 'inspect'; inspection: WorkerInspection };
 
 /**
  * This thread's ArrayBuffers over guest memory, by mapping id. V8 counts a wrapped mapping's whole size

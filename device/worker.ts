@@ -25,7 +25,7 @@ import { isMainThread, receiveMessageOnPort, workerData, type MessagePort } from
 import * as native from '../native/index.ts';
 import { MappingViews } from '../native/iovec.ts';
 import { LgnetError } from '../errors/index.ts';
-import { DirtyLog, InflightLog, inflightQueueRegionSize, Iotlb, type DeviceQueue } from '../vring/index.ts';
+import { DirtyLog, InflightLog, inflightQueueRegionSize, Iotlb, type DeviceQueue, type RingInspection } from '../vring/index.ts';
 import { decode } from './features.ts';
 import { PcapWriter } from './capture.ts';
 import { PendingUsed } from './interrupt.ts';
@@ -41,7 +41,7 @@ import * as backends from './backends.ts';
 import { createQueue, ServiceContext } from './service.ts';
 import { TxService } from './tx.ts';
 import {
-  applyFilter, keepGuestMappings, memoryFromMappings, type QueueConfig, type WorkerBoot, type WorkerCommand, type WorkerEvent, type WorkerLog, type WorkerRegion,
+  applyFilter, keepGuestMappings, memoryFromMappings, type QueueConfig, type WorkerBoot, type WorkerCommand, type WorkerEvent, type WorkerInspection, type WorkerLog, type WorkerRegion,
 } from './worker-protocol.ts';
 
 const State = { IDLE: 0, RUNNING: 1, PAUSED: 2, BROKEN: 3, EXIT: 4 } as const;
@@ -315,6 +315,9 @@ export class QueueWorker {
           this.post({ ev: 'sealed', error: { code: (e as { code?: string }).code ?? 'ERROR', message: (e as Error).message } });
         }
         return;
+      case 'inspect':
+        this.post({ ev: 'inspect', inspection: this.inspect() });
+        return;
       case 'exit':
         if (this.state === State.RUNNING) this.quiesce();
         this.q?.dispose();
@@ -322,6 +325,29 @@ export class QueueWorker {
         this.state = State.EXIT;
         return;
     }
+  }
+
+  /** Where the queue and its ring stand, between two passes (the 'inspect' command). */
+  private inspect(): WorkerInspection {
+    const q = this.q;
+    const state = this.state === State.RUNNING ? 'running' : this.state === State.PAUSED ? 'paused' : this.state === State.BROKEN ? 'broken' : 'idle';
+    let ring: RingInspection | null = null;
+    let error: string | undefined;
+    if (q !== null) {
+      try {
+        ring = q.queue.inspect();
+      } catch (e) {
+        error = (e as Error).message;
+      }
+    }
+    const on = q?.loop.lastSleepOn ?? null;
+    return {
+      state,
+      ring,
+      ...(error !== undefined ? { error } : {}),
+      lastSleep: on === null ? null : { on, ms: Math.round(q!.loop.lastSleepMs * 1000) / 1000 },
+      interruptHeld: q !== null && q.pending.heldUntil > 0,
+    };
   }
 
   /**

@@ -34,6 +34,7 @@ import { DescriptorChain } from './chain.ts';
 import { RingLayoutError, RingStateError, DescriptorError, MemoryError, VringError, VringErrorCode } from './errors.ts';
 import { IotlbMiss } from './iotlb.ts';
 import { VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE } from './layout.ts';
+import type { RingInspection } from './device-queue.ts';
 import type { DirtyLog } from './dirty-log.ts';
 import type { InflightLog, InflightRecovery } from './inflight.ts';
 import type { GuestMemory, RangeLocation } from './memory.ts';
@@ -242,6 +243,8 @@ export class PackedQueue {
   private pendingSignal = false;
   /** Positions published since the last needsNotification() (flags DESC). */
   private movedSinceCheck = 0;
+  /** publishedPos when the last notification went out (inspect() shows it). */
+  private signalledPos = 0;
   private notifyEnabled = true;
   /** off_wrap as this queue last wrote it into the device area. */
   private deviceOffWrap = PACKED_POS_START;
@@ -348,7 +351,7 @@ export class PackedQueue {
       );
     }
     this.availPos = avail;
-    this.usedPos = this.publishedPos = used;
+    this.usedPos = this.publishedPos = this.signalledPos = used;
     this.forgetInFlight();
   }
 
@@ -654,8 +657,45 @@ export class PackedQueue {
       need = !this.signalledValid || packedNeedEvent((ev >>> OFF_WRAP_SHIFT) & 0xffff, this.encode(this.publishedPos), moved, this.size);
     } else need = !this.signalledValid || this.pendingSignal;
     this.signalledValid = true;
-    if (need) this.pendingSignal = false;
+    if (need) {
+      this.pendingSignal = false;
+      this.signalledPos = this.publishedPos;
+    }
     return need;
+  }
+
+  /**
+   * DeviceQueue.inspect: where the queue and its ring stand now (reads guest memory, changes nothing).
+   * interruptOwed is what the next needsNotification() would answer for what is published.
+   */
+  inspect(): RingInspection {
+    if (this.mem === null) throw new RingLayoutError(VringErrorCode.NOT_ATTACHED, 'inspect() before attach(mem): no guest memory bound');
+    const ev = Atomics.load(this.driverEvent, 0);
+    const dev = Atomics.load(this.deviceEvent, 0);
+    const flags = (ev >>> EVENT_FLAGS_SHIFT) & VRING_PACKED_EVENT_FLAGS_MASK;
+    const published = this.encode(this.publishedPos);
+    let owed = false;
+    if (this.signalledValid && flags !== VRING_PACKED_EVENT_FLAG_DISABLE) {
+      owed = flags === VRING_PACKED_EVENT_FLAG_DESC && this.eventIdx
+        ? packedNeedEvent((ev >>> OFF_WRAP_SHIFT) & 0xffff, published, this.movedSinceCheck, this.size)
+        : this.pendingSignal;
+    }
+    const end = this.scan(null);
+    return {
+      format: 'packed',
+      size: this.size,
+      eventIdx: this.eventIdx,
+      lastAvail: this.lastAvail,
+      usedIdx: this.usedIdx,
+      publishedUsed: published,
+      inFlight: this.inFlight,
+      driverAvail: this.encode(end),
+      availPending: (end - this.availPos + this.mod) % this.mod,
+      driverEvent: { flags, event: (ev >>> OFF_WRAP_SHIFT) & 0xffff },
+      deviceEvent: { flags: (dev >>> EVENT_FLAGS_SHIFT) & VRING_PACKED_EVENT_FLAGS_MASK, event: (dev >>> OFF_WRAP_SHIFT) & 0xffff },
+      signalledUsed: this.signalledValid ? this.encode(this.signalledPos) : null,
+      interruptOwed: owed,
+    };
   }
 
   /** Ask the driver not to notify (kick) us: device event flags DISABLE. */
@@ -741,7 +781,7 @@ export class PackedQueue {
    */
   reset(): void {
     this.broken = null;
-    this.availPos = this.usedPos = this.publishedPos = 0;
+    this.availPos = this.usedPos = this.publishedPos = this.signalledPos = 0;
     this.forgetInFlight();
     this.notifyEnabled = true;
     this.deviceOffWrap = PACKED_POS_START;

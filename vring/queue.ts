@@ -51,6 +51,7 @@ import {
   usedAreaSize,
   usedAvailEventOffset,
 } from './layout.ts';
+import type { RingInspection } from './device-queue.ts';
 import type { DirtyLog } from './dirty-log.ts';
 import { IotlbMiss } from './iotlb.ts';
 import type { InflightLog, InflightRecovery } from './inflight.ts';
@@ -751,6 +752,34 @@ export class SplitQueue {
   /** Is `head` popped and not yet completed? */
   isInFlight(head: number): boolean {
     return head >= 0 && head < this.inFlightPos.length && this.inFlightPos[head]! >= 0;
+  }
+
+  /** DeviceQueue.inspect: where the queue and its ring stand now (reads guest memory, changes nothing). */
+  inspect(): RingInspection {
+    if (this.mem === null) throw new RingLayoutError(VringErrorCode.NOT_ATTACHED, 'inspect() before attach(mem): no guest memory bound');
+    const availIdx = Atomics.load(this.availU16, AVAIL_IDX_U16);
+    const availFlags = Atomics.load(this.availU16, AVAIL_FLAGS_U16);
+    const usedEvent = Atomics.load(this.availU16, this.usedEventIdx);
+    const now = this.publishedUsed;
+    // Before the first decision nothing is owed yet: the first needsNotification() signals anyway.
+    const owed = this.signalledValid && (this.eventIdx
+      ? needEvent(usedEvent, now, this.signalledUsed)
+      : now !== this.signalledUsed && (availFlags & VRING_AVAIL_F_NO_INTERRUPT) === 0);
+    return {
+      format: 'split',
+      size: this.size,
+      eventIdx: this.eventIdx,
+      lastAvail: this.lastAvail,
+      usedIdx: this.usedIdx,
+      publishedUsed: now,
+      inFlight: this.inFlight,
+      driverAvail: availIdx,
+      availPending: (availIdx - this.lastAvail) & 0xffff,
+      driverEvent: { flags: availFlags, event: usedEvent },
+      deviceEvent: { flags: Atomics.load(this.usedU16, USED_FLAGS_U16), event: Atomics.load(this.usedU16, this.availEventIdx) },
+      signalledUsed: this.signalledValid ? this.signalledUsed : null,
+      interruptOwed: owed,
+    };
   }
 
   /**
