@@ -12,7 +12,7 @@
  *               [--guest-announce] [--postcopy] [--iommu]
  *               [--no-sandbox | [--chroot DIR] [--user U] [--group G]]
  *   lgnet serve --print-capabilities                            (the vhost-user conventions; other options ignored)
- *   lgnet stats ADDR [--once] [--json] [--interval MS]
+ *   lgnet stats ADDR [--once] [--json] [--interval MS] [--queues]
  *   lgnet describe                                              (the vhost-user back-end JSON file for QEMU's schema)
  *   lgnet --version
  */
@@ -317,9 +317,10 @@ export function buildCli(actions: { serve: (opts: ServeOptions) => Promise<void>
       .argument('<addr>', 'the --metrics-listen address of the lgnet serve to read: a unix socket path, 127.0.0.1:PORT or [::1]:PORT', listenAddress('ADDR'))
       .option('--once', 'print one interval and exit', false)
       .option('--json', 'print JSON (with --once, one document; live, one line per interval)', false)
+      .option('--queues', "print once where every queue stands in its ring (positions, chains pending and in flight, interrupts owed or held, what each worker last slept on): for a queue that stalls", false)
       .addOption(new Option('--interval <ms>', 'time between snapshots').argParser(int('--interval', 100, 60_000)).default(1000))
       .action(async (address: ListenAddress, o: Record<string, unknown>) => {
-        await stats({ address, once: o['once'] === true, json: o['json'] === true, intervalMs: o['interval'] as number });
+        await stats({ address, once: o['once'] === true, json: o['json'] === true, queues: o['queues'] === true, intervalMs: o['interval'] as number });
       });
   }
 

@@ -139,7 +139,7 @@ export async function startServing(opts: ServeOptions, log: Logger): Promise<Ser
       tapCounters = new TapCounters(backend.name, backend.fds[0]);
       if (tapCounters.unavailable) log.warn({ code: 'LGNET_TAP_COUNTERS_UNAVAILABLE', tap: backend.name, why: tapCounters.unavailable }, "the tap's kernel counters are not served (lgnet_tap_*): read them with `ip -s link show` in the tap's namespace");
       const exporter = new PrometheusExporter({ device: () => device.metrics(), server, process: sampler, tap: tapCounters, version: packageVersion() });
-      listener = await openMetricsListener(opts.metricsListen, exporter);
+      listener = await openMetricsListener(opts.metricsListen, exporter, () => device.inspect());
     }
   } catch (e) {
     await closeMetrics();

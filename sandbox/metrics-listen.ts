@@ -5,6 +5,8 @@
  *
  *   GET /metrics        Prometheus text format 0.0.4 (PrometheusExporter.scrape, sandbox/prometheus.ts)
  *   GET /metrics.json   the same snapshot as prom-client's JSON (what `lgnet stats` reads)
+ *   GET /queues         where every queue and its ring stand (NetDevice.inspect: `lgnet stats --queues`);
+ *                       each running queue's worker is woken once to answer
  *   anything else       404 (other path), 405 (other method), 400 (not HTTP: the parser gave up)
  *
  * Inside the jail: the socket is bound and listening before it (sandbox/main.ts, step 2), and serving
@@ -113,13 +115,16 @@ function describeBind(b: MetricsBind): string {
 }
 
 /** Opens the endpoint; resolves once it accepts connections. */
-export async function openMetricsListener(address: MetricsBind, exporter: PrometheusExporter): Promise<MetricsListener> {
+/** What GET /queues answers with: the device's inspection (NetDevice.inspect), or none served. */
+export type QueuesSource = () => Promise<unknown>;
+
+export async function openMetricsListener(address: MetricsBind, exporter: PrometheusExporter, queues?: QueuesSource): Promise<MetricsListener> {
   if (address.kind === 'unix') removeStaleSocket(address.path);
   const sockets = new Set<Socket>();
   const server: Server = createServer({
     noDelay: false, keepAlive: false, requestTimeout: 10_000, headersTimeout: 5_000, connectionsCheckingInterval: 1_000, maxHeaderSize: 8192,
   }, (req, res) => {
-    void answer(req, res, exporter);
+    void answer(req, res, exporter, queues);
   });
   server.maxConnections = MAX_CONNECTIONS;
   server.keepAliveTimeout = 5_000;
@@ -190,15 +195,15 @@ export async function openMetricsListener(address: MetricsBind, exporter: Promet
   };
 }
 
-async function answer(req: IncomingMessage, res: ServerResponse, exporter: PrometheusExporter): Promise<void> {
+async function answer(req: IncomingMessage, res: ServerResponse, exporter: PrometheusExporter, queues?: QueuesSource): Promise<void> {
   const send = (code: HttpStatus, type: string, body: string, extra: Record<string, string> = {}) => {
     exporter.countRequest(code);
     res.writeHead(code, { 'Content-Type': type, 'Content-Length': Buffer.byteLength(body), ...extra });
     res.end(req.method === 'HEAD' ? undefined : body);
   };
   const path = (req.url ?? '').split('?', 1)[0];
-  if (path !== '/metrics' && path !== '/metrics.json') {
-    send(404, 'text/plain; charset=utf-8', 'lgnet serves GET /metrics (Prometheus text) and GET /metrics.json\n');
+  if (path !== '/metrics' && path !== '/metrics.json' && !(path === '/queues' && queues)) {
+    send(404, 'text/plain; charset=utf-8', `lgnet serves GET /metrics (Prometheus text), GET /metrics.json${queues ? ' and GET /queues' : ''}\n`);
     return;
   }
   if (req.method !== 'GET' && req.method !== 'HEAD') {
@@ -207,6 +212,7 @@ async function answer(req: IncomingMessage, res: ServerResponse, exporter: Prome
   }
   try {
     if (path === '/metrics') send(200, exporter.contentType, await exporter.scrape());
+    else if (path === '/queues') send(200, 'application/json', `${JSON.stringify({ pid: process.pid, ts_ms: Date.now(), queues: await queues!() })}\n`);
     else send(200, 'application/json', `${JSON.stringify({ pid: process.pid, ts_ms: Date.now(), metrics: await exporter.scrapeJson() })}\n`);
   } catch (e) {
     if (!res.headersSent) send(500, 'text/plain; charset=utf-8', `metrics unavailable: ${(e as Error).message}\n`);

@@ -17,6 +17,7 @@
 import { request } from 'node:http';
 import { formatListenAddress, METRICS_ERROR, MetricsError, type ListenAddress } from './metrics-listen.ts';
 import type { MetricFamily } from './prometheus.ts';
+import type { QueueInspection } from '../device/net.ts';
 
 /** What GET /metrics.json answers. */
 export interface MetricsSnapshot {
@@ -25,14 +26,14 @@ export interface MetricsSnapshot {
   metrics: MetricFamily[];
 }
 
-/** Reads one snapshot from a running lgnet's endpoint. Throws MetricsError (SCRAPE_FAILED). */
-export function fetchSnapshot(addr: ListenAddress, timeoutMs = 3000): Promise<MetricsSnapshot> {
+/** GETs `path` from a running lgnet's endpoint and parses it as JSON. Throws MetricsError (SCRAPE_FAILED). */
+function fetchJson<T>(addr: ListenAddress, path: string, what: string, timeoutMs: number, valid: (doc: T) => boolean): Promise<T> {
   const where = formatListenAddress(addr);
   return new Promise((resolve, reject) => {
     const fail = (why: string, cause?: unknown) =>
-      reject(new MetricsError(METRICS_ERROR.SCRAPE_FAILED, `no metrics from ${where}: ${why}; is lgnet serve running with --metrics-listen ${where}?`, { cause }));
+      reject(new MetricsError(METRICS_ERROR.SCRAPE_FAILED, `no ${what} from ${where}: ${why}; is lgnet serve running with --metrics-listen ${where}?`, { cause }));
     const req = request(
-      { ...(addr.kind === 'unix' ? { socketPath: addr.path } : { host: addr.host, port: addr.port }), path: '/metrics.json', method: 'GET', timeout: timeoutMs },
+      { ...(addr.kind === 'unix' ? { socketPath: addr.path } : { host: addr.host, port: addr.port }), path, method: 'GET', timeout: timeoutMs },
       (res) => {
         let body = '';
         res.setEncoding('utf8');
@@ -44,8 +45,8 @@ export function fetchSnapshot(addr: ListenAddress, timeoutMs = 3000): Promise<Me
         res.on('end', () => {
           if (res.statusCode !== 200) return fail(`HTTP ${res.statusCode}: ${body.slice(0, 200)}`);
           try {
-            const doc = JSON.parse(body) as MetricsSnapshot;
-            if (typeof doc.pid !== 'number' || typeof doc.ts_ms !== 'number' || !Array.isArray(doc.metrics)) return fail('the answer is not an lgnet metrics document');
+            const doc = JSON.parse(body) as T;
+            if (!valid(doc)) return fail('the answer is not an lgnet document');
             resolve(doc);
           } catch (e) {
             fail('the answer is not JSON', e);
@@ -57,6 +58,64 @@ export function fetchSnapshot(addr: ListenAddress, timeoutMs = 3000): Promise<Me
     req.on('error', (e) => fail(e.message, e));
     req.end();
   });
+}
+
+/** Reads one snapshot from a running lgnet's endpoint. Throws MetricsError (SCRAPE_FAILED). */
+export function fetchSnapshot(addr: ListenAddress, timeoutMs = 3000): Promise<MetricsSnapshot> {
+  return fetchJson<MetricsSnapshot>(addr, '/metrics.json', 'metrics', timeoutMs, (d) => typeof d.pid === 'number' && typeof d.ts_ms === 'number' && Array.isArray(d.metrics));
+}
+
+/** What GET /queues answers: NetDevice.inspect() of the serving process. */
+export interface QueuesDocument {
+  pid: number;
+  ts_ms: number;
+  queues: QueueInspection[];
+}
+
+/** Reads where every queue of a running lgnet stands (GET /queues). Throws MetricsError (SCRAPE_FAILED). */
+export function fetchQueues(addr: ListenAddress, timeoutMs = 3000): Promise<QueuesDocument> {
+  return fetchJson<QueuesDocument>(addr, '/queues', 'queue inspection', timeoutMs, (d) => typeof d.pid === 'number' && Array.isArray(d.queues));
+}
+
+/** A position as a person reads it: split, the u16; packed, idx and the wrap counter (12/w1). */
+function pos(format: 'split' | 'packed', p: number): string {
+  return format === 'split' ? String(p) : `${p & 0x7fff}/w${p >>> 15}`;
+}
+
+/**
+ * `lgnet stats ADDR --queues`: one line per queue, where the device and the driver stand in its ring.
+ *
+ *   driver      the driver's producer position (split avail.idx; packed, the end of what it made available)
+ *   device      the device's next position to pop
+ *   pending     made available and not popped (a queue asleep on a kick with some pending missed it)
+ *   in flight   popped and not completed (RX: buffers kept for the next frames)
+ *   used        the used position the driver sees, and the one of the last interrupt decision
+ *   irq         'owed': the driver asked to hear of something published and was not told; 'held': coalescing
+ *   slept on    what the worker waited on last, and how long
+ */
+export function renderQueues(where: string, doc: QueuesDocument): string {
+  const cols = ['queue', 'state', 'ring', 'driver', 'device', 'pending', 'in flight', 'used', 'signalled', 'irq', 'slept on'];
+  const rows = doc.queues.map((q) => {
+    const r = q.ring;
+    const f = r?.format ?? 'split';
+    return [
+      `${q.index} ${q.role}`,
+      q.state,
+      r ? `${r.format} ${r.size}` : '-',
+      r ? pos(f, r.driverAvail) : '-',
+      r ? pos(f, r.lastAvail) : '-',
+      r ? String(r.availPending) : '-',
+      r ? String(r.inFlight) : '-',
+      r ? pos(f, r.publishedUsed) : '-',
+      r && r.signalledUsed !== null ? pos(f, r.signalledUsed) : '-',
+      [r?.interruptOwed ? 'owed' : '', q.interruptHeld ? 'held' : ''].filter(Boolean).join(',') || '-',
+      q.lastSleep ? `${q.lastSleep.on} ${q.lastSleep.ms.toFixed(1)} ms` : '-',
+    ];
+  });
+  const errors = doc.queues.filter((q) => q.error).map((q) => `queue ${q.index}: ${q.error}`);
+  const width = cols.map((c, i) => Math.max(c.length, ...rows.map((row) => row[i]!.length)));
+  const line = (cells: string[]) => cells.map((c, i) => c.padEnd(width[i]!)).join('  ').trimEnd();
+  return [`lgnet ${doc.pid} at ${where}: queues`, '', line(cols), ...rows.map(line), ...errors].join('\n') + '\n';
 }
 
 /** One queue over one interval. Rates are per second; ratios are null when no frame moved. */
@@ -250,6 +309,8 @@ export interface StatsOptions {
   address: ListenAddress;
   once: boolean;
   json: boolean;
+  /** Print where every queue stands in its ring, once (GET /queues), instead of rates. */
+  queues?: boolean;
   /** Interval between snapshots, ms. */
   intervalMs: number;
 }
@@ -262,6 +323,11 @@ const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
  */
 export async function runStats(o: StatsOptions, out: NodeJS.WritableStream = process.stdout, signal?: AbortSignal): Promise<void> {
   const where = formatListenAddress(o.address);
+  if (o.queues) {
+    const doc = await fetchQueues(o.address);
+    out.write(o.json ? `${JSON.stringify(doc, null, 2)}\n` : renderQueues(where, doc));
+    return;
+  }
   let prev = await fetchSnapshot(o.address);
   const tty = (out as { isTTY?: boolean }).isTTY === true;
   while (!signal?.aborted) {

@@ -53,5 +53,6 @@ export {
 export * from './packed-layout.ts';
 export { resumePackedBase, type PackedResume } from './packed-resume.ts';
 export { PackedDriverQueue, type PackedDriverQueueOptions } from './packed-driver.ts';
-export type { DeviceQueue, RingInspection } from './device-queue.ts';
+export type { DeviceQueue } from './device-queue.ts';
+export type { RingInspection } from './ring-inspection.ts';
 export { createDriverQueue, driverRingLayout, driverRingSpan, type DriverVirtqueue, type DriverVirtqueueOptions, type DriverRingAddresses, type RingFormat, type RingArea, type PendingCompletion } from './driver-queue.ts';

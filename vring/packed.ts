@@ -34,7 +34,7 @@ import { DescriptorChain } from './chain.ts';
 import { RingLayoutError, RingStateError, DescriptorError, MemoryError, VringError, VringErrorCode } from './errors.ts';
 import { IotlbMiss } from './iotlb.ts';
 import { VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE } from './layout.ts';
-import type { RingInspection } from './device-queue.ts';
+import type { RingInspection } from './ring-inspection.ts';
 import type { DirtyLog } from './dirty-log.ts';
 import type { InflightLog, InflightRecovery } from './inflight.ts';
 import type { GuestMemory, RangeLocation } from './memory.ts';

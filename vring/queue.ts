@@ -51,7 +51,7 @@ import {
   usedAreaSize,
   usedAvailEventOffset,
 } from './layout.ts';
-import type { RingInspection } from './device-queue.ts';
+import type { RingInspection } from './ring-inspection.ts';
 import type { DirtyLog } from './dirty-log.ts';
 import { IotlbMiss } from './iotlb.ts';
 import type { InflightLog, InflightRecovery } from './inflight.ts';

@@ -49,7 +49,8 @@ describe.skipIf(!pre.ok)('Prometheus endpoint on a live device (vhost-user bed, 
     sampler = new ProcessSampler();
     exporter = new PrometheusExporter({ device: () => bed.dev.metrics(), server: bed.server, process: sampler, version: 'test' });
     unix = await openMetricsListener({ kind: 'unix', path: join(bed.dir, 'metrics.sock') }, exporter);
-    tcp = await openMetricsListener({ kind: 'tcp', host: '127.0.0.1', port: 0 }, exporter);
+    // GET /queues on the TCP listener only: the unix one shows the endpoint without it.
+    tcp = await openMetricsListener({ kind: 'tcp', host: '127.0.0.1', port: 0 }, exporter, () => bed.dev.inspect());
     g = await bed.guest();
   });
   afterAll(async () => {
@@ -140,6 +141,21 @@ describe.skipIf(!pre.ok)('Prometheus endpoint on a live device (vhost-user bed, 
       expect(valueOf(samples, 'lgnet_queue_kicks_total', q(1, 'tx'))).toBeGreaterThan(0);
     }
     expect(matched).toBe(true);
+  });
+
+  it('GET /queues answers NetDevice.inspect() where the listener was given it, 404 where not', async () => {
+    // (Before the test that disconnects the front-end: the queues run.)
+    const r = await httpGet(tcp.address, '/queues');
+    expect(r.status).toBe(200);
+    expect(r.type).toBe('application/json');
+    const doc = JSON.parse(r.body) as { pid: number; queues: Array<{ index: number; role: string; state: string; ring: { format: string; lastAvail: number } | null }> };
+    expect(doc.pid).toBe(process.pid);
+    const direct = await bed.dev.inspect();
+    expect(doc.queues.map((q) => [q.index, q.role, q.state, q.ring?.format])).toEqual(direct.map((q) => [q.index, q.role, q.state, q.ring?.format]));
+    expect(doc.queues[1]).toMatchObject({ role: 'tx', state: 'running', ring: { format: 'split', lastAvail: direct[1]!.ring!.lastAvail } });
+    const none = await httpGet(unix.address, '/queues');
+    expect(none.status).toBe(404);
+    expect(none.body).not.toContain('/queues');
   });
 
   it("exposes the server's counters, the negotiated features and the process", async () => {

@@ -23,7 +23,7 @@ import { VirtioNetDriver } from '../../harness/virtio-net.ts';
 import { VhostUserFrontend } from '../../harness/vhost-user-frontend.ts';
 import { readMetrics } from '../../sandbox/metrics-endpoint.ts';
 import type { ListenAddress } from '../../sandbox/metrics-listen.ts';
-import type { StatsReport } from '../../sandbox/stats.ts';
+import type { QueuesDocument, StatsReport } from '../../sandbox/stats.ts';
 import { httpGet, parseExposition, promtool, rawExchange, valueOf, type Sample } from './metrics-helpers.ts';
 import { udpSend, until } from './vhost-user-helpers.ts';
 import { LGNET, startLgnet, type Lgnet } from './serve-process.ts';
@@ -246,6 +246,24 @@ describe.skipIf(!pre.ok)('lgnet serve --metrics-listen, jailed, and lgnet stats'
     expect(text.stdout).toMatch(/^queue\s+dir\s+frames\/s\s+bytes\/s\s+irq\/frame\s+kick\/frame\s+asleep\s+drops\/s$/m);
     expect(text.stdout).toMatch(/^1\s+tx\s+/m);
     expect(text.stdout).toMatch(/^tap lgopst0  to guest .* frames\/s, dropped 0\/s \(0 in all\)  from guest /m);
+
+    // lgnet stats --queues: where each queue stands, read by its worker inside the jail. The guest's
+    // TX is drained, so every chain it made available was popped and used.
+    const q = await runStats([metricsPath, '--queues', '--json']);
+    expect(q.status, q.stderr).toBe(0);
+    const qd = JSON.parse(q.stdout) as QueuesDocument;
+    expect(qd.pid).toBe(s.l.child.pid);
+    const txq = qd.queues.find((x) => x.role === 'tx')!;
+    expect(txq).toMatchObject({ index: 1, state: 'running', ring: { format: 'split', availPending: 0, inFlight: 0 } });
+    expect(txq.ring!.lastAvail).toBe((210 + sent) & 0xffff);
+    expect(txq.ring!.publishedUsed).toBe(txq.ring!.lastAvail);
+    expect(txq.lastSleep?.on).toBe('kick');
+    expect(qd.queues.find((x) => x.role === 'rx')).toMatchObject({ index: 0, state: 'running', ring: { format: 'split' } });
+    const qt = await runStats([metricsPath, '--queues']);
+    expect(qt.status, qt.stderr).toBe(0);
+    expect(qt.stdout).toMatch(new RegExp(`^lgnet ${s.l.child.pid} at ${metricsPath}: queues`));
+    expect(qt.stdout).toMatch(/^queue\s+state\s+ring\s+driver\s+device\s+pending\s+in flight\s+used\s+signalled\s+irq\s+slept on$/m);
+    expect(qt.stdout).toMatch(new RegExp(`^1 tx\\s+running\\s+split \\d+\\s+${txq.ring!.lastAvail}\\s+${txq.ring!.lastAvail}\\s+0\\s+0\\s`, 'm'));
 
     // A clean stop: exit 0, both metrics sockets removed by the reapers.
     s.close();
