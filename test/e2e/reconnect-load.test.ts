@@ -17,6 +17,7 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { readMetrics, type MetricsDocument } from '../../sandbox/metrics-endpoint.ts';
+import { fetchQueues, renderQueues } from '../../sandbox/stats.ts';
 import { bootGuest, ensureGuestImage, iperfSummary, type GuestHandle, type GuestOutcome } from '../../scripts/qemu.ts';
 import { createTapNamespace, type TapNamespace } from '../../scripts/netns.ts';
 import { blobSha256, startBlobServer } from './lib/blob.ts';
@@ -81,6 +82,7 @@ describe.each([
   let metrics: MetricsDocument | undefined;
   let outcome: GuestOutcome | undefined;
   let metricsSocket = '';
+  let listenSocket = '';
   let iperfServer = '';
 
   /** The guest's last 40 serial lines that are not iperf3's JSON (its events, errors, kernel messages). */
@@ -99,7 +101,8 @@ describe.each([
       const queues = typeof doc === 'string' ? doc : doc.queues.map((q) => ({ index: q.index, running: q.running, broken: q.broken,
         frames: q.frames, kicks: q.kicks, interrupts: q.interrupts, suppressed: q.interruptsSuppressed, sleeps: q.sleeps,
         rxNoBuffers: q.rxNoBuffers, kept: q.rxKept, recovered: q.ringBaseRecovered, inflight: q.inflightResubmitted }));
-      console.error(`[e2e] '${cmd}' unanswered (${name}); lgnet queues: ${JSON.stringify(queues)}\n` +
+      const rings = await fetchQueues({ kind: 'unix', path: listenSocket }).then((d) => renderQueues(listenSocket, d), (m: Error) => m.message);
+      console.error(`[e2e] '${cmd}' unanswered (${name}); lgnet queues: ${JSON.stringify(queues)}\n${rings}` +
         `guest serial (tail, iperf3's JSON left out):\n${serialTail()}\nlgnet log (info and above, tail):\n${log.join('').split('\n').filter((l) => !l.includes('"level":20')).slice(-20).join('\n')}\n` +
         `iperf3 server (tail):\n${iperfServer}`);
       throw e;
@@ -112,7 +115,8 @@ describe.each([
     dir = mkdtempSync(join(tmpdir(), 'lgnet-e2e-'));
     const socket = join(dir, 'lgnet.sock');
     metricsSocket = join(dir, 'lgnet.metrics');
-    const lgnetArgs = ['--metrics-socket', metricsSocket, ...(client ? ['--client', '--reconnect-ms', '100'] : [])];
+    listenSocket = join(dir, 'lgnet.prom');
+    const lgnetArgs = ['--metrics-socket', metricsSocket, '--metrics-listen', listenSocket, ...(client ? ['--client', '--reconnect-ms', '100'] : [])];
     sha = blobSha256('e2e-reconnect-load', BLOB);
     await startBlobServer(net, { host: HOST, port: XFER_PORT, seed: 'e2e-reconnect-load', size: BLOB });
     const server = await net.startIperf3Server({ port: 5201 });
