@@ -262,6 +262,14 @@ export async function serve(opts: ServeOptions): Promise<void> {
     log.info({ signal: 'SIGUSR1', connected: c !== null }, 'dropping the front-end connection on request');
     c?.drop('SIGUSR1: dropped on request');
   });
+  // SIGUSR2: log where every queue stands in its ring (NetDevice.inspect; `lgnet stats --queues` shows
+  // the same over --metrics-listen), for an operator who has only the log. (SIGUSR1 is taken above.)
+  process.on('SIGUSR2', () => {
+    s.device.inspect().then(
+      (queues) => log.info({ signal: 'SIGUSR2', queues }, 'queues'),
+      (e: unknown) => log.warn({ signal: 'SIGUSR2', err: (e as Error).message }, 'queues could not be read'),
+    );
+  });
   // Ready only once the signals are handled: a manager may send SIGTERM the moment it hears.
   const metricsAt = s.metricsListener ? formatListenAddress(s.metricsListener.address) : undefined;
   process.stdout.write(`lgnet ready socket=${s.server.path} tap=${s.tap} queues=${opts.queues} mode=${opts.client ? 'client' : 'server'}${metricsAt ? ` metrics=${metricsAt}` : ''}\n`);

@@ -265,6 +265,13 @@ describe.skipIf(!pre.ok)('lgnet serve --metrics-listen, jailed, and lgnet stats'
     expect(qt.stdout).toMatch(/^queue\s+state\s+ring\s+driver\s+device\s+pending\s+in flight\s+used\s+signalled\s+irq\s+slept on$/m);
     expect(qt.stdout).toMatch(new RegExp(`^1 tx\\s+running\\s+split \\d+\\s+${txq.ring!.lastAvail}\\s+${txq.ring!.lastAvail}\\s+0\\s+0\\s`, 'm'));
 
+    // SIGUSR2: the same document in the log, from the jail.
+    process.kill(s.l.child.pid!, 'SIGUSR2');
+    const logged = () => s.l.stderr().split('\n').filter(Boolean).map((x) => JSON.parse(x) as { msg: string; queues?: QueuesDocument['queues'] }).find((x) => x.msg === 'queues');
+    expect(await until(() => logged() !== undefined, 5000)).toBe(true);
+    expect(logged()!.queues!.find((x) => x.role === 'tx')).toMatchObject({ state: 'running', ring: { lastAvail: txq.ring!.lastAvail, availPending: 0 } });
+    expect(s.l.child.exitCode).toBeNull();
+
     // A clean stop: exit 0, both metrics sockets removed by the reapers.
     s.close();
     process.kill(s.l.child.pid!, 'SIGTERM');
