@@ -72,6 +72,15 @@ abstract class ServiceLoop<P> {
   lastSleepOn: SleepReason | null = null;
   lastSleepMs = 0;
 
+  /** A sleep that began at `t0` ended: counts the time blocked and remembers it. Returns the time now. */
+  private slept(on: SleepReason, t0: number): number {
+    const t1 = performance.now();
+    this.ctx.c[M.blockedNs]! += (t1 - t0) * 1e6;
+    this.lastSleepOn = on;
+    this.lastSleepMs = t1 - t0;
+    return t1;
+  }
+
   /** One pass: service, signal, sleep. True when the control eventfd woke it. */
   abstract pass(): boolean;
 
@@ -102,10 +111,7 @@ abstract class ServiceLoop<P> {
     if (!w?.ready(t)) {
       c[M.sleeps]! += 1;
       woke = native.poll(this.ctlOnly, IOTLB_RETRY_MS);
-      const t1 = performance.now();
-      c[M.blockedNs]! += (t1 - t0) * 1e6;
-      this.lastSleepOn = 'iotlb';
-      this.lastSleepMs = t1 - t0;
+      this.slept('iotlb', t0);
     }
     w?.done();
     t.clearMiss();
@@ -134,10 +140,7 @@ abstract class ServiceLoop<P> {
     c[M.throttled]! += 1;
     const t0 = performance.now();
     native.poll(this.ctlOnly, Math.min(Math.ceil(ms), SLEEP_MS));
-    const t1 = performance.now();
-    c[M.blockedNs]! += (t1 - t0) * 1e6;
-    this.lastSleepOn = 'throttle';
-    this.lastSleepMs = t1 - t0;
+    this.slept('throttle', t0);
     return false; // a command also set ctlFlag, which the worker looks at on its next pass
   }
 
@@ -174,10 +177,7 @@ abstract class ServiceLoop<P> {
     // A held interrupt bounds the sleep: it must go out at its deadline even if nothing else comes.
     const timeout = p.heldUntil > 0 ? Math.max(0, (p.heldUntil - t0 * 1000) / 1000) : SLEEP_MS;
     const woke = native.waitKick(this.fds.kickFd, loc.mappingId, loc.mappingOffset + loc.offset, seen, timeout, this.ctlOnly, signalFd, backendFd);
-    const t1 = performance.now();
-    c[M.blockedNs]! += (t1 - t0) * 1e6;
-    this.lastSleepOn = w === null ? 'backend' : backendFd >= 0 ? 'kick+backend' : 'kick';
-    this.lastSleepMs = t1 - t0;
+    const t1 = this.slept(w === null ? 'backend' : backendFd >= 0 ? 'kick+backend' : 'kick', t0);
     if (p.heldUntil > 0 && t1 * 1000 >= p.heldUntil) p.signal();
     if (woke & native.WAKE.KICK) c[M.kicks]! += 1;
     return (woke & native.WAKE.EXTRA0) !== 0;

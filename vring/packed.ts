@@ -647,21 +647,28 @@ export class PackedQueue {
   needsNotification(): boolean {
     this.checkUsable();
     // The Atomics.load orders after flush()'s Atomics.store: the spec's "memory barrier".
-    const ev = Atomics.load(this.driverEvent, 0);
-    const flags = (ev >>> EVENT_FLAGS_SHIFT) & VRING_PACKED_EVENT_FLAGS_MASK;
-    const moved = this.movedSinceCheck;
+    const need = this.wantsSignal(Atomics.load(this.driverEvent, 0), !this.signalledValid);
     this.movedSinceCheck = 0;
-    let need: boolean;
-    if (flags === VRING_PACKED_EVENT_FLAG_DISABLE) need = false;
-    else if (flags === VRING_PACKED_EVENT_FLAG_DESC && this.eventIdx) {
-      need = !this.signalledValid || packedNeedEvent((ev >>> OFF_WRAP_SHIFT) & 0xffff, this.encode(this.publishedPos), moved, this.size);
-    } else need = !this.signalledValid || this.pendingSignal;
     this.signalledValid = true;
     if (need) {
       this.pendingSignal = false;
       this.signalledPos = this.publishedPos;
     }
     return need;
+  }
+
+  /**
+   * The notification rule for what is published since the last check, given the driver event `ev`
+   * (needsNotification decides with it, inspect reads it): `first`, no decision since
+   * setBase/attach/reset, signals unless the driver disabled notifications.
+   */
+  private wantsSignal(ev: number, first: boolean): boolean {
+    const flags = (ev >>> EVENT_FLAGS_SHIFT) & VRING_PACKED_EVENT_FLAGS_MASK;
+    if (flags === VRING_PACKED_EVENT_FLAG_DISABLE) return false;
+    if (flags === VRING_PACKED_EVENT_FLAG_DESC && this.eventIdx) {
+      return first || packedNeedEvent((ev >>> OFF_WRAP_SHIFT) & 0xffff, this.encode(this.publishedPos), this.movedSinceCheck, this.size);
+    }
+    return first || this.pendingSignal;
   }
 
   /**
@@ -674,12 +681,6 @@ export class PackedQueue {
     const dev = Atomics.load(this.deviceEvent, 0);
     const flags = (ev >>> EVENT_FLAGS_SHIFT) & VRING_PACKED_EVENT_FLAGS_MASK;
     const published = this.encode(this.publishedPos);
-    let owed = false;
-    if (this.signalledValid && flags !== VRING_PACKED_EVENT_FLAG_DISABLE) {
-      owed = flags === VRING_PACKED_EVENT_FLAG_DESC && this.eventIdx
-        ? packedNeedEvent((ev >>> OFF_WRAP_SHIFT) & 0xffff, published, this.movedSinceCheck, this.size)
-        : this.pendingSignal;
-    }
     const end = this.scan(null);
     return {
       format: 'packed',
@@ -694,7 +695,7 @@ export class PackedQueue {
       driverEvent: { flags, event: (ev >>> OFF_WRAP_SHIFT) & 0xffff },
       deviceEvent: { flags: (dev >>> EVENT_FLAGS_SHIFT) & VRING_PACKED_EVENT_FLAGS_MASK, event: (dev >>> OFF_WRAP_SHIFT) & 0xffff },
       signalledUsed: this.signalledValid ? this.encode(this.signalledPos) : null,
-      interruptOwed: owed,
+      interruptOwed: this.signalledValid && this.wantsSignal(ev, false),
     };
   }
 

@@ -664,20 +664,23 @@ export class SplitQueue {
    */
   needsNotification(): boolean {
     this.checkUsable();
-    const now = this.publishedUsed;
-    let need: boolean;
-    // The Atomics.load below orders after flush()'s Atomics.store: the spec's "memory barrier".
-    if (this.eventIdx) {
-      const ev = Atomics.load(this.availU16, this.usedEventIdx);
-      need = !this.signalledValid || needEvent(ev, now, this.signalledUsed);
-    } else {
-      need = (!this.signalledValid || now !== this.signalledUsed) && (Atomics.load(this.availU16, AVAIL_FLAGS_U16) & VRING_AVAIL_F_NO_INTERRUPT) === 0;
-    }
+    const need = this.wantsSignal(!this.signalledValid);
     if (need) {
-      this.signalledUsed = now;
+      this.signalledUsed = this.publishedUsed;
       this.signalledValid = true;
     }
     return need;
+  }
+
+  /**
+   * The notification rule for what is published (needsNotification decides with it, inspect reads it):
+   * `first`, no decision since setBase/attach, signals whatever EVENT_IDX says.
+   */
+  private wantsSignal(first: boolean): boolean {
+    const now = this.publishedUsed;
+    // The Atomics.load below orders after flush()'s Atomics.store: the spec's "memory barrier".
+    if (this.eventIdx) return first || needEvent(Atomics.load(this.availU16, this.usedEventIdx), now, this.signalledUsed);
+    return (first || now !== this.signalledUsed) && (Atomics.load(this.availU16, AVAIL_FLAGS_U16) & VRING_AVAIL_F_NO_INTERRUPT) === 0;
   }
 
   /** Ask the driver not to notify (kick) us: used.flags NO_NOTIFY, or stop advancing avail_event. */
@@ -761,10 +764,6 @@ export class SplitQueue {
     const availFlags = Atomics.load(this.availU16, AVAIL_FLAGS_U16);
     const usedEvent = Atomics.load(this.availU16, this.usedEventIdx);
     const now = this.publishedUsed;
-    // Before the first decision nothing is owed yet: the first needsNotification() signals anyway.
-    const owed = this.signalledValid && (this.eventIdx
-      ? needEvent(usedEvent, now, this.signalledUsed)
-      : now !== this.signalledUsed && (availFlags & VRING_AVAIL_F_NO_INTERRUPT) === 0);
     return {
       format: 'split',
       size: this.size,
@@ -778,7 +777,8 @@ export class SplitQueue {
       driverEvent: { flags: availFlags, event: usedEvent },
       deviceEvent: { flags: Atomics.load(this.usedU16, USED_FLAGS_U16), event: Atomics.load(this.usedU16, this.availEventIdx) },
       signalledUsed: this.signalledValid ? this.signalledUsed : null,
-      interruptOwed: owed,
+      // Before the first decision nothing is owed yet: the first needsNotification() signals anyway.
+      interruptOwed: this.signalledValid && this.wantsSignal(false),
     };
   }
 
