@@ -26,6 +26,7 @@ import { parseListenAddress, type ListenAddress, type MetricsBind } from './metr
 import { MAX_CPUS } from '../native/checks.ts';
 import type { StatsOptions } from './stats.ts';
 import { chooseListenFd, metricsListenFd, takeListenFds, type ListenFds } from './listen-fds.ts';
+import { splitHandOver } from './fd-store.ts';
 
 /** What `lgnet serve` was asked to do. */
 export interface ServeOptions {
@@ -38,6 +39,11 @@ export interface ServeOptions {
    * With neither --socket nor --socket-fd, socketFd is chosen from them.
    */
   listenFds?: ListenFds | undefined;
+  /**
+   * Tap queue fds a service manager kept in its fd store and handed back with the sockets (named
+   * `tap/NAME/PAIR`, fd-store.ts): served instead of making the tap when they are all of its pairs.
+   */
+  storedTapFds?: ListenFds | undefined;
   /** Connect to the socket (the VMM listens) instead of listening on it. */
   client: boolean;
   /** Client mode: delay between connection attempts. */
@@ -254,16 +260,19 @@ export function buildCli(actions: { serve: (opts: ServeOptions) => Promise<void>
       if (o['socket'] !== undefined && o['socketPath'] !== undefined) program.error('error: --socket and --socket-path name the same thing: give one', { exitCode: 2 });
       if (o['socketFd'] !== undefined && o['fd'] !== undefined) program.error('error: --socket-fd and --fd name the same thing: give one', { exitCode: 2 });
       // Taken out of the environment even when a flag names the socket: no child of lgnet reads it as its own.
-      let listenFds: ListenFds | undefined;
+      let handed: ListenFds | undefined;
       try {
-        listenFds = takeListenFds();
+        handed = takeListenFds();
       } catch (e) {
         program.error(`error: ${(e as Error).message}`, { exitCode: 2 });
       }
+      // The fd store hands a kept tap back beside the sockets: sort them apart by name.
+      const { sockets: listenFds, taps: storedTapFds } = handed ? splitHandOver(handed) : {};
       const opts: ServeOptions = {
         socket: (o['socket'] as string | undefined) ?? (o['socketPath'] as string | undefined) ?? '',
         socketFd: (o['socketFd'] ?? o['fd']) as number | undefined,
         listenFds,
+        storedTapFds,
         client: o['client'] === true,
         reconnectMs: o['reconnectMs'] as number,
         tap: o['tap'] as string,

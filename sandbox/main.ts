@@ -21,6 +21,7 @@ import { fileURLToPath } from 'node:url';
 import { mask } from '../device/features.ts';
 import { NetDevice } from '../device/net.ts';
 import { TapBackend } from '../device/tap-backend.ts';
+import { NET_ERROR } from '../device/errors.ts';
 import { buildCli, packageVersion, type ServeOptions } from './cli.ts';
 import { compilePolicy, enterJail, formatPolicy } from './jail.ts';
 import { createLogger, type Logger } from './log.ts';
@@ -35,6 +36,7 @@ import { netDeviceHooks, VhostUserServer } from './vhost-user/server.ts';
 import { closePcap, openPcap } from '../device/capture.ts';
 import { backendDescription, CAPABILITIES } from './describe.ts';
 import { ServiceNotifier } from './notify.ts';
+import { FDSTORE_WARN, tapFdName, takeStoredTaps, type StoredFd } from './fd-store.ts';
 import * as native from '../native/index.ts';
 
 /**
@@ -53,6 +55,8 @@ export interface Serving {
   server: VhostUserServer;
   device: NetDevice;
   tap: string;
+  /** The tap's queue fds, pair 0 first. */
+  tapFds: readonly number[];
   /** The Prometheus endpoint (--metrics-listen), with the port it got. */
   metricsListener?: MetricsListener | undefined;
   /** Stops serving and releases everything (idempotent). */
@@ -191,6 +195,7 @@ export async function startServing(opts: ServeOptions, log: Logger): Promise<Ser
     server,
     device,
     tap: backend.name,
+    tapFds: backend.fds,
     metricsListener: listener,
     stop() {
       stopping ??= (async () => {
@@ -222,9 +227,19 @@ export async function serve(opts: ServeOptions): Promise<void> {
   }
   // A service manager's socket (systemd Type=notify) is connected now: the jail forbids it later.
   const notifier = ServiceNotifier.fromEnv(log);
+  let reused = reuseStoredTap(opts, notifier, log);
   let s: Serving;
   try {
-    s = await startServing(opts, log);
+    try {
+      s = await startServing(reused ? { ...opts, ...reused } : opts, log);
+    } catch (e) {
+      // Stored fds whose tap is gone (deleted while no lgnet held it) or changed: give them up and
+      // make the tap anew, rather than fail each restart on them.
+      if (!reused || (e as { code?: string }).code !== NET_ERROR.BAD_TAP_FD) throw e;
+      giveUpStored(reused.tapFds.map((fd, pair) => ({ fd, name: tapFdName(reused!.tap, pair) })), (e as Error).message, notifier, log);
+      reused = undefined;
+      s = await startServing(opts, log);
+    }
   } catch (e) {
     const err = e as { message: string; code?: string; errno?: number };
     log.error({ err: err.message, code: err.code }, 'lgnet serve could not start');
@@ -270,6 +285,9 @@ export async function serve(opts: ServeOptions): Promise<void> {
       (e: unknown) => log.warn({ signal: 'SIGUSR2', err: (e as Error).message }, 'queues could not be read'),
     );
   });
+  // A tap lgnet made goes into the manager's fd store before READY=1, so that a crash from then on
+  // leaves it to the next lgnet; one handed to lgnet is its maker's, and a reused one is there already.
+  if (notifier && notifier.fdStoreMax > 0 && !opts.tapFds && !reused) storeTap(s, notifier, log);
   // Ready only once the signals are handled: a manager may send SIGTERM the moment it hears.
   const metricsAt = s.metricsListener ? formatListenAddress(s.metricsListener.address) : undefined;
   process.stdout.write(`lgnet ready socket=${s.server.path} tap=${s.tap} queues=${opts.queues} mode=${opts.client ? 'client' : 'server'}${metricsAt ? ` metrics=${metricsAt}` : ''}\n`);
@@ -282,6 +300,54 @@ export async function serve(opts: ServeOptions): Promise<void> {
     s.server.on('connection', () => notifier.status(now()));
     s.server.on('disconnect', () => notifier.status(now()));
   }
+}
+
+/**
+ * The tap queue fds the manager's fd store handed back, when they are all of this tap's pairs (then
+ * served as --tap-fd is, on the interface they hold); otherwise they are given up and the tap is made
+ * anew. undefined when none are served.
+ */
+function reuseStoredTap(opts: ServeOptions, notifier: ServiceNotifier | null, log: Logger): { tap: string; tapFds: number[] } | undefined {
+  const h = opts.storedTapFds;
+  if (!h) return undefined;
+  // As for the sockets: no child of lgnet inherits them.
+  for (const fd of h.fds) {
+    try {
+      native.setCloexec(fd, true);
+    } catch { /* not open: TapBackend says so if it is served */ }
+  }
+  const t = opts.tapFds
+    ? { stale: h.fds.map((fd, i) => ({ fd, name: h.names[i]! })), why: '--tap-fd names the tap to serve' }
+    : takeStoredTaps(h, opts.tap, opts.queues);
+  if (t.fds && t.tap !== undefined) {
+    log.info({ code: FDSTORE_WARN.KEPT, tap: t.tap, fds: t.fds }, "tap kept across the restart: its queue fds came back from the service manager's fd store");
+    return { tap: t.tap, tapFds: t.fds };
+  }
+  giveUpStored(t.stale, t.why ?? 'not this tap', notifier, log);
+  return undefined;
+}
+
+/** Closes stored tap fds lgnet will not serve and takes them out of the manager's store. */
+function giveUpStored(stale: readonly StoredFd[], why: string, notifier: ServiceNotifier | null, log: Logger): void {
+  for (const x of stale) {
+    notifier?.removeStoredFds(x.name);
+    try {
+      native.close(x.fd);
+    } catch { /* not open */ }
+  }
+  log.warn({ code: FDSTORE_WARN.STALE, names: stale.map((x) => x.name), why }, "tap fds from the service manager's fd store not served: closed and taken out of the store; the tap is made anew");
+}
+
+/** Hands a duplicate of each of the tap's queue fds to the manager's fd store (FDSTORE=1). */
+function storeTap(s: Serving, notifier: ServiceNotifier, log: Logger): void {
+  const names = s.tapFds.map((_, pair) => tapFdName(s.tap, pair));
+  if (notifier.fdStoreMax < s.tapFds.length) {
+    log.warn({ code: FDSTORE_WARN.TOO_SMALL, fdStoreMax: notifier.fdStoreMax, needs: s.tapFds.length }, `the service manager keeps ${notifier.fdStoreMax} fd(s) for lgnet, fewer than the tap's ${s.tapFds.length} queues: none are stored, and the tap goes when lgnet does (FileDescriptorStoreMax=${s.tapFds.length} or more keeps it)`);
+    return;
+  }
+  let stored = 0;
+  s.tapFds.forEach((fd, pair) => void (notifier.storeFds(names[pair]!, [fd]) && stored++));
+  if (stored === names.length) log.info({ tap: s.tap, names }, "tap queue fds kept in the service manager's fd store: a restart of lgnet serves the same tap");
 }
 
 /** `lgnet stats`: reads a running lgnet's endpoint until Ctrl-C (or once). Exit 1 when it cannot. */

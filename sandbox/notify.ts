@@ -12,7 +12,7 @@ import * as native from '../native/index.ts';
 import type { Logger } from './log.ts';
 
 /** The manager's variables, read once and then removed, so that no child takes them for its own. */
-const VARS = ['NOTIFY_SOCKET', 'WATCHDOG_USEC', 'WATCHDOG_PID'] as const;
+const VARS = ['NOTIFY_SOCKET', 'WATCHDOG_USEC', 'WATCHDOG_PID', 'FDSTORE'] as const;
 
 /** Codes of the notifier's warnings. */
 export const NOTIFY_WARN = {
@@ -22,6 +22,8 @@ export const NOTIFY_WARN = {
   LOST: 'LGNET_NOTIFY_LOST',
   /** WATCHDOG_USEC is not a positive integer. */
   BAD_WATCHDOG: 'LGNET_NOTIFY_BAD_WATCHDOG',
+  /** FDSTORE is not a count of fds. */
+  BAD_FDSTORE: 'LGNET_NOTIFY_BAD_FDSTORE',
 } as const;
 
 /** A connected notification socket; `null` from `fromEnv` when no manager asked for notifications. */
@@ -30,16 +32,22 @@ export class ServiceNotifier {
   readonly address: string;
   /** The watchdog interval the manager asked for, in microseconds (0: none). */
   readonly watchdogUsec: number;
+  /**
+   * How many fds the manager keeps for lgnet across restarts (FDSTORE, which systemd 254 and later set
+   * from FileDescriptorStoreMax=); 0 when it keeps none.
+   */
+  readonly fdStoreMax: number;
   /** Messages not sent. */
   lost = 0;
   private fd: number;
   private readonly log: Logger;
   private timer: NodeJS.Timeout | undefined;
 
-  private constructor(address: string, fd: number, watchdogUsec: number, log: Logger) {
+  private constructor(address: string, fd: number, watchdogUsec: number, fdStoreMax: number, log: Logger) {
     this.address = address;
     this.fd = fd;
     this.watchdogUsec = watchdogUsec;
+    this.fdStoreMax = fdStoreMax;
     this.log = log;
   }
 
@@ -52,6 +60,7 @@ export class ServiceNotifier {
     const address = env['NOTIFY_SOCKET'];
     const usec = env['WATCHDOG_USEC'];
     const pid = env['WATCHDOG_PID'];
+    const store = env['FDSTORE'];
     for (const v of VARS) delete env[v];
     if (!address) return null;
     if (!address.startsWith('/') && !address.startsWith('@')) {
@@ -64,6 +73,11 @@ export class ServiceNotifier {
       if (/^\d{1,15}$/.test(usec) && Number(usec) > 0) watchdogUsec = Number(usec);
       else log.warn({ code: NOTIFY_WARN.BAD_WATCHDOG, value: usec }, 'WATCHDOG_USEC is not a positive number of microseconds: no watchdog messages are sent');
     }
+    let fdStoreMax = 0;
+    if (store !== undefined) {
+      if (/^\d{1,9}$/.test(store)) fdStoreMax = Number(store);
+      else log.warn({ code: NOTIFY_WARN.BAD_FDSTORE, value: store }, 'FDSTORE is not a count of fds: nothing is kept in the service manager\'s fd store');
+    }
     let fd: number;
     try {
       fd = native.unixDgramConnect(address);
@@ -71,18 +85,21 @@ export class ServiceNotifier {
       log.warn({ code: NOTIFY_WARN.UNREACHABLE, address, err: (e as Error).message }, 'cannot reach NOTIFY_SOCKET: the service manager will not hear that lgnet is ready');
       return null;
     }
-    return new ServiceNotifier(address, fd, watchdogUsec, log);
+    return new ServiceNotifier(address, fd, watchdogUsec, fdStoreMax, log);
   }
 
-  /** Sends `KEY=value` lines as one datagram. False when it was not sent (counted and logged). */
-  send(fields: Record<string, string | number>): boolean {
+  /**
+   * Sends `KEY=value` lines as one datagram, with `fds` beside them (SCM_RIGHTS). False when it was not
+   * sent (counted and logged).
+   */
+  send(fields: Record<string, string | number>, fds: readonly number[] = []): boolean {
     if (this.fd < 0) return false;
     // A value cannot carry a newline: it would start a field of its own.
     const text = Object.entries(fields).map(([k, v]) => `${k}=${String(v).replace(/\n/g, ' ')}`).join('\n') + '\n';
     let ok: boolean;
     let err: string | undefined;
     try {
-      ok = native.sendMsg(this.fd, Buffer.from(text)) > 0;
+      ok = native.sendMsg(this.fd, Buffer.from(text), fds) > 0;
     } catch (e) {
       ok = false;
       err = (e as Error).message;
@@ -101,6 +118,19 @@ export class ServiceNotifier {
       // Twice per interval, as sd_watchdog_enabled(3) advises; unref'd, so it never keeps lgnet alive.
       this.timer = setInterval(() => this.send({ WATCHDOG: 1 }), Math.max(1, Math.floor(this.watchdogUsec / 2000))).unref();
     }
+  }
+
+  /**
+   * FDSTORE=1: the manager keeps a duplicate of `fds` under `name` (FDNAME) and hands it back in
+   * LISTEN_FDS / LISTEN_FDNAMES when it starts lgnet again, so that what they hold outlives a crash.
+   */
+  storeFds(name: string, fds: readonly number[]): boolean {
+    return this.send({ FDSTORE: 1, FDNAME: name }, fds);
+  }
+
+  /** FDSTOREREMOVE=1: the manager closes what it keeps under `name`. */
+  removeStoredFds(name: string): boolean {
+    return this.send({ FDSTOREREMOVE: 1, FDNAME: name });
   }
 
   /** STATUS= alone: what `systemctl status` shows. */

@@ -114,10 +114,11 @@ describe('ServiceNotifier on a real datagram socket', () => {
   it('takes the manager\'s variables out of the environment, sends one datagram per message, and keeps a value on its line', async () => {
     const rx = await notifyReceiver(join(dir, 'a.sock'));
     try {
-      const env: NodeJS.ProcessEnv = { NOTIFY_SOCKET: rx.address, WATCHDOG_USEC: '1000000', WATCHDOG_PID: String(process.pid), KEEP: '1' };
+      const env: NodeJS.ProcessEnv = { NOTIFY_SOCKET: rx.address, WATCHDOG_USEC: '1000000', WATCHDOG_PID: String(process.pid), FDSTORE: '8', KEEP: '1' };
       const n = ServiceNotifier.fromEnv(capture().log, env)!;
       expect(env).toEqual({ KEEP: '1' });
       expect(n.watchdogUsec).toBe(1_000_000);
+      expect(n.fdStoreMax).toBe(8);
       expect(n.send({ STATUS: 'two\nlines' })).toBe(true);
       const m = await rx.next(() => true);
       expect(m.pid).toBe(process.pid);
@@ -163,6 +164,10 @@ describe('ServiceNotifier on a real datagram socket', () => {
       expect(bad.watchdogUsec).toBe(0);
       expect(c.warnings.at(-1)?.['code']).toBe(NOTIFY_WARN.BAD_WATCHDOG);
       bad.close();
+      const store = ServiceNotifier.fromEnv(c.log, { NOTIFY_SOCKET: path, FDSTORE: '-1' })!;
+      expect(store.fdStoreMax).toBe(0);
+      expect(c.warnings.at(-1)?.['code']).toBe(NOTIFY_WARN.BAD_FDSTORE);
+      store.close();
     } finally {
       process.kill(py.pid!, 'SIGKILL');
     }
