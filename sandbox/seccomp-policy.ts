@@ -199,7 +199,7 @@ const DATA_PATH: readonly SyscallRule[] = [
 const CONTROL: readonly SyscallRule[] = [
   { name: 'accept4', reason: 'vhost-user server: the next frontend connection on the listening socket opened before the jail' },
   { name: 'recvmsg', reason: 'vhost-user messages with SCM_RIGHTS (memory fds, kick/call eventfds)' },
-  { name: 'sendmsg', reason: 'vhost-user replies (and fds for the inflight memfd)' },
+  { name: 'sendmsg', reason: 'vhost-user replies (and fds for the inflight memfd); the service manager\'s notifications (and the tap\'s fds for its fd store)' },
   { name: 'shutdown', reason: 'dropping a vhost-user connection that broke the protocol' },
   { name: 'getsockopt', reason: 'libuv: SO_ERROR and SO_TYPE on sockets it watches' },
   { name: 'getsockname', reason: 'libuv: uv_guess_handle on stdio and sockets' },
