@@ -46,6 +46,28 @@ time.sleep(60)
   return py;
 }
 
+/** Calls `onLine` with each JSON line `child` prints; returns what it wrote on stderr so far. */
+export function readJsonLines(child: ChildProcess, onLine: (line: Record<string, unknown>) => void): () => string {
+  let buf = '';
+  let err = '';
+  child.stderr!.setEncoding('utf8').on('data', (d: string) => (err += d));
+  child.stdout!.setEncoding('utf8').on('data', (d: string) => {
+    buf += d;
+    let nl: number;
+    while ((nl = buf.indexOf('\n')) >= 0) {
+      const line = JSON.parse(buf.slice(0, nl)) as Record<string, unknown>;
+      buf = buf.slice(nl + 1);
+      onLine(line);
+    }
+  });
+  return () => err;
+}
+
+/** A notification's `KEY=value` lines as fields. */
+export function notifyFields(text: string): Record<string, string> {
+  return Object.fromEntries(text.split('\n').filter(Boolean).map((kv) => [kv.slice(0, kv.indexOf('=')), kv.slice(kv.indexOf('=') + 1)]));
+}
+
 /** One datagram: its sender and its KEY=value fields. */
 export interface NotifyMessage {
   pid: number;
@@ -71,24 +93,12 @@ export function notifyReceiver(address: string, ns?: Netns): Promise<NotifyRecei
   const child: ChildProcess = ns ? spawn('ip', ['netns', 'exec', ns.name, ...argv], { stdio: ['ignore', 'pipe', 'pipe'] }) : spawn(argv[0]!, argv.slice(1), { stdio: ['ignore', 'pipe', 'pipe'] });
   const messages: NotifyMessage[] = [];
   const waiters = new Set<() => void>();
-  let buf = '';
-  let err = '';
   let bound: () => void;
   const isBound = new Promise<void>((resolve) => (bound = resolve));
-  child.stderr!.setEncoding('utf8').on('data', (d: string) => (err += d));
-  child.stdout!.setEncoding('utf8').on('data', (d: string) => {
-    buf += d;
-    let nl: number;
-    while ((nl = buf.indexOf('\n')) >= 0) {
-      const line = JSON.parse(buf.slice(0, nl)) as { bound?: boolean; pid?: number; text?: string };
-      buf = buf.slice(nl + 1);
-      if (line.bound) bound();
-      else {
-        const fields = Object.fromEntries(line.text!.split('\n').filter(Boolean).map((kv) => [kv.slice(0, kv.indexOf('=')), kv.slice(kv.indexOf('=') + 1)]));
-        messages.push({ pid: line.pid!, fields });
-      }
-      for (const w of waiters) w();
-    }
+  const err = readJsonLines(child, (line) => {
+    if (line['bound']) bound();
+    else messages.push({ pid: line['pid'] as number, fields: notifyFields(line['text'] as string) });
+    for (const w of waiters) w();
   });
   const r: NotifyReceiver = {
     address,
@@ -118,8 +128,8 @@ export function notifyReceiver(address: string, ns?: Netns): Promise<NotifyRecei
     },
   };
   return new Promise((resolve, reject) => {
-    const t = setTimeout(() => reject(new Error(`the notification receiver did not bind ${address}: ${err}`)), 10_000);
-    child.on('exit', (code) => reject(new Error(`the notification receiver exited (${code}): ${err}`)));
+    const t = setTimeout(() => reject(new Error(`the notification receiver did not bind ${address}: ${err()}`)), 10_000);
+    child.on('exit', (code) => reject(new Error(`the notification receiver exited (${code}): ${err()}`)));
     void isBound.then(() => {
       clearTimeout(t);
       resolve(r);

@@ -14,6 +14,7 @@
  * its kept fds close with it.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
+import { notifyFields, readJsonLines } from './notify.ts';
 
 const MANAGER = `
 import array, fcntl, json, os, select, socket, struct, sys
@@ -115,29 +116,17 @@ export function serviceManager(address: string): Promise<ServiceManager> {
   const exits = new Map<number, number>();
   const replies: Array<(o: Record<string, unknown>) => void> = [];
   const waiters = new Set<() => void>();
-  let buf = '';
-  let err = '';
   let bound: () => void;
   const isBound = new Promise<void>((resolve) => (bound = resolve));
-  child.stderr!.setEncoding('utf8').on('data', (d: string) => (err += d));
-  child.stdout!.setEncoding('utf8').on('data', (d: string) => {
-    buf += d;
-    let nl: number;
-    while ((nl = buf.indexOf('\n')) >= 0) {
-      const line = JSON.parse(buf.slice(0, nl)) as Record<string, unknown>;
-      buf = buf.slice(nl + 1);
-      if (line['bound']) bound();
-      else if (line['exited'] !== undefined) exits.set(line['exited'] as number, line['status'] as number);
-      else if (line['text'] !== undefined) {
-        const text = line['text'] as string;
-        const fields = Object.fromEntries(text.split('\n').filter(Boolean).map((kv) => [kv.slice(0, kv.indexOf('=')), kv.slice(kv.indexOf('=') + 1)]));
-        messages.push({ pid: line['pid'] as number, fields, fds: line['fds'] as number });
-      } else replies.shift()?.(line);
-      for (const w of waiters) w();
-    }
+  const err = readJsonLines(child, (line) => {
+    if (line['bound']) bound();
+    else if (line['exited'] !== undefined) exits.set(line['exited'] as number, line['status'] as number);
+    else if (line['text'] !== undefined) messages.push({ pid: line['pid'] as number, fields: notifyFields(line['text'] as string), fds: line['fds'] as number });
+    else replies.shift()?.(line);
+    for (const w of waiters) w();
   });
   const ask = (cmd: Record<string, unknown>): Promise<Record<string, unknown>> => new Promise((resolve, reject) => {
-    const t = setTimeout(() => reject(new Error(`the service manager did not answer ${JSON.stringify(cmd)}: ${err}`)), 10_000);
+    const t = setTimeout(() => reject(new Error(`the service manager did not answer ${JSON.stringify(cmd)}: ${err()}`)), 10_000);
     replies.push((o) => {
       clearTimeout(t);
       resolve(o);
@@ -154,7 +143,7 @@ export function serviceManager(address: string): Promise<ServiceManager> {
     };
     const t = setTimeout(() => {
       waiters.delete(check);
-      reject(new Error(`${what} within ${timeoutMs} ms; messages: ${JSON.stringify(messages)}; ${err}`));
+      reject(new Error(`${what} within ${timeoutMs} ms; messages: ${JSON.stringify(messages)}; ${err()}`));
     }, timeoutMs);
     waiters.add(check);
     check();
@@ -181,8 +170,8 @@ export function serviceManager(address: string): Promise<ServiceManager> {
     },
   };
   return new Promise((resolve, reject) => {
-    const t = setTimeout(() => reject(new Error(`the service manager did not bind ${address}: ${err}`)), 10_000);
-    child.on('exit', (code) => reject(new Error(`the service manager exited (${code}): ${err}`)));
+    const t = setTimeout(() => reject(new Error(`the service manager did not bind ${address}: ${err()}`)), 10_000);
+    child.on('exit', (code) => reject(new Error(`the service manager exited (${code}): ${err()}`)));
     void isBound.then(() => {
       clearTimeout(t);
       resolve(m);
