@@ -77,6 +77,11 @@ export interface ServeOptions {
   offerConfig?: boolean;
   /** --guest-announce: offer VIRTIO_NET_F_GUEST_ANNOUNCE, so that the guest announces itself after a migration. */
   guestAnnounce?: boolean;
+  /**
+   * --fd-store: keep the tap in the service manager's fd store even where the manager does not say the
+   * store's size (FDSTORE; systemd before 254 sets none).
+   */
+  fdStore?: boolean;
   /** --postcopy: offer postcopy live migration (PROTOCOL_F_PAGEFAULT) through /dev/userfaultfd. */
   postcopy?: boolean;
   /** --iommu: offer VIRTIO_F_ACCESS_PLATFORM, so a guest behind a virtual IOMMU (or a confidential one) can use the device. */
@@ -243,6 +248,7 @@ export function buildCli(actions: { serve: (opts: ServeOptions) => Promise<void>
     .addOption(new Option('--tx-rate-ops <size/ms>', 'limit each TX queue to SIZE frames per MS milliseconds').argParser(bucket('--tx-rate-ops')))
     .addOption(new Option('--rx-rate-bytes <size/ms>', 'limit each RX queue (tap to guest) to SIZE bytes per MS milliseconds').argParser(bucket('--rx-rate-bytes')))
     .addOption(new Option('--rx-rate-ops <size/ms>', 'limit each RX queue to SIZE frames per MS milliseconds').argParser(bucket('--rx-rate-ops')))
+    .option('--fd-store', "keep the tap lgnet makes in the service manager's fd store (sd_notify FDSTORE=1), so that a restarted lgnet serves the same interface with its addresses and queued frames; systemd 254 and later say the store's size (FileDescriptorStoreMax=) and lgnet then stores without this flag; give it for older ones, with FileDescriptorStoreMax= of at least --queues (docs/OPERATIONS.md)")
     .option('--guest-announce', 'offer GUEST_ANNOUNCE: after a migration the front-end asks the guest to announce itself (gratuitous ARP through its TX queue) instead of sending SEND_RARP, which lgnet answers with a RARP broadcast')
     .option('--iommu', 'offer VIRTIO_F_ACCESS_PLATFORM (QEMU: iommu_platform=on), with the back-end channel for IOTLB misses: behind a virtual IOMMU (intel-iommu,device-iotlb=on with ats=on) descriptors hold I/O virtual addresses that lgnet asks the front-end to translate; without one, QEMU turns the feature off and nothing changes')
     .option('--postcopy', 'offer postcopy live migration (the PAGEFAULT protocol feature): /dev/userfaultfd (Linux 6.1+) is opened before the jail, and the jail allows the userfaultfd ioctls; a destination lgnet needs it for QEMU\'s postcopy-ram')
@@ -291,6 +297,7 @@ export function buildCli(actions: { serve: (opts: ServeOptions) => Promise<void>
         rateLimit: rateLimitOf(o),
         offerConfig: o['offerConfig'] === true,
         guestAnnounce: o['guestAnnounce'] === true,
+        fdStore: o['fdStore'] === true,
         postcopy: o['postcopy'] === true,
         iommu: o['iommu'] === true,
         jail: o['sandbox'] !== false,

@@ -20,6 +20,8 @@ export const FDSTORE_WARN = {
   STALE: 'LGNET_FDSTORE_STALE',
   /** FileDescriptorStoreMax= is below the tap's queue count: nothing stored. */
   TOO_SMALL: 'LGNET_FDSTORE_TOO_SMALL',
+  /** --fd-store with no service manager to hand the fds to. */
+  NO_MANAGER: 'LGNET_FDSTORE_NO_MANAGER',
 } as const;
 
 /** What the names of a tap's stored queue fds start with. */

@@ -287,7 +287,8 @@ export async function serve(opts: ServeOptions): Promise<void> {
   });
   // A tap lgnet made goes into the manager's fd store before READY=1, so that a crash from then on
   // leaves it to the next lgnet; one handed to lgnet is its maker's, and a reused one is there already.
-  if (notifier && notifier.fdStoreMax > 0 && !opts.tapFds && !reused) storeTap(s, notifier, log);
+  if (notifier && (notifier.fdStoreMax > 0 || opts.fdStore) && !opts.tapFds && !reused) storeTap(s, notifier, notifier.fdStoreMax || Infinity, log);
+  else if (opts.fdStore && !notifier) log.warn({ code: FDSTORE_WARN.NO_MANAGER }, '--fd-store without a service manager (NOTIFY_SOCKET): nothing keeps the tap, and it goes when lgnet does');
   // Ready only once the signals are handled: a manager may send SIGTERM the moment it hears.
   const metricsAt = s.metricsListener ? formatListenAddress(s.metricsListener.address) : undefined;
   process.stdout.write(`lgnet ready socket=${s.server.path} tap=${s.tap} queues=${opts.queues} mode=${opts.client ? 'client' : 'server'}${metricsAt ? ` metrics=${metricsAt}` : ''}\n`);
@@ -339,10 +340,10 @@ function giveUpStored(stale: readonly StoredFd[], why: string, notifier: Service
 }
 
 /** Hands a duplicate of each of the tap's queue fds to the manager's fd store (FDSTORE=1). */
-function storeTap(s: Serving, notifier: ServiceNotifier, log: Logger): void {
+function storeTap(s: Serving, notifier: ServiceNotifier, max: number, log: Logger): void {
   const names = s.tapFds.map((_, pair) => tapFdName(s.tap, pair));
-  if (notifier.fdStoreMax < s.tapFds.length) {
-    log.warn({ code: FDSTORE_WARN.TOO_SMALL, fdStoreMax: notifier.fdStoreMax, needs: s.tapFds.length }, `the service manager keeps ${notifier.fdStoreMax} fd(s) for lgnet, fewer than the tap's ${s.tapFds.length} queues: none are stored, and the tap goes when lgnet does (FileDescriptorStoreMax=${s.tapFds.length} or more keeps it)`);
+  if (max < s.tapFds.length) {
+    log.warn({ code: FDSTORE_WARN.TOO_SMALL, fdStoreMax: max, needs: s.tapFds.length }, `the service manager keeps ${max} fd(s) for lgnet, fewer than the tap's ${s.tapFds.length} queues: none are stored, and the tap goes when lgnet does (FileDescriptorStoreMax=${s.tapFds.length} or more keeps it)`);
     return;
   }
   let stored = 0;

@@ -99,11 +99,11 @@ describe.skipIf(!pre.ok)("lgnet serve: the tap across a restart, through the ser
   };
 
   /** `lgnet serve` started by `m` on `tap` with two pairs; resolves at READY=1. */
-  const start = async (m: ServiceManager, tap: string, fdStore?: number): Promise<Started> => {
+  const start = async (m: ServiceManager, tap: string, fdStore?: number, args: string[] = []): Promise<Started> => {
     const n = ++runs;
     const from = m.messages.length;
     const stderr = join(dir, `lgnet-${n}.err`);
-    const argv = ['ip', 'netns', 'exec', ns.name, LGNET, 'serve', '--socket', join(dir, `${tap}.sock`), '--tap', tap, '--queues', '2', '--log-level', 'info', '--metrics-listen', join(dir, `metrics-${n}.sock`)];
+    const argv = ['ip', 'netns', 'exec', ns.name, LGNET, 'serve', '--socket', join(dir, `${tap}.sock`), '--tap', tap, '--queues', '2', '--log-level', 'info', '--metrics-listen', join(dir, `metrics-${n}.sock`), ...args];
     const r = await m.start(argv, { env: { PATH: process.env['PATH'] ?? '/usr/bin:/bin' }, stdout: join(dir, `lgnet-${n}.out`), stderr, ...(fdStore ? { fdStore } : {}) });
     pids.push(r.pid);
     const log = (): LogLine[] => readFileSync(stderr, 'utf8').split('\n').filter((l) => l.startsWith('{')).map((l) => JSON.parse(l) as LogLine);
@@ -227,7 +227,7 @@ describe.skipIf(!pre.ok)("lgnet serve: the tap across a restart, through the ser
     expect(await kill(m, c, 'SIGTERM')).toBe(0);
   });
 
-  it('stores nothing without a store large enough for every queue, and then the tap goes with lgnet', async () => {
+  it('stores nothing without a store large enough for every queue, and then the tap goes with lgnet; --fd-store stores where the manager does not say the size', async () => {
     const m = await manager();
     for (const fdStore of [undefined, 1]) {
       const a = await start(m, 'lgfs1', fdStore);
@@ -240,5 +240,12 @@ describe.skipIf(!pre.ok)("lgnet serve: the tap across a restart, through the ser
       await kill(m, a, 'SIGKILL');
       expect(() => ns.exec('ip', 'link', 'show', 'lgfs1')).toThrow();
     }
+    // A manager that does not say the store's size (systemd before 254): --fd-store stores anyway.
+    const from = m.messages.length;
+    const b = await start(m, 'lgfs1', undefined, ['--fd-store']);
+    expect(m.messages.slice(from).filter((x) => x.fields['FDSTORE'] === '1').map((x) => x.fields['FDNAME'])).toEqual(['tap/lgfs1/0', 'tap/lgfs1/1']);
+    const index = ifindex('lgfs1');
+    await kill(m, b, 'SIGKILL');
+    expect(ifindex('lgfs1')).toBe(index);
   });
 });
