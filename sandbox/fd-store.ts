@@ -12,8 +12,8 @@
  */
 import type { ListenFds } from './listen-fds.ts';
 
-/** Codes of the fd store's log lines. */
-export const FDSTORE_WARN = {
+/** Codes of the fd store's log lines (KEPT is info, the others warnings). */
+export const FDSTORE_CODE = {
   /** The stored tap fds are served (info). */
   KEPT: 'LGNET_FDSTORE_TAP_KEPT',
   /** Stored tap fds that do not fit this start were closed and removed from the store. */

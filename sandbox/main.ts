@@ -36,7 +36,7 @@ import { netDeviceHooks, VhostUserServer } from './vhost-user/server.ts';
 import { closePcap, openPcap } from '../device/capture.ts';
 import { backendDescription, CAPABILITIES } from './describe.ts';
 import { ServiceNotifier } from './notify.ts';
-import { FDSTORE_WARN, tapFdName, takeStoredTaps, type StoredFd } from './fd-store.ts';
+import { FDSTORE_CODE, tapFdName, takeStoredTaps, type StoredFd } from './fd-store.ts';
 import * as native from '../native/index.ts';
 
 /**
@@ -288,7 +288,7 @@ export async function serve(opts: ServeOptions): Promise<void> {
   // A tap lgnet made goes into the manager's fd store before READY=1, so that a crash from then on
   // leaves it to the next lgnet; one handed to lgnet is its maker's, and a reused one is there already.
   if (notifier && (notifier.fdStoreMax > 0 || opts.fdStore) && !opts.tapFds && !reused) storeTap(s, notifier, notifier.fdStoreMax || Infinity, log);
-  else if (opts.fdStore && !notifier) log.warn({ code: FDSTORE_WARN.NO_MANAGER }, '--fd-store without a service manager (NOTIFY_SOCKET): nothing keeps the tap, and it goes when lgnet does');
+  else if (opts.fdStore && !notifier) log.warn({ code: FDSTORE_CODE.NO_MANAGER }, '--fd-store without a service manager (NOTIFY_SOCKET): nothing keeps the tap, and it goes when lgnet does');
   // Ready only once the signals are handled: a manager may send SIGTERM the moment it hears.
   const metricsAt = s.metricsListener ? formatListenAddress(s.metricsListener.address) : undefined;
   process.stdout.write(`lgnet ready socket=${s.server.path} tap=${s.tap} queues=${opts.queues} mode=${opts.client ? 'client' : 'server'}${metricsAt ? ` metrics=${metricsAt}` : ''}\n`);
@@ -321,7 +321,7 @@ function reuseStoredTap(opts: ServeOptions, notifier: ServiceNotifier | null, lo
     ? { stale: h.fds.map((fd, i) => ({ fd, name: h.names[i]! })), why: '--tap-fd names the tap to serve' }
     : takeStoredTaps(h, opts.tap, opts.queues);
   if (t.fds && t.tap !== undefined) {
-    log.info({ code: FDSTORE_WARN.KEPT, tap: t.tap, fds: t.fds }, "tap kept across the restart: its queue fds came back from the service manager's fd store");
+    log.info({ code: FDSTORE_CODE.KEPT, tap: t.tap, fds: t.fds }, "tap kept across the restart: its queue fds came back from the service manager's fd store");
     return { tap: t.tap, tapFds: t.fds };
   }
   giveUpStored(t.stale, t.why ?? 'not this tap', notifier, log);
@@ -336,14 +336,14 @@ function giveUpStored(stale: readonly StoredFd[], why: string, notifier: Service
       native.close(x.fd);
     } catch { /* not open */ }
   }
-  log.warn({ code: FDSTORE_WARN.STALE, names: stale.map((x) => x.name), why }, "tap fds from the service manager's fd store not served: closed and taken out of the store; the tap is made anew");
+  log.warn({ code: FDSTORE_CODE.STALE, names: stale.map((x) => x.name), why }, "tap fds from the service manager's fd store not served: closed and taken out of the store; the tap is made anew");
 }
 
 /** Hands a duplicate of each of the tap's queue fds to the manager's fd store (FDSTORE=1). */
 function storeTap(s: Serving, notifier: ServiceNotifier, max: number, log: Logger): void {
   const names = s.tapFds.map((_, pair) => tapFdName(s.tap, pair));
   if (max < s.tapFds.length) {
-    log.warn({ code: FDSTORE_WARN.TOO_SMALL, fdStoreMax: max, needs: s.tapFds.length }, `the service manager keeps ${max} fd(s) for lgnet, fewer than the tap's ${s.tapFds.length} queues: none are stored, and the tap goes when lgnet does (FileDescriptorStoreMax=${s.tapFds.length} or more keeps it)`);
+    log.warn({ code: FDSTORE_CODE.TOO_SMALL, fdStoreMax: max, needs: s.tapFds.length }, `the service manager keeps ${max} fd(s) for lgnet, fewer than the tap's ${s.tapFds.length} queues: none are stored, and the tap goes when lgnet does (FileDescriptorStoreMax=${s.tapFds.length} or more keeps it)`);
     return;
   }
   let stored = 0;

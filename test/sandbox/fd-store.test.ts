@@ -18,7 +18,7 @@ import { GuestRam } from '../../harness/guest-ram.ts';
 import { createNetns, destroyAllNetns, netnsPrerequisites, type Netns } from '../../harness/netns.ts';
 import { VhostUserFrontend } from '../../harness/vhost-user-frontend.ts';
 import { VirtioNetDriver } from '../../harness/virtio-net.ts';
-import { FDSTORE_WARN, splitHandOver, tapFdName, takeStoredTaps } from '../../sandbox/fd-store.ts';
+import { FDSTORE_CODE, splitHandOver, tapFdName, takeStoredTaps } from '../../sandbox/fd-store.ts';
 import { FLOWS, sprayFlows, sprayUdp } from '../helpers/flows.ts';
 import { serviceManager, type ServiceManager } from '../helpers/service-manager.ts';
 import { httpGet, parseExposition } from './metrics-helpers.ts';
@@ -196,7 +196,7 @@ describe.skipIf(!pre.ok)("lgnet serve: the tap across a restart, through the ser
 
     const b = await start(m, 'lgfs0', 4);
     expect(b.handed).toEqual(['tap/lgfs0/0', 'tap/lgfs0/1']);
-    expect(b.log().find((x) => x['code'] === FDSTORE_WARN.KEPT)).toMatchObject({ tap: 'lgfs0', fds: [3, 4] });
+    expect(b.log().find((x) => x['code'] === FDSTORE_CODE.KEPT)).toMatchObject({ tap: 'lgfs0', fds: [3, 4] });
     // The fds are in the store already: nothing is stored again.
     expect(m.messages.filter((x) => x.pid === b.pid && (x.fields['FDSTORE'] ?? x.fields['FDSTOREREMOVE']) !== undefined)).toEqual([]);
     expect(ifindex('lgfs0')).toBe(index);
@@ -214,7 +214,7 @@ describe.skipIf(!pre.ok)("lgnet serve: the tap across a restart, through the ser
     ns.exec('ip', 'link', 'del', 'lgfs0');
     const c = await start(m, 'lgfs0', 4);
     expect(c.handed).toEqual(['tap/lgfs0/0', 'tap/lgfs0/1']);
-    const stale = c.log().find((x) => x['code'] === FDSTORE_WARN.STALE);
+    const stale = c.log().find((x) => x['code'] === FDSTORE_CODE.STALE);
     expect(stale, JSON.stringify(c.log())).toMatchObject({ names: ['tap/lgfs0/0', 'tap/lgfs0/1'] });
     expect(String(stale?.['why'])).toMatch(/attached to no interface/);
     // Made anew, and its fds stored in place of the dead ones.
@@ -234,7 +234,7 @@ describe.skipIf(!pre.ok)("lgnet serve: the tap across a restart, through the ser
       expect(existsSync(`/proc/${a.pid}`)).toBe(true);
       expect(ns.exec('ip', '-o', 'link', 'show', 'lgfs1')).toContain('lgfs1');
       expect(m.messages.filter((x) => x.fields['FDSTORE'] !== undefined)).toEqual([]);
-      const small = a.log().find((x) => x['code'] === FDSTORE_WARN.TOO_SMALL);
+      const small = a.log().find((x) => x['code'] === FDSTORE_CODE.TOO_SMALL);
       if (fdStore) expect(small).toMatchObject({ fdStoreMax: 1, needs: 2 });
       else expect(small).toBeUndefined();
       await kill(m, a, 'SIGKILL');
