@@ -27,7 +27,7 @@ import { RxFilter } from './rx-filter.ts';
 import { WorkerHost } from './worker-host.ts';
 import { filterState, memoryFromMappings, type QueueConfig, type WorkerLog, type WorkerRegion } from './worker-protocol.ts';
 import { DEFAULT_SNAPLEN } from './capture.ts';
-import { checkRateLimit } from './rate-limit.ts';
+import { checkRateLimit, type RateLimit } from './rate-limit.ts';
 import { LogLimiter } from './log-limit.ts';
 import { checkDeviceCoalesce, DEFAULT_COALESCE, queueCoalesce, type DeviceCoalesce } from './coalesce.ts';
 
@@ -53,6 +53,17 @@ function randomMac(): Uint8Array {
   crypto.getRandomValues(mac);
   mac[0] = (mac[0]! & 0xfe) | 0x02; // unicast, locally administered
   return mac;
+}
+
+/** A copy of `r` with its limits checked; throws NET_BAD_RATE_LIMIT. */
+function checkedRateLimit(r: { rx?: RateLimit; tx?: RateLimit }): { rx?: RateLimit; tx?: RateLimit } {
+  try {
+    if (r.rx) checkRateLimit(r.rx);
+    if (r.tx) checkRateLimit(r.tx);
+  } catch (e) {
+    throw new NetConfigError(NET_ERROR.BAD_RATE_LIMIT, `rateLimit: ${(e as Error).message}`);
+  }
+  return { ...(r.rx ? { rx: { ...r.rx } } : {}), ...(r.tx ? { tx: { ...r.tx } } : {}) };
 }
 
 /** NetDeviceOptions.cpus, checked against the CPUs this thread may run on (its affinity, as taskset set it). */
@@ -99,7 +110,7 @@ export class NetDevice extends EventEmitter {
   private readonly busyPoll: number;
   private readonly coalesce: DeviceCoalesce;
   private readonly capture: NetDeviceOptions['capture'];
-  private readonly rateLimit: NetDeviceOptions['rateLimit'];
+  private rateLimit: { rx?: RateLimit; tx?: RateLimit };
   private readonly maxQueueSize: number;
   private readonly filter = new RxFilter();
   private readonly slots: Slot[] = [];
@@ -150,13 +161,7 @@ export class NetDevice extends EventEmitter {
       throw new NetConfigError(NET_ERROR.BAD_COALESCE, `coalesce: ${(e as Error).message}`);
     }
     this.capture = opts.capture;
-    try {
-      if (opts.rateLimit?.rx) checkRateLimit(opts.rateLimit.rx);
-      if (opts.rateLimit?.tx) checkRateLimit(opts.rateLimit.tx);
-    } catch (e) {
-      throw new NetConfigError(NET_ERROR.BAD_RATE_LIMIT, `rateLimit: ${(e as Error).message}`);
-    }
-    this.rateLimit = opts.rateLimit;
+    this.rateLimit = { ...checkedRateLimit(opts.rateLimit ?? {}) };
     this.maxQueueSize = opts.maxQueueSize ?? 1024;
     const cpus = opts.cpus === undefined ? undefined : checkCpus(opts.cpus);
     for (let i = 0; i < this.queueCount; i++) {
@@ -493,7 +498,7 @@ export class NetDevice extends EventEmitter {
       ring: { size: s.setup.size, desc: s.setup.desc, avail: s.setup.avail, used: s.setup.used, lastAvail: s.setup.lastAvail ?? 0 },
       discard: s.setup.discard === true,
       inflight: s.setup.inflight ?? null,
-      rateLimit: (s.index & 1 ? this.rateLimit?.tx : this.rateLimit?.rx) ?? null,
+      rateLimit: (s.index & 1 ? this.rateLimit.tx : this.rateLimit.rx) ?? null,
       capture: this.capture && (this.capture.queues?.includes(s.index) ?? true) ? { fd: this.capture.fd, snaplen: this.capture.snaplen ?? DEFAULT_SNAPLEN } : null,
       features: this.accepted,
       regions: this.regions,
@@ -512,6 +517,25 @@ export class NetDevice extends EventEmitter {
     };
     s.running = true;
     await s.host.command({ cmd: 'configure', config }, ['running', 'broken']);
+  }
+
+  /**
+   * Changes the data queues' rate limits while they run, as Firecracker's update of an interface's
+   * rate limiters does: a direction given (`rx`, `tx`) takes that limit, its buckets full; `null`
+   * takes the limit off; a direction left out keeps its own. Queues started later take it too.
+   * Resolves once every running queue has it (between two of its bursts). Throws NET_BAD_RATE_LIMIT,
+   * changing nothing, for a limit that is not one.
+   */
+  async setRateLimit(limit: { rx?: RateLimit | null; tx?: RateLimit | null }): Promise<void> {
+    const given = checkedRateLimit({ ...(limit.rx ? { rx: limit.rx } : {}), ...(limit.tx ? { tx: limit.tx } : {}) });
+    const next = { ...this.rateLimit };
+    for (const dir of ['rx', 'tx'] as const) {
+      if (limit[dir] === null) delete next[dir];
+      else if (given[dir]) next[dir] = given[dir];
+    }
+    this.rateLimit = next;
+    const running = this.slots.filter((s) => s.index !== this.ctrlIndex && s.running);
+    await Promise.all(running.map((s) => s.host.command({ cmd: 'rate', limit: (s.index & 1 ? next.tx : next.rx) ?? null }, ['rated'])));
   }
 
   /**

@@ -98,13 +98,23 @@ export class TokenBucket {
 
 /** A queue's limiter: the buckets its RateLimit asks for. */
 export class RateLimiter implements FrameObserver, BurstGate {
-  private readonly bytes: TokenBucket | null;
-  private readonly ops: TokenBucket | null;
+  private bytes: TokenBucket | null = null;
+  private ops: TokenBucket | null = null;
+  private readonly now: (() => number) | undefined;
 
   constructor(limit: RateLimit, now?: () => number) {
+    this.now = now;
+    this.update(limit);
+  }
+
+  /**
+   * Replaces the buckets with `limit`'s, as Firecracker's update of a rate limiter does: each bucket
+   * it names starts full, one it leaves out is gone. A debt the old buckets held is forgiven.
+   */
+  update(limit: RateLimit): void {
     checkRateLimit(limit);
-    this.bytes = limit.bytes ? new TokenBucket(limit.bytes, now) : null;
-    this.ops = limit.ops ? new TokenBucket(limit.ops, now) : null;
+    this.bytes = limit.bytes ? new TokenBucket(limit.bytes, this.now) : null;
+    this.ops = limit.ops ? new TokenBucket(limit.ops, this.now) : null;
   }
 
   /**

@@ -129,6 +129,8 @@ export class ServiceContext<P> {
   /** The services' scratch view for observers, filled per frame. */
   readonly frame: FrameView = { len: 0, hdrLen: 0, part: 'readable', chains: [], count: 0 };
   private readonly observers: FrameObserver[] = [];
+  /** The rate limit as an observer (the same object as `limiter`), to unplug it. */
+  private limitObserver: FrameObserver | null = null;
 
   constructor(p: ServiceParts<P>) {
     this.queue = p.queue;
@@ -162,7 +164,19 @@ export class ServiceContext<P> {
 
   /** Puts a rate limit on the queue: its gate before each burst, its accounting per frame. */
   limit(l: BurstGate & FrameObserver): void {
+    this.unlimit();
     this.limiter = l;
+    this.limitObserver = l;
     this.plug(l);
+  }
+
+  /** Takes the rate limit off the queue (none: nothing to do). */
+  unlimit(): void {
+    const l = this.limitObserver;
+    if (l === null) return;
+    this.limiter = null;
+    this.limitObserver = null;
+    this.observers.splice(this.observers.indexOf(l), 1);
+    this.observer = composeObservers(this.observers);
   }
 }

@@ -10,6 +10,7 @@
  *   { cmd: 'pause' }                          ────────▶ quiesces              ◀── 'paused' (lastAvail)
  *   { cmd: 'resume', regions? }               ────────▶ rebinds memory, serves on
  *   { cmd: 'filter', filter }                 ────────▶ RX filter update
+ *   { cmd: 'rate', limit }                    ────────▶ new rate limit (null: none) ◀── 'rated'
  *   { cmd: 'log', log }                       ────────▶ dirty logging on/off  ◀── 'logging'
  *   { cmd: 'call', fd }                       ────────▶ new call eventfd       ◀── 'call'
  *   { cmd: 'missSink', sink }                 ────────▶ where misses go        ◀── 'missSink'
@@ -134,6 +135,7 @@ export type WorkerCommand =
   | { cmd: 'resume'; regions?: WorkerRegion[] }
   | { cmd: 'stop' }
   | { cmd: 'filter'; filter: FilterState }
+  | { cmd: 'rate'; limit: RateLimit | null }
   | { cmd: 'log'; log: WorkerLog | null }
   /** The guest memory's mappings: wrap them now (keepGuestMappings), before a queue needs them. */
   | { cmd: 'memory'; ids: number[] }
@@ -153,6 +155,7 @@ export type WorkerEvent =
   | { ev: 'paused'; lastAvail: number }
   | { ev: 'stopped'; lastAvail: number }
   | { ev: 'logging' }
+  | { ev: 'rated' }
   | { ev: 'call' }
   | { ev: 'missSink' }
   /** The backend started failing (ok false: the first drop, with its errno) or works again (ok true). */

@@ -30,7 +30,7 @@ import { decode } from './features.ts';
 import { PcapWriter } from './capture.ts';
 import { PendingUsed } from './interrupt.ts';
 import { IotlbWait, MissReporter } from './iotlb-asks.ts';
-import { RateLimiter } from './rate-limit.ts';
+import { RateLimiter, type RateLimit } from './rate-limit.ts';
 import { M } from './metrics.ts';
 import { GuestMemoryFaultError, NET_ERROR } from './errors.ts';
 import { RxLoop, SLEEP_MS, TxLoop, type LoopFds } from './loops.ts';
@@ -144,6 +144,13 @@ class ActiveQueue {
     }
     if (cfg.rateLimit) ctx.limit(new RateLimiter(cfg.rateLimit));
     return ctx;
+  }
+
+  /** Replaces the queue's rate limit between two bursts (null: none); the buckets start full. */
+  setRateLimit(limit: RateLimit | null): void {
+    if (limit === null) this.ctx.unlimit();
+    else if (this.ctx.limiter instanceof RateLimiter) this.ctx.limiter.update(limit);
+    else this.ctx.limit(new RateLimiter(limit));
   }
 
   /** Binds the ring and the services to new memory; a ring that no longer fits throws. */
@@ -287,6 +294,10 @@ export class QueueWorker {
       }
       case 'filter':
         applyFilter(this.rxFilter, m.filter);
+        return;
+      case 'rate':
+        this.q?.setRateLimit(m.limit);
+        this.post({ ev: 'rated' });
         return;
       case 'log':
         // Applied between bursts: every write after the answer is logged (or, off, none need be).
