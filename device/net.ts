@@ -161,7 +161,7 @@ export class NetDevice extends EventEmitter {
       throw new NetConfigError(NET_ERROR.BAD_COALESCE, `coalesce: ${(e as Error).message}`);
     }
     this.capture = opts.capture;
-    this.rateLimit = { ...checkedRateLimit(opts.rateLimit ?? {}) };
+    this.rateLimit = checkedRateLimit(opts.rateLimit ?? {});
     this.maxQueueSize = opts.maxQueueSize ?? 1024;
     const cpus = opts.cpus === undefined ? undefined : checkCpus(opts.cpus);
     for (let i = 0; i < this.queueCount; i++) {
