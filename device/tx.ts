@@ -33,7 +33,6 @@ export class TxService {
   readonly ctx: ServiceContext<TxPort>;
   private readonly chains: DescriptorChain[] = [];
   private readonly table: IovecTable;
-  private readonly heads: Uint16Array;
   private readonly lens: Uint32Array;
   /** Header bytes to skip when the backend does not take a virtio_net_hdr. */
   private readonly skip: number;
@@ -47,7 +46,6 @@ export class TxService {
     this.discard = opts.discard === true;
     this.skip = opts.backendHdrLen === 0 ? ctx.f.hdrLen : 0;
     this.table = IovecTable.take(ctx.burst * MAX_IOV_PER_FRAME, ctx.burst);
-    this.heads = new Uint16Array(ctx.burst);
     this.lens = new Uint32Array(ctx.burst);
   }
 
@@ -100,7 +98,12 @@ export class TxService {
     this.ctx.c[M.bursts]! += 1;
   }
 
-  /** Checks and sends the n chains just popped, completing each (none is left in flight). */
+  /**
+   * Checks and sends the n chains just popped, then completes each (none is left in flight), in the
+   * order they were popped: a malformed chain is not completed ahead of the frames before it, so that
+   * the ring is used in the order it was made available (VIRTIO_F_IN_ORDER). Every TX completion
+   * writes 0 bytes, whatever became of the frame.
+   */
   private send(n: number): void {
     const ctx = this.ctx;
     const q = ctx.queue;
@@ -121,7 +124,6 @@ export class TxService {
       else if (!ch.locate(0, hdrLen)) code = TX_DROP.SHORT;
       else code = checkTxHeader(ch.dv, ch.pos, ch.readableLen - hdrLen, f);
       if (code !== TX_DROP.OK) {
-        q.addUsed(ch.head, 0);
         c[TX_DROP_COUNTER[code]!]! += 1;
         continue;
       }
@@ -135,7 +137,6 @@ export class TxService {
         v.count = 1;
         obs.onFrame(v);
       }
-      this.heads[frames] = ch.head;
       this.lens[frames] = ch.readableLen - hdrLen;
       frames++;
     }
@@ -148,7 +149,6 @@ export class TxService {
         // The backend refused frame `first` (e.g. EINVAL for a vnet header the kernel rejects). Only
         // a failed system call is the backend's; anything else is a bug and breaks the queue.
         if (!(e instanceof NativeError)) throw e;
-        q.addUsed(this.heads[first]!, 0);
         c[M.txDropBackend]! += 1;
         ctx.backendFailed(e.errno, this.chains, 0, n);
         first++;
@@ -158,17 +158,13 @@ export class TxService {
         // The backend would block. A tap's write does not (the kernel drops instead), but the pair
         // backend's frame ring can be full. Waiting would hold the guest's chains and stall its TX, so
         // the rest are completed and counted as the backend's drops, as a full NIC queue drops.
-        for (; first < frames; first++) {
-          q.addUsed(this.heads[first]!, 0);
-          c[M.txDropBackend]! += 1;
-        }
+        c[M.txDropBackend]! += frames - first;
         break;
       }
       // Frames the port took but did not send are counted by the port, under their reason.
       const refused = ctx.port.refused;
       let moved = 0;
       for (let k = first; k < first + sent; k++) {
-        q.addUsed(this.heads[k]!, 0);
         if (refused !== undefined && refused[k] === 1) continue;
         c[M.bytes]! += this.lens[k]!;
         moved++;
@@ -176,5 +172,6 @@ export class TxService {
       c[M.frames]! += moved;
       first += sent;
     }
+    for (let i = 0; i < n; i++) q.addUsed(this.chains[i]!.head, 0);
   }
 }
