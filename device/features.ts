@@ -95,6 +95,8 @@ export interface NegotiatedFeatures {
   readonly indirect: boolean;
   /** VIRTIO_F_RING_PACKED: the rings are packed virtqueues (virtio 1.2 §2.8). */
   readonly packed: boolean;
+  /** VIRTIO_F_IN_ORDER: buffers are used in the order they were made available (virtio 1.2 §2.7.9, §2.8.13). */
+  readonly inOrder: boolean;
   /** Guest TX may carry NEEDS_CSUM (VIRTIO_NET_F_CSUM). */
   readonly hostCsum: boolean;
   readonly hostTso4: boolean;
@@ -124,6 +126,7 @@ export function decode(bits: bigint): NegotiatedFeatures {
     eventIdx: has(bits, 'RING_EVENT_IDX'),
     indirect: has(bits, 'RING_INDIRECT_DESC'),
     packed: has(bits, 'RING_PACKED'),
+    inOrder: has(bits, 'IN_ORDER'),
     hostCsum: has(bits, 'CSUM'),
     hostTso4: has(bits, 'HOST_TSO4'),
     hostTso6: has(bits, 'HOST_TSO6'),

@@ -608,6 +608,13 @@ export class RxService {
         u++;
         continue;
       }
+      if (u > from && ctx.f.inOrder) {
+        // Completed here, this chain would come before the frame's first buffer, which the driver
+        // made available before it: the ring would not be used in order. Only a driver that broke
+        // the spec's rule for RX buffers (device-writable, each at least a header) gets here.
+        throw new DescriptorError(VringErrorCode.IN_ORDER_SKIP,
+          `RX chain ${chains[k]!.head} among a frame's buffers cannot take data (device-readable, shorter than the header, or in too many pieces); with VIRTIO_F_IN_ORDER it cannot be passed over, so the queue is marked broken`);
+      }
       const ch = chains[k]!;
       q.addUsed(ch.head, 0);
       ctx.c[this.unusable(ch) || M.rxDropShortBuffer]! += 1;

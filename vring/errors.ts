@@ -60,6 +60,9 @@ export const VringErrorCode = {
   INDIRECT_NOT_HEAD: 'VRING_INDIRECT_NOT_HEAD',
   /** An indirect table length of 0 or not a multiple of 16. */
   INDIRECT_BAD_LEN: 'VRING_INDIRECT_BAD_LEN',
+  /** With VIRTIO_F_IN_ORDER, a chain the device cannot use lies among a frame's buffers: passing over
+   *  it would use the ring out of order. */
+  IN_ORDER_SKIP: 'VRING_IN_ORDER_SKIP',
 
   // ---- RingStateError: indices or ownership are inconsistent.
   /** avail.idx moved more than queue size past the last consumed index. */

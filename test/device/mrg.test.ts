@@ -11,7 +11,8 @@ import { ethernet, mac } from '../../harness/frames.ts';
 import { openPacketIn } from '../../harness/netns.ts';
 import { SplitRingBuilder } from '../../harness/rings.ts';
 import * as native from '../../native/index.ts';
-import { createBed, expectedPayload, udpSend, type Bed } from './helpers.ts';
+import { DEFAULT_OFFERED, mask } from '../../device/features.ts';
+import { createBed, expectedPayload, udpSend, until, type Bed } from './helpers.ts';
 
 // createBed() tracks what it makes: closed after each test (test/helpers/bed.ts).
 let bed: Bed | undefined;
@@ -155,6 +156,30 @@ it('a chain too short for a frame, among the buffers a frame takes, goes back be
   const m = bed.dev.metrics().queues[0]!;
   expect(m.frames - m0.frames).toBe(2);
   expect(m.rxDropShortBuffer - m0.rxDropShortBuffer).toBe(1);
+});
+
+it('with VIRTIO_F_IN_ORDER the same short chain cannot be passed over: the RX queue is marked broken, TX serves on', async () => {
+  bed = await createBed({
+    accept: ['VERSION_1', 'MRG_RXBUF', 'RING_EVENT_IDX', 'MAC', 'IN_ORDER'],
+    device: { features: DEFAULT_OFFERED | mask('IN_ORDER') },
+    driver: { queueSize: 8, rxBufferSize: 1024 },
+  });
+  expect(bed.dev.features.inOrder).toBe(true);
+  const rx = bed.drv.rx[0]!;
+  const ring = SplitRingBuilder.over(bed.ram.mem, rx.setup, bed.ram);
+  const base = await bed.dev.stopQueue(0);
+  const short = ring.availEntry(base + 1);
+  ring.writeDesc(short, { ...ring.readDesc(short), len: 8 });
+  rawFrames(bed, [{ dst: bed.guestMac, len: 1500, seq: 1 }]); // would take the first chain and the third
+  await bed.dev.startQueue(0);
+  await until('the RX queue breaks', () => bed!.dev.metrics().queues[0]!.broken !== null);
+  expect(bed.dev.metrics().queues[0]!.broken).toMatch(/^VRING_IN_ORDER_SKIP: /);
+  // Nothing was used out of order: no used entry names the chain after the short one.
+  expect(ring.usedIdx - base).toBe(0);
+  // The other queue is unaffected.
+  expect(bed.drv.send(new Uint8Array(60).fill(1), { kick: true })).toBe(true);
+  expect(await bed.drv.drainTx(0, 5000)).toBe(0);
+  expect(bed.dev.metrics().queues[1]!.broken).toBeNull();
 });
 
 // MRG_RXBUF asks only that a buffer hold the header: one that holds no more takes a frame's header alone,
