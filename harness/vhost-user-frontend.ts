@@ -45,6 +45,8 @@ const LOG_ALL_BIT = 1n << BigInt(F_LOG_ALL);
 const LOG_SHMFD_BIT = 1n << BigInt(PROTOCOL_F.LOG_SHMFD);
 /** VIRTIO_F_ACCESS_PLATFORM: the device reaches memory through the platform's IOMMU. */
 const ACCESS_PLATFORM_BIT = 1n << 33n;
+/** VIRTIO_F_IN_ORDER. */
+const IN_ORDER_BIT = 1n << 35n;
 /** What QEMU requires of a back-end behind a vIOMMU: a channel for misses, and acknowledged updates. */
 const IOMMU_PROTOCOL: bigint = protocolMask('SLAVE_REQ', 'REPLY_ACK');
 
@@ -52,7 +54,11 @@ const IOMMU_PROTOCOL: bigint = protocolMask('SLAVE_REQ', 'REPLY_ACK');
 export const FRONTEND_PROTOCOL_FEATURES: bigint = protocolMask('MQ', 'REPLY_ACK', 'CONFIG', 'NET_MTU', 'CONFIGURE_MEM_SLOTS', 'STATUS', 'INFLIGHT_SHMFD', 'RARP', 'LOG_SHMFD');
 
 export interface NegotiateOptions {
-  /** Device features to accept, chosen from the offer (VHOST_USER_F_PROTOCOL_FEATURES is handled here). */
+  /**
+   * Device features to accept, chosen from the offer (VHOST_USER_F_PROTOCOL_FEATURES is handled here).
+   * Default: all offered but VIRTIO_F_IN_ORDER, which VirtioNetDriver does not implement (it reads
+   * one used entry per buffer); ask for it only from a back-end that writes one (lgnet does).
+   */
   features?: bigint | ((offered: bigint) => bigint);
   /** Protocol features wanted; intersected with the offer. Default FRONTEND_PROTOCOL_FEATURES. */
   protocolFeatures?: bigint;
@@ -145,7 +151,9 @@ export class VhostUserFrontend extends FrontendRequests {
     }
     await this.setOwner();
     const device = offered & ~PROTOCOL_BIT;
-    let wanted = typeof opts.features === 'function' ? opts.features(device) : (opts.features ?? device);
+    // By default everything offered but IN_ORDER: VirtioNetDriver reads one used entry per buffer, and
+    // a back-end may use one entry for a batch under IN_ORDER (DPDK's vhost does on packed rings).
+    let wanted = typeof opts.features === 'function' ? opts.features(device) : (opts.features ?? device & ~IN_ORDER_BIT);
     if (iommu) wanted |= ACCESS_PLATFORM_BIT;
     const extra = wanted & ~offered;
     if (extra) throw new FrontendError(FRONTEND_ERROR.NOT_OFFERED, `features 0x${extra.toString(16)} are not offered by the back-end`);

@@ -9,7 +9,8 @@
  * ns B's kernel sends to HOST_A through its tap, testpmd forwards each frame onto the virtio-user TX
  * ring, lgnet writes it to its tap in ns A, and the answer comes back the same way through lgnet's RX.
  * Cases: split rings with lgnet as the socket server; packed rings (packed_vq=1) and DPDK's
- * vectorized RX path served by the same lgnet process, one front-end after the other; two queue pairs
+ * vectorized RX path served by the same lgnet process, one front-end after the other (virtio-user
+ * negotiates VIRTIO_F_IN_ORDER by default and takes its in-order paths; the vectorized case turns it off); two queue pairs
  * with lgnet as the client of a virtio-user server (server=1). Each carries ping and a bounded ping
  * flood, the first ones TCP both ways and UDP over many ports too, and ends with every queue unbroken
  * and no frame dropped. Then, on each ring format, lgnet is SIGKILLed under a virtio-user server and
@@ -173,7 +174,12 @@ describe.skipIf(!pre.ok)('lgnet serve behind DPDK virtio-user (dpdk-testpmd)', (
     lg = await serve('lgdv0', '10.81.0.1', ['--socket', socket]);
     const before = await readMetrics(join(dir, 'lgdv0.json.sock'));
     const t = await frontEnd(socket, '', 'dpdv0', '10.81.0.2', 1);
-    expect(await negotiated(join(dir, 'lgdv0.http.sock'))).not.toContain('RING_PACKED');
+    const features = await negotiated(join(dir, 'lgdv0.http.sock'));
+    expect(features).not.toContain('RING_PACKED');
+    // virtio-user asks for IN_ORDER by default (in_order=1), and then takes its in-order paths.
+    expect(features).toContain('IN_ORDER');
+    expect(t.output()).toMatch(/using inorder Tx path/);
+    expect(t.output()).toMatch(/using inorder Rx path/);
     await traffic(a, b, '10.81.0.1', '10.81.0.2', 5301);
     expectClean(before, await readMetrics(join(dir, 'lgdv0.json.sock')), 1);
     await t.stop();
@@ -185,7 +191,7 @@ describe.skipIf(!pre.ok)('lgnet serve behind DPDK virtio-user (dpdk-testpmd)', (
     const socket = join(dir, 'vu0.sock');
     const before = await readMetrics(join(dir, 'lgdv0.json.sock'));
     const t = await frontEnd(socket, ',packed_vq=1', 'dpdv1', '10.81.0.2', 1);
-    expect(await negotiated(join(dir, 'lgdv0.http.sock'))).toContain('RING_PACKED');
+    expect(await negotiated(join(dir, 'lgdv0.http.sock'))).toEqual(expect.arrayContaining(['RING_PACKED', 'IN_ORDER']));
     await traffic(a, b, '10.81.0.1', '10.81.0.2', 5302);
     expectClean(before, await readMetrics(join(dir, 'lgdv0.json.sock')), 1);
     expect(lg!.child.exitCode).toBeNull();
@@ -198,9 +204,12 @@ describe.skipIf(!pre.ok)('lgnet serve behind DPDK virtio-user (dpdk-testpmd)', (
   it('split rings under DPDK\'s vectorized RX path (vectorized=1, mrg_rxbuf=0), the same lgnet process', { timeout: 90_000 }, async () => {
     expect(lg, 'the first case started lgnet').toBeDefined();
     const before = await readMetrics(join(dir, 'lgdv0.json.sock'));
-    const t = await frontEnd(join(dir, 'vu0.sock'), ',vectorized=1,mrg_rxbuf=0', 'dpdv9', '10.81.0.2', 1);
+    // DPDK takes its in-order paths before the vectorized one: in_order=0 leaves it that one.
+    const t = await frontEnd(join(dir, 'vu0.sock'), ',vectorized=1,mrg_rxbuf=0,in_order=0', 'dpdv9', '10.81.0.2', 1);
     expect(t.output()).toMatch(/using vectorized Rx path/);
-    expect(await negotiated(join(dir, 'lgdv0.http.sock'))).not.toContain('MRG_RXBUF');
+    const features = await negotiated(join(dir, 'lgdv0.http.sock'));
+    expect(features).not.toContain('MRG_RXBUF');
+    expect(features).not.toContain('IN_ORDER');
     await traffic(a, b, '10.81.0.1', '10.81.0.2', 0, false);
     expectClean(before, await readMetrics(join(dir, 'lgdv0.json.sock')), 1);
     await t.stop();
