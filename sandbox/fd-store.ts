@@ -62,6 +62,11 @@ export interface StoredFd {
   name: string;
 }
 
+/** The stored tap fds of a hand-over (names `tap/…`), each with its name. */
+export function storedTapFds(h: ListenFds): StoredFd[] {
+  return h.fds.map((fd, i) => ({ fd, name: h.names[i] ?? '' })).filter((s) => isTapFdName(s.name));
+}
+
 /** The stored tap fds of a hand-over, sorted into those to serve and those to give up. */
 export interface StoredTaps {
   /** The queue fds of `tap`, pair 0 first, when every pair's came back and no other did. */
@@ -79,7 +84,7 @@ export interface StoredTaps {
  * the tap anew, as its queue count is fixed by the fds that hold it).
  */
 export function takeStoredTaps(h: ListenFds, tap: string, queuePairs: number): StoredTaps {
-  const stored: StoredFd[] = h.fds.map((fd, i) => ({ fd, name: h.names[i] ?? '' })).filter((s) => isTapFdName(s.name));
+  const stored = storedTapFds(h);
   if (stored.length === 0) return { stale: [] };
   // A name the kernel picked ('' or a pattern such as tap%d) is the one the last lgnet got.
   if (tap === '' || tap.includes('%')) tap = tapOf(stored[0]!.name);

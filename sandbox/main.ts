@@ -36,7 +36,7 @@ import { netDeviceHooks, VhostUserServer } from './vhost-user/server.ts';
 import { closePcap, openPcap } from '../device/capture.ts';
 import { backendDescription, CAPABILITIES } from './describe.ts';
 import { ServiceNotifier } from './notify.ts';
-import { FDSTORE_CODE, tapFdName, takeStoredTaps, type StoredFd } from './fd-store.ts';
+import { FDSTORE_CODE, storedTapFds, tapFdName, takeStoredTaps, type StoredFd } from './fd-store.ts';
 import * as native from '../native/index.ts';
 
 /**
@@ -219,12 +219,7 @@ export async function serve(opts: ServeOptions): Promise<void> {
   }
   const log = createLogger({ level: opts.logLevel });
   if (opts.listenFds) {
-    // As sd_listen_fds does: no child of lgnet (the socket reaper) inherits a socket handed over.
-    for (const fd of opts.listenFds.fds) {
-      try {
-        native.setCloexec(fd, true);
-      } catch { /* not open: said below when it is the one served */ }
-    }
+    keepFromChildren(opts.listenFds.fds); // not open: said below when it is the one served
     const metricsFd = opts.metricsListen?.kind === 'fd' ? opts.metricsListen.fd : undefined;
     log.info({ fds: opts.listenFds.fds, names: opts.listenFds.names, serving: opts.socketFd, ...(metricsFd !== undefined ? { metrics: metricsFd } : {}) }, 'sockets handed over by a service manager (LISTEN_FDS)');
   }
@@ -307,6 +302,18 @@ export async function serve(opts: ServeOptions): Promise<void> {
 }
 
 /**
+ * Marks fds a service manager handed over close-on-exec, as sd_listen_fds does, so that no child of
+ * lgnet (the socket reaper) inherits them. One not open is left for its user to report.
+ */
+function keepFromChildren(fds: readonly number[]): void {
+  for (const fd of fds) {
+    try {
+      native.setCloexec(fd, true);
+    } catch { /* not open */ }
+  }
+}
+
+/**
  * The tap queue fds the manager's fd store handed back, when they are all of this tap's pairs (then
  * served as --tap-fd is, on the interface they hold); otherwise they are given up and the tap is made
  * anew. undefined when none are served.
@@ -314,14 +321,9 @@ export async function serve(opts: ServeOptions): Promise<void> {
 function reuseStoredTap(opts: ServeOptions, notifier: ServiceNotifier | null, log: Logger): { tap: string; tapFds: number[] } | undefined {
   const h = opts.storedTapFds;
   if (!h) return undefined;
-  // As for the sockets: no child of lgnet inherits them.
-  for (const fd of h.fds) {
-    try {
-      native.setCloexec(fd, true);
-    } catch { /* not open: TapBackend says so if it is served */ }
-  }
+  keepFromChildren(h.fds); // not open: TapBackend says so if it is served
   const t = opts.tapFds
-    ? { stale: h.fds.map((fd, i) => ({ fd, name: h.names[i]! })), why: '--tap-fd names the tap to serve' }
+    ? { stale: storedTapFds(h), why: '--tap-fd names the tap to serve' }
     : takeStoredTaps(h, opts.tap, opts.queues);
   if (t.fds && t.tap !== undefined) {
     log.info({ code: FDSTORE_CODE.KEPT, tap: t.tap, fds: t.fds }, "tap kept across the restart: its queue fds came back from the service manager's fd store");
