@@ -519,6 +519,11 @@ export class NetDevice extends EventEmitter {
     await s.host.command({ cmd: 'configure', config }, ['running', 'broken']);
   }
 
+  /** The data queues' rate limits now, per direction (absent: unlimited); a copy. */
+  rateLimits(): { rx?: RateLimit; tx?: RateLimit } {
+    return checkedRateLimit(this.rateLimit);
+  }
+
   /**
    * Changes the data queues' rate limits while they run, as Firecracker's update of an interface's
    * rate limiters does: a direction given (`rx`, `tx`) takes that limit, its buckets full; `null`

@@ -6,13 +6,14 @@
  *   lgnet serve (--socket PATH [--client] | --socket-fd FD | neither, under socket activation: LISTEN_FDS)
  *               (also --socket-path PATH, --fd FD: the vhost-user conventions' names) [--tap NAME] [--tap-fd FD[,FD...]] [--queues N] [--mac MAC] [--mtu N]
  *               [--log-level LEVEL] [--reconnect-ms MS] [--metrics-listen ADDR] [--metrics-socket PATH]
- *               [--pcap FILE] [--{tx,rx}-rate-{bytes,ops} SIZE/MS] [--busy-poll US] [--io PATH] [--offer-config]
+ *               [--pcap FILE] [--{tx,rx}-rate-{bytes,ops} SIZE/MS] [--api-socket PATH] [--busy-poll US] [--io PATH] [--offer-config]
  *               [--worker-cpus LIST]
  *               [--coalesce-rx-usecs US] [--coalesce-tx-usecs US] [--coalesce-buffers N]
  *               [--guest-announce] [--postcopy] [--iommu]
  *               [--no-sandbox | [--chroot DIR] [--user U] [--group G]]
  *   lgnet serve --print-capabilities                            (the vhost-user conventions; other options ignored)
  *   lgnet stats ADDR [--once] [--json] [--interval MS] [--queues]
+ *   lgnet rate-limit SOCKET [--{tx,rx}-rate-{bytes,ops} SIZE/MS|off] [--json]   (through --api-socket)
  *   lgnet describe                                              (the vhost-user back-end JSON file for QEMU's schema)
  *   lgnet --version
  */
@@ -25,7 +26,8 @@ import { DEFAULT_COALESCE, MAX_COALESCE_BUFFERS, MAX_COALESCE_USECS, type Device
 import { parseListenAddress, type ListenAddress, type MetricsBind } from './metrics-listen.ts';
 import { MAX_CPUS } from '../native/checks.ts';
 import type { StatsOptions } from './stats.ts';
-import { chooseListenFd, metricsListenFd, takeListenFds, type ListenFds } from './listen-fds.ts';
+import { API_FD_NAME, chooseListenFd, METRICS_FD_NAME, namedListenFd, takeListenFds, type ListenFds } from './listen-fds.ts';
+import { parseApiSocket, type ApiBind } from './api.ts';
 import { splitHandOver } from './fd-store.ts';
 
 /** What `lgnet serve` was asked to do. */
@@ -73,6 +75,8 @@ export interface ServeOptions {
   pcap?: string | undefined;
   /** Rate limits per queue (device/rate-limit.ts). */
   rateLimit?: { rx?: RateLimit; tx?: RateLimit };
+  /** --api-socket: the control socket (api.ts), a path to bind or a socket handed over named `api`. */
+  api?: ApiBind | undefined;
   /** --offer-config: offer the vhost-user CONFIG protocol feature (GET/SET_CONFIG). */
   offerConfig?: boolean;
   /** --guest-announce: offer VIRTIO_NET_F_GUEST_ANNOUNCE, so that the guest announces itself after a migration. */
@@ -93,6 +97,18 @@ export interface ServeOptions {
   chroot: string | undefined;
   user: string | undefined;
   group: string | undefined;
+}
+
+/** A patch of the limits, as PATCH /rate-limit takes it (api.ts): null takes a bucket off. */
+export type RateLimitPatch = { [d in 'rx' | 'tx']?: { bytes?: BucketSpec | null; ops?: BucketSpec | null } };
+
+/** What `lgnet rate-limit` was asked to do. */
+export interface RateLimitOptions {
+  /** The --api-socket path. */
+  socket: string;
+  /** The change to make; null shows the limits. */
+  patch: RateLimitPatch | null;
+  json: boolean;
 }
 
 function int(name: string, lo: number, hi: number): (v: string) => number {
@@ -129,6 +145,20 @@ function cpus(name: string): (v: string) => number[] {
       throw new InvalidArgumentError(`${name}: ${(e as Error).message}`);
     }
   };
+}
+
+function apiSocket(v: string): string {
+  try {
+    return parseApiSocket(v);
+  } catch (e) {
+    throw new InvalidArgumentError(`--api-socket: ${(e as Error).message}`);
+  }
+}
+
+/** SIZE/MS, or `off` (the bucket is taken off), for `lgnet rate-limit`. ('off' stays a string: commander stores a parser's null as ''.) */
+function bucketOrOff(name: string): (v: string) => BucketSpec | 'off' {
+  const parse = bucket(name);
+  return (v) => (v === 'off' ? 'off' : parse(v));
 }
 
 function listenAddress(name: string): (v: string) => ListenAddress {
@@ -209,7 +239,7 @@ export function packageVersion(): string {
  * Builds the program. `serve` is called with validated options; the caller runs `parseAsync`.
  * Errors in arguments exit with status 2 (commander's exitOverride is left to the caller).
  */
-export function buildCli(actions: { serve: (opts: ServeOptions) => Promise<void>; stats?: (opts: StatsOptions) => Promise<void>; describe?: () => void }): Command {
+export function buildCli(actions: { serve: (opts: ServeOptions) => Promise<void>; stats?: (opts: StatsOptions) => Promise<void>; rateLimit?: (opts: RateLimitOptions) => Promise<void>; describe?: () => void }): Command {
   const program = new Command('lgnet')
     .description('lgnet: a virtio-net device in TypeScript (vhost-user back-end)')
     .version(packageVersion(), '-V, --version', 'print the version and exit')
@@ -248,6 +278,7 @@ export function buildCli(actions: { serve: (opts: ServeOptions) => Promise<void>
     .addOption(new Option('--tx-rate-ops <size/ms>', 'limit each TX queue to SIZE frames per MS milliseconds').argParser(bucket('--tx-rate-ops')))
     .addOption(new Option('--rx-rate-bytes <size/ms>', 'limit each RX queue (tap to guest) to SIZE bytes per MS milliseconds').argParser(bucket('--rx-rate-bytes')))
     .addOption(new Option('--rx-rate-ops <size/ms>', 'limit each RX queue to SIZE frames per MS milliseconds').argParser(bucket('--rx-rate-ops')))
+    .addOption(new Option('--api-socket <path>', "serve the control API over HTTP on this unix socket (created 0600, bound before the jail): GET and PATCH /rate-limit change the queues' rate limits while they run; use it with `lgnet rate-limit PATH` (docs/OPERATIONS.md). Under socket activation, a socket named 'api' (FileDescriptorName=api) is served without this option").argParser(apiSocket))
     .option('--fd-store', "keep the tap lgnet makes in the service manager's fd store (sd_notify FDSTORE=1), so that a restarted lgnet serves the same interface with its addresses and queued frames; systemd 254 and later say the store's size (FileDescriptorStoreMax=) and lgnet then stores without this flag; give it for older ones, with FileDescriptorStoreMax= of at least --queues (docs/OPERATIONS.md)")
     .option('--guest-announce', 'offer GUEST_ANNOUNCE: after a migration the front-end asks the guest to announce itself (gratuitous ARP through its TX queue) instead of sending SEND_RARP, which lgnet answers with a RARP broadcast')
     .option('--iommu', 'offer VIRTIO_F_ACCESS_PLATFORM (QEMU: iommu_platform=on), with the back-end channel for IOTLB misses: behind a virtual IOMMU (intel-iommu,device-iotlb=on with ats=on) descriptors hold I/O virtual addresses that lgnet asks the front-end to translate; without one, QEMU turns the feature off and nothing changes')
@@ -295,6 +326,7 @@ export function buildCli(actions: { serve: (opts: ServeOptions) => Promise<void>
         metricsListen: o['metricsListen'] as ListenAddress | undefined,
         pcap: o['pcap'] as string | undefined,
         rateLimit: rateLimitOf(o),
+        api: o['apiSocket'] !== undefined ? { kind: 'unix', path: o['apiSocket'] as string } : undefined,
         offerConfig: o['offerConfig'] === true,
         guestAnnounce: o['guestAnnounce'] === true,
         fdStore: o['fdStore'] === true,
@@ -312,9 +344,14 @@ export function buildCli(actions: { serve: (opts: ServeOptions) => Promise<void>
         opts.socketFd = fd;
       }
       if (!opts.printPolicy && !opts.metricsListen && listenFds) {
-        const fd = metricsListenFd(listenFds);
+        const fd = namedListenFd(listenFds, METRICS_FD_NAME);
         if (typeof fd === 'string') return program.error(`error: ${fd}`, { exitCode: 2 });
         if (fd !== undefined) opts.metricsListen = { kind: 'fd', fd };
+      }
+      if (!opts.printPolicy && !opts.api && listenFds) {
+        const fd = namedListenFd(listenFds, API_FD_NAME);
+        if (typeof fd === 'string') return program.error(`error: ${fd}`, { exitCode: 2 });
+        if (fd !== undefined) opts.api = { kind: 'fd', fd };
       }
       if (!opts.printPolicy && !opts.socket && opts.socketFd === undefined) program.error("error: required option '--socket <path>' (or '--socket-fd <fd>', or a socket handed over by socket activation: LISTEN_FDS) not specified", { exitCode: 2 });
       if (opts.socketFd !== undefined && (opts.socket || opts.client)) program.error('error: --socket-fd (--fd) is a listening socket already made: drop --socket (--socket-path) and --client', { exitCode: 2 });
@@ -337,6 +374,30 @@ export function buildCli(actions: { serve: (opts: ServeOptions) => Promise<void>
       .addOption(new Option('--interval <ms>', 'time between snapshots').argParser(int('--interval', 100, 60_000)).default(1000))
       .action(async (address: ListenAddress, o: Record<string, unknown>) => {
         await stats({ address, once: o['once'] === true, json: o['json'] === true, queues: o['queues'] === true, intervalMs: o['interval'] as number });
+      });
+  }
+
+  const rateLimit = actions.rateLimit;
+  if (rateLimit) {
+    const off = "SIZE/MS, or 'off' to take that bucket off";
+    program
+      .command('rate-limit')
+      .description("show or change a running lgnet's rate limits through its --api-socket; a bucket given replaces that bucket (full), one left out is kept, and a direction left with no bucket is unlimited")
+      .argument('<socket>', 'the --api-socket path of the lgnet serve to reach')
+      .addOption(new Option('--tx-rate-bytes <size/ms>', `TX queues (guest to tap): bytes, ${off}`).argParser(bucketOrOff('--tx-rate-bytes')))
+      .addOption(new Option('--tx-rate-ops <size/ms>', `TX queues: frames, ${off}`).argParser(bucketOrOff('--tx-rate-ops')))
+      .addOption(new Option('--rx-rate-bytes <size/ms>', `RX queues (tap to guest): bytes, ${off}`).argParser(bucketOrOff('--rx-rate-bytes')))
+      .addOption(new Option('--rx-rate-ops <size/ms>', `RX queues: frames, ${off}`).argParser(bucketOrOff('--rx-rate-ops')))
+      .option('--json', 'print the limits as JSON (what GET /rate-limit answers)', false)
+      .action(async (socket: string, o: Record<string, unknown>) => {
+        const patch: RateLimitPatch = {};
+        for (const d of ['rx', 'tx'] as const) {
+          for (const [b, key] of [['bytes', `${d}RateBytes`], ['ops', `${d}RateOps`]] as const) {
+            if (o[key] === undefined) continue;
+            (patch[d] ??= {})[b] = o[key] === 'off' ? null : (o[key] as BucketSpec);
+          }
+        }
+        await rateLimit({ socket, patch: Object.keys(patch).length ? patch : null, json: o['json'] === true });
       });
   }
 

@@ -4,12 +4,12 @@
  *   1. parse flags (cli.ts)                        nothing opened yet; bad flags exit 2
  *   2. open resources: tap (create or attach), NetDevice, vhost-user socket (listen, or connect loop),
  *      the metrics socket (--metrics-socket), the Prometheus endpoint (--metrics-listen) with the
- *      /proc files its process metrics re-read
+ *      /proc files its process metrics re-read, the control socket (--api-socket)
  *   3. the jail (unless --no-sandbox, which warns loudly): chroot, uid drop, rlimits, no_new_privs,
  *      seccomp on every thread, then each queue worker's narrower filter
  *   4. once SIGINT/SIGTERM are handled, print exactly one line on stdout: `lgnet ready socket=… tap=…
  *      queues=… mode=…` (and ` metrics=ADDR` with --metrics-listen, the port the kernel picked for
- *      PORT 0), and tell a service manager READY=1 (notify.ts; its socket was connected in step 2)
+ *      PORT 0, and ` api=PATH` with --api-socket), and tell a service manager READY=1 (notify.ts; its socket was connected in step 2)
  *   5. serve until SIGINT/SIGTERM: STOPPING=1, drop the connection (workers stop and flush their used
  *      rings), close the device and the tap, remove the socket file (jailed: the socket reaper does),
  *      exit 0
@@ -22,7 +22,9 @@ import { mask } from '../device/features.ts';
 import { NetDevice } from '../device/net.ts';
 import { TapBackend } from '../device/tap-backend.ts';
 import { NET_ERROR } from '../device/errors.ts';
-import { buildCli, packageVersion, type ServeOptions } from './cli.ts';
+import { buildCli, packageVersion, type RateLimitOptions, type ServeOptions } from './cli.ts';
+import { openApiListener, type ApiListener } from './api.ts';
+import { runRateLimit } from './rate-limit-cmd.ts';
 import { compilePolicy, enterJail, formatPolicy } from './jail.ts';
 import { createLogger, type Logger } from './log.ts';
 import { startSocketReaper } from './socket-reaper.ts';
@@ -62,6 +64,8 @@ export interface Serving {
   tapFds: readonly number[];
   /** The Prometheus endpoint (--metrics-listen), with the port it got. */
   metricsListener?: MetricsListener | undefined;
+  /** The control socket (--api-socket). */
+  apiListener?: ApiListener | undefined;
   /** Stops serving and releases everything (idempotent). */
   stop(): Promise<void>;
 }
@@ -133,7 +137,9 @@ export async function startServing(opts: ServeOptions, log: Logger): Promise<Ser
   let listener: MetricsListener | undefined;
   let sampler: ProcessSampler | undefined;
   let tapCounters: TapCounters | undefined;
+  let api: ApiListener | undefined;
   const closeMetrics = async (): Promise<void> => {
+    await api?.close();
     await metrics?.close();
     await listener?.close();
     sampler?.close();
@@ -147,6 +153,13 @@ export async function startServing(opts: ServeOptions, log: Logger): Promise<Ser
       if (tapCounters.unavailable) log.warn({ code: 'LGNET_TAP_COUNTERS_UNAVAILABLE', tap: backend.name, why: tapCounters.unavailable }, "the tap's kernel counters are not served (lgnet_tap_*): read them with `ip -s link show` in the tap's namespace");
       const exporter = new PrometheusExporter({ device: () => device.metrics(), server, process: sampler, tap: tapCounters, version: packageVersion() });
       listener = await openMetricsListener(opts.metricsListen, exporter, () => device.inspect());
+    }
+    // The control socket: the same plumbing, writable by whoever may write its file.
+    if (opts.api) {
+      api = await openApiListener(opts.api, device, {
+        changed: (before, after) => log.info({ code: 'LGNET_API_RATE_LIMIT_SET', before, after }, 'rate limits changed through the control socket'),
+        refused: (status, code, message) => log.warn({ code, status, why: message }, 'control socket request refused'),
+      });
     }
   } catch (e) {
     await closeMetrics();
@@ -166,6 +179,7 @@ export async function startServing(opts: ServeOptions, log: Logger): Promise<Ser
       ...(opts.client || opts.socketFd !== undefined ? [] : [startSocketReaper(opts.socket)]),
       ...(opts.metricsSocket ? [startSocketReaper(opts.metricsSocket)] : []),
       ...(opts.metricsListen?.kind === 'unix' ? [startSocketReaper(opts.metricsListen.path)] : []),
+      ...(opts.api?.kind === 'unix' ? [startSocketReaper(opts.api.path)] : []),
     ];
     const report = enterJail({
       keepChildren: reapers.map((r) => r.pid).filter((pid): pid is number => pid !== undefined),
@@ -200,6 +214,7 @@ export async function startServing(opts: ServeOptions, log: Logger): Promise<Ser
     tap: backend.name,
     tapFds: backend.fds,
     metricsListener: listener,
+    apiListener: api,
     stop() {
       stopping ??= (async () => {
         await closeMetrics();
@@ -221,7 +236,8 @@ export async function serve(opts: ServeOptions): Promise<void> {
   if (opts.listenFds) {
     keepFromChildren(opts.listenFds.fds); // not open: said below when it is the one served
     const metricsFd = opts.metricsListen?.kind === 'fd' ? opts.metricsListen.fd : undefined;
-    log.info({ fds: opts.listenFds.fds, names: opts.listenFds.names, serving: opts.socketFd, ...(metricsFd !== undefined ? { metrics: metricsFd } : {}) }, 'sockets handed over by a service manager (LISTEN_FDS)');
+    const apiFd = opts.api?.kind === 'fd' ? opts.api.fd : undefined;
+    log.info({ fds: opts.listenFds.fds, names: opts.listenFds.names, serving: opts.socketFd, ...(metricsFd !== undefined ? { metrics: metricsFd } : {}), ...(apiFd !== undefined ? { api: apiFd } : {}) }, 'sockets handed over by a service manager (LISTEN_FDS)');
   }
   // A service manager's socket (systemd Type=notify) is connected now: the jail forbids it later.
   const notifier = ServiceNotifier.fromEnv(log);
@@ -289,8 +305,9 @@ export async function serve(opts: ServeOptions): Promise<void> {
   else if (opts.fdStore && !notifier) log.warn({ code: FDSTORE_CODE.NO_MANAGER }, '--fd-store without a service manager (NOTIFY_SOCKET): nothing keeps the tap, and it goes when lgnet does');
   // Ready only once the signals are handled: a manager may send SIGTERM the moment it hears.
   const metricsAt = s.metricsListener ? formatListenAddress(s.metricsListener.address) : undefined;
-  process.stdout.write(`lgnet ready socket=${s.server.path} tap=${s.tap} queues=${opts.queues} mode=${opts.client ? 'client' : 'server'}${metricsAt ? ` metrics=${metricsAt}` : ''}\n`);
-  log.info({ socket: s.server.path, tap: s.tap, queues: opts.queues, client: opts.client, ...(metricsAt ? { metrics: metricsAt } : {}), ...(notifier ? { notify: notifier.address, watchdogUsec: notifier.watchdogUsec } : {}) }, 'ready');
+  const apiAt = s.apiListener?.path;
+  process.stdout.write(`lgnet ready socket=${s.server.path} tap=${s.tap} queues=${opts.queues} mode=${opts.client ? 'client' : 'server'}${metricsAt ? ` metrics=${metricsAt}` : ''}${apiAt ? ` api=${apiAt}` : ''}\n`);
+  log.info({ socket: s.server.path, tap: s.tap, queues: opts.queues, client: opts.client, ...(metricsAt ? { metrics: metricsAt } : {}), ...(apiAt ? { api: apiAt } : {}), ...(notifier ? { notify: notifier.address, watchdogUsec: notifier.watchdogUsec } : {}) }, 'ready');
   if (notifier) {
     // What `systemctl status` shows; a front-end may have connected already, during the jail's setup.
     const pairs = `tap ${s.tap}, ${opts.queues} queue pair${opts.queues > 1 ? 's' : ''}`;
@@ -373,6 +390,17 @@ export async function stats(opts: StatsOptions): Promise<void> {
   }
 }
 
+/** `lgnet rate-limit`: shows or changes a running lgnet's rate limits. Exit 1 when it cannot. */
+export async function rateLimit(opts: RateLimitOptions): Promise<void> {
+  try {
+    await runRateLimit(opts, process.stdout);
+  } catch (e) {
+    const err = e as { message: string; code?: string };
+    process.stderr.write(`lgnet rate-limit: ${err.message}${err.code ? ` [${err.code}]` : ''}\n`);
+    process.exitCode = 1;
+  }
+}
+
 /** `lgnet describe`: the vhost-user back-end JSON file naming this installation's lgnet-vhost-user. */
 export function describe(): void {
   process.stdout.write(JSON.stringify(backendDescription(), null, 2) + '\n');
@@ -386,7 +414,7 @@ export async function main(argv: string[] = process.argv): Promise<void> {
     process.stdout.write(JSON.stringify(CAPABILITIES) + '\n');
     return;
   }
-  await buildCli({ serve, stats, describe }).parseAsync(argv);
+  await buildCli({ serve, stats, rateLimit, describe }).parseAsync(argv);
 }
 
 function isEntry(): boolean {

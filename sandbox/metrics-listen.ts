@@ -9,18 +9,13 @@
  *                       each running queue's worker is woken once to answer
  *   anything else       404 (other path), 405 (other method), 400 (not HTTP: the parser gave up)
  *
- * Inside the jail: the socket is bound and listening before it (sandbox/main.ts, step 2), and serving
- * needs only accept4, read, write/writev and close, which the main policy allows. Node's TCP_NODELAY
- * (a setsockopt the jail does not allow) is off: each answer is one write.
- * Every peer is untrusted: headers and requests are time-limited, connections are capped (they cost
- * fds, and the jail bounds fds), and a request the HTTP parser rejects gets a 400 and a close — never
- * an exception on the main thread, which also serves the vhost-user channel.
+ * Bound before the jail (sandbox/main.ts, step 2); the HTTP plumbing, and what it does with untrusted
+ * peers, is http-listen.ts's.
  */
-import { lstatSync, unlinkSync } from 'node:fs';
-import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
-import type { Socket } from 'node:net';
+import type { IncomingMessage, ServerResponse } from 'node:http';
 import { LgnetError } from '../errors/index.ts';
 import * as native from '../native/index.ts';
+import { listenHttp } from './http-listen.ts';
 import type { HttpStatus, PrometheusExporter } from './prometheus.ts';
 
 /** Stable codes of the metrics endpoint and of `lgnet stats`. */
@@ -92,70 +87,20 @@ export interface MetricsListener {
   close(): Promise<void>;
 }
 
-const BAD_REQUEST_BODY = 'not an HTTP request lgnet can read\n';
+export { MAX_CONNECTIONS } from './http-listen.ts';
 
-/** Concurrent connections; more are refused at accept (each holds an fd, and the jail bounds fds). */
-export const MAX_CONNECTIONS = 8;
-
-/** Replaces a stale socket file (a killed lgnet's); refuses to touch any other kind of file. */
-function removeStaleSocket(path: string): void {
-  let st;
-  try {
-    st = lstatSync(path);
-  } catch {
-    return; // absent
-  }
-  if (!st.isSocket()) throw new MetricsError(METRICS_ERROR.PATH_NOT_SOCKET, `--metrics-listen ${path} exists and is not a socket; give a path to a new file`);
-  unlinkSync(path);
-}
-
-/** Where a bind is, for messages. */
-function describeBind(b: MetricsBind): string {
-  return b.kind === 'fd' ? `the socket handed over as fd ${b.fd}` : formatListenAddress(b);
-}
-
-/** Opens the endpoint; resolves once it accepts connections. */
 /** What GET /queues answers with: the device's inspection (NetDevice.inspect), or none served. */
 export type QueuesSource = () => Promise<unknown>;
 
+/** Opens the endpoint; resolves once it accepts connections. */
 export async function openMetricsListener(address: MetricsBind, exporter: PrometheusExporter, queues?: QueuesSource): Promise<MetricsListener> {
-  if (address.kind === 'unix') removeStaleSocket(address.path);
-  const sockets = new Set<Socket>();
-  const server: Server = createServer({
-    noDelay: false, keepAlive: false, requestTimeout: 10_000, headersTimeout: 5_000, connectionsCheckingInterval: 1_000, maxHeaderSize: 8192,
-  }, (req, res) => {
-    void answer(req, res, exporter, queues);
+  const endpoint = await listenHttp(address, (req, res) => void answer(req, res, exporter, queues), {
+    flag: '--metrics-listen',
+    pathNotSocket: (m) => new MetricsError(METRICS_ERROR.PATH_NOT_SOCKET, m),
+    listenFailed: (m, cause) => new MetricsError(METRICS_ERROR.LISTEN_FAILED, m, { cause }),
+    onBadRequest: () => exporter.countRequest(400),
   });
-  server.maxConnections = MAX_CONNECTIONS;
-  server.keepAliveTimeout = 5_000;
-  server.on('connection', (s: Socket) => {
-    sockets.add(s);
-    s.on('close', () => sockets.delete(s));
-  });
-  // Not HTTP (or too large, or too slow): a 400 if the socket still takes it, then close. This
-  // replaces Node's default handler so that the answer is counted.
-  server.on('clientError', (err: NodeJS.ErrnoException, socket: Socket) => {
-    if (err.code === 'ECONNRESET' || !socket.writable) {
-      socket.destroy();
-      return;
-    }
-    exporter.countRequest(400);
-    socket.end(`HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain; charset=utf-8\r\nConnection: close\r\nContent-Length: ${BAD_REQUEST_BODY.length}\r\n\r\n${BAD_REQUEST_BODY}`);
-  });
-  await new Promise<void>((resolve, reject) => {
-    const hint = address.kind === 'fd' ? ' (it must be a stream socket: ListenStream= in the .socket unit)' : '';
-    const fail = (e: Error) => reject(new MetricsError(METRICS_ERROR.LISTEN_FAILED, `cannot listen on ${describeBind(address)}: ${e.message}${hint}`, { cause: e }));
-    server.once('error', fail);
-    const done = () => {
-      server.off('error', fail);
-      resolve();
-    };
-    if (address.kind === 'unix') server.listen(address.path, done);
-    else if (address.kind === 'fd') server.listen({ fd: address.fd }, done);
-    else server.listen({ host: address.host, port: address.port, ipv6Only: address.host === '::1' }, done);
-  });
-  server.on('error', () => { /* after listen: accept errors (EMFILE) are retried by libuv; nothing to do */ });
-  const bound = server.address();
+  const bound = endpoint.bound;
   let actual: ListenAddress;
   if (address.kind === 'fd') {
     if (typeof bound === 'string' || bound === null) {
@@ -169,30 +114,13 @@ export async function openMetricsListener(address: MetricsBind, exporter: Promet
       actual = { kind: 'tcp', host: bound.address, port: bound.port };
     } else {
       // The same rule as for an address on the command line: the endpoint is for this host.
-      await new Promise<void>((done) => server.close(() => done()));
+      await endpoint.close();
       throw new MetricsError(METRICS_ERROR.BAD_ADDRESS, `the metrics socket handed over as fd ${address.fd} listens on ${bound.address}:${bound.port}, not on loopback; make it listen on 127.0.0.1, [::1] or a unix path (ListenStream=127.0.0.1:${bound.port})`);
     }
   } else {
     actual = address.kind === 'tcp' && bound && typeof bound === 'object' ? { ...address, port: bound.port } : address;
   }
-  let closing: Promise<void> | null = null;
-  return {
-    address: actual,
-    close() {
-      closing ??= new Promise<void>((done) => {
-        server.close(() => done());
-        for (const s of sockets) s.destroy();
-        if (address.kind === 'unix') {
-          try {
-            unlinkSync(address.path);
-          } catch {
-            /* gone already, or the jail forbids unlink (the socket reaper removes it) */
-          }
-        }
-      });
-      return closing;
-    },
-  };
+  return { address: actual, close: () => endpoint.close() };
 }
 
 async function answer(req: IncomingMessage, res: ServerResponse, exporter: PrometheusExporter, queues?: QueuesSource): Promise<void> {

@@ -1,6 +1,6 @@
 /** systemd's socket-activation variables (sandbox/listen-fds.ts), read as sd_listen_fds(3) reads them. */
 import { describe, expect, it } from 'vitest';
-import { chooseListenFd, LISTEN_FDS_START, metricsListenFd, takeListenFds } from '../../sandbox/listen-fds.ts';
+import { chooseListenFd, LISTEN_FDS_START, namedListenFd, takeListenFds } from '../../sandbox/listen-fds.ts';
 
 describe('takeListenFds', () => {
   it('takes fds from 3 with their names, and removes the variables', () => {
@@ -39,10 +39,12 @@ describe('chooseListenFd', () => {
   it('serves the one named vhost-user among several', () => {
     expect(chooseListenFd({ fds: [3, 4, 5], names: ['a', 'vhost-user', 'b'] })).toBe(4);
   });
-  it("passes over a socket named metrics: the other one is lgnet's", () => {
+  it("passes over the sockets named metrics and api: the other one is lgnet's", () => {
     expect(chooseListenFd({ fds: [3, 4], names: ['metrics', 'lgnet-vm1.socket'] })).toBe(4);
     expect(chooseListenFd({ fds: [3, 4, 5], names: ['metrics', 'a', 'vhost-user'] })).toBe(5);
     expect(chooseListenFd({ fds: [3], names: ['metrics'] })).toMatch(/is named 'metrics': hand over the vhost-user socket too/);
+    expect(chooseListenFd({ fds: [3, 4, 5], names: ['api', 'lgnet-vm1.socket', 'metrics'] })).toBe(4);
+    expect(chooseListenFd({ fds: [3, 4], names: ['metrics', 'api'] })).toMatch(/are named 'metrics' and 'api': hand over the vhost-user socket too/);
   });
   it('says what to do when none or two are named so', () => {
     expect(chooseListenFd({ fds: [3, 4], names: ['', ''] })).toMatch(/2 sockets were handed over \(LISTEN_FDS\), without names: name lgnet's FileDescriptorName=vhost-user/);
@@ -51,10 +53,11 @@ describe('chooseListenFd', () => {
   });
 });
 
-describe('metricsListenFd', () => {
-  it('finds the socket named metrics, or none', () => {
-    expect(metricsListenFd({ fds: [3, 4], names: ['vhost-user', 'metrics'] })).toBe(4);
-    expect(metricsListenFd({ fds: [3], names: [''] })).toBeUndefined();
-    expect(metricsListenFd({ fds: [3, 4], names: ['metrics', 'metrics'] })).toMatch(/2 of the sockets .* are named 'metrics'/);
+describe('namedListenFd', () => {
+  it('finds the socket named metrics or api, or none', () => {
+    expect(namedListenFd({ fds: [3, 4], names: ['vhost-user', 'metrics'] }, 'metrics')).toBe(4);
+    expect(namedListenFd({ fds: [3, 4, 5], names: ['api', 'vhost-user', 'metrics'] }, 'api')).toBe(3);
+    expect(namedListenFd({ fds: [3], names: [''] }, 'metrics')).toBeUndefined();
+    expect(namedListenFd({ fds: [3, 4], names: ['metrics', 'metrics'] }, 'metrics')).toMatch(/2 of the sockets .* are named 'metrics'/);
   });
 });
