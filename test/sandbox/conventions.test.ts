@@ -28,6 +28,7 @@ import { notifyReceiver, stuckReceiver, type NotifyReceiver } from '../helpers/n
 import { LGNET } from './serve-process.ts';
 import { expectedPayload, udpSink } from './vhost-user-helpers.ts';
 import { httpGet } from './metrics-helpers.ts';
+import { apiRequest } from '../../sandbox/rate-limit-cmd.ts';
 
 const VH = join(REPO_ROOT, 'bin/lgnet-vhost-user');
 const pre = netnsPrerequisites();
@@ -266,11 +267,12 @@ describe.skipIf(!pre.ok)('lgnet-vhost-user under a service manager', () => {
     }
   }
 
-  it.skipIf(!activate)('socket activation without --fd: serves the socket handed over (LISTEN_FDS), among two the one named vhost-user, and no child inherits either', async () => {
+  it.skipIf(!activate)('socket activation without --fd: serves the socket handed over (LISTEN_FDS), among three the one named vhost-user, the control API on the one named api, and no child inherits any', async () => {
     const other = join(dir, 'other.sock');
     const socket = join(dir, 'named.sock');
+    const apiSock = join(dir, 'named-api.sock');
     const metricsSock = join(dir, 'named-metrics.sock');
-    const r = run(['ip', 'netns', 'exec', ns.name, activate, '-l', other, '-l', socket, '--fdname=metrics:vhost-user',
+    const r = run(['ip', 'netns', 'exec', ns.name, activate, '-l', other, '-l', socket, '-l', apiSock, '--fdname=metrics:vhost-user:api',
       VH, '--tap', 'lgconv4', '--metrics-socket', metricsSock, '--log-level', 'info']);
     runs.push(r);
     const deadline = Date.now() + 10_000;
@@ -280,16 +282,17 @@ describe.skipIf(!pre.ok)('lgnet-vhost-user under a service manager', () => {
       await fe.negotiate({ features: (offered) => offered & ~mask('RING_PACKED') });
       while (!r.stdout().includes('\n') && Date.now() < deadline + 20_000) await new Promise((res) => setTimeout(res, 20));
       // The one named metrics is the Prometheus endpoint's.
-      expect(r.stdout()).toBe(`lgnet ready socket=${socket} tap=lgconv4 queues=1 mode=server metrics=${other}\n`);
+      expect(r.stdout()).toBe(`lgnet ready socket=${socket} tap=lgconv4 queues=1 mode=server metrics=${other} api=${apiSock}\n`);
       const handed = jsonLines(r.stderr()).find((x) => x['msg'] === 'sockets handed over by a service manager (LISTEN_FDS)');
-      expect(handed).toMatchObject({ fds: [3, 4], names: ['metrics', 'vhost-user'], serving: 4, metrics: 3 });
+      expect(handed).toMatchObject({ fds: [3, 4, 5], names: ['metrics', 'vhost-user', 'api'], serving: 4, metrics: 3, api: 5 });
+      expect(await apiRequest(apiSock, 'PATCH', '/rate-limit', { tx: { ops: { size: 100, refillMs: 10 } } })).toEqual({ status: 200, body: { rx: null, tx: { ops: { size: 100, refillMs: 10 } } } });
       const scrape = await httpGet({ kind: 'unix', path: other }, '/metrics');
       expect(scrape.status).toBe(200);
       expect(scrape.body).toMatch(/^lgnet_tap_frames_total\{interface="lgconv4",direction="to_guest"\} \d+$/m);
       // The socket reaper (for --metrics-socket) is lgnet's child: neither handed-over socket nor the
       // hand-over's variables reach it.
       const pid = r.child.pid!;
-      const inodes = [3, 4].map((fd) => readlinkSync(`/proc/${pid}/fd/${fd}`));
+      const inodes = [3, 4, 5].map((fd) => readlinkSync(`/proc/${pid}/fd/${fd}`));
       expect(inodes.every((x) => x.startsWith('socket:['))).toBe(true);
       const kids = readdirSync(`/proc/${pid}/task`).flatMap((t) => readFileSync(`/proc/${pid}/task/${t}/children`, 'utf8').trim().split(/\s+/).filter(Boolean));
       expect(kids.length).toBeGreaterThanOrEqual(1);
