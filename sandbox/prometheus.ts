@@ -21,6 +21,7 @@ import { names as featureNames } from '../device/features.ts';
 import type { MetricName } from '../device/metrics.ts';
 import type { ProcessSample, ProcessSampler } from './metrics-process.ts';
 import type { TapCounters, TapDirection } from './metrics-tap.ts';
+import type { RateLimit } from '../device/rate-limit.ts';
 import type { ServerMetrics } from './vhost-user/connection.ts';
 import { F_LOG_ALL, protocolNames } from './vhost-user/messages.ts';
 
@@ -136,6 +137,8 @@ export interface ExporterSources {
   tap?: TapCounters;
   /** lgnet's version, for lgnet_build_info. */
   version?: string;
+  /** The rate limits in effect (NetDevice.rateLimits()); omitted, no lgnet_rate_limit_* metrics are served. */
+  rateLimits?: () => { rx?: RateLimit; tx?: RateLimit };
 }
 
 /** The HTTP endpoint's answers, counted by status code (metrics-listen.ts). */
@@ -273,6 +276,27 @@ export class PrometheusExporter {
         for (const [c, key] of families) {
           c.inc({ interface: tap.name, direction: 'to_guest' }, s.toGuest[key]);
           c.inc({ interface: tap.name, direction: 'from_guest' }, s.fromGuest[key]);
+        }
+      });
+    }
+
+    // ── the rate limits in effect (they change through --api-socket) ──
+    const limits = sources.rateLimits;
+    if (limits) {
+      const labels = ['direction', 'bucket'] as const;
+      const rate = gauge('lgnet_rate_limit_tokens_per_second', 'The rate limit of each queue of a direction, per bucket (bytes, ops: frames), in tokens a second; absent where unlimited.', labels);
+      const size = gauge('lgnet_rate_limit_bucket_size', 'The size of each queue\'s token bucket (the largest burst it lets through at once), per direction and bucket; absent where unlimited.', labels);
+      this.update.push(() => {
+        rate.reset();
+        size.reset();
+        const l = limits();
+        for (const direction of ['rx', 'tx'] as const) {
+          for (const bucket of ['bytes', 'ops'] as const) {
+            const b = l[direction]?.[bucket];
+            if (!b) continue;
+            rate.set({ direction, bucket }, (b.size * 1000) / b.refillMs);
+            size.set({ direction, bucket }, b.size);
+          }
         }
       });
     }

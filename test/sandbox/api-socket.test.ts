@@ -142,6 +142,15 @@ describe.skipIf(!pre.ok)('lgnet serve --api-socket: rate limits changed while a 
     return parseExposition(r.body).find((x) => x.name === 'lgnet_queue_throttled_total' && x.labels['queue'] === String(q))?.value ?? NaN;
   };
 
+  /** The lgnet_rate_limit_* series the Prometheus endpoint serves, as 'direction/bucket rate size'. */
+  const limitSeries = async (): Promise<string[]> => {
+    const samples = parseExposition((await httpGet({ kind: 'unix', path: metrics }, '/metrics')).body);
+    return samples.filter((x) => x.name === 'lgnet_rate_limit_tokens_per_second').map((x) => {
+      const size = samples.find((y) => y.name === 'lgnet_rate_limit_bucket_size' && y.labels['direction'] === x.labels['direction'] && y.labels['bucket'] === x.labels['bucket']);
+      return `${x.labels['direction']}/${x.labels['bucket']} ${x.value} ${size?.value}`;
+    });
+  };
+
   /** Sends `n` datagrams guest → host; resolves with how long the TX ring took to drain (ms). */
   const sendTx = async (n: number, port: number): Promise<number> => {
     const sink = await udpSink(ns, HOST_IP, port, n, 15_000);
@@ -171,6 +180,7 @@ describe.skipIf(!pre.ok)('lgnet serve --api-socket: rate limits changed while a 
     const shown = cli();
     expect(shown.status, shown.stderr).toBe(0);
     expect(shown.stdout).toBe('rx: unlimited\ntx: bytes unlimited, frames 10/500 ms (20 frames/s)\n');
+    expect(await limitSeries()).toEqual(['tx/ops 20 10']);
     // Limited: 10 at once, then 20 more at 20 frames/s.
     const before = await throttled(1);
     expect(await sendTx(30, 7610)).toBeGreaterThan(900);
@@ -180,6 +190,7 @@ describe.skipIf(!pre.ok)('lgnet serve --api-socket: rate limits changed while a 
     const off = cli('--tx-rate-ops', 'off');
     expect(off.status, off.stderr).toBe(0);
     expect(off.stdout).toBe('rx: unlimited\ntx: unlimited\n');
+    expect(await limitSeries()).toEqual([]);
     await sendTx(200, 7611);
     expect(await throttled(1)).toBe(limited);
     const set = logLines(lg!).filter((l) => l['code'] === 'LGNET_API_RATE_LIMIT_SET');
@@ -190,6 +201,7 @@ describe.skipIf(!pre.ok)('lgnet serve --api-socket: rate limits changed while a 
     const r = await apiRequest(api, 'PATCH', '/rate-limit', { rx: { ops: { size: 10, refillMs: 500 } } });
     expect(r).toEqual({ status: 200, body: { rx: { ops: { size: 10, refillMs: 500 } }, tx: null } });
     expect((await apiRequest(api, 'GET', '/rate-limit')).body).toEqual(r.body);
+    expect(await limitSeries()).toEqual(['rx/ops 20 10']);
     const before = await throttled(0);
     drv.fillRx();
     const t0 = performance.now();
