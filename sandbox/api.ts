@@ -7,7 +7,8 @@
  *                       as null is taken off, one given as an object is merged into what is there;
  *                       answers the limits after the change, once every running queue has them
  *   anything else       404 (other path), 405 (other method), 400 (not HTTP, or a patch that is not
- *                       one: code, message), 413 (a body over MAX_BODY bytes)
+ *                       one: code, message), 413 (a body over MAX_BODY bytes), 500 (a queue worker
+ *                       did not answer: its code)
  *
  * Only a unix socket: who may change the device is who may write the socket file (created 0600, and
  * best kept in a directory only the operator reaches). Under socket activation, a socket named `api`.
@@ -271,7 +272,9 @@ async function answer(req: IncomingMessage, res: ServerResponse, target: ApiTarg
     send(200, after);
   } catch (e) {
     if (e instanceof ApiError) refuse(e.status, e.code, e.message);
-    else if (e instanceof LgnetError) refuse(400, e.code, e.message);
+    // The device's side (a queue worker that did not answer): the limits are recorded, and a queue
+    // that missed them takes them when it starts again.
+    else if (e instanceof LgnetError) refuse(500, e.code, `not every running queue took the change: ${e.message}`);
     else refuse(500, API_ERROR.REQUEST_FAILED, `the change could not be made: ${(e as Error).message}`);
   }
 }
