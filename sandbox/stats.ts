@@ -150,6 +150,11 @@ export interface StatsReport {
   process: { rss_bytes: number | null; open_fds: number | null; threads: number | null; cpu_ratio: number; cpu_seconds_total: number };
   /** The tap's kernel counters (lgnet_tap_*), null when lgnet does not serve them. */
   tap: { interface: string; to_guest: TapStats; from_guest: TapStats } | null;
+  /**
+   * Each queue's rate limit per direction (lgnet_rate_limit_tokens_per_second): bytes and frames a
+   * second, a bucket absent where it has none; null for an unlimited direction.
+   */
+  rate_limits: Record<'rx' | 'tx', { bytes_per_s?: number; frames_per_s?: number } | null>;
 }
 
 /** One direction of the tap over one interval, as the kernel counts it. */
@@ -253,7 +258,19 @@ export function computeStats(address: string, a: MetricsSnapshot, b: MetricsSnap
       cpu_seconds_total: cpu1,
     },
     tap: ifname === undefined ? null : { interface: ifname, to_guest: tapDir('to_guest'), from_guest: tapDir('from_guest') },
+    rate_limits: rateLimitsOf(b),
   };
+}
+
+function rateLimitsOf(s: MetricsSnapshot): StatsReport['rate_limits'] {
+  const r = series(s, 'lgnet_rate_limit_tokens_per_second', 'direction', 'bucket');
+  const one = (d: 'rx' | 'tx') => {
+    const bytes = r.get(`${d}/bytes`);
+    const frames = r.get(`${d}/ops`);
+    if (bytes === undefined && frames === undefined) return null;
+    return { ...(bytes !== undefined ? { bytes_per_s: bytes } : {}), ...(frames !== undefined ? { frames_per_s: frames } : {}) };
+  };
+  return { rx: one('rx'), tx: one('tx') };
 }
 
 // ---- the terminal view ----------------------------------------------------------------------------
@@ -288,6 +305,12 @@ export function renderStats(r: StatsReport): string {
   if (t) {
     const dir = (x: TapStats) => `${si(x.frames_per_s, '')} frames/s, dropped ${si(x.dropped_per_s, '')}/s (${x.dropped_total} in all)`;
     head.push(`tap ${t.interface}  to guest ${dir(t.to_guest)}  from guest ${dir(t.from_guest)}`);
+  }
+  const rl = r.rate_limits;
+  if (rl.rx || rl.tx) {
+    const dir = (x: { bytes_per_s?: number; frames_per_s?: number } | null) =>
+      x ? [x.bytes_per_s !== undefined ? si(x.bytes_per_s * 8, 'bit/s') : '', x.frames_per_s !== undefined ? `${si(x.frames_per_s, '')} frames/s` : ''].filter(Boolean).join(', ') : 'none';
+    head.push(`rate limit per queue  rx ${dir(rl.rx)}  tx ${dir(rl.tx)}`);
   }
   const cols = ['queue', 'dir', 'frames/s', 'bytes/s', 'irq/frame', 'kick/frame', 'asleep', 'drops/s'];
   const rows = r.queues.map((q) => {

@@ -202,6 +202,12 @@ describe.skipIf(!pre.ok)('lgnet serve --api-socket: rate limits changed while a 
     expect(r).toEqual({ status: 200, body: { rx: { ops: { size: 10, refillMs: 500 } }, tx: null } });
     expect((await apiRequest(api, 'GET', '/rate-limit')).body).toEqual(r.body);
     expect(await limitSeries()).toEqual(['rx/ops 20 10']);
+    // lgnet stats shows them too, as JSON and in its view.
+    const st = spawnSync(LGNET, ['stats', metrics, '--once', '--json', '--interval', '100'], { encoding: 'utf8', timeout: 20_000 });
+    expect(st.status, st.stderr).toBe(0);
+    expect((JSON.parse(st.stdout) as { rate_limits: unknown }).rate_limits).toEqual({ rx: { frames_per_s: 20 }, tx: null });
+    const view = spawnSync(LGNET, ['stats', metrics, '--once', '--interval', '100'], { encoding: 'utf8', timeout: 20_000 });
+    expect(view.stdout).toContain('rate limit per queue  rx 20 frames/s  tx none');
     const before = await throttled(0);
     drv.fillRx();
     const t0 = performance.now();
