@@ -197,9 +197,11 @@ export async function openApiListener(bind: ApiBind, target: ApiTarget, events: 
     pathNotSocket: (m) => new ApiError(API_ERROR.PATH_NOT_SOCKET, m),
     listenFailed: (m, cause) => new ApiError(API_ERROR.LISTEN_FAILED, m, { cause }),
     onBadRequest: () => events.refused?.(400, API_ERROR.BAD_REQUEST, 'not an HTTP request'),
+    mode: 0o600,
   });
   let path = bind.kind === 'unix' ? bind.path : '';
   if (bind.kind === 'unix') {
+    // Bound under a umask that leaves 0600 already; made so whatever the file system did with it.
     try {
       chmodSync(bind.path, 0o600);
     } catch (e) {

@@ -29,6 +29,8 @@ export interface HttpEndpointOptions {
   listenFailed: (message: string, cause: Error) => Error;
   /** Told of each request the parser rejected (answered 400). */
   onBadRequest?: () => void;
+  /** A unix socket file's mode, set by the umask while it is bound (no moment with a wider one). */
+  mode?: number;
 }
 
 /** A listening endpoint. */
@@ -88,8 +90,15 @@ export async function listenHttp(bind: HttpBind, handle: (req: IncomingMessage, 
       server.off('error', fail);
       resolve();
     };
-    if (bind.kind === 'unix') server.listen(bind.path, done);
-    else if (bind.kind === 'fd') server.listen({ fd: bind.fd }, done);
+    if (bind.kind === 'unix') {
+      // The bind happens within listen(); the umask is the process's, so it is put back at once.
+      const umask = o.mode !== undefined ? process.umask(~o.mode & 0o777) : undefined;
+      try {
+        server.listen(bind.path, done);
+      } finally {
+        if (umask !== undefined) process.umask(umask);
+      }
+    } else if (bind.kind === 'fd') server.listen({ fd: bind.fd }, done);
     else server.listen({ host: bind.host, port: bind.port, ipv6Only: bind.host === '::1' }, done);
   });
   server.on('error', () => { /* after listen: accept errors (EMFILE) are retried by libuv; nothing to do */ });
