@@ -185,6 +185,18 @@ export function parseApiSocket(path: string): string {
 
 /** Opens the control socket on `bind`; resolves once it accepts connections. */
 export async function openApiListener(bind: ApiBind, target: ApiTarget, events: ApiEvents = {}): Promise<ApiListener> {
+  let path = bind.kind === 'unix' ? bind.path : '';
+  if (bind.kind === 'fd') {
+    // Handed over by a manager: it must be a unix socket as well, or anyone on the host could reach it.
+    let info: { domain: number; path: string } | undefined;
+    try {
+      info = native.socketInfo(bind.fd);
+    } catch { /* not a socket: listen() says so below */ }
+    if (info && info.domain !== native.SOCK.AF_UNIX) {
+      throw new ApiError(API_ERROR.BAD_ADDRESS, `the control socket handed over as fd ${bind.fd} is not a unix socket; make it one (ListenStream=/run/lgnet/NAME.api in the .socket unit), so that the file's permissions say who may change the device`);
+    }
+    path = info?.path || `fd ${bind.fd}`;
+  }
   let queue: Promise<unknown> = Promise.resolve();
   // Patches apply one at a time: each merges into what the one before left.
   const serialized = <T>(f: () => Promise<T>): Promise<T> => {
@@ -199,7 +211,6 @@ export async function openApiListener(bind: ApiBind, target: ApiTarget, events: 
     onBadRequest: () => events.refused?.(400, API_ERROR.BAD_REQUEST, 'not an HTTP request'),
     mode: 0o600,
   });
-  let path = bind.kind === 'unix' ? bind.path : '';
   if (bind.kind === 'unix') {
     // Bound under a umask that leaves 0600 already; made so whatever the file system did with it.
     try {
@@ -208,11 +219,6 @@ export async function openApiListener(bind: ApiBind, target: ApiTarget, events: 
       await endpoint.close();
       throw new ApiError(API_ERROR.LISTEN_FAILED, `cannot make ${bind.path} private (chmod 0600): ${(e as Error).message}`, { cause: e });
     }
-  } else {
-    try {
-      path = native.socketInfo(bind.fd).path;
-    } catch { /* named by its fd */ }
-    path ||= `fd ${bind.fd}`;
   }
   return { path, close: () => endpoint.close() };
 }

@@ -330,7 +330,7 @@ describe.skipIf(!pre.ok)('lgnet-vhost-user under a service manager', () => {
     expect(two.run.stderr()).toContain("2 sockets were handed over (LISTEN_FDS), without names: name lgnet's FileDescriptorName=vhost-user");
   });
 
-  it.skipIf(!activate)('socket activation hands over the metrics socket too (named metrics): served on loopback, refused on any other address', async () => {
+  it.skipIf(!activate)('socket activation hands over the metrics socket too (named metrics): served on loopback, refused on any other address; a control socket (named api) that is not a unix socket is refused', async () => {
     const socket = join(dir, 'with-metrics.sock');
     const r = run(['ip', 'netns', 'exec', ns.name, activate, '-l', socket, '-l', '127.0.0.1:9102', '--fdname=vhost-user:metrics',
       VH, '--tap', 'lgconv7', '--log-level', 'warn']);
@@ -361,6 +361,13 @@ describe.skipIf(!pre.ok)('lgnet-vhost-user under a service manager', () => {
     expect(bad.code).toBe(1);
     expect(jsonLines(bad.run.stderr()).find((x) => x['msg'] === 'lgnet serve could not start')).toMatchObject({ code: 'LGNET_METRICS_BAD_ADDRESS' });
     expect(bad.run.stderr()).toContain('listens on 0.0.0.0:9103, not on loopback');
+
+    // The control socket must be a unix socket, even on loopback: its file's mode says who may use it.
+    const tcpApi = join(dir, 'with-tcp-api.sock');
+    const api = await activatedOnce(['-l', tcpApi, '-l', '127.0.0.1:9104', '--fdname=vhost-user:api', VH, '--tap', 'lgconv9', '--log-level', 'warn'], tcpApi);
+    expect(api.code).toBe(1);
+    expect(jsonLines(api.run.stderr()).find((x) => x['msg'] === 'lgnet serve could not start')).toMatchObject({ code: 'LGNET_API_BAD_ADDRESS' });
+    expect(api.run.stderr()).toContain('handed over as fd 4 is not a unix socket');
   });
 
   it('--socket-path with an abstract NOTIFY_SOCKET: READY=1 comes once the socket accepts, and a start-up failure is told with its errno', async () => {
