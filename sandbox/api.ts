@@ -239,7 +239,10 @@ function readBody(req: IncomingMessage): Promise<string> {
       chunks.push(c);
     });
     req.on('end', () => resolve(Buffer.concat(chunks).toString('utf8')));
-    req.on('error', reject);
+    // A peer that goes before its body ends ('error' with "aborted", then 'close'): settled here, so
+    // nothing waits on it; both are no-ops after 'end'.
+    req.on('error', (e) => reject(new ApiError(API_ERROR.BAD_REQUEST, `the request's body could not be read: ${e.message}`)));
+    req.on('close', () => reject(new ApiError(API_ERROR.BAD_REQUEST, 'the connection closed before the body ended')));
   });
 }
 

@@ -25,7 +25,7 @@ import { apiRequest, formatRateLimits } from '../../sandbox/rate-limit-cmd.ts';
 import { sprayUdp } from '../helpers/flows.ts';
 import { httpGet, parseExposition } from './metrics-helpers.ts';
 import { alive, kill, LGNET, logLines, startLgnet, type Lgnet } from './serve-process.ts';
-import { expectedPayload, udpSink } from './vhost-user-helpers.ts';
+import { expectedPayload, udpSink, until } from './vhost-user-helpers.ts';
 
 const pre = netnsPrerequisites();
 
@@ -251,6 +251,9 @@ describe.skipIf(!pre.ok)('lgnet serve --api-socket: rate limits changed while a 
       const r = await raw(`${method} ${path} HTTP/1.1\r\nHost: x\r\nContent-Length: ${Buffer.byteLength(body)}\r\n\r\n${body}`);
       expect(r, `${method} ${path} ${body}`).toMatch(new RegExp(`^HTTP/1\\.1 ${status} [\\s\\S]*"code":"${code}"`));
     }
+    // A body cut short: the peer goes after 10 of the 100 bytes it announced.
+    await raw(`PATCH /rate-limit HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{"tx": null`);
+    expect(await until(() => logLines(lg!).some((l) => l.msg === 'control socket request refused' && /body (could not be read|ended)/.test(String(l['why']))), 5000)).toBe(true);
     // More connections than it takes, held open: the ones over the cap are closed, and once they go it
     // answers again.
     const held: Socket[] = [];
