@@ -26,6 +26,11 @@ export interface RateLimit {
   ops?: BucketSpec;
 }
 
+/** The long-run rate a bucket allows, in tokens a second. */
+export function tokensPerSecond(b: BucketSpec): number {
+  return (b.size * 1000) / b.refillMs;
+}
+
 function checkSpec(what: string, b: BucketSpec): void {
   if (!(Number.isSafeInteger(b.size) && b.size > 0)) throw new RangeError(`${what} bucket size ${b.size} must be a positive integer`);
   if (!(Number.isFinite(b.refillMs) && b.refillMs > 0 && b.refillMs <= 3_600_000)) {

@@ -31,6 +31,7 @@ import * as native from '../native/index.ts';
 import type { GuestRam } from './guest-ram.ts';
 import type { VirtioNetDriver } from './virtio-net.ts';
 import { F_LOG_ALL, F_PROTOCOL_FEATURES, PROTOCOL_F, protocolMask, VRING_F_LOG } from '../sandbox/vhost-user/messages.ts';
+import { mask } from '../device/features.ts';
 import { DirtyLog } from './dirty-log.ts';
 import type { HarnessIommu } from './iommu.ts';
 import { FrontendError, FRONTEND_ERROR, sleep } from './vhost-user-channel.ts';
@@ -45,8 +46,6 @@ const LOG_ALL_BIT = 1n << BigInt(F_LOG_ALL);
 const LOG_SHMFD_BIT = 1n << BigInt(PROTOCOL_F.LOG_SHMFD);
 /** VIRTIO_F_ACCESS_PLATFORM: the device reaches memory through the platform's IOMMU. */
 const ACCESS_PLATFORM_BIT = 1n << 33n;
-/** VIRTIO_F_IN_ORDER. */
-const IN_ORDER_BIT = 1n << 35n;
 /** What QEMU requires of a back-end behind a vIOMMU: a channel for misses, and acknowledged updates. */
 const IOMMU_PROTOCOL: bigint = protocolMask('SLAVE_REQ', 'REPLY_ACK');
 
@@ -153,7 +152,7 @@ export class VhostUserFrontend extends FrontendRequests {
     const device = offered & ~PROTOCOL_BIT;
     // By default everything offered but IN_ORDER: VirtioNetDriver reads one used entry per buffer, and
     // a back-end may use one entry for a batch under IN_ORDER (DPDK's vhost does on packed rings).
-    let wanted = typeof opts.features === 'function' ? opts.features(device) : (opts.features ?? device & ~IN_ORDER_BIT);
+    let wanted = typeof opts.features === 'function' ? opts.features(device) : (opts.features ?? device & ~mask('IN_ORDER'));
     if (iommu) wanted |= ACCESS_PLATFORM_BIT;
     const extra = wanted & ~offered;
     if (extra) throw new FrontendError(FRONTEND_ERROR.NOT_OFFERED, `features 0x${extra.toString(16)} are not offered by the back-end`);

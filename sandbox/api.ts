@@ -273,11 +273,11 @@ async function answer(req: IncomingMessage, res: ServerResponse, target: ApiTarg
   try {
     const body = await readBody(req);
     const after = await serialized(async () => {
-      const before = rateLimitsOf(target.rateLimits());
-      const p = applyRateLimitPatch(target.rateLimits(), body);
+      const current = target.rateLimits();
+      const p = applyRateLimitPatch(current, body);
       await target.setRateLimit(p.change);
       const now = rateLimitsOf(target.rateLimits());
-      if (Object.keys(p.change).length > 0) events.changed?.(before, now);
+      if (Object.keys(p.change).length > 0) events.changed?.(rateLimitsOf(current), now);
       return now;
     });
     send(200, after);

@@ -56,7 +56,8 @@ function removeStaleSocket(path: string, o: HttpEndpointOptions): void {
 
 /** Where a bind is, for messages. */
 function describeBind(b: HttpBind): string {
-  return b.kind === 'fd' ? `the socket handed over as fd ${b.fd}` : b.kind === 'unix' ? b.path : `${b.host}:${b.port}`;
+  if (b.kind === 'fd') return `the socket handed over as fd ${b.fd}`;
+  return b.kind === 'unix' ? b.path : b.host.includes(':') ? `[${b.host}]:${b.port}` : `${b.host}:${b.port}`;
 }
 
 /** Opens an HTTP endpoint that hands each request to `handle`; resolves once it accepts connections. */

@@ -21,7 +21,7 @@ import { names as featureNames } from '../device/features.ts';
 import type { MetricName } from '../device/metrics.ts';
 import type { ProcessSample, ProcessSampler } from './metrics-process.ts';
 import type { TapCounters, TapDirection } from './metrics-tap.ts';
-import type { RateLimit } from '../device/rate-limit.ts';
+import { tokensPerSecond, type RateLimit } from '../device/rate-limit.ts';
 import type { ServerMetrics } from './vhost-user/connection.ts';
 import { F_LOG_ALL, protocolNames } from './vhost-user/messages.ts';
 
@@ -294,7 +294,7 @@ export class PrometheusExporter {
           for (const bucket of ['bytes', 'ops'] as const) {
             const b = l[direction]?.[bucket];
             if (!b) continue;
-            rate.set({ direction, bucket }, (b.size * 1000) / b.refillMs);
+            rate.set({ direction, bucket }, tokensPerSecond(b));
             size.set({ direction, bucket }, b.size);
           }
         }

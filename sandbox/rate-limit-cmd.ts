@@ -5,7 +5,7 @@
  * queue has by then.
  */
 import { request } from 'node:http';
-import type { BucketSpec, RateLimit } from '../device/rate-limit.ts';
+import { tokensPerSecond, type BucketSpec, type RateLimit } from '../device/rate-limit.ts';
 import { API_ERROR, ApiError, MAX_BODY, type RateLimits } from './api.ts';
 import type { RateLimitOptions } from './cli.ts';
 
@@ -40,7 +40,7 @@ export function apiRequest(socket: string, method: 'GET' | 'PATCH', path: string
 }
 
 function rate(b: BucketSpec, unit: 'bytes' | 'frames'): string {
-  const perSecond = (b.size * 1000) / b.refillMs;
+  const perSecond = tokensPerSecond(b);
   let human: string;
   if (unit === 'bytes') {
     const bits = perSecond * 8;

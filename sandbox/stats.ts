@@ -258,11 +258,11 @@ export function computeStats(address: string, a: MetricsSnapshot, b: MetricsSnap
       cpu_seconds_total: cpu1,
     },
     tap: ifname === undefined ? null : { interface: ifname, to_guest: tapDir('to_guest'), from_guest: tapDir('from_guest') },
-    rate_limits: rateLimitsOf(b),
+    rate_limits: rateLimitsIn(b),
   };
 }
 
-function rateLimitsOf(s: MetricsSnapshot): StatsReport['rate_limits'] {
+function rateLimitsIn(s: MetricsSnapshot): StatsReport['rate_limits'] {
   const r = series(s, 'lgnet_rate_limit_tokens_per_second', 'direction', 'bucket');
   const one = (d: 'rx' | 'tx') => {
     const bytes = r.get(`${d}/bytes`);
