@@ -145,6 +145,11 @@ export interface Backend {
    * go on with them. Absent: the backend cannot come back.
    */
   reattach?(): boolean;
+  /**
+   * The MAC the guest must have for the backend to deliver it frames (a macvtap's: its lower device
+   * hands it only the frames sent to its own address). NetDevice takes it when no `mac` is given.
+   */
+  readonly guestAddress?: Uint8Array | undefined;
   /** A per-frame filter hook the TX workers must load when they start (pair backend). */
   frameFilter?(): FilterRef | undefined;
   /**

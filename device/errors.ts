@@ -72,6 +72,8 @@ export const NET_ERROR = {
   IO_URING_UNAVAILABLE: 'NET_IO_URING_UNAVAILABLE',
   /** A tap fd handed to TapOptions.fds (`lgnet serve --tap-fd`) that is not a usable tap queue. */
   BAD_TAP_FD: 'NET_BAD_TAP_FD',
+  /** TapOptions.name names an interface that is neither a tap nor a macvtap whose device opens. */
+  BAD_TAP: 'NET_BAD_TAP',
 } as const;
 
 /** One of the codes in {@link NET_ERROR}. */

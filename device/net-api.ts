@@ -13,7 +13,10 @@ import type { WorkerInspection } from './worker-protocol.ts';
 export interface NetDeviceOptions {
   /** The backend frames go to and come from. The device closes it in close(). */
   backend: Backend;
-  /** MAC address, "52:54:00:12:34:56" or 6 bytes. Default: a random locally administered one. */
+  /**
+   * MAC address, "52:54:00:12:34:56" or 6 bytes. Default: the backend's `guestAddress` (a macvtap's
+   * own), else a random locally administered one.
+   */
   mac?: string | Uint8Array;
   /** MTU reported in config (VIRTIO_NET_F_MTU). Default 1500. */
   mtu?: number;

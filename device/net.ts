@@ -147,7 +147,7 @@ export class NetDevice extends EventEmitter {
     if (!(Number.isInteger(mtu) && mtu >= 68 && mtu <= 65535)) {
       throw new NetConfigError(NET_ERROR.BAD_MTU, `MTU ${mtu} must be an integer in [68, 65535]`);
     }
-    const mac = opts.mac === undefined ? randomMac() : typeof opts.mac === 'string' ? parseMac(opts.mac) : opts.mac;
+    const mac = opts.mac === undefined ? (opts.backend.guestAddress ?? randomMac()) : typeof opts.mac === 'string' ? parseMac(opts.mac) : opts.mac;
     this.config = new NetConfig({ mac, mtu, maxQueuePairs: this.maxQueuePairs });
     let offered = opts.features ?? DEFAULT_OFFERED;
     offered &= ~OFFLOAD_FEATURES | opts.backend.supportedOffloads();
@@ -932,6 +932,7 @@ export class NetDevice extends EventEmitter {
     const name = errno === 77 ? 'EBADFD' : Object.entries(osConstants.errno).find(([, v]) => v === errno)?.[0] ?? `errno ${errno}`;
     const why = name === 'EIO' ? 'the tap is down (ip link set up)'
       : name === 'EBADFD' ? 'the tap was deleted'
+        : name === 'ENOLINK' ? 'the macvtap was deleted; lgnet cannot attach to another: restart it, or hand it the new macvtap\'s fds'
         : name === 'EINVAL' ? 'the kernel refused a frame, usually its virtio_net_hdr (a guest header the tap does not take)'
           : 'see the errno';
     this.logLimit.log(key, { level: 'warn', msg: 'backend failing: frames are dropped and counted', queue: s.index, errno, code: name, why }, (held) => ({

@@ -25,6 +25,13 @@
  * filtered RX take uringReadvMerged on io_uring (each READV gets room for the largest frame, a frame
  * that takes less is copied down behind the previous one, and the RX filter is applied natively) and
  * readvMerged, a readv per frame, on syscalls.
+ *
+ * A macvtap (an interface on a host NIC, as libvirt's "direct" attachment) is served the same way: its
+ * queues are opens of its character device, /dev/tap<ifindex>, taken for `name` when TUNSETIFF says
+ * the name is not a tun interface, or handed over as `fds`. A deleted macvtap cannot be attached
+ * again, and its writes succeed and go nowhere, so the backend watches it (TUNGETIFF every
+ * MACVTAP_WATCH_MS) and from then on the TX ports refuse every frame with ENOLINK: counted as the
+ * backend's drops and reported, as a deleted tap's EBADFD is.
  */
 import * as native from '../native/index.ts';
 import { NativeError } from '../native/errors.ts';
@@ -48,7 +55,14 @@ export interface TapPortSpec extends PortSpec {
   readonly txRing?: number;
   /** The io_uring ring of the pair's RX queue; absent: readv per frame. */
   readonly rxRing?: number;
+  /** A macvtap's: element 0 turns non-zero once the macvtap is deleted (shared with the main thread). */
+  readonly gone?: Int32Array;
 }
+
+/** How often a macvtap is checked for deletion; frames written between its deletion and the check go
+ *  nowhere without being counted (the kernel counts nothing for a deleted interface). */
+export const MACVTAP_WATCH_MS = 100;
+const ENOLINK = 67;
 
 /** How a TapBackend moves frames: io_uring, per-frame syscalls, or io_uring where it can. */
 export type TapIo = 'auto' | 'uring' | 'syscall';
@@ -80,7 +94,8 @@ export interface TapOptions {
    * Tap fds already open, one per queue pair, instead of opening /dev/net/tun: handed down by a manager
    * that made the tap (as libvirt gives QEMU `-netdev tap,fds=`), so that lgnet needs no privilege
    * (CAP_NET_ADMIN) at all. Each must be attached to a tap (IFF_TAP, IFF_NO_PI) with IFF_VNET_HDR, all to
-   * the same one, which has IFF_MULTI_QUEUE when there is more than one; `name`, if given, must be
+   * the same one, which has IFF_MULTI_QUEUE when there is more than one (a macvtap's fds are each an
+   * open of its device, /dev/tap<ifindex>, and need no such flag); `name`, if given, must be
    * its name, and `queuePairs`, if given, their count. Refused with NET_BAD_TAP_FD; the fds are then
    * left open, as on any failure to make the backend. Once the backend is made it owns them: made
    * nonblocking (which the caller's copies share) and close-on-exec, a detached queue attached, closed
@@ -135,6 +150,31 @@ function checkTapFds(fds: readonly number[], opts: TapOptions): { name: string; 
   return { name, multiQueue: (flags & native.IFF.MULTI_QUEUE) !== 0 };
 }
 
+/**
+ * The first queue of the macvtap `name`, which TUNSETIFF refused as not a tun interface (`tunError`).
+ * Throws NET_BAD_TAP, saying both why it is not a tap and why its macvtap device would not open.
+ */
+function openMacvtapInstead(name: string, tunError: NativeError): number {
+  try {
+    return native.macvtapOpen(name, { nonblocking: true }).fd;
+  } catch (e) {
+    if (!(e instanceof NativeError)) throw e;
+    const hint = e.code === 'ENOENT'
+      ? `; if ${name} is a macvtap, make its device node (mknod ${e.message.split(' ').find((w) => w.startsWith('/dev/tap')) ?? '/dev/tapN'} c MAJOR MINOR, the numbers in /sys/class/net/${name}/macvtap/tap*/dev) or hand lgnet its fds (--tap-fd)`
+      : '';
+    throw new NetConfigError(NET_ERROR.BAD_TAP, `${name} is not a tap (${tunError.message}), nor a macvtap lgnet can open (${e.message})${hint}`, { cause: e });
+  }
+}
+
+/** The interface's MAC, or undefined where the kernel will not say (it always does for taps). */
+function addressOf(fd: number): Uint8Array | undefined {
+  try {
+    return native.tapHwAddr(fd);
+  } catch {
+    return undefined;
+  }
+}
+
 /** A tap device opened with IFF_VNET_HDR, one fd per queue pair. */
 /** What a tap's fd returns once its interface was deleted. */
 const EBADFD = 77;
@@ -152,6 +192,13 @@ export class TapBackend implements Backend {
   readonly io: 'uring' | 'syscall';
   /** Why: 'asked', 'available', or why io_uring could not be used (for the start-up log). */
   readonly ioReason: string;
+  /** A macvtap's fds: the interface is a macvtap, not a tun tap. */
+  readonly macvtap: boolean;
+  /** A macvtap's MAC address: the lower device delivers it the frames sent to that address only. */
+  readonly guestAddress: Uint8Array | undefined;
+  /** A macvtap's deletion flag, shared with the workers' TX ports (TapPortSpec.gone). */
+  private readonly goneFlag: Int32Array | undefined;
+  private watchTimer: ReturnType<typeof setInterval> | null = null;
   /** Per queue pair, the rings of its RX and TX queues (io 'uring'). */
   private readonly rings: Array<{ rx: native.UringRing; tx: native.UringRing }> = [];
   private vnetHdrLen = 12;
@@ -173,13 +220,34 @@ export class TapBackend implements Backend {
           if (multiQueue) attachQueue(fd, name);
         }
       }
+      let macvtap = given !== null && native.isMacvtapFd(this.fds[0]!);
       for (let i = this.fds.length; i < this.queuePairs; i++) {
-        const t = native.tapOpen({ name, vnetHdr: true, multiQueue, nonblocking: true });
-        name = t.name;
-        this.fds.push(t.fd);
-        native.tapSetVnetHdrSize(t.fd, this.vnetHdrLen);
+        let fd: number;
+        if (macvtap) {
+          fd = native.macvtapOpen(name, { nonblocking: true }).fd;
+        } else {
+          try {
+            const t = native.tapOpen({ name, vnetHdr: true, multiQueue, nonblocking: true });
+            name = t.name;
+            fd = t.fd;
+          } catch (e) {
+            // TUNSETIFF refuses, with EINVAL, a name that is some other kind of interface: a macvtap?
+            if (!(e instanceof NativeError && e.code === 'EINVAL' && name !== '' && i === 0)) throw e;
+            fd = openMacvtapInstead(name, e);
+            macvtap = true;
+          }
+        }
+        this.fds.push(fd);
+        native.tapSetVnetHdrSize(fd, this.vnetHdrLen);
       }
       this.name = name;
+      this.macvtap = macvtap;
+      this.guestAddress = macvtap ? addressOf(this.fds[0]!) : undefined;
+      if (macvtap) {
+        this.goneFlag = new Int32Array(new SharedArrayBuffer(4));
+        this.watchTimer = setInterval(() => this.watch(), MACVTAP_WATCH_MS);
+        this.watchTimer.unref();
+      }
       const chosen = want === 'syscall' ? { io: 'syscall' as const, reason: 'asked' } : this.openRings(want);
       this.io = chosen.io;
       this.ioReason = chosen.reason;
@@ -187,6 +255,27 @@ export class TapBackend implements Backend {
       if (given) this.fds.splice(0, opts.fds!.length); // not made: the caller keeps its fds
       this.close();
       throw e;
+    }
+  }
+
+  /** Whether the macvtap was found deleted (never true for a tap, whose deletion is `gone`). */
+  get deleted(): boolean {
+    return this.goneFlag !== undefined && Atomics.load(this.goneFlag, 0) !== 0;
+  }
+
+  /**
+   * A macvtap deleted under lgnet: TUNGETIFF fails with ENOLINK. The flag then makes every TX port
+   * refuse its frames (counted, reported by the workers); the watch ends, since nothing brings a
+   * deleted macvtap's queues back.
+   */
+  private watch(): void {
+    try {
+      native.tapInfo(this.fds[0]!);
+    } catch (e) {
+      if (!(e instanceof NativeError && e.errno === ENOLINK)) return; // closed meanwhile, or not now
+      Atomics.store(this.goneFlag!, 0, 1);
+      if (this.watchTimer) clearInterval(this.watchTimer);
+      this.watchTimer = null;
     }
   }
 
@@ -240,9 +329,11 @@ export class TapBackend implements Backend {
       this.apply();
     } catch (e) {
       // A deleted tap (EBADFD) is not the guest's fault: its frames are dropped and counted until the
-      // tap is back (reattach), and the settings are applied then.
-      if (!(e instanceof native.NativeError && e.errno === EBADFD)) throw e;
-      this.gone = true;
+      // tap is back (reattach), and the settings are applied then. A deleted macvtap (ENOLINK) does
+      // not come back: its frames are refused from now on.
+      if (!(e instanceof native.NativeError && (e.errno === EBADFD || (this.macvtap && e.errno === ENOLINK)))) throw e;
+      if (e.errno === ENOLINK) Atomics.store(this.goneFlag!, 0, 1);
+      else this.gone = true;
     }
   }
 
@@ -266,6 +357,11 @@ export class TapBackend implements Backend {
    * that does not fit (EBUSY, EINVAL); other errors throw.
    */
   reattach(): boolean {
+    // A macvtap's queues are opens of a device that went with it; TUNSETIFF on them attaches nothing.
+    if (this.macvtap) {
+      this.reattachError = 'ENOLINK';
+      return false;
+    }
     try {
       for (const fd of this.fds) native.tapAttach(fd, this.name, { vnetHdr: true, multiQueue: this.multiQueue });
       this.apply();
@@ -335,18 +431,20 @@ export class TapBackend implements Backend {
     const fd = this.fds[pair];
     if (fd === undefined) throw new RangeError(`tap ${this.name} has ${this.fds.length} queue pairs; no pair ${pair}`);
     const r = this.rings[pair];
-    return { kind: TAP_KIND, fd, vnetHdrLen: this.vnetHdrLen, ...(r ? { txRing: r.tx.id, rxRing: r.rx.id } : {}) };
+    return { kind: TAP_KIND, fd, vnetHdrLen: this.vnetHdrLen, ...(r ? { txRing: r.tx.id, rxRing: r.rx.id } : {}), ...(this.goneFlag ? { gone: this.goneFlag } : {}) };
   }
 
   inject(frame: Uint8Array): boolean {
     const fd = this.fds[0];
-    if (fd === undefined) return false;
+    if (fd === undefined || this.gone || this.deleted) return false;
     const bytes = new Uint8Array(this.vnetHdrLen + frame.length); // a zero header: no offload asked
     bytes.set(frame, this.vnetHdrLen);
     return native.fdWrite(fd, bytes) === bytes.length;
   }
 
   close(): void {
+    if (this.watchTimer) clearInterval(this.watchTimer);
+    this.watchTimer = null;
     this.closeRings(); // first: a ring holds its tap open
     for (const fd of this.fds.splice(0)) {
       try { native.close(fd); } catch { /* already closed */ }
@@ -365,11 +463,20 @@ export function tunOffloadFlags(f: { guestCsum: boolean; guestTso4: boolean; gue
   return flags;
 }
 
+/** A deleted macvtap's TX: its writes would succeed and go nowhere, so each frame is refused. */
+function refuseGone(gone: Int32Array | null, first: number): void {
+  if (gone !== null && Atomics.load(gone, 0) !== 0) {
+    throw new NativeError(ENOLINK, 'writev', `frame ${first} of a burst: the macvtap was deleted`);
+  }
+}
+
 class TapTxPort implements TxPort {
   private readonly fd: number;
+  private readonly gone: Int32Array | null;
   private rest: IovecTable | null = null;
-  constructor(fd: number) { this.fd = fd; }
+  constructor(fd: number, gone: Int32Array | null) { this.fd = fd; this.gone = gone; }
   send(table: IovecTable, first: number): number {
+    refuseGone(this.gone, first);
     if (first === 0) return native.writevBatch(this.fd, table);
     // Resuming after a frame the kernel refused (rare): send the remaining frames from a copy.
     const rest = (this.rest ??= new IovecTable(table.maxEntries, table.maxFrames));
@@ -399,14 +506,16 @@ class TapRxPort implements RxPort {
  */
 class TapUringTxPort implements TxPort {
   private readonly ring: number;
+  private readonly gone: Int32Array | null;
   private rest: IovecTable | null = null;
   /** The table the last submission came from, the frame it started at, and how many it covered. */
   private last: IovecTable | null = null;
   private base = 0;
   private covered = 0;
-  constructor(ring: number) { this.ring = ring; }
+  constructor(ring: number, gone: Int32Array | null) { this.ring = ring; this.gone = gone; }
 
   send(table: IovecTable, first: number): number {
+    refuseGone(this.gone, first);
     if (first === 0 || table !== this.last || first < this.base || first >= this.base + this.covered) {
       // A new burst, or frames never submitted (io_uring_enter failed part-way: rare).
       const src = first === 0 ? table : this.copyRest(table, first);
@@ -454,6 +563,7 @@ class TapUringRxPort extends TapRxPort {
 export function openPorts(spec: TapPortSpec, ctx: PortContext): Ports {
   const uring = spec.txRing !== undefined && spec.rxRing !== undefined;
   ctx.counters[M.ioUring] = uring ? 1 : 0;
-  if (!uring) return { tx: new TapTxPort(spec.fd), rx: new TapRxPort(spec.fd, spec.vnetHdrLen) };
-  return { tx: new TapUringTxPort(spec.txRing!), rx: new TapUringRxPort(spec.fd, spec.vnetHdrLen, spec.rxRing!) };
+  const gone = spec.gone ?? null;
+  if (!uring) return { tx: new TapTxPort(spec.fd, gone), rx: new TapRxPort(spec.fd, spec.vnetHdrLen) };
+  return { tx: new TapUringTxPort(spec.txRing!, gone), rx: new TapUringRxPort(spec.fd, spec.vnetHdrLen, spec.rxRing!) };
 }

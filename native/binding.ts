@@ -52,6 +52,8 @@ export interface RawBinding {
   tapSetQueue(fd: number, attach: boolean): void;
   tapInfo(fd: number): { name: string; flags: number };
   tapNetnsInode(fd: number): number;
+  macvtapOpen(name: string, nonblocking: boolean): { fd: number; path: string };
+  tapHwAddr(fd: number): Uint8Array;
 
   // batch.cc
   // words = IovecTable.words: entries (maxEntries × 4 u32), frameEnd (maxFrames u32), bytes (maxFrames i32).

@@ -50,8 +50,9 @@ export class NativeError extends LgnetError {
   }
 }
 
-/** Linux errnos libuv has no name for, which lgnet meets (a tap's fd once its interface is gone). */
-const LINUX_ERRNO_NAMES: Readonly<Record<number, string>> = { 77: 'EBADFD' };
+/** Linux errnos libuv has no name for, which lgnet meets: a tap's fd once its interface is gone
+ *  (EBADFD), a macvtap's (ENOLINK). */
+const LINUX_ERRNO_NAMES: Readonly<Record<number, string>> = { 67: 'ENOLINK', 77: 'EBADFD' };
 
 function codeOf(errno: number): string {
   if (!Number.isInteger(errno) || errno <= 0) return `UNKNOWN_ERRNO_${errno}`;

@@ -140,6 +140,50 @@ Napi::Value TapNetnsInode(const Napi::CallbackInfo& info) {
   return Napi::Number::New(env, (double)st.st_ino);
 }
 
+// macvtapOpen(name, nonblocking) -> { fd, path }: the character device of the macvtap `name` (in
+// the calling thread's namespace), /dev/tap<ifindex>, opened read-write. A macvtap's queue is an open
+// of that device (each open one more queue), with IFF_VNET_HDR on. The node is checked to be the
+// interface's own: ifindexes repeat across namespaces, so a /dev/tapN made for another namespace's
+// macvtap is refused (ENXIO), as is a node that is not a tap character device (ENOTTY).
+Napi::Value MacvtapOpen(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  REQUIRE_ARGUMENT_STRING(0, name, "name")
+  REQUIRE_ARGUMENT_BOOLEAN(1, nonblocking, "nonblocking")
+  if (name.empty() || name.size() >= IFNAMSIZ) LGNET_THROW_RANGE("interface name must be 1 to 15 bytes");
+  unsigned int index = if_nametoindex(name.c_str());
+  if (index == 0) return NativeFail(env, errno, "if_nametoindex", "'" + name + "'");
+  std::string path = "/dev/tap" + std::to_string(index);
+  int fd = open(path.c_str(), O_RDWR | O_CLOEXEC | O_NOCTTY | (nonblocking ? O_NONBLOCK : 0));
+  if (fd < 0) return NativeFail(env, errno, "open", path + " (the character device of macvtap '" + name + "')");
+  auto fail = [&](int err, const char* syscall, const std::string& detail) {
+    close(fd);
+    return NativeFail(env, err, syscall, detail);
+  };
+  struct stat st;
+  if (fstat(fd, &st) < 0) return fail(errno, "fstat", path);
+  if (!S_ISCHR(st.st_mode)) return fail(ENOTTY, "fstat", path + " is not a character device");
+  struct ifreq ifr;
+  std::memset(&ifr, 0, sizeof ifr);
+  if (ioctl(fd, TUNGETIFF, &ifr) < 0) return fail(errno, "ioctl(TUNGETIFF)", path + " (not a macvtap's device?)");
+  std::string on(ifr.ifr_name, strnlen(ifr.ifr_name, IFNAMSIZ));
+  if (on != name)
+    return fail(ENXIO, "ioctl(TUNGETIFF)", path + " is the device of '" + on + "', not of '" + name + "' (an interface of another namespace with the same index)");
+  Napi::Object result = Napi::Object::New(env);
+  result.Set("fd", Napi::Number::New(env, fd));
+  result.Set("path", Napi::String::New(env, path));
+  return result;
+}
+
+// tapHwAddr(fd) -> Buffer(6): SIOCGIFHWADDR on a tap's or a macvtap's fd, the interface's address.
+Napi::Value TapHwAddr(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  REQUIRE_ARGUMENT_FD(0, fd)
+  struct ifreq ifr;
+  std::memset(&ifr, 0, sizeof ifr);
+  if (ioctl(fd, SIOCGIFHWADDR, &ifr) < 0) return NativeFail(env, errno, "ioctl(SIOCGIFHWADDR)", "fd " + std::to_string(fd));
+  return Napi::Buffer<uint8_t>::Copy(env, reinterpret_cast<const uint8_t*>(ifr.ifr_hwaddr.sa_data), 6);
+}
+
 }  // namespace
 
 void RegisterTap(Napi::Env env, Napi::Object exports) {
@@ -151,6 +195,8 @@ void RegisterTap(Napi::Env env, Napi::Object exports) {
   exports.Set("tapSetQueue", Napi::Function::New(env, TapSetQueue, "tapSetQueue"));
   exports.Set("tapInfo", Napi::Function::New(env, TapInfo, "tapInfo"));
   exports.Set("tapNetnsInode", Napi::Function::New(env, TapNetnsInode, "tapNetnsInode"));
+  exports.Set("macvtapOpen", Napi::Function::New(env, MacvtapOpen, "macvtapOpen"));
+  exports.Set("tapHwAddr", Napi::Function::New(env, TapHwAddr, "tapHwAddr"));
 }
 
 }  // namespace lgnet

@@ -112,3 +112,33 @@ export function tapGetFeatures(fd: number): number {
   checkFd(fd);
   return b.tapGetFeatures(fd);
 }
+
+/**
+ * Opens the character device of the macvtap `name` (in this thread's namespace): /dev/tap<ifindex>,
+ * read-write, close-on-exec. Each open is one more queue of the macvtap, with IFF_VNET_HDR on; the
+ * fd then takes the tap ioctls (header size, offloads, TUNSETQUEUE) and moves frames as a tap's does.
+ * Throws NativeError
+ * (ENODEV: no such interface; ENOENT: no node, which udev or devtmpfs makes; ENXIO: the node is
+ * another namespace's macvtap of the same index; ENOTTY: not a macvtap's device).
+ */
+export function macvtapOpen(name: string, opts: { nonblocking?: boolean } = {}): { fd: number; path: string } {
+  checkString(name, 'name');
+  if (name.length === 0 || Buffer.byteLength(name) > 15) throw new RangeError('interface name must be 1 to 15 bytes');
+  return b.macvtapOpen(name, opts.nonblocking === true);
+}
+
+/** SIOCGIFHWADDR on a tap's or a macvtap's fd: the interface's MAC address (6 bytes). */
+export function tapHwAddr(fd: number): Uint8Array {
+  checkFd(fd);
+  return new Uint8Array(b.tapHwAddr(fd));
+}
+
+/**
+ * Whether a tap-like fd is a macvtap's (drivers/net/tap.c) rather than a tun's: its TUNGETFEATURES lack
+ * IFF_TUN. The two differ where it matters: a macvtap's queue is an open of its device, it cannot be
+ * attached to another interface, and once the macvtap is deleted its writes succeed and go nowhere
+ * (TUNGETIFF then fails with ENOLINK) where a tap's fail with EBADFD.
+ */
+export function isMacvtapFd(fd: number): boolean {
+  return (tapGetFeatures(fd) & IFF.TUN) === 0;
+}

@@ -20,6 +20,7 @@ import { realpathSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { mask } from '../device/features.ts';
 import { NetDevice } from '../device/net.ts';
+import { formatMac } from '../device/config.ts';
 import { TapBackend } from '../device/tap-backend.ts';
 import { NET_ERROR } from '../device/errors.ts';
 import { buildCli, packageVersion, type RateLimitOptions, type ServeOptions } from './cli.ts';
@@ -74,6 +75,13 @@ export interface Serving {
 export async function startServing(opts: ServeOptions, log: Logger): Promise<Serving> {
   const backend = new TapBackend({ name: opts.tap, queuePairs: opts.queues, ...(opts.tapFds ? { fds: opts.tapFds } : {}), ...(opts.io ? { io: opts.io } : {}) });
   log.info({ io: backend.io, why: backend.ioReason }, 'tap I/O');
+  if (backend.macvtap) {
+    const own = backend.guestAddress && formatMac(backend.guestAddress);
+    log.info({ macvtap: backend.name, mac: own }, 'serving a macvtap: the guest receives only the frames sent to its address');
+    if (opts.mac && own && opts.mac.toLowerCase() !== own) {
+      log.warn({ code: 'LGNET_MACVTAP_MAC', mac: opts.mac, macvtap: own }, `--mac ${opts.mac} is not macvtap ${backend.name}'s address ${own}: frames sent to the guest will not reach it (drop --mac, or give the macvtap that address: ip link set ${backend.name} address ${opts.mac})`);
+    }
+  }
   let device: NetDevice;
   let pcapFd = -1;
   try {

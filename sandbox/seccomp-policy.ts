@@ -114,6 +114,7 @@ export const IOCTL = {
   TUNSETVNETHDRSZ: 0x400454d8, // TapBackend.configure: 10 or 12 header bytes, decided at SET_FEATURES
   TUNGETFEATURES: 0x800454cf, // read-only: what this tun driver supports
   TUNSETQUEUE: 0x400454d9, // TapBackend.setPairActive: a queue the guest does not use is detached (only the fd's own queue, of its own tap)
+  TUNGETIFF: 0x800454d2, // read-only: TapBackend's watch for a deleted macvtap (ENOLINK)
 } as const;
 
 /** userfaultfd ioctls (linux/userfaultfd.h) for postcopy: make one from the device, set it up, (un)register memory. */
