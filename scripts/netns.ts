@@ -10,6 +10,11 @@
  *
  *   const net = createBridgeNamespace({ taps: ['lgma', 'lgmb'] });   // bridge lgbr0 with 10.0.2.1/24
  *
+ * Or a macvtap on one end of a veth pair, as a guest attached straight to a host NIC (libvirt's "direct"
+ * interface), with the host on the other end:
+ *
+ *   const net = createMacvtapNamespace({ mac: '52:54:00:12:34:56' });   // lgmvt0 on lgva, 10.0.2.1/24 on lgvb
+ *
  * Traffic stays inside the namespace: the host side of the link is `hostCidr` there, and nothing
  * routes out of it. Only root can do this (ip netns, ip tuntap, ip link add type bridge).
  */
@@ -90,6 +95,36 @@ export function createTapNamespace(opts: TapNamespaceOptions = {}): TapNamespace
     throw e;
   }
   return { ...namespaceHandle(ns, hostCidr.split('/')[0]!, [tap]), tap };
+}
+
+export interface MacvtapNamespaceOptions {
+  /** Namespace name prefix; a random suffix is added. Default 'lgnet'. */
+  prefix?: string;
+  /** The macvtap's name. Default 'lgmvt0'. */
+  macvtap?: string;
+  /** The macvtap's address: the guest's MAC, since the lower device delivers only that address to it. */
+  mac: string;
+  /** Address of the host side, on the veth end that is not the macvtap's lower device. Default '10.0.2.1/24'. */
+  hostCidr?: string;
+}
+
+/** A namespace with veth pair lgva/lgvb, macvtap `macvtap` (bridge mode) on lgva, and the host on lgvb. */
+export function createMacvtapNamespace(opts: MacvtapNamespaceOptions): TapNamespace {
+  const ns = `${opts.prefix ?? 'lgnet'}-${randomBytes(4).toString('hex')}`;
+  const macvtap = opts.macvtap ?? 'lgmvt0';
+  const hostCidr = opts.hostCidr ?? '10.0.2.1/24';
+  run(['ip', 'netns', 'add', ns]);
+  try {
+    run(['ip', '-n', ns, 'link', 'set', 'lo', 'up']);
+    run(['ip', '-n', ns, 'link', 'add', 'lgva', 'type', 'veth', 'peer', 'name', 'lgvb']);
+    run(['ip', '-n', ns, 'link', 'add', 'link', 'lgva', 'name', macvtap, 'address', opts.mac, 'type', 'macvtap', 'mode', 'bridge']);
+    run(['ip', '-n', ns, 'addr', 'add', hostCidr, 'dev', 'lgvb']);
+    for (const l of ['lgva', 'lgvb', macvtap]) run(['ip', '-n', ns, 'link', 'set', l, 'up']);
+  } catch (e) {
+    run(['ip', 'netns', 'del', ns], 10_000, false);
+    throw e;
+  }
+  return { ...namespaceHandle(ns, hostCidr.split('/')[0]!, [macvtap, 'lgva']), tap: macvtap };
 }
 
 export function createBridgeNamespace(opts: BridgeNamespaceOptions): BridgeNamespace {

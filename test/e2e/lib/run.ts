@@ -9,7 +9,7 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { readMetrics, type MetricsDocument } from '../../../sandbox/metrics-endpoint.ts';
-import { createTapNamespace, type TapNamespace } from '../../../scripts/netns.ts';
+import { createMacvtapNamespace, createTapNamespace, type TapNamespace } from '../../../scripts/netns.ts';
 import { bootGuest, ensureGuestImage, type BootOptions, type GuestArgs, type GuestHandle, type GuestOutcome } from '../../../scripts/qemu.ts';
 import { blobSha256, startBlobServer, type BlobEvent } from './blob.ts';
 import { startLgnet, stopLgnet, type Lgnet } from './lgnet.ts';
@@ -19,6 +19,8 @@ import { NO_CAPS } from '../../helpers/caps.ts';
 export const HOST = '10.0.2.1';
 export const GUEST = '10.0.2.2';
 export const XFER_PORT = 8080;
+/** The guest NIC's MAC (a macvtap run gives the macvtap this address). */
+export const GUEST_MAC = '52:54:00:12:34:56';
 
 export interface RunOptions {
   /** Queue pairs of lgnet, the tap (multi_queue) and QEMU. Default 1. */
@@ -46,6 +48,11 @@ export interface RunOptions {
    * (setpriv --bounding-set -all), as under a manager that made the tap.
    */
   tapFds?: boolean;
+  /**
+   * Serve a macvtap instead of a tap (`--tap lgmvt0`): the guest sits on a veth end as on a host NIC,
+   * the host on the other end (scripts/netns.ts createMacvtapNamespace). One queue pair.
+   */
+  macvtap?: boolean;
   /** Runs once the guest is ready (link up), while it does its jobs. */
   during?: (ctx: RunContext) => Promise<void>;
   onLine?: (line: string) => void;
@@ -77,7 +84,9 @@ export async function runOnLgnet(o: RunOptions): Promise<RunResult> {
   ensureGuestImage();
   const queues = o.queues ?? 1;
   const tapMtu = o.tapMtu ?? o.mtu;
-  const net = createTapNamespace({ hostCidr: `${HOST}/24`, multiQueue: queues > 1, ...(tapMtu ? { mtu: tapMtu } : {}) });
+  const net = o.macvtap
+    ? createMacvtapNamespace({ hostCidr: `${HOST}/24`, mac: GUEST_MAC })
+    : createTapNamespace({ hostCidr: `${HOST}/24`, multiQueue: queues > 1, ...(tapMtu ? { mtu: tapMtu } : {}) });
   const dir = mkdtempSync(join(tmpdir(), 'lgnet-e2e-'));
   const socket = join(dir, 'lgnet.sock');
   const metricsSocket = join(dir, 'lgnet.metrics');
@@ -105,6 +114,7 @@ export async function runOnLgnet(o: RunOptions): Promise<RunResult> {
     guest = bootGuest({
       netns: net.ns,
       netdev: { type: 'vhost-user', socket, reconnect: 1, queues },
+      mac: GUEST_MAC,
       ...(o.vcpus ? { vcpus: o.vcpus } : {}),
       ...(o.memMiB ? { memMiB: o.memMiB } : {}),
       ...(o.mtu ? { mtu: o.mtu } : {}),
