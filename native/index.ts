@@ -6,7 +6,7 @@
  *
  * Where things sit on the data path (DESIGN.md, "Data path and threads"):
  *   guest memory   memfdCreate, mmap, mmapAnonymous, mappingBuffer, munmap   (process-wide registry)
- *   frames         tapOpen, tapSetVnetHdrSize, tapSetOffload, writevBatch, readvBatch, readvMerged,
+ *   frames         tapOpen, macvtapOpen, tapSetVnetHdrSize, tapSetOffload, writevBatch, readvBatch, readvMerged,
  *                  RxFilterSpec;
  *                  io_uring: uringCreate (a restricted ring per queue), uringWritevBatch, uringReadvBatch,
  *                  uringReadvMerged, uringRxStash

@@ -259,7 +259,7 @@ export function buildCli(actions: { serve: (opts: ServeOptions) => Promise<void>
     .option('--print-capabilities', 'print the back-end\'s capabilities as the vhost-user conventions define them ({"type": "net"}) and exit; every other option is ignored')
     .option('--client', 'connect to the socket (the VMM listens) instead of listening', false)
     .addOption(new Option('--reconnect-ms <ms>', 'client mode: delay between connection attempts').argParser(int('--reconnect-ms', 10, 60_000)).default(1000))
-    .addOption(new Option('--tap <name>', 'tap interface to create or attach to (default: the kernel picks)').argParser(tapName).default(''))
+    .addOption(new Option('--tap <name>', 'tap interface to create or attach to, or a macvtap to serve (default: the kernel picks a new tap)').argParser(tapName).default(''))
     .addOption(new Option('--tap-fd <fds>', "serve the tap whose fds this process inherited, one per queue pair ('3', or '3,4' for two), instead of opening it: the caller made the tap (IFF_TAP|IFF_NO_PI|IFF_VNET_HDR, and IFF_MULTI_QUEUE for several), so lgnet needs no CAP_NET_ADMIN; --queues defaults to their count (docs/OPERATIONS.md)").argParser(fdList))
     .addOption(new Option('--queues <n>', 'queue pairs').argParser(int('--queues', 1, 64)).default(1))
     .addOption(new Option('--mac <mac>', 'MAC address in the device config (default: random, locally administered)').argParser(macAddress))
