@@ -2,7 +2,8 @@
  * `lgnet serve --tap NAME` on a macvtap: lgnet opens the macvtap's device once per queue pair, takes
  * its address as the guest's, and serves it jailed (`--user nobody`) behind the harness's vhost-user
  * front-end. The macvtap sits on one end of a veth pair, the host on the other, all in a throw-away
- * namespace. Deleted under the running lgnet, its TX frames are refused and counted (the watch's
+ * namespace. A pair the front-end disables is detached from the macvtap and attached again. Deleted
+ * under the running lgnet, its TX frames are refused and counted (the watch's
  * TUNGETIFF runs in the jail) and lgnet keeps serving the front-end.
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -40,7 +41,7 @@ describe.skipIf(!pre.ok)('lgnet serve --tap on a macvtap', () => {
     rmSync(dir, { recursive: true, force: true });
   });
 
-  it('two queue pairs, jailed: frames both ways on both, then the macvtap deleted: refused, counted, still serving', async () => {
+  it('two queue pairs, jailed: frames both ways on both, a disabled pair detached and back, then the macvtap deleted: refused, counted, still serving', async () => {
     ns.exec('ip', 'link', 'add', 'lgva', 'type', 'veth', 'peer', 'name', 'lgvb');
     ns.exec('ip', 'link', 'add', 'link', 'lgva', 'name', 'lgmvs0', 'type', 'macvtap', 'mode', 'bridge');
     for (const i of ['lgva', 'lgvb', 'lgmvs0']) ns.exec('ip', 'link', 'set', i, 'up');
@@ -71,6 +72,16 @@ describe.skipIf(!pre.ok)('lgnet serve --tap on a macvtap', () => {
       const sink = await udpSink(ns, HOST_IP, 7521, 2, 5000);
       for (const pair of [0, 1]) drv.send(frame(pair, 7521, pair), { pair, kick: true });
       expect((await sink.datagrams()).length).toBe(2);
+      // Pair 1 disabled: lgnet detaches its macvtap queue (TUNSETQUEUE, in the jail), and the macvtap
+      // steers every flow to pair 0; enabled again, both take flows.
+      await fe.setVringEnable(2, false);
+      await fe.setVringEnable(3, false);
+      expect(await sprayFlows(ns, GUEST_IP, drv, 2)).toEqual([FLOWS, 0]);
+      await fe.setVringEnable(2, true);
+      await fe.setVringEnable(3, true);
+      const again = await sprayFlows(ns, GUEST_IP, drv, 2);
+      expect(again[0]! + again[1]!).toBe(FLOWS);
+      expect(again[1], `${again}`).toBeGreaterThan(0);
 
       ns.exec('ip', 'link', 'del', 'lgmvs0');
       const dropped = async (): Promise<number> => parseExposition((await httpGet({ kind: 'unix', path: metrics }, '/metrics')).body)
