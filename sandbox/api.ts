@@ -165,8 +165,20 @@ export function applyRateLimitPatch(current: { rx?: RateLimit; tx?: RateLimit },
 export interface ApiListener {
   /** The socket's path (for one handed over, what the kernel says, or `fd N`). */
   readonly path: string;
+  /** What the socket answered so far (lgnet_api_* metrics). */
+  readonly counts: ApiCounts;
   /** Stops listening and ends open connections; removes the socket file (best effort). Idempotent. */
   close(): Promise<void>;
+}
+
+/** The control socket's answers, counted as they go out. */
+export interface ApiCounts {
+  /** Requests answered, by HTTP status ("200", "400", …; "400" also counts what was not HTTP). */
+  readonly requests: Record<string, number>;
+  /** Requests refused, by error code (API_ERROR's, or the device's on a 500). */
+  readonly refusals: Record<string, number>;
+  /** Patches that changed the rate limits. */
+  changes: number;
 }
 
 /** Where the control socket listens: a path to bind, or a socket a service manager made. */
@@ -204,11 +216,26 @@ export async function openApiListener(bind: ApiBind, target: ApiTarget, events: 
     queue = run.catch(() => {});
     return run;
   };
-  const endpoint = await listenHttp(bind, (req, res) => void answer(req, res, target, events, serialized), {
+  const counts: ApiCounts = { requests: {}, refusals: {}, changes: 0 };
+  // The counts see every answer before the owner's events do.
+  const counted: ApiEvents = {
+    changed: (before, after) => {
+      counts.changes++;
+      events.changed?.(before, after);
+    },
+    refused: (status, code, message) => {
+      bump(counts.refusals, code);
+      events.refused?.(status, code, message);
+    },
+  };
+  const endpoint = await listenHttp(bind, (req, res) => void answer(req, res, target, counted, serialized, counts), {
     flag: '--api-socket',
     pathNotSocket: (m) => new ApiError(API_ERROR.PATH_NOT_SOCKET, m),
     listenFailed: (m, cause) => new ApiError(API_ERROR.LISTEN_FAILED, m, { cause }),
-    onBadRequest: () => events.refused?.(400, API_ERROR.BAD_REQUEST, 'not an HTTP request'),
+    onBadRequest: () => {
+      bump(counts.requests, '400');
+      counted.refused!(400, API_ERROR.BAD_REQUEST, 'not an HTTP request');
+    },
     mode: 0o600,
   });
   if (bind.kind === 'unix') {
@@ -220,7 +247,7 @@ export async function openApiListener(bind: ApiBind, target: ApiTarget, events: 
       throw new ApiError(API_ERROR.LISTEN_FAILED, `cannot make ${bind.path} private (chmod 0600): ${(e as Error).message}`, { cause: e });
     }
   }
-  return { path, close: () => endpoint.close() };
+  return { path, counts, close: () => endpoint.close() };
 }
 
 /** Reads a request's body, up to MAX_BODY bytes. */
@@ -246,9 +273,15 @@ function readBody(req: IncomingMessage): Promise<string> {
   });
 }
 
-async function answer(req: IncomingMessage, res: ServerResponse, target: ApiTarget, events: ApiEvents, serialized: <T>(f: () => Promise<T>) => Promise<T>): Promise<void> {
+/** One more of `key` in a count table. */
+function bump(table: Record<string, number>, key: string): void {
+  table[key] = (table[key] ?? 0) + 1;
+}
+
+async function answer(req: IncomingMessage, res: ServerResponse, target: ApiTarget, events: ApiEvents, serialized: <T>(f: () => Promise<T>) => Promise<T>, counts: ApiCounts): Promise<void> {
   const send = (status: number, body: unknown, extra: Record<string, string> = {}) => {
     if (res.headersSent || res.destroyed) return;
+    bump(counts.requests, String(status));
     const text = `${JSON.stringify(body)}\n`;
     res.writeHead(status, { 'Content-Type': 'application/json', 'Content-Length': Buffer.byteLength(text), ...(status >= 400 ? { Connection: 'close' } : {}), ...extra });
     res.end(text);

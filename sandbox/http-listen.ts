@@ -64,9 +64,16 @@ function describeBind(b: HttpBind): string {
 export async function listenHttp(bind: HttpBind, handle: (req: IncomingMessage, res: ServerResponse) => void, o: HttpEndpointOptions): Promise<HttpEndpoint> {
   if (bind.kind === 'unix') removeStaleSocket(bind.path, o);
   const sockets = new Set<Socket>();
+  // Sockets whose request is with the handler: a body that breaks off there is the handler's to answer
+  // (it reads the body), so it is neither answered nor counted twice.
+  const handling = new WeakSet<Socket>();
   const server: Server = createServer({
     noDelay: false, keepAlive: false, requestTimeout: 10_000, headersTimeout: 5_000, connectionsCheckingInterval: 1_000, maxHeaderSize: 8192,
-  }, handle);
+  }, (req, res) => {
+    handling.add(req.socket);
+    res.once('close', () => handling.delete(req.socket));
+    handle(req, res);
+  });
   server.maxConnections = MAX_CONNECTIONS;
   server.keepAliveTimeout = 5_000;
   server.on('connection', (s: Socket) => {
@@ -76,7 +83,7 @@ export async function listenHttp(bind: HttpBind, handle: (req: IncomingMessage, 
   // Not HTTP (or too large, or too slow): a 400 if the socket still takes it, then close. This
   // replaces Node's default handler so that the answer is counted.
   server.on('clientError', (err: NodeJS.ErrnoException, socket: Socket) => {
-    if (err.code === 'ECONNRESET' || !socket.writable) {
+    if (err.code === 'ECONNRESET' || !socket.writable || handling.has(socket)) {
       socket.destroy();
       return;
     }

@@ -23,6 +23,7 @@ import type { ProcessSample, ProcessSampler } from './metrics-process.ts';
 import type { TapCounters, TapDirection } from './metrics-tap.ts';
 import { tokensPerSecond, type RateLimit } from '../device/rate-limit.ts';
 import type { ServerMetrics } from './vhost-user/connection.ts';
+import type { ApiCounts } from './api.ts';
 import { F_LOG_ALL, protocolNames } from './vhost-user/messages.ts';
 
 /** Every family a per-queue counter lands in, with its type and help text. */
@@ -139,6 +140,8 @@ export interface ExporterSources {
   version?: string;
   /** The rate limits in effect (NetDevice.rateLimits()); omitted, no lgnet_rate_limit_* metrics are served. */
   rateLimits?: () => { rx?: RateLimit; tx?: RateLimit };
+  /** The control socket's counts (--api-socket; undefined until it listens); omitted, no lgnet_api_* metrics are served. */
+  api?: () => ApiCounts | undefined;
 }
 
 /** The HTTP endpoint's answers, counted by status code (metrics-listen.ts). */
@@ -298,6 +301,23 @@ export class PrometheusExporter {
             size.set({ direction, bucket }, b.size);
           }
         }
+      });
+    }
+
+    // ── the control socket (--api-socket) ──
+    const api = sources.api;
+    if (api) {
+      const requests = counter('lgnet_api_requests_total', 'Requests to the control socket, by HTTP status answered (400 also counts what was not HTTP).', ['code']);
+      const refusals = counter('lgnet_api_refusals_total', 'Control socket requests refused, by error code (LGNET_API_*, or the device\'s when a queue did not take a change).', ['error']);
+      const changes = counter('lgnet_api_rate_limit_changes_total', 'Patches through the control socket that changed the rate limits.');
+      this.update.push(() => {
+        const c = api();
+        requests.reset();
+        refusals.reset();
+        if (!c) return;
+        for (const [code, n] of Object.entries(c.requests)) requests.inc({ code }, n);
+        for (const [error, n] of Object.entries(c.refusals)) refusals.inc({ error }, n);
+        setCounter(changes, c.changes);
       });
     }
 

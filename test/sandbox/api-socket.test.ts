@@ -151,6 +151,16 @@ describe.skipIf(!pre.ok)('lgnet serve --api-socket: rate limits changed while a 
     });
   };
 
+  /** The lgnet_api_* series, as 'name{label}' → value ('lgnet_api_requests_total{400}', 'lgnet_api_refusals_total{LGNET_API_TOO_LARGE}', 'lgnet_api_rate_limit_changes_total{}'). */
+  const apiSeries = async (): Promise<Record<string, number>> => Object.fromEntries(
+    parseExposition((await httpGet({ kind: 'unix', path: metrics }, '/metrics')).body)
+      .filter((x) => x.name.startsWith('lgnet_api_'))
+      .map((x) => [`${x.name}{${x.labels['code'] ?? x.labels['error'] ?? ''}}`, x.value]),
+  );
+  /** How much each series grew from `before` to `after` (series that did not grow left out). */
+  const grew = (before: Record<string, number>, after: Record<string, number>): Record<string, number> =>
+    Object.fromEntries(Object.entries(after).map(([k, v]) => [k, v - (before[k] ?? 0)]).filter(([, d]) => d !== 0));
+
   /** Sends `n` datagrams guest → host; resolves with how long the TX ring took to drain (ms). */
   const sendTx = async (n: number, port: number): Promise<number> => {
     const sink = await udpSink(ns, HOST_IP, port, n, 15_000);
@@ -198,6 +208,7 @@ describe.skipIf(!pre.ok)('lgnet serve --api-socket: rate limits changed while a 
   });
 
   it('an RX limit put on through PATCH throttles what the host sends the guest, and every frame still arrives', async () => {
+    const counted = await apiSeries();
     const r = await apiRequest(api, 'PATCH', '/rate-limit', { rx: { ops: { size: 10, refillMs: 500 } } });
     expect(r).toEqual({ status: 200, body: { rx: { ops: { size: 10, refillMs: 500 } }, tx: null } });
     expect((await apiRequest(api, 'GET', '/rate-limit')).body).toEqual(r.body);
@@ -225,10 +236,13 @@ describe.skipIf(!pre.ok)('lgnet serve --api-socket: rate limits changed while a 
     expect(performance.now() - t0).toBeGreaterThan(900);
     expect(await throttled(0)).toBeGreaterThan(before);
     expect((await apiRequest(api, 'PATCH', '/rate-limit', { rx: null })).body).toEqual({ rx: null, tx: null });
+    // Two changes and one GET, all answered 200 (the scrapes go to the metrics endpoint, not counted here).
+    expect(grew(counted, await apiSeries())).toEqual({ 'lgnet_api_requests_total{200}': 3, 'lgnet_api_rate_limit_changes_total{}': 2 });
   });
 
-  it('answers hostile requests with an error and a code, changes nothing, and goes on serving', async () => {
+  it('answers hostile requests with an error and a code, counts them, changes nothing, and goes on serving', async () => {
     const limits = (await apiRequest(api, 'GET', '/rate-limit')).body;
+    const counted = await apiSeries();
     const raw = (bytes: string | Buffer): Promise<string> => new Promise((resolve) => {
       const s = createConnection(api);
       let out = '';
@@ -254,6 +268,12 @@ describe.skipIf(!pre.ok)('lgnet serve --api-socket: rate limits changed while a 
     // A body cut short: the peer goes after 10 of the 100 bytes it announced.
     await raw(`PATCH /rate-limit HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{"tx": null`);
     expect(await until(() => logLines(lg!).some((l) => l.msg === 'control socket request refused' && /body (could not be read|ended)/.test(String(l['why']))), 5000)).toBe(true);
+    // Every refusal counted once by its code, and every answer by its status; nothing changed. (The
+    // body cut short is refused, with nobody left to answer.)
+    expect(grew(counted, await apiSeries())).toEqual({
+      'lgnet_api_requests_total{400}': 5, 'lgnet_api_requests_total{404}': 1, 'lgnet_api_requests_total{405}': 1, 'lgnet_api_requests_total{413}': 1,
+      [`lgnet_api_refusals_total{${API_ERROR.BAD_REQUEST}}`]: 6, [`lgnet_api_refusals_total{${API_ERROR.BAD_RATE_LIMIT}}`]: 2, [`lgnet_api_refusals_total{${API_ERROR.TOO_LARGE}}`]: 1,
+    });
     // More connections than it takes, held open: the ones over the cap are closed, and once they go it
     // answers again.
     const held: Socket[] = [];
