@@ -20,6 +20,7 @@ import { createNetns, netnsPrerequisites, type Netns } from '../../harness/netns
 import { VirtioNetDriver } from '../../harness/virtio-net.ts';
 import * as native from '../../native/index.ts';
 import { trackBed } from '../helpers/bed.ts';
+import { addMacvtap } from '../helpers/macvtap.ts';
 import { thrownBy } from '../helpers/errors.ts';
 import { FLOWS, sprayFlows } from '../helpers/flows.ts';
 import { UDP_FIXTURE, until } from './helpers.ts';
@@ -30,17 +31,11 @@ if (!pre.ok) console.warn(`macvtap tests skipped: ${pre.why}`);
 const HOST_IP = '10.77.0.1';
 const GUEST_IP = '10.77.0.2';
 
-/** A namespace with a veth pair (lgva, the macvtap's lower device; lgvb, the host at HOST_IP) and macvtap lgmvt0 on lgva. */
+/** A namespace with macvtap lgmvt0 (test/helpers/macvtap.ts). */
 function macvtapNs(): { ns: Netns; guestMac: string; hostMac: Uint8Array } {
   const ns = createNetns('lgmvt');
   try {
-    ns.exec('ip', 'link', 'add', 'lgva', 'type', 'veth', 'peer', 'name', 'lgvb');
-    ns.exec('ip', 'link', 'add', 'link', 'lgva', 'name', 'lgmvt0', 'type', 'macvtap', 'mode', 'bridge');
-    for (const i of ['lgva', 'lgvb', 'lgmvt0']) ns.exec('ip', 'link', 'set', i, 'up');
-    ns.exec('ip', 'addr', 'add', `${HOST_IP}/24`, 'dev', 'lgvb');
-    const guestMac = ns.exec('cat', '/sys/class/net/lgmvt0/address').trim();
-    ns.exec('ip', 'neigh', 'add', GUEST_IP, 'lladdr', guestMac, 'dev', 'lgvb');
-    return { ns, guestMac, hostMac: mac(ns.exec('cat', '/sys/class/net/lgvb/address').trim()) };
+    return { ns, ...addMacvtap(ns, { name: 'lgmvt0', hostIp: HOST_IP, guestIp: GUEST_IP }) };
   } catch (e) {
     ns.destroy();
     throw e;

@@ -17,6 +17,7 @@ import { createNetns, destroyAllNetns, netnsPrerequisites, type Netns } from '..
 import { VhostUserFrontend } from '../../harness/vhost-user-frontend.ts';
 import { VirtioNetDriver } from '../../harness/virtio-net.ts';
 import { FLOWS, sprayFlows } from '../helpers/flows.ts';
+import { addMacvtap } from '../helpers/macvtap.ts';
 import { httpGet, parseExposition } from './metrics-helpers.ts';
 import { alive, kill, logLines, startLgnet, type Lgnet } from './serve-process.ts';
 import { expectedPayload, udpSink } from './vhost-user-helpers.ts';
@@ -42,13 +43,7 @@ describe.skipIf(!pre.ok)('lgnet serve --tap on a macvtap', () => {
   });
 
   it('two queue pairs, jailed: frames both ways on both, a disabled pair detached and back, then the macvtap deleted: refused, counted, still serving', async () => {
-    ns.exec('ip', 'link', 'add', 'lgva', 'type', 'veth', 'peer', 'name', 'lgvb');
-    ns.exec('ip', 'link', 'add', 'link', 'lgva', 'name', 'lgmvs0', 'type', 'macvtap', 'mode', 'bridge');
-    for (const i of ['lgva', 'lgvb', 'lgmvs0']) ns.exec('ip', 'link', 'set', i, 'up');
-    ns.exec('ip', 'addr', 'add', `${HOST_IP}/24`, 'dev', 'lgvb');
-    const guestMac = ns.exec('cat', '/sys/class/net/lgmvs0/address').trim();
-    ns.exec('ip', 'neigh', 'add', GUEST_IP, 'lladdr', guestMac, 'dev', 'lgvb');
-    const hostMac = mac(ns.exec('cat', '/sys/class/net/lgvb/address').trim());
+    const { guestMac, hostMac } = addMacvtap(ns, { name: 'lgmvs0', hostIp: HOST_IP, guestIp: GUEST_IP });
     const socket = join(dir, 'vu.sock');
     const metrics = join(dir, 'metrics.sock');
     lg = await startLgnet(ns, ['--socket', socket, '--tap', 'lgmvs0', '--queues', '2', '--metrics-listen', metrics, '--log-level', 'info', '--user', 'nobody', '--group', 'nogroup']);
