@@ -157,7 +157,7 @@ export async function startServing(opts: ServeOptions, log: Logger): Promise<Ser
     if (opts.metricsSocket) metrics = await openMetricsEndpoint(opts.metricsSocket, () => device.metrics());
     if (opts.metricsListen) {
       sampler = new ProcessSampler();
-      tapCounters = new TapCounters(backend.name, backend.fds[0]);
+      tapCounters = new TapCounters(backend.name, backend.fds[0], { macvtap: backend.macvtap });
       if (tapCounters.unavailable) log.warn({ code: 'LGNET_TAP_COUNTERS_UNAVAILABLE', tap: backend.name, why: tapCounters.unavailable }, "the tap's kernel counters are not served (lgnet_tap_*): read them with `ip -s link show` in the tap's namespace");
       const exporter = new PrometheusExporter({ device: () => device.metrics(), server, process: sampler, tap: tapCounters, version: packageVersion(), rateLimits: () => device.rateLimits(), ...(opts.api ? { api: () => api?.counts } : {}) });
       listener = await openMetricsListener(opts.metricsListen, exporter, () => device.inspect());

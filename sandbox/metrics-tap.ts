@@ -40,6 +40,8 @@ export type TapCountersUnavailable = 'no /proc/self/net/dev' | 'the tap is in an
 export class TapCounters {
   /** The tap's interface name. */
   readonly name: string;
+  /** A macvtap's counters, whose directions are a tun tap's swapped. */
+  private readonly macvtap: boolean;
   private readonly file: ProcFile | undefined;
   /** Why sample() answers undefined, when it always will. */
   readonly unavailable: TapCountersUnavailable | undefined;
@@ -47,9 +49,12 @@ export class TapCounters {
   /**
    * @param name the tap's interface name
    * @param tapFd one of its fds, to tell whether the interface is in this process's namespace
+   * @param opts.macvtap the interface is a macvtap: what lgnet writes is its transmit side, what it
+   *   reads its receive side (a tun tap's are the other way round)
    */
-  constructor(name: string, tapFd?: number) {
+  constructor(name: string, tapFd?: number, opts: { macvtap?: boolean } = {}) {
     this.name = name;
+    this.macvtap = opts.macvtap === true;
     if (tapFd !== undefined && !sameNamespace(tapFd)) {
       this.unavailable = 'the tap is in another network namespace';
       return;
@@ -62,7 +67,8 @@ export class TapCounters {
   /** The counters now, or undefined when the interface is not listed (gone, renamed, or never here). */
   sample(): TapSample | undefined {
     const text = this.file?.read();
-    return text === undefined ? undefined : parseNetDev(text, this.name);
+    const s = text === undefined ? undefined : parseNetDev(text, this.name);
+    return s && this.macvtap ? { toGuest: s.fromGuest, fromGuest: s.toGuest } : s;
   }
 
   /** Closes the file (idempotent). */

@@ -2,7 +2,9 @@
  * `lgnet serve --tap NAME` on a macvtap: lgnet opens the macvtap's device once per queue pair, takes
  * its address as the guest's, and serves it jailed (`--user nobody`) behind the harness's vhost-user
  * front-end. The macvtap sits on one end of a veth pair, the host on the other, all in a throw-away
- * namespace. A pair the front-end disables is detached from the macvtap and attached again. Deleted
+ * namespace. A pair the front-end disables is detached from the macvtap and attached again; the
+ * macvtap's own kernel counters are served from the guest's side (its directions are a tap's swapped),
+ * so that the frames it drops while down are counted. Deleted
  * under the running lgnet, its TX frames are refused and counted (the watch's
  * TUNGETIFF runs in the jail) and lgnet keeps serving the front-end.
  */
@@ -77,6 +79,21 @@ describe.skipIf(!pre.ok)('lgnet serve --tap on a macvtap', () => {
       const again = await sprayFlows(ns, GUEST_IP, drv, 2);
       expect(again[0]! + again[1]!).toBe(FLOWS);
       expect(again[1], `${again}`).toBeGreaterThan(0);
+
+      // The macvtap's own counters, named from the guest's side (a macvtap's directions are a tap's
+      // swapped): set down, it takes lgnet's writes and drops them, and says so.
+      const tapSeries = async (name: string, direction: string): Promise<number> => parseExposition((await httpGet({ kind: 'unix', path: metrics }, '/metrics')).body)
+        .find((x) => x.name === name && x.labels['interface'] === 'lgmvs0' && x.labels['direction'] === direction)?.value ?? NaN;
+      expect(await tapSeries('lgnet_tap_frames_total', 'to_guest')).toBeGreaterThanOrEqual(2 * FLOWS);
+      expect(await tapSeries('lgnet_tap_frames_total', 'from_guest')).toBeGreaterThanOrEqual(2);
+      const kernelDrops = await tapSeries('lgnet_tap_dropped_frames_total', 'from_guest');
+      ns.exec('ip', 'link', 'set', 'lgmvs0', 'down');
+      for (let i = 0; i < 3; i++) drv.send(frame(0, 7523, i), { kick: true });
+      await drv.drainTx(0);
+      const t1 = Date.now();
+      while ((await tapSeries('lgnet_tap_dropped_frames_total', 'from_guest')) < kernelDrops + 3 && Date.now() - t1 < 5000) await new Promise((r) => setTimeout(r, 50));
+      expect(await tapSeries('lgnet_tap_dropped_frames_total', 'from_guest')).toBe(kernelDrops + 3);
+      ns.exec('ip', 'link', 'set', 'lgmvs0', 'up');
 
       ns.exec('ip', 'link', 'del', 'lgmvs0');
       const dropped = async (): Promise<number> => parseExposition((await httpGet({ kind: 'unix', path: metrics }, '/metrics')).body)
