@@ -28,7 +28,7 @@ const ADVICE: Readonly<Record<string, string>> = {
   ECONNREFUSED: 'nothing listens on that socket path',
   ECONNRESET: 'the peer reset the connection',
   ENOTSOCK: 'the fd is not a socket',
-  ENXIO: 'the device is gone (the tap interface was deleted)',
+  ENXIO: 'no such device: its interface was deleted (a tap, a macvtap), or the node names another one',
   EIO: 'the device reported an I/O error (a tap that is down or detached)',
   EAGAIN: 'the call would block',
 };

@@ -106,6 +106,12 @@ export interface MacvtapNamespaceOptions {
   mac: string;
   /** Address of the host side, on the veth end that is not the macvtap's lower device. Default '10.0.2.1/24'. */
   hostCidr?: string;
+  /**
+   * The macvtap's interface index, which names its device node (/dev/tap<index>). Indexes repeat across
+   * namespaces, and two macvtaps with one index share one node name: default, a random index in
+   * [20000, 60000), so that runs at once do not meet.
+   */
+  index?: number;
 }
 
 /** A namespace with veth pair lgva/lgvb, macvtap `macvtap` (bridge mode) on lgva, and the host on lgvb. */
@@ -117,7 +123,8 @@ export function createMacvtapNamespace(opts: MacvtapNamespaceOptions): TapNamesp
   try {
     run(['ip', '-n', ns, 'link', 'set', 'lo', 'up']);
     run(['ip', '-n', ns, 'link', 'add', 'lgva', 'type', 'veth', 'peer', 'name', 'lgvb']);
-    run(['ip', '-n', ns, 'link', 'add', 'link', 'lgva', 'name', macvtap, 'address', opts.mac, 'type', 'macvtap', 'mode', 'bridge']);
+    const index = opts.index ?? 20_000 + Math.floor(Math.random() * 40_000);
+    run(['ip', '-n', ns, 'link', 'add', 'link', 'lgva', 'name', macvtap, 'index', String(index), 'address', opts.mac, 'type', 'macvtap', 'mode', 'bridge']);
     run(['ip', '-n', ns, 'addr', 'add', hostCidr, 'dev', 'lgvb']);
     for (const l of ['lgva', 'lgvb', macvtap]) run(['ip', '-n', ns, 'link', 'set', l, 'up']);
   } catch (e) {

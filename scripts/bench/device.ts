@@ -48,7 +48,7 @@
  * Results print and go to bench/results/device.json. Options: LGNET_BENCH_SECONDS (per measurement),
  * LGNET_BENCH_BUSYPOLL (device busy-poll rounds, default 0), LGNET_BENCH_JAIL=1 is reserved for the jail
  * comparison, LGNET_BENCH_ONLY=mrg runs the MRG_RXBUF comparison alone, LGNET_BENCH_MRG_ROUNDS its rounds
- * (default 3), LGNET_BENCH_ONLY=io the I/O path comparison alone, LGNET_BENCH_ONLY=ping the latency
+ * (default 3), LGNET_BENCH_ONLY=io the I/O path comparison alone, LGNET_BENCH_ONLY=macvtap the device on a macvtap alone, LGNET_BENCH_ONLY=ping the latency
  * case alone, LGNET_BENCH_COALESCE=off the device without interrupt coalescing (NetDevice coalesce
  * { rxUsecs: 0, txUsecs: 0 }), =RX,TX with holds of RX and TX µs, LGNET_BENCH_BURST the device's chains per
  * burst and the C io_uring loops' operations per enter (default DEFAULT_BURST, 64).
@@ -89,10 +89,13 @@ const QSIZE = 256;
 
 interface Rate { frames: number; seconds: number; fps: number }
 
-/** A device on a tap in `ns`, with the harness attached. `io`: the tap's I/O path (default: its own choice). */
-async function setup(ns: Netns, packed = false, rx: { mrg?: boolean; bufferSize?: number; features?: bigint } = {}, io?: TapIo, cpus?: number[]) {
-  const backend = native.withNetns(ns.path, () => new TapBackend({ name: 'lgbench0', ...(io ? { io } : {}) }));
-  ns.exec('ip', 'link', 'set', 'lgbench0', 'up');
+/**
+ * A device on a tap in `ns`, with the harness attached. `io`: the tap's I/O path (default: its own
+ * choice); `tap`: the interface (default lgbench0, made here; a macvtap must exist already).
+ */
+async function setup(ns: Netns, packed = false, rx: { mrg?: boolean; bufferSize?: number; features?: bigint } = {}, io?: TapIo, cpus?: number[], tap = 'lgbench0') {
+  const backend = native.withNetns(ns.path, () => new TapBackend({ name: tap, ...(io ? { io } : {}) }));
+  ns.exec('ip', 'link', 'set', tap, 'up');
   const dev = new NetDevice({ backend, mac: '52:54:00:00:00:01', busyPoll: BUSY_POLL, maxQueueSize: QSIZE, burst: BURST, ...COALESCE, ...(cpus ? { cpus } : {}) });
   const ram = new GuestRam(64 << 20);
   const features = mask('VERSION_1', 'RING_EVENT_IDX', 'MAC') | (packed ? mask('RING_PACKED') : 0n) | (rx.mrg ? mask('MRG_RXBUF') : 0n) | (rx.features ?? 0n);
@@ -132,6 +135,63 @@ function workerCpu(role: 'rx' | 'tx'): number {
   let sum = 0;
   for (const t of threadCpu(process.pid).values()) if (t.comm.startsWith(`lgnet-${role}`)) sum += t.cpu;
   return sum;
+}
+
+/**
+ * Every frame of the bench goes to 02:00:00:00:00:02 (tap-loop.c fill_frame, harnessTx). A macvtap in
+ * bridge mode hands a frame it sends to its own address back to itself, so it has another address
+ * while frames go out, and that one while they come in from the sender.
+ */
+const MACVTAP_TX_MAC = '02:00:00:00:00:03';
+const MACVTAP_RX_MAC = '02:00:00:00:00:02';
+
+/**
+ * The device on a macvtap (a guest on a host NIC) against the C loops on the same macvtap's fd, 64 and
+ * 1514 B each way, and against the device on a tap (`tap`, the figures measured above in this run).
+ * The macvtap sits on one end of a veth pair; RX frames come from the C sender on the other end.
+ */
+async function benchMacvtap(ns: Netns, bin: string, seconds: number, tap?: Record<string, unknown>): Promise<Record<string, unknown>> {
+  ns.exec('ip', 'link', 'add', 'lgmva', 'type', 'veth', 'peer', 'name', 'lgmvb');
+  // An index of its own: it names the device node (/dev/tap<index>), and indexes repeat across namespaces.
+  const index = String(20_000 + Math.floor(Math.random() * 40_000));
+  ns.exec('ip', 'link', 'add', 'link', 'lgmva', 'name', 'lgbenchm0', 'index', index, 'address', MACVTAP_TX_MAC, 'type', 'macvtap', 'mode', 'bridge');
+  for (const l of ['lgmva', 'lgmvb']) ns.exec('ip', 'link', 'set', l, 'up');
+  const s = await setup(ns, false, {}, undefined, undefined, 'lgbenchm0');
+  const out: Record<string, unknown> = { io: s.backend.io };
+  try {
+    if (!s.backend.macvtap) throw new Error('the macvtap bench did not open a macvtap');
+    const fd = s.backend.fds[0]!;
+    const row = (k: string, lg: number, c: number, cu: number, extra: Record<string, unknown> = {}) => {
+      const onTap = (tap?.[k] as { lgnet?: number } | undefined)?.lgnet;
+      out[k] = { lgnet: lg, c, ratio: lg / c, cUring: cu, ratioUring: lg / cu, ...(onTap ? { onTap, ratioToTap: lg / onTap } : {}), ...extra };
+      console.log(`macvtap ${k.slice(0, 2)} ${k.slice(2).padStart(4)} B: lgnet ${fmt(lg)}  C ${fmt(c)}  ratio ${(lg / c).toFixed(3)}  C io_uring ${fmt(cu)}  ratio ${(lg / cu).toFixed(3)}${onTap ? `  lgnet on a tap ${fmt(onTap)}, ratio ${(lg / onTap).toFixed(3)}` : ''}`);
+    };
+    for (const len of [64, 1514]) {
+      harnessTx(s, len, 0.3); // warm up
+      const lg = harnessTx(s, len, seconds);
+      const c = runTapLoop(bin, fd, ['write', String(HDR), String(len), String(seconds)], seconds);
+      const cu = runTapLoop(bin, fd, ['uwrite', String(HDR), String(len), String(seconds), String(BURST)], seconds);
+      row(`tx${len}`, lg.fps, c.fps, cu.fps);
+    }
+    ns.exec('ip', 'link', 'set', 'lgbenchm0', 'address', MACVTAP_RX_MAC);
+    const pkt = openPacketIn(ns, 'lgmvb');
+    try {
+      for (const len of [64, 1514]) {
+        const lg = await withSender(bin, pkt, len, seconds, () => harnessRx(s, seconds));
+        await s.dev.stopQueue(0); // the C reader takes the macvtap alone
+        const c = await withSender(bin, pkt, len, seconds, () => runTapLoop(bin, fd, ['read', String(HDR), String(seconds)], seconds));
+        const cu = await withSender(bin, pkt, len, seconds, () => runTapLoop(bin, fd, ['uread', String(HDR), String(seconds), String(BURST)], seconds));
+        await s.dev.startQueue(0);
+        row(`rx${len}`, lg.result.fps, c.result.fps, cu.result.fps, { offeredDuringLgnet: lg.offered, offeredDuringC: c.offered });
+      }
+    } finally {
+      native.close(pkt);
+    }
+  } finally {
+    await closeSetup(s);
+    ns.exec('ip', 'link', 'del', 'lgmva');
+  }
+  return out;
 }
 
 /**
@@ -624,6 +684,10 @@ export async function benchDevice(opts: { seconds?: number; mrgRounds?: number; 
       results['io'] = await benchIo(ns, bin, seconds);
       return results;
     }
+    if (ONLY === 'macvtap') {
+      results['macvtap'] = await benchMacvtap(ns, bin, seconds);
+      return results;
+    }
     s = await setup(ns);
     results['io-path'] = { io: s.backend.io, why: s.backend.ioReason };
     console.log(`tap I/O: ${s.backend.io} (${s.backend.ioReason})`);
@@ -692,6 +756,8 @@ export async function benchDevice(opts: { seconds?: number; mrgRounds?: number; 
     results['packed'] = packed;
     await closeSetup(s);
     s = undefined;
+
+    results['macvtap'] = await benchMacvtap(ns, bin, seconds, results);
 
     results['ping'] = await benchPing(ns, bin, pingPlan);
     results['mrg'] = await benchMrg(ns, bin, seconds, opts.mrgRounds, opts.quick);

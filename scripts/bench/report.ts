@@ -165,6 +165,16 @@ export function buildReport(dir = RESULTS_DIR): { markdown: string; chart: strin
       md.push(`| ${k.replace(/(\d+)/, ' $1 B')} | ${M(r['lgnet'])} | ${M(r['c'])}${extra} | **${n(r['ratio'], 2)}** | ${M(r['cUring'])} | **${n(r['ratioUring'], 2)}** | ≥ 1.0× per-frame, ≥ 0.8× io_uring |`);
     }
     md.push('');
+    const mv = device['macvtap'] as J | undefined;
+    if (mv) {
+      md.push('The same device on a macvtap (on one end of a veth pair; RX frames from the C sender on the other end), against the C loops on the macvtap\'s fd and against the device on the tap above:', '');
+      md.push('| case | lgnet on the macvtap (M frames/s) | C per-frame loop | lgnet/C | C io_uring loop | lgnet/C io_uring | lgnet on the macvtap / on the tap |', '|---|---|---|---|---|---|---|');
+      for (const k of ['tx64', 'tx1514', 'rx64', 'rx1514']) {
+        const r = mv[k] as J | undefined;
+        if (r) md.push(`| ${k.replace(/(\d+)/, ' $1 B')} | ${M(r['lgnet'])} | ${M(r['c'])} | **${n(r['ratio'], 2)}** | ${M(r['cUring'])} | **${n(r['ratioUring'], 2)}** | ${n(r['ratioToTap'], 2)} |`);
+      }
+      md.push('');
+    }
     reportIo(md, device['io'] as J | undefined);
     reportMrg(md, device['mrg'] as J | undefined);
     const ping = device['ping'] as { pings: number; gapUs: number; lgnet: J; c: J; wake?: Record<string, J> } | undefined;

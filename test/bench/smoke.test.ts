@@ -45,6 +45,13 @@ describe.skipIf(process.getuid?.() !== 0)('bench smoke (tiny durations)', () => 
     expect((d['rx64'] as { lgnet: number }).lgnet).toBeGreaterThan(0);
     expect(d['mrg']).toBeDefined();
     expect((d['ping'] as { lgnet: { p50: number } }).lgnet.p50).toBeGreaterThan(0);
+    // The device on a macvtap, beside the C loops on it and the device on a tap.
+    const mv = d['macvtap'] as Record<string, { lgnet: number; c: number; ratioToTap: number }>;
+    for (const k of ['tx64', 'rx64']) {
+      expect(mv[k]!.lgnet, k).toBeGreaterThan(0);
+      expect(mv[k]!.c, k).toBeGreaterThan(0);
+      expect(mv[k]!.ratioToTap, k).toBeGreaterThan(0);
+    }
     // Packed, dirty-log, echo and MRG comparisons come on top of tx/rx, shortened (quick).
   }, 180_000);
 

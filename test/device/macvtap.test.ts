@@ -6,9 +6,11 @@
  * What is asserted: frames both ways on both queue pairs, the guest's MAC taken from the macvtap (its
  * lower device delivers only the frames sent to that address), the macvtap's deletion seen and the
  * guest's frames from then on refused and counted (the kernel would take them and send them nowhere),
- * and a name that is neither a tap nor a macvtap refused with NET_BAD_TAP.
+ * a device node that belongs to another namespace's macvtap of the same index refused, and a name
+ * that is neither a tap nor a macvtap refused with NET_BAD_TAP.
  */
 import { afterEach, describe, expect, it } from 'vitest';
+import { rmSync } from 'node:fs';
 import { formatMac } from '../../device/config.ts';
 import { NET_ERROR, NetConfigError } from '../../device/errors.ts';
 import { mask } from '../../device/features.ts';
@@ -20,8 +22,8 @@ import { createNetns, netnsPrerequisites, type Netns } from '../../harness/netns
 import { VirtioNetDriver } from '../../harness/virtio-net.ts';
 import * as native from '../../native/index.ts';
 import { trackBed } from '../helpers/bed.ts';
-import { addMacvtap } from '../helpers/macvtap.ts';
-import { thrownBy } from '../helpers/errors.ts';
+import { addMacvtap, macvtapIndex } from '../helpers/macvtap.ts';
+import { nativeErrorOf, thrownBy } from '../helpers/errors.ts';
 import { FLOWS, sprayFlows } from '../helpers/flows.ts';
 import { UDP_FIXTURE, until } from './helpers.ts';
 
@@ -127,6 +129,34 @@ describe.runIf(pre.ok)('a macvtap as the backend', () => {
     await until('the edge logged', () => logs.some((l) => l.code === 'ENOLINK'));
     expect(String(logs.find((l) => l.code === 'ENOLINK')!.why)).toMatch(/macvtap was deleted/);
     expect(dev.announce()).toBe(false);
+  });
+
+  it("a device node that is another namespace's macvtap (the same index) is refused: the guest never lands on another's NIC", () => {
+    const index = String(macvtapIndex());
+    ns = createNetns('lgmvt');
+    const other = createNetns('lgmvt');
+    try {
+      for (const [n, name] of [[ns, 'lgmvta'], [other, 'lgmvtb']] as const) {
+        n.exec('ip', 'link', 'add', 'lgva', 'type', 'veth', 'peer', 'name', 'lgvb');
+        n.exec('ip', 'link', 'add', 'link', 'lgva', 'name', name, 'index', index, 'type', 'macvtap', 'mode', 'bridge');
+      }
+      // The first made /dev/tap<index>; the second's open finds the first's device there.
+      const e = nativeErrorOf(() => native.withNetns(other.path, () => native.macvtapOpen('lgmvtb')));
+      expect(e.code).toBe('ENXIO');
+      expect(e.message).toContain(`/dev/tap${index} is the device of 'lgmvta', not of 'lgmvtb'`);
+      const b = thrownBy(() => native.withNetns(other.path, () => new TapBackend({ name: 'lgmvtb' })), NetConfigError);
+      expect(b.code).toBe(NET_ERROR.BAD_TAP);
+      expect(b.message).toContain(`is the device of 'lgmvta'`);
+      // The first's own name opens it.
+      const fd = native.withNetns(ns.path, () => native.macvtapOpen('lgmvta').fd);
+      expect(native.tapInfo(fd).name).toBe('lgmvta');
+      native.close(fd);
+    } finally {
+      other.destroy();
+      ns.destroy();
+      ns = undefined;
+      rmSync(`/dev/tap${index}`, { force: true }); // a node left by the clash, if the kernel left one
+    }
   });
 
   it('a name that is neither a tap nor a macvtap: NET_BAD_TAP, saying both', () => {

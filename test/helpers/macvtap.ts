@@ -2,13 +2,22 @@
  * A macvtap in a test's namespace, as a guest on a host NIC sees it: veth pair lgva/lgvb, macvtap
  * `name` (bridge mode) on lgva, the host at `hostIp`/24 on lgvb with the guest's address as a static
  * neighbour (the guest's MAC is the macvtap's: its lower device delivers only that address to it).
+ *
+ * The macvtap gets an interface index of its own (macvtapIndex): its device node is /dev/tap<ifindex>,
+ * and indexes repeat across namespaces, so two suites running at once would otherwise both make a
+ * macvtap with index 4 and one of them would find the other's node.
  */
 import { mac } from '../../harness/frames.ts';
 import type { Netns } from '../../harness/netns.ts';
 
+/** A random interface index in [20000, 60000): a device node name no other test's macvtap likely has. */
+export function macvtapIndex(): number {
+  return 20_000 + Math.floor(Math.random() * 40_000);
+}
+
 export function addMacvtap(ns: Netns, o: { name: string; hostIp: string; guestIp: string }): { guestMac: string; hostMac: Uint8Array } {
   ns.exec('ip', 'link', 'add', 'lgva', 'type', 'veth', 'peer', 'name', 'lgvb');
-  ns.exec('ip', 'link', 'add', 'link', 'lgva', 'name', o.name, 'type', 'macvtap', 'mode', 'bridge');
+  ns.exec('ip', 'link', 'add', 'link', 'lgva', 'name', o.name, 'index', String(macvtapIndex()), 'type', 'macvtap', 'mode', 'bridge');
   for (const i of ['lgva', 'lgvb', o.name]) ns.exec('ip', 'link', 'set', i, 'up');
   ns.exec('ip', 'addr', 'add', `${o.hostIp}/24`, 'dev', 'lgvb');
   const guestMac = ns.exec('cat', `/sys/class/net/${o.name}/address`).trim();
