@@ -160,7 +160,7 @@ function openMacvtapInstead(name: string, tunError: NativeError): number {
   } catch (e) {
     if (!(e instanceof NativeError)) throw e;
     const hint = e.code === 'ENOENT'
-      ? `; if ${name} is a macvtap, make its device node (mknod ${e.message.split(' ').find((w) => w.startsWith('/dev/tap')) ?? '/dev/tapN'} c MAJOR MINOR, the numbers in /sys/class/net/${name}/macvtap/tap*/dev) or hand lgnet its fds (--tap-fd)`
+      ? `; if ${name} is a macvtap, make that device node (mknod PATH c MAJOR MINOR, the numbers in /sys/class/net/${name}/macvtap/tap*/dev) or hand lgnet its fds (--tap-fd)`
       : '';
     throw new NetConfigError(NET_ERROR.BAD_TAP, `${name} is not a tap (${tunError.message}), nor a macvtap lgnet can open (${e.message})${hint}`, { cause: e });
   }

@@ -108,10 +108,18 @@ export interface MacvtapNamespaceOptions {
   hostCidr?: string;
   /**
    * The macvtap's interface index, which names its device node (/dev/tap<index>). Indexes repeat across
-   * namespaces, and two macvtaps with one index share one node name: default, a random index in
-   * [20000, 60000), so that runs at once do not meet.
+   * namespaces, and two macvtaps with one index share one node name. Default: macvtapIndex().
    */
   index?: number;
+}
+
+/**
+ * A random interface index in [20000, 60000) for a macvtap: its device node is /dev/tap<index>, and
+ * indexes repeat across namespaces, so two macvtaps made at once with the kernel's next index (often
+ * the same small number in two fresh namespaces) would meet at one node name.
+ */
+export function macvtapIndex(): number {
+  return 20_000 + Math.floor(Math.random() * 40_000);
 }
 
 /** A namespace with veth pair lgva/lgvb, macvtap `macvtap` (bridge mode) on lgva, and the host on lgvb. */
@@ -123,7 +131,7 @@ export function createMacvtapNamespace(opts: MacvtapNamespaceOptions): TapNamesp
   try {
     run(['ip', '-n', ns, 'link', 'set', 'lo', 'up']);
     run(['ip', '-n', ns, 'link', 'add', 'lgva', 'type', 'veth', 'peer', 'name', 'lgvb']);
-    const index = opts.index ?? 20_000 + Math.floor(Math.random() * 40_000);
+    const index = opts.index ?? macvtapIndex();
     run(['ip', '-n', ns, 'link', 'add', 'link', 'lgva', 'name', macvtap, 'index', String(index), 'address', opts.mac, 'type', 'macvtap', 'mode', 'bridge']);
     run(['ip', '-n', ns, 'addr', 'add', hostCidr, 'dev', 'lgvb']);
     for (const l of ['lgva', 'lgvb', macvtap]) run(['ip', '-n', ns, 'link', 'set', l, 'up']);

@@ -64,6 +64,7 @@ import { ethernet, icmpEchoRequest, ip4, isIcmpEchoReply, mac } from '../../harn
 import { GuestRam } from '../../harness/guest-ram.ts';
 import { VirtioNetDriver } from '../../harness/virtio-net.ts';
 import { createNetns, openPacketIn, type Netns } from '../../harness/netns.ts';
+import { macvtapIndex } from '../netns.ts';
 import { buildTapLoop, ROOT, runTapLoop, runTapLoopRaw, stat, threadCpu, threadSchedstat, withSender } from './common.ts';
 import { isTapWrite, next, parse, put, traceOff, traceSetup, tracefs, workerHops, type Ev, type Hops } from './ftrace.ts';
 
@@ -152,9 +153,7 @@ const MACVTAP_RX_MAC = '02:00:00:00:00:02';
  */
 async function benchMacvtap(ns: Netns, bin: string, seconds: number, tap?: Record<string, unknown>): Promise<Record<string, unknown>> {
   ns.exec('ip', 'link', 'add', 'lgmva', 'type', 'veth', 'peer', 'name', 'lgmvb');
-  // An index of its own: it names the device node (/dev/tap<index>), and indexes repeat across namespaces.
-  const index = String(20_000 + Math.floor(Math.random() * 40_000));
-  ns.exec('ip', 'link', 'add', 'link', 'lgmva', 'name', 'lgbenchm0', 'index', index, 'address', MACVTAP_TX_MAC, 'type', 'macvtap', 'mode', 'bridge');
+  ns.exec('ip', 'link', 'add', 'link', 'lgmva', 'name', 'lgbenchm0', 'index', String(macvtapIndex()), 'address', MACVTAP_TX_MAC, 'type', 'macvtap', 'mode', 'bridge');
   for (const l of ['lgmva', 'lgmvb']) ns.exec('ip', 'link', 'set', l, 'up');
   const s = await setup(ns, false, {}, undefined, undefined, 'lgbenchm0');
   const out: Record<string, unknown> = { io: s.backend.io };

@@ -3,17 +3,14 @@
  * `name` (bridge mode) on lgva, the host at `hostIp`/24 on lgvb with the guest's address as a static
  * neighbour (the guest's MAC is the macvtap's: its lower device delivers only that address to it).
  *
- * The macvtap gets an interface index of its own (macvtapIndex): its device node is /dev/tap<ifindex>,
- * and indexes repeat across namespaces, so two suites running at once would otherwise both make a
- * macvtap with index 4 and one of them would find the other's node.
+ * The macvtap gets an interface index of its own (scripts/netns.ts macvtapIndex), so that two suites
+ * running at once do not meet at one device node.
  */
 import { mac } from '../../harness/frames.ts';
 import type { Netns } from '../../harness/netns.ts';
+import { macvtapIndex } from '../../scripts/netns.ts';
 
-/** A random interface index in [20000, 60000): a device node name no other test's macvtap likely has. */
-export function macvtapIndex(): number {
-  return 20_000 + Math.floor(Math.random() * 40_000);
-}
+export { macvtapIndex };
 
 export function addMacvtap(ns: Netns, o: { name: string; hostIp: string; guestIp: string }): { guestMac: string; hostMac: Uint8Array } {
   ns.exec('ip', 'link', 'add', 'lgva', 'type', 'veth', 'peer', 'name', 'lgvb');
