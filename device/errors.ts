@@ -74,6 +74,8 @@ export const NET_ERROR = {
   BAD_TAP_FD: 'NET_BAD_TAP_FD',
   /** TapOptions.name names an interface that is neither a tap nor a macvtap whose device opens. */
   BAD_TAP: 'NET_BAD_TAP',
+  /** TapOptions.macvtapAddress (`lgnet serve --mac` on a macvtap) that the macvtap would not take. */
+  MACVTAP_ADDRESS: 'NET_MACVTAP_ADDRESS',
 } as const;
 
 /** One of the codes in {@link NET_ERROR}. */

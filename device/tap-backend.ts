@@ -37,6 +37,7 @@ import * as native from '../native/index.ts';
 import { NativeError } from '../native/errors.ts';
 import { IovecTable } from '../native/iovec.ts';
 import type { Backend, PortContext, PortSpec, Ports, RxPort, TxPort } from './backend.ts';
+import { formatMac } from './config.ts';
 import { NET_ERROR, NetConfigError } from './errors.ts';
 import { mask, type NegotiatedFeatures } from './features.ts';
 import { M } from './metrics.ts';
@@ -102,6 +103,14 @@ export interface TapOptions {
    * by close(). Two fds of one queue (dup) are the caller's mistake.
    */
   fds?: readonly number[];
+  /**
+   * For a macvtap: the address to give it (SIOCSIFHWADDR on its fd, as libvirt gives a direct
+   * attachment the guest's MAC), which then is `guestAddress`: the lower device hands a macvtap only
+   * the frames sent to its own address. It stays the macvtap's after close(). Refused with
+   * NET_MACVTAP_ADDRESS (another macvlan of the same device has it; not a unicast address). Ignored
+   * for a tap, whose own address is the host's end, never the guest's.
+   */
+  macvtapAddress?: Uint8Array;
 }
 
 /**
@@ -166,6 +175,23 @@ function openMacvtapInstead(name: string, tunError: NativeError): number {
   }
 }
 
+function sameBytes(a: Uint8Array, b: Uint8Array): boolean {
+  return a.length === b.length && a.every((x, i) => x === b[i]);
+}
+
+/** Gives the macvtap of `fd` the address `mac`; throws NET_MACVTAP_ADDRESS, saying what to do. */
+function giveMacvtapAddress(fd: number, name: string, mac: Uint8Array): void {
+  try {
+    native.tapSetHwAddr(fd, mac);
+  } catch (e) {
+    if (!(e instanceof NativeError)) throw e;
+    const why = e.code === 'EADDRINUSE' ? 'another macvtap or macvlan of the same device has it: give each guest an address of its own'
+      : e.code === 'EADDRNOTAVAIL' ? 'it is not a unicast address (the first byte must be even)'
+      : 'the kernel refused it';
+    throw new NetConfigError(NET_ERROR.MACVTAP_ADDRESS, `macvtap ${name} cannot take the guest's address ${formatMac(mac)}: ${why} (${e.message})`, { cause: e });
+  }
+}
+
 /** The interface's MAC, or undefined where the kernel will not say (it always does for taps). */
 function addressOf(fd: number): Uint8Array | undefined {
   try {
@@ -196,6 +222,8 @@ export class TapBackend implements Backend {
   readonly macvtap: boolean;
   /** A macvtap's MAC address: the lower device delivers it the frames sent to that address only. */
   readonly guestAddress: Uint8Array | undefined;
+  /** The macvtap's address before it was given TapOptions.macvtapAddress; undefined if it already had it. */
+  readonly replacedAddress: Uint8Array | undefined;
   /** A macvtap's deletion flag, shared with the workers' TX ports (TapPortSpec.gone). */
   private readonly goneFlag: Int32Array | undefined;
   private watchTimer: ReturnType<typeof setInterval> | null = null;
@@ -242,6 +270,15 @@ export class TapBackend implements Backend {
       }
       this.name = name;
       this.macvtap = macvtap;
+      let replaced: Uint8Array | undefined;
+      if (macvtap && opts.macvtapAddress) {
+        const own = addressOf(this.fds[0]!);
+        if (!own || !sameBytes(own, opts.macvtapAddress)) {
+          giveMacvtapAddress(this.fds[0]!, name, opts.macvtapAddress);
+          replaced = own;
+        }
+      }
+      this.replacedAddress = replaced;
       this.guestAddress = macvtap ? addressOf(this.fds[0]!) : undefined;
       if (macvtap) {
         this.goneFlag = new Int32Array(new SharedArrayBuffer(4));

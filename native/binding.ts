@@ -54,6 +54,7 @@ export interface RawBinding {
   tapNetnsInode(fd: number): number;
   macvtapOpen(name: string, nonblocking: boolean): { fd: number; path: string };
   tapHwAddr(fd: number): Uint8Array;
+  tapSetHwAddr(fd: number, mac: Uint8Array): void;
 
   // batch.cc
   // words = IovecTable.words: entries (maxEntries × 4 u32), frameEnd (maxFrames u32), bytes (maxFrames i32).

@@ -6,6 +6,7 @@
 #include <fcntl.h>
 #include <linux/if_tun.h>
 #include <net/if.h>
+#include <net/if_arp.h>
 #include <sys/ioctl.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -184,6 +185,23 @@ Napi::Value TapHwAddr(const Napi::CallbackInfo& info) {
   return Napi::Buffer<uint8_t>::Copy(env, reinterpret_cast<const uint8_t*>(ifr.ifr_hwaddr.sa_data), 6);
 }
 
+// tapSetHwAddr(fd, mac): SIOCSIFHWADDR on a macvtap's fd, giving the macvtap (its lower device's
+// filter with it) a new address, as libvirt gives a direct attachment the guest's. The kernel asks no
+// capability of the fd's holder. EADDRINUSE: another macvlan of the same lower device has it;
+// EADDRNOTAVAIL: not a unicast address; ENOLINK: the macvtap is gone.
+Napi::Value TapSetHwAddr(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  REQUIRE_ARGUMENT_FD(0, fd)
+  REQUIRE_ARGUMENT_BYTES(1, mac, "mac")
+  if (mac.ElementLength() != 6) LGNET_THROW_RANGE("mac must be 6 bytes");
+  struct ifreq ifr;
+  std::memset(&ifr, 0, sizeof ifr);
+  ifr.ifr_hwaddr.sa_family = ARPHRD_ETHER;
+  std::memcpy(ifr.ifr_hwaddr.sa_data, mac.Data(), 6);
+  if (ioctl(fd, SIOCSIFHWADDR, &ifr) < 0) return NativeFail(env, errno, "ioctl(SIOCSIFHWADDR)", "fd " + std::to_string(fd));
+  return env.Undefined();
+}
+
 }  // namespace
 
 void RegisterTap(Napi::Env env, Napi::Object exports) {
@@ -197,6 +215,7 @@ void RegisterTap(Napi::Env env, Napi::Object exports) {
   exports.Set("tapNetnsInode", Napi::Function::New(env, TapNetnsInode, "tapNetnsInode"));
   exports.Set("macvtapOpen", Napi::Function::New(env, MacvtapOpen, "macvtapOpen"));
   exports.Set("tapHwAddr", Napi::Function::New(env, TapHwAddr, "tapHwAddr"));
+  exports.Set("tapSetHwAddr", Napi::Function::New(env, TapSetHwAddr, "tapSetHwAddr"));
 }
 
 }  // namespace lgnet

@@ -134,6 +134,18 @@ export function tapHwAddr(fd: number): Uint8Array {
 }
 
 /**
+ * SIOCSIFHWADDR on a macvtap's fd: gives the macvtap the address `mac` (6 bytes), so that its lower
+ * device hands it the frames sent there. The fd's holder needs no capability. Throws NativeError
+ * (EADDRINUSE: another macvlan of the same lower device has it; EADDRNOTAVAIL: not a unicast address;
+ * ENOLINK: the macvtap was deleted).
+ */
+export function tapSetHwAddr(fd: number, mac: Uint8Array): void {
+  checkFd(fd);
+  if (!(mac instanceof Uint8Array) || mac.length !== 6) throw new TypeError('mac must be a Uint8Array of 6 bytes');
+  b.tapSetHwAddr(fd, mac);
+}
+
+/**
  * Whether a tap-like fd is a macvtap's (drivers/net/tap.c) rather than a tun's: its TUNGETFEATURES lack
  * IFF_TUN. The two differ where it matters: a macvtap's queue is an open of its device, it cannot be
  * attached to another interface, and once the macvtap is deleted its writes succeed and go nowhere

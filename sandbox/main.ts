@@ -20,7 +20,7 @@ import { realpathSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { mask } from '../device/features.ts';
 import { NetDevice } from '../device/net.ts';
-import { formatMac } from '../device/config.ts';
+import { formatMac, parseMac } from '../device/config.ts';
 import { TapBackend } from '../device/tap-backend.ts';
 import { NET_ERROR } from '../device/errors.ts';
 import { buildCli, packageVersion, type RateLimitOptions, type ServeOptions } from './cli.ts';
@@ -73,14 +73,16 @@ export interface Serving {
 
 /** Steps 2–3: opens the tap, the device and the socket; enters the jail when asked. */
 export async function startServing(opts: ServeOptions, log: Logger): Promise<Serving> {
-  const backend = new TapBackend({ name: opts.tap, queuePairs: opts.queues, ...(opts.tapFds ? { fds: opts.tapFds } : {}), ...(opts.io ? { io: opts.io } : {}) });
+  // On a macvtap, --mac is given to the macvtap itself (as libvirt does for a direct attachment): its
+  // lower device hands it only the frames sent to its own address.
+  const backend = new TapBackend({ name: opts.tap, queuePairs: opts.queues, ...(opts.tapFds ? { fds: opts.tapFds } : {}), ...(opts.io ? { io: opts.io } : {}), ...(opts.mac ? { macvtapAddress: parseMac(opts.mac) } : {}) });
   log.info({ io: backend.io, why: backend.ioReason }, 'tap I/O');
   if (backend.macvtap) {
     const own = backend.guestAddress && formatMac(backend.guestAddress);
-    log.info({ macvtap: backend.name, mac: own }, 'serving a macvtap: the guest receives only the frames sent to its address');
-    if (opts.mac && own && opts.mac.toLowerCase() !== own) {
-      log.warn({ code: 'LGNET_MACVTAP_MAC', mac: opts.mac, macvtap: own }, `--mac ${opts.mac} is not macvtap ${backend.name}'s address ${own}: frames sent to the guest will not reach it (drop --mac, or give the macvtap that address: ip link set ${backend.name} address ${opts.mac})`);
-    }
+    const replaced = backend.replacedAddress && formatMac(backend.replacedAddress);
+    log.info({ macvtap: backend.name, mac: own, ...(replaced ? { replaced } : {}) }, replaced
+      ? `serving a macvtap, given the address ${own} (--mac) in place of ${replaced}: the guest receives only the frames sent to it`
+      : 'serving a macvtap: the guest receives only the frames sent to its address');
   }
   let device: NetDevice;
   let pcapFd = -1;

@@ -13,7 +13,7 @@
  * Or a macvtap on one end of a veth pair, as a guest attached straight to a host NIC (libvirt's "direct"
  * interface), with the host on the other end:
  *
- *   const net = createMacvtapNamespace({ mac: '52:54:00:12:34:56' });   // lgmvt0 on lgva, 10.0.2.1/24 on lgvb
+ *   const net = createMacvtapNamespace({});   // lgmvt0 on lgva, 10.0.2.1/24 on lgvb
  *
  * Traffic stays inside the namespace: the host side of the link is `hostCidr` there, and nothing
  * routes out of it. Only root can do this (ip netns, ip tuntap, ip link add type bridge).
@@ -102,8 +102,9 @@ export interface MacvtapNamespaceOptions {
   prefix?: string;
   /** The macvtap's name. Default 'lgmvt0'. */
   macvtap?: string;
-  /** The macvtap's address: the guest's MAC, since the lower device delivers only that address to it. */
-  mac: string;
+  /** The macvtap's address (the lower device delivers it only the frames sent there). Default: the
+   *  kernel's random one, for lgnet to replace with the guest's (`lgnet serve --mac`). */
+  mac?: string;
   /** Address of the host side, on the veth end that is not the macvtap's lower device. Default '10.0.2.1/24'. */
   hostCidr?: string;
   /**
@@ -132,7 +133,7 @@ export function createMacvtapNamespace(opts: MacvtapNamespaceOptions): TapNamesp
     run(['ip', '-n', ns, 'link', 'set', 'lo', 'up']);
     run(['ip', '-n', ns, 'link', 'add', 'lgva', 'type', 'veth', 'peer', 'name', 'lgvb']);
     const index = opts.index ?? macvtapIndex();
-    run(['ip', '-n', ns, 'link', 'add', 'link', 'lgva', 'name', macvtap, 'index', String(index), 'address', opts.mac, 'type', 'macvtap', 'mode', 'bridge']);
+    run(['ip', '-n', ns, 'link', 'add', 'link', 'lgva', 'name', macvtap, 'index', String(index), ...(opts.mac ? ['address', opts.mac] : []), 'type', 'macvtap', 'mode', 'bridge']);
     run(['ip', '-n', ns, 'addr', 'add', hostCidr, 'dev', 'lgvb']);
     for (const l of ['lgva', 'lgvb', macvtap]) run(['ip', '-n', ns, 'link', 'set', l, 'up']);
   } catch (e) {

@@ -4,14 +4,15 @@
  * the "NIC" is one end of a veth pair in a throw-away namespace, the host is the other end.
  *
  * What is asserted: frames both ways on both queue pairs, the guest's MAC taken from the macvtap (its
- * lower device delivers only the frames sent to that address), the macvtap's deletion seen and the
+ * lower device delivers only the frames sent to that address), or given to the macvtap when the guest's
+ * is named (and refused where another macvtap of the device has it), the macvtap's deletion seen and the
  * guest's frames from then on refused and counted (the kernel would take them and send them nowhere),
  * a device node that belongs to another namespace's macvtap of the same index refused, and a name
  * that is neither a tap nor a macvtap refused with NET_BAD_TAP.
  */
 import { afterEach, describe, expect, it } from 'vitest';
 import { rmSync } from 'node:fs';
-import { formatMac } from '../../device/config.ts';
+import { formatMac, parseMac } from '../../device/config.ts';
 import { NET_ERROR, NetConfigError } from '../../device/errors.ts';
 import { mask } from '../../device/features.ts';
 import { NetDevice } from '../../device/net.ts';
@@ -110,6 +111,35 @@ describe.runIf(pre.ok)('a macvtap as the backend', () => {
     const got = await sprayFlows(m.ns, GUEST_IP, drv, 2);
     expect(got[0]! + got[1]!).toBe(FLOWS);
     expect(await guestToHost(m.ns, drv, m.guestMac, m.hostMac, 7413, 1)).toContain('"len":64');
+  });
+
+  it("given the guest's address (macvtapAddress): the macvtap takes it and so does the guest; one another macvtap of the device has is refused; a tap ignores it", async () => {
+    const m = macvtapNs();
+    const want = '52:54:00:ab:cd:01';
+    const backend = native.withNetns(m.ns.path, () => new TapBackend({ name: 'lgmvt0', macvtapAddress: parseMac(want) }));
+    const { dev, drv } = await serve(m.ns, backend, 1);
+    expect(formatMac(backend.replacedAddress!)).toBe(m.guestMac);
+    expect(formatMac(backend.guestAddress!)).toBe(want);
+    expect(m.ns.exec('cat', '/sys/class/net/lgmvt0/address').trim()).toBe(want);
+    expect(formatMac(dev.readConfig(0, 6))).toBe(want);
+    // The host now reaches the guest at the new address only: the lower device filters by it.
+    m.ns.exec('ip', 'neigh', 'replace', GUEST_IP, 'lladdr', want, 'dev', 'lgvb');
+    expect(await sprayFlows(m.ns, GUEST_IP, drv, 1)).toEqual([FLOWS]);
+    expect(await guestToHost(m.ns, drv, want, m.hostMac, 7419, 0)).toContain('"len":64');
+    // Bridge mode: a second macvtap of the same device may not take the address the first has.
+    m.ns.exec('ip', 'link', 'add', 'link', 'lgva', 'name', 'lgmvt1', 'index', String(macvtapIndex()), 'type', 'macvtap', 'mode', 'bridge');
+    const e = thrownBy(() => native.withNetns(m.ns.path, () => new TapBackend({ name: 'lgmvt1', macvtapAddress: parseMac(want) })), NetConfigError);
+    expect(e.code).toBe(NET_ERROR.MACVTAP_ADDRESS);
+    expect(e.message).toMatch(/lgmvt1 cannot take the guest's address 52:54:00:ab:cd:01: another macvtap or macvlan .*EADDRINUSE/);
+    // A tap's own address is the host's end: the option leaves it alone.
+    const tap = native.withNetns(m.ns.path, () => new TapBackend({ name: 'lgmvtt', macvtapAddress: parseMac(want) }));
+    try {
+      expect(tap.macvtap).toBe(false);
+      expect(tap.guestAddress).toBeUndefined();
+      expect(m.ns.exec('cat', '/sys/class/net/lgmvtt/address').trim()).not.toBe(want);
+    } finally {
+      tap.close();
+    }
   });
 
   it('deleted under the device: its frames are refused and counted (ENOLINK), the queues go on, the announce is not sent', async () => {

@@ -23,7 +23,7 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { expectIntegrity, queue } from './lib/expect.ts';
-import { GUEST, HOST, guestAwaitEchos, jobResult, run, runOnLgnet, type RunResult } from './lib/run.ts';
+import { GUEST, GUEST_MAC, HOST, guestAwaitEchos, jobResult, run, runOnLgnet, type RunResult } from './lib/run.ts';
 
 const MiB = 1 << 20;
 
@@ -85,9 +85,12 @@ describe('QEMU guest on lgnet serving a macvtap (--tap naming a macvtap)', () =>
     const integ = jobResult(r.outcome, 'integrity');
     console.info(`[e2e] macvtap: ${Math.round(r.wallMs)} ms, 8 MiB in ${integ?.rx_s} s, back in ${integ?.tx_s} s`);
     expect(r.outcome.ready?.carrier).toBe(1);
-    // lgnet opened the macvtap's device and took its address, the guest's.
+    // lgnet opened the macvtap's device and gave it the guest's address (--mac) in place of the
+    // kernel's random one: without that the host's replies would never reach the guest.
     const serving = r.lgnetLog.split('\n').filter(Boolean).map((l) => JSON.parse(l) as Record<string, unknown>).find((l) => String(l.msg).startsWith('serving a macvtap'));
-    expect(serving, r.lgnetLog.slice(-3000)).toMatchObject({ macvtap: 'lgmvt0', mac: '52:54:00:12:34:56' });
+    expect(serving, r.lgnetLog.slice(-3000)).toMatchObject({ macvtap: 'lgmvt0', mac: GUEST_MAC });
+    expect(serving?.['replaced']).toMatch(/^([0-9a-f]{2}:){5}[0-9a-f]{2}$/);
+    expect(serving?.['replaced']).not.toBe(GUEST_MAC);
     const ping = jobResult(r.outcome, 'ping');
     expect(ping?.transmitted).toBe(10);
     expect(ping?.received).toBe(10);

@@ -19,7 +19,7 @@ import { NO_CAPS } from '../../helpers/caps.ts';
 export const HOST = '10.0.2.1';
 export const GUEST = '10.0.2.2';
 export const XFER_PORT = 8080;
-/** The guest NIC's MAC (a macvtap run gives the macvtap this address). */
+/** The guest NIC's MAC (a macvtap run has lgnet give the macvtap this address: --mac). */
 export const GUEST_MAC = '52:54:00:12:34:56';
 
 export interface RunOptions {
@@ -49,8 +49,9 @@ export interface RunOptions {
    */
   tapFds?: boolean;
   /**
-   * Serve a macvtap instead of a tap (`--tap lgmvt0`): the guest sits on a veth end as on a host NIC,
-   * the host on the other end (scripts/netns.ts createMacvtapNamespace). One queue pair.
+   * Serve a macvtap instead of a tap (`--tap lgmvt0 --mac GUEST_MAC`): the guest sits on a veth end as
+   * on a host NIC, the host on the other end (scripts/netns.ts createMacvtapNamespace). The macvtap is
+   * made with the kernel's random address, and lgnet gives it the guest's. One queue pair.
    */
   macvtap?: boolean;
   /** Runs once the guest is ready (link up), while it does its jobs. */
@@ -85,7 +86,7 @@ export async function runOnLgnet(o: RunOptions): Promise<RunResult> {
   const queues = o.queues ?? 1;
   const tapMtu = o.tapMtu ?? o.mtu;
   const net = o.macvtap
-    ? createMacvtapNamespace({ hostCidr: `${HOST}/24`, mac: GUEST_MAC })
+    ? createMacvtapNamespace({ hostCidr: `${HOST}/24` })
     : createTapNamespace({ hostCidr: `${HOST}/24`, multiQueue: queues > 1, ...(tapMtu ? { mtu: tapMtu } : {}) });
   const dir = mkdtempSync(join(tmpdir(), 'lgnet-e2e-'));
   const socket = join(dir, 'lgnet.sock');
@@ -106,6 +107,7 @@ export async function runOnLgnet(o: RunOptions): Promise<RunResult> {
         ...(fds.length ? ['--tap-fd', fds.map((_, i) => 3 + i).join(',')] : queues > 1 ? ['--queues', String(queues)] : []),
         ...(o.mtu ? ['--mtu', String(o.mtu)] : []),
         ...(o.iommu ? ['--iommu'] : []),
+        ...(o.macvtap ? ['--mac', GUEST_MAC] : []),
         ...(o.serveArgs ?? []),
       ], fds.length ? { fds, wrap: NO_CAPS } : {});
     } finally {
