@@ -21,7 +21,7 @@ import type { CtrlTarget } from './ctrl.ts';
 import { CtrlLoop } from './ctrl-loop.ts';
 import { IotlbWait, type IotlbMissSink } from './iotlb-asks.ts';
 import { GuestMemoryFaultError, NET_ERROR, NetConfigError, NetStateError, WorkerError } from './errors.ts';
-import { decode, DEFAULT_OFFERED, GUEST_OFFLOAD_FEATURES, mask, names, OFFLOAD_FEATURES, type NegotiatedFeatures } from './features.ts';
+import { decode, DEFAULT_OFFERED, GUEST_OFFLOAD_FEATURES, has, mask, names, OFFLOAD_FEATURES, type NegotiatedFeatures } from './features.ts';
 import { createCounters, M, snapshot } from './metrics.ts';
 import { RxFilter } from './rx-filter.ts';
 import { WorkerHost } from './worker-host.ts';
@@ -90,10 +90,21 @@ export const DEFAULT_BURST = 64;
 /** How often a backend whose interface vanished is tried again (Backend.reattach). */
 const REATTACH_MS = 1000;
 
+/** The `configChange` event: the device changed its config space (virtio 1.2 §2.5.1). */
+export interface ConfigChange {
+  /** The config generation after the change: what the transport shows as config_generation. */
+  generation: number;
+  /** config.status now (VIRTIO_NET_S_LINK_UP 1, VIRTIO_NET_S_ANNOUNCE 2). */
+  status: number;
+}
+
 /**
  * A virtio-net device. Events: `broken` ({queue, code, message}) when a guest breaks a ring,
- * `log` ({level, msg, ...}) for things an operator should see, and behind an IOMMU (setIotlb)
- * `iotlbMiss` ({queue, iova, access}) when a queue needs a mapping it does not have.
+ * `log` ({level, msg, ...}) for things an operator should see, behind an IOMMU (setIotlb)
+ * `iotlbMiss` ({queue, iova, access}) when a queue needs a mapping it does not have, and
+ * `configChange` ({@link ConfigChange}) when the device changed its config space (setLinkUp,
+ * guestAnnounce): the VMM then sends the driver a configuration change notification, if it is
+ * running (PCI: the config vector, or ISR bit 1; MMIO: InterruptStatus bit 1).
  */
 export class NetDevice extends EventEmitter {
   readonly config: NetConfig;
@@ -611,7 +622,8 @@ export class NetDevice extends EventEmitter {
     this.activePairs = 1;
     // Nobody serves any pair now: pair 0 alone takes the host's frames until a driver comes.
     for (let p = 1; p < this.maxQueuePairs; p++) this.steer(p, false);
-    this.config.status = STATUS.LINK_UP;
+    // A reset drops a pending announce, but not the link state the VMM set (setLinkUp).
+    this.config.status &= STATUS.LINK_UP;
     this.filter.reset(this.config.mac, false);
   }
 
@@ -778,9 +790,44 @@ export class NetDevice extends EventEmitter {
     }
   }
 
-  /** Sets the link state reported in config.status. */
+  /**
+   * Sets the link state reported in config.status (VIRTIO_NET_S_LINK_UP, read by a driver that
+   * negotiated STATUS), as QEMU's `set_link` does; it lasts across resets. A change emits
+   * `configChange`.
+   */
   setLinkUp(up: boolean): void {
+    if (this.config.linkUp === up) return;
     this.config.linkUp = up;
+    this.configChanged();
+  }
+
+  /**
+   * Asks the guest to announce itself (VIRTIO_NET_S_ANNOUNCE, virtio 1.2 §5.1.6.5.4), as a VMM does
+   * after a live migration so that switches learn where the guest went: the driver sends gratuitous
+   * ARPs (and IPv6 neighbour advertisements) for every address it has, then acknowledges with
+   * VIRTIO_NET_CTRL_ANNOUNCE_ACK, which clears the bit. Emits `configChange`. False, with nothing
+   * changed, when the driver did not negotiate GUEST_ANNOUNCE and CTRL_VQ: send announce() (a RARP
+   * for the MAC) instead, as QEMU does.
+   */
+  guestAnnounce(): boolean {
+    const f = this.negotiated.bits;
+    if (!has(f, 'GUEST_ANNOUNCE') || !has(f, 'CTRL_VQ')) return false;
+    this.config.status |= STATUS.ANNOUNCE;
+    this.configChanged();
+    return true;
+  }
+
+  /** The config generation: it changes whenever the device changes its config space (ConfigChange). */
+  get configGeneration(): number {
+    return this.configGen;
+  }
+
+  private configGen = 0;
+
+  private configChanged(): void {
+    this.configGen = (this.configGen + 1) >>> 0;
+    const e: ConfigChange = { generation: this.configGen, status: this.config.status };
+    this.emit('configChange', e);
   }
 
   /** Queue pairs the driver asked for with MQ_VQ_PAIRS_SET. */
