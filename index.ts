@@ -16,6 +16,7 @@ export { DirtyLog, dirtyLogSize } from './vring/dirty-log.ts';
 export { rarpFrame } from './device/announce.ts';
 export { TapBackend, type TapOptions, type TapIo } from './device/tap-backend.ts';
 export { PairBackend, VERDICT, type PairOptions, type FrameFilter, type FilterRef } from './device/pair-backend.ts';
+export { SwitchBackend, type SwitchOptions } from './device/switch-backend.ts';
 export type { Backend, PortSpec, TxPort, RxPort } from './device/backend.ts';
 export { F as FEATURES, DEFAULT_OFFERED, mask as featureMask, has as hasFeature, names as featureNames, decode as decodeFeatures, type NegotiatedFeatures } from './device/features.ts';
 export { NetConfig, CFG, STATUS, parseMac, formatMac } from './device/config.ts';

@@ -5,6 +5,7 @@
  *
  *   PortSpec { kind: 'tap', … }   ──▶ tap-backend.ts  openPorts
  *   PortSpec { kind: 'pair', … }  ──▶ pair-backend.ts openPorts
+ *   PortSpec { kind: 'switch', … } ──▶ switch-backend.ts openPorts
  *   anything else                 ──▶ NetConfigError NET_UNKNOWN_BACKEND
  *
  * A new backend is a module with a PortSpec type and an OpenPorts function, plus one line here.
@@ -12,9 +13,10 @@
 import type { OpenPorts, PortContext, PortSpec, Ports } from './backend.ts';
 import { NET_ERROR, NetConfigError } from './errors.ts';
 import * as pair from './pair-backend.ts';
+import * as sw from './switch-backend.ts';
 import * as tap from './tap-backend.ts';
 
-/** The pair backend is the only one with a filter hook; a worker loads it at start, before any spec. */
+/** The pair and switch backends' filter hook; a worker loads it at start, before any spec. */
 export { loadFilter } from './pair-backend.ts';
 
 /** A module's openPorts under its kind: the registry only hands it specs of that kind. */
@@ -26,6 +28,7 @@ function register<S extends PortSpec>(kind: S['kind'], open: OpenPorts<S>): [str
 const REGISTRY: ReadonlyMap<string, OpenPorts> = new Map([
   register(tap.TAP_KIND, tap.openPorts),
   register(pair.PAIR_KIND, pair.openPorts),
+  register(sw.SWITCH_KIND, sw.openPorts),
 ]);
 
 /** The kinds a PortSpec may have. */

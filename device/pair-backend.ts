@@ -50,11 +50,11 @@ const EIO = 5;
 const EAGAIN = 11;
 
 /** Base header bytes kept in a slot (flags … csum_offset). */
-const BASE_HDR = 10;
+export const BASE_HDR = 10;
 /** Slot layout: u32 length of header + frame, then the bytes. */
 const SLOT_BYTES = 4 + BASE_HDR + 65_562 + 2;
 /** Bytes of header + frame a slot holds (after its length word). */
-const SLOT_DATA = SLOT_BYTES - 4;
+export const SLOT_DATA = SLOT_BYTES - 4;
 const SLOT_STRIDE = (SLOT_BYTES + 63) & ~63;
 /** Ring header: head and tail as Int32 (Atomics), each on its own cache line. */
 const HEAD = 0;
@@ -213,7 +213,7 @@ class PairTxPort implements TxPort {
         head++;
         committed++;
       } else if (verdict === VERDICT.HOST && this.hostFd >= 0) {
-        if (this.toHost(slot + 4, total)) this.c[M.txHost]! += 1;
+        if (writeToHost(this.hostFd, this.u8.subarray(slot + 4, slot + 4 + total), this.c)) this.c[M.txHost]! += 1;
         else refused[f] = 1; // counted as the backend's drop
       } else {
         // Not sent: counted here, and neither a frame nor bytes for the caller (TxPort.refused).
@@ -227,27 +227,40 @@ class PairTxPort implements TxPort {
     }
     return done;
   }
+}
 
-  /**
-   * Writes a HOST verdict's header and frame to the host fd. A write that fails, would block or is cut
-   * short loses that frame alone: it is counted here as the backend's drop (errno in backendErrno, EIO
-   * for a short write), and the frames around it go on, so that no other frame is dropped for it.
-   */
-  private toHost(at: number, total: number): boolean {
-    let n: number;
-    try {
-      n = native.fdWrite(this.hostFd, this.u8.subarray(at, at + total));
-    } catch (e) {
-      if (!(e instanceof NativeError)) throw e;
-      this.c[M.txDropBackend]! += 1;
-      this.c[M.backendErrno] = e.errno;
-      return false;
-    }
-    if (n === total) return true;
-    this.c[M.txDropBackend]! += 1;
-    this.c[M.backendErrno] = n < 0 ? EAGAIN : EIO;
+/**
+ * Writes a HOST verdict's header and frame (`bytes`) to the host fd. A write that fails, would block
+ * or is cut short loses that frame alone: it is counted in `c` as the backend's drop (errno in
+ * backendErrno, EIO for a short write), and the frames around it go on. Shared with the switch.
+ */
+export function writeToHost(hostFd: number, bytes: Uint8Array, c: Float64Array): boolean {
+  let n: number;
+  try {
+    n = native.fdWrite(hostFd, bytes);
+  } catch (e) {
+    if (!(e instanceof NativeError)) throw e;
+    c[M.txDropBackend]! += 1;
+    c[M.backendErrno] = e.errno;
     return false;
   }
+  if (n === bytes.length) return true;
+  c[M.txDropBackend]! += 1;
+  c[M.backendErrno] = n < 0 ? EAGAIN : EIO;
+  return false;
+}
+
+/**
+ * Scatters a slot's base header and frame (`total` bytes at `src` of `u8`) into frame `f` of the table:
+ * the base header, `pad` (zeros up to the device's header length), then the frame; as much as the
+ * buffers hold, with the whole length reported, so that the device counts a frame that did not fit as
+ * too big. Throws NativeError for buffers outside guest memory. Shared with the switch.
+ */
+export function scatterSlot(table: IovecTable, f: number, u8: Uint8Array, src: number, total: number, pad: Uint8Array, maps: MappingViews): void {
+  table.writeFrame(f, 0, u8, src, BASE_HDR, maps);
+  table.writeFrame(f, BASE_HDR, pad, 0, pad.length, maps);
+  table.writeFrame(f, BASE_HDR + pad.length, u8, src + BASE_HDR, total - BASE_HDR, maps);
+  table.bytes[f] = total + pad.length;
 }
 
 /**
@@ -282,17 +295,12 @@ class PairRxPort implements RxPort {
     native.eventfdRead(this.fd);
     const head = Atomics.load(ctl, HEAD >> 2);
     let tail = Atomics.load(ctl, TAIL >> 2);
-    const pad = this.pad.length;
     let f = 0;
     for (; f < frames && tail !== head; f++, tail++) {
       const slot = RING_HDR + (tail & this.mask) * SLOT_STRIDE;
       const total = this.dv.getUint32(slot, true);
-      const src = slot + 4;
       try {
-        // As much as the buffers hold; a frame that did not fit is the device's to count as too big.
-        table.writeFrame(f, 0, this.u8, src, BASE_HDR, this.maps);
-        table.writeFrame(f, BASE_HDR, this.pad, 0, pad, this.maps);
-        table.writeFrame(f, BASE_HDR + pad, this.u8, src + BASE_HDR, total - BASE_HDR, this.maps);
+        scatterSlot(table, f, this.u8, slot + 4, total, this.pad, this.maps);
       } catch (e) {
         if (!(e instanceof NativeError)) throw e;
         if (f > 0) break; // deliver what came before; this frame meets the next call
@@ -300,8 +308,6 @@ class PairRxPort implements RxPort {
         Atomics.store(ctl, TAIL >> 2, tail + 1);
         throw e;
       }
-      // Report the whole length even if it did not fit: the device counts that as too big.
-      table.bytes[f] = total + pad;
     }
     Atomics.store(ctl, TAIL >> 2, tail);
     return f;

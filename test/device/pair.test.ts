@@ -189,7 +189,7 @@ it('pair ports refuse a frame outside guest memory with EFAULT, as writev/readv 
 });
 
 it('the registry refuses a spec of a kind it does not know', () => {
-  expect(BACKEND_KINDS).toEqual(['tap', 'pair']);
+  expect(BACKEND_KINDS).toEqual(['tap', 'pair', 'switch']);
   const ctx: PortContext = { counters: createCounters(), frameFilter: undefined, mappings: new MappingViews(native.mappingBuffer) };
   for (const kind of ['nope', 'constructor', '']) {
     const e = (() => {
