@@ -110,7 +110,7 @@ describe('installed with its prebuild', () => {
     expect(out.received).toEqual(out.sent);
     expect(out.sent.length).toBe(8);
     expect(out.exports).toEqual({
-      lgnet: ['NetDevice', 'PairBackend', 'TapBackend', 'VhostUserServer', 'enterJail', 'LgnetError'],
+      lgnet: ['NetDevice', 'PairBackend', 'SwitchBackend', 'TapBackend', 'VhostUserServer', 'enterJail', 'LgnetError'],
       harness: ['GuestRam', 'VirtioNetDriver', 'VhostUserFrontend', 'createNetns'],
       vring: ['GuestMemory', 'SplitQueue', 'DriverQueue'],
     });
