@@ -18,10 +18,13 @@
  *
  * The MAC table is one shared hash table (open addressing, four probes) that every TX worker reads
  * and writes; each entry is written under its own sequence lock, so a reader never takes a torn
- * address for a whole one (it floods instead). An entry older than `ageSeconds` is forgotten, and a
- * MAC seen on another port moves at once, as a guest that migrated is. Like any learning switch it
- * believes source addresses: a guest that sends with another's MAC draws that MAC's frames until the
- * other sends again; the filter hook is where a VMM that must prevent it drops such frames.
+ * address for a whole one (it floods instead). Only frames the filter accepted teach it a source. An
+ * entry older than `ageSeconds` is forgotten, a MAC seen on another port moves at once, as a guest
+ * that migrated is, and a port holds at most `maxMacsPerPort` entries and never pushes out another
+ * port's live one, so that a guest sending from made-up addresses cannot overflow the table and have
+ * the others' frames flooded to it. Like any learning switch it believes source addresses: a guest
+ * that sends with another's MAC draws that MAC's frames until the other sends again; the filter hook
+ * is where a VMM that must prevent it drops such frames.
  *
  * Like the pair, the switch offers no offloads, and either side of it may be legacy or VERSION_1.
  */
@@ -52,6 +55,8 @@ export interface SwitchPortSpec extends PortSpec {
   /** Where HOST verdicts go, or -1. */
   readonly hostFd: number;
   readonly ageSeconds: number;
+  /** MAC addresses one port may hold in the table. */
+  readonly maxMacsPerPort: number;
   /** The switch's creation, in seconds since the epoch: the MAC table's clock counts from it. */
   readonly epoch: number;
 }
@@ -89,14 +94,28 @@ const VALID = 0x10000;
 const REFRESH_S = 1;
 
 /**
- * The shared MAC table over an Int32Array. Every TX worker learns and looks up through its own view;
- * writers take an entry's sequence lock (odd while written) with one compare-and-swap and give up on
- * contention (the next frame learns it), readers retry a torn read a few times, then treat the MAC as
- * unknown (flooded: never delivered to a wrong port).
+ * The shared MAC table over an Int32Array: ENTRIES entries, then one count per port of the entries it
+ * holds. Every TX worker learns and looks up through its own view. Writers take an entry's sequence
+ * lock (odd while written) with one compare-and-swap and give up on contention (the next frame learns
+ * it); readers retry a torn read a few times, then treat the MAC as unknown (flooded: never delivered
+ * to a wrong port). A port learns into an empty entry, a stale one, or its own oldest, never over
+ * another port's fresh entry, and holds at most `quota` entries: a guest that sends from many made-up
+ * addresses cannot push the others' out of the table (which would flood their frames to it).
  */
 class MacTable {
   private readonly t: Int32Array;
-  constructor(sab: SharedArrayBuffer) { this.t = new Int32Array(sab); }
+  private readonly held: Int32Array;
+  private readonly quota: number;
+  constructor(sab: SharedArrayBuffer, ports: number, quota: number) {
+    this.t = new Int32Array(sab, 0, ENTRIES * WORDS);
+    this.held = new Int32Array(sab, ENTRIES * WORDS * 4, ports);
+    this.quota = quota;
+  }
+
+  /** Bytes of the table's storage for `ports` ports. */
+  static bytes(ports: number): number {
+    return ENTRIES * WORDS * 4 + ports * 4;
+  }
 
   private static slot(hi: number, lo: number): number {
     return (Math.imul(lo ^ Math.imul(hi, 0x9e3779b1), 0x85ebca6b) >>> 20) & (ENTRIES - 1);
@@ -127,31 +146,52 @@ class MacTable {
     return -1;
   }
 
-  learn(hi: number, lo: number, port: number, now: number): void {
+  /** Learns `hi:lo` on `port` (called by that port's TX worker alone). */
+  learn(hi: number, lo: number, port: number, now: number, age: number): void {
     const t = this.t;
     const base = MacTable.slot(hi, lo);
+    const full = Atomics.load(this.held, port) >= this.quota;
     let victim = -1;
+    let rank = 0; // 3 the MAC's own entry, 2 empty, 1 stale (oldest first), 0 this port's oldest
     let oldest = Infinity;
-    for (let k = 0; k < PROBES; k++) {
+    for (let k = 0; k < PROBES && rank < 3; k++) {
       const e = ((base + k) & (ENTRIES - 1)) * WORDS;
-      if (Atomics.load(t, e + 1) === hi && Atomics.load(t, e + 2) === lo) {
-        if (Atomics.load(t, e + 3) === port && now - Atomics.load(t, e + 4) < REFRESH_S) return;
+      const h = Atomics.load(t, e + 1);
+      const owner = Atomics.load(t, e + 3);
+      const seen = Atomics.load(t, e + 4);
+      let r: number;
+      if (h === hi && Atomics.load(t, e + 2) === lo) {
+        if (owner === port && now - seen < REFRESH_S) return;
+        r = 3;
+      } else if ((h & VALID) === 0) r = full ? -1 : 2;
+      else if (owner === port) r = 0;
+      else if (now - seen >= age) r = full ? -1 : 1;
+      else continue; // another port's fresh entry: never taken
+      if (r < 0) continue;
+      if (victim < 0 || r > rank || (r === rank && seen < oldest)) {
         victim = e;
-        break;
-      }
-      const seen = Atomics.load(t, e + 1) & VALID ? Atomics.load(t, e + 4) : -Infinity;
-      if (seen < oldest) {
+        rank = r;
         oldest = seen;
-        victim = e;
       }
     }
+    if (victim < 0) return;
     const s = Atomics.load(t, victim);
     if (s & 1 || Atomics.compareExchange(t, victim, s, s + 1) !== s) return; // another writer: next frame
+    // Under the lock: whose entry this was, for the counts (another writer may have changed it since the scan).
+    const was = Atomics.load(t, victim + 1) & VALID ? Atomics.load(t, victim + 3) : -1;
+    if (was !== port && Atomics.load(this.held, port) >= this.quota) {
+      Atomics.store(t, victim, s); // over quota: leave it as it was
+      return;
+    }
     Atomics.store(t, victim + 1, hi);
     Atomics.store(t, victim + 2, lo);
     Atomics.store(t, victim + 3, port);
     Atomics.store(t, victim + 4, now);
     Atomics.store(t, victim, s + 2);
+    if (was !== port) {
+      Atomics.add(this.held, port, 1);
+      if (was >= 0) Atomics.sub(this.held, was, 1);
+    }
   }
 }
 
@@ -167,6 +207,11 @@ export interface SwitchOptions {
   slots?: number;
   /** Seconds a learned MAC is kept without a frame from it. Default 300 (Linux bridges' ageing time). */
   ageSeconds?: number;
+  /**
+   * MAC addresses one port may hold in the table at once (1 to 4096). Default 64. Past it, the port's
+   * new sources take its own oldest entries or are not learned (frames for them are flooded).
+   */
+  maxMacsPerPort?: number;
 }
 
 /** One port of a switch: the Backend of one NetDevice. */
@@ -214,8 +259,9 @@ export class SwitchBackend {
   readonly filter: FilterRef | undefined;
   readonly hostFd: number;
   readonly ageSeconds: number;
+  readonly maxMacsPerPort: number;
   private readonly rings: SwitchRingSpec[];
-  private readonly table = new SharedArrayBuffer(ENTRIES * WORDS * 4);
+  private readonly table: SharedArrayBuffer;
   private readonly full: SharedArrayBuffer;
   private readonly epoch = Math.floor(Date.now() / 1000);
   private users: number;
@@ -230,6 +276,10 @@ export class SwitchBackend {
     this.filter = opts.filter;
     this.hostFd = opts.hostFd ?? -1;
     this.ageSeconds = age;
+    const quota = opts.maxMacsPerPort ?? 64;
+    if (!(Number.isInteger(quota) && quota >= 1 && quota <= ENTRIES)) throw new RangeError(`maxMacsPerPort ${String(quota)} must be an integer in [1, ${ENTRIES}]`);
+    this.maxMacsPerPort = quota;
+    this.table = new SharedArrayBuffer(MacTable.bytes(n));
     this.full = new SharedArrayBuffer(n * n * 8);
     this.rings = [];
     try {
@@ -243,8 +293,8 @@ export class SwitchBackend {
   }
 
   /** What every port's spec carries. */
-  shared(): Pick<SwitchPortSpec, 'rings' | 'table' | 'full' | 'hostFd' | 'ageSeconds' | 'epoch'> {
-    return { rings: this.rings, table: this.table, full: this.full, hostFd: this.hostFd, ageSeconds: this.ageSeconds, epoch: this.epoch };
+  shared(): Pick<SwitchPortSpec, 'rings' | 'table' | 'full' | 'hostFd' | 'ageSeconds' | 'maxMacsPerPort' | 'epoch'> {
+    return { rings: this.rings, table: this.table, full: this.full, hostFd: this.hostFd, ageSeconds: this.ageSeconds, maxMacsPerPort: this.maxMacsPerPort, epoch: this.epoch };
   }
 
   /** Per port: frames dropped because its ring was full when another port sent to it. */
@@ -286,7 +336,7 @@ class SwitchTxPort implements TxPort {
 
   constructor(spec: SwitchPortSpec, ctx: PortContext) {
     this.rings = spec.rings.map((r) => ({ i32: new Int32Array(r.sab), u8: new Uint8Array(r.sab), dv: new DataView(r.sab), mask: r.slots - 1, slots: r.slots, wakeFd: r.wakeFd }));
-    this.table = new MacTable(spec.table);
+    this.table = new MacTable(spec.table, spec.rings.length, spec.maxMacsPerPort);
     this.full = new Float64Array(spec.full, spec.self * spec.rings.length * 8, spec.rings.length);
     this.self = spec.self;
     this.hdrLen = spec.hdrLen;
@@ -318,10 +368,11 @@ class SwitchTxPort implements TxPort {
       done++;
       refused[f] = 0;
       const d = BASE_HDR;
-      // The TX service passes only frames of at least an Ethernet header.
-      if ((stage[d + 6]! & 1) === 0) this.table.learn(VALID | (stage[d + 6]! << 8) | stage[d + 7]!, (stage[d + 8]! << 24) | (stage[d + 9]! << 16) | (stage[d + 10]! << 8) | stage[d + 11]!, this.self, now);
       const verdict = this.filter ? this.filter(stage, d, total - d, this.self) : VERDICT.ACCEPT;
       if (verdict === VERDICT.ACCEPT) {
+        // Only what the filter lets onto the switch teaches it a source (the TX service passes only
+        // frames of at least an Ethernet header).
+        if ((stage[d + 6]! & 1) === 0) this.table.learn(VALID | (stage[d + 6]! << 8) | stage[d + 7]!, (stage[d + 8]! << 24) | (stage[d + 9]! << 16) | (stage[d + 10]! << 8) | stage[d + 11]!, this.self, now, this.age);
         if (this.forward(total, now) === 0) refused[f] = 1;
       } else if (verdict === VERDICT.HOST && this.hostFd >= 0) {
         if (writeToHost(this.hostFd, stage.subarray(0, total), this.c)) this.c[M.txHost]! += 1;

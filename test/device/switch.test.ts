@@ -4,7 +4,9 @@
  * unicast goes where its destination was learned, and floods while it is not; a MAC seen on another
  * port moves there at once; the filter hook drops, hands to the host tap, or lets through, with the
  * sending port as `dir`; two ports sending to a third at once deliver every frame once, in each
- * sender's order; and a port whose ring is full loses frames only as counted.
+ * sender's order (and two producer threads at full speed on one ring); a port whose ring is full loses
+ * frames only as counted; and a port sending from thousands of made-up sources cannot push another
+ * port's address out of the table.
  */
 import { afterAll, afterEach, expect, it } from 'vitest';
 import * as native from '../../native/index.ts';
@@ -235,3 +237,31 @@ it('the ring under two producers on other threads at full speed: each frame arri
     expect(s.length, `producer ${k}`).toBeGreaterThan(0);
   }
 }, 90_000);
+
+it('a port sending from thousands of made-up addresses cannot push another port out of the MAC table', async () => {
+  const { guests: [a, b, c] } = await network(3);
+  const [A, B, C] = [macOf(0xa), macOf(0xb), macOf(0xc)];
+  await send(b!, frame(BROADCAST, B, 1)); // the switch learns B
+  await send(a!, frame(BROADCAST, A, 2)); // and A
+  expect(await tags(a!, 1)).toEqual([1]);
+  expect(await tags(b!, 1)).toEqual([2]);
+  expect(await tags(c!, 2)).toEqual([1, 2]);
+  // A sends 20,000 frames to B, each from another locally administered source.
+  const src = new Uint8Array(6);
+  for (let i = 0; i < 20_000; i++) {
+    src.set([0x02, 0x66, (i >> 16) & 0xff, (i >> 8) & 0xff, i & 0xff, 0x01]);
+    while (!a!.drv.send(frame(B, src, 3, i & 0xffff))) await a!.drv.drainTx();
+    if (i % 32 === 31) a!.drv.flushTx();
+  }
+  a!.drv.flushTx();
+  expect(await a!.drv.drainTx()).toBe(0);
+  const tx = a!.dev.metrics().queues[1]!;
+  expect(tx.frames - 1 + tx.txDropBackend).toBe(20_000); // the broadcast before, then B's ring filled: the rest counted
+  // B takes what reached it; C got none of it (B stayed learned while A's sources came and went).
+  while ((await b!.drv.waitRx(64, { timeoutMs: 300 })).length > 0);
+  expect(await tags(c!, 1, 300)).toEqual([]);
+  // C to B still goes to B alone: B's entry was not pushed out, so nothing floods to A.
+  await send(c!, frame(B, C, 4));
+  expect(await tags(b!, 1)).toEqual([4]);
+  expect(await tags(a!, 1, 300)).toEqual([]);
+});
