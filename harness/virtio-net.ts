@@ -424,22 +424,31 @@ export class VirtioNetDriver {
    * completions seen and the time taken; the buffers stay posted.
    */
   sinkRx(seconds: number, opts: { pair?: number; onStop?: () => void; spinUs?: number } = {}): { frames: number; seconds: number } {
-    const r = this.rx[opts.pair ?? 0]!;
+    const pair = opts.pair ?? 0;
+    const done = pollRing(this.rx[pair]!, seconds, opts.spinUs ?? 0, () => this.recycleRx(pair, false));
+    opts.onStop?.();
+    return done;
+  }
+
+  /**
+   * Re-posts every buffer RX queue `pair` has completed, unread (for benchmarks that drive another
+   * queue from the same thread meanwhile); returns how many. Kicks the device when it re-posted any,
+   * unless `kick` is false (sinkRx's polling publishes and kicks itself).
+   */
+  recycleRx(pair = 0, kick = true): number {
+    const r = this.rx[pair]!;
     const q = r.q;
     const size = this.rxBufferSize;
     const none: GuestBuffer[] = [];
-    const done = pollRing(r, seconds, opts.spinUs ?? 0, () => {
-      let n = 0;
-      for (let h = q.popUsed(); h >= 0; h = q.popUsed()) {
-        const slot = r.slotOf[h]!;
-        r.slotOf[h] = -1;
-        r.slotOf[q.add(none, [{ addr: r.slots[slot]!, len: size }])] = slot;
-        n++;
-      }
-      return n;
-    });
-    opts.onStop?.();
-    return done;
+    let n = 0;
+    for (let h = q.popUsed(); h >= 0; h = q.popUsed()) {
+      const slot = r.slotOf[h]!;
+      r.slotOf[h] = -1;
+      r.slotOf[q.add(none, [{ addr: r.slots[slot]!, len: size }])] = slot;
+      n++;
+    }
+    if (n > 0 && kick) r.publishAndKick();
+    return n;
   }
 
   /** Collects received frames without waiting, and reposts their buffers. */

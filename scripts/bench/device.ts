@@ -30,6 +30,10 @@
  *                  every system call's entry and exit to it). Last, the echo with the queue pair's two
  *                  workers pinned to one CPU (NetDeviceOptions.cpus) against the same unpinned, in
  *                  alternating rounds on fresh devices.
+ *   in-process     two devices of this process, guest A sending to guest B: on a two-port switch
+ *                  (SwitchBackend) against the pair backend, 64 and 1514 B, in LGNET_BENCH_IO_ROUNDS
+ *                  alternating rounds; a window of 128 frames in flight, so neither drops; with the
+ *                  CPU per frame of A's TX worker and B's RX worker.
  *   io             lgnet on each tap I/O path (io_uring, readv/writev) against both C limits, the
  *                  per-frame loop (write/read) and the io_uring loop (uwrite/uread: as many WRITEVs or
  *                  READVs per io_uring_enter as lgnet's burst, LGNET_BENCH_BURST), tx/rx at 64 and
@@ -48,7 +52,7 @@
  * Results print and go to bench/results/device.json. Options: LGNET_BENCH_SECONDS (per measurement),
  * LGNET_BENCH_BUSYPOLL (device busy-poll rounds, default 0), LGNET_BENCH_JAIL=1 is reserved for the jail
  * comparison, LGNET_BENCH_ONLY=mrg runs the MRG_RXBUF comparison alone, LGNET_BENCH_MRG_ROUNDS its rounds
- * (default 3), LGNET_BENCH_ONLY=io the I/O path comparison alone, LGNET_BENCH_ONLY=macvtap the device on a macvtap alone, LGNET_BENCH_ONLY=ping the latency
+ * (default 3), LGNET_BENCH_ONLY=io the I/O path comparison alone, LGNET_BENCH_ONLY=macvtap the device on a macvtap alone, LGNET_BENCH_ONLY=switch the in-process comparison alone, LGNET_BENCH_ONLY=ping the latency
  * case alone, LGNET_BENCH_COALESCE=off the device without interrupt coalescing (NetDevice coalesce
  * { rxUsecs: 0, txUsecs: 0 }), =RX,TX with holds of RX and TX µs, LGNET_BENCH_BURST the device's chains per
  * burst and the C io_uring loops' operations per enter (default DEFAULT_BURST, 64).
@@ -60,6 +64,9 @@ import * as native from '../../native/index.ts';
 import { mask } from '../../device/features.ts';
 import { DEFAULT_BURST, NetDevice } from '../../device/net.ts';
 import { TapBackend, type TapIo } from '../../device/tap-backend.ts';
+import type { Backend } from '../../device/backend.ts';
+import { PairBackend } from '../../device/pair-backend.ts';
+import { SwitchBackend } from '../../device/switch-backend.ts';
 import { ethernet, icmpEchoRequest, ip4, isIcmpEchoReply, mac } from '../../harness/frames.ts';
 import { GuestRam } from '../../harness/guest-ram.ts';
 import { VirtioNetDriver } from '../../harness/virtio-net.ts';
@@ -189,6 +196,92 @@ async function benchMacvtap(ns: Netns, bin: string, seconds: number, tap?: Recor
   } finally {
     await closeSetup(s);
     ns.exec('ip', 'link', 'del', 'lgmva');
+  }
+  return out;
+}
+
+/** Frames the in-process bench keeps between A's TX and B's RX. */
+const IN_WINDOW = 128;
+
+/** Guest A and B of the in-process bench. */
+const IN_A = mac('02:00:00:00:00:0a');
+const IN_B = mac('02:00:00:00:00:0b');
+
+/** A device on `backend` with a harness guest, for the in-process bench. */
+async function inProcessGuest(backend: Backend, m: Uint8Array) {
+  const dev = new NetDevice({ backend, mac: m, maxQueueSize: QSIZE, burst: BURST, ...COALESCE });
+  const ram = new GuestRam(64 << 20);
+  const drv = new VirtioNetDriver(ram, { features: mask('VERSION_1', 'RING_EVENT_IDX', 'MAC') & dev.offered, queueSize: QSIZE });
+  await drv.attach(dev);
+  return { dev, ram, drv };
+}
+
+/**
+ * Guest A sends `len`-byte frames to guest B through two devices of this process, on the pair
+ * backend or on a two-port switch, for `seconds`: the harness keeps A's TX ring full and gives B's
+ * RX buffers back as they complete, both from this thread. Returns what B received per second and
+ * the CPU its RX worker and A's TX worker spent per frame.
+ */
+async function inProcessRun(kind: 'pair' | 'switch', len: number, seconds: number): Promise<{ fps: number; txNs: number; rxNs: number; dropped: number }> {
+  const backends = kind === 'pair' ? (() => { const p = new PairBackend(); return [p.a, p.b]; })() : new SwitchBackend({ ports: 2 }).ports;
+  const a = await inProcessGuest(backends[0]!, IN_A);
+  const b = await inProcessGuest(backends[1]!, IN_B);
+  try {
+    // B speaks first, so that the switch knows where it is (the pair needs nothing).
+    b.drv.send(ethernet(mac('ff:ff:ff:ff:ff:ff'), IN_B, 0x88b5, new Uint8Array(50)), { kick: true });
+    await b.drv.drainTx();
+    await a.drv.waitRx(1, { timeoutMs: 2000 });
+    const frame = ethernet(IN_B, IN_A, 0x88b5, new Uint8Array(len - 14));
+    // A window of frames in flight, below what B's buffers and the ring hold: neither backend drops
+    // (both drop rather than hold the sender back), so what is measured is the path, not the drops.
+    let inFlight = 0;
+    const pump = (s: number): void => {
+      const end = performance.now() + s * 1000;
+      while (performance.now() < end) {
+        let n = 0;
+        while (inFlight + n < IN_WINDOW && a.drv.send(frame)) n++;
+        if (n > 0) a.drv.flushTx();
+        inFlight += n - b.drv.recycleRx();
+      }
+    };
+    pump(0.3); // warm up
+    const rx = () => b.dev.metrics().queues[0]!.frames;
+    const drops = () => a.dev.metrics().queues[1]!.txDropBackend;
+    const [f0, d0, tx0, rx0, t0] = [rx(), drops(), workerCpu('tx'), workerCpu('rx'), performance.now()];
+    pump(seconds);
+    const secs = (performance.now() - t0) / 1000;
+    const frames = rx() - f0;
+    return { fps: frames / secs, txNs: ((workerCpu('tx') - tx0) * 1e9) / frames, rxNs: ((workerCpu('rx') - rx0) * 1e9) / frames, dropped: drops() - d0 };
+  } finally {
+    for (const g of [a, b]) {
+      await g.dev.close();
+      g.drv.close();
+      g.ram.close();
+    }
+  }
+}
+
+/**
+ * Two devices of one process back to back (an embedding VMM's guests): the switch backend against the
+ * pair backend, which copies frames the same way without a MAC table or a multi-producer ring, 64 and
+ * 1514 B, in LGNET_BENCH_IO_ROUNDS alternating rounds on fresh devices (medians and the spread).
+ */
+async function benchInProcess(seconds: number, rounds = IO_ROUNDS): Promise<Record<string, unknown>> {
+  const out: Record<string, unknown> = {};
+  for (const len of [64, 1514]) {
+    const runs: Record<'pair' | 'switch', Array<{ fps: number; txNs: number; rxNs: number; dropped: number }>> = { pair: [], switch: [] };
+    for (let r = 0; r < rounds; r++) for (const kind of ['pair', 'switch'] as const) runs[kind].push(await inProcessRun(kind, len, seconds));
+    const med = (xs: number[]) => stat(xs).median;
+    const ratios = runs.switch.map((s, i) => s.fps / runs.pair[i]!.fps);
+    const row = {
+      pair: med(runs.pair.map((x) => x.fps)), switch: med(runs.switch.map((x) => x.fps)),
+      ratio: med(ratios), ratioMin: Math.min(...ratios), ratioMax: Math.max(...ratios),
+      txNs: { pair: med(runs.pair.map((x) => x.txNs)), switch: med(runs.switch.map((x) => x.txNs)) },
+      rxNs: { pair: med(runs.pair.map((x) => x.rxNs)), switch: med(runs.switch.map((x) => x.rxNs)) },
+      dropped: { pair: runs.pair.reduce((n, x) => n + x.dropped, 0), switch: runs.switch.reduce((n, x) => n + x.dropped, 0) },
+    };
+    out[`a2b${len}`] = row;
+    console.log(`in-process A → B ${String(len).padStart(4)} B: switch ${fmt(row.switch)}  pair ${fmt(row.pair)}  ratio ${row.ratio.toFixed(3)} (${row.ratioMin.toFixed(3)}–${row.ratioMax.toFixed(3)})  TX worker ${row.txNs.switch.toFixed(0)} vs ${row.txNs.pair.toFixed(0)} ns/frame, RX worker ${row.rxNs.switch.toFixed(0)} vs ${row.rxNs.pair.toFixed(0)}, dropped ${row.dropped.switch} vs ${row.dropped.pair}`);
   }
   return out;
 }
@@ -687,6 +780,10 @@ export async function benchDevice(opts: { seconds?: number; mrgRounds?: number; 
       results['macvtap'] = await benchMacvtap(ns, bin, seconds);
       return results;
     }
+    if (ONLY === 'switch') {
+      results['inProcess'] = await benchInProcess(seconds);
+      return results;
+    }
     s = await setup(ns);
     results['io-path'] = { io: s.backend.io, why: s.backend.ioReason };
     console.log(`tap I/O: ${s.backend.io} (${s.backend.ioReason})`);
@@ -757,6 +854,7 @@ export async function benchDevice(opts: { seconds?: number; mrgRounds?: number; 
     s = undefined;
 
     results['macvtap'] = await benchMacvtap(ns, bin, seconds, results);
+    results['inProcess'] = await benchInProcess(seconds, opts.quick ? 1 : IO_ROUNDS);
 
     results['ping'] = await benchPing(ns, bin, pingPlan);
     results['mrg'] = await benchMrg(ns, bin, seconds, opts.mrgRounds, opts.quick);

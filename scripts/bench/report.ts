@@ -175,6 +175,19 @@ export function buildReport(dir = RESULTS_DIR): { markdown: string; chart: strin
       }
       md.push('');
     }
+    const ip = device['inProcess'] as J | undefined;
+    if (ip) {
+      md.push('Two devices of one process, guest A sending to guest B (128 frames in flight, none dropped): on a two-port switch against the pair backend, medians over rounds, with the CPU per frame of A\'s TX worker and B\'s RX worker:', '');
+      md.push('| case | switch (M frames/s) | pair (M frames/s) | switch/pair (range) | TX worker ns/frame, switch / pair | RX worker ns/frame, switch / pair |', '|---|---|---|---|---|---|');
+      for (const k of ['a2b64', 'a2b1514']) {
+        const r = ip[k] as J | undefined;
+        if (!r) continue;
+        const tx = r['txNs'] as J;
+        const rx = r['rxNs'] as J;
+        md.push(`| ${k.replace(/^a2b(\d+)/, 'A → B $1 B')} | ${M(r['switch'])} | ${M(r['pair'])} | **${n(r['ratio'], 2)}** (${n(r['ratioMin'], 2)}–${n(r['ratioMax'], 2)}) | ${n(tx['switch'], 0)} / ${n(tx['pair'], 0)} | ${n(rx['switch'], 0)} / ${n(rx['pair'], 0)} |`);
+      }
+      md.push('');
+    }
     reportIo(md, device['io'] as J | undefined);
     reportMrg(md, device['mrg'] as J | undefined);
     const ping = device['ping'] as { pings: number; gapUs: number; lgnet: J; c: J; wake?: Record<string, J> } | undefined;

@@ -52,6 +52,13 @@ describe.skipIf(process.getuid?.() !== 0)('bench smoke (tiny durations)', () => 
       expect(mv[k]!.c, k).toBeGreaterThan(0);
       expect(mv[k]!.ratioToTap, k).toBeGreaterThan(0);
     }
+    // Two devices of one process, on a switch and on a pair: both carried frames, none dropped.
+    const ip = d['inProcess'] as Record<string, { pair: number; switch: number; dropped: { pair: number; switch: number } }>;
+    for (const k of ['a2b64', 'a2b1514']) {
+      expect(ip[k]!.switch, k).toBeGreaterThan(0);
+      expect(ip[k]!.pair, k).toBeGreaterThan(0);
+      expect(ip[k]!.dropped, k).toEqual({ pair: 0, switch: 0 });
+    }
     // Packed, dirty-log, echo and MRG comparisons come on top of tx/rx, shortened (quick).
   }, 180_000);
 
