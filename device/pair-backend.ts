@@ -72,21 +72,25 @@ function createRing(slots: number): FrameRingSpec {
   return { sab: new SharedArrayBuffer(RING_HDR + slots * SLOT_STRIDE), slots, wakeFd: native.eventfdCreate({ nonblocking: true }) };
 }
 
-/** One side of a pair: a Backend for one of the two devices. */
-class PairSide implements Backend {
-  readonly kind = PAIR_KIND;
-  readonly queuePairs = 1;
-  private readonly out: FrameRingSpec;
-  private readonly inp: FrameRingSpec;
-  private readonly dir: number;
-  private readonly owner: PairBackend;
-  private hdrLen = 12;
+/** What owns in-process ports: their filter hook, and the fds they share until the last is closed. */
+export interface PortOwner {
+  readonly filter: FilterRef | undefined;
+  release(): void;
+}
 
-  constructor(owner: PairBackend, out: FrameRingSpec, inp: FrameRingSpec, dir: number) {
+/**
+ * A Backend whose frames are copied between devices of this process (a side of a pair, a port of a
+ * switch): one queue pair, no offloads (every header is plain), the owner's filter hook, and the
+ * header length the driver negotiated, for the port's spec.
+ */
+export abstract class InProcessPort implements Backend {
+  abstract readonly kind: string;
+  readonly queuePairs = 1;
+  protected readonly owner: PortOwner;
+  protected hdrLen = 12;
+
+  constructor(owner: PortOwner) {
     this.owner = owner;
-    this.out = out;
-    this.inp = inp;
-    this.dir = dir;
   }
 
   supportedOffloads(): bigint {
@@ -101,15 +105,34 @@ class PairSide implements Backend {
     this.hdrLen = f.hdrLen;
   }
 
-  port(pair: number): PairPortSpec {
-    if (pair !== 0) throw new RangeError('a pair backend has one queue pair');
-    return {
-      kind: PAIR_KIND, out: this.out, in: this.inp, dir: this.dir, hdrLen: this.hdrLen, hostFd: this.owner.hostFd,
-    };
-  }
+  abstract port(pair: number): PortSpec;
 
   close(): void {
     this.owner.release();
+  }
+}
+
+/** One side of a pair: a Backend for one of the two devices. */
+class PairSide extends InProcessPort {
+  readonly kind = PAIR_KIND;
+  private readonly out: FrameRingSpec;
+  private readonly inp: FrameRingSpec;
+  private readonly dir: number;
+  private readonly pair: PairBackend;
+
+  constructor(owner: PairBackend, out: FrameRingSpec, inp: FrameRingSpec, dir: number) {
+    super(owner);
+    this.pair = owner;
+    this.out = out;
+    this.inp = inp;
+    this.dir = dir;
+  }
+
+  port(pair: number): PairPortSpec {
+    if (pair !== 0) throw new RangeError('a pair backend has one queue pair');
+    return {
+      kind: PAIR_KIND, out: this.out, in: this.inp, dir: this.dir, hdrLen: this.hdrLen, hostFd: this.pair.hostFd,
+    };
   }
 }
 

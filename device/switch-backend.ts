@@ -32,9 +32,8 @@ import * as native from '../native/index.ts';
 import { NativeError } from '../native/errors.ts';
 import type { IovecTable, MappingViews } from '../native/iovec.ts';
 import type { Backend, FilterRef, FrameFilter, PortContext, PortSpec, Ports, RxPort, TxPort } from './backend.ts';
-import type { NegotiatedFeatures } from './features.ts';
 import { M } from './metrics.ts';
-import { BASE_HDR, SLOT_DATA, VERDICT, scatterSlot, writeToHost } from './pair-backend.ts';
+import { BASE_HDR, InProcessPort, SLOT_DATA, VERDICT, scatterSlot, writeToHost } from './pair-backend.ts';
 
 /** The PortSpec kind of switch ports (backends.ts registers openPorts under it). */
 export const SWITCH_KIND = 'switch';
@@ -215,38 +214,20 @@ export interface SwitchOptions {
 }
 
 /** One port of a switch: the Backend of one NetDevice. */
-class SwitchPort implements Backend {
+class SwitchPort extends InProcessPort {
   readonly kind = SWITCH_KIND;
-  readonly queuePairs = 1;
-  private readonly owner: SwitchBackend;
+  private readonly sw: SwitchBackend;
   private readonly self: number;
-  private hdrLen = 12;
 
   constructor(owner: SwitchBackend, self: number) {
-    this.owner = owner;
+    super(owner);
+    this.sw = owner;
     this.self = self;
-  }
-
-  supportedOffloads(): bigint {
-    return 0n;
-  }
-
-  frameFilter(): FilterRef | undefined {
-    return this.owner.filter;
-  }
-
-  configure(f: NegotiatedFeatures): void {
-    this.hdrLen = f.hdrLen;
   }
 
   port(pair: number): SwitchPortSpec {
     if (pair !== 0) throw new RangeError('a switch port has one queue pair');
-    const o = this.owner;
-    return { kind: SWITCH_KIND, ...o.shared(), self: this.self, hdrLen: this.hdrLen };
-  }
-
-  close(): void {
-    this.owner.release();
+    return { kind: SWITCH_KIND, ...this.sw.shared(), self: this.self, hdrLen: this.hdrLen };
   }
 }
 

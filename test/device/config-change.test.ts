@@ -11,7 +11,8 @@ import { ACK, CTRL } from '../../device/ctrl.ts';
 import type { ConfigChange } from '../../device/net.ts';
 import { arpReply, ip4, mac } from '../../harness/frames.ts';
 import * as native from '../../native/index.ts';
-import { createBed, until, type Bed } from './helpers.ts';
+import { sniffFrame } from '../helpers/sniff.ts';
+import { createBed, type Bed } from './helpers.ts';
 
 // createBed() tracks what it makes: closed after each test (test/helpers/bed.ts).
 let bed: Bed | undefined;
@@ -53,14 +54,7 @@ it("guestAnnounce: ANNOUNCE set and told to the VMM; the guest's gratuitous ARP 
   const sniff = native.withNetns(b.ns.path, () => native.packetOpen('lgtap0'));
   try {
     b.drv.send(arpReply(b.guestMac, guestIp, BROADCAST, guestIp), { kick: true });
-    const buf = new Uint8Array(2048);
-    let found = false;
-    await until('the gratuitous ARP on the host side', () => {
-      for (let n = native.fdRead(sniff, buf); n > 0; n = native.fdRead(sniff, buf)) {
-        if (isGratuitousArp(buf.subarray(0, n), guestIp)) found = true;
-      }
-      return found;
-    });
+    expect(await sniffFrame(sniff, (f) => isGratuitousArp(f, guestIp)), 'the gratuitous ARP on the host side').not.toBeNull();
   } finally {
     native.close(sniff);
   }

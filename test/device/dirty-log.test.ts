@@ -13,6 +13,7 @@ import { LOG_PAGE_SIZE, dirtyLogSize, type DirtyLog } from '../../vring/index.ts
 import { ip4, mac, udpFrame } from '../../harness/frames.ts';
 import { createBed, udpSend, type Bed } from './helpers.ts';
 import { begin, expectLogged, untilUsed, usedIdx } from './dirty-log-helpers.ts';
+import { sniffFrame } from '../helpers/sniff.ts';
 
 const QSIZE = 16;
 
@@ -184,15 +185,9 @@ describe('announce', () => {
     const { openPacketIn } = await import('../../harness/netns.ts');
     const sniff = openPacketIn(bed.ns, 'lgtap0');
     expect(bed.dev.announce()).toBe(true);
-    const buf = new Uint8Array(2048);
-    let n = -1;
-    const deadline = Date.now() + 3000;
-    while (Date.now() < deadline) {
-      n = native.fdRead(sniff, buf);
-      if (n > 0 && buf[12] === 0x80 && buf[13] === 0x35) break;
-      await new Promise((r) => setTimeout(r, 10));
-    }
-    expect(n).toBe(60);
+    const got = await sniffFrame(sniff, (f) => f[12] === 0x80 && f[13] === 0x35);
+    expect(got?.length).toBe(60);
+    const buf = got!;
     expect([...buf.subarray(0, 6)]).toEqual([0xff, 0xff, 0xff, 0xff, 0xff, 0xff]);
     expect([...buf.subarray(6, 12)]).toEqual([...mac('52:54:00:12:34:56')]);
     expect(buf[21]).toBe(3); // reverse request

@@ -18,6 +18,7 @@ import { ethernet } from '../../harness/frames.ts';
 import { GuestRam } from '../../harness/guest-ram.ts';
 import { VirtioNetDriver } from '../../harness/virtio-net.ts';
 import { createNetns, destroyAllNetns, openPacketIn, openTapIn } from '../../harness/netns.ts';
+import { sniffFrame } from '../helpers/sniff.ts';
 
 afterAll(() => destroyAllNetns());
 const cleanups: Array<() => Promise<void> | void> = [];
@@ -71,14 +72,9 @@ it('accept bridges both ways, deny drops and counts, host goes to the host tap',
   expect(ma.frames).toBe(3);
   expect(ma.bytes).toBe(100 + 100 + 1514);
   // The host frame arrived on the host tap, whole.
-  const buf = new Uint8Array(2048);
-  let n = -1;
-  for (let i = 0; i < 100 && n < 0; i++) {
-    n = native.fdRead(sniff, buf);
-    if (n < 0) await new Promise((r) => setTimeout(r, 10));
-  }
-  expect(n).toBe(100);
-  expect(buf[14]).toBe(3);
+  const got = await sniffFrame(sniff);
+  expect(got?.length).toBe(100);
+  expect(got?.[14]).toBe(3);
 
   // And back: B → A (legacy header on A's side).
   expect(b.drv.send(frame(MAC_A, MAC_B, 0x88b5, 9, 60))).toBe(true);

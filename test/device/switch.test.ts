@@ -22,6 +22,7 @@ import { ethernet } from '../../harness/frames.ts';
 import { GuestRam } from '../../harness/guest-ram.ts';
 import { VirtioNetDriver } from '../../harness/virtio-net.ts';
 import { createNetns, destroyAllNetns, openPacketIn, openTapIn } from '../../harness/netns.ts';
+import { sniffFrame } from '../helpers/sniff.ts';
 
 afterAll(() => destroyAllNetns());
 const cleanups: Array<() => Promise<void> | void> = [];
@@ -122,14 +123,9 @@ it('the filter hook sees the sending port: deny drops and counts, host goes to t
   expect(await tags(a!, 1)).toEqual([4]);
   const ta = a!.dev.metrics().queues[1]!;
   expect([ta.txDropFiltered, ta.txHost, ta.frames]).toEqual([1, 1, 2]);
-  const buf = new Uint8Array(2048);
-  let n = -1;
-  for (let i = 0; i < 100 && n < 0; i++) {
-    n = native.fdRead(sniff, buf);
-    if (n < 0) await new Promise((r) => setTimeout(r, 10));
-  }
-  expect(n).toBe(100);
-  expect(buf[14]).toBe(2);
+  const got = await sniffFrame(sniff);
+  expect(got?.length).toBe(100);
+  expect(got?.[14]).toBe(2);
 });
 
 it('two ports sending to a third at once: every frame arrives once, in each sender\'s order', async () => {
