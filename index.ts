@@ -11,7 +11,7 @@
  */
 
 // The device (embedding API).
-export { NetDevice, type NetDeviceOptions, type MemoryRegionSpec, type QueueSetup, type DeviceMetrics, type DirtyLogSpec, type QueueInspection, type ConfigChange } from './device/net.ts';
+export { NetDevice, type NetDeviceOptions, type MemoryRegionSpec, type QueueSetup, type DeviceMetrics, type DirtyLogSpec, type QueueInspection, type ConfigChange, type MacChange } from './device/net.ts';
 export { DirtyLog, dirtyLogSize } from './vring/dirty-log.ts';
 export { rarpFrame } from './device/announce.ts';
 export { TapBackend, type TapOptions, type TapIo } from './device/tap-backend.ts';

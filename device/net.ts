@@ -16,7 +16,7 @@ import * as native from '../native/index.ts';
 import { DirtyLog, GuestMemory, LOG_PAGE_SIZE, dirtyLogSize, isQueueSize, type Iotlb } from '../vring/index.ts';
 import { rarpFrame } from './announce.ts';
 import type { Backend } from './backend.ts';
-import { CFG, NetConfig, parseMac, STATUS } from './config.ts';
+import { CFG, formatMac, NetConfig, parseMac, STATUS } from './config.ts';
 import type { CtrlTarget } from './ctrl.ts';
 import { CtrlLoop } from './ctrl-loop.ts';
 import { IotlbWait, type IotlbMissSink } from './iotlb-asks.ts';
@@ -98,13 +98,23 @@ export interface ConfigChange {
   status: number;
 }
 
+/** The `macChange` event: the driver set its MAC address (VIRTIO_NET_CTRL_MAC_ADDR_SET, or a legacy config write). */
+export interface MacChange {
+  /** The address now, aa:bb:cc:dd:ee:ff. */
+  mac: string;
+  /** The address before. */
+  previous: string;
+}
+
 /**
  * A virtio-net device. Events: `broken` ({queue, code, message}) when a guest breaks a ring,
  * `log` ({level, msg, ...}) for things an operator should see, behind an IOMMU (setIotlb)
  * `iotlbMiss` ({queue, iova, access}) when a queue needs a mapping it does not have, and
  * `configChange` ({@link ConfigChange}) when the device changed its config space (setLinkUp,
  * guestAnnounce): the VMM then sends the driver a configuration change notification, if it is
- * running (PCI: the config vector, or ISR bit 1; MMIO: InterruptStatus bit 1).
+ * running (PCI: the config vector, or ISR bit 1; MMIO: InterruptStatus bit 1); and `macChange`
+ * ({@link MacChange}) when the driver set its own address (the receive filter follows it; a VMM that
+ * trusts its guest's address changes gives them to a macvtap: TapBackend.setMacvtapAddress).
  */
 export class NetDevice extends EventEmitter {
   readonly config: NetConfig;
@@ -781,13 +791,23 @@ export class NetDevice extends EventEmitter {
     return this.config.read(offset, size);
   }
 
-  /** Writes the config space (only the MAC is writable). */
+  /** Writes the config space (only the MAC is writable: a legacy driver sets its address so). */
   writeConfig(offset: number, data: Uint8Array): void {
+    const before = this.config.mac.slice();
     this.config.write(offset, data);
     if (offset < CFG.MAC + 6) {
       this.filter.mac.set(this.config.mac);
       this.pushFilter();
+      this.macChanged(before);
     }
+  }
+
+  /** Emits `macChange` when the driver's address is not `before` any more. */
+  private macChanged(before: Uint8Array): void {
+    const now = this.config.mac;
+    if (now.every((b, i) => b === before[i])) return;
+    const e: MacChange = { mac: formatMac(now), previous: formatMac(before) };
+    this.emit('macChange', e);
   }
 
   /**
@@ -910,7 +930,11 @@ export class NetDevice extends EventEmitter {
       filter: this.filter,
       maxQueuePairs: this.maxQueuePairs,
       filterChanged: () => this.pushFilter(),
-      setMac: (mac) => { this.config.mac = mac; },
+      setMac: (mac) => {
+        const before = this.config.mac.slice();
+        this.config.mac = mac;
+        this.macChanged(before);
+      },
       announceAcked: () => { this.config.status &= ~STATUS.ANNOUNCE; },
       setQueuePairs: (n) => {
         this.activePairs = n;

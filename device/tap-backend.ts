@@ -221,7 +221,7 @@ export class TapBackend implements Backend {
   /** A macvtap's fds: the interface is a macvtap, not a tun tap. */
   readonly macvtap: boolean;
   /** A macvtap's MAC address: the lower device delivers it the frames sent to that address only. */
-  readonly guestAddress: Uint8Array | undefined;
+  guestAddress: Uint8Array | undefined;
   /** The macvtap's address before it was given TapOptions.macvtapAddress; undefined if it already had it. */
   readonly replacedAddress: Uint8Array | undefined;
   /** A macvtap's deletion flag, shared with the workers' TX ports (TapPortSpec.gone). */
@@ -293,6 +293,19 @@ export class TapBackend implements Backend {
       this.close();
       throw e;
     }
+  }
+
+  /**
+   * Gives the macvtap a new address (SIOCSIFHWADDR on its device), e.g. the one its guest set
+   * (NetDevice `macChange`), as libvirt does with trustGuestRxFilters: only for a guest trusted with
+   * it, since the lower device then hands it the frames of that address. Outside lgnet's jail, whose
+   * seccomp policy does not allow it. Throws NET_MACVTAP_ADDRESS (taken by another macvtap of the
+   * device, not unicast, the macvtap deleted) or, for a tap, NET_BAD_TAP.
+   */
+  setMacvtapAddress(mac: Uint8Array): void {
+    if (!this.macvtap) throw new NetConfigError(NET_ERROR.BAD_TAP, `${this.name} is a tap, not a macvtap: its own address is the host's end, not the guest's`);
+    giveMacvtapAddress(this.fds[0]!, this.name, mac);
+    this.guestAddress = mac.slice();
   }
 
   /** Whether the macvtap was found deleted (never true for a tap, whose deletion is `gone`). */

@@ -2,13 +2,14 @@
  * The device's own changes to its config space (embedded mode), each told to the VMM by `configChange`
  * with a new config generation: the link state the VMM sets (as QEMU's `set_link`), and the announce it
  * asks of the guest after a live migration (VIRTIO_NET_S_ANNOUNCE, cleared by the driver's
- * ANNOUNCE_ACK). The driver's part of the announce is played as Linux's virtio_net plays it: a
- * gratuitous ARP through its TX queue, which must reach the host, then the ack.
+ * ANNOUNCE_ACK); and `macChange` when a driver sets its own address. The driver's part of the
+ * announce is played as Linux's virtio_net plays it: a gratuitous ARP through its TX queue, which must
+ * reach the host, then the ack.
  */
 import { expect, it } from 'vitest';
 import { STATUS } from '../../device/config.ts';
 import { ACK, CTRL } from '../../device/ctrl.ts';
-import type { ConfigChange } from '../../device/net.ts';
+import type { ConfigChange, MacChange } from '../../device/net.ts';
 import { arpReply, ip4, mac } from '../../harness/frames.ts';
 import * as native from '../../native/index.ts';
 import { sniffFrame } from '../helpers/sniff.ts';
@@ -92,4 +93,14 @@ it('setLinkUp: a change is told once, the same state again is not, and a reset k
   bed.dev.setLinkUp(true);
   expect(seen).toEqual([{ generation: gen + 1, status: 0 }, { generation: gen + 2, status: STATUS.LINK_UP }]);
   expect(status(bed)).toBe(STATUS.LINK_UP);
+});
+
+it('a legacy driver writing the MAC into config space: macChange, once per change', async () => {
+  bed = await createBed({ accept: ['MAC'] });
+  const seen: MacChange[] = [];
+  bed.dev.on('macChange', (e: MacChange) => seen.push(e));
+  const was = bed.dev.readConfig(0, 6);
+  bed.dev.writeConfig(0, Uint8Array.of(0x52, 0x54, 0, 0, 0, 0x77));
+  bed.dev.writeConfig(0, Uint8Array.of(0x52, 0x54, 0, 0, 0, 0x77));
+  expect(seen).toEqual([{ mac: '52:54:00:00:00:77', previous: [...was].map((b) => b.toString(16).padStart(2, '0')).join(':') }]);
 });

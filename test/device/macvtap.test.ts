@@ -15,7 +15,8 @@ import { rmSync } from 'node:fs';
 import { formatMac, parseMac } from '../../device/config.ts';
 import { NET_ERROR, NetConfigError } from '../../device/errors.ts';
 import { mask } from '../../device/features.ts';
-import { NetDevice } from '../../device/net.ts';
+import { NetDevice, type MacChange } from '../../device/net.ts';
+import { ACK, CTRL } from '../../device/ctrl.ts';
 import { MACVTAP_WATCH_MS, TapBackend } from '../../device/tap-backend.ts';
 import { ip4, mac, udpFrame } from '../../harness/frames.ts';
 import { GuestRam } from '../../harness/guest-ram.ts';
@@ -46,11 +47,11 @@ function macvtapNs(): { ns: Netns; guestMac: string; hostMac: Uint8Array } {
 }
 
 /** A device on `backend` (no MAC given: it takes the macvtap's) and a harness driver on `pairs` pairs. */
-async function serve(ns: Netns, backend: TapBackend, pairs: number) {
+async function serve(ns: Netns, backend: TapBackend, pairs: number, ctrl = false) {
   const dev = new NetDevice({ backend, queuePairs: pairs });
   const ram = new GuestRam(64 << 20);
-  const features = mask('VERSION_1', 'MRG_RXBUF', 'RING_EVENT_IDX', 'MAC', ...(pairs > 1 ? ['MQ' as const] : []));
-  const drv = new VirtioNetDriver(ram, { features: features & dev.offered, pairs });
+  const features = mask('VERSION_1', 'MRG_RXBUF', 'RING_EVENT_IDX', 'MAC', ...(pairs > 1 ? ['MQ' as const] : []), ...(ctrl ? ['CTRL_VQ' as const, 'CTRL_MAC_ADDR' as const] : []));
+  const drv = new VirtioNetDriver(ram, { features: features & dev.offered, pairs, ...(ctrl ? { ctrl: { maxPairs: pairs } } : {}) });
   await drv.attach(dev);
   const logs: Array<Record<string, unknown>> = [];
   dev.on('log', (e: Record<string, unknown>) => logs.push(e));
@@ -137,6 +138,36 @@ describe.runIf(pre.ok)('a macvtap as the backend', () => {
       expect(tap.macvtap).toBe(false);
       expect(tap.guestAddress).toBeUndefined();
       expect(m.ns.exec('cat', '/sys/class/net/lgmvtt/address').trim()).not.toBe(want);
+    } finally {
+      tap.close();
+    }
+  });
+
+  it("the guest sets its address (MAC_ADDR_SET): macChange tells the VMM, which gives it to the macvtap; the host reaches the guest there", async () => {
+    const m = macvtapNs();
+    const backend = native.withNetns(m.ns.path, () => new TapBackend({ name: 'lgmvt0' }));
+    const { dev, drv } = await serve(m.ns, backend, 1, true);
+    const seen: MacChange[] = [];
+    // The VMM's policy, as libvirt's trustGuestRxFilters: the guest's choice goes to the macvtap.
+    dev.on('macChange', (e: MacChange) => {
+      seen.push(e);
+      backend.setMacvtapAddress(parseMac(e.mac));
+    });
+    const want = '52:54:00:ab:cd:02';
+    expect(await drv.ctrl(CTRL.MAC, CTRL.MAC_ADDR_SET, parseMac(want))).toBe(ACK.OK);
+    expect(seen).toEqual([{ mac: want, previous: m.guestMac }]);
+    expect(formatMac(dev.readConfig(0, 6))).toBe(want);
+    expect(m.ns.exec('cat', '/sys/class/net/lgmvt0/address').trim()).toBe(want);
+    expect(formatMac(backend.guestAddress!)).toBe(want);
+    m.ns.exec('ip', 'neigh', 'replace', GUEST_IP, 'lladdr', want, 'dev', 'lgvb');
+    expect(await sprayFlows(m.ns, GUEST_IP, drv, 1)).toEqual([FLOWS]);
+    // The same address again changes nothing, so nothing is told.
+    expect(await drv.ctrl(CTRL.MAC, CTRL.MAC_ADDR_SET, parseMac(want))).toBe(ACK.OK);
+    expect(seen).toHaveLength(1);
+    // A tap has no address of the guest's to give.
+    const tap = native.withNetns(m.ns.path, () => new TapBackend({ name: 'lgmvtt' }));
+    try {
+      expect(thrownBy(() => tap.setMacvtapAddress(parseMac(want)), NetConfigError).code).toBe(NET_ERROR.BAD_TAP);
     } finally {
       tap.close();
     }
