@@ -3,9 +3,9 @@
  * backend's per-frame filter hook and no system call per frame (one eventfd write per destination
  * port and burst):
  *
- *   port i's TX worker: copies the frame out of guest memory, learns its source MAC on port i, asks
- *   filter(frame, dir = i):
- *     ACCEPT  its destination MAC learned on port p (p ≠ i)     → port p's frame ring
+ *   port i's TX worker: copies the frame out of guest memory, asks filter(frame, dir = i):
+ *     ACCEPT  (its source MAC is learned on port i, then)
+ *             its destination MAC learned on port p (p ≠ i)     → port p's frame ring
  *             broadcast, multicast, or not learned (yet)        → every other port's ring (flooded)
  *     HOST    → written to the host tap (hostFd)                  DENY → dropped, counted
  *   port p's RX worker: scatters the frames of its ring into its guest's buffers.
@@ -53,6 +53,7 @@ export interface SwitchPortSpec extends PortSpec {
   readonly hdrLen: number;
   /** Where HOST verdicts go, or -1. */
   readonly hostFd: number;
+  /** Seconds a learned MAC is kept without a frame from it. */
   readonly ageSeconds: number;
   /** MAC addresses one port may hold in the table. */
   readonly maxMacsPerPort: number;
@@ -296,7 +297,7 @@ export class SwitchBackend {
 }
 
 /**
- * Worker side, TX: stages each frame, learns its source, asks the filter, and publishes it into the
+ * Worker side, TX: stages each frame, asks the filter, learns an accepted frame's source, and publishes it into the
  * ring of each port it goes to; one eventfd write per port reached, after the burst.
  */
 class SwitchTxPort implements TxPort {
