@@ -297,8 +297,9 @@ export class SwitchBackend {
 }
 
 /**
- * Worker side, TX: stages each frame, asks the filter, learns an accepted frame's source, and publishes it into the
- * ring of each port it goes to; one eventfd write per port reached, after the burst.
+ * Worker side, TX: stages each frame, asks the filter, learns an accepted frame's source, and
+ * publishes it into the ring of each port it goes to; one eventfd write per port reached, after the
+ * burst.
  */
 class SwitchTxPort implements TxPort {
   private readonly rings: ReadonlyArray<{ i32: Int32Array; u8: Uint8Array; dv: DataView; mask: number; slots: number; wakeFd: number }>;
