@@ -23,7 +23,7 @@ import { IotlbWait, type IotlbMissSink } from './iotlb-asks.ts';
 import { GuestMemoryFaultError, NET_ERROR, NetConfigError, NetStateError, WorkerError } from './errors.ts';
 import { decode, DEFAULT_OFFERED, GUEST_OFFLOAD_FEATURES, has, mask, names, OFFLOAD_FEATURES, type NegotiatedFeatures } from './features.ts';
 import { createCounters, M, snapshot } from './metrics.ts';
-import { RxFilter } from './rx-filter.ts';
+import { macEquals, RxFilter } from './rx-filter.ts';
 import { WorkerHost } from './worker-host.ts';
 import { filterState, memoryFromMappings, type QueueConfig, type WorkerLog, type WorkerRegion } from './worker-protocol.ts';
 import { DEFAULT_SNAPLEN } from './capture.ts';
@@ -805,7 +805,7 @@ export class NetDevice extends EventEmitter {
   /** Emits `macChange` when the driver's address is not `before` any more. */
   private macChanged(before: Uint8Array): void {
     const now = this.config.mac;
-    if (now.every((b, i) => b === before[i])) return;
+    if (macEquals(now, 0, before, 0)) return;
     const e: MacChange = { mac: formatMac(now), previous: formatMac(before) };
     this.emit('macChange', e);
   }

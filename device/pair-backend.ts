@@ -83,13 +83,13 @@ export interface PortOwner {
  * switch): one queue pair, no offloads (every header is plain), the owner's filter hook, and the
  * header length the driver negotiated, for the port's spec.
  */
-export abstract class InProcessPort implements Backend {
+export abstract class InProcessPort<O extends PortOwner> implements Backend {
   abstract readonly kind: string;
   readonly queuePairs = 1;
-  protected readonly owner: PortOwner;
+  protected readonly owner: O;
   protected hdrLen = 12;
 
-  constructor(owner: PortOwner) {
+  constructor(owner: O) {
     this.owner = owner;
   }
 
@@ -113,16 +113,14 @@ export abstract class InProcessPort implements Backend {
 }
 
 /** One side of a pair: a Backend for one of the two devices. */
-class PairSide extends InProcessPort {
+class PairSide extends InProcessPort<PairBackend> {
   readonly kind = PAIR_KIND;
   private readonly out: FrameRingSpec;
   private readonly inp: FrameRingSpec;
   private readonly dir: number;
-  private readonly pair: PairBackend;
 
   constructor(owner: PairBackend, out: FrameRingSpec, inp: FrameRingSpec, dir: number) {
     super(owner);
-    this.pair = owner;
     this.out = out;
     this.inp = inp;
     this.dir = dir;
@@ -131,7 +129,7 @@ class PairSide extends InProcessPort {
   port(pair: number): PairPortSpec {
     if (pair !== 0) throw new RangeError('a pair backend has one queue pair');
     return {
-      kind: PAIR_KIND, out: this.out, in: this.inp, dir: this.dir, hdrLen: this.hdrLen, hostFd: this.pair.hostFd,
+      kind: PAIR_KIND, out: this.out, in: this.inp, dir: this.dir, hdrLen: this.hdrLen, hostFd: this.owner.hostFd,
     };
   }
 }

@@ -72,7 +72,8 @@ function isBroadcast(f: Uint8Array, o: number): boolean {
   return (f[o]! & f[o + 1]! & f[o + 2]! & f[o + 3]! & f[o + 4]! & f[o + 5]!) === 0xff;
 }
 
-function macEquals(a: Uint8Array, ao: number, b: Uint8Array, bo: number): boolean {
+/** Whether the 6 bytes at `ao` of `a` are those at `bo` of `b` (two MAC addresses). */
+export function macEquals(a: Uint8Array, ao: number, b: Uint8Array, bo: number): boolean {
   for (let i = 0; i < 6; i++) if (a[ao + i] !== b[bo + i]) return false;
   return true;
 }

@@ -93,6 +93,10 @@ const VALID = 0x10000;
 /** A MAC already on the right port is written again only this often (seconds), so learning costs a read. */
 const REFRESH_S = 1;
 
+/** The MAC at `at` of `b` as the table keeps it: its first two bytes with VALID, then its last four. */
+const macHi = (b: Uint8Array, at: number): number => VALID | (b[at]! << 8) | b[at + 1]!;
+const macLo = (b: Uint8Array, at: number): number => (b[at + 2]! << 24) | (b[at + 3]! << 16) | (b[at + 4]! << 8) | b[at + 5]!;
+
 /**
  * The shared MAC table over an Int32Array: ENTRIES entries, then one count per port of the entries it
  * holds. Every TX worker learns and looks up through its own view. Writers take an entry's sequence
@@ -215,20 +219,18 @@ export interface SwitchOptions {
 }
 
 /** One port of a switch: the Backend of one NetDevice. */
-class SwitchPort extends InProcessPort {
+class SwitchPort extends InProcessPort<SwitchBackend> {
   readonly kind = SWITCH_KIND;
-  private readonly sw: SwitchBackend;
   private readonly self: number;
 
   constructor(owner: SwitchBackend, self: number) {
     super(owner);
-    this.sw = owner;
     this.self = self;
   }
 
   port(pair: number): SwitchPortSpec {
     if (pair !== 0) throw new RangeError('a switch port has one queue pair');
-    return { kind: SWITCH_KIND, ...this.sw.shared(), self: this.self, hdrLen: this.hdrLen };
+    return { kind: SWITCH_KIND, ...this.owner.shared(), self: this.self, hdrLen: this.hdrLen };
   }
 }
 
@@ -302,7 +304,7 @@ export class SwitchBackend {
  * burst.
  */
 class SwitchTxPort implements TxPort {
-  private readonly rings: ReadonlyArray<{ i32: Int32Array; u8: Uint8Array; dv: DataView; mask: number; slots: number; wakeFd: number }>;
+  private readonly rings: ReadonlyArray<{ i32: Int32Array; u8: Uint8Array; dv: DataView; mask: number; wakeFd: number }>;
   private readonly table: MacTable;
   private readonly full: Float64Array;
   private readonly self: number;
@@ -318,7 +320,7 @@ class SwitchTxPort implements TxPort {
   refused = new Uint8Array(64);
 
   constructor(spec: SwitchPortSpec, ctx: PortContext) {
-    this.rings = spec.rings.map((r) => ({ i32: new Int32Array(r.sab), u8: new Uint8Array(r.sab), dv: new DataView(r.sab), mask: r.slots - 1, slots: r.slots, wakeFd: r.wakeFd }));
+    this.rings = spec.rings.map((r) => ({ i32: new Int32Array(r.sab), u8: new Uint8Array(r.sab), dv: new DataView(r.sab), mask: r.slots - 1, wakeFd: r.wakeFd }));
     this.table = new MacTable(spec.table, spec.rings.length, spec.maxMacsPerPort);
     this.full = new Float64Array(spec.full, spec.self * spec.rings.length * 8, spec.rings.length);
     this.self = spec.self;
@@ -355,7 +357,7 @@ class SwitchTxPort implements TxPort {
       if (verdict === VERDICT.ACCEPT) {
         // Only what the filter lets onto the switch teaches it a source (the TX service passes only
         // frames of at least an Ethernet header).
-        if ((stage[d + 6]! & 1) === 0) this.table.learn(VALID | (stage[d + 6]! << 8) | stage[d + 7]!, (stage[d + 8]! << 24) | (stage[d + 9]! << 16) | (stage[d + 10]! << 8) | stage[d + 11]!, this.self, now, this.age);
+        if ((stage[d + 6]! & 1) === 0) this.table.learn(macHi(stage, d + 6), macLo(stage, d + 6), this.self, now, this.age);
         if (this.forward(total, now) === 0) refused[f] = 1;
       } else if (verdict === VERDICT.HOST && this.hostFd >= 0) {
         if (writeToHost(this.hostFd, stage.subarray(0, total), this.c)) this.c[M.txHost]! += 1;
@@ -383,7 +385,7 @@ class SwitchTxPort implements TxPort {
     const s = this.stage;
     const d = BASE_HDR;
     let to = -1;
-    if ((s[d]! & 1) === 0) to = this.table.lookup(VALID | (s[d]! << 8) | s[d + 1]!, (s[d + 2]! << 24) | (s[d + 3]! << 16) | (s[d + 4]! << 8) | s[d + 5]!, now, this.age);
+    if ((s[d]! & 1) === 0) to = this.table.lookup(macHi(s, d), macLo(s, d), now, this.age);
     if (to === this.self) {
       this.c[M.txDropFiltered]! += 1;
       return 0;

@@ -40,6 +40,7 @@ import type { Backend, PortContext, PortSpec, Ports, RxPort, TxPort } from './ba
 import { formatMac } from './config.ts';
 import { NET_ERROR, NetConfigError } from './errors.ts';
 import { mask, type NegotiatedFeatures } from './features.ts';
+import { macEquals } from './rx-filter.ts';
 import { M } from './metrics.ts';
 
 /** The PortSpec kind of tap ports (backends.ts registers openPorts under it). */
@@ -175,10 +176,6 @@ function openMacvtapInstead(name: string, tunError: NativeError): number {
   }
 }
 
-function sameBytes(a: Uint8Array, b: Uint8Array): boolean {
-  return a.length === b.length && a.every((x, i) => x === b[i]);
-}
-
 /** Gives the macvtap of `fd` the address `mac`; throws NET_MACVTAP_ADDRESS, saying what to do. */
 function giveMacvtapAddress(fd: number, name: string, mac: Uint8Array): void {
   try {
@@ -273,7 +270,7 @@ export class TapBackend implements Backend {
       let replaced: Uint8Array | undefined;
       if (macvtap && opts.macvtapAddress) {
         const own = addressOf(this.fds[0]!);
-        if (!own || !sameBytes(own, opts.macvtapAddress)) {
+        if (!own || !macEquals(own, 0, opts.macvtapAddress, 0)) {
           giveMacvtapAddress(this.fds[0]!, name, opts.macvtapAddress);
           replaced = own;
         }
